@@ -1,0 +1,13 @@
+//! twinlun: a userspace iSCSI target serving file-backed LUNs.
+//!
+//! Layers (see DESIGN.md): `iscsi` is the wire protocol without I/O, `scsi` decodes
+//! CDBs into plans, `volume` owns files and the io engine, `server` ties sockets to
+//! sessions, `admin` is the control socket, `catalog` is the persisted model.
+
+pub mod admin;
+pub mod catalog;
+pub mod config;
+pub mod iscsi;
+pub mod scsi;
+pub mod server;
+pub mod volume;
