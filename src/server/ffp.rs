@@ -495,7 +495,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             }
             // A plan that needs a volume for a LUN that has none cannot come from a
             // correct decoder; answer as for an unmapped LUN rather than panic.
-            (_, None) => reply.respond(scsi::Response::check(Sense::lun_not_supported())).await,
+            (_, None) => reply.respond(scsi::Response::check(Sense::lu_not_supported())).await,
         }
     }
 

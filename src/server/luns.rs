@@ -118,7 +118,7 @@ impl LunView {
         let now = e.handle.resets.load(Ordering::Acquire);
         if now != e.resets_seen {
             e.resets_seen = now;
-            e.ua.push(Sense::reset_occurred());
+            e.ua.push(Sense::power_on());
         }
         Some((e.handle.clone(), &mut e.ua))
     }
