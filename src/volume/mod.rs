@@ -17,6 +17,9 @@
 mod engine;
 mod volume;
 
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 use std::str::FromStr;
 
