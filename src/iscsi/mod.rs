@@ -1,8 +1,13 @@
 //! The iSCSI wire protocol (RFC 7143) without I/O: PDUs, digests, text keys, login and
 //! negotiation. Bytes go in, PDUs and actions come out.
 
+pub mod chap;
 pub mod digest;
+pub mod discovery;
+pub mod login;
+pub mod params;
 pub mod pdu;
+pub mod text;
 
 use pdu::{
     DataOut, LoginRequest, LogoutRequest, NopOut, Opcode, Pdu, PduError, ScsiCommand, SnackRequest,
