@@ -137,17 +137,9 @@ impl Sense {
 
 impl Response {
     pub fn good(data: Vec<u8>) -> Response {
-        Response {
-            status: Status::Good,
-            data,
-            sense: None,
-        }
+        Response { status: Status::Good, data, sense: None }
     }
     pub fn check(sense: Sense) -> Response {
-        Response {
-            status: Status::CheckCondition,
-            data: Vec::new(),
-            sense: Some(sense),
-        }
+        Response { status: Status::CheckCondition, data: Vec::new(), sense: Some(sense) }
     }
 }

@@ -42,10 +42,7 @@ impl Server {
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
     }
 
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
