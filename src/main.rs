@@ -1,1 +1,480 @@
-fn main() {}
+//! The `twinlun` binary: `twinlun serve` runs the target, `twinlun ctl` talks to it.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Parser, Subcommand};
+
+use twinlun::admin::client::Client;
+use twinlun::admin::protocol::{Request, Response, Secret};
+use twinlun::admin::server::AdminSocket;
+use twinlun::admin::{startup, store, table, validate};
+use twinlun::catalog::Catalog;
+use twinlun::config::{Config, EngineChoice};
+use twinlun::server::{Node, Server};
+use twinlun::volume::Engine;
+
+const DEFAULT_DATA_DIR: &str = "./twinlun-data";
+const DEFAULT_LISTEN: &str = "127.0.0.1:3260";
+const DEFAULT_SOCKET: &str = "./twinlun-data/admin.sock";
+
+#[derive(Parser)]
+#[command(
+    name = "twinlun",
+    version,
+    about = "Userspace iSCSI target with asynchronous replication"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the target.
+    Serve(ServeArgs),
+    /// Talk to a running target through its admin socket.
+    Ctl(CtlArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML config declaring volumes, targets, LUNs, ACLs, CHAP and [server] settings.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the catalog, the volume files and the admin socket live [default: ./twinlun-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// iSCSI portal address; repeat for several [default: 127.0.0.1:3260].
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<SocketAddr>,
+    /// Admin socket path [default: DATA_DIR/admin.sock].
+    #[arg(long, value_name = "PATH")]
+    admin_socket: Option<PathBuf>,
+    /// io engine: auto (io_uring, else threads), uring or threads [default: auto].
+    #[arg(long, value_name = "auto|uring|threads")]
+    engine: Option<EngineChoice>,
+}
+
+#[derive(Args)]
+struct CtlArgs {
+    /// Admin socket of the server.
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print the raw JSON response instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: CtlCommand,
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Server status: version, engine, addresses, counts.
+    Status,
+    /// Volumes: sparse files served as LUNs.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// iSCSI targets.
+    #[command(subcommand)]
+    Target(TargetCmd),
+    /// Map volumes as LUNs of a target.
+    #[command(subcommand)]
+    Lun(LunCmd),
+    /// Which initiators may log in to a target (no entries: any).
+    #[command(subcommand)]
+    Acl(AclCmd),
+    /// CHAP authentication of a target.
+    #[command(subcommand)]
+    Chap(ChapCmd),
+    /// Logged-in sessions.
+    #[command(subcommand)]
+    Session(SessionCmd),
+}
+
+#[derive(Subcommand)]
+enum VolumeCmd {
+    /// Create a sparse volume (file DATA_DIR/volumes/NAME.img).
+    Create {
+        name: String,
+        /// Size: bytes, or with K, M, G, T (binary); a multiple of the block size.
+        #[arg(long, value_parser = parse_size_arg)]
+        size: u64,
+        /// Logical block size: 512 or 4096.
+        #[arg(long, default_value_t = 512)]
+        block_size: u32,
+    },
+    List,
+    Show {
+        name: String,
+    },
+    /// Delete a volume and its file (refused while it is mapped).
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TargetCmd {
+    /// Create a target (iqn., eui. or naa. name).
+    Create {
+        iqn: String,
+    },
+    List,
+    Show {
+        iqn: String,
+    },
+    /// Delete a target (refused while it has LUNs or logged-in sessions).
+    Delete {
+        iqn: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum LunCmd {
+    /// Map VOLUME as LUN number LUN of target IQN.
+    Map {
+        iqn: String,
+        lun: u64,
+        volume: String,
+        #[arg(long)]
+        read_only: bool,
+    },
+    Unmap {
+        iqn: String,
+        lun: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum AclCmd {
+    Add { iqn: String, initiator: String },
+    Remove { iqn: String, initiator: String },
+}
+
+#[derive(Subcommand)]
+enum ChapCmd {
+    /// Require CHAP at login (mutual with --mutual-user/--mutual-secret).
+    Set {
+        iqn: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        secret: String,
+        #[arg(long, requires = "mutual_secret")]
+        mutual_user: Option<String>,
+        #[arg(long, requires = "mutual_user")]
+        mutual_secret: Option<String>,
+    },
+    Clear {
+        iqn: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionCmd {
+    List,
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    validate::parse_size(s).map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging();
+            match serve(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("twinlun: error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Ctl(args) => ctl(args),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+// ---- ctl ----------------------------------------------------------------------------
+
+/// Exit codes of `ctl`: 0 done, 1 the server refused or failed the request, 2 usage
+/// (clap), 3 the server could not be reached or answered garbage.
+fn ctl(args: CtlArgs) -> ExitCode {
+    let req = ctl_request(args.command);
+    let result = Client::connect(&args.socket).and_then(|mut c| c.call(&req));
+    match result {
+        Err(e) => {
+            eprintln!("twinlun ctl: {e}");
+            ExitCode::from(3)
+        }
+        Ok((raw, resp)) => {
+            let mut out = std::io::stdout().lock();
+            if args.json {
+                let _ = writeln!(out, "{raw}");
+            } else if !resp.is_error() {
+                let _ = write!(out, "{}", table::render(&resp));
+            }
+            let _ = out.flush();
+            match resp {
+                Response::Error { message, .. } => {
+                    eprintln!("twinlun ctl: {message}");
+                    ExitCode::from(1)
+                }
+                _ => ExitCode::SUCCESS,
+            }
+        }
+    }
+}
+
+fn ctl_request(cmd: CtlCommand) -> Request {
+    match cmd {
+        CtlCommand::Status => Request::Status,
+        CtlCommand::Volume(v) => match v {
+            VolumeCmd::Create {
+                name,
+                size,
+                block_size,
+            } => Request::VolumeCreate {
+                name,
+                size,
+                block_size,
+            },
+            VolumeCmd::List => Request::VolumeList,
+            VolumeCmd::Show { name } => Request::VolumeShow { name },
+            VolumeCmd::Delete { name } => Request::VolumeDelete { name },
+        },
+        CtlCommand::Target(t) => match t {
+            TargetCmd::Create { iqn } => Request::TargetCreate { iqn },
+            TargetCmd::List => Request::TargetList,
+            TargetCmd::Show { iqn } => Request::TargetShow { iqn },
+            TargetCmd::Delete { iqn } => Request::TargetDelete { iqn },
+        },
+        CtlCommand::Lun(l) => match l {
+            LunCmd::Map {
+                iqn,
+                lun,
+                volume,
+                read_only,
+            } => Request::LunMap {
+                iqn,
+                lun,
+                volume,
+                read_only,
+            },
+            LunCmd::Unmap { iqn, lun } => Request::LunUnmap { iqn, lun },
+        },
+        CtlCommand::Acl(a) => match a {
+            AclCmd::Add { iqn, initiator } => Request::AclAdd { iqn, initiator },
+            AclCmd::Remove { iqn, initiator } => Request::AclRemove { iqn, initiator },
+        },
+        CtlCommand::Chap(c) => match c {
+            ChapCmd::Set {
+                iqn,
+                user,
+                secret,
+                mutual_user,
+                mutual_secret,
+            } => Request::ChapSet {
+                iqn,
+                user,
+                secret: Secret(secret),
+                mutual_user,
+                mutual_secret: mutual_secret.map(Secret),
+            },
+            ChapCmd::Clear { iqn } => Request::ChapClear { iqn },
+        },
+        CtlCommand::Session(SessionCmd::List) => Request::SessionList,
+    }
+}
+
+// ---- serve --------------------------------------------------------------------------
+
+struct Settings {
+    config: Option<Config>,
+    data_dir: PathBuf,
+    listen: Vec<SocketAddr>,
+    admin_socket: PathBuf,
+    engine: EngineChoice,
+}
+
+/// Command-line flags win over the config's [server] section, which wins over defaults.
+fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
+    let config = args.config.as_deref().map(Config::load).transpose()?;
+    let server = config
+        .as_ref()
+        .map(|c| c.server.clone())
+        .unwrap_or_default();
+    let data_dir = args
+        .data_dir
+        .or(server.data_dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let listen = if !args.listen.is_empty() {
+        args.listen
+    } else {
+        server
+            .listen
+            .unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("valid default address")])
+    };
+    let admin_socket = args
+        .admin_socket
+        .or(server.admin_socket)
+        .unwrap_or_else(|| data_dir.join("admin.sock"));
+    let engine = args.engine.or(server.engine).unwrap_or_default();
+    Ok(Settings {
+        config,
+        data_dir,
+        listen,
+        admin_socket,
+        engine,
+    })
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let s = settings(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("twinlun")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve_async(s))
+}
+
+async fn serve_async(s: Settings) -> anyhow::Result<()> {
+    store::ensure_data_dir(&s.data_dir)?;
+    let _lock = lock_data_dir(&s.data_dir)?;
+    let catalog = startup::prepare(&s.data_dir, s.config.as_ref())?;
+    let engine = Engine::start(s.engine.kind()).context("cannot start the io engine")?;
+    tracing::info!(engine = engine.name(), "io engine started");
+    let node = Arc::new(Node::new(s.data_dir.clone(), engine, catalog));
+    node.open_volumes()
+        .map_err(|(name, e)| anyhow!(e).context(format!("cannot open volume '{name}'")))?;
+
+    let server = Server::bind(node.clone(), &s.listen).await?;
+    let addrs = server.local_addrs();
+    node.set_listen_addrs(addrs.clone());
+    let admin = AdminSocket::bind(&s.admin_socket)?;
+    node.set_admin_socket(s.admin_socket.clone());
+
+    print_banner(&addrs, &s.admin_socket, &node.catalog.read());
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let admin_task = tokio::spawn(admin.run(node.clone(), stopped(stop_rx.clone())));
+    server.run(stopped(stop_rx)).await;
+    let _ = admin_task.await;
+    tracing::info!("shutting down: syncing volumes");
+    let n = node.clone();
+    tokio::task::spawn_blocking(move || n.sync_volumes())
+        .await
+        .context("volume sync task failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = term.recv() => tracing::info!("terminated"),
+    }
+}
+
+/// One server per data dir: an exclusive flock on DATA_DIR/lock, held for the
+/// process's life (the returned file).
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(anyhow!(
+            "data dir {} is in use by another twinlun ({}: {})",
+            dir.display(),
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(f)
+}
+
+/// What tests and admins read on stdout: one fact per line, flushed.
+fn print_banner(addrs: &[SocketAddr], socket: &Path, catalog: &Catalog) {
+    let mut out = std::io::stdout().lock();
+    for a in addrs {
+        let _ = writeln!(out, "twinlun: listening on {a}");
+    }
+    let _ = writeln!(out, "twinlun: admin socket {}", socket.display());
+    if let Some(first) = addrs.first() {
+        // A wildcard address is not something to connect to: show loopback instead.
+        let mut portal = *first;
+        if portal.ip().is_unspecified() {
+            portal.set_ip(match portal {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        if !catalog.targets.is_empty() {
+            let _ = writeln!(
+                out,
+                "twinlun: discover: iscsiadm -m discovery -t sendtargets -p {portal}"
+            );
+        }
+        for (iqn, t) in &catalog.targets {
+            let luns: Vec<String> = t
+                .luns
+                .iter()
+                .map(|(n, l)| format!("{n}:{}", l.volume))
+                .collect();
+            let luns = if luns.is_empty() {
+                "no LUNs".to_string()
+            } else {
+                format!("LUNs {}", luns.join(" "))
+            };
+            let _ = writeln!(out, "twinlun: target {iqn} ({luns})");
+            let _ = writeln!(
+                out,
+                "twinlun:   login: iscsiadm -m node -T {iqn} -p {portal} --login"
+            );
+            let lun = t.luns.keys().next().copied().unwrap_or(0);
+            let _ = writeln!(out, "twinlun:   qemu: iscsi://{portal}/{iqn}/{lun}");
+        }
+    }
+    let _ = out.flush();
+}

@@ -1,1 +1,23 @@
-//! (under construction)
+//! Administration: the Unix-socket protocol (one JSON object per line each way), the
+//! socket server, the `twinlun ctl` client, the apply logic that changes the live node,
+//! and the atomic persistence of the catalog.
+//!
+//! - `protocol`: the typed `Request`/`Response` serde enums (the wire format).
+//! - `validate`: syntax checks of names, sizes, IQNs, CHAP credentials.
+//! - `apply`: validate, persist, then swap in a change (`apply(host, request)`).
+//! - `store`: `DATA_DIR/catalog.json`, written atomically.
+//! - `startup`: the catalog a server starts with (saved one, default, config overlay).
+//! - `server`: the socket (mode 0600, peer uid check, line cap).
+//! - `client`, `table`: what `ctl` uses to talk and to print.
+
+pub mod apply;
+pub mod client;
+pub mod protocol;
+pub mod server;
+pub mod startup;
+pub mod store;
+pub mod table;
+pub mod validate;
+
+pub use apply::{apply, AdminError, Host, RuntimeInfo};
+pub use protocol::{ErrorCode, Request, Response};

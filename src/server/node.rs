@@ -1,14 +1,22 @@
 //! The state one twinlun process serves from: its data dir, catalog, open volumes and sessions.
+//!
+//! Startup (see `main.rs`): `admin::startup::prepare` gives the catalog (files created,
+//! saved), `Engine::start`, `Node::new`, `Node::open_volumes`. Admin changes go through
+//! `Node::apply`. At shutdown, `Node::sync_volumes`.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
-use crate::catalog::Catalog;
-use crate::server::SessionRegistry;
-use crate::volume::{Engine, Volume};
+use crate::admin::apply::{volume_file, Host, RuntimeInfo};
+use crate::admin::{Request, Response};
+use crate::catalog::{Catalog, VolumeSpec};
+use crate::server::{SessionInfo, SessionRegistry};
+use crate::volume::{Engine, Volume, VolumeError};
 
 pub struct Node {
     pub data_dir: PathBuf,
@@ -18,4 +26,119 @@ pub struct Node {
     /// Open volumes by name; kept in step with `catalog.volumes`.
     pub volumes: RwLock<HashMap<String, Arc<Volume>>>,
     pub sessions: SessionRegistry,
+    started: Instant,
+    /// Serializes admin changes (read catalog, persist, swap).
+    changes: Mutex<()>,
+    listen: RwLock<Vec<SocketAddr>>,
+    admin_socket: RwLock<Option<PathBuf>>,
+}
+
+impl Node {
+    /// A node serving `catalog` from `data_dir`. No volume is open yet: call
+    /// `open_volumes` (or `open_volume` per volume).
+    pub fn new(data_dir: PathBuf, engine: Engine, catalog: Catalog) -> Node {
+        Node {
+            data_dir,
+            engine,
+            catalog: RwLock::new(catalog),
+            volumes: RwLock::new(HashMap::new()),
+            sessions: SessionRegistry::default(),
+            started: Instant::now(),
+            changes: Mutex::new(()),
+            listen: RwLock::new(Vec::new()),
+            admin_socket: RwLock::new(None),
+        }
+    }
+
+    /// Opens one volume's backing file through the engine and puts it in `volumes`.
+    /// The only place volumes are opened: at startup and on `volume create`.
+    pub fn open_volume(&self, name: &str, spec: &VolumeSpec) -> Result<(), VolumeError> {
+        let path = volume_file(&self.data_dir, spec);
+        let volume =
+            Volume::open_or_create(&path, spec.size, spec.block_size, self.engine.clone())?;
+        self.volumes
+            .write()
+            .insert(name.to_string(), Arc::new(volume));
+        Ok(())
+    }
+
+    /// Opens every volume of the catalog; stops at the first that fails, naming it.
+    pub fn open_volumes(&self) -> Result<(), (String, VolumeError)> {
+        let specs: Vec<(String, VolumeSpec)> = self
+            .catalog
+            .read()
+            .volumes
+            .iter()
+            .map(|(n, s)| (n.clone(), s.clone()))
+            .collect();
+        for (name, spec) in specs {
+            self.open_volume(&name, &spec).map_err(|e| (name, e))?;
+        }
+        Ok(())
+    }
+
+    /// Flushes every open volume to stable storage (clean shutdown). Logs failures.
+    pub fn sync_volumes(&self) {
+        let volumes: Vec<(String, Arc<Volume>)> = self
+            .volumes
+            .read()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        for (name, v) in volumes {
+            if let Err(e) = v.sync_blocking() {
+                tracing::error!(volume = %name, error = %e, "sync at shutdown failed");
+            }
+        }
+    }
+
+    /// Carries out one admin request (validated, persisted, then applied). Blocking:
+    /// call it from a blocking context.
+    pub fn apply(&self, req: Request) -> Response {
+        crate::admin::apply(self, req)
+    }
+
+    /// Records the bound iSCSI addresses, for `status`.
+    pub fn set_listen_addrs(&self, addrs: Vec<SocketAddr>) {
+        *self.listen.write() = addrs;
+    }
+
+    /// Records the admin socket path, for `status`.
+    pub fn set_admin_socket(&self, path: PathBuf) {
+        *self.admin_socket.write() = Some(path);
+    }
+}
+
+impl Host for Node {
+    fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+    fn catalog(&self) -> &RwLock<Catalog> {
+        &self.catalog
+    }
+    fn change_lock(&self) -> &Mutex<()> {
+        &self.changes
+    }
+    fn open_volume(&self, name: &str, spec: &VolumeSpec) -> Result<(), VolumeError> {
+        Node::open_volume(self, name, spec)
+    }
+    fn close_volume(&self, name: &str) {
+        // In-flight commands hold their own Arc; the file closes when the last one ends.
+        self.volumes.write().remove(name);
+    }
+    fn sessions(&self) -> Vec<SessionInfo> {
+        self.sessions.list()
+    }
+    fn runtime(&self) -> RuntimeInfo {
+        RuntimeInfo {
+            engine: self.engine.name().to_string(),
+            listen: self.listen.read().iter().map(ToString::to_string).collect(),
+            admin_socket: self
+                .admin_socket
+                .read()
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            uptime_secs: self.started.elapsed().as_secs(),
+        }
+    }
 }

@@ -1,0 +1,1041 @@
+//! Carrying out admin requests against the live node.
+//!
+//! Every change follows one path: under the change lock, copy the catalog, apply the
+//! request to the copy (`change`, pure: all validation happens here), then `commit`:
+//! create a new volume's file and open it, save the new catalog atomically, and only
+//! then swap it in. A refused request returns before anything is touched; a failure
+//! during commit undoes what commit did, so the catalog, the files and the open
+//! volumes stay in step.
+//!
+//! Semantics an admin can rely on:
+//! - `volume delete` is refused while the volume is mapped (the error names every
+//!   target and LUN); it deletes the backing file.
+//! - `target delete` is refused while sessions are logged in to the target (`busy`),
+//!   and while it still maps LUNs (`in_use`, naming them): unmapping is an explicit step,
+//!   like deleting a volume. Its ACL and CHAP go with it.
+//! - `lun unmap`, `acl remove` and `chap` changes are allowed with sessions logged in:
+//!   the server reads the catalog at each login and each command, so they take effect
+//!   for new logins (ACL, CHAP) and at the next command (LUNs).
+//! - An empty ACL means any initiator may log in.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use parking_lot::{Mutex, RwLock};
+
+use super::protocol::{
+    ChapView, ErrorCode, LunView, MappingView, Request, Response, StatusView, TargetView,
+    VolumeView,
+};
+use super::store::{self, StoreError};
+use super::validate::{self, format_size, ValidationError};
+use crate::catalog::{Catalog, ChapSpec, LunSpec, TargetSpec, VolumeSpec};
+use crate::server::SessionInfo;
+use crate::volume::VolumeError;
+
+/// What `apply` needs from the running node. `Node` implements it; tests use a fake.
+pub trait Host: Sync {
+    fn data_dir(&self) -> &Path;
+    fn catalog(&self) -> &RwLock<Catalog>;
+    /// Serializes changes: held from reading the catalog to swapping in the new one.
+    fn change_lock(&self) -> &Mutex<()>;
+    /// Opens the (already created) backing file of a new volume and starts serving it.
+    fn open_volume(&self, name: &str, spec: &VolumeSpec) -> Result<(), VolumeError>;
+    /// Stops serving a volume that left the catalog.
+    fn close_volume(&self, name: &str);
+    fn sessions(&self) -> Vec<SessionInfo>;
+    fn runtime(&self) -> RuntimeInfo;
+}
+
+/// Facts about the running process for `status`.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeInfo {
+    pub engine: String,
+    pub listen: Vec<String>,
+    pub admin_socket: Option<String>,
+    pub uptime_secs: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("no volume named '{0}'")]
+    NoVolume(String),
+    #[error("no target named '{0}'")]
+    NoTarget(String),
+    #[error("target '{iqn}' has no LUN {lun}")]
+    NoLun { iqn: String, lun: u64 },
+    #[error("initiator '{initiator}' is not in the ACL of target '{iqn}'")]
+    NotInAcl { iqn: String, initiator: String },
+    #[error("target '{0}' has no CHAP configured")]
+    NoChap(String),
+    #[error("volume '{0}' already exists")]
+    VolumeExists(String),
+    #[error("target '{0}' already exists")]
+    TargetExists(String),
+    #[error("LUN {lun} of target '{iqn}' already maps volume '{volume}'; unmap it first")]
+    LunTaken {
+        iqn: String,
+        lun: u64,
+        volume: String,
+    },
+    #[error("initiator '{initiator}' is already in the ACL of target '{iqn}'")]
+    AlreadyInAcl { iqn: String, initiator: String },
+    #[error("backing file {0} already exists; move it away or choose another volume name")]
+    FileExists(PathBuf),
+    #[error("volume '{name}' is mapped ({mappings}); unmap it first")]
+    VolumeMapped { name: String, mappings: String },
+    #[error("target '{iqn}' still maps {luns}; unmap them first")]
+    TargetHasLuns { iqn: String, luns: String },
+    #[error("target '{iqn}' has sessions logged in from {initiators}; log them out first")]
+    TargetBusy { iqn: String, initiators: String },
+    #[error("cannot create {path}: {source}")]
+    CreateFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open volume '{name}': {source}")]
+    OpenVolume {
+        name: String,
+        #[source]
+        source: VolumeError,
+    },
+    #[error("cannot save the catalog: {0}")]
+    Save(#[from] StoreError),
+}
+
+impl AdminError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AdminError::Invalid(_) => ErrorCode::Invalid,
+            AdminError::NoVolume(_)
+            | AdminError::NoTarget(_)
+            | AdminError::NoLun { .. }
+            | AdminError::NotInAcl { .. }
+            | AdminError::NoChap(_) => ErrorCode::NotFound,
+            AdminError::VolumeExists(_)
+            | AdminError::TargetExists(_)
+            | AdminError::LunTaken { .. }
+            | AdminError::AlreadyInAcl { .. }
+            | AdminError::FileExists(_) => ErrorCode::AlreadyExists,
+            AdminError::VolumeMapped { .. } | AdminError::TargetHasLuns { .. } => ErrorCode::InUse,
+            AdminError::TargetBusy { .. } => ErrorCode::Busy,
+            AdminError::CreateFile { .. } | AdminError::OpenVolume { .. } | AdminError::Save(_) => {
+                ErrorCode::Io
+            }
+        }
+    }
+}
+
+impl From<AdminError> for Response {
+    fn from(e: AdminError) -> Response {
+        Response::error(e.code(), e.to_string())
+    }
+}
+
+/// What `commit` must do besides saving the catalog.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Effect {
+    None,
+    CreateVolume { name: String, spec: VolumeSpec },
+    DeleteVolume { name: String, spec: VolumeSpec },
+}
+
+/// Carries out one request. Never panics on bad input; every refusal is an error response.
+pub fn apply<H: Host + ?Sized>(host: &H, req: Request) -> Response {
+    match execute(host, req) {
+        Ok(r) => r,
+        Err(e) => e.into(),
+    }
+}
+
+fn execute<H: Host + ?Sized>(host: &H, req: Request) -> Result<Response, AdminError> {
+    if !req.is_change() {
+        let catalog = host.catalog().read().clone();
+        return query(host, &catalog, &req);
+    }
+    let _serial = host.change_lock().lock();
+    let old = host.catalog().read().clone();
+    let mut new = old.clone();
+    let sessions = host.sessions();
+    let (effect, response) = change(&mut new, req, &sessions, &mut rand::random::<u64>)?;
+    commit(host, new, effect)?;
+    Ok(response)
+}
+
+fn query<H: Host + ?Sized>(host: &H, c: &Catalog, req: &Request) -> Result<Response, AdminError> {
+    let sessions = host.sessions();
+    Ok(match req {
+        Request::Status => {
+            let rt = host.runtime();
+            Response::Status(StatusView {
+                version: env!("CARGO_PKG_VERSION").into(),
+                data_dir: host.data_dir().display().to_string(),
+                engine: rt.engine,
+                listen: rt.listen,
+                admin_socket: rt.admin_socket,
+                uptime_secs: rt.uptime_secs,
+                volumes: c.volumes.len(),
+                targets: c.targets.len(),
+                sessions: sessions.len(),
+            })
+        }
+        Request::VolumeList => Response::Volumes {
+            volumes: c
+                .volumes
+                .keys()
+                .map(|n| volume_view(host.data_dir(), c, n))
+                .collect(),
+        },
+        Request::VolumeShow { name } => {
+            if !c.volumes.contains_key(name) {
+                return Err(AdminError::NoVolume(name.clone()));
+            }
+            Response::Volume(volume_view(host.data_dir(), c, name))
+        }
+        Request::TargetList => Response::Targets {
+            targets: c
+                .targets
+                .keys()
+                .map(|iqn| target_view(c, iqn, &sessions))
+                .collect(),
+        },
+        Request::TargetShow { iqn } => {
+            if !c.targets.contains_key(iqn) {
+                return Err(AdminError::NoTarget(iqn.clone()));
+            }
+            Response::Target(target_view(c, iqn, &sessions))
+        }
+        Request::SessionList => Response::Sessions { sessions },
+        _ => unreachable!("is_change() covers every other request"),
+    })
+}
+
+/// Backing file of a volume: `spec.path` relative to the data dir unless absolute.
+pub fn volume_file(data_dir: &Path, spec: &VolumeSpec) -> PathBuf {
+    data_dir.join(&spec.path)
+}
+
+/// The catalog path of a new volume's backing file.
+pub fn default_volume_path(name: &str) -> String {
+    format!("volumes/{name}.img")
+}
+
+fn volume_view(data_dir: &Path, c: &Catalog, name: &str) -> VolumeView {
+    let spec = &c.volumes[name];
+    let allocated = fs::metadata(volume_file(data_dir, spec))
+        .ok()
+        .map(|m| m.blocks() * 512);
+    VolumeView {
+        name: name.into(),
+        size: spec.size,
+        block_size: spec.block_size,
+        id: format!("{:016x}", spec.id),
+        path: spec.path.clone(),
+        allocated,
+        mappings: c
+            .targets
+            .iter()
+            .flat_map(|(iqn, t)| {
+                t.luns
+                    .iter()
+                    .filter(|(_, l)| l.volume == name)
+                    .map(|(lun, l)| MappingView {
+                        target: iqn.clone(),
+                        lun: *lun,
+                        read_only: l.read_only,
+                    })
+            })
+            .collect(),
+    }
+}
+
+fn target_view(c: &Catalog, iqn: &str, sessions: &[SessionInfo]) -> TargetView {
+    let t = &c.targets[iqn];
+    TargetView {
+        iqn: iqn.into(),
+        luns: t
+            .luns
+            .iter()
+            .map(|(lun, l)| LunView {
+                lun: *lun,
+                volume: l.volume.clone(),
+                read_only: l.read_only,
+            })
+            .collect(),
+        acl: t.acl.iter().cloned().collect(),
+        chap: t.chap.as_ref().map(|ch| ChapView {
+            user: ch.user.clone(),
+            mutual_user: ch.mutual_user.clone(),
+        }),
+        sessions: sessions.iter().filter(|s| s.target == iqn).count(),
+    }
+}
+
+fn target_mut<'a>(c: &'a mut Catalog, iqn: &str) -> Result<&'a mut TargetSpec, AdminError> {
+    c.targets
+        .get_mut(iqn)
+        .ok_or_else(|| AdminError::NoTarget(iqn.to_string()))
+}
+
+fn done(message: String) -> Response {
+    Response::Done { message }
+}
+
+/// Applies a change request to `c`, validating everything. Pure apart from drawing
+/// volume ids from `new_id`. On error `c` may be partly changed: callers pass a copy.
+pub fn change(
+    c: &mut Catalog,
+    req: Request,
+    sessions: &[SessionInfo],
+    new_id: &mut dyn FnMut() -> u64,
+) -> Result<(Effect, Response), AdminError> {
+    match req {
+        Request::VolumeCreate {
+            name,
+            size,
+            block_size,
+        } => {
+            validate::check_volume_name(&name)?;
+            validate::check_geometry(size, block_size)?;
+            if c.volumes.contains_key(&name) {
+                return Err(AdminError::VolumeExists(name));
+            }
+            // Ids name the LU to initiators (NAA designator): never reuse a live one.
+            let id = loop {
+                let id = new_id();
+                if id != 0 && !c.volumes.values().any(|v| v.id == id) {
+                    break id;
+                }
+            };
+            let spec = VolumeSpec {
+                size,
+                block_size,
+                id,
+                path: default_volume_path(&name),
+            };
+            c.volumes.insert(name.clone(), spec.clone());
+            let view = VolumeView {
+                name: name.clone(),
+                size,
+                block_size,
+                id: format!("{id:016x}"),
+                path: spec.path.clone(),
+                allocated: Some(0),
+                mappings: Vec::new(),
+            };
+            Ok((Effect::CreateVolume { name, spec }, Response::Volume(view)))
+        }
+        Request::VolumeDelete { name } => {
+            if !c.volumes.contains_key(&name) {
+                return Err(AdminError::NoVolume(name));
+            }
+            let mappings: Vec<String> = c
+                .mappings_of(&name)
+                .map(|(iqn, lun)| format!("{iqn} LUN {lun}"))
+                .collect();
+            if !mappings.is_empty() {
+                return Err(AdminError::VolumeMapped {
+                    name,
+                    mappings: mappings.join(", "),
+                });
+            }
+            let spec = c.volumes.remove(&name).expect("presence checked above");
+            let msg = format!("deleted volume '{name}' and its file {}", spec.path);
+            Ok((Effect::DeleteVolume { name, spec }, done(msg)))
+        }
+        Request::TargetCreate { iqn } => {
+            validate::check_iscsi_name(&iqn)?;
+            if c.targets.contains_key(&iqn) {
+                return Err(AdminError::TargetExists(iqn));
+            }
+            c.targets.insert(iqn.clone(), TargetSpec::default());
+            let view = target_view(c, &iqn, sessions);
+            Ok((Effect::None, Response::Target(view)))
+        }
+        Request::TargetDelete { iqn } => {
+            let t = c
+                .targets
+                .get(&iqn)
+                .ok_or_else(|| AdminError::NoTarget(iqn.clone()))?;
+            let logged_in: Vec<&str> = sessions
+                .iter()
+                .filter(|s| s.target == iqn)
+                .map(|s| s.initiator.as_str())
+                .collect();
+            if !logged_in.is_empty() {
+                return Err(AdminError::TargetBusy {
+                    iqn,
+                    initiators: logged_in.join(", "),
+                });
+            }
+            if !t.luns.is_empty() {
+                let luns: Vec<String> = t
+                    .luns
+                    .iter()
+                    .map(|(n, l)| format!("LUN {n} ({})", l.volume))
+                    .collect();
+                return Err(AdminError::TargetHasLuns {
+                    iqn,
+                    luns: luns.join(", "),
+                });
+            }
+            c.targets.remove(&iqn);
+            Ok((Effect::None, done(format!("deleted target '{iqn}'"))))
+        }
+        Request::LunMap {
+            iqn,
+            lun,
+            volume,
+            read_only,
+        } => {
+            validate::check_lun(lun)?;
+            if !c.volumes.contains_key(&volume) {
+                return Err(AdminError::NoVolume(volume));
+            }
+            let t = target_mut(c, &iqn)?;
+            if let Some(existing) = t.luns.get(&lun) {
+                return Err(AdminError::LunTaken {
+                    iqn,
+                    lun,
+                    volume: existing.volume.clone(),
+                });
+            }
+            t.luns.insert(
+                lun,
+                LunSpec {
+                    volume: volume.clone(),
+                    read_only,
+                },
+            );
+            let ro = if read_only { " read-only" } else { "" };
+            Ok((
+                Effect::None,
+                done(format!(
+                    "mapped volume '{volume}' as LUN {lun} of '{iqn}'{ro}"
+                )),
+            ))
+        }
+        Request::LunUnmap { iqn, lun } => {
+            let t = target_mut(c, &iqn)?;
+            let Some(old) = t.luns.remove(&lun) else {
+                return Err(AdminError::NoLun { iqn, lun });
+            };
+            Ok((
+                Effect::None,
+                done(format!(
+                    "unmapped LUN {lun} (volume '{}') of '{iqn}'",
+                    old.volume
+                )),
+            ))
+        }
+        Request::AclAdd { iqn, initiator } => {
+            validate::check_iscsi_name(&initiator)?;
+            let t = target_mut(c, &iqn)?;
+            if !t.acl.insert(initiator.clone()) {
+                return Err(AdminError::AlreadyInAcl { iqn, initiator });
+            }
+            Ok((
+                Effect::None,
+                done(format!("allowed '{initiator}' to log in to '{iqn}'")),
+            ))
+        }
+        Request::AclRemove { iqn, initiator } => {
+            let t = target_mut(c, &iqn)?;
+            if !t.acl.remove(&initiator) {
+                return Err(AdminError::NotInAcl { iqn, initiator });
+            }
+            let open = if t.acl.is_empty() {
+                "; the ACL is now empty: any initiator may log in"
+            } else {
+                ""
+            };
+            Ok((
+                Effect::None,
+                done(format!(
+                    "removed '{initiator}' from the ACL of '{iqn}'{open}"
+                )),
+            ))
+        }
+        Request::ChapSet {
+            iqn,
+            user,
+            secret,
+            mutual_user,
+            mutual_secret,
+        } => {
+            let mutual = match (&mutual_user, &mutual_secret) {
+                (Some(u), Some(s)) => Some((u.as_str(), s.0.as_str())),
+                (None, None) => None,
+                _ => {
+                    return Err(ValidationError::Chap(
+                        "mutual CHAP needs both a mutual user and a mutual secret",
+                    )
+                    .into())
+                }
+            };
+            let notes = validate::check_chap(&user, &secret.0, mutual)?;
+            let kind = if mutual.is_some() {
+                "mutual CHAP"
+            } else {
+                "CHAP"
+            };
+            let t = target_mut(c, &iqn)?;
+            t.chap = Some(ChapSpec {
+                user: user.clone(),
+                secret: secret.0,
+                mutual_user,
+                mutual_secret: mutual_secret.map(|s| s.0),
+            });
+            let mut msg = format!("set {kind} for '{iqn}' (user {user})");
+            for n in notes {
+                msg.push_str("; note: ");
+                msg.push_str(&n);
+            }
+            Ok((Effect::None, done(msg)))
+        }
+        Request::ChapClear { iqn } => {
+            let t = target_mut(c, &iqn)?;
+            if t.chap.take().is_none() {
+                return Err(AdminError::NoChap(iqn));
+            }
+            Ok((Effect::None, done(format!("cleared CHAP of '{iqn}'"))))
+        }
+        Request::Status
+        | Request::VolumeList
+        | Request::VolumeShow { .. }
+        | Request::TargetList
+        | Request::TargetShow { .. }
+        | Request::SessionList => unreachable!("queries are not changes"),
+    }
+}
+
+/// Creates a new volume's sparse backing file with std (create_new: never clobbers an
+/// existing file), then fsyncs its directory.
+pub fn create_volume_file(path: &Path, size: u64) -> Result<(), AdminError> {
+    let err = |source| AdminError::CreateFile {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(err)?;
+    let f = match OpenOptions::new().write(true).create_new(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(AdminError::FileExists(path.to_path_buf()))
+        }
+        Err(e) => return Err(err(e)),
+    };
+    if let Err(e) = f.set_len(size).and_then(|()| f.sync_all()) {
+        let _ = fs::remove_file(path);
+        return Err(err(e));
+    }
+    store::sync_dir(dir).map_err(|e| match e {
+        StoreError::Io { source, .. } => err(source),
+        other => AdminError::Save(other),
+    })
+}
+
+fn commit<H: Host + ?Sized>(host: &H, new: Catalog, effect: Effect) -> Result<(), AdminError> {
+    let dir = host.data_dir();
+    match effect {
+        Effect::None => {
+            store::save(dir, &new)?;
+            *host.catalog().write() = new;
+        }
+        Effect::CreateVolume { name, spec } => {
+            let file = volume_file(dir, &spec);
+            create_volume_file(&file, spec.size)?;
+            if let Err(source) = host.open_volume(&name, &spec) {
+                let _ = fs::remove_file(&file);
+                return Err(AdminError::OpenVolume { name, source });
+            }
+            if let Err(e) = store::save(dir, &new) {
+                host.close_volume(&name);
+                let _ = fs::remove_file(&file);
+                return Err(e.into());
+            }
+            *host.catalog().write() = new;
+            tracing::info!(volume = %name, size = %format_size(spec.size), "volume created");
+        }
+        Effect::DeleteVolume { name, spec } => {
+            store::save(dir, &new)?;
+            *host.catalog().write() = new;
+            host.close_volume(&name);
+            let file = volume_file(dir, &spec);
+            // The catalog no longer has the volume: a leftover file is only disk space.
+            if let Err(e) = fs::remove_file(&file) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(volume = %name, path = %file.display(), error = %e, "cannot delete volume file");
+                }
+            }
+            tracing::info!(volume = %name, "volume deleted");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::protocol::Secret;
+    use std::collections::HashSet;
+
+    /// A node without io: records which volumes are open.
+    struct Fake {
+        dir: tempfile::TempDir,
+        catalog: RwLock<Catalog>,
+        lock: Mutex<()>,
+        open: Mutex<HashSet<String>>,
+        sessions: Mutex<Vec<SessionInfo>>,
+        fail_open: bool,
+    }
+
+    impl Fake {
+        fn new() -> Fake {
+            let dir = tempfile::tempdir().unwrap();
+            let catalog = Catalog::embedded_default(42);
+            create_volume_file(&volume_file(dir.path(), &catalog.volumes["demo"]), 1 << 30)
+                .unwrap();
+            store::save(dir.path(), &catalog).unwrap();
+            Fake {
+                dir,
+                catalog: RwLock::new(catalog),
+                lock: Mutex::new(()),
+                open: Mutex::new(["demo".to_string()].into()),
+                sessions: Mutex::new(Vec::new()),
+                fail_open: false,
+            }
+        }
+        fn on_disk(&self) -> Catalog {
+            store::load(self.dir.path()).unwrap().unwrap()
+        }
+        fn snapshot(&self) -> (Catalog, Catalog, HashSet<String>, Vec<String>) {
+            let mut files: Vec<String> = fs::read_dir(self.dir.path().join("volumes"))
+                .map(|rd| {
+                    rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            files.sort();
+            (
+                self.catalog.read().clone(),
+                self.on_disk(),
+                self.open.lock().clone(),
+                files,
+            )
+        }
+        /// Applies a request that must be refused with `code`, and checks nothing changed.
+        fn refuse(&self, req: Request, code: ErrorCode) -> String {
+            let before = self.snapshot();
+            let r = apply(self, req.clone());
+            let Response::Error { code: got, message } = r else {
+                panic!("{req:?} should be refused, got {r:?}");
+            };
+            assert_eq!(got, code, "{req:?}: {message}");
+            assert_eq!(
+                self.snapshot(),
+                before,
+                "{req:?} was refused but changed something"
+            );
+            message
+        }
+        fn ok(&self, req: Request) -> Response {
+            let r = apply(self, req.clone());
+            assert!(!r.is_error(), "{req:?} failed: {r:?}");
+            assert_eq!(
+                *self.catalog.read(),
+                self.on_disk(),
+                "memory and disk differ after {req:?}"
+            );
+            r
+        }
+    }
+
+    impl Host for Fake {
+        fn data_dir(&self) -> &Path {
+            self.dir.path()
+        }
+        fn catalog(&self) -> &RwLock<Catalog> {
+            &self.catalog
+        }
+        fn change_lock(&self) -> &Mutex<()> {
+            &self.lock
+        }
+        fn open_volume(&self, name: &str, spec: &VolumeSpec) -> Result<(), VolumeError> {
+            if self.fail_open {
+                return Err(VolumeError::EngineStopped);
+            }
+            assert!(
+                volume_file(self.dir.path(), spec).exists(),
+                "file is created before open"
+            );
+            self.open.lock().insert(name.into());
+            Ok(())
+        }
+        fn close_volume(&self, name: &str) {
+            self.open.lock().remove(name);
+        }
+        fn sessions(&self) -> Vec<SessionInfo> {
+            self.sessions.lock().clone()
+        }
+        fn runtime(&self) -> RuntimeInfo {
+            RuntimeInfo {
+                engine: "fake".into(),
+                ..Default::default()
+            }
+        }
+    }
+
+    const T: &str = "iqn.2026-11.io.twinlun:t1";
+    const INI: &str = "iqn.1994-05.com.redhat:client1";
+
+    fn vcreate(name: &str, size: u64, bs: u32) -> Request {
+        Request::VolumeCreate {
+            name: name.into(),
+            size,
+            block_size: bs,
+        }
+    }
+    fn tcreate(iqn: &str) -> Request {
+        Request::TargetCreate { iqn: iqn.into() }
+    }
+    fn map(iqn: &str, lun: u64, vol: &str) -> Request {
+        Request::LunMap {
+            iqn: iqn.into(),
+            lun,
+            volume: vol.into(),
+            read_only: false,
+        }
+    }
+    fn chap(user: &str, secret: &str, mutual: Option<(&str, &str)>) -> Request {
+        Request::ChapSet {
+            iqn: T.into(),
+            user: user.into(),
+            secret: Secret(secret.into()),
+            mutual_user: mutual.map(|m| m.0.into()),
+            mutual_secret: mutual.map(|m| Secret(m.1.into())),
+        }
+    }
+    fn session(target: &str) -> SessionInfo {
+        SessionInfo {
+            target: target.into(),
+            initiator: INI.into(),
+            isid: "400001370000".into(),
+            tsih: 1,
+            connections: 1,
+            negotiated: vec![("HeaderDigest".into(), "None".into())],
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    #[test]
+    fn volume_create_show_list_delete() {
+        let f = Fake::new();
+        let r = f.ok(vcreate("db", 10 << 20, 4096));
+        let Response::Volume(v) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (v.name.as_str(), v.size, v.block_size),
+            ("db", 10 << 20, 4096)
+        );
+        assert_eq!(v.path, "volumes/db.img");
+        let file = f.dir.path().join("volumes/db.img");
+        assert_eq!(fs::metadata(&file).unwrap().len(), 10 << 20);
+        assert!(f.open.lock().contains("db"));
+        let id = f.catalog.read().volumes["db"].id;
+        assert_ne!(id, 0);
+        assert_eq!(v.id, format!("{id:016x}"));
+
+        let Response::Volume(shown) = f.ok(Request::VolumeShow { name: "db".into() }) else {
+            panic!()
+        };
+        assert_eq!(shown.size, 10 << 20);
+        let Response::Volumes { volumes } = f.ok(Request::VolumeList) else {
+            panic!()
+        };
+        let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["db", "demo"]);
+        assert_eq!(
+            volumes[1].mappings.len(),
+            1,
+            "demo is mapped by the default target"
+        );
+
+        f.ok(Request::VolumeDelete { name: "db".into() });
+        assert!(!file.exists());
+        assert!(!f.open.lock().contains("db"));
+        assert!(!f.catalog.read().volumes.contains_key("db"));
+    }
+
+    #[test]
+    fn volume_create_refusals_change_nothing() {
+        let f = Fake::new();
+        f.refuse(vcreate("demo", 1 << 20, 512), ErrorCode::AlreadyExists);
+        f.refuse(vcreate("bad/name", 1 << 20, 512), ErrorCode::Invalid);
+        f.refuse(vcreate("", 1 << 20, 512), ErrorCode::Invalid);
+        f.refuse(vcreate("x", 0, 512), ErrorCode::Invalid);
+        f.refuse(vcreate("x", 1000, 512), ErrorCode::Invalid);
+        f.refuse(vcreate("x", 1 << 20, 1024), ErrorCode::Invalid);
+        f.refuse(vcreate("x", 6144, 4096), ErrorCode::Invalid);
+        // A stray file with the volume's name is never clobbered.
+        fs::write(f.dir.path().join("volumes/stray.img"), b"keep me").unwrap();
+        let m = f.refuse(vcreate("stray", 1 << 20, 512), ErrorCode::AlreadyExists);
+        assert!(m.contains("stray.img"), "{m}");
+        assert_eq!(
+            fs::read(f.dir.path().join("volumes/stray.img")).unwrap(),
+            b"keep me"
+        );
+    }
+
+    #[test]
+    fn volume_create_undone_when_open_fails() {
+        let mut f = Fake::new();
+        f.fail_open = true;
+        f.refuse(vcreate("x", 1 << 20, 512), ErrorCode::Io);
+        assert!(!f.dir.path().join("volumes/x.img").exists());
+    }
+
+    #[test]
+    fn volume_delete_refusals() {
+        let f = Fake::new();
+        f.refuse(
+            Request::VolumeDelete {
+                name: "nope".into(),
+            },
+            ErrorCode::NotFound,
+        );
+        let m = f.refuse(
+            Request::VolumeDelete {
+                name: "demo".into(),
+            },
+            ErrorCode::InUse,
+        );
+        assert!(
+            m.contains(Catalog::DEMO_TARGET) && m.contains("LUN 0"),
+            "{m}"
+        );
+        assert!(f.dir.path().join("volumes/demo.img").exists());
+        f.refuse(
+            Request::VolumeShow {
+                name: "nope".into(),
+            },
+            ErrorCode::NotFound,
+        );
+    }
+
+    #[test]
+    fn target_lifecycle_and_refusals() {
+        let f = Fake::new();
+        let Response::Target(t) = f.ok(tcreate(T)) else {
+            panic!()
+        };
+        assert_eq!(t.iqn, T);
+        assert!(t.luns.is_empty() && t.acl.is_empty() && t.chap.is_none());
+        f.refuse(tcreate(T), ErrorCode::AlreadyExists);
+        f.refuse(tcreate("iqn.bad"), ErrorCode::Invalid);
+        f.refuse(tcreate("target1"), ErrorCode::Invalid);
+        let Response::Targets { targets } = f.ok(Request::TargetList) else {
+            panic!()
+        };
+        assert_eq!(targets.len(), 2);
+
+        f.ok(map(T, 3, "demo"));
+        let m = f.refuse(Request::TargetDelete { iqn: T.into() }, ErrorCode::InUse);
+        assert!(m.contains("LUN 3"), "{m}");
+        f.ok(Request::LunUnmap {
+            iqn: T.into(),
+            lun: 3,
+        });
+
+        f.sessions.lock().push(session(T));
+        let m = f.refuse(Request::TargetDelete { iqn: T.into() }, ErrorCode::Busy);
+        assert!(m.contains(INI), "{m}");
+        f.sessions.lock().clear();
+
+        f.ok(Request::TargetDelete { iqn: T.into() });
+        f.refuse(Request::TargetDelete { iqn: T.into() }, ErrorCode::NotFound);
+        f.refuse(Request::TargetShow { iqn: T.into() }, ErrorCode::NotFound);
+    }
+
+    #[test]
+    fn lun_map_unmap_and_refusals() {
+        let f = Fake::new();
+        f.ok(tcreate(T));
+        f.ok(Request::LunMap {
+            iqn: T.into(),
+            lun: 1,
+            volume: "demo".into(),
+            read_only: true,
+        });
+        let Response::Target(t) = f.ok(Request::TargetShow { iqn: T.into() }) else {
+            panic!()
+        };
+        assert_eq!(
+            t.luns,
+            vec![LunView {
+                lun: 1,
+                volume: "demo".into(),
+                read_only: true
+            }]
+        );
+        let m = f.refuse(map(T, 1, "demo"), ErrorCode::AlreadyExists);
+        assert!(m.contains("demo"), "{m}");
+        f.refuse(map(T, 2, "nope"), ErrorCode::NotFound);
+        f.refuse(
+            map("iqn.2026-11.io.twinlun:nope", 2, "demo"),
+            ErrorCode::NotFound,
+        );
+        f.refuse(map(T, validate::MAX_LUN + 1, "demo"), ErrorCode::Invalid);
+        f.refuse(
+            Request::LunUnmap {
+                iqn: T.into(),
+                lun: 9,
+            },
+            ErrorCode::NotFound,
+        );
+        f.refuse(
+            Request::LunUnmap {
+                iqn: "iqn.2026-11.io.x:y".into(),
+                lun: 0,
+            },
+            ErrorCode::NotFound,
+        );
+        f.ok(Request::LunUnmap {
+            iqn: T.into(),
+            lun: 1,
+        });
+        assert!(f.catalog.read().targets[T].luns.is_empty());
+    }
+
+    #[test]
+    fn acl_add_remove_and_refusals() {
+        let f = Fake::new();
+        f.ok(tcreate(T));
+        let add = Request::AclAdd {
+            iqn: T.into(),
+            initiator: INI.into(),
+        };
+        f.ok(add.clone());
+        assert!(f.catalog.read().targets[T].acl.contains(INI));
+        f.refuse(add, ErrorCode::AlreadyExists);
+        f.refuse(
+            Request::AclAdd {
+                iqn: T.into(),
+                initiator: "bob".into(),
+            },
+            ErrorCode::Invalid,
+        );
+        f.refuse(
+            Request::AclAdd {
+                iqn: "iqn.2026-11.io.x:none".into(),
+                initiator: INI.into(),
+            },
+            ErrorCode::NotFound,
+        );
+        let Response::Done { message } = f.ok(Request::AclRemove {
+            iqn: T.into(),
+            initiator: INI.into(),
+        }) else {
+            panic!()
+        };
+        assert!(message.contains("any initiator"), "{message}");
+        f.refuse(
+            Request::AclRemove {
+                iqn: T.into(),
+                initiator: INI.into(),
+            },
+            ErrorCode::NotFound,
+        );
+    }
+
+    #[test]
+    fn chap_set_clear_and_refusals() {
+        let f = Fake::new();
+        f.ok(tcreate(T));
+        f.refuse(chap("", "0123456789ab", None), ErrorCode::Invalid);
+        f.refuse(chap("u", "", None), ErrorCode::Invalid);
+        f.refuse(
+            chap("u", "0123456789ab", Some(("m", "0123456789ab"))),
+            ErrorCode::Invalid,
+        );
+        let half = Request::ChapSet {
+            iqn: T.into(),
+            user: "u".into(),
+            secret: Secret("0123456789ab".into()),
+            mutual_user: Some("m".into()),
+            mutual_secret: None,
+        };
+        f.refuse(half, ErrorCode::Invalid);
+        f.refuse(Request::ChapClear { iqn: T.into() }, ErrorCode::NotFound);
+
+        let Response::Done { message } = f.ok(chap("u", "short", None)) else {
+            panic!()
+        };
+        assert!(
+            message.contains("note") && !message.contains("short"),
+            "{message}"
+        );
+        f.ok(chap("u", "0123456789ab", Some(("m", "ba9876543210"))));
+        let Response::Target(t) = f.ok(Request::TargetShow { iqn: T.into() }) else {
+            panic!()
+        };
+        assert_eq!(
+            t.chap,
+            Some(ChapView {
+                user: "u".into(),
+                mutual_user: Some("m".into())
+            })
+        );
+        let json = serde_json::to_string(&f.ok(Request::TargetList)).unwrap();
+        assert!(
+            !json.contains("0123456789ab") && !json.contains("ba9876543210"),
+            "{json}"
+        );
+        assert_eq!(
+            f.on_disk().targets[T].chap.as_ref().unwrap().secret,
+            "0123456789ab"
+        );
+
+        f.ok(Request::ChapClear { iqn: T.into() });
+        assert!(f.catalog.read().targets[T].chap.is_none());
+    }
+
+    #[test]
+    fn status_and_sessions() {
+        let f = Fake::new();
+        f.sessions.lock().push(session(Catalog::DEMO_TARGET));
+        let Response::Status(s) = f.ok(Request::Status) else {
+            panic!()
+        };
+        assert_eq!((s.volumes, s.targets, s.sessions), (1, 1, 1));
+        assert_eq!(s.engine, "fake");
+        let Response::Sessions { sessions } = f.ok(Request::SessionList) else {
+            panic!()
+        };
+        assert_eq!(sessions, vec![session(Catalog::DEMO_TARGET)]);
+        let Response::Targets { targets } = f.ok(Request::TargetList) else {
+            panic!()
+        };
+        assert_eq!(targets[0].sessions, 1);
+    }
+
+    #[test]
+    fn volume_ids_are_unique_and_nonzero() {
+        let mut c = Catalog::embedded_default(7);
+        let mut ids = [0u64, 7, 7, 9].into_iter();
+        let (effect, _) = change(&mut c, vcreate("x", 4096, 512), &[], &mut || {
+            ids.next().unwrap()
+        })
+        .unwrap();
+        let Effect::CreateVolume { spec, .. } = effect else {
+            panic!()
+        };
+        assert_eq!(spec.id, 9);
+    }
+}

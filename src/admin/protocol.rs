@@ -1,0 +1,337 @@
+//! The admin socket protocol: one JSON object per line each way.
+//!
+//! A request is an object tagged by `cmd`, e.g. `{"cmd":"volume_create","name":"db","size":"10G"}`;
+//! a response is an object tagged by `result`, e.g. `{"result":"volume","name":"db",...}` or
+//! `{"result":"error","code":"not_found","message":"no volume named 'x'"}`.
+//! Secrets go in (`chap_set`) but never come back out.
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::server::SessionInfo;
+
+/// Longest request line the server reads, newline included.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// Every request name, as spelled in `cmd`; lets the server tell an unknown command
+/// from a known one with bad arguments.
+pub const COMMANDS: &[&str] = &[
+    "status",
+    "volume_create",
+    "volume_list",
+    "volume_show",
+    "volume_delete",
+    "target_create",
+    "target_list",
+    "target_show",
+    "target_delete",
+    "lun_map",
+    "lun_unmap",
+    "acl_add",
+    "acl_remove",
+    "chap_set",
+    "chap_clear",
+    "session_list",
+];
+
+/// A CHAP secret: serialized as a plain string, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    VolumeCreate {
+        name: String,
+        /// Bytes; on the wire also accepted as a string with a unit ("10G").
+        #[serde(deserialize_with = "de_size")]
+        size: u64,
+        #[serde(default = "default_block_size")]
+        block_size: u32,
+    },
+    VolumeList,
+    VolumeShow {
+        name: String,
+    },
+    VolumeDelete {
+        name: String,
+    },
+    TargetCreate {
+        iqn: String,
+    },
+    TargetList,
+    TargetShow {
+        iqn: String,
+    },
+    TargetDelete {
+        iqn: String,
+    },
+    LunMap {
+        iqn: String,
+        lun: u64,
+        volume: String,
+        #[serde(default)]
+        read_only: bool,
+    },
+    LunUnmap {
+        iqn: String,
+        lun: u64,
+    },
+    AclAdd {
+        iqn: String,
+        initiator: String,
+    },
+    AclRemove {
+        iqn: String,
+        initiator: String,
+    },
+    ChapSet {
+        iqn: String,
+        user: String,
+        secret: Secret,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mutual_user: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mutual_secret: Option<Secret>,
+    },
+    ChapClear {
+        iqn: String,
+    },
+    SessionList,
+}
+
+impl Request {
+    /// True for requests that change the catalog.
+    pub fn is_change(&self) -> bool {
+        !matches!(
+            self,
+            Request::Status
+                | Request::VolumeList
+                | Request::VolumeShow { .. }
+                | Request::TargetList
+                | Request::TargetShow { .. }
+                | Request::SessionList
+        )
+    }
+}
+
+pub fn default_block_size() -> u32 {
+    512
+}
+
+/// A size given as a number of bytes or as a string with a binary unit ("512M", "10G").
+pub fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bytes(n) => Ok(n),
+        Raw::Text(s) => super::validate::parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// A change was made; `message` says what, for a human.
+    Done {
+        message: String,
+    },
+    Status(StatusView),
+    Volume(VolumeView),
+    Volumes {
+        volumes: Vec<VolumeView>,
+    },
+    Target(TargetView),
+    Targets {
+        targets: Vec<TargetView>,
+    },
+    Sessions {
+        sessions: Vec<SessionInfo>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl Response {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Error {
+            code,
+            message: message.into(),
+        }
+    }
+    pub fn is_error(&self) -> bool {
+        matches!(self, Response::Error { .. })
+    }
+}
+
+/// Machine-readable error class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The line is not JSON, or not a request object, or its fields are wrong.
+    BadRequest,
+    /// `cmd` names no command.
+    UnknownCommand,
+    /// The request line is longer than `MAX_LINE`.
+    TooLong,
+    /// The peer's uid is neither root nor the server's.
+    PermissionDenied,
+    /// A value is malformed: name, size, IQN, secret, LUN number.
+    Invalid,
+    NotFound,
+    AlreadyExists,
+    /// The object is referenced by another (a mapped volume, a target with LUNs).
+    InUse,
+    /// Sessions are logged in to the target.
+    Busy,
+    /// The change was valid but the disk said no (creating a file, saving the catalog).
+    Io,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub version: String,
+    pub data_dir: String,
+    pub engine: String,
+    pub listen: Vec<String>,
+    pub admin_socket: Option<String>,
+    pub uptime_secs: u64,
+    pub volumes: usize,
+    pub targets: usize,
+    pub sessions: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeView {
+    pub name: String,
+    pub size: u64,
+    pub block_size: u32,
+    /// The stable 64-bit id as 16 hex digits (JSON numbers lose precision past 2^53).
+    pub id: String,
+    /// Backing file as recorded in the catalog (relative to the data dir unless absolute).
+    pub path: String,
+    /// Bytes actually allocated by the sparse file, when it could be stat'ed.
+    pub allocated: Option<u64>,
+    pub mappings: Vec<MappingView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MappingView {
+    pub target: String,
+    pub lun: u64,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetView {
+    pub iqn: String,
+    pub luns: Vec<LunView>,
+    /// Initiators allowed to log in; empty means open to all.
+    pub acl: Vec<String>,
+    /// CHAP names only; secrets are never returned.
+    pub chap: Option<ChapView>,
+    pub sessions: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LunView {
+    pub lun: u64,
+    pub volume: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChapView {
+    pub user: String,
+    pub mutual_user: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_shapes() {
+        let r: Request =
+            serde_json::from_str(r#"{"cmd":"volume_create","name":"db","size":"10G"}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::VolumeCreate {
+                name: "db".into(),
+                size: 10 << 30,
+                block_size: 512
+            }
+        );
+        let r: Request = serde_json::from_str(
+            r#"{"cmd":"volume_create","name":"db","size":4096,"block_size":4096}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::VolumeCreate {
+                name: "db".into(),
+                size: 4096,
+                block_size: 4096
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+        let bad = serde_json::from_str::<Request>(r#"{"cmd":"volume_show","name":"x","extra":1}"#);
+        assert!(bad.is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn response_wire_shapes() {
+        let e = Response::error(ErrorCode::NotFound, "no volume named 'x'");
+        assert_eq!(
+            serde_json::to_string(&e).unwrap(),
+            r#"{"result":"error","code":"not_found","message":"no volume named 'x'"}"#
+        );
+        let d = Response::Done {
+            message: "ok".into(),
+        };
+        let back: Response = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let r = Request::ChapSet {
+            iqn: "iqn.2026-11.io.twinlun:x".into(),
+            user: "u".into(),
+            secret: Secret("topsecret123".into()),
+            mutual_user: None,
+            mutual_secret: None,
+        };
+        assert!(!format!("{r:?}").contains("topsecret"));
+    }
+
+    #[test]
+    fn command_list_matches_enum() {
+        for c in COMMANDS {
+            let v = serde_json::json!({ "cmd": c });
+            let err = serde_json::from_value::<Request>(v)
+                .err()
+                .map(|e| e.to_string());
+            assert!(
+                !err.unwrap_or_default().contains("unknown variant"),
+                "{c} should be a known command"
+            );
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The catalog a server starts with.
+//!
+//! 1. `DATA_DIR/catalog.json` if there is one; else, without a config, the embedded
+//!    default (a 1 GiB volume `demo` at LUN 0 of `iqn.2026-11.io.twinlun:demo`), and
+//!    with a config, an empty catalog.
+//! 2. The config, if any, is overlaid (`Config::overlay`).
+//! 3. Backing files: a volume new in this start gets its sparse file created; a volume
+//!    that was already saved must still have its file, at the saved size (twinlun never
+//!    silently serves zeros where data used to be).
+//! 4. The result is saved atomically, then returned for `Node::new`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use super::apply::{create_volume_file, volume_file, AdminError};
+use super::store::{self, StoreError};
+use crate::catalog::Catalog;
+use crate::config::{Config, ConfigError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("volume '{name}': its backing file {path} is missing; restore it, or remove the volume from {catalog}")]
+    MissingFile {
+        name: String,
+        path: PathBuf,
+        catalog: PathBuf,
+    },
+    #[error(
+        "volume '{name}': its backing file {path} is {actual} bytes, the catalog says {expected}"
+    )]
+    WrongSize {
+        name: String,
+        path: PathBuf,
+        actual: u64,
+        expected: u64,
+    },
+    #[error("volume '{name}': {path}: {source}")]
+    Stat {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("volume '{name}': {source}")]
+    Create {
+        name: String,
+        #[source]
+        source: AdminError,
+    },
+}
+
+/// Prepares and saves the starting catalog (see the module doc).
+pub fn prepare(data_dir: &Path, config: Option<&Config>) -> Result<Catalog, StartupError> {
+    store::ensure_data_dir(data_dir)?;
+    let saved = store::load(data_dir)?;
+    let existing: BTreeSet<String> = saved
+        .iter()
+        .flat_map(|c| c.volumes.keys().cloned())
+        .collect();
+    let mut catalog = match (saved, config) {
+        (Some(c), _) => c,
+        (None, Some(_)) => Catalog::default(),
+        (None, None) => Catalog::embedded_default(new_id()),
+    };
+    if let Some(cfg) = config {
+        cfg.overlay(&mut catalog, &mut new_id)?;
+    }
+    for (name, spec) in &catalog.volumes {
+        let path = volume_file(data_dir, spec);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.len() == spec.size => {}
+            Ok(m) => {
+                return Err(StartupError::WrongSize {
+                    name: name.clone(),
+                    path,
+                    actual: m.len(),
+                    expected: spec.size,
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if existing.contains(name) {
+                    return Err(StartupError::MissingFile {
+                        name: name.clone(),
+                        path,
+                        catalog: store::catalog_path(data_dir),
+                    });
+                }
+                create_volume_file(&path, spec.size).map_err(|source| StartupError::Create {
+                    name: name.clone(),
+                    source,
+                })?;
+                tracing::info!(volume = %name, path = %path.display(), size = spec.size, "created volume file");
+            }
+            Err(source) => {
+                return Err(StartupError::Stat {
+                    name: name.clone(),
+                    path,
+                    source,
+                })
+            }
+        }
+    }
+    store::save(data_dir, &catalog)?;
+    Ok(catalog)
+}
+
+fn new_id() -> u64 {
+    rand::random::<u64>() | 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_data_dir_gets_the_demo_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let c = prepare(&data, None).unwrap();
+        assert_eq!(c.volumes.len(), 1);
+        assert!(c.targets.contains_key(Catalog::DEMO_TARGET));
+        let file = data.join("volumes/demo.img");
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 1 << 30);
+        // Restart: same catalog, same id.
+        assert_eq!(prepare(&data, None).unwrap(), c);
+        // A lost file is an error, not a silent new empty volume.
+        std::fs::remove_file(&file).unwrap();
+        let e = prepare(&data, None).unwrap_err().to_string();
+        assert!(e.contains("missing"), "{e}");
+        // So is a file of the wrong size.
+        std::fs::write(&file, b"short").unwrap();
+        let e = prepare(&data, None).unwrap_err().to_string();
+        assert!(e.contains("5 bytes"), "{e}");
+    }
+
+    #[test]
+    fn config_overlays_an_empty_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[[volume]]\nname = \"v\"\nsize = \"1M\"\n[[target]]\niqn = \"iqn.2026-11.io.x:t\"\n[[target.lun]]\nlun = 0\nvolume = \"v\"";
+        let cfg = Config::parse(text, "c.toml").unwrap();
+        let c = prepare(dir.path(), Some(&cfg)).unwrap();
+        assert_eq!(c.volumes.keys().collect::<Vec<_>>(), ["v"]);
+        assert_eq!(c.targets.keys().collect::<Vec<_>>(), ["iqn.2026-11.io.x:t"]);
+        assert!(dir.path().join("volumes/v.img").exists());
+        assert_eq!(store::load(dir.path()).unwrap(), Some(c));
+    }
+
+    #[test]
+    fn config_error_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = prepare(dir.path(), None).unwrap();
+        let cfg = Config::parse(
+            "[[target]]\niqn = \"iqn.2026-11.io.x:t\"\n[[target.lun]]\nlun = 0\nvolume = \"nope\"",
+            "c.toml",
+        )
+        .unwrap();
+        let e = prepare(dir.path(), Some(&cfg)).unwrap_err().to_string();
+        assert_eq!(e, "c.toml: target[0].lun[0].volume: no volume named 'nope'");
+        assert_eq!(store::load(dir.path()).unwrap(), Some(before));
+    }
+}

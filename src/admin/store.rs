@@ -1,0 +1,148 @@
+//! The catalog on disk: `DATA_DIR/catalog.json`, replaced atomically on every change
+//! (write a temp file, fsync it, rename over the old one, fsync the directory), so a
+//! crash leaves either the old catalog or the new one, never a mix.
+//!
+//! The file holds CHAP secrets: it is created mode 0600.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::catalog::Catalog;
+
+pub const CATALOG_FILE: &str = "catalog.json";
+const TEMP_FILE: &str = "catalog.json.tmp";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid catalog: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+pub fn catalog_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(CATALOG_FILE)
+}
+
+/// Creates the data dir (mode 0700: it holds secrets and volume images) if missing.
+pub fn ensure_data_dir(data_dir: &Path) -> Result<(), StoreError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .map_err(io(data_dir))
+}
+
+/// Loads the catalog; `None` if the data dir has none yet.
+pub fn load(data_dir: &Path) -> Result<Option<Catalog>, StoreError> {
+    let path = catalog_path(data_dir);
+    let text = match fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|source| StoreError::Parse { path, source })
+}
+
+/// Saves the catalog atomically.
+pub fn save(data_dir: &Path, catalog: &Catalog) -> Result<(), StoreError> {
+    let tmp = data_dir.join(TEMP_FILE);
+    let dst = catalog_path(data_dir);
+    let mut text = serde_json::to_vec_pretty(catalog).map_err(|source| StoreError::Parse {
+        path: dst.clone(),
+        source,
+    })?;
+    text.push(b'\n');
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io(&tmp))?;
+        f.write_all(&text).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        fs::rename(&tmp, &dst).map_err(io(&dst))?;
+        sync_dir(data_dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// fsync a directory so a rename or a new entry in it is durable.
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{ChapSpec, LunSpec};
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn save_load_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load(dir.path()).unwrap(), None);
+        let mut c = Catalog::embedded_default(0xdead_beef_0123_4567);
+        let t = c.targets.get_mut(Catalog::DEMO_TARGET).unwrap();
+        t.acl.insert("iqn.1994-05.com.redhat:client".into());
+        t.chap = Some(ChapSpec {
+            user: "u".into(),
+            secret: "0123456789ab".into(),
+            mutual_user: None,
+            mutual_secret: None,
+        });
+        t.luns.insert(
+            7,
+            LunSpec {
+                volume: "demo".into(),
+                read_only: true,
+            },
+        );
+        save(dir.path(), &c).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(c.clone()));
+        let mode = fs::metadata(catalog_path(dir.path()))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!dir.path().join(TEMP_FILE).exists());
+
+        // A second save replaces the first.
+        c.targets.clear();
+        save(dir.path(), &c).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(c));
+    }
+
+    #[test]
+    fn corrupt_catalog_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(catalog_path(dir.path()), b"{ not json").unwrap();
+        let e = load(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("catalog.json"), "{e}");
+    }
+}

@@ -1,0 +1,284 @@
+//! Human output of `twinlun ctl`: aligned tables and key/value blocks. No secrets
+//! appear here because none are in the responses.
+
+use std::fmt::Write;
+
+use super::protocol::{ChapView, Response, TargetView, VolumeView};
+use super::validate::format_size;
+
+/// Left-aligned columns separated by two spaces; the header is the first row.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn kv(pairs: &[(&str, String)]) -> String {
+    let w = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut out = String::new();
+    for (k, v) in pairs {
+        let _ = writeln!(out, "{:<w$} {v}", format!("{k}:"), w = w);
+    }
+    out
+}
+
+pub fn chap_text(chap: &Option<ChapView>) -> String {
+    match chap {
+        None => "none".into(),
+        Some(ChapView {
+            user,
+            mutual_user: None,
+        }) => format!("user {user}"),
+        Some(ChapView {
+            user,
+            mutual_user: Some(m),
+        }) => format!("user {user} (mutual, target user {m})"),
+    }
+}
+
+fn acl_text(acl: &[String]) -> String {
+    if acl.is_empty() {
+        "open".into()
+    } else {
+        acl.join(", ")
+    }
+}
+
+fn allocated_text(v: &VolumeView) -> String {
+    v.allocated.map(format_size).unwrap_or_else(|| "?".into())
+}
+
+fn volume_detail(v: &VolumeView) -> String {
+    let mut out = kv(&[
+        ("name", v.name.clone()),
+        (
+            "size",
+            format!("{} ({} bytes)", format_size(v.size), v.size),
+        ),
+        ("block size", v.block_size.to_string()),
+        ("id", v.id.clone()),
+        ("file", v.path.clone()),
+        ("allocated", allocated_text(v)),
+    ]);
+    if v.mappings.is_empty() {
+        out.push_str("mapped:     no\n");
+    } else {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = v
+            .mappings
+            .iter()
+            .map(|m| {
+                vec![
+                    m.target.clone(),
+                    m.lun.to_string(),
+                    if m.read_only { "ro" } else { "rw" }.into(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["TARGET", "LUN", "ACCESS"], &rows));
+    }
+    out
+}
+
+fn target_detail(t: &TargetView) -> String {
+    let mut out = kv(&[
+        ("target", t.iqn.clone()),
+        ("acl", acl_text(&t.acl)),
+        ("chap", chap_text(&t.chap)),
+        ("sessions", t.sessions.to_string()),
+    ]);
+    if t.luns.is_empty() {
+        out.push_str("luns:     none\n");
+    } else {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = t
+            .luns
+            .iter()
+            .map(|l| {
+                vec![
+                    l.lun.to_string(),
+                    l.volume.clone(),
+                    if l.read_only { "ro" } else { "rw" }.into(),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["LUN", "VOLUME", "ACCESS"], &rows));
+    }
+    out
+}
+
+/// The human rendering of a successful response (errors are printed by the caller).
+pub fn render(resp: &Response) -> String {
+    match resp {
+        Response::Done { message } => format!("{message}\n"),
+        Response::Error { code, message } => format!("error ({code:?}): {message}\n"),
+        Response::Status(s) => kv(&[
+            ("version", s.version.clone()),
+            ("data dir", s.data_dir.clone()),
+            ("engine", s.engine.clone()),
+            (
+                "listening",
+                if s.listen.is_empty() {
+                    "-".into()
+                } else {
+                    s.listen.join(", ")
+                },
+            ),
+            (
+                "admin socket",
+                s.admin_socket.clone().unwrap_or_else(|| "-".into()),
+            ),
+            ("uptime", format!("{}s", s.uptime_secs)),
+            ("volumes", s.volumes.to_string()),
+            ("targets", s.targets.to_string()),
+            ("sessions", s.sessions.to_string()),
+        ]),
+        Response::Volume(v) => volume_detail(v),
+        Response::Volumes { volumes } if volumes.is_empty() => "no volumes\n".into(),
+        Response::Volumes { volumes } => {
+            let rows: Vec<Vec<String>> = volumes
+                .iter()
+                .map(|v| {
+                    let maps: Vec<String> = v
+                        .mappings
+                        .iter()
+                        .map(|m| format!("{}/{}", m.target, m.lun))
+                        .collect();
+                    vec![
+                        v.name.clone(),
+                        format_size(v.size),
+                        v.block_size.to_string(),
+                        allocated_text(v),
+                        v.id.clone(),
+                        if maps.is_empty() {
+                            "-".into()
+                        } else {
+                            maps.join(", ")
+                        },
+                    ]
+                })
+                .collect();
+            table(
+                &["NAME", "SIZE", "BLOCK", "ALLOCATED", "ID", "MAPPED AS"],
+                &rows,
+            )
+        }
+        Response::Target(t) => target_detail(t),
+        Response::Targets { targets } if targets.is_empty() => "no targets\n".into(),
+        Response::Targets { targets } => {
+            let rows: Vec<Vec<String>> = targets
+                .iter()
+                .map(|t| {
+                    let luns: Vec<String> = t
+                        .luns
+                        .iter()
+                        .map(|l| {
+                            format!(
+                                "{}:{}{}",
+                                l.lun,
+                                l.volume,
+                                if l.read_only { "(ro)" } else { "" }
+                            )
+                        })
+                        .collect();
+                    vec![
+                        t.iqn.clone(),
+                        if luns.is_empty() {
+                            "-".into()
+                        } else {
+                            luns.join(" ")
+                        },
+                        acl_text(&t.acl),
+                        chap_text(&t.chap),
+                        t.sessions.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["TARGET", "LUNS", "ACL", "CHAP", "SESSIONS"], &rows)
+        }
+        Response::Sessions { sessions } if sessions.is_empty() => "no sessions\n".into(),
+        Response::Sessions { sessions } => {
+            let rows: Vec<Vec<String>> = sessions
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.target.clone(),
+                        s.initiator.clone(),
+                        s.isid.clone(),
+                        s.tsih.to_string(),
+                        s.connections.to_string(),
+                        format_size(s.bytes_in),
+                        format_size(s.bytes_out),
+                    ]
+                })
+                .collect();
+            let mut out = table(
+                &["TARGET", "INITIATOR", "ISID", "TSIH", "CONNS", "IN", "OUT"],
+                &rows,
+            );
+            for s in sessions {
+                let keys: Vec<String> = s
+                    .negotiated
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                let _ = writeln!(out, "TSIH {}: {}", s.tsih, keys.join(" "));
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admin::protocol::LunView;
+
+    #[test]
+    fn columns_align() {
+        let t = table(
+            &["A", "BB"],
+            &[vec!["xxx".into(), "y".into()], vec!["z".into(), "w".into()]],
+        );
+        assert_eq!(t, "A    BB\nxxx  y\nz    w\n");
+    }
+
+    #[test]
+    fn chap_is_shown_without_secrets() {
+        let t = TargetView {
+            iqn: "iqn.2026-11.io.twinlun:t".into(),
+            luns: vec![LunView {
+                lun: 0,
+                volume: "v".into(),
+                read_only: true,
+            }],
+            acl: vec![],
+            chap: Some(ChapView {
+                user: "alice".into(),
+                mutual_user: Some("tgt".into()),
+            }),
+            sessions: 0,
+        };
+        let out = render(&Response::Targets { targets: vec![t] });
+        assert!(out.contains("user alice (mutual"), "{out}");
+        assert!(out.contains("0:v(ro)") && out.contains("open"), "{out}");
+    }
+}

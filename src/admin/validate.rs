@@ -1,0 +1,398 @@
+//! Syntax checks for everything an admin types: sizes, volume names, iSCSI names,
+//! LUN numbers, CHAP credentials. Pure functions, no state.
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("invalid size '{input}': {why}")]
+    Size { input: String, why: &'static str },
+    #[error("size {size} is not a multiple of the block size {block_size}")]
+    SizeNotMultiple { size: u64, block_size: u32 },
+    #[error("size must be at least one block")]
+    SizeZero,
+    #[error("block size {0} is not supported (use 512 or 4096)")]
+    BlockSize(u32),
+    #[error("invalid volume name '{name}': {why}")]
+    VolumeName { name: String, why: &'static str },
+    #[error("invalid iSCSI name '{name}': {why}")]
+    IscsiName { name: String, why: &'static str },
+    #[error("LUN {0} is out of range (0..={max})", max = MAX_LUN)]
+    Lun(u64),
+    #[error("invalid CHAP credentials: {0}")]
+    Chap(&'static str),
+}
+
+/// Highest LUN number: SAM flat space addressing carries 14 bits.
+pub const MAX_LUN: u64 = 16383;
+
+/// Parses "512", "4K", "512M", "10G", "1T", "2P" (binary units, case-insensitive,
+/// optional "B"/"iB" suffix: "10GiB", "10GB" both mean 10 * 2^30).
+pub fn parse_size(input: &str) -> Result<u64, ValidationError> {
+    let err = |why| ValidationError::Size {
+        input: input.to_string(),
+        why,
+    };
+    let s = input.trim();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(digits_end);
+    if num.is_empty() {
+        return Err(err(
+            "expected a number of bytes, optionally followed by K, M, G, T or P",
+        ));
+    }
+    let n: u64 = num.parse().map_err(|_| err("number too large"))?;
+    let unit = unit.trim().to_ascii_uppercase();
+    let unit = unit
+        .strip_suffix("IB")
+        .or_else(|| unit.strip_suffix('B'))
+        .unwrap_or(&unit);
+    let shift = match unit {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        "P" => 50,
+        _ => return Err(err("unknown unit (use K, M, G, T or P)")),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(|| err("too large"))
+}
+
+/// Checks a block size and that `size` is a whole, non-zero number of blocks.
+pub fn check_geometry(size: u64, block_size: u32) -> Result<(), ValidationError> {
+    if block_size != 512 && block_size != 4096 {
+        return Err(ValidationError::BlockSize(block_size));
+    }
+    if size == 0 {
+        return Err(ValidationError::SizeZero);
+    }
+    if size % u64::from(block_size) != 0 {
+        return Err(ValidationError::SizeNotMultiple { size, block_size });
+    }
+    Ok(())
+}
+
+/// Formats a byte count the way `parse_size` reads it back, exactly when it can
+/// ("10G"), else with one decimal ("1.5G") or as bytes.
+pub fn format_size(n: u64) -> String {
+    const UNITS: [(u32, &str); 5] = [(50, "P"), (40, "T"), (30, "G"), (20, "M"), (10, "K")];
+    for (shift, u) in UNITS {
+        let unit = 1u64 << shift;
+        if n >= unit {
+            if n % unit == 0 {
+                return format!("{}{u}", n >> shift);
+            }
+            return format!("{:.1}{u}", n as f64 / unit as f64);
+        }
+    }
+    format!("{n}")
+}
+
+/// Volume names: 1..=64 characters from `[A-Za-z0-9._-]`. They become file names
+/// (`volumes/NAME.img`), so nothing else is allowed.
+pub fn check_volume_name(name: &str) -> Result<(), ValidationError> {
+    let err = |why| ValidationError::VolumeName {
+        name: name.to_string(),
+        why,
+    };
+    if name.is_empty() {
+        return Err(err("empty"));
+    }
+    if name.len() > 64 {
+        return Err(err("longer than 64 characters"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return Err(err("only letters, digits, '.', '_' and '-' are allowed"));
+    }
+    Ok(())
+}
+
+/// iSCSI names, RFC 7143 §4.2.7 (formerly RFC 3720 §3.2.6):
+/// - `iqn.YYYY-MM.reversed.domain[:anything]`
+/// - `eui.` + 16 hex digits (EUI-64)
+/// - `naa.` + 16 or 32 hex digits (RFC 3980)
+///
+/// At most 223 bytes (§4.2.7.1). Names are compared after stringprep (RFC 3722), which
+/// lowercases, so an `iqn.` name must already be lowercase.
+pub fn check_iscsi_name(name: &str) -> Result<(), ValidationError> {
+    let err = |why| ValidationError::IscsiName {
+        name: name.to_string(),
+        why,
+    };
+    if name.len() > 223 {
+        return Err(err("longer than 223 bytes (RFC 7143 4.2.7.1)"));
+    }
+    if let Some(rest) = name.strip_prefix("iqn.") {
+        check_iqn(rest).map_err(err)
+    } else if let Some(hex) = name.strip_prefix("eui.") {
+        if hex.len() == 16 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(())
+        } else {
+            Err(err("an eui. name has exactly 16 hex digits"))
+        }
+    } else if let Some(hex) = name.strip_prefix("naa.") {
+        if (hex.len() == 16 || hex.len() == 32) && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(())
+        } else {
+            Err(err("a naa. name has 16 or 32 hex digits"))
+        }
+    } else {
+        Err(err(
+            "must start with iqn., eui. or naa. (e.g. iqn.2026-11.com.example:disk1)",
+        ))
+    }
+}
+
+fn check_iqn(rest: &str) -> Result<(), &'static str> {
+    const DATE: &str =
+        "an iqn. name continues with a date yyyy-mm and a dot (iqn.2026-11.com.example)";
+    let b = rest.as_bytes();
+    if b.len() < 8 || b[4] != b'-' || b[7] != b'.' {
+        return Err(DATE);
+    }
+    if !b[..4].iter().chain(&b[5..7]).all(u8::is_ascii_digit) {
+        return Err(DATE);
+    }
+    let month = (b[5] - b'0') * 10 + (b[6] - b'0');
+    if !(1..=12).contains(&month) {
+        return Err("the month of an iqn. date is 01..12");
+    }
+    let after = &rest[8..];
+    let (domain, unique) = match after.split_once(':') {
+        Some((d, u)) => (d, Some(u)),
+        None => (after, None),
+    };
+    if domain.is_empty()
+        || domain.split('.').any(|label| {
+            label.is_empty()
+                || !label
+                    .bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
+        })
+    {
+        return Err(
+            "the naming authority must be a reversed domain name in lowercase (com.example)",
+        );
+    }
+    if let Some(u) = unique {
+        if u.is_empty() {
+            return Err("nothing after ':'");
+        }
+        // RFC 3722: after stringprep only these ASCII characters remain; non-ASCII is
+        // allowed as long as it is not uppercase or a control or space character.
+        for c in u.chars() {
+            let ok = if c.is_ascii() {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | ':')
+            } else {
+                !c.is_uppercase() && !c.is_control() && !c.is_whitespace()
+            };
+            if !ok {
+                return Err(if c.is_ascii_uppercase() {
+                    "uppercase letters are not allowed (iSCSI names are lowercase, RFC 3722)"
+                } else {
+                    "only lowercase letters, digits, '-', '.' and ':' are allowed"
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A CHAP name or secret as carried in a text key: 1..=255 bytes, no control characters.
+fn check_chap_text(s: &str, empty: &'static str, bad: &'static str) -> Result<(), ValidationError> {
+    if s.is_empty() {
+        return Err(ValidationError::Chap(empty));
+    }
+    if s.len() > 255 || s.chars().any(char::is_control) {
+        return Err(ValidationError::Chap(bad));
+    }
+    Ok(())
+}
+
+/// Checks CHAP credentials (RFC 7143 §12.1.3). Returns advice that is not an error:
+/// the RFC wants secrets of at least 96 bits when the channel is not encrypted, and
+/// many initiators (Microsoft's among them) only take 12..=16 bytes.
+pub fn check_chap(
+    user: &str,
+    secret: &str,
+    mutual: Option<(&str, &str)>,
+) -> Result<Vec<String>, ValidationError> {
+    check_chap_text(
+        user,
+        "the user name is empty",
+        "the user name is too long or has control characters",
+    )?;
+    check_chap_text(
+        secret,
+        "the secret is empty",
+        "the secret is too long or has control characters",
+    )?;
+    let mut notes = Vec::new();
+    let mut advise = |what: &str, s: &str| {
+        if !(12..=16).contains(&s.len()) {
+            notes.push(format!(
+                "the {what} is {} bytes; 12 to 16 bytes is what RFC 7143 and most initiators expect",
+                s.len()
+            ));
+        }
+    };
+    advise("secret", secret);
+    if let Some((mu, ms)) = mutual {
+        check_chap_text(
+            mu,
+            "the mutual user name is empty",
+            "the mutual user name is too long or has control characters",
+        )?;
+        check_chap_text(
+            ms,
+            "the mutual secret is empty",
+            "the mutual secret is too long or has control characters",
+        )?;
+        // RFC 7143 §12.1.3: a secret for authenticating the initiator MUST NOT be used
+        // to authenticate the target.
+        if ms == secret {
+            return Err(ValidationError::Chap(
+                "the mutual secret must differ from the secret (RFC 7143 12.1.3)",
+            ));
+        }
+        advise("mutual secret", ms);
+    }
+    Ok(notes)
+}
+
+pub fn check_lun(lun: u64) -> Result<(), ValidationError> {
+    if lun > MAX_LUN {
+        return Err(ValidationError::Lun(lun));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert_eq!(parse_size("4K").unwrap(), 4096);
+        assert_eq!(parse_size("4k").unwrap(), 4096);
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
+        assert_eq!(parse_size("10GB").unwrap(), 10 << 30);
+        assert_eq!(parse_size("1T").unwrap(), 1 << 40);
+        assert_eq!(parse_size(" 2P ").unwrap(), 2 << 50);
+        for bad in [
+            "",
+            "G",
+            "10X",
+            "1.5G",
+            "-1",
+            "10 G G",
+            "99999999999999999999",
+            "16384P",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn geometry() {
+        assert!(check_geometry(1 << 30, 512).is_ok());
+        assert!(check_geometry(1 << 30, 4096).is_ok());
+        assert_eq!(check_geometry(0, 512), Err(ValidationError::SizeZero));
+        assert_eq!(
+            check_geometry(1024, 1024),
+            Err(ValidationError::BlockSize(1024))
+        );
+        assert_eq!(
+            check_geometry(6144, 4096),
+            Err(ValidationError::SizeNotMultiple {
+                size: 6144,
+                block_size: 4096
+            })
+        );
+    }
+
+    #[test]
+    fn size_format_roundtrips() {
+        for n in [512u64, 4096, 512 << 20, 10 << 30, 1 << 40] {
+            assert_eq!(parse_size(&format_size(n)).unwrap(), n);
+        }
+        assert_eq!(format_size(1536 << 20), "1.5G");
+        assert_eq!(format_size(1000), "1000");
+    }
+
+    #[test]
+    fn volume_names() {
+        for ok in ["demo", "a", "db-01.data_x", &"x".repeat(64)] {
+            assert!(check_volume_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a/b", "a b", "é", "x:y", &"x".repeat(65)] {
+            assert!(check_volume_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn iscsi_names() {
+        for ok in [
+            "iqn.2026-11.io.twinlun:demo",
+            "iqn.1994-05.com.redhat:5f1c2a9b8e",
+            "iqn.2001-04.com.example",
+            "iqn.2001-04.com.example:storage:diskarrays-sn-a8675309",
+            "iqn.1991-05.com.microsoft:host.example.com",
+            "eui.02004567A425678D",
+            "naa.52004567BA64678D",
+            "naa.62004567BA64678D0123456789ABCDEF",
+        ] {
+            assert!(check_iscsi_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "demo",
+            "iqn.",
+            "iqn.2026-13.io.x",
+            "iqn.26-11.io.x",
+            "iqn.2026-11",
+            "iqn.2026-11.",
+            "iqn.2026-11.io..x",
+            "iqn.2026-11.io.x:",
+            "iqn.2026-11.io.x:Upper",
+            "iqn.2026-11.io.x:sp ace",
+            "iqn.2026-11.IO.x",
+            "eui.0200",
+            "eui.02004567A425678G",
+            "naa.123",
+            "IQN.2026-11.io.x",
+        ] {
+            assert!(check_iscsi_name(bad).is_err(), "{bad:?} should be refused");
+        }
+        let long = format!("iqn.2026-11.io.x:{}", "a".repeat(223));
+        assert!(check_iscsi_name(&long).is_err());
+    }
+
+    #[test]
+    fn chap() {
+        assert_eq!(
+            check_chap("u", "0123456789ab", None).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(check_chap("u", "short", None).unwrap().len(), 1);
+        assert!(check_chap("", "0123456789ab", None).is_err());
+        assert!(check_chap("u", "", None).is_err());
+        assert!(check_chap("u", "0123456789ab", Some(("m", "0123456789ab"))).is_err());
+        assert!(check_chap("u", "0123456789ab", Some(("m", ""))).is_err());
+        assert!(check_chap("u", "0123456789ab", Some(("", "ba9876543210"))).is_err());
+        assert!(check_chap("u", "0123456789ab", Some(("m", "ba9876543210"))).is_ok());
+        assert!(check_chap("u\n", "0123456789ab", None).is_err());
+    }
+
+    #[test]
+    fn luns() {
+        assert!(check_lun(0).is_ok());
+        assert!(check_lun(MAX_LUN).is_ok());
+        assert!(check_lun(MAX_LUN + 1).is_err());
+    }
+}
