@@ -363,7 +363,8 @@ median() {   # numbers on stdin
     sort -g | awk '{v[NR]=$1} END {if (NR==0) exit 1; if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
 }
 
-declare -A MED RUNS_OF
+declare -A MED RUNS_OF RATIOS_OF
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for c in "${CASES[@]}"; do
     read -r name size depth rw count <<<"$c"
     [[ "$QUICK" == 1 ]] && count=$((count / 10))
@@ -378,6 +379,11 @@ for c in "${CASES[@]}"; do
             RUNS_OF[$name,$s]+="$iops "
             say "$name run $r/$RUNS ${LABEL[$s]}: $iops IOPS ($count in $secs s)"
         done
+        # The two runs of a pair ran back to back, under about the same load.
+        if (( ${#SIDES[@]} == 2 )); then
+            RATIOS_OF[$name]+="$(awk -v x="${RUNS_OF[$name,a]% }" -v y="${RUNS_OF[$name,b]% }" \
+                'BEGIN { n = split(x, xs, " "); split(y, ys, " "); printf "%.3f", xs[n] / ys[n] }') "
+        fi
     done
     for s in "${SIDES[@]}"; do
         MED[$name,$s]=$(tr ' ' '\n' <<<"${RUNS_OF[$name,$s]}" | grep . | median)
@@ -387,8 +393,13 @@ done
 # ---------------------------------------------------------------- report
 
 PAIR=0; [[ ${#SIDES[@]} == 2 ]] && PAIR=1
-ratio_of() {   # case name; twinlun / tgt (side a / side b)
-    awk -v x="${MED[$1,a]}" -v y="${MED[$1,b]}" 'BEGIN { if (y > 0) printf "%.2f", x / y; else print "-" }'
+# The ratio is the median of the per-run ratios (each run pairs twinlun and tgt back
+# to back), which shrugs off a burst of load better than a ratio of medians.
+ratio_of() {   # case name
+    tr ' ' '\n' <<<"${RATIOS_OF[$1]}" | grep . | median | awk '{ printf "%.2f", $1 }'
+}
+ratio_range_of() {   # case name: lowest and highest per-run ratio
+    tr ' ' '\n' <<<"${RATIOS_OF[$1]}" | grep . | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END { printf "%.2f-%.2f", lo, hi }'
 }
 iops_of() { printf '%.0f' "${MED[$1,$2]}"; }
 mbs_of() { awk -v i="${MED[$1,$2]}" -v s="$3" 'BEGIN { printf "%.1f", i * s / 1e6 }'; }
@@ -399,7 +410,7 @@ printf 'qemu-img bench through QEMU iSCSI (libiscsi), median of %d run(s)%s, I/O
 [[ -n "$ENGINE" ]] && echo "twinlun engine: $ENGINE"
 header=("case")
 for s in "${SIDES[@]}"; do header+=("${LABEL[$s]} IOPS"); done
-[[ $PAIR == 1 ]] && header+=("ratio")
+[[ $PAIR == 1 ]] && header+=("ratio" "range")
 for s in "${SIDES[@]}"; do header+=("${LABEL[$s]} MB/s"); done
 fmt='%-16s'; for _ in "${header[@]:1}"; do fmt+=' %13s'; done; fmt+='\n'
 # shellcheck disable=SC2059  # the format is built above
@@ -408,14 +419,19 @@ for c in "${CASES[@]}"; do
     read -r name size _ <<<"$c"
     row=("$name")
     for s in "${SIDES[@]}"; do row+=("$(iops_of "$name" "$s")"); done
-    [[ $PAIR == 1 ]] && row+=("$(ratio_of "$name")")
+    [[ $PAIR == 1 ]] && row+=("$(ratio_of "$name")" "$(ratio_range_of "$name")")
     for s in "${SIDES[@]}"; do
         if (( size >= 131072 )); then row+=("$(mbs_of "$name" "$s" "$size")"); else row+=(""); fi
     done
     # shellcheck disable=SC2059
     printf "$fmt" "${row[@]}"
 done
-[[ $PAIR == 1 ]] && echo "(ratio = ${LABEL[a]} / ${LABEL[b]} of the medians; MB/s = 10^6 bytes/s)"
+if [[ $PAIR == 1 ]]; then
+    echo "(IOPS: median of the runs; ratio: ${LABEL[a]} / ${LABEL[b]}, median over the paired runs; range: lowest-highest pair;"
+    echo " MB/s = 10^6 bytes/s; load average before/after: $LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg))"
+else
+    echo "(IOPS: median of the runs; MB/s = 10^6 bytes/s; load average before/after: $LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg))"
+fi
 
 echo
 echo "Commands:"
@@ -429,6 +445,7 @@ json_list() { local out="" x; for x in $1; do out+="${out:+, }$x"; done; printf 
     printf '  "date": %s,\n' "$(json_str "$(date -u +%Y-%m-%dT%H:%M:%SZ)")"
     printf '  "host": %s,\n' "$(json_str "$(uname -n)")"
     printf '  "cpus": %s,\n' "$(nproc)"
+    printf '  "loadavg_before": %s,\n  "loadavg_after": %s,\n' "$(json_str "$LOAD_BEFORE")" "$(json_str "$(cut -d' ' -f1-3 /proc/loadavg)")"
     printf '  "qemu_img": %s,\n' "$(json_str "$(qemu-img --version | head -1)")"
     printf '  "tgtd": %s,\n' "$(json_str "$(tgtd --version 2>&1 | head -1)")"
     printf '  "twinlun_engine": %s,\n' "$(json_str "${ENGINE:-default}")"
@@ -460,7 +477,7 @@ json_list() { local out="" x; for x in $1; do out+="${out:+, }$x"; done; printf 
                 "$(iops_of "$name" "$s")" "$(mbs_of "$name" "$s" "$size")" "$(json_list "${RUNS_OF[$name,$s]}")"
         done
         printf '}'
-        [[ $PAIR == 1 ]] && printf ', "ratio": %s' "$(ratio_of "$name" | sed 's/^-$/null/')"
+        [[ $PAIR == 1 ]] && printf ', "ratio": %s, "ratio_runs": %s' "$(ratio_of "$name")" "$(json_list "${RATIOS_OF[$name]}")"
         printf '}%s\n' "$([[ $n -lt ${#CASES[@]} ]] && echo ,)"
     done
     printf '  ],\n'
