@@ -10,7 +10,7 @@
 #
 # Usage: scripts/bench.sh [options]
 #   --quick               short runs (a tenth of the normal request counts)
-#   --runs N              runs per case and target, median reported (default 3)
+#   --runs N              runs per case and target, median reported (default 5)
 #   --engine uring|threads
 #                         passed to `twinlun serve` (default: the server's choice)
 #   --only twinlun|tgt    benchmark one target only (no ratio)
@@ -33,7 +33,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 QUICK=0
-RUNS=3
+RUNS=5
 ENGINE=""
 ONLY=""
 TGT_VS_TGT=0
@@ -98,13 +98,15 @@ WRITE_PATTERN=0x5a
 RUN_TIMEOUT=600                         # seconds; a hung target must not hang the script
 
 # The cases: name, request size, queue depth, read|write, request count.
-# Counts give about 3 s per run for tgt on a 2-core machine; --quick divides by 10.
+# Counts give 1.5-2 s per run for tgt on a 2-core machine: on a shared machine more
+# short pairs beat fewer long ones, as the median drops the pairs a burst hit.
+# --quick divides the counts by 10.
 CASES=(
-    "4k-qd32-read    4096   32 read  150000"
-    "4k-qd32-write   4096   32 write 120000"
-    "128k-qd8-read   131072  8 read   20000"
-    "128k-qd8-write  131072  8 write  15000"
-    "4k-qd1-write    4096    1 write  40000"
+    "4k-qd32-read    4096   32 read  80000"
+    "4k-qd32-write   4096   32 write 70000"
+    "128k-qd8-read   131072  8 read  12000"
+    "128k-qd8-write  131072  8 write  8000"
+    "4k-qd1-write    4096    1 write 25000"
 )
 
 # ---------------------------------------------------------------- tools
@@ -359,6 +361,12 @@ for s in "${SIDES[@]}"; do
     run_bench "$s" 131072 8 write "$FILL_COUNT" "$FILL_VIEW" "$FILL_PATTERN" >/dev/null
 done
 
+# Flush what the targets wrote to their files, so one case's page-cache writeback
+# does not land in the next case's timing (only this run's files, not the whole disk).
+settle() {
+    find "$WORK" -type f \( -name '*.log' -prune -o -print0 \) | xargs -0 -r sync --
+}
+
 median() {   # numbers on stdin
     sort -g | awk '{v[NR]=$1} END {if (NR==0) exit 1; if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
 }
@@ -369,6 +377,7 @@ for c in "${CASES[@]}"; do
     read -r name size depth rw count <<<"$c"
     [[ "$QUICK" == 1 ]] && count=$((count / 10))
     for s in "${SIDES[@]}"; do note_line "$(bench_cmd "$s" "$size" "$depth" "$rw" "$count" "$REGION_BYTES")"; done
+    settle
     for r in $(seq "$RUNS"); do
         # Alternate which side goes first, so drift in the machine's load is shared.
         order=("${SIDES[@]}")
