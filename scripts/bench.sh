@@ -116,7 +116,7 @@ have_iscsi_driver() {
     # module loads (a missing one says "Unknown protocol"/"Unknown driver").
     qemu-img --help 2>/dev/null | grep -qw iscsi || return 1
     local err
-    err=$(qemu-img info 'iscsi://127.0.0.1:1/iqn.2026-11.io.twinlun:probe/0' 2>&1 || true)
+    err=$(timeout 20 qemu-img info 'iscsi://127.0.0.1:1/iqn.2026-11.io.twinlun:probe/0' 2>&1 || true)
     ! grep -qiE 'unknown (protocol|driver)|failed to (open|load) module' <<<"$err"
 }
 
@@ -180,7 +180,7 @@ note_line() { COMMANDS+=("$1"); }                    # a command already quoted
 stop_side() {
     local s=$1 pid=${PID[$1]:-}
     [[ -n "$pid" ]] || return 0
-    if [[ "${KIND[$s]}" == tgt ]]; then
+    if [[ "${KIND[$s]}" == tgt ]] && kill -0 "$pid" 2>/dev/null; then
         # tgtd ignores SIGTERM while targets exist: remove them, then the daemon.
         tgtadm -C "${CTL[$s]}" --lld iscsi --mode target --op delete --force --tid 1 >/dev/null 2>&1 || true
         tgtadm -C "${CTL[$s]}" --mode system --op delete >/dev/null 2>&1 || true
@@ -205,8 +205,12 @@ cleanup() {
     trap - EXIT INT TERM
     local s
     for s in "${SIDES[@]}"; do stop_side "$s"; done
-    if [[ "$KEEP" == 1 || $rc != 0 ]]; then
-        [[ $rc != 0 ]] && say "failed (exit $rc); server logs and volumes kept in $WORK"
+    if [[ "$KEEP" == 1 ]]; then
+        say "work dir kept: $WORK"
+    elif [[ $rc != 0 ]]; then
+        # Keep the logs for the post-mortem, not hundreds of MiB of volumes.
+        find "$WORK" -type f ! -name '*.log' -delete 2>/dev/null || true
+        say "failed (exit $rc); server logs kept in $WORK"
     else
         rm -rf "$WORK"
     fi
@@ -237,7 +241,7 @@ wait_listening() {   # side, seconds
         kill -0 "${PID[$s]}" 2>/dev/null \
             || { cat "${LOG[$s]}" >&2; die "${LABEL[$s]} exited during startup (log above: ${LOG[$s]})"; }
         if [[ "${KIND[$s]}" == twinlun ]]; then
-            grep -q '^twinlun: listening on' "${LOG[$s]}" && return 0
+            grep -q 'twinlun: listening on' "${LOG[$s]}" && return 0
         else
             port_free "${PORT[$s]}" || return 0
         fi
@@ -260,9 +264,13 @@ start_tgt() {
     mkdir -p "$dir"
     truncate -s "$VOLUME_BYTES" "$dir/vol.img"
     PORT[$s]=$(pick_port)
-    # A private control port keeps us clear of any other tgtd on the machine
-    # (tgtd takes a lock per control port and refuses a second one).
-    CTL[$s]=$((1000 + RANDOM % 30000))
+    # A private control port keeps us clear of any other tgtd on the machine. Never
+    # take one some other tgtd answers on: tgtadm would configure that daemon.
+    local i
+    for i in $(seq 100); do
+        CTL[$s]=$((1000 + RANDOM % 30000))
+        tgtadm -C "${CTL[$s]}" --mode system --op show >/dev/null 2>&1 || break
+    done
     IQN[$s]="iqn.2026-11.io.twinlun.bench:tgt-$s"
     LUN[$s]=1   # tgt's LUN 0 is its controller
     LOG[$s]="$dir/tgtd.log"
@@ -270,10 +278,10 @@ start_tgt() {
     note_cmd "${cmd[@]}"
     "${cmd[@]}" >"${LOG[$s]}" 2>&1 &
     PID[$s]=$!
-    local i
     for i in $(seq 50); do   # the management socket comes up before the portal
+        kill -0 "${PID[$s]}" 2>/dev/null \
+            || { cat "${LOG[$s]}" >&2; die "tgtd for ${LABEL[$s]} exited during startup (log above)"; }
         tgtadm -C "${CTL[$s]}" --mode system --op show >/dev/null 2>&1 && break
-        kill -0 "${PID[$s]}" 2>/dev/null || break
         sleep 0.1
     done
     tgt_admin "$s" --mode target --op new --tid 1 --targetname "${IQN[$s]}"
