@@ -15,6 +15,9 @@
 #                         passed to `twinlun serve` (default: the server's choice)
 #   --only twinlun|tgt    benchmark one target only (no ratio)
 #   --tgt-vs-tgt          compare two identical tgt instances (noise estimate)
+#   --tgt-bsoflags direct|sync
+#                         open tgt's backing file O_DIRECT or O_SYNC (default:
+#                         buffered, tgt's own default); match what twinlun does
 #   --region-mib N        I/O stays in the first N MiB of each LUN, pre-written
 #                         before the runs (default 256)
 #   --out DIR             results and work files (default target/bench)
@@ -37,6 +40,7 @@ RUNS=5
 ENGINE=""
 ONLY=""
 TGT_VS_TGT=0
+TGT_BSOFLAGS=""
 REGION_MIB=256
 OUT="$ROOT/target/bench"
 TWINLUN_BIN=""
@@ -69,6 +73,7 @@ while [[ $# -gt 0 ]]; do
         --engine) ENGINE=${2:?--engine needs uring or threads}; shift ;;
         --only) ONLY=${2:?--only needs twinlun or tgt}; shift ;;
         --tgt-vs-tgt) TGT_VS_TGT=1 ;;
+        --tgt-bsoflags) TGT_BSOFLAGS=${2:?--tgt-bsoflags needs direct or sync}; shift ;;
         --region-mib) REGION_MIB=${2:?--region-mib needs a number}; shift ;;
         --out) OUT=${2:?--out needs a directory}; shift ;;
         --twinlun-bin) TWINLUN_BIN=${2:?--twinlun-bin needs a path}; BUILD=0; shift ;;
@@ -86,6 +91,8 @@ done
     || die "--engine must be uring or threads, got '$ENGINE'"
 [[ -z "$ONLY" || "$ONLY" == twinlun || "$ONLY" == tgt ]] \
     || die "--only must be twinlun or tgt, got '$ONLY'"
+[[ -z "$TGT_BSOFLAGS" || "$TGT_BSOFLAGS" == direct || "$TGT_BSOFLAGS" == sync ]] \
+    || die "--tgt-bsoflags must be direct or sync, got '$TGT_BSOFLAGS'"
 [[ -n "$ONLY" && "$TGT_VS_TGT" == 1 ]] && die "--only and --tgt-vs-tgt exclude each other"
 # Each LUN is 1 GiB; the pre-write view needs 256 KiB past the region (see prefill).
 [[ "$REGION_MIB" =~ ^[1-9][0-9]*$ && "$REGION_MIB" -le 1023 ]] \
@@ -285,7 +292,9 @@ start_tgt() {
         sleep 0.1
     done
     tgt_admin "$s" --mode target --op new --tid 1 --targetname "${IQN[$s]}"
-    tgt_admin "$s" --mode logicalunit --op new --tid 1 --lun 1 --backing-store "$dir/vol.img"
+    local lu=(--mode logicalunit --op new --tid 1 --lun 1 --backing-store "$dir/vol.img")
+    [[ -n "$TGT_BSOFLAGS" ]] && lu+=(--bsoflags "$TGT_BSOFLAGS")
+    tgt_admin "$s" "${lu[@]}"
     tgt_admin "$s" --mode target --op bind --tid 1 --initiator-address ALL
     wait_listening "$s" 10
 }
@@ -425,6 +434,7 @@ echo
 printf 'qemu-img bench through QEMU iSCSI (libiscsi), median of %d run(s)%s, I/O in the first %d MiB of a 1 GiB sparse LUN\n' \
     "$RUNS" "$([[ $QUICK == 1 ]] && echo ', --quick')" "$REGION_MIB"
 [[ -n "$ENGINE" ]] && echo "twinlun engine: $ENGINE"
+[[ -n "$TGT_BSOFLAGS" ]] && echo "tgt backing store flags: $TGT_BSOFLAGS"
 header=("case")
 for s in "${SIDES[@]}"; do header+=("${LABEL[$s]} IOPS"); done
 [[ $PAIR == 1 ]] && header+=("ratio" "range")
@@ -466,6 +476,7 @@ json_list() { local out="" x; for x in $1; do out+="${out:+, }$x"; done; printf 
     printf '  "qemu_img": %s,\n' "$(json_str "$(qemu-img --version | head -1)")"
     printf '  "tgtd": %s,\n' "$(json_str "$(tgtd --version 2>&1 | head -1)")"
     printf '  "twinlun_engine": %s,\n' "$(json_str "${ENGINE:-default}")"
+    printf '  "tgt_bsoflags": %s,\n' "$(json_str "${TGT_BSOFLAGS:-none}")"
     printf '  "runs": %s,\n  "quick": %s,\n  "region_bytes": %s,\n  "volume_bytes": %s,\n' \
         "$RUNS" "$([[ $QUICK == 1 ]] && echo true || echo false)" "$REGION_BYTES" "$VOLUME_BYTES"
     printf '  "targets": ['
