@@ -388,7 +388,22 @@ median() {   # numbers on stdin
     sort -g | awk '{v[NR]=$1} END {if (NR==0) exit 1; if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
 }
 
-declare -A MED RUNS_OF RATIOS_OF
+declare -A MED RUNS_OF RATIOS_OF CPU_MED CPU_RUNS_OF CPU_RATIOS_OF
+
+# CPU time the target process has used (all threads, user + system), in clock ticks.
+# Wall-clock IOPS on a loaded shared machine swing with the neighbours; the CPU a
+# target spends per I/O swings much less, so it is reported beside them.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() {   # side
+    local st
+    st=$(<"/proc/${PID[$1]}/stat") || die "${LABEL[$1]} (pid ${PID[$1]}) is gone"
+    st=${st##*) }   # the fields after "pid (comm) "; utime and stime are the 12th and 13th
+    awk '{ print $12 + $13 }' <<<"$st"
+}
+last_ratio() {  # two lists of numbers: the ratio of their last elements
+    awk -v x="${1% }" -v y="${2% }" \
+        'BEGIN { n = split(x, xs, " "); split(y, ys, " "); if (ys[n] > 0) printf "%.3f", xs[n] / ys[n]; else printf "0" }'
+}
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 for c in "${CASES[@]}"; do
     read -r name size depth rw count <<<"$c"
@@ -400,19 +415,24 @@ for c in "${CASES[@]}"; do
         order=("${SIDES[@]}")
         if (( r % 2 == 0 && ${#SIDES[@]} == 2 )); then order=("${SIDES[1]}" "${SIDES[0]}"); fi
         for s in "${order[@]}"; do
+            t0=$(cpu_ticks "$s")
             secs=$(run_bench "$s" "$size" "$depth" "$rw" "$count" "$REGION_BYTES")
+            t1=$(cpu_ticks "$s")
             iops=$(awk -v c="$count" -v t="$secs" 'BEGIN { if (t <= 0) t = 0.001; printf "%.0f", c / t }')
+            cpu=$(awk -v c="$count" -v d=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz * 1e6 / c }')
             RUNS_OF[$name,$s]+="$iops "
-            say "$name run $r/$RUNS ${LABEL[$s]}: $iops IOPS ($count in $secs s)"
+            CPU_RUNS_OF[$name,$s]+="$cpu "
+            say "$name run $r/$RUNS ${LABEL[$s]}: $iops IOPS ($count in $secs s), target CPU $cpu us/IO"
         done
         # The two runs of a pair ran back to back, under about the same load.
         if (( ${#SIDES[@]} == 2 )); then
-            RATIOS_OF[$name]+="$(awk -v x="${RUNS_OF[$name,a]% }" -v y="${RUNS_OF[$name,b]% }" \
-                'BEGIN { n = split(x, xs, " "); split(y, ys, " "); printf "%.3f", xs[n] / ys[n] }') "
+            RATIOS_OF[$name]+="$(last_ratio "${RUNS_OF[$name,a]}" "${RUNS_OF[$name,b]}") "
+            CPU_RATIOS_OF[$name]+="$(last_ratio "${CPU_RUNS_OF[$name,a]}" "${CPU_RUNS_OF[$name,b]}") "
         fi
     done
     for s in "${SIDES[@]}"; do
         MED[$name,$s]=$(tr ' ' '\n' <<<"${RUNS_OF[$name,$s]}" | grep . | median)
+        CPU_MED[$name,$s]=$(tr ' ' '\n' <<<"${CPU_RUNS_OF[$name,$s]}" | grep . | median)
     done
 done
 
@@ -421,13 +441,15 @@ done
 PAIR=0; [[ ${#SIDES[@]} == 2 ]] && PAIR=1
 # The ratio is the median of the per-run ratios (each run pairs twinlun and tgt back
 # to back), which shrugs off a burst of load better than a ratio of medians.
-ratio_of() {   # case name
-    tr ' ' '\n' <<<"${RATIOS_OF[$1]}" | grep . | median | awk '{ printf "%.2f", $1 }'
+ratio_of() {   # list of per-run ratios
+    tr ' ' '\n' <<<"$1" | grep . | median | awk '{ printf "%.2f", $1 }'
 }
-ratio_range_of() {   # case name: lowest and highest per-run ratio
-    tr ' ' '\n' <<<"${RATIOS_OF[$1]}" | grep . | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END { printf "%.2f-%.2f", lo, hi }'
+range_of() {   # list of per-run ratios: the lowest and the highest
+    tr ' ' '\n' <<<"$1" | grep . | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END { printf "%.2f-%.2f", lo, hi }'
 }
 iops_of() { printf '%.0f' "${MED[$1,$2]}"; }
+cpu_of() { printf '%.1f' "${CPU_MED[$1,$2]}"; }
+load_now() { cut -d' ' -f1-3 /proc/loadavg; }
 mbs_of() { awk -v i="${MED[$1,$2]}" -v s="$3" 'BEGIN { printf "%.1f", i * s / 1e6 }'; }
 
 echo
@@ -446,7 +468,7 @@ for c in "${CASES[@]}"; do
     read -r name size _ <<<"$c"
     row=("$name")
     for s in "${SIDES[@]}"; do row+=("$(iops_of "$name" "$s")"); done
-    [[ $PAIR == 1 ]] && row+=("$(ratio_of "$name")" "$(ratio_range_of "$name")")
+    [[ $PAIR == 1 ]] && row+=("$(ratio_of "${RATIOS_OF[$name]}")" "$(range_of "${RATIOS_OF[$name]}")")
     for s in "${SIDES[@]}"; do
         if (( size >= 131072 )); then row+=("$(mbs_of "$name" "$s" "$size")"); else row+=(""); fi
     done
@@ -454,11 +476,31 @@ for c in "${CASES[@]}"; do
     printf "$fmt" "${row[@]}"
 done
 if [[ $PAIR == 1 ]]; then
-    echo "(IOPS: median of the runs; ratio: ${LABEL[a]} / ${LABEL[b]}, median over the paired runs; range: lowest-highest pair;"
-    echo " MB/s = 10^6 bytes/s; load average before/after: $LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg))"
+    echo "(IOPS: median of the runs; ratio: ${LABEL[a]} / ${LABEL[b]}, median over the paired runs, higher is"
+    echo " better for ${LABEL[a]}; range: lowest-highest pair; MB/s = 10^6 bytes/s)"
 else
-    echo "(IOPS: median of the runs; MB/s = 10^6 bytes/s; load average before/after: $LOAD_BEFORE / $(cut -d' ' -f1-3 /proc/loadavg))"
+    echo "(IOPS: median of the runs; MB/s = 10^6 bytes/s)"
 fi
+
+echo
+echo "Target CPU time per I/O, microseconds (user + system, all threads of the target process):"
+header=("case")
+for s in "${SIDES[@]}"; do header+=("${LABEL[$s]} us/IO"); done
+[[ $PAIR == 1 ]] && header+=("ratio" "range")
+fmt='%-16s'; for _ in "${header[@]:1}"; do fmt+=' %13s'; done; fmt+='\n'
+# shellcheck disable=SC2059
+printf "$fmt" "${header[@]}"
+for c in "${CASES[@]}"; do
+    read -r name _ <<<"$c"
+    row=("$name")
+    for s in "${SIDES[@]}"; do row+=("$(cpu_of "$name" "$s")"); done
+    [[ $PAIR == 1 ]] && row+=("$(ratio_of "${CPU_RATIOS_OF[$name]}")" "$(range_of "${CPU_RATIOS_OF[$name]}")")
+    # shellcheck disable=SC2059
+    printf "$fmt" "${row[@]}"
+done
+[[ $PAIR == 1 ]] && echo "(ratio: ${LABEL[a]} / ${LABEL[b]}, lower is better for ${LABEL[a]}; the client, qemu-img, is the same for both)"
+echo
+echo "Load average before / after: $LOAD_BEFORE / $(load_now) on $(nproc) CPUs (above the CPU count, expect noise)"
 
 echo
 echo "Commands:"
@@ -472,7 +514,7 @@ json_list() { local out="" x; for x in $1; do out+="${out:+, }$x"; done; printf 
     printf '  "date": %s,\n' "$(json_str "$(date -u +%Y-%m-%dT%H:%M:%SZ)")"
     printf '  "host": %s,\n' "$(json_str "$(uname -n)")"
     printf '  "cpus": %s,\n' "$(nproc)"
-    printf '  "loadavg_before": %s,\n  "loadavg_after": %s,\n' "$(json_str "$LOAD_BEFORE")" "$(json_str "$(cut -d' ' -f1-3 /proc/loadavg)")"
+    printf '  "loadavg_before": %s,\n  "loadavg_after": %s,\n' "$(json_str "$LOAD_BEFORE")" "$(json_str "$(load_now)")"
     printf '  "qemu_img": %s,\n' "$(json_str "$(qemu-img --version | head -1)")"
     printf '  "tgtd": %s,\n' "$(json_str "$(tgtd --version 2>&1 | head -1)")"
     printf '  "twinlun_engine": %s,\n' "$(json_str "${ENGINE:-default}")"
@@ -501,11 +543,16 @@ json_list() { local out="" x; for x in $1; do out+="${out:+, }$x"; done; printf 
         first=1
         for s in "${SIDES[@]}"; do
             [[ $first == 1 ]] || printf ', '; first=0
-            printf '%s: {"iops": %s, "mb_per_s": %s, "iops_runs": %s}' "$(json_str "${LABEL[$s]}")" \
-                "$(iops_of "$name" "$s")" "$(mbs_of "$name" "$s" "$size")" "$(json_list "${RUNS_OF[$name,$s]}")"
+            printf '%s: {"iops": %s, "mb_per_s": %s, "iops_runs": %s, "cpu_us_per_io": %s, "cpu_us_per_io_runs": %s}' \
+                "$(json_str "${LABEL[$s]}")" "$(iops_of "$name" "$s")" "$(mbs_of "$name" "$s" "$size")" \
+                "$(json_list "${RUNS_OF[$name,$s]}")" "$(cpu_of "$name" "$s")" "$(json_list "${CPU_RUNS_OF[$name,$s]}")"
         done
         printf '}'
-        [[ $PAIR == 1 ]] && printf ', "ratio": %s, "ratio_runs": %s' "$(ratio_of "$name")" "$(json_list "${RATIOS_OF[$name]}")"
+        if [[ $PAIR == 1 ]]; then
+            printf ', "ratio": %s, "ratio_runs": %s, "cpu_ratio": %s, "cpu_ratio_runs": %s' \
+                "$(ratio_of "${RATIOS_OF[$name]}")" "$(json_list "${RATIOS_OF[$name]}")" \
+                "$(ratio_of "${CPU_RATIOS_OF[$name]}")" "$(json_list "${CPU_RATIOS_OF[$name]}")"
+        fi
         printf '}%s\n' "$([[ $n -lt ${#CASES[@]} ]] && echo ,)"
     done
     printf '  ],\n'
