@@ -20,7 +20,8 @@
 #                         buffered, tgt's own default); match what twinlun does
 #   --region-mib N        I/O stays in the first N MiB of each LUN, pre-written
 #                         before the runs (default 256)
-#   --out DIR             results and work files (default target/bench)
+#   --out DIR             results and work files (default target/bench; its
+#                         work/ subdirectory is wiped at the start)
 #   --twinlun-bin PATH    use this binary, do not build
 #   --no-build            do not run `cargo build --release`
 #   --no-install          do not install missing tools with apt-get
@@ -119,12 +120,13 @@ CASES=(
 # ---------------------------------------------------------------- tools
 
 have_iscsi_driver() {
-    # The format list names the driver; a probe against a closed port proves the
-    # module loads (a missing one says "Unknown protocol"/"Unknown driver").
+    # The format list names the driver, but only opening it proves the module loads
+    # (qemu-block-extra must be qemu-utils' exact version). Without a portal the
+    # driver refuses before touching the network; a missing module says "Unknown driver".
     qemu-img --help 2>/dev/null | grep -qw iscsi || return 1
     local err
-    err=$(timeout 20 qemu-img info 'iscsi://127.0.0.1:1/iqn.2026-11.io.twinlun:probe/0' 2>&1 || true)
-    ! grep -qiE 'unknown (protocol|driver)|failed to (open|load) module' <<<"$err"
+    err=$(timeout 20 qemu-img info --image-opts driver=iscsi 2>&1 || true)
+    [[ -n "$err" ]] && ! grep -qiE 'unknown (protocol|driver)|module' <<<"$err"
 }
 
 tools_ok() {
@@ -274,10 +276,12 @@ start_tgt() {
     # A private control port keeps us clear of any other tgtd on the machine. Never
     # take one some other tgtd answers on: tgtadm would configure that daemon.
     local i
+    CTL[$s]=""
     for i in $(seq 100); do
-        CTL[$s]=$((1000 + RANDOM % 30000))
-        tgtadm -C "${CTL[$s]}" --mode system --op show >/dev/null 2>&1 || break
+        i=$((1000 + RANDOM % 30000))
+        tgtadm -C "$i" --mode system --op show >/dev/null 2>&1 || { CTL[$s]=$i; break; }
     done
+    [[ -n "${CTL[$s]}" ]] || die "no free tgtd control port found"
     IQN[$s]="iqn.2026-11.io.twinlun.bench:tgt-$s"
     LUN[$s]=1   # tgt's LUN 0 is its controller
     LOG[$s]="$dir/tgtd.log"
@@ -309,8 +313,9 @@ twinlun_bin() {
         say "building twinlun (cargo build --release)"
         (cd "$ROOT" && cargo build --release --quiet) >&2 || die "cargo build --release failed"
     fi
-    [[ -x "$ROOT/target/release/twinlun" ]] || die "$ROOT/target/release/twinlun is missing (build it, or drop --no-build)"
-    echo "$ROOT/target/release/twinlun"
+    local bin="${CARGO_TARGET_DIR:-$ROOT/target}/release/twinlun"
+    [[ -x "$bin" ]] || die "$bin is missing (build it, or drop --no-build)"
+    echo "$bin"
 }
 
 start_twinlun() {
