@@ -384,7 +384,9 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     let admin_task = tokio::spawn(admin.run(node.clone(), stopped(stop_rx.clone())));
-    server.run(stopped(stop_rx)).await;
+    server
+        .run(twinlun::server::TargetSettings::default(), stopped(stop_rx))
+        .await;
     let _ = admin_task.await;
     tracing::info!("shutting down: syncing volumes");
     let n = node.clone();

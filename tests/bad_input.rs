@@ -11,8 +11,8 @@ use bytes::Bytes;
 use common::raw::RawClient;
 use common::{run, TestServer, DEMO_IQN};
 use twinlun::iscsi::pdu::{
-    Bhs, DataOut, Digests, LoginResponse, NopIn, NopOut, Opcode, Pdu, Reject, ScsiCommand,
-    BHS_LEN, RESERVED_TAG,
+    Bhs, DataOut, Digests, LoginResponse, NopIn, NopOut, Opcode, Pdu, Reject, ScsiCommand, BHS_LEN,
+    RESERVED_TAG,
 };
 
 const INITIATOR: &str = "iqn.2026-11.test:raw";
@@ -52,7 +52,12 @@ fn assert_alive(c: &mut RawClient) {
 
 fn expect_reject(c: &mut RawClient, reason: u8) -> Reject {
     let r = c.recv().expect("no answer: expected a Reject");
-    assert_eq!(r.bhs.opcode(), Opcode::REJECT, "expected a Reject, got {:?}", r.bhs);
+    assert_eq!(
+        r.bhs.opcode(),
+        Opcode::REJECT,
+        "expected a Reject, got {:?}",
+        r.bhs
+    );
     let rej = Reject::from_pdu(&r).unwrap();
     assert_eq!(rej.reason, reason, "Reject reason");
     c.exp_stat_sn = rej.stat_sn.wrapping_add(1);
@@ -101,9 +106,12 @@ fn malformed_input_is_answered_and_other_sessions_are_undisturbed() {
                 let out = run(
                     "qemu-io",
                     &[
-                        "-f", "raw",
-                        "-c", &format!("write -P {pat} 16m 8m"),
-                        "-c", &format!("read -P {pat} 16m 8m"),
+                        "-f",
+                        "raw",
+                        "-c",
+                        &format!("write -P {pat} 16m 8m"),
+                        "-c",
+                        &format!("read -P {pat} 16m 8m"),
                         &url,
                     ],
                 );
@@ -126,7 +134,11 @@ fn malformed_input_is_answered_and_other_sessions_are_undisturbed() {
     b.set_u32(16, 77);
     c.send(&Pdu::new(b, Bytes::new()));
     let rej = expect_reject(&mut c, 0x05);
-    assert_eq!(rej.header.opcode(), Opcode(0x1c), "Reject must quote the header");
+    assert_eq!(
+        rej.header.opcode(),
+        Opcode(0x1c),
+        "Reject must quote the header"
+    );
     assert_alive(&mut c);
 
     // 2. A DataSegmentLength beyond what was negotiated: refused from the header alone
@@ -139,7 +151,10 @@ fn malformed_input_is_answered_and_other_sessions_are_undisturbed() {
     raw[5..8].copy_from_slice(&[0xff, 0xff, 0xf0]);
     c.send_bytes(&raw);
     expect_reject(&mut c, 0x04);
-    assert!(c.closed(), "connection stayed open after an oversized segment");
+    assert!(
+        c.closed(),
+        "connection stayed open after an oversized segment"
+    );
 
     // 3. A truncated header, then the initiator hangs up: nothing breaks.
     let mut c = logged_in(&s, Digests::default());
@@ -147,14 +162,20 @@ fn malformed_input_is_answered_and_other_sessions_are_undisturbed() {
     drop(c);
 
     // 4. A bad header digest: the stream cannot be trusted, the connection closes.
-    let digests = Digests { header: true, data: true };
+    let digests = Digests {
+        header: true,
+        data: true,
+    };
     let mut c = logged_in(&s, digests);
     let p = nop(&mut c);
     let mut out = bytes::BytesMut::new();
     p.encode(digests, &mut out);
     out[BHS_LEN] ^= 0xff; // first byte of the header digest
     c.send_bytes(&out);
-    assert!(c.closed(), "connection stayed open after a header digest error");
+    assert!(
+        c.closed(),
+        "connection stayed open after a header digest error"
+    );
 
     // 5. A bad data digest: Reject "data digest error", connection stays.
     let mut c = logged_in(&s, digests);
@@ -172,7 +193,10 @@ fn malformed_input_is_answered_and_other_sessions_are_undisturbed() {
     let p = c.login_pdu(0, 1, true, "this is not a key value pair\0\u{1}\u{2}=\0");
     c.send(&p);
     let r = LoginResponse::from_pdu(&c.recv().expect("login response")).unwrap();
-    assert_eq!(r.status_class, 2, "garbage login text must be an initiator error");
+    assert_eq!(
+        r.status_class, 2,
+        "garbage login text must be an initiator error"
+    );
     assert!(c.closed());
 
     // 7. Oversized login text: refused before the text is read.
@@ -209,7 +233,11 @@ fn malformed_input_is_answered_and_other_sessions_are_undisturbed() {
         .set_read_timeout(Some(std::time::Duration::from_millis(500)))
         .unwrap();
     while let Some(p) = c.recv() {
-        assert_ne!(p.bhs.itt(), ignored_itt, "a command outside the window was executed");
+        assert_ne!(
+            p.bhs.itt(),
+            ignored_itt,
+            "a command outside the window was executed"
+        );
     }
 
     // 10. Data-Out for an unknown task: Reject "invalid PDU field", connection stays.

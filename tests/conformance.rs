@@ -39,7 +39,10 @@ struct SuiteResult {
 /// Parse CUnit's "Run Summary" `tests` row: Total Ran Passed Failed Inactive.
 fn parse(out: &str) -> Option<SuiteResult> {
     let row = out.lines().find(|l| l.trim_start().starts_with("tests"))?;
-    let nums: Vec<u32> = row.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let nums: Vec<u32> = row
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
     let skipped = out.lines().filter(|l| l.contains("[SKIPPED]")).count() as u32;
     Some(SuiteResult {
         ran: *nums.get(1)?,
@@ -63,7 +66,10 @@ fn iscsi_test_cu_suites_have_no_failures() {
             + &String::from_utf8_lossy(&out.stderr);
         match parse(&text) {
             Some(r) => {
-                eprintln!("{suite}: ran {} failed {} skipped {}", r.ran, r.failed, r.skipped);
+                eprintln!(
+                    "{suite}: ran {} failed {} skipped {}",
+                    r.ran, r.failed, r.skipped
+                );
                 total.0 += r.ran;
                 total.1 += r.failed;
                 total.2 += r.skipped;
@@ -74,6 +80,9 @@ fn iscsi_test_cu_suites_have_no_failures() {
             None => failures.push(format!("{suite}: no CUnit summary\n{text}")),
         }
     }
-    eprintln!("iscsi-test-cu total: ran {} failed {} skipped {}", total.0, total.1, total.2);
+    eprintln!(
+        "iscsi-test-cu total: ran {} failed {} skipped {}",
+        total.0, total.1, total.2
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

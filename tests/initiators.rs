@@ -9,13 +9,22 @@ use common::{run, run_ok, TestServer, DEMO_IQN};
 fn libiscsi_tools_see_the_demo_target() {
     let s = TestServer::start();
     let ls = run_ok("iscsi-ls", &["-s", &format!("iscsi://{}", s.addr)]);
-    assert!(ls.contains(DEMO_IQN), "iscsi-ls did not list the demo target:\n{ls}");
+    assert!(
+        ls.contains(DEMO_IQN),
+        "iscsi-ls did not list the demo target:\n{ls}"
+    );
     assert!(ls.contains("Lun:0"), "iscsi-ls did not show LUN 0:\n{ls}");
 
     let inq = run_ok("iscsi-inq", &[&s.url(DEMO_IQN, 0)]);
-    assert!(inq.contains("TWINLUN"), "standard INQUIRY lacks the vendor:\n{inq}");
+    assert!(
+        inq.contains("TWINLUN"),
+        "standard INQUIRY lacks the vendor:\n{inq}"
+    );
     let serial = run_ok("iscsi-inq", &["-e", "1", "-c", "0x80", &s.url(DEMO_IQN, 0)]);
-    assert!(serial.to_lowercase().contains("serial"), "no unit serial page:\n{serial}");
+    assert!(
+        serial.to_lowercase().contains("serial"),
+        "no unit serial page:\n{serial}"
+    );
     let ids = run_ok("iscsi-inq", &["-e", "1", "-c", "0x83", &s.url(DEMO_IQN, 0)]);
     assert!(ids.contains("NAA"), "no NAA designator in VPD 0x83:\n{ids}");
 
@@ -75,10 +84,30 @@ fn qemu_img_convert_and_compare_a_random_image() {
     let url = s.url(DEMO_IQN, 0);
     run_ok(
         "qemu-img",
-        &["convert", "-n", "-f", "raw", "-O", "raw", img.to_str().unwrap(), &url],
+        &[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            img.to_str().unwrap(),
+            &url,
+        ],
     );
     // qemu-img compare reads the whole image back; the tail beyond 24 MiB must be zero.
-    let out = run("qemu-img", &["compare", "-f", "raw", "-F", "raw", img.to_str().unwrap(), &url]);
+    let out = run(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            img.to_str().unwrap(),
+            &url,
+        ],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && text.contains("Images are identical"),
@@ -99,7 +128,15 @@ fn header_digest_through_libiscsi() {
 #[test]
 fn chap_one_way_mutual_and_wrong_secret() {
     let s = TestServer::start();
-    s.ctl_ok(&["chap", "set", DEMO_IQN, "--user", "alice", "--secret", "alice-secret-12"]);
+    s.ctl_ok(&[
+        "chap",
+        "set",
+        DEMO_IQN,
+        "--user",
+        "alice",
+        "--secret",
+        "alice-secret-12",
+    ]);
     let good = format!("iscsi://alice%25alice-secret-12@{}/{}/0", s.addr, DEMO_IQN);
     let inq = run_ok("iscsi-inq", &[&good]);
     assert!(inq.contains("TWINLUN"));
@@ -108,11 +145,23 @@ fn chap_one_way_mutual_and_wrong_secret() {
     let out = run("iscsi-inq", &[&bad]);
     assert!(!out.status.success(), "a wrong CHAP secret logged in");
     let none = run("iscsi-inq", &[&s.url(DEMO_IQN, 0)]);
-    assert!(!none.status.success(), "login without CHAP succeeded on a CHAP target");
+    assert!(
+        !none.status.success(),
+        "login without CHAP succeeded on a CHAP target"
+    );
 
     s.ctl_ok(&[
-        "chap", "set", DEMO_IQN, "--user", "alice", "--secret", "alice-secret-12",
-        "--mutual-user", "target", "--mutual-secret", "target-secret-34",
+        "chap",
+        "set",
+        DEMO_IQN,
+        "--user",
+        "alice",
+        "--secret",
+        "alice-secret-12",
+        "--mutual-user",
+        "target",
+        "--mutual-secret",
+        "target-secret-34",
     ]);
     let mutual = format!(
         "iscsi://alice%25alice-secret-12@{}/{}/0?target_user=target&target_password=target-secret-34",
@@ -125,7 +174,10 @@ fn chap_one_way_mutual_and_wrong_secret() {
         s.addr, DEMO_IQN
     );
     let out = run("iscsi-inq", &[&wrong_mutual]);
-    assert!(!out.status.success(), "initiator accepted a target that failed mutual CHAP");
+    assert!(
+        !out.status.success(),
+        "initiator accepted a target that failed mutual CHAP"
+    );
 
     s.ctl_ok(&["chap", "clear", DEMO_IQN]);
     run_ok("iscsi-inq", &[&s.url(DEMO_IQN, 0)]);
@@ -137,19 +189,46 @@ fn acl_refuses_other_initiators() {
     let allowed = "iqn.2026-11.test:allowed";
     s.ctl_ok(&["acl", "add", DEMO_IQN, allowed]);
     run_ok("iscsi-inq", &["-i", allowed, &s.url(DEMO_IQN, 0)]);
-    let out = run("iscsi-inq", &["-i", "iqn.2026-11.test:stranger", &s.url(DEMO_IQN, 0)]);
-    assert!(!out.status.success(), "an initiator outside the ACL logged in");
+    let out = run(
+        "iscsi-inq",
+        &["-i", "iqn.2026-11.test:stranger", &s.url(DEMO_IQN, 0)],
+    );
+    assert!(
+        !out.status.success(),
+        "an initiator outside the ACL logged in"
+    );
     // Discovery only shows what the initiator may use.
-    let ls = run_ok("iscsi-ls", &["-i", "iqn.2026-11.test:stranger", &format!("iscsi://{}", s.addr)]);
-    assert!(!ls.contains(DEMO_IQN), "discovery showed a target the ACL forbids:\n{ls}");
+    let ls = run_ok(
+        "iscsi-ls",
+        &[
+            "-i",
+            "iqn.2026-11.test:stranger",
+            &format!("iscsi://{}", s.addr),
+        ],
+    );
+    assert!(
+        !ls.contains(DEMO_IQN),
+        "discovery showed a target the ACL forbids:\n{ls}"
+    );
     s.ctl_ok(&["acl", "remove", DEMO_IQN, allowed]);
-    run_ok("iscsi-inq", &["-i", "iqn.2026-11.test:stranger", &s.url(DEMO_IQN, 0)]);
+    run_ok(
+        "iscsi-inq",
+        &["-i", "iqn.2026-11.test:stranger", &s.url(DEMO_IQN, 0)],
+    );
 }
 
 #[test]
 fn restart_keeps_volumes_maps_and_data() {
     let mut s = TestServer::start();
-    s.ctl_ok(&["volume", "create", "keep", "--size", "64M", "--block-size", "4096"]);
+    s.ctl_ok(&[
+        "volume",
+        "create",
+        "keep",
+        "--size",
+        "64M",
+        "--block-size",
+        "4096",
+    ]);
     s.ctl_ok(&["target", "create", "iqn.2026-11.test:keep"]);
     s.ctl_ok(&["lun", "map", "iqn.2026-11.test:keep", "3", "keep"]);
     let url = s.url("iqn.2026-11.test:keep", 3);
@@ -157,7 +236,10 @@ fn restart_keeps_volumes_maps_and_data() {
     s.restart();
     let cap = run_ok("iscsi-readcapacity16", &[&url]);
     assert!(cap.contains("67108864"), "size lost across restart:\n{cap}");
-    assert!(cap.contains("4096"), "block size lost across restart:\n{cap}");
+    assert!(
+        cap.contains("4096"),
+        "block size lost across restart:\n{cap}"
+    );
     qemu_io(&url, &["read -P 0x42 8k 1m", "read -P 0 0 8k"]);
     let vols = s.ctl_ok(&["volume", "list"]);
     assert!(vols.contains("keep") && vols.contains("demo"), "{vols}");
@@ -167,12 +249,27 @@ fn restart_keeps_volumes_maps_and_data() {
 fn read_only_lun_refuses_writes() {
     let s = TestServer::start();
     s.ctl_ok(&["target", "create", "iqn.2026-11.test:ro"]);
-    s.ctl_ok(&["lun", "map", "iqn.2026-11.test:ro", "0", "demo", "--read-only"]);
+    s.ctl_ok(&[
+        "lun",
+        "map",
+        "iqn.2026-11.test:ro",
+        "0",
+        "demo",
+        "--read-only",
+    ]);
     let url = s.url("iqn.2026-11.test:ro", 0);
     let out = run("qemu-io", &["-f", "raw", "-c", "write -P 1 0 4k", &url]);
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
-        !out.status.success() || text.contains("failed") || text.contains("ermission") || text.contains("read-only") || text.contains("Read-only"),
+        !out.status.success()
+            || text.contains("failed")
+            || text.contains("ermission")
+            || text.contains("read-only")
+            || text.contains("Read-only"),
         "a write to a read-only LUN was not refused:\n{text}"
     );
     qemu_io(&url, &["read -P 0 0 4k"]);

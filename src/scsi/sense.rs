@@ -174,6 +174,18 @@ impl Sense {
         Sense::new(key::UNIT_ATTENTION, 0x3F, 0x0E)
     }
 
+    /// ILLEGAL REQUEST, INVALID FIELD IN COMMAND INFORMATION UNIT (0Eh/03h): the iSCSI
+    /// expected transfer length disagrees with the CDB in a way we do not process.
+    pub const fn invalid_field_in_iu() -> Sense {
+        Sense::new(key::ILLEGAL_REQUEST, 0x0E, 0x03)
+    }
+
+    /// ABORTED COMMAND, OVERLAPPED COMMANDS ATTEMPTED (4Eh/00h): a task tag still in use
+    /// (SAM-5 §5.12).
+    pub const fn overlapped_commands() -> Sense {
+        Sense::new(key::ABORTED_COMMAND, 0x4E, 0x00)
+    }
+
     /// ABORTED COMMAND, DATA PHASE ERROR (4Bh/00h): the data-out did not arrive as announced.
     pub const fn data_phase_error() -> Sense {
         Sense::new(key::ABORTED_COMMAND, 0x4B, 0x00)

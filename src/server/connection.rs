@@ -9,8 +9,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
-use crate::iscsi::login::{Login, LoginStep, SessionType, TargetSettings};
+use crate::iscsi::discovery::{TextContext, TextExchange};
+use crate::iscsi::login::{Login, LoginStep};
+use crate::iscsi::params::{SessionType, TargetSettings};
 use crate::iscsi::pdu::{Digests, FrameLimits, LoginResponse, Pdu};
+use crate::iscsi::pdu::{Reject, TextRequest};
 use crate::iscsi::Request;
 use crate::server::directory::Directory;
 use crate::server::ffp::Ffp;
@@ -20,18 +23,25 @@ use crate::server::registry::SessionEntry;
 use crate::server::writer::{self, Traffic, Window};
 use crate::server::Node;
 
-/// Commands the target queues per session: MaxCmdSN - ExpCmdSN + 1.
-const CMD_WINDOW: u32 = 128;
+/// Every portal of this node is in target portal group 1 (RFC 7143 §4.4.1).
+const TPGT: u16 = 1;
 /// Login PDUs carry at most this much text each (RFC 7143 §12.12: the default
 /// MaxRecvDataSegmentLength of 8192 applies during login).
 const LOGIN_SEGMENT_MAX: u32 = 8192;
 
-pub async fn serve(node: Arc<Node>, stream: TcpStream, settings: Arc<TargetSettings>, shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    node: Arc<Node>,
+    stream: TcpStream,
+    settings: Arc<TargetSettings>,
+    shutdown: watch::Receiver<bool>,
+) {
     let peer = stream.peer_addr().ok();
     let local = stream.local_addr().ok();
     let span = tracing::info_span!("conn", peer = ?peer);
     async move {
-        let (Some(_), Some(local)) = (peer, local) else { return };
+        let (Some(_), Some(local)) = (peer, local) else {
+            return;
+        };
         let _ = stream.set_nodelay(true);
         if let Err(e) = serve_inner(node, stream, local, settings, shutdown).await {
             debug!(error = %e, "connection ended");
@@ -41,7 +51,11 @@ pub async fn serve(node: Arc<Node>, stream: TcpStream, settings: Arc<TargetSetti
     .await
 }
 
-async fn send_now(w: &mut (impl AsyncWriteExt + Unpin), pdu: Pdu, traffic: &Traffic) -> std::io::Result<()> {
+async fn send_now(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    pdu: Pdu,
+    traffic: &Traffic,
+) -> std::io::Result<()> {
     let mut buf = BytesMut::new();
     pdu.encode(Digests::default(), &mut buf);
     traffic
@@ -67,7 +81,7 @@ async fn serve_inner(
         },
     );
     let dir = Directory::new(node.clone());
-    let mut login = Login::new((*settings).clone(), local);
+    let mut login = Login::new((*settings).clone(), local, TPGT);
     let mut bytes_in = 0u64;
     // The login phase (RFC 7143 §6): only Login requests until it completes.
     let (mut response, outcome) = loop {
@@ -75,7 +89,7 @@ async fn serve_inner(
             Ok(p) => p,
             Err(ReadError::Frame(e)) => {
                 warn!(error = %e, "bad PDU during login");
-                let r = LoginResponse::reject_initiator_error();
+                let r = login_error_response(0x00);
                 send_now(&mut wr, r.to_pdu(), &traffic).await?;
                 return Ok(());
             }
@@ -90,7 +104,7 @@ async fn serve_inner(
                 // §6.1: anything but a Login request here ends the login with an
                 // initiator error.
                 warn!(request = ?other.map(|r| std::mem::discriminant(&r)), "non-login PDU during login");
-                let r = LoginResponse::reject_initiator_error();
+                let r = login_error_response(0x00);
                 send_now(&mut wr, r.to_pdu(), &traffic).await?;
                 return Ok(());
             }
@@ -98,7 +112,11 @@ async fn serve_inner(
         match login.handle(&req, &dir) {
             LoginStep::Continue(r) => send_now(&mut wr, r.to_pdu(), &traffic).await?,
             LoginStep::Fail(r) => {
-                info!(class = r.status_class, detail = r.status_detail, "login refused");
+                info!(
+                    class = r.status_class,
+                    detail = r.status_detail,
+                    "login refused"
+                );
                 send_now(&mut wr, r.to_pdu(), &traffic).await?;
                 let _ = wr.shutdown().await;
                 return Ok(());
@@ -159,22 +177,51 @@ async fn serve_inner(
         digests,
         max_data_segment: outcome.conn.max_recv_data_segment_length,
     };
-    let window = Window::new(outcome.cmd_sn, CMD_WINDOW);
+    let window = Window::new(outcome.cmd_sn, settings.cmd_window.max(1));
     let (tx, rx) = mpsc::channel(256);
     let writer = tokio::spawn(
-        writer::run(wr, rx, window.clone(), outcome.stat_sn, digests, traffic.clone())
-            .instrument(span.clone()),
+        writer::run(
+            wr,
+            rx,
+            window.clone(),
+            outcome.stat_sn,
+            digests,
+            traffic.clone(),
+        )
+        .instrument(span.clone()),
     );
     let text = {
         let dir = Directory::new(node.clone());
         let initiator = outcome.initiator_name.clone();
+        let target_name = outcome.target_name.clone();
         let session_type = outcome.session_type;
         let max_send = outcome.conn.max_send_data_segment_length;
-        Box::new(move |req: &crate::iscsi::pdu::TextRequest| {
-            crate::iscsi::text::answer_text(req, session_type, &initiator, local, settings.portal_group_tag, max_send, &dir)
-                .into_iter()
-                .map(|r| r.to_pdu())
-                .collect::<Vec<_>>()
+        let tpgt = TPGT;
+        let mut exchange = TextExchange::new();
+        Box::new(move |req: &TextRequest| {
+            let ctx = TextContext {
+                session_type,
+                initiator_name: &initiator,
+                target_name: target_name.as_deref(),
+                portal: local,
+                tpgt,
+                max_send_data_segment_length: max_send,
+            };
+            match exchange.handle(req, &ctx, &dir) {
+                Ok(r) => vec![r.to_pdu()],
+                Err(e) => {
+                    debug!(error = %e, "text request rejected");
+                    let r = Reject {
+                        reason: e.reject_reason() as u8,
+                        stat_sn: 0,
+                        exp_cmd_sn: 0,
+                        max_cmd_sn: 0,
+                        data_sn: 0,
+                        header: req.to_pdu().bhs,
+                    };
+                    vec![r.to_pdu()]
+                }
+            }
         })
     };
     let mut ffp = Ffp::new(
@@ -199,4 +246,27 @@ async fn serve_inner(
     node.sessions.unregister(&entry);
     info!(parent: &span, "session closed");
     Ok(())
+}
+
+/// A Login response ending the login with an initiator error (class 2), for input the
+/// login state machine never saw: an unreadable PDU (detail 0x00) or a PDU other than
+/// Login (detail 0x0b, "invalid request during login", RFC 7143 §11.13.5).
+fn login_error_response(detail: u8) -> LoginResponse {
+    LoginResponse {
+        transit: false,
+        cont: false,
+        csg: 0,
+        nsg: 0,
+        version_max: 0,
+        version_active: 0,
+        isid: [0; 6],
+        tsih: 0,
+        itt: 0,
+        stat_sn: 0,
+        exp_cmd_sn: 0,
+        max_cmd_sn: 0,
+        status_class: 2,
+        status_detail: detail,
+        data: bytes::Bytes::new(),
+    }
 }

@@ -67,7 +67,14 @@ impl Reply {
                 ..Default::default()
             };
             let slot = self.slot.take();
-            let _ = self.out.send(Outgoing { pdu: r.to_pdu(), stat: Stat::Advance, slot }).await;
+            let _ = self
+                .out
+                .send(Outgoing {
+                    pdu: r.to_pdu(),
+                    stat: Stat::Advance,
+                    slot,
+                })
+                .await;
             return;
         }
         let seg = self.max_segment.max(512) as usize;
@@ -100,7 +107,16 @@ impl Reply {
             } else {
                 (Stat::Leave, None)
             };
-            if self.out.send(Outgoing { pdu: d.to_pdu(), stat, slot }).await.is_err() {
+            if self
+                .out
+                .send(Outgoing {
+                    pdu: d.to_pdu(),
+                    stat,
+                    slot,
+                })
+                .await
+                .is_err()
+            {
                 return;
             }
             data_sn += 1;
@@ -109,7 +125,13 @@ impl Reply {
     }
 
     /// Send a SCSI Response for a command that moved no Data-In.
-    pub async fn status(mut self, status: Status, sense: Option<&Sense>, exp_data_sn: u32, wanted: u64) {
+    pub async fn status(
+        mut self,
+        status: Status,
+        sense: Option<&Sense>,
+        exp_data_sn: u32,
+        wanted: u64,
+    ) {
         if self.aborted() {
             return;
         }
@@ -129,7 +151,14 @@ impl Reply {
             ..Default::default()
         };
         let slot = self.slot.take();
-        let _ = self.out.send(Outgoing { pdu: r.to_pdu(), stat: Stat::Advance, slot }).await;
+        let _ = self
+            .out
+            .send(Outgoing {
+                pdu: r.to_pdu(),
+                stat: Stat::Advance,
+                slot,
+            })
+            .await;
     }
 
     /// Answer a response computed without touching the volume.
@@ -159,7 +188,14 @@ impl Reply {
             ..Default::default()
         };
         let slot = self.slot.take();
-        let _ = self.out.send(Outgoing { pdu: r.to_pdu(), stat: Stat::Advance, slot }).await;
+        let _ = self
+            .out
+            .send(Outgoing {
+                pdu: r.to_pdu(),
+                stat: Stat::Advance,
+                slot,
+            })
+            .await;
     }
 }
 
@@ -172,7 +208,9 @@ pub async fn read(reply: Reply, lun: Arc<LunHandle>, lba: u64, blocks: u32, _fua
         Ok(data) => reply.data_in(data, wanted).await,
         Err(e) => {
             tracing::warn!(lun = lun.lun, error = %e, "read failed");
-            reply.status(Status::CheckCondition, Some(&Sense::medium_error()), 0, 0).await
+            reply
+                .status(Status::CheckCondition, Some(&Sense::medium_error()), 0, 0)
+                .await
         }
     }
 }
@@ -185,13 +223,22 @@ pub async fn write(reply: Reply, lun: Arc<LunHandle>, lba: u64, data: Bytes, fua
         Ok(()) => reply.status(Status::Good, None, r2ts, wanted).await,
         Err(e) => {
             tracing::warn!(lun = lun.lun, error = %e, "write failed");
-            reply.status(Status::CheckCondition, Some(&Sense::write_error()), r2ts, 0).await
+            reply
+                .status(Status::CheckCondition, Some(&Sense::write_error()), r2ts, 0)
+                .await
         }
     }
 }
 
 /// VERIFY: read the range; with BYTCHK compare it to the Data-Out.
-pub async fn verify(reply: Reply, lun: Arc<LunHandle>, lba: u64, blocks: u32, compare: Option<Bytes>, r2ts: u32) {
+pub async fn verify(
+    reply: Reply,
+    lun: Arc<LunHandle>,
+    lba: u64,
+    blocks: u32,
+    compare: Option<Bytes>,
+    r2ts: u32,
+) {
     let bs = lun.volume.block_size() as u64;
     let len = blocks as u64 * bs;
     let wanted = compare.as_ref().map(|c| c.len() as u64).unwrap_or(0);
@@ -201,14 +248,23 @@ pub async fn verify(reply: Reply, lun: Arc<LunHandle>, lba: u64, blocks: u32, co
                 None => reply.status(Status::Good, None, r2ts, wanted).await,
                 Some(at) => {
                     let s = Sense::miscompare(at as u64);
-                    reply.status(Status::CheckCondition, Some(&s), r2ts, 0).await
+                    reply
+                        .status(Status::CheckCondition, Some(&s), r2ts, 0)
+                        .await
                 }
             },
             None => reply.status(Status::Good, None, r2ts, wanted).await,
         },
         Err(e) => {
             tracing::warn!(lun = lun.lun, error = %e, "verify read failed");
-            reply.status(Status::CheckCondition, Some(&Sense::medium_error()), r2ts, 0).await
+            reply
+                .status(
+                    Status::CheckCondition,
+                    Some(&Sense::medium_error()),
+                    r2ts,
+                    0,
+                )
+                .await
         }
     }
 }
@@ -218,7 +274,9 @@ pub async fn sync(reply: Reply, lun: Arc<LunHandle>) {
         Ok(()) => reply.status(Status::Good, None, 0, 0).await,
         Err(e) => {
             tracing::warn!(lun = lun.lun, error = %e, "flush failed");
-            reply.status(Status::CheckCondition, Some(&Sense::write_error()), 0, 0).await
+            reply
+                .status(Status::CheckCondition, Some(&Sense::write_error()), 0, 0)
+                .await
         }
     }
 }

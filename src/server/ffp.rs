@@ -16,11 +16,12 @@ use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::iscsi::login::{ConnParams, SessionParams};
+use crate::iscsi::params::{ConnParams, SessionParams};
+use crate::iscsi::pdu::logout::logout_reason;
+use crate::iscsi::pdu::tmf::tmf_response;
 use crate::iscsi::pdu::{
-    logout_reason, tmf_response, Bhs, DataOut, FrameError, LogoutRequest, LogoutResponse, NopIn,
-    NopOut, Pdu, R2t, Reject, RejectReason, ScsiCommand, TextRequest, TmfFunction, TmfRequest,
-    TmfResponse, RESERVED_TAG,
+    Bhs, DataOut, FrameError, LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, R2t, Reject,
+    RejectReason, ScsiCommand, TextRequest, TmfFunction, TmfRequest, TmfResponse, RESERVED_TAG,
 };
 use crate::iscsi::{serial, Request};
 use crate::scsi::{self, Plan, Sense, Status};
@@ -31,8 +32,9 @@ use crate::server::registry::SessionEntry;
 use crate::server::writer::{CmdSlot, Outgoing, Stat, Window};
 use crate::server::Node;
 
-/// The most a single command may move; larger transfers get INVALID FIELD IN CDB.
-pub const MAX_TRANSFER: u64 = 32 << 20;
+/// The most a single command may move (what VPD Block Limits announces); larger
+/// transfers get INVALID FIELD IN CDB.
+pub const MAX_TRANSFER: u64 = scsi::MAX_TRANSFER_BYTES as u64;
 /// Send a NOP-In ping after this long without hearing from the initiator.
 const PING_IDLE: Duration = Duration::from_secs(5);
 /// Close the connection if a ping goes unanswered this long.
@@ -97,7 +99,7 @@ pub struct Ffp<R> {
     pub entry: Arc<SessionEntry>,
     pub stop: watch::Receiver<bool>,
     /// Answers Text requests (SendTargets) for this connection.
-    pub text: Box<dyn FnMut(&TextRequest) -> Vec<Pdu> + Send>,
+    pub text: Box<dyn FnMut(&TextRequest) -> Vec<Pdu> + Send + Sync>,
     pending: BTreeMap<u32, Request>,
     collecting: HashMap<u32, Collecting>,
     running: Arc<Mutex<HashMap<u32, Running>>>,
@@ -120,7 +122,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         luns: LunView,
         entry: Arc<SessionEntry>,
         stop: watch::Receiver<bool>,
-        text: Box<dyn FnMut(&TextRequest) -> Vec<Pdu> + Send>,
+        text: Box<dyn FnMut(&TextRequest) -> Vec<Pdu> + Send + Sync>,
     ) -> Self {
         Ffp {
             node,
@@ -313,7 +315,10 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 } else {
                     // §4.2.2.1: silently ignore a non-immediate command outside the
                     // window, or a duplicate.
-                    debug!(cmd_sn = sn, exp, max, "command outside the CmdSN window ignored");
+                    debug!(
+                        cmd_sn = sn,
+                        exp, max, "command outside the CmdSN window ignored"
+                    );
                     Ok(())
                 }
             }
@@ -471,31 +476,66 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             (Plan::Respond(resp), _) => reply.respond(resp).await,
             (Plan::Read { lba, blocks, fua }, Some(h)) => {
                 if blocks as u64 * h.volume.block_size() as u64 > MAX_TRANSFER {
-                    return reply.respond(scsi::Response::check(Sense::invalid_field_in_cdb(7))).await;
+                    return reply
+                        .respond(scsi::Response::check(Sense::invalid_field_in_cdb(7)))
+                        .await;
                 }
-                self.spawn(cmd.itt, lun, aborted, exec::read(reply, h, lba, blocks, fua));
+                self.spawn(
+                    cmd.itt,
+                    lun,
+                    aborted,
+                    exec::read(reply, h, lba, blocks, fua),
+                );
             }
             (Plan::Sync, Some(h)) => self.spawn(cmd.itt, lun, aborted, exec::sync(reply, h)),
-            (Plan::Verify { lba, blocks, bytchk: false }, Some(h)) => {
+            (
+                Plan::Verify {
+                    lba,
+                    blocks,
+                    bytchk: false,
+                },
+                Some(h),
+            ) => {
                 if blocks as u64 * h.volume.block_size() as u64 > MAX_TRANSFER {
-                    return reply.respond(scsi::Response::check(Sense::invalid_field_in_cdb(7))).await;
+                    return reply
+                        .respond(scsi::Response::check(Sense::invalid_field_in_cdb(7)))
+                        .await;
                 }
-                self.spawn(cmd.itt, lun, aborted, exec::verify(reply, h, lba, blocks, None, 0));
+                self.spawn(
+                    cmd.itt,
+                    lun,
+                    aborted,
+                    exec::verify(reply, h, lba, blocks, None, 0),
+                );
             }
             (Plan::Write { lba, blocks, fua }, Some(h)) => {
                 let needed = blocks as u64 * h.volume.block_size() as u64;
-                self.collect(cmd, h, WriteKind::Write { lba, fua }, needed, reply).await;
+                self.collect(cmd, h, WriteKind::Write { lba, fua }, needed, reply)
+                    .await;
             }
-            (Plan::Verify { lba, blocks, bytchk: true }, Some(h)) => {
+            (
+                Plan::Verify {
+                    lba,
+                    blocks,
+                    bytchk: true,
+                },
+                Some(h),
+            ) => {
                 let needed = blocks as u64 * h.volume.block_size() as u64;
-                self.collect(cmd, h, WriteKind::Verify { lba, blocks }, needed, reply).await;
+                self.collect(cmd, h, WriteKind::Verify { lba, blocks }, needed, reply)
+                    .await;
             }
             (Plan::ModeSelect { ten, len }, Some(h)) => {
-                self.collect(cmd, h, WriteKind::ModeSelect { ten }, len as u64, reply).await;
+                self.collect(cmd, h, WriteKind::ModeSelect { ten }, len as u64, reply)
+                    .await;
             }
             // A plan that needs a volume for a LUN that has none cannot come from a
             // correct decoder; answer as for an unmapped LUN rather than panic.
-            (_, None) => reply.respond(scsi::Response::check(Sense::lu_not_supported())).await,
+            (_, None) => {
+                reply
+                    .respond(scsi::Response::check(Sense::lu_not_supported()))
+                    .await
+            }
         }
     }
 
@@ -531,13 +571,17 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         reply: Reply,
     ) {
         if needed > MAX_TRANSFER {
-            return reply.respond(scsi::Response::check(Sense::invalid_field_in_cdb(7))).await;
+            return reply
+                .respond(scsi::Response::check(Sense::invalid_field_in_cdb(7)))
+                .await;
         }
         let needed = needed as u32;
         if self.collecting.contains_key(&cmd.itt) || self.running.lock().contains_key(&cmd.itt) {
             // §11.2.1.8: the ITT must be unique in the session.
             warn!(itt = cmd.itt, "task tag already in use");
-            return reply.respond(scsi::Response::check(Sense::overlapped_commands())).await;
+            return reply
+                .respond(scsi::Response::check(Sense::overlapped_commands()))
+                .await;
         }
         if needed == 0 {
             // Nothing to collect: e.g. MODE SELECT with a zero parameter list.
@@ -609,11 +653,21 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             if complete {
                 // Every R2T answered yet bytes are missing: the initiator sent less
                 // than asked. Treat as a protocol failure of this task.
-                warn!(itt, received = c.received, needed = c.needed, "write data incomplete");
+                warn!(
+                    itt,
+                    received = c.received,
+                    needed = c.needed,
+                    "write data incomplete"
+                );
                 let reply = c.reply;
                 tokio::spawn(async move {
                     reply
-                        .status(Status::CheckCondition, Some(&Sense::invalid_field_in_iu()), 0, 0)
+                        .status(
+                            Status::CheckCondition,
+                            Some(&Sense::invalid_field_in_iu()),
+                            0,
+                            0,
+                        )
                         .await
                 });
                 return;
@@ -647,9 +701,12 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         let l = reply.lun;
         let data = buf.freeze();
         match kind {
-            WriteKind::Write { lba, fua } => {
-                self.spawn(itt, l, aborted, exec::write(reply, lun, lba, data, fua, r2t_sn))
-            }
+            WriteKind::Write { lba, fua } => self.spawn(
+                itt,
+                l,
+                aborted,
+                exec::write(reply, lun, lba, data, fua, r2t_sn),
+            ),
             WriteKind::Verify { lba, blocks } => self.spawn(
                 itt,
                 l,
@@ -679,7 +736,13 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         // §11.7.5/§11.8.4: data beyond the EDTL or for no open solicitation is a
         // protocol error.
         if !valid_ttt || end > c.edtl as u64 {
-            debug!(itt = d.itt, ttt = d.ttt, offset = d.buffer_offset, len, "Data-Out out of bounds");
+            debug!(
+                itt = d.itt,
+                ttt = d.ttt,
+                offset = d.buffer_offset,
+                len,
+                "Data-Out out of bounds"
+            );
             self.collecting.insert(d.itt, c);
             return self.reject(RejectReason::ProtocolError, bhs).await;
         }
@@ -802,7 +865,12 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         };
         if response == 0 {
             // Let running commands finish and answer before the logout response.
-            let waits: Vec<_> = self.running.lock().values().map(|r| r.done.clone()).collect();
+            let waits: Vec<_> = self
+                .running
+                .lock()
+                .values()
+                .map(|r| r.done.clone())
+                .collect();
             for mut w in waits {
                 let _ = w.wait_for(|d| *d).await;
             }
@@ -843,23 +911,8 @@ fn request_bhs(req: &Request) -> Bhs {
     }
 }
 
-/// The LUN number from the 8-byte LUN field (SAM-5 §4.7): peripheral (00b) and flat
-/// (01b) addressing of the first level.
+/// The LUN number from the 8-byte LUN field; an addressing form we do not use maps to
+/// a LUN that is never mapped, so it is answered as such.
 pub fn decode_lun(raw: u64) -> u64 {
-    let b0 = (raw >> 56) as u8;
-    let b1 = (raw >> 48) as u8;
-    match b0 >> 6 {
-        0 => b1 as u64 | (((b0 & 0x3f) as u64) << 8),
-        1 => (((b0 & 0x3f) as u64) << 8) | b1 as u64,
-        _ => u64::MAX,
-    }
-}
-
-/// The 8-byte LUN field for a LUN number.
-pub fn encode_lun(lun: u64) -> u64 {
-    if lun < 256 {
-        lun << 48
-    } else {
-        (0x4000 | (lun & 0x3fff)) << 48
-    }
+    scsi::decode_lun(raw.to_be_bytes()).unwrap_or(u64::MAX)
 }

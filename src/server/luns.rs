@@ -57,7 +57,11 @@ impl LunView {
 
     /// The LUN's handle and its nexus's unit attentions, or None if it is not mapped
     /// (or its volume is not open). Re-resolves when the mapping changed.
-    pub fn resolve(&mut self, node: &Node, lun: u64) -> Option<(Arc<LunHandle>, &mut UnitAttentions)> {
+    pub fn resolve(
+        &mut self,
+        node: &Node,
+        lun: u64,
+    ) -> Option<(Arc<LunHandle>, &mut UnitAttentions)> {
         let spec = node
             .catalog
             .read()

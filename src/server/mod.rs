@@ -20,7 +20,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-pub use crate::iscsi::login::TargetSettings;
+pub use crate::iscsi::params::TargetSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

@@ -115,7 +115,11 @@ pub async fn run<W: tokio::io::AsyncWrite + Unpin>(
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(out) = next.take() {
-            let Outgoing { mut pdu, stat, slot } = out;
+            let Outgoing {
+                mut pdu,
+                stat,
+                slot,
+            } = out;
             drop(slot);
             match stat {
                 Stat::Advance => {

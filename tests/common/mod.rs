@@ -34,7 +34,10 @@ pub fn require_tool(name: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(found, "required tool `{name}` is not installed (scripts/test.sh installs it)");
+    assert!(
+        found,
+        "required tool `{name}` is not installed (scripts/test.sh installs it)"
+    );
 }
 
 impl TestServer {
@@ -65,7 +68,10 @@ impl TestServer {
             .arg("--listen")
             .arg(listen)
             .args(&self.extra)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().expect("spawn twinlun serve");
@@ -158,7 +164,10 @@ impl TestServer {
 }
 
 fn unsafe_kill(pid: u32, sig: i32) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 impl Drop for TestServer {

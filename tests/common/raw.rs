@@ -25,7 +25,8 @@ pub const ISID: [u8; 6] = [0x80, 0x12, 0x34, 0x56, 0x78, 0x9a];
 impl RawClient {
     pub fn connect(addr: SocketAddr) -> RawClient {
         let sock = TcpStream::connect(addr).expect("connect");
-        sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
         sock.set_nodelay(true).unwrap();
         RawClient {
             sock,
@@ -107,7 +108,11 @@ impl RawClient {
         let p = self.login_pdu(0, 1, true, &sec);
         self.send(&p);
         let r = LoginResponse::from_pdu(&self.recv().expect("login response")).unwrap();
-        assert_eq!((r.status_class, r.status_detail), (0, 0), "security stage refused");
+        assert_eq!(
+            (r.status_class, r.status_detail),
+            (0, 0),
+            "security stage refused"
+        );
         self.exp_stat_sn = r.stat_sn.wrapping_add(1);
         let dig = |on: bool| if on { "CRC32C" } else { "None" };
         let op = format!(
@@ -118,8 +123,15 @@ impl RawClient {
         let p = self.login_pdu(1, 3, true, &op);
         self.send(&p);
         let r = LoginResponse::from_pdu(&self.recv().expect("login response")).unwrap();
-        assert_eq!((r.status_class, r.status_detail), (0, 0), "operational stage refused");
-        assert!(r.transit && r.nsg == 3, "login did not reach full feature phase");
+        assert_eq!(
+            (r.status_class, r.status_detail),
+            (0, 0),
+            "operational stage refused"
+        );
+        assert!(
+            r.transit && r.nsg == 3,
+            "login did not reach full feature phase"
+        );
         self.exp_stat_sn = r.stat_sn.wrapping_add(1);
         self.cmd_sn = r.exp_cmd_sn;
         self.digests = digests;

@@ -6,10 +6,10 @@
 //! announced DataSegmentLength against the negotiated limit before a byte is reserved;
 //! [`Frame::decode`] then verifies digests and splits it.
 
-mod async_msg;
+pub mod async_msg;
 mod data;
 mod login;
-mod logout;
+pub mod logout;
 mod nop;
 mod r2t;
 mod reject;
@@ -17,7 +17,7 @@ mod scsi_cmd;
 mod scsi_resp;
 mod snack;
 mod text;
-mod tmf;
+pub mod tmf;
 
 pub use async_msg::AsyncMessage;
 pub use data::{DataIn, DataOut};
