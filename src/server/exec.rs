@@ -215,10 +215,18 @@ pub async fn read(reply: Reply, lun: Arc<LunHandle>, lba: u64, blocks: u32, _fua
     }
 }
 
-/// Write collected Data-Out.
-pub async fn write(reply: Reply, lun: Arc<LunHandle>, lba: u64, data: Bytes, fua: bool, r2ts: u32) {
+/// Write collected Data-Out; `wanted` is the command's own transfer length, which
+/// may exceed `data` when the EDTL cut it short (reported as overflow).
+pub async fn write(
+    reply: Reply,
+    lun: Arc<LunHandle>,
+    lba: u64,
+    data: Bytes,
+    fua: bool,
+    r2ts: u32,
+    wanted: u64,
+) {
     let bs = lun.volume.block_size() as u64;
-    let wanted = data.len() as u64;
     match lun.volume.write(lba * bs, data, fua).await {
         Ok(()) => reply.status(Status::Good, None, r2ts, wanted).await,
         Err(e) => {
@@ -238,10 +246,10 @@ pub async fn verify(
     blocks: u32,
     compare: Option<Bytes>,
     r2ts: u32,
+    wanted: u64,
 ) {
     let bs = lun.volume.block_size() as u64;
     let len = blocks as u64 * bs;
-    let wanted = compare.as_ref().map(|c| c.len() as u64).unwrap_or(0);
     match lun.volume.read(lba * bs, len as usize).await {
         Ok(media) => match compare {
             Some(c) => match media.iter().zip(c.iter()).position(|(a, b)| a != b) {

@@ -58,20 +58,32 @@ struct Collecting {
     lun: Option<Arc<LunHandle>>,
     kind: WriteKind,
     buf: BytesMut,
-    /// Bytes the command itself transfers (SPDTL).
+    /// Bytes to collect: the command's own transfer (SPDTL), cut to the EDTL.
     needed: u32,
+    /// The command's own transfer length, for the residual.
+    spdtl: u64,
     edtl: u32,
     received: u32,
     /// The initiator has finished its unsolicited data (F bit seen, or none was due).
     unsolicited_done: bool,
     /// Next offset to ask for with an R2T.
     next_offset: u32,
-    /// Outstanding R2Ts: TTT → (offset, length, received).
-    r2ts: HashMap<u32, (u32, u32, u32)>,
+    /// Outstanding R2Ts by TTT.
+    r2ts: HashMap<u32, Solicited>,
+    /// DataSN expected next in the unsolicited burst.
+    unsolicited_sn: u32,
     r2t_sn: u32,
     /// Take and drop the unsolicited data, then answer this way instead of running.
     discard: Option<Discard>,
     reply: Reply,
+}
+
+/// One outstanding R2T: the range asked for, what has come, the DataSN expected next.
+struct Solicited {
+    offset: u32,
+    len: u32,
+    got: u32,
+    next_sn: u32,
 }
 
 enum Discard {
@@ -344,10 +356,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 self.command(cmd, slot).await;
                 Ok(())
             }
-            Request::DataOut(d) => {
-                self.data_out(d, bhs).await;
-                Ok(())
-            }
+            Request::DataOut(d) => self.data_out(d, bhs).await,
             Request::NopOut(n) => {
                 self.nop_out(n, slot).await;
                 Ok(())
@@ -462,11 +471,13 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                     kind: WriteKind::ModeSelect { ten: false },
                     buf: BytesMut::new(),
                     needed: 0,
+                    spdtl: 0,
                     edtl,
                     received: 0,
                     unsolicited_done: false,
                     next_offset: 0,
                     r2ts: HashMap::new(),
+                    unsolicited_sn: 0,
                     r2t_sn: 0,
                     discard: Some(Discard::Respond(resp)),
                     reply,
@@ -505,7 +516,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                     cmd.itt,
                     lun,
                     aborted,
-                    exec::verify(reply, h, lba, blocks, None, 0),
+                    exec::verify(reply, h, lba, blocks, None, 0, 0),
                 );
             }
             (Plan::Write { lba, blocks, fua }, Some(h)) => {
@@ -575,7 +586,6 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 .respond(scsi::Response::check(Sense::invalid_field_in_cdb(7)))
                 .await;
         }
-        let needed = needed as u32;
         if self.collecting.contains_key(&cmd.itt) || self.running.lock().contains_key(&cmd.itt) {
             // §11.2.1.8: the ITT must be unique in the session.
             warn!(itt = cmd.itt, "task tag already in use");
@@ -583,15 +593,30 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 .respond(scsi::Response::check(Sense::overlapped_commands()))
                 .await;
         }
-        if needed == 0 {
+        let spdtl = needed;
+        let edtl = cmd.expected_len;
+        // EDTL shorter than the command's transfer (§11.4.5.1 overflow): a write
+        // proceeds with the whole blocks the EDTL covers and reports the overflow
+        // (FCP-4 9.4.2 a); anything that cannot be cut that way is refused once its
+        // unsolicited data is in (FCP-4 9.4.2 b).
+        let bs = lun.volume.block_size() as u64;
+        let (needed, discard) = if (edtl as u64) < spdtl {
+            match kind {
+                WriteKind::Write { .. } if edtl as u64 % bs == 0 => (edtl as u64, None),
+                _ => (0, Some(Discard::Overflow)),
+            }
+        } else {
+            (spdtl, None)
+        };
+        let needed = needed as u32;
+        if needed == 0 && discard.is_none() {
             // Nothing to collect: e.g. MODE SELECT with a zero parameter list.
             if let WriteKind::ModeSelect { ten } = kind {
                 let resp = lun.lu.mode_select(ten, &[]);
                 return reply.respond(resp).await;
             }
-            return reply.status(Status::Good, None, 0, 0).await;
+            return reply.status(Status::Good, None, 0, spdtl).await;
         }
-        let edtl = cmd.expected_len;
         let imm = cmd.data.len().min(needed as usize);
         let mut buf = BytesMut::zeroed(needed as usize);
         buf[..imm].copy_from_slice(&cmd.data[..imm]);
@@ -607,18 +632,17 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             kind,
             buf,
             needed,
+            spdtl,
             edtl,
             received: imm as u32,
             unsolicited_done: cmd.final_bit,
             next_offset: unsolicited_end.min(needed),
             r2ts: HashMap::new(),
+            unsolicited_sn: 0,
             r2t_sn: 0,
-            discard: (edtl < needed).then_some(Discard::Overflow),
+            discard,
             reply,
         };
-        if c.discard.is_some() {
-            c.next_offset = needed;
-        }
         self.issue_r2ts(cmd.itt, &mut c).await;
         self.settle(cmd.itt, c);
     }
@@ -639,7 +663,15 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 buffer_offset: c.next_offset,
                 desired_len: len,
             };
-            c.r2ts.insert(ttt, (c.next_offset, len, 0));
+            c.r2ts.insert(
+                ttt,
+                Solicited {
+                    offset: c.next_offset,
+                    len,
+                    got: 0,
+                    next_sn: 0,
+                },
+            );
             c.r2t_sn += 1;
             c.next_offset += len;
             self.send(Outgoing::new(r2t.to_pdu(), Stat::Peek)).await;
@@ -682,12 +714,12 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             r2t_sn,
             discard,
             reply,
-            needed,
+            spdtl,
             ..
         } = c;
         match discard {
             Some(Discard::Overflow) => {
-                tokio::spawn(reply.write_overflow(needed as u64));
+                tokio::spawn(reply.write_overflow(spdtl));
                 return;
             }
             Some(Discard::Respond(resp)) => {
@@ -705,13 +737,13 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 itt,
                 l,
                 aborted,
-                exec::write(reply, lun, lba, data, fua, r2t_sn),
+                exec::write(reply, lun, lba, data, fua, r2t_sn, spdtl),
             ),
             WriteKind::Verify { lba, blocks } => self.spawn(
                 itt,
                 l,
                 aborted,
-                exec::verify(reply, lun, lba, blocks, Some(data), r2t_sn),
+                exec::verify(reply, lun, lba, blocks, Some(data), r2t_sn, spdtl),
             ),
             WriteKind::ModeSelect { ten } => {
                 let resp = lun.lu.mode_select(ten, &data);
@@ -721,10 +753,11 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
     }
 
     /// A Data-Out PDU (§11.7): route it to its task by ITT and TTT.
-    async fn data_out(&mut self, d: DataOut, bhs: Bhs) {
+    async fn data_out(&mut self, d: DataOut, bhs: Bhs) -> Result<(), End> {
         let Some(mut c) = self.collecting.remove(&d.itt) else {
             debug!(itt = d.itt, "Data-Out for an unknown task");
-            return self.reject(RejectReason::InvalidPduField, bhs).await;
+            self.reject(RejectReason::InvalidPduField, bhs).await;
+            return Ok(());
         };
         let len = d.data.len() as u32;
         let end = d.buffer_offset as u64 + len as u64;
@@ -744,7 +777,20 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 "Data-Out out of bounds"
             );
             self.collecting.insert(d.itt, c);
-            return self.reject(RejectReason::ProtocolError, bhs).await;
+            self.reject(RejectReason::ProtocolError, bhs).await;
+            return Ok(());
+        }
+        // §11.7.4: DataSN counts the PDUs of each sequence (each R2T, and the
+        // unsolicited burst) from 0. At ErrorRecoveryLevel 0 a gap cannot be recovered
+        // within the connection: the task is lost with it (§7.1.4.1, §7.12).
+        let want_sn = match c.r2ts.get(&d.ttt) {
+            Some(r) => r.next_sn,
+            None => c.unsolicited_sn,
+        };
+        if d.data_sn != want_sn {
+            warn!(itt = d.itt, data_sn = d.data_sn, want_sn, "Data-Out DataSN out of sequence");
+            self.reject(RejectReason::ProtocolError, bhs).await;
+            return Err(End::Close);
         }
         if c.discard.is_none() && (d.buffer_offset as u64) < c.needed as u64 {
             let from = d.buffer_offset as usize;
@@ -753,17 +799,20 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             c.received += (to - from) as u32;
         }
         if d.ttt == RESERVED_TAG {
+            c.unsolicited_sn += 1;
             if d.final_bit {
                 c.unsolicited_done = true;
             }
         } else if let Some(r) = c.r2ts.get_mut(&d.ttt) {
-            r.2 += len;
-            if d.final_bit || r.2 >= r.1 {
+            r.got += len;
+            r.next_sn += 1;
+            if d.final_bit || r.got >= r.len {
                 c.r2ts.remove(&d.ttt);
                 self.issue_r2ts(d.itt, &mut c).await;
             }
         }
         self.settle(d.itt, c);
+        Ok(())
     }
 
     /// Abort this session's tasks on `lun` (all LUNs if None); returns what to wait for.
