@@ -179,6 +179,18 @@ impl Sense {
         Sense::new(key::ABORTED_COMMAND, 0x4B, 0x00)
     }
 
+    /// Sense for a failed volume I/O: ENOSPC/EDQUOT (the sparse file could not grow) is
+    /// SPACE ALLOCATION FAILED WRITE PROTECT, EROFS is WRITE PROTECTED, anything else a
+    /// WRITE ERROR when `writing` (write or flush) and an UNRECOVERED READ ERROR otherwise.
+    pub fn from_io_error(err: &std::io::Error, writing: bool) -> Sense {
+        match err.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Sense::space_allocation_failed(),
+            Some(libc::EROFS) => Sense::write_protected(),
+            _ if writing => Sense::write_error(),
+            _ => Sense::medium_error(),
+        }
+    }
+
     pub fn is_unit_attention(&self) -> bool {
         self.key == key::UNIT_ATTENTION
     }

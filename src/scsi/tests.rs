@@ -355,6 +355,35 @@ fn report_luns_clears_luns_changed_only() {
 }
 
 #[test]
+fn reset_unit_attention_supersedes_pending_ones() {
+    let mut ua = UnitAttentions::default();
+    ua.push(Sense::capacity_changed());
+    ua.push(Sense::mode_parameters_changed());
+    ua.push(Sense::it_nexus_loss());
+    assert_eq!(ua.len(), 1);
+    ua.push(Sense::reported_luns_changed());
+    assert_eq!(ua.pop(), Some(Sense::it_nexus_loss()));
+    assert_eq!(ua.pop(), Some(Sense::reported_luns_changed()));
+}
+
+#[test]
+fn io_errors_map_to_sense() {
+    use std::io::Error;
+    let enospc = Error::from_raw_os_error(libc::ENOSPC);
+    assert_eq!(
+        Sense::from_io_error(&enospc, true),
+        Sense::space_allocation_failed()
+    );
+    let erofs = Error::from_raw_os_error(libc::EROFS);
+    assert_eq!(Sense::from_io_error(&erofs, true), Sense::write_protected());
+    let eio = Error::from_raw_os_error(libc::EIO);
+    assert_eq!(Sense::from_io_error(&eio, true), Sense::write_error());
+    assert_eq!(Sense::from_io_error(&eio, false), Sense::medium_error());
+    let other = Error::other("engine gone");
+    assert_eq!(Sense::from_io_error(&other, false), Sense::medium_error());
+}
+
+#[test]
 fn unit_attention_queue_dedups_and_is_bounded() {
     let mut ua = UnitAttentions::power_on();
     ua.push(Sense::power_on());
