@@ -174,8 +174,6 @@ pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
         op::MODE_SELECT_6 | op::MODE_SELECT_10 => mode_select(cdb),
         op::START_STOP_UNIT => Plan::Respond(sbc::start_stop_unit(cdb)),
         op::PREVENT_ALLOW_MEDIUM_REMOVAL => Plan::Respond(sbc::prevent_allow_medium_removal(cdb)),
-        // RESERVE(6) / RELEASE(6) (SPC-2 7.21, 7.17): accepted, not enforced.
-        op::RESERVE_6 | op::RELEASE_6 => Plan::Respond(Response::good(Vec::new())),
         _ => check(Sense::invalid_opcode()),
     }
 }

@@ -247,11 +247,22 @@ fn trivial_commands_are_good() {
         vec![op::START_STOP_UNIT, 1, 0, 0, 0, 0],
         vec![op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 1, 0],
         vec![op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0, 0],
-        vec![op::RESERVE_6, 0, 0, 0, 0, 0],
-        vec![op::RELEASE_6, 0, 0, 0, 0, 0],
     ] {
         assert!(good(run(&c, &lu)).is_empty(), "{c:?}");
     }
+}
+
+#[test]
+fn reserve_release_6_refused() {
+    let lu = lu();
+    assert_eq!(
+        kcq(run(&[op::RESERVE_6, 0, 0, 0, 0, 0], &lu)),
+        INVALID_OPCODE
+    );
+    assert_eq!(
+        kcq(run(&[op::RELEASE_6, 0, 0, 0, 0, 0], &lu)),
+        INVALID_OPCODE
+    );
 }
 
 #[test]
