@@ -198,6 +198,64 @@ fn mode_select(cdb: Cdb) -> Plan {
     Plan::ModeSelect { ten, len }
 }
 
+impl Plan {
+    /// Bytes the CDB asks to move (Data-In for reads and responses, Data-Out for writes,
+    /// compares and MODE SELECT), for the iSCSI layer's residual count (RFC 7143 11.4.5).
+    pub fn transfer_bytes(&self, block_size: u32) -> u64 {
+        let bs = u64::from(block_size);
+        match self {
+            Plan::Respond(r) => r.data.len() as u64,
+            Plan::Read { blocks, .. } | Plan::Write { blocks, .. } => u64::from(*blocks) * bs,
+            Plan::Verify {
+                blocks,
+                bytchk: true,
+                ..
+            } => u64::from(*blocks) * bs,
+            Plan::Verify { bytchk: false, .. } | Plan::Sync => 0,
+            Plan::ModeSelect { len, .. } => u64::from(*len),
+        }
+    }
+
+    /// Limit the transfer to the iSCSI EXPECTED DATA TRANSFER LENGTH when the initiator
+    /// expects less than the CDB asks for (RFC 7143 11.4.5.1: the target moves at most EDTL
+    /// bytes and reports the overflow as a residual). A write, compare or MODE SELECT uses only
+    /// the whole blocks (bytes) that EDTL covers, and nothing at all becomes GOOD without data;
+    /// a read fetches enough blocks to fill EDTL and the server sends only EDTL bytes of them.
+    /// libiscsi's iSCSIResiduals suite checks exactly this. The server still reports the
+    /// residual against `transfer_bytes` of the plan before clamping.
+    pub fn clamp_to_edtl(self, edtl: u32, block_size: u32) -> Plan {
+        let bs = block_size.max(1);
+        let nothing = || Plan::Respond(Response::good(Vec::new()));
+        match self {
+            Plan::Read { lba, blocks, fua } => match blocks.min(edtl.div_ceil(bs)) {
+                0 => nothing(),
+                blocks => Plan::Read { lba, blocks, fua },
+            },
+            Plan::Write { lba, blocks, fua } => match blocks.min(edtl / bs) {
+                0 => nothing(),
+                blocks => Plan::Write { lba, blocks, fua },
+            },
+            Plan::Verify {
+                lba,
+                blocks,
+                bytchk: true,
+            } => match blocks.min(edtl / bs) {
+                0 => nothing(),
+                blocks => Plan::Verify {
+                    lba,
+                    blocks,
+                    bytchk: true,
+                },
+            },
+            Plan::ModeSelect { ten, len } => match len.min(edtl) {
+                0 => nothing(),
+                len => Plan::ModeSelect { ten, len },
+            },
+            other => other,
+        }
+    }
+}
+
 impl Response {
     pub fn good(data: Vec<u8>) -> Response {
         Response {

@@ -174,6 +174,12 @@ impl Sense {
         Sense::new(key::UNIT_ATTENTION, 0x3F, 0x0E)
     }
 
+    /// ILLEGAL REQUEST, INVALID FIELD IN INFORMATION UNIT (0Eh/03h): e.g. an iSCSI EXPECTED
+    /// DATA TRANSFER LENGTH that does not fit the CDB (RFC 7143 11.4.5.1 leaves the choice).
+    pub const fn invalid_field_in_information_unit() -> Sense {
+        Sense::new(key::ILLEGAL_REQUEST, 0x0E, 0x03)
+    }
+
     /// ABORTED COMMAND, DATA PHASE ERROR (4Bh/00h): the data-out did not arrive as announced.
     pub const fn data_phase_error() -> Sense {
         Sense::new(key::ABORTED_COMMAND, 0x4B, 0x00)

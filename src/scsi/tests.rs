@@ -1552,6 +1552,96 @@ fn rsoc_one_command() {
     assert_eq!(kcq(run(&rsoc(false, 7, 0, 0, 65535), &lu)), INVALID_FIELD);
 }
 
+// ---------------------------------------------------------------- EDTL clamping
+
+#[test]
+fn clamp_to_edtl() {
+    let w = Plan::Write {
+        lba: 0,
+        blocks: 2,
+        fua: false,
+    };
+    assert_eq!(w.transfer_bytes(512), 1024);
+    assert_eq!(
+        w.clone().clamp_to_edtl(512, 512),
+        Plan::Write {
+            lba: 0,
+            blocks: 1,
+            fua: false
+        }
+    );
+    assert_eq!(w.clone().clamp_to_edtl(4096, 512), w);
+    assert_eq!(
+        w.clone().clamp_to_edtl(200, 512),
+        Plan::Respond(Response::good(Vec::new()))
+    );
+    assert_eq!(
+        w.clamp_to_edtl(0, 512),
+        Plan::Respond(Response::good(Vec::new()))
+    );
+    let r = Plan::Read {
+        lba: 4,
+        blocks: 8,
+        fua: true,
+    };
+    assert_eq!(
+        r.clone().clamp_to_edtl(600, 512),
+        Plan::Read {
+            lba: 4,
+            blocks: 2,
+            fua: true
+        }
+    );
+    assert_eq!(
+        r.clone().clamp_to_edtl(0, 512),
+        Plan::Respond(Response::good(Vec::new()))
+    );
+    assert_eq!(r.clone().clamp_to_edtl(u32::MAX, 0), r);
+    let v = Plan::Verify {
+        lba: 0,
+        blocks: 3,
+        bytchk: true,
+    };
+    assert_eq!(
+        v.clamp_to_edtl(1023, 512),
+        Plan::Verify {
+            lba: 0,
+            blocks: 1,
+            bytchk: true
+        }
+    );
+    let v0 = Plan::Verify {
+        lba: 0,
+        blocks: 3,
+        bytchk: false,
+    };
+    assert_eq!(v0.transfer_bytes(512), 0);
+    assert_eq!(v0.clone().clamp_to_edtl(0, 512), v0);
+    let m = Plan::ModeSelect {
+        ten: false,
+        len: 24,
+    };
+    assert_eq!(
+        m.clone().clamp_to_edtl(12, 512),
+        Plan::ModeSelect {
+            ten: false,
+            len: 12
+        }
+    );
+    assert_eq!(
+        m.clamp_to_edtl(0, 512),
+        Plan::Respond(Response::good(Vec::new()))
+    );
+    assert_eq!(Plan::Sync.clamp_to_edtl(0, 512), Plan::Sync);
+    let resp = Plan::Respond(Response::good(vec![1, 2, 3]));
+    assert_eq!(resp.transfer_bytes(512), 3);
+    assert_eq!(resp.clone().clamp_to_edtl(1, 512), resp);
+    assert_eq!(
+        Sense::invalid_field_in_information_unit(),
+        Sense::new(5, 0x0E, 0x03)
+    );
+}
+
 // ---------------------------------------------------------------- never panic
 
 fn arb_lu() -> impl Strategy<Value = LogicalUnit> {
@@ -1634,10 +1724,12 @@ proptest! {
     }
 
     #[test]
-    fn plan_never_panics_known_opcodes(cdb in arb_known_cdb(), lu in arb_lu()) {
+    fn plan_never_panics_known_opcodes(cdb in arb_known_cdb(), lu in arb_lu(), edtl in any::<u32>()) {
         let mut ua = UnitAttentions::default();
         let p = plan(&cdb, Context { lu: Some(&lu), luns: &[0, 5, 256, 20000], ua: Some(&mut ua) });
         check_plan(&p, Some(&lu));
+        let clamped = p.clamp_to_edtl(edtl, lu.block_size());
+        check_plan(&clamped, Some(&lu));
         let p = plan(&cdb, Context { lu: None, luns: &[], ua: None });
         check_plan(&p, None);
     }
