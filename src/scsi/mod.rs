@@ -12,6 +12,23 @@
 //! - `Sense` constructors for what the server discovers itself (medium error, miscompare,
 //!   invalid field, ...), `Sense::to_fixed()` gives the 18-byte fixed format.
 //!
+//! What the server owes this layer (it cannot see sessions, files or the wire):
+//! - Unit attentions: a new I_T nexus starts with `UnitAttentions::power_on()`. Push
+//!   `Sense::capacity_changed()` to every nexus of an LU after `LogicalUnit::set_num_blocks`,
+//!   `Sense::reported_luns_changed()` to every nexus of a target whose LUN map changed, and
+//!   `Sense::mode_parameters_changed()` to the *other* nexuses of an LU when
+//!   `LogicalUnit::apply_mode_select` reports `changed` (SPC-5 7.5.1).
+//! - Sense goes out in fixed format (`to_fixed`): the control mode page reports D_SENSE=0.
+//! - When EDTL is smaller than the CDB asks for, `Plan::clamp_to_edtl`, and compute the
+//!   residual against `Plan::transfer_bytes` of the unclamped plan (RFC 7143 11.4.5.1).
+//! - A `Respond` plan for a command that carries Data-Out (a refused WRITE, VERIFY with
+//!   BYTCHK=1, MODE SELECT) still has unsolicited data to drain.
+//! - READ/WRITE/VERIFY(BYTCHK=1) transfers are at most `MAX_TRANSFER_BYTES` (Block Limits VPD
+//!   page); the iSCSI layer must accept that much per command (over several bursts).
+//! - `Plan::Write` has `fua` set also when WCE=0: the data must be durable before GOOD.
+//! - I/O failures become sense with `Sense::from_io_error`; a VERIFY compare difference is
+//!   `Sense::miscompare(offset)`.
+//!
 //! Layout: `cdb` (opcodes, field readers), `sense` (sense data and its formats), `lu` (the
 //! logical unit, unit attentions), `spc` (INQUIRY, VPD, REPORT LUNS, REQUEST SENSE), `mode`
 //! (MODE SENSE/SELECT), `sbc` (capacity, read, write, verify, sync), `opcodes` (the command
