@@ -49,7 +49,7 @@ mod tests;
 pub use cdb::op;
 pub use lu::{LogicalUnit, LuConfig, ModeSelectOutcome, UnitAttentions, MAX_TRANSFER_BYTES};
 pub use lun::{decode_lun, encode_lun, MAX_LUN};
-pub use sense::{key, FieldPointer, Sense, FIXED_SENSE_LEN};
+pub use sense::{key, key_name, FieldPointer, Sense, FIXED_SENSE_LEN};
 pub use spc::{naa_designator, serial_number, PRODUCT_ID, VENDOR_ID};
 
 use cdb::{cdb_len, sa, Cdb};

@@ -254,3 +254,33 @@ impl Sense {
         b
     }
 }
+
+/// Name of a sense key (SPC-5 4.4.2, table 49), for logs.
+pub fn key_name(k: u8) -> &'static str {
+    match k {
+        key::NO_SENSE => "NO SENSE",
+        key::RECOVERED_ERROR => "RECOVERED ERROR",
+        key::NOT_READY => "NOT READY",
+        key::MEDIUM_ERROR => "MEDIUM ERROR",
+        key::HARDWARE_ERROR => "HARDWARE ERROR",
+        key::ILLEGAL_REQUEST => "ILLEGAL REQUEST",
+        key::UNIT_ATTENTION => "UNIT ATTENTION",
+        key::DATA_PROTECT => "DATA PROTECT",
+        key::ABORTED_COMMAND => "ABORTED COMMAND",
+        key::MISCOMPARE => "MISCOMPARE",
+        _ => "OTHER",
+    }
+}
+
+/// `ILLEGAL REQUEST 24h/00h`, for `%sense` in tracing fields.
+impl std::fmt::Display for Sense {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {:02X}h/{:02X}h",
+            key_name(self.key),
+            self.asc,
+            self.ascq
+        )
+    }
+}

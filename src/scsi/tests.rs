@@ -183,6 +183,19 @@ fn descriptor_sense() {
 }
 
 #[test]
+fn sense_display() {
+    assert_eq!(
+        Sense::invalid_field_in_cdb(1).to_string(),
+        "ILLEGAL REQUEST 24h/00h"
+    );
+    assert_eq!(
+        Sense::capacity_changed().to_string(),
+        "UNIT ATTENTION 2Ah/09h"
+    );
+    assert_eq!(Sense::new(0x0D, 1, 2).to_string(), "OTHER 01h/02h");
+}
+
+#[test]
 fn sense_constructors() {
     assert_eq!(
         (Sense::medium_error().key, Sense::medium_error().asc),
