@@ -9,6 +9,9 @@ pub mod op {
     pub const WRITE_6: u8 = 0x0A;
     pub const INQUIRY: u8 = 0x12;
     pub const MODE_SELECT_6: u8 = 0x15;
+    /// RESERVE(6) / RELEASE(6) (SPC-2 7.21, 7.17) are refused as unknown opcodes: they need
+    /// the I_T nexus identity to enforce, which `Context` does not carry, and a reservation
+    /// that is granted but not enforced would mislead cluster software.
     pub const RESERVE_6: u8 = 0x16;
     pub const RELEASE_6: u8 = 0x17;
     pub const MODE_SENSE_6: u8 = 0x1A;

@@ -108,6 +108,7 @@ impl LogicalUnit {
         (MAX_TRANSFER_BYTES / self.block_size).max(1)
     }
 
+    /// The mode page state, read once under the lock.
     pub(crate) fn mode_state(&self) -> ModeState {
         *self.mode.lock()
     }
@@ -155,8 +156,13 @@ impl UnitAttentions {
     }
 
     /// Establish a unit attention. One already pending with the same ASC/ASCQ is not queued
-    /// twice; the queue is bounded.
+    /// twice; the queue is bounded. A reset-class condition (ASC 29h: power on, reset, I_T
+    /// nexus loss) supersedes everything pending before it (SAM-5 6.3: a reset clears the
+    /// state those conditions reported on).
     pub fn push(&mut self, sense: Sense) {
+        if sense.asc == 0x29 {
+            self.pending.clear();
+        }
         if self
             .pending
             .iter()

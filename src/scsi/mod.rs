@@ -12,6 +12,23 @@
 //! - `Sense` constructors for what the server discovers itself (medium error, miscompare,
 //!   invalid field, ...), `Sense::to_fixed()` gives the 18-byte fixed format.
 //!
+//! What the server owes this layer (it cannot see sessions, files or the wire):
+//! - Unit attentions: a new I_T nexus starts with `UnitAttentions::power_on()`. Push
+//!   `Sense::capacity_changed()` to every nexus of an LU after `LogicalUnit::set_num_blocks`,
+//!   `Sense::reported_luns_changed()` to every nexus of a target whose LUN map changed, and
+//!   `Sense::mode_parameters_changed()` to the *other* nexuses of an LU when
+//!   `LogicalUnit::apply_mode_select` reports `changed` (SPC-5 7.5.1).
+//! - Sense goes out in fixed format (`to_fixed`): the control mode page reports D_SENSE=0.
+//! - When EDTL is smaller than the CDB asks for, `Plan::clamp_to_edtl`, and compute the
+//!   residual against `Plan::transfer_bytes` of the unclamped plan (RFC 7143 11.4.5.1).
+//! - A `Respond` plan for a command that carries Data-Out (a refused WRITE, VERIFY with
+//!   BYTCHK=1, MODE SELECT) still has unsolicited data to drain.
+//! - READ/WRITE/VERIFY(BYTCHK=1) transfers are at most `MAX_TRANSFER_BYTES` (Block Limits VPD
+//!   page); the iSCSI layer must accept that much per command (over several bursts).
+//! - `Plan::Write` has `fua` set also when WCE=0: the data must be durable before GOOD.
+//! - I/O failures become sense with `Sense::from_io_error`; a VERIFY compare difference is
+//!   `Sense::miscompare(offset)`.
+//!
 //! Layout: `cdb` (opcodes, field readers), `sense` (sense data and its formats), `lu` (the
 //! logical unit, unit attentions), `spc` (INQUIRY, VPD, REPORT LUNS, REQUEST SENSE), `mode`
 //! (MODE SENSE/SELECT), `sbc` (capacity, read, write, verify, sync), `opcodes` (the command
@@ -32,7 +49,7 @@ mod tests;
 pub use cdb::op;
 pub use lu::{LogicalUnit, LuConfig, ModeSelectOutcome, UnitAttentions, MAX_TRANSFER_BYTES};
 pub use lun::{decode_lun, encode_lun, MAX_LUN};
-pub use sense::{key, FieldPointer, Sense, FIXED_SENSE_LEN};
+pub use sense::{key, key_name, FieldPointer, Sense, FIXED_SENSE_LEN};
 pub use spc::{naa_designator, serial_number, PRODUCT_ID, VENDOR_ID};
 
 use cdb::{cdb_len, sa, Cdb};
@@ -174,8 +191,6 @@ pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
         op::MODE_SELECT_6 | op::MODE_SELECT_10 => mode_select(cdb),
         op::START_STOP_UNIT => Plan::Respond(sbc::start_stop_unit(cdb)),
         op::PREVENT_ALLOW_MEDIUM_REMOVAL => Plan::Respond(sbc::prevent_allow_medium_removal(cdb)),
-        // RESERVE(6) / RELEASE(6) (SPC-2 7.21, 7.17): accepted, not enforced.
-        op::RESERVE_6 | op::RELEASE_6 => Plan::Respond(Response::good(Vec::new())),
         _ => check(Sense::invalid_opcode()),
     }
 }
@@ -198,6 +213,64 @@ fn mode_select(cdb: Cdb) -> Plan {
         return Plan::Respond(Response::good(Vec::new()));
     }
     Plan::ModeSelect { ten, len }
+}
+
+impl Plan {
+    /// Bytes the CDB asks to move (Data-In for reads and responses, Data-Out for writes,
+    /// compares and MODE SELECT), for the iSCSI layer's residual count (RFC 7143 11.4.5).
+    pub fn transfer_bytes(&self, block_size: u32) -> u64 {
+        let bs = u64::from(block_size);
+        match self {
+            Plan::Respond(r) => r.data.len() as u64,
+            Plan::Read { blocks, .. } | Plan::Write { blocks, .. } => u64::from(*blocks) * bs,
+            Plan::Verify {
+                blocks,
+                bytchk: true,
+                ..
+            } => u64::from(*blocks) * bs,
+            Plan::Verify { bytchk: false, .. } | Plan::Sync => 0,
+            Plan::ModeSelect { len, .. } => u64::from(*len),
+        }
+    }
+
+    /// Limit the transfer to the iSCSI EXPECTED DATA TRANSFER LENGTH when the initiator
+    /// expects less than the CDB asks for (RFC 7143 11.4.5.1: the target moves at most EDTL
+    /// bytes and reports the overflow as a residual). A write, compare or MODE SELECT uses only
+    /// the whole blocks (bytes) that EDTL covers, and nothing at all becomes GOOD without data;
+    /// a read fetches enough blocks to fill EDTL and the server sends only EDTL bytes of them.
+    /// libiscsi's iSCSIResiduals suite checks exactly this. The server still reports the
+    /// residual against `transfer_bytes` of the plan before clamping.
+    pub fn clamp_to_edtl(self, edtl: u32, block_size: u32) -> Plan {
+        let bs = block_size.max(1);
+        let nothing = || Plan::Respond(Response::good(Vec::new()));
+        match self {
+            Plan::Read { lba, blocks, fua } => match blocks.min(edtl.div_ceil(bs)) {
+                0 => nothing(),
+                blocks => Plan::Read { lba, blocks, fua },
+            },
+            Plan::Write { lba, blocks, fua } => match blocks.min(edtl / bs) {
+                0 => nothing(),
+                blocks => Plan::Write { lba, blocks, fua },
+            },
+            Plan::Verify {
+                lba,
+                blocks,
+                bytchk: true,
+            } => match blocks.min(edtl / bs) {
+                0 => nothing(),
+                blocks => Plan::Verify {
+                    lba,
+                    blocks,
+                    bytchk: true,
+                },
+            },
+            Plan::ModeSelect { ten, len } => match len.min(edtl) {
+                0 => nothing(),
+                len => Plan::ModeSelect { ten, len },
+            },
+            other => other,
+        }
+    }
 }
 
 impl Response {

@@ -132,15 +132,17 @@ pub fn write(cdb: Cdb, lu: &LogicalUnit) -> Plan {
     if !in_range(lu, t.lba, t.blocks) {
         return Plan::Respond(Response::check(Sense::lba_out_of_range()));
     }
-    // SBC-4 4.11: writes to a write protected LU end in DATA PROTECT, WRITE PROTECTED.
-    if lu.write_protected() {
+    let mode = lu.mode_state();
+    // SBC-4 4.11: writes to a write protected LU (configured read-only, or SWP set in the
+    // control mode page) end in DATA PROTECT, WRITE PROTECTED.
+    if lu.read_only() || mode.swp {
         return Plan::Respond(Response::check(Sense::write_protected()));
     }
     if t.blocks == 0 {
         return Plan::Respond(Response::good(Vec::new()));
     }
     // With the write cache off (WCE=0) every write must reach the medium before GOOD.
-    let fua = t.flags & FUA != 0 || !lu.write_cache_enabled();
+    let fua = t.flags & FUA != 0 || !mode.wce;
     Plan::Write {
         lba: t.lba,
         blocks: t.blocks,

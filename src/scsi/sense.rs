@@ -174,9 +174,9 @@ impl Sense {
         Sense::new(key::UNIT_ATTENTION, 0x3F, 0x0E)
     }
 
-    /// ILLEGAL REQUEST, INVALID FIELD IN COMMAND INFORMATION UNIT (0Eh/03h): the iSCSI
-    /// expected transfer length disagrees with the CDB in a way we do not process.
-    pub const fn invalid_field_in_iu() -> Sense {
+    /// ILLEGAL REQUEST, INVALID FIELD IN INFORMATION UNIT (0Eh/03h): e.g. an iSCSI EXPECTED
+    /// DATA TRANSFER LENGTH that does not fit the CDB (RFC 7143 11.4.5.1 leaves the choice).
+    pub const fn invalid_field_in_information_unit() -> Sense {
         Sense::new(key::ILLEGAL_REQUEST, 0x0E, 0x03)
     }
 
@@ -189,6 +189,18 @@ impl Sense {
     /// ABORTED COMMAND, DATA PHASE ERROR (4Bh/00h): the data-out did not arrive as announced.
     pub const fn data_phase_error() -> Sense {
         Sense::new(key::ABORTED_COMMAND, 0x4B, 0x00)
+    }
+
+    /// Sense for a failed volume I/O: ENOSPC/EDQUOT (the sparse file could not grow) is
+    /// SPACE ALLOCATION FAILED WRITE PROTECT, EROFS is WRITE PROTECTED, anything else a
+    /// WRITE ERROR when `writing` (write or flush) and an UNRECOVERED READ ERROR otherwise.
+    pub fn from_io_error(err: &std::io::Error, writing: bool) -> Sense {
+        match err.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => Sense::space_allocation_failed(),
+            Some(libc::EROFS) => Sense::write_protected(),
+            _ if writing => Sense::write_error(),
+            _ => Sense::medium_error(),
+        }
     }
 
     pub fn is_unit_attention(&self) -> bool {
@@ -246,5 +258,35 @@ impl Sense {
         // At most 8 + 12 + 8 bytes: the additional length always fits.
         b[7] = (b.len() - 8) as u8;
         b
+    }
+}
+
+/// Name of a sense key (SPC-5 4.4.2, table 49), for logs.
+pub fn key_name(k: u8) -> &'static str {
+    match k {
+        key::NO_SENSE => "NO SENSE",
+        key::RECOVERED_ERROR => "RECOVERED ERROR",
+        key::NOT_READY => "NOT READY",
+        key::MEDIUM_ERROR => "MEDIUM ERROR",
+        key::HARDWARE_ERROR => "HARDWARE ERROR",
+        key::ILLEGAL_REQUEST => "ILLEGAL REQUEST",
+        key::UNIT_ATTENTION => "UNIT ATTENTION",
+        key::DATA_PROTECT => "DATA PROTECT",
+        key::ABORTED_COMMAND => "ABORTED COMMAND",
+        key::MISCOMPARE => "MISCOMPARE",
+        _ => "OTHER",
+    }
+}
+
+/// `ILLEGAL REQUEST 24h/00h`, for `%sense` in tracing fields.
+impl std::fmt::Display for Sense {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {:02X}h/{:02X}h",
+            key_name(self.key),
+            self.asc,
+            self.ascq
+        )
     }
 }

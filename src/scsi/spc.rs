@@ -2,7 +2,6 @@
 //! REQUEST SENSE.
 
 use super::cdb::{cut, Cdb};
-use super::lu::MAX_TRANSFER_BYTES;
 use super::lun::encode_lun;
 use super::{LogicalUnit, Response, Sense, UnitAttentions};
 
@@ -160,10 +159,11 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     // OPTIMAL TRANSFER LENGTH GRANULARITY (page bytes 6..8): a 4 KiB page.
     let granularity = u16::try_from((4096 / bs).max(1)).unwrap_or(1);
     d[2..4].copy_from_slice(&granularity.to_be_bytes());
-    // MAXIMUM TRANSFER LENGTH (8..12) and OPTIMAL TRANSFER LENGTH (12..16), in blocks.
+    // MAXIMUM TRANSFER LENGTH (8..12) and OPTIMAL TRANSFER LENGTH (12..16), in blocks: both
+    // MAX_TRANSFER_BYTES worth, which `plan` enforces.
     let max = lu.max_transfer_blocks();
     d[4..8].copy_from_slice(&max.to_be_bytes());
-    d[8..12].copy_from_slice(&(MAX_TRANSFER_BYTES / bs).max(1).to_be_bytes());
+    d[8..12].copy_from_slice(&max.to_be_bytes());
     // No UNMAP, no WRITE SAME, no COMPARE AND WRITE, no atomic writes: all else zero.
     d
 }

@@ -183,6 +183,19 @@ fn descriptor_sense() {
 }
 
 #[test]
+fn sense_display() {
+    assert_eq!(
+        Sense::invalid_field_in_cdb(1).to_string(),
+        "ILLEGAL REQUEST 24h/00h"
+    );
+    assert_eq!(
+        Sense::capacity_changed().to_string(),
+        "UNIT ATTENTION 2Ah/09h"
+    );
+    assert_eq!(Sense::new(0x0D, 1, 2).to_string(), "OTHER 01h/02h");
+}
+
+#[test]
 fn sense_constructors() {
     assert_eq!(
         (Sense::medium_error().key, Sense::medium_error().asc),
@@ -247,11 +260,22 @@ fn trivial_commands_are_good() {
         vec![op::START_STOP_UNIT, 1, 0, 0, 0, 0],
         vec![op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 1, 0],
         vec![op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0, 0],
-        vec![op::RESERVE_6, 0, 0, 0, 0, 0],
-        vec![op::RELEASE_6, 0, 0, 0, 0, 0],
     ] {
         assert!(good(run(&c, &lu)).is_empty(), "{c:?}");
     }
+}
+
+#[test]
+fn reserve_release_6_refused() {
+    let lu = lu();
+    assert_eq!(
+        kcq(run(&[op::RESERVE_6, 0, 0, 0, 0, 0], &lu)),
+        INVALID_OPCODE
+    );
+    assert_eq!(
+        kcq(run(&[op::RELEASE_6, 0, 0, 0, 0, 0], &lu)),
+        INVALID_OPCODE
+    );
 }
 
 #[test]
@@ -352,6 +376,35 @@ fn report_luns_clears_luns_changed_only() {
     ));
     assert_eq!(ua.len(), 1);
     assert_eq!(ua.peek(), Some(&Sense::power_on()));
+}
+
+#[test]
+fn reset_unit_attention_supersedes_pending_ones() {
+    let mut ua = UnitAttentions::default();
+    ua.push(Sense::capacity_changed());
+    ua.push(Sense::mode_parameters_changed());
+    ua.push(Sense::it_nexus_loss());
+    assert_eq!(ua.len(), 1);
+    ua.push(Sense::reported_luns_changed());
+    assert_eq!(ua.pop(), Some(Sense::it_nexus_loss()));
+    assert_eq!(ua.pop(), Some(Sense::reported_luns_changed()));
+}
+
+#[test]
+fn io_errors_map_to_sense() {
+    use std::io::Error;
+    let enospc = Error::from_raw_os_error(libc::ENOSPC);
+    assert_eq!(
+        Sense::from_io_error(&enospc, true),
+        Sense::space_allocation_failed()
+    );
+    let erofs = Error::from_raw_os_error(libc::EROFS);
+    assert_eq!(Sense::from_io_error(&erofs, true), Sense::write_protected());
+    let eio = Error::from_raw_os_error(libc::EIO);
+    assert_eq!(Sense::from_io_error(&eio, true), Sense::write_error());
+    assert_eq!(Sense::from_io_error(&eio, false), Sense::medium_error());
+    let other = Error::other("engine gone");
+    assert_eq!(Sense::from_io_error(&other, false), Sense::medium_error());
 }
 
 #[test]
@@ -1512,6 +1565,96 @@ fn rsoc_one_command() {
     assert_eq!(kcq(run(&rsoc(false, 7, 0, 0, 65535), &lu)), INVALID_FIELD);
 }
 
+// ---------------------------------------------------------------- EDTL clamping
+
+#[test]
+fn clamp_to_edtl() {
+    let w = Plan::Write {
+        lba: 0,
+        blocks: 2,
+        fua: false,
+    };
+    assert_eq!(w.transfer_bytes(512), 1024);
+    assert_eq!(
+        w.clone().clamp_to_edtl(512, 512),
+        Plan::Write {
+            lba: 0,
+            blocks: 1,
+            fua: false
+        }
+    );
+    assert_eq!(w.clone().clamp_to_edtl(4096, 512), w);
+    assert_eq!(
+        w.clone().clamp_to_edtl(200, 512),
+        Plan::Respond(Response::good(Vec::new()))
+    );
+    assert_eq!(
+        w.clamp_to_edtl(0, 512),
+        Plan::Respond(Response::good(Vec::new()))
+    );
+    let r = Plan::Read {
+        lba: 4,
+        blocks: 8,
+        fua: true,
+    };
+    assert_eq!(
+        r.clone().clamp_to_edtl(600, 512),
+        Plan::Read {
+            lba: 4,
+            blocks: 2,
+            fua: true
+        }
+    );
+    assert_eq!(
+        r.clone().clamp_to_edtl(0, 512),
+        Plan::Respond(Response::good(Vec::new()))
+    );
+    assert_eq!(r.clone().clamp_to_edtl(u32::MAX, 0), r);
+    let v = Plan::Verify {
+        lba: 0,
+        blocks: 3,
+        bytchk: true,
+    };
+    assert_eq!(
+        v.clamp_to_edtl(1023, 512),
+        Plan::Verify {
+            lba: 0,
+            blocks: 1,
+            bytchk: true
+        }
+    );
+    let v0 = Plan::Verify {
+        lba: 0,
+        blocks: 3,
+        bytchk: false,
+    };
+    assert_eq!(v0.transfer_bytes(512), 0);
+    assert_eq!(v0.clone().clamp_to_edtl(0, 512), v0);
+    let m = Plan::ModeSelect {
+        ten: false,
+        len: 24,
+    };
+    assert_eq!(
+        m.clone().clamp_to_edtl(12, 512),
+        Plan::ModeSelect {
+            ten: false,
+            len: 12
+        }
+    );
+    assert_eq!(
+        m.clamp_to_edtl(0, 512),
+        Plan::Respond(Response::good(Vec::new()))
+    );
+    assert_eq!(Plan::Sync.clamp_to_edtl(0, 512), Plan::Sync);
+    let resp = Plan::Respond(Response::good(vec![1, 2, 3]));
+    assert_eq!(resp.transfer_bytes(512), 3);
+    assert_eq!(resp.clone().clamp_to_edtl(1, 512), resp);
+    assert_eq!(
+        Sense::invalid_field_in_information_unit(),
+        Sense::new(5, 0x0E, 0x03)
+    );
+}
+
 // ---------------------------------------------------------------- never panic
 
 fn arb_lu() -> impl Strategy<Value = LogicalUnit> {
@@ -1594,10 +1737,12 @@ proptest! {
     }
 
     #[test]
-    fn plan_never_panics_known_opcodes(cdb in arb_known_cdb(), lu in arb_lu()) {
+    fn plan_never_panics_known_opcodes(cdb in arb_known_cdb(), lu in arb_lu(), edtl in any::<u32>()) {
         let mut ua = UnitAttentions::default();
         let p = plan(&cdb, Context { lu: Some(&lu), luns: &[0, 5, 256, 20000], ua: Some(&mut ua) });
         check_plan(&p, Some(&lu));
+        let clamped = p.clamp_to_edtl(edtl, lu.block_size());
+        check_plan(&clamped, Some(&lu));
         let p = plan(&cdb, Context { lu: None, luns: &[], ua: None });
         check_plan(&p, None);
     }

@@ -184,7 +184,7 @@ impl Reply {
             status: Status::CheckCondition as u8,
             itt: self.itt,
             residual: res,
-            sense: Bytes::from(Sense::invalid_field_in_iu().to_fixed()),
+            sense: Bytes::from(Sense::invalid_field_in_information_unit().to_fixed()),
             ..Default::default()
         };
         let slot = self.slot.take();

@@ -696,7 +696,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                     reply
                         .status(
                             Status::CheckCondition,
-                            Some(&Sense::invalid_field_in_iu()),
+                            Some(&Sense::invalid_field_in_information_unit()),
                             0,
                             0,
                         )
@@ -764,7 +764,10 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         let valid_ttt = if d.ttt == RESERVED_TAG {
             !c.unsolicited_done
         } else {
-            c.r2ts.contains_key(&d.ttt)
+            // A solicited PDU must fall inside the range its R2T asked for.
+            c.r2ts.get(&d.ttt).is_some_and(|r| {
+                d.buffer_offset >= r.offset && end <= r.offset as u64 + r.len as u64
+            })
         };
         // §11.7.5/§11.8.4: data beyond the EDTL or for no open solicitation is a
         // protocol error.
