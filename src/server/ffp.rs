@@ -356,7 +356,10 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 self.command(cmd, slot).await;
                 Ok(())
             }
-            Request::DataOut(d) => self.data_out(d, bhs).await,
+            Request::DataOut(d) => {
+                self.data_out(d, bhs).await;
+                Ok(())
+            }
             Request::NopOut(n) => {
                 self.nop_out(n, slot).await;
                 Ok(())
@@ -753,11 +756,10 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
     }
 
     /// A Data-Out PDU (§11.7): route it to its task by ITT and TTT.
-    async fn data_out(&mut self, d: DataOut, bhs: Bhs) -> Result<(), End> {
+    async fn data_out(&mut self, d: DataOut, bhs: Bhs) {
         let Some(mut c) = self.collecting.remove(&d.itt) else {
             debug!(itt = d.itt, "Data-Out for an unknown task");
-            self.reject(RejectReason::InvalidPduField, bhs).await;
-            return Ok(());
+            return self.reject(RejectReason::InvalidPduField, bhs).await;
         };
         let len = d.data.len() as u32;
         let end = d.buffer_offset as u64 + len as u64;
@@ -780,20 +782,22 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 "Data-Out out of bounds"
             );
             self.collecting.insert(d.itt, c);
-            self.reject(RejectReason::ProtocolError, bhs).await;
-            return Ok(());
+            return self.reject(RejectReason::ProtocolError, bhs).await;
         }
         // §11.7.4: DataSN counts the PDUs of each sequence (each R2T, and the
-        // unsolicited burst) from 0. At ErrorRecoveryLevel 0 a gap cannot be recovered
-        // within the connection: the task is lost with it (§7.1.4.1, §7.12).
+        // unsolicited burst) from 0. At ErrorRecoveryLevel 0 a gap cannot be mended by
+        // recovery R2Ts, so the task ends in CHECK CONDITION once the data the
+        // initiator already committed to has drained; no more R2Ts go out for it.
         let want_sn = match c.r2ts.get(&d.ttt) {
             Some(r) => r.next_sn,
             None => c.unsolicited_sn,
         };
-        if d.data_sn != want_sn {
+        if d.data_sn != want_sn && c.discard.is_none() {
             warn!(itt = d.itt, data_sn = d.data_sn, want_sn, "Data-Out DataSN out of sequence");
-            self.reject(RejectReason::ProtocolError, bhs).await;
-            return Err(End::Close);
+            c.discard = Some(Discard::Respond(scsi::Response::check(
+                Sense::data_phase_error(),
+            )));
+            c.next_offset = c.needed;
         }
         if c.discard.is_none() && (d.buffer_offset as u64) < c.needed as u64 {
             let from = d.buffer_offset as usize;
@@ -815,7 +819,6 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             }
         }
         self.settle(d.itt, c);
-        Ok(())
     }
 
     /// Abort this session's tasks on `lun` (all LUNs if None); returns what to wait for.
