@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -362,7 +363,6 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&s.data_dir)?;
     let catalog = startup::prepare(&s.data_dir, s.config.as_ref())?;
     let engine = Engine::start(s.engine.kind()).context("cannot start the io engine")?;
-    tracing::info!(engine = engine.name(), "io engine started");
     let node = Arc::new(Node::new(s.data_dir.clone(), engine, catalog));
     node.open_volumes()
         .map_err(|(name, e)| anyhow!(e).context(format!("cannot open volume '{name}'")))?;
@@ -419,6 +419,7 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: flock on a file descriptor we own; no memory is involved.

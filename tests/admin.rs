@@ -1,0 +1,543 @@
+//! The real binary: `twinlun serve` on 127.0.0.1:0 in a temp data dir, driven by
+//! `twinlun ctl` subprocesses and by raw lines on the admin socket.
+//!
+//! These tests need the volume module (Engine::start, Volume::open_or_create) to be
+//! real: with its todo!() stub the server dies at start and every test here fails
+//! with a message saying so.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_twinlun");
+const T: &str = "iqn.2026-11.io.twinlun:test";
+const DEMO: &str = "iqn.2026-11.io.twinlun:demo";
+
+struct Served {
+    child: Option<Child>,
+    socket: PathBuf,
+    addrs: Vec<String>,
+    lines: Vec<String>,
+    stderr_path: PathBuf,
+}
+
+impl Served {
+    fn start(data: &Path, extra: &[&str]) -> Served {
+        Self::try_start(data, extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start(data: &Path, extra: &[&str]) -> Result<Served, String> {
+        let stderr_path = data.with_extension(format!("stderr.{}", rand_suffix()));
+        let stderr = std::fs::File::create(&stderr_path).unwrap();
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn twinlun serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut lines = Vec::new();
+        let mut socket = None;
+        let mut addrs = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left.min(Duration::from_millis(200))) {
+                Ok(line) => {
+                    if let Some(a) = line.strip_prefix("twinlun: listening on ") {
+                        addrs.push(a.to_string());
+                    }
+                    if let Some(s) = line.strip_prefix("twinlun: admin socket ") {
+                        socket = Some(PathBuf::from(s));
+                    }
+                    lines.push(line);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                let hint = if err.contains("not yet implemented") {
+                    "\nNOTE: the volume module is still a todo!() stub: these tests pass once h/volume is merged.\n"
+                } else {
+                    ""
+                };
+                return Err(format!("twinlun serve exited early ({status}){hint}\nstdout: {lines:?}\nstderr:\n{err}"));
+            }
+            // The banner ends with the attach hints, printed right after the socket line.
+            if socket.is_some()
+                && (rx
+                    .recv_timeout(Duration::from_millis(300))
+                    .map(|l| lines.push(l))
+                    .is_err())
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!(
+                    "no admin socket line within 60 s; stdout: {lines:?}"
+                ));
+            }
+        }
+        Ok(Served {
+            child: Some(child),
+            socket: socket.unwrap(),
+            addrs,
+            lines,
+            stderr_path,
+        })
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        ctl_at(&self.socket, args)
+    }
+
+    /// Runs ctl, asserts success, returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "ctl {args:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs ctl with --json, asserts success, returns the parsed response.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(self.ok(&a).trim()).expect("--json prints one JSON object")
+    }
+
+    /// Runs ctl, asserts exit code 1 and an error on stderr; returns (stderr, JSON error).
+    fn refused(&self, args: &[&str]) -> (String, Value) {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.ctl(&a);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "ctl {args:?} should be refused; stderr: {err}"
+        );
+        assert!(err.starts_with("twinlun ctl: "), "{err}");
+        let v: Value =
+            serde_json::from_slice(&out.stdout).expect("--json prints the error response");
+        assert_eq!(v["result"], "error");
+        (err, v)
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("twinlun did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.stderr_path);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::SystemTime;
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        ^ u64::from(std::process::id())
+}
+
+fn ctl_at(socket: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn twinlun ctl")
+}
+
+#[test]
+fn banner_socket_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Served::start(&data, &[]);
+    assert_eq!(s.addrs.len(), 1);
+    let port: u16 = s.addrs[0].rsplit(':').next().unwrap().parse().unwrap();
+    assert_ne!(port, 0, "the banner shows the bound port");
+    assert_eq!(s.socket, data.join("admin.sock"));
+    let banner = s.lines.join("\n");
+    assert!(
+        banner.contains(&format!("iscsi://127.0.0.1:{port}/{DEMO}/0")),
+        "{banner}"
+    );
+    assert!(
+        banner.contains("iscsiadm -m discovery -t sendtargets"),
+        "{banner}"
+    );
+
+    let mode = std::fs::metadata(&s.socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "admin socket mode");
+    let cat_mode = std::fs::metadata(data.join("catalog.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        cat_mode & 0o777,
+        0o600,
+        "catalog mode (it holds CHAP secrets)"
+    );
+
+    let st = s.json(&["status"]);
+    assert_eq!(st["result"], "status");
+    assert_eq!(st["volumes"], 1);
+    assert_eq!(st["targets"], 1);
+    assert_eq!(st["listen"][0], s.addrs[0]);
+    let human = s.ok(&["status"]);
+    assert!(
+        human.contains("volumes:") && human.contains(&s.addrs[0]),
+        "{human}"
+    );
+
+    // The default data dir holds the demo volume, sparse.
+    let v = s.json(&["volume", "show", "demo"]);
+    assert_eq!(v["size"], 1u64 << 30);
+    assert_eq!(v["mappings"][0]["target"], DEMO);
+
+    // A second server on the same data dir is refused.
+    let e = Served::try_start(&data, &[])
+        .err()
+        .expect("second server must fail");
+    assert!(e.contains("in use"), "{e}");
+
+    let st = s.stop();
+    assert!(st.success(), "clean exit on SIGTERM: {st}");
+    assert!(
+        !data.join("admin.sock").exists(),
+        "socket removed at shutdown"
+    );
+}
+
+#[test]
+fn volumes_targets_luns_acl_chap() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Served::start(&data, &[]);
+
+    let v = s.json(&[
+        "volume",
+        "create",
+        "v1",
+        "--size",
+        "16M",
+        "--block-size",
+        "4096",
+    ]);
+    assert_eq!(v["result"], "volume");
+    assert_eq!(v["size"], 16 << 20);
+    assert_eq!(v["block_size"], 4096);
+    assert_eq!(v["id"].as_str().unwrap().len(), 16);
+    let file = data.join("volumes/v1.img");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 16 << 20);
+
+    let list = s.ok(&["volume", "list"]);
+    let header = list.lines().next().unwrap();
+    assert!(
+        header.starts_with("NAME") && header.contains("SIZE"),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("v1 ") && l.contains("16M")),
+        "{list}"
+    );
+    assert!(list.lines().any(|l| l.starts_with("demo ")), "{list}");
+    let vols = s.json(&["volume", "list"]);
+    assert_eq!(vols["volumes"].as_array().unwrap().len(), 2);
+
+    s.json(&["target", "create", T]);
+    s.json(&["lun", "map", T, "0", "v1"]);
+    s.json(&["lun", "map", T, "1", "demo", "--read-only"]);
+    s.json(&["acl", "add", T, "iqn.1994-05.com.redhat:client1"]);
+    s.json(&[
+        "chap",
+        "set",
+        T,
+        "--user",
+        "alice",
+        "--secret",
+        "0123456789abcd",
+        "--mutual-user",
+        "tgt",
+        "--mutual-secret",
+        "dcba9876543210",
+    ]);
+
+    let t = s.json(&["target", "show", T]);
+    assert_eq!(t["luns"][1]["read_only"], true);
+    assert_eq!(t["acl"][0], "iqn.1994-05.com.redhat:client1");
+    assert_eq!(t["chap"]["user"], "alice");
+    let everything = s.ok(&["--json", "target", "list"])
+        + &s.ok(&["target", "list"])
+        + &s.ok(&["target", "show", T]);
+    assert!(
+        !everything.contains("0123456789abcd") && !everything.contains("dcba9876543210"),
+        "secrets leaked: {everything}"
+    );
+    assert!(everything.contains("user alice (mutual"), "{everything}");
+
+    // Refusals: exit 1, a message, a machine code, and nothing changed.
+    let before = std::fs::read(data.join("catalog.json")).unwrap();
+    let (err, v) = s.refused(&["volume", "delete", "v1"]);
+    assert_eq!(v["code"], "in_use");
+    assert!(err.contains(T) && err.contains("LUN 0"), "{err}");
+    assert!(file.exists());
+    assert_eq!(
+        s.refused(&["volume", "create", "v1", "--size", "1M"]).1["code"],
+        "already_exists"
+    );
+    assert_eq!(
+        s.refused(&["volume", "create", "bad/name", "--size", "1M"])
+            .1["code"],
+        "invalid"
+    );
+    assert_eq!(
+        s.refused(&["volume", "create", "odd", "--size", "1000"]).1["code"],
+        "invalid"
+    );
+    assert_eq!(
+        s.refused(&[
+            "volume",
+            "create",
+            "bs",
+            "--size",
+            "1M",
+            "--block-size",
+            "1024"
+        ])
+        .1["code"],
+        "invalid"
+    );
+    assert_eq!(
+        s.refused(&["volume", "show", "nope"]).1["code"],
+        "not_found"
+    );
+    assert_eq!(
+        s.refused(&["target", "create", "not-an-iqn"]).1["code"],
+        "invalid"
+    );
+    assert_eq!(s.refused(&["target", "delete", T]).1["code"], "in_use");
+    assert_eq!(
+        s.refused(&["lun", "map", T, "0", "demo"]).1["code"],
+        "already_exists"
+    );
+    assert_eq!(
+        s.refused(&["chap", "set", T, "--user", "u", "--secret", ""])
+            .1["code"],
+        "invalid"
+    );
+    assert_eq!(
+        s.refused(&["acl", "remove", T, "iqn.2001-04.com.example:nobody"])
+            .1["code"],
+        "not_found"
+    );
+    assert_eq!(
+        std::fs::read(data.join("catalog.json")).unwrap(),
+        before,
+        "refusals change nothing"
+    );
+    assert!(!data.join("volumes/bad").exists() && !data.join("volumes/odd.img").exists());
+
+    // Usage errors are clap's (exit 2), before anything is sent.
+    let out = s.ctl(&["volume", "create", "x", "--size", "10X"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // Unwind.
+    s.ok(&["chap", "clear", T]);
+    s.ok(&["acl", "remove", T, "iqn.1994-05.com.redhat:client1"]);
+    s.ok(&["lun", "unmap", T, "0"]);
+    s.ok(&["lun", "unmap", T, "1"]);
+    s.ok(&["volume", "delete", "v1"]);
+    assert!(!file.exists(), "volume delete removes the file");
+    s.ok(&["target", "delete", T]);
+    let sessions = s.json(&["session", "list"]);
+    assert_eq!(sessions["sessions"], serde_json::json!([]));
+    assert!(s.stop().success());
+}
+
+#[test]
+fn restart_keeps_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Served::start(&data, &[]);
+    let id = s.json(&["volume", "create", "keep", "--size", "8M"])["id"].clone();
+    s.json(&["target", "create", T]);
+    s.json(&["lun", "map", T, "3", "keep"]);
+    s.json(&["acl", "add", T, "iqn.1994-05.com.redhat:client1"]);
+    s.json(&[
+        "chap",
+        "set",
+        T,
+        "--user",
+        "bob",
+        "--secret",
+        "0123456789ab",
+    ]);
+    assert!(s.stop().success());
+
+    let s = Served::start(&data, &[]);
+    let v = s.json(&["volume", "show", "keep"]);
+    assert_eq!(v["id"], id, "volume ids are stable across restarts");
+    assert_eq!(v["mappings"][0]["lun"], 3);
+    let t = s.json(&["target", "show", T]);
+    assert_eq!(t["acl"][0], "iqn.1994-05.com.redhat:client1");
+    assert_eq!(t["chap"]["user"], "bob");
+    assert!(
+        s.lines.iter().any(|l| l.contains(&format!("/{T}/3"))),
+        "{:?}",
+        s.lines
+    );
+    assert!(s.stop().success());
+}
+
+#[test]
+fn bad_lines_get_errors_and_the_connection_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Served::start(&dir.path().join("data"), &[]);
+    let mut stream = UnixStream::connect(&s.socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut ask = |line: &[u8]| -> Value {
+        stream.write_all(line).unwrap();
+        stream.write_all(b"\n").unwrap();
+        let mut resp = String::new();
+        reader.read_line(&mut resp).unwrap();
+        serde_json::from_str(&resp).unwrap()
+    };
+    assert_eq!(ask(b"this is not json")["code"], "bad_request");
+    assert_eq!(ask(br#"{"cmd":"frobnicate"}"#)["code"], "unknown_command");
+    assert_eq!(ask(br#"{"cmd":"volume_show"}"#)["code"], "bad_request");
+    assert_eq!(ask(&vec![b'x'; 100 * 1024])["code"], "too_long");
+    // Sizes may be sent as strings on the wire.
+    let v = ask(br#"{"cmd":"volume_create","name":"w","size":"1M"}"#);
+    assert_eq!(v["size"], 1 << 20);
+    assert_eq!(ask(br#"{"cmd":"status"}"#)["result"], "status");
+    drop(ask);
+    // EOF without a newline still answers nothing harmful and closes.
+    let mut rest = String::new();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    reader.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "");
+}
+
+#[test]
+fn config_declares_objects_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/twinlun.toml");
+    let socket = dir.path().join("ctl.sock");
+    let s = Served::start(
+        &data,
+        &[
+            "--config",
+            example.to_str().unwrap(),
+            "--admin-socket",
+            socket.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(s.socket, socket);
+    let targets = s.json(&["target", "list"]);
+    let iqns: Vec<&str> = targets["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["iqn"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        iqns,
+        [
+            "iqn.2026-11.com.example:db",
+            "iqn.2026-11.com.example:scratch"
+        ],
+        "no demo target with a config"
+    );
+    // Admin-made objects survive a restart with the same config.
+    s.json(&["volume", "create", "extra", "--size", "1M"]);
+    assert!(s.stop().success());
+    let s = Served::start(
+        &data,
+        &[
+            "--config",
+            example.to_str().unwrap(),
+            "--admin-socket",
+            socket.to_str().unwrap(),
+        ],
+    );
+    s.json(&["volume", "show", "extra"]);
+    assert!(s.stop().success());
+
+    // A bad config is an error naming file and key; the server does not start.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[volume]]\nname = \"x\"\nsize = \"1G\"\nsise = 1\n").unwrap();
+    let e = Served::try_start(&data, &["--config", bad.to_str().unwrap()])
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("bad.toml: volume[0]: unknown field `sise`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn ctl_without_a_server_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ctl_at(&dir.path().join("none.sock"), &["status"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("none.sock"), "{err}");
+}
