@@ -46,6 +46,8 @@ enum Command {
 #[derive(Args)]
 struct ServeArgs {
     /// TOML config declaring volumes, targets, LUNs, ACLs, CHAP and [server] settings.
+    /// Applied at every start over the saved catalog: what it declares is created or
+    /// updated, what it does not mention (objects made with `ctl`) is kept.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Where the catalog, the volume files and the admin socket live [default: ./twinlun-data].
@@ -163,12 +165,16 @@ enum ChapCmd {
     /// Require CHAP at login (mutual with --mutual-user/--mutual-secret).
     Set {
         iqn: String,
+        /// Name the initiator presents (CHAP_N).
         #[arg(long)]
         user: String,
+        /// Secret the initiator proves; `-` reads it from a line of stdin (keeps it out of `ps`).
         #[arg(long)]
         secret: String,
+        /// Name the target answers with, for mutual CHAP.
         #[arg(long, requires = "mutual_secret")]
         mutual_user: Option<String>,
+        /// Secret the target proves (must differ from --secret); `-` reads the next stdin line.
         #[arg(long, requires = "mutual_user")]
         mutual_secret: Option<String>,
     },
@@ -219,7 +225,13 @@ fn init_logging() {
 /// Exit codes of `ctl`: 0 done, 1 the server refused or failed the request, 2 usage
 /// (clap), 3 the server could not be reached or answered garbage.
 fn ctl(args: CtlArgs) -> ExitCode {
-    let req = ctl_request(args.command);
+    let req = match ctl_request(args.command) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("twinlun ctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let result = Client::connect(&args.socket).and_then(|mut c| c.call(&req));
     match result {
         Err(e) => {
@@ -245,8 +257,20 @@ fn ctl(args: CtlArgs) -> ExitCode {
     }
 }
 
-fn ctl_request(cmd: CtlCommand) -> Request {
-    match cmd {
+/// `-` stands for a line read from stdin (for secrets).
+fn from_stdin_if_dash(value: String, what: &str) -> Result<String, String> {
+    if value != "-" {
+        return Ok(value);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the {what} from stdin: {e}"))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
+    Ok(match cmd {
         CtlCommand::Status => Request::Status,
         CtlCommand::Volume(v) => match v {
             VolumeCmd::Create {
@@ -296,14 +320,17 @@ fn ctl_request(cmd: CtlCommand) -> Request {
             } => Request::ChapSet {
                 iqn,
                 user,
-                secret: Secret(secret),
+                secret: Secret(from_stdin_if_dash(secret, "secret")?),
                 mutual_user,
-                mutual_secret: mutual_secret.map(Secret),
+                mutual_secret: match mutual_secret {
+                    Some(s) => Some(Secret(from_stdin_if_dash(s, "mutual secret")?)),
+                    None => None,
+                },
             },
             ChapCmd::Clear { iqn } => Request::ChapClear { iqn },
         },
         CtlCommand::Session(SessionCmd::List) => Request::SessionList,
-    }
+    })
 }
 
 // ---- serve --------------------------------------------------------------------------

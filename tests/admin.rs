@@ -467,7 +467,6 @@ fn bad_lines_get_errors_and_the_connection_stays_usable() {
     let v = ask(br#"{"cmd":"volume_create","name":"w","size":"1M"}"#);
     assert_eq!(v["size"], 1 << 20);
     assert_eq!(ask(br#"{"cmd":"status"}"#)["result"], "status");
-    drop(ask);
     // EOF without a newline still answers nothing harmful and closes.
     let mut rest = String::new();
     stream.shutdown(std::net::Shutdown::Write).unwrap();
@@ -540,4 +539,47 @@ fn ctl_without_a_server_exits_3() {
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("none.sock"), "{err}");
+}
+
+#[test]
+fn other_users_are_refused() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "other_users_are_refused: NOT EXERCISED: running a client as another uid needs root"
+        );
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("admin.sock");
+    let s = Served::start(
+        &dir.path().join("data"),
+        &["--admin-socket", socket.to_str().unwrap()],
+    );
+    let as_nobody = || {
+        Command::new(BIN)
+            .args(["ctl", "--socket", socket.to_str().unwrap(), "status"])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    // Mode 0600 keeps other users from connecting at all.
+    let out = as_nobody();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Even through a socket someone made world-writable, SO_PEERCRED refuses them.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = as_nobody();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("only root or the server's user"), "{err}");
+    // Root still gets in.
+    s.ok(&["status"]);
 }
