@@ -417,15 +417,47 @@ fn restart_keeps_state() {
     s.json(&["target", "create", T]);
     s.json(&["lun", "map", T, "3", "keep"]);
     s.json(&["acl", "add", T, "iqn.1994-05.com.redhat:client1"]);
-    s.json(&[
-        "chap",
-        "set",
-        T,
-        "--user",
-        "bob",
-        "--secret",
-        "0123456789ab",
-    ]);
+    // Secrets can come from stdin, out of sight of `ps`.
+    let mut child = Command::new(BIN)
+        .args([
+            "ctl",
+            "--socket",
+            s.socket.to_str().unwrap(),
+            "chap",
+            "set",
+            T,
+            "--user",
+            "bob",
+        ])
+        .args([
+            "--secret",
+            "-",
+            "--mutual-user",
+            "tgt",
+            "--mutual-secret",
+            "-",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"0123456789ab\nba9876543210\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(data.join("catalog.json")).unwrap()).unwrap();
+    assert_eq!(saved["targets"][T]["chap"]["secret"], "0123456789ab");
+    assert_eq!(saved["targets"][T]["chap"]["mutual_secret"], "ba9876543210");
     assert!(s.stop().success());
 
     let s = Served::start(&data, &[]);

@@ -65,7 +65,7 @@ pub fn check_geometry(size: u64, block_size: u32) -> Result<(), ValidationError>
     if size == 0 {
         return Err(ValidationError::SizeZero);
     }
-    if size % u64::from(block_size) != 0 {
+    if !size.is_multiple_of(u64::from(block_size)) {
         return Err(ValidationError::SizeNotMultiple { size, block_size });
     }
     Ok(())
@@ -78,7 +78,7 @@ pub fn format_size(n: u64) -> String {
     for (shift, u) in UNITS {
         let unit = 1u64 << shift;
         if n >= unit {
-            if n % unit == 0 {
+            if n.is_multiple_of(unit) {
                 return format!("{}{u}", n >> shift);
             }
             return format!("{:.1}{u}", n as f64 / unit as f64);
