@@ -391,8 +391,7 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
     let catalog = startup::prepare(&s.data_dir, s.config.as_ref())?;
     let engine = Engine::start(s.engine.kind()).context("cannot start the io engine")?;
     let node = Arc::new(Node::new(s.data_dir.clone(), engine, catalog));
-    node.open_volumes()
-        .map_err(|(name, e)| anyhow!(e).context(format!("cannot open volume '{name}'")))?;
+    node.open_volumes()?;
 
     let server = Server::bind(node.clone(), &s.listen).await?;
     let addrs = server.local_addrs();

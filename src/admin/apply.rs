@@ -1031,6 +1031,25 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_changes_are_serialized() {
+        let f = Fake::new();
+        std::thread::scope(|sc| {
+            for t in 0..4 {
+                let f = &f;
+                sc.spawn(move || {
+                    for i in 0..8 {
+                        let r = apply(f, vcreate(&format!("v{t}-{i}"), 4096, 512));
+                        assert!(!r.is_error(), "{r:?}");
+                    }
+                });
+            }
+        });
+        assert_eq!(f.catalog.read().volumes.len(), 33);
+        assert_eq!(*f.catalog.read(), f.on_disk());
+        assert_eq!(f.open.lock().len(), 33);
+    }
+
+    #[test]
     fn volume_ids_are_unique_and_nonzero() {
         let mut c = Catalog::embedded_default(7);
         let mut ids = [0u64, 7, 7, 9].into_iter();

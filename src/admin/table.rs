@@ -67,6 +67,7 @@ fn allocated_text(v: &VolumeView) -> String {
 }
 
 fn volume_detail(v: &VolumeView) -> String {
+    let mapped = if v.mappings.is_empty() { "no" } else { "yes" };
     let mut out = kv(&[
         ("name", v.name.clone()),
         (
@@ -77,10 +78,9 @@ fn volume_detail(v: &VolumeView) -> String {
         ("id", v.id.clone()),
         ("file", v.path.clone()),
         ("allocated", allocated_text(v)),
+        ("mapped", mapped.into()),
     ]);
-    if v.mappings.is_empty() {
-        out.push_str("mapped:     no\n");
-    } else {
+    if !v.mappings.is_empty() {
         out.push('\n');
         let rows: Vec<Vec<String>> = v
             .mappings
@@ -104,10 +104,9 @@ fn target_detail(t: &TargetView) -> String {
         ("acl", acl_text(&t.acl)),
         ("chap", chap_text(&t.chap)),
         ("sessions", t.sessions.to_string()),
+        ("luns", t.luns.len().to_string()),
     ]);
-    if t.luns.is_empty() {
-        out.push_str("luns:     none\n");
-    } else {
+    if !t.luns.is_empty() {
         out.push('\n');
         let rows: Vec<Vec<String>> = t
             .luns
