@@ -48,7 +48,7 @@ use serde::Deserialize;
 use crate::admin::apply::default_volume_path;
 use crate::admin::protocol::{de_size, default_block_size};
 use crate::admin::validate;
-use crate::catalog::{Catalog, ChapSpec, LunSpec, TargetSpec, VolumeSpec};
+use crate::catalog::{Catalog, ChapSpec, LunSpec, VolumeSpec};
 use crate::volume::EngineKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -343,10 +343,7 @@ impl Config {
                     ));
                 }
             }
-            let spec = catalog
-                .targets
-                .entry(t.iqn.clone())
-                .or_insert_with(TargetSpec::default);
+            let spec = catalog.targets.entry(t.iqn.clone()).or_default();
             if let Some(acl) = &t.acl {
                 spec.acl = acl.iter().cloned().collect::<BTreeSet<_>>();
             }
@@ -446,6 +443,7 @@ fn target(cx: &Ctx<'_>, key: &str, v: toml::Value) -> Result<TargetConfig, Confi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::TargetSpec;
 
     const GOOD: &str = r#"
 [server]
