@@ -600,6 +600,24 @@ read_only = true
     }
 
     #[test]
+    fn server_paths_are_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[server]\ndata_dir = \"d\"\nadmin_socket = \"/run/x.sock\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.server.data_dir, Some(dir.path().join("d")));
+        assert_eq!(c.server.admin_socket, Some(PathBuf::from("/run/x.sock")));
+        let e = Config::load(&dir.path().join("missing.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.toml"), "{e}");
+    }
+
+    #[test]
     fn example_config_loads() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/twinlun.toml");
         let c = Config::load(&path).unwrap();

@@ -211,7 +211,24 @@ pub fn parse_request(line: &[u8]) -> Result<Request, BadLine> {
         ));
     }
     let cmd = cmd.to_string();
-    serde_json::from_value(value).map_err(|e| bad(ErrorCode::BadRequest, format!("{cmd}: {e}")))
+    let req: Request = serde_json::from_value(value.clone())
+        .map_err(|e| bad(ErrorCode::BadRequest, format!("{cmd}: {e}")))?;
+    // serde's deny_unknown_fields does not reach unit variants of a tagged enum.
+    if matches!(
+        req,
+        Request::Status | Request::VolumeList | Request::TargetList | Request::SessionList
+    ) {
+        if let Some(extra) = value
+            .as_object()
+            .and_then(|o| o.keys().find(|k| *k != "cmd"))
+        {
+            return Err(bad(
+                ErrorCode::BadRequest,
+                format!("{cmd}: unknown field `{extra}`, {cmd} takes no arguments"),
+            ));
+        }
+    }
+    Ok(req)
 }
 
 async fn serve_connection<H>(host: Arc<H>, stream: UnixStream, uid: Option<u32>, my_uid: u32)
