@@ -327,7 +327,7 @@ fn volumes_targets_luns_acl_chap() {
         !everything.contains("0123456789abcd") && !everything.contains("dcba9876543210"),
         "secrets leaked: {everything}"
     );
-    assert!(everything.contains("user alice (mutual"), "{everything}");
+    assert!(everything.contains("user alice (mutual)"), "{everything}");
 
     // Refusals: exit 1, a message, a machine code, and nothing changed.
     let before = std::fs::read(data.join("catalog.json")).unwrap();

@@ -40,17 +40,12 @@ fn kv(pairs: &[(&str, String)]) -> String {
     out
 }
 
+/// CHAP as admins see it: the user name and whether it is mutual, never a secret.
 pub fn chap_text(chap: &Option<ChapView>) -> String {
     match chap {
         None => "none".into(),
-        Some(ChapView {
-            user,
-            mutual_user: None,
-        }) => format!("user {user}"),
-        Some(ChapView {
-            user,
-            mutual_user: Some(m),
-        }) => format!("user {user} (mutual, target user {m})"),
+        Some(c) if c.mutual_user.is_some() => format!("user {} (mutual)", c.user),
+        Some(c) => format!("user {}", c.user),
     }
 }
 
@@ -103,6 +98,13 @@ fn target_detail(t: &TargetView) -> String {
         ("target", t.iqn.clone()),
         ("acl", acl_text(&t.acl)),
         ("chap", chap_text(&t.chap)),
+        (
+            "target user",
+            t.chap
+                .as_ref()
+                .and_then(|c| c.mutual_user.clone())
+                .unwrap_or_else(|| "-".into()),
+        ),
         ("sessions", t.sessions.to_string()),
         ("luns", t.luns.len().to_string()),
     ]);
@@ -277,7 +279,7 @@ mod tests {
             sessions: 0,
         };
         let out = render(&Response::Targets { targets: vec![t] });
-        assert!(out.contains("user alice (mutual"), "{out}");
+        assert!(out.contains("user alice (mutual)"), "{out}");
         assert!(out.contains("0:v(ro)") && out.contains("open"), "{out}");
     }
 }

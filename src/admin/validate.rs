@@ -389,6 +389,30 @@ mod tests {
         assert!(check_chap("u\n", "0123456789ab", None).is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(s in "\\PC{0,40}") {
+            let _ = parse_size(&s);
+            let _ = check_iscsi_name(&s);
+            let _ = check_volume_name(&s);
+            let _ = check_chap(&s, &s, Some((&s, &s)));
+        }
+
+        #[test]
+        fn iqn_prefixed_junk_never_panics(s in "iqn\\.[0-9é-]{0,8}\\PC{0,20}") {
+            let _ = check_iscsi_name(&s);
+        }
+
+        #[test]
+        fn sizes_roundtrip(blocks in 1u64..(1 << 40), shift in 0u32..4) {
+            let n = blocks << (9 + shift);
+            let text = format_size(n);
+            if !text.contains('.') {
+                proptest::prop_assert_eq!(parse_size(&text).unwrap(), n);
+            }
+        }
+    }
+
     #[test]
     fn luns() {
         assert!(check_lun(0).is_ok());
