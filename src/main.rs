@@ -399,16 +399,18 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
     let admin = AdminSocket::bind(&s.admin_socket)?;
     node.set_admin_socket(s.admin_socket.clone());
 
-    print_banner(&addrs, &s.admin_socket, &node.catalog.read());
-
+    let signal = shutdown_signal()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signal.await;
         let _ = stop_tx.send(true);
     });
+
+    print_banner(&addrs, &s.admin_socket, &node.catalog.read());
+
     let admin_task = tokio::spawn(admin.run(node.clone(), stopped(stop_rx.clone())));
     server.run(stopped(stop_rx)).await;
     let _ = admin_task.await;
@@ -421,20 +423,18 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM. Both are hooked before it is
+/// returned, so a signal that arrives early is not lost to the default action.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("interrupted"),
+            _ = term.recv() => tracing::info!("terminated"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
-        _ = term.recv() => tracing::info!("terminated"),
-    }
+    })
 }
 
 /// One server per data dir: an exclusive flock on DATA_DIR/lock, held for the
