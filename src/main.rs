@@ -412,7 +412,9 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
     print_banner(&addrs, &s.admin_socket, &node.catalog.read());
 
     let admin_task = tokio::spawn(admin.run(node.clone(), stopped(stop_rx.clone())));
-    server.run(stopped(stop_rx)).await;
+    server
+        .run(twinlun::server::TargetSettings::default(), stopped(stop_rx))
+        .await;
     let _ = admin_task.await;
     tracing::info!("shutting down: syncing volumes");
     let n = node.clone();

@@ -5,12 +5,37 @@
 //! - `LogicalUnit::new(LuConfig)`; holds mode page state (WCE, etc.) behind a lock.
 //! - `UnitAttentions`: pending UA conditions of one I_T_L nexus; `UnitAttentions::power_on()`
 //!   starts with POWER ON, RESET, OR BUS DEVICE RESET OCCURRED; `push(Sense)`.
-//! - `plan(cdb, lu, ctx) -> Plan`: decode a CDB for a LUN that may not exist.
+//! - `plan(cdb, ctx) -> Plan`: decode a CDB for a LUN that may not exist.
 //! - `Plan::{Respond, Read, Write, Verify, Sync, ModeSelect}`; `Response` carries status,
 //!   data (already cut to the CDB's allocation length) and sense.
 //! - `LogicalUnit::mode_select(ten, data) -> Response` applies parameter data.
 //! - `Sense` constructors for what the server discovers itself (medium error, miscompare,
 //!   invalid field, ...), `Sense::to_fixed()` gives the 18-byte fixed format.
+//!
+//! Layout: `cdb` (opcodes, field readers), `sense` (sense data and its formats), `lu` (the
+//! logical unit, unit attentions), `spc` (INQUIRY, VPD, REPORT LUNS, REQUEST SENSE), `mode`
+//! (MODE SENSE/SELECT), `sbc` (capacity, read, write, verify, sync), `opcodes` (the command
+//! table and REPORT SUPPORTED OPERATION CODES), `lun` (the 8-byte LUN format).
+
+mod cdb;
+mod lu;
+mod lun;
+mod mode;
+mod opcodes;
+mod sbc;
+mod sense;
+mod spc;
+
+#[cfg(test)]
+mod tests;
+
+pub use cdb::op;
+pub use lu::{LogicalUnit, LuConfig, ModeSelectOutcome, UnitAttentions, MAX_TRANSFER_BYTES};
+pub use lun::{decode_lun, encode_lun, MAX_LUN};
+pub use sense::{key, FieldPointer, Sense, FIXED_SENSE_LEN};
+pub use spc::{naa_designator, serial_number, PRODUCT_ID, VENDOR_ID};
+
+use cdb::{cdb_len, sa, Cdb};
 
 /// SAM status codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,24 +47,6 @@ pub enum Status {
     ReservationConflict = 0x18,
     TaskSetFull = 0x28,
     TaskAborted = 0x40,
-}
-
-/// Sense data: key, additional sense code and qualifier, optional information field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Sense {
-    pub key: u8,
-    pub asc: u8,
-    pub ascq: u8,
-    pub information: Option<u64>,
-    /// Sense-key specific: field pointer for ILLEGAL REQUEST (byte, optional bit, in CDB or data).
-    pub field_pointer: Option<FieldPointer>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FieldPointer {
-    pub in_cdb: bool,
-    pub byte: u16,
-    pub bit: Option<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +63,8 @@ pub enum Plan {
     Respond(Response),
     /// Read `blocks` blocks at `lba` and send them as Data-In, status GOOD.
     Read { lba: u64, blocks: u32, fua: bool },
-    /// Receive `blocks * block_size` bytes of Data-Out and write them at `lba`.
+    /// Receive `blocks * block_size` bytes of Data-Out and write them at `lba`. `fua` is also
+    /// set when the LU's write cache is disabled (WCE=0): the data must be durable before GOOD.
     Write { lba: u64, blocks: u32, fua: bool },
     /// Range already checked. With `bytchk`, receive `blocks * block_size` bytes and compare
     /// with the medium (MISCOMPARE on difference); without, answer GOOD after reading.
@@ -65,42 +73,6 @@ pub enum Plan {
     Sync,
     /// Receive `len` bytes of parameter data, then call `LogicalUnit::mode_select`.
     ModeSelect { ten: bool, len: u32 },
-}
-
-pub struct LuConfig {
-    pub block_size: u32,
-    pub num_blocks: u64,
-    pub read_only: bool,
-    /// Stable per-volume identifier (NAA designator, unit serial number).
-    pub id: u64,
-    /// Volume name, reported in the device identification page as a T10 vendor id suffix.
-    pub name: String,
-}
-
-pub struct LogicalUnit;
-
-impl LogicalUnit {
-    pub fn new(_cfg: LuConfig) -> LogicalUnit {
-        todo!()
-    }
-    pub fn block_size(&self) -> u32 {
-        todo!()
-    }
-    pub fn mode_select(&self, _ten: bool, _data: &[u8]) -> Response {
-        todo!()
-    }
-}
-
-#[derive(Debug, Default)]
-pub struct UnitAttentions;
-
-impl UnitAttentions {
-    pub fn power_on() -> UnitAttentions {
-        todo!()
-    }
-    pub fn push(&mut self, _sense: Sense) {
-        todo!()
-    }
 }
 
 /// What a CDB is decoded against.
@@ -113,33 +85,134 @@ pub struct Context<'a> {
     pub ua: Option<&'a mut UnitAttentions>,
 }
 
-pub fn plan(_cdb: &[u8], _ctx: Context<'_>) -> Plan {
-    todo!()
+fn check(sense: Sense) -> Plan {
+    Plan::Respond(Response::check(sense))
 }
 
-impl Sense {
-    pub fn to_fixed(&self) -> Vec<u8> {
-        todo!()
+/// Decode one CDB. Never panics, whatever the bytes.
+///
+/// Order of checks: an empty CDB is an invalid opcode; a LUN that is not mapped answers only
+/// INQUIRY, REPORT LUNS and REQUEST SENSE (SPC-5 4.6.1, table 42); a pending unit attention
+/// ends any other command (SAM-5 5.14); then the opcode, CDB length and CONTROL byte; then
+/// the command's own fields.
+pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
+    let Context { lu, luns, ua } = ctx;
+    let Some(&opcode) = cdb.first() else {
+        return check(Sense::invalid_opcode());
+    };
+    // Commands every LUN answers, mapped or not, and that never report a unit attention
+    // (SAM-5 5.14: INQUIRY, REPORT LUNS, REQUEST SENSE).
+    let ua_exempt = matches!(opcode, op::INQUIRY | op::REPORT_LUNS | op::REQUEST_SENSE);
+
+    if lu.is_none() && !ua_exempt {
+        // SPC-5 4.6.1: an incorrect logical unit: LOGICAL UNIT NOT SUPPORTED.
+        return check(Sense::lu_not_supported());
     }
-    pub fn medium_error() -> Sense {
-        todo!()
+    let mut ua = ua;
+    if !ua_exempt {
+        // SAM-5 5.14: one unit attention per command, cleared as it is reported.
+        if let Some(sense) = ua.as_deref_mut().and_then(|u| u.pop()) {
+            return check(sense);
+        }
     }
-    pub fn miscompare(_offset: u64) -> Sense {
-        todo!()
+
+    if !opcodes::is_known(opcode) {
+        return check(Sense::invalid_opcode());
     }
-    pub fn invalid_field_in_cdb(_byte: u16) -> Sense {
-        todo!()
+    let Some(len) = cdb_len(opcode) else {
+        return check(Sense::invalid_opcode());
+    };
+    if cdb.len() < len {
+        return check(Sense::invalid_field_in_cdb(0));
     }
-    pub fn invalid_opcode() -> Sense {
-        todo!()
+    let cdb = Cdb(&cdb[..len]);
+    // SAM-5 5.2: CONTROL byte, NACA (bit 2): we do not support ACA.
+    if cdb.byte(len - 1) & 0x04 != 0 {
+        return check(Sense::invalid_field_in_cdb_bit((len - 1) as u16, 2));
     }
+
+    let Some(lu) = lu else {
+        // Only the exempt commands get here without an LU.
+        return match opcode {
+            op::INQUIRY => Plan::Respond(spc::inquiry(cdb, None)),
+            op::REPORT_LUNS => Plan::Respond(spc::report_luns(cdb, luns)),
+            _ => Plan::Respond(spc::request_sense(cdb, false, None)),
+        };
+    };
+
+    match opcode {
+        op::TEST_UNIT_READY => Plan::Respond(Response::good(Vec::new())),
+        op::REQUEST_SENSE => Plan::Respond(spc::request_sense(cdb, true, ua)),
+        op::INQUIRY => Plan::Respond(spc::inquiry(cdb, Some(lu))),
+        op::REPORT_LUNS => {
+            // SPC-5 6.33: REPORT LUNS clears REPORTED LUNS DATA HAS CHANGED for this nexus.
+            let response = spc::report_luns(cdb, luns);
+            if response.status == Status::Good {
+                let rlc = Sense::reported_luns_changed();
+                if let Some(u) = ua {
+                    u.remove(rlc.asc, rlc.ascq);
+                }
+            }
+            Plan::Respond(response)
+        }
+        op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16 => sbc::read(cdb, lu),
+        op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 => sbc::write(cdb, lu),
+        op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => sbc::verify(cdb, lu),
+        op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => sbc::synchronize_cache(cdb, lu),
+        op::READ_CAPACITY_10 => Plan::Respond(sbc::read_capacity_10(cdb, lu)),
+        op::SERVICE_ACTION_IN_16 => match cdb.service_action() {
+            sa::READ_CAPACITY_16 => Plan::Respond(sbc::read_capacity_16(cdb, lu)),
+            // SPC-5 4.2.5.2: an unsupported service action is an invalid field.
+            _ => check(Sense::invalid_field_in_cdb_bit(1, 4)),
+        },
+        op::MAINTENANCE_IN => match cdb.service_action() {
+            sa::REPORT_SUPPORTED_OPCODES => Plan::Respond(opcodes::report_supported_opcodes(cdb)),
+            _ => check(Sense::invalid_field_in_cdb_bit(1, 4)),
+        },
+        op::MODE_SENSE_6 => Plan::Respond(mode::mode_sense(cdb, lu, false)),
+        op::MODE_SENSE_10 => Plan::Respond(mode::mode_sense(cdb, lu, true)),
+        op::MODE_SELECT_6 | op::MODE_SELECT_10 => mode_select(cdb),
+        op::START_STOP_UNIT => Plan::Respond(sbc::start_stop_unit(cdb)),
+        op::PREVENT_ALLOW_MEDIUM_REMOVAL => Plan::Respond(sbc::prevent_allow_medium_removal(cdb)),
+        // RESERVE(6) / RELEASE(6) (SPC-2 7.21, 7.17): accepted, not enforced.
+        op::RESERVE_6 | op::RELEASE_6 => Plan::Respond(Response::good(Vec::new())),
+        _ => check(Sense::invalid_opcode()),
+    }
+}
+
+/// MODE SELECT(6) / (10) (SPC-5 6.11, 6.12): decode the CDB; the parameter list comes later.
+fn mode_select(cdb: Cdb) -> Plan {
+    let ten = cdb.opcode() == op::MODE_SELECT_10;
+    // SP=1 asks to save the pages: we cannot (SPC-5 6.11: INVALID FIELD IN CDB).
+    if cdb.byte(1) & 0x01 != 0 {
+        return check(Sense::invalid_field_in_cdb_bit(1, 0));
+    }
+    // PF=0 (vendor specific page format) is taken as the standard format.
+    let len = if ten {
+        u32::from(cdb.u16(7))
+    } else {
+        u32::from(cdb.byte(4))
+    };
+    // A PARAMETER LIST LENGTH of zero transfers nothing and is not an error.
+    if len == 0 {
+        return Plan::Respond(Response::good(Vec::new()));
+    }
+    Plan::ModeSelect { ten, len }
 }
 
 impl Response {
     pub fn good(data: Vec<u8>) -> Response {
-        Response { status: Status::Good, data, sense: None }
+        Response {
+            status: Status::Good,
+            data,
+            sense: None,
+        }
     }
     pub fn check(sense: Sense) -> Response {
-        Response { status: Status::CheckCondition, data: Vec::new(), sense: Some(sense) }
+        Response {
+            status: Status::CheckCondition,
+            data: Vec::new(),
+            sense: Some(sense),
+        }
     }
 }

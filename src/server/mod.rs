@@ -3,8 +3,15 @@
 //! CONTRACT: `Server::bind(node, addrs).await`, `Server::local_addrs()`,
 //! `Server::run(shutdown).await` serves until `shutdown` resolves, then closes sessions.
 
+mod connection;
+mod directory;
+mod exec;
+pub mod ffp;
+mod frames;
+mod luns;
 mod node;
 mod registry;
+pub mod writer;
 
 pub use node::Node;
 pub use registry::{SessionInfo, SessionRegistry};
@@ -12,6 +19,8 @@ pub use registry::{SessionInfo, SessionRegistry};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+pub use crate::iscsi::params::TargetSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -42,10 +51,49 @@ impl Server {
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
     }
 
-    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+    /// Accept connections until `shutdown` resolves; then stop every session and wait
+    /// (bounded) for them to close.
+    pub async fn run(self, settings: TargetSettings, shutdown: impl Future<Output = ()>) {
+        let settings = Arc::new(settings);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut accepts = tokio::task::JoinSet::new();
+        for l in self.listeners {
+            let node = self.node.clone();
+            let settings = settings.clone();
+            let stop_rx = stop_rx.clone();
+            accepts.spawn(async move {
+                loop {
+                    match l.accept().await {
+                        Ok((stream, _)) => {
+                            tokio::spawn(connection::serve(
+                                node.clone(),
+                                stream,
+                                settings.clone(),
+                                stop_rx.clone(),
+                            ));
+                        }
+                        Err(e) => {
+                            // EMFILE and friends: back off rather than spin.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            });
+        }
         shutdown.await;
+        accepts.abort_all();
+        let _ = stop_tx.send(true);
+        self.node.sessions.stop_all();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !self.node.sessions.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 }

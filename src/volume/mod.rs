@@ -1,16 +1,30 @@
 //! Volumes: a sparse file of fixed size served through an io engine.
 //!
-//! CONTRACT (implemented by the volume work; the server codes against it):
-//! - `EngineKind::{Auto, Uring, Threads}` with `FromStr` ("auto", "uring", "threads").
+//! CONTRACT (the server codes against it):
+//! - `EngineKind::{Auto, Uring, Threads}` with `FromStr` ("auto", "uring", "threads") and
+//!   `Display`.
 //! - `Engine::start(kind) -> Result<Engine, VolumeError>`: cheap `Clone` handle, shared by
 //!   all volumes; `Auto` tries io_uring and falls back to threads. `Engine::name()`.
 //! - `Volume::open_or_create(path, size, block_size, engine)`: sparse file, created if absent.
 //! - `Volume::read(offset, len) -> Bytes`, `Volume::write(offset, Bytes, fua)`,
 //!   `Volume::flush()`, all async; `Volume::sync_blocking()` for shutdown.
+//!
+//! Layout: [`engine`] holds the two io engines (io_uring on one dedicated ring thread, and a
+//! pool of pread/pwrite threads), both fed through the same bounded request channel and
+//! answering through a oneshot per request. [`Volume`] owns the file, checks ranges and
+//! turns engine errors into [`VolumeError`].
 
-use std::path::Path;
+mod engine;
+mod volume;
 
-use bytes::Bytes;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use engine::Engine;
+pub use volume::Volume;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
@@ -24,57 +38,56 @@ pub enum VolumeError {
     EngineStopped,
     #[error("io_uring unavailable: {0}")]
     UringUnavailable(#[source] std::io::Error),
+    #[error("io_uring lacks opcode {opcode} (kernel too old?)")]
+    UringOpcodeMissing { opcode: &'static str },
+    #[error("could not start the io engine thread: {0}")]
+    EngineSpawn(#[source] std::io::Error),
     #[error("range {offset}+{len} is beyond the volume size {size}")]
     OutOfRange { offset: u64, len: u64, size: u64 },
+    #[error("{path} holds {file_size} bytes, more than the volume size {size}")]
+    FileTooLarge {
+        path: String,
+        file_size: u64,
+        size: u64,
+    },
+    #[error("{path} is not a regular file")]
+    NotAFile { path: String },
+    #[error("invalid geometry: size {size} with block size {block_size} (block size must be a power of two from 512 to 65536, size a non-zero multiple of it)")]
+    InvalidGeometry { size: u64, block_size: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EngineKind {
+    /// io_uring when the kernel allows it, else threads.
     #[default]
     Auto,
     Uring,
     Threads,
 }
 
-#[derive(Clone)]
-pub struct Engine;
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown io engine (expected auto, uring or threads)")]
+pub struct UnknownEngineKind;
 
-impl Engine {
-    pub fn start(_kind: EngineKind) -> Result<Engine, VolumeError> {
-        todo!()
-    }
-    pub fn name(&self) -> &'static str {
-        todo!()
+impl FromStr for EngineKind {
+    type Err = UnknownEngineKind;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(EngineKind::Auto),
+            "uring" | "io_uring" | "io-uring" => Ok(EngineKind::Uring),
+            "threads" | "thread" => Ok(EngineKind::Threads),
+            _ => Err(UnknownEngineKind),
+        }
     }
 }
 
-pub struct Volume;
-
-impl Volume {
-    pub fn open_or_create(
-        _path: &Path,
-        _size: u64,
-        _block_size: u32,
-        _engine: Engine,
-    ) -> Result<Volume, VolumeError> {
-        todo!()
-    }
-    pub fn size(&self) -> u64 {
-        todo!()
-    }
-    pub fn block_size(&self) -> u32 {
-        todo!()
-    }
-    pub async fn read(&self, _offset: u64, _len: usize) -> Result<Bytes, VolumeError> {
-        todo!()
-    }
-    pub async fn write(&self, _offset: u64, _data: Bytes, _fua: bool) -> Result<(), VolumeError> {
-        todo!()
-    }
-    pub async fn flush(&self) -> Result<(), VolumeError> {
-        todo!()
-    }
-    pub fn sync_blocking(&self) -> Result<(), VolumeError> {
-        todo!()
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EngineKind::Auto => "auto",
+            EngineKind::Uring => "uring",
+            EngineKind::Threads => "threads",
+        })
     }
 }

@@ -1,0 +1,574 @@
+#!/usr/bin/env bash
+# Compare twinlun with tgt (Debian `tgt`, a userspace iSCSI target) in one run.
+#
+# Both targets serve a fresh 1 GiB sparse file from the same filesystem. QEMU's
+# iSCSI driver (libiscsi, from qemu-block-extra) drives them with `qemu-img bench`.
+# Cases run alternately against the two targets, each repeated --runs times; the
+# table shows the median IOPS of each side and their ratio (twinlun / tgt). These
+# machines are shared and noisy: the ratio is the number to look at, and
+# `--tgt-vs-tgt` (two identical tgt instances) shows how far it moves by chance.
+#
+# Usage: scripts/bench.sh [options]
+#   --quick               short runs (a tenth of the normal request counts)
+#   --runs N              runs per case and target, median reported (default 5)
+#   --engine uring|threads
+#                         passed to `twinlun serve` (default: the server's choice)
+#   --only twinlun|tgt    benchmark one target only (no ratio)
+#   --tgt-vs-tgt          compare two identical tgt instances (noise estimate)
+#   --tgt-bsoflags direct|sync
+#                         open tgt's backing file O_DIRECT or O_SYNC (default:
+#                         buffered, tgt's own default); match what twinlun does
+#   --region-mib N        I/O stays in the first N MiB of each LUN, pre-written
+#                         before the runs (default 256)
+#   --out DIR             results and work files (default target/bench; its
+#                         work/ subdirectory is wiped at the start)
+#   --twinlun-bin PATH    use this binary, do not build
+#   --no-build            do not run `cargo build --release`
+#   --no-install          do not install missing tools with apt-get
+#   --keep                keep the work dir (volumes, server logs) afterwards
+#
+# Output: the table on stdout, target/bench/results.json, and the exact command
+# lines used. Needs root for apt-get and tgtd.
+
+set -euo pipefail
+
+# ---------------------------------------------------------------- options
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+QUICK=0
+RUNS=5
+ENGINE=""
+ONLY=""
+TGT_VS_TGT=0
+TGT_BSOFLAGS=""
+REGION_MIB=256
+OUT="$ROOT/target/bench"
+TWINLUN_BIN=""
+BUILD=1
+INSTALL=1
+KEEP=0
+
+die() { echo "bench: error: $*" >&2; exit 1; }
+say() { echo "bench: $*" >&2; }
+
+# Quote words for a shell only where needed, so printed commands can be pasted.
+shell_words() {
+    local w out=""
+    for w in "$@"; do
+        if [[ ! "$w" =~ ^[A-Za-z0-9_./:=,+@%-]+$ ]]; then
+            local q="'\\''"
+            w="'${w//\'/$q}'"
+        fi
+        out+="${out:+ }$w"
+    done
+    printf '%s' "$out"
+}
+
+usage() { sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
+
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --runs) RUNS=${2:?--runs needs a number}; shift ;;
+        --engine) ENGINE=${2:?--engine needs uring or threads}; shift ;;
+        --only) ONLY=${2:?--only needs twinlun or tgt}; shift ;;
+        --tgt-vs-tgt) TGT_VS_TGT=1 ;;
+        --tgt-bsoflags) TGT_BSOFLAGS=${2:?--tgt-bsoflags needs direct or sync}; shift ;;
+        --region-mib) REGION_MIB=${2:?--region-mib needs a number}; shift ;;
+        --out) OUT=${2:?--out needs a directory}; shift ;;
+        --twinlun-bin) TWINLUN_BIN=${2:?--twinlun-bin needs a path}; BUILD=0; shift ;;
+        --no-build) BUILD=0 ;;
+        --no-install) INSTALL=0 ;;
+        --keep) KEEP=1 ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown option: $1" ;;
+    esac
+    shift
+done
+
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "--runs must be a positive integer, got '$RUNS'"
+[[ -z "$ENGINE" || "$ENGINE" == uring || "$ENGINE" == threads ]] \
+    || die "--engine must be uring or threads, got '$ENGINE'"
+[[ -z "$ONLY" || "$ONLY" == twinlun || "$ONLY" == tgt ]] \
+    || die "--only must be twinlun or tgt, got '$ONLY'"
+[[ -z "$TGT_BSOFLAGS" || "$TGT_BSOFLAGS" == direct || "$TGT_BSOFLAGS" == sync ]] \
+    || die "--tgt-bsoflags must be direct or sync, got '$TGT_BSOFLAGS'"
+[[ -n "$ONLY" && "$TGT_VS_TGT" == 1 ]] && die "--only and --tgt-vs-tgt exclude each other"
+# Each LUN is 1 GiB; the pre-write view needs 256 KiB past the region (see prefill).
+[[ "$REGION_MIB" =~ ^[1-9][0-9]*$ && "$REGION_MIB" -le 1023 ]] \
+    || die "--region-mib must be 1..1023, got '$REGION_MIB'"
+
+VOLUME_BYTES=$((1024 * 1024 * 1024))   # twinlun's default volume; tgt gets the same
+REGION_BYTES=$((REGION_MIB * 1024 * 1024))
+FILL_PATTERN=0xa5                       # non-zero, so nothing can treat it as a hole
+WRITE_PATTERN=0x5a
+RUN_TIMEOUT=600                         # seconds; a hung target must not hang the script
+
+# The cases: name, request size, queue depth, read|write, request count.
+# Counts give 1.5-2 s per run for tgt on a 2-core machine: on a shared machine more
+# short pairs beat fewer long ones, as the median drops the pairs a burst hit.
+# --quick divides the counts by 10.
+CASES=(
+    "4k-qd32-read    4096   32 read  80000"
+    "4k-qd32-write   4096   32 write 70000"
+    "128k-qd8-read   131072  8 read  12000"
+    "128k-qd8-write  131072  8 write  8000"
+    "4k-qd1-write    4096    1 write 25000"
+)
+
+# ---------------------------------------------------------------- tools
+
+have_iscsi_driver() {
+    # The format list names the driver, but only opening it proves the module loads
+    # (qemu-block-extra must be qemu-utils' exact version). Without a portal the
+    # driver refuses before touching the network; a missing module says "Unknown driver".
+    qemu-img --help 2>/dev/null | grep -qw iscsi || return 1
+    local err
+    err=$(timeout 20 qemu-img info --image-opts driver=iscsi 2>&1 || true)
+    [[ -n "$err" ]] && ! grep -qiE 'unknown (protocol|driver)|module' <<<"$err"
+}
+
+tools_ok() {
+    local t
+    for t in qemu-img tgtd tgtadm timeout ss awk; do
+        command -v "$t" >/dev/null || return 1
+    done
+    have_iscsi_driver
+}
+
+install_tools() {
+    [[ $(id -u) == 0 ]] || die "tools are missing and installing them needs root (or pass --no-install and install: tgt qemu-utils qemu-block-extra iproute2)"
+    command -v apt-get >/dev/null || die "tools are missing and apt-get is not available"
+    say "installing tgt, qemu-utils, qemu-block-extra, iproute2 with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # qemu-block-extra must be exactly the version of qemu-utils; a backports
+    # qemu-utils would not load bookworm's modules. Pin both to the candidate of
+    # qemu-system-x86, which is bookworm's.
+    local v
+    v=$(apt-cache policy qemu-system-x86 | awk '/Candidate/{print $2}')
+    [[ -n "$v" && "$v" != "(none)" ]] || die "apt has no candidate version for qemu-system-x86"
+    apt-get install -y -qq --allow-downgrades \
+        "qemu-block-extra=$v" "qemu-utils=$v" tgt iproute2 coreutils >/dev/null
+}
+
+if ! tools_ok; then
+    [[ "$INSTALL" == 1 ]] || die "missing tools or QEMU iSCSI driver, and --no-install was given"
+    install_tools
+fi
+for t in qemu-img tgtd tgtadm timeout ss awk; do
+    command -v "$t" >/dev/null || die "'$t' is still missing after installing"
+done
+have_iscsi_driver || die "qemu-img has no usable iscsi driver (qemu-block-extra must match qemu-utils: $(qemu-img --version | head -1))"
+
+# ---------------------------------------------------------------- sides
+
+# Two sides, A (numerator) and B (denominator). Normally A = twinlun, B = tgt.
+declare -A KIND LABEL PORT IQN LUN PID CTL LOG
+if [[ "$TGT_VS_TGT" == 1 ]]; then
+    SIDES=(a b); KIND[a]=tgt; LABEL[a]="tgt#2"; KIND[b]=tgt; LABEL[b]=tgt
+elif [[ "$ONLY" == tgt ]]; then
+    SIDES=(b); KIND[b]=tgt; LABEL[b]=tgt
+elif [[ "$ONLY" == twinlun ]]; then
+    SIDES=(a); KIND[a]=twinlun; LABEL[a]=twinlun
+else
+    SIDES=(a b); KIND[a]=twinlun; LABEL[a]=twinlun; KIND[b]=tgt; LABEL[b]=tgt
+fi
+
+WORK="$OUT/work"
+mkdir -p "$OUT"
+rm -rf "$WORK"
+mkdir -p "$WORK"
+COMMANDS=()   # every command line that matters, printed and saved at the end
+note_cmd() { COMMANDS+=("$(shell_words "$@")"); }   # a command, word by word
+note_line() { COMMANDS+=("$1"); }                    # a command already quoted
+
+# ---------------------------------------------------------------- teardown
+
+stop_side() {
+    local s=$1 pid=${PID[$1]:-}
+    [[ -n "$pid" ]] || return 0
+    if [[ "${KIND[$s]}" == tgt ]] && kill -0 "$pid" 2>/dev/null; then
+        # tgtd ignores SIGTERM while targets exist: remove them, then the daemon.
+        tgtadm -C "${CTL[$s]}" --lld iscsi --mode target --op delete --force --tid 1 >/dev/null 2>&1 || true
+        tgtadm -C "${CTL[$s]}" --mode system --op delete >/dev/null 2>&1 || true
+    else
+        kill -TERM "$pid" 2>/dev/null || true
+    fi
+    local i
+    for i in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        say "${LABEL[$s]} (pid $pid) did not stop, killing it"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+    PID[$s]=""
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local s
+    for s in "${SIDES[@]}"; do stop_side "$s"; done
+    if [[ "$KEEP" == 1 ]]; then
+        say "work dir kept: $WORK"
+    elif [[ $rc != 0 ]]; then
+        # Keep the logs for the post-mortem, not hundreds of MiB of volumes.
+        find "$WORK" -type f ! -name '*.log' -delete 2>/dev/null || true
+        say "failed (exit $rc); server logs kept in $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- servers
+
+port_free() {
+    [[ -z $(ss -Hltn "sport = :$1" 2>/dev/null) ]]
+}
+
+pick_port() {
+    local p i
+    for i in $(seq 100); do
+        p=$((20000 + RANDOM % 40000))
+        port_free "$p" && { echo "$p"; return 0; }
+    done
+    die "no free TCP port found"
+}
+
+wait_listening() {   # side, seconds
+    local s=$1 i
+    for i in $(seq $(($2 * 10))); do
+        kill -0 "${PID[$s]}" 2>/dev/null \
+            || { cat "${LOG[$s]}" >&2; die "${LABEL[$s]} exited during startup (log above: ${LOG[$s]})"; }
+        if [[ "${KIND[$s]}" == twinlun ]]; then
+            grep -q 'twinlun: listening on' "${LOG[$s]}" && return 0
+        else
+            port_free "${PORT[$s]}" || return 0
+        fi
+        sleep 0.1
+    done
+    cat "${LOG[$s]}" >&2
+    die "${LABEL[$s]} did not start listening on 127.0.0.1:${PORT[$s]} within $2 s"
+}
+
+tgt_admin() {   # side, tgtadm arguments
+    local s=$1; shift
+    local cmd=(tgtadm -C "${CTL[$s]}" --lld iscsi "$@")
+    note_cmd "${cmd[@]}"
+    "${cmd[@]}" >>"${LOG[$s]}" 2>&1 \
+        || { cat "${LOG[$s]}" >&2; die "$(shell_words "${cmd[@]}") failed for ${LABEL[$s]}"; }
+}
+
+start_tgt() {
+    local s=$1 dir="$WORK/tgt-$1"
+    mkdir -p "$dir"
+    truncate -s "$VOLUME_BYTES" "$dir/vol.img"
+    PORT[$s]=$(pick_port)
+    # A private control port keeps us clear of any other tgtd on the machine. Never
+    # take one some other tgtd answers on: tgtadm would configure that daemon.
+    local i
+    CTL[$s]=""
+    for i in $(seq 100); do
+        i=$((1000 + RANDOM % 30000))
+        tgtadm -C "$i" --mode system --op show >/dev/null 2>&1 || { CTL[$s]=$i; break; }
+    done
+    [[ -n "${CTL[$s]}" ]] || die "no free tgtd control port found"
+    IQN[$s]="iqn.2026-11.io.twinlun.bench:tgt-$s"
+    LUN[$s]=1   # tgt's LUN 0 is its controller
+    LOG[$s]="$dir/tgtd.log"
+    local cmd=(tgtd -f -C "${CTL[$s]}" --iscsi "portal=127.0.0.1:${PORT[$s]}")
+    note_cmd "${cmd[@]}"
+    "${cmd[@]}" >"${LOG[$s]}" 2>&1 &
+    PID[$s]=$!
+    for i in $(seq 50); do   # the management socket comes up before the portal
+        kill -0 "${PID[$s]}" 2>/dev/null \
+            || { cat "${LOG[$s]}" >&2; die "tgtd for ${LABEL[$s]} exited during startup (log above)"; }
+        tgtadm -C "${CTL[$s]}" --mode system --op show >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    tgt_admin "$s" --mode target --op new --tid 1 --targetname "${IQN[$s]}"
+    local lu=(--mode logicalunit --op new --tid 1 --lun 1 --backing-store "$dir/vol.img")
+    [[ -n "$TGT_BSOFLAGS" ]] && lu+=(--bsoflags "$TGT_BSOFLAGS")
+    tgt_admin "$s" "${lu[@]}"
+    tgt_admin "$s" --mode target --op bind --tid 1 --initiator-address ALL
+    wait_listening "$s" 10
+}
+
+twinlun_bin() {
+    if [[ -n "$TWINLUN_BIN" ]]; then
+        [[ -x "$TWINLUN_BIN" ]] || die "--twinlun-bin $TWINLUN_BIN is not an executable"
+        echo "$TWINLUN_BIN"; return
+    fi
+    if [[ "$BUILD" == 1 ]]; then
+        command -v cargo >/dev/null || die "cargo is missing (needed to build twinlun)"
+        say "building twinlun (cargo build --release)"
+        (cd "$ROOT" && cargo build --release --quiet) >&2 || die "cargo build --release failed"
+    fi
+    local bin="${CARGO_TARGET_DIR:-$ROOT/target}/release/twinlun"
+    [[ -x "$bin" ]] || die "$bin is missing (build it, or drop --no-build)"
+    echo "$bin"
+}
+
+start_twinlun() {
+    local s=$1 bin=$2
+    PORT[$s]=$(pick_port)
+    IQN[$s]="iqn.2026-11.io.twinlun:demo"
+    LUN[$s]=0
+    LOG[$s]="$WORK/twinlun.log"
+    local cmd=("$bin" serve --data-dir "$WORK/twinlun-data" --listen "127.0.0.1:${PORT[$s]}")
+    [[ -n "$ENGINE" ]] && cmd+=(--engine "$ENGINE")
+    note_cmd "${cmd[@]}"
+    "${cmd[@]}" >"${LOG[$s]}" 2>&1 &
+    PID[$s]=$!
+    wait_listening "$s" 30
+}
+
+BIN=""
+for s in "${SIDES[@]}"; do
+    [[ "${KIND[$s]}" == twinlun ]] && BIN=$(twinlun_bin)
+done
+for s in "${SIDES[@]}"; do
+    if [[ "${KIND[$s]}" == twinlun ]]; then start_twinlun "$s" "$BIN"; else start_tgt "$s"; fi
+    say "${LABEL[$s]} serving ${IQN[$s]} LUN ${LUN[$s]} on 127.0.0.1:${PORT[$s]}"
+done
+
+# ---------------------------------------------------------------- qemu-img bench
+
+# The raw driver's offset/size options give qemu-img a view of just the region,
+# so its sequential offsets wrap inside the pre-written area.
+image_opts() {   # side, view size
+    local s=$1
+    echo "driver=raw,offset=0,size=$2,file.driver=iscsi,file.transport=tcp,file.portal=127.0.0.1:${PORT[$s]},file.target=${IQN[$s]},file.lun=${LUN[$s]}"
+}
+
+bench_cmd() {    # side, size, depth, read|write, count, view size, [pattern]
+    local cmd=(qemu-img bench --image-opts -t none -c "$5" -d "$3" -s "$2")
+    [[ "$4" == write ]] && cmd+=(-w "--pattern=${7:-$WRITE_PATTERN}")
+    cmd+=("$(image_opts "$1" "$6")")
+    shell_words "${cmd[@]}"
+}
+
+
+# Prints the elapsed seconds qemu-img reports for the run.
+run_bench() {
+    local cmd out secs
+    cmd=$(bench_cmd "$@")
+    if ! out=$(eval "timeout $RUN_TIMEOUT $cmd" 2>&1); then
+        echo "$out" >&2
+        die "qemu-img bench failed against $(label_of "$1"): $cmd"
+    fi
+    secs=$(sed -n 's/^Run completed in \([0-9.]*\) seconds\.$/\1/p' <<<"$out")
+    [[ -n "$secs" ]] || { echo "$out" >&2; die "no 'Run completed' line from qemu-img bench"; }
+    echo "$secs"
+}
+label_of() { echo "${LABEL[$1]}"; }
+
+# Pre-write the region on every side (and warm the connection path). The wrap is at
+# view size minus request size, so a view 256 KiB past the region lets
+# region/128 KiB requests cover exactly [0, region).
+FILL_VIEW=$((REGION_BYTES + 262144))
+FILL_COUNT=$((REGION_BYTES / 131072))
+for s in "${SIDES[@]}"; do
+    say "pre-writing ${REGION_MIB} MiB on ${LABEL[$s]}"
+    note_line "$(bench_cmd "$s" 131072 8 write "$FILL_COUNT" "$FILL_VIEW" "$FILL_PATTERN")"
+    run_bench "$s" 131072 8 write "$FILL_COUNT" "$FILL_VIEW" "$FILL_PATTERN" >/dev/null
+done
+
+# Flush what the targets wrote to their files, so one case's page-cache writeback
+# does not land in the next case's timing (only this run's files, not the whole disk).
+settle() {
+    find "$WORK" -type f \( -name '*.log' -prune -o -print0 \) | xargs -0 -r sync --
+}
+
+median() {   # numbers on stdin
+    sort -g | awk '{v[NR]=$1} END {if (NR==0) exit 1; if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
+}
+
+declare -A MED RUNS_OF RATIOS_OF CPU_MED CPU_RUNS_OF CPU_RATIOS_OF
+
+# CPU time the target process has used (all threads, user + system), in clock ticks.
+# Wall-clock IOPS on a loaded shared machine swing with the neighbours; the CPU a
+# target spends per I/O swings much less, so it is reported beside them.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() {   # side
+    local st
+    st=$(<"/proc/${PID[$1]}/stat") || die "${LABEL[$1]} (pid ${PID[$1]}) is gone"
+    st=${st##*) }   # the fields after "pid (comm) "; utime and stime are the 12th and 13th
+    awk '{ print $12 + $13 }' <<<"$st"
+}
+last_ratio() {  # two lists of numbers: the ratio of their last elements
+    awk -v x="${1% }" -v y="${2% }" \
+        'BEGIN { n = split(x, xs, " "); split(y, ys, " "); if (ys[n] > 0) printf "%.3f", xs[n] / ys[n]; else printf "0" }'
+}
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+for c in "${CASES[@]}"; do
+    read -r name size depth rw count <<<"$c"
+    [[ "$QUICK" == 1 ]] && count=$((count / 10))
+    for s in "${SIDES[@]}"; do note_line "$(bench_cmd "$s" "$size" "$depth" "$rw" "$count" "$REGION_BYTES")"; done
+    settle
+    for r in $(seq "$RUNS"); do
+        # Alternate which side goes first, so drift in the machine's load is shared.
+        order=("${SIDES[@]}")
+        if (( r % 2 == 0 && ${#SIDES[@]} == 2 )); then order=("${SIDES[1]}" "${SIDES[0]}"); fi
+        for s in "${order[@]}"; do
+            t0=$(cpu_ticks "$s")
+            secs=$(run_bench "$s" "$size" "$depth" "$rw" "$count" "$REGION_BYTES")
+            t1=$(cpu_ticks "$s")
+            iops=$(awk -v c="$count" -v t="$secs" 'BEGIN { if (t <= 0) t = 0.001; printf "%.0f", c / t }')
+            cpu=$(awk -v c="$count" -v d=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz * 1e6 / c }')
+            RUNS_OF[$name,$s]+="$iops "
+            CPU_RUNS_OF[$name,$s]+="$cpu "
+            say "$name run $r/$RUNS ${LABEL[$s]}: $iops IOPS ($count in $secs s), target CPU $cpu us/IO"
+        done
+        # The two runs of a pair ran back to back, under about the same load.
+        if (( ${#SIDES[@]} == 2 )); then
+            RATIOS_OF[$name]+="$(last_ratio "${RUNS_OF[$name,a]}" "${RUNS_OF[$name,b]}") "
+            CPU_RATIOS_OF[$name]+="$(last_ratio "${CPU_RUNS_OF[$name,a]}" "${CPU_RUNS_OF[$name,b]}") "
+        fi
+    done
+    for s in "${SIDES[@]}"; do
+        MED[$name,$s]=$(tr ' ' '\n' <<<"${RUNS_OF[$name,$s]}" | grep . | median)
+        CPU_MED[$name,$s]=$(tr ' ' '\n' <<<"${CPU_RUNS_OF[$name,$s]}" | grep . | median)
+    done
+done
+
+# ---------------------------------------------------------------- report
+
+PAIR=0; [[ ${#SIDES[@]} == 2 ]] && PAIR=1
+# The ratio is the median of the per-run ratios (each run pairs twinlun and tgt back
+# to back), which shrugs off a burst of load better than a ratio of medians.
+ratio_of() {   # list of per-run ratios
+    tr ' ' '\n' <<<"$1" | grep . | median | awk '{ printf "%.2f", $1 }'
+}
+range_of() {   # list of per-run ratios: the lowest and the highest
+    tr ' ' '\n' <<<"$1" | grep . | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END { printf "%.2f-%.2f", lo, hi }'
+}
+iops_of() { printf '%.0f' "${MED[$1,$2]}"; }
+cpu_of() { printf '%.1f' "${CPU_MED[$1,$2]}"; }
+load_now() { cut -d' ' -f1-3 /proc/loadavg; }
+mbs_of() { awk -v i="${MED[$1,$2]}" -v s="$3" 'BEGIN { printf "%.1f", i * s / 1e6 }'; }
+
+echo
+printf 'qemu-img bench through QEMU iSCSI (libiscsi), median of %d run(s)%s, I/O in the first %d MiB of a 1 GiB sparse LUN\n' \
+    "$RUNS" "$([[ $QUICK == 1 ]] && echo ', --quick')" "$REGION_MIB"
+[[ -n "$ENGINE" ]] && echo "twinlun engine: $ENGINE"
+[[ -n "$TGT_BSOFLAGS" ]] && echo "tgt backing store flags: $TGT_BSOFLAGS"
+header=("case")
+for s in "${SIDES[@]}"; do header+=("${LABEL[$s]} IOPS"); done
+[[ $PAIR == 1 ]] && header+=("ratio" "range")
+for s in "${SIDES[@]}"; do header+=("${LABEL[$s]} MB/s"); done
+fmt='%-16s'; for _ in "${header[@]:1}"; do fmt+=' %13s'; done; fmt+='\n'
+# shellcheck disable=SC2059  # the format is built above
+printf "$fmt" "${header[@]}"
+for c in "${CASES[@]}"; do
+    read -r name size _ <<<"$c"
+    row=("$name")
+    for s in "${SIDES[@]}"; do row+=("$(iops_of "$name" "$s")"); done
+    [[ $PAIR == 1 ]] && row+=("$(ratio_of "${RATIOS_OF[$name]}")" "$(range_of "${RATIOS_OF[$name]}")")
+    for s in "${SIDES[@]}"; do
+        if (( size >= 131072 )); then row+=("$(mbs_of "$name" "$s" "$size")"); else row+=(""); fi
+    done
+    # shellcheck disable=SC2059
+    printf "$fmt" "${row[@]}"
+done
+if [[ $PAIR == 1 ]]; then
+    echo "(IOPS: median of the runs; ratio: ${LABEL[a]} / ${LABEL[b]}, median over the paired runs, higher is"
+    echo " better for ${LABEL[a]}; range: lowest-highest pair; MB/s = 10^6 bytes/s)"
+else
+    echo "(IOPS: median of the runs; MB/s = 10^6 bytes/s)"
+fi
+
+echo
+echo "Target CPU time per I/O, microseconds (user + system, all threads of the target process):"
+header=("case")
+for s in "${SIDES[@]}"; do header+=("${LABEL[$s]} us/IO"); done
+[[ $PAIR == 1 ]] && header+=("ratio" "range")
+fmt='%-16s'; for _ in "${header[@]:1}"; do fmt+=' %13s'; done; fmt+='\n'
+# shellcheck disable=SC2059
+printf "$fmt" "${header[@]}"
+for c in "${CASES[@]}"; do
+    read -r name _ <<<"$c"
+    row=("$name")
+    for s in "${SIDES[@]}"; do row+=("$(cpu_of "$name" "$s")"); done
+    [[ $PAIR == 1 ]] && row+=("$(ratio_of "${CPU_RATIOS_OF[$name]}")" "$(range_of "${CPU_RATIOS_OF[$name]}")")
+    # shellcheck disable=SC2059
+    printf "$fmt" "${row[@]}"
+done
+[[ $PAIR == 1 ]] && echo "(ratio: ${LABEL[a]} / ${LABEL[b]}, lower is better for ${LABEL[a]}; the client, qemu-img, is the same for both)"
+echo
+echo "Load average before / after: $LOAD_BEFORE / $(load_now) on $(nproc) CPUs (above the CPU count, expect noise)"
+
+echo
+echo "Commands:"
+for cmd in "${COMMANDS[@]}"; do echo "  $cmd"; done
+
+# Machine-readable results. Strings are escaped for JSON by hand: no jq needed.
+json_str() { local v=${1//\\/\\\\}; v=${v//\"/\\\"}; printf '"%s"' "$v"; }
+json_list() { local out="" x; for x in $1; do out+="${out:+, }$x"; done; printf '[%s]' "$out"; }
+{
+    printf '{\n'
+    printf '  "date": %s,\n' "$(json_str "$(date -u +%Y-%m-%dT%H:%M:%SZ)")"
+    printf '  "host": %s,\n' "$(json_str "$(uname -n)")"
+    printf '  "cpus": %s,\n' "$(nproc)"
+    printf '  "loadavg_before": %s,\n  "loadavg_after": %s,\n' "$(json_str "$LOAD_BEFORE")" "$(json_str "$(load_now)")"
+    printf '  "qemu_img": %s,\n' "$(json_str "$(qemu-img --version | head -1)")"
+    printf '  "tgtd": %s,\n' "$(json_str "$(tgtd --version 2>&1 | head -1)")"
+    printf '  "twinlun_engine": %s,\n' "$(json_str "${ENGINE:-default}")"
+    printf '  "tgt_bsoflags": %s,\n' "$(json_str "${TGT_BSOFLAGS:-none}")"
+    printf '  "runs": %s,\n  "quick": %s,\n  "region_bytes": %s,\n  "volume_bytes": %s,\n' \
+        "$RUNS" "$([[ $QUICK == 1 ]] && echo true || echo false)" "$REGION_BYTES" "$VOLUME_BYTES"
+    printf '  "targets": ['
+    first=1
+    for s in "${SIDES[@]}"; do
+        [[ $first == 1 ]] || printf ', '; first=0
+        printf '{"label": %s, "kind": %s, "iqn": %s, "lun": %s}' "$(json_str "${LABEL[$s]}")" \
+            "$(json_str "${KIND[$s]}")" "$(json_str "${IQN[$s]}")" "${LUN[$s]}"
+    done
+    printf '],\n'
+    if [[ $PAIR == 1 ]]; then
+        printf '  "ratio": %s,\n' "$(json_str "${LABEL[a]} / ${LABEL[b]}")"
+    fi
+    printf '  "cases": [\n'
+    n=0
+    for c in "${CASES[@]}"; do
+        read -r name size depth rw count <<<"$c"
+        [[ "$QUICK" == 1 ]] && count=$((count / 10))
+        n=$((n + 1))
+        printf '    {"name": %s, "size": %s, "depth": %s, "op": %s, "count": %s, "results": {' \
+            "$(json_str "$name")" "$size" "$depth" "$(json_str "$rw")" "$count"
+        first=1
+        for s in "${SIDES[@]}"; do
+            [[ $first == 1 ]] || printf ', '; first=0
+            printf '%s: {"iops": %s, "mb_per_s": %s, "iops_runs": %s, "cpu_us_per_io": %s, "cpu_us_per_io_runs": %s}' \
+                "$(json_str "${LABEL[$s]}")" "$(iops_of "$name" "$s")" "$(mbs_of "$name" "$s" "$size")" \
+                "$(json_list "${RUNS_OF[$name,$s]}")" "$(cpu_of "$name" "$s")" "$(json_list "${CPU_RUNS_OF[$name,$s]}")"
+        done
+        printf '}'
+        if [[ $PAIR == 1 ]]; then
+            printf ', "ratio": %s, "ratio_runs": %s, "cpu_ratio": %s, "cpu_ratio_runs": %s' \
+                "$(ratio_of "${RATIOS_OF[$name]}")" "$(json_list "${RATIOS_OF[$name]}")" \
+                "$(ratio_of "${CPU_RATIOS_OF[$name]}")" "$(json_list "${CPU_RATIOS_OF[$name]}")"
+        fi
+        printf '}%s\n' "$([[ $n -lt ${#CASES[@]} ]] && echo ,)"
+    done
+    printf '  ],\n'
+    printf '  "commands": ['
+    first=1
+    for cmd in "${COMMANDS[@]}"; do
+        [[ $first == 1 ]] || printf ','; first=0
+        printf '\n    %s' "$(json_str "$cmd")"
+    done
+    printf '\n  ]\n}\n'
+} >"$OUT/results.json.tmp"
+mv "$OUT/results.json.tmp" "$OUT/results.json"
+echo
+echo "Results: $OUT/results.json"

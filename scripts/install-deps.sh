@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install what the tests and the benchmark need, from Debian's packages. Idempotent.
+set -euo pipefail
+
+need=(libiscsi-bin qemu-system-x86 qemu-block-extra qemu-utils open-iscsi busybox-static
+      cpio kmod tgt xz-utils zstd)
+
+missing=()
+for p in "${need[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+# QEMU's iSCSI block driver (qemu-block-extra) must match qemu-utils exactly. Some
+# machines carry a backported qemu-utils; pin both to the release's own version.
+qemu_ok() {
+    local a b
+    a=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+    b=$(dpkg-query -W -f='${Version}' qemu-block-extra 2>/dev/null || true)
+    [ -n "$a" ] && [ "$a" = "$b" ]
+}
+
+if [ ${#missing[@]} -eq 0 ] && qemu_ok; then
+    echo "install-deps: everything present"
+    exit 0
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing packages (${missing[*]:-qemu version pin}) and not root: cannot apt-get install" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/{print $2}')
+if [ -z "$v" ] || [ "$v" = "(none)" ]; then
+    echo "install-deps: no qemu-system-x86 candidate in the apt sources" >&2
+    exit 1
+fi
+apt-get install -y -qq --allow-downgrades \
+    libiscsi-bin "qemu-system-x86=$v" \
+    "qemu-block-extra=$v" "qemu-utils=$v" \
+    open-iscsi busybox-static cpio kmod tgt xz-utils zstd >/dev/null
+qemu_ok || { echo "install-deps: qemu-utils and qemu-block-extra versions still differ" >&2; exit 1; }
+# Debian starts these services on install where it can; the tests run their own.
+pkill -x tgtd 2>/dev/null || true
+pkill -x iscsid 2>/dev/null || true
+echo "install-deps: installed ${missing[*]:-qemu pin}"

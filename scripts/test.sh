@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Run every test of twinlun: installs what the tests need (apt-get), then unit tests,
+# integration tests against the real server (libiscsi tools, QEMU's iSCSI driver,
+# raw PDUs), libiscsi's conformance suites, and the Linux guest test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+# The guest (kernel + initramfs from Debian packages), cached under vm-images/out.
+vm-images/build.sh
+
+cargo build --release --bins
+# One test binary at a time keeps the guest and the conformance suite from starving
+# each other on small machines; tests inside a binary still run in parallel.
+cargo test --release --no-fail-fast -- --test-threads=2

@@ -1,0 +1,207 @@
+//! Block commands (SBC-4): READ CAPACITY, READ/WRITE/VERIFY in their 6/10/12/16-byte forms,
+//! SYNCHRONIZE CACHE, and the medium commands a disk answers trivially.
+
+use super::cdb::{cut, op, Cdb};
+use super::{LogicalUnit, Plan, Response, Sense};
+
+/// READ CAPACITY(10) (SBC-4 5.20).
+pub fn read_capacity_10(cdb: Cdb, lu: &LogicalUnit) -> Response {
+    // SBC-3 5.15.1: with PMI=0 the LOGICAL BLOCK ADDRESS field must be zero (both fields
+    // are obsolete in SBC-4; with PMI=1 we report the last LBA as well).
+    if cdb.byte(8) & 0x01 == 0 && cdb.u32(2) != 0 {
+        return Response::check(Sense::invalid_field_in_cdb(2));
+    }
+    let last = lu.num_blocks().saturating_sub(1);
+    // RETURNED LOGICAL BLOCK ADDRESS: FFFFFFFFh when the last LBA does not fit, telling the
+    // initiator to use READ CAPACITY(16).
+    let returned = u32::try_from(last).unwrap_or(u32::MAX);
+    let mut d = Vec::with_capacity(8);
+    d.extend_from_slice(&returned.to_be_bytes());
+    d.extend_from_slice(&lu.block_size().to_be_bytes());
+    Response::good(d)
+}
+
+/// READ CAPACITY(16) (SBC-4 5.21), 32 bytes of parameter data.
+pub fn read_capacity_16(cdb: Cdb, lu: &LogicalUnit) -> Response {
+    let alloc = usize::try_from(cdb.u32(10)).unwrap_or(usize::MAX);
+    let mut d = vec![0u8; 32];
+    d[0..8].copy_from_slice(&lu.num_blocks().saturating_sub(1).to_be_bytes());
+    d[8..12].copy_from_slice(&lu.block_size().to_be_bytes());
+    // Byte 12: P_TYPE, PROT_EN = 0 (no protection information). Byte 13: P_I_EXPONENT 0,
+    // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 0. Bytes 14-15: LBPME 0, LBPRZ 0, LOWEST
+    // ALIGNED LBA 0.
+    Response::good(cut(d, alloc))
+}
+
+/// The fields of a READ/WRITE/VERIFY CDB that matter (SBC-4 5.13-5.16, 5.31-5.33, 5.39-5.42).
+struct Transfer {
+    lba: u64,
+    blocks: u32,
+    /// Byte 1: protect field (bits 7..5), DPO, FUA, BYTCHK.
+    flags: u8,
+    /// Where TRANSFER LENGTH starts, for the field pointer.
+    len_at: u16,
+}
+
+fn decode(cdb: Cdb) -> Transfer {
+    match cdb.opcode() {
+        op::READ_6 | op::WRITE_6 => {
+            // SBC-4 5.14 / 5.39: 21-bit LBA; TRANSFER LENGTH 0 means 256 blocks.
+            let lba = u32::from_be_bytes([0, cdb.byte(1) & 0x1F, cdb.byte(2), cdb.byte(3)]);
+            let blocks = match cdb.byte(4) {
+                0 => 256,
+                n => u32::from(n),
+            };
+            Transfer {
+                lba: u64::from(lba),
+                blocks,
+                flags: 0,
+                len_at: 4,
+            }
+        }
+        op::READ_10 | op::WRITE_10 | op::VERIFY_10 => Transfer {
+            lba: u64::from(cdb.u32(2)),
+            blocks: u32::from(cdb.u16(7)),
+            flags: cdb.byte(1),
+            len_at: 7,
+        },
+        op::READ_12 | op::WRITE_12 | op::VERIFY_12 => Transfer {
+            lba: u64::from(cdb.u32(2)),
+            blocks: cdb.u32(6),
+            flags: cdb.byte(1),
+            len_at: 6,
+        },
+        // READ(16), WRITE(16), VERIFY(16).
+        _ => Transfer {
+            lba: cdb.u64(2),
+            blocks: cdb.u32(10),
+            flags: cdb.byte(1),
+            len_at: 10,
+        },
+    }
+}
+
+/// SBC-4 4.5: every LBA of the command must exist. A zero-length command still names an
+/// LBA, which must not lie beyond the last one.
+fn in_range(lu: &LogicalUnit, lba: u64, blocks: u32) -> bool {
+    let capacity = lu.num_blocks();
+    match lba.checked_add(u64::from(blocks)) {
+        Some(end) => end <= capacity && (blocks > 0 || lba < capacity),
+        None => false,
+    }
+}
+
+const FUA: u8 = 0x08;
+
+/// READ(6/10/12/16) (SBC-4 5.13-5.16).
+pub fn read(cdb: Cdb, lu: &LogicalUnit) -> Plan {
+    let t = decode(cdb);
+    // RDPROTECT != 0 without protection information: INVALID FIELD IN CDB (SBC-4 5.15, table 62).
+    if t.flags >> 5 != 0 {
+        return Plan::Respond(Response::check(Sense::invalid_field_in_cdb_bit(1, 7)));
+    }
+    if t.blocks > lu.max_transfer_blocks() {
+        // SBC-4 6.6.4: more than the MAXIMUM TRANSFER LENGTH is an invalid field.
+        return Plan::Respond(Response::check(Sense::invalid_field_in_cdb(t.len_at)));
+    }
+    if !in_range(lu, t.lba, t.blocks) {
+        return Plan::Respond(Response::check(Sense::lba_out_of_range()));
+    }
+    // SBC-4 5.15: a TRANSFER LENGTH of zero transfers nothing and is not an error.
+    if t.blocks == 0 {
+        return Plan::Respond(Response::good(Vec::new()));
+    }
+    // DPO (bit 4) is a cache hint we ignore; FUA on a read asks for the medium, not a cache.
+    Plan::Read {
+        lba: t.lba,
+        blocks: t.blocks,
+        fua: t.flags & FUA != 0,
+    }
+}
+
+/// WRITE(6/10/12/16) (SBC-4 5.39-5.42).
+pub fn write(cdb: Cdb, lu: &LogicalUnit) -> Plan {
+    let t = decode(cdb);
+    // WRPROTECT != 0 without protection information (SBC-4 5.40, table 107).
+    if t.flags >> 5 != 0 {
+        return Plan::Respond(Response::check(Sense::invalid_field_in_cdb_bit(1, 7)));
+    }
+    if t.blocks > lu.max_transfer_blocks() {
+        return Plan::Respond(Response::check(Sense::invalid_field_in_cdb(t.len_at)));
+    }
+    if !in_range(lu, t.lba, t.blocks) {
+        return Plan::Respond(Response::check(Sense::lba_out_of_range()));
+    }
+    // SBC-4 4.11: writes to a write protected LU end in DATA PROTECT, WRITE PROTECTED.
+    if lu.write_protected() {
+        return Plan::Respond(Response::check(Sense::write_protected()));
+    }
+    if t.blocks == 0 {
+        return Plan::Respond(Response::good(Vec::new()));
+    }
+    // With the write cache off (WCE=0) every write must reach the medium before GOOD.
+    let fua = t.flags & FUA != 0 || !lu.write_cache_enabled();
+    Plan::Write {
+        lba: t.lba,
+        blocks: t.blocks,
+        fua,
+    }
+}
+
+/// VERIFY(10/12/16) (SBC-4 5.31-5.33).
+pub fn verify(cdb: Cdb, lu: &LogicalUnit) -> Plan {
+    let t = decode(cdb);
+    // VRPROTECT != 0 without protection information (SBC-4 5.31, table 98).
+    if t.flags >> 5 != 0 {
+        return Plan::Respond(Response::check(Sense::invalid_field_in_cdb_bit(1, 7)));
+    }
+    // BYTCHK (bits 2..1): 00b medium verification only, 01b compare with data-out;
+    // 10b is reserved and 11b (one block compared against every block) is not supported.
+    let bytchk = match (t.flags >> 1) & 0x03 {
+        0b00 => false,
+        0b01 => true,
+        _ => return Plan::Respond(Response::check(Sense::invalid_field_in_cdb_bit(1, 2))),
+    };
+    // Only a compare moves data; a medium verification of any length is accepted.
+    if bytchk && t.blocks > lu.max_transfer_blocks() {
+        return Plan::Respond(Response::check(Sense::invalid_field_in_cdb(t.len_at)));
+    }
+    if !in_range(lu, t.lba, t.blocks) {
+        return Plan::Respond(Response::check(Sense::lba_out_of_range()));
+    }
+    // SBC-4 5.31: a VERIFICATION LENGTH of zero verifies nothing and is not an error.
+    if t.blocks == 0 {
+        return Plan::Respond(Response::good(Vec::new()));
+    }
+    Plan::Verify {
+        lba: t.lba,
+        blocks: t.blocks,
+        bytchk,
+    }
+}
+
+/// SYNCHRONIZE CACHE(10/16) (SBC-4 5.26, 5.27). NUMBER OF LOGICAL BLOCKS zero means "to the
+/// end of the medium"; we flush the whole volume either way. IMMED is honoured by finishing
+/// the flush before GOOD, which the standard allows.
+pub fn synchronize_cache(cdb: Cdb, lu: &LogicalUnit) -> Plan {
+    let (lba, blocks) = if cdb.opcode() == op::SYNCHRONIZE_CACHE_10 {
+        (u64::from(cdb.u32(2)), u32::from(cdb.u16(7)))
+    } else {
+        (cdb.u64(2), cdb.u32(10))
+    };
+    if !in_range(lu, lba, blocks) {
+        return Plan::Respond(Response::check(Sense::lba_out_of_range()));
+    }
+    Plan::Sync
+}
+
+/// START STOP UNIT (SBC-4 5.25): a file-backed disk is always started and has no medium to
+/// load or eject; every request completes with GOOD.
+pub fn start_stop_unit(_cdb: Cdb) -> Response {
+    Response::good(Vec::new())
+}
+
+/// PREVENT ALLOW MEDIUM REMOVAL (SBC-4 5.12): nothing to lock on a fixed disk.
+pub fn prevent_allow_medium_removal(_cdb: Cdb) -> Response {
+    Response::good(Vec::new())
+}

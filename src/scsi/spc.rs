@@ -1,0 +1,234 @@
+//! Primary commands (SPC-5): INQUIRY and its vital product data pages, REPORT LUNS,
+//! REQUEST SENSE.
+
+use super::cdb::{cut, Cdb};
+use super::lu::MAX_TRANSFER_BYTES;
+use super::lun::encode_lun;
+use super::{LogicalUnit, Response, Sense, UnitAttentions};
+
+/// T10 vendor identification (SPC-5 6.7.2: 8 bytes, left aligned, space padded).
+pub const VENDOR_ID: &[u8; 8] = b"TWINLUN ";
+/// Product identification (16 bytes).
+pub const PRODUCT_ID: &[u8; 16] = b"VOLUME          ";
+/// Product revision level (4 bytes).
+pub const PRODUCT_REV: &[u8; 4] = b"0.1 ";
+
+/// IEEE company identifier used in the NAA designator. This is a locally administered
+/// value (bit 1 of the first octet set), not an assigned OUI; replace it with a registered
+/// one if the project gets one.
+pub const NAA_COMPANY_ID: u32 = 0x02_54_4C;
+
+/// Peripheral device type 00h: direct access block device (SPC-5 6.7.2).
+const TYPE_DISK: u8 = 0x00;
+/// Peripheral qualifier 011b, type 1Fh: no logical unit at this LUN (SPC-5 6.7.2, table 148).
+const NO_LU: u8 = 0x7F;
+
+const VPD_SUPPORTED_PAGES: u8 = 0x00;
+const VPD_UNIT_SERIAL: u8 = 0x80;
+const VPD_DEVICE_ID: u8 = 0x83;
+const VPD_BLOCK_LIMITS: u8 = 0xB0;
+const VPD_BLOCK_CHARACTERISTICS: u8 = 0xB1;
+const VPD_LB_PROVISIONING: u8 = 0xB2;
+
+/// Pages listed by page 00h, ascending (SPC-5 7.7.18).
+const VPD_PAGES: [u8; 6] = [
+    VPD_SUPPORTED_PAGES,
+    VPD_UNIT_SERIAL,
+    VPD_DEVICE_ID,
+    VPD_BLOCK_LIMITS,
+    VPD_BLOCK_CHARACTERISTICS,
+    VPD_LB_PROVISIONING,
+];
+
+/// Version descriptors (SPC-5 6.7.2, table 150): SAM-5, iSCSI (no version claimed), SPC-4,
+/// SBC-3. libiscsi reads SBC-3 (04C0h) as "READ CAPACITY(16) and the 16-byte commands work".
+const VERSION_DESCRIPTORS: [u16; 4] = [0x00A0, 0x0960, 0x0460, 0x04C0];
+
+/// INQUIRY (SPC-5 6.7).
+pub fn inquiry(cdb: Cdb, lu: Option<&LogicalUnit>) -> Response {
+    let evpd = cdb.byte(1) & 0x01 != 0;
+    let page = cdb.byte(2);
+    let alloc = usize::from(cdb.u16(3));
+    // CMDDT (bit 1) is obsolete since SPC-3; refuse it like any reserved bit.
+    if cdb.byte(1) & 0x02 != 0 {
+        return Response::check(Sense::invalid_field_in_cdb_bit(1, 1));
+    }
+    // SPC-5 6.7.1: EVPD=0 with a PAGE CODE other than zero is an invalid field.
+    if !evpd {
+        if page != 0 {
+            return Response::check(Sense::invalid_field_in_cdb(2));
+        }
+        return Response::good(cut(standard_inquiry(lu.is_some()), alloc));
+    }
+    let Some(lu) = lu else {
+        return Response::check(Sense::lu_not_supported());
+    };
+    let body = match page {
+        VPD_SUPPORTED_PAGES => VPD_PAGES.to_vec(),
+        VPD_UNIT_SERIAL => unit_serial(lu),
+        VPD_DEVICE_ID => device_identification(lu),
+        VPD_BLOCK_LIMITS => block_limits(lu),
+        VPD_BLOCK_CHARACTERISTICS => block_device_characteristics(),
+        VPD_LB_PROVISIONING => logical_block_provisioning(),
+        _ => return Response::check(Sense::invalid_field_in_cdb(2)),
+    };
+    // VPD page header (SPC-5 7.7.1): qualifier/type, page code, PAGE LENGTH (2 bytes).
+    let mut out = vec![TYPE_DISK, page];
+    out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    out.extend_from_slice(&body);
+    Response::good(cut(out, alloc))
+}
+
+/// Standard INQUIRY data (SPC-5 6.7.2), 96 bytes.
+fn standard_inquiry(mapped: bool) -> Vec<u8> {
+    let mut d = vec![0u8; 96];
+    d[0] = if mapped { TYPE_DISK } else { NO_LU };
+    d[1] = 0x00; // RMB=0: not removable
+    d[2] = 0x06; // VERSION: SPC-4 (libiscsi 1.19 accepts 4..6 only)
+    d[3] = 0x12; // HISUP=1 (SAM-5 4.7 LUNs), RESPONSE DATA FORMAT=2
+    d[4] = (d.len() - 5) as u8; // ADDITIONAL LENGTH
+    d[5] = 0x00; // SCCS ACC TPGS=00b 3PC PROTECT=0
+    d[6] = 0x00; // ENCSERV MULTIP
+    d[7] = 0x02; // CMDQUE=1
+    d[8..16].copy_from_slice(VENDOR_ID);
+    d[16..32].copy_from_slice(PRODUCT_ID);
+    d[32..36].copy_from_slice(PRODUCT_REV);
+    for (i, v) in VERSION_DESCRIPTORS.iter().enumerate() {
+        let at = 58 + 2 * i;
+        d[at..at + 2].copy_from_slice(&v.to_be_bytes());
+    }
+    d
+}
+
+/// The unit serial number: the LU id in hex, 16 ASCII characters.
+pub fn serial_number(id: u64) -> String {
+    format!("{id:016x}")
+}
+
+/// Unit Serial Number page (SPC-5 7.7.19).
+fn unit_serial(lu: &LogicalUnit) -> Vec<u8> {
+    serial_number(lu.id()).into_bytes()
+}
+
+/// NAA IEEE Registered Extended designator (NAA 6, SPC-5 7.7.6.6.4): 4 bits NAA, 24 bits
+/// company id, 36 bits vendor specific identifier (zero), 64 bits vendor specific identifier
+/// extension (the LU id). Stable for a given id.
+pub fn naa_designator(id: u64) -> [u8; 16] {
+    let hi: u64 = (0x6 << 60) | (u64::from(NAA_COMPANY_ID & 0x00FF_FFFF) << 36);
+    let mut d = [0u8; 16];
+    d[0..8].copy_from_slice(&hi.to_be_bytes());
+    d[8..16].copy_from_slice(&id.to_be_bytes());
+    d
+}
+
+/// Device Identification page (SPC-5 7.7.6): NAA designator and T10 vendor ID designator for
+/// the LU, relative target port designator for the port.
+fn device_identification(lu: &LogicalUnit) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Designation descriptor header (SPC-5 7.7.6.1, table 460): PROTOCOL IDENTIFIER / CODE SET,
+    // PIV / ASSOCIATION / DESIGNATOR TYPE, reserved, DESIGNATOR LENGTH.
+    // 1. NAA, binary, associated with the LU.
+    let naa = naa_designator(lu.id());
+    out.extend_from_slice(&[0x01, 0x03, 0x00, naa.len() as u8]);
+    out.extend_from_slice(&naa);
+    // 2. T10 vendor ID based (SPC-5 7.7.6.4), ASCII: vendor + volume name (or id if unnamed).
+    let mut t10 = VENDOR_ID.to_vec();
+    let suffix = if lu.name().is_empty() {
+        serial_number(lu.id())
+    } else {
+        lu.name().to_owned()
+    };
+    t10.extend(
+        suffix
+            .bytes()
+            .map(|b| if (0x20..0x7F).contains(&b) { b } else { b'_' })
+            .take(200),
+    );
+    out.extend_from_slice(&[0x02, 0x01, 0x00, t10.len() as u8]);
+    out.extend_from_slice(&t10);
+    // 3. Relative target port identifier (SPC-5 7.7.6.7): iSCSI (5h), binary, PIV=1, associated
+    // with the target port, port 1.
+    out.extend_from_slice(&[0x51, 0x94, 0x00, 0x04, 0x00, 0x00, 0x00, 0x01]);
+    out
+}
+
+/// Block Limits page (SBC-4 6.6.4), page length 3Ch.
+fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
+    let mut d = vec![0u8; 0x3C];
+    let bs = lu.block_size();
+    // Offsets below are page offsets minus the 4-byte header.
+    // OPTIMAL TRANSFER LENGTH GRANULARITY (page bytes 6..8): a 4 KiB page.
+    let granularity = u16::try_from((4096 / bs).max(1)).unwrap_or(1);
+    d[2..4].copy_from_slice(&granularity.to_be_bytes());
+    // MAXIMUM TRANSFER LENGTH (8..12) and OPTIMAL TRANSFER LENGTH (12..16), in blocks.
+    let max = lu.max_transfer_blocks();
+    d[4..8].copy_from_slice(&max.to_be_bytes());
+    d[8..12].copy_from_slice(&(MAX_TRANSFER_BYTES / bs).max(1).to_be_bytes());
+    // No UNMAP, no WRITE SAME, no COMPARE AND WRITE, no atomic writes: all else zero.
+    d
+}
+
+/// Block Device Characteristics page (SBC-4 6.6.2), page length 3Ch.
+fn block_device_characteristics() -> Vec<u8> {
+    let mut d = vec![0u8; 0x3C];
+    // MEDIUM ROTATION RATE 0001h: non-rotating medium.
+    d[0..2].copy_from_slice(&0x0001u16.to_be_bytes());
+    d
+}
+
+/// Logical Block Provisioning page (SBC-4 6.6.5), page length 4: no thin provisioning
+/// commands yet (LBPU, LBPWS, LBPWS10 all 0), THRESHOLD EXPONENT 0 (no thresholds),
+/// PROVISIONING TYPE 000b.
+fn logical_block_provisioning() -> Vec<u8> {
+    vec![0x00, 0x00, 0x00, 0x00]
+}
+
+/// REPORT LUNS (SPC-5 6.33).
+pub fn report_luns(cdb: Cdb, luns: &[u64]) -> Response {
+    let select = cdb.byte(2);
+    let alloc = cdb.u32(6);
+    // SPC-5 6.33: an ALLOCATION LENGTH below 16 is an invalid field.
+    if alloc < 16 {
+        return Response::check(Sense::invalid_field_in_cdb(6));
+    }
+    let list: Vec<u64> = match select {
+        // 00h: all LUs but well known ones; 02h: all; we have no well known LUs.
+        0x00 | 0x02 => {
+            let mut l: Vec<u64> = luns.to_vec();
+            l.sort_unstable();
+            l.dedup();
+            l
+        }
+        // 01h: well known LUs only: none.
+        0x01 => Vec::new(),
+        _ => return Response::check(Sense::invalid_field_in_cdb(2)),
+    };
+    let mut out = vec![0u8; 8];
+    for lun in list {
+        if let Some(enc) = encode_lun(lun) {
+            out.extend_from_slice(&enc);
+        }
+    }
+    let len = u32::try_from(out.len() - 8).unwrap_or(u32::MAX);
+    out[0..4].copy_from_slice(&len.to_be_bytes());
+    Response::good(cut(out, usize::try_from(alloc).unwrap_or(usize::MAX)))
+}
+
+/// REQUEST SENSE (SPC-5 6.39): the pending unit attention (which is then cleared), or NO
+/// SENSE; for a LUN that is not mapped, LOGICAL UNIT NOT SUPPORTED. Status is GOOD in every
+/// case: the sense travels as parameter data.
+pub fn request_sense(cdb: Cdb, mapped: bool, ua: Option<&mut UnitAttentions>) -> Response {
+    let desc = cdb.byte(1) & 0x01 != 0;
+    let alloc = usize::from(cdb.byte(4));
+    let sense = if !mapped {
+        Sense::lu_not_supported()
+    } else {
+        ua.and_then(|u| u.pop()).unwrap_or_else(Sense::no_sense)
+    };
+    let data = if desc {
+        sense.to_descriptor()
+    } else {
+        sense.to_fixed()
+    };
+    Response::good(cut(data, alloc))
+}

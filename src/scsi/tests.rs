@@ -1,0 +1,1622 @@
+//! Table tests for every command, in memory, and a proptest that no CDB makes `plan` panic.
+
+use proptest::prelude::*;
+
+use super::cdb::cdb_len;
+use super::opcodes::COMMANDS;
+use super::*;
+
+const BLOCKS: u64 = 1000;
+
+fn cfg() -> LuConfig {
+    LuConfig {
+        block_size: 512,
+        num_blocks: BLOCKS,
+        read_only: false,
+        id: 0x1234,
+        name: "vol0".into(),
+    }
+}
+
+fn lu() -> LogicalUnit {
+    LogicalUnit::new(cfg())
+}
+
+fn ro_lu() -> LogicalUnit {
+    LogicalUnit::new(LuConfig {
+        read_only: true,
+        ..cfg()
+    })
+}
+
+const LUNS: &[u64] = &[0, 1, 300];
+
+fn run(cdb: &[u8], lu: &LogicalUnit) -> Plan {
+    let mut ua = UnitAttentions::default();
+    plan(
+        cdb,
+        Context {
+            lu: Some(lu),
+            luns: LUNS,
+            ua: Some(&mut ua),
+        },
+    )
+}
+
+fn run_ua(cdb: &[u8], lu: &LogicalUnit, ua: &mut UnitAttentions) -> Plan {
+    plan(
+        cdb,
+        Context {
+            lu: Some(lu),
+            luns: LUNS,
+            ua: Some(ua),
+        },
+    )
+}
+
+fn run_unmapped(cdb: &[u8]) -> Plan {
+    plan(
+        cdb,
+        Context {
+            lu: None,
+            luns: LUNS,
+            ua: None,
+        },
+    )
+}
+
+fn resp(p: Plan) -> Response {
+    match p {
+        Plan::Respond(r) => r,
+        other => panic!("expected a response, got {other:?}"),
+    }
+}
+
+/// Data of a GOOD response.
+fn good(p: Plan) -> Vec<u8> {
+    let r = resp(p);
+    assert_eq!(r.status, Status::Good, "sense {:?}", r.sense);
+    assert!(r.sense.is_none());
+    r.data
+}
+
+/// Sense of a CHECK CONDITION response.
+fn sense(p: Plan) -> Sense {
+    let r = resp(p);
+    assert_eq!(r.status, Status::CheckCondition);
+    assert!(r.data.is_empty());
+    r.sense.expect("check condition carries sense")
+}
+
+fn kcq(p: Plan) -> (u8, u8, u8) {
+    let s = sense(p);
+    (s.key, s.asc, s.ascq)
+}
+
+const INVALID_FIELD: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x24, 0x00);
+const INVALID_OPCODE: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x20, 0x00);
+const LBA_OOB: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x21, 0x00);
+const LU_NOT_SUPPORTED: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x25, 0x00);
+const WRITE_PROTECTED: (u8, u8, u8) = (key::DATA_PROTECT, 0x27, 0x00);
+const INVALID_PARAM: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x26, 0x00);
+const PARAM_LEN: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x1A, 0x00);
+
+fn cdb10(opcode: u8, b1: u8, lba: u32, len: u16) -> Vec<u8> {
+    let mut c = vec![0u8; 10];
+    c[0] = opcode;
+    c[1] = b1;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+fn cdb12(opcode: u8, b1: u8, lba: u32, len: u32) -> Vec<u8> {
+    let mut c = vec![0u8; 12];
+    c[0] = opcode;
+    c[1] = b1;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[6..10].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+fn cdb16(opcode: u8, b1: u8, lba: u64, len: u32) -> Vec<u8> {
+    let mut c = vec![0u8; 16];
+    c[0] = opcode;
+    c[1] = b1;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+fn inquiry(evpd: bool, page: u8, alloc: u16) -> Vec<u8> {
+    let a = alloc.to_be_bytes();
+    vec![op::INQUIRY, u8::from(evpd), page, a[0], a[1], 0]
+}
+
+// ---------------------------------------------------------------- sense data
+
+#[test]
+fn fixed_sense_invalid_field_with_pointer() {
+    let b = Sense::invalid_field_in_cdb(2).to_fixed();
+    assert_eq!(
+        b,
+        vec![0x70, 0, 5, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x24, 0, 0, 0xC0, 0, 2]
+    );
+    let b = Sense::invalid_field_in_cdb_bit(1, 7).to_fixed();
+    assert_eq!(&b[15..18], &[0xCF, 0, 1]);
+    let b = Sense::invalid_field_in_parameter_list(300, Some(3)).to_fixed();
+    assert_eq!(b[12], 0x26);
+    assert_eq!(&b[15..18], &[0x8B, 0x01, 0x2C]);
+}
+
+#[test]
+fn fixed_sense_information_and_valid_bit() {
+    let b = Sense::miscompare(100).to_fixed();
+    assert_eq!(b.len(), FIXED_SENSE_LEN);
+    assert_eq!(b[0], 0xF0);
+    assert_eq!(b[2], key::MISCOMPARE);
+    assert_eq!(&b[3..7], &100u32.to_be_bytes());
+    assert_eq!((b[12], b[13]), (0x1D, 0x00));
+    // Too big for the fixed format: VALID stays clear.
+    let b = Sense::miscompare(1 << 40).to_fixed();
+    assert_eq!(b[0], 0x70);
+    assert_eq!(&b[3..7], &[0, 0, 0, 0]);
+    // No information, no pointer.
+    let b = Sense::write_protected().to_fixed();
+    assert_eq!(b[0], 0x70);
+    assert_eq!((b[2], b[12], b[13], b[15]), (7, 0x27, 0, 0));
+}
+
+#[test]
+fn descriptor_sense() {
+    let b = Sense::miscompare(1 << 40).to_descriptor();
+    assert_eq!(&b[0..4], &[0x72, 0x0E, 0x1D, 0x00]);
+    assert_eq!(usize::from(b[7]), b.len() - 8);
+    assert_eq!(&b[8..12], &[0x00, 0x0A, 0x80, 0x00]);
+    assert_eq!(&b[12..20], &(1u64 << 40).to_be_bytes());
+    let b = Sense::invalid_field_in_cdb(4).to_descriptor();
+    assert_eq!(&b[8..16], &[0x02, 0x06, 0, 0, 0xC0, 0, 4, 0]);
+    assert_eq!(
+        Sense::no_sense().to_descriptor(),
+        vec![0x72, 0, 0, 0, 0, 0, 0, 0]
+    );
+}
+
+#[test]
+fn sense_constructors() {
+    assert_eq!(
+        (Sense::medium_error().key, Sense::medium_error().asc),
+        (key::MEDIUM_ERROR, 0x11)
+    );
+    assert_eq!(Sense::invalid_opcode(), Sense::new(5, 0x20, 0));
+    assert!(Sense::power_on().is_unit_attention());
+    assert_eq!(Sense::capacity_changed().ascq, 0x09);
+    assert_eq!(Sense::reported_luns_changed().asc, 0x3F);
+    assert_eq!(Sense::mode_parameters_changed().ascq, 0x01);
+}
+
+// ---------------------------------------------------------------- dispatch
+
+#[test]
+fn test_unit_ready() {
+    assert!(good(run(&[0, 0, 0, 0, 0, 0], &lu())).is_empty());
+}
+
+#[test]
+fn unknown_and_malformed_cdbs() {
+    let lu = lu();
+    assert_eq!(kcq(run(&[], &lu)), INVALID_OPCODE);
+    assert_eq!(kcq(run(&[0x02, 0, 0, 0, 0, 0], &lu)), INVALID_OPCODE);
+    assert_eq!(kcq(run(&[0xFF; 16], &lu)), INVALID_OPCODE);
+    assert_eq!(kcq(run(&[0x7F; 16], &lu)), INVALID_OPCODE);
+    // WRITE SAME(10) is not supported yet.
+    assert_eq!(kcq(run(&cdb10(0x41, 0, 0, 1), &lu)), INVALID_OPCODE);
+    // A CDB shorter than its group's length.
+    let s = sense(run(&[op::READ_10, 0, 0, 0, 0], &lu));
+    assert_eq!((s.key, s.asc), (key::ILLEGAL_REQUEST, 0x24));
+    // NACA set in the CONTROL byte.
+    let mut c = cdb10(op::READ_10, 0, 0, 1);
+    c[9] = 0x04;
+    let s = sense(run(&c, &lu));
+    assert_eq!(
+        s.field_pointer,
+        Some(FieldPointer {
+            in_cdb: true,
+            byte: 9,
+            bit: Some(2)
+        })
+    );
+    // Longer CDBs (iSCSI pads to 16 bytes) are fine.
+    let mut c = cdb10(op::READ_10, 0, 0, 1);
+    c.extend_from_slice(&[0xAA; 6]);
+    assert_eq!(
+        run(&c, &lu),
+        Plan::Read {
+            lba: 0,
+            blocks: 1,
+            fua: false
+        }
+    );
+}
+
+#[test]
+fn trivial_commands_are_good() {
+    let lu = lu();
+    for c in [
+        vec![op::START_STOP_UNIT, 0, 0, 0, 1, 0],
+        vec![op::START_STOP_UNIT, 1, 0, 0, 0, 0],
+        vec![op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 1, 0],
+        vec![op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0, 0],
+        vec![op::RESERVE_6, 0, 0, 0, 0, 0],
+        vec![op::RELEASE_6, 0, 0, 0, 0, 0],
+    ] {
+        assert!(good(run(&c, &lu)).is_empty(), "{c:?}");
+    }
+}
+
+#[test]
+fn unsupported_service_actions() {
+    let lu = lu();
+    // GET LBA STATUS (9Eh/12h).
+    let mut c = cdb16(op::SERVICE_ACTION_IN_16, 0x12, 0, 32);
+    c[10..14].copy_from_slice(&32u32.to_be_bytes());
+    assert_eq!(kcq(run(&c, &lu)), INVALID_FIELD);
+    // REPORT TARGET PORT GROUPS (A3h/0Ah).
+    let c = [op::MAINTENANCE_IN, 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+    assert_eq!(kcq(run(&c, &lu)), INVALID_FIELD);
+}
+
+// ---------------------------------------------------------------- unit attentions
+
+#[test]
+fn unit_attention_reported_once_then_cleared() {
+    let lu = lu();
+    let mut ua = UnitAttentions::power_on();
+    let tur = [0u8; 6];
+    let s = sense(run_ua(&tur, &lu, &mut ua));
+    assert_eq!((s.key, s.asc, s.ascq), (key::UNIT_ATTENTION, 0x29, 0x00));
+    assert!(ua.is_empty());
+    assert!(good(run_ua(&tur, &lu, &mut ua)).is_empty());
+}
+
+#[test]
+fn unit_attention_preempts_even_unknown_opcodes_and_reads() {
+    let lu = lu();
+    let mut ua = UnitAttentions::default();
+    ua.push(Sense::capacity_changed());
+    ua.push(Sense::mode_parameters_changed());
+    assert_eq!(
+        kcq(run_ua(&[0x02, 0, 0, 0, 0, 0], &lu, &mut ua)),
+        (key::UNIT_ATTENTION, 0x2A, 0x09)
+    );
+    assert_eq!(
+        kcq(run_ua(&cdb10(op::READ_10, 0, 0, 1), &lu, &mut ua)),
+        (key::UNIT_ATTENTION, 0x2A, 0x01)
+    );
+    assert_eq!(
+        run_ua(&cdb10(op::READ_10, 0, 0, 1), &lu, &mut ua),
+        Plan::Read {
+            lba: 0,
+            blocks: 1,
+            fua: false
+        }
+    );
+}
+
+#[test]
+fn inquiry_report_luns_request_sense_ignore_ua() {
+    let lu = lu();
+    let mut ua = UnitAttentions::power_on();
+    good(run_ua(&inquiry(false, 0, 96), &lu, &mut ua));
+    good(run_ua(
+        &[op::REPORT_LUNS, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
+        &lu,
+        &mut ua,
+    ));
+    assert_eq!(ua.len(), 1);
+    // REQUEST SENSE returns it as data and clears it.
+    let d = good(run_ua(&[op::REQUEST_SENSE, 0, 0, 0, 252, 0], &lu, &mut ua));
+    assert_eq!(d, Sense::power_on().to_fixed());
+    assert!(ua.is_empty());
+    // Nothing pending: NO SENSE.
+    let d = good(run_ua(&[op::REQUEST_SENSE, 0, 0, 0, 252, 0], &lu, &mut ua));
+    assert_eq!(d, Sense::no_sense().to_fixed());
+    assert_eq!((d[2], d[12], d[13]), (0, 0, 0));
+}
+
+#[test]
+fn request_sense_descriptor_and_alloc() {
+    let lu = lu();
+    let mut ua = UnitAttentions::power_on();
+    let d = good(run_ua(&[op::REQUEST_SENSE, 1, 0, 0, 252, 0], &lu, &mut ua));
+    assert_eq!(&d[..4], &[0x72, key::UNIT_ATTENTION, 0x29, 0x00]);
+    ua.push(Sense::power_on());
+    let d = good(run_ua(&[op::REQUEST_SENSE, 0, 0, 0, 8, 0], &lu, &mut ua));
+    assert_eq!(d.len(), 8);
+    assert!(
+        ua.is_empty(),
+        "REQUEST SENSE clears even when the data is cut"
+    );
+}
+
+#[test]
+fn report_luns_clears_luns_changed_only() {
+    let lu = lu();
+    let mut ua = UnitAttentions::default();
+    ua.push(Sense::reported_luns_changed());
+    ua.push(Sense::power_on());
+    good(run_ua(
+        &[op::REPORT_LUNS, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0],
+        &lu,
+        &mut ua,
+    ));
+    assert_eq!(ua.len(), 1);
+    assert_eq!(ua.peek(), Some(&Sense::power_on()));
+}
+
+#[test]
+fn unit_attention_queue_dedups_and_is_bounded() {
+    let mut ua = UnitAttentions::power_on();
+    ua.push(Sense::power_on());
+    assert_eq!(ua.len(), 1);
+    for i in 0..40u8 {
+        ua.push(Sense::new(key::UNIT_ATTENTION, 0x2A, i));
+    }
+    assert!(ua.len() <= 16);
+    ua.clear();
+    assert_eq!(ua.pop(), None);
+}
+
+// ---------------------------------------------------------------- unmapped LUN
+
+#[test]
+fn unmapped_lun() {
+    let d = good(run_unmapped(&inquiry(false, 0, 255)));
+    assert_eq!(d[0], 0x7F, "peripheral qualifier 011b, type 1Fh");
+    assert_eq!(d.len(), 96);
+    let d = good(run_unmapped(&[
+        op::REPORT_LUNS,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        1,
+        0,
+        0,
+        0,
+    ]));
+    assert_eq!(&d[0..4], &24u32.to_be_bytes());
+    let d = good(run_unmapped(&[op::REQUEST_SENSE, 0, 0, 0, 18, 0]));
+    assert_eq!((d[2], d[12], d[13]), (key::ILLEGAL_REQUEST, 0x25, 0x00));
+    assert_eq!(kcq(run_unmapped(&[0u8; 6])), LU_NOT_SUPPORTED);
+    assert_eq!(
+        kcq(run_unmapped(&cdb10(op::READ_10, 0, 0, 1))),
+        LU_NOT_SUPPORTED
+    );
+    assert_eq!(kcq(run_unmapped(&[0xFF; 16])), LU_NOT_SUPPORTED);
+    assert_eq!(kcq(run_unmapped(&inquiry(true, 0, 255))), LU_NOT_SUPPORTED);
+}
+
+// ---------------------------------------------------------------- INQUIRY
+
+#[test]
+fn standard_inquiry() {
+    let d = good(run(&inquiry(false, 0, 260), &lu()));
+    assert_eq!(d.len(), 96);
+    assert_eq!(d[0], 0x00, "qualifier 0, direct access");
+    assert_eq!(d[1] & 0x80, 0, "not removable");
+    assert!((4..=6).contains(&d[2]), "version libiscsi accepts");
+    assert_eq!(d[3] & 0x0F, 2, "response data format");
+    assert_eq!(d[3] & 0x10, 0x10, "HISUP");
+    assert_eq!(usize::from(d[4]), d.len() - 5);
+    assert_eq!(d[5] & 0x01, 0, "no PROTECT");
+    assert_eq!(d[7] & 0x02, 0x02, "CMDQUE");
+    assert_eq!(&d[8..16], b"TWINLUN ");
+    assert!(d[8..36].iter().all(|&c| (0x20..0x7F).contains(&c)));
+    let descriptors: Vec<u16> = (0..8)
+        .map(|i| u16::from_be_bytes([d[58 + 2 * i], d[59 + 2 * i]]))
+        .collect();
+    assert!(descriptors.contains(&0x04C0), "SBC-3");
+    assert!(descriptors.contains(&0x0460), "SPC-4");
+}
+
+#[test]
+fn inquiry_alloc_lengths() {
+    let lu = lu();
+    let full = good(run(&inquiry(false, 0, 1024), &lu));
+    for alloc in 0..=260u16 {
+        let d = good(run(&inquiry(false, 0, alloc), &lu));
+        let n = usize::from(alloc).min(full.len());
+        assert_eq!(d, full[..n].to_vec(), "alloc {alloc}");
+    }
+}
+
+#[test]
+fn inquiry_invalid_fields() {
+    let lu = lu();
+    let s = sense(run(&inquiry(false, 1, 256), &lu));
+    assert_eq!((s.asc, s.field_pointer.map(|f| f.byte)), (0x24, Some(2)));
+    assert_eq!(kcq(run(&inquiry(true, 0x99, 256), &lu)), INVALID_FIELD);
+    assert_eq!(
+        kcq(run(&[op::INQUIRY, 0x02, 0, 0, 255, 0], &lu)),
+        INVALID_FIELD
+    );
+}
+
+fn vpd(page: u8, lu: &LogicalUnit) -> Vec<u8> {
+    let d = good(run(&inquiry(true, page, 1024), lu));
+    assert_eq!(d[0], 0x00);
+    assert_eq!(d[1], page);
+    assert_eq!(
+        usize::from(u16::from_be_bytes([d[2], d[3]])),
+        d.len() - 4,
+        "page {page:#x}"
+    );
+    d
+}
+
+#[test]
+fn vpd_supported_pages_all_readable() {
+    let lu = lu();
+    let d = vpd(0x00, &lu);
+    let pages = &d[4..];
+    assert_eq!(pages, &[0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2]);
+    for &p in pages {
+        vpd(p, &lu);
+        // and with the alloc length libiscsi uses
+        let d = good(run(&inquiry(true, p, 255), &lu));
+        assert!(d.len() <= 255);
+    }
+}
+
+#[test]
+fn vpd_unit_serial() {
+    let d = vpd(0x80, &lu());
+    assert_eq!(&d[4..], b"0000000000001234");
+}
+
+/// (code set, piv/assoc/type, designator) of every descriptor of page 83h.
+fn designators(d: &[u8]) -> Vec<(u8, u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 4;
+    while at + 4 <= d.len() {
+        let len = usize::from(d[at + 3]);
+        out.push((d[at], d[at + 1], d[at + 4..at + 4 + len].to_vec()));
+        at += 4 + len;
+    }
+    assert_eq!(at, d.len());
+    out
+}
+
+#[test]
+fn vpd_device_identification() {
+    let d = vpd(0x83, &lu());
+    let ds = designators(&d);
+    let naa = ds
+        .iter()
+        .find(|(_, t, _)| *t == 0x03)
+        .expect("NAA designator");
+    assert_eq!(naa.0, 0x01, "binary");
+    assert_eq!(naa.2.len(), 16);
+    assert_eq!(naa.2[0] >> 4, 6, "NAA 6");
+    assert_eq!(naa.2.as_slice(), naa_designator(0x1234).as_slice());
+    assert_ne!(naa_designator(0x1234), naa_designator(0x1235));
+    // Stable: the same id on another LU object gives the same page.
+    assert_eq!(vpd(0x83, &lu()), d);
+    let t10 = ds
+        .iter()
+        .find(|(_, t, _)| *t == 0x01)
+        .expect("T10 vendor id designator");
+    assert_eq!(t10.0, 0x02, "ASCII");
+    assert_eq!(t10.2.as_slice(), b"TWINLUN vol0");
+    let port = ds
+        .iter()
+        .find(|(_, t, _)| *t & 0x3F == 0x14)
+        .expect("relative target port");
+    assert_eq!(port.2, vec![0, 0, 0, 1]);
+}
+
+#[test]
+fn vpd_device_identification_odd_names() {
+    let unnamed = LogicalUnit::new(LuConfig {
+        name: String::new(),
+        ..cfg()
+    });
+    let ds = designators(&vpd(0x83, &unnamed));
+    let t10 = ds
+        .iter()
+        .find(|(_, t, _)| *t == 0x01)
+        .unwrap_or_else(|| unreachable!());
+    assert_eq!(t10.2.as_slice(), b"TWINLUN 0000000000001234");
+    let long = LogicalUnit::new(LuConfig {
+        name: "é".repeat(400),
+        ..cfg()
+    });
+    let ds = designators(&vpd(0x83, &long));
+    let t10 = ds
+        .iter()
+        .find(|(_, t, _)| *t == 0x01)
+        .unwrap_or_else(|| unreachable!());
+    assert_eq!(t10.2.len(), 208);
+    assert!(t10.2.iter().all(|c| (0x20..0x7F).contains(c)));
+}
+
+#[test]
+fn vpd_block_limits() {
+    let d = vpd(0xB0, &lu());
+    assert_eq!(d[3], 0x3C);
+    assert_eq!(
+        u16::from_be_bytes([d[6], d[7]]),
+        8,
+        "4 KiB granularity at 512 bytes"
+    );
+    let max = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
+    assert_eq!(max, MAX_TRANSFER_BYTES / 512);
+    assert_eq!(max, lu().max_transfer_blocks());
+    assert_eq!(&d[20..28], &[0; 8], "no UNMAP");
+    let big = LogicalUnit::new(LuConfig {
+        block_size: 4096,
+        ..cfg()
+    });
+    let d = vpd(0xB0, &big);
+    assert_eq!(u16::from_be_bytes([d[6], d[7]]), 1);
+}
+
+#[test]
+fn vpd_block_characteristics_and_provisioning() {
+    let d = vpd(0xB1, &lu());
+    assert_eq!(d[3], 0x3C);
+    assert_eq!(&d[4..6], &[0x00, 0x01], "non-rotating");
+    let d = vpd(0xB2, &lu());
+    assert_eq!(d.len(), 8);
+    assert_eq!(d[5] & 0xE0, 0, "LBPU LBPWS LBPWS10 off");
+}
+
+// ---------------------------------------------------------------- READ CAPACITY
+
+#[test]
+fn read_capacity_10() {
+    let lu = lu();
+    let d = good(run(&[op::READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0], &lu));
+    assert_eq!(d, vec![0, 0, 0x03, 0xE7, 0, 0, 0x02, 0x00]);
+    // LBA without PMI.
+    assert_eq!(
+        kcq(run(&[op::READ_CAPACITY_10, 0, 0, 0, 0, 1, 0, 0, 0, 0], &lu)),
+        INVALID_FIELD
+    );
+    // PMI set: same answer.
+    let d2 = good(run(&[op::READ_CAPACITY_10, 0, 0, 0, 0, 1, 0, 0, 1, 0], &lu));
+    assert_eq!(d2, d);
+    let huge = LogicalUnit::new(LuConfig {
+        num_blocks: 1 << 33,
+        ..cfg()
+    });
+    let d = good(run(
+        &[op::READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        &huge,
+    ));
+    assert_eq!(&d[0..4], &[0xFF; 4]);
+    // Exactly 2^32 blocks: last LBA FFFFFFFFh also reads as "use READ CAPACITY(16)".
+    let edge = LogicalUnit::new(LuConfig {
+        num_blocks: 1 << 32,
+        ..cfg()
+    });
+    let d = good(run(
+        &[op::READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        &edge,
+    ));
+    assert_eq!(&d[0..4], &[0xFF; 4]);
+}
+
+fn rc16(alloc: u32) -> Vec<u8> {
+    let mut c = vec![0u8; 16];
+    c[0] = op::SERVICE_ACTION_IN_16;
+    c[1] = 0x10;
+    c[10..14].copy_from_slice(&alloc.to_be_bytes());
+    c
+}
+
+#[test]
+fn read_capacity_16() {
+    let lu = lu();
+    let d = good(run(&rc16(32), &lu));
+    assert_eq!(d.len(), 32);
+    assert_eq!(&d[0..8], &999u64.to_be_bytes());
+    assert_eq!(&d[8..12], &512u32.to_be_bytes());
+    assert_eq!(&d[12..32], &[0; 20], "no PI, LBPPBE 0, LBPME 0");
+    for alloc in 0..40u32 {
+        let d = good(run(&rc16(alloc), &lu));
+        assert_eq!(d.len(), (alloc as usize).min(32));
+    }
+    let huge = LogicalUnit::new(LuConfig {
+        num_blocks: 1 << 33,
+        ..cfg()
+    });
+    let d = good(run(&rc16(32), &huge));
+    assert_eq!(&d[0..8], &((1u64 << 33) - 1).to_be_bytes());
+}
+
+#[test]
+fn resize_is_seen_by_read_capacity_and_range_checks() {
+    let lu = lu();
+    lu.set_num_blocks(2000);
+    let d = good(run(&rc16(32), &lu));
+    assert_eq!(&d[0..8], &1999u64.to_be_bytes());
+    assert!(matches!(
+        run(&cdb10(op::READ_10, 0, 1500, 1), &lu),
+        Plan::Read { .. }
+    ));
+}
+
+// ---------------------------------------------------------------- READ / WRITE
+
+#[test]
+fn read_variants_decode() {
+    let lu = lu();
+    let r = |lba, blocks, fua| Plan::Read { lba, blocks, fua };
+    assert_eq!(run(&cdb10(op::READ_10, 0, 5, 8), &lu), r(5, 8, false));
+    assert_eq!(run(&cdb10(op::READ_10, 0x08, 5, 8), &lu), r(5, 8, true));
+    assert_eq!(
+        run(&cdb10(op::READ_10, 0x10, 5, 8), &lu),
+        r(5, 8, false),
+        "DPO accepted"
+    );
+    assert_eq!(run(&cdb10(op::READ_10, 0x18, 5, 8), &lu), r(5, 8, true));
+    assert_eq!(run(&cdb12(op::READ_12, 0x08, 7, 9), &lu), r(7, 9, true));
+    assert_eq!(run(&cdb16(op::READ_16, 0, 999, 1), &lu), r(999, 1, false));
+    // READ(6): 21-bit LBA, 0 means 256 blocks.
+    assert_eq!(run(&[op::READ_6, 0, 0, 10, 4, 0], &lu), r(10, 4, false));
+    assert_eq!(run(&[op::READ_6, 0, 0, 0, 0, 0], &lu), r(0, 256, false));
+    assert_eq!(
+        run(&[op::READ_6, 0xE0, 0, 1, 1, 0], &lu),
+        r(1, 1, false),
+        "top bits of byte 1 ignored"
+    );
+    let big = LogicalUnit::new(LuConfig {
+        num_blocks: 1 << 22,
+        ..cfg()
+    });
+    assert_eq!(
+        run(&[op::READ_6, 0x1F, 0xFF, 0xFF, 1, 0], &big),
+        r(0x1F_FFFF, 1, false)
+    );
+}
+
+#[test]
+fn read_zero_blocks() {
+    let lu = lu();
+    assert!(good(run(&cdb10(op::READ_10, 0, 0, 0), &lu)).is_empty());
+    assert!(good(run(&cdb12(op::READ_12, 0, 999, 0), &lu)).is_empty());
+    assert!(good(run(&cdb16(op::READ_16, 0, 0, 0), &lu)).is_empty());
+    // The LBA is still checked (libiscsi Read10.ZeroBlocks).
+    assert_eq!(kcq(run(&cdb10(op::READ_10, 0, 1001, 0), &lu)), LBA_OOB);
+    assert_eq!(kcq(run(&cdb10(op::READ_10, 0, 1000, 0), &lu)), LBA_OOB);
+    assert_eq!(
+        kcq(run(&cdb10(op::READ_10, 0, 0x8000_0000, 0), &lu)),
+        LBA_OOB
+    );
+    assert_eq!(kcq(run(&cdb10(op::READ_10, 0, u32::MAX, 0), &lu)), LBA_OOB);
+    assert_eq!(kcq(run(&cdb16(op::READ_16, 0, u64::MAX, 0), &lu)), LBA_OOB);
+}
+
+#[test]
+fn read_beyond_end() {
+    let lu = lu();
+    for i in 1..=256u32 {
+        let lba = BLOCKS + 1 - u64::from(i);
+        assert_eq!(
+            kcq(run(&cdb10(op::READ_10, 0, lba as u32, i as u16), &lu)),
+            LBA_OOB
+        );
+        assert_eq!(
+            kcq(run(&cdb12(op::READ_12, 0, lba as u32, i), &lu)),
+            LBA_OOB
+        );
+        assert_eq!(kcq(run(&cdb16(op::READ_16, 0, lba, i), &lu)), LBA_OOB);
+        assert_eq!(kcq(run(&cdb16(op::READ_16, 0, 1 << 63, i), &lu)), LBA_OOB);
+        assert_eq!(kcq(run(&cdb16(op::READ_16, 0, 1 << 55, i), &lu)), LBA_OOB);
+        assert_eq!(kcq(run(&cdb16(op::READ_16, 0, u64::MAX, i), &lu)), LBA_OOB);
+        assert_eq!(
+            kcq(run(&cdb10(op::READ_10, 0, u32::MAX, i as u16), &lu)),
+            LBA_OOB
+        );
+        if i >= 2 {
+            assert_eq!(
+                kcq(run(&cdb10(op::READ_10, 0, 999, i as u16), &lu)),
+                LBA_OOB
+            );
+        }
+    }
+    // READ(6) at the end.
+    let six = |lba: u32, n: u8| {
+        let b = lba.to_be_bytes();
+        vec![op::READ_6, b[1], b[2], b[3], n, 0]
+    };
+    assert_eq!(kcq(run(&six(999, 2), &lu)), LBA_OOB);
+    assert_eq!(
+        kcq(run(&six(745, 0), &lu)),
+        LBA_OOB,
+        "256 blocks from 745 pass the end"
+    );
+    assert!(matches!(
+        run(&six(744, 0), &lu),
+        Plan::Read { blocks: 256, .. }
+    ));
+}
+
+#[test]
+fn read_protect_fields_refused() {
+    let lu = lu();
+    for p in 1..8u8 {
+        let b1 = p << 5;
+        let s = sense(run(&cdb10(op::READ_10, b1, 0, 1), &lu));
+        assert_eq!((s.asc, s.field_pointer.map(|f| f.byte)), (0x24, Some(1)));
+        assert_eq!(kcq(run(&cdb12(op::READ_12, b1, 0, 1), &lu)), INVALID_FIELD);
+        assert_eq!(kcq(run(&cdb16(op::READ_16, b1, 0, 1), &lu)), INVALID_FIELD);
+    }
+}
+
+#[test]
+fn transfer_length_limit() {
+    let lu = lu();
+    let max = lu.max_transfer_blocks();
+    let huge = LogicalUnit::new(LuConfig {
+        num_blocks: 1 << 40,
+        ..cfg()
+    });
+    assert!(matches!(
+        run(&cdb16(op::READ_16, 0, 0, max), &huge),
+        Plan::Read { .. }
+    ));
+    let s = sense(run(&cdb16(op::READ_16, 0, 0, max + 1), &huge));
+    assert_eq!((s.asc, s.field_pointer.map(|f| f.byte)), (0x24, Some(10)));
+    let s = sense(run(&cdb12(op::WRITE_12, 0, 0, max + 1), &huge));
+    assert_eq!((s.asc, s.field_pointer.map(|f| f.byte)), (0x24, Some(6)));
+    assert_eq!(
+        kcq(run(&cdb16(op::VERIFY_16, 0x02, 0, max + 1), &huge)),
+        INVALID_FIELD
+    );
+    // A medium verification without data transfer has no such limit.
+    assert!(matches!(
+        run(&cdb16(op::VERIFY_16, 0, 0, max + 1), &huge),
+        Plan::Verify { .. }
+    ));
+}
+
+#[test]
+fn write_variants_decode() {
+    let lu = lu();
+    let w = |lba, blocks, fua| Plan::Write { lba, blocks, fua };
+    assert_eq!(run(&cdb10(op::WRITE_10, 0, 5, 8), &lu), w(5, 8, false));
+    assert_eq!(run(&cdb10(op::WRITE_10, 0x08, 5, 8), &lu), w(5, 8, true));
+    assert_eq!(run(&cdb10(op::WRITE_10, 0x18, 5, 8), &lu), w(5, 8, true));
+    assert_eq!(
+        run(&cdb12(op::WRITE_12, 0x10, 0, 1000), &lu),
+        w(0, 1000, false)
+    );
+    assert_eq!(
+        run(&cdb16(op::WRITE_16, 0x08, 999, 1), &lu),
+        w(999, 1, true)
+    );
+    assert_eq!(run(&[op::WRITE_6, 0, 0, 3, 0, 0], &lu), w(3, 256, false));
+}
+
+#[test]
+fn write_checks() {
+    let lu = lu();
+    assert!(good(run(&cdb10(op::WRITE_10, 0, 0, 0), &lu)).is_empty());
+    assert!(good(run(&cdb16(op::WRITE_16, 0, 999, 0), &lu)).is_empty());
+    assert_eq!(kcq(run(&cdb10(op::WRITE_10, 0, 1001, 0), &lu)), LBA_OOB);
+    assert_eq!(kcq(run(&cdb10(op::WRITE_10, 0, 999, 2), &lu)), LBA_OOB);
+    assert_eq!(kcq(run(&cdb16(op::WRITE_16, 0, u64::MAX, 1), &lu)), LBA_OOB);
+    for p in 1..8u8 {
+        assert_eq!(
+            kcq(run(&cdb10(op::WRITE_10, p << 5, 0, 1), &lu)),
+            INVALID_FIELD
+        );
+        assert_eq!(
+            kcq(run(&cdb12(op::WRITE_12, p << 5, 0, 1), &lu)),
+            INVALID_FIELD
+        );
+        assert_eq!(
+            kcq(run(&cdb16(op::WRITE_16, p << 5, 0, 1), &lu)),
+            INVALID_FIELD
+        );
+    }
+}
+
+#[test]
+fn write_protected_lu() {
+    let ro = ro_lu();
+    assert!(ro.write_protected());
+    for c in [
+        cdb10(op::WRITE_10, 0, 0, 1),
+        cdb12(op::WRITE_12, 0, 0, 1),
+        cdb16(op::WRITE_16, 0, 0, 1),
+        vec![op::WRITE_6, 0, 0, 0, 1, 0],
+        cdb10(op::WRITE_10, 0, 0, 0),
+    ] {
+        assert_eq!(kcq(run(&c, &ro)), WRITE_PROTECTED, "{c:?}");
+    }
+    // Reads, verifies and flushes still work.
+    assert!(matches!(
+        run(&cdb10(op::READ_10, 0, 0, 1), &ro),
+        Plan::Read { .. }
+    ));
+    assert!(matches!(
+        run(&cdb10(op::VERIFY_10, 2, 0, 1), &ro),
+        Plan::Verify { .. }
+    ));
+    assert_eq!(
+        run(&cdb10(op::SYNCHRONIZE_CACHE_10, 0, 0, 0), &ro),
+        Plan::Sync
+    );
+}
+
+// ---------------------------------------------------------------- VERIFY
+
+#[test]
+fn verify_variants() {
+    let lu = lu();
+    let v = |lba, blocks, bytchk| Plan::Verify {
+        lba,
+        blocks,
+        bytchk,
+    };
+    assert_eq!(run(&cdb10(op::VERIFY_10, 0, 3, 4), &lu), v(3, 4, false));
+    assert_eq!(run(&cdb10(op::VERIFY_10, 0x02, 3, 4), &lu), v(3, 4, true));
+    assert_eq!(
+        run(&cdb10(op::VERIFY_10, 0x12, 3, 4), &lu),
+        v(3, 4, true),
+        "DPO accepted"
+    );
+    assert_eq!(
+        run(&cdb12(op::VERIFY_12, 0x02, 0, 1000), &lu),
+        v(0, 1000, true)
+    );
+    assert_eq!(run(&cdb16(op::VERIFY_16, 0, 999, 1), &lu), v(999, 1, false));
+    for c in [
+        cdb10(op::VERIFY_10, 0x04, 0, 1),
+        cdb10(op::VERIFY_10, 0x06, 0, 1),
+        cdb12(op::VERIFY_12, 0x04, 0, 1),
+        cdb16(op::VERIFY_16, 0x06, 0, 1),
+    ] {
+        let s = sense(run(&c, &lu));
+        assert_eq!(
+            (s.asc, s.field_pointer),
+            (
+                0x24,
+                Some(FieldPointer {
+                    in_cdb: true,
+                    byte: 1,
+                    bit: Some(2)
+                })
+            )
+        );
+    }
+    for p in 1..8u8 {
+        assert_eq!(
+            kcq(run(&cdb10(op::VERIFY_10, (p << 5) | 0x02, 0, 1), &lu)),
+            INVALID_FIELD
+        );
+        assert_eq!(
+            kcq(run(&cdb12(op::VERIFY_12, p << 5, 0, 1), &lu)),
+            INVALID_FIELD
+        );
+        assert_eq!(
+            kcq(run(&cdb16(op::VERIFY_16, p << 5, 0, 1), &lu)),
+            INVALID_FIELD
+        );
+    }
+}
+
+#[test]
+fn verify_range_and_zero_blocks() {
+    let lu = lu();
+    assert!(good(run(&cdb10(op::VERIFY_10, 0x02, 0, 0), &lu)).is_empty());
+    for lba in [1001u32, 0x8000_0000, u32::MAX] {
+        assert_eq!(kcq(run(&cdb10(op::VERIFY_10, 0x02, lba, 0), &lu)), LBA_OOB);
+        assert_eq!(kcq(run(&cdb12(op::VERIFY_12, 0x02, lba, 0), &lu)), LBA_OOB);
+    }
+    for i in 1..=256u32 {
+        assert_eq!(
+            kcq(run(&cdb10(op::VERIFY_10, 0x02, 1001 - i, i as u16), &lu)),
+            LBA_OOB
+        );
+        assert_eq!(
+            kcq(run(&cdb16(op::VERIFY_16, 0x02, u64::MAX, i), &lu)),
+            LBA_OOB
+        );
+    }
+}
+
+// ---------------------------------------------------------------- SYNCHRONIZE CACHE
+
+#[test]
+fn synchronize_cache() {
+    let lu = lu();
+    assert_eq!(
+        run(&cdb10(op::SYNCHRONIZE_CACHE_10, 0, 0, 0), &lu),
+        Plan::Sync
+    );
+    assert_eq!(
+        run(&cdb10(op::SYNCHRONIZE_CACHE_10, 0x02, 10, 990), &lu),
+        Plan::Sync
+    );
+    assert_eq!(
+        run(&cdb16(op::SYNCHRONIZE_CACHE_16, 0, 999, 1), &lu),
+        Plan::Sync
+    );
+    assert_eq!(
+        kcq(run(&cdb10(op::SYNCHRONIZE_CACHE_10, 0, 10, 991), &lu)),
+        LBA_OOB
+    );
+    assert_eq!(
+        kcq(run(&cdb10(op::SYNCHRONIZE_CACHE_10, 0, 1000, 0), &lu)),
+        LBA_OOB
+    );
+    assert_eq!(
+        kcq(run(&cdb16(op::SYNCHRONIZE_CACHE_16, 0, u64::MAX, 2), &lu)),
+        LBA_OOB
+    );
+}
+
+// ---------------------------------------------------------------- REPORT LUNS
+
+fn report_luns(select: u8, alloc: u32) -> Vec<u8> {
+    let mut c = vec![op::REPORT_LUNS, 0, select, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    c[6..10].copy_from_slice(&alloc.to_be_bytes());
+    c
+}
+
+#[test]
+fn report_luns_list() {
+    let lu = lu();
+    let d = good(run(&report_luns(0, 4096), &lu));
+    assert_eq!(&d[0..4], &24u32.to_be_bytes());
+    assert_eq!(&d[4..8], &[0; 4]);
+    assert_eq!(&d[8..16], &[0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(&d[16..24], &[0, 1, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        &d[24..32],
+        &[0x41, 0x2C, 0, 0, 0, 0, 0, 0],
+        "flat space for 300"
+    );
+    assert_eq!(good(run(&report_luns(2, 4096), &lu)), d);
+    // Well known LUs only: none.
+    assert_eq!(good(run(&report_luns(1, 4096), &lu)), vec![0; 8]);
+    // Cut to the allocation length, list length unchanged.
+    let d = good(run(&report_luns(0, 16), &lu));
+    assert_eq!(d.len(), 16);
+    assert_eq!(&d[0..4], &24u32.to_be_bytes());
+    for alloc in 0..16 {
+        let s = sense(run(&report_luns(0, alloc), &lu));
+        assert_eq!((s.asc, s.field_pointer.map(|f| f.byte)), (0x24, Some(6)));
+    }
+    assert_eq!(kcq(run(&report_luns(0x10, 4096), &lu)), INVALID_FIELD);
+    assert_eq!(kcq(run(&report_luns(3, 4096), &lu)), INVALID_FIELD);
+}
+
+#[test]
+fn lun_encoding() {
+    assert_eq!(encode_lun(0), Some([0; 8]));
+    assert_eq!(encode_lun(255), Some([0, 255, 0, 0, 0, 0, 0, 0]));
+    assert_eq!(encode_lun(256), Some([0x41, 0, 0, 0, 0, 0, 0, 0]));
+    assert_eq!(encode_lun(16383), Some([0x7F, 0xFF, 0, 0, 0, 0, 0, 0]));
+    assert_eq!(encode_lun(16384), None);
+    for lun in [0u64, 1, 7, 255, 256, 300, 4095, 16383] {
+        assert_eq!(encode_lun(lun).and_then(decode_lun), Some(lun));
+    }
+    assert_eq!(decode_lun([0x01, 0, 0, 0, 0, 0, 0, 0]), None, "bus 1");
+    assert_eq!(
+        decode_lun([0, 1, 0x40, 0, 0, 0, 0, 0]),
+        None,
+        "second level"
+    );
+    assert_eq!(
+        decode_lun([0x80, 1, 0, 0, 0, 0, 0, 0]),
+        None,
+        "logical unit addressing"
+    );
+}
+
+// ---------------------------------------------------------------- MODE SENSE
+
+fn mode_sense6(dbd: bool, pc: u8, page: u8, sub: u8, alloc: u8) -> Vec<u8> {
+    vec![
+        op::MODE_SENSE_6,
+        if dbd { 0x08 } else { 0 },
+        (pc << 6) | page,
+        sub,
+        alloc,
+        0,
+    ]
+}
+
+fn mode_sense10(llbaa: bool, dbd: bool, pc: u8, page: u8, alloc: u16) -> Vec<u8> {
+    let mut b1 = 0;
+    if llbaa {
+        b1 |= 0x10;
+    }
+    if dbd {
+        b1 |= 0x08;
+    }
+    let a = alloc.to_be_bytes();
+    vec![
+        op::MODE_SENSE_10,
+        b1,
+        (pc << 6) | page,
+        0,
+        0,
+        0,
+        0,
+        a[0],
+        a[1],
+        0,
+    ]
+}
+
+/// Pages of a MODE SENSE answer: (page code, page bytes).
+fn pages(d: &[u8], hdr: usize, bd: usize) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = hdr + bd;
+    while at < d.len() {
+        let len = usize::from(d[at + 1]) + 2;
+        out.push((d[at] & 0x3F, d[at..at + len].to_vec()));
+        at += len;
+    }
+    assert_eq!(at, d.len());
+    out
+}
+
+#[test]
+fn mode_sense6_all_pages() {
+    let lu = lu();
+    let d = good(run(&mode_sense6(false, 0, 0x3F, 0, 255), &lu));
+    assert_eq!(usize::from(d[0]), d.len() - 1, "mode data length");
+    assert_eq!(d[1], 0, "medium type");
+    assert_eq!(d[2], 0x10, "DPOFUA, not WP");
+    assert_eq!(d[3], 8);
+    assert_eq!(&d[4..8], &1000u32.to_be_bytes());
+    assert_eq!(&d[8..12], &[0, 0, 2, 0]);
+    let ps = pages(&d, 4, 8);
+    let codes: Vec<u8> = ps.iter().map(|p| p.0).collect();
+    assert_eq!(codes, vec![0x01, 0x08, 0x0A, 0x1C]);
+    let caching = &ps[1].1;
+    assert_eq!(caching.len(), 20);
+    assert_eq!(caching[2] & 0x05, 0x04, "WCE on, RCD off");
+    let control = &ps[2].1;
+    assert_eq!(control.len(), 12);
+    assert_eq!(control[2] & 0x04, 0, "D_SENSE off: fixed format sense");
+    assert_eq!(control[3] >> 4, 1, "queue algorithm modifier");
+    assert_eq!(control[4] & 0x08, 0, "SWP off");
+    // Subpage FFh: the same pages.
+    assert_eq!(good(run(&mode_sense6(false, 0, 0x3F, 0xFF, 255), &lu)), d);
+    // Single pages match the ones in "all pages".
+    for (code, page) in &ps {
+        let one = good(run(&mode_sense6(true, 0, *code, 0, 255), &lu));
+        assert_eq!(&one[4..], page.as_slice());
+        assert_eq!(one[3], 0, "DBD: no block descriptor");
+    }
+    // Default values equal the power-on values.
+    assert_eq!(good(run(&mode_sense6(false, 2, 0x3F, 0, 255), &lu)), d);
+}
+
+#[test]
+fn mode_sense6_changeable_and_saved() {
+    let lu = lu();
+    let d = good(run(&mode_sense6(true, 1, 0x3F, 0, 255), &lu));
+    let ps = pages(&d, 4, 0);
+    assert_eq!(ps[1].1[2], 0x04, "WCE changeable");
+    assert_eq!(ps[2].1[4], 0x08, "SWP changeable");
+    assert!(ps[0].1[2..].iter().all(|&b| b == 0));
+    let d = good(run(&mode_sense6(false, 1, 0x08, 0, 255), &lu));
+    assert_eq!(
+        &d[4..12],
+        &[0; 8],
+        "nothing changeable in the block descriptor"
+    );
+    let s = sense(run(&mode_sense6(false, 3, 0x3F, 0, 255), &lu));
+    assert_eq!((s.key, s.asc, s.ascq), (key::ILLEGAL_REQUEST, 0x39, 0x00));
+}
+
+#[test]
+fn mode_sense_invalid_pages() {
+    let lu = lu();
+    let s = sense(run(&mode_sense6(false, 0, 0x05, 0, 255), &lu));
+    assert_eq!(
+        (s.asc, s.field_pointer),
+        (
+            0x24,
+            Some(FieldPointer {
+                in_cdb: true,
+                byte: 2,
+                bit: Some(5)
+            })
+        )
+    );
+    assert_eq!(
+        kcq(run(&mode_sense6(false, 0, 0x0A, 0x01, 255), &lu)),
+        INVALID_FIELD
+    );
+    assert_eq!(
+        kcq(run(&mode_sense6(false, 0, 0x3F, 0x02, 255), &lu)),
+        INVALID_FIELD
+    );
+    assert_eq!(
+        kcq(run(&mode_sense10(false, false, 0, 0x00, 255), &lu)),
+        INVALID_FIELD
+    );
+}
+
+#[test]
+fn mode_sense6_alloc_lengths() {
+    let lu = lu();
+    let full = good(run(&mode_sense6(false, 0, 0x3F, 0, 255), &lu));
+    for alloc in 0..=255u8 {
+        let d = good(run(&mode_sense6(false, 0, 0x3F, 0, alloc), &lu));
+        assert_eq!(d, full[..usize::from(alloc).min(full.len())].to_vec());
+    }
+}
+
+#[test]
+fn mode_sense_write_protect_bit() {
+    let d = good(run(&mode_sense6(false, 0, 0x3F, 0, 255), &ro_lu()));
+    assert_eq!(d[2], 0x90, "WP and DPOFUA");
+    let d = good(run(&mode_sense10(false, false, 0, 0x3F, 512), &ro_lu()));
+    assert_eq!(d[3], 0x90);
+}
+
+#[test]
+fn mode_sense10_block_descriptors() {
+    let huge = LogicalUnit::new(LuConfig {
+        num_blocks: 1 << 33,
+        ..cfg()
+    });
+    let d = good(run(&mode_sense10(false, false, 0, 0x08, 512), &huge));
+    assert_eq!(usize::from(u16::from_be_bytes([d[0], d[1]])), d.len() - 2);
+    assert_eq!(d[3], 0x10);
+    assert_eq!(d[4] & 1, 0, "short descriptor");
+    assert_eq!(u16::from_be_bytes([d[6], d[7]]), 8);
+    assert_eq!(&d[8..12], &[0xFF; 4], "too many blocks for the short form");
+    assert_eq!(pages(&d, 8, 8).len(), 1);
+    let d = good(run(&mode_sense10(true, false, 0, 0x08, 512), &huge));
+    assert_eq!(d[4] & 1, 1, "LONGLBA");
+    assert_eq!(u16::from_be_bytes([d[6], d[7]]), 16);
+    assert_eq!(&d[8..16], &(1u64 << 33).to_be_bytes());
+    assert_eq!(&d[20..24], &512u32.to_be_bytes());
+    let d = good(run(&mode_sense10(true, true, 0, 0x3F, 512), &huge));
+    assert_eq!((d[4], d[6], d[7]), (0, 0, 0), "DBD wins over LLBAA");
+    assert_eq!(pages(&d, 8, 0).len(), 4);
+    let d = good(run(&mode_sense10(false, false, 0, 0x3F, 3), &huge));
+    assert_eq!(d.len(), 3);
+}
+
+// ---------------------------------------------------------------- MODE SELECT
+
+#[test]
+fn mode_select_cdb() {
+    let lu = lu();
+    assert_eq!(
+        run(&[op::MODE_SELECT_6, 0x10, 0, 0, 24, 0], &lu),
+        Plan::ModeSelect {
+            ten: false,
+            len: 24
+        }
+    );
+    assert_eq!(
+        run(
+            &[op::MODE_SELECT_10, 0x10, 0, 0, 0, 0, 0, 0x01, 0x00, 0],
+            &lu
+        ),
+        Plan::ModeSelect {
+            ten: true,
+            len: 256
+        }
+    );
+    assert!(good(run(&[op::MODE_SELECT_6, 0x10, 0, 0, 0, 0], &lu)).is_empty());
+    let s = sense(run(&[op::MODE_SELECT_6, 0x11, 0, 0, 24, 0], &lu));
+    assert_eq!(
+        s.field_pointer,
+        Some(FieldPointer {
+            in_cdb: true,
+            byte: 1,
+            bit: Some(0)
+        })
+    );
+    // Allowed on a read-only LU too (it changes no data).
+    assert!(matches!(
+        run(&[op::MODE_SELECT_6, 0x10, 0, 0, 24, 0], &ro_lu()),
+        Plan::ModeSelect { .. }
+    ));
+}
+
+/// A MODE SELECT(6) parameter list: header, optional block descriptor, pages.
+fn select6(bd: Option<[u8; 8]>, pages: &[&[u8]]) -> Vec<u8> {
+    let mut d = vec![0, 0, 0, if bd.is_some() { 8 } else { 0 }];
+    if let Some(bd) = bd {
+        d.extend_from_slice(&bd);
+    }
+    for p in pages {
+        d.extend_from_slice(p);
+    }
+    d
+}
+
+fn current_page(lu: &LogicalUnit, code: u8) -> Vec<u8> {
+    let d = good(run(&mode_sense6(true, 0, code, 0, 255), lu));
+    d[4..].to_vec()
+}
+
+#[test]
+fn mode_select_wce_off_makes_writes_fua() {
+    let lu = lu();
+    let mut caching = current_page(&lu, 0x08);
+    caching[2] &= !0x04;
+    let out = lu.apply_mode_select(false, &select6(None, &[&caching]));
+    assert_eq!(out.response, Response::good(Vec::new()));
+    assert!(out.changed);
+    assert!(!lu.write_cache_enabled());
+    assert_eq!(current_page(&lu, 0x08)[2] & 0x04, 0);
+    assert_eq!(
+        run(&cdb10(op::WRITE_10, 0, 0, 1), &lu),
+        Plan::Write {
+            lba: 0,
+            blocks: 1,
+            fua: true
+        }
+    );
+    // Default values still say WCE on; sending the same again changes nothing.
+    let d = good(run(&mode_sense6(true, 2, 0x08, 0, 255), &lu));
+    assert_eq!(d[6] & 0x04, 0x04);
+    let out = lu.apply_mode_select(false, &select6(None, &[&caching]));
+    assert!(!out.changed);
+    // And back on.
+    caching[2] |= 0x04;
+    assert_eq!(
+        lu.mode_select(false, &select6(None, &[&caching])).status,
+        Status::Good
+    );
+    assert!(lu.write_cache_enabled());
+}
+
+#[test]
+fn mode_select_swp_write_protects() {
+    let lu = lu();
+    // As libiscsi's set_swp does it: MODE SENSE the control page, set SWP, clear PS, select.
+    let mut control = current_page(&lu, 0x0A);
+    control[0] &= 0x7F;
+    control[4] |= 0x08;
+    assert_eq!(
+        lu.mode_select(false, &select6(None, &[&control])).status,
+        Status::Good
+    );
+    assert!(lu.write_protected());
+    assert_eq!(current_page(&lu, 0x0A)[4] & 0x08, 0x08);
+    assert_eq!(
+        kcq(run(&cdb10(op::WRITE_10, 0, 0, 1), &lu)),
+        WRITE_PROTECTED
+    );
+    assert!(matches!(
+        run(&cdb10(op::READ_10, 0, 0, 1), &lu),
+        Plan::Read { .. }
+    ));
+    let d = good(run(&mode_sense6(false, 0, 0x3F, 0, 255), &lu));
+    assert_eq!(d[2] & 0x80, 0x80, "WP");
+    control[4] &= !0x08;
+    assert_eq!(
+        lu.mode_select(false, &select6(None, &[&control])).status,
+        Status::Good
+    );
+    assert!(!lu.write_protected());
+}
+
+#[test]
+fn mode_select_all_pages_round_trip() {
+    let lu = lu();
+    let d = good(run(&mode_sense10(false, false, 0, 0x3F, 1024), &lu));
+    let mut sel = d.clone();
+    sel[0] = 0;
+    sel[1] = 0; // MODE DATA LENGTH is reserved in MODE SELECT
+    sel[3] = 0; // device-specific parameter: DPOFUA is reserved
+    let out = lu.apply_mode_select(true, &sel);
+    assert_eq!(
+        out.response.status,
+        Status::Good,
+        "{:?}",
+        out.response.sense
+    );
+    assert!(!out.changed);
+}
+
+#[test]
+fn mode_select_rejects() {
+    let lu = lu();
+    let caching = current_page(&lu, 0x08);
+    let check = |data: Vec<u8>, ten: bool| {
+        lu.mode_select(ten, &data)
+            .sense
+            .unwrap_or_else(|| unreachable!())
+    };
+    // Header too short.
+    let s = check(vec![0, 0, 0], false);
+    assert_eq!((s.key, s.asc, s.ascq), PARAM_LEN);
+    let s = check(vec![0; 7], true);
+    assert_eq!((s.key, s.asc, s.ascq), PARAM_LEN);
+    // A non-changeable bit (RCD) flipped: field pointer into the parameter list.
+    let mut bad = caching.clone();
+    bad[2] |= 0x01;
+    let s = check(select6(None, &[&bad]), false);
+    assert_eq!((s.key, s.asc, s.ascq), INVALID_PARAM);
+    assert_eq!(
+        s.field_pointer,
+        Some(FieldPointer {
+            in_cdb: false,
+            byte: 6,
+            bit: Some(0)
+        })
+    );
+    // Wrong page length.
+    let mut bad = caching.clone();
+    bad[1] = 0x10;
+    let s = check(select6(None, &[&bad[..18]]), false);
+    assert_eq!(s.field_pointer.map(|f| f.byte), Some(5));
+    // Truncated page.
+    let s = check(select6(None, &[&caching[..10]]), false);
+    assert_eq!((s.key, s.asc, s.ascq), PARAM_LEN);
+    let s = check(select6(None, &[&caching[..1]]), false);
+    assert_eq!((s.key, s.asc, s.ascq), PARAM_LEN);
+    // Unknown page, subpage format.
+    let s = check(select6(None, &[&[0x05, 0x02, 0, 0]]), false);
+    assert_eq!((s.key, s.asc, s.ascq), INVALID_PARAM);
+    let s = check(select6(None, &[&[0x48, 0x00, 0x00, 0x10]]), false);
+    assert_eq!(
+        s.field_pointer,
+        Some(FieldPointer {
+            in_cdb: false,
+            byte: 4,
+            bit: Some(6)
+        })
+    );
+    // Medium type.
+    let s = check(vec![0, 1, 0, 0], false);
+    assert_eq!((s.asc, s.field_pointer.map(|f| f.byte)), (0x26, Some(1)));
+    // Block descriptor: wrong length field, truncated, wrong block size.
+    let s = check(vec![0, 0, 0, 4, 0, 0, 0, 0], false);
+    assert_eq!(s.field_pointer.map(|f| f.byte), Some(3));
+    let s = check(vec![0, 0, 0, 8, 0, 0], false);
+    assert_eq!((s.key, s.asc, s.ascq), PARAM_LEN);
+    let s = check(select6(Some([0, 0, 0, 0, 0, 0, 0x10, 0]), &[]), false);
+    assert_eq!(s.field_pointer.map(|f| f.byte), Some(9));
+    // Nothing was applied by any of these.
+    assert_eq!(current_page(&lu, 0x08), caching);
+}
+
+#[test]
+fn mode_select_block_descriptors_accepted() {
+    let lu = lu();
+    let mut caching = current_page(&lu, 0x08);
+    caching[2] &= !0x04;
+    let d = select6(Some([0, 0, 0x03, 0xE8, 0, 0, 0x02, 0]), &[&caching]);
+    assert_eq!(lu.mode_select(false, &d).status, Status::Good);
+    assert!(!lu.write_cache_enabled());
+    // Zero block length means unchanged; (10) with a long descriptor.
+    let mut d = vec![0, 0, 0, 0, 1, 0, 0, 16];
+    d.extend_from_slice(&[0; 16]);
+    assert_eq!(lu.mode_select(true, &d).status, Status::Good);
+    let mut d = vec![0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 2, 0];
+    caching[2] |= 0x04;
+    d.extend_from_slice(&caching);
+    assert_eq!(lu.mode_select(true, &d).status, Status::Good);
+    assert!(lu.write_cache_enabled());
+}
+
+// ---------------------------------------------------------------- REPORT SUPPORTED OPERATION CODES
+
+fn rsoc(rctd: bool, options: u8, opcode: u8, sa: u16, alloc: u32) -> Vec<u8> {
+    let mut c = vec![0u8; 12];
+    c[0] = op::MAINTENANCE_IN;
+    c[1] = 0x0C;
+    c[2] = (if rctd { 0x80 } else { 0 }) | options;
+    c[3] = opcode;
+    c[4..6].copy_from_slice(&sa.to_be_bytes());
+    c[6..10].copy_from_slice(&alloc.to_be_bytes());
+    c
+}
+
+#[test]
+fn command_table_is_consistent() {
+    for c in COMMANDS {
+        assert_eq!(c.usage[0], c.opcode);
+        assert_eq!(
+            Some(c.usage.len()),
+            cdb_len(c.opcode),
+            "opcode {:#x}",
+            c.opcode
+        );
+        if let Some(sa) = c.service_action {
+            assert_eq!(c.usage[1] & 0x1F, sa);
+        }
+    }
+}
+
+#[test]
+fn rsoc_all_commands() {
+    let lu = lu();
+    let d = good(run(&rsoc(false, 0, 0, 0, 65535), &lu));
+    assert_eq!(
+        u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize,
+        d.len() - 4
+    );
+    assert_eq!(d.len(), 4 + 8 * COMMANDS.len());
+    for (i, c) in COMMANDS.iter().enumerate() {
+        let e = &d[4 + 8 * i..12 + 8 * i];
+        assert_eq!(e[0], c.opcode);
+        assert_eq!(e[5] & 0x01 != 0, c.service_action.is_some());
+        assert_eq!(usize::from(u16::from_be_bytes([e[6], e[7]])), c.usage.len());
+    }
+    let d = good(run(&rsoc(true, 0, 0, 0, 65535), &lu));
+    assert_eq!(d.len(), 4 + 20 * COMMANDS.len());
+    assert_eq!(d[4 + 5] & 0x02, 0x02, "CTDP");
+    assert_eq!(&d[12..14], &[0x00, 0x0A]);
+    let d = good(run(&rsoc(false, 0, 0, 0, 10), &lu));
+    assert_eq!(d.len(), 10);
+}
+
+#[test]
+fn rsoc_one_command() {
+    let lu = lu();
+    let d = good(run(&rsoc(false, 1, op::READ_10, 0, 65535), &lu));
+    assert_eq!(&d[0..4], &[0, 0x03, 0, 10]);
+    assert_eq!(d[4], op::READ_10);
+    assert_eq!(d[5] & 0x18, 0x18, "DPO and FUA in the usage data");
+    let d = good(run(&rsoc(false, 1, op::VERIFY_10, 0, 65535), &lu));
+    assert_eq!(d[5] & 0x10, 0x10);
+    let d = good(run(&rsoc(true, 1, op::WRITE_16, 0, 65535), &lu));
+    assert_eq!(d[1], 0x83);
+    assert_eq!(d.len(), 4 + 16 + 12);
+    // Not supported.
+    assert_eq!(
+        good(run(&rsoc(false, 1, 0x41, 0, 65535), &lu)),
+        vec![0, 0x01, 0, 0]
+    );
+    assert_eq!(
+        good(run(&rsoc(false, 2, 0x9E, 0x12, 65535), &lu)),
+        vec![0, 0x01, 0, 0]
+    );
+    // Service actions.
+    assert_eq!(
+        kcq(run(
+            &rsoc(false, 1, op::SERVICE_ACTION_IN_16, 0, 65535),
+            &lu
+        )),
+        INVALID_FIELD
+    );
+    let d = good(run(
+        &rsoc(false, 2, op::SERVICE_ACTION_IN_16, 0x10, 65535),
+        &lu,
+    ));
+    assert_eq!(&d[0..6], &[0, 0x03, 0, 16, 0x9E, 0x10]);
+    assert_eq!(
+        kcq(run(&rsoc(false, 2, op::READ_10, 0, 65535), &lu)),
+        INVALID_FIELD
+    );
+    let d = good(run(&rsoc(false, 3, op::READ_10, 7, 65535), &lu));
+    assert_eq!(d[1], 0x03);
+    let d = good(run(&rsoc(false, 3, op::MAINTENANCE_IN, 0x0C, 65535), &lu));
+    assert_eq!(d[1], 0x03);
+    assert_eq!(kcq(run(&rsoc(false, 4, 0, 0, 65535), &lu)), INVALID_FIELD);
+    assert_eq!(kcq(run(&rsoc(false, 7, 0, 0, 65535), &lu)), INVALID_FIELD);
+}
+
+// ---------------------------------------------------------------- never panic
+
+fn arb_lu() -> impl Strategy<Value = LogicalUnit> {
+    (
+        prop_oneof![Just(512u32), Just(4096), Just(0), any::<u32>()],
+        any::<u64>(),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(|(block_size, num_blocks, read_only, id)| {
+            LogicalUnit::new(LuConfig {
+                block_size,
+                num_blocks,
+                read_only,
+                id,
+                name: "p".into(),
+            })
+        })
+}
+
+/// The invariants any answer must keep.
+fn check_plan(p: &Plan, lu: Option<&LogicalUnit>) {
+    match p {
+        Plan::Respond(r) => match r.status {
+            Status::Good => assert!(r.sense.is_none()),
+            _ => assert!(r.sense.is_some() && r.data.is_empty()),
+        },
+        Plan::Read { lba, blocks, .. }
+        | Plan::Write { lba, blocks, .. }
+        | Plan::Verify { lba, blocks, .. } => {
+            let lu = lu.unwrap_or_else(|| unreachable!("I/O plan without an LU"));
+            assert!(*blocks >= 1);
+            assert!(lba
+                .checked_add(u64::from(*blocks))
+                .is_some_and(|e| e <= lu.num_blocks()));
+            if !matches!(p, Plan::Verify { bytchk: false, .. }) {
+                assert!(*blocks <= lu.max_transfer_blocks());
+            }
+            if matches!(p, Plan::Write { .. }) {
+                assert!(!lu.write_protected());
+            }
+        }
+        Plan::Sync => assert!(lu.is_some()),
+        Plan::ModeSelect { len, .. } => assert!(lu.is_some() && *len > 0),
+    }
+}
+
+/// CDBs whose first byte is a known opcode, to reach past the opcode check.
+fn arb_known_cdb() -> impl Strategy<Value = Vec<u8>> {
+    (
+        0..COMMANDS.len(),
+        proptest::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(i, mut rest)| {
+            let c = &COMMANDS[i];
+            rest.insert(0, c.opcode);
+            if let (Some(sa), true) = (c.service_action, rest.len() > 1) {
+                rest[1] = (rest[1] & 0xE0) | sa;
+            }
+            // Clear NACA most of the time.
+            if let Some(n) = cdb_len(c.opcode) {
+                if rest.len() >= n && rest[1] & 1 == 0 {
+                    rest[n - 1] &= !0x04;
+                }
+            }
+            rest
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn plan_never_panics_any_bytes(cdb in proptest::collection::vec(any::<u8>(), 0..64), lu in arb_lu(), pending in any::<bool>()) {
+        let mut ua = if pending { UnitAttentions::power_on() } else { UnitAttentions::default() };
+        let p = plan(&cdb, Context { lu: Some(&lu), luns: LUNS, ua: Some(&mut ua) });
+        check_plan(&p, Some(&lu));
+        let p = plan(&cdb, Context { lu: None, luns: LUNS, ua: None });
+        check_plan(&p, None);
+    }
+
+    #[test]
+    fn plan_never_panics_known_opcodes(cdb in arb_known_cdb(), lu in arb_lu()) {
+        let mut ua = UnitAttentions::default();
+        let p = plan(&cdb, Context { lu: Some(&lu), luns: &[0, 5, 256, 20000], ua: Some(&mut ua) });
+        check_plan(&p, Some(&lu));
+        let p = plan(&cdb, Context { lu: None, luns: &[], ua: None });
+        check_plan(&p, None);
+    }
+
+    #[test]
+    fn mode_select_never_panics(data in proptest::collection::vec(any::<u8>(), 0..96), ten in any::<bool>()) {
+        let lu = lu();
+        let r = lu.mode_select(ten, &data);
+        prop_assert!(r.data.is_empty());
+        prop_assert_eq!(r.status == Status::Good, r.sense.is_none());
+    }
+
+    #[test]
+    fn sense_formats_never_panic(k in any::<u8>(), asc in any::<u8>(), info in proptest::option::of(any::<u64>()), byte in any::<u16>(), bit in proptest::option::of(any::<u8>())) {
+        let mut s = Sense::new(k, asc, 0);
+        s.information = info;
+        s.field_pointer = Some(FieldPointer { in_cdb: true, byte, bit });
+        prop_assert_eq!(s.to_fixed().len(), FIXED_SENSE_LEN);
+        let d = s.to_descriptor();
+        prop_assert_eq!(usize::from(d[7]), d.len() - 8);
+    }
+}

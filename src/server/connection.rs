@@ -1,0 +1,272 @@
+//! One TCP connection: the login phase, then the full feature phase.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn, Instrument};
+
+use crate::iscsi::discovery::{TextContext, TextExchange};
+use crate::iscsi::login::{Login, LoginStep};
+use crate::iscsi::params::{SessionType, TargetSettings};
+use crate::iscsi::pdu::{Digests, FrameLimits, LoginResponse, Pdu};
+use crate::iscsi::pdu::{Reject, TextRequest};
+use crate::iscsi::Request;
+use crate::server::directory::Directory;
+use crate::server::ffp::Ffp;
+use crate::server::frames::{FrameReader, ReadError};
+use crate::server::luns::LunView;
+use crate::server::registry::SessionEntry;
+use crate::server::writer::{self, Traffic, Window};
+use crate::server::Node;
+
+/// Every portal of this node is in target portal group 1 (RFC 7143 §4.4.1).
+const TPGT: u16 = 1;
+/// Login PDUs carry at most this much text each (RFC 7143 §12.12: the default
+/// MaxRecvDataSegmentLength of 8192 applies during login).
+const LOGIN_SEGMENT_MAX: u32 = 8192;
+
+pub async fn serve(
+    node: Arc<Node>,
+    stream: TcpStream,
+    settings: Arc<TargetSettings>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let peer = stream.peer_addr().ok();
+    let local = stream.local_addr().ok();
+    let span = tracing::info_span!("conn", peer = ?peer);
+    async move {
+        let (Some(_), Some(local)) = (peer, local) else {
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        if let Err(e) = serve_inner(node, stream, local, settings, shutdown).await {
+            debug!(error = %e, "connection ended");
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn send_now(
+    w: &mut (impl AsyncWriteExt + Unpin),
+    pdu: Pdu,
+    traffic: &Traffic,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    pdu.encode(Digests::default(), &mut buf);
+    traffic
+        .bytes_out
+        .fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    w.write_all(&buf).await
+}
+
+async fn serve_inner(
+    node: Arc<Node>,
+    stream: TcpStream,
+    local: SocketAddr,
+    settings: Arc<TargetSettings>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let traffic = Arc::new(Traffic::default());
+    let mut reader = FrameReader::new(
+        rd,
+        FrameLimits {
+            digests: Digests::default(),
+            max_data_segment: LOGIN_SEGMENT_MAX,
+        },
+    );
+    let dir = Directory::new(node.clone());
+    let mut login = Login::new((*settings).clone(), local, TPGT);
+    let mut bytes_in = 0u64;
+    // The login phase (RFC 7143 §6): only Login requests until it completes.
+    let (mut response, outcome) = loop {
+        let pdu = match reader.next(&mut bytes_in).await {
+            Ok(p) => p,
+            Err(ReadError::Frame(e)) => {
+                warn!(error = %e, "bad PDU during login");
+                let r = login_error_response(0x00);
+                send_now(&mut wr, r.to_pdu(), &traffic).await?;
+                return Ok(());
+            }
+            Err(e) => {
+                debug!(error = %e, "connection ended during login");
+                return Ok(());
+            }
+        };
+        let req = match Request::parse(pdu) {
+            Ok(Request::Login(req)) => req,
+            other => {
+                // §6.1: anything but a Login request here ends the login with an
+                // initiator error.
+                warn!(request = ?other.map(|r| std::mem::discriminant(&r)), "non-login PDU during login");
+                let r = login_error_response(0x00);
+                send_now(&mut wr, r.to_pdu(), &traffic).await?;
+                return Ok(());
+            }
+        };
+        match login.handle(&req, &dir) {
+            LoginStep::Continue(r) => send_now(&mut wr, r.to_pdu(), &traffic).await?,
+            LoginStep::Fail(r) => {
+                info!(
+                    class = r.status_class,
+                    detail = r.status_detail,
+                    "login refused"
+                );
+                send_now(&mut wr, r.to_pdu(), &traffic).await?;
+                let _ = wr.shutdown().await;
+                return Ok(());
+            }
+            LoginStep::Done(r, outcome) => break (r, outcome),
+        }
+    };
+    traffic
+        .bytes_in
+        .fetch_add(bytes_in, std::sync::atomic::Ordering::Relaxed);
+
+    let discovery = outcome.session_type == SessionType::Discovery;
+    let target = outcome.target_name.clone().unwrap_or_default();
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (entry, replaced) = node.sessions.register(|tsih| SessionEntry {
+        target: target.clone(),
+        initiator: outcome.initiator_name.clone(),
+        isid: outcome.isid,
+        tsih,
+        negotiated: outcome.negotiated.clone(),
+        traffic: traffic.clone(),
+        stop: stop_tx,
+    });
+    for old in replaced {
+        // §6.3.5: session reinstatement; the old session's tasks end with it.
+        info!(tsih = old.tsih, "reinstating session: closing the old one");
+        let _ = old.stop.send(true);
+    }
+    response.tsih = entry.tsih;
+    send_now(&mut wr, response.to_pdu(), &traffic).await?;
+
+    let span = tracing::info_span!(
+        "session",
+        initiator = %outcome.initiator_name,
+        isid = %hex::encode(outcome.isid),
+        tsih = entry.tsih,
+        target = %target,
+    );
+    info!(parent: &span, discovery, "logged in");
+
+    // Shutdown of the whole server also stops this session.
+    let mut shutdown = shutdown;
+    let stop_on_shutdown = {
+        let entry = entry.clone();
+        tokio::spawn(async move {
+            if shutdown.wait_for(|s| *s).await.is_ok() {
+                let _ = entry.stop.send(true);
+            }
+        })
+    };
+    stop_rx.mark_unchanged();
+
+    let digests = Digests {
+        header: outcome.conn.header_digest,
+        data: outcome.conn.data_digest,
+    };
+    reader.limits = FrameLimits {
+        digests,
+        max_data_segment: outcome.conn.max_recv_data_segment_length,
+    };
+    let window = Window::new(outcome.cmd_sn, settings.cmd_window.max(1));
+    let (tx, rx) = mpsc::channel(256);
+    let writer = tokio::spawn(
+        writer::run(
+            wr,
+            rx,
+            window.clone(),
+            outcome.stat_sn,
+            digests,
+            traffic.clone(),
+        )
+        .instrument(span.clone()),
+    );
+    let text = {
+        let dir = Directory::new(node.clone());
+        let initiator = outcome.initiator_name.clone();
+        let target_name = outcome.target_name.clone();
+        let session_type = outcome.session_type;
+        let max_send = outcome.conn.max_send_data_segment_length;
+        let tpgt = TPGT;
+        let mut exchange = TextExchange::new();
+        Box::new(move |req: &TextRequest| {
+            let ctx = TextContext {
+                session_type,
+                initiator_name: &initiator,
+                target_name: target_name.as_deref(),
+                portal: local,
+                tpgt,
+                max_send_data_segment_length: max_send,
+            };
+            match exchange.handle(req, &ctx, &dir) {
+                Ok(r) => vec![r.to_pdu()],
+                Err(e) => {
+                    debug!(error = %e, "text request rejected");
+                    let r = Reject {
+                        reason: e.reject_reason() as u8,
+                        stat_sn: 0,
+                        exp_cmd_sn: 0,
+                        max_cmd_sn: 0,
+                        data_sn: 0,
+                        header: req.to_pdu().bhs,
+                    };
+                    vec![r.to_pdu()]
+                }
+            }
+        })
+    };
+    let mut ffp = Ffp::new(
+        node.clone(),
+        reader,
+        tx,
+        window,
+        outcome.session,
+        outcome.conn,
+        outcome.cid,
+        discovery,
+        LunView::new(target),
+        entry.clone(),
+        stop_rx,
+        text,
+    );
+    ffp.run().instrument(span.clone()).await;
+    drop(ffp);
+    // The writer ends once every task holding a sender has finished.
+    let _ = writer.await;
+    stop_on_shutdown.abort();
+    node.sessions.unregister(&entry);
+    info!(parent: &span, "session closed");
+    Ok(())
+}
+
+/// A Login response ending the login with an initiator error (class 2), for input the
+/// login state machine never saw: an unreadable PDU (detail 0x00) or a PDU other than
+/// Login (detail 0x0b, "invalid request during login", RFC 7143 §11.13.5).
+fn login_error_response(detail: u8) -> LoginResponse {
+    LoginResponse {
+        transit: false,
+        cont: false,
+        csg: 0,
+        nsg: 0,
+        version_max: 0,
+        version_active: 0,
+        isid: [0; 6],
+        tsih: 0,
+        itt: 0,
+        stat_sn: 0,
+        exp_cmd_sn: 0,
+        max_cmd_sn: 0,
+        status_class: 2,
+        status_detail: detail,
+        data: bytes::Bytes::new(),
+    }
+}

@@ -1,0 +1,290 @@
+//! Running one SCSI command against its volume and answering it: Data-In sequences
+//! with status in the last PDU, SCSI Responses with sense, residuals (RFC 7143 §11.4.5,
+//! §11.7), and the rule that a task aborted by task management says nothing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::iscsi::pdu::{DataIn, ScsiResponse, RESERVED_TAG};
+use crate::scsi::{Response, Sense, Status};
+use crate::server::luns::LunHandle;
+use crate::server::writer::{CmdSlot, Outgoing, Stat};
+
+/// What an answer needs to know about its command.
+pub struct Reply {
+    pub out: mpsc::Sender<Outgoing>,
+    pub itt: u32,
+    pub lun: u64,
+    /// Expected Data Transfer Length from the command PDU.
+    pub edtl: u32,
+    /// The initiator set the R bit: Data-In may be sent.
+    pub read: bool,
+    /// Largest Data-In segment (the initiator's MaxRecvDataSegmentLength).
+    pub max_segment: u32,
+    /// MaxBurstLength: Data-In sequences end (F bit) at most this far apart.
+    pub max_burst: u32,
+    /// Set by task management; an aborted task sends nothing (RFC 7143 §4.2.3.3).
+    pub aborted: Arc<AtomicBool>,
+    pub slot: Option<CmdSlot>,
+}
+
+/// Residual flags and count for `sent` bytes against the EDTL and the command's own
+/// transfer length `wanted` (§11.4.5).
+fn residual(edtl: u32, wanted: u64) -> (bool, bool, u32) {
+    let edtl64 = edtl as u64;
+    if wanted > edtl64 {
+        (true, false, (wanted - edtl64).min(u32::MAX as u64) as u32)
+    } else if wanted < edtl64 {
+        (false, true, (edtl64 - wanted) as u32)
+    } else {
+        (false, false, 0)
+    }
+}
+
+impl Reply {
+    fn aborted(&self) -> bool {
+        self.aborted.load(Ordering::Acquire)
+    }
+
+    /// Send `data` (the command's whole natural transfer, `wanted` bytes long before
+    /// truncation to the EDTL) as Data-In with GOOD status in the last PDU.
+    pub async fn data_in(mut self, data: Bytes, wanted: u64) {
+        if self.aborted() {
+            return;
+        }
+        let (overflow, underflow, res) = residual(self.edtl, wanted);
+        let len = data.len().min(self.edtl as usize);
+        if len == 0 || !self.read {
+            let r = ScsiResponse {
+                overflow,
+                underflow,
+                status: Status::Good as u8,
+                itt: self.itt,
+                residual: res,
+                ..Default::default()
+            };
+            let slot = self.slot.take();
+            let _ = self
+                .out
+                .send(Outgoing {
+                    pdu: r.to_pdu(),
+                    stat: Stat::Advance,
+                    slot,
+                })
+                .await;
+            return;
+        }
+        let seg = self.max_segment.max(512) as usize;
+        let burst = self.max_burst.max(seg as u32) as usize;
+        let mut off = 0usize;
+        let mut data_sn = 0u32;
+        while off < len {
+            let burst_end = (off / burst + 1) * burst;
+            let end = (off + seg).min(len).min(burst_end);
+            let last = end == len;
+            let d = DataIn {
+                final_bit: last || end == burst_end,
+                ack: false,
+                overflow: last && overflow,
+                underflow: last && underflow,
+                status: last.then_some(Status::Good as u8),
+                lun: self.lun,
+                itt: self.itt,
+                ttt: RESERVED_TAG,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+                data_sn,
+                buffer_offset: off as u32,
+                residual: if last { res } else { 0 },
+                data: data.slice(off..end),
+            };
+            let (stat, slot) = if last {
+                (Stat::Advance, self.slot.take())
+            } else {
+                (Stat::Leave, None)
+            };
+            if self
+                .out
+                .send(Outgoing {
+                    pdu: d.to_pdu(),
+                    stat,
+                    slot,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            data_sn += 1;
+            off = end;
+        }
+    }
+
+    /// Send a SCSI Response for a command that moved no Data-In.
+    pub async fn status(
+        mut self,
+        status: Status,
+        sense: Option<&Sense>,
+        exp_data_sn: u32,
+        wanted: u64,
+    ) {
+        if self.aborted() {
+            return;
+        }
+        let (overflow, underflow, res) = if status == Status::Good {
+            residual(self.edtl, wanted)
+        } else {
+            (false, false, 0)
+        };
+        let r = ScsiResponse {
+            overflow,
+            underflow,
+            status: status as u8,
+            itt: self.itt,
+            exp_data_sn,
+            residual: res,
+            sense: sense.map(|s| Bytes::from(s.to_fixed())).unwrap_or_default(),
+            ..Default::default()
+        };
+        let slot = self.slot.take();
+        let _ = self
+            .out
+            .send(Outgoing {
+                pdu: r.to_pdu(),
+                stat: Stat::Advance,
+                slot,
+            })
+            .await;
+    }
+
+    /// Answer a response computed without touching the volume.
+    pub async fn respond(self, resp: Response) {
+        if resp.status == Status::Good && resp.sense.is_none() {
+            let wanted = resp.data.len() as u64;
+            self.data_in(Bytes::from(resp.data), wanted).await;
+        } else {
+            self.status(resp.status, resp.sense.as_ref(), 0, 0).await;
+        }
+    }
+
+    /// Overflow on a write (EDTL shorter than the CDB's transfer): nothing is written,
+    /// CHECK CONDITION, INVALID FIELD IN COMMAND INFORMATION UNIT (FCP-4 9.4.2 b).
+    pub async fn write_overflow(mut self, wanted: u64) {
+        if self.aborted() {
+            return;
+        }
+        let (overflow, underflow, res) = residual(self.edtl, wanted);
+        let r = ScsiResponse {
+            overflow,
+            underflow,
+            status: Status::CheckCondition as u8,
+            itt: self.itt,
+            residual: res,
+            sense: Bytes::from(Sense::invalid_field_in_iu().to_fixed()),
+            ..Default::default()
+        };
+        let slot = self.slot.take();
+        let _ = self
+            .out
+            .send(Outgoing {
+                pdu: r.to_pdu(),
+                stat: Stat::Advance,
+                slot,
+            })
+            .await;
+    }
+}
+
+/// Read `blocks` at `lba` and send them.
+pub async fn read(reply: Reply, lun: Arc<LunHandle>, lba: u64, blocks: u32, _fua: bool) {
+    let bs = lun.volume.block_size() as u64;
+    let wanted = blocks as u64 * bs;
+    let len = wanted.min(reply.edtl as u64);
+    match lun.volume.read(lba * bs, len as usize).await {
+        Ok(data) => reply.data_in(data, wanted).await,
+        Err(e) => {
+            tracing::warn!(lun = lun.lun, error = %e, "read failed");
+            reply
+                .status(Status::CheckCondition, Some(&Sense::medium_error()), 0, 0)
+                .await
+        }
+    }
+}
+
+/// Write collected Data-Out; `wanted` is the command's own transfer length, which
+/// may exceed `data` when the EDTL cut it short (reported as overflow).
+pub async fn write(
+    reply: Reply,
+    lun: Arc<LunHandle>,
+    lba: u64,
+    data: Bytes,
+    fua: bool,
+    r2ts: u32,
+    wanted: u64,
+) {
+    let bs = lun.volume.block_size() as u64;
+    match lun.volume.write(lba * bs, data, fua).await {
+        Ok(()) => reply.status(Status::Good, None, r2ts, wanted).await,
+        Err(e) => {
+            tracing::warn!(lun = lun.lun, error = %e, "write failed");
+            reply
+                .status(Status::CheckCondition, Some(&Sense::write_error()), r2ts, 0)
+                .await
+        }
+    }
+}
+
+/// VERIFY: read the range; with BYTCHK compare it to the Data-Out.
+pub async fn verify(
+    reply: Reply,
+    lun: Arc<LunHandle>,
+    lba: u64,
+    blocks: u32,
+    compare: Option<Bytes>,
+    r2ts: u32,
+    wanted: u64,
+) {
+    let bs = lun.volume.block_size() as u64;
+    let len = blocks as u64 * bs;
+    match lun.volume.read(lba * bs, len as usize).await {
+        Ok(media) => match compare {
+            Some(c) => match media.iter().zip(c.iter()).position(|(a, b)| a != b) {
+                None => reply.status(Status::Good, None, r2ts, wanted).await,
+                Some(at) => {
+                    let s = Sense::miscompare(at as u64);
+                    reply
+                        .status(Status::CheckCondition, Some(&s), r2ts, 0)
+                        .await
+                }
+            },
+            None => reply.status(Status::Good, None, r2ts, wanted).await,
+        },
+        Err(e) => {
+            tracing::warn!(lun = lun.lun, error = %e, "verify read failed");
+            reply
+                .status(
+                    Status::CheckCondition,
+                    Some(&Sense::medium_error()),
+                    r2ts,
+                    0,
+                )
+                .await
+        }
+    }
+}
+
+pub async fn sync(reply: Reply, lun: Arc<LunHandle>) {
+    match lun.volume.flush().await {
+        Ok(()) => reply.status(Status::Good, None, 0, 0).await,
+        Err(e) => {
+            tracing::warn!(lun = lun.lun, error = %e, "flush failed");
+            reply
+                .status(Status::CheckCondition, Some(&Sense::write_error()), 0, 0)
+                .await
+        }
+    }
+}

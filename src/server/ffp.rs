@@ -1,0 +1,967 @@
+//! Full feature phase of one connection: the CmdSN window with out-of-order arrival,
+//! SCSI commands with immediate, unsolicited and R2T-solicited data, task management,
+//! NOP pings, text and logout (RFC 7143 §4.2, §6, §11).
+//!
+//! The reader side owns this state (`&mut self`, no locks on the per-command path);
+//! volume I/O runs in spawned tasks that answer through the writer channel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::io::AsyncRead;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::iscsi::params::{ConnParams, SessionParams};
+use crate::iscsi::pdu::logout::logout_reason;
+use crate::iscsi::pdu::tmf::tmf_response;
+use crate::iscsi::pdu::{
+    Bhs, DataOut, FrameError, LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, R2t, Reject,
+    RejectReason, ScsiCommand, TextRequest, TmfFunction, TmfRequest, TmfResponse, RESERVED_TAG,
+};
+use crate::iscsi::{serial, Request};
+use crate::scsi::{self, Plan, Sense, Status};
+use crate::server::exec::{self, Reply};
+use crate::server::frames::{FrameReader, ReadError};
+use crate::server::luns::{LunHandle, LunView};
+use crate::server::registry::SessionEntry;
+use crate::server::writer::{CmdSlot, Outgoing, Stat, Window};
+use crate::server::Node;
+
+/// The most a single command may move (what VPD Block Limits announces); larger
+/// transfers get INVALID FIELD IN CDB.
+pub const MAX_TRANSFER: u64 = scsi::MAX_TRANSFER_BYTES as u64;
+/// Send a NOP-In ping after this long without hearing from the initiator.
+const PING_IDLE: Duration = Duration::from_secs(5);
+/// Close the connection if a ping goes unanswered this long.
+const PING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A task whose I/O is running in a spawned task.
+struct Running {
+    lun: u64,
+    aborted: Arc<AtomicBool>,
+    done: watch::Receiver<bool>,
+}
+
+enum WriteKind {
+    Write { lba: u64, fua: bool },
+    Verify { lba: u64, blocks: u32 },
+    ModeSelect { ten: bool },
+}
+
+/// A command collecting its Data-Out.
+struct Collecting {
+    lun: Option<Arc<LunHandle>>,
+    kind: WriteKind,
+    buf: BytesMut,
+    /// Bytes to collect: the command's own transfer (SPDTL), cut to the EDTL.
+    needed: u32,
+    /// The command's own transfer length, for the residual.
+    spdtl: u64,
+    edtl: u32,
+    received: u32,
+    /// The initiator has finished its unsolicited data (F bit seen, or none was due).
+    unsolicited_done: bool,
+    /// Next offset to ask for with an R2T.
+    next_offset: u32,
+    /// Outstanding R2Ts by TTT.
+    r2ts: HashMap<u32, Solicited>,
+    /// DataSN expected next in the unsolicited burst.
+    unsolicited_sn: u32,
+    r2t_sn: u32,
+    /// Take and drop the unsolicited data, then answer this way instead of running.
+    discard: Option<Discard>,
+    reply: Reply,
+}
+
+/// One outstanding R2T: the range asked for, what has come, the DataSN expected next.
+struct Solicited {
+    offset: u32,
+    len: u32,
+    got: u32,
+    next_sn: u32,
+}
+
+enum Discard {
+    /// EDTL shorter than the command's transfer (write overflow).
+    Overflow,
+    /// The command failed before its data came (bad LBA, write protect, ...).
+    Respond(scsi::Response),
+}
+
+pub enum End {
+    /// The connection should close now.
+    Close,
+}
+
+pub struct Ffp<R> {
+    pub node: Arc<Node>,
+    pub reader: FrameReader<R>,
+    pub out: mpsc::Sender<Outgoing>,
+    pub window: Arc<Window>,
+    pub session: SessionParams,
+    pub conn: ConnParams,
+    pub cid: u16,
+    pub discovery: bool,
+    pub luns: LunView,
+    pub entry: Arc<SessionEntry>,
+    pub stop: watch::Receiver<bool>,
+    /// Answers Text requests (SendTargets) for this connection.
+    pub text: Box<dyn FnMut(&TextRequest) -> Vec<Pdu> + Send + Sync>,
+    pending: BTreeMap<u32, Request>,
+    collecting: HashMap<u32, Collecting>,
+    running: Arc<Mutex<HashMap<u32, Running>>>,
+    next_ttt: u32,
+    ping: Option<(u32, Instant)>,
+    last_rx: Instant,
+}
+
+impl<R: AsyncRead + Unpin> Ffp<R> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node: Arc<Node>,
+        reader: FrameReader<R>,
+        out: mpsc::Sender<Outgoing>,
+        window: Arc<Window>,
+        session: SessionParams,
+        conn: ConnParams,
+        cid: u16,
+        discovery: bool,
+        luns: LunView,
+        entry: Arc<SessionEntry>,
+        stop: watch::Receiver<bool>,
+        text: Box<dyn FnMut(&TextRequest) -> Vec<Pdu> + Send + Sync>,
+    ) -> Self {
+        Ffp {
+            node,
+            reader,
+            out,
+            window,
+            session,
+            conn,
+            cid,
+            discovery,
+            luns,
+            entry,
+            stop,
+            text,
+            pending: BTreeMap::new(),
+            collecting: HashMap::new(),
+            running: Arc::new(Mutex::new(HashMap::new())),
+            next_ttt: 1,
+            ping: None,
+            last_rx: Instant::now(),
+        }
+    }
+
+    /// Serve until logout, a fatal protocol error, a dead peer, or a stop request.
+    pub async fn run(&mut self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut bytes_in = 0u64;
+            let res = tokio::select! {
+                r = self.reader.next(&mut bytes_in) => Some(r),
+                _ = self.stop.changed() => {
+                    debug!("session stopped from outside");
+                    break;
+                }
+                _ = tick.tick() => None,
+            };
+            self.entry
+                .traffic
+                .bytes_in
+                .fetch_add(bytes_in, Ordering::Relaxed);
+            let Some(res) = res else {
+                if self.check_ping().await.is_err() {
+                    break;
+                }
+                continue;
+            };
+            self.last_rx = Instant::now();
+            self.ping = None;
+            let pdu = match res {
+                Ok(p) => p,
+                Err(e) => {
+                    if self.read_error(e).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let bhs = pdu.bhs;
+            match Request::parse(pdu) {
+                Ok(req) => {
+                    if let Err(End::Close) = self.receive(req, bhs).await {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "malformed PDU");
+                    self.reject(RejectReason::InvalidPduField, bhs).await;
+                }
+            }
+        }
+        self.abort_all(None);
+    }
+
+    async fn read_error(&mut self, e: ReadError) -> Result<(), End> {
+        match e {
+            ReadError::Closed => {
+                debug!("initiator closed the connection");
+                Err(End::Close)
+            }
+            // §7.8: a data digest error loses only that PDU's payload.
+            ReadError::Frame(FrameError::DataDigest { bhs }) => {
+                warn!("data digest error");
+                self.reject(RejectReason::DataDigestError, *bhs).await;
+                Ok(())
+            }
+            // The length of what follows cannot be trusted: the stream is lost.
+            ReadError::Frame(FrameError::DataSegmentTooLong { len, max, bhs }) => {
+                warn!(len, max, "data segment beyond MaxRecvDataSegmentLength");
+                self.reject(RejectReason::ProtocolError, *bhs).await;
+                Err(End::Close)
+            }
+            ReadError::Frame(FrameError::HeaderDigest) => {
+                warn!("header digest error; closing the connection");
+                Err(End::Close)
+            }
+            ReadError::Truncated => {
+                debug!("connection closed in the middle of a PDU");
+                Err(End::Close)
+            }
+            ReadError::Io(e) => {
+                debug!(error = %e, "read failed");
+                Err(End::Close)
+            }
+        }
+    }
+
+    async fn check_ping(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        match self.ping {
+            Some((_, sent)) if now.duration_since(sent) > PING_TIMEOUT => {
+                warn!("initiator did not answer a NOP-In ping; closing the connection");
+                Err(End::Close)
+            }
+            Some(_) => Ok(()),
+            None if now.duration_since(self.last_rx) >= PING_IDLE => {
+                let ttt = self.new_ttt();
+                let nop = NopIn {
+                    lun: 0,
+                    itt: RESERVED_TAG,
+                    ttt,
+                    stat_sn: 0,
+                    exp_cmd_sn: 0,
+                    max_cmd_sn: 0,
+                    data: Bytes::new(),
+                };
+                self.ping = Some((ttt, now));
+                self.send(Outgoing::new(nop.to_pdu(), Stat::Peek)).await;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn new_ttt(&mut self) -> u32 {
+        let t = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == RESERVED_TAG {
+            self.next_ttt = 1;
+        }
+        t
+    }
+
+    async fn send(&self, o: Outgoing) {
+        let _ = self.out.send(o).await;
+    }
+
+    async fn reject(&self, reason: RejectReason, header: Bhs) {
+        let r = Reject {
+            reason: reason as u8,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+            data_sn: 0,
+            header,
+        };
+        // §11.17: a Reject advances StatSN like any response.
+        self.send(Outgoing::new(r.to_pdu(), Stat::Advance)).await;
+    }
+
+    /// Ordering by CmdSN (§4.2.2.1): deliver in order, hold what comes early, drop what
+    /// is outside the window.
+    async fn receive(&mut self, req: Request, bhs: Bhs) -> Result<(), End> {
+        let ordered = match &req {
+            Request::ScsiCommand(c) => Some((c.immediate, c.cmd_sn)),
+            Request::Tmf(t) => Some((t.immediate, t.cmd_sn)),
+            Request::Text(t) => Some((t.immediate, t.cmd_sn)),
+            Request::Logout(l) => Some((l.immediate, l.cmd_sn)),
+            // A NOP-Out answering our ping carries no CmdSN of its own.
+            Request::NopOut(n) if n.itt != RESERVED_TAG => Some((n.immediate, n.cmd_sn)),
+            _ => None,
+        };
+        match ordered {
+            None => self.deliver(req, bhs, None).await,
+            Some((true, _)) => self.deliver(req, bhs, None).await,
+            Some((false, sn)) => {
+                let exp = self.window.exp_cmd_sn();
+                let max = self.window.max_cmd_sn();
+                if sn == exp {
+                    self.advance(req, bhs).await?;
+                    while let Some(next) = self.pending.remove(&self.window.exp_cmd_sn()) {
+                        let b = request_bhs(&next);
+                        self.advance(next, b).await?;
+                    }
+                    Ok(())
+                } else if serial::lt(exp, sn) && serial::le(sn, max) {
+                    debug!(cmd_sn = sn, exp, "command arrived early; held");
+                    self.pending.insert(sn, req);
+                    Ok(())
+                } else {
+                    // §4.2.2.1: silently ignore a non-immediate command outside the
+                    // window, or a duplicate.
+                    debug!(
+                        cmd_sn = sn,
+                        exp, max, "command outside the CmdSN window ignored"
+                    );
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    async fn advance(&mut self, req: Request, bhs: Bhs) -> Result<(), End> {
+        let slot = CmdSlot::new(&self.window);
+        self.window
+            .set_exp_cmd_sn(self.window.exp_cmd_sn().wrapping_add(1));
+        self.deliver(req, bhs, Some(slot)).await
+    }
+
+    async fn deliver(&mut self, req: Request, bhs: Bhs, slot: Option<CmdSlot>) -> Result<(), End> {
+        match req {
+            Request::ScsiCommand(cmd) => {
+                if self.discovery {
+                    // §4.3: a discovery session carries only Text, Logout and NOP.
+                    drop(slot);
+                    self.reject(RejectReason::ProtocolError, bhs).await;
+                    return Ok(());
+                }
+                self.command(cmd, slot).await;
+                Ok(())
+            }
+            Request::DataOut(d) => self.data_out(d, bhs).await,
+            Request::NopOut(n) => {
+                self.nop_out(n, slot).await;
+                Ok(())
+            }
+            Request::Tmf(t) => self.tmf(t, slot).await,
+            Request::Text(t) => {
+                let pdus = (self.text)(&t);
+                let n = pdus.len();
+                let mut slot = slot;
+                for (i, p) in pdus.into_iter().enumerate() {
+                    let mut o = Outgoing::new(p, Stat::Advance);
+                    if i + 1 == n {
+                        o.slot = slot.take();
+                    }
+                    self.send(o).await;
+                }
+                Ok(())
+            }
+            Request::Logout(l) => self.logout(l, slot).await,
+            Request::Login(_) => {
+                // §6.1: Login only during the login phase.
+                self.reject(RejectReason::ProtocolError, bhs).await;
+                Err(End::Close)
+            }
+            Request::Snack(_) => {
+                // ErrorRecoveryLevel 0: no SNACK support (§11.16).
+                self.reject(RejectReason::SnackReject, bhs).await;
+                Ok(())
+            }
+            Request::Unknown(op) => {
+                debug!(opcode = op.0, "unknown opcode");
+                self.reject(RejectReason::CommandNotSupported, bhs).await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn nop_out(&mut self, n: NopOut, slot: Option<CmdSlot>) {
+        if n.itt == RESERVED_TAG {
+            // An answer to our ping (§11.18.1); nothing goes back.
+            return;
+        }
+        let nop = NopIn {
+            lun: n.lun,
+            itt: n.itt,
+            ttt: RESERVED_TAG,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+            // §11.19.4: the ping data is echoed.
+            data: n.data,
+        };
+        self.send(Outgoing {
+            pdu: nop.to_pdu(),
+            stat: Stat::Advance,
+            slot,
+        })
+        .await;
+    }
+
+    fn reply(&self, cmd: &ScsiCommand, slot: Option<CmdSlot>, aborted: Arc<AtomicBool>) -> Reply {
+        Reply {
+            out: self.out.clone(),
+            itt: cmd.itt,
+            lun: cmd.lun,
+            edtl: cmd.expected_len,
+            read: cmd.read,
+            max_segment: self.conn.max_send_data_segment_length,
+            max_burst: self.session.max_burst_length,
+            aborted,
+            slot,
+        }
+    }
+
+    async fn command(&mut self, cmd: ScsiCommand, slot: Option<CmdSlot>) {
+        let lun = decode_lun(cmd.lun);
+        let luns = self.luns.lun_list(&self.node);
+        let aborted = Arc::new(AtomicBool::new(false));
+        let reply = self.reply(&cmd, slot, aborted.clone());
+        let resolved = self.luns.resolve(&self.node, lun);
+        let (handle, plan) = match resolved {
+            Some((h, ua)) => {
+                let plan = scsi::plan(
+                    &cmd.cdb,
+                    scsi::Context {
+                        lu: Some(&h.lu),
+                        luns: &luns,
+                        ua: Some(ua),
+                    },
+                );
+                (Some(h), plan)
+            }
+            None => (
+                None,
+                scsi::plan(
+                    &cmd.cdb,
+                    scsi::Context {
+                        lu: None,
+                        luns: &luns,
+                        ua: None,
+                    },
+                ),
+            ),
+        };
+        match (plan, handle) {
+            // Unsolicited data is still on its way: take it before answering, so it
+            // does not arrive for a task that no longer exists.
+            (Plan::Respond(resp), _) if cmd.write && !cmd.final_bit => {
+                let edtl = cmd.expected_len;
+                let c = Collecting {
+                    lun: None,
+                    kind: WriteKind::ModeSelect { ten: false },
+                    buf: BytesMut::new(),
+                    needed: 0,
+                    spdtl: 0,
+                    edtl,
+                    received: 0,
+                    unsolicited_done: false,
+                    next_offset: 0,
+                    r2ts: HashMap::new(),
+                    unsolicited_sn: 0,
+                    r2t_sn: 0,
+                    discard: Some(Discard::Respond(resp)),
+                    reply,
+                };
+                self.settle(cmd.itt, c);
+            }
+            (Plan::Respond(resp), _) => reply.respond(resp).await,
+            (Plan::Read { lba, blocks, fua }, Some(h)) => {
+                if blocks as u64 * h.volume.block_size() as u64 > MAX_TRANSFER {
+                    return reply
+                        .respond(scsi::Response::check(Sense::invalid_field_in_cdb(7)))
+                        .await;
+                }
+                self.spawn(
+                    cmd.itt,
+                    lun,
+                    aborted,
+                    exec::read(reply, h, lba, blocks, fua),
+                );
+            }
+            (Plan::Sync, Some(h)) => self.spawn(cmd.itt, lun, aborted, exec::sync(reply, h)),
+            (
+                Plan::Verify {
+                    lba,
+                    blocks,
+                    bytchk: false,
+                },
+                Some(h),
+            ) => {
+                if blocks as u64 * h.volume.block_size() as u64 > MAX_TRANSFER {
+                    return reply
+                        .respond(scsi::Response::check(Sense::invalid_field_in_cdb(7)))
+                        .await;
+                }
+                self.spawn(
+                    cmd.itt,
+                    lun,
+                    aborted,
+                    exec::verify(reply, h, lba, blocks, None, 0, 0),
+                );
+            }
+            (Plan::Write { lba, blocks, fua }, Some(h)) => {
+                let needed = blocks as u64 * h.volume.block_size() as u64;
+                self.collect(cmd, h, WriteKind::Write { lba, fua }, needed, reply)
+                    .await;
+            }
+            (
+                Plan::Verify {
+                    lba,
+                    blocks,
+                    bytchk: true,
+                },
+                Some(h),
+            ) => {
+                let needed = blocks as u64 * h.volume.block_size() as u64;
+                self.collect(cmd, h, WriteKind::Verify { lba, blocks }, needed, reply)
+                    .await;
+            }
+            (Plan::ModeSelect { ten, len }, Some(h)) => {
+                self.collect(cmd, h, WriteKind::ModeSelect { ten }, len as u64, reply)
+                    .await;
+            }
+            // A plan that needs a volume for a LUN that has none cannot come from a
+            // correct decoder; answer as for an unmapped LUN rather than panic.
+            (_, None) => {
+                reply
+                    .respond(scsi::Response::check(Sense::lu_not_supported()))
+                    .await
+            }
+        }
+    }
+
+    fn spawn<F>(&mut self, itt: u32, lun: u64, aborted: Arc<AtomicBool>, fut: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (done_tx, done_rx) = watch::channel(false);
+        let running = self.running.clone();
+        running.lock().insert(
+            itt,
+            Running {
+                lun,
+                aborted,
+                done: done_rx,
+            },
+        );
+        tokio::spawn(async move {
+            fut.await;
+            running.lock().remove(&itt);
+            let _ = done_tx.send(true);
+        });
+    }
+
+    /// Start collecting a command's Data-Out: immediate data, then unsolicited Data-Out
+    /// up to FirstBurstLength, then R2Ts for the rest (§4.2.5.2, §11.8).
+    async fn collect(
+        &mut self,
+        cmd: ScsiCommand,
+        lun: Arc<LunHandle>,
+        kind: WriteKind,
+        needed: u64,
+        reply: Reply,
+    ) {
+        if needed > MAX_TRANSFER {
+            return reply
+                .respond(scsi::Response::check(Sense::invalid_field_in_cdb(7)))
+                .await;
+        }
+        if self.collecting.contains_key(&cmd.itt) || self.running.lock().contains_key(&cmd.itt) {
+            // §11.2.1.8: the ITT must be unique in the session.
+            warn!(itt = cmd.itt, "task tag already in use");
+            return reply
+                .respond(scsi::Response::check(Sense::overlapped_commands()))
+                .await;
+        }
+        let spdtl = needed;
+        let edtl = cmd.expected_len;
+        // EDTL shorter than the command's transfer (§11.4.5.1 overflow): a write
+        // proceeds with the whole blocks the EDTL covers and reports the overflow
+        // (FCP-4 9.4.2 a); anything that cannot be cut that way is refused once its
+        // unsolicited data is in (FCP-4 9.4.2 b).
+        let bs = lun.volume.block_size() as u64;
+        let (needed, discard) = if (edtl as u64) < spdtl {
+            match kind {
+                WriteKind::Write { .. } if edtl as u64 % bs == 0 => (edtl as u64, None),
+                _ => (0, Some(Discard::Overflow)),
+            }
+        } else {
+            (spdtl, None)
+        };
+        let needed = needed as u32;
+        if needed == 0 && discard.is_none() {
+            // Nothing to collect: e.g. MODE SELECT with a zero parameter list.
+            if let WriteKind::ModeSelect { ten } = kind {
+                let resp = lun.lu.mode_select(ten, &[]);
+                return reply.respond(resp).await;
+            }
+            return reply.status(Status::Good, None, 0, spdtl).await;
+        }
+        let imm = cmd.data.len().min(needed as usize);
+        let mut buf = BytesMut::zeroed(needed as usize);
+        buf[..imm].copy_from_slice(&cmd.data[..imm]);
+        // What the initiator may send before any R2T: immediate data, plus unsolicited
+        // Data-Out up to FirstBurstLength unless the command said F (§4.2.5.2).
+        let unsolicited_end = if cmd.final_bit {
+            cmd.data.len() as u32
+        } else {
+            self.session.first_burst_length.min(edtl)
+        };
+        let mut c = Collecting {
+            lun: Some(lun),
+            kind,
+            buf,
+            needed,
+            spdtl,
+            edtl,
+            received: imm as u32,
+            unsolicited_done: cmd.final_bit,
+            next_offset: unsolicited_end.min(needed),
+            r2ts: HashMap::new(),
+            unsolicited_sn: 0,
+            r2t_sn: 0,
+            discard,
+            reply,
+        };
+        self.issue_r2ts(cmd.itt, &mut c).await;
+        self.settle(cmd.itt, c);
+    }
+
+    async fn issue_r2ts(&mut self, itt: u32, c: &mut Collecting) {
+        let max_out = self.session.max_outstanding_r2t.max(1) as usize;
+        while c.r2ts.len() < max_out && c.next_offset < c.needed {
+            let len = (c.needed - c.next_offset).min(self.session.max_burst_length);
+            let ttt = self.new_ttt();
+            let r2t = R2t {
+                lun: c.reply.lun,
+                itt,
+                ttt,
+                stat_sn: 0,
+                exp_cmd_sn: 0,
+                max_cmd_sn: 0,
+                r2t_sn: c.r2t_sn,
+                buffer_offset: c.next_offset,
+                desired_len: len,
+            };
+            c.r2ts.insert(
+                ttt,
+                Solicited {
+                    offset: c.next_offset,
+                    len,
+                    got: 0,
+                    next_sn: 0,
+                },
+            );
+            c.r2t_sn += 1;
+            c.next_offset += len;
+            self.send(Outgoing::new(r2t.to_pdu(), Stat::Peek)).await;
+        }
+    }
+
+    /// Keep collecting, or run the command once everything is here.
+    fn settle(&mut self, itt: u32, c: Collecting) {
+        let complete = c.unsolicited_done && c.r2ts.is_empty() && c.next_offset >= c.needed;
+        if !complete || (c.discard.is_none() && c.received < c.needed) {
+            if complete {
+                // Every R2T answered yet bytes are missing: the initiator sent less
+                // than asked. Treat as a protocol failure of this task.
+                warn!(
+                    itt,
+                    received = c.received,
+                    needed = c.needed,
+                    "write data incomplete"
+                );
+                let reply = c.reply;
+                tokio::spawn(async move {
+                    reply
+                        .status(
+                            Status::CheckCondition,
+                            Some(&Sense::invalid_field_in_iu()),
+                            0,
+                            0,
+                        )
+                        .await
+                });
+                return;
+            }
+            self.collecting.insert(itt, c);
+            return;
+        }
+        let Collecting {
+            lun,
+            kind,
+            buf,
+            r2t_sn,
+            discard,
+            reply,
+            spdtl,
+            ..
+        } = c;
+        match discard {
+            Some(Discard::Overflow) => {
+                tokio::spawn(reply.write_overflow(spdtl));
+                return;
+            }
+            Some(Discard::Respond(resp)) => {
+                tokio::spawn(reply.respond(resp));
+                return;
+            }
+            None => {}
+        }
+        let Some(lun) = lun else { return };
+        let aborted = reply.aborted.clone();
+        let l = reply.lun;
+        let data = buf.freeze();
+        match kind {
+            WriteKind::Write { lba, fua } => self.spawn(
+                itt,
+                l,
+                aborted,
+                exec::write(reply, lun, lba, data, fua, r2t_sn, spdtl),
+            ),
+            WriteKind::Verify { lba, blocks } => self.spawn(
+                itt,
+                l,
+                aborted,
+                exec::verify(reply, lun, lba, blocks, Some(data), r2t_sn, spdtl),
+            ),
+            WriteKind::ModeSelect { ten } => {
+                let resp = lun.lu.mode_select(ten, &data);
+                tokio::spawn(reply.respond(resp));
+            }
+        }
+    }
+
+    /// A Data-Out PDU (§11.7): route it to its task by ITT and TTT.
+    async fn data_out(&mut self, d: DataOut, bhs: Bhs) -> Result<(), End> {
+        let Some(mut c) = self.collecting.remove(&d.itt) else {
+            debug!(itt = d.itt, "Data-Out for an unknown task");
+            self.reject(RejectReason::InvalidPduField, bhs).await;
+            return Ok(());
+        };
+        let len = d.data.len() as u32;
+        let end = d.buffer_offset as u64 + len as u64;
+        let valid_ttt = if d.ttt == RESERVED_TAG {
+            !c.unsolicited_done
+        } else {
+            c.r2ts.contains_key(&d.ttt)
+        };
+        // §11.7.5/§11.8.4: data beyond the EDTL or for no open solicitation is a
+        // protocol error.
+        if !valid_ttt || end > c.edtl as u64 {
+            debug!(
+                itt = d.itt,
+                ttt = d.ttt,
+                offset = d.buffer_offset,
+                len,
+                "Data-Out out of bounds"
+            );
+            self.collecting.insert(d.itt, c);
+            self.reject(RejectReason::ProtocolError, bhs).await;
+            return Ok(());
+        }
+        // §11.7.4: DataSN counts the PDUs of each sequence (each R2T, and the
+        // unsolicited burst) from 0. At ErrorRecoveryLevel 0 a gap cannot be recovered
+        // within the connection: the task is lost with it (§7.1.4.1, §7.12).
+        let want_sn = match c.r2ts.get(&d.ttt) {
+            Some(r) => r.next_sn,
+            None => c.unsolicited_sn,
+        };
+        if d.data_sn != want_sn {
+            warn!(itt = d.itt, data_sn = d.data_sn, want_sn, "Data-Out DataSN out of sequence");
+            self.reject(RejectReason::ProtocolError, bhs).await;
+            return Err(End::Close);
+        }
+        if c.discard.is_none() && (d.buffer_offset as u64) < c.needed as u64 {
+            let from = d.buffer_offset as usize;
+            let to = (end as usize).min(c.needed as usize);
+            c.buf[from..to].copy_from_slice(&d.data[..to - from]);
+            c.received += (to - from) as u32;
+        }
+        if d.ttt == RESERVED_TAG {
+            c.unsolicited_sn += 1;
+            if d.final_bit {
+                c.unsolicited_done = true;
+            }
+        } else if let Some(r) = c.r2ts.get_mut(&d.ttt) {
+            r.got += len;
+            r.next_sn += 1;
+            if d.final_bit || r.got >= r.len {
+                c.r2ts.remove(&d.ttt);
+                self.issue_r2ts(d.itt, &mut c).await;
+            }
+        }
+        self.settle(d.itt, c);
+        Ok(())
+    }
+
+    /// Abort this session's tasks on `lun` (all LUNs if None); returns what to wait for.
+    fn abort_all(&mut self, lun: Option<u64>) -> Vec<watch::Receiver<bool>> {
+        self.collecting
+            .retain(|_, c| lun.is_some_and(|l| decode_lun(c.reply.lun) != l));
+        let running = self.running.lock();
+        running
+            .values()
+            .filter(|r| lun.is_none_or(|l| r.lun == l))
+            .map(|r| {
+                r.aborted.store(true, Ordering::Release);
+                r.done.clone()
+            })
+            .collect()
+    }
+
+    async fn tmf(&mut self, t: TmfRequest, slot: Option<CmdSlot>) -> Result<(), End> {
+        let lun = decode_lun(t.lun);
+        let lun_exists = self.luns.resolve(&self.node, lun).is_some();
+        let mut close = false;
+        let (response, wait) = match t.function {
+            TmfFunction::AbortTask => {
+                if self.collecting.remove(&t.referenced_tag).is_some() {
+                    (tmf_response::COMPLETE, vec![])
+                } else if let Some(r) = self.running.lock().get(&t.referenced_tag) {
+                    r.aborted.store(true, Ordering::Release);
+                    (tmf_response::COMPLETE, vec![r.done.clone()])
+                } else if serial::lt(t.ref_cmd_sn, self.window.exp_cmd_sn()) {
+                    // Already answered (§11.5.1 note: the task is gone).
+                    (tmf_response::TASK_DOES_NOT_EXIST, vec![])
+                } else {
+                    (tmf_response::COMPLETE, vec![])
+                }
+            }
+            TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet => {
+                if lun_exists {
+                    (tmf_response::COMPLETE, self.abort_all(Some(lun)))
+                } else {
+                    (tmf_response::LUN_DOES_NOT_EXIST, vec![])
+                }
+            }
+            TmfFunction::LogicalUnitReset => {
+                if let Some((h, _)) = self.luns.resolve(&self.node, lun) {
+                    let wait = self.abort_all(Some(lun));
+                    h.resets.fetch_add(1, Ordering::AcqRel);
+                    (tmf_response::COMPLETE, wait)
+                } else {
+                    (tmf_response::LUN_DOES_NOT_EXIST, vec![])
+                }
+            }
+            TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
+                let wait = self.abort_all(None);
+                self.node.sessions.reset_target(self.luns.target());
+                close = t.function == TmfFunction::TargetColdReset;
+                (tmf_response::COMPLETE, wait)
+            }
+            TmfFunction::ClearAca => (tmf_response::NOT_SUPPORTED, vec![]),
+            TmfFunction::TaskReassign => (tmf_response::REASSIGN_NOT_SUPPORTED, vec![]),
+            TmfFunction::Other(_) => (tmf_response::REJECTED, vec![]),
+        };
+        info!(function = ?t.function, lun, response, "task management");
+        let r = TmfResponse {
+            response,
+            itt: t.itt,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+        };
+        let out = self.out.clone();
+        // §4.2.3.3 (and SAM): answer only once the affected tasks have ended.
+        let respond = async move {
+            for mut w in wait {
+                let _ = w.wait_for(|d| *d).await;
+            }
+            let _ = out
+                .send(Outgoing {
+                    pdu: r.to_pdu(),
+                    stat: Stat::Advance,
+                    slot,
+                })
+                .await;
+        };
+        if close {
+            respond.await;
+            return Err(End::Close);
+        }
+        tokio::spawn(respond);
+        Ok(())
+    }
+
+    async fn logout(&mut self, l: LogoutRequest, slot: Option<CmdSlot>) -> Result<(), End> {
+        let response = match l.reason {
+            logout_reason::CLOSE_SESSION => 0,
+            logout_reason::CLOSE_CONNECTION if l.cid == self.cid => 0,
+            logout_reason::CLOSE_CONNECTION => 1,
+            // §11.15.1: "connection recovery is not supported" at ERL 0.
+            _ => 2,
+        };
+        if response == 0 {
+            // Let running commands finish and answer before the logout response.
+            let waits: Vec<_> = self
+                .running
+                .lock()
+                .values()
+                .map(|r| r.done.clone())
+                .collect();
+            for mut w in waits {
+                let _ = w.wait_for(|d| *d).await;
+            }
+        }
+        let r = LogoutResponse {
+            response,
+            itt: l.itt,
+            stat_sn: 0,
+            exp_cmd_sn: 0,
+            max_cmd_sn: 0,
+            time2wait: 0,
+            time2retain: 0,
+        };
+        self.send(Outgoing {
+            pdu: r.to_pdu(),
+            stat: Stat::Advance,
+            slot,
+        })
+        .await;
+        if response == 0 {
+            info!("logout");
+            Err(End::Close)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The BHS of a held request, for a Reject should it need one.
+fn request_bhs(req: &Request) -> Bhs {
+    match req {
+        Request::ScsiCommand(c) => c.to_pdu().bhs,
+        Request::Tmf(t) => t.to_pdu().bhs,
+        Request::Text(t) => t.to_pdu().bhs,
+        Request::Logout(l) => l.to_pdu().bhs,
+        Request::NopOut(n) => n.to_pdu().bhs,
+        _ => Bhs::default(),
+    }
+}
+
+/// The LUN number from the 8-byte LUN field; an addressing form we do not use maps to
+/// a LUN that is never mapped, so it is answered as such.
+pub fn decode_lun(raw: u64) -> u64 {
+    scsi::decode_lun(raw.to_be_bytes()).unwrap_or(u64::MAX)
+}

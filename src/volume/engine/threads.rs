@@ -1,0 +1,74 @@
+//! The thread-pool engine: `WORKERS` threads take requests from the shared channel and run
+//! them with positioned reads and writes. Used where io_uring cannot be set up, or when
+//! asked for.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use super::{Op, Request};
+use crate::volume::VolumeError;
+
+/// Worker threads. Page-cache hits barely block, so this mostly bounds how many slow
+/// device writes (FUA, flush) can be outstanding at once.
+pub(crate) const WORKERS: usize = 16;
+
+/// Starts the pool. The workers exit once every sender is dropped and the queue is empty.
+pub(crate) fn start(rx: mpsc::Receiver<Request>) -> Result<(), VolumeError> {
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..WORKERS {
+        let rx = Arc::clone(&rx);
+        std::thread::Builder::new()
+            .name(format!("twinlun-io-{i}"))
+            .spawn(move || worker(&rx))
+            .map_err(VolumeError::EngineSpawn)?;
+    }
+    Ok(())
+}
+
+fn worker(rx: &Mutex<mpsc::Receiver<Request>>) {
+    loop {
+        // One idle worker waits on the channel while holding the lock; the others queue on
+        // the lock. The lock is released before the request runs.
+        let next = rx.lock().blocking_recv();
+        let Some(req) = next else { return };
+        let out = run(&req.file, req.op);
+        // The caller may have stopped waiting; nothing to do then.
+        let _ = req.reply.send(out);
+    }
+}
+
+fn run(file: &File, op: Op) -> io::Result<Bytes> {
+    match op {
+        Op::Read { offset, len } => read_at(file, offset, len).map(Bytes::from),
+        Op::Write { offset, data, fua } => {
+            file.write_all_at(&data, offset)?;
+            if fua {
+                file.sync_data()?;
+            }
+            Ok(Bytes::new())
+        }
+        Op::Flush => file.sync_data().map(|()| Bytes::new()),
+    }
+}
+
+/// Reads `len` bytes at `offset`; whatever lies past the end of the file reads as zeros.
+fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            // End of file: the rest is already zero.
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(buf)
+}

@@ -1,0 +1,394 @@
+//! Volume and engine tests. Every behavioural test runs on both engines.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::{Engine, EngineKind, Volume, VolumeError};
+
+const KINDS: [EngineKind; 2] = [EngineKind::Uring, EngineKind::Threads];
+const MIB: u64 = 1 << 20;
+
+fn pattern(seed: u64, len: usize) -> Bytes {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v[..]);
+    Bytes::from(v)
+}
+
+fn open(dir: &Path, name: &str, size: u64, engine: &Engine) -> Volume {
+    Volume::open_or_create(&dir.join(name), size, 512, engine.clone()).expect("open volume")
+}
+
+#[test]
+fn engine_kind_parses_and_displays() {
+    for k in [EngineKind::Auto, EngineKind::Uring, EngineKind::Threads] {
+        assert_eq!(k.to_string().parse::<EngineKind>(), Ok(k));
+    }
+    assert_eq!("io_uring".parse::<EngineKind>(), Ok(EngineKind::Uring));
+    assert_eq!("THREADS".parse::<EngineKind>(), Ok(EngineKind::Threads));
+    assert!("aio".parse::<EngineKind>().is_err());
+    assert_eq!(EngineKind::default(), EngineKind::Auto);
+}
+
+#[test]
+fn auto_chooses_uring_here() {
+    // io_uring works on the machines this is developed and benchmarked on.
+    let e = Engine::start(EngineKind::Auto).unwrap();
+    assert_eq!(e.name(), "io_uring");
+    assert_eq!(Engine::start(EngineKind::Uring).unwrap().name(), "io_uring");
+    assert_eq!(
+        Engine::start(EngineKind::Threads).unwrap().name(),
+        "threads"
+    );
+}
+
+#[test]
+fn creates_a_sparse_file_and_its_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(EngineKind::Threads).unwrap();
+    let path = dir.path().join("a/b/vol.img");
+    let v = Volume::open_or_create(&path, 4 << 30, 4096, engine).unwrap();
+    assert_eq!(v.size(), 4 << 30);
+    assert_eq!(v.block_size(), 4096);
+    assert_eq!(v.path(), path);
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.len(), 4 << 30);
+    // 4 GiB apparent, (almost) nothing allocated.
+    assert!(meta.blocks() <= 8, "st_blocks = {}", meta.blocks());
+}
+
+#[test]
+fn geometry_and_size_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(EngineKind::Threads).unwrap();
+    let p = dir.path().join("v.img");
+    for (size, bs) in [
+        (0, 512),
+        (1000, 512),
+        (MIB, 1000),
+        (MIB, 256),
+        (MIB, 1 << 17),
+    ] {
+        assert!(
+            matches!(
+                Volume::open_or_create(&p, size, bs, engine.clone()),
+                Err(VolumeError::InvalidGeometry { .. })
+            ),
+            "{size}/{bs}"
+        );
+    }
+    // A directory is not a volume.
+    std::fs::create_dir(dir.path().join("d")).unwrap();
+    assert!(Volume::open_or_create(&dir.path().join("d"), MIB, 512, engine.clone()).is_err());
+
+    // Shorter file: extended. Longer than the volume: refused.
+    std::fs::write(&p, vec![7u8; 4096]).unwrap();
+    let v = Volume::open_or_create(&p, MIB, 512, engine.clone()).unwrap();
+    assert_eq!(std::fs::metadata(&p).unwrap().len(), MIB);
+    drop(v);
+    match Volume::open_or_create(&p, MIB / 2, 512, engine) {
+        Err(VolumeError::FileTooLarge {
+            file_size, size, ..
+        }) => {
+            assert_eq!((file_size, size), (MIB, MIB / 2));
+        }
+        other => panic!("expected FileTooLarge, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_patterns_match_a_model() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::start(kind).unwrap();
+        let size = 32 * MIB;
+        let v = open(dir.path(), "v.img", size, &engine);
+        let mut model = vec![0u8; size as usize];
+        let mut rng = StdRng::seed_from_u64(42);
+        for i in 0..200u64 {
+            // Block aligned, often not 4 KiB aligned; sizes from one block to 3 MiB.
+            let blocks = match i % 4 {
+                0 => 1,
+                1 => rng.gen_range(1..16),
+                2 => rng.gen_range(1..256),
+                _ => rng.gen_range(2048..6144),
+            };
+            let len = blocks * 512;
+            let offset = rng.gen_range(0..(size / 512 - blocks as u64 + 1)) * 512;
+            let data = pattern(i, len);
+            model[offset as usize..offset as usize + len].copy_from_slice(&data);
+            v.write(offset, data, i % 7 == 0).await.unwrap();
+
+            let roff = rng.gen_range(0..(size / 512 - blocks as u64 + 1)) * 512;
+            let got = v.read(roff, len).await.unwrap();
+            assert_eq!(
+                &got[..],
+                &model[roff as usize..roff as usize + len],
+                "{kind} read {roff}+{len}"
+            );
+        }
+        // Whole volume, in 4 MiB reads.
+        for off in (0..size).step_by(4 * MIB as usize) {
+            let got = v.read(off, 4 * MIB as usize).await.unwrap();
+            assert!(
+                got[..] == model[off as usize..(off + 4 * MIB) as usize],
+                "{kind} at {off}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_writes_then_read_back() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::start(kind).unwrap();
+        let v = Arc::new(open(dir.path(), "v.img", 64 * MIB, &engine));
+        // 1024 writes, 256+ in flight (more than the io_uring in-flight table, so the
+        // backpressure path runs too), each 4 KiB..64 KiB in its own 64 KiB slot.
+        let mut tasks = Vec::new();
+        for i in 0..1024u64 {
+            let v = Arc::clone(&v);
+            tasks.push(tokio::spawn(async move {
+                let len = 4096 * (1 + (i as usize % 16));
+                v.write(i * 65536, pattern(i, len), false).await.unwrap();
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let mut tasks = Vec::new();
+        for i in 0..1024u64 {
+            let v = Arc::clone(&v);
+            tasks.push(tokio::spawn(async move {
+                let len = 4096 * (1 + (i as usize % 16));
+                let got = v.read(i * 65536, 65536).await.unwrap();
+                assert_eq!(got[..len], pattern(i, len)[..], "slot {i}");
+                assert!(got[len..].iter().all(|&b| b == 0), "slot {i} tail");
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fua_flush_and_sync() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::start(kind).unwrap();
+        let v = open(dir.path(), "v.img", 8 * MIB, &engine);
+        v.write(4096, pattern(1, 8192), true).await.unwrap();
+        v.write(MIB + 512, pattern(2, 512), false).await.unwrap();
+        v.flush().await.unwrap();
+        v.sync_blocking().unwrap();
+        assert_eq!(v.read(4096, 8192).await.unwrap(), pattern(1, 8192));
+        assert_eq!(v.read(MIB + 512, 512).await.unwrap(), pattern(2, 512));
+        // What a flush made durable is in the file, seen without the engine.
+        let raw = std::fs::read(dir.path().join("v.img")).unwrap();
+        assert_eq!(&raw[4096..4096 + 8192], &pattern(1, 8192)[..]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_range_is_refused() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::start(kind).unwrap();
+        let size = MIB;
+        let v = open(dir.path(), "v.img", size, &engine);
+        let oor = |r: Result<_, VolumeError>| matches!(r, Err(VolumeError::OutOfRange { .. }));
+        assert!(oor(v.read(size - 512, 1024).await.map(drop)));
+        assert!(oor(v.read(size, 1).await.map(drop)));
+        assert!(oor(v.read(u64::MAX, 2).await.map(drop)));
+        assert!(oor(v.write(size - 512, pattern(0, 1024), false).await));
+        assert!(oor(v.write(u64::MAX - 10, pattern(0, 512), true).await));
+        // The last block and empty transfers at the end are in range.
+        v.write(size - 512, pattern(3, 512), false).await.unwrap();
+        assert_eq!(v.read(size - 512, 512).await.unwrap(), pattern(3, 512));
+        assert!(v.read(size, 0).await.unwrap().is_empty());
+        v.write(size, Bytes::new(), false).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritten_ranges_read_as_zeros() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::start(kind).unwrap();
+        let v = open(dir.path(), "v.img", 64 * MIB, &engine);
+        v.write(10 * MIB, pattern(5, 4096), false).await.unwrap();
+        let got = v.read(0, 8 * MIB as usize).await.unwrap();
+        assert_eq!(got.len(), 8 * MIB as usize);
+        assert!(got.iter().all(|&b| b == 0));
+        let got = v.read(10 * MIB - 512, 4096 + 1024).await.unwrap();
+        assert!(got[..512].iter().all(|&b| b == 0));
+        assert_eq!(got[512..512 + 4096], pattern(5, 4096)[..]);
+        assert!(got[512 + 4096..].iter().all(|&b| b == 0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_past_the_end_of_a_short_file_are_zero_filled() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::start(kind).unwrap();
+        let v = open(dir.path(), "v.img", 4 * MIB, &engine);
+        v.write(0, pattern(9, 8192), false).await.unwrap();
+        // Someone truncates the file under us; reads must not fail or return short.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(v.path())
+            .unwrap()
+            .set_len(6144)
+            .unwrap();
+        let got = v.read(4096, 8192).await.unwrap();
+        assert_eq!(got.len(), 8192);
+        assert_eq!(got[..2048], pattern(9, 8192)[4096..6144]);
+        assert!(got[2048..].iter().all(|&b| b == 0));
+        assert!(v.read(MIB, 4096).await.unwrap().iter().all(|&b| b == 0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_keeps_data() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::start(kind).unwrap();
+        let v = open(dir.path(), "v.img", 4 * MIB, &engine);
+        v.write(3 * MIB, pattern(11, 65536), false).await.unwrap();
+        v.flush().await.unwrap();
+        drop(v);
+        drop(engine);
+
+        let engine = Engine::start(kind).unwrap();
+        // Reopen larger: the old data stays, the new tail reads as zeros.
+        let v = open(dir.path(), "v.img", 8 * MIB, &engine);
+        assert_eq!(v.size(), 8 * MIB);
+        assert_eq!(v.read(3 * MIB, 65536).await.unwrap(), pattern(11, 65536));
+        assert!(v.read(6 * MIB, 4096).await.unwrap().iter().all(|&b| b == 0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_requests_do_not_hurt_the_engine() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::start(kind).unwrap();
+        let v = Arc::new(open(dir.path(), "v.img", 16 * MIB, &engine));
+        // The engine handle may go: volumes keep their own.
+        drop(engine);
+        let mut tasks = Vec::new();
+        for i in 0..128u64 {
+            let v = Arc::clone(&v);
+            tasks.push(tokio::spawn(async move {
+                v.write(i * 131072, pattern(i, 131072), false)
+                    .await
+                    .unwrap();
+                v.read(i * 131072, 131072).await.unwrap()
+            }));
+        }
+        // Abandon half of them mid-flight: their buffers stay with the engine until done.
+        for t in tasks.iter().step_by(2) {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        v.write(0, pattern(77, 4096), true).await.unwrap();
+        assert_eq!(v.read(0, 4096).await.unwrap(), pattern(77, 4096));
+    }
+}
+
+#[test]
+fn volumes_share_one_engine_across_runtimes() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(EngineKind::Auto).unwrap();
+    let a = open(dir.path(), "a.img", MIB, &engine);
+    let b = open(dir.path(), "b.img", MIB, &engine);
+    for _ in 0..2 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            a.write(0, pattern(1, 4096), false).await.unwrap();
+            b.write(0, pattern(2, 4096), false).await.unwrap();
+            assert_eq!(a.read(0, 4096).await.unwrap(), pattern(1, 4096));
+            assert_eq!(b.read(0, 4096).await.unwrap(), pattern(2, 4096));
+        });
+    }
+}
+
+/// 4 KiB random reads and writes at queue depth 32 through the public API, on both engines.
+/// Run by hand: `cargo test --release --lib volume::tests::bench -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_engines_4k_qd32() {
+    const QD: usize = 32;
+    const SPAN: u64 = 256 * MIB;
+    let secs: u64 = std::env::var("TWINLUN_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for round in 0..2 {
+        for kind in KINDS {
+            let engine = Engine::start(kind).unwrap();
+            let v = Arc::new(open(dir.path(), "bench.img", SPAN, &engine));
+            rt.block_on(async {
+                if round == 0 && kind == EngineKind::Uring {
+                    // Allocate and cache the whole span once, so reads hit data.
+                    for off in (0..SPAN).step_by(MIB as usize) {
+                        v.write(off, pattern(off, MIB as usize), false)
+                            .await
+                            .unwrap();
+                    }
+                }
+                for write in [false, true] {
+                    let stop = Instant::now() + Duration::from_secs(secs);
+                    let mut tasks = Vec::new();
+                    for q in 0..QD {
+                        let v = Arc::clone(&v);
+                        tasks.push(tokio::spawn(async move {
+                            let mut rng = StdRng::seed_from_u64(q as u64);
+                            let buf = pattern(q as u64, 4096);
+                            let mut n = 0u64;
+                            while Instant::now() < stop {
+                                let off = rng.gen_range(0..SPAN / 4096) * 4096;
+                                if write {
+                                    v.write(off, buf.clone(), false).await.unwrap();
+                                } else {
+                                    v.read(off, 4096).await.unwrap();
+                                }
+                                n += 1;
+                            }
+                            n
+                        }));
+                    }
+                    let mut total = 0;
+                    for t in tasks {
+                        total += t.await.unwrap();
+                    }
+                    println!(
+                        "round {round} {:>8} 4k rand{} qd{QD}: {:>8.0} IOPS",
+                        engine.name(),
+                        if write { "write" } else { "read " },
+                        total as f64 / secs as f64
+                    );
+                }
+            });
+        }
+    }
+}
