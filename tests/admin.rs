@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::raw::RawClient;
+use twinlun::iscsi::pdu::{Digests, LoginResponse};
+
 const BIN: &str = env!("CARGO_BIN_EXE_twinlun");
 const T: &str = "iqn.2026-11.io.twinlun:test";
 const DEMO: &str = "iqn.2026-11.io.twinlun:demo";
@@ -614,4 +618,77 @@ fn other_users_are_refused() {
     assert!(err.contains("only root or the server's user"), "{err}");
     // Root still gets in.
     s.ok(&["status"]);
+}
+
+/// Sends the security-stage login PDU and returns the target's (class, detail).
+fn first_login_status(addr: &str, initiator: &str, target: &str) -> (u8, u8) {
+    let mut c = RawClient::connect(addr.parse().unwrap());
+    let text = format!(
+        "InitiatorName={initiator}\0TargetName={target}\0SessionType=Normal\0AuthMethod=None\0"
+    );
+    let p = c.login_pdu(0, 1, true, &text);
+    c.send(&p);
+    let r = LoginResponse::from_pdu(&c.recv().expect("login response")).unwrap();
+    (r.status_class, r.status_detail)
+}
+
+#[test]
+fn admin_changes_reach_the_live_target() {
+    const INI: &str = "iqn.1994-05.com.redhat:client1";
+    let dir = tempfile::tempdir().unwrap();
+    let s = Served::start(&dir.path().join("data"), &[]);
+    let addr = s.addrs[0].clone();
+
+    // A logged-in session shows in `session list` and blocks `target delete`.
+    let mut c = RawClient::connect(addr.parse().unwrap());
+    c.login(INI, DEMO, Digests::default());
+    let sessions = s.json(&["session", "list"]);
+    let list = sessions["sessions"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{sessions}");
+    assert_eq!(list[0]["initiator"], INI);
+    assert_eq!(list[0]["target"], DEMO);
+    assert_eq!(s.json(&["target", "show", DEMO])["sessions"], 1);
+    let human = s.ok(&["session", "list"]);
+    assert!(
+        human.starts_with("TARGET") && human.contains(INI),
+        "{human}"
+    );
+    let (err, v) = s.refused(&["target", "delete", DEMO]);
+    assert_eq!(v["code"], "busy");
+    assert!(err.contains(INI), "{err}");
+
+    // An ACL added while serving applies to the next login.
+    s.json(&["acl", "add", DEMO, "iqn.2001-04.com.example:other"]);
+    let (class, _) = first_login_status(&addr, INI, DEMO);
+    assert_eq!(
+        class, 2,
+        "an initiator outside the ACL is refused (initiator error)"
+    );
+    assert_eq!(
+        first_login_status(&addr, "iqn.2001-04.com.example:other", DEMO),
+        (0, 0)
+    );
+    s.json(&["acl", "remove", DEMO, "iqn.2001-04.com.example:other"]);
+    assert_eq!(
+        first_login_status(&addr, INI, DEMO),
+        (0, 0),
+        "empty ACL: open again"
+    );
+
+    // A new target with a new volume is reachable without a restart.
+    s.json(&["volume", "create", "fresh", "--size", "4M"]);
+    s.json(&["target", "create", T]);
+    s.json(&["lun", "map", T, "0", "fresh"]);
+    let mut c2 = RawClient::connect(addr.parse().unwrap());
+    c2.login(INI, T, Digests::default());
+    assert_eq!(
+        s.json(&["session", "list"])["sessions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    drop(c);
+    drop(c2);
+    assert!(s.stop().success());
 }
