@@ -675,6 +675,21 @@ fn admin_changes_reach_the_live_target() {
         "empty ACL: open again"
     );
 
+    // CHAP set while serving is required from the next login on.
+    s.json(&[
+        "chap",
+        "set",
+        DEMO,
+        "--user",
+        "u",
+        "--secret",
+        "0123456789ab",
+    ]);
+    let (class, _) = first_login_status(&addr, INI, DEMO);
+    assert_eq!(class, 2, "AuthMethod=None is refused once CHAP is set");
+    s.json(&["chap", "clear", DEMO]);
+    assert_eq!(first_login_status(&addr, INI, DEMO), (0, 0));
+
     // A new target with a new volume is reachable without a restart.
     s.json(&["volume", "create", "fresh", "--size", "4M"]);
     s.json(&["target", "create", T]);
