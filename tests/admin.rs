@@ -526,6 +526,10 @@ fn config_declares_objects_and_flags_win() {
         ],
     );
     assert_eq!(s.socket, socket);
+    assert_ne!(
+        s.addrs[0], "127.0.0.1:3260",
+        "--listen wins over [server] listen"
+    );
     let targets = s.json(&["target", "list"]);
     let iqns: Vec<&str> = targets["targets"]
         .as_array()
@@ -551,9 +555,16 @@ fn config_declares_objects_and_flags_win() {
             example.to_str().unwrap(),
             "--admin-socket",
             socket.to_str().unwrap(),
+            "--engine",
+            "threads",
         ],
     );
     s.json(&["volume", "show", "extra"]);
+    assert_eq!(
+        s.json(&["status"])["engine"],
+        "threads",
+        "--engine wins over [server] engine"
+    );
     assert!(s.stop().success());
 
     // A bad config is an error naming file and key; the server does not start.
