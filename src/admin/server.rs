@@ -63,6 +63,13 @@ impl AdminSocket {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        if !parent.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&parent)
+                .map_err(io)?;
+        }
         // A private directory nobody else can enter: the socket is never reachable
         // by anyone else before its mode is 0600.
         let private = parent.join(format!(".twinlun-admin.{}", std::process::id()));
@@ -373,6 +380,11 @@ mod tests {
         let _s = AdminSocket::bind(&path).unwrap();
         let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(entries.len(), 1, "no private temp dir is left behind");
+
+        // A missing parent folder is created.
+        let nested = dir.path().join("run/twinlun/admin.sock");
+        let _n = AdminSocket::bind(&nested).unwrap();
+        assert!(nested.exists());
 
         let other = dir.path().join("plain");
         std::fs::write(&other, b"x").unwrap();
