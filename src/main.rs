@@ -65,6 +65,11 @@ struct ServeArgs {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Exit status: 0 done; 1 the server refused or failed the request \
+(message on stderr, and with --json the error object on stdout); 2 usage error; \
+3 the server could not be reached."
+)]
 struct CtlArgs {
     /// Admin socket of the server.
     #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET)]
