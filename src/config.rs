@@ -48,7 +48,7 @@ use serde::Deserialize;
 use crate::admin::apply::default_volume_path;
 use crate::admin::protocol::{de_size, default_block_size};
 use crate::admin::validate;
-use crate::catalog::{Catalog, ChapSpec, LunSpec, TargetSpec, VolumeSpec};
+use crate::catalog::{Catalog, ChapSpec, LunSpec, VolumeSpec};
 use crate::volume::EngineKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -343,10 +343,7 @@ impl Config {
                     ));
                 }
             }
-            let spec = catalog
-                .targets
-                .entry(t.iqn.clone())
-                .or_insert_with(TargetSpec::default);
+            let spec = catalog.targets.entry(t.iqn.clone()).or_default();
             if let Some(acl) = &t.acl {
                 spec.acl = acl.iter().cloned().collect::<BTreeSet<_>>();
             }
@@ -446,6 +443,7 @@ fn target(cx: &Ctx<'_>, key: &str, v: toml::Value) -> Result<TargetConfig, Confi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::TargetSpec;
 
     const GOOD: &str = r#"
 [server]
@@ -599,6 +597,24 @@ read_only = true
             e.starts_with("c.toml: volume[0].size: volume 'demo' already exists"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn server_paths_are_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[server]\ndata_dir = \"d\"\nadmin_socket = \"/run/x.sock\"\n",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.server.data_dir, Some(dir.path().join("d")));
+        assert_eq!(c.server.admin_socket, Some(PathBuf::from("/run/x.sock")));
+        let e = Config::load(&dir.path().join("missing.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing.toml"), "{e}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -45,6 +46,8 @@ enum Command {
 #[derive(Args)]
 struct ServeArgs {
     /// TOML config declaring volumes, targets, LUNs, ACLs, CHAP and [server] settings.
+    /// Applied at every start over the saved catalog: what it declares is created or
+    /// updated, what it does not mention (objects made with `ctl`) is kept.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Where the catalog, the volume files and the admin socket live [default: ./twinlun-data].
@@ -62,6 +65,11 @@ struct ServeArgs {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Exit status: 0 done; 1 the server refused or failed the request \
+(message on stderr, and with --json the error object on stdout); 2 usage error; \
+3 the server could not be reached."
+)]
 struct CtlArgs {
     /// Admin socket of the server.
     #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_SOCKET)]
@@ -162,12 +170,16 @@ enum ChapCmd {
     /// Require CHAP at login (mutual with --mutual-user/--mutual-secret).
     Set {
         iqn: String,
+        /// Name the initiator presents (CHAP_N).
         #[arg(long)]
         user: String,
+        /// Secret the initiator proves; `-` reads it from a line of stdin (keeps it out of `ps`).
         #[arg(long)]
         secret: String,
+        /// Name the target answers with, for mutual CHAP.
         #[arg(long, requires = "mutual_secret")]
         mutual_user: Option<String>,
+        /// Secret the target proves (must differ from --secret); `-` reads the next stdin line.
         #[arg(long, requires = "mutual_user")]
         mutual_secret: Option<String>,
     },
@@ -218,7 +230,13 @@ fn init_logging() {
 /// Exit codes of `ctl`: 0 done, 1 the server refused or failed the request, 2 usage
 /// (clap), 3 the server could not be reached or answered garbage.
 fn ctl(args: CtlArgs) -> ExitCode {
-    let req = ctl_request(args.command);
+    let req = match ctl_request(args.command) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("twinlun ctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let result = Client::connect(&args.socket).and_then(|mut c| c.call(&req));
     match result {
         Err(e) => {
@@ -244,8 +262,20 @@ fn ctl(args: CtlArgs) -> ExitCode {
     }
 }
 
-fn ctl_request(cmd: CtlCommand) -> Request {
-    match cmd {
+/// `-` stands for a line read from stdin (for secrets).
+fn from_stdin_if_dash(value: String, what: &str) -> Result<String, String> {
+    if value != "-" {
+        return Ok(value);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the {what} from stdin: {e}"))?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
+    Ok(match cmd {
         CtlCommand::Status => Request::Status,
         CtlCommand::Volume(v) => match v {
             VolumeCmd::Create {
@@ -295,14 +325,17 @@ fn ctl_request(cmd: CtlCommand) -> Request {
             } => Request::ChapSet {
                 iqn,
                 user,
-                secret: Secret(secret),
+                secret: Secret(from_stdin_if_dash(secret, "secret")?),
                 mutual_user,
-                mutual_secret: mutual_secret.map(Secret),
+                mutual_secret: match mutual_secret {
+                    Some(s) => Some(Secret(from_stdin_if_dash(s, "mutual secret")?)),
+                    None => None,
+                },
             },
             ChapCmd::Clear { iqn } => Request::ChapClear { iqn },
         },
         CtlCommand::Session(SessionCmd::List) => Request::SessionList,
-    }
+    })
 }
 
 // ---- serve --------------------------------------------------------------------------
@@ -362,10 +395,8 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&s.data_dir)?;
     let catalog = startup::prepare(&s.data_dir, s.config.as_ref())?;
     let engine = Engine::start(s.engine.kind()).context("cannot start the io engine")?;
-    tracing::info!(engine = engine.name(), "io engine started");
     let node = Arc::new(Node::new(s.data_dir.clone(), engine, catalog));
-    node.open_volumes()
-        .map_err(|(name, e)| anyhow!(e).context(format!("cannot open volume '{name}'")))?;
+    node.open_volumes()?;
 
     let server = Server::bind(node.clone(), &s.listen).await?;
     let addrs = server.local_addrs();
@@ -373,16 +404,18 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
     let admin = AdminSocket::bind(&s.admin_socket)?;
     node.set_admin_socket(s.admin_socket.clone());
 
-    print_banner(&addrs, &s.admin_socket, &node.catalog.read());
-
+    let signal = shutdown_signal()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signal.await;
         let _ = stop_tx.send(true);
     });
+
+    print_banner(&addrs, &s.admin_socket, &node.catalog.read());
+
     let admin_task = tokio::spawn(admin.run(node.clone(), stopped(stop_rx.clone())));
     server
         .run(twinlun::server::TargetSettings::default(), stopped(stop_rx))
@@ -397,20 +430,18 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Resolves at the first SIGINT (Ctrl-C) or SIGTERM. Both are hooked before it is
+/// returned, so a signal that arrives early is not lost to the default action.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("interrupted"),
+            _ = term.recv() => tracing::info!("terminated"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
-        _ = term.recv() => tracing::info!("terminated"),
-    }
+    })
 }
 
 /// One server per data dir: an exclusive flock on DATA_DIR/lock, held for the
@@ -421,6 +452,7 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
     // SAFETY: flock on a file descriptor we own; no memory is involved.

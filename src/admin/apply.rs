@@ -19,7 +19,7 @@
 //! - An empty ACL means any initiator may log in.
 
 use std::fs::{self, OpenOptions};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use parking_lot::{Mutex, RwLock};
@@ -522,7 +522,12 @@ pub fn create_volume_file(path: &Path, size: u64) -> Result<(), AdminError> {
     };
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(err)?;
-    let f = match OpenOptions::new().write(true).create_new(true).open(path) {
+    let f = match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(AdminError::FileExists(path.to_path_buf()))
@@ -1023,6 +1028,25 @@ mod tests {
             panic!()
         };
         assert_eq!(targets[0].sessions, 1);
+    }
+
+    #[test]
+    fn concurrent_changes_are_serialized() {
+        let f = Fake::new();
+        std::thread::scope(|sc| {
+            for t in 0..4 {
+                let f = &f;
+                sc.spawn(move || {
+                    for i in 0..8 {
+                        let r = apply(f, vcreate(&format!("v{t}-{i}"), 4096, 512));
+                        assert!(!r.is_error(), "{r:?}");
+                    }
+                });
+            }
+        });
+        assert_eq!(f.catalog.read().volumes.len(), 33);
+        assert_eq!(*f.catalog.read(), f.on_disk());
+        assert_eq!(f.open.lock().len(), 33);
     }
 
     #[test]

@@ -48,10 +48,15 @@ impl Client {
     pub fn call(&mut self, req: &Request) -> Result<(String, Response), ClientError> {
         let mut line = serde_json::to_vec(req).map_err(ClientError::BadResponse)?;
         line.push(b'\n');
-        self.writer.write_all(&line)?;
+        // A server that refuses us (permission denied) answers and closes at once, so
+        // the write may fail: its answer is still there to read.
+        let written = self.writer.write_all(&line);
         let mut resp = String::new();
-        if self.reader.read_line(&mut resp)? == 0 {
-            return Err(ClientError::Closed);
+        match self.reader.read_line(&mut resp) {
+            Ok(0) | Err(_) if written.is_err() => return Err(written.unwrap_err().into()),
+            Ok(0) => return Err(ClientError::Closed),
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
         }
         let resp = resp.trim_end().to_string();
         let parsed = serde_json::from_str(&resp).map_err(ClientError::BadResponse)?;

@@ -1,9 +1,35 @@
 //! The admin socket protocol: one JSON object per line each way.
 //!
-//! A request is an object tagged by `cmd`, e.g. `{"cmd":"volume_create","name":"db","size":"10G"}`;
-//! a response is an object tagged by `result`, e.g. `{"result":"volume","name":"db",...}` or
-//! `{"result":"error","code":"not_found","message":"no volume named 'x'"}`.
+//! A request is an object tagged by `cmd`; a response is an object tagged by `result`.
 //! Secrets go in (`chap_set`) but never come back out.
+//!
+//! | request (`cmd` and fields)                                   | response `result`          |
+//! |--------------------------------------------------------------|----------------------------|
+//! | `status`                                                     | `status` (StatusView)      |
+//! | `volume_create` name, size (bytes or "10G"), block_size=512  | `volume` (VolumeView)      |
+//! | `volume_list`                                                | `volumes` {volumes: [..]}  |
+//! | `volume_show` name                                           | `volume`                   |
+//! | `volume_delete` name                                         | `done` {message}           |
+//! | `target_create` iqn                                          | `target` (TargetView)      |
+//! | `target_list`                                                | `targets` {targets: [..]}  |
+//! | `target_show` iqn                                            | `target`                   |
+//! | `target_delete` iqn                                          | `done`                     |
+//! | `lun_map` iqn, lun, volume, read_only=false                  | `done`                     |
+//! | `lun_unmap` iqn, lun                                         | `done`                     |
+//! | `acl_add` / `acl_remove` iqn, initiator                      | `done`                     |
+//! | `chap_set` iqn, user, secret, mutual_user?, mutual_secret?   | `done`                     |
+//! | `chap_clear` iqn                                             | `done`                     |
+//! | `session_list`                                               | `sessions` {sessions: [..]}|
+//!
+//! Any request may instead get `{"result":"error","code":CODE,"message":TEXT}`, CODE one
+//! of `ErrorCode` in snake_case. Examples:
+//!
+//! ```text
+//! > {"cmd":"volume_create","name":"db","size":"10G","block_size":4096}
+//! < {"result":"volume","name":"db","size":10737418240,"block_size":4096,"id":"dfb187fcb7ea5ce4","path":"volumes/db.img","allocated":0,"mappings":[]}
+//! > {"cmd":"volume_delete","name":"demo"}
+//! < {"result":"error","code":"in_use","message":"volume 'demo' is mapped (iqn.2026-11.io.twinlun:demo LUN 0); unmap it first"}
+//! ```
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -293,6 +319,7 @@ mod tests {
         );
         let bad = serde_json::from_str::<Request>(r#"{"cmd":"volume_show","name":"x","extra":1}"#);
         assert!(bad.is_err(), "unknown fields are refused");
+        // (Unit variants ignore extra fields in serde: `server::parse_request` refuses them.)
     }
 
     #[test]

@@ -63,6 +63,13 @@ impl AdminSocket {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        if !parent.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&parent)
+                .map_err(io)?;
+        }
         // A private directory nobody else can enter: the socket is never reachable
         // by anyone else before its mode is 0600.
         let private = parent.join(format!(".twinlun-admin.{}", std::process::id()));
@@ -171,31 +178,64 @@ async fn read_line<R: AsyncBufReadExt + Unpin>(
     }
 }
 
-/// Turns a request line into a request, or the error response for it.
-pub fn parse_request(line: &[u8]) -> Result<Request, Response> {
+/// Why a request line was not a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadLine {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl From<BadLine> for Response {
+    fn from(b: BadLine) -> Response {
+        Response::Error {
+            code: b.code,
+            message: b.message,
+        }
+    }
+}
+
+/// Turns a request line into a request, or says what is wrong with it.
+pub fn parse_request(line: &[u8]) -> Result<Request, BadLine> {
+    let bad = |code, message: String| BadLine { code, message };
     let value: serde_json::Value = serde_json::from_slice(line)
-        .map_err(|e| Response::error(ErrorCode::BadRequest, format!("not JSON: {e}")))?;
+        .map_err(|e| bad(ErrorCode::BadRequest, format!("not JSON: {e}")))?;
     let Some(cmd) = value.get("cmd") else {
-        return Err(Response::error(
+        return Err(bad(
             ErrorCode::BadRequest,
-            "expected an object with a \"cmd\" field",
+            "expected an object with a \"cmd\" field".into(),
         ));
     };
     let Some(cmd) = cmd.as_str() else {
-        return Err(Response::error(
+        return Err(bad(
             ErrorCode::BadRequest,
-            "\"cmd\" must be a string",
+            "\"cmd\" must be a string".into(),
         ));
     };
     if !COMMANDS.contains(&cmd) {
-        return Err(Response::error(
+        return Err(bad(
             ErrorCode::UnknownCommand,
             format!("unknown command '{cmd}' (known: {})", COMMANDS.join(", ")),
         ));
     }
     let cmd = cmd.to_string();
-    serde_json::from_value(value)
-        .map_err(|e| Response::error(ErrorCode::BadRequest, format!("{cmd}: {e}")))
+    let req: Request = serde_json::from_value(value.clone())
+        .map_err(|e| bad(ErrorCode::BadRequest, format!("{cmd}: {e}")))?;
+    // serde's deny_unknown_fields does not reach unit variants of a tagged enum.
+    if matches!(
+        req,
+        Request::Status | Request::VolumeList | Request::TargetList | Request::SessionList
+    ) {
+        if let Some(extra) = value
+            .as_object()
+            .and_then(|o| o.keys().find(|k| *k != "cmd"))
+        {
+            return Err(bad(
+                ErrorCode::BadRequest,
+                format!("{cmd}: unknown field `{extra}`, {cmd} takes no arguments"),
+            ));
+        }
+    }
+    Ok(req)
 }
 
 async fn serve_connection<H>(host: Arc<H>, stream: UnixStream, uid: Option<u32>, my_uid: u32)
@@ -228,7 +268,7 @@ where
             ),
             Ok(Line::Text) if buf.iter().all(u8::is_ascii_whitespace) => continue,
             Ok(Line::Text) => match parse_request(&buf) {
-                Err(resp) => resp,
+                Err(bad) => bad.into(),
                 Ok(req) => {
                     let cmd = command_name(&req);
                     let host = host.clone();
@@ -282,7 +322,7 @@ mod tests {
     #[test]
     fn parse_errors_have_codes() {
         let code = |line: &str| match parse_request(line.as_bytes()) {
-            Err(Response::Error { code, .. }) => code,
+            Err(BadLine { code, .. }) => code,
             other => panic!("{line}: {other:?}"),
         };
         assert_eq!(code("{nope"), ErrorCode::BadRequest);
@@ -340,6 +380,11 @@ mod tests {
         let _s = AdminSocket::bind(&path).unwrap();
         let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(entries.len(), 1, "no private temp dir is left behind");
+
+        // A missing parent folder is created.
+        let nested = dir.path().join("run/twinlun/admin.sock");
+        let _n = AdminSocket::bind(&nested).unwrap();
+        assert!(nested.exists());
 
         let other = dir.path().join("plain");
         std::fs::write(&other, b"x").unwrap();

@@ -40,17 +40,12 @@ fn kv(pairs: &[(&str, String)]) -> String {
     out
 }
 
+/// CHAP as admins see it: the user name and whether it is mutual, never a secret.
 pub fn chap_text(chap: &Option<ChapView>) -> String {
     match chap {
         None => "none".into(),
-        Some(ChapView {
-            user,
-            mutual_user: None,
-        }) => format!("user {user}"),
-        Some(ChapView {
-            user,
-            mutual_user: Some(m),
-        }) => format!("user {user} (mutual, target user {m})"),
+        Some(c) if c.mutual_user.is_some() => format!("user {} (mutual)", c.user),
+        Some(c) => format!("user {}", c.user),
     }
 }
 
@@ -67,6 +62,7 @@ fn allocated_text(v: &VolumeView) -> String {
 }
 
 fn volume_detail(v: &VolumeView) -> String {
+    let mapped = if v.mappings.is_empty() { "no" } else { "yes" };
     let mut out = kv(&[
         ("name", v.name.clone()),
         (
@@ -77,10 +73,9 @@ fn volume_detail(v: &VolumeView) -> String {
         ("id", v.id.clone()),
         ("file", v.path.clone()),
         ("allocated", allocated_text(v)),
+        ("mapped", mapped.into()),
     ]);
-    if v.mappings.is_empty() {
-        out.push_str("mapped:     no\n");
-    } else {
+    if !v.mappings.is_empty() {
         out.push('\n');
         let rows: Vec<Vec<String>> = v
             .mappings
@@ -103,11 +98,17 @@ fn target_detail(t: &TargetView) -> String {
         ("target", t.iqn.clone()),
         ("acl", acl_text(&t.acl)),
         ("chap", chap_text(&t.chap)),
+        (
+            "target user",
+            t.chap
+                .as_ref()
+                .and_then(|c| c.mutual_user.clone())
+                .unwrap_or_else(|| "-".into()),
+        ),
         ("sessions", t.sessions.to_string()),
+        ("luns", t.luns.len().to_string()),
     ]);
-    if t.luns.is_empty() {
-        out.push_str("luns:     none\n");
-    } else {
+    if !t.luns.is_empty() {
         out.push('\n');
         let rows: Vec<Vec<String>> = t
             .luns
@@ -278,7 +279,7 @@ mod tests {
             sessions: 0,
         };
         let out = render(&Response::Targets { targets: vec![t] });
-        assert!(out.contains("user alice (mutual"), "{out}");
+        assert!(out.contains("user alice (mutual)"), "{out}");
         assert!(out.contains("0:v(ro)") && out.contains("open"), "{out}");
     }
 }

@@ -65,7 +65,7 @@ pub fn check_geometry(size: u64, block_size: u32) -> Result<(), ValidationError>
     if size == 0 {
         return Err(ValidationError::SizeZero);
     }
-    if size % u64::from(block_size) != 0 {
+    if !size.is_multiple_of(u64::from(block_size)) {
         return Err(ValidationError::SizeNotMultiple { size, block_size });
     }
     Ok(())
@@ -78,7 +78,7 @@ pub fn format_size(n: u64) -> String {
     for (shift, u) in UNITS {
         let unit = 1u64 << shift;
         if n >= unit {
-            if n % unit == 0 {
+            if n.is_multiple_of(unit) {
                 return format!("{}{u}", n >> shift);
             }
             return format!("{:.1}{u}", n as f64 / unit as f64);
@@ -387,6 +387,30 @@ mod tests {
         assert!(check_chap("u", "0123456789ab", Some(("", "ba9876543210"))).is_err());
         assert!(check_chap("u", "0123456789ab", Some(("m", "ba9876543210"))).is_ok());
         assert!(check_chap("u\n", "0123456789ab", None).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(s in "\\PC{0,40}") {
+            let _ = parse_size(&s);
+            let _ = check_iscsi_name(&s);
+            let _ = check_volume_name(&s);
+            let _ = check_chap(&s, &s, Some((&s, &s)));
+        }
+
+        #[test]
+        fn iqn_prefixed_junk_never_panics(s in "iqn\\.[0-9é-]{0,8}\\PC{0,20}") {
+            let _ = check_iscsi_name(&s);
+        }
+
+        #[test]
+        fn sizes_roundtrip(blocks in 1u64..(1 << 40), shift in 0u32..4) {
+            let n = blocks << (9 + shift);
+            let text = format_size(n);
+            if !text.contains('.') {
+                proptest::prop_assert_eq!(parse_size(&text).unwrap(), n);
+            }
+        }
     }
 
     #[test]

@@ -18,6 +18,16 @@ use crate::catalog::{Catalog, VolumeSpec};
 use crate::server::{SessionInfo, SessionRegistry};
 use crate::volume::{Engine, Volume, VolumeError};
 
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot open volume '{name}': {source}")]
+    OpenVolume {
+        name: String,
+        #[source]
+        source: VolumeError,
+    },
+}
+
 pub struct Node {
     pub data_dir: PathBuf,
     pub engine: Engine,
@@ -63,7 +73,7 @@ impl Node {
     }
 
     /// Opens every volume of the catalog; stops at the first that fails, naming it.
-    pub fn open_volumes(&self) -> Result<(), (String, VolumeError)> {
+    pub fn open_volumes(&self) -> Result<(), NodeError> {
         let specs: Vec<(String, VolumeSpec)> = self
             .catalog
             .read()
@@ -72,7 +82,8 @@ impl Node {
             .map(|(n, s)| (n.clone(), s.clone()))
             .collect();
         for (name, spec) in specs {
-            self.open_volume(&name, &spec).map_err(|e| (name, e))?;
+            self.open_volume(&name, &spec)
+                .map_err(|source| NodeError::OpenVolume { name, source })?;
         }
         Ok(())
     }
