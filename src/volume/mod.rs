@@ -23,7 +23,7 @@ mod tests;
 use std::fmt;
 use std::str::FromStr;
 
-pub use engine::Engine;
+pub use engine::{Engine, EngineConfig};
 pub use volume::Volume;
 
 #[derive(Debug, thiserror::Error)]

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{Engine, EngineKind, Volume, VolumeError};
+use super::{Engine, EngineConfig, EngineKind, Volume, VolumeError};
 
 const KINDS: [EngineKind; 2] = [EngineKind::Uring, EngineKind::Threads];
 const MIB: u64 = 1 << 20;
@@ -326,6 +326,31 @@ fn volumes_share_one_engine_across_runtimes() {
     }
 }
 
+/// User + system CPU time of the whole process.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct we pass; no other pointers.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Kernel io_uring worker threads (io-wq) of this process: operations the kernel could
+/// not complete inline or by polling run there.
+fn io_wq_workers() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("iou-wrk"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// 4 KiB random reads and writes at queue depth 32 through the public API, on both engines.
 /// Run by hand: `cargo test --release --lib volume::tests::bench -- --ignored --nocapture`.
 #[test]
@@ -343,12 +368,22 @@ fn bench_engines_4k_qd32() {
         .enable_all()
         .build()
         .unwrap();
+    let configs = [
+        ("uring x1", EngineKind::Uring, 1),
+        ("uring x2", EngineKind::Uring, 2),
+        ("threads", EngineKind::Threads, 1),
+    ];
+    let mut first = true;
     for round in 0..2 {
-        for kind in KINDS {
-            let engine = Engine::start(kind).unwrap();
+        for (label, kind, rings) in configs {
+            let config = EngineConfig {
+                rings,
+                ..EngineConfig::default()
+            };
+            let engine = Engine::start_with(kind, config).unwrap();
             let v = Arc::new(open(dir.path(), "bench.img", SPAN, &engine));
             rt.block_on(async {
-                if round == 0 && kind == EngineKind::Uring {
+                if std::mem::take(&mut first) {
                     // Allocate and cache the whole span once, so reads hit data.
                     for off in (0..SPAN).step_by(MIB as usize) {
                         v.write(off, pattern(off, MIB as usize), false)
@@ -356,10 +391,11 @@ fn bench_engines_4k_qd32() {
                             .unwrap();
                     }
                 }
-                for write in [false, true] {
+                for (write, qd) in [(false, 1), (false, QD), (true, 1), (true, QD)] {
+                    let cpu0 = cpu_time();
                     let stop = Instant::now() + Duration::from_secs(secs);
                     let mut tasks = Vec::new();
-                    for q in 0..QD {
+                    for q in 0..qd {
                         let v = Arc::clone(&v);
                         tasks.push(tokio::spawn(async move {
                             let mut rng = StdRng::seed_from_u64(q as u64);
@@ -381,11 +417,13 @@ fn bench_engines_4k_qd32() {
                     for t in tasks {
                         total += t.await.unwrap();
                     }
+                    let cpu = cpu_time() - cpu0;
                     println!(
-                        "round {round} {:>8} 4k rand{} qd{QD}: {:>8.0} IOPS",
-                        engine.name(),
+                        "round {round} {label:>8} 4k rand{} qd{qd:<2}: {:>8.0} IOPS, {:.2} us cpu/io, {} io-wq workers",
                         if write { "write" } else { "read " },
-                        total as f64 / secs as f64
+                        total as f64 / secs as f64,
+                        cpu.as_secs_f64() * 1e6 / total as f64,
+                        io_wq_workers(),
                     );
                 }
             });

@@ -11,6 +11,7 @@ mod uring;
 
 use std::fs::File;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -49,13 +50,22 @@ pub struct Engine {
 
 struct Shared {
     name: &'static str,
+    /// One per ring thread (io_uring) or one for the whole pool (threads). Requests are
+    /// spread over the lanes round-robin; they carry no ordering between them (a flush is
+    /// an fdatasync of the file, which covers writes completed on any lane).
+    lanes: Vec<Lane>,
+    next: AtomicUsize,
+}
+
+struct Lane {
     /// `None` only while dropping, so the engine sees the channel closed before it is woken.
     tx: Option<mpsc::Sender<Request>>,
     /// Set for io_uring: the ring thread sleeps in the kernel and needs an explicit wake.
     waker: Option<Arc<uring::Waker>>,
 }
 
-impl Drop for Shared {
+impl Drop for Lane {
+    // Also runs for the lanes already started when a later ring fails to start.
     fn drop(&mut self) {
         drop(self.tx.take());
         if let Some(w) = &self.waker {
@@ -72,63 +82,98 @@ impl std::fmt::Debug for Engine {
     }
 }
 
+/// Tuning of an engine; `Default` is what `Engine::start` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// io_uring: ring threads. Requests are spread over them round-robin.
+    pub rings: usize,
+    /// Thread pool: worker threads.
+    pub workers: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            rings: uring::RINGS,
+            workers: threads::WORKERS,
+        }
+    }
+}
+
 impl Engine {
-    /// Starts an engine. `Auto` tries io_uring and falls back to the thread pool; which one
-    /// runs, and why a fallback happened, is logged here once.
+    /// Starts an engine with the default tuning. `Auto` tries io_uring and falls back to
+    /// the thread pool; which one runs, and why a fallback happened, is logged here once.
     pub fn start(kind: EngineKind) -> Result<Engine, VolumeError> {
-        match kind {
-            EngineKind::Uring => {
-                let e = Self::start_uring()?;
-                tracing::info!(engine = "io_uring", requested = %kind, "io engine started");
-                Ok(e)
-            }
-            EngineKind::Threads => {
-                let e = Self::start_threads()?;
-                tracing::info!(engine = "threads", requested = %kind, workers = threads::WORKERS, "io engine started");
-                Ok(e)
-            }
-            EngineKind::Auto => match Self::start_uring() {
-                Ok(e) => {
-                    tracing::info!(engine = "io_uring", requested = %kind, "io engine started");
-                    Ok(e)
-                }
+        Self::start_with(kind, EngineConfig::default())
+    }
+
+    /// [`Engine::start`] with explicit tuning.
+    pub fn start_with(kind: EngineKind, config: EngineConfig) -> Result<Engine, VolumeError> {
+        let rings = config.rings.max(1);
+        let workers = config.workers.max(1);
+        let uring = match kind {
+            EngineKind::Threads => None,
+            EngineKind::Uring => Some(Self::start_uring(rings)?),
+            EngineKind::Auto => match Self::start_uring(rings) {
+                Ok(e) => Some(e),
                 Err(why) => {
-                    let e = Self::start_threads()?;
+                    let e = Self::start_threads(workers)?;
                     tracing::info!(
-                        engine = "threads",
+                        engine = e.name(),
                         requested = %kind,
-                        workers = threads::WORKERS,
+                        workers,
                         fallback_reason = %why,
                         "io engine started: io_uring unavailable, using the thread pool"
                     );
-                    Ok(e)
+                    return Ok(e);
                 }
             },
-        }
+        };
+        let e = match uring {
+            Some(e) => {
+                tracing::info!(engine = e.name(), requested = %kind, rings, "io engine started");
+                e
+            }
+            None => {
+                let e = Self::start_threads(workers)?;
+                tracing::info!(engine = e.name(), requested = %kind, workers, "io engine started");
+                e
+            }
+        };
+        Ok(e)
     }
 
-    fn start_uring() -> Result<Engine, VolumeError> {
-        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        let waker = uring::start(rx)?;
-        Ok(Engine {
-            shared: Arc::new(Shared {
-                name: "io_uring",
+    fn start_uring(rings: usize) -> Result<Engine, VolumeError> {
+        let mut lanes = Vec::with_capacity(rings);
+        for _ in 0..rings {
+            let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+            let waker = uring::start(rx)?;
+            lanes.push(Lane {
                 tx: Some(tx),
                 waker: Some(waker),
-            }),
-        })
+            });
+        }
+        Ok(Engine::from_lanes("io_uring", lanes))
     }
 
-    fn start_threads() -> Result<Engine, VolumeError> {
+    fn start_threads(workers: usize) -> Result<Engine, VolumeError> {
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        threads::start(rx)?;
-        Ok(Engine {
+        threads::start(rx, workers)?;
+        let lane = Lane {
+            tx: Some(tx),
+            waker: None,
+        };
+        Ok(Engine::from_lanes("threads", vec![lane]))
+    }
+
+    fn from_lanes(name: &'static str, lanes: Vec<Lane>) -> Engine {
+        Engine {
             shared: Arc::new(Shared {
-                name: "threads",
-                tx: Some(tx),
-                waker: None,
+                name,
+                lanes,
+                next: AtomicUsize::new(0),
             }),
-        })
+        }
     }
 
     /// "io_uring" or "threads".
@@ -146,12 +191,18 @@ impl Engine {
         file: Arc<File>,
         op: Op,
     ) -> Result<io::Result<Bytes>, VolumeError> {
-        let tx = self.shared.tx.as_ref().ok_or(VolumeError::EngineStopped)?;
+        let lanes = &self.shared.lanes;
+        let i = match lanes.len() {
+            0 | 1 => 0,
+            n => self.shared.next.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        let lane = lanes.get(i).ok_or(VolumeError::EngineStopped)?;
+        let tx = lane.tx.as_ref().ok_or(VolumeError::EngineStopped)?;
         let (reply, done) = oneshot::channel();
         tx.send(Request { file, op, reply })
             .await
             .map_err(|_| VolumeError::EngineStopped)?;
-        if let Some(w) = &self.shared.waker {
+        if let Some(w) = &lane.waker {
             w.wake_if_sleeping();
         }
         done.await.map_err(|_| VolumeError::EngineStopped)

@@ -1,4 +1,4 @@
-//! The thread-pool engine: `WORKERS` threads take requests from the shared channel and run
+//! The thread-pool engine: worker threads (`WORKERS` by default) take requests from the shared channel and run
 //! them with positioned reads and writes. Used where io_uring cannot be set up, or when
 //! asked for.
 
@@ -14,14 +14,14 @@ use tokio::sync::mpsc;
 use super::{Op, Request};
 use crate::volume::VolumeError;
 
-/// Worker threads. Page-cache hits barely block, so this mostly bounds how many slow
+/// Default worker threads. Page-cache hits barely block, so this mostly bounds how many slow
 /// device writes (FUA, flush) can be outstanding at once.
 pub(crate) const WORKERS: usize = 16;
 
 /// Starts the pool. The workers exit once every sender is dropped and the queue is empty.
-pub(crate) fn start(rx: mpsc::Receiver<Request>) -> Result<(), VolumeError> {
+pub(crate) fn start(rx: mpsc::Receiver<Request>, workers: usize) -> Result<(), VolumeError> {
     let rx = Arc::new(Mutex::new(rx));
-    for i in 0..WORKERS {
+    for i in 0..workers {
         let rx = Arc::clone(&rx);
         std::thread::Builder::new()
             .name(format!("twinlun-io-{i}"))

@@ -28,6 +28,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Op, Request};
 use crate::volume::VolumeError;
 
+/// Default ring threads per engine: one ring thread saturates far above what the iSCSI
+/// path delivers on small machines, and a second one competes with the network tasks.
+pub(crate) const RINGS: usize = 1;
 /// Submission queue entries; the completion queue gets twice as many.
 const RING_ENTRIES: u32 = 256;
 /// Operations the thread keeps in the kernel at once. With the eventfd read this never
