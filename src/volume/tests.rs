@@ -11,7 +11,19 @@ use rand::{Rng, SeedableRng};
 
 use super::{Engine, EngineConfig, EngineKind, Volume, VolumeError};
 
-const KINDS: [EngineKind; 2] = [EngineKind::Uring, EngineKind::Threads];
+/// The engines every behavioural test runs on: io_uring as shipped (writes on the pool),
+/// io_uring doing writes in the ring too, and the thread pool.
+fn engines() -> Vec<(EngineKind, EngineConfig)> {
+    let ring_writes = EngineConfig {
+        uring_writes_on_pool: false,
+        ..EngineConfig::default()
+    };
+    vec![
+        (EngineKind::Uring, EngineConfig::default()),
+        (EngineKind::Uring, ring_writes),
+        (EngineKind::Threads, EngineConfig::default()),
+    ]
+}
 const MIB: u64 = 1 << 20;
 
 fn pattern(seed: u64, len: usize) -> Bytes {
@@ -104,9 +116,9 @@ fn geometry_and_size_checks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_patterns_match_a_model() {
-    for kind in KINDS {
+    for (kind, config) in engines() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         let size = 32 * MIB;
         let v = open(dir.path(), "v.img", size, &engine);
         let mut model = vec![0u8; size as usize];
@@ -130,7 +142,7 @@ async fn random_patterns_match_a_model() {
             assert_eq!(
                 &got[..],
                 &model[roff as usize..roff as usize + len],
-                "{kind} read {roff}+{len}"
+                "{kind}/{config:?} read {roff}+{len}"
             );
         }
         // Whole volume, in 4 MiB reads.
@@ -138,7 +150,7 @@ async fn random_patterns_match_a_model() {
             let got = v.read(off, 4 * MIB as usize).await.unwrap();
             assert!(
                 got[..] == model[off as usize..(off + 4 * MIB) as usize],
-                "{kind} at {off}"
+                "{kind}/{config:?} at {off}"
             );
         }
     }
@@ -146,9 +158,9 @@ async fn random_patterns_match_a_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_writes_then_read_back() {
-    for kind in KINDS {
+    for (kind, config) in engines() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         let v = Arc::new(open(dir.path(), "v.img", 64 * MIB, &engine));
         // 1024 writes, 256+ in flight (more than the io_uring in-flight table, so the
         // backpressure path runs too), each 4 KiB..64 KiB in its own 64 KiB slot.
@@ -181,9 +193,9 @@ async fn many_concurrent_writes_then_read_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fua_flush_and_sync() {
-    for kind in KINDS {
+    for (kind, config) in engines() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         let v = open(dir.path(), "v.img", 8 * MIB, &engine);
         v.write(4096, pattern(1, 8192), true).await.unwrap();
         v.write(MIB + 512, pattern(2, 512), false).await.unwrap();
@@ -199,9 +211,9 @@ async fn fua_flush_and_sync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_range_is_refused() {
-    for kind in KINDS {
+    for (kind, config) in engines() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         let size = MIB;
         let v = open(dir.path(), "v.img", size, &engine);
         let oor = |r: Result<_, VolumeError>| matches!(r, Err(VolumeError::OutOfRange { .. }));
@@ -220,9 +232,9 @@ async fn out_of_range_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwritten_ranges_read_as_zeros() {
-    for kind in KINDS {
+    for (kind, config) in engines() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         let v = open(dir.path(), "v.img", 64 * MIB, &engine);
         v.write(10 * MIB, pattern(5, 4096), false).await.unwrap();
         let got = v.read(0, 8 * MIB as usize).await.unwrap();
@@ -237,9 +249,9 @@ async fn unwritten_ranges_read_as_zeros() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_past_the_end_of_a_short_file_are_zero_filled() {
-    for kind in KINDS {
+    for (kind, config) in engines() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         let v = open(dir.path(), "v.img", 4 * MIB, &engine);
         v.write(0, pattern(9, 8192), false).await.unwrap();
         // Someone truncates the file under us; reads must not fail or return short.
@@ -259,16 +271,16 @@ async fn reads_past_the_end_of_a_short_file_are_zero_filled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reopen_keeps_data() {
-    for kind in KINDS {
+    for (kind, config) in engines() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         let v = open(dir.path(), "v.img", 4 * MIB, &engine);
         v.write(3 * MIB, pattern(11, 65536), false).await.unwrap();
         v.flush().await.unwrap();
         drop(v);
         drop(engine);
 
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         // Reopen larger: the old data stays, the new tail reads as zeros.
         let v = open(dir.path(), "v.img", 8 * MIB, &engine);
         assert_eq!(v.size(), 8 * MIB);
@@ -279,9 +291,9 @@ async fn reopen_keeps_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_requests_do_not_hurt_the_engine() {
-    for kind in KINDS {
+    for (kind, config) in engines() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         let v = Arc::new(open(dir.path(), "v.img", 16 * MIB, &engine));
         // The engine handle may go: volumes keep their own.
         drop(engine);
@@ -369,15 +381,17 @@ fn bench_engines_4k_qd32() {
         .build()
         .unwrap();
     let configs = [
-        ("uring x1", EngineKind::Uring, 1),
-        ("uring x2", EngineKind::Uring, 2),
-        ("threads", EngineKind::Threads, 1),
+        ("uring", EngineKind::Uring, 1, true),
+        ("uring x2", EngineKind::Uring, 2, true),
+        ("uring-rw", EngineKind::Uring, 1, false),
+        ("threads", EngineKind::Threads, 1, true),
     ];
     let mut first = true;
     for round in 0..2 {
-        for (label, kind, rings) in configs {
+        for (label, kind, rings, uring_writes_on_pool) in configs {
             let config = EngineConfig {
                 rings,
+                uring_writes_on_pool,
                 ..EngineConfig::default()
             };
             let engine = Engine::start_with(kind, config).unwrap();
@@ -419,7 +433,7 @@ fn bench_engines_4k_qd32() {
                     }
                     let cpu = cpu_time() - cpu0;
                     println!(
-                        "round {round} {label:>8} 4k rand{} qd{qd:<2}: {:>8.0} IOPS, {:.2} us cpu/io, {} io-wq workers",
+                        "round {round} {label:>9} 4k rand{} qd{qd:<2}: {:>8.0} IOPS, {:.2} us cpu/io, {} io-wq workers",
                         if write { "write" } else { "read " },
                         total as f64 / secs as f64,
                         cpu.as_secs_f64() * 1e6 / total as f64,
