@@ -15,6 +15,8 @@
 //! turns engine errors into [`VolumeError`].
 
 mod engine;
+// The layout STYLE.md names: src/volume/volume.rs holds `Volume`.
+#[allow(clippy::module_inception)]
 mod volume;
 
 #[cfg(test)]
