@@ -338,6 +338,20 @@ fn volumes_share_one_engine_across_runtimes() {
     }
 }
 
+#[tokio::test]
+async fn a_dead_engine_answers_engine_stopped() {
+    for accept in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let v = open(dir.path(), "v.img", MIB, &Engine::dead_for_test(accept));
+        let stopped = |r: Result<(), VolumeError>| matches!(r, Err(VolumeError::EngineStopped));
+        assert!(stopped(v.read(0, 512).await.map(drop)), "accept={accept}");
+        assert!(stopped(v.write(0, pattern(1, 512), true).await));
+        assert!(stopped(v.flush().await));
+        // Shutdown still syncs without the engine.
+        v.sync_blocking().unwrap();
+    }
+}
+
 /// User + system CPU time of the whole process.
 fn cpu_time() -> Duration {
     // SAFETY: getrusage fills the zeroed struct we pass; no other pointers.
@@ -405,7 +419,7 @@ fn bench_engines_4k_qd32() {
                             .unwrap();
                     }
                 }
-                for (write, qd) in [(false, 1), (false, QD), (true, 1), (true, QD)] {
+                for (write, qd) in [(false, 1), (false, 4), (false, QD), (true, 1), (true, QD)] {
                     let cpu0 = cpu_time();
                     let stop = Instant::now() + Duration::from_secs(secs);
                     let mut tasks = Vec::new();

@@ -201,6 +201,21 @@ impl Engine {
         }
     }
 
+    /// An engine that has died: its channel is closed (`accept: false`), or it takes
+    /// requests and drops them unanswered, as a thread that panicked would (`accept: true`).
+    #[cfg(test)]
+    pub(crate) fn dead_for_test(accept: bool) -> Engine {
+        let (tx, mut rx) = mpsc::channel::<Request>(4);
+        if accept {
+            std::thread::spawn(move || while rx.blocking_recv().is_some() {});
+        }
+        let lane = Lane {
+            tx: Some(tx),
+            waker: None,
+        };
+        Engine::from_lanes("dead", vec![lane], None)
+    }
+
     /// "io_uring" or "threads".
     pub fn name(&self) -> &'static str {
         self.shared.name
