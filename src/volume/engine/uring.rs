@@ -12,6 +12,9 @@
 //! wait in the channel or in the local `pending` queue, they are never failed for it.
 //! Short reads and writes are resubmitted for the rest; EAGAIN and EINTR are retried; a
 //! read past the end of the file returns zeros.
+//!
+//! The ring can run writes too (FUA as RWF_DSYNC), but by default the engine sends them to
+//! a pwrite pool instead: see `EngineConfig::uring_writes_on_pool`.
 
 use std::collections::VecDeque;
 use std::fs::File;
