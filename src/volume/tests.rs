@@ -68,6 +68,47 @@ fn auto_chooses_uring_here() {
 }
 
 #[test]
+fn auto_falls_back_to_threads_and_says_why() {
+    #[derive(Clone, Default)]
+    struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Log {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+
+    super::engine::FAIL_URING_FOR_TEST.with(|f| f.set(true));
+    tracing::subscriber::with_default(subscriber, || {
+        let e = Engine::start(EngineKind::Auto).unwrap();
+        assert_eq!(e.name(), "threads");
+        assert!(matches!(
+            Engine::start(EngineKind::Uring),
+            Err(VolumeError::UringUnavailable(_))
+        ));
+    });
+    super::engine::FAIL_URING_FOR_TEST.with(|f| f.set(false));
+
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("io engine started"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].contains("engine=\"threads\""), "{text}");
+    assert!(lines[0].contains("io_uring unavailable"), "{text}");
+}
+
+#[test]
 fn creates_a_sparse_file_and_its_directory() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::start(EngineKind::Threads).unwrap();

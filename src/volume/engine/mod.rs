@@ -22,6 +22,13 @@ use super::{EngineKind, VolumeError};
 /// Requests queued towards an engine before `submit` waits (backpressure to the caller).
 const CHANNEL_DEPTH: usize = 1024;
 
+#[cfg(test)]
+thread_local! {
+    /// Makes io_uring setup fail for engines started on this thread, as on a kernel
+    /// without it.
+    pub(crate) static FAIL_URING_FOR_TEST: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// What to do on a file.
 #[derive(Debug)]
 pub(crate) enum Op {
@@ -159,6 +166,11 @@ impl Engine {
     }
 
     fn start_uring(rings: usize, config: &EngineConfig) -> Result<Engine, VolumeError> {
+        #[cfg(test)]
+        if FAIL_URING_FOR_TEST.with(std::cell::Cell::get) {
+            let e = io::Error::from_raw_os_error(libc::ENOSYS);
+            return Err(VolumeError::UringUnavailable(e));
+        }
         let mut lanes = Vec::with_capacity(rings);
         for _ in 0..rings {
             let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
