@@ -448,9 +448,14 @@ fn bench_engines_4k_qd32() {
         ("uring-rw", EngineKind::Uring, 1, false),
         ("threads", EngineKind::Threads, 1, true),
     ];
+    // TWINLUN_BENCH_ONLY=<label> runs one configuration (for profiling).
+    let only = std::env::var("TWINLUN_BENCH_ONLY").ok();
     let mut first = true;
     for round in 0..2 {
         for (label, kind, rings, uring_writes_on_pool) in configs {
+            if only.as_deref().is_some_and(|o| o != label) {
+                continue;
+            }
             let config = EngineConfig {
                 rings,
                 uring_writes_on_pool,
