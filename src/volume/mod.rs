@@ -9,12 +9,16 @@
 //! - `Volume::read(offset, len) -> Bytes`, `Volume::write(offset, Bytes, fua)`,
 //!   `Volume::flush()`, all async; `Volume::sync_blocking()` for shutdown.
 //!
-//! Layout: [`engine`] holds the two io engines (io_uring on one dedicated ring thread, and a
-//! pool of pread/pwrite threads), both fed through the same bounded request channel and
-//! answering through a oneshot per request. [`Volume`] owns the file, checks ranges and
-//! turns engine errors into [`VolumeError`].
+//! Layout: `engine` holds the two io engines (io_uring on one dedicated ring thread, and a
+//! pool of pread/pwrite threads), both fed through bounded request channels and answering
+//! through a oneshot per request. By default the io_uring engine sends buffered writes to
+//! its own pwrite pool (see [`EngineConfig::uring_writes_on_pool`]): ext4 cannot do them
+//! asynchronously, and io_uring's fallback serializes them. [`Volume`] owns the file,
+//! checks ranges and turns engine errors into [`VolumeError`].
 
 mod engine;
+// The layout STYLE.md names: src/volume/volume.rs holds `Volume`.
+#[allow(clippy::module_inception)]
 mod volume;
 
 #[cfg(test)]
@@ -23,7 +27,7 @@ mod tests;
 use std::fmt;
 use std::str::FromStr;
 
-pub use engine::Engine;
+pub use engine::{Engine, EngineConfig};
 pub use volume::Volume;
 
 #[derive(Debug, thiserror::Error)]

@@ -9,15 +9,34 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{Engine, EngineKind, Volume, VolumeError};
+use super::{Engine, EngineConfig, EngineKind, Volume, VolumeError};
 
-const KINDS: [EngineKind; 2] = [EngineKind::Uring, EngineKind::Threads];
+/// The engines every behavioural test runs on: io_uring as shipped (writes on the pool),
+/// io_uring doing writes in the ring too, and the thread pool.
+fn engines() -> Vec<(EngineKind, EngineConfig)> {
+    let ring_writes = EngineConfig {
+        uring_writes_on_pool: false,
+        ..EngineConfig::default()
+    };
+    vec![
+        (EngineKind::Uring, EngineConfig::default()),
+        (EngineKind::Uring, ring_writes),
+        (EngineKind::Threads, EngineConfig::default()),
+    ]
+}
 const MIB: u64 = 1 << 20;
 
+/// Bytes that differ per seed and per position (xorshift; cheap even in debug builds).
 fn pattern(seed: u64, len: usize) -> Bytes {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut v = vec![0u8; len];
-    rng.fill(&mut v[..]);
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
     Bytes::from(v)
 }
 
@@ -46,6 +65,47 @@ fn auto_chooses_uring_here() {
         Engine::start(EngineKind::Threads).unwrap().name(),
         "threads"
     );
+}
+
+#[test]
+fn auto_falls_back_to_threads_and_says_why() {
+    #[derive(Clone, Default)]
+    struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Log {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let log = Log::default();
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+
+    super::engine::FAIL_URING_FOR_TEST.with(|f| f.set(true));
+    tracing::subscriber::with_default(subscriber, || {
+        let e = Engine::start(EngineKind::Auto).unwrap();
+        assert_eq!(e.name(), "threads");
+        assert!(matches!(
+            Engine::start(EngineKind::Uring),
+            Err(VolumeError::UringUnavailable(_))
+        ));
+    });
+    super::engine::FAIL_URING_FOR_TEST.with(|f| f.set(false));
+
+    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("io engine started"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(lines[0].contains("engine=\"threads\""), "{text}");
+    assert!(lines[0].contains("io_uring unavailable"), "{text}");
 }
 
 #[test]
@@ -104,9 +164,9 @@ fn geometry_and_size_checks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_patterns_match_a_model() {
-    for kind in KINDS {
+    for (kind, config) in engines() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         let size = 32 * MIB;
         let v = open(dir.path(), "v.img", size, &engine);
         let mut model = vec![0u8; size as usize];
@@ -130,7 +190,7 @@ async fn random_patterns_match_a_model() {
             assert_eq!(
                 &got[..],
                 &model[roff as usize..roff as usize + len],
-                "{kind} read {roff}+{len}"
+                "{kind}/{config:?} read {roff}+{len}"
             );
         }
         // Whole volume, in 4 MiB reads.
@@ -138,7 +198,7 @@ async fn random_patterns_match_a_model() {
             let got = v.read(off, 4 * MIB as usize).await.unwrap();
             assert!(
                 got[..] == model[off as usize..(off + 4 * MIB) as usize],
-                "{kind} at {off}"
+                "{kind}/{config:?} at {off}"
             );
         }
     }
@@ -146,9 +206,9 @@ async fn random_patterns_match_a_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_writes_then_read_back() {
-    for kind in KINDS {
+    for (kind, config) in engines() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         let v = Arc::new(open(dir.path(), "v.img", 64 * MIB, &engine));
         // 1024 writes, 256+ in flight (more than the io_uring in-flight table, so the
         // backpressure path runs too), each 4 KiB..64 KiB in its own 64 KiB slot.
@@ -181,9 +241,9 @@ async fn many_concurrent_writes_then_read_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fua_flush_and_sync() {
-    for kind in KINDS {
+    for (kind, config) in engines() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         let v = open(dir.path(), "v.img", 8 * MIB, &engine);
         v.write(4096, pattern(1, 8192), true).await.unwrap();
         v.write(MIB + 512, pattern(2, 512), false).await.unwrap();
@@ -199,9 +259,9 @@ async fn fua_flush_and_sync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_range_is_refused() {
-    for kind in KINDS {
+    for (kind, config) in engines() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         let size = MIB;
         let v = open(dir.path(), "v.img", size, &engine);
         let oor = |r: Result<_, VolumeError>| matches!(r, Err(VolumeError::OutOfRange { .. }));
@@ -220,9 +280,9 @@ async fn out_of_range_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwritten_ranges_read_as_zeros() {
-    for kind in KINDS {
+    for (kind, config) in engines() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         let v = open(dir.path(), "v.img", 64 * MIB, &engine);
         v.write(10 * MIB, pattern(5, 4096), false).await.unwrap();
         let got = v.read(0, 8 * MIB as usize).await.unwrap();
@@ -237,9 +297,9 @@ async fn unwritten_ranges_read_as_zeros() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_past_the_end_of_a_short_file_are_zero_filled() {
-    for kind in KINDS {
+    for (kind, config) in engines() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         let v = open(dir.path(), "v.img", 4 * MIB, &engine);
         v.write(0, pattern(9, 8192), false).await.unwrap();
         // Someone truncates the file under us; reads must not fail or return short.
@@ -259,16 +319,16 @@ async fn reads_past_the_end_of_a_short_file_are_zero_filled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reopen_keeps_data() {
-    for kind in KINDS {
+    for (kind, config) in engines() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         let v = open(dir.path(), "v.img", 4 * MIB, &engine);
         v.write(3 * MIB, pattern(11, 65536), false).await.unwrap();
         v.flush().await.unwrap();
         drop(v);
         drop(engine);
 
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         // Reopen larger: the old data stays, the new tail reads as zeros.
         let v = open(dir.path(), "v.img", 8 * MIB, &engine);
         assert_eq!(v.size(), 8 * MIB);
@@ -279,9 +339,9 @@ async fn reopen_keeps_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_requests_do_not_hurt_the_engine() {
-    for kind in KINDS {
+    for (kind, config) in engines() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::start(kind).unwrap();
+        let engine = Engine::start_with(kind, config).unwrap();
         let v = Arc::new(open(dir.path(), "v.img", 16 * MIB, &engine));
         // The engine handle may go: volumes keep their own.
         drop(engine);
@@ -326,6 +386,45 @@ fn volumes_share_one_engine_across_runtimes() {
     }
 }
 
+#[tokio::test]
+async fn a_dead_engine_answers_engine_stopped() {
+    for accept in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let v = open(dir.path(), "v.img", MIB, &Engine::dead_for_test(accept));
+        let stopped = |r: Result<(), VolumeError>| matches!(r, Err(VolumeError::EngineStopped));
+        assert!(stopped(v.read(0, 512).await.map(drop)), "accept={accept}");
+        assert!(stopped(v.write(0, pattern(1, 512), true).await));
+        assert!(stopped(v.flush().await));
+        // Shutdown still syncs without the engine.
+        v.sync_blocking().unwrap();
+    }
+}
+
+/// User + system CPU time of the whole process.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct we pass; no other pointers.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// Kernel io_uring worker threads (io-wq) of this process: operations the kernel could
+/// not complete inline or by polling run there.
+fn io_wq_workers() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with("iou-wrk"))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
 /// 4 KiB random reads and writes at queue depth 32 through the public API, on both engines.
 /// Run by hand: `cargo test --release --lib volume::tests::bench -- --ignored --nocapture`.
 #[test]
@@ -343,12 +442,29 @@ fn bench_engines_4k_qd32() {
         .enable_all()
         .build()
         .unwrap();
+    let configs = [
+        ("uring", EngineKind::Uring, 1, true),
+        ("uring x2", EngineKind::Uring, 2, true),
+        ("uring-rw", EngineKind::Uring, 1, false),
+        ("threads", EngineKind::Threads, 1, true),
+    ];
+    // TWINLUN_BENCH_ONLY=<label> runs one configuration (for profiling).
+    let only = std::env::var("TWINLUN_BENCH_ONLY").ok();
+    let mut first = true;
     for round in 0..2 {
-        for kind in KINDS {
-            let engine = Engine::start(kind).unwrap();
+        for (label, kind, rings, uring_writes_on_pool) in configs {
+            if only.as_deref().is_some_and(|o| o != label) {
+                continue;
+            }
+            let config = EngineConfig {
+                rings,
+                uring_writes_on_pool,
+                ..EngineConfig::default()
+            };
+            let engine = Engine::start_with(kind, config).unwrap();
             let v = Arc::new(open(dir.path(), "bench.img", SPAN, &engine));
             rt.block_on(async {
-                if round == 0 && kind == EngineKind::Uring {
+                if std::mem::take(&mut first) {
                     // Allocate and cache the whole span once, so reads hit data.
                     for off in (0..SPAN).step_by(MIB as usize) {
                         v.write(off, pattern(off, MIB as usize), false)
@@ -356,10 +472,11 @@ fn bench_engines_4k_qd32() {
                             .unwrap();
                     }
                 }
-                for write in [false, true] {
+                for (write, qd) in [(false, 1), (false, 4), (false, QD), (true, 1), (true, QD)] {
+                    let cpu0 = cpu_time();
                     let stop = Instant::now() + Duration::from_secs(secs);
                     let mut tasks = Vec::new();
-                    for q in 0..QD {
+                    for q in 0..qd {
                         let v = Arc::clone(&v);
                         tasks.push(tokio::spawn(async move {
                             let mut rng = StdRng::seed_from_u64(q as u64);
@@ -381,11 +498,13 @@ fn bench_engines_4k_qd32() {
                     for t in tasks {
                         total += t.await.unwrap();
                     }
+                    let cpu = cpu_time() - cpu0;
                     println!(
-                        "round {round} {:>8} 4k rand{} qd{QD}: {:>8.0} IOPS",
-                        engine.name(),
+                        "round {round} {label:>9} 4k rand{} qd{qd:<2}: {:>8.0} IOPS, {:.2} us cpu/io, {} io-wq workers",
                         if write { "write" } else { "read " },
-                        total as f64 / secs as f64
+                        total as f64 / secs as f64,
+                        cpu.as_secs_f64() * 1e6 / total as f64,
+                        io_wq_workers(),
                     );
                 }
             });

@@ -42,7 +42,7 @@ impl Volume {
         if !block_size.is_power_of_two()
             || !(512..=65536).contains(&block_size)
             || size == 0
-            || size % u64::from(block_size) != 0
+            || !size.is_multiple_of(u64::from(block_size))
         {
             return Err(VolumeError::InvalidGeometry { size, block_size });
         }

@@ -12,6 +12,9 @@
 //! wait in the channel or in the local `pending` queue, they are never failed for it.
 //! Short reads and writes are resubmitted for the rest; EAGAIN and EINTR are retried; a
 //! read past the end of the file returns zeros.
+//!
+//! The ring can run writes too (FUA as RWF_DSYNC), but by default the engine sends them to
+//! a pwrite pool instead: see `EngineConfig::uring_writes_on_pool`.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -28,6 +31,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Op, Request};
 use crate::volume::VolumeError;
 
+/// Default ring threads per engine: one ring thread saturates far above what the iSCSI
+/// path delivers on small machines, and a second one competes with the network tasks.
+pub(crate) const RINGS: usize = 1;
 /// Submission queue entries; the completion queue gets twice as many.
 const RING_ENTRIES: u32 = 256;
 /// Operations the thread keeps in the kernel at once. With the eventfd read this never
@@ -124,8 +130,10 @@ struct Slot {
 enum SlotOp {
     Read {
         offset: u64,
+        /// Capacity `want`; `len()` is what the kernel has filled so far. Not zeroed up
+        /// front: only a read that meets the end of the file zero-fills the rest.
         buf: Vec<u8>,
-        done: usize,
+        want: usize,
     },
     Write {
         offset: u64,
@@ -268,8 +276,8 @@ impl Ring {
             }
             Op::Read { offset, len } => SlotOp::Read {
                 offset,
-                buf: vec![0; len],
-                done: 0,
+                buf: Vec::with_capacity(len),
+                want: len,
             },
             Op::Write { data, .. } if data.is_empty() => {
                 let _ = req.reply.send(Ok(Bytes::new()));
@@ -335,11 +343,12 @@ impl Ring {
             };
             let fd = types::Fd(slot.file.as_raw_fd());
             let sqe = match &mut slot.op {
-                SlotOp::Read { offset, buf, done } => {
-                    let rest = &mut buf[*done..];
-                    let len = rest.len().min(MAX_CHUNK) as u32;
-                    opcode::Read::new(fd, rest.as_mut_ptr(), len)
-                        .offset(*offset + *done as u64)
+                SlotOp::Read { offset, buf, want } => {
+                    let done = buf.len();
+                    let rest = buf.spare_capacity_mut();
+                    let len = (*want - done).min(rest.len()).min(MAX_CHUNK) as u32;
+                    opcode::Read::new(fd, rest.as_mut_ptr().cast::<u8>(), len)
+                        .offset(*offset + done as u64)
                         .build()
                 }
                 SlotOp::Write {
@@ -426,10 +435,16 @@ impl Ring {
 
         let n = res as usize;
         match &mut slot.op {
-            SlotOp::Read { buf, done, .. } => {
-                *done += n;
-                // n == 0 is the end of the file: the rest of the (zeroed) buffer stands.
-                if n == 0 || *done >= buf.len() {
+            SlotOp::Read { buf, want, .. } => {
+                // The kernel never reports more than the SQE asked for; clamp anyway so
+                // `set_len` cannot pass the capacity.
+                let n = n.min(*want - buf.len()).min(buf.spare_capacity_mut().len());
+                // SAFETY: the completed read wrote `n` bytes at the start of the spare
+                // capacity (the SQE pointed there), so they are initialized now.
+                unsafe { buf.set_len(buf.len() + n) };
+                if n == 0 || buf.len() >= *want {
+                    // n == 0 is the end of the file: the rest reads as zeros.
+                    buf.resize(*want, 0);
                     let buf = std::mem::take(buf);
                     self.finish(idx, Ok(Bytes::from(buf)));
                 } else {
