@@ -226,7 +226,8 @@ fn malformed_input_is_answered_and_other_sessions_are_undisturbed() {
     let p = tur(&mut c, far);
     let ignored_itt = p.bhs.itt();
     c.send(&p);
-    let p = tur(&mut c, c.cmd_sn.wrapping_sub(5));
+    let stale = c.cmd_sn.wrapping_sub(5);
+    let p = tur(&mut c, stale);
     c.send(&p);
     assert_alive(&mut c);
     c.sock

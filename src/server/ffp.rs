@@ -793,7 +793,12 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             None => c.unsolicited_sn,
         };
         if d.data_sn != want_sn && c.discard.is_none() {
-            warn!(itt = d.itt, data_sn = d.data_sn, want_sn, "Data-Out DataSN out of sequence");
+            warn!(
+                itt = d.itt,
+                data_sn = d.data_sn,
+                want_sn,
+                "Data-Out DataSN out of sequence"
+            );
             c.discard = Some(Discard::Respond(scsi::Response::check(
                 Sense::data_phase_error(),
             )));
