@@ -103,11 +103,19 @@ fi
 
 work=$(mktemp -d "$outdir/.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-kx="$work/kernel"
 root="$work/root"
-mkdir -p "$kx" "$root"
-log "unpacking $(basename "$deb")"
-dpkg -x "$deb" "$kx"
+mkdir -p "$root"
+# The unpacked package is kept next to the .deb, so editing guest/init
+# rebuilds in seconds.
+kx="$outdir/cache/$(basename "$deb" .deb)"
+if [[ ! -f $kx/.unpacked ]]; then
+    log "unpacking $(basename "$deb")"
+    # Drop older unpacked trees (directories only; the .deb files stay).
+    find "$outdir/cache" -mindepth 1 -maxdepth 1 -type d -name 'linux-image-*' -exec rm -rf {} +
+    mkdir -p "$kx"
+    dpkg -x "$deb" "$kx" || die "dpkg -x $deb failed"
+    touch "$kx/.unpacked"
+fi
 
 kver=$(basename "$(find "$kx/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n 1)")
 [[ -n $kver && -f $kx/boot/vmlinuz-$kver ]] || die "no vmlinuz/modules found in $deb"
