@@ -22,6 +22,8 @@
 #   --timeout SECS         kill QEMU after this long (default 600)
 #   --log FILE             serial log path (default: a new file under $TMPDIR)
 #   --images DIR           guest images (default vm-images/out; built if stale)
+#   --no-build             use the images as they are (skips build.sh's
+#                          up-to-date check, ~1-2 s; run build.sh once first)
 #   --cpu MODEL            QEMU CPU model (default qemu64, see README)
 #   --kernel pvh|bzimage   boot the unpacked vmlinux directly (default, saves
 #                          the 10-15 s the bzImage spends decompressing itself
@@ -41,7 +43,7 @@ log() { printf '%s: %s\n' "$me" "$*" >&2; }
 
 port= iqn= lun= digest=none test=basic drive_url= vda_offset=0 initiator=
 qemu_initiator=iqn.2026-11.io.twinlun:qemu timeout_s=600 serial_log= images="$here/out"
-cpu=qemu64 kernel_format=pvh verbose=0 extra_append= opts=()
+cpu=qemu64 kernel_format=pvh build=1 verbose=0 extra_append= opts=()
 while [[ $# -gt 0 ]]; do
     case $1 in
         --portal-port) port=${2:?}; shift 2 ;;
@@ -60,6 +62,7 @@ while [[ $# -gt 0 ]]; do
         --cpu) cpu=${2:?}; shift 2 ;;
         --kernel) kernel_format=${2:?}; shift 2 ;;
         --verbose) verbose=1; shift ;;
+        --no-build) build=0; shift ;;
         --append) extra_append=${2:?}; shift 2 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
@@ -94,7 +97,9 @@ if [[ -n $drive_url ]]; then
         die "QEMU's iSCSI block driver (qemu-block-extra) is missing"
 fi
 
-"$here/build.sh" "$images" || die "building the guest images failed"
+if [[ $build == 1 ]]; then
+    "$here/build.sh" "$images" || die "building the guest images failed"
+fi
 case $kernel_format in
     pvh) kernel=$images/vmlinux ;;
     bzimage) kernel=$images/vmlinuz ;;
@@ -157,6 +162,12 @@ elif [[ $qemu_rc != 0 ]]; then
     log "FAIL: QEMU exited $qemu_rc; log: $serial_log"
 else
     result=pass
+fi
+if [[ $result != pass ]] && ! grep -q '^GUEST-RESULT' "$serial_log"; then
+    # No verdict from the guest: QEMU's own complaint or the kernel's last
+    # words are at the end of the log.
+    log "last lines of the serial log:"
+    tail -n 15 "$serial_log" | sed 's/^/    /' >&2
 fi
 if [[ $result == pass ]]; then
     log "PASS ($test, digest $digest${drive_url:+, qemu drive})"

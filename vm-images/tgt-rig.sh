@@ -106,7 +106,10 @@ stop_rig() {
         log "no rig running on port $port"
         return 0
     fi
-    # tgtd ignores SIGTERM; the management request is its orderly stop.
+    # tgtd ignores SIGTERM. Its orderly stop: go offline, drop the target
+    # (forcing out logged-in initiators), then delete the "system".
+    tgtadm -C "$ctl" --mode sys --op update --name State --value offline >/dev/null 2>&1 || true
+    tgtadm_ --mode target --op delete --force --tid 1 >/dev/null 2>&1 || true
     tgtadm -C "$ctl" --mode system --op delete >/dev/null 2>&1 || true
     local n=0
     while kill -0 "$pid" 2>/dev/null; do
