@@ -10,7 +10,10 @@
 #   --iqn IQN              target name
 #   --lun N                LUN the guest tests (default: its lowest disk LUN)
 #   --digest none|crc32c   header+data digest the guest requires (default none)
-#   --test NAME            basic (default), login, vda or boot
+#   --test NAME            basic (default), login, fill, checksum, vda or boot
+#                          (see vm-images/guest/init for what each does)
+#   --region OFF:LEN       MiB region for fill/checksum (default 0:4); the
+#                          guest prints "GUEST-MD5 OFF LEN MD5"
 #   --qemu-drive-url URL   also attach URL (iscsi://127.0.0.1:PORT/IQN/LUN)
 #                          as /dev/vda through QEMU's own iSCSI client; the
 #                          guest then tests it too (basic or vda scenario)
@@ -41,7 +44,7 @@ me=run-guest.sh
 die() { printf '%s: error: %s\n' "$me" "$*" >&2; exit 2; }
 log() { printf '%s: %s\n' "$me" "$*" >&2; }
 
-port= iqn= lun= digest=none test=basic drive_url= vda_offset=0 initiator=
+port= iqn= lun= region= digest=none test=basic drive_url= vda_offset=0 initiator=
 qemu_initiator=iqn.2026-11.io.twinlun:qemu timeout_s=600 serial_log= images="$here/out"
 cpu=qemu64 kernel_format=pvh build=1 verbose=0 extra_append= opts=()
 while [[ $# -gt 0 ]]; do
@@ -49,6 +52,7 @@ while [[ $# -gt 0 ]]; do
         --portal-port) port=${2:?}; shift 2 ;;
         --iqn) iqn=${2:?}; shift 2 ;;
         --lun) lun=${2:?}; shift 2 ;;
+        --region) region=${2:?}; shift 2 ;;
         --digest) digest=${2:?}; shift 2 ;;
         --test) test=${2:?}; shift 2 ;;
         --qemu-drive-url) drive_url=${2:?}; shift 2 ;;
@@ -70,16 +74,17 @@ while [[ $# -gt 0 ]]; do
 done
 
 case $test in
-    basic|login) [[ -n $port && -n $iqn ]] || die "--portal-port and --iqn are required for --test $test" ;;
+    basic|login|fill|checksum) [[ -n $port && -n $iqn ]] || die "--portal-port and --iqn are required for --test $test" ;;
     vda) [[ -n $drive_url ]] || die "--test vda needs --qemu-drive-url" ;;
     boot) ;;
-    *) die "--test must be basic, login, vda or boot" ;;
+    *) die "--test must be basic, login, fill, checksum, vda or boot" ;;
 esac
 case $digest in none|crc32c) ;; *) die "--digest must be none or crc32c" ;; esac
 [[ -z $port || $port =~ ^[0-9]+$ ]] || die "--portal-port '$port' is not a number"
 [[ $timeout_s =~ ^[0-9]+$ ]] || die "--timeout '$timeout_s' is not a number of seconds"
 [[ $vda_offset =~ ^[0-9]+$ ]] || die "--vda-offset-mib '$vda_offset' is not a number"
 [[ -z $lun || $lun =~ ^[0-9]+$ ]] || die "--lun '$lun' is not a number"
+[[ -z $region || $region =~ ^[0-9]+:[0-9]+$ ]] || die "--region '$region' is not OFFSET_MIB:LEN_MIB"
 # These go on the kernel command line (split at spaces, opts joined with
 # commas) or into -drive (split at commas).
 for v in "$iqn" "$initiator" ${opts[@]+"${opts[@]}"} "$drive_url"; do
@@ -118,6 +123,7 @@ if [[ $verbose == 1 ]]; then append+=" loglevel=7"; else append+=" quiet logleve
 [[ -n $port ]] && append+=" twinlun.portal=10.0.2.2:$port"
 [[ -n $iqn ]] && append+=" twinlun.iqn=$iqn"
 [[ -n $lun ]] && append+=" twinlun.lun=$lun"
+[[ -n $region ]] && append+=" twinlun.region=$region"
 [[ -n $initiator ]] && append+=" twinlun.initiator=$initiator"
 if [[ ${#opts[@]} -gt 0 ]]; then
     append+=" twinlun.opt=$(IFS=,; echo "${opts[*]}")"
