@@ -64,7 +64,7 @@ flock 9   # one build per OUTDIR at a time
 kernel_pkg=${TWINLUN_VM_KERNEL_PKG:-}
 pick_kernel() {
     apt-cache depends linux-image-amd64 2>/dev/null |
-        awk '/Depends: linux-image-[0-9]/ { print $2; exit }'
+        awk '!found && /Depends: linux-image-[0-9]/ { print $2; found = 1 }'
 }
 if [[ -z $kernel_pkg ]]; then
     kernel_pkg=$(pick_kernel)
@@ -119,7 +119,7 @@ if [[ ! -f $kx/.unpacked ]]; then
     touch "$kx/.unpacked"
 fi
 
-kver=$(basename "$(find "$kx/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n 1)")
+kver=$(find "$kx/lib/modules" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort | tail -n 1)
 [[ -n $kver && -f $kx/boot/vmlinuz-$kver ]] || die "no vmlinuz/modules found in $deb"
 kmods="$kx/lib/modules/$kver"
 
@@ -214,7 +214,8 @@ cp "$kx/boot/vmlinuz-$kver" "$work/vmlinuz"
 # stream inside the bzImage; find its magic and decompress that one stream.
 grep -q '^CONFIG_PVH=y' "$kx/boot/config-$kver" || die "kernel $kver lacks CONFIG_PVH (needed for -kernel vmlinux)"
 command -v xz >/dev/null || die "xz not found (apt-get install xz-utils)"
-xz_at=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$work/vmlinuz" | head -n 1 | cut -d: -f1)
+xz_at=$(LC_ALL=C grep -m 1 -obUaP '\xfd7zXZ\x00' "$work/vmlinuz" | cut -d: -f1)
+xz_at=${xz_at%%$'\n'*}   # the first match, should one binary "line" hold several
 [[ -n $xz_at ]] || die "no XZ stream in vmlinuz-$kver (kernel compression changed?)"
 # (xz stops reading after its stream: no pipe, or tail's SIGPIPE fails it.)
 tail -c +$((xz_at + 1)) "$work/vmlinuz" > "$work/payload.xz"

@@ -151,8 +151,8 @@ end=$(date +%s.%N)
 qemu_rc=${statuses[0]}
 wall=$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')
 
-init_at=$(sed -n 's/^GUEST-INFO init started at uptime \([0-9.]*\)s.*/\1/p' "$serial_log" | head -n 1)
-done_at=$(sed -n 's/^GUEST-INFO done at uptime \([0-9.]*\)s.*/\1/p' "$serial_log" | head -n 1)
+init_at=$(sed -n 's/^GUEST-INFO init started at uptime \([0-9.]*\)s.*/\1/p' "$serial_log")
+done_at=$(sed -n 's/^GUEST-INFO done at uptime \([0-9.]*\)s.*/\1/p' "$serial_log")
 log "wall ${wall}s; guest init at ${init_at:-?}s, scenario done at ${done_at:-?}s guest uptime"
 
 result=fail

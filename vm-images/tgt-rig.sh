@@ -43,7 +43,9 @@ rig_pid() {
     [[ -s $pidfile ]] || return 1
     pid=$(cat "$pidfile")
     # Only a tgtd we started (its command line names our control port).
-    { tr '\0' ' ' < "/proc/$pid/cmdline"; } 2>/dev/null | grep -q -- "-C $ctl " || return 1
+    local cmdline
+    cmdline=$(tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline") || return 1
+    [[ $cmdline == *"-C $ctl "* ]] || return 1
     echo "$pid"
 }
 
