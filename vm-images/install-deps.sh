@@ -26,7 +26,9 @@ vm__log() { printf 'vm-images: %s\n' "$*" >&2; }
 
 # Version dpkg has installed, empty when not installed.
 vm__installed_version() {
-    dpkg-query -W -f='${db:Status-Status} ${Version}\n' "$1" 2>/dev/null |
+    # dpkg-query fails for a package it never heard of: that is "not installed",
+    # not an error (callers may run under set -e -o pipefail).
+    { dpkg-query -W -f='${db:Status-Status} ${Version}\n' "$1" 2>/dev/null || true; } |
         awk '$1 == "installed" { print $2 }'
 }
 
