@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Builds the test guest: OUTDIR/vmlinuz and OUTDIR/initrd.gz.
+# Builds the test guest: OUTDIR/vmlinux (uncompressed PVH kernel, boots
+# fastest), OUTDIR/vmlinuz (the same kernel as Debian ships it) and
+# OUTDIR/initrd.gz.
 #
 #   vm-images/build.sh [OUTDIR]        (default OUTDIR: vm-images/out)
 #
@@ -24,7 +26,7 @@ log() { printf 'build.sh: %s\n' "$*" >&2; }
 source "$here/install-deps.sh"
 vm_install_deps || die "host packages missing (see above)"
 
-for tool in apt-get apt-cache dpkg dpkg-deb cpio gzip depmod modinfo ldd find sort flock; do
+for tool in apt-get apt-cache dpkg dpkg-deb cpio gzip xz depmod modinfo ldd find sort flock od; do
     command -v "$tool" >/dev/null || die "'$tool' not found in PATH"
 done
 
@@ -62,7 +64,7 @@ flock 9   # one build per OUTDIR at a time
 kernel_pkg=${TWINLUN_VM_KERNEL_PKG:-}
 pick_kernel() {
     apt-cache depends linux-image-amd64 2>/dev/null |
-        awk '/Depends: linux-image-[0-9]/ { print $2; exit }'
+        awk '!found && /Depends: linux-image-[0-9]/ { print $2; found = 1 }'
 }
 if [[ -z $kernel_pkg ]]; then
     kernel_pkg=$(pick_kernel)
@@ -78,11 +80,11 @@ fi
 # Cache check.
 stamp="$outdir/build-stamp"
 inputs=("$here/build.sh" "$here/install-deps.sh" "$here"/guest/* "${host_bins[@]}" "$busybox_bin")
-if [[ ${TWINLUN_VM_REBUILD:-0} != 1 && -s $outdir/initrd.gz && -s $outdir/vmlinuz && -f $stamp ]] &&
+if [[ ${TWINLUN_VM_REBUILD:-0} != 1 && -s $outdir/initrd.gz && -s $outdir/vmlinuz && -s $outdir/vmlinux && -f $stamp ]] &&
     [[ $(cat "$stamp") == "$kernel_pkg" ]]; then
     newer=$(find "${inputs[@]}" -newer "$outdir/initrd.gz" -print -quit)
     if [[ -z $newer ]]; then
-        log "up to date: $outdir/vmlinuz $outdir/initrd.gz ($kernel_pkg)"
+        log "up to date: $outdir/{vmlinux,vmlinuz,initrd.gz} ($kernel_pkg)"
         exit 0
     fi
     log "rebuilding: $newer changed"
@@ -103,13 +105,21 @@ fi
 
 work=$(mktemp -d "$outdir/.build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
-kx="$work/kernel"
 root="$work/root"
-mkdir -p "$kx" "$root"
-log "unpacking $(basename "$deb")"
-dpkg -x "$deb" "$kx"
+mkdir -p "$root"
+# The unpacked package is kept next to the .deb, so editing guest/init
+# rebuilds in seconds.
+kx="$outdir/cache/$(basename "$deb" .deb)"
+if [[ ! -f $kx/.unpacked ]]; then
+    log "unpacking $(basename "$deb")"
+    # Drop older unpacked trees (directories only; the .deb files stay).
+    find "$outdir/cache" -mindepth 1 -maxdepth 1 -type d -name 'linux-image-*' -exec rm -rf {} +
+    mkdir -p "$kx"
+    dpkg -x "$deb" "$kx" || die "dpkg -x $deb failed"
+    touch "$kx/.unpacked"
+fi
 
-kver=$(basename "$(find "$kx/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n 1)")
+kver=$(find "$kx/lib/modules" -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort | tail -n 1)
 [[ -n $kver && -f $kx/boot/vmlinuz-$kver ]] || die "no vmlinuz/modules found in $deb"
 kmods="$kx/lib/modules/$kver"
 
@@ -197,7 +207,26 @@ fi
 log "packing initramfs (${#order[@]} modules, kernel $kver)"
 (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -6 -n) > "$work/initrd.gz"
 cp "$kx/boot/vmlinuz-$kver" "$work/vmlinuz"
+
+# Under TCG, the bzImage's own XZ decompressor takes 10-15 s of every boot.
+# The kernel is built with CONFIG_PVH, so QEMU can load the uncompressed ELF
+# directly (-kernel vmlinux): unpack it once here. The payload is the XZ
+# stream inside the bzImage; find its magic and decompress that one stream.
+grep -q '^CONFIG_PVH=y' "$kx/boot/config-$kver" || die "kernel $kver lacks CONFIG_PVH (needed for -kernel vmlinux)"
+command -v xz >/dev/null || die "xz not found (apt-get install xz-utils)"
+xz_at=$(LC_ALL=C grep -m 1 -obUaP '\xfd7zXZ\x00' "$work/vmlinuz" | cut -d: -f1)
+xz_at=${xz_at%%$'\n'*}   # the first match, should one binary "line" hold several
+[[ -n $xz_at ]] || die "no XZ stream in vmlinuz-$kver (kernel compression changed?)"
+# (xz stops reading after its stream: no pipe, or tail's SIGPIPE fails it.)
+tail -c +$((xz_at + 1)) "$work/vmlinuz" > "$work/payload.xz"
+xz -dc --single-stream < "$work/payload.xz" > "$work/vmlinux" ||
+    die "unpacking the kernel's XZ payload failed"
+rm -f "$work/payload.xz"
+[[ $(head -c 4 "$work/vmlinux" | od -An -tx1 | tr -d ' ') == 7f454c46 ]] ||
+    die "the unpacked kernel payload is not an ELF file"
+
+mv -f "$work/vmlinux" "$outdir/vmlinux"
 mv -f "$work/vmlinuz" "$outdir/vmlinuz"
 mv -f "$work/initrd.gz" "$outdir/initrd.gz"
 printf '%s\n' "$kernel_pkg" > "$stamp"
-log "built $outdir/vmlinuz and $outdir/initrd.gz ($(du -h "$outdir/initrd.gz" | cut -f1))"
+log "built $outdir/vmlinux, vmlinuz and initrd.gz ($(du -h "$outdir/initrd.gz" | cut -f1))"

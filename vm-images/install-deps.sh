@@ -14,18 +14,21 @@
 #   busybox-static    the guest's userland
 #   e2fsprogs         mke2fs/e2fsck copied into the guest (real ext4)
 #   cpio gzip kmod    packing the initramfs, depmod
+#   xz-utils          unpacking the kernel for a direct (PVH) boot
 #   tgt               the reference target (tgt-rig.sh)
 #   libiscsi-bin      iscsi-ls / iscsi-test-cu / iscsi-perf on the host
 #   apt dpkg          apt-get download + dpkg -x of the kernel package
 
 VM_DEB_PACKAGES=(qemu-system-x86 qemu-block-extra qemu-utils open-iscsi
-    busybox-static e2fsprogs cpio gzip kmod tgt libiscsi-bin)
+    busybox-static e2fsprogs cpio gzip xz-utils kmod tgt libiscsi-bin)
 
 vm__log() { printf 'vm-images: %s\n' "$*" >&2; }
 
 # Version dpkg has installed, empty when not installed.
 vm__installed_version() {
-    dpkg-query -W -f='${db:Status-Status} ${Version}\n' "$1" 2>/dev/null |
+    # dpkg-query fails for a package it never heard of: that is "not installed",
+    # not an error (callers may run under set -e -o pipefail).
+    { dpkg-query -W -f='${db:Status-Status} ${Version}\n' "$1" 2>/dev/null || true; } |
         awk '$1 == "installed" { print $2 }'
 }
 
