@@ -357,22 +357,20 @@ bench_cmd() {    # side, size, depth, read|write, count, view size, [pattern]
     shell_words "${cmd[@]}"
 }
 
-
 # Prints the elapsed seconds qemu-img reports for the run.
 run_bench() {
     local cmd out secs
     cmd=$(bench_cmd "$@")
     if ! out=$(eval "timeout $RUN_TIMEOUT $cmd" 2>&1); then
         echo "$out" >&2
-        die "qemu-img bench failed against $(label_of "$1"): $cmd"
+        die "qemu-img bench failed against ${LABEL[$1]}: $cmd"
     fi
     secs=$(sed -n 's/^Run completed in \([0-9.]*\) seconds\.$/\1/p' <<<"$out")
     [[ -n "$secs" ]] || { echo "$out" >&2; die "no 'Run completed' line from qemu-img bench"; }
     echo "$secs"
 }
-label_of() { echo "${LABEL[$1]}"; }
 
-# Pre-write the region on every side (and warm the connection path). The wrap is at
+# Pre-write the region on every side (which also warms both targets up). The wrap is at
 # view size minus request size, so a view 256 KiB past the region lets
 # region/128 KiB requests cover exactly [0, region).
 FILL_VIEW=$((REGION_BYTES + 262144))
@@ -397,7 +395,8 @@ declare -A MED RUNS_OF RATIOS_OF CPU_MED CPU_RUNS_OF CPU_RATIOS_OF
 
 # CPU time the target process has used (all threads, user + system), in clock ticks.
 # Wall-clock IOPS on a loaded shared machine swing with the neighbours; the CPU a
-# target spends per I/O swings much less, so it is reported beside them.
+# target spends per I/O depends less on them, so it is reported beside them.
+# Clock ticks are coarse (10 ms): with --quick this column is rough.
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() {   # side
     local st
