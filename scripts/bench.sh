@@ -27,8 +27,10 @@
 #   --no-install          do not install missing tools with apt-get
 #   --keep                keep the work dir (volumes, server logs) afterwards
 #
-# Output: the table on stdout, target/bench/results.json, and the exact command
-# lines used. Needs root for apt-get and tgtd.
+# Output on stdout: the IOPS table, a second table with the CPU time each target
+# process spent per I/O (less at the mercy of the neighbours' load than IOPS), and
+# the exact command lines used; target/bench/results.json holds every run.
+# Needs root for apt-get and tgtd.
 
 set -euo pipefail
 
@@ -336,6 +338,9 @@ BIN=""
 for s in "${SIDES[@]}"; do
     [[ "${KIND[$s]}" == twinlun ]] && BIN=$(twinlun_bin)
 done
+if [[ "$BIN" == */debug/* ]]; then
+    say "warning: $BIN looks like a debug build; its numbers say little"
+fi
 for s in "${SIDES[@]}"; do
     if [[ "${KIND[$s]}" == twinlun ]]; then start_twinlun "$s" "$BIN"; else start_tgt "$s"; fi
     say "${LABEL[$s]} serving ${IQN[$s]} LUN ${LUN[$s]} on 127.0.0.1:${PORT[$s]}"
@@ -521,6 +526,7 @@ json_list() { local out="" x; for x in $1; do out+="${out:+, }$x"; done; printf 
     printf '  "loadavg_before": %s,\n  "loadavg_after": %s,\n' "$(json_str "$LOAD_BEFORE")" "$(json_str "$(load_now)")"
     printf '  "qemu_img": %s,\n' "$(json_str "$(qemu-img --version | head -1)")"
     printf '  "tgtd": %s,\n' "$(json_str "$(tgtd --version 2>&1 | head -1)")"
+    printf '  "twinlun_bin": %s,\n' "$(json_str "${BIN:-}")"
     printf '  "twinlun_engine": %s,\n' "$(json_str "${ENGINE:-default}")"
     printf '  "tgt_bsoflags": %s,\n' "$(json_str "${TGT_BSOFLAGS:-none}")"
     printf '  "runs": %s,\n  "quick": %s,\n  "region_bytes": %s,\n  "volume_bytes": %s,\n' \
