@@ -27,8 +27,10 @@
 #   --no-install          do not install missing tools with apt-get
 #   --keep                keep the work dir (volumes, server logs) afterwards
 #
-# Output: the table on stdout, target/bench/results.json, and the exact command
-# lines used. Needs root for apt-get and tgtd.
+# Output on stdout: the IOPS table, a second table with the CPU time each target
+# process spent per I/O (less at the mercy of the neighbours' load than IOPS), and
+# the exact command lines used; target/bench/results.json holds every run.
+# Needs root for apt-get and tgtd.
 
 set -euo pipefail
 
@@ -336,6 +338,9 @@ BIN=""
 for s in "${SIDES[@]}"; do
     [[ "${KIND[$s]}" == twinlun ]] && BIN=$(twinlun_bin)
 done
+if [[ "$BIN" == */debug/* ]]; then
+    say "warning: $BIN looks like a debug build; its numbers say little"
+fi
 for s in "${SIDES[@]}"; do
     if [[ "${KIND[$s]}" == twinlun ]]; then start_twinlun "$s" "$BIN"; else start_tgt "$s"; fi
     say "${LABEL[$s]} serving ${IQN[$s]} LUN ${LUN[$s]} on 127.0.0.1:${PORT[$s]}"
@@ -357,22 +362,20 @@ bench_cmd() {    # side, size, depth, read|write, count, view size, [pattern]
     shell_words "${cmd[@]}"
 }
 
-
 # Prints the elapsed seconds qemu-img reports for the run.
 run_bench() {
     local cmd out secs
     cmd=$(bench_cmd "$@")
     if ! out=$(eval "timeout $RUN_TIMEOUT $cmd" 2>&1); then
         echo "$out" >&2
-        die "qemu-img bench failed against $(label_of "$1"): $cmd"
+        die "qemu-img bench failed against ${LABEL[$1]}: $cmd"
     fi
     secs=$(sed -n 's/^Run completed in \([0-9.]*\) seconds\.$/\1/p' <<<"$out")
     [[ -n "$secs" ]] || { echo "$out" >&2; die "no 'Run completed' line from qemu-img bench"; }
     echo "$secs"
 }
-label_of() { echo "${LABEL[$1]}"; }
 
-# Pre-write the region on every side (and warm the connection path). The wrap is at
+# Pre-write the region on every side (which also warms both targets up). The wrap is at
 # view size minus request size, so a view 256 KiB past the region lets
 # region/128 KiB requests cover exactly [0, region).
 FILL_VIEW=$((REGION_BYTES + 262144))
@@ -397,7 +400,8 @@ declare -A MED RUNS_OF RATIOS_OF CPU_MED CPU_RUNS_OF CPU_RATIOS_OF
 
 # CPU time the target process has used (all threads, user + system), in clock ticks.
 # Wall-clock IOPS on a loaded shared machine swing with the neighbours; the CPU a
-# target spends per I/O swings much less, so it is reported beside them.
+# target spends per I/O depends less on them, so it is reported beside them.
+# Clock ticks are coarse (10 ms): with --quick this column is rough.
 CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() {   # side
     local st
@@ -522,6 +526,7 @@ json_list() { local out="" x; for x in $1; do out+="${out:+, }$x"; done; printf 
     printf '  "loadavg_before": %s,\n  "loadavg_after": %s,\n' "$(json_str "$LOAD_BEFORE")" "$(json_str "$(load_now)")"
     printf '  "qemu_img": %s,\n' "$(json_str "$(qemu-img --version | head -1)")"
     printf '  "tgtd": %s,\n' "$(json_str "$(tgtd --version 2>&1 | head -1)")"
+    printf '  "twinlun_bin": %s,\n' "$(json_str "${BIN:-}")"
     printf '  "twinlun_engine": %s,\n' "$(json_str "${ENGINE:-default}")"
     printf '  "tgt_bsoflags": %s,\n' "$(json_str "${TGT_BSOFLAGS:-none}")"
     printf '  "runs": %s,\n  "quick": %s,\n  "region_bytes": %s,\n  "volume_bytes": %s,\n' \
