@@ -174,6 +174,9 @@ pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
         }
         op::READ_6 | op::READ_10 | op::READ_12 | op::READ_16 => sbc::read(cdb, lu),
         op::WRITE_6 | op::WRITE_10 | op::WRITE_12 | op::WRITE_16 => sbc::write(cdb, lu),
+        op::WRITE_AND_VERIFY_10 | op::WRITE_AND_VERIFY_12 | op::WRITE_AND_VERIFY_16 => {
+            sbc::write_and_verify(cdb, lu)
+        }
         op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => sbc::verify(cdb, lu),
         op::SYNCHRONIZE_CACHE_10 | op::SYNCHRONIZE_CACHE_16 => sbc::synchronize_cache(cdb, lu),
         op::READ_CAPACITY_10 => Plan::Respond(sbc::read_capacity_10(cdb, lu)),

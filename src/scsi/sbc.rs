@@ -59,13 +59,13 @@ fn decode(cdb: Cdb) -> Transfer {
                 len_at: 4,
             }
         }
-        op::READ_10 | op::WRITE_10 | op::VERIFY_10 => Transfer {
+        op::READ_10 | op::WRITE_10 | op::VERIFY_10 | op::WRITE_AND_VERIFY_10 => Transfer {
             lba: u64::from(cdb.u32(2)),
             blocks: u32::from(cdb.u16(7)),
             flags: cdb.byte(1),
             len_at: 7,
         },
-        op::READ_12 | op::WRITE_12 | op::VERIFY_12 => Transfer {
+        op::READ_12 | op::WRITE_12 | op::VERIFY_12 | op::WRITE_AND_VERIFY_12 => Transfer {
             lba: u64::from(cdb.u32(2)),
             blocks: cdb.u32(6),
             flags: cdb.byte(1),
@@ -147,6 +147,26 @@ pub fn write(cdb: Cdb, lu: &LogicalUnit) -> Plan {
         lba: t.lba,
         blocks: t.blocks,
         fua,
+    }
+}
+
+/// WRITE AND VERIFY(10/12/16) (SBC-4 5.43-5.45): a write whose data must be on the
+/// medium, then checked there. The volume reads back exactly what it stored, so the
+/// verification step holds by construction once the write is durable: the plan is a
+/// write with FUA. BYTCHK 00b and 01b transfer every block; 10b is reserved and 11b
+/// (one block written to every LBA) is not supported.
+pub fn write_and_verify(cdb: Cdb, lu: &LogicalUnit) -> Plan {
+    let t = decode(cdb);
+    if (t.flags >> 1) & 0x03 >= 0b10 {
+        return Plan::Respond(Response::check(Sense::invalid_field_in_cdb_bit(1, 2)));
+    }
+    match write(cdb, lu) {
+        Plan::Write { lba, blocks, .. } => Plan::Write {
+            lba,
+            blocks,
+            fua: true,
+        },
+        other => other,
     }
 }
 

@@ -882,6 +882,46 @@ fn write_checks() {
 }
 
 #[test]
+fn write_and_verify_is_a_durable_write() {
+    let lu = lu();
+    let w = |lba, blocks| Plan::Write {
+        lba,
+        blocks,
+        fua: true,
+    };
+    assert_eq!(run(&cdb10(op::WRITE_AND_VERIFY_10, 0, 5, 8), &lu), w(5, 8));
+    assert_eq!(
+        run(&cdb10(op::WRITE_AND_VERIFY_10, 0x02, 5, 8), &lu),
+        w(5, 8)
+    );
+    assert_eq!(run(&cdb12(op::WRITE_AND_VERIFY_12, 0, 7, 3), &lu), w(7, 3));
+    assert_eq!(
+        run(&cdb16(op::WRITE_AND_VERIFY_16, 0, 999, 1), &lu),
+        w(999, 1)
+    );
+    assert_eq!(
+        kcq(run(&cdb10(op::WRITE_AND_VERIFY_10, 0x04, 0, 1), &lu)),
+        INVALID_FIELD
+    );
+    assert_eq!(
+        kcq(run(&cdb10(op::WRITE_AND_VERIFY_10, 0x06, 0, 1), &lu)),
+        INVALID_FIELD
+    );
+    assert_eq!(
+        kcq(run(&cdb10(op::WRITE_AND_VERIFY_10, 0x20, 0, 1), &lu)),
+        INVALID_FIELD
+    );
+    assert_eq!(
+        kcq(run(&cdb16(op::WRITE_AND_VERIFY_16, 0, 1000, 1), &lu)),
+        LBA_OOB
+    );
+    assert_eq!(
+        kcq(run(&cdb10(op::WRITE_AND_VERIFY_10, 0, 0, 1), &ro_lu())),
+        WRITE_PROTECTED
+    );
+}
+
+#[test]
 fn write_protected_lu() {
     let ro = ro_lu();
     assert!(ro.write_protected());
