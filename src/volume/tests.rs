@@ -11,17 +11,24 @@ use rand::{Rng, SeedableRng};
 
 use super::{Engine, EngineConfig, EngineKind, Volume, VolumeError};
 
-/// The engines every behavioural test runs on: io_uring as shipped (writes on the pool),
-/// io_uring doing writes in the ring too, and the thread pool.
+/// The engines every behavioural test runs on: io_uring as shipped (writes on the pool,
+/// cached I/O inline), the same with every request through the ring and pool, io_uring
+/// doing writes in the ring too, and the thread pool.
 fn engines() -> Vec<(EngineKind, EngineConfig)> {
+    let engine_only = EngineConfig {
+        inline_nowait: false,
+        ..EngineConfig::default()
+    };
     let ring_writes = EngineConfig {
         uring_writes_on_pool: false,
+        inline_nowait: false,
         ..EngineConfig::default()
     };
     vec![
         (EngineKind::Uring, EngineConfig::default()),
+        (EngineKind::Uring, engine_only),
         (EngineKind::Uring, ring_writes),
-        (EngineKind::Threads, EngineConfig::default()),
+        (EngineKind::Threads, engine_only),
     ]
 }
 const MIB: u64 = 1 << 20;

@@ -10,12 +10,27 @@ use bytes::Bytes;
 use super::engine::{Engine, Op};
 use super::VolumeError;
 
+/// Buffered writes up to this size go straight into the page cache from the caller's
+/// thread when the filesystem has no RWF_NOWAIT for them: a memcpy into cached pages
+/// costs less than the two thread hand-offs of the engine (at 4 KiB QD1 over iSCSI it
+/// was the difference between 0.7x and 1.2x of tgt here).
+const INLINE_WRITE_MAX: usize = 64 * 1024;
+/// An inline write slower than this means the kernel is throttling dirty pages (or the
+/// file needs real I/O): the volume then sends writes to the engine for a while, so a
+/// runtime thread is not held while the disk catches up.
+const INLINE_WRITE_SLOW: std::time::Duration = std::time::Duration::from_millis(2);
+const INLINE_WRITE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct Volume {
     path: PathBuf,
     file: Arc<File>,
     size: u64,
     block_size: u32,
     engine: Engine,
+    /// Cleared when the filesystem refuses RWF_NOWAIT on buffered writes.
+    nowait_writes: std::sync::atomic::AtomicBool,
+    /// Inline writes are off until this instant (see `INLINE_WRITE_SLOW`).
+    inline_writes_off_until: parking_lot::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -84,6 +99,8 @@ impl Volume {
             size,
             block_size,
             engine,
+            nowait_writes: std::sync::atomic::AtomicBool::new(true),
+            inline_writes_off_until: parking_lot::Mutex::new(None),
         })
     }
 
@@ -112,7 +129,95 @@ impl Volume {
         if len == 0 {
             return Ok(Bytes::new());
         }
+        if self.engine.inline_nowait() {
+            if let Some(data) = self.read_nowait(offset, len) {
+                return Ok(data);
+            }
+        }
         self.run(Op::Read { offset, len }).await
+    }
+
+    /// One RWF_NOWAIT read on this thread: the whole range from the page cache, or None
+    /// (not cached, short, or not supported) and nothing happened.
+    fn read_nowait(&self, offset: u64, len: usize) -> Option<Bytes> {
+        let mut buf = Vec::<u8>::with_capacity(len);
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: len,
+        };
+        // SAFETY: `iov` points at `len` bytes of `buf`'s spare capacity, which stays
+        // alive and unaliased for the call; the fd is open for the life of `self.file`.
+        let n = unsafe {
+            libc::preadv2(
+                std::os::fd::AsRawFd::as_raw_fd(&*self.file),
+                &iov,
+                1,
+                offset as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        if n < 0 || n as usize != len {
+            return None;
+        }
+        // SAFETY: the kernel wrote exactly `len` bytes into the buffer.
+        unsafe { buf.set_len(len) };
+        Some(Bytes::from(buf))
+    }
+
+    fn inline_writes_now(&self) -> bool {
+        if !self.engine.inline_nowait() {
+            return false;
+        }
+        let mut off = self.inline_writes_off_until.lock();
+        match *off {
+            Some(until) if std::time::Instant::now() < until => false,
+            Some(_) => {
+                *off = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// A buffered write on the caller's thread; if it was slow, writes go through the
+    /// engine for a while.
+    fn write_inline(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
+        use std::os::unix::fs::FileExt;
+        let start = std::time::Instant::now();
+        let res = self
+            .file
+            .write_all_at(data, offset)
+            .map_err(|e| self.io_error(e));
+        let took = start.elapsed();
+        if took > INLINE_WRITE_SLOW {
+            tracing::debug!(path = %self.path.display(), ?took, "slow inline write: using the engine for a while");
+            *self.inline_writes_off_until.lock() = Some(start + took + INLINE_WRITE_BACKOFF);
+        }
+        res
+    }
+
+    /// One RWF_NOWAIT write on this thread. A partial write is finished by the caller
+    /// through the engine (writing the same bytes again is harmless).
+    fn write_nowait(&self, offset: u64, data: &[u8]) -> bool {
+        let iov = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        };
+        // SAFETY: `iov` describes `data`, borrowed for the call; the kernel only reads it.
+        let n = unsafe {
+            libc::pwritev2(
+                std::os::fd::AsRawFd::as_raw_fd(&*self.file),
+                &iov,
+                1,
+                offset as libc::off_t,
+                libc::RWF_NOWAIT,
+            )
+        };
+        if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP) {
+            self.nowait_writes
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        n >= 0 && n as usize == data.len()
     }
 
     /// Writes `data` at `offset`. With `fua`, the data is on stable storage when this
@@ -121,6 +226,18 @@ impl Volume {
         self.check_range(offset, data.len() as u64)?;
         if data.is_empty() {
             return Ok(());
+        }
+        if !fua
+            && self.engine.inline_nowait()
+            && self
+                .nowait_writes
+                .load(std::sync::atomic::Ordering::Relaxed)
+            && self.write_nowait(offset, &data)
+        {
+            return Ok(());
+        }
+        if !fua && data.len() <= INLINE_WRITE_MAX && self.inline_writes_now() {
+            return self.write_inline(offset, &data);
         }
         self.run(Op::Write { offset, data, fua }).await.map(drop)
     }
