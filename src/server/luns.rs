@@ -126,12 +126,4 @@ impl LunView {
         }
         Some((e.handle.clone(), &mut e.ua))
     }
-
-    /// After this session itself reset the LU, it must not see its own reset as a UA
-    /// ... except that SAM-5 says the initiator that issued the reset gets none.
-    pub fn acknowledge_reset(&mut self, lun: u64) {
-        if let Some(e) = self.entries.get_mut(&lun) {
-            e.resets_seen = e.handle.resets.load(Ordering::Acquire);
-        }
-    }
 }
