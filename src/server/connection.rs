@@ -208,7 +208,7 @@ async fn serve_inner(
                 max_send_data_segment_length: max_send,
             };
             match exchange.handle(req, &ctx, &dir) {
-                Ok(r) => vec![r.to_pdu()],
+                Ok(r) => r.to_pdu(),
                 Err(e) => {
                     debug!(error = %e, "text request rejected");
                     let r = Reject {
@@ -219,7 +219,7 @@ async fn serve_inner(
                         data_sn: 0,
                         header: req.to_pdu().bhs,
                     };
-                    vec![r.to_pdu()]
+                    r.to_pdu()
                 }
             }
         })

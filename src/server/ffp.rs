@@ -93,6 +93,10 @@ enum Discard {
     Respond(scsi::Response),
 }
 
+/// Answers one Text request of the connection (SendTargets and friends) with its Text
+/// Response or a Reject; long answers continue over further requests (RFC 7143 §11.10).
+pub type TextHandler = Box<dyn FnMut(&TextRequest) -> Pdu + Send + Sync>;
+
 pub enum End {
     /// The connection should close now.
     Close,
@@ -111,7 +115,7 @@ pub struct Ffp<R> {
     pub entry: Arc<SessionEntry>,
     pub stop: watch::Receiver<bool>,
     /// Answers Text requests (SendTargets) for this connection.
-    pub text: Box<dyn FnMut(&TextRequest) -> Vec<Pdu> + Send + Sync>,
+    pub text: TextHandler,
     pending: BTreeMap<u32, Request>,
     collecting: HashMap<u32, Collecting>,
     running: Arc<Mutex<HashMap<u32, Running>>>,
@@ -134,7 +138,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         luns: LunView,
         entry: Arc<SessionEntry>,
         stop: watch::Receiver<bool>,
-        text: Box<dyn FnMut(&TextRequest) -> Vec<Pdu> + Send + Sync>,
+        text: TextHandler,
     ) -> Self {
         Ffp {
             node,
@@ -366,16 +370,13 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             }
             Request::Tmf(t) => self.tmf(t, slot).await,
             Request::Text(t) => {
-                let pdus = (self.text)(&t);
-                let n = pdus.len();
-                let mut slot = slot;
-                for (i, p) in pdus.into_iter().enumerate() {
-                    let mut o = Outgoing::new(p, Stat::Advance);
-                    if i + 1 == n {
-                        o.slot = slot.take();
-                    }
-                    self.send(o).await;
-                }
+                let pdu = (self.text)(&t);
+                self.send(Outgoing {
+                    pdu,
+                    stat: Stat::Advance,
+                    slot,
+                })
+                .await;
                 Ok(())
             }
             Request::Logout(l) => self.logout(l, slot).await,
@@ -605,7 +606,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         let bs = lun.volume.block_size() as u64;
         let (needed, discard) = if (edtl as u64) < spdtl {
             match kind {
-                WriteKind::Write { .. } if edtl as u64 % bs == 0 => (edtl as u64, None),
+                WriteKind::Write { .. } if (edtl as u64).is_multiple_of(bs) => (edtl as u64, None),
                 _ => (0, Some(Discard::Overflow)),
             }
         } else {

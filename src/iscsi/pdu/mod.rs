@@ -179,7 +179,7 @@ impl Pdu {
     /// TotalAHSLength are filled in from the segments.
     pub fn encode(&self, digests: Digests, out: &mut BytesMut) {
         let mut bhs = self.bhs;
-        debug_assert!(self.ahs.len() % 4 == 0 && self.ahs.len() <= 255 * 4);
+        debug_assert!(self.ahs.len().is_multiple_of(4) && self.ahs.len() <= 255 * 4);
         bhs.0[4] = (self.ahs.len() / 4) as u8;
         bhs.set_data_segment_len(self.data.len() as u32);
         let start = out.len();
