@@ -49,6 +49,20 @@ impl Reply {
         self.aborted.load(Ordering::Acquire)
     }
 
+    /// Send the command's final SCSI Response, releasing its CmdSN slot with it.
+    async fn finish(mut self, mut r: ScsiResponse) {
+        r.itt = self.itt;
+        let slot = self.slot.take();
+        let _ = self
+            .out
+            .send(Outgoing {
+                pdu: r.to_pdu(),
+                stat: Stat::Advance,
+                slot,
+            })
+            .await;
+    }
+
     /// Send `data` (the command's whole natural transfer, `wanted` bytes long before
     /// truncation to the EDTL) as Data-In with GOOD status in the last PDU.
     pub async fn data_in(mut self, data: Bytes, wanted: u64) {
@@ -62,20 +76,10 @@ impl Reply {
                 overflow,
                 underflow,
                 status: Status::Good as u8,
-                itt: self.itt,
                 residual: res,
                 ..Default::default()
             };
-            let slot = self.slot.take();
-            let _ = self
-                .out
-                .send(Outgoing {
-                    pdu: r.to_pdu(),
-                    stat: Stat::Advance,
-                    slot,
-                })
-                .await;
-            return;
+            return self.finish(r).await;
         }
         let seg = self.max_segment.max(512) as usize;
         let burst = self.max_burst.max(seg as u32) as usize;
@@ -126,7 +130,7 @@ impl Reply {
 
     /// Send a SCSI Response for a command that moved no Data-In.
     pub async fn status(
-        mut self,
+        self,
         status: Status,
         sense: Option<&Sense>,
         exp_data_sn: u32,
@@ -144,21 +148,12 @@ impl Reply {
             overflow,
             underflow,
             status: status as u8,
-            itt: self.itt,
             exp_data_sn,
             residual: res,
             sense: sense.map(|s| Bytes::from(s.to_fixed())).unwrap_or_default(),
             ..Default::default()
         };
-        let slot = self.slot.take();
-        let _ = self
-            .out
-            .send(Outgoing {
-                pdu: r.to_pdu(),
-                stat: Stat::Advance,
-                slot,
-            })
-            .await;
+        self.finish(r).await;
     }
 
     /// Answer a response computed without touching the volume.
@@ -173,7 +168,7 @@ impl Reply {
 
     /// Overflow on a write (EDTL shorter than the CDB's transfer): nothing is written,
     /// CHECK CONDITION, INVALID FIELD IN COMMAND INFORMATION UNIT (FCP-4 9.4.2 b).
-    pub async fn write_overflow(mut self, wanted: u64) {
+    pub async fn write_overflow(self, wanted: u64) {
         if self.aborted() {
             return;
         }
@@ -182,20 +177,11 @@ impl Reply {
             overflow,
             underflow,
             status: Status::CheckCondition as u8,
-            itt: self.itt,
             residual: res,
             sense: Bytes::from(Sense::invalid_field_in_information_unit().to_fixed()),
             ..Default::default()
         };
-        let slot = self.slot.take();
-        let _ = self
-            .out
-            .send(Outgoing {
-                pdu: r.to_pdu(),
-                stat: Stat::Advance,
-                slot,
-            })
-            .await;
+        self.finish(r).await;
     }
 }
 
@@ -238,7 +224,12 @@ pub async fn write(
     }
 }
 
-/// VERIFY: read the range; with BYTCHK compare it to the Data-Out.
+/// Largest piece VERIFY reads at once: a medium verification may span the whole
+/// volume, and memory stays bounded whatever it asks for.
+const VERIFY_CHUNK: u64 = 1 << 20;
+
+/// VERIFY: read the range piece by piece; with BYTCHK compare it to the Data-Out
+/// (MISCOMPARE names the first differing byte's offset, SBC-4 5.31).
 pub async fn verify(
     reply: Reply,
     lun: Arc<LunHandle>,
@@ -250,31 +241,31 @@ pub async fn verify(
 ) {
     let bs = lun.volume.block_size() as u64;
     let len = blocks as u64 * bs;
-    match lun.volume.read(lba * bs, len as usize).await {
-        Ok(media) => match compare {
-            Some(c) => match media.iter().zip(c.iter()).position(|(a, b)| a != b) {
-                None => reply.status(Status::Good, None, r2ts, wanted).await,
-                Some(at) => {
-                    let s = Sense::miscompare(at as u64);
-                    reply
-                        .status(Status::CheckCondition, Some(&s), r2ts, 0)
-                        .await
-                }
-            },
-            None => reply.status(Status::Good, None, r2ts, wanted).await,
-        },
-        Err(e) => {
-            tracing::warn!(lun = lun.lun, error = %e, "verify read failed");
-            reply
-                .status(
-                    Status::CheckCondition,
-                    Some(&Sense::medium_error()),
-                    r2ts,
-                    0,
-                )
-                .await
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(VERIFY_CHUNK);
+        let media = match lun.volume.read(lba * bs + done, n as usize).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(lun = lun.lun, error = %e, "verify read failed");
+                let s = Sense::medium_error();
+                return reply
+                    .status(Status::CheckCondition, Some(&s), r2ts, 0)
+                    .await;
+            }
+        };
+        if let Some(c) = &compare {
+            let expected = &c[done as usize..(done + n) as usize];
+            if let Some(at) = media.iter().zip(expected).position(|(a, b)| a != b) {
+                let s = Sense::miscompare(done + at as u64);
+                return reply
+                    .status(Status::CheckCondition, Some(&s), r2ts, 0)
+                    .await;
+            }
         }
+        done += n;
     }
+    reply.status(Status::Good, None, r2ts, wanted).await
 }
 
 pub async fn sync(reply: Reply, lun: Arc<LunHandle>) {

@@ -490,6 +490,8 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             }
             (Plan::Respond(resp), _) => reply.respond(resp).await,
             (Plan::Read { lba, blocks, fua }, Some(h)) => {
+                // The decoder refuses transfers beyond the Block Limits it announces;
+                // this guards the allocation should the two ever disagree.
                 if blocks as u64 * h.volume.block_size() as u64 > MAX_TRANSFER {
                     return reply
                         .respond(scsi::Response::check(Sense::invalid_field_in_cdb(7)))
@@ -511,11 +513,6 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 },
                 Some(h),
             ) => {
-                if blocks as u64 * h.volume.block_size() as u64 > MAX_TRANSFER {
-                    return reply
-                        .respond(scsi::Response::check(Sense::invalid_field_in_cdb(7)))
-                        .await;
-                }
                 self.spawn(
                     cmd.itt,
                     lun,
