@@ -378,3 +378,40 @@ fn read_only_lun_refuses_writes() {
         "the refused write changed data: {out}"
     );
 }
+
+#[test]
+fn many_sessions_and_luns_at_once() {
+    let s = TestServer::start();
+    for i in 1..=4 {
+        let name = format!("multi{i}");
+        s.ctl_ok(&["volume", "create", &name, "--size", "64M"]);
+        s.ctl_ok(&["lun", "map", DEMO_IQN, &i.to_string(), &name]);
+    }
+    // Eight sessions at once: two per LUN, each on its own region with its own pattern.
+    let workers: Vec<_> = (0..8u32)
+        .map(|w| {
+            let url = s.url(DEMO_IQN, (w % 4 + 1) as u64);
+            std::thread::spawn(move || {
+                let pat = format!("0x{:02x}", 0x40 + w);
+                let off = format!("{}m", (w / 4) * 16);
+                qemu_io(
+                    &url,
+                    &[
+                        &format!("write -P {pat} {off} 8m"),
+                        &format!("read -P {pat} {off} 8m"),
+                    ],
+                );
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("a session's I/O failed");
+    }
+    // Each LUN holds exactly its two sessions' patterns.
+    for lun in 1..=4u32 {
+        let url = s.url(DEMO_IQN, lun as u64);
+        let a = format!("read -P 0x{:02x} 0 8m", 0x40 + lun - 1);
+        let b = format!("read -P 0x{:02x} 16m 8m", 0x40 + lun + 3);
+        qemu_io(&url, &[&a, &b, "read -P 0 8m 8m"]);
+    }
+}
