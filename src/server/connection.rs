@@ -23,6 +23,9 @@ use crate::server::registry::SessionEntry;
 use crate::server::writer::{self, Traffic, Window};
 use crate::server::Node;
 
+/// A connection that sends no login PDU for this long is dropped, so half-open
+/// connections do not pile up.
+const LOGIN_PDU_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Every portal of this node is in target portal group 1 (RFC 7143 §4.4.1).
 const TPGT: u16 = 1;
 /// Login PDUs carry at most this much text each (RFC 7143 §12.12: the default
@@ -85,7 +88,12 @@ async fn serve_inner(
     let mut bytes_in = 0u64;
     // The login phase (RFC 7143 §6): only Login requests until it completes.
     let (mut response, outcome) = loop {
-        let pdu = match reader.next(&mut bytes_in).await {
+        let next = tokio::time::timeout(LOGIN_PDU_TIMEOUT, reader.next(&mut bytes_in)).await;
+        let Ok(next) = next else {
+            info!("no login request within {LOGIN_PDU_TIMEOUT:?}; closing the connection");
+            return Ok(());
+        };
+        let pdu = match next {
             Ok(p) => p,
             Err(ReadError::Frame(e)) => {
                 warn!(error = %e, "bad PDU during login");
