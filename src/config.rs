@@ -11,6 +11,11 @@
 //! name = "db"
 //! size = "10G"                      # or a number of bytes
 //! block_size = 4096                 # 512 (default) or 4096
+//! page_size = "64K"                 # write-tracking page: 4K (default) to 1M, a power of two
+//!
+//! [[group]]                         # optional: volumes cut together (snapshots, replication)
+//! name = "app"
+//! volumes = ["db"]                  # one or more, in cut order; a volume is in at most one group
 //!
 //! [[target]]
 //! iqn = "iqn.2026-11.com.example:db"
@@ -29,7 +34,9 @@
 //! How the config combines with the catalog saved in the data dir: the config is an
 //! overlay applied at every start. Every object it declares is created if missing and
 //! its declared attributes are set to the config's values: a volume is created (and
-//! must keep its size and block size afterwards: twinlun never resizes at start), a
+//! must keep its size, block size and page size afterwards: twinlun never resizes at
+//! start; a volume that omits `page_size` keeps whatever it has), a group is created or
+//! its volume list set to the config's (refused while it is in a replication set), a
 //! target is created, each declared LUN is mapped (replacing another mapping of that
 //! LUN number), and `acl` / `chap`, when present, replace the target's. Anything the
 //! config does not mention is left as the catalog has it, so objects and changes made
@@ -48,7 +55,7 @@ use serde::Deserialize;
 use crate::admin::apply::default_volume_path;
 use crate::admin::protocol::{de_size, default_block_size};
 use crate::admin::validate;
-use crate::catalog::{Catalog, ChapSpec, LunSpec, VolumeSpec};
+use crate::catalog::{Catalog, ChapSpec, LunSpec, VolumeSpec, DEFAULT_PAGE_SIZE};
 use crate::volume::EngineKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +87,7 @@ pub struct Config {
     pub file: String,
     pub server: ServerConfig,
     pub volumes: Vec<VolumeConfig>,
+    pub groups: Vec<GroupConfig>,
     pub targets: Vec<TargetConfig>,
 }
 
@@ -132,6 +140,21 @@ pub struct VolumeConfig {
     pub size: u64,
     #[serde(default = "default_block_size")]
     pub block_size: u32,
+    /// Tracking page size; `None` means 4 KiB for a new volume and "keep" for an
+    /// existing one.
+    #[serde(default, deserialize_with = "de_opt_size")]
+    pub page_size: Option<u64>,
+}
+
+fn de_opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_size(d).map(Some)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub name: String,
+    pub volumes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,6 +290,10 @@ impl Config {
                     .map_err(|e| cx.err(format!("{key}.name"), e))?;
                 validate::check_geometry(vol.size, vol.block_size)
                     .map_err(|e| cx.err(format!("{key}.size"), e))?;
+                if let Some(p) = vol.page_size {
+                    validate::check_page_size(p)
+                        .map_err(|e| cx.err(format!("{key}.page_size"), e))?;
+                }
                 if c.volumes.iter().any(|o| o.name == vol.name) {
                     return Err(cx.err(
                         format!("{key}.name"),
@@ -274,6 +301,45 @@ impl Config {
                     ));
                 }
                 c.volumes.push(vol);
+            }
+        }
+        if let Some(v) = top.remove("group") {
+            for (i, v) in array(&cx, "group", v)?.into_iter().enumerate() {
+                let key = format!("group[{i}]");
+                let g: GroupConfig = cx.typed(&key, v)?;
+                validate::check_group_name(&g.name)
+                    .map_err(|e| cx.err(format!("{key}.name"), e))?;
+                if c.groups.iter().any(|o| o.name == g.name) {
+                    return Err(cx.err(
+                        format!("{key}.name"),
+                        format!("group '{}' is declared twice", g.name),
+                    ));
+                }
+                if g.volumes.is_empty() {
+                    return Err(cx.err(
+                        format!("{key}.volumes"),
+                        validate::ValidationError::GroupEmpty,
+                    ));
+                }
+                for (j, vol) in g.volumes.iter().enumerate() {
+                    let vkey = format!("{key}.volumes[{j}]");
+                    validate::check_volume_name(vol).map_err(|e| cx.err(&vkey, e))?;
+                    if g.volumes[..j].contains(vol) {
+                        return Err(
+                            cx.err(&vkey, validate::ValidationError::VolumeTwice(vol.clone()))
+                        );
+                    }
+                    if let Some(o) = c.groups.iter().find(|o| o.volumes.contains(vol)) {
+                        return Err(cx.err(
+                            &vkey,
+                            format!(
+                                "volume '{vol}' is also in group '{}'; a volume belongs to at most one group",
+                                o.name
+                            ),
+                        ));
+                    }
+                }
+                c.groups.push(g);
             }
         }
         if let Some(v) = top.remove("target") {
@@ -289,7 +355,10 @@ impl Config {
             }
         }
         if let Some(k) = top.keys().next() {
-            return Err(cx.err(k.clone(), "unknown key (expected server, volume or target)"));
+            return Err(cx.err(
+                k.clone(),
+                "unknown key (expected server, volume, group or target)",
+            ));
         }
         Ok(c)
     }
@@ -314,6 +383,15 @@ impl Config {
                             ),
                         ));
                     }
+                    if let Some(p) = v.page_size.filter(|p| *p != u64::from(existing.page_size)) {
+                        return Err(cx.err(
+                            format!("volume[{i}].page_size"),
+                            format!(
+                                "volume '{}' already exists with page size {}, not {p}; the tracking page size is fixed at creation",
+                                v.name, existing.page_size
+                            ),
+                        ));
+                    }
                 }
                 None => {
                     let id = loop {
@@ -329,11 +407,17 @@ impl Config {
                             block_size: v.block_size,
                             id,
                             path: default_volume_path(&v.name),
+                            page_size: match v.page_size {
+                                // Parse checked it: a power of two up to 1 MiB.
+                                Some(p) => u32::try_from(p).expect("at most 1 MiB"),
+                                None => DEFAULT_PAGE_SIZE,
+                            },
                         },
                     );
                 }
             }
         }
+        self.overlay_groups(catalog)?;
         for (i, t) in self.targets.iter().enumerate() {
             for (j, l) in t.luns.iter().enumerate() {
                 if !catalog.volumes.contains_key(&l.volume) {
@@ -365,6 +449,53 @@ impl Config {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Sets each declared group's volume list, then checks that no volume ends up in two
+    /// groups (a config group against one made with `ctl`).
+    fn overlay_groups(&self, catalog: &mut Catalog) -> Result<(), ConfigError> {
+        let cx = Ctx { file: &self.file };
+        let mut groups = catalog.groups.clone();
+        for (i, g) in self.groups.iter().enumerate() {
+            for (j, v) in g.volumes.iter().enumerate() {
+                if !catalog.volumes.contains_key(v) {
+                    return Err(cx.err(
+                        format!("group[{i}].volumes[{j}]"),
+                        format!("no volume named '{v}'"),
+                    ));
+                }
+            }
+            let spec = groups.entry(g.name.clone()).or_default();
+            if let Some(set) = &spec.replication_set {
+                if spec.volumes != g.volumes {
+                    return Err(cx.err(
+                        format!("group[{i}].volumes"),
+                        format!(
+                            "group '{}' is in replication set '{set}'; its volumes cannot change while it is",
+                            g.name
+                        ),
+                    ));
+                }
+            }
+            spec.volumes = g.volumes.clone();
+        }
+        for (i, g) in self.groups.iter().enumerate() {
+            for (j, v) in g.volumes.iter().enumerate() {
+                let other = groups
+                    .iter()
+                    .find(|(name, o)| **name != g.name && o.volumes.contains(v));
+                if let Some((other, _)) = other {
+                    return Err(cx.err(
+                        format!("group[{i}].volumes[{j}]"),
+                        format!(
+                            "volume '{v}' is in group '{other}'; a volume belongs to at most one group"
+                        ),
+                    ));
+                }
+            }
+        }
+        catalog.groups = groups;
         Ok(())
     }
 }
@@ -454,10 +585,15 @@ engine = "threads"
 name = "db"
 size = "10G"
 block_size = 4096
+page_size = "64K"
 
 [[volume]]
 name = "logs"
 size = 1073741824
+
+[[group]]
+name = "app"
+volumes = ["db", "logs"]
 
 [[target]]
 iqn = "iqn.2026-11.com.example:db"
@@ -488,7 +624,8 @@ read_only = true
             VolumeConfig {
                 name: "db".into(),
                 size: 10 << 30,
-                block_size: 4096
+                block_size: 4096,
+                page_size: Some(64 << 10)
             }
         );
         assert_eq!(c.volumes[1].block_size, 512);
