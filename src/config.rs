@@ -574,7 +574,7 @@ fn target(cx: &Ctx<'_>, key: &str, v: toml::Value) -> Result<TargetConfig, Confi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::TargetSpec;
+    use crate::catalog::{GroupSpec, TargetSpec};
 
     const GOOD: &str = r#"
 [server]
@@ -666,6 +666,20 @@ read_only = true
             ("[[target]]\niqn = \"iqn.2026-11.io.x:a\"\n[target.chap]\nuser = \"u\"\nsecret = \"0123456789ab\"\nmutual_user = \"m\"", "t.toml: target[0].chap.mutual_secret: missing"),
             ("[[target]]\niqn = \"iqn.2026-11.io.x:a\"\n[target.chap]\nuser = \"u\"\nsecret = \"0123456789ab\"\npassword = \"x\"", "t.toml: target[0].chap: unknown field `password`"),
             ("[[target]\n", "t.toml: TOML parse error"),
+            ("[[volume]]\nname = \"a\"\nsize = \"1G\"\npage_size = \"2K\"", "t.toml: volume[0].page_size: page size 2048 is not supported"),
+            ("[[volume]]\nname = \"a\"\nsize = \"1G\"\npage_size = \"2M\"", "t.toml: volume[0].page_size: page size 2097152"),
+            ("[[volume]]\nname = \"a\"\nsize = \"1G\"\npage_size = 12288", "t.toml: volume[0].page_size: page size 12288"),
+            ("[[volume]]\nname = \"a\"\nsize = \"1G\"\npage_size = \"big\"", "t.toml: volume[0].page_size: invalid size"),
+            ("group = 1", "t.toml: group: expected an array of tables"),
+            ("[[group]]\nname = \"g\"", "t.toml: group[0]: missing field `volumes`"),
+            ("[[group]]\nname = \"g\"\nvolumes = [\"a\"]\nset = \"x\"", "t.toml: group[0]: unknown field `set`"),
+            ("[[group]]\nname = \"g/h\"\nvolumes = [\"a\"]", "t.toml: group[0].name: invalid group name"),
+            ("[[group]]\nname = \"g\"\nvolumes = []", "t.toml: group[0].volumes: a group needs at least one volume"),
+            ("[[group]]\nname = \"g\"\nvolumes = \"a\"", "t.toml: group[0].volumes:"),
+            ("[[group]]\nname = \"g\"\nvolumes = [\"a\", \"b/c\"]", "t.toml: group[0].volumes[1]: invalid volume name"),
+            ("[[group]]\nname = \"g\"\nvolumes = [\"a\", \"a\"]", "t.toml: group[0].volumes[1]: volume 'a' is listed twice"),
+            ("[[group]]\nname = \"g\"\nvolumes = [\"a\"]\n[[group]]\nname = \"g\"\nvolumes = [\"b\"]", "t.toml: group[1].name: group 'g' is declared twice"),
+            ("[[group]]\nname = \"g\"\nvolumes = [\"a\"]\n[[group]]\nname = \"h\"\nvolumes = [\"b\", \"a\"]", "t.toml: group[1].volumes[1]: volume 'a' is also in group 'g'"),
         ];
         for (text, want) in cases {
             let got = err(text);
@@ -734,6 +748,106 @@ read_only = true
             e.starts_with("c.toml: volume[0].size: volume 'demo' already exists"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn overlay_sets_page_sizes_and_groups() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        let mut cat = Catalog::embedded_default(1);
+        let mut n = 10;
+        c.overlay(&mut cat, &mut || {
+            n += 1;
+            n
+        })
+        .unwrap();
+        assert_eq!(cat.volumes["db"].page_size, 64 << 10);
+        assert_eq!(cat.volumes["logs"].page_size, 4096, "4 KiB by default");
+        assert_eq!(cat.groups["app"].volumes, ["db", "logs"]);
+        // A group made with ctl is kept; the config's group is set to its list again.
+        cat.groups.insert(
+            "mine".into(),
+            GroupSpec {
+                volumes: vec!["demo".into()],
+                replication_set: None,
+            },
+        );
+        cat.groups.get_mut("app").unwrap().volumes.pop();
+        c.overlay(&mut cat, &mut || panic!("no new ids")).unwrap();
+        assert_eq!(cat.groups["app"].volumes, ["db", "logs"]);
+        assert_eq!(cat.groups["mine"].volumes, ["demo"]);
+
+        // Omitting page_size keeps an existing volume's; naming another is an error.
+        let keep = Config::parse(
+            "[[volume]]\nname = \"db\"\nsize = \"10G\"\nblock_size = 4096",
+            "c.toml",
+        )
+        .unwrap();
+        keep.overlay(&mut cat, &mut || 5).unwrap();
+        assert_eq!(cat.volumes["db"].page_size, 64 << 10);
+        let other = Config::parse(
+            "[[volume]]\nname = \"db\"\nsize = \"10G\"\nblock_size = 4096\npage_size = \"4K\"",
+            "c.toml",
+        )
+        .unwrap();
+        let e = other.overlay(&mut cat, &mut || 5).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "c.toml: volume[0].page_size: volume 'db' already exists with page size 65536"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn overlay_group_errors_name_keys() {
+        let mut cat = Catalog::embedded_default(1);
+        let c = Config::parse(
+            "[[group]]\nname = \"g\"\nvolumes = [\"demo\", \"x\"]",
+            "c.toml",
+        )
+        .unwrap();
+        let e = c.overlay(&mut cat, &mut || 5).unwrap_err().to_string();
+        assert_eq!(e, "c.toml: group[0].volumes[1]: no volume named 'x'");
+
+        // A volume in a group made with ctl cannot join a config group.
+        cat.groups.insert(
+            "mine".into(),
+            GroupSpec {
+                volumes: vec!["demo".into()],
+                replication_set: None,
+            },
+        );
+        let c = Config::parse("[[group]]\nname = \"g\"\nvolumes = [\"demo\"]", "c.toml").unwrap();
+        let e = c
+            .overlay(&mut cat.clone(), &mut || 5)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "c.toml: group[0].volumes[0]: volume 'demo' is in group 'mine'; a volume belongs to at most one group"
+        );
+
+        // A group in a replication set keeps its volumes.
+        cat.groups.get_mut("mine").unwrap().replication_set = Some("dr1".into());
+        let c = Config::parse(
+            "[[volume]]\nname = \"v\"\nsize = \"1M\"\n[[group]]\nname = \"mine\"\nvolumes = [\"demo\", \"v\"]",
+            "c.toml",
+        )
+        .unwrap();
+        let e = c
+            .overlay(&mut cat.clone(), &mut || 5)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "c.toml: group[0].volumes: group 'mine' is in replication set 'dr1'; its volumes cannot change while it is"
+        );
+        // Declaring it as it is changes nothing and is fine.
+        let same =
+            Config::parse("[[group]]\nname = \"mine\"\nvolumes = [\"demo\"]", "c.toml").unwrap();
+        let before = cat.clone();
+        same.overlay(&mut cat, &mut || 5).unwrap();
+        assert_eq!(cat, before);
     }
 
     #[test]

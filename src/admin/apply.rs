@@ -1229,6 +1229,207 @@ mod tests {
         assert_eq!(f.open.lock().len(), 33);
     }
 
+    fn vcreate_paged(name: &str, page_size: u64) -> Request {
+        Request::VolumeCreate {
+            name: name.into(),
+            size: 4 << 20,
+            block_size: 512,
+            page_size,
+        }
+    }
+    fn gcreate(name: &str, vols: &[&str]) -> Request {
+        Request::GroupCreate {
+            name: name.into(),
+            volumes: vols.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+    fn gadd(name: &str, vol: &str) -> Request {
+        Request::GroupAdd {
+            name: name.into(),
+            volume: vol.into(),
+        }
+    }
+    fn gremove(name: &str, vol: &str) -> Request {
+        Request::GroupRemove {
+            name: name.into(),
+            volume: vol.into(),
+        }
+    }
+    fn group_of(f: &Fake, group: &str) -> GroupView {
+        match f.ok(Request::GroupShow { name: group.into() }) {
+            Response::Group(g) => g,
+            other => panic!("{other:?}"),
+        }
+    }
+    fn volume_of(f: &Fake, name: &str) -> VolumeView {
+        match f.ok(Request::VolumeShow { name: name.into() }) {
+            Response::Volume(v) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn page_size_is_chosen_at_creation_and_shown() {
+        let f = Fake::new();
+        let Response::Volume(v) = f.ok(vcreate("a", 1 << 20, 512)) else {
+            panic!()
+        };
+        assert_eq!(v.page_size, 4096, "4 KiB by default");
+        let Response::Volume(v) = f.ok(vcreate_paged("b", 64 << 10)) else {
+            panic!()
+        };
+        assert_eq!(v.page_size, 64 << 10);
+        f.ok(vcreate_paged("c", 1 << 20));
+        assert_eq!(f.catalog.read().volumes["b"].page_size, 64 << 10);
+        assert_eq!(f.on_disk().volumes["c"].page_size, 1 << 20);
+        assert_eq!(volume_of(&f, "b").page_size, 64 << 10);
+        let Response::Volumes { volumes } = f.ok(Request::VolumeList) else {
+            panic!()
+        };
+        let pages: Vec<u32> = volumes.iter().map(|v| v.page_size).collect();
+        assert_eq!(pages, [4096, 64 << 10, 1 << 20, 4096]);
+        for bad in [0, 512, 2048, 6144, 3 << 12, 2 << 20, 1 << 40] {
+            let m = f.refuse(vcreate_paged("x", bad), ErrorCode::Invalid);
+            assert!(m.contains("page size"), "{m}");
+        }
+    }
+
+    #[test]
+    fn group_lifecycle() {
+        let f = Fake::new();
+        for v in ["a", "b", "c"] {
+            f.ok(vcreate(v, 1 << 20, 512));
+        }
+        let Response::Group(g) = f.ok(gcreate("g", &["b", "a"])) else {
+            panic!()
+        };
+        assert_eq!(
+            g,
+            GroupView {
+                name: "g".into(),
+                volumes: vec!["b".into(), "a".into()],
+                size: 2 << 20,
+                replication_set: None,
+            },
+            "volumes keep the order given"
+        );
+        assert_eq!(group_of(&f, "g"), g);
+        assert_eq!(volume_of(&f, "a").group.as_deref(), Some("g"));
+        assert_eq!(volume_of(&f, "c").group, None);
+
+        let Response::Group(g) = f.ok(gadd("g", "c")) else {
+            panic!()
+        };
+        assert_eq!(g.volumes, ["b", "a", "c"], "added at the end");
+        let Response::Group(g) = f.ok(gremove("g", "a")) else {
+            panic!()
+        };
+        assert_eq!(g.volumes, ["b", "c"]);
+        assert_eq!(volume_of(&f, "a").group, None);
+
+        f.ok(gcreate("h", &["a"]));
+        let Response::Groups { groups } = f.ok(Request::GroupList) else {
+            panic!()
+        };
+        let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["g", "h"]);
+        let Response::Status(s) = f.ok(Request::Status) else {
+            panic!()
+        };
+        assert_eq!(s.groups, 2);
+
+        let Response::Done { message } = f.ok(Request::GroupDelete { name: "g".into() }) else {
+            panic!()
+        };
+        assert!(message.contains("kept"), "{message}");
+        assert!(!f.catalog.read().groups.contains_key("g"));
+        for v in ["b", "c"] {
+            assert!(f.catalog.read().volumes.contains_key(v), "volumes stay");
+            assert_eq!(volume_of(&f, v).group, None);
+        }
+        // Out of its group, a volume can be deleted again.
+        f.ok(Request::VolumeDelete { name: "b".into() });
+    }
+
+    #[test]
+    fn group_refusals_change_nothing() {
+        let f = Fake::new();
+        for v in ["a", "b", "c"] {
+            f.ok(vcreate(v, 1 << 20, 512));
+        }
+        f.ok(gcreate("g", &["a", "b"]));
+
+        f.refuse(gcreate("bad/name", &["c"]), ErrorCode::Invalid);
+        f.refuse(gcreate("", &["c"]), ErrorCode::Invalid);
+        let m = f.refuse(gcreate("h", &[]), ErrorCode::Invalid);
+        assert!(m.contains("at least one volume"), "{m}");
+        let m = f.refuse(gcreate("h", &["c", "c"]), ErrorCode::Invalid);
+        assert!(m.contains("twice"), "{m}");
+        let m = f.refuse(gcreate("h", &["c", "nope"]), ErrorCode::NotFound);
+        assert!(m.contains("nope"), "{m}");
+        f.refuse(gcreate("g", &["c"]), ErrorCode::AlreadyExists);
+        let m = f.refuse(gcreate("h", &["c", "a"]), ErrorCode::InUse);
+        assert!(m.contains("'a'") && m.contains("group 'g'"), "{m}");
+
+        f.refuse(gadd("nope", "c"), ErrorCode::NotFound);
+        f.refuse(gadd("g", "nope"), ErrorCode::NotFound);
+        let m = f.refuse(gadd("g", "a"), ErrorCode::AlreadyExists);
+        assert!(m.contains("already in group 'g'"), "{m}");
+        f.ok(gcreate("h", &["c"]));
+        let m = f.refuse(gadd("h", "a"), ErrorCode::InUse);
+        assert!(m.contains("in group 'g'"), "{m}");
+
+        f.refuse(gremove("nope", "a"), ErrorCode::NotFound);
+        let m = f.refuse(gremove("g", "c"), ErrorCode::NotFound);
+        assert!(m.contains("not in group 'g'"), "{m}");
+        let m = f.refuse(gremove("h", "c"), ErrorCode::InUse);
+        assert!(m.contains("last") && m.contains("group delete h"), "{m}");
+
+        f.refuse(
+            Request::GroupDelete {
+                name: "nope".into(),
+            },
+            ErrorCode::NotFound,
+        );
+        f.refuse(
+            Request::GroupShow {
+                name: "nope".into(),
+            },
+            ErrorCode::NotFound,
+        );
+
+        let m = f.refuse(Request::VolumeDelete { name: "a".into() }, ErrorCode::InUse);
+        assert!(m.contains("group 'g'"), "{m}");
+        assert!(f.dir.path().join("volumes/a.img").exists());
+    }
+
+    #[test]
+    fn a_group_in_a_replication_set_keeps_its_volumes() {
+        let f = Fake::new();
+        for v in ["a", "b", "c"] {
+            f.ok(vcreate(v, 1 << 20, 512));
+        }
+        f.ok(gcreate("g", &["a", "b"]));
+        // The replication work sets this field; here the catalog is edited by hand.
+        {
+            let mut c = f.catalog.write();
+            c.groups.get_mut("g").unwrap().replication_set = Some("dr1".into());
+            store::save(f.dir.path(), &c).unwrap();
+        }
+        assert_eq!(group_of(&f, "g").replication_set.as_deref(), Some("dr1"));
+        for req in [
+            gadd("g", "c"),
+            gremove("g", "b"),
+            Request::GroupDelete { name: "g".into() },
+        ] {
+            let m = f.refuse(req, ErrorCode::InUse);
+            assert!(m.contains("group 'g' is in replication set 'dr1'"), "{m}");
+        }
+        // Its volumes still cannot be deleted out from under it.
+        let m = f.refuse(Request::VolumeDelete { name: "a".into() }, ErrorCode::InUse);
+        assert!(m.contains("group 'g'"), "{m}");
+    }
+
     #[test]
     fn volume_ids_are_unique_and_nonzero() {
         let mut c = Catalog::embedded_default(7);
