@@ -106,7 +106,61 @@ impl std::fmt::Debug for ChapSpec {
     }
 }
 
+/// A rule of the catalog a hand-edited `catalog.json` breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    #[error("volume '{volume}': page size {page_size} is not a power of two from 4K to 1M")]
+    PageSize { volume: String, page_size: u32 },
+    #[error("group '{0}' has no volumes")]
+    GroupEmpty(String),
+    #[error("group '{group}' names volume '{volume}', which does not exist")]
+    GroupNoVolume { group: String, volume: String },
+    #[error("volume '{volume}' is in two groups, '{first}' and '{second}'")]
+    InTwoGroups {
+        volume: String,
+        first: String,
+        second: String,
+    },
+}
+
 impl Catalog {
+    /// Checks the rules `admin` keeps, for a catalog read from disk: page sizes in range,
+    /// every group non-empty and naming existing volumes, no volume in two groups (nor
+    /// twice in one).
+    pub fn check(&self) -> Result<(), CatalogError> {
+        for (name, v) in &self.volumes {
+            let p = v.page_size;
+            if !p.is_power_of_two() || !(MIN_PAGE_SIZE..=MAX_PAGE_SIZE).contains(&p) {
+                return Err(CatalogError::PageSize {
+                    volume: name.clone(),
+                    page_size: p,
+                });
+            }
+        }
+        let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+        for (group, g) in &self.groups {
+            if g.volumes.is_empty() {
+                return Err(CatalogError::GroupEmpty(group.clone()));
+            }
+            for v in &g.volumes {
+                if !self.volumes.contains_key(v) {
+                    return Err(CatalogError::GroupNoVolume {
+                        group: group.clone(),
+                        volume: v.clone(),
+                    });
+                }
+                if let Some(first) = owner.insert(v, group) {
+                    return Err(CatalogError::InTwoGroups {
+                        volume: v.clone(),
+                        first: first.to_string(),
+                        second: group.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The target IQN served when a data dir is new and no config is given.
     pub const DEMO_TARGET: &'static str = "iqn.2026-11.io.twinlun:demo";
 
@@ -170,6 +224,33 @@ mod tests {
         let c: Catalog = serde_json::from_str(old).unwrap();
         assert_eq!(c.volumes["demo"].page_size, DEFAULT_PAGE_SIZE);
         assert!(c.groups.is_empty());
+    }
+
+    #[test]
+    fn check_finds_hand_edits_that_break_the_rules() {
+        let mut c = Catalog::embedded_default(1);
+        assert_eq!(c.check(), Ok(()));
+        c.volumes.get_mut("demo").unwrap().page_size = 3000;
+        assert!(matches!(c.check(), Err(CatalogError::PageSize { .. })));
+        c.volumes.get_mut("demo").unwrap().page_size = 1 << 20;
+        let group = |vols: &[&str]| GroupSpec {
+            volumes: vols.iter().map(|v| v.to_string()).collect(),
+            replication_set: None,
+        };
+        c.groups.insert("g".into(), group(&[]));
+        assert_eq!(c.check(), Err(CatalogError::GroupEmpty("g".into())));
+        c.groups.insert("g".into(), group(&["demo", "gone"]));
+        assert!(matches!(c.check(), Err(CatalogError::GroupNoVolume { .. })));
+        c.groups.insert("g".into(), group(&["demo"]));
+        assert_eq!(c.check(), Ok(()));
+        c.groups.insert("h".into(), group(&["demo"]));
+        assert_eq!(
+            c.check().unwrap_err().to_string(),
+            "volume 'demo' is in two groups, 'g' and 'h'"
+        );
+        c.groups.remove("h");
+        c.groups.insert("g".into(), group(&["demo", "demo"]));
+        assert!(matches!(c.check(), Err(CatalogError::InTwoGroups { .. })));
     }
 
     #[test]

@@ -880,5 +880,7 @@ read_only = true
             n
         })
         .unwrap();
+        assert_eq!(cat.groups["app"].volumes, ["db", "scratch"]);
+        assert_eq!(cat.volumes["db"].page_size, 64 << 10);
     }
 }
