@@ -791,7 +791,6 @@ fn groups_and_page_sizes() {
         ask(r#"{"cmd":"group_add","name":"g"}"#)["code"],
         "bad_request"
     );
-    drop(ask);
     assert!(s.stop().success());
 
     // A hand edit that breaks the rules stops the start, naming the file.
