@@ -419,6 +419,16 @@ mod tests {
         };
         let back: Response = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
         assert_eq!(back, d);
+        let g = Response::Group(GroupView {
+            name: "app".into(),
+            volumes: vec!["db".into(), "logs".into()],
+            size: 11 << 30,
+            replication_set: None,
+        });
+        assert_eq!(
+            serde_json::to_string(&g).unwrap(),
+            r#"{"result":"group","name":"app","volumes":["db","logs"],"size":11811160064,"replication_set":null}"#
+        );
     }
 
     #[test]
