@@ -11,6 +11,11 @@
 //! name = "db"
 //! size = "10G"                      # or a number of bytes
 //! block_size = 4096                 # 512 (default) or 4096
+//! page_size = "64K"                 # write-tracking page: 4K (default) to 1M, a power of two
+//!
+//! [[group]]                         # optional: volumes cut together (snapshots, replication)
+//! name = "app"
+//! volumes = ["db"]                  # one or more, in cut order; a volume is in at most one group
 //!
 //! [[target]]
 //! iqn = "iqn.2026-11.com.example:db"
@@ -29,7 +34,9 @@
 //! How the config combines with the catalog saved in the data dir: the config is an
 //! overlay applied at every start. Every object it declares is created if missing and
 //! its declared attributes are set to the config's values: a volume is created (and
-//! must keep its size and block size afterwards: twinlun never resizes at start), a
+//! must keep its size, block size and page size afterwards: twinlun never resizes at
+//! start; a volume that omits `page_size` keeps whatever it has), a group is created or
+//! its volume list set to the config's (refused while it is in a replication set), a
 //! target is created, each declared LUN is mapped (replacing another mapping of that
 //! LUN number), and `acl` / `chap`, when present, replace the target's. Anything the
 //! config does not mention is left as the catalog has it, so objects and changes made
@@ -48,7 +55,7 @@ use serde::Deserialize;
 use crate::admin::apply::default_volume_path;
 use crate::admin::protocol::{de_size, default_block_size};
 use crate::admin::validate;
-use crate::catalog::{Catalog, ChapSpec, LunSpec, VolumeSpec};
+use crate::catalog::{Catalog, ChapSpec, LunSpec, VolumeSpec, DEFAULT_PAGE_SIZE};
 use crate::volume::EngineKind;
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +87,7 @@ pub struct Config {
     pub file: String,
     pub server: ServerConfig,
     pub volumes: Vec<VolumeConfig>,
+    pub groups: Vec<GroupConfig>,
     pub targets: Vec<TargetConfig>,
 }
 
@@ -132,6 +140,21 @@ pub struct VolumeConfig {
     pub size: u64,
     #[serde(default = "default_block_size")]
     pub block_size: u32,
+    /// Tracking page size; `None` means 4 KiB for a new volume and "keep" for an
+    /// existing one.
+    #[serde(default, deserialize_with = "de_opt_size")]
+    pub page_size: Option<u64>,
+}
+
+fn de_opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    de_size(d).map(Some)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    pub name: String,
+    pub volumes: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,6 +290,10 @@ impl Config {
                     .map_err(|e| cx.err(format!("{key}.name"), e))?;
                 validate::check_geometry(vol.size, vol.block_size)
                     .map_err(|e| cx.err(format!("{key}.size"), e))?;
+                if let Some(p) = vol.page_size {
+                    validate::check_page_size(p)
+                        .map_err(|e| cx.err(format!("{key}.page_size"), e))?;
+                }
                 if c.volumes.iter().any(|o| o.name == vol.name) {
                     return Err(cx.err(
                         format!("{key}.name"),
@@ -274,6 +301,45 @@ impl Config {
                     ));
                 }
                 c.volumes.push(vol);
+            }
+        }
+        if let Some(v) = top.remove("group") {
+            for (i, v) in array(&cx, "group", v)?.into_iter().enumerate() {
+                let key = format!("group[{i}]");
+                let g: GroupConfig = cx.typed(&key, v)?;
+                validate::check_group_name(&g.name)
+                    .map_err(|e| cx.err(format!("{key}.name"), e))?;
+                if c.groups.iter().any(|o| o.name == g.name) {
+                    return Err(cx.err(
+                        format!("{key}.name"),
+                        format!("group '{}' is declared twice", g.name),
+                    ));
+                }
+                if g.volumes.is_empty() {
+                    return Err(cx.err(
+                        format!("{key}.volumes"),
+                        validate::ValidationError::GroupEmpty,
+                    ));
+                }
+                for (j, vol) in g.volumes.iter().enumerate() {
+                    let vkey = format!("{key}.volumes[{j}]");
+                    validate::check_volume_name(vol).map_err(|e| cx.err(&vkey, e))?;
+                    if g.volumes[..j].contains(vol) {
+                        return Err(
+                            cx.err(&vkey, validate::ValidationError::VolumeTwice(vol.clone()))
+                        );
+                    }
+                    if let Some(o) = c.groups.iter().find(|o| o.volumes.contains(vol)) {
+                        return Err(cx.err(
+                            &vkey,
+                            format!(
+                                "volume '{vol}' is also in group '{}'; a volume belongs to at most one group",
+                                o.name
+                            ),
+                        ));
+                    }
+                }
+                c.groups.push(g);
             }
         }
         if let Some(v) = top.remove("target") {
@@ -289,7 +355,10 @@ impl Config {
             }
         }
         if let Some(k) = top.keys().next() {
-            return Err(cx.err(k.clone(), "unknown key (expected server, volume or target)"));
+            return Err(cx.err(
+                k.clone(),
+                "unknown key (expected server, volume, group or target)",
+            ));
         }
         Ok(c)
     }
@@ -314,6 +383,15 @@ impl Config {
                             ),
                         ));
                     }
+                    if let Some(p) = v.page_size.filter(|p| *p != u64::from(existing.page_size)) {
+                        return Err(cx.err(
+                            format!("volume[{i}].page_size"),
+                            format!(
+                                "volume '{}' already exists with page size {}, not {p}; the tracking page size is fixed at creation",
+                                v.name, existing.page_size
+                            ),
+                        ));
+                    }
                 }
                 None => {
                     let id = loop {
@@ -329,11 +407,17 @@ impl Config {
                             block_size: v.block_size,
                             id,
                             path: default_volume_path(&v.name),
+                            page_size: match v.page_size {
+                                // Parse checked it: a power of two up to 1 MiB.
+                                Some(p) => u32::try_from(p).expect("at most 1 MiB"),
+                                None => DEFAULT_PAGE_SIZE,
+                            },
                         },
                     );
                 }
             }
         }
+        self.overlay_groups(catalog)?;
         for (i, t) in self.targets.iter().enumerate() {
             for (j, l) in t.luns.iter().enumerate() {
                 if !catalog.volumes.contains_key(&l.volume) {
@@ -365,6 +449,53 @@ impl Config {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// Sets each declared group's volume list, then checks that no volume ends up in two
+    /// groups (a config group against one made with `ctl`).
+    fn overlay_groups(&self, catalog: &mut Catalog) -> Result<(), ConfigError> {
+        let cx = Ctx { file: &self.file };
+        let mut groups = catalog.groups.clone();
+        for (i, g) in self.groups.iter().enumerate() {
+            for (j, v) in g.volumes.iter().enumerate() {
+                if !catalog.volumes.contains_key(v) {
+                    return Err(cx.err(
+                        format!("group[{i}].volumes[{j}]"),
+                        format!("no volume named '{v}'"),
+                    ));
+                }
+            }
+            let spec = groups.entry(g.name.clone()).or_default();
+            if let Some(set) = &spec.replication_set {
+                if spec.volumes != g.volumes {
+                    return Err(cx.err(
+                        format!("group[{i}].volumes"),
+                        format!(
+                            "group '{}' is in replication set '{set}'; its volumes cannot change while it is",
+                            g.name
+                        ),
+                    ));
+                }
+            }
+            spec.volumes = g.volumes.clone();
+        }
+        for (i, g) in self.groups.iter().enumerate() {
+            for (j, v) in g.volumes.iter().enumerate() {
+                let other = groups
+                    .iter()
+                    .find(|(name, o)| **name != g.name && o.volumes.contains(v));
+                if let Some((other, _)) = other {
+                    return Err(cx.err(
+                        format!("group[{i}].volumes[{j}]"),
+                        format!(
+                            "volume '{v}' is in group '{other}'; a volume belongs to at most one group"
+                        ),
+                    ));
+                }
+            }
+        }
+        catalog.groups = groups;
         Ok(())
     }
 }
@@ -443,7 +574,7 @@ fn target(cx: &Ctx<'_>, key: &str, v: toml::Value) -> Result<TargetConfig, Confi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::TargetSpec;
+    use crate::catalog::{GroupSpec, TargetSpec};
 
     const GOOD: &str = r#"
 [server]
@@ -454,10 +585,15 @@ engine = "threads"
 name = "db"
 size = "10G"
 block_size = 4096
+page_size = "64K"
 
 [[volume]]
 name = "logs"
 size = 1073741824
+
+[[group]]
+name = "app"
+volumes = ["db", "logs"]
 
 [[target]]
 iqn = "iqn.2026-11.com.example:db"
@@ -488,7 +624,8 @@ read_only = true
             VolumeConfig {
                 name: "db".into(),
                 size: 10 << 30,
-                block_size: 4096
+                block_size: 4096,
+                page_size: Some(64 << 10)
             }
         );
         assert_eq!(c.volumes[1].block_size, 512);
@@ -529,6 +666,20 @@ read_only = true
             ("[[target]]\niqn = \"iqn.2026-11.io.x:a\"\n[target.chap]\nuser = \"u\"\nsecret = \"0123456789ab\"\nmutual_user = \"m\"", "t.toml: target[0].chap.mutual_secret: missing"),
             ("[[target]]\niqn = \"iqn.2026-11.io.x:a\"\n[target.chap]\nuser = \"u\"\nsecret = \"0123456789ab\"\npassword = \"x\"", "t.toml: target[0].chap: unknown field `password`"),
             ("[[target]\n", "t.toml: TOML parse error"),
+            ("[[volume]]\nname = \"a\"\nsize = \"1G\"\npage_size = \"2K\"", "t.toml: volume[0].page_size: page size 2048 is not supported"),
+            ("[[volume]]\nname = \"a\"\nsize = \"1G\"\npage_size = \"2M\"", "t.toml: volume[0].page_size: page size 2097152"),
+            ("[[volume]]\nname = \"a\"\nsize = \"1G\"\npage_size = 12288", "t.toml: volume[0].page_size: page size 12288"),
+            ("[[volume]]\nname = \"a\"\nsize = \"1G\"\npage_size = \"big\"", "t.toml: volume[0].page_size: invalid size"),
+            ("group = 1", "t.toml: group: expected an array of tables"),
+            ("[[group]]\nname = \"g\"", "t.toml: group[0]: missing field `volumes`"),
+            ("[[group]]\nname = \"g\"\nvolumes = [\"a\"]\nset = \"x\"", "t.toml: group[0]: unknown field `set`"),
+            ("[[group]]\nname = \"g/h\"\nvolumes = [\"a\"]", "t.toml: group[0].name: invalid group name"),
+            ("[[group]]\nname = \"g\"\nvolumes = []", "t.toml: group[0].volumes: a group needs at least one volume"),
+            ("[[group]]\nname = \"g\"\nvolumes = \"a\"", "t.toml: group[0].volumes:"),
+            ("[[group]]\nname = \"g\"\nvolumes = [\"a\", \"b/c\"]", "t.toml: group[0].volumes[1]: invalid volume name"),
+            ("[[group]]\nname = \"g\"\nvolumes = [\"a\", \"a\"]", "t.toml: group[0].volumes[1]: volume 'a' is listed twice"),
+            ("[[group]]\nname = \"g\"\nvolumes = [\"a\"]\n[[group]]\nname = \"g\"\nvolumes = [\"b\"]", "t.toml: group[1].name: group 'g' is declared twice"),
+            ("[[group]]\nname = \"g\"\nvolumes = [\"a\"]\n[[group]]\nname = \"h\"\nvolumes = [\"b\", \"a\"]", "t.toml: group[1].volumes[1]: volume 'a' is also in group 'g'"),
         ];
         for (text, want) in cases {
             let got = err(text);
@@ -600,6 +751,106 @@ read_only = true
     }
 
     #[test]
+    fn overlay_sets_page_sizes_and_groups() {
+        let c = Config::parse(GOOD, "t.toml").unwrap();
+        let mut cat = Catalog::embedded_default(1);
+        let mut n = 10;
+        c.overlay(&mut cat, &mut || {
+            n += 1;
+            n
+        })
+        .unwrap();
+        assert_eq!(cat.volumes["db"].page_size, 64 << 10);
+        assert_eq!(cat.volumes["logs"].page_size, 4096, "4 KiB by default");
+        assert_eq!(cat.groups["app"].volumes, ["db", "logs"]);
+        // A group made with ctl is kept; the config's group is set to its list again.
+        cat.groups.insert(
+            "mine".into(),
+            GroupSpec {
+                volumes: vec!["demo".into()],
+                replication_set: None,
+            },
+        );
+        cat.groups.get_mut("app").unwrap().volumes.pop();
+        c.overlay(&mut cat, &mut || panic!("no new ids")).unwrap();
+        assert_eq!(cat.groups["app"].volumes, ["db", "logs"]);
+        assert_eq!(cat.groups["mine"].volumes, ["demo"]);
+
+        // Omitting page_size keeps an existing volume's; naming another is an error.
+        let keep = Config::parse(
+            "[[volume]]\nname = \"db\"\nsize = \"10G\"\nblock_size = 4096",
+            "c.toml",
+        )
+        .unwrap();
+        keep.overlay(&mut cat, &mut || 5).unwrap();
+        assert_eq!(cat.volumes["db"].page_size, 64 << 10);
+        let other = Config::parse(
+            "[[volume]]\nname = \"db\"\nsize = \"10G\"\nblock_size = 4096\npage_size = \"4K\"",
+            "c.toml",
+        )
+        .unwrap();
+        let e = other.overlay(&mut cat, &mut || 5).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "c.toml: volume[0].page_size: volume 'db' already exists with page size 65536"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn overlay_group_errors_name_keys() {
+        let mut cat = Catalog::embedded_default(1);
+        let c = Config::parse(
+            "[[group]]\nname = \"g\"\nvolumes = [\"demo\", \"x\"]",
+            "c.toml",
+        )
+        .unwrap();
+        let e = c.overlay(&mut cat, &mut || 5).unwrap_err().to_string();
+        assert_eq!(e, "c.toml: group[0].volumes[1]: no volume named 'x'");
+
+        // A volume in a group made with ctl cannot join a config group.
+        cat.groups.insert(
+            "mine".into(),
+            GroupSpec {
+                volumes: vec!["demo".into()],
+                replication_set: None,
+            },
+        );
+        let c = Config::parse("[[group]]\nname = \"g\"\nvolumes = [\"demo\"]", "c.toml").unwrap();
+        let e = c
+            .overlay(&mut cat.clone(), &mut || 5)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "c.toml: group[0].volumes[0]: volume 'demo' is in group 'mine'; a volume belongs to at most one group"
+        );
+
+        // A group in a replication set keeps its volumes.
+        cat.groups.get_mut("mine").unwrap().replication_set = Some("dr1".into());
+        let c = Config::parse(
+            "[[volume]]\nname = \"v\"\nsize = \"1M\"\n[[group]]\nname = \"mine\"\nvolumes = [\"demo\", \"v\"]",
+            "c.toml",
+        )
+        .unwrap();
+        let e = c
+            .overlay(&mut cat.clone(), &mut || 5)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "c.toml: group[0].volumes: group 'mine' is in replication set 'dr1'; its volumes cannot change while it is"
+        );
+        // Declaring it as it is changes nothing and is fine.
+        let same =
+            Config::parse("[[group]]\nname = \"mine\"\nvolumes = [\"demo\"]", "c.toml").unwrap();
+        let before = cat.clone();
+        same.overlay(&mut cat, &mut || 5).unwrap();
+        assert_eq!(cat, before);
+    }
+
+    #[test]
     fn server_paths_are_relative_to_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
@@ -629,5 +880,7 @@ read_only = true
             n
         })
         .unwrap();
+        assert_eq!(cat.groups["app"].volumes, ["db", "scratch"]);
+        assert_eq!(cat.volumes["db"].page_size, 64 << 10);
     }
 }

@@ -88,6 +88,9 @@ enum CtlCommand {
     /// Volumes: sparse files served as LUNs.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Volume groups: volumes cut together at one instant (for snapshots and replication).
+    #[command(subcommand)]
+    Group(GroupCmd),
     /// iSCSI targets.
     #[command(subcommand)]
     Target(TargetCmd),
@@ -116,12 +119,46 @@ enum VolumeCmd {
         /// Logical block size: 512 or 4096.
         #[arg(long, default_value_t = 512)]
         block_size: u32,
+        /// Write-tracking page size: a power of two from 4K to 1M, fixed at creation.
+        #[arg(long, value_parser = parse_size_arg, default_value = "4K")]
+        page_size: u64,
+    },
+    /// List volumes: size, block and page size, allocated bytes, group, mappings.
+    List,
+    /// Show a volume: geometry, tracking page size, id, file, allocated bytes, group,
+    /// mappings. (Dirty pages since the last cut are not reported yet: tracking is not
+    /// wired to the admin layer.)
+    Show { name: String },
+    /// Delete a volume and its file (refused while it is mapped or in a group).
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum GroupCmd {
+    /// Create a group of one or more volumes, in cut order; a volume belongs to at most
+    /// one group.
+    Create {
+        name: String,
+        #[arg(required = true, value_name = "VOLUME")]
+        volumes: Vec<String>,
     },
     List,
+    /// Show a group: its volumes in order, total size, replication set.
     Show {
         name: String,
     },
-    /// Delete a volume and its file (refused while it is mapped).
+    /// Add a volume at the end of a group (refused while the group is in a replication set).
+    Add {
+        name: String,
+        volume: String,
+    },
+    /// Remove a volume from a group (refused for its last volume, and while the group is
+    /// in a replication set).
+    Remove {
+        name: String,
+        volume: String,
+    },
+    /// Delete a group; its volumes are kept (refused while it is in a replication set).
     Delete {
         name: String,
     },
@@ -282,14 +319,24 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 name,
                 size,
                 block_size,
+                page_size,
             } => Request::VolumeCreate {
                 name,
                 size,
                 block_size,
+                page_size,
             },
             VolumeCmd::List => Request::VolumeList,
             VolumeCmd::Show { name } => Request::VolumeShow { name },
             VolumeCmd::Delete { name } => Request::VolumeDelete { name },
+        },
+        CtlCommand::Group(g) => match g {
+            GroupCmd::Create { name, volumes } => Request::GroupCreate { name, volumes },
+            GroupCmd::List => Request::GroupList,
+            GroupCmd::Show { name } => Request::GroupShow { name },
+            GroupCmd::Add { name, volume } => Request::GroupAdd { name, volume },
+            GroupCmd::Remove { name, volume } => Request::GroupRemove { name, volume },
+            GroupCmd::Delete { name } => Request::GroupDelete { name },
         },
         CtlCommand::Target(t) => match t {
             TargetCmd::Create { iqn } => Request::TargetCreate { iqn },

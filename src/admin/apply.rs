@@ -17,6 +17,15 @@
 //!   the server reads the catalog at each login and each command, so they take effect
 //!   for new logins (ACL, CHAP) and at the next command (LUNs).
 //! - An empty ACL means any initiator may log in.
+//! - A volume's tracking page size (4K..1M, a power of two, 4K by default) is fixed at
+//!   creation.
+//! - Volume groups: a volume belongs to at most one group (adding it to a second one is
+//!   refused, naming the first); a group has one or more volumes, in the order they were
+//!   named and added (the order of a cut), so `group create` needs at least one and
+//!   removing the last volume is refused: `group delete` is the way to drop a group.
+//!   `group delete` keeps the volumes. `volume delete` is refused while the volume is
+//!   in a group. While a group is in a replication set, `group add`, `group remove` and
+//!   `group delete` are refused, naming the set.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -25,12 +34,12 @@ use std::path::{Path, PathBuf};
 use parking_lot::{Mutex, RwLock};
 
 use super::protocol::{
-    ChapView, ErrorCode, LunView, MappingView, Request, Response, StatusView, TargetView,
-    VolumeView,
+    ChapView, ErrorCode, GroupView, LunView, MappingView, Request, Response, StatusView,
+    TargetView, VolumeView,
 };
 use super::store::{self, StoreError};
 use super::validate::{self, format_size, ValidationError};
-use crate::catalog::{Catalog, ChapSpec, LunSpec, TargetSpec, VolumeSpec};
+use crate::catalog::{Catalog, ChapSpec, GroupSpec, LunSpec, TargetSpec, VolumeSpec};
 use crate::server::SessionInfo;
 use crate::volume::VolumeError;
 
@@ -65,6 +74,10 @@ pub enum AdminError {
     NoVolume(String),
     #[error("no target named '{0}'")]
     NoTarget(String),
+    #[error("no group named '{0}'")]
+    NoGroup(String),
+    #[error("volume '{volume}' is not in group '{group}'")]
+    NotInGroup { group: String, volume: String },
     #[error("target '{iqn}' has no LUN {lun}")]
     NoLun { iqn: String, lun: u64 },
     #[error("initiator '{initiator}' is not in the ACL of target '{iqn}'")]
@@ -75,6 +88,22 @@ pub enum AdminError {
     VolumeExists(String),
     #[error("target '{0}' already exists")]
     TargetExists(String),
+    #[error("group '{0}' already exists")]
+    GroupExists(String),
+    #[error("volume '{volume}' is already in group '{group}'")]
+    AlreadyInGroup { group: String, volume: String },
+    #[error("volume '{volume}' is in group '{other}'; a volume belongs to at most one group (remove it from '{other}' first)")]
+    InOtherGroup { volume: String, other: String },
+    #[error("volume '{name}' is in group '{group}'; remove it from the group first")]
+    VolumeGrouped { name: String, group: String },
+    #[error("volume '{volume}' is the last one in group '{group}'; a group keeps at least one volume (use `group delete {group}`)")]
+    LastInGroup { group: String, volume: String },
+    #[error("group '{group}' is in replication set '{set}'; {what}")]
+    GroupReplicated {
+        group: String,
+        set: String,
+        what: &'static str,
+    },
     #[error("LUN {lun} of target '{iqn}' already maps volume '{volume}'; unmap it first")]
     LunTaken {
         iqn: String,
@@ -113,15 +142,24 @@ impl AdminError {
             AdminError::Invalid(_) => ErrorCode::Invalid,
             AdminError::NoVolume(_)
             | AdminError::NoTarget(_)
+            | AdminError::NoGroup(_)
+            | AdminError::NotInGroup { .. }
             | AdminError::NoLun { .. }
             | AdminError::NotInAcl { .. }
             | AdminError::NoChap(_) => ErrorCode::NotFound,
             AdminError::VolumeExists(_)
             | AdminError::TargetExists(_)
+            | AdminError::GroupExists(_)
+            | AdminError::AlreadyInGroup { .. }
             | AdminError::LunTaken { .. }
             | AdminError::AlreadyInAcl { .. }
             | AdminError::FileExists(_) => ErrorCode::AlreadyExists,
-            AdminError::VolumeMapped { .. } | AdminError::TargetHasLuns { .. } => ErrorCode::InUse,
+            AdminError::VolumeMapped { .. }
+            | AdminError::TargetHasLuns { .. }
+            | AdminError::InOtherGroup { .. }
+            | AdminError::VolumeGrouped { .. }
+            | AdminError::LastInGroup { .. }
+            | AdminError::GroupReplicated { .. } => ErrorCode::InUse,
             AdminError::TargetBusy { .. } => ErrorCode::Busy,
             AdminError::CreateFile { .. } | AdminError::OpenVolume { .. } | AdminError::Save(_) => {
                 ErrorCode::Io
@@ -179,6 +217,7 @@ fn query<H: Host + ?Sized>(host: &H, c: &Catalog, req: &Request) -> Result<Respo
                 admin_socket: rt.admin_socket,
                 uptime_secs: rt.uptime_secs,
                 volumes: c.volumes.len(),
+                groups: c.groups.len(),
                 targets: c.targets.len(),
                 sessions: sessions.len(),
             })
@@ -195,6 +234,15 @@ fn query<H: Host + ?Sized>(host: &H, c: &Catalog, req: &Request) -> Result<Respo
                 return Err(AdminError::NoVolume(name.clone()));
             }
             Response::Volume(volume_view(host.data_dir(), c, name))
+        }
+        Request::GroupList => Response::Groups {
+            groups: c.groups.keys().map(|n| group_view(c, n)).collect(),
+        },
+        Request::GroupShow { name } => {
+            if !c.groups.contains_key(name) {
+                return Err(AdminError::NoGroup(name.clone()));
+            }
+            Response::Group(group_view(c, name))
         }
         Request::TargetList => Response::Targets {
             targets: c
@@ -233,9 +281,11 @@ fn volume_view(data_dir: &Path, c: &Catalog, name: &str) -> VolumeView {
         name: name.into(),
         size: spec.size,
         block_size: spec.block_size,
+        page_size: spec.page_size,
         id: format!("{:016x}", spec.id),
         path: spec.path.clone(),
         allocated,
+        group: c.group_of(name).map(str::to_string),
         mappings: c
             .targets
             .iter()
@@ -250,6 +300,59 @@ fn volume_view(data_dir: &Path, c: &Catalog, name: &str) -> VolumeView {
                     })
             })
             .collect(),
+    }
+}
+
+fn group_view(c: &Catalog, name: &str) -> GroupView {
+    let g = &c.groups[name];
+    GroupView {
+        name: name.into(),
+        volumes: g.volumes.clone(),
+        size: g
+            .volumes
+            .iter()
+            .filter_map(|v| c.volumes.get(v))
+            .map(|v| v.size)
+            .sum(),
+        replication_set: g.replication_set.clone(),
+    }
+}
+
+/// A group whose membership may change: it exists and is in no replication set.
+fn group_for_change<'a>(
+    c: &'a mut Catalog,
+    name: &str,
+    what: &'static str,
+) -> Result<&'a mut GroupSpec, AdminError> {
+    let g = c
+        .groups
+        .get_mut(name)
+        .ok_or_else(|| AdminError::NoGroup(name.to_string()))?;
+    if let Some(set) = &g.replication_set {
+        return Err(AdminError::GroupReplicated {
+            group: name.to_string(),
+            set: set.clone(),
+            what,
+        });
+    }
+    Ok(g)
+}
+
+/// A volume that may join `group`: it exists and is in no group yet.
+fn check_joinable(c: &Catalog, group: &str, volume: &str) -> Result<(), AdminError> {
+    if !c.volumes.contains_key(volume) {
+        return Err(AdminError::NoVolume(volume.to_string()));
+    }
+    match c.group_of(volume) {
+        None => Ok(()),
+        Some(g) if g == group => Err(AdminError::AlreadyInGroup {
+            group: group.to_string(),
+            volume: volume.to_string(),
+        }),
+        Some(other) => Err(AdminError::InOtherGroup {
+            volume: volume.to_string(),
+            other: other.to_string(),
+        }),
     }
 }
 
@@ -298,9 +401,12 @@ pub fn change(
             name,
             size,
             block_size,
+            page_size,
         } => {
             validate::check_volume_name(&name)?;
             validate::check_geometry(size, block_size)?;
+            validate::check_page_size(page_size)?;
+            let page_size = u32::try_from(page_size).expect("check_page_size caps it at 1 MiB");
             if c.volumes.contains_key(&name) {
                 return Err(AdminError::VolumeExists(name));
             }
@@ -316,15 +422,18 @@ pub fn change(
                 block_size,
                 id,
                 path: default_volume_path(&name),
+                page_size,
             };
             c.volumes.insert(name.clone(), spec.clone());
             let view = VolumeView {
                 name: name.clone(),
                 size,
                 block_size,
+                page_size,
                 id: format!("{id:016x}"),
                 path: spec.path.clone(),
                 allocated: Some(0),
+                group: None,
                 mappings: Vec::new(),
             };
             Ok((Effect::CreateVolume { name, spec }, Response::Volume(view)))
@@ -343,9 +452,77 @@ pub fn change(
                     mappings: mappings.join(", "),
                 });
             }
+            if let Some(group) = c.group_of(&name) {
+                let group = group.to_string();
+                return Err(AdminError::VolumeGrouped { name, group });
+            }
             let spec = c.volumes.remove(&name).expect("presence checked above");
             let msg = format!("deleted volume '{name}' and its file {}", spec.path);
             Ok((Effect::DeleteVolume { name, spec }, done(msg)))
+        }
+        Request::GroupCreate { name, volumes } => {
+            validate::check_group_name(&name)?;
+            validate::check_group_volumes(&volumes)?;
+            if c.groups.contains_key(&name) {
+                return Err(AdminError::GroupExists(name));
+            }
+            for v in &volumes {
+                check_joinable(c, &name, v)?;
+            }
+            c.groups.insert(
+                name.clone(),
+                GroupSpec {
+                    volumes,
+                    replication_set: None,
+                },
+            );
+            Ok((Effect::None, Response::Group(group_view(c, &name))))
+        }
+        Request::GroupAdd { name, volume } => {
+            group_for_change(
+                c,
+                &name,
+                "volumes cannot be added to it while it is (delete the set first)",
+            )?;
+            check_joinable(c, &name, &volume)?;
+            c.groups
+                .get_mut(&name)
+                .expect("group_for_change found it")
+                .volumes
+                .push(volume);
+            Ok((Effect::None, Response::Group(group_view(c, &name))))
+        }
+        Request::GroupRemove { name, volume } => {
+            let g = group_for_change(
+                c,
+                &name,
+                "volumes cannot be removed from it while it is (delete the set first)",
+            )?;
+            let Some(at) = g.volumes.iter().position(|v| *v == volume) else {
+                return Err(AdminError::NotInGroup {
+                    group: name,
+                    volume,
+                });
+            };
+            if g.volumes.len() == 1 {
+                return Err(AdminError::LastInGroup {
+                    group: name,
+                    volume,
+                });
+            }
+            g.volumes.remove(at);
+            Ok((Effect::None, Response::Group(group_view(c, &name))))
+        }
+        Request::GroupDelete { name } => {
+            group_for_change(c, &name, "delete the set first")?;
+            let g = c.groups.remove(&name).expect("group_for_change found it");
+            Ok((
+                Effect::None,
+                done(format!(
+                    "deleted group '{name}'; its volumes are kept ({})",
+                    g.volumes.join(", ")
+                )),
+            ))
         }
         Request::TargetCreate { iqn } => {
             validate::check_iscsi_name(&iqn)?;
@@ -507,6 +684,8 @@ pub fn change(
         Request::Status
         | Request::VolumeList
         | Request::VolumeShow { .. }
+        | Request::GroupList
+        | Request::GroupShow { .. }
         | Request::TargetList
         | Request::TargetShow { .. }
         | Request::SessionList => unreachable!("queries are not changes"),
@@ -703,6 +882,7 @@ mod tests {
             name: name.into(),
             size,
             block_size: bs,
+            page_size: 4096,
         }
     }
     fn tcreate(iqn: &str) -> Request {
@@ -1047,6 +1227,207 @@ mod tests {
         assert_eq!(f.catalog.read().volumes.len(), 33);
         assert_eq!(*f.catalog.read(), f.on_disk());
         assert_eq!(f.open.lock().len(), 33);
+    }
+
+    fn vcreate_paged(name: &str, page_size: u64) -> Request {
+        Request::VolumeCreate {
+            name: name.into(),
+            size: 4 << 20,
+            block_size: 512,
+            page_size,
+        }
+    }
+    fn gcreate(name: &str, vols: &[&str]) -> Request {
+        Request::GroupCreate {
+            name: name.into(),
+            volumes: vols.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+    fn gadd(name: &str, vol: &str) -> Request {
+        Request::GroupAdd {
+            name: name.into(),
+            volume: vol.into(),
+        }
+    }
+    fn gremove(name: &str, vol: &str) -> Request {
+        Request::GroupRemove {
+            name: name.into(),
+            volume: vol.into(),
+        }
+    }
+    fn group_of(f: &Fake, group: &str) -> GroupView {
+        match f.ok(Request::GroupShow { name: group.into() }) {
+            Response::Group(g) => g,
+            other => panic!("{other:?}"),
+        }
+    }
+    fn volume_of(f: &Fake, name: &str) -> VolumeView {
+        match f.ok(Request::VolumeShow { name: name.into() }) {
+            Response::Volume(v) => v,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn page_size_is_chosen_at_creation_and_shown() {
+        let f = Fake::new();
+        let Response::Volume(v) = f.ok(vcreate("a", 1 << 20, 512)) else {
+            panic!()
+        };
+        assert_eq!(v.page_size, 4096, "4 KiB by default");
+        let Response::Volume(v) = f.ok(vcreate_paged("b", 64 << 10)) else {
+            panic!()
+        };
+        assert_eq!(v.page_size, 64 << 10);
+        f.ok(vcreate_paged("c", 1 << 20));
+        assert_eq!(f.catalog.read().volumes["b"].page_size, 64 << 10);
+        assert_eq!(f.on_disk().volumes["c"].page_size, 1 << 20);
+        assert_eq!(volume_of(&f, "b").page_size, 64 << 10);
+        let Response::Volumes { volumes } = f.ok(Request::VolumeList) else {
+            panic!()
+        };
+        let pages: Vec<u32> = volumes.iter().map(|v| v.page_size).collect();
+        assert_eq!(pages, [4096, 64 << 10, 1 << 20, 4096]);
+        for bad in [0, 512, 2048, 6144, 3 << 12, 2 << 20, 1 << 40] {
+            let m = f.refuse(vcreate_paged("x", bad), ErrorCode::Invalid);
+            assert!(m.contains("page size"), "{m}");
+        }
+    }
+
+    #[test]
+    fn group_lifecycle() {
+        let f = Fake::new();
+        for v in ["a", "b", "c"] {
+            f.ok(vcreate(v, 1 << 20, 512));
+        }
+        let Response::Group(g) = f.ok(gcreate("g", &["b", "a"])) else {
+            panic!()
+        };
+        assert_eq!(
+            g,
+            GroupView {
+                name: "g".into(),
+                volumes: vec!["b".into(), "a".into()],
+                size: 2 << 20,
+                replication_set: None,
+            },
+            "volumes keep the order given"
+        );
+        assert_eq!(group_of(&f, "g"), g);
+        assert_eq!(volume_of(&f, "a").group.as_deref(), Some("g"));
+        assert_eq!(volume_of(&f, "c").group, None);
+
+        let Response::Group(g) = f.ok(gadd("g", "c")) else {
+            panic!()
+        };
+        assert_eq!(g.volumes, ["b", "a", "c"], "added at the end");
+        let Response::Group(g) = f.ok(gremove("g", "a")) else {
+            panic!()
+        };
+        assert_eq!(g.volumes, ["b", "c"]);
+        assert_eq!(volume_of(&f, "a").group, None);
+
+        f.ok(gcreate("h", &["a"]));
+        let Response::Groups { groups } = f.ok(Request::GroupList) else {
+            panic!()
+        };
+        let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["g", "h"]);
+        let Response::Status(s) = f.ok(Request::Status) else {
+            panic!()
+        };
+        assert_eq!(s.groups, 2);
+
+        let Response::Done { message } = f.ok(Request::GroupDelete { name: "g".into() }) else {
+            panic!()
+        };
+        assert!(message.contains("kept"), "{message}");
+        assert!(!f.catalog.read().groups.contains_key("g"));
+        for v in ["b", "c"] {
+            assert!(f.catalog.read().volumes.contains_key(v), "volumes stay");
+            assert_eq!(volume_of(&f, v).group, None);
+        }
+        // Out of its group, a volume can be deleted again.
+        f.ok(Request::VolumeDelete { name: "b".into() });
+    }
+
+    #[test]
+    fn group_refusals_change_nothing() {
+        let f = Fake::new();
+        for v in ["a", "b", "c"] {
+            f.ok(vcreate(v, 1 << 20, 512));
+        }
+        f.ok(gcreate("g", &["a", "b"]));
+
+        f.refuse(gcreate("bad/name", &["c"]), ErrorCode::Invalid);
+        f.refuse(gcreate("", &["c"]), ErrorCode::Invalid);
+        let m = f.refuse(gcreate("h", &[]), ErrorCode::Invalid);
+        assert!(m.contains("at least one volume"), "{m}");
+        let m = f.refuse(gcreate("h", &["c", "c"]), ErrorCode::Invalid);
+        assert!(m.contains("twice"), "{m}");
+        let m = f.refuse(gcreate("h", &["c", "nope"]), ErrorCode::NotFound);
+        assert!(m.contains("nope"), "{m}");
+        f.refuse(gcreate("g", &["c"]), ErrorCode::AlreadyExists);
+        let m = f.refuse(gcreate("h", &["c", "a"]), ErrorCode::InUse);
+        assert!(m.contains("'a'") && m.contains("group 'g'"), "{m}");
+
+        f.refuse(gadd("nope", "c"), ErrorCode::NotFound);
+        f.refuse(gadd("g", "nope"), ErrorCode::NotFound);
+        let m = f.refuse(gadd("g", "a"), ErrorCode::AlreadyExists);
+        assert!(m.contains("already in group 'g'"), "{m}");
+        f.ok(gcreate("h", &["c"]));
+        let m = f.refuse(gadd("h", "a"), ErrorCode::InUse);
+        assert!(m.contains("in group 'g'"), "{m}");
+
+        f.refuse(gremove("nope", "a"), ErrorCode::NotFound);
+        let m = f.refuse(gremove("g", "c"), ErrorCode::NotFound);
+        assert!(m.contains("not in group 'g'"), "{m}");
+        let m = f.refuse(gremove("h", "c"), ErrorCode::InUse);
+        assert!(m.contains("last") && m.contains("group delete h"), "{m}");
+
+        f.refuse(
+            Request::GroupDelete {
+                name: "nope".into(),
+            },
+            ErrorCode::NotFound,
+        );
+        f.refuse(
+            Request::GroupShow {
+                name: "nope".into(),
+            },
+            ErrorCode::NotFound,
+        );
+
+        let m = f.refuse(Request::VolumeDelete { name: "a".into() }, ErrorCode::InUse);
+        assert!(m.contains("group 'g'"), "{m}");
+        assert!(f.dir.path().join("volumes/a.img").exists());
+    }
+
+    #[test]
+    fn a_group_in_a_replication_set_keeps_its_volumes() {
+        let f = Fake::new();
+        for v in ["a", "b", "c"] {
+            f.ok(vcreate(v, 1 << 20, 512));
+        }
+        f.ok(gcreate("g", &["a", "b"]));
+        // The replication work sets this field; here the catalog is edited by hand.
+        {
+            let mut c = f.catalog.write();
+            c.groups.get_mut("g").unwrap().replication_set = Some("dr1".into());
+            store::save(f.dir.path(), &c).unwrap();
+        }
+        assert_eq!(group_of(&f, "g").replication_set.as_deref(), Some("dr1"));
+        for req in [
+            gadd("g", "c"),
+            gremove("g", "b"),
+            Request::GroupDelete { name: "g".into() },
+        ] {
+            let m = f.refuse(req, ErrorCode::InUse);
+            assert!(m.contains("group 'g' is in replication set 'dr1'"), "{m}");
+        }
+        // Its volumes still cannot be deleted out from under it.
+        let m = f.refuse(Request::VolumeDelete { name: "a".into() }, ErrorCode::InUse);
+        assert!(m.contains("group 'g'"), "{m}");
     }
 
     #[test]

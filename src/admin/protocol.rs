@@ -6,10 +6,16 @@
 //! | request (`cmd` and fields)                                   | response `result`          |
 //! |--------------------------------------------------------------|----------------------------|
 //! | `status`                                                     | `status` (StatusView)      |
-//! | `volume_create` name, size (bytes or "10G"), block_size=512  | `volume` (VolumeView)      |
+//! | `volume_create` name, size (bytes or "10G"), block_size=512, | `volume` (VolumeView)      |
+//! |   page_size=4096 (bytes or "64K": tracking page, 4K..1M)     |                            |
 //! | `volume_list`                                                | `volumes` {volumes: [..]}  |
 //! | `volume_show` name                                           | `volume`                   |
 //! | `volume_delete` name                                         | `done` {message}           |
+//! | `group_create` name, volumes (one or more, in order)         | `group` (GroupView)        |
+//! | `group_list`                                                 | `groups` {groups: [..]}    |
+//! | `group_show` name                                            | `group`                    |
+//! | `group_add` / `group_remove` name, volume                    | `group`                    |
+//! | `group_delete` name                                          | `done`                     |
 //! | `target_create` iqn                                          | `target` (TargetView)      |
 //! | `target_list`                                                | `targets` {targets: [..]}  |
 //! | `target_show` iqn                                            | `target`                   |
@@ -26,7 +32,9 @@
 //!
 //! ```text
 //! > {"cmd":"volume_create","name":"db","size":"10G","block_size":4096}
-//! < {"result":"volume","name":"db","size":10737418240,"block_size":4096,"id":"dfb187fcb7ea5ce4","path":"volumes/db.img","allocated":0,"mappings":[]}
+//! < {"result":"volume","name":"db","size":10737418240,"block_size":4096,"page_size":4096,"id":"dfb187fcb7ea5ce4","path":"volumes/db.img","allocated":0,"group":null,"mappings":[]}
+//! > {"cmd":"group_create","name":"app","volumes":["db","logs"]}
+//! < {"result":"group","name":"app","volumes":["db","logs"],"size":11811160064,"replication_set":null}
 //! > {"cmd":"volume_delete","name":"demo"}
 //! < {"result":"error","code":"in_use","message":"volume 'demo' is mapped (iqn.2026-11.io.twinlun:demo LUN 0); unmap it first"}
 //! ```
@@ -46,6 +54,12 @@ pub const COMMANDS: &[&str] = &[
     "volume_list",
     "volume_show",
     "volume_delete",
+    "group_create",
+    "group_list",
+    "group_show",
+    "group_add",
+    "group_remove",
+    "group_delete",
     "target_create",
     "target_list",
     "target_show",
@@ -81,12 +95,37 @@ pub enum Request {
         size: u64,
         #[serde(default = "default_block_size")]
         block_size: u32,
+        /// Tracking page size in bytes (checked by `apply`: 4K..1M, a power of two); on
+        /// the wire also accepted as a string with a unit ("64K").
+        #[serde(default = "default_page_size", deserialize_with = "de_size")]
+        page_size: u64,
     },
     VolumeList,
     VolumeShow {
         name: String,
     },
     VolumeDelete {
+        name: String,
+    },
+    GroupCreate {
+        name: String,
+        /// Member volumes, in cut order. Missing or empty is refused (`invalid`).
+        #[serde(default)]
+        volumes: Vec<String>,
+    },
+    GroupList,
+    GroupShow {
+        name: String,
+    },
+    GroupAdd {
+        name: String,
+        volume: String,
+    },
+    GroupRemove {
+        name: String,
+        volume: String,
+    },
+    GroupDelete {
         name: String,
     },
     TargetCreate {
@@ -141,6 +180,8 @@ impl Request {
             Request::Status
                 | Request::VolumeList
                 | Request::VolumeShow { .. }
+                | Request::GroupList
+                | Request::GroupShow { .. }
                 | Request::TargetList
                 | Request::TargetShow { .. }
                 | Request::SessionList
@@ -150,6 +191,10 @@ impl Request {
 
 pub fn default_block_size() -> u32 {
     512
+}
+
+pub fn default_page_size() -> u64 {
+    u64::from(crate::catalog::DEFAULT_PAGE_SIZE)
 }
 
 /// A size given as a number of bytes or as a string with a binary unit ("512M", "10G").
@@ -177,6 +222,10 @@ pub enum Response {
     Volume(VolumeView),
     Volumes {
         volumes: Vec<VolumeView>,
+    },
+    Group(GroupView),
+    Groups {
+        groups: Vec<GroupView>,
     },
     Target(TargetView),
     Targets {
@@ -236,6 +285,7 @@ pub struct StatusView {
     pub admin_socket: Option<String>,
     pub uptime_secs: u64,
     pub volumes: usize,
+    pub groups: usize,
     pub targets: usize,
     pub sessions: usize,
 }
@@ -245,13 +295,28 @@ pub struct VolumeView {
     pub name: String,
     pub size: u64,
     pub block_size: u32,
+    /// Write-tracking page size in bytes, fixed at creation.
+    pub page_size: u32,
     /// The stable 64-bit id as 16 hex digits (JSON numbers lose precision past 2^53).
     pub id: String,
     /// Backing file as recorded in the catalog (relative to the data dir unless absolute).
     pub path: String,
     /// Bytes actually allocated by the sparse file, when it could be stat'ed.
     pub allocated: Option<u64>,
+    /// The volume group it belongs to, if any.
+    pub group: Option<String>,
     pub mappings: Vec<MappingView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupView {
+    pub name: String,
+    /// Member volumes in cut order.
+    pub volumes: Vec<String>,
+    /// Sum of the members' sizes in bytes.
+    pub size: u64,
+    /// The replication set the group is in; while set, membership cannot change.
+    pub replication_set: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,11 +363,12 @@ mod tests {
             Request::VolumeCreate {
                 name: "db".into(),
                 size: 10 << 30,
-                block_size: 512
+                block_size: 512,
+                page_size: 4096
             }
         );
         let r: Request = serde_json::from_str(
-            r#"{"cmd":"volume_create","name":"db","size":4096,"block_size":4096}"#,
+            r#"{"cmd":"volume_create","name":"db","size":4096,"block_size":4096,"page_size":"64K"}"#,
         )
         .unwrap();
         assert_eq!(
@@ -310,8 +376,27 @@ mod tests {
             Request::VolumeCreate {
                 name: "db".into(),
                 size: 4096,
-                block_size: 4096
+                block_size: 4096,
+                page_size: 64 << 10
             }
+        );
+        let r: Request =
+            serde_json::from_str(r#"{"cmd":"group_create","name":"g","volumes":["a","b"]}"#)
+                .unwrap();
+        assert_eq!(
+            r,
+            Request::GroupCreate {
+                name: "g".into(),
+                volumes: vec!["a".into(), "b".into()]
+            }
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::GroupAdd {
+                name: "g".into(),
+                volume: "c".into()
+            })
+            .unwrap(),
+            r#"{"cmd":"group_add","name":"g","volume":"c"}"#
         );
         assert_eq!(
             serde_json::to_string(&Request::Status).unwrap(),
@@ -334,6 +419,16 @@ mod tests {
         };
         let back: Response = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
         assert_eq!(back, d);
+        let g = Response::Group(GroupView {
+            name: "app".into(),
+            volumes: vec!["db".into(), "logs".into()],
+            size: 11 << 30,
+            replication_set: None,
+        });
+        assert_eq!(
+            serde_json::to_string(&g).unwrap(),
+            r#"{"result":"group","name":"app","volumes":["db","logs"],"size":11811160064,"replication_set":null}"#
+        );
     }
 
     #[test]

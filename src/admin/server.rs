@@ -223,7 +223,11 @@ pub fn parse_request(line: &[u8]) -> Result<Request, BadLine> {
     // serde's deny_unknown_fields does not reach unit variants of a tagged enum.
     if matches!(
         req,
-        Request::Status | Request::VolumeList | Request::TargetList | Request::SessionList
+        Request::Status
+            | Request::VolumeList
+            | Request::GroupList
+            | Request::TargetList
+            | Request::SessionList
     ) {
         if let Some(extra) = value
             .as_object()

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use super::apply::{create_volume_file, volume_file, AdminError};
 use super::store::{self, StoreError};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, ConfigError};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +23,12 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("{catalog}: {source}")]
+    Catalog {
+        catalog: PathBuf,
+        #[source]
+        source: CatalogError,
+    },
     #[error("volume '{name}': its backing file {path} is missing; restore it, or remove the volume from {catalog}")]
     MissingFile {
         name: String,
@@ -57,6 +63,12 @@ pub enum StartupError {
 pub fn prepare(data_dir: &Path, config: Option<&Config>) -> Result<Catalog, StartupError> {
     store::ensure_data_dir(data_dir)?;
     let saved = store::load(data_dir)?;
+    if let Some(c) = &saved {
+        c.check().map_err(|source| StartupError::Catalog {
+            catalog: store::catalog_path(data_dir),
+            source,
+        })?;
+    }
     let existing: BTreeSet<String> = saved
         .iter()
         .flat_map(|c| c.volumes.keys().cloned())
@@ -147,6 +159,29 @@ mod tests {
         assert_eq!(c.targets.keys().collect::<Vec<_>>(), ["iqn.2026-11.io.x:t"]);
         assert!(dir.path().join("volumes/v.img").exists());
         assert_eq!(store::load(dir.path()).unwrap(), Some(c));
+    }
+
+    #[test]
+    fn a_hand_edited_catalog_that_breaks_the_group_rules_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = prepare(dir.path(), None).unwrap();
+        c.groups.insert(
+            "g".into(),
+            crate::catalog::GroupSpec {
+                volumes: vec!["demo".into(), "gone".into()],
+                replication_set: None,
+            },
+        );
+        store::save(dir.path(), &c).unwrap();
+        let e = prepare(dir.path(), None).unwrap_err().to_string();
+        assert!(
+            e.ends_with("catalog.json: group 'g' names volume 'gone', which does not exist"),
+            "{e}"
+        );
+        // Groups that keep the rules survive a restart.
+        c.groups.get_mut("g").unwrap().volumes.pop();
+        store::save(dir.path(), &c).unwrap();
+        assert_eq!(prepare(dir.path(), None).unwrap(), c);
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::{ChapSpec, LunSpec};
+    use crate::catalog::{ChapSpec, GroupSpec, LunSpec};
     use std::os::unix::fs::PermissionsExt;
 
     #[test]
@@ -123,6 +123,14 @@ mod tests {
                 read_only: true,
             },
         );
+        c.volumes.get_mut("demo").unwrap().page_size = 256 << 10;
+        c.groups.insert(
+            "g".into(),
+            GroupSpec {
+                volumes: vec!["demo".into()],
+                replication_set: Some("dr1".into()),
+            },
+        );
         save(dir.path(), &c).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(c.clone()));
         let mode = fs::metadata(catalog_path(dir.path()))
@@ -135,6 +143,27 @@ mod tests {
         // A second save replaces the first.
         c.targets.clear();
         save(dir.path(), &c).unwrap();
+        assert_eq!(load(dir.path()).unwrap(), Some(c));
+    }
+
+    #[test]
+    fn a_catalog_saved_before_groups_and_page_sizes_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            catalog_path(dir.path()),
+            br#"{"volumes":{"demo":{"size":1073741824,"block_size":512,"id":42,"path":"volumes/demo.img"}},"targets":{}}"#,
+        )
+        .unwrap();
+        let c = load(dir.path()).unwrap().unwrap();
+        assert_eq!(c.volumes["demo"].page_size, 4096);
+        assert!(c.groups.is_empty());
+        // Saved again, it carries both.
+        save(dir.path(), &c).unwrap();
+        let text = fs::read_to_string(catalog_path(dir.path())).unwrap();
+        assert!(
+            text.contains("\"page_size\": 4096") && text.contains("\"groups\""),
+            "{text}"
+        );
         assert_eq!(load(dir.path()).unwrap(), Some(c));
     }
 

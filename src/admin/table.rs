@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::protocol::{ChapView, Response, TargetView, VolumeView};
+use super::protocol::{ChapView, GroupView, Response, TargetView, VolumeView};
 use super::validate::format_size;
 
 /// Left-aligned columns separated by two spaces; the header is the first row.
@@ -70,9 +70,11 @@ fn volume_detail(v: &VolumeView) -> String {
             format!("{} ({} bytes)", format_size(v.size), v.size),
         ),
         ("block size", v.block_size.to_string()),
+        ("page size", format_size(u64::from(v.page_size))),
         ("id", v.id.clone()),
         ("file", v.path.clone()),
         ("allocated", allocated_text(v)),
+        ("group", v.group.clone().unwrap_or_else(|| "-".into())),
         ("mapped", mapped.into()),
     ]);
     if !v.mappings.is_empty() {
@@ -90,6 +92,31 @@ fn volume_detail(v: &VolumeView) -> String {
             .collect();
         out.push_str(&table(&["TARGET", "LUN", "ACCESS"], &rows));
     }
+    out
+}
+
+fn replication_text(g: &GroupView) -> String {
+    g.replication_set.clone().unwrap_or_else(|| "-".into())
+}
+
+fn group_detail(g: &GroupView) -> String {
+    let mut out = kv(&[
+        ("group", g.name.clone()),
+        ("volumes", g.volumes.len().to_string()),
+        (
+            "size",
+            format!("{} ({} bytes)", format_size(g.size), g.size),
+        ),
+        ("replication set", replication_text(g)),
+    ]);
+    out.push('\n');
+    let rows: Vec<Vec<String>> = g
+        .volumes
+        .iter()
+        .enumerate()
+        .map(|(i, v)| vec![(i + 1).to_string(), v.clone()])
+        .collect();
+    out.push_str(&table(&["ORDER", "VOLUME"], &rows));
     out
 }
 
@@ -149,6 +176,7 @@ pub fn render(resp: &Response) -> String {
             ),
             ("uptime", format!("{}s", s.uptime_secs)),
             ("volumes", s.volumes.to_string()),
+            ("groups", s.groups.to_string()),
             ("targets", s.targets.to_string()),
             ("sessions", s.sessions.to_string()),
         ]),
@@ -167,7 +195,9 @@ pub fn render(resp: &Response) -> String {
                         v.name.clone(),
                         format_size(v.size),
                         v.block_size.to_string(),
+                        format_size(u64::from(v.page_size)),
                         allocated_text(v),
+                        v.group.clone().unwrap_or_else(|| "-".into()),
                         v.id.clone(),
                         if maps.is_empty() {
                             "-".into()
@@ -178,9 +208,34 @@ pub fn render(resp: &Response) -> String {
                 })
                 .collect();
             table(
-                &["NAME", "SIZE", "BLOCK", "ALLOCATED", "ID", "MAPPED AS"],
+                &[
+                    "NAME",
+                    "SIZE",
+                    "BLOCK",
+                    "PAGE",
+                    "ALLOCATED",
+                    "GROUP",
+                    "ID",
+                    "MAPPED AS",
+                ],
                 &rows,
             )
+        }
+        Response::Group(g) => group_detail(g),
+        Response::Groups { groups } if groups.is_empty() => "no groups\n".into(),
+        Response::Groups { groups } => {
+            let rows: Vec<Vec<String>> = groups
+                .iter()
+                .map(|g| {
+                    vec![
+                        g.name.clone(),
+                        format_size(g.size),
+                        replication_text(g),
+                        g.volumes.join(" "),
+                    ]
+                })
+                .collect();
+            table(&["GROUP", "SIZE", "REPLICATION SET", "VOLUMES"], &rows)
         }
         Response::Target(t) => target_detail(t),
         Response::Targets { targets } if targets.is_empty() => "no targets\n".into(),
@@ -281,5 +336,29 @@ mod tests {
         let out = render(&Response::Targets { targets: vec![t] });
         assert!(out.contains("user alice (mutual)"), "{out}");
         assert!(out.contains("0:v(ro)") && out.contains("open"), "{out}");
+    }
+
+    #[test]
+    fn groups_list_and_show() {
+        let g = GroupView {
+            name: "app".into(),
+            volumes: vec!["db".into(), "logs".into()],
+            size: 3 << 30,
+            replication_set: None,
+        };
+        let out = render(&Response::Groups {
+            groups: vec![g.clone()],
+        });
+        assert_eq!(
+            out,
+            "GROUP  SIZE  REPLICATION SET  VOLUMES\napp    3G    -                db logs\n"
+        );
+        let out = render(&Response::Group(g));
+        assert!(out.contains("replication set: -"), "{out}");
+        assert!(
+            out.contains("1      db") && out.contains("2      logs"),
+            "{out}"
+        );
+        assert_eq!(render(&Response::Groups { groups: vec![] }), "no groups\n");
     }
 }

@@ -1,5 +1,7 @@
-//! Syntax checks for everything an admin types: sizes, volume names, iSCSI names,
-//! LUN numbers, CHAP credentials. Pure functions, no state.
+//! Syntax checks for everything an admin types: sizes, volume and group names, iSCSI
+//! names, LUN numbers, CHAP credentials, tracking page sizes. Pure functions, no state.
+
+use crate::catalog::{MAX_PAGE_SIZE, MIN_PAGE_SIZE};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
@@ -13,6 +15,14 @@ pub enum ValidationError {
     BlockSize(u32),
     #[error("invalid volume name '{name}': {why}")]
     VolumeName { name: String, why: &'static str },
+    #[error("invalid group name '{name}': {why}")]
+    GroupName { name: String, why: &'static str },
+    #[error("page size {0} is not supported (a power of two from 4K to 1M)")]
+    PageSize(u64),
+    #[error("a group needs at least one volume")]
+    GroupEmpty,
+    #[error("volume '{0}' is listed twice")]
+    VolumeTwice(String),
     #[error("invalid iSCSI name '{name}': {why}")]
     IscsiName { name: String, why: &'static str },
     #[error("LUN {0} is out of range (0..={max})", max = MAX_LUN)]
@@ -90,21 +100,56 @@ pub fn format_size(n: u64) -> String {
 /// Volume names: 1..=64 characters from `[A-Za-z0-9._-]`. They become file names
 /// (`volumes/NAME.img`), so nothing else is allowed.
 pub fn check_volume_name(name: &str) -> Result<(), ValidationError> {
-    let err = |why| ValidationError::VolumeName {
+    check_name(name).map_err(|why| ValidationError::VolumeName {
         name: name.to_string(),
         why,
-    };
+    })
+}
+
+/// Group names follow the volume name rules: 1..=64 characters from `[A-Za-z0-9._-]`.
+pub fn check_group_name(name: &str) -> Result<(), ValidationError> {
+    check_name(name).map_err(|why| ValidationError::GroupName {
+        name: name.to_string(),
+        why,
+    })
+}
+
+/// The volume list of a group: at least one volume, none twice.
+pub fn check_group_volumes(volumes: &[String]) -> Result<(), ValidationError> {
+    if volumes.is_empty() {
+        return Err(ValidationError::GroupEmpty);
+    }
+    for (i, v) in volumes.iter().enumerate() {
+        if volumes[..i].contains(v) {
+            return Err(ValidationError::VolumeTwice(v.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Tracking page sizes: a power of two from 4 KiB to 1 MiB.
+pub fn check_page_size(page_size: u64) -> Result<(), ValidationError> {
+    if !page_size.is_power_of_two()
+        || page_size < u64::from(MIN_PAGE_SIZE)
+        || page_size > u64::from(MAX_PAGE_SIZE)
+    {
+        return Err(ValidationError::PageSize(page_size));
+    }
+    Ok(())
+}
+
+fn check_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
-        return Err(err("empty"));
+        return Err("empty");
     }
     if name.len() > 64 {
-        return Err(err("longer than 64 characters"));
+        return Err("longer than 64 characters");
     }
     if !name
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
     {
-        return Err(err("only letters, digits, '.', '_' and '-' are allowed"));
+        return Err("only letters, digits, '.', '_' and '-' are allowed");
     }
     Ok(())
 }
@@ -336,6 +381,35 @@ mod tests {
     }
 
     #[test]
+    fn group_names_follow_volume_names() {
+        assert!(check_group_name("db-group.1").is_ok());
+        for bad in ["", "a/b", "a b", &"g".repeat(65)] {
+            let e = check_group_name(bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid group name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn group_volume_lists() {
+        assert!(check_group_volumes(&["a".into(), "b".into()]).is_ok());
+        assert_eq!(check_group_volumes(&[]), Err(ValidationError::GroupEmpty));
+        assert_eq!(
+            check_group_volumes(&["a".into(), "b".into(), "a".into()]),
+            Err(ValidationError::VolumeTwice("a".into()))
+        );
+    }
+
+    #[test]
+    fn page_sizes() {
+        for ok in [4096u64, 8192, 65536, 1 << 20] {
+            assert!(check_page_size(ok).is_ok(), "{ok}");
+        }
+        for bad in [0u64, 512, 2048, 6144, 12288, 2 << 20, 1 << 40] {
+            assert_eq!(check_page_size(bad), Err(ValidationError::PageSize(bad)));
+        }
+    }
+
+    #[test]
     fn iscsi_names() {
         for ok in [
             "iqn.2026-11.io.twinlun:demo",
@@ -395,6 +469,7 @@ mod tests {
             let _ = parse_size(&s);
             let _ = check_iscsi_name(&s);
             let _ = check_volume_name(&s);
+            let _ = check_group_name(&s);
             let _ = check_chap(&s, &s, Some((&s, &s)));
         }
 
