@@ -1,0 +1,177 @@
+//! [`TrackedVolume`]: what the write path and the replicator hold per volume.
+
+use std::io;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use roaring::RoaringBitmap;
+
+use super::cow::CowConfig;
+use super::dirty::DirtyMap;
+use super::gate::{WriteGate, WriteGuard};
+use super::snapshot::{SnapshotInfo, SnapshotSet};
+use super::{CutId, PageIndex, PageSize, TrackingError};
+
+/// Tracking state of one volume: its dirty map, write gate and snapshots.
+#[derive(Debug)]
+pub struct TrackedVolume {
+    name: Arc<str>,
+    size: u64,
+    page_size: PageSize,
+    pages: u32,
+    dirty: DirtyMap,
+    gate: WriteGate,
+    snapshots: SnapshotSet,
+}
+
+impl TrackedVolume {
+    /// Tracking for a volume of `size` bytes. `name` orders the volumes of a group when a
+    /// cut closes their gates, and names the snapshots' spill files.
+    pub fn new(
+        name: &str,
+        size: u64,
+        page_size: PageSize,
+        cow: CowConfig,
+    ) -> Result<Self, TrackingError> {
+        Self::with_dirty(name, size, page_size, cow, RoaringBitmap::new())
+    }
+
+    /// As [`TrackedVolume::new`], starting from a saved dirty bitmap (after a restart).
+    pub fn with_dirty(
+        name: &str,
+        size: u64,
+        page_size: PageSize,
+        cow: CowConfig,
+        dirty: RoaringBitmap,
+    ) -> Result<Self, TrackingError> {
+        let pages = page_size.page_count(size)?;
+        if dirty.max().is_some_and(|m| m >= pages) {
+            return Err(TrackingError::SavedBitmapTooLarge { pages });
+        }
+        let name: Arc<str> = name.into();
+        Ok(TrackedVolume {
+            snapshots: SnapshotSet::new(name.clone(), page_size.bytes() as usize, cow),
+            name,
+            size,
+            page_size,
+            pages,
+            dirty: DirtyMap::from_bitmap(dirty),
+            gate: WriteGate::new(),
+        })
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn page_size(&self) -> PageSize {
+        self.page_size
+    }
+
+    pub fn page_count(&self) -> u32 {
+        self.pages
+    }
+
+    pub fn dirty(&self) -> &DirtyMap {
+        &self.dirty
+    }
+
+    pub fn gate(&self) -> &WriteGate {
+        &self.gate
+    }
+
+    /// The pages `len` bytes at `offset` touch, checked against the volume size.
+    pub fn pages_of(&self, offset: u64, len: u64) -> Result<Range<PageIndex>, TrackingError> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(self.page_size.pages_of(offset, len)),
+            _ => Err(TrackingError::OutOfRange {
+                offset,
+                len,
+                size: self.size,
+            }),
+        }
+    }
+
+    /// The write path, step one: enter the gate (waiting while a cut holds it closed),
+    /// preserve old content for live snapshots, mark the pages dirty. Write the data
+    /// while holding the returned guard, then drop it.
+    ///
+    /// `read_old(page, buf)` reads one page of current content (zeros past the end of
+    /// the volume); it is only called when a live snapshot has not kept that page yet.
+    /// It runs with the snapshot lock held, synchronously. On error nothing is marked
+    /// and the write must not be done.
+    pub async fn begin_write<F>(
+        &self,
+        offset: u64,
+        len: u64,
+        read_old: F,
+    ) -> Result<WriteGuard<'_>, TrackingError>
+    where
+        F: FnMut(PageIndex, &mut [u8]) -> io::Result<()>,
+    {
+        let pages = self.pages_of(offset, len)?;
+        let guard = self.gate.enter().await;
+        self.write_entered(pages, read_old)?;
+        Ok(guard)
+    }
+
+    /// [`TrackedVolume::begin_write`] for a caller that already holds a gate guard
+    /// (from [`WriteGate::enter`], `enter_owned` or `try_enter`).
+    pub fn write_entered<F>(
+        &self,
+        pages: Range<PageIndex>,
+        read_old: F,
+    ) -> Result<(), TrackingError>
+    where
+        F: FnMut(PageIndex, &mut [u8]) -> io::Result<()>,
+    {
+        self.snapshots.before_write(pages.clone(), read_old)?;
+        self.dirty.mark(pages);
+        Ok(())
+    }
+
+    /// True when a write needs no `read_old` at all (no snapshot is live).
+    pub fn has_snapshots(&self) -> bool {
+        !self.snapshots.is_empty()
+    }
+
+    /// Reads `page` as it was at the cut of snapshot `cut`; see
+    /// [`TrackedVolume::begin_write`] for `read_current`'s contract.
+    pub fn read_snapshot_page<F>(
+        &self,
+        cut: CutId,
+        page: PageIndex,
+        buf: &mut [u8],
+        read_current: F,
+    ) -> Result<(), TrackingError>
+    where
+        F: FnOnce(&mut [u8]) -> io::Result<()>,
+    {
+        if page >= self.pages {
+            return Err(TrackingError::PageOutOfRange {
+                page,
+                pages: self.pages,
+            });
+        }
+        self.snapshots.read_page(cut, page, buf, read_current)
+    }
+
+    /// Deletes a snapshot: frees its memory and removes its spill file.
+    pub fn delete_snapshot(&self, cut: CutId) -> Result<SnapshotInfo, TrackingError> {
+        self.snapshots.delete(cut)
+    }
+
+    pub fn snapshots(&self) -> Vec<SnapshotInfo> {
+        self.snapshots.list()
+    }
+
+    /// Called by a cut with this volume's gate closed and drained.
+    pub(crate) fn create_snapshot(&self, cut: CutId, at: SystemTime) -> Result<(), TrackingError> {
+        self.snapshots.create(cut, at)
+    }
+}
