@@ -79,6 +79,8 @@ pub struct CowStore {
     spill_len: u64,
     slots: HashMap<PageIndex, Slot>,
     memory_bytes: u64,
+    /// False once a save has written a state file over the spill file's path.
+    remove_on_drop: bool,
 }
 
 impl CowStore {
@@ -94,6 +96,7 @@ impl CowStore {
             spill_len: 0,
             slots: HashMap::new(),
             memory_bytes: 0,
+            remove_on_drop: true,
         }
     }
 
@@ -166,12 +169,54 @@ impl CowStore {
         CowStats {
             pages: self.slots.len() as u64,
             memory_bytes: self.memory_bytes,
-            file_bytes: self.spill_len,
+            file_bytes: self.slots.len() as u64 * self.page_bytes as u64 - self.memory_bytes,
         }
     }
 
     pub fn spill_path(&self) -> &Path {
         &self.spill_path
+    }
+
+    /// A save replaced the file at `saved` (a rename over it): if that is this store's
+    /// spill path, the file there is no longer this store's to remove.
+    pub(crate) fn saved_as(&mut self, saved: &Path) {
+        if self.spill_path == saved {
+            self.remove_on_drop = false;
+        }
+    }
+
+    /// The pages kept, for saving the store.
+    pub(crate) fn pages(&self) -> roaring::RoaringBitmap {
+        self.slots.keys().copied().collect()
+    }
+
+    /// A store over a file saved by [`super::persist`]: the pages of `kept`, in order,
+    /// one after another from `data_start`. New pages are appended to the same file,
+    /// which the store owns from now on (it removes it when dropped).
+    pub(crate) fn from_saved(
+        config: CowConfig,
+        page_bytes: usize,
+        path: PathBuf,
+        file: File,
+        kept: &roaring::RoaringBitmap,
+        data_start: u64,
+    ) -> Self {
+        let bytes = page_bytes as u64;
+        let slots: HashMap<PageIndex, Slot> = kept
+            .iter()
+            .enumerate()
+            .map(|(rank, page)| (page, Slot::File(data_start + rank as u64 * bytes)))
+            .collect();
+        CowStore {
+            page_bytes,
+            config,
+            spill_path: path,
+            spill: Some(file),
+            spill_len: data_start + kept.len() * bytes,
+            slots,
+            memory_bytes: 0,
+            remove_on_drop: true,
+        }
     }
 
     fn spill_file(&mut self) -> Result<&File, TrackingError> {
@@ -196,7 +241,7 @@ impl CowStore {
 impl Drop for CowStore {
     fn drop(&mut self) {
         self.config.budget.release(self.memory_bytes);
-        if self.spill.take().is_some() {
+        if self.spill.take().is_some() && self.remove_on_drop {
             if let Err(error) = std::fs::remove_file(&self.spill_path) {
                 tracing::warn!(path = %self.spill_path.display(), %error, "could not remove copy-on-write spill file");
             }

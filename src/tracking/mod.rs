@@ -75,6 +75,16 @@ pub enum TrackingError {
         #[source]
         source: io::Error,
     },
+    #[error("{} is not a valid saved tracking file", path.display())]
+    CorruptState { path: PathBuf },
+    #[error("{} was saved with pages of {saved} bytes", path.display())]
+    SavedPageSize { path: PathBuf, saved: u32 },
+    /// Saved state without the clean-shutdown marker: it may miss writes made before a
+    /// crash, so it is not used. The caller falls back to a full resynchronization.
+    #[error("tracking state in {} is not from a clean shutdown", dir.display())]
+    UncleanState { dir: PathBuf },
+    #[error("write gate")]
+    Gate(#[source] GateError),
     #[error("no snapshot at cut {}", cut.0)]
     NoSuchSnapshot { cut: CutId },
     #[error("a snapshot at cut {} already exists", cut.0)]

@@ -731,3 +731,144 @@ fn snapshot_reads_racing_overwrites_see_the_cut() {
         vol.delete_snapshot(cut.id).unwrap();
     }
 }
+
+#[tokio::test]
+async fn clean_shutdown_saves_and_restart_loads_bitmap_and_snapshots() {
+    let spill = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let size = 16 * 4096;
+    let cow = cow_config(spill.path(), 2 * 4096);
+    let mut v = MemVolume::new("v", size, 4096, cow.clone());
+    v.write(0, &data(0, 1, size as usize)).await.unwrap();
+    let coord = CutCoordinator::new(CutId(1));
+    let first = coord.cut_group(&[&v.tracked], options(true)).await.unwrap();
+    let image_1 = v.image.clone();
+    v.write(4096, &data(0, 2, 5 * 4096)).await.unwrap();
+    let deleted = coord.cut_group(&[&v.tracked], options(true)).await.unwrap();
+    v.write(8192, &data(2, 3, 3 * 4096)).await.unwrap();
+    let second = coord.cut_group(&[&v.tracked], options(true)).await.unwrap();
+    let image_2 = v.image.clone();
+    v.write(3 * 4096 + 512, &data(0, 4, 4096)).await.unwrap();
+    v.tracked.delete_snapshot(deleted.id).unwrap();
+    // A save of an earlier life left a file for a snapshot that is gone now.
+    std::fs::write(state.path().join("snap-99.cow"), b"stale").unwrap();
+    let before = v.tracked.snapshots();
+    let dirty = v.tracked.dirty().snapshot();
+    assert_eq!(dirty.iter().collect::<Vec<_>>(), vec![3, 4]);
+
+    v.tracked
+        .close_and_save(state.path(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(
+        v.tracked.gate().try_enter().is_none(),
+        "writes after a save"
+    );
+    let image = v.image.clone();
+    drop(v);
+    assert_eq!(std::fs::read_dir(spill.path()).unwrap().count(), 0);
+    assert_eq!(cow.budget.used(), 0);
+    assert!(!state.path().join("snap-99.cow").exists());
+
+    let loaded =
+        TrackedVolume::load("v", size, PageSize::DEFAULT, cow.clone(), state.path()).unwrap();
+    let mut v = MemVolume {
+        tracked: loaded,
+        image,
+    };
+    assert_eq!(v.tracked.dirty().snapshot(), dirty);
+    let after = v.tracked.snapshots();
+    assert_eq!(after.len(), 2);
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(
+            (b.cut, b.taken_at, b.stats.pages),
+            (a.cut, a.taken_at, a.stats.pages)
+        );
+        assert_eq!(a.stats.memory_bytes, 0);
+    }
+    assert_eq!(v.read_snapshot(first.id).unwrap(), image_1);
+    assert_eq!(v.read_snapshot(second.id).unwrap(), image_2);
+
+    // A crash now must not find the state clean.
+    assert!(matches!(
+        TrackedVolume::load("v", size, PageSize::DEFAULT, cow.clone(), state.path()),
+        Err(TrackingError::UncleanState { .. })
+    ));
+
+    // Copy-on-write goes on after the restart, into memory and the loaded files.
+    v.write(0, &data(1, 0, size as usize)).await.unwrap();
+    assert_eq!(v.read_snapshot(first.id).unwrap(), image_1);
+    assert_eq!(v.read_snapshot(second.id).unwrap(), image_2);
+    for s in v.tracked.snapshots() {
+        assert_eq!(s.stats.pages, 16);
+    }
+    // Saving again and loading again keeps it all.
+    v.tracked
+        .close_and_save(state.path(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let image = v.image.clone();
+    drop(v);
+    let v = MemVolume {
+        tracked: TrackedVolume::load("v", size, PageSize::DEFAULT, cow.clone(), state.path())
+            .unwrap(),
+        image,
+    };
+    assert_eq!(v.read_snapshot(first.id).unwrap(), image_1);
+    assert_eq!(v.read_snapshot(second.id).unwrap(), image_2);
+    v.tracked.delete_snapshot(first.id).unwrap();
+    v.tracked.delete_snapshot(second.id).unwrap();
+    assert!(!state.path().join("snap-1.cow").exists());
+    persist::discard_state(state.path()).unwrap();
+    assert_eq!(std::fs::read_dir(state.path()).unwrap().count(), 0);
+    // No state at all: a fresh volume.
+    let fresh = TrackedVolume::load("v", size, PageSize::DEFAULT, cow, state.path()).unwrap();
+    assert_eq!(fresh.dirty().count(), 0);
+    assert!(fresh.snapshots().is_empty());
+}
+
+#[tokio::test]
+async fn bad_saved_state_is_refused_and_left_in_place() {
+    let spill = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let cow = cow_config(spill.path(), 1 << 20);
+    let mut v = MemVolume::new("v", 8 * 4096, 4096, cow.clone());
+    let coord = CutCoordinator::new(CutId(1));
+    for _ in 0..2 {
+        coord.cut_group(&[&v.tracked], options(true)).await.unwrap();
+        v.write(0, &[7; 8192]).await.unwrap();
+    }
+    v.tracked
+        .close_and_save(state.path(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    drop(v);
+
+    let page8k = PageSize::new(8192).unwrap();
+    assert!(matches!(
+        TrackedVolume::load("v", 8 * 4096, page8k, cow.clone(), state.path()),
+        Err(TrackingError::SavedPageSize { saved: 4096, .. })
+    ));
+    // The failed load above removed the clean marker; put it back to test corruption.
+    std::fs::write(state.path().join("clean"), b"").unwrap();
+    let snap2 = state.path().join("snap-2.cow");
+    let len = std::fs::metadata(&snap2).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&snap2)
+        .unwrap()
+        .set_len(len - 1)
+        .unwrap();
+    assert!(matches!(
+        TrackedVolume::load("v", 8 * 4096, PageSize::DEFAULT, cow.clone(), state.path()),
+        Err(TrackingError::CorruptState { .. })
+    ));
+    assert!(state.path().join("snap-1.cow").exists());
+    assert!(snap2.exists());
+    std::fs::write(state.path().join("clean"), b"").unwrap();
+    std::fs::write(&snap2, b"TWLNSNAP").unwrap();
+    assert!(matches!(
+        TrackedVolume::load("v", 8 * 4096, PageSize::DEFAULT, cow, state.path()),
+        Err(TrackingError::CorruptState { .. })
+    ));
+}

@@ -6,13 +6,15 @@
 
 use std::io;
 use std::ops::Range;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use parking_lot::Mutex;
+use roaring::RoaringBitmap;
 
 use super::cow::{CowConfig, CowStats, CowStore};
-use super::{CutId, PageIndex, TrackingError};
+use super::{persist, CutId, PageIndex, TrackingError};
 
 static SPILL_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -179,6 +181,33 @@ impl SnapshotSet {
             .ok_or(TrackingError::SnapshotInvalidated { cut })?;
         store.get(page, buf)?;
         Ok(())
+    }
+}
+
+impl SnapshotSet {
+    /// Saves the dirty bitmap and every valid snapshot into `dir` (see
+    /// [`super::persist`]). An invalidated snapshot is not saved.
+    pub(crate) fn save(&self, dir: &Path, dirty: &RoaringBitmap) -> Result<(), TrackingError> {
+        let mut snaps = self.snapshots.lock();
+        let mut saved: Vec<(CutId, SystemTime, &mut CowStore)> = snaps
+            .iter_mut()
+            .filter_map(|s| s.store.as_mut().map(|st| (s.cut, s.taken_at, st)))
+            .collect();
+        persist::save_state(dir, dirty, &mut saved, self.page_bytes)
+    }
+
+    /// Takes snapshots loaded from a saved state.
+    pub(crate) fn restore(&self, loaded: Vec<persist::LoadedSnapshot>) {
+        let mut snaps = self.snapshots.lock();
+        for l in loaded {
+            snaps.push(Snapshot {
+                cut: l.cut,
+                taken_at: l.taken_at,
+                store: Some(l.into_store(self.cow.clone())),
+            });
+        }
+        snaps.sort_by_key(|s| s.cut);
+        self.live.store(snaps.len(), Ordering::Release);
     }
 }
 

@@ -2,8 +2,9 @@
 
 use std::io;
 use std::ops::Range;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use roaring::RoaringBitmap;
 
@@ -11,7 +12,7 @@ use super::cow::CowConfig;
 use super::dirty::DirtyMap;
 use super::gate::{WriteGate, WriteGuard};
 use super::snapshot::{SnapshotInfo, SnapshotSet};
-use super::{CutId, PageIndex, PageSize, TrackingError};
+use super::{persist, CutId, PageIndex, PageSize, TrackingError};
 
 /// Tracking state of one volume: its dirty map, write gate and snapshots.
 #[derive(Debug)]
@@ -168,6 +169,49 @@ impl TrackedVolume {
 
     pub fn snapshots(&self) -> Vec<SnapshotInfo> {
         self.snapshots.list()
+    }
+
+    /// Clean shutdown: closes the gate (waiting up to `timeout` for writes in flight),
+    /// saves the dirty bitmap and the snapshots into `dir` (this volume's own state
+    /// directory) and leaves the gate closed for good: a write after the save would
+    /// make it stale. On error the gate is reopened.
+    pub async fn close_and_save(&self, dir: &Path, timeout: Duration) -> Result<(), TrackingError> {
+        self.gate
+            .close_and_drain(timeout)
+            .await
+            .map_err(TrackingError::Gate)?;
+        let saved = self.snapshots.save(dir, &self.dirty.snapshot());
+        if saved.is_err() {
+            self.gate.open();
+        }
+        saved
+    }
+
+    /// Tracking for a volume restarting after a clean shutdown: the state saved in `dir`
+    /// by [`TrackedVolume::close_and_save`], or a fresh state when `dir` holds none.
+    /// [`TrackingError::UncleanState`] when the state there is from before a crash.
+    pub fn load(
+        name: &str,
+        size: u64,
+        page_size: PageSize,
+        cow: CowConfig,
+        dir: &Path,
+    ) -> Result<Self, TrackingError> {
+        let page_bytes = page_size.bytes() as usize;
+        let Some(state) = persist::load_state(dir, page_bytes)? else {
+            return Self::new(name, size, page_size, cow);
+        };
+        let pages = page_size.page_count(size)?;
+        if state
+            .snapshots
+            .iter()
+            .any(|s| s.kept.max().is_some_and(|m| m >= pages))
+        {
+            return Err(TrackingError::SavedBitmapTooLarge { pages });
+        }
+        let volume = Self::with_dirty(name, size, page_size, cow, state.dirty)?;
+        volume.snapshots.restore(state.snapshots);
+        Ok(volume)
     }
 
     /// Called by a cut with this volume's gate closed and drained.
