@@ -135,6 +135,16 @@ impl CowStore {
         Ok(())
     }
 
+    /// Forgets `page`: its memory goes back to the budget at once; a page in the spill
+    /// file leaves a hole there until the store is dropped.
+    pub fn remove(&mut self, page: PageIndex) {
+        if let Some(Slot::Memory(data)) = self.slots.remove(&page) {
+            let bytes = data.len() as u64;
+            self.memory_bytes -= bytes;
+            self.config.budget.release(bytes);
+        }
+    }
+
     /// Copies the kept content of `page` into `buf` (one page long). `Ok(false)` when the
     /// page was never kept.
     pub fn get(&self, page: PageIndex, buf: &mut [u8]) -> Result<bool, TrackingError> {

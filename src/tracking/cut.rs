@@ -38,12 +38,24 @@ pub enum CutError {
     },
 }
 
+/// Which pages the snapshot a cut starts keeps readable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SnapshotScope {
+    /// No snapshot.
+    None,
+    /// The whole volume as at the cut.
+    Volume,
+    /// Only the pages the cut froze (what a replication ships): writes to other pages
+    /// copy nothing. Pages sent can be let go with [`TrackedVolume::release_snapshot_pages`].
+    Frozen,
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct CutOptions {
     /// Longest the gates may stay closed waiting for writes in flight.
     pub timeout: Duration,
     /// Also start a snapshot (id = the cut id) of every volume at the cut.
-    pub snapshot: bool,
+    pub snapshot: SnapshotScope,
 }
 
 /// The pages of one volume written between the previous cut and this one.
@@ -188,12 +200,26 @@ impl CutCoordinator {
         // Every gate is closed and drained: this is the instant.
         let id = CutId(self.next.load(Ordering::Acquire));
         let at = SystemTime::now();
-        if options.snapshot {
-            for (i, v) in ordered.iter().enumerate() {
-                if let Err(source) = v.create_snapshot(id, at) {
+        let volumes: Vec<FrozenVolume> = ordered
+            .iter()
+            .map(|v| FrozenVolume {
+                volume: v.name().clone(),
+                dirty: v.dirty().take(),
+            })
+            .collect();
+        if options.snapshot != SnapshotScope::None {
+            for (i, (v, frozen)) in ordered.iter().zip(&volumes).enumerate() {
+                let scope = match options.snapshot {
+                    SnapshotScope::Frozen => Some(frozen.dirty.clone()),
+                    _ => None,
+                };
+                if let Err(source) = v.create_snapshot(id, at, scope) {
+                    // Undo under the same closed gates: the active maps are empty.
                     for earlier in &ordered[..i] {
-                        // Created just above under the same closed gates.
                         let _ = earlier.delete_snapshot(id);
+                    }
+                    for (v, frozen) in ordered.iter().zip(&volumes) {
+                        v.dirty().merge_back(&frozen.dirty);
                     }
                     return Err(CutError::Snapshot {
                         volume: v.name().clone(),
@@ -202,13 +228,6 @@ impl CutCoordinator {
                 }
             }
         }
-        let volumes = ordered
-            .iter()
-            .map(|v| FrozenVolume {
-                volume: v.name().clone(),
-                dirty: v.dirty().take(),
-            })
-            .collect();
         self.next.fetch_add(1, Ordering::AcqRel);
         drop(reopen);
         Ok(Cut {

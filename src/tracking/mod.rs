@@ -36,7 +36,9 @@ use std::io;
 use std::path::PathBuf;
 
 pub use cow::{CowConfig, CowStats, MemoryBudget};
-pub use cut::{Cut, CutCoordinator, CutError, CutId, CutOptions, FrozenVolume, PauseStats};
+pub use cut::{
+    Cut, CutCoordinator, CutError, CutId, CutOptions, FrozenVolume, PauseStats, SnapshotScope,
+};
 pub use dirty::DirtyMap;
 pub use gate::{GateError, OwnedWriteGuard, Pause, WriteGate, WriteGuard};
 pub use page::{PageIndex, PageSize};
@@ -85,6 +87,8 @@ pub enum TrackingError {
     UncleanState { dir: PathBuf },
     #[error("write gate")]
     Gate(#[source] GateError),
+    #[error("page {page} is outside the snapshot at cut {}", cut.0)]
+    NotInSnapshot { cut: CutId, page: PageIndex },
     #[error("no snapshot at cut {}", cut.0)]
     NoSuchSnapshot { cut: CutId },
     #[error("a snapshot at cut {} already exists", cut.0)]

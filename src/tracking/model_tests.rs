@@ -83,6 +83,14 @@ fn cow_config(dir: &std::path::Path, budget: u64) -> CowConfig {
 }
 
 fn options(snapshot: bool) -> CutOptions {
+    scoped(if snapshot {
+        SnapshotScope::Volume
+    } else {
+        SnapshotScope::None
+    })
+}
+
+fn scoped(snapshot: SnapshotScope) -> CutOptions {
     CutOptions {
         timeout: Duration::from_secs(5),
         snapshot,
@@ -108,7 +116,14 @@ enum Op {
         seed: u8,
     },
     Cut {
-        snapshot: bool,
+        snapshot: SnapshotScope,
+    },
+    /// The replicator sent pages `first..first + count` of a snapshot of one volume.
+    Release {
+        pick: usize,
+        vol: usize,
+        first: u32,
+        count: u32,
     },
     /// A cut whose transfer fails: its bits go back.
     CutFailed,
@@ -121,7 +136,14 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..3usize, 0..200u64, 1..40u64, 0..3u8, any::<u8>())
             .prop_map(|(vol, block, blocks, kind, seed)| Op::Write { vol, block, blocks, kind, seed }),
-        2 => any::<bool>().prop_map(|snapshot| Op::Cut { snapshot }),
+        2 => prop_oneof![
+            Just(SnapshotScope::None),
+            Just(SnapshotScope::Volume),
+            Just(SnapshotScope::Frozen)
+        ]
+        .prop_map(|snapshot| Op::Cut { snapshot }),
+        1 => (any::<usize>(), 0..3usize, 0..16u32, 1..8u32)
+            .prop_map(|(pick, vol, first, count)| Op::Release { pick, vol, first, count }),
         1 => Just(Op::CutFailed),
         1 => any::<usize>().prop_map(|pick| Op::DeleteSnapshot { pick }),
     ]
@@ -142,8 +164,16 @@ fn data(kind: u8, seed: u8, len: usize) -> Vec<u8> {
 /// What the model knows of a snapshot.
 struct ModelSnapshot {
     images: Vec<Vec<u8>>,
-    /// Per volume, pages written since the cut: what its store must hold.
-    overwritten: Vec<BTreeSet<PageIndex>>,
+    /// Per volume, pages written since the cut while in scope: what its store holds.
+    kept: Vec<BTreeSet<PageIndex>>,
+    /// Per volume, the pages it keeps readable (`None`: all).
+    scope: Vec<Option<BTreeSet<PageIndex>>>,
+}
+
+impl ModelSnapshot {
+    fn in_scope(&self, vol: usize, page: PageIndex) -> bool {
+        self.scope[vol].as_ref().is_none_or(|s| s.contains(&page))
+    }
 }
 
 fn run_model(ops: Vec<Op>, budget_pages: u64) -> Result<(), TestCaseError> {
@@ -178,7 +208,11 @@ fn run_model(ops: Vec<Op>, budget_pages: u64) -> Result<(), TestCaseError> {
                 // Copy-on-write reads: pages some live snapshot has not kept yet.
                 let want_reads = pages
                     .clone()
-                    .filter(|p| snaps.values().any(|s| !s.overwritten[vol].contains(p)))
+                    .filter(|p| {
+                        snaps
+                            .values()
+                            .any(|s| s.in_scope(vol, *p) && !s.kept[vol].contains(p))
+                    })
                     .count() as u64;
                 let reads = rt
                     .block_on(v.write(offset, &data(kind, seed, len as usize)))
@@ -186,13 +220,15 @@ fn run_model(ops: Vec<Op>, budget_pages: u64) -> Result<(), TestCaseError> {
                 prop_assert_eq!(reads, want_reads);
                 dirty[vol].extend(pages.clone());
                 for s in snaps.values_mut() {
-                    s.overwritten[vol].extend(pages.clone());
+                    let kept: Vec<PageIndex> =
+                        pages.clone().filter(|p| s.in_scope(vol, *p)).collect();
+                    s.kept[vol].extend(kept);
                 }
             }
             Op::Cut { snapshot } => {
                 let refs: Vec<&TrackedVolume> = vols.iter().map(|v| &v.tracked).collect();
                 let cut = rt
-                    .block_on(coord.cut_group(&refs, options(snapshot)))
+                    .block_on(coord.cut_group(&refs, scoped(snapshot)))
                     .unwrap();
                 if let Some(last) = last_id {
                     prop_assert!(cut.id > last);
@@ -202,6 +238,10 @@ fn run_model(ops: Vec<Op>, budget_pages: u64) -> Result<(), TestCaseError> {
                 // written since the previous cut.
                 let names: Vec<&str> = cut.volumes.iter().map(|f| &*f.volume).collect();
                 prop_assert_eq!(names, vec!["a-vol", "b-vol", "c/vol"]);
+                let scopes: Vec<Option<BTreeSet<PageIndex>>> = dirty
+                    .iter()
+                    .map(|d| (snapshot == SnapshotScope::Frozen).then(|| d.clone()))
+                    .collect();
                 for (i, v) in vols.iter().enumerate() {
                     let frozen = cut
                         .volumes
@@ -214,12 +254,13 @@ fn run_model(ops: Vec<Op>, budget_pages: u64) -> Result<(), TestCaseError> {
                     dirty[i].clear();
                     prop_assert!(!v.tracked.gate().is_closed());
                 }
-                if snapshot {
+                if snapshot != SnapshotScope::None {
                     snaps.insert(
                         cut.id,
                         ModelSnapshot {
                             images: vols.iter().map(|v| v.image.clone()).collect(),
-                            overwritten: vec![BTreeSet::new(); vols.len()],
+                            kept: vec![BTreeSet::new(); vols.len()],
+                            scope: scopes,
                         },
                     );
                 }
@@ -232,6 +273,30 @@ fn run_model(ops: Vec<Op>, budget_pages: u64) -> Result<(), TestCaseError> {
                 for (i, v) in vols.iter().enumerate() {
                     let want: RoaringBitmap = dirty[i].iter().copied().collect();
                     prop_assert_eq!(v.tracked.dirty().snapshot(), want);
+                }
+            }
+            Op::Release {
+                pick,
+                vol,
+                first,
+                count,
+            } => {
+                if snaps.is_empty() {
+                    continue;
+                }
+                let cut = *snaps.keys().nth(pick % snaps.len()).unwrap();
+                let pages = vols[vol].tracked.page_count();
+                let released: RoaringBitmap =
+                    (first..first + count).filter(|p| *p < pages).collect();
+                vols[vol]
+                    .tracked
+                    .release_snapshot_pages(cut, &released)
+                    .unwrap();
+                let s = snaps.get_mut(&cut).unwrap();
+                let scope = s.scope[vol].get_or_insert_with(|| (0..pages).collect());
+                for p in &released {
+                    scope.remove(&p);
+                    s.kept[vol].remove(&p);
                 }
             }
             Op::DeleteSnapshot { pick } => {
@@ -251,16 +316,36 @@ fn run_model(ops: Vec<Op>, budget_pages: u64) -> Result<(), TestCaseError> {
             }
         }
 
-        // Every live snapshot reads as the model's image at its cut, on every volume.
+        // Every live snapshot reads as the model's image at its cut, on every volume, in
+        // its scope; outside it, reads are refused.
         for (cut, s) in &snaps {
             for (i, v) in vols.iter().enumerate() {
-                let got = v.read_snapshot(*cut).unwrap();
-                prop_assert!(
-                    got == s.images[i],
-                    "snapshot {:?} of volume {} differs",
-                    cut,
-                    i
-                );
+                let page_bytes = v.tracked.page_size().bytes() as usize;
+                let mut buf = vec![0; page_bytes];
+                let mut want = vec![0; page_bytes];
+                for p in 0..v.tracked.page_count() {
+                    let got = v.tracked.read_snapshot_page(*cut, p, &mut buf, |b| {
+                        MemVolume::read_page(&v.image, page_bytes, p, b);
+                        Ok(())
+                    });
+                    if s.in_scope(i, p) {
+                        prop_assert!(got.is_ok(), "{:?}", got);
+                        MemVolume::read_page(&s.images[i], page_bytes, p, &mut want);
+                        prop_assert!(
+                            buf == want,
+                            "snapshot {:?} of volume {} differs at page {}",
+                            cut,
+                            i,
+                            p
+                        );
+                    } else {
+                        prop_assert!(
+                            matches!(got, Err(TrackingError::NotInSnapshot { .. })),
+                            "{:?}",
+                            got
+                        );
+                    }
+                }
                 let info = v
                     .tracked
                     .snapshots()
@@ -268,7 +353,11 @@ fn run_model(ops: Vec<Op>, budget_pages: u64) -> Result<(), TestCaseError> {
                     .find(|x| x.cut == *cut)
                     .unwrap();
                 prop_assert!(!info.invalidated);
-                prop_assert_eq!(info.stats.pages, s.overwritten[i].len() as u64);
+                prop_assert_eq!(info.stats.pages, s.kept[i].len() as u64);
+                prop_assert_eq!(
+                    info.scope_pages,
+                    s.scope[i].as_ref().map(|x| x.len() as u64)
+                );
                 let page = u64::from(v.tracked.page_size().bytes());
                 prop_assert_eq!(
                     info.stats.memory_bytes + info.stats.file_bytes,
@@ -296,7 +385,7 @@ fn run_model(ops: Vec<Op>, budget_pages: u64) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn snapshots_and_cuts_match_the_model(
@@ -491,7 +580,7 @@ async fn drain_timeout_reopens_every_gate_and_keeps_bits() {
             &[&a, &b],
             CutOptions {
                 timeout: Duration::from_millis(20),
-                snapshot: true,
+                snapshot: SnapshotScope::Volume,
             },
         )
         .await
@@ -870,5 +959,64 @@ async fn bad_saved_state_is_refused_and_left_in_place() {
     assert!(matches!(
         TrackedVolume::load("v", 8 * 4096, PageSize::DEFAULT, cow, state.path()),
         Err(TrackingError::CorruptState { .. })
+    ));
+}
+
+#[tokio::test]
+async fn frozen_scope_copies_only_frozen_pages_and_survives_a_restart() {
+    let spill = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let size = 8 * 4096;
+    let cow = cow_config(spill.path(), 1 << 20);
+    let mut v = MemVolume::new("v", size, 4096, cow.clone());
+    v.write(4096, &data(0, 5, 2 * 4096)).await.unwrap();
+    let coord = CutCoordinator::new(CutId(1));
+    let cut = coord
+        .cut_group(&[&v.tracked], scoped(SnapshotScope::Frozen))
+        .await
+        .unwrap();
+    let at_cut = v.image.clone();
+    assert_eq!(cut.volumes[0].dirty.iter().collect::<Vec<_>>(), vec![1, 2]);
+    // Only pages 1 and 2 are copied, once.
+    assert_eq!(v.write(0, &data(0, 6, size as usize)).await.unwrap(), 2);
+    assert_eq!(v.write(0, &data(0, 7, size as usize)).await.unwrap(), 0);
+    let mut buf = vec![0; 4096];
+    let read = |v: &MemVolume, p: u32, buf: &mut Vec<u8>| {
+        v.tracked.read_snapshot_page(cut.id, p, buf, |b| {
+            MemVolume::read_page(&v.image, 4096, p, b);
+            Ok(())
+        })
+    };
+    read(&v, 2, &mut buf).unwrap();
+    assert_eq!(buf, at_cut[2 * 4096..3 * 4096]);
+    assert!(matches!(
+        read(&v, 0, &mut buf),
+        Err(TrackingError::NotInSnapshot { page: 0, .. })
+    ));
+    // Page 1 was sent: let it go.
+    v.tracked
+        .release_snapshot_pages(cut.id, &[1].into_iter().collect())
+        .unwrap();
+    let info = v.tracked.snapshots()[0];
+    assert_eq!((info.stats.pages, info.scope_pages), (1, Some(1)));
+    assert_eq!(cow.budget.used(), 4096);
+
+    v.tracked
+        .close_and_save(state.path(), Duration::from_secs(1))
+        .await
+        .unwrap();
+    let image = v.image.clone();
+    drop(v);
+    let v = MemVolume {
+        tracked: TrackedVolume::load("v", size, PageSize::DEFAULT, cow, state.path()).unwrap(),
+        image,
+    };
+    let info = v.tracked.snapshots()[0];
+    assert_eq!((info.stats.pages, info.scope_pages), (1, Some(1)));
+    read(&v, 2, &mut buf).unwrap();
+    assert_eq!(buf, at_cut[2 * 4096..3 * 4096]);
+    assert!(matches!(
+        read(&v, 1, &mut buf),
+        Err(TrackingError::NotInSnapshot { page: 1, .. })
     ));
 }

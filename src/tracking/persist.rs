@@ -3,8 +3,10 @@
 //!
 //! A volume's state directory (its own, shared with nothing else) holds:
 //! - `dirty.roaring`: the active dirty bitmap, roaring's portable format;
-//! - `snap-<cut>.cow`, one per snapshot: a header, the bitmap of kept pages, then the
-//!   kept pages in page order ([`SNAP_MAGIC`], little-endian fields);
+//! - `snap-<cut>.cow`, one per snapshot: a header ([`SNAP_MAGIC`], version, page size,
+//!   cut, time taken, the two bitmaps' lengths; little-endian), the bitmap of kept pages,
+//!   the bitmap of its scope (absent for a whole-volume snapshot), then the kept pages
+//!   in page order;
 //! - `clean`: written last by a save, removed first by a load. Without it the state is
 //!   from before a crash, and a snapshot or bitmap in it may miss writes: it is refused.
 
@@ -21,8 +23,10 @@ use super::{CutId, TrackingError};
 
 pub const SNAP_MAGIC: [u8; 8] = *b"TWLNSNAP";
 const SNAP_VERSION: u32 = 1;
-/// magic, version, page bytes, cut, taken_at seconds and nanoseconds, bitmap length.
-const SNAP_HEADER: usize = 8 + 4 + 4 + 8 + 8 + 4 + 8;
+/// magic, version, page bytes, cut, taken_at seconds and nanoseconds, kept bitmap
+/// length, scope bitmap length (`NO_SCOPE` for a whole-volume snapshot).
+const SNAP_HEADER: usize = 8 + 4 + 4 + 8 + 8 + 4 + 8 + 8;
+const NO_SCOPE: u64 = u64::MAX;
 pub(crate) const DIRTY_FILE: &str = "dirty.roaring";
 pub(crate) const CLEAN_FILE: &str = "clean";
 
@@ -89,33 +93,50 @@ pub fn load_bitmap(path: &Path) -> Result<Option<RoaringBitmap>, TrackingError> 
         .map_err(io_err(path))
 }
 
+/// One snapshot to save.
+pub(crate) struct SavedSnapshot<'a> {
+    pub cut: CutId,
+    pub taken_at: SystemTime,
+    pub scope: Option<&'a RoaringBitmap>,
+    pub store: &'a mut CowStore,
+}
+
+fn serialize(bitmap: &RoaringBitmap, path: &Path) -> Result<Vec<u8>, TrackingError> {
+    let mut out = Vec::with_capacity(bitmap.serialized_size());
+    bitmap.serialize_into(&mut out).map_err(io_err(path))?;
+    Ok(out)
+}
+
 /// Saves one snapshot's store at `path` (`snap-<cut>.cow` in the state directory).
-pub(crate) fn save_snapshot(
+fn save_snapshot(
     path: &Path,
-    cut: CutId,
-    taken_at: SystemTime,
-    store: &CowStore,
+    snap: &SavedSnapshot<'_>,
     page_bytes: usize,
 ) -> Result<(), TrackingError> {
     let tmp = tmp_path(path);
-    let kept = store.pages();
-    let mut bitmap = Vec::with_capacity(kept.serialized_size());
-    kept.serialize_into(&mut bitmap).map_err(io_err(&tmp))?;
-    let since = taken_at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let kept = snap.store.pages();
+    let kept_bytes = serialize(&kept, &tmp)?;
+    let scope_bytes = snap.scope.map(|s| serialize(s, &tmp)).transpose()?;
+    let since = snap.taken_at.duration_since(UNIX_EPOCH).unwrap_or_default();
     write_atomic(path, |w| {
         let mut header = Vec::with_capacity(SNAP_HEADER);
         header.extend_from_slice(&SNAP_MAGIC);
         header.extend_from_slice(&SNAP_VERSION.to_le_bytes());
         header.extend_from_slice(&(page_bytes as u32).to_le_bytes());
-        header.extend_from_slice(&cut.0.to_le_bytes());
+        header.extend_from_slice(&snap.cut.0.to_le_bytes());
         header.extend_from_slice(&since.as_secs().to_le_bytes());
         header.extend_from_slice(&since.subsec_nanos().to_le_bytes());
-        header.extend_from_slice(&(bitmap.len() as u64).to_le_bytes());
+        header.extend_from_slice(&(kept_bytes.len() as u64).to_le_bytes());
+        let scope_len = scope_bytes.as_ref().map_or(NO_SCOPE, |b| b.len() as u64);
+        header.extend_from_slice(&scope_len.to_le_bytes());
         w.write_all(&header).map_err(io_err(&tmp))?;
-        w.write_all(&bitmap).map_err(io_err(&tmp))?;
+        w.write_all(&kept_bytes).map_err(io_err(&tmp))?;
+        if let Some(scope) = &scope_bytes {
+            w.write_all(scope).map_err(io_err(&tmp))?;
+        }
         let mut page = vec![0; page_bytes];
         for p in &kept {
-            store.get(p, &mut page)?;
+            snap.store.get(p, &mut page)?;
             w.write_all(&page).map_err(io_err(&tmp))?;
         }
         Ok(())
@@ -129,6 +150,7 @@ pub(crate) struct LoadedSnapshot {
     pub cut: CutId,
     pub taken_at: SystemTime,
     pub kept: RoaringBitmap,
+    pub scope: Option<RoaringBitmap>,
     path: PathBuf,
     file: File,
     data_start: u64,
@@ -183,16 +205,26 @@ pub(crate) fn load_snapshot(
     }
     let cut = CutId(u64_at(16));
     let taken_at = UNIX_EPOCH + Duration::new(u64_at(24), u32_at(32).min(999_999_999));
-    let bitmap_len = u64_at(36);
+    let kept_len = u64_at(36);
+    let scope_len = match u64_at(44) {
+        NO_SCOPE => None,
+        n => Some(n),
+    };
     let data_start = (SNAP_HEADER as u64)
-        .checked_add(bitmap_len)
+        .checked_add(kept_len)
+        .and_then(|n| n.checked_add(scope_len.unwrap_or(0)))
         .filter(|&end| end <= len)
         .ok_or_else(corrupt)?;
-    // Bounded by the file's length, checked above.
-    let mut bitmap = vec![0; bitmap_len as usize];
-    file.read_exact_at(&mut bitmap, SNAP_HEADER as u64)
-        .map_err(io_err(path))?;
-    let kept = RoaringBitmap::deserialize_from(&bitmap[..]).map_err(|_| corrupt())?;
+    // Both lengths are bounded by the file's, checked above.
+    let read_bitmap = |at: u64, n: u64| -> Result<RoaringBitmap, TrackingError> {
+        let mut bytes = vec![0; n as usize];
+        file.read_exact_at(&mut bytes, at).map_err(io_err(path))?;
+        RoaringBitmap::deserialize_from(&bytes[..]).map_err(|_| corrupt())
+    };
+    let kept = read_bitmap(SNAP_HEADER as u64, kept_len)?;
+    let scope = scope_len
+        .map(|n| read_bitmap(SNAP_HEADER as u64 + kept_len, n))
+        .transpose()?;
     if data_start + kept.len() * page_bytes as u64 != len {
         return Err(corrupt());
     }
@@ -200,6 +232,7 @@ pub(crate) fn load_snapshot(
         cut,
         taken_at,
         kept,
+        scope,
         path: path.to_owned(),
         file,
         data_start,
@@ -245,19 +278,19 @@ fn state_files(dir: &Path) -> Result<Vec<String>, TrackingError> {
 pub(crate) fn save_state(
     dir: &Path,
     dirty: &RoaringBitmap,
-    snapshots: &mut [(CutId, SystemTime, &mut CowStore)],
+    snapshots: &mut [SavedSnapshot<'_>],
     page_bytes: usize,
 ) -> Result<(), TrackingError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
     remove_if_present(&dir.join(CLEAN_FILE))?;
-    for (cut, taken_at, store) in snapshots.iter_mut() {
-        let path = dir.join(snap_file(*cut));
-        save_snapshot(&path, *cut, *taken_at, store, page_bytes)?;
+    for snap in snapshots.iter_mut() {
+        let path = dir.join(snap_file(snap.cut));
+        save_snapshot(&path, snap, page_bytes)?;
         // A store loaded from this directory had its file replaced just now.
-        store.saved_as(&path);
+        snap.store.saved_as(&path);
     }
     // Snapshots deleted since an earlier save must not come back.
-    let keep: Vec<String> = snapshots.iter().map(|(c, _, _)| snap_file(*c)).collect();
+    let keep: Vec<String> = snapshots.iter().map(|s| snap_file(s.cut)).collect();
     for name in state_files(dir)? {
         if name.starts_with("snap-") && !keep.contains(&name) {
             remove_if_present(&dir.join(&name))?;

@@ -25,6 +25,8 @@ pub struct SnapshotInfo {
     pub taken_at: SystemTime,
     /// Pages preserved and the bytes they take in memory and in the spill file.
     pub stats: CowStats,
+    /// Pages it keeps readable, `None` for the whole volume.
+    pub scope_pages: Option<u64>,
     /// The store failed to keep a page (spill file error): the snapshot no longer reads
     /// as its cut and only deleting it makes sense. Writes went on regardless.
     pub invalidated: bool,
@@ -36,11 +38,17 @@ struct Snapshot {
     taken_at: SystemTime,
     /// `None` once invalidated (its memory and file are released at once).
     store: Option<CowStore>,
+    /// The pages it keeps readable; `None` for the whole volume.
+    scope: Option<RoaringBitmap>,
 }
 
 impl Snapshot {
+    fn in_scope(&self, page: PageIndex) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.contains(page))
+    }
+
     fn needs(&self, page: PageIndex) -> bool {
-        self.store.as_ref().is_some_and(|s| !s.contains(page))
+        self.in_scope(page) && self.store.as_ref().is_some_and(|s| !s.contains(page))
     }
 }
 
@@ -68,7 +76,12 @@ impl SnapshotSet {
 
     /// Starts a snapshot at `cut`. The caller holds the volume's write gate closed and
     /// drained, so no write straddles the snapshot's instant.
-    pub(crate) fn create(&self, cut: CutId, taken_at: SystemTime) -> Result<(), TrackingError> {
+    pub(crate) fn create(
+        &self,
+        cut: CutId,
+        taken_at: SystemTime,
+        scope: Option<RoaringBitmap>,
+    ) -> Result<(), TrackingError> {
         let mut snaps = self.snapshots.lock();
         if snaps.iter().any(|s| s.cut == cut) {
             return Err(TrackingError::SnapshotExists { cut });
@@ -80,6 +93,7 @@ impl SnapshotSet {
             cut,
             taken_at,
             store: Some(CowStore::new(self.cow.clone(), self.page_bytes, &name)),
+            scope,
         });
         self.live.store(snaps.len(), Ordering::Release);
         Ok(())
@@ -179,7 +193,38 @@ impl SnapshotSet {
             .store
             .as_ref()
             .ok_or(TrackingError::SnapshotInvalidated { cut })?;
+        if !snap.in_scope(page) {
+            return Err(TrackingError::NotInSnapshot { cut, page });
+        }
         store.get(page, buf)?;
+        Ok(())
+    }
+
+    /// Lets go of `pages` in snapshot `cut` (a replication sent them): they stop being
+    /// readable and their kept copies are freed. `all_pages` is the volume's page count,
+    /// to narrow a whole-volume snapshot.
+    pub(crate) fn release(
+        &self,
+        cut: CutId,
+        pages: &RoaringBitmap,
+        all_pages: u32,
+    ) -> Result<(), TrackingError> {
+        let mut snaps = self.snapshots.lock();
+        let snap = snaps
+            .iter_mut()
+            .find(|s| s.cut == cut)
+            .ok_or(TrackingError::NoSuchSnapshot { cut })?;
+        let scope = snap.scope.get_or_insert_with(|| {
+            let mut all = RoaringBitmap::new();
+            all.insert_range(0..all_pages);
+            all
+        });
+        *scope -= pages;
+        if let Some(store) = snap.store.as_mut() {
+            for page in pages {
+                store.remove(page);
+            }
+        }
         Ok(())
     }
 }
@@ -189,9 +234,17 @@ impl SnapshotSet {
     /// [`super::persist`]). An invalidated snapshot is not saved.
     pub(crate) fn save(&self, dir: &Path, dirty: &RoaringBitmap) -> Result<(), TrackingError> {
         let mut snaps = self.snapshots.lock();
-        let mut saved: Vec<(CutId, SystemTime, &mut CowStore)> = snaps
+        let mut saved: Vec<persist::SavedSnapshot<'_>> = snaps
             .iter_mut()
-            .filter_map(|s| s.store.as_mut().map(|st| (s.cut, s.taken_at, st)))
+            .filter_map(|s| {
+                let (cut, taken_at, scope) = (s.cut, s.taken_at, s.scope.as_ref());
+                s.store.as_mut().map(|store| persist::SavedSnapshot {
+                    cut,
+                    taken_at,
+                    scope,
+                    store,
+                })
+            })
             .collect();
         persist::save_state(dir, dirty, &mut saved, self.page_bytes)
     }
@@ -203,6 +256,7 @@ impl SnapshotSet {
             snaps.push(Snapshot {
                 cut: l.cut,
                 taken_at: l.taken_at,
+                scope: l.scope.clone(),
                 store: Some(l.into_store(self.cow.clone())),
             });
         }
@@ -216,6 +270,7 @@ fn info(s: &Snapshot) -> SnapshotInfo {
         cut: s.cut,
         taken_at: s.taken_at,
         stats: s.store.as_ref().map(CowStore::stats).unwrap_or_default(),
+        scope_pages: s.scope.as_ref().map(RoaringBitmap::len),
         invalidated: s.store.is_none(),
     }
 }

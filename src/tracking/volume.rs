@@ -141,8 +141,10 @@ impl TrackedVolume {
         !self.snapshots.is_empty()
     }
 
-    /// Reads `page` as it was at the cut of snapshot `cut`; see
-    /// [`TrackedVolume::begin_write`] for `read_current`'s contract.
+    /// Reads `page` as it was at the cut of snapshot `cut` into `buf` (one page).
+    /// `read_current(buf)` reads the page's current content (zeros past the end of the
+    /// volume); it runs without any lock held, and its result is replaced by the kept
+    /// copy when the page was overwritten since the cut.
     pub fn read_snapshot_page<F>(
         &self,
         cut: CutId,
@@ -206,6 +208,12 @@ impl TrackedVolume {
             .snapshots
             .iter()
             .any(|s| s.kept.max().is_some_and(|m| m >= pages))
+            || state.snapshots.iter().any(|s| {
+                s.scope
+                    .as_ref()
+                    .and_then(RoaringBitmap::max)
+                    .is_some_and(|m| m >= pages)
+            })
         {
             return Err(TrackingError::SavedBitmapTooLarge { pages });
         }
@@ -214,8 +222,24 @@ impl TrackedVolume {
         Ok(volume)
     }
 
+    /// Lets go of `pages` of snapshot `cut` once they are no longer needed (sent and
+    /// acknowledged): they stop being readable, their copies are freed, and writes to
+    /// them stop copying.
+    pub fn release_snapshot_pages(
+        &self,
+        cut: CutId,
+        pages: &RoaringBitmap,
+    ) -> Result<(), TrackingError> {
+        self.snapshots.release(cut, pages, self.pages)
+    }
+
     /// Called by a cut with this volume's gate closed and drained.
-    pub(crate) fn create_snapshot(&self, cut: CutId, at: SystemTime) -> Result<(), TrackingError> {
-        self.snapshots.create(cut, at)
+    pub(crate) fn create_snapshot(
+        &self,
+        cut: CutId,
+        at: SystemTime,
+        scope: Option<RoaringBitmap>,
+    ) -> Result<(), TrackingError> {
+        self.snapshots.create(cut, at, scope)
     }
 }
