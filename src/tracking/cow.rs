@@ -48,6 +48,32 @@ impl MemoryBudget {
     }
 }
 
+/// Removes spill files a crashed process left in `dir` (names `<volume>.cut-<id>.<n>.cow`);
+/// call it at startup, before any snapshot exists. Returns how many it removed.
+pub fn remove_stale_spill_files(dir: &Path) -> Result<usize, TrackingError> {
+    let io = |source| TrackingError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io(e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".cow") && name.contains(".cut-") {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|source| TrackingError::Io { path, source })?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Where copy-on-write stores keep their pages.
 #[derive(Clone, Debug)]
 pub struct CowConfig {
@@ -318,6 +344,30 @@ mod tests {
         assert!(!path.exists());
         drop(other);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn stale_spill_files_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "vol.cut-3.0.cow",
+            "a_b.cut-9.12.cow",
+            "snap-3.cow",
+            "dirty.roaring",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(remove_stale_spill_files(dir.path()).unwrap(), 2);
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["dirty.roaring", "snap-3.cow"]);
+        assert_eq!(
+            remove_stale_spill_files(&dir.path().join("none")).unwrap(),
+            0
+        );
     }
 
     #[test]

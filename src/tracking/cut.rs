@@ -165,10 +165,17 @@ impl CutCoordinator {
             Ok(mut cut) => {
                 stats.cuts += 1;
                 cut.pause = pause;
+                tracing::debug!(
+                    cut = cut.id.0,
+                    volumes = cut.volumes.len(),
+                    pause_us = pause.as_micros() as u64,
+                    "cut taken"
+                );
                 Ok(cut)
             }
             Err(e) => {
                 stats.failures += 1;
+                tracing::warn!(error = %e, pause_us = pause.as_micros() as u64, "cut failed; gates reopened");
                 Err(e)
             }
         }

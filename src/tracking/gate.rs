@@ -63,27 +63,33 @@ impl WriteGate {
 
     /// Enters without waiting, or `None` while the gate is closed.
     pub fn try_enter(&self) -> Option<WriteGuard<'_>> {
+        // Lazily: a guard built for nothing would count a write out on drop.
+        self.try_count_in().then(|| WriteGuard { gate: self })
+    }
+
+    /// Counts one write in if the gate is open.
+    fn try_count_in(&self) -> bool {
         let mut s = self.state.lock();
         if s.closed {
-            return None;
+            return false;
         }
         s.in_flight += 1;
-        Some(WriteGuard { gate: self })
+        true
     }
 
     async fn wait_enter(&self) {
+        // The common case: open, one short lock, nothing registered.
+        if self.try_count_in() {
+            return;
+        }
         loop {
-            // Register for the wake-up before looking at the state, so an `open` between
-            // the check and the await is not missed.
+            // Register for the wake-up before looking at the state again, so an `open`
+            // between the check and the await is not missed.
             let opened = self.opened.notified();
             tokio::pin!(opened);
             opened.as_mut().enable();
-            {
-                let mut s = self.state.lock();
-                if !s.closed {
-                    s.in_flight += 1;
-                    return;
-                }
+            if self.try_count_in() {
+                return;
             }
             opened.await;
         }
@@ -109,8 +115,9 @@ impl WriteGate {
         Ok(())
     }
 
-    /// Waits until no write is in flight, or until `deadline`. On timeout the gate stays
-    /// closed: the caller reopens it (a group cut reopens every gate it closed).
+    /// After [`WriteGate::close`]: waits until no write is in flight, or until `deadline`.
+    /// On timeout the gate stays closed: the caller reopens it (a group cut reopens every
+    /// gate it closed).
     pub async fn drain(&self, deadline: Instant) -> Result<(), GateError> {
         let started = Instant::now();
         loop {

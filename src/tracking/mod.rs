@@ -35,7 +35,7 @@ mod model_tests;
 use std::io;
 use std::path::PathBuf;
 
-pub use cow::{CowConfig, CowStats, MemoryBudget};
+pub use cow::{remove_stale_spill_files, CowConfig, CowStats, MemoryBudget};
 pub use cut::{
     Cut, CutCoordinator, CutError, CutId, CutOptions, FrozenVolume, PauseStats, SnapshotScope,
 };
