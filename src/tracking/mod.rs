@@ -12,13 +12,18 @@
 //!   a copy.
 //! - Cuts: [`CutCoordinator::cut_group`] closes the gates in name order, drains within
 //!   the timeout (or reopens and fails: I/O never wedges), takes each dirty map into a
-//!   [`Cut`], optionally starts a snapshot per volume, reopens. [`PauseStats`] keeps the
-//!   pauses. A failed transfer calls [`Cut::merge_back`].
-//! - Snapshots: [`TrackedVolume::read_snapshot_page`], [`TrackedVolume::delete_snapshot`],
-//!   [`TrackedVolume::snapshots`]. Their copy-on-write stores share a [`MemoryBudget`]
-//!   and spill to files in [`CowConfig::spill_dir`].
-//! - Clean restart: [`persist::save_bitmap`] / [`persist::load_bitmap`] for the active
-//!   dirty map, restored with [`TrackedVolume::with_dirty`].
+//!   [`Cut`] with a monotonic [`CutId`], optionally starts a snapshot per volume
+//!   ([`SnapshotScope`]), reopens. [`PauseStats`] keeps the pauses (last, max). A failed
+//!   transfer calls [`Cut::merge_back`].
+//! - Snapshots: [`TrackedVolume::read_snapshot_page`] reads a page as at the cut;
+//!   [`TrackedVolume::release_snapshot_pages`] lets go of pages already sent;
+//!   [`TrackedVolume::delete_snapshot`] frees everything; [`TrackedVolume::snapshots`]
+//!   reports. Copy-on-write stores share a [`MemoryBudget`] and spill to files in
+//!   [`CowConfig::spill_dir`] ([`remove_stale_spill_files`] at startup).
+//! - Clean restart: [`TrackedVolume::close_and_save`] at shutdown (the gate stays
+//!   closed), [`TrackedVolume::load`] at startup. State saved before a crash is refused
+//!   ([`TrackingError::UncleanState`]); [`persist::discard_state`] clears it. The
+//!   crash-safe activity log of DESIGN.md is not here yet.
 
 pub mod cow;
 pub mod cut;

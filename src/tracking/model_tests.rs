@@ -127,6 +127,8 @@ enum Op {
     },
     /// A cut whose transfer fails: its bits go back.
     CutFailed,
+    /// A clean shutdown and restart of every volume.
+    Restart,
     DeleteSnapshot {
         pick: usize,
     },
@@ -145,6 +147,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (any::<usize>(), 0..3usize, 0..16u32, 1..8u32)
             .prop_map(|(pick, vol, first, count)| Op::Release { pick, vol, first, count }),
         1 => Just(Op::CutFailed),
+        1 => Just(Op::Restart),
         1 => any::<usize>().prop_map(|pick| Op::DeleteSnapshot { pick }),
     ]
 }
@@ -178,6 +181,7 @@ impl ModelSnapshot {
 
 fn run_model(ops: Vec<Op>, budget_pages: u64) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
     let cow = cow_config(dir.path(), budget_pages * 4096);
     // Page sizes 4 KiB and 8 KiB; one volume whose size is not a whole number of pages.
     let mut vols = [
@@ -263,6 +267,18 @@ fn run_model(ops: Vec<Op>, budget_pages: u64) -> Result<(), TestCaseError> {
                             scope: scopes,
                         },
                     );
+                }
+            }
+            Op::Restart => {
+                for (i, v) in vols.iter_mut().enumerate() {
+                    let at = state.path().join(i.to_string());
+                    rt.block_on(v.tracked.close_and_save(&at, Duration::from_secs(1)))
+                        .unwrap();
+                    let t = &v.tracked;
+                    let (name, size, page) = (t.name().clone(), t.size(), t.page_size());
+                    v.tracked = TrackedVolume::load(&name, size, page, cow.clone(), &at).unwrap();
+                    let want: RoaringBitmap = dirty[i].iter().copied().collect();
+                    prop_assert_eq!(v.tracked.dirty().snapshot(), want);
                 }
             }
             Op::CutFailed => {

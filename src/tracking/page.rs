@@ -118,6 +118,29 @@ mod tests {
         assert_eq!(p.pages_of(u64::MAX - 10, 100), (u32::MAX)..(u32::MAX));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn pages_of_is_the_pages_of_every_byte(
+            shift in 12u32..=20,
+            offset in 0u64..(8 << 20),
+            len in 0u64..(3 << 20),
+        ) {
+            let p = PageSize::new(1 << shift).unwrap();
+            let got = p.pages_of(offset, len);
+            if len == 0 {
+                proptest::prop_assert!(got.is_empty());
+            } else {
+                let first = (offset >> shift) as u32;
+                let last = ((offset + len - 1) >> shift) as u32;
+                proptest::prop_assert_eq!(got, first..last + 1);
+                // The range covers the bytes and no page beyond them.
+                proptest::prop_assert!(p.offset_of(first) <= offset);
+                proptest::prop_assert!(p.offset_of(last + 1) >= offset + len);
+                proptest::prop_assert!(p.offset_of(last) < offset + len);
+            }
+        }
+    }
+
     #[test]
     fn page_count_fits_u32() {
         let p = PageSize::DEFAULT;
