@@ -7,8 +7,9 @@
 //!   cut, time taken, the two bitmaps' lengths; little-endian), the bitmap of kept pages,
 //!   the bitmap of its scope (absent for a whole-volume snapshot), then the kept pages
 //!   in page order;
-//! - `clean`: written last by a save, removed first by a load. Without it the state is
-//!   from before a crash, and a snapshot or bitmap in it may miss writes: it is refused.
+//! - `clean`: written last by a save, removed by a load once it has read everything (a
+//!   load that fails leaves all in place). Without it the state is from before a
+//!   crash, and a snapshot or bitmap in it may miss writes: it is refused.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Write};
