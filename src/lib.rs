@@ -10,4 +10,5 @@ pub mod config;
 pub mod iscsi;
 pub mod scsi;
 pub mod server;
+pub mod tracking;
 pub mod volume;
