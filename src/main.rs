@@ -125,9 +125,8 @@ enum VolumeCmd {
     },
     /// List volumes: size, block and page size, allocated bytes, group, mappings.
     List,
-    /// Show a volume: geometry, tracking page size, id, file, allocated bytes, group,
-    /// mappings. (Dirty pages since the last cut are not reported yet: tracking is not
-    /// wired to the admin layer.)
+    /// Show a volume: geometry, tracking page size, dirty pages since the last cut, id,
+    /// file, allocated bytes, group, mappings.
     Show { name: String },
     /// Delete a volume and its file (refused while it is mapped or in a group).
     Delete { name: String },
@@ -468,7 +467,8 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
         .run(twinlun::server::TargetSettings::default(), stopped(stop_rx))
         .await;
     let _ = admin_task.await;
-    tracing::info!("shutting down: syncing volumes");
+    tracing::info!("shutting down: saving write tracking, syncing volumes");
+    node.save_tracking().await;
     let n = node.clone();
     tokio::task::spawn_blocking(move || n.sync_volumes())
         .await

@@ -53,6 +53,10 @@ pub trait Host: Sync {
     fn open_volume(&self, name: &str, spec: &VolumeSpec) -> Result<(), VolumeError>;
     /// Stops serving a volume that left the catalog.
     fn close_volume(&self, name: &str);
+    /// Pages of an open volume written since its last cut (write tracking).
+    fn dirty_pages(&self, _name: &str) -> Option<u64> {
+        None
+    }
     fn sessions(&self) -> Vec<SessionInfo>;
     fn runtime(&self) -> RuntimeInfo;
 }
@@ -223,17 +227,13 @@ fn query<H: Host + ?Sized>(host: &H, c: &Catalog, req: &Request) -> Result<Respo
             })
         }
         Request::VolumeList => Response::Volumes {
-            volumes: c
-                .volumes
-                .keys()
-                .map(|n| volume_view(host.data_dir(), c, n))
-                .collect(),
+            volumes: c.volumes.keys().map(|n| volume_view(host, c, n)).collect(),
         },
         Request::VolumeShow { name } => {
             if !c.volumes.contains_key(name) {
                 return Err(AdminError::NoVolume(name.clone()));
             }
-            Response::Volume(volume_view(host.data_dir(), c, name))
+            Response::Volume(volume_view(host, c, name))
         }
         Request::GroupList => Response::Groups {
             groups: c.groups.keys().map(|n| group_view(c, n)).collect(),
@@ -272,9 +272,9 @@ pub fn default_volume_path(name: &str) -> String {
     format!("volumes/{name}.img")
 }
 
-fn volume_view(data_dir: &Path, c: &Catalog, name: &str) -> VolumeView {
+fn volume_view<H: Host + ?Sized>(host: &H, c: &Catalog, name: &str) -> VolumeView {
     let spec = &c.volumes[name];
-    let allocated = fs::metadata(volume_file(data_dir, spec))
+    let allocated = fs::metadata(volume_file(host.data_dir(), spec))
         .ok()
         .map(|m| m.blocks() * 512);
     VolumeView {
@@ -282,6 +282,7 @@ fn volume_view(data_dir: &Path, c: &Catalog, name: &str) -> VolumeView {
         size: spec.size,
         block_size: spec.block_size,
         page_size: spec.page_size,
+        dirty_pages: host.dirty_pages(name),
         id: format!("{:016x}", spec.id),
         path: spec.path.clone(),
         allocated,
@@ -430,6 +431,7 @@ pub fn change(
                 size,
                 block_size,
                 page_size,
+                dirty_pages: Some(0),
                 id: format!("{id:016x}"),
                 path: spec.path.clone(),
                 allocated: Some(0),

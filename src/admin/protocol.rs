@@ -297,6 +297,9 @@ pub struct VolumeView {
     pub block_size: u32,
     /// Write-tracking page size in bytes, fixed at creation.
     pub page_size: u32,
+    /// Pages written since the last cut (None when the volume is not open).
+    #[serde(default)]
+    pub dirty_pages: Option<u64>,
     /// The stable 64-bit id as 16 hex digits (JSON numbers lose precision past 2^53).
     pub id: String,
     /// Backing file as recorded in the catalog (relative to the data dir unless absolute).

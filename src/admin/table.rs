@@ -71,6 +71,11 @@ fn volume_detail(v: &VolumeView) -> String {
         ),
         ("block size", v.block_size.to_string()),
         ("page size", format_size(u64::from(v.page_size))),
+        (
+            "dirty pages",
+            v.dirty_pages
+                .map_or_else(|| "-".into(), |d| format!("{d} since the last cut")),
+        ),
         ("id", v.id.clone()),
         ("file", v.path.clone()),
         ("allocated", allocated_text(v)),

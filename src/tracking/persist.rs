@@ -336,6 +336,17 @@ pub(crate) fn load_state(
     Ok(Some(LoadedState { dirty, snapshots }))
 }
 
+/// Leaves a live state in `dir` when it holds none: an empty dirty bitmap without the
+/// clean marker, so that a crash before the first clean save is found at the next start
+/// (an absent state would read as "nothing changed").
+pub(crate) fn ensure_live_state(dir: &Path) -> Result<(), TrackingError> {
+    if !state_files(dir)?.is_empty() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    save_bitmap(&dir.join(DIRTY_FILE), &RoaringBitmap::new())
+}
+
 /// Removes every tracking state file from `dir` (after [`TrackingError::UncleanState`],
 /// once the caller has arranged a full resynchronization).
 pub fn discard_state(dir: &Path) -> Result<(), TrackingError> {

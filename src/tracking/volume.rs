@@ -222,6 +222,33 @@ impl TrackedVolume {
         Ok(volume)
     }
 
+    /// Startup of a served volume: the state a clean shutdown saved in `dir`, or a fresh
+    /// one; either way a live state stays on disk, so a crash from now on is detected at
+    /// the next start. After a crash every page counts as changed (returned `true`): the
+    /// next cut covers the whole volume, more than needed but never less, until the
+    /// durable activity log of DESIGN.md bounds it.
+    pub fn open(
+        name: &str,
+        size: u64,
+        page_size: PageSize,
+        cow: CowConfig,
+        dir: &Path,
+    ) -> Result<(Self, bool), TrackingError> {
+        let (volume, crashed) = match Self::load(name, size, page_size, cow.clone(), dir) {
+            Ok(v) => (v, false),
+            Err(TrackingError::UncleanState { .. }) => {
+                persist::discard_state(dir)?;
+                let pages = page_size.page_count(size)?;
+                let mut all = RoaringBitmap::new();
+                all.insert_range(0..pages);
+                (Self::with_dirty(name, size, page_size, cow, all)?, true)
+            }
+            Err(e) => return Err(e),
+        };
+        persist::ensure_live_state(dir)?;
+        Ok((volume, crashed))
+    }
+
     /// Lets go of `pages` of snapshot `cut` once they are no longer needed (sent and
     /// acknowledged): they stop being readable, their copies are freed, and writes to
     /// them stop copying.

@@ -32,6 +32,8 @@ pub use volume::Volume;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
+    #[error("write tracking failed")]
+    Tracking(#[source] crate::tracking::TrackingError),
     #[error("i/o error on {path}: {source}")]
     Io {
         path: String,

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::engine::{Engine, Op};
 use super::VolumeError;
+use crate::tracking::TrackedVolume;
 
 /// Buffered writes up to this size go straight into the page cache from the caller's
 /// thread when the filesystem has no RWF_NOWAIT for them: a memcpy into cached pages
@@ -31,6 +32,9 @@ pub struct Volume {
     nowait_writes: std::sync::atomic::AtomicBool,
     /// Inline writes are off until this instant (see `INLINE_WRITE_SLOW`).
     inline_writes_off_until: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// Write tracking: every write enters its gate, preserves old pages for live
+    /// snapshots and marks its pages dirty before it lands.
+    tracking: Option<Arc<TrackedVolume>>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -101,7 +105,18 @@ impl Volume {
             engine,
             nowait_writes: std::sync::atomic::AtomicBool::new(true),
             inline_writes_off_until: parking_lot::Mutex::new(None),
+            tracking: None,
         })
+    }
+
+    /// Track this volume's writes from now on.
+    pub fn with_tracking(mut self, tracking: Arc<TrackedVolume>) -> Volume {
+        self.tracking = Some(tracking);
+        self
+    }
+
+    pub fn tracking(&self) -> Option<&Arc<TrackedVolume>> {
+        self.tracking.as_ref()
     }
 
     pub fn path(&self) -> &Path {
@@ -196,6 +211,23 @@ impl Volume {
         res
     }
 
+    /// The current content at `offset` into `buf`, zeros past the end of the file: the
+    /// old content a snapshot keeps before a write replaces it.
+    fn read_page_blocking(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut done = 0;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf[done..].fill(0);
+        Ok(())
+    }
+
     /// One RWF_NOWAIT write on this thread. A partial write is finished by the caller
     /// through the engine (writing the same bytes again is harmless).
     fn write_nowait(&self, offset: u64, data: &[u8]) -> bool {
@@ -227,6 +259,17 @@ impl Volume {
         if data.is_empty() {
             return Ok(());
         }
+        // Held until the data has landed, so a cut sees this write entirely or not.
+        let _guard = match &self.tracking {
+            Some(t) => Some(
+                t.begin_write(offset, data.len() as u64, |page, buf| {
+                    self.read_page_blocking(t.page_size().offset_of(page), buf)
+                })
+                .await
+                .map_err(VolumeError::Tracking)?,
+            ),
+            None => None,
+        };
         if !fua
             && self.engine.inline_nowait()
             && self
