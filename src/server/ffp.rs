@@ -437,7 +437,13 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
 
     async fn command(&mut self, cmd: ScsiCommand, slot: Option<CmdSlot>) {
         let lun = decode_lun(cmd.lun);
-        let luns = self.luns.lun_list(&self.node);
+        // Only REPORT LUNS reads the target's LUN list: skip the catalog walk on the
+        // I/O path.
+        let luns = if cmd.cdb.first() == Some(&scsi::op::REPORT_LUNS) {
+            self.luns.lun_list(&self.node)
+        } else {
+            Vec::new()
+        };
         let aborted = Arc::new(AtomicBool::new(false));
         let reply = self.reply(&cmd, slot, aborted.clone());
         let resolved = self.luns.resolve(&self.node, lun);
