@@ -116,7 +116,8 @@ pub struct Ffp<R> {
     pub stop: watch::Receiver<bool>,
     /// Answers Text requests (SendTargets) for this connection.
     pub text: TextHandler,
-    pending: BTreeMap<u32, Request>,
+    /// Commands that arrived ahead of their CmdSN, with their headers (for a Reject).
+    pending: BTreeMap<u32, (Request, Bhs)>,
     collecting: HashMap<u32, Collecting>,
     running: Arc<Mutex<HashMap<u32, Running>>>,
     next_ttt: u32,
@@ -319,14 +320,13 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 let max = self.window.max_cmd_sn();
                 if sn == exp {
                     self.advance(req, bhs).await?;
-                    while let Some(next) = self.pending.remove(&self.window.exp_cmd_sn()) {
-                        let b = request_bhs(&next);
+                    while let Some((next, b)) = self.pending.remove(&self.window.exp_cmd_sn()) {
                         self.advance(next, b).await?;
                     }
                     Ok(())
                 } else if serial::lt(exp, sn) && serial::le(sn, max) {
                     debug!(cmd_sn = sn, exp, "command arrived early; held");
-                    self.pending.insert(sn, req);
+                    self.pending.insert(sn, (req, bhs));
                     Ok(())
                 } else {
                     // §4.2.2.1: silently ignore a non-immediate command outside the
@@ -960,18 +960,6 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         } else {
             Ok(())
         }
-    }
-}
-
-/// The BHS of a held request, for a Reject should it need one.
-fn request_bhs(req: &Request) -> Bhs {
-    match req {
-        Request::ScsiCommand(c) => c.to_pdu().bhs,
-        Request::Tmf(t) => t.to_pdu().bhs,
-        Request::Text(t) => t.to_pdu().bhs,
-        Request::Logout(l) => l.to_pdu().bhs,
-        Request::NopOut(n) => n.to_pdu().bhs,
-        _ => Bhs::default(),
     }
 }
 

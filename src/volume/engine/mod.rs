@@ -135,11 +135,6 @@ impl Engine {
 
     /// [`Engine::start`] with explicit tuning.
     pub fn start_with(kind: EngineKind, config: EngineConfig) -> Result<Engine, VolumeError> {
-        let inline = config.inline_nowait;
-        Self::start_engine(kind, config).map(|e| e.with_inline_nowait(inline))
-    }
-
-    fn start_engine(kind: EngineKind, config: EngineConfig) -> Result<Engine, VolumeError> {
         let rings = config.rings.max(1);
         let workers = config.workers.max(1);
         let uring = match kind {
@@ -148,7 +143,7 @@ impl Engine {
             EngineKind::Auto => match Self::start_uring(rings, &config) {
                 Ok(e) => Some(e),
                 Err(why) => {
-                    let e = Self::start_threads(workers)?;
+                    let e = Self::start_threads(workers, config.inline_nowait)?;
                     tracing::info!(
                         engine = e.name(),
                         requested = %kind,
@@ -172,7 +167,7 @@ impl Engine {
                 e
             }
             None => {
-                let e = Self::start_threads(workers)?;
+                let e = Self::start_threads(workers, config.inline_nowait)?;
                 tracing::info!(engine = e.name(), requested = %kind, workers, "io engine started");
                 e
             }
@@ -200,12 +195,22 @@ impl Engine {
         } else {
             None
         };
-        Ok(Engine::from_lanes("io_uring", lanes, write_lane))
+        Ok(Engine::from_lanes(
+            "io_uring",
+            lanes,
+            write_lane,
+            config.inline_nowait,
+        ))
     }
 
-    fn start_threads(workers: usize) -> Result<Engine, VolumeError> {
+    fn start_threads(workers: usize, inline_nowait: bool) -> Result<Engine, VolumeError> {
         let lane = Self::pool_lane(workers)?;
-        Ok(Engine::from_lanes("threads", vec![lane], None))
+        Ok(Engine::from_lanes(
+            "threads",
+            vec![lane],
+            None,
+            inline_nowait,
+        ))
     }
 
     fn pool_lane(workers: usize) -> Result<Lane, VolumeError> {
@@ -217,14 +222,19 @@ impl Engine {
         })
     }
 
-    fn from_lanes(name: &'static str, lanes: Vec<Lane>, write_lane: Option<Lane>) -> Engine {
+    fn from_lanes(
+        name: &'static str,
+        lanes: Vec<Lane>,
+        write_lane: Option<Lane>,
+        inline_nowait: bool,
+    ) -> Engine {
         Engine {
             shared: Arc::new(Shared {
                 name,
                 lanes,
                 next: AtomicUsize::new(0),
                 write_lane,
-                inline_nowait: false,
+                inline_nowait,
             }),
         }
     }
@@ -232,19 +242,6 @@ impl Engine {
     /// Whether volumes try RWF_NOWAIT I/O on the caller's thread first.
     pub fn inline_nowait(&self) -> bool {
         self.shared.inline_nowait
-    }
-
-    fn with_inline_nowait(self, on: bool) -> Engine {
-        match Arc::try_unwrap(self.shared) {
-            Ok(mut shared) => {
-                shared.inline_nowait = on;
-                Engine {
-                    shared: Arc::new(shared),
-                }
-            }
-            // Only called on a freshly built engine, which has no other handle.
-            Err(shared) => Engine { shared },
-        }
     }
 
     /// An engine that has died: its channel is closed (`accept: false`), or it takes
@@ -259,7 +256,7 @@ impl Engine {
             tx: Some(tx),
             waker: None,
         };
-        Engine::from_lanes("dead", vec![lane], None)
+        Engine::from_lanes("dead", vec![lane], None, false)
     }
 
     /// "io_uring" or "threads".
