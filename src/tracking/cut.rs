@@ -56,6 +56,9 @@ pub struct CutOptions {
     pub timeout: Duration,
     /// Also start a snapshot (id = the cut id) of every volume at the cut.
     pub snapshot: SnapshotScope,
+    /// Take each volume's dirty map into the cut (a replication cycle). An admin
+    /// snapshot leaves the maps alone: the pages stay dirty for the next replication.
+    pub freeze_dirty: bool,
 }
 
 /// The pages of one volume written between the previous cut and this one.
@@ -129,6 +132,11 @@ impl CutCoordinator {
 
     pub fn stats(&self) -> PauseStats {
         *self.stats.lock()
+    }
+
+    /// Makes the next cut's id at least one past `taken` (ids found after a restart).
+    pub fn advance_past(&self, taken: CutId) {
+        self.next.fetch_max(taken.0.saturating_add(1), Ordering::AcqRel);
     }
 
     /// The id the next successful cut gets.
@@ -211,7 +219,11 @@ impl CutCoordinator {
             .iter()
             .map(|v| FrozenVolume {
                 volume: v.name().clone(),
-                dirty: v.dirty().take(),
+                dirty: if options.freeze_dirty {
+                    v.dirty().take()
+                } else {
+                    RoaringBitmap::new()
+                },
             })
             .collect();
         if options.snapshot != SnapshotScope::None {

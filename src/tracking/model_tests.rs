@@ -94,6 +94,7 @@ fn scoped(snapshot: SnapshotScope) -> CutOptions {
     CutOptions {
         timeout: Duration::from_secs(5),
         snapshot,
+        freeze_dirty: true,
     }
 }
 
@@ -117,6 +118,8 @@ enum Op {
     },
     Cut {
         snapshot: SnapshotScope,
+        /// Take the dirty maps (a replication cut) or leave them (an admin snapshot).
+        freeze: bool,
     },
     /// The replicator sent pages `first..first + count` of a snapshot of one volume.
     Release {
@@ -139,11 +142,12 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0..3usize, 0..200u64, 1..40u64, 0..3u8, any::<u8>())
             .prop_map(|(vol, block, blocks, kind, seed)| Op::Write { vol, block, blocks, kind, seed }),
         2 => prop_oneof![
-            Just(SnapshotScope::None),
-            Just(SnapshotScope::Volume),
-            Just(SnapshotScope::Frozen)
+            Just((SnapshotScope::None, true)),
+            Just((SnapshotScope::Volume, true)),
+            Just((SnapshotScope::Volume, false)),
+            Just((SnapshotScope::Frozen, true))
         ]
-        .prop_map(|snapshot| Op::Cut { snapshot }),
+        .prop_map(|(snapshot, freeze)| Op::Cut { snapshot, freeze }),
         1 => (any::<usize>(), 0..3usize, 0..16u32, 1..8u32)
             .prop_map(|(pick, vol, first, count)| Op::Release { pick, vol, first, count }),
         1 => Just(Op::CutFailed),
@@ -229,11 +233,13 @@ fn run_model(ops: Vec<Op>, budget_pages: u64) -> Result<(), TestCaseError> {
                     s.kept[vol].extend(kept);
                 }
             }
-            Op::Cut { snapshot } => {
+            Op::Cut { snapshot, freeze } => {
                 let refs: Vec<&TrackedVolume> = vols.iter().map(|v| &v.tracked).collect();
-                let cut = rt
-                    .block_on(coord.cut_group(&refs, scoped(snapshot)))
-                    .unwrap();
+                let options = CutOptions {
+                    freeze_dirty: freeze,
+                    ..scoped(snapshot)
+                };
+                let cut = rt.block_on(coord.cut_group(&refs, options)).unwrap();
                 if let Some(last) = last_id {
                     prop_assert!(cut.id > last);
                 }
@@ -253,9 +259,14 @@ fn run_model(ops: Vec<Op>, budget_pages: u64) -> Result<(), TestCaseError> {
                         .find(|f| f.volume == *v.tracked.name())
                         .unwrap();
                     let want: RoaringBitmap = dirty[i].iter().copied().collect();
-                    prop_assert_eq!(&frozen.dirty, &want);
-                    prop_assert_eq!(v.tracked.dirty().count(), 0);
-                    dirty[i].clear();
+                    if freeze {
+                        prop_assert_eq!(&frozen.dirty, &want);
+                        prop_assert_eq!(v.tracked.dirty().count(), 0);
+                        dirty[i].clear();
+                    } else {
+                        prop_assert!(frozen.dirty.is_empty());
+                        prop_assert_eq!(v.tracked.dirty().count(), want.len());
+                    }
                     prop_assert!(!v.tracked.gate().is_closed());
                 }
                 if snapshot != SnapshotScope::None {
@@ -359,6 +370,31 @@ fn run_model(ops: Vec<Op>, budget_pages: u64) -> Result<(), TestCaseError> {
                             matches!(got, Err(TrackingError::NotInSnapshot { .. })),
                             "{:?}",
                             got
+                        );
+                    }
+                }
+                // Byte ranges (the snapshot LUN's read path) read the same, whole and
+                // unaligned, where the whole range is in scope.
+                let len = v.image.len();
+                for (off, n) in [(0, len), (1536, 9216.min(len - 1536)), (len - 700, 700)] {
+                    let mut got = v.image[off..off + n].to_vec();
+                    let res = v.tracked.overlay_snapshot(*cut, off as u64, &mut got);
+                    let pages = v.tracked.pages_of(off as u64, n as u64).unwrap();
+                    if pages.clone().all(|p| s.in_scope(i, p)) {
+                        prop_assert!(res.is_ok(), "{:?}", res);
+                        prop_assert!(
+                            got[..] == s.images[i][off..off + n],
+                            "snapshot {:?} of volume {} differs in bytes {}+{}",
+                            cut,
+                            i,
+                            off,
+                            n
+                        );
+                    } else {
+                        prop_assert!(
+                            matches!(res, Err(TrackingError::NotInSnapshot { .. })),
+                            "{:?}",
+                            res
                         );
                     }
                 }
@@ -597,6 +633,7 @@ async fn drain_timeout_reopens_every_gate_and_keeps_bits() {
             CutOptions {
                 timeout: Duration::from_millis(20),
                 snapshot: SnapshotScope::Volume,
+                freeze_dirty: true,
             },
         )
         .await

@@ -200,6 +200,49 @@ impl SnapshotSet {
         Ok(())
     }
 
+    /// Turns `buf`, the volume's current content at byte `offset` (read before this
+    /// call), into the snapshot's content there: every page overwritten since the cut
+    /// is replaced by its kept copy. The argument of [`SnapshotSet::read_page`] holds
+    /// for each page of the range. Every page of the range must be in scope.
+    pub(crate) fn overlay(
+        &self,
+        cut: CutId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), TrackingError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let page_bytes = self.page_bytes as u64;
+        let first = (offset / page_bytes) as PageIndex;
+        let last = ((offset + buf.len() as u64 - 1) / page_bytes) as PageIndex;
+        let snaps = self.snapshots.lock();
+        let snap = snaps
+            .iter()
+            .find(|s| s.cut == cut)
+            .ok_or(TrackingError::NoSuchSnapshot { cut })?;
+        let store = snap
+            .store
+            .as_ref()
+            .ok_or(TrackingError::SnapshotInvalidated { cut })?;
+        if let Some(page) = (first..=last).find(|p| !snap.in_scope(*p)) {
+            return Err(TrackingError::NotInSnapshot { cut, page });
+        }
+        let mut kept: Option<Vec<u8>> = None;
+        for page in (first..=last).filter(|p| store.contains(*p)) {
+            let kept = kept.get_or_insert_with(|| vec![0; self.page_bytes]);
+            store.get(page, kept)?;
+            // The part of the page inside the range, in page and in buffer coordinates.
+            let page_start = page as u64 * page_bytes;
+            let from = offset.max(page_start);
+            let to = (offset + buf.len() as u64).min(page_start + page_bytes);
+            let (b0, b1) = ((from - offset) as usize, (to - offset) as usize);
+            let (p0, p1) = ((from - page_start) as usize, (to - page_start) as usize);
+            buf[b0..b1].copy_from_slice(&kept[p0..p1]);
+        }
+        Ok(())
+    }
+
     /// Lets go of `pages` in snapshot `cut` (a replication sent them): they stop being
     /// readable and their kept copies are freed. `all_pages` is the volume's page count,
     /// to narrow a whole-volume snapshot.

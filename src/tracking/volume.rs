@@ -164,6 +164,27 @@ impl TrackedVolume {
         self.snapshots.read_page(cut, page, buf, read_current)
     }
 
+    /// Makes `buf`, the volume's current content read at byte `offset` *before* this
+    /// call (by any means, without locks), read as snapshot `cut` did at its cut: the
+    /// read path of a snapshot LUN. The range must lie inside the volume and the
+    /// snapshot's scope.
+    pub fn overlay_snapshot(
+        &self,
+        cut: CutId,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), TrackingError> {
+        self.pages_of(offset, buf.len() as u64)?;
+        self.snapshots.overlay(cut, offset, buf)
+    }
+
+    /// True when snapshot `cut` exists and still reads as its cut.
+    pub fn has_snapshot(&self, cut: CutId) -> bool {
+        self.snapshots()
+            .iter()
+            .any(|s| s.cut == cut && !s.invalidated)
+    }
+
     /// Deletes a snapshot: frees its memory and removes its spill file.
     pub fn delete_snapshot(&self, cut: CutId) -> Result<SnapshotInfo, TrackingError> {
         self.snapshots.delete(cut)
