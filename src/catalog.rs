@@ -21,6 +21,10 @@ pub struct Catalog {
     /// at most one group. Absent from catalogs written before groups existed.
     #[serde(default)]
     pub groups: BTreeMap<String, GroupSpec>,
+    /// Point-in-time snapshots, keyed by name. Their kept pages live in the tracking
+    /// state of each volume, which a clean shutdown saves.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub snapshots: BTreeMap<String, SnapshotSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +65,39 @@ pub struct GroupSpec {
     /// added to or removed from the group, and the group cannot be deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication_set: Option<String>,
+}
+
+/// A snapshot of a volume, or of a group's volumes at one instant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotSpec {
+    /// The group it was taken of, if it was a group snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Its volumes (one for a volume snapshot), in gate order.
+    pub volumes: Vec<String>,
+    /// The cut it reads as: the id of the snapshot in each volume's tracking state.
+    pub cut: u64,
+    /// Unix time it was taken, seconds.
+    pub created: u64,
+    /// Writers' pause while it was taken, microseconds.
+    pub pause_us: u64,
+}
+
+impl SnapshotSpec {
+    /// True when it holds `volume`.
+    pub fn covers(&self, volume: &str) -> bool {
+        self.volumes.iter().any(|v| v == volume)
+    }
+}
+
+/// A LUN's volume field: a volume, or `VOLUME@SNAPSHOT` for a snapshot of it.
+/// Names never contain `@`.
+pub fn split_snapshot_ref(volume: &str) -> (&str, Option<&str>) {
+    match volume.split_once('@') {
+        Some((v, s)) => (v, Some(s)),
+        None => (volume, None),
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,6 +158,8 @@ pub enum CatalogError {
         first: String,
         second: String,
     },
+    #[error("snapshot '{snapshot}' names volume '{volume}', which does not exist")]
+    SnapshotNoVolume { snapshot: String, volume: String },
 }
 
 impl Catalog {
@@ -156,6 +195,14 @@ impl Catalog {
                         second: group.clone(),
                     });
                 }
+            }
+        }
+        for (name, s) in &self.snapshots {
+            if let Some(v) = s.volumes.iter().find(|v| !self.volumes.contains_key(*v)) {
+                return Err(CatalogError::SnapshotNoVolume {
+                    snapshot: name.clone(),
+                    volume: v.clone(),
+                });
             }
         }
         Ok(())
@@ -198,7 +245,7 @@ impl Catalog {
             .map(|(name, _)| name.as_str())
     }
 
-    /// Targets and LUNs that map `volume`.
+    /// Targets and LUNs that map `volume` (a volume name or `VOLUME@SNAPSHOT`).
     pub fn mappings_of<'a>(&'a self, volume: &'a str) -> impl Iterator<Item = (&'a str, u64)> + 'a {
         self.targets.iter().flat_map(move |(iqn, t)| {
             t.luns
@@ -206,6 +253,29 @@ impl Catalog {
                 .filter(move |(_, l)| l.volume == volume)
                 .map(move |(lun, _)| (iqn.as_str(), *lun))
         })
+    }
+
+    /// LUNs that map a volume of snapshot `snapshot`: (volume, target, LUN).
+    pub fn snapshot_mappings<'a>(
+        &'a self,
+        snapshot: &'a str,
+    ) -> impl Iterator<Item = (&'a str, &'a str, u64)> + 'a {
+        self.targets.iter().flat_map(move |(iqn, t)| {
+            t.luns
+                .iter()
+                .filter_map(move |(lun, l)| match split_snapshot_ref(&l.volume) {
+                    (v, Some(s)) if s == snapshot => Some((v, iqn.as_str(), *lun)),
+                    _ => None,
+                })
+        })
+    }
+
+    /// Snapshots that hold `volume`.
+    pub fn snapshots_of<'a>(&'a self, volume: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.snapshots
+            .iter()
+            .filter(move |(_, s)| s.covers(volume))
+            .map(|(n, _)| n.as_str())
     }
 }
 

@@ -62,6 +62,10 @@ struct ServeArgs {
     /// io engine: auto (io_uring, else threads), uring or threads [default: auto].
     #[arg(long, value_name = "auto|uring|threads")]
     engine: Option<EngineChoice>,
+    /// Serve without write tracking: no dirty pages, no snapshots, no replication.
+    /// For measuring what tracking costs (scripts/bench.sh).
+    #[arg(long)]
+    no_write_tracking: bool,
 }
 
 #[derive(Args)]
@@ -106,6 +110,10 @@ enum CtlCommand {
     /// Logged-in sessions.
     #[command(subcommand)]
     Session(SessionCmd),
+    /// Point-in-time snapshots of a volume or of a group (one instant for all its
+    /// volumes); map one read-only with `lun map IQN LUN VOLUME@SNAPSHOT`.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
 }
 
 #[derive(Subcommand)]
@@ -181,7 +189,8 @@ enum TargetCmd {
 
 #[derive(Subcommand)]
 enum LunCmd {
-    /// Map VOLUME as LUN number LUN of target IQN.
+    /// Map VOLUME as LUN number LUN of target IQN. VOLUME@SNAPSHOT maps a snapshot of
+    /// the volume, always read-only.
     Map {
         iqn: String,
         lun: u64,
@@ -192,6 +201,32 @@ enum LunCmd {
     Unmap {
         iqn: String,
         lun: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Take a snapshot of one volume, or of every volume of a group at one instant.
+    Create {
+        name: String,
+        #[arg(
+            long,
+            value_name = "VOLUME",
+            conflicts_with = "group",
+            required_unless_present = "group"
+        )]
+        volume: Option<String>,
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+    },
+    List,
+    /// Show a snapshot: its cut, time, pause, pages preserved and bytes used per volume.
+    Show {
+        name: String,
+    },
+    /// Delete a snapshot and free what it keeps (refused while it is mapped).
+    Delete {
+        name: String,
     },
 }
 
@@ -381,6 +416,20 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
             ChapCmd::Clear { iqn } => Request::ChapClear { iqn },
         },
         CtlCommand::Session(SessionCmd::List) => Request::SessionList,
+        CtlCommand::Snapshot(s) => match s {
+            SnapshotCmd::Create {
+                name,
+                volume,
+                group,
+            } => Request::SnapshotCreate {
+                name,
+                volume,
+                group,
+            },
+            SnapshotCmd::List => Request::SnapshotList,
+            SnapshotCmd::Show { name } => Request::SnapshotShow { name },
+            SnapshotCmd::Delete { name } => Request::SnapshotDelete { name },
+        },
     })
 }
 
@@ -392,6 +441,7 @@ struct Settings {
     listen: Vec<SocketAddr>,
     admin_socket: PathBuf,
     engine: EngineChoice,
+    tracking: bool,
 }
 
 /// Command-line flags win over the config's [server] section, which wins over defaults.
@@ -423,6 +473,7 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         listen,
         admin_socket,
         engine,
+        tracking: !args.no_write_tracking,
     })
 }
 
@@ -441,7 +492,12 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&s.data_dir)?;
     let catalog = startup::prepare(&s.data_dir, s.config.as_ref())?;
     let engine = Engine::start(s.engine.kind()).context("cannot start the io engine")?;
-    let node = Arc::new(Node::new(s.data_dir.clone(), engine, catalog));
+    let mut node = Node::new(s.data_dir.clone(), engine, catalog);
+    if !s.tracking {
+        tracing::warn!("serving without write tracking: no snapshots, no replication");
+        node = node.without_tracking();
+    }
+    let node = Arc::new(node);
     node.open_volumes()?;
 
     let server = Server::bind(node.clone(), &s.listen).await?;

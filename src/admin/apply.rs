@@ -34,13 +34,17 @@ use std::path::{Path, PathBuf};
 use parking_lot::{Mutex, RwLock};
 
 use super::protocol::{
-    ChapView, ErrorCode, GroupView, LunView, MappingView, Request, Response, StatusView,
-    TargetView, VolumeView,
+    ChapView, ErrorCode, GroupView, LunView, MappingView, Request, Response, SnapshotMappingView,
+    SnapshotView, SnapshotVolumeView, StatusView, TargetView, VolumeView,
 };
 use super::store::{self, StoreError};
+use super::time::rfc3339_utc;
 use super::validate::{self, format_size, ValidationError};
-use crate::catalog::{Catalog, ChapSpec, GroupSpec, LunSpec, TargetSpec, VolumeSpec};
+use crate::catalog::{
+    split_snapshot_ref, Catalog, ChapSpec, GroupSpec, LunSpec, SnapshotSpec, TargetSpec, VolumeSpec,
+};
 use crate::server::SessionInfo;
+use crate::tracking::{CutError, SnapshotInfo};
 use crate::volume::VolumeError;
 
 /// What `apply` needs from the running node. `Node` implements it; tests use a fake.
@@ -59,6 +63,34 @@ pub trait Host: Sync {
     }
     fn sessions(&self) -> Vec<SessionInfo>;
     fn runtime(&self) -> RuntimeInfo;
+    /// Takes a snapshot of `volumes` at one instant: their write gates close in name
+    /// order, writes in flight drain, each volume starts keeping old pages. Their dirty
+    /// pages are left for replication.
+    fn take_snapshot(&self, volumes: &[String]) -> Result<TakenSnapshot, TakeSnapshotError>;
+    /// Drops snapshot `cut` of each of `volumes` that has it, freeing its kept pages.
+    fn drop_snapshot(&self, volumes: &[String], cut: u64);
+    /// What snapshot `cut` of `volume` keeps; `None` when the volume does not have it
+    /// (its state was lost in a crash).
+    fn snapshot_usage(&self, volume: &str, cut: u64) -> Option<SnapshotInfo>;
+}
+
+/// A snapshot's cut as the host took it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TakenSnapshot {
+    pub cut: u64,
+    /// Unix seconds.
+    pub created: u64,
+    pub pause: std::time::Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TakeSnapshotError {
+    #[error("volume '{0}' is not open")]
+    NotOpen(String),
+    #[error("volume '{0}' is served without write tracking (--no-write-tracking)")]
+    NoTracking(String),
+    #[error(transparent)]
+    Cut(#[from] CutError),
 }
 
 /// Facts about the running process for `status`.
@@ -98,6 +130,26 @@ pub enum AdminError {
     AlreadyInGroup { group: String, volume: String },
     #[error("volume '{volume}' is in group '{other}'; a volume belongs to at most one group (remove it from '{other}' first)")]
     InOtherGroup { volume: String, other: String },
+    #[error("no snapshot named '{0}'")]
+    NoSnapshot(String),
+    #[error("snapshot '{0}' already exists")]
+    SnapshotExists(String),
+    #[error("snapshot '{snapshot}' does not hold volume '{volume}' (it holds {volumes})")]
+    NotInSnapshot {
+        snapshot: String,
+        volume: String,
+        volumes: String,
+    },
+    #[error("volume '{name}' has snapshots ({snapshots}); delete them first")]
+    VolumeHasSnapshots { name: String, snapshots: String },
+    #[error("snapshot '{name}' is mapped ({mappings}); unmap it first")]
+    SnapshotMapped { name: String, mappings: String },
+    #[error("cannot take snapshot '{name}': {source}")]
+    TakeSnapshot {
+        name: String,
+        #[source]
+        source: TakeSnapshotError,
+    },
     #[error("volume '{name}' is in group '{group}'; remove it from the group first")]
     VolumeGrouped { name: String, group: String },
     #[error("volume '{volume}' is the last one in group '{group}'; a group keeps at least one volume (use `group delete {group}`)")]
@@ -150,21 +202,32 @@ impl AdminError {
             | AdminError::NotInGroup { .. }
             | AdminError::NoLun { .. }
             | AdminError::NotInAcl { .. }
-            | AdminError::NoChap(_) => ErrorCode::NotFound,
+            | AdminError::NoChap(_)
+            | AdminError::NoSnapshot(_)
+            | AdminError::NotInSnapshot { .. } => ErrorCode::NotFound,
             AdminError::VolumeExists(_)
             | AdminError::TargetExists(_)
             | AdminError::GroupExists(_)
             | AdminError::AlreadyInGroup { .. }
             | AdminError::LunTaken { .. }
             | AdminError::AlreadyInAcl { .. }
+            | AdminError::SnapshotExists(_)
             | AdminError::FileExists(_) => ErrorCode::AlreadyExists,
             AdminError::VolumeMapped { .. }
             | AdminError::TargetHasLuns { .. }
             | AdminError::InOtherGroup { .. }
             | AdminError::VolumeGrouped { .. }
             | AdminError::LastInGroup { .. }
-            | AdminError::GroupReplicated { .. } => ErrorCode::InUse,
+            | AdminError::GroupReplicated { .. }
+            | AdminError::VolumeHasSnapshots { .. }
+            | AdminError::SnapshotMapped { .. } => ErrorCode::InUse,
             AdminError::TargetBusy { .. } => ErrorCode::Busy,
+            // Writes did not drain in time, or another cut holds a gate: try again.
+            AdminError::TakeSnapshot {
+                source: TakeSnapshotError::Cut(CutError::Gate { .. }),
+                ..
+            } => ErrorCode::Busy,
+            AdminError::TakeSnapshot { .. } => ErrorCode::Io,
             AdminError::CreateFile { .. } | AdminError::OpenVolume { .. } | AdminError::Save(_) => {
                 ErrorCode::Io
             }
@@ -182,8 +245,23 @@ impl From<AdminError> for Response {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Effect {
     None,
-    CreateVolume { name: String, spec: VolumeSpec },
-    DeleteVolume { name: String, spec: VolumeSpec },
+    CreateVolume {
+        name: String,
+        spec: VolumeSpec,
+    },
+    DeleteVolume {
+        name: String,
+        spec: VolumeSpec,
+    },
+    /// Take the cut, record it in the catalog's entry `name`, then save.
+    CreateSnapshot {
+        name: String,
+    },
+    /// Save, then drop the snapshot's kept pages.
+    DeleteSnapshot {
+        volumes: Vec<String>,
+        cut: u64,
+    },
 }
 
 /// Carries out one request. Never panics on bad input; every refusal is an error response.
@@ -204,7 +282,16 @@ fn execute<H: Host + ?Sized>(host: &H, req: Request) -> Result<Response, AdminEr
     let mut new = old.clone();
     let sessions = host.sessions();
     let (effect, response) = change(&mut new, req, &sessions, &mut rand::random::<u64>)?;
+    let created = match &effect {
+        Effect::CreateSnapshot { name } => Some(name.clone()),
+        _ => None,
+    };
     commit(host, new, effect)?;
+    // A new snapshot's view shows what only the cut knows (its id, time, pause).
+    if let Some(name) = created {
+        let c = host.catalog().read().clone();
+        return Ok(Response::Snapshot(snapshot_view(host, &c, &name)));
+    }
     Ok(response)
 }
 
@@ -258,6 +345,19 @@ fn query<H: Host + ?Sized>(host: &H, c: &Catalog, req: &Request) -> Result<Respo
             Response::Target(target_view(c, iqn, &sessions))
         }
         Request::SessionList => Response::Sessions { sessions },
+        Request::SnapshotList => Response::Snapshots {
+            snapshots: c
+                .snapshots
+                .keys()
+                .map(|n| snapshot_view(host, c, n))
+                .collect(),
+        },
+        Request::SnapshotShow { name } => {
+            if !c.snapshots.contains_key(name) {
+                return Err(AdminError::NoSnapshot(name.clone()));
+            }
+            Response::Snapshot(snapshot_view(host, c, name))
+        }
         _ => unreachable!("is_change() covers every other request"),
     })
 }
@@ -299,6 +399,59 @@ fn volume_view<H: Host + ?Sized>(host: &H, c: &Catalog, name: &str) -> VolumeVie
                         lun: *lun,
                         read_only: l.read_only,
                     })
+            })
+            .collect(),
+    }
+}
+
+fn snapshot_view<H: Host + ?Sized>(host: &H, c: &Catalog, name: &str) -> SnapshotView {
+    let spec = &c.snapshots[name];
+    let volumes: Vec<SnapshotVolumeView> = spec
+        .volumes
+        .iter()
+        .map(|v| match host.snapshot_usage(v, spec.cut) {
+            Some(info) => SnapshotVolumeView {
+                volume: v.clone(),
+                state: if info.invalidated {
+                    "invalidated"
+                } else {
+                    "ok"
+                }
+                .into(),
+                pages_preserved: info.stats.pages,
+                memory_bytes: info.stats.memory_bytes,
+                file_bytes: info.stats.file_bytes,
+            },
+            None => SnapshotVolumeView {
+                volume: v.clone(),
+                state: "lost".into(),
+                pages_preserved: 0,
+                memory_bytes: 0,
+                file_bytes: 0,
+            },
+        })
+        .collect();
+    // The worst state of its volumes is the snapshot's.
+    let state = ["lost", "invalidated"]
+        .into_iter()
+        .find(|bad| volumes.iter().any(|v| v.state == *bad))
+        .unwrap_or("ok");
+    SnapshotView {
+        name: name.into(),
+        group: spec.group.clone(),
+        cut_id: spec.cut,
+        created: rfc3339_utc(spec.created),
+        pause_us: spec.pause_us,
+        state: state.into(),
+        pages_preserved: volumes.iter().map(|v| v.pages_preserved).sum(),
+        bytes_used: volumes.iter().map(|v| v.memory_bytes + v.file_bytes).sum(),
+        volumes,
+        mappings: c
+            .snapshot_mappings(name)
+            .map(|(volume, target, lun)| SnapshotMappingView {
+                volume: volume.into(),
+                target: target.into(),
+                lun,
             })
             .collect(),
     }
@@ -458,6 +611,11 @@ pub fn change(
                 let group = group.to_string();
                 return Err(AdminError::VolumeGrouped { name, group });
             }
+            let snapshots: Vec<&str> = c.snapshots_of(&name).collect();
+            if !snapshots.is_empty() {
+                let snapshots = snapshots.join(", ");
+                return Err(AdminError::VolumeHasSnapshots { name, snapshots });
+            }
             let spec = c.volumes.remove(&name).expect("presence checked above");
             let msg = format!("deleted volume '{name}' and its file {}", spec.path);
             Ok((Effect::DeleteVolume { name, spec }, done(msg)))
@@ -572,8 +730,24 @@ pub fn change(
             read_only,
         } => {
             validate::check_lun(lun)?;
-            if !c.volumes.contains_key(&volume) {
-                return Err(AdminError::NoVolume(volume));
+            let (base, snapshot) = split_snapshot_ref(&volume);
+            if !c.volumes.contains_key(base) {
+                return Err(AdminError::NoVolume(base.to_string()));
+            }
+            // A snapshot reads as its cut: it is never writable.
+            let read_only = read_only || snapshot.is_some();
+            if let Some(snap) = snapshot {
+                let spec = c
+                    .snapshots
+                    .get(snap)
+                    .ok_or_else(|| AdminError::NoSnapshot(snap.to_string()))?;
+                if !spec.covers(base) {
+                    return Err(AdminError::NotInSnapshot {
+                        snapshot: snap.to_string(),
+                        volume: base.to_string(),
+                        volumes: spec.volumes.join(", "),
+                    });
+                }
             }
             let t = target_mut(c, &iqn)?;
             if let Some(existing) = t.luns.get(&lun) {
@@ -591,10 +765,15 @@ pub fn change(
                 },
             );
             let ro = if read_only { " read-only" } else { "" };
+            let what = if volume.contains('@') {
+                "snapshot"
+            } else {
+                "volume"
+            };
             Ok((
                 Effect::None,
                 done(format!(
-                    "mapped volume '{volume}' as LUN {lun} of '{iqn}'{ro}"
+                    "mapped {what} '{volume}' as LUN {lun} of '{iqn}'{ro}"
                 )),
             ))
         }
@@ -683,6 +862,68 @@ pub fn change(
             }
             Ok((Effect::None, done(format!("cleared CHAP of '{iqn}'"))))
         }
+        Request::SnapshotCreate {
+            name,
+            volume,
+            group,
+        } => {
+            validate::check_snapshot_name(&name)?;
+            let volumes = match (volume, group.as_ref()) {
+                (Some(v), None) => {
+                    if !c.volumes.contains_key(&v) {
+                        return Err(AdminError::NoVolume(v));
+                    }
+                    vec![v]
+                }
+                (None, Some(g)) => c
+                    .groups
+                    .get(g)
+                    .ok_or_else(|| AdminError::NoGroup(g.clone()))?
+                    .volumes
+                    .clone(),
+                _ => return Err(ValidationError::SnapshotSource.into()),
+            };
+            if c.snapshots.contains_key(&name) {
+                return Err(AdminError::SnapshotExists(name));
+            }
+            // The cut fills in `cut`, `created` and `pause_us` (commit).
+            c.snapshots.insert(
+                name.clone(),
+                SnapshotSpec {
+                    group,
+                    volumes,
+                    cut: 0,
+                    created: 0,
+                    pause_us: 0,
+                },
+            );
+            Ok((Effect::CreateSnapshot { name }, done(String::new())))
+        }
+        Request::SnapshotDelete { name } => {
+            if !c.snapshots.contains_key(&name) {
+                return Err(AdminError::NoSnapshot(name));
+            }
+            let mappings: Vec<String> = c
+                .snapshot_mappings(&name)
+                .map(|(v, iqn, lun)| format!("{v}@{name} as {iqn} LUN {lun}"))
+                .collect();
+            if !mappings.is_empty() {
+                return Err(AdminError::SnapshotMapped {
+                    name,
+                    mappings: mappings.join(", "),
+                });
+            }
+            let spec = c.snapshots.remove(&name).expect("presence checked above");
+            Ok((
+                Effect::DeleteSnapshot {
+                    volumes: spec.volumes,
+                    cut: spec.cut,
+                },
+                done(format!(
+                    "deleted snapshot '{name}'; its kept pages are freed"
+                )),
+            ))
+        }
         Request::Status
         | Request::VolumeList
         | Request::VolumeShow { .. }
@@ -690,7 +931,9 @@ pub fn change(
         | Request::GroupShow { .. }
         | Request::TargetList
         | Request::TargetShow { .. }
-        | Request::SessionList => unreachable!("queries are not changes"),
+        | Request::SessionList
+        | Request::SnapshotList
+        | Request::SnapshotShow { .. } => unreachable!("queries are not changes"),
     }
 }
 
@@ -760,6 +1003,34 @@ fn commit<H: Host + ?Sized>(host: &H, new: Catalog, effect: Effect) -> Result<()
             }
             tracing::info!(volume = %name, "volume deleted");
         }
+        Effect::CreateSnapshot { name } => {
+            let mut new = new;
+            let spec = new
+                .snapshots
+                .get_mut(&name)
+                .expect("change inserted the snapshot");
+            let taken =
+                host.take_snapshot(&spec.volumes)
+                    .map_err(|source| AdminError::TakeSnapshot {
+                        name: name.clone(),
+                        source,
+                    })?;
+            spec.cut = taken.cut;
+            spec.created = taken.created;
+            spec.pause_us = u64::try_from(taken.pause.as_micros()).unwrap_or(u64::MAX);
+            let volumes = spec.volumes.clone();
+            if let Err(e) = store::save(dir, &new) {
+                host.drop_snapshot(&volumes, taken.cut);
+                return Err(e.into());
+            }
+            *host.catalog().write() = new;
+            tracing::info!(snapshot = %name, cut = taken.cut, pause_us = taken.pause.as_micros() as u64, "snapshot taken");
+        }
+        Effect::DeleteSnapshot { volumes, cut } => {
+            store::save(dir, &new)?;
+            *host.catalog().write() = new;
+            host.drop_snapshot(&volumes, cut);
+        }
     }
     Ok(())
 }
@@ -778,6 +1049,10 @@ mod tests {
         open: Mutex<HashSet<String>>,
         sessions: Mutex<Vec<SessionInfo>>,
         fail_open: bool,
+        /// Snapshot state the fake volumes hold: (volume, cut).
+        snaps: Mutex<std::collections::BTreeSet<(String, u64)>>,
+        next_cut: Mutex<u64>,
+        fail_cut: bool,
     }
 
     impl Fake {
@@ -794,12 +1069,24 @@ mod tests {
                 open: Mutex::new(["demo".to_string()].into()),
                 sessions: Mutex::new(Vec::new()),
                 fail_open: false,
+                snaps: Mutex::new(Default::default()),
+                next_cut: Mutex::new(1),
+                fail_cut: false,
             }
         }
         fn on_disk(&self) -> Catalog {
             store::load(self.dir.path()).unwrap().unwrap()
         }
-        fn snapshot(&self) -> (Catalog, Catalog, HashSet<String>, Vec<String>) {
+        #[allow(clippy::type_complexity)]
+        fn snapshot(
+            &self,
+        ) -> (
+            Catalog,
+            Catalog,
+            HashSet<String>,
+            Vec<String>,
+            std::collections::BTreeSet<(String, u64)>,
+        ) {
             let mut files: Vec<String> = fs::read_dir(self.dir.path().join("volumes"))
                 .map(|rd| {
                     rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -812,6 +1099,7 @@ mod tests {
                 self.on_disk(),
                 self.open.lock().clone(),
                 files,
+                self.snaps.lock().clone(),
             )
         }
         /// Applies a request that must be refused with `code`, and checks nothing changed.
@@ -873,6 +1161,43 @@ mod tests {
                 engine: "fake".into(),
                 ..Default::default()
             }
+        }
+        fn take_snapshot(&self, volumes: &[String]) -> Result<TakenSnapshot, TakeSnapshotError> {
+            if self.fail_cut {
+                return Err(TakeSnapshotError::Cut(CutError::EmptyGroup));
+            }
+            let mut next = self.next_cut.lock();
+            let cut = *next;
+            *next += 1;
+            for v in volumes {
+                self.snaps.lock().insert((v.clone(), cut));
+            }
+            Ok(TakenSnapshot {
+                cut,
+                created: 1_795_321_625,
+                pause: std::time::Duration::from_micros(250),
+            })
+        }
+        fn drop_snapshot(&self, volumes: &[String], cut: u64) {
+            for v in volumes {
+                self.snaps.lock().remove(&(v.clone(), cut));
+            }
+        }
+        fn snapshot_usage(&self, volume: &str, cut: u64) -> Option<SnapshotInfo> {
+            self.snaps
+                .lock()
+                .contains(&(volume.to_string(), cut))
+                .then_some(SnapshotInfo {
+                    cut: crate::tracking::CutId(cut),
+                    taken_at: std::time::SystemTime::UNIX_EPOCH,
+                    stats: crate::tracking::CowStats {
+                        pages: 3,
+                        memory_bytes: 3 * 4096,
+                        file_bytes: 0,
+                    },
+                    scope_pages: None,
+                    invalidated: false,
+                })
         }
     }
 
@@ -1444,5 +1769,118 @@ mod tests {
             panic!()
         };
         assert_eq!(spec.id, 9);
+    }
+
+    fn screate(name: &str, volume: Option<&str>, group: Option<&str>) -> Request {
+        Request::SnapshotCreate {
+            name: name.into(),
+            volume: volume.map(Into::into),
+            group: group.map(Into::into),
+        }
+    }
+
+    fn snapshot_of(f: &Fake, name: &str) -> SnapshotView {
+        match f.ok(Request::SnapshotShow { name: name.into() }) {
+            Response::Snapshot(s) => s,
+            r => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn snapshot_lifecycle_and_refusals() {
+        let f = Fake::new();
+        f.ok(vcreate("a", 1 << 20, 512));
+        f.ok(vcreate("b", 1 << 20, 512));
+        f.ok(gcreate("g", &["b", "a"]));
+        f.ok(tcreate(T));
+
+        // A volume snapshot and a group snapshot, each at its own cut.
+        let Response::Snapshot(one) = f.ok(screate("one", Some("a"), None)) else {
+            panic!()
+        };
+        assert_eq!(one.cut_id, 1);
+        assert_eq!(one.created, "2026-11-22T04:27:05Z");
+        assert_eq!(one.pause_us, 250);
+        assert_eq!(one.state, "ok");
+        assert_eq!(one.group, None);
+        let both = snapshot_of(&f, "one");
+        assert_eq!(both, one);
+        let Response::Snapshot(grp) = f.ok(screate("both", None, Some("g"))) else {
+            panic!()
+        };
+        assert_eq!(grp.cut_id, 2);
+        assert_eq!(grp.group.as_deref(), Some("g"));
+        let vols: Vec<&str> = grp.volumes.iter().map(|v| v.volume.as_str()).collect();
+        assert_eq!(vols, ["b", "a"]);
+        assert_eq!(grp.pages_preserved, 6);
+        assert_eq!(grp.bytes_used, 6 * 4096);
+        let Response::Snapshots { snapshots } = f.ok(Request::SnapshotList) else {
+            panic!()
+        };
+        assert_eq!(snapshots.len(), 2);
+
+        // Refusals change nothing.
+        f.refuse(screate("one", Some("b"), None), ErrorCode::AlreadyExists);
+        f.refuse(screate("x", Some("nope"), None), ErrorCode::NotFound);
+        f.refuse(screate("x", None, Some("nope")), ErrorCode::NotFound);
+        let m = f.refuse(screate("x", Some("a"), Some("g")), ErrorCode::Invalid);
+        assert!(m.contains("exactly one of --volume and --group"), "{m}");
+        f.refuse(screate("x", None, None), ErrorCode::Invalid);
+        f.refuse(screate("a@b", Some("a"), None), ErrorCode::Invalid);
+        f.refuse(
+            Request::SnapshotShow { name: "x".into() },
+            ErrorCode::NotFound,
+        );
+        f.refuse(
+            Request::SnapshotDelete { name: "x".into() },
+            ErrorCode::NotFound,
+        );
+        f.ok(vcreate("c", 1 << 20, 512));
+        f.ok(screate("three", Some("c"), None));
+        let m = f.refuse(Request::VolumeDelete { name: "c".into() }, ErrorCode::InUse);
+        assert!(m.contains("has snapshots (three)"), "{m}");
+        f.ok(Request::SnapshotDelete {
+            name: "three".into(),
+        });
+        f.ok(Request::VolumeDelete { name: "c".into() });
+
+        // Mapping VOLUME@SNAPSHOT: always read-only; only volumes the snapshot holds.
+        f.ok(map(T, 1, "a@both"));
+        assert!(f.catalog.read().targets[T].luns[&1].read_only);
+        f.refuse(map(T, 2, "b@one"), ErrorCode::NotFound);
+        f.refuse(map(T, 2, "a@nope"), ErrorCode::NotFound);
+        f.refuse(map(T, 2, "nope@one"), ErrorCode::NotFound);
+        assert_eq!(snapshot_of(&f, "both").mappings.len(), 1);
+        let m = f.refuse(
+            Request::SnapshotDelete {
+                name: "both".into(),
+            },
+            ErrorCode::InUse,
+        );
+        assert!(m.contains("a@both as"), "{m}");
+
+        // Deleting frees the state of every volume.
+        f.ok(Request::LunUnmap {
+            iqn: T.into(),
+            lun: 1,
+        });
+        f.ok(Request::SnapshotDelete {
+            name: "both".into(),
+        });
+        assert!(!f.snaps.lock().iter().any(|(_, cut)| *cut == 2));
+        assert_eq!(f.snaps.lock().len(), 1);
+        f.ok(Request::SnapshotDelete { name: "one".into() });
+        assert!(f.snaps.lock().is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_whose_state_is_gone_shows_lost_and_a_failed_cut_changes_nothing() {
+        let mut f = Fake::new();
+        f.ok(screate("s", Some("demo"), None));
+        f.snaps.lock().clear();
+        assert_eq!(snapshot_of(&f, "s").state, "lost");
+        f.fail_cut = true;
+        f.refuse(screate("t", Some("demo"), None), ErrorCode::Io);
+        f.fail_cut = false;
     }
 }

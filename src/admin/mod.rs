@@ -9,6 +9,7 @@
 //! - `startup`: the catalog a server starts with (saved one, default, config overlay).
 //! - `server`: the socket (mode 0600, peer uid check, line cap).
 //! - `client`, `table`: what `ctl` uses to talk and to print.
+//! - `time`: wall-clock times as admins read them.
 
 pub mod apply;
 pub mod client;
@@ -17,6 +18,7 @@ pub mod server;
 pub mod startup;
 pub mod store;
 pub mod table;
+pub mod time;
 pub mod validate;
 
 pub use apply::{apply, AdminError, Host, RuntimeInfo};

@@ -26,6 +26,10 @@
 //! | `chap_set` iqn, user, secret, mutual_user?, mutual_secret?   | `done`                     |
 //! | `chap_clear` iqn                                             | `done`                     |
 //! | `session_list`                                               | `sessions` {sessions: [..]}|
+//! | `snapshot_create` name, volume XOR group                     | `snapshot` (SnapshotView)  |
+//! | `snapshot_list`                                              | `snapshots` {snapshots: [..]}|
+//! | `snapshot_show` name                                         | `snapshot`                 |
+//! | `snapshot_delete` name                                       | `done`                     |
 //!
 //! Any request may instead get `{"result":"error","code":CODE,"message":TEXT}`, CODE one
 //! of `ErrorCode` in snake_case. Examples:
@@ -71,6 +75,10 @@ pub const COMMANDS: &[&str] = &[
     "chap_set",
     "chap_clear",
     "session_list",
+    "snapshot_create",
+    "snapshot_list",
+    "snapshot_show",
+    "snapshot_delete",
 ];
 
 /// A CHAP secret: serialized as a plain string, never shown by `Debug`.
@@ -141,6 +149,7 @@ pub enum Request {
     LunMap {
         iqn: String,
         lun: u64,
+        /// A volume, or `VOLUME@SNAPSHOT` for a snapshot (always mapped read-only).
         volume: String,
         #[serde(default)]
         read_only: bool,
@@ -170,6 +179,22 @@ pub enum Request {
         iqn: String,
     },
     SessionList,
+    /// A point-in-time snapshot of one volume or of every volume of a group at one
+    /// instant. Exactly one of `volume` and `group`.
+    SnapshotCreate {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        volume: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+    },
+    SnapshotList,
+    SnapshotShow {
+        name: String,
+    },
+    SnapshotDelete {
+        name: String,
+    },
 }
 
 impl Request {
@@ -185,6 +210,8 @@ impl Request {
                 | Request::TargetList
                 | Request::TargetShow { .. }
                 | Request::SessionList
+                | Request::SnapshotList
+                | Request::SnapshotShow { .. }
         )
     }
 }
@@ -233,6 +260,10 @@ pub enum Response {
     },
     Sessions {
         sessions: Vec<SessionInfo>,
+    },
+    Snapshot(SnapshotView),
+    Snapshots {
+        snapshots: Vec<SnapshotView>,
     },
     Error {
         code: ErrorCode,
@@ -320,6 +351,45 @@ pub struct GroupView {
     pub size: u64,
     /// The replication set the group is in; while set, membership cannot change.
     pub replication_set: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotView {
+    pub name: String,
+    /// The group it was taken of, when it was a group snapshot.
+    pub group: Option<String>,
+    /// The cut it reads as (one instant across all its volumes).
+    pub cut_id: u64,
+    /// When it was taken: RFC 3339, UTC.
+    pub created: String,
+    /// How long writers to its volumes were held off while it was taken, microseconds.
+    pub pause_us: u64,
+    /// `ok`; `lost` (its state did not survive a crash: delete it); `invalidated` (its
+    /// copy-on-write store failed: delete it).
+    pub state: String,
+    /// Pages kept because they were overwritten after the cut, over all volumes.
+    pub pages_preserved: u64,
+    /// Bytes those pages take, in memory and in spill files.
+    pub bytes_used: u64,
+    pub volumes: Vec<SnapshotVolumeView>,
+    /// LUNs that map one of its volumes (`VOLUME@SNAPSHOT`).
+    pub mappings: Vec<SnapshotMappingView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotVolumeView {
+    pub volume: String,
+    pub state: String,
+    pub pages_preserved: u64,
+    pub memory_bytes: u64,
+    pub file_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotMappingView {
+    pub volume: String,
+    pub target: String,
+    pub lun: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

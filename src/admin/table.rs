@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::protocol::{ChapView, GroupView, Response, TargetView, VolumeView};
+use super::protocol::{ChapView, GroupView, Response, SnapshotView, TargetView, VolumeView};
 use super::validate::format_size;
 
 /// Left-aligned columns separated by two spaces; the header is the first row.
@@ -59,6 +59,58 @@ fn acl_text(acl: &[String]) -> String {
 
 fn allocated_text(v: &VolumeView) -> String {
     v.allocated.map(format_size).unwrap_or_else(|| "?".into())
+}
+
+/// What a snapshot is of: `volume db` or `group app (db, logs)`.
+fn snapshot_source(s: &SnapshotView) -> String {
+    let vols: Vec<&str> = s.volumes.iter().map(|v| v.volume.as_str()).collect();
+    match &s.group {
+        Some(g) => format!("group {g} ({})", vols.join(", ")),
+        None => format!("volume {}", vols.join(", ")),
+    }
+}
+
+fn snapshot_detail(s: &SnapshotView) -> String {
+    let mut out = kv(&[
+        ("name", s.name.clone()),
+        ("of", snapshot_source(s)),
+        ("state", s.state.clone()),
+        ("cut", s.cut_id.to_string()),
+        ("created", s.created.clone()),
+        ("pause", format!("{} us", s.pause_us)),
+        ("pages preserved", s.pages_preserved.to_string()),
+        ("bytes used", format_size(s.bytes_used)),
+    ]);
+    let rows: Vec<Vec<String>> = s
+        .volumes
+        .iter()
+        .map(|v| {
+            let maps: Vec<String> = s
+                .mappings
+                .iter()
+                .filter(|m| m.volume == v.volume)
+                .map(|m| format!("{}/{}", m.target, m.lun))
+                .collect();
+            vec![
+                v.volume.clone(),
+                v.state.clone(),
+                v.pages_preserved.to_string(),
+                format_size(v.memory_bytes),
+                format_size(v.file_bytes),
+                if maps.is_empty() {
+                    "-".into()
+                } else {
+                    maps.join(", ")
+                },
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table(
+        &["VOLUME", "STATE", "PAGES", "MEMORY", "FILE", "MAPPED AS"],
+        &rows,
+    ));
+    out
 }
 
 fn volume_detail(v: &VolumeView) -> String {
@@ -241,6 +293,28 @@ pub fn render(resp: &Response) -> String {
                 })
                 .collect();
             table(&["GROUP", "SIZE", "REPLICATION SET", "VOLUMES"], &rows)
+        }
+        Response::Snapshot(snap) => snapshot_detail(snap),
+        Response::Snapshots { snapshots } if snapshots.is_empty() => "no snapshots\n".into(),
+        Response::Snapshots { snapshots } => {
+            let rows: Vec<Vec<String>> = snapshots
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.name.clone(),
+                        s.cut_id.to_string(),
+                        s.created.clone(),
+                        s.state.clone(),
+                        s.pages_preserved.to_string(),
+                        format_size(s.bytes_used),
+                        snapshot_source(s),
+                    ]
+                })
+                .collect();
+            table(
+                &["SNAPSHOT", "CUT", "CREATED", "STATE", "PAGES", "USED", "OF"],
+                &rows,
+            )
         }
         Response::Target(t) => target_detail(t),
         Response::Targets { targets } if targets.is_empty() => "no targets\n".into(),

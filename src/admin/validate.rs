@@ -19,6 +19,12 @@ pub enum ValidationError {
     GroupName { name: String, why: &'static str },
     #[error("page size {0} is not supported (a power of two from 4K to 1M)")]
     PageSize(u64),
+    #[error("invalid snapshot name '{name}': {why}")]
+    SnapshotName { name: String, why: &'static str },
+    #[error(
+        "a snapshot is of one volume or of one group: give exactly one of --volume and --group"
+    )]
+    SnapshotSource,
     #[error("a group needs at least one volume")]
     GroupEmpty,
     #[error("volume '{0}' is listed twice")]
@@ -109,6 +115,14 @@ pub fn check_volume_name(name: &str) -> Result<(), ValidationError> {
 /// Group names follow the volume name rules: 1..=64 characters from `[A-Za-z0-9._-]`.
 pub fn check_group_name(name: &str) -> Result<(), ValidationError> {
     check_name(name).map_err(|why| ValidationError::GroupName {
+        name: name.to_string(),
+        why,
+    })
+}
+
+/// Snapshot names follow the volume name rules (so `VOLUME@SNAPSHOT` is unambiguous).
+pub fn check_snapshot_name(name: &str) -> Result<(), ValidationError> {
+    check_name(name).map_err(|why| ValidationError::SnapshotName {
         name: name.to_string(),
         why,
     })

@@ -5,13 +5,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use crate::iscsi::pdu::{DataIn, ScsiResponse, RESERVED_TAG};
 use crate::scsi::{Response, Sense, Status};
 use crate::server::luns::LunHandle;
 use crate::server::writer::{CmdSlot, Outgoing, Stat};
+use crate::volume::VolumeError;
 
 /// What an answer needs to know about its command.
 pub struct Reply {
@@ -185,12 +186,28 @@ impl Reply {
     }
 }
 
+/// Reads `len` bytes at `offset` of the LUN: the volume, or for a snapshot LUN the
+/// volume's content at the snapshot's cut (current content, then the kept copies of
+/// pages overwritten since laid over it).
+async fn read_lun(lun: &LunHandle, offset: u64, len: usize) -> Result<Bytes, VolumeError> {
+    let data = lun.volume.read(offset, len).await?;
+    let Some(cut) = lun.snapshot else {
+        return Ok(data);
+    };
+    let tracking = lun.volume.tracking().ok_or(VolumeError::NotTracked)?;
+    let mut buf = BytesMut::from(&data[..]);
+    tracking
+        .overlay_snapshot(cut, offset, &mut buf)
+        .map_err(VolumeError::Tracking)?;
+    Ok(buf.freeze())
+}
+
 /// Read `blocks` at `lba` and send them.
 pub async fn read(reply: Reply, lun: Arc<LunHandle>, lba: u64, blocks: u32, _fua: bool) {
     let bs = lun.volume.block_size() as u64;
     let wanted = blocks as u64 * bs;
     let len = wanted.min(reply.edtl as u64);
-    match lun.volume.read(lba * bs, len as usize).await {
+    match read_lun(&lun, lba * bs, len as usize).await {
         Ok(data) => reply.data_in(data, wanted).await,
         Err(e) => {
             tracing::warn!(lun = lun.lun, error = %e, "read failed");
@@ -244,7 +261,7 @@ pub async fn verify(
     let mut done = 0u64;
     while done < len {
         let n = (len - done).min(VERIFY_CHUNK);
-        let media = match lun.volume.read(lba * bs + done, n as usize).await {
+        let media = match read_lun(&lun, lba * bs + done, n as usize).await {
             Ok(m) => m,
             Err(e) => {
                 tracing::warn!(lun = lun.lun, error = %e, "verify read failed");

@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::catalog::LunSpec;
+use crate::catalog::{split_snapshot_ref, LunSpec};
 use crate::scsi::{LogicalUnit, LuConfig, Sense, UnitAttentions};
 use crate::server::Node;
+use crate::tracking::CutId;
 use crate::volume::Volume;
 
 /// A mapped LUN as one session uses it.
@@ -15,6 +16,9 @@ pub struct LunHandle {
     pub lun: u64,
     pub spec: LunSpec,
     pub volume: Arc<Volume>,
+    /// A snapshot LUN (`VOLUME@SNAPSHOT`, read-only): reads return the volume's content
+    /// at this cut.
+    pub snapshot: Option<CutId>,
     pub lu: LogicalUnit,
     /// Bumped by LOGICAL UNIT RESET and target resets from any session; a session that
     /// sees it move raises a unit attention on its own nexus (SAM-5 §6.3).
@@ -72,23 +76,36 @@ impl LunView {
             self.entries.remove(&lun);
             return None;
         };
-        let volume = node.volumes.read().get(&spec.volume).cloned()?;
+        let (base, snapshot_name) = split_snapshot_ref(&spec.volume);
+        let volume = node.volumes.read().get(base).cloned()?;
+        let (id, snapshot) = {
+            let catalog = node.catalog.read();
+            let id = catalog.volumes.get(base).map(|v| v.id).unwrap_or_default();
+            match snapshot_name {
+                None => (id, None),
+                Some(s) => {
+                    let cut = CutId(catalog.snapshots.get(s)?.cut);
+                    // A snapshot whose state is gone (crash) is not a logical unit.
+                    if !volume.tracking()?.has_snapshot(cut) {
+                        return None;
+                    }
+                    (snapshot_lu_id(id, cut), Some(cut))
+                }
+            }
+        };
         let stale = match self.entries.get(&lun) {
-            Some(e) => e.handle.spec != spec || !Arc::ptr_eq(&e.handle.volume, &volume),
+            Some(e) => {
+                e.handle.spec != spec
+                    || e.handle.snapshot != snapshot
+                    || !Arc::ptr_eq(&e.handle.volume, &volume)
+            }
             None => true,
         };
         if stale {
-            let id = node
-                .catalog
-                .read()
-                .volumes
-                .get(&spec.volume)
-                .map(|v| v.id)
-                .unwrap_or_default();
             let lu = LogicalUnit::new(LuConfig {
                 block_size: volume.block_size(),
                 num_blocks: volume.size() / volume.block_size() as u64,
-                read_only: spec.read_only,
+                read_only: spec.read_only || snapshot.is_some(),
                 id,
                 name: spec.volume.clone(),
             });
@@ -110,6 +127,7 @@ impl LunView {
                         lun,
                         spec,
                         volume,
+                        snapshot,
                         lu,
                         resets,
                     }),
@@ -125,5 +143,17 @@ impl LunView {
             e.ua.push(Sense::power_on());
         }
         Some((e.handle.clone(), &mut e.ua))
+    }
+}
+
+/// The identifier a snapshot LU reports (NAA designator, serial): derived from its
+/// volume's and the cut, never the volume's own, so no initiator takes the snapshot for
+/// another path to the live volume.
+fn snapshot_lu_id(volume_id: u64, cut: CutId) -> u64 {
+    let mixed = (volume_id ^ cut.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)).rotate_left(17);
+    if mixed == 0 || mixed == volume_id {
+        !volume_id
+    } else {
+        mixed
     }
 }

@@ -12,11 +12,14 @@ use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::admin::apply::{volume_file, Host, RuntimeInfo};
+use crate::admin::apply::{volume_file, Host, RuntimeInfo, TakeSnapshotError, TakenSnapshot};
 use crate::admin::{Request, Response};
 use crate::catalog::{Catalog, VolumeSpec};
 use crate::server::{SessionInfo, SessionRegistry};
-use crate::tracking::{CowConfig, MemoryBudget, PageSize, TrackedVolume};
+use crate::tracking::{
+    CowConfig, CutCoordinator, CutId, CutOptions, MemoryBudget, PageSize, SnapshotInfo,
+    SnapshotScope, TrackedVolume,
+};
 use crate::volume::{Engine, Volume, VolumeError};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,12 +47,21 @@ pub struct Node {
     admin_socket: RwLock<Option<PathBuf>>,
     /// Memory all snapshot copy-on-write stores share before they spill to files.
     cow_budget: Arc<MemoryBudget>,
+    /// False when serving without write tracking (`--no-write-tracking`, to measure
+    /// what tracking costs): no snapshots then.
+    tracking: bool,
+    /// Hands out cut ids node-wide, so a volume's snapshots never share one, and
+    /// serializes cuts.
+    cuts: CutCoordinator,
 }
 
 /// Copy-on-write memory shared by all snapshots of the node.
 const COW_MEMORY: u64 = 256 << 20;
 /// How long a clean shutdown waits for writes in flight before saving tracking state.
 const SAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest a snapshot's cut holds writers off waiting for writes in flight; past it the
+/// gates reopen and the snapshot is refused (`busy`).
+const CUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Node {
     /// A node serving `catalog` from `data_dir`. No volume is open yet: call
@@ -66,7 +78,16 @@ impl Node {
             listen: RwLock::new(Vec::new()),
             admin_socket: RwLock::new(None),
             cow_budget: MemoryBudget::new(COW_MEMORY),
+            tracking: true,
+            cuts: CutCoordinator::new(CutId(1)),
         }
+    }
+
+    /// Serve without write tracking: no dirty pages, no snapshots. For measuring what
+    /// tracking costs; call before opening volumes.
+    pub fn without_tracking(mut self) -> Node {
+        self.tracking = false;
+        self
     }
 
     /// Where a volume's tracking state (dirty bitmap, snapshot stores) lives.
@@ -106,6 +127,14 @@ impl Node {
         let path = volume_file(&self.data_dir, spec);
         let volume =
             Volume::open_or_create(&path, spec.size, spec.block_size, self.engine.clone())?;
+        if !self.tracking {
+            crate::tracking::persist::mark_untracked(&self.tracking_dir(name))
+                .map_err(VolumeError::Tracking)?;
+            self.volumes
+                .write()
+                .insert(name.to_string(), Arc::new(volume));
+            return Ok(());
+        }
         let dir = self.tracking_dir(name);
         let page_size = PageSize::new(spec.page_size).map_err(VolumeError::Tracking)?;
         let cow = CowConfig {
@@ -140,7 +169,91 @@ impl Node {
             self.open_volume(&name, &spec)
                 .map_err(|source| NodeError::OpenVolume { name, source })?;
         }
+        self.reconcile_snapshots();
         Ok(())
+    }
+
+    /// After the volumes opened: cut ids resume past every id in use, and snapshots
+    /// the catalog does not name (a cut whose catalog save failed) are dropped.
+    /// Catalog snapshots whose state was lost in a crash stay listed as `lost`.
+    fn reconcile_snapshots(&self) {
+        let catalog = self.catalog.read().clone();
+        for s in catalog.snapshots.values() {
+            self.cuts.advance_past(CutId(s.cut));
+        }
+        let volumes: Vec<(String, Arc<Volume>)> = self
+            .volumes
+            .read()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        for (name, v) in volumes {
+            let Some(t) = v.tracking() else { continue };
+            for info in t.snapshots() {
+                self.cuts.advance_past(info.cut);
+                let named = catalog
+                    .snapshots
+                    .values()
+                    .any(|s| s.cut == info.cut.0 && s.covers(&name));
+                if !named {
+                    tracing::warn!(volume = %name, cut = info.cut.0, "dropping a snapshot the catalog does not name");
+                    let _ = t.delete_snapshot(info.cut);
+                }
+            }
+        }
+        for (name, s) in &catalog.snapshots {
+            let lost: Vec<&str> = s
+                .volumes
+                .iter()
+                .filter(|v| self.snapshot_usage(v, s.cut).is_none())
+                .map(String::as_str)
+                .collect();
+            if !lost.is_empty() {
+                tracing::warn!(snapshot = %name, volumes = ?lost,
+                    "snapshot state was lost (not saved by a clean shutdown); delete it");
+            }
+        }
+    }
+
+    /// The tracking of an open volume.
+    fn tracked(&self, name: &str) -> Result<Arc<TrackedVolume>, TakeSnapshotError> {
+        let v = self
+            .volumes
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| TakeSnapshotError::NotOpen(name.to_string()))?;
+        v.tracking()
+            .cloned()
+            .ok_or_else(|| TakeSnapshotError::NoTracking(name.to_string()))
+    }
+
+    fn snapshot_usage(&self, volume: &str, cut: u64) -> Option<SnapshotInfo> {
+        let t = self.tracked(volume).ok()?;
+        t.snapshots().into_iter().find(|s| s.cut == CutId(cut))
+    }
+
+    /// Takes a snapshot cut of `volumes`; async core of `Host::take_snapshot`.
+    pub async fn take_snapshot_async(
+        &self,
+        volumes: &[String],
+    ) -> Result<TakenSnapshot, TakeSnapshotError> {
+        let tracked = volumes
+            .iter()
+            .map(|v| self.tracked(v))
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&TrackedVolume> = tracked.iter().map(|t| &**t).collect();
+        let options = CutOptions {
+            timeout: CUT_TIMEOUT,
+            snapshot: SnapshotScope::Volume,
+            freeze_dirty: false,
+        };
+        let cut = self.cuts.cut_group(&refs, options).await?;
+        Ok(TakenSnapshot {
+            cut: cut.id.0,
+            created: crate::admin::time::unix_secs(cut.at),
+            pause: cut.pause,
+        })
     }
 
     /// Flushes every open volume to stable storage (clean shutdown). Logs failures.
@@ -200,6 +313,22 @@ impl Host for Node {
     }
     fn dirty_pages(&self, name: &str) -> Option<u64> {
         Node::dirty_pages(self, name)
+    }
+    fn take_snapshot(&self, volumes: &[String]) -> Result<TakenSnapshot, TakeSnapshotError> {
+        // `apply` runs on a blocking thread of the runtime.
+        tokio::runtime::Handle::current().block_on(self.take_snapshot_async(volumes))
+    }
+    fn drop_snapshot(&self, volumes: &[String], cut: u64) {
+        for v in volumes {
+            if let Ok(t) = self.tracked(v) {
+                if let Err(e) = t.delete_snapshot(CutId(cut)) {
+                    tracing::debug!(volume = %v, cut, error = %e, "no snapshot state to drop");
+                }
+            }
+        }
+    }
+    fn snapshot_usage(&self, volume: &str, cut: u64) -> Option<SnapshotInfo> {
+        Node::snapshot_usage(self, volume, cut)
     }
     fn sessions(&self) -> Vec<SessionInfo> {
         self.sessions.list()

@@ -136,7 +136,8 @@ impl CutCoordinator {
 
     /// Makes the next cut's id at least one past `taken` (ids found after a restart).
     pub fn advance_past(&self, taken: CutId) {
-        self.next.fetch_max(taken.0.saturating_add(1), Ordering::AcqRel);
+        self.next
+            .fetch_max(taken.0.saturating_add(1), Ordering::AcqRel);
     }
 
     /// The id the next successful cut gets.

@@ -347,6 +347,15 @@ pub(crate) fn ensure_live_state(dir: &Path) -> Result<(), TrackingError> {
     save_bitmap(&dir.join(DIRTY_FILE), &RoaringBitmap::new())
 }
 
+/// A volume served without tracking: writes now go unrecorded, so whatever `dir` holds
+/// stops counting as clean and the next tracked start counts every page as changed.
+pub fn mark_untracked(dir: &Path) -> Result<(), TrackingError> {
+    ensure_live_state(dir)?;
+    let clean = dir.join(CLEAN_FILE);
+    remove_if_present(&clean)?;
+    sync_dir(&clean)
+}
+
 /// Removes every tracking state file from `dir` (after [`TrackingError::UncleanState`],
 /// once the caller has arranged a full resynchronization).
 pub fn discard_state(dir: &Path) -> Result<(), TrackingError> {

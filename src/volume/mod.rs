@@ -34,6 +34,8 @@ pub use volume::Volume;
 pub enum VolumeError {
     #[error("write tracking failed")]
     Tracking(#[source] crate::tracking::TrackingError),
+    #[error("the volume is served without write tracking")]
+    NotTracked,
     #[error("i/o error on {path}: {source}")]
     Io {
         path: String,
