@@ -151,3 +151,127 @@ pub fn bhs_bytes(pdu: &Pdu) -> [u8; BHS_LEN] {
     b.copy_from_slice(&out[..BHS_LEN]);
     b
 }
+
+/// What a SCSI command got back.
+#[derive(Debug)]
+pub struct ScsiOutcome {
+    pub status: u8,
+    /// Fixed-format sense data when the status is CHECK CONDITION.
+    pub sense: Bytes,
+    /// Data-In, concatenated.
+    pub data: Vec<u8>,
+}
+
+impl ScsiOutcome {
+    /// The sense key, if there is sense data.
+    pub fn sense_key(&self) -> Option<u8> {
+        (self.sense.len() > 2).then(|| self.sense[2] & 0x0f)
+    }
+}
+
+impl RawClient {
+    /// Runs one SCSI command on `lun` and waits for its end: `data_out` travels as
+    /// immediate data (so at most the negotiated FirstBurstLength of 64 KiB), and up
+    /// to `read_len` bytes of Data-In are collected.
+    pub fn scsi(&mut self, lun: u64, cdb: &[u8], data_out: &[u8], read_len: u32) -> ScsiOutcome {
+        use twinlun::iscsi::pdu::{DataIn, Opcode, ScsiCommand, ScsiResponse};
+        assert!(data_out.len() <= 65536, "immediate data only");
+        let mut cdb16 = [0u8; 16];
+        cdb16[..cdb.len()].copy_from_slice(cdb);
+        let itt = self.next_itt();
+        let lun_field = u64::from_be_bytes(twinlun::scsi::encode_lun(lun).expect("valid LUN"));
+        let cmd = ScsiCommand {
+            immediate: false,
+            final_bit: true,
+            read: read_len > 0,
+            write: !data_out.is_empty(),
+            attr: 1,
+            lun: lun_field,
+            itt,
+            expected_len: if data_out.is_empty() {
+                read_len
+            } else {
+                data_out.len() as u32
+            },
+            cmd_sn: self.cmd_sn,
+            exp_stat_sn: self.exp_stat_sn,
+            cdb: Bytes::copy_from_slice(&cdb16),
+            bidi_read_len: None,
+            data: Bytes::copy_from_slice(data_out),
+        };
+        self.send(&cmd.to_pdu());
+        self.cmd_sn = self.cmd_sn.wrapping_add(1);
+        let mut data = Vec::new();
+        loop {
+            let p = self.recv().expect("the target answers the command");
+            match p.bhs.opcode() {
+                Opcode::DATA_IN => {
+                    let d = DataIn::from_pdu(&p).unwrap();
+                    assert_eq!(d.itt, itt);
+                    assert_eq!(d.buffer_offset as usize, data.len(), "Data-In in order");
+                    data.extend_from_slice(&d.data);
+                    if let Some(status) = d.status {
+                        self.exp_stat_sn = d.stat_sn.wrapping_add(1);
+                        return ScsiOutcome {
+                            status,
+                            sense: Bytes::new(),
+                            data,
+                        };
+                    }
+                }
+                Opcode::SCSI_RESPONSE => {
+                    let r = ScsiResponse::from_pdu(&p).unwrap();
+                    assert_eq!(r.itt, itt);
+                    self.exp_stat_sn = r.stat_sn.wrapping_add(1);
+                    return ScsiOutcome {
+                        status: r.status,
+                        sense: r.sense,
+                        data,
+                    };
+                }
+                // NOP-In pings and the like: not this command's.
+                _ => {}
+            }
+        }
+    }
+
+    /// As `scsi`, retrying once past a UNIT ATTENTION (the first command of a nexus
+    /// after login, a LUN change) and requiring GOOD.
+    pub fn scsi_good(&mut self, lun: u64, cdb: &[u8], data_out: &[u8], read_len: u32) -> Vec<u8> {
+        for _ in 0..3 {
+            let o = self.scsi(lun, cdb, data_out, read_len);
+            if o.status == 0 {
+                return o.data;
+            }
+            assert_eq!(
+                o.sense_key(),
+                Some(0x6),
+                "LUN {lun} CDB {cdb:02x?}: status {:#x}, sense {:02x?}",
+                o.status,
+                &o.sense[..]
+            );
+        }
+        panic!("LUN {lun}: unit attentions do not stop");
+    }
+
+    /// WRITE(10) of `data` (whole blocks of `block` bytes) at `lba`, requiring GOOD.
+    pub fn write10(&mut self, lun: u64, lba: u32, data: &[u8], block: usize) {
+        let blocks = (data.len() / block) as u16;
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x2a;
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        self.scsi_good(lun, &cdb, data, 0);
+    }
+
+    /// READ(10) of `blocks` blocks of `block` bytes at `lba`, requiring GOOD.
+    pub fn read10(&mut self, lun: u64, lba: u32, blocks: u16, block: usize) -> Vec<u8> {
+        let mut cdb = [0u8; 10];
+        cdb[0] = 0x28;
+        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+        cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+        let data = self.scsi_good(lun, &cdb, &[], blocks as u32 * block as u32);
+        assert_eq!(data.len(), blocks as usize * block);
+        data
+    }
+}
