@@ -201,6 +201,9 @@ fn after_writes(k: usize) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
+/// Volumes A and B as read at one moment.
+type Images = (Vec<u8>, Vec<u8>);
+
 enum Control {
     Pause(mpsc::Sender<()>),
     Resume,
@@ -258,7 +261,7 @@ fn group_snapshots_under_dependent_writes_are_consistent_cuts() {
 
     // Snapshots while the writer runs; every fourth at a quiet moment, with the
     // volumes' content captured then.
-    let mut snaps: Vec<(String, Option<(Vec<u8>, Vec<u8>)>)> = Vec::new();
+    let mut snaps: Vec<(String, Option<Images>)> = Vec::new();
     for n in 0..28 {
         let name = format!("s{n}");
         if n % 4 == 3 {
