@@ -288,6 +288,12 @@ fn group_snapshots_under_dependent_writes_are_consistent_cuts() {
         "the writer made only {writes} writes: too few to overlap the snapshots"
     );
 
+    // Every cut is counted, with its pause (last, max).
+    let cuts = &json(&s, &["status"])["cuts"];
+    assert_eq!(cuts["taken"], 28, "{cuts}");
+    assert_eq!(cuts["failed"], 0, "{cuts}");
+    assert!(cuts["last_pause_us"].as_u64().unwrap() <= cuts["max_pause_us"].as_u64().unwrap());
+
     let mut distinct = std::collections::BTreeSet::new();
     for (n, (name, captured)) in snaps.iter().enumerate() {
         let shown = json(&s, &["snapshot", "show", name]);

@@ -34,8 +34,8 @@ use std::path::{Path, PathBuf};
 use parking_lot::{Mutex, RwLock};
 
 use super::protocol::{
-    ChapView, ErrorCode, GroupView, LunView, MappingView, Request, Response, SnapshotMappingView,
-    SnapshotView, SnapshotVolumeView, StatusView, TargetView, VolumeView,
+    ChapView, CutStatsView, ErrorCode, GroupView, LunView, MappingView, Request, Response,
+    SnapshotMappingView, SnapshotView, SnapshotVolumeView, StatusView, TargetView, VolumeView,
 };
 use super::store::{self, StoreError};
 use super::time::rfc3339_utc;
@@ -100,6 +100,9 @@ pub struct RuntimeInfo {
     pub listen: Vec<String>,
     pub admin_socket: Option<String>,
     pub uptime_secs: u64,
+    /// Consistent cuts taken so far (snapshots, replication cycles) and the pauses
+    /// they imposed on writers.
+    pub cuts: CutStatsView,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -307,6 +310,7 @@ fn query<H: Host + ?Sized>(host: &H, c: &Catalog, req: &Request) -> Result<Respo
                 listen: rt.listen,
                 admin_socket: rt.admin_socket,
                 uptime_secs: rt.uptime_secs,
+                cuts: rt.cuts,
                 volumes: c.volumes.len(),
                 groups: c.groups.len(),
                 targets: c.targets.len(),

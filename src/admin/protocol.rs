@@ -315,10 +315,23 @@ pub struct StatusView {
     pub listen: Vec<String>,
     pub admin_socket: Option<String>,
     pub uptime_secs: u64,
+    /// Cuts taken since start and the pauses they imposed on writers.
+    #[serde(default)]
+    pub cuts: CutStatsView,
     pub volumes: usize,
     pub groups: usize,
     pub targets: usize,
     pub sessions: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CutStatsView {
+    pub taken: u64,
+    /// Cuts that gave up (writes did not drain in time) and reopened the gates.
+    pub failed: u64,
+    /// The last cut's pause, microseconds (none before the first).
+    pub last_pause_us: Option<u64>,
+    pub max_pause_us: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -232,6 +232,18 @@ pub fn render(resp: &Response) -> String {
                 s.admin_socket.clone().unwrap_or_else(|| "-".into()),
             ),
             ("uptime", format!("{}s", s.uptime_secs)),
+            (
+                "cuts",
+                format!(
+                    "{} taken, {} failed; pause last {}, max {} us",
+                    s.cuts.taken,
+                    s.cuts.failed,
+                    s.cuts
+                        .last_pause_us
+                        .map_or_else(|| "-".into(), |p| format!("{p} us")),
+                    s.cuts.max_pause_us
+                ),
+            ),
             ("volumes", s.volumes.to_string()),
             ("groups", s.groups.to_string()),
             ("targets", s.targets.to_string()),

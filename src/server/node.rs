@@ -343,6 +343,16 @@ impl Host for Node {
                 .as_ref()
                 .map(|p| p.display().to_string()),
             uptime_secs: self.started.elapsed().as_secs(),
+            cuts: {
+                let st = self.cuts.stats();
+                let us = |d: std::time::Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+                crate::admin::protocol::CutStatsView {
+                    taken: st.cuts,
+                    failed: st.failures,
+                    last_pause_us: st.last.map(us),
+                    max_pause_us: us(st.max),
+                }
+            },
         }
     }
 }
