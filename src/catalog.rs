@@ -25,6 +25,71 @@ pub struct Catalog {
     /// state of each volume, which a clean shutdown saves.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub snapshots: BTreeMap<String, SnapshotSpec>,
+    /// Other twinlun nodes replication talks to, keyed by the name this node gives them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub peers: BTreeMap<String, PeerSpec>,
+    /// Replication sets this node is the primary or the secondary of, keyed by set name
+    /// (the same on both sides).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replications: BTreeMap<String, ReplicationSpec>,
+}
+
+/// Another twinlun's replication listener and the secret both sides share.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSpec {
+    /// `HOST:PORT` of its replication listener (on a secondary: where failback goes).
+    pub addr: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for PeerSpec {
+    // Secrets never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerSpec")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicationRole {
+    Primary,
+    Secondary,
+}
+
+/// What `replicate` does while a cycle runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueuePolicy {
+    /// Refuse the request and say so.
+    Discard,
+    /// Keep at most one request queued.
+    #[default]
+    QueueLatest,
+}
+
+/// A volume or a group bound to a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationSpec {
+    pub role: ReplicationRole,
+    pub peer: String,
+    /// The group replicated (on the secondary: the group its volumes were put in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// This side's volumes, in set order.
+    pub volumes: Vec<String>,
+    /// The other side's names for them, in the same order.
+    pub remote_volumes: Vec<String>,
+    /// Seconds between scheduled cycles (primary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_secs: Option<u64>,
+    #[serde(default)]
+    pub queue_policy: QueuePolicy,
+    /// Recovery points the secondary keeps.
+    pub keep: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +225,10 @@ pub enum CatalogError {
     },
     #[error("snapshot '{snapshot}' names volume '{volume}', which does not exist")]
     SnapshotNoVolume { snapshot: String, volume: String },
+    #[error("replication set '{set}' names volume '{volume}', which does not exist")]
+    ReplicationNoVolume { set: String, volume: String },
+    #[error("replication set '{set}' names peer '{peer}', which does not exist")]
+    ReplicationNoPeer { set: String, peer: String },
 }
 
 impl Catalog {
@@ -195,6 +264,20 @@ impl Catalog {
                         second: group.clone(),
                     });
                 }
+            }
+        }
+        for (set, r) in &self.replications {
+            if let Some(v) = r.volumes.iter().find(|v| !self.volumes.contains_key(*v)) {
+                return Err(CatalogError::ReplicationNoVolume {
+                    set: set.clone(),
+                    volume: v.clone(),
+                });
+            }
+            if !self.peers.contains_key(&r.peer) {
+                return Err(CatalogError::ReplicationNoPeer {
+                    set: set.clone(),
+                    peer: r.peer.clone(),
+                });
             }
         }
         for (name, s) in &self.snapshots {
@@ -268,6 +351,20 @@ impl Catalog {
                     _ => None,
                 })
         })
+    }
+
+    /// The replication set `volume` is in, with its spec.
+    pub fn replication_of(&self, volume: &str) -> Option<(&str, &ReplicationSpec)> {
+        self.replications
+            .iter()
+            .find(|(_, r)| r.volumes.iter().any(|v| v == volume))
+            .map(|(n, r)| (n.as_str(), r))
+    }
+
+    /// True when `volume` is the secondary copy of a replication set: never writable.
+    pub fn is_secondary(&self, volume: &str) -> bool {
+        self.replication_of(volume)
+            .is_some_and(|(_, r)| r.role == ReplicationRole::Secondary)
     }
 
     /// Snapshots that hold `volume`.
