@@ -18,6 +18,13 @@
 #                          as /dev/vda through QEMU's own iSCSI client; the
 #                          guest then tests it too (basic or vda scenario)
 #   --vda-offset-mib N     where the guest writes on /dev/vda (default 0)
+#   --snapshot-lun N       basic: after fsck, the guest writes snap/before on
+#                          its mounted filesystem, syncs, prints
+#                          "GUEST-WAIT snapshot lun N" and waits until LUN N
+#                          appears: whoever reads this output must then
+#                          snapshot the test LUN's volume and map the
+#                          snapshot as LUN N (see vm-images/README.md)
+#   --snapshot-wait SECS   how long the guest waits for LUN N (default 120)
 #   --initiator IQN        the guest's initiator name
 #   --qemu-initiator IQN   initiator name of QEMU's iSCSI client
 #   --opt KEY:VALUE        extra open-iscsi node setting (repeatable), e.g.
@@ -46,7 +53,7 @@ log() { printf '%s: %s\n' "$me" "$*" >&2; }
 
 port= iqn= lun= region= digest=none test=basic drive_url= vda_offset=0 initiator=
 qemu_initiator=iqn.2026-11.io.twinlun:qemu timeout_s=600 serial_log= images="$here/out"
-cpu=qemu64 kernel_format=pvh build=1 verbose=0 extra_append= opts=()
+cpu=qemu64 kernel_format=pvh build=1 verbose=0 extra_append= opts=() snapshot_lun= snapshot_wait=
 while [[ $# -gt 0 ]]; do
     case $1 in
         --portal-port) port=${2:?}; shift 2 ;;
@@ -57,6 +64,8 @@ while [[ $# -gt 0 ]]; do
         --test) test=${2:?}; shift 2 ;;
         --qemu-drive-url) drive_url=${2:?}; shift 2 ;;
         --vda-offset-mib) vda_offset=${2:?}; shift 2 ;;
+        --snapshot-lun) snapshot_lun=${2:?}; shift 2 ;;
+        --snapshot-wait) snapshot_wait=${2:?}; shift 2 ;;
         --initiator) initiator=${2:?}; shift 2 ;;
         --qemu-initiator) qemu_initiator=${2:?}; shift 2 ;;
         --opt) opts+=("${2:?}"); shift 2 ;;
@@ -84,6 +93,9 @@ case $digest in none|crc32c) ;; *) die "--digest must be none or crc32c" ;; esac
 [[ $timeout_s =~ ^[0-9]+$ ]] || die "--timeout '$timeout_s' is not a number of seconds"
 [[ $vda_offset =~ ^[0-9]+$ ]] || die "--vda-offset-mib '$vda_offset' is not a number"
 [[ -z $lun || $lun =~ ^[0-9]+$ ]] || die "--lun '$lun' is not a number"
+[[ -z $snapshot_lun || $snapshot_lun =~ ^[0-9]+$ ]] || die "--snapshot-lun '$snapshot_lun' is not a number"
+[[ -z $snapshot_wait || $snapshot_wait =~ ^[0-9]+$ ]] || die "--snapshot-wait '$snapshot_wait' is not a number of seconds"
+[[ -z $snapshot_lun || $test == basic ]] || die "--snapshot-lun needs --test basic"
 [[ -z $region || $region =~ ^[0-9]+:[0-9]+$ ]] || die "--region '$region' is not OFFSET_MIB:LEN_MIB"
 # These go on the kernel command line (split at spaces, opts joined with
 # commas) or into -drive (split at commas).
@@ -124,6 +136,8 @@ if [[ $verbose == 1 ]]; then append+=" loglevel=7"; else append+=" quiet logleve
 [[ -n $iqn ]] && append+=" twinlun.iqn=$iqn"
 [[ -n $lun ]] && append+=" twinlun.lun=$lun"
 [[ -n $region ]] && append+=" twinlun.region=$region"
+[[ -n $snapshot_lun ]] && append+=" twinlun.snapshot_lun=$snapshot_lun"
+[[ -n $snapshot_wait ]] && append+=" twinlun.snapshot_wait=$snapshot_wait"
 [[ -n $initiator ]] && append+=" twinlun.initiator=$initiator"
 if [[ ${#opts[@]} -gt 0 ]]; then
     append+=" twinlun.opt=$(IFS=,; echo "${opts[*]}")"
@@ -176,7 +190,7 @@ if [[ $result != pass ]] && ! grep -q '^GUEST-RESULT' "$serial_log"; then
     tail -n 15 "$serial_log" | sed 's/^/    /' >&2
 fi
 if [[ $result == pass ]]; then
-    log "PASS ($test, digest $digest${drive_url:+, qemu drive})"
+    log "PASS ($test, digest $digest${drive_url:+, qemu drive}${snapshot_lun:+, snapshot as LUN $snapshot_lun})"
     exit 0
 fi
 exit 1
