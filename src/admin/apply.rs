@@ -34,15 +34,20 @@ use std::path::{Path, PathBuf};
 use parking_lot::{Mutex, RwLock};
 
 use super::protocol::{
-    ChapView, CutStatsView, ErrorCode, GroupView, LunView, MappingView, Request, Response,
+    ChapView, CutStatsView, ErrorCode, GroupView, PeerCheckView, RecoveryPointView,
+    ReplicationView, LunView, MappingView, Request, Response,
     SnapshotMappingView, SnapshotView, SnapshotVolumeView, StatusView, TargetView, VolumeView,
 };
 use super::store::{self, StoreError};
 use super::time::rfc3339_utc;
 use super::validate::{self, format_size, ValidationError};
+use super::replication as repl;
 use crate::catalog::{
-    split_snapshot_ref, Catalog, ChapSpec, GroupSpec, LunSpec, SnapshotSpec, TargetSpec, VolumeSpec,
+    split_snapshot_ref, Catalog, ChapSpec, GroupSpec, LunSpec, PeerSpec, ReplicationRole,
+    ReplicationSpec, SnapshotSpec, TargetSpec, VolumeSpec,
 };
+use crate::replication::wire::RemoteVolume;
+use crate::replication::ReplicationError;
 use crate::server::SessionInfo;
 use crate::tracking::{CutError, SnapshotInfo};
 use crate::volume::VolumeError;
@@ -72,6 +77,53 @@ pub trait Host: Sync {
     /// What snapshot `cut` of `volume` keeps; `None` when the volume does not have it
     /// (its state was lost in a crash).
     fn snapshot_usage(&self, volume: &str, cut: u64) -> Option<SnapshotInfo>;
+    /// Connects to a peer, proves the secret both ways, measures the round trip.
+    fn peer_check(&self, name: &str, peer: &PeerSpec) -> PeerCheckView {
+        let _ = peer;
+        PeerCheckView {
+            name: name.into(),
+            addr: peer.addr.clone(),
+            reachable: false,
+            authenticated: false,
+            protocol_version: None,
+            rtt_us: None,
+            error: Some(ReplicationError::Unavailable.to_string()),
+        }
+    }
+    /// Creates the secondary side of a new primary set on its peer.
+    fn replication_create_remote(
+        &self,
+        _name: &str,
+        _spec: &ReplicationSpec,
+        _peer: &PeerSpec,
+        _volumes: Vec<RemoteVolume>,
+    ) -> Result<(), ReplicationError> {
+        Err(ReplicationError::Unavailable)
+    }
+    /// Deletes the secondary side of a primary set on its peer.
+    fn replication_delete_remote(
+        &self,
+        _name: &str,
+        _spec: &ReplicationSpec,
+        _peer: &PeerSpec,
+    ) -> Result<(), ReplicationError> {
+        Err(ReplicationError::Unavailable)
+    }
+    /// A set was saved in the catalog: start running it.
+    fn replication_started(&self, _name: &str) {}
+    /// A set is leaving the catalog: stop it (a running cycle is abandoned, nothing
+    /// is lost) and drop its local state.
+    fn replication_stopped(&self, _name: &str, _spec: &ReplicationSpec) {}
+    /// `replicate`: start a cycle now, or queue one by the set's policy.
+    fn replicate(&self, name: &str) -> Result<String, ReplicationError> {
+        Err(ReplicationError::NotPrimary(name.into()))
+    }
+    /// The runtime part of a set's view (status, cuts, progress).
+    fn replication_runtime(&self, _name: &str, _view: &mut ReplicationView) {}
+    /// A secondary set's recovery points, newest first.
+    fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPointView>, ReplicationError> {
+        Err(ReplicationError::NotSecondary(name.into()))
+    }
 }
 
 /// A snapshot's cut as the host took it.
@@ -147,6 +199,30 @@ pub enum AdminError {
     VolumeHasSnapshots { name: String, snapshots: String },
     #[error("snapshot '{name}' is mapped ({mappings}); unmap it first")]
     SnapshotMapped { name: String, mappings: String },
+    #[error("no peer named '{0}'")]
+    NoPeer(String),
+    #[error("peer '{0}' already exists")]
+    PeerExists(String),
+    #[error("peer '{name}' is used by replication set(s) {sets}; delete them first")]
+    PeerInUse { name: String, sets: String },
+    #[error("no replication set named '{0}'")]
+    NoSet(String),
+    #[error("replication set '{0}' already exists")]
+    SetExists(String),
+    #[error("volume '{volume}' is in group '{group}': replicate the group (--group {group}), which is cut as one")]
+    ReplicateGroup { volume: String, group: String },
+    #[error("volume '{volume}' is already in replication set '{set}'")]
+    AlreadyReplicated { volume: String, set: String },
+    #[error("volume '{volume}' is a secondary of replication set '{set}'; {what}")]
+    SecondaryVolume {
+        volume: String,
+        set: String,
+        what: &'static str,
+    },
+    #[error("volume '{volume}' is in replication set '{set}'; delete the set first")]
+    VolumeReplicated { volume: String, set: String },
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
     #[error("cannot take snapshot '{name}': {source}")]
     TakeSnapshot {
         name: String,
@@ -207,7 +283,9 @@ impl AdminError {
             | AdminError::NotInAcl { .. }
             | AdminError::NoChap(_)
             | AdminError::NoSnapshot(_)
-            | AdminError::NotInSnapshot { .. } => ErrorCode::NotFound,
+            | AdminError::NotInSnapshot { .. }
+            | AdminError::NoPeer(_)
+            | AdminError::NoSet(_) => ErrorCode::NotFound,
             AdminError::VolumeExists(_)
             | AdminError::TargetExists(_)
             | AdminError::GroupExists(_)
@@ -215,6 +293,8 @@ impl AdminError {
             | AdminError::LunTaken { .. }
             | AdminError::AlreadyInAcl { .. }
             | AdminError::SnapshotExists(_)
+            | AdminError::PeerExists(_)
+            | AdminError::SetExists(_)
             | AdminError::FileExists(_) => ErrorCode::AlreadyExists,
             AdminError::VolumeMapped { .. }
             | AdminError::TargetHasLuns { .. }
@@ -223,7 +303,13 @@ impl AdminError {
             | AdminError::LastInGroup { .. }
             | AdminError::GroupReplicated { .. }
             | AdminError::VolumeHasSnapshots { .. }
-            | AdminError::SnapshotMapped { .. } => ErrorCode::InUse,
+            | AdminError::SnapshotMapped { .. }
+            | AdminError::PeerInUse { .. }
+            | AdminError::ReplicateGroup { .. }
+            | AdminError::AlreadyReplicated { .. }
+            | AdminError::SecondaryVolume { .. }
+            | AdminError::VolumeReplicated { .. } => ErrorCode::InUse,
+            AdminError::Replication(e) => replication_code(e),
             AdminError::TargetBusy { .. } => ErrorCode::Busy,
             // Writes did not drain in time, or another cut holds a gate: try again.
             AdminError::TakeSnapshot {
@@ -235,6 +321,20 @@ impl AdminError {
                 ErrorCode::Io
             }
         }
+    }
+}
+
+fn replication_code(e: &ReplicationError) -> ErrorCode {
+    match e {
+        ReplicationError::AuthRefused { .. } | ReplicationError::PeerUnproven { .. } => {
+            ErrorCode::AuthFailed
+        }
+        ReplicationError::Discarded(_) | ReplicationError::AlreadyQueued(_) => ErrorCode::Busy,
+        ReplicationError::NotPrimary(_) | ReplicationError::NotSecondary(_) => {
+            ErrorCode::Invalid
+        }
+        ReplicationError::Remote { .. } => ErrorCode::Refused,
+        _ => ErrorCode::Unreachable,
     }
 }
 
@@ -265,6 +365,10 @@ pub enum Effect {
         volumes: Vec<String>,
         cut: u64,
     },
+    /// Create the secondary side on the peer, save, start the set.
+    CreateReplication { name: String },
+    /// Stop the set, delete the peer's side (primary), save.
+    DeleteReplication { name: String, spec: ReplicationSpec },
 }
 
 /// Carries out one request. Never panics on bad input; every refusal is an error response.
@@ -286,14 +390,19 @@ fn execute<H: Host + ?Sized>(host: &H, req: Request) -> Result<Response, AdminEr
     let sessions = host.sessions();
     let (effect, response) = change(&mut new, req, &sessions, &mut rand::random::<u64>)?;
     let created = match &effect {
-        Effect::CreateSnapshot { name } => Some(name.clone()),
+        Effect::CreateSnapshot { name } => Some((true, name.clone())),
+        Effect::CreateReplication { name } => Some((false, name.clone())),
         _ => None,
     };
     commit(host, new, effect)?;
-    // A new snapshot's view shows what only the cut knows (its id, time, pause).
-    if let Some(name) = created {
+    // A new object's view shows what only the commit knows (cut id, time, status).
+    if let Some((snapshot, name)) = created {
         let c = host.catalog().read().clone();
-        return Ok(Response::Snapshot(snapshot_view(host, &c, &name)));
+        return Ok(if snapshot {
+            Response::Snapshot(snapshot_view(host, &c, &name))
+        } else {
+            Response::Replication(full_replication_view(host, &c, &name))
+        });
     }
     Ok(response)
 }
@@ -361,6 +470,44 @@ fn query<H: Host + ?Sized>(host: &H, c: &Catalog, req: &Request) -> Result<Respo
                 return Err(AdminError::NoSnapshot(name.clone()));
             }
             Response::Snapshot(snapshot_view(host, c, name))
+        }
+        Request::PeerList => Response::Peers {
+            peers: c.peers.keys().map(|n| repl::peer_view(c, n)).collect(),
+        },
+        Request::PeerCheck { name } => {
+            let peer = c
+                .peers
+                .get(name)
+                .ok_or_else(|| AdminError::NoPeer(name.clone()))?;
+            Response::PeerCheck(host.peer_check(name, peer))
+        }
+        Request::ReplicationList => Response::Replications {
+            replications: c
+                .replications
+                .keys()
+                .map(|n| full_replication_view(host, c, n))
+                .collect(),
+        },
+        Request::ReplicationShow { name } => {
+            if !c.replications.contains_key(name) {
+                return Err(AdminError::NoSet(name.clone()));
+            }
+            Response::Replication(full_replication_view(host, c, name))
+        }
+        Request::Replicate { name } => {
+            if !c.replications.contains_key(name) {
+                return Err(AdminError::NoSet(name.clone()));
+            }
+            done(host.replicate(name)?)
+        }
+        Request::RecoveryPoints { name } => {
+            if !c.replications.contains_key(name) {
+                return Err(AdminError::NoSet(name.clone()));
+            }
+            Response::RecoveryPoints {
+                set: name.clone(),
+                points: host.recovery_points(name)?,
+            }
         }
         _ => unreachable!("is_change() covers every other request"),
     })
@@ -459,6 +606,12 @@ fn snapshot_view<H: Host + ?Sized>(host: &H, c: &Catalog, name: &str) -> Snapsho
             })
             .collect(),
     }
+}
+
+fn full_replication_view<H: Host + ?Sized>(host: &H, c: &Catalog, name: &str) -> ReplicationView {
+    let mut v = repl::replication_view(c, name);
+    host.replication_runtime(name, &mut v);
+    v
 }
 
 fn group_view(c: &Catalog, name: &str) -> GroupView {
@@ -615,6 +768,10 @@ pub fn change(
                 let group = group.to_string();
                 return Err(AdminError::VolumeGrouped { name, group });
             }
+            if let Some((set, _)) = c.replication_of(&name) {
+                let set = set.to_string();
+                return Err(AdminError::VolumeReplicated { volume: name, set });
+            }
             let snapshots: Vec<&str> = c.snapshots_of(&name).collect();
             if !snapshots.is_empty() {
                 let snapshots = snapshots.join(", ");
@@ -737,6 +894,14 @@ pub fn change(
             let (base, snapshot) = split_snapshot_ref(&volume);
             if !c.volumes.contains_key(base) {
                 return Err(AdminError::NoVolume(base.to_string()));
+            }
+            if !read_only && snapshot.is_none() && c.is_secondary(base) {
+                let set = c.replication_of(base).map(|(s, _)| s.to_string());
+                return Err(AdminError::SecondaryVolume {
+                    volume: base.to_string(),
+                    set: set.unwrap_or_default(),
+                    what: "map it --read-only (it becomes writable when promoted)",
+                });
             }
             // A snapshot reads as its cut: it is never writable.
             let read_only = read_only || snapshot.is_some();
@@ -890,6 +1055,14 @@ pub fn change(
             if c.snapshots.contains_key(&name) {
                 return Err(AdminError::SnapshotExists(name));
             }
+            if let Some(v) = volumes.iter().find(|v| c.is_secondary(v)) {
+                let set = c.replication_of(v).map(|(s, _)| s.to_string());
+                return Err(AdminError::SecondaryVolume {
+                    volume: v.clone(),
+                    set: set.unwrap_or_default(),
+                    what: "it changes only by replication: its recovery points are its snapshots",
+                });
+            }
             // The cut fills in `cut`, `created` and `pause_us` (commit).
             c.snapshots.insert(
                 name.clone(),
@@ -928,6 +1101,31 @@ pub fn change(
                 )),
             ))
         }
+        Request::PeerCreate { name, addr, secret } => repl::peer_create(c, name, addr, secret.0),
+        Request::PeerDelete { name } => repl::peer_delete(c, name),
+        Request::ReplicationCreate {
+            name,
+            volume,
+            group,
+            peer,
+            every,
+            queue_policy,
+            keep,
+            target_prefix,
+        } => repl::replication_create(
+            c,
+            repl::CreateArgs {
+                name,
+                volume,
+                group,
+                peer,
+                every,
+                queue_policy,
+                keep,
+                target_prefix,
+            },
+        ),
+        Request::ReplicationDelete { name } => repl::replication_delete(c, name),
         Request::Status
         | Request::VolumeList
         | Request::VolumeShow { .. }
@@ -937,7 +1135,13 @@ pub fn change(
         | Request::TargetShow { .. }
         | Request::SessionList
         | Request::SnapshotList
-        | Request::SnapshotShow { .. } => unreachable!("queries are not changes"),
+        | Request::SnapshotShow { .. }
+        | Request::PeerList
+        | Request::PeerCheck { .. }
+        | Request::ReplicationList
+        | Request::ReplicationShow { .. }
+        | Request::Replicate { .. }
+        | Request::RecoveryPoints { .. } => unreachable!("queries are not changes"),
     }
 }
 
@@ -1034,6 +1238,40 @@ fn commit<H: Host + ?Sized>(host: &H, new: Catalog, effect: Effect) -> Result<()
             store::save(dir, &new)?;
             *host.catalog().write() = new;
             host.drop_snapshot(&volumes, cut);
+        }
+        Effect::CreateReplication { name } => {
+            let spec = new.replications[&name].clone();
+            let peer = new.peers[&spec.peer].clone();
+            let volumes: Vec<RemoteVolume> = spec
+                .volumes
+                .iter()
+                .zip(&spec.remote_volumes)
+                .map(|(local, remote)| RemoteVolume {
+                    name: remote.clone(),
+                    size: new.volumes[local].size,
+                    block_size: new.volumes[local].block_size,
+                })
+                .collect();
+            host.replication_create_remote(&name, &spec, &peer, volumes)?;
+            if let Err(e) = store::save(dir, &new) {
+                if let Err(undo) = host.replication_delete_remote(&name, &spec, &peer) {
+                    tracing::warn!(set = %name, error = %undo, "cannot undo the peer's side");
+                }
+                return Err(e.into());
+            }
+            *host.catalog().write() = new;
+            host.replication_started(&name);
+            tracing::info!(set = %name, peer = %spec.peer, "replication set created");
+        }
+        Effect::DeleteReplication { name, spec } => {
+            if spec.role == ReplicationRole::Primary {
+                let peer = new.peers[&spec.peer].clone();
+                host.replication_delete_remote(&name, &spec, &peer)?;
+            }
+            store::save(dir, &new)?;
+            *host.catalog().write() = new;
+            host.replication_stopped(&name, &spec);
+            tracing::info!(set = %name, "replication set deleted");
         }
     }
     Ok(())

@@ -14,6 +14,7 @@
 pub mod apply;
 pub mod client;
 pub mod protocol;
+pub mod replication;
 pub mod server;
 pub mod startup;
 pub mod store;

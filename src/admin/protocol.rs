@@ -30,6 +30,14 @@
 //! | `snapshot_list`                                              | `snapshots` {snapshots: [..]}|
 //! | `snapshot_show` name                                         | `snapshot`                 |
 //! | `snapshot_delete` name                                       | `done`                     |
+//! | `peer_create` name, addr, secret                             | `peer` (PeerView)          |
+//! | `peer_list` / `peer_check` name / `peer_delete` name         | `peers` / `peer_check` / `done` |
+//! | `replication_create` name, volume XOR group, peer, every?,   | `replication`              |
+//! |   queue_policy?, keep?, target_prefix?                       |                            |
+//! | `replication_list` / `replication_show` name                 | `replications` / `replication` |
+//! | `replication_delete` name                                    | `done`                     |
+//! | `replicate` name                                             | `done`                     |
+//! | `recovery_points` name (on the secondary)                    | `recovery_points`          |
 //!
 //! Any request may instead get `{"result":"error","code":CODE,"message":TEXT}`, CODE one
 //! of `ErrorCode` in snake_case. Examples:
@@ -79,6 +87,16 @@ pub const COMMANDS: &[&str] = &[
     "snapshot_list",
     "snapshot_show",
     "snapshot_delete",
+    "peer_create",
+    "peer_list",
+    "peer_check",
+    "peer_delete",
+    "replication_create",
+    "replication_list",
+    "replication_show",
+    "replication_delete",
+    "replicate",
+    "recovery_points",
 ];
 
 /// A CHAP secret: serialized as a plain string, never shown by `Debug`.
@@ -195,6 +213,60 @@ pub enum Request {
     SnapshotDelete {
         name: String,
     },
+    /// Another twinlun's replication listener and the secret both sides share.
+    PeerCreate {
+        name: String,
+        addr: String,
+        secret: Secret,
+    },
+    PeerList,
+    /// Connects, proves the secret both ways, reports version and round-trip time.
+    PeerCheck {
+        name: String,
+    },
+    PeerDelete {
+        name: String,
+    },
+    /// Binds a volume or a group (exactly one) to a peer; creates the secondary volumes
+    /// on the peer.
+    ReplicationCreate {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        volume: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        peer: String,
+        /// Interval between cycles ("30s", "5m", "1h"); none: only on `replicate`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        every: Option<String>,
+        #[serde(default)]
+        queue_policy: crate::catalog::QueuePolicy,
+        #[serde(default = "default_keep")]
+        keep: u32,
+        /// Prefix of the secondary volumes' names (default: the same names).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target_prefix: Option<String>,
+    },
+    ReplicationList,
+    ReplicationShow {
+        name: String,
+    },
+    ReplicationDelete {
+        name: String,
+    },
+    /// Start a cycle now (the queue policy decides when one runs).
+    Replicate {
+        name: String,
+    },
+    /// On the secondary: the set's recovery points.
+    RecoveryPoints {
+        name: String,
+    },
+}
+
+/// Recovery points a secondary keeps unless told otherwise.
+pub fn default_keep() -> u32 {
+    8
 }
 
 impl Request {
@@ -212,6 +284,12 @@ impl Request {
                 | Request::SessionList
                 | Request::SnapshotList
                 | Request::SnapshotShow { .. }
+                | Request::PeerList
+                | Request::PeerCheck { .. }
+                | Request::ReplicationList
+                | Request::ReplicationShow { .. }
+                | Request::Replicate { .. }
+                | Request::RecoveryPoints { .. }
         )
     }
 }
@@ -265,6 +343,19 @@ pub enum Response {
     Snapshots {
         snapshots: Vec<SnapshotView>,
     },
+    Peer(PeerView),
+    Peers {
+        peers: Vec<PeerView>,
+    },
+    PeerCheck(PeerCheckView),
+    Replication(ReplicationView),
+    Replications {
+        replications: Vec<ReplicationView>,
+    },
+    RecoveryPoints {
+        set: String,
+        points: Vec<RecoveryPointView>,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -305,6 +396,12 @@ pub enum ErrorCode {
     Busy,
     /// The change was valid but the disk said no (creating a file, saving the catalog).
     Io,
+    /// A peer did not prove the shared secret, or refused ours.
+    AuthFailed,
+    /// A peer could not be reached or stopped answering.
+    Unreachable,
+    /// A peer refused the request.
+    Refused,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -323,6 +420,94 @@ pub struct StatusView {
     pub targets: usize,
     pub sessions: usize,
 }
+
+/// A peer as shown: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub name: String,
+    pub addr: String,
+    /// Replication sets using it.
+    pub sets: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerCheckView {
+    pub name: String,
+    pub addr: String,
+    pub reachable: bool,
+    pub authenticated: bool,
+    pub protocol_version: Option<u32>,
+    pub rtt_us: Option<u64>,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryPointView {
+    pub cut_id: u64,
+    pub time: String,
+    pub time_unix: u64,
+    /// Bytes its undo log keeps.
+    pub size: u64,
+}
+
+/// Bytes one cycle shipped, by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct CycleView {
+    pub cut_id: u64,
+    /// Page content shipped.
+    pub data_bytes: u64,
+    /// Bytes of zero/discard records (their headers: the zeros do not travel).
+    pub record_bytes: u64,
+    /// Framing, extent headers and control messages.
+    pub overhead_bytes: u64,
+    /// Bytes the zero records stand for.
+    pub zero_bytes: u64,
+    pub seconds: f64,
+    pub full: bool,
+}
+
+impl Eq for CycleProgressView {}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct CycleProgressView {
+    pub cut_id: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub rate_bytes_per_sec: f64,
+    pub eta_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicationView {
+    pub name: String,
+    /// `primary` or `secondary`.
+    pub role: String,
+    pub peer: String,
+    pub group: Option<String>,
+    pub volumes: Vec<String>,
+    pub remote_volumes: Vec<String>,
+    pub every_secs: Option<u64>,
+    pub queue_policy: crate::catalog::QueuePolicy,
+    pub keep: u32,
+    /// `unsynchronized`, `start-replication`, `replicating`, `ready`, `suspended`, `error`.
+    pub status: String,
+    pub generation: u64,
+    pub last_cut_id: Option<u64>,
+    pub last_cut_time: Option<String>,
+    /// Seconds since the last committed cut was taken.
+    pub lag_secs: Option<u64>,
+    pub progress: Option<CycleProgressView>,
+    pub last_cycle: Option<CycleView>,
+    pub cycles: u64,
+    /// Requests waiting (queue-latest keeps at most one).
+    pub queued: u32,
+    pub error: Option<String>,
+    pub next_retry: Option<String>,
+}
+
+impl Eq for ReplicationView {}
+impl Eq for CycleView {}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CutStatsView {

@@ -3,7 +3,9 @@
 
 use std::fmt::Write;
 
-use super::protocol::{ChapView, GroupView, Response, SnapshotView, TargetView, VolumeView};
+use super::protocol::{
+    ChapView, GroupView, ReplicationView, Response, SnapshotView, TargetView, VolumeView,
+};
 use super::validate::format_size;
 
 /// Left-aligned columns separated by two spaces; the header is the first row.
@@ -111,6 +113,69 @@ fn snapshot_detail(s: &SnapshotView) -> String {
         &rows,
     ));
     out
+}
+
+fn opt<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".into(), ToString::to_string)
+}
+
+fn replication_detail(r: &ReplicationView) -> String {
+    let mut pairs = vec![
+        ("name", r.name.clone()),
+        ("role", r.role.clone()),
+        ("status", r.status.clone()),
+        ("peer", r.peer.clone()),
+        (
+            "of",
+            match &r.group {
+                Some(g) => format!("group {g} ({})", r.volumes.join(", ")),
+                None => format!("volume {}", r.volumes.join(", ")),
+            },
+        ),
+        ("on the peer", r.remote_volumes.join(", ")),
+        ("every", r.every_secs.map_or_else(|| "on request".into(), |s| format!("{s}s"))),
+        ("queue policy", format!("{:?}", r.queue_policy).to_lowercase()),
+        ("keep", r.keep.to_string()),
+        ("generation", r.generation.to_string()),
+        ("last cut", opt(&r.last_cut_id)),
+        ("last cut time", opt(&r.last_cut_time)),
+        ("lag", r.lag_secs.map_or_else(|| "-".into(), |s| format!("{s}s"))),
+        ("cycles", r.cycles.to_string()),
+        ("queued", r.queued.to_string()),
+    ];
+    if let Some(p) = &r.progress {
+        pairs.push((
+            "progress",
+            format!(
+                "cut {}: {} of {} ({}/s, ETA {})",
+                p.cut_id,
+                format_size(p.bytes_done),
+                format_size(p.bytes_total),
+                format_size(p.rate_bytes_per_sec as u64),
+                p.eta_secs.map_or_else(|| "-".into(), |e| format!("{e:.0}s"))
+            ),
+        ));
+    }
+    if let Some(c) = &r.last_cycle {
+        pairs.push((
+            "last cycle",
+            format!(
+                "cut {}{}: data {}, zero records {} (for {} of zeros), overhead {}, {:.2}s",
+                c.cut_id,
+                if c.full { " (full)" } else { "" },
+                format_size(c.data_bytes),
+                format_size(c.record_bytes),
+                format_size(c.zero_bytes),
+                format_size(c.overhead_bytes),
+                c.seconds
+            ),
+        ));
+    }
+    if let Some(e) = &r.error {
+        pairs.push(("error", e.clone()));
+        pairs.push(("next retry", opt(&r.next_retry)));
+    }
+    kv(&pairs)
 }
 
 fn volume_detail(v: &VolumeView) -> String {
@@ -327,6 +392,72 @@ pub fn render(resp: &Response) -> String {
                 &["SNAPSHOT", "CUT", "CREATED", "STATE", "PAGES", "USED", "OF"],
                 &rows,
             )
+        }
+        Response::Peer(p) => kv(&[
+            ("name", p.name.clone()),
+            ("address", p.addr.clone()),
+            (
+                "sets",
+                if p.sets.is_empty() {
+                    "-".into()
+                } else {
+                    p.sets.join(", ")
+                },
+            ),
+        ]),
+        Response::Peers { peers } if peers.is_empty() => "no peers\n".into(),
+        Response::Peers { peers } => {
+            let rows: Vec<Vec<String>> = peers
+                .iter()
+                .map(|p| vec![p.name.clone(), p.addr.clone(), p.sets.join(", ")])
+                .collect();
+            table(&["PEER", "ADDRESS", "SETS"], &rows)
+        }
+        Response::PeerCheck(p) => kv(&[
+            ("peer", p.name.clone()),
+            ("address", p.addr.clone()),
+            ("reachable", if p.reachable { "yes" } else { "no" }.into()),
+            ("authenticated", if p.authenticated { "yes" } else { "no" }.into()),
+            ("protocol version", opt(&p.protocol_version)),
+            (
+                "round trip",
+                p.rtt_us.map_or_else(|| "-".into(), |us| format!("{us} us")),
+            ),
+            ("error", opt(&p.error)),
+        ]),
+        Response::Replication(r) => replication_detail(r),
+        Response::Replications { replications } if replications.is_empty() => {
+            "no replication sets\n".into()
+        }
+        Response::Replications { replications } => {
+            let rows: Vec<Vec<String>> = replications
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.name.clone(),
+                        r.role.clone(),
+                        r.status.clone(),
+                        r.peer.clone(),
+                        opt(&r.last_cut_id),
+                        opt(&r.last_cut_time),
+                        r.volumes.join(" "),
+                    ]
+                })
+                .collect();
+            table(
+                &["SET", "ROLE", "STATUS", "PEER", "LAST CUT", "TIME", "VOLUMES"],
+                &rows,
+            )
+        }
+        Response::RecoveryPoints { set, points } if points.is_empty() => {
+            format!("no recovery points of '{set}' yet\n")
+        }
+        Response::RecoveryPoints { points, .. } => {
+            let rows: Vec<Vec<String>> = points
+                .iter()
+                .map(|p| vec![p.cut_id.to_string(), p.time.clone(), format_size(p.size)])
+                .collect();
+            table(&["CUT", "TIME", "SIZE"], &rows)
         }
         Response::Target(t) => target_detail(t),
         Response::Targets { targets } if targets.is_empty() => "no targets\n".into(),

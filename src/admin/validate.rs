@@ -25,6 +25,22 @@ pub enum ValidationError {
         "a snapshot is of one volume or of one group: give exactly one of --volume and --group"
     )]
     SnapshotSource,
+    #[error("invalid peer name '{name}': {why}")]
+    PeerName { name: String, why: &'static str },
+    #[error("invalid peer address '{addr}': {why}")]
+    PeerAddr { addr: String, why: &'static str },
+    #[error("invalid peer secret: {0}")]
+    PeerSecret(&'static str),
+    #[error("invalid replication set name '{name}': {why}")]
+    SetName { name: String, why: &'static str },
+    #[error("a replication set is of one volume or of one group: give exactly one of --volume and --group")]
+    SetSource,
+    #[error("invalid duration '{input}': {why}")]
+    Duration { input: String, why: &'static str },
+    #[error("--keep must be at least 1")]
+    Keep,
+    #[error("invalid target prefix '{prefix}': {why}")]
+    TargetPrefix { prefix: String, why: &'static str },
     #[error("a group needs at least one volume")]
     GroupEmpty,
     #[error("volume '{0}' is listed twice")]
@@ -116,6 +132,90 @@ pub fn check_volume_name(name: &str) -> Result<(), ValidationError> {
 pub fn check_group_name(name: &str) -> Result<(), ValidationError> {
     check_name(name).map_err(|why| ValidationError::GroupName {
         name: name.to_string(),
+        why,
+    })
+}
+
+/// Peer names follow the volume name rules.
+pub fn check_peer_name(name: &str) -> Result<(), ValidationError> {
+    check_name(name).map_err(|why| ValidationError::PeerName {
+        name: name.to_string(),
+        why,
+    })
+}
+
+/// Replication set names follow the volume name rules.
+pub fn check_set_name(name: &str) -> Result<(), ValidationError> {
+    check_name(name).map_err(|why| ValidationError::SetName {
+        name: name.to_string(),
+        why,
+    })
+}
+
+/// `HOST:PORT` (an IPv6 host in brackets), port 1..=65535.
+pub fn check_peer_addr(addr: &str) -> Result<(), ValidationError> {
+    let err = |why| ValidationError::PeerAddr {
+        addr: addr.to_string(),
+        why,
+    };
+    let (host, port) = addr.rsplit_once(':').ok_or(err("expected HOST:PORT"))?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(err("the port must be a number from 1 to 65535")),
+    }
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err("the host is empty or has spaces"));
+    }
+    Ok(())
+}
+
+/// Peer secrets: 12 to 256 bytes without control characters (HMAC key).
+pub fn check_peer_secret(secret: &str) -> Result<(), ValidationError> {
+    if secret.len() < 12 {
+        return Err(ValidationError::PeerSecret("it must be at least 12 bytes"));
+    }
+    if secret.len() > 256 || secret.chars().any(char::is_control) {
+        return Err(ValidationError::PeerSecret(
+            "it is longer than 256 bytes or has control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// "90" or "90s", "5m", "2h", "1d": a whole number of seconds, at least 1.
+pub fn parse_duration(input: &str) -> Result<u64, ValidationError> {
+    let err = |why| ValidationError::Duration {
+        input: input.to_string(),
+        why,
+    };
+    let s = input.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| err("expected a number and s, m, h or d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(err("the unit must be s, m, h or d")),
+    };
+    match n.checked_mul(mult) {
+        Some(0) => Err(err("it must be at least 1 second")),
+        Some(secs) => Ok(secs),
+        None => Err(err("too large")),
+    }
+}
+
+/// A prefix for secondary volume names: what may start a volume name.
+pub fn check_target_prefix(prefix: &str) -> Result<(), ValidationError> {
+    if prefix.len() > 32 {
+        return Err(ValidationError::TargetPrefix {
+            prefix: prefix.to_string(),
+            why: "longer than 32 characters",
+        });
+    }
+    check_name(prefix).map_err(|why| ValidationError::TargetPrefix {
+        prefix: prefix.to_string(),
         why,
     })
 }

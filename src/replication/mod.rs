@@ -3,3 +3,48 @@
 //! - `wire`: the peer protocol (frames, control messages, extents, secret proofs).
 
 pub mod wire;
+
+use wire::WireError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicationError {
+    #[error("cannot reach peer '{peer}' at {addr}")]
+    Connect {
+        peer: String,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("peer '{peer}' refused our proof of the secret: authentication failed (are the secrets the same on both sides?)")]
+    AuthRefused { peer: String },
+    #[error("peer '{peer}' did not prove it knows the secret: authentication failed")]
+    PeerUnproven { peer: String },
+    #[error("peer '{peer}' speaks replication protocol version {theirs}; this node speaks {ours}")]
+    Version { peer: String, theirs: u32, ours: u32 },
+    #[error("talking to peer '{peer}'")]
+    Wire {
+        peer: String,
+        #[source]
+        source: WireError,
+    },
+    #[error("peer '{peer}' refused: {message}")]
+    Remote {
+        peer: String,
+        code: String,
+        message: String,
+    },
+    #[error("peer '{peer}' answered out of turn")]
+    Unexpected { peer: String },
+    #[error("peer '{peer}' did not answer within {secs} s")]
+    Timeout { peer: String, secs: u64 },
+    #[error("replication does not run on this node")]
+    Unavailable,
+    #[error("replication set '{0}' is not a primary set running here")]
+    NotPrimary(String),
+    #[error("replication set '{0}' is not a secondary set here")]
+    NotSecondary(String),
+    #[error("a cycle of '{0}' is running and its queue policy is discard: the request is dropped")]
+    Discarded(String),
+    #[error("a cycle of '{0}' is running and one request is already queued (queue-latest keeps one)")]
+    AlreadyQueued(String),
+}

@@ -1,0 +1,216 @@
+//! Admin requests about peers and replication sets: the catalog side of each (pure, in
+//! `change_*`) and the views. What needs the network or the running replicator goes
+//! through `Host` in `apply`.
+//!
+//! Semantics an admin can rely on:
+//! - A peer's secret goes in with `peer create` and never comes out (views, logs).
+//! - `peer delete` is refused while a replication set uses the peer, naming the sets.
+//! - `replication create` needs the peer reachable: it creates the secondary volumes
+//!   there (same size and block size; same names unless `--target-prefix`) before the
+//!   set is saved here; if the peer refuses, nothing is created on either side.
+//! - A volume is in at most one set. A grouped volume is replicated with its group.
+//!   While a group is in a set its membership is fixed (see `apply`).
+//! - Secondary volumes change only by replication: mapping one read-write, taking a
+//!   snapshot of one and deleting one are refused.
+
+use super::apply::{AdminError, Effect};
+use super::protocol::{PeerView, ReplicationView, Response};
+use super::validate::{self, ValidationError};
+use crate::catalog::{Catalog, PeerSpec, QueuePolicy, ReplicationRole, ReplicationSpec};
+
+pub fn peer_view(c: &Catalog, name: &str) -> PeerView {
+    PeerView {
+        name: name.into(),
+        addr: c.peers[name].addr.clone(),
+        sets: sets_using(c, name),
+    }
+}
+
+fn sets_using(c: &Catalog, peer: &str) -> Vec<String> {
+    c.replications
+        .iter()
+        .filter(|(_, r)| r.peer == peer)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+pub fn peer_create(
+    c: &mut Catalog,
+    name: String,
+    addr: String,
+    secret: String,
+) -> Result<(Effect, Response), AdminError> {
+    validate::check_peer_name(&name)?;
+    validate::check_peer_addr(&addr)?;
+    validate::check_peer_secret(&secret)?;
+    if c.peers.contains_key(&name) {
+        return Err(AdminError::PeerExists(name));
+    }
+    c.peers.insert(name.clone(), PeerSpec { addr, secret });
+    Ok((Effect::None, Response::Peer(peer_view(c, &name))))
+}
+
+pub fn peer_delete(c: &mut Catalog, name: String) -> Result<(Effect, Response), AdminError> {
+    if !c.peers.contains_key(&name) {
+        return Err(AdminError::NoPeer(name));
+    }
+    let sets = sets_using(c, &name);
+    if !sets.is_empty() {
+        return Err(AdminError::PeerInUse {
+            name,
+            sets: sets.join(", "),
+        });
+    }
+    c.peers.remove(&name);
+    Ok((
+        Effect::None,
+        Response::Done {
+            message: format!("deleted peer '{name}'"),
+        },
+    ))
+}
+
+/// The arguments of `replication create`.
+pub struct CreateArgs {
+    pub name: String,
+    pub volume: Option<String>,
+    pub group: Option<String>,
+    pub peer: String,
+    pub every: Option<String>,
+    pub queue_policy: QueuePolicy,
+    pub keep: u32,
+    pub target_prefix: Option<String>,
+}
+
+pub fn replication_create(
+    c: &mut Catalog,
+    a: CreateArgs,
+) -> Result<(Effect, Response), AdminError> {
+    validate::check_set_name(&a.name)?;
+    let every_secs = a.every.as_deref().map(validate::parse_duration).transpose()?;
+    if a.keep == 0 {
+        return Err(ValidationError::Keep.into());
+    }
+    if let Some(p) = &a.target_prefix {
+        validate::check_target_prefix(p)?;
+    }
+    if c.replications.contains_key(&a.name) {
+        return Err(AdminError::SetExists(a.name));
+    }
+    if !c.peers.contains_key(&a.peer) {
+        return Err(AdminError::NoPeer(a.peer));
+    }
+    let volumes = match (a.volume, &a.group) {
+        (Some(v), None) => {
+            if !c.volumes.contains_key(&v) {
+                return Err(AdminError::NoVolume(v));
+            }
+            if let Some(g) = c.group_of(&v) {
+                return Err(AdminError::ReplicateGroup {
+                    volume: v.clone(),
+                    group: g.to_string(),
+                });
+            }
+            vec![v]
+        }
+        (None, Some(g)) => c
+            .groups
+            .get(g)
+            .ok_or_else(|| AdminError::NoGroup(g.clone()))?
+            .volumes
+            .clone(),
+        _ => return Err(ValidationError::SetSource.into()),
+    };
+    for v in &volumes {
+        if let Some((set, _)) = c.replication_of(v) {
+            return Err(AdminError::AlreadyReplicated {
+                volume: v.clone(),
+                set: set.to_string(),
+            });
+        }
+    }
+    let prefix = a.target_prefix.unwrap_or_default();
+    let remote_volumes: Vec<String> = volumes.iter().map(|v| format!("{prefix}{v}")).collect();
+    for r in &remote_volumes {
+        validate::check_volume_name(r)?;
+    }
+    if let Some(g) = &a.group {
+        c.groups
+            .get_mut(g)
+            .expect("checked above")
+            .replication_set = Some(a.name.clone());
+    }
+    c.replications.insert(
+        a.name.clone(),
+        ReplicationSpec {
+            role: ReplicationRole::Primary,
+            peer: a.peer,
+            group: a.group,
+            volumes,
+            remote_volumes,
+            every_secs,
+            queue_policy: a.queue_policy,
+            keep: a.keep,
+        },
+    );
+    Ok((
+        Effect::CreateReplication { name: a.name },
+        Response::Done {
+            message: String::new(),
+        },
+    ))
+}
+
+pub fn replication_delete(c: &mut Catalog, name: String) -> Result<(Effect, Response), AdminError> {
+    let spec = c
+        .replications
+        .remove(&name)
+        .ok_or_else(|| AdminError::NoSet(name.clone()))?;
+    if let Some(g) = spec.group.as_ref().and_then(|g| c.groups.get_mut(g)) {
+        g.replication_set = None;
+    }
+    let message = match spec.role {
+        ReplicationRole::Primary => format!(
+            "deleted replication set '{name}'; its volumes here and on peer '{}' are plain volumes now",
+            spec.peer
+        ),
+        ReplicationRole::Secondary => format!(
+            "deleted the secondary side of replication set '{name}' and its recovery points; its volumes are plain volumes now"
+        ),
+    };
+    Ok((
+        Effect::DeleteReplication { name, spec },
+        Response::Done { message },
+    ))
+}
+
+/// The catalog part of a set's view; `apply` adds the runtime part from the host.
+pub fn replication_view(c: &Catalog, name: &str) -> ReplicationView {
+    let r = &c.replications[name];
+    ReplicationView {
+        name: name.into(),
+        role: match r.role {
+            ReplicationRole::Primary => "primary",
+            ReplicationRole::Secondary => "secondary",
+        }
+        .into(),
+        peer: r.peer.clone(),
+        group: r.group.clone(),
+        volumes: r.volumes.clone(),
+        remote_volumes: r.remote_volumes.clone(),
+        every_secs: r.every_secs,
+        queue_policy: r.queue_policy,
+        keep: r.keep,
+        status: "unsynchronized".into(),
+        generation: 0,
+        last_cut_id: None,
+        last_cut_time: None,
+        lag_secs: None,
+        progress: None,
+        last_cycle: None,
+        cycles: 0,
+        queued: 0,
+        error: None,
+        next_retry: None,
+    }
+}
