@@ -1,20 +1,35 @@
 #!/usr/bin/env bash
-# Compare twinlun with tgt (Debian `tgt`, a userspace iSCSI target) in one run.
+# Benchmark twinlun in one run, in two sections:
 #
-# Both targets serve a fresh 1 GiB sparse file from the same filesystem. QEMU's
-# iSCSI driver (libiscsi, from qemu-block-extra) drives them with `qemu-img bench`.
-# Cases run alternately against the two targets, each repeated --runs times; the
-# table shows the median IOPS of each side and their ratio (twinlun / tgt). These
-# machines are shared and noisy: the ratio is the number to look at, and
-# `--tgt-vs-tgt` (two identical tgt instances) shows how far it moves by chance.
+# targets   twinlun against tgt (Debian `tgt`, a userspace iSCSI target). Both serve a
+#           fresh 1 GiB sparse file from the same filesystem. Cases run alternately
+#           against the two targets, each repeated --runs times; the table shows the
+#           median IOPS of each side and their ratio (twinlun / tgt).
+# tracking  what write tracking costs: the 4k-qd32-write case against twinlun in three
+#           configurations, run back to back in rounds: `serve --no-write-tracking`,
+#           tracking on (the default), and tracking on with one live snapshot of the
+#           volume, taken right before the run and deleted after it (so every run pays
+#           the copy of each page's old content on its first overwrite). The table
+#           shows tracking / no tracking, snapshot / tracking and snapshot / no
+#           tracking, and how many of the writes had to copy a page first.
+#
+# QEMU's iSCSI driver (libiscsi, from qemu-block-extra) drives the targets with
+# `qemu-img bench`, whose offsets are sequential: each request follows the previous
+# one and they wrap at the end of the region. These machines are shared and noisy:
+# the ratios of runs made back to back are the numbers to look at, and
+# `--tgt-vs-tgt` (two identical tgt instances) shows how far they move by chance.
 #
 # Usage: scripts/bench.sh [options]
+#   --section targets|tracking
+#                         run one section only (default: both, targets first)
 #   --quick               short runs (a tenth of the normal request counts)
-#   --runs N              runs per case and target, median reported (default 5)
+#   --runs N              runs per case and target (rounds in the tracking section),
+#                         median reported (default 5)
 #   --engine uring|threads
 #                         passed to `twinlun serve` (default: the server's choice)
-#   --only twinlun|tgt    benchmark one target only (no ratio)
-#   --tgt-vs-tgt          compare two identical tgt instances (noise estimate)
+#   --only twinlun|tgt    benchmark one target only (no ratio); targets section only
+#   --tgt-vs-tgt          compare two identical tgt instances (noise estimate);
+#                         targets section only
 #   --tgt-bsoflags direct|sync
 #                         open tgt's backing file O_DIRECT or O_SYNC (default:
 #                         buffered, tgt's own default); match what twinlun does
@@ -27,10 +42,12 @@
 #   --no-install          do not install missing tools with apt-get
 #   --keep                keep the work dir (volumes, server logs) afterwards
 #
+# Without --section, --only and --tgt-vs-tgt run the targets section alone (and say so).
+#
 # Output on stdout: the IOPS table, a second table with the CPU time each target
-# process spent per I/O (less at the mercy of the neighbours' load than IOPS), and
-# the exact command lines used; target/bench/results.json holds every run.
-# Needs root for apt-get and tgtd.
+# process spent per I/O (less at the mercy of the neighbours' load than IOPS), the
+# tracking cost table, and the exact command lines used; target/bench/results.json
+# holds every run. Needs root for apt-get and tgtd.
 
 set -euo pipefail
 
@@ -38,6 +55,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
+SECTION=""
 QUICK=0
 RUNS=5
 ENGINE=""
@@ -71,6 +89,7 @@ usage() { sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
+        --section) SECTION=${2:?--section needs targets or tracking}; shift ;;
         --quick) QUICK=1 ;;
         --runs) RUNS=${2:?--runs needs a number}; shift ;;
         --engine) ENGINE=${2:?--engine needs uring or threads}; shift ;;
@@ -97,6 +116,16 @@ done
 [[ -z "$TGT_BSOFLAGS" || "$TGT_BSOFLAGS" == direct || "$TGT_BSOFLAGS" == sync ]] \
     || die "--tgt-bsoflags must be direct or sync, got '$TGT_BSOFLAGS'"
 [[ -n "$ONLY" && "$TGT_VS_TGT" == 1 ]] && die "--only and --tgt-vs-tgt exclude each other"
+[[ -z "$SECTION" || "$SECTION" == targets || "$SECTION" == tracking ]] \
+    || die "--section must be targets or tracking, got '$SECTION'"
+if [[ -n "$ONLY" || "$TGT_VS_TGT" == 1 ]]; then
+    [[ "$SECTION" == tracking ]] && die "--only and --tgt-vs-tgt choose targets; the tracking section runs twinlun alone"
+    [[ -z "$SECTION" ]] && say "--only or --tgt-vs-tgt given: running the targets section only"
+    SECTION=targets
+fi
+RUN_TARGETS=1; RUN_TRACKING=1
+[[ "$SECTION" == tracking ]] && RUN_TARGETS=0
+[[ "$SECTION" == targets ]] && RUN_TRACKING=0
 # Each LUN is 1 GiB; the pre-write view needs 256 KiB past the region (see prefill).
 [[ "$REGION_MIB" =~ ^[1-9][0-9]*$ && "$REGION_MIB" -le 1023 ]] \
     || die "--region-mib must be 1..1023, got '$REGION_MIB'"
@@ -118,6 +147,11 @@ CASES=(
     "128k-qd8-write  131072  8 write  8000"
     "4k-qd1-write    4096    1 write 25000"
 )
+# The case of the tracking section, with its CASES row's size, depth and count.
+TRACKING_CASE=4k-qd32-write
+# The bound issue 3 sets on what tracking alone may cost: tracking / no tracking of
+# write IOPS at or above this.
+TRACKING_BOUND=0.97
 
 # ---------------------------------------------------------------- tools
 
@@ -166,9 +200,14 @@ have_iscsi_driver || die "qemu-img has no usable iscsi driver (qemu-block-extra 
 
 # ---------------------------------------------------------------- sides
 
-# Two sides, A (numerator) and B (denominator). Normally A = twinlun, B = tgt.
-declare -A KIND LABEL PORT IQN LUN PID CTL LOG
-if [[ "$TGT_VS_TGT" == 1 ]]; then
+# A side is one target process. The targets section has two sides, A (numerator) and
+# B (denominator): normally A = twinlun, B = tgt. The tracking section has two twinluns,
+# N served with --no-write-tracking and T with tracking (T also runs the snapshot runs).
+declare -A KIND LABEL PORT IQN LUN PID CTL LOG SERVE_ARGS
+SIDES=()
+if [[ "$RUN_TARGETS" == 0 ]]; then
+    :
+elif [[ "$TGT_VS_TGT" == 1 ]]; then
     SIDES=(a b); KIND[a]=tgt; LABEL[a]="tgt#2"; KIND[b]=tgt; LABEL[b]=tgt
 elif [[ "$ONLY" == tgt ]]; then
     SIDES=(b); KIND[b]=tgt; LABEL[b]=tgt
@@ -176,6 +215,12 @@ elif [[ "$ONLY" == twinlun ]]; then
     SIDES=(a); KIND[a]=twinlun; LABEL[a]=twinlun
 else
     SIDES=(a b); KIND[a]=twinlun; LABEL[a]=twinlun; KIND[b]=tgt; LABEL[b]=tgt
+fi
+TSIDES=()
+if [[ "$RUN_TRACKING" == 1 ]]; then
+    TSIDES=(n t)
+    KIND[n]=twinlun; LABEL[n]=no-tracking; SERVE_ARGS[n]=--no-write-tracking
+    KIND[t]=twinlun; LABEL[t]=tracking; SERVE_ARGS[t]=""
 fi
 
 WORK="$OUT/work"
@@ -215,7 +260,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     local s
-    for s in "${SIDES[@]}"; do stop_side "$s"; done
+    for s in "${!PID[@]}"; do stop_side "$s"; done
     if [[ "$KEEP" == 1 ]]; then
         say "work dir kept: $WORK"
     elif [[ $rc != 0 ]]; then
@@ -325,26 +370,31 @@ start_twinlun() {
     PORT[$s]=$(pick_port)
     IQN[$s]="iqn.2026-11.io.twinlun:demo"
     LUN[$s]=0
-    LOG[$s]="$WORK/twinlun.log"
-    local cmd=("$bin" serve --data-dir "$WORK/twinlun-data" --listen "127.0.0.1:${PORT[$s]}")
+    LOG[$s]="$WORK/twinlun-$s.log"
+    local cmd=("$bin" serve --data-dir "$WORK/twinlun-$s-data" --listen "127.0.0.1:${PORT[$s]}")
     [[ -n "$ENGINE" ]] && cmd+=(--engine "$ENGINE")
+    [[ -n "${SERVE_ARGS[$s]:-}" ]] && cmd+=("${SERVE_ARGS[$s]}")
     note_cmd "${cmd[@]}"
     "${cmd[@]}" >"${LOG[$s]}" 2>&1 &
     PID[$s]=$!
     wait_listening "$s" 30
 }
 
+start_sides() {   # sides
+    local s
+    for s in "$@"; do
+        if [[ "${KIND[$s]}" == twinlun ]]; then start_twinlun "$s" "$BIN"; else start_tgt "$s"; fi
+        say "${LABEL[$s]} serving ${IQN[$s]} LUN ${LUN[$s]} on 127.0.0.1:${PORT[$s]}"
+    done
+}
+
 BIN=""
-for s in "${SIDES[@]}"; do
-    [[ "${KIND[$s]}" == twinlun ]] && BIN=$(twinlun_bin)
+for s in "${SIDES[@]}" "${TSIDES[@]}"; do
+    [[ "${KIND[$s]}" == twinlun ]] && { BIN=$(twinlun_bin); break; }
 done
 if [[ "$BIN" == */debug/* ]]; then
     say "warning: $BIN looks like a debug build; its numbers say little"
 fi
-for s in "${SIDES[@]}"; do
-    if [[ "${KIND[$s]}" == twinlun ]]; then start_twinlun "$s" "$BIN"; else start_tgt "$s"; fi
-    say "${LABEL[$s]} serving ${IQN[$s]} LUN ${LUN[$s]} on 127.0.0.1:${PORT[$s]}"
-done
 
 # ---------------------------------------------------------------- qemu-img bench
 
@@ -375,16 +425,19 @@ run_bench() {
     echo "$secs"
 }
 
-# Pre-write the region on every side (which also warms both targets up). The wrap is at
+# Pre-write the region on the given sides (which also warms them up). The wrap is at
 # view size minus request size, so a view 256 KiB past the region lets
 # region/128 KiB requests cover exactly [0, region).
 FILL_VIEW=$((REGION_BYTES + 262144))
 FILL_COUNT=$((REGION_BYTES / 131072))
-for s in "${SIDES[@]}"; do
-    say "pre-writing ${REGION_MIB} MiB on ${LABEL[$s]}"
-    note_line "$(bench_cmd "$s" 131072 8 write "$FILL_COUNT" "$FILL_VIEW" "$FILL_PATTERN")"
-    run_bench "$s" 131072 8 write "$FILL_COUNT" "$FILL_VIEW" "$FILL_PATTERN" >/dev/null
-done
+prefill() {   # sides
+    local s
+    for s in "$@"; do
+        say "pre-writing ${REGION_MIB} MiB on ${LABEL[$s]}"
+        note_line "$(bench_cmd "$s" 131072 8 write "$FILL_COUNT" "$FILL_VIEW" "$FILL_PATTERN")"
+        run_bench "$s" 131072 8 write "$FILL_COUNT" "$FILL_VIEW" "$FILL_PATTERN" >/dev/null
+    done
+}
 
 # Flush what the targets wrote to their files, so one case's page-cache writeback
 # does not land in the next case's timing (only this run's files, not the whole disk).
@@ -395,7 +448,11 @@ settle() {
 median() {   # numbers on stdin
     sort -g | awk '{v[NR]=$1} END {if (NR==0) exit 1; if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
 }
+median_of() { tr ' ' '\n' <<<"$1" | grep . | median; }   # a list of numbers
 
+# Per case and run key (a side, or a configuration of the tracking section): the IOPS
+# and CPU of each run, and their medians. Per case (or pair of configurations): the
+# ratios of the runs made back to back.
 declare -A MED RUNS_OF RATIOS_OF CPU_MED CPU_RUNS_OF CPU_RATIOS_OF
 
 # CPU time the target process has used (all threads, user + system), in clock ticks.
@@ -413,48 +470,149 @@ last_ratio() {  # two lists of numbers: the ratio of their last elements
     awk -v x="${1% }" -v y="${2% }" \
         'BEGIN { n = split(x, xs, " "); split(y, ys, " "); if (ys[n] > 0) printf "%.3f", xs[n] / ys[n]; else printf "0" }'
 }
+
+# One timed run of a case against a side; its IOPS and the target's CPU per I/O go to
+# RUNS_OF and CPU_RUNS_OF under [case,key].
+measure() {   # case, key, side, size, depth, read|write, count, what (for the log)
+    local name=$1 key=$2 s=$3 count=$7 t0 t1 secs iops cpu
+    t0=$(cpu_ticks "$s")
+    secs=$(run_bench "$s" "$4" "$5" "$6" "$count" "$REGION_BYTES")
+    t1=$(cpu_ticks "$s")
+    iops=$(awk -v c="$count" -v t="$secs" 'BEGIN { if (t <= 0) t = 0.001; printf "%.0f", c / t }')
+    cpu=$(awk -v c="$count" -v d=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz * 1e6 / c }')
+    RUNS_OF[$name,$key]+="$iops "
+    CPU_RUNS_OF[$name,$key]+="$cpu "
+    say "$name $8: $iops IOPS ($count in $secs s), target CPU $cpu us/IO"
+}
+
+medians() {   # case, keys
+    local name=$1 k; shift
+    for k in "$@"; do
+        MED[$name,$k]=$(median_of "${RUNS_OF[$name,$k]}")
+        CPU_MED[$name,$k]=$(median_of "${CPU_RUNS_OF[$name,$k]}")
+    done
+}
+
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-for c in "${CASES[@]}"; do
-    read -r name size depth rw count <<<"$c"
-    [[ "$QUICK" == 1 ]] && count=$((count / 10))
-    for s in "${SIDES[@]}"; do note_line "$(bench_cmd "$s" "$size" "$depth" "$rw" "$count" "$REGION_BYTES")"; done
+
+# ---------------------------------------------------------------- targets section
+
+if [[ "$RUN_TARGETS" == 1 ]]; then
+    start_sides "${SIDES[@]}"
+    prefill "${SIDES[@]}"
+    for c in "${CASES[@]}"; do
+        read -r name size depth rw count <<<"$c"
+        [[ "$QUICK" == 1 ]] && count=$((count / 10))
+        for s in "${SIDES[@]}"; do note_line "$(bench_cmd "$s" "$size" "$depth" "$rw" "$count" "$REGION_BYTES")"; done
+        settle
+        for r in $(seq "$RUNS"); do
+            # Alternate which side goes first, so drift in the machine's load is shared.
+            order=("${SIDES[@]}")
+            if (( r % 2 == 0 && ${#SIDES[@]} == 2 )); then order=("${SIDES[1]}" "${SIDES[0]}"); fi
+            for s in "${order[@]}"; do
+                measure "$name" "$s" "$s" "$size" "$depth" "$rw" "$count" "run $r/$RUNS ${LABEL[$s]}"
+            done
+            # The two runs of a pair ran back to back, under about the same load.
+            if (( ${#SIDES[@]} == 2 )); then
+                RATIOS_OF[$name]+="$(last_ratio "${RUNS_OF[$name,a]}" "${RUNS_OF[$name,b]}") "
+                CPU_RATIOS_OF[$name]+="$(last_ratio "${CPU_RUNS_OF[$name,a]}" "${CPU_RUNS_OF[$name,b]}") "
+            fi
+        done
+        medians "$name" "${SIDES[@]}"
+    done
+    # Idle servers still hold memory and threads: the next section runs without them.
+    for s in "${SIDES[@]}"; do stop_side "$s"; done
+fi
+
+# ---------------------------------------------------------------- tracking section
+
+# The configurations: key, side, label. Odd rounds run them in this order, even rounds
+# backwards, so drift in the machine's load falls evenly on all three and each pair
+# that is compared ran next to each other or one run apart.
+TCONFIGS=("off n no-tracking" "on t tracking" "snap t tracking+snapshot")
+# The ratios reported: key over key, and what to call it.
+TPAIRS=("on off tracking / no tracking" "snap on snapshot / tracking" "snap off snapshot / no tracking")
+SNAP_VOLUME=demo    # the volume `twinlun serve` makes and serves by default
+SNAP_PAGES=""       # per snapshot run: pages it preserved, bytes in memory and in its spill file
+SNAP_MEM=""
+SNAP_FILE=""
+
+ctl_socket() { echo "$WORK/twinlun-$1-data/admin.sock"; }   # side: its admin socket
+twinlun_ctl() {   # side, `twinlun ctl` arguments; prints what ctl printed
+    local s=$1; shift
+    local cmd=("$BIN" ctl --socket "$(ctl_socket "$s")" "$@") out
+    if ! out=$("${cmd[@]}" 2>&1); then
+        echo "$out" >&2
+        die "$(shell_words "${cmd[@]}") failed"
+    fi
+    printf '%s\n' "$out"
+}
+json_num() {   # key, one JSON object: the first number under that key
+    local v
+    v=$(grep -o "\"$1\": *[0-9]*" <<<"$2" | head -1 | grep -o '[0-9]*$') \
+        || die "no \"$1\" in: $2"
+    echo "$v"
+}
+
+if [[ "$RUN_TRACKING" == 1 ]]; then
+    row=""
+    for c in "${CASES[@]}"; do
+        read -r name _ <<<"$c"
+        [[ "$name" == "$TRACKING_CASE" ]] && row=$c
+    done
+    [[ -n "$row" ]] || die "TRACKING_CASE $TRACKING_CASE is not a row of CASES"
+    read -r TNAME TSIZE TDEPTH TRW TCOUNT <<<"$row"
+    [[ "$QUICK" == 1 ]] && TCOUNT=$((TCOUNT / 10))
+    start_sides "${TSIDES[@]}"
+    prefill "${TSIDES[@]}"
+    for s in "${TSIDES[@]}"; do note_line "$(bench_cmd "$s" "$TSIZE" "$TDEPTH" "$TRW" "$TCOUNT" "$REGION_BYTES")"; done
+    # What each snapshot run does around its qemu-img bench, as in the first round.
+    note_cmd "$BIN" ctl --socket "$(ctl_socket t)" snapshot create bench-1 --volume "$SNAP_VOLUME"
+    note_cmd "$BIN" ctl --socket "$(ctl_socket t)" --json snapshot show bench-1
+    note_cmd "$BIN" ctl --socket "$(ctl_socket t)" snapshot delete bench-1
     settle
     for r in $(seq "$RUNS"); do
-        # Alternate which side goes first, so drift in the machine's load is shared.
-        order=("${SIDES[@]}")
-        if (( r % 2 == 0 && ${#SIDES[@]} == 2 )); then order=("${SIDES[1]}" "${SIDES[0]}"); fi
-        for s in "${order[@]}"; do
-            t0=$(cpu_ticks "$s")
-            secs=$(run_bench "$s" "$size" "$depth" "$rw" "$count" "$REGION_BYTES")
-            t1=$(cpu_ticks "$s")
-            iops=$(awk -v c="$count" -v t="$secs" 'BEGIN { if (t <= 0) t = 0.001; printf "%.0f", c / t }')
-            cpu=$(awk -v c="$count" -v d=$((t1 - t0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", d / hz * 1e6 / c }')
-            RUNS_OF[$name,$s]+="$iops "
-            CPU_RUNS_OF[$name,$s]+="$cpu "
-            say "$name run $r/$RUNS ${LABEL[$s]}: $iops IOPS ($count in $secs s), target CPU $cpu us/IO"
+        order=(0 1 2)
+        if (( r % 2 == 0 )); then order=(2 1 0); fi
+        for i in "${order[@]}"; do
+            read -r key s label <<<"${TCONFIGS[$i]}"
+            snap="bench-$r"
+            # A fresh snapshot right before the run: every page's first overwrite in
+            # the run copies its old content.
+            [[ "$key" == snap ]] && twinlun_ctl "$s" snapshot create "$snap" --volume "$SNAP_VOLUME" >/dev/null
+            measure "$TNAME" "$key" "$s" "$TSIZE" "$TDEPTH" "$TRW" "$TCOUNT" "round $r/$RUNS $label"
+            [[ "$key" == snap ]] || continue
+            shown=$(twinlun_ctl "$s" --json snapshot show "$snap")
+            grep -q '"state": *"ok"' <<<"$shown" \
+                || die "snapshot $snap is not ok after the run (its copies failed?): $shown"
+            pages=$(json_num pages_preserved "$shown")
+            SNAP_PAGES+="$pages "
+            SNAP_MEM+="$(json_num memory_bytes "$shown") "
+            SNAP_FILE+="$(json_num file_bytes "$shown") "
+            twinlun_ctl "$s" snapshot delete "$snap" >/dev/null
+            say "$TNAME round $r/$RUNS: the snapshot preserved $pages pages for $TCOUNT writes"
         done
-        # The two runs of a pair ran back to back, under about the same load.
-        if (( ${#SIDES[@]} == 2 )); then
-            RATIOS_OF[$name]+="$(last_ratio "${RUNS_OF[$name,a]}" "${RUNS_OF[$name,b]}") "
-            CPU_RATIOS_OF[$name]+="$(last_ratio "${CPU_RUNS_OF[$name,a]}" "${CPU_RUNS_OF[$name,b]}") "
-        fi
+        for p in "${TPAIRS[@]}"; do
+            read -r x y _ <<<"$p"
+            RATIOS_OF[$TNAME,$x/$y]+="$(last_ratio "${RUNS_OF[$TNAME,$x]}" "${RUNS_OF[$TNAME,$y]}") "
+            CPU_RATIOS_OF[$TNAME,$x/$y]+="$(last_ratio "${CPU_RUNS_OF[$TNAME,$x]}" "${CPU_RUNS_OF[$TNAME,$y]}") "
+        done
     done
-    for s in "${SIDES[@]}"; do
-        MED[$name,$s]=$(tr ' ' '\n' <<<"${RUNS_OF[$name,$s]}" | grep . | median)
-        CPU_MED[$name,$s]=$(tr ' ' '\n' <<<"${CPU_RUNS_OF[$name,$s]}" | grep . | median)
-    done
-done
+    medians "$TNAME" off on snap
+    for s in "${TSIDES[@]}"; do stop_side "$s"; done
+fi
 
 # ---------------------------------------------------------------- report
 
 PAIR=0; [[ ${#SIDES[@]} == 2 ]] && PAIR=1
-# The ratio is the median of the per-run ratios (each run pairs twinlun and tgt back
-# to back), which shrugs off a burst of load better than a ratio of medians.
-ratio_of() {   # list of per-run ratios
-    tr ' ' '\n' <<<"$1" | grep . | median | awk '{ printf "%.2f", $1 }'
+# A ratio is the median of the per-run ratios (each run pairs two sides back to back),
+# which shrugs off a burst of load better than a ratio of medians.
+ratio_of() {   # list of per-run ratios, [decimals]
+    median_of "$1" | awk -v d="${2:-2}" '{ printf "%.*f", d, $1 }'
 }
-range_of() {   # list of per-run ratios: the lowest and the highest
-    tr ' ' '\n' <<<"$1" | grep . | sort -g | awk 'NR==1 {lo=$1} {hi=$1} END { printf "%.2f-%.2f", lo, hi }'
+range_of() {   # list of per-run ratios, [decimals]: the lowest and the highest
+    tr ' ' '\n' <<<"$1" | grep . | sort -g \
+        | awk -v d="${2:-2}" 'NR==1 {lo=$1} {hi=$1} END { printf "%.*f-%.*f", d, lo, d, hi }'
 }
 iops_of() { printf '%.0f' "${MED[$1,$2]}"; }
 cpu_of() { printf '%.1f' "${CPU_MED[$1,$2]}"; }
@@ -465,49 +623,87 @@ echo
 printf 'qemu-img bench through QEMU iSCSI (libiscsi), median of %d run(s)%s, I/O in the first %d MiB of a 1 GiB sparse LUN\n' \
     "$RUNS" "$([[ $QUICK == 1 ]] && echo ', --quick')" "$REGION_MIB"
 [[ -n "$ENGINE" ]] && echo "twinlun engine: $ENGINE"
-[[ -n "$TGT_BSOFLAGS" ]] && echo "tgt backing store flags: $TGT_BSOFLAGS"
-header=("case")
-for s in "${SIDES[@]}"; do header+=("${LABEL[$s]} IOPS"); done
-[[ $PAIR == 1 ]] && header+=("ratio" "range")
-for s in "${SIDES[@]}"; do header+=("${LABEL[$s]} MB/s"); done
-fmt='%-16s'; for _ in "${header[@]:1}"; do fmt+=' %13s'; done; fmt+='\n'
-# shellcheck disable=SC2059  # the format is built above
-printf "$fmt" "${header[@]}"
-for c in "${CASES[@]}"; do
-    read -r name size _ <<<"$c"
-    row=("$name")
-    for s in "${SIDES[@]}"; do row+=("$(iops_of "$name" "$s")"); done
-    [[ $PAIR == 1 ]] && row+=("$(ratio_of "${RATIOS_OF[$name]}")" "$(range_of "${RATIOS_OF[$name]}")")
-    for s in "${SIDES[@]}"; do
-        if (( size >= 131072 )); then row+=("$(mbs_of "$name" "$s" "$size")"); else row+=(""); fi
+[[ -n "$TGT_BSOFLAGS" && "$RUN_TARGETS" == 1 ]] && echo "tgt backing store flags: $TGT_BSOFLAGS"
+
+if [[ "$RUN_TARGETS" == 1 ]]; then
+    echo
+    header=("case")
+    for s in "${SIDES[@]}"; do header+=("${LABEL[$s]} IOPS"); done
+    [[ $PAIR == 1 ]] && header+=("ratio" "range")
+    for s in "${SIDES[@]}"; do header+=("${LABEL[$s]} MB/s"); done
+    fmt='%-16s'; for _ in "${header[@]:1}"; do fmt+=' %13s'; done; fmt+='\n'
+    # shellcheck disable=SC2059  # the format is built above
+    printf "$fmt" "${header[@]}"
+    for c in "${CASES[@]}"; do
+        read -r name size _ <<<"$c"
+        row=("$name")
+        for s in "${SIDES[@]}"; do row+=("$(iops_of "$name" "$s")"); done
+        [[ $PAIR == 1 ]] && row+=("$(ratio_of "${RATIOS_OF[$name]}")" "$(range_of "${RATIOS_OF[$name]}")")
+        for s in "${SIDES[@]}"; do
+            if (( size >= 131072 )); then row+=("$(mbs_of "$name" "$s" "$size")"); else row+=(""); fi
+        done
+        # shellcheck disable=SC2059
+        printf "$fmt" "${row[@]}"
     done
+    if [[ $PAIR == 1 ]]; then
+        echo "(IOPS: median of the runs; ratio: ${LABEL[a]} / ${LABEL[b]}, median over the paired runs, higher is"
+        echo " better for ${LABEL[a]}; range: lowest-highest pair; MB/s = 10^6 bytes/s)"
+    else
+        echo "(IOPS: median of the runs; MB/s = 10^6 bytes/s)"
+    fi
+
+    echo
+    echo "Target CPU time per I/O, microseconds (user + system, all threads of the target process):"
+    header=("case")
+    for s in "${SIDES[@]}"; do header+=("${LABEL[$s]} us/IO"); done
+    [[ $PAIR == 1 ]] && header+=("ratio" "range")
+    fmt='%-16s'; for _ in "${header[@]:1}"; do fmt+=' %13s'; done; fmt+='\n'
     # shellcheck disable=SC2059
-    printf "$fmt" "${row[@]}"
-done
-if [[ $PAIR == 1 ]]; then
-    echo "(IOPS: median of the runs; ratio: ${LABEL[a]} / ${LABEL[b]}, median over the paired runs, higher is"
-    echo " better for ${LABEL[a]}; range: lowest-highest pair; MB/s = 10^6 bytes/s)"
-else
-    echo "(IOPS: median of the runs; MB/s = 10^6 bytes/s)"
+    printf "$fmt" "${header[@]}"
+    for c in "${CASES[@]}"; do
+        read -r name _ <<<"$c"
+        row=("$name")
+        for s in "${SIDES[@]}"; do row+=("$(cpu_of "$name" "$s")"); done
+        [[ $PAIR == 1 ]] && row+=("$(ratio_of "${CPU_RATIOS_OF[$name]}")" "$(range_of "${CPU_RATIOS_OF[$name]}")")
+        # shellcheck disable=SC2059
+        printf "$fmt" "${row[@]}"
+    done
+    [[ $PAIR == 1 ]] && echo "(ratio: ${LABEL[a]} / ${LABEL[b]}, lower is better for ${LABEL[a]}; the client, qemu-img, is the same for both)"
 fi
 
-echo
-echo "Target CPU time per I/O, microseconds (user + system, all threads of the target process):"
-header=("case")
-for s in "${SIDES[@]}"; do header+=("${LABEL[$s]} us/IO"); done
-[[ $PAIR == 1 ]] && header+=("ratio" "range")
-fmt='%-16s'; for _ in "${header[@]:1}"; do fmt+=' %13s'; done; fmt+='\n'
-# shellcheck disable=SC2059
-printf "$fmt" "${header[@]}"
-for c in "${CASES[@]}"; do
-    read -r name _ <<<"$c"
-    row=("$name")
-    for s in "${SIDES[@]}"; do row+=("$(cpu_of "$name" "$s")"); done
-    [[ $PAIR == 1 ]] && row+=("$(ratio_of "${CPU_RATIOS_OF[$name]}")" "$(range_of "${CPU_RATIOS_OF[$name]}")")
+if [[ "$RUN_TRACKING" == 1 ]]; then
+    echo
+    printf 'Write tracking cost: %s (%d-byte %ss at QD%d, %d per run, sequential in the %d MiB region), twinlun only\n' \
+        "$TNAME" "$TSIZE" "$TRW" "$TDEPTH" "$TCOUNT" "$REGION_MIB"
+    fmt='%-24s %13s %13s\n'
     # shellcheck disable=SC2059
-    printf "$fmt" "${row[@]}"
-done
-[[ $PAIR == 1 ]] && echo "(ratio: ${LABEL[a]} / ${LABEL[b]}, lower is better for ${LABEL[a]}; the client, qemu-img, is the same for both)"
+    printf "$fmt" "configuration" "IOPS" "us/IO"
+    for t in "${TCONFIGS[@]}"; do
+        read -r key _ label <<<"$t"
+        # shellcheck disable=SC2059
+        printf "$fmt" "$label" "$(iops_of "$TNAME" "$key")" "$(cpu_of "$TNAME" "$key")"
+    done
+    fmt='%-24s %13s %13s %13s %13s\n'
+    # shellcheck disable=SC2059
+    printf "$fmt" "ratio" "IOPS ratio" "range" "CPU ratio" "range"
+    for p in "${TPAIRS[@]}"; do
+        read -r x y label <<<"$p"
+        # shellcheck disable=SC2059
+        printf "$fmt" "$label" "$(ratio_of "${RATIOS_OF[$TNAME,$x/$y]}" 3)" "$(range_of "${RATIOS_OF[$TNAME,$x/$y]}" 3)" \
+            "$(ratio_of "${CPU_RATIOS_OF[$TNAME,$x/$y]}" 3)" "$(range_of "${CPU_RATIOS_OF[$TNAME,$x/$y]}" 3)"
+    done
+    echo "(IOPS and us/IO (target CPU per I/O): median of $RUNS round(s), each round runs the three back to back;"
+    echo " ratio: median over the rounds of the two runs' ratio, range: lowest-highest round)"
+    awk -v p="$(median_of "$SNAP_PAGES")" -v c="$TCOUNT" -v m="$(median_of "$SNAP_MEM")" \
+        -v f="$(tr ' ' '\n' <<<"$SNAP_FILE" | grep . | sort -g | tail -1)" 'BEGIN {
+        printf "Snapshot runs: %d of %d writes (%.1f %%) hit a page not yet copied (pages preserved, median);\n", p, c, 100 * p / c
+        printf " the copies took %.1f MiB of memory (median) and at most %.1f MiB of spill file\n", m / 1048576, f / 1048576 }'
+    awk -v r="$(ratio_of "${RATIOS_OF[$TNAME,on/off]}" 3)" -v b="$TRACKING_BOUND" \
+        -v lo="$(range_of "${RATIOS_OF[$TNAME,on/off]}" 3 | cut -d- -f1)" 'BEGIN {
+        printf "Tracking alone: write IOPS ratio %.3f (median; lowest round %.3f), a cost of %.1f %%;\n", r, lo, 100 * (1 - r)
+        printf " the bound is %.0f %% (ratio %.2f or more): %s\n", 100 * (1 - b), b, (r >= b) ? "within it" : "OVER IT" }'
+fi
+
 echo
 echo "Load average before / after: $LOAD_BEFORE / $(load_now) on $(nproc) CPUs (above the CPU count, expect noise)"
 
@@ -531,12 +727,16 @@ json_list() { local out="" x; for x in $1; do out+="${out:+, }$x"; done; printf 
     printf '  "tgt_bsoflags": %s,\n' "$(json_str "${TGT_BSOFLAGS:-none}")"
     printf '  "runs": %s,\n  "quick": %s,\n  "region_bytes": %s,\n  "volume_bytes": %s,\n' \
         "$RUNS" "$([[ $QUICK == 1 ]] && echo true || echo false)" "$REGION_BYTES" "$VOLUME_BYTES"
+    sections=()
+    [[ "$RUN_TARGETS" == 1 ]] && sections+=('"targets"')
+    [[ "$RUN_TRACKING" == 1 ]] && sections+=('"tracking"')
+    printf '  "sections": [%s],\n' "$(IFS=,; echo "${sections[*]}")"
     printf '  "targets": ['
     first=1
-    for s in "${SIDES[@]}"; do
+    for s in "${SIDES[@]}" "${TSIDES[@]}"; do
         [[ $first == 1 ]] || printf ', '; first=0
-        printf '{"label": %s, "kind": %s, "iqn": %s, "lun": %s}' "$(json_str "${LABEL[$s]}")" \
-            "$(json_str "${KIND[$s]}")" "$(json_str "${IQN[$s]}")" "${LUN[$s]}"
+        printf '{"label": %s, "kind": %s, "iqn": %s, "lun": %s, "serve_args": %s}' "$(json_str "${LABEL[$s]}")" \
+            "$(json_str "${KIND[$s]}")" "$(json_str "${IQN[$s]}")" "${LUN[$s]}" "$(json_str "${SERVE_ARGS[$s]:-}")"
     done
     printf '],\n'
     if [[ $PAIR == 1 ]]; then
@@ -544,6 +744,7 @@ json_list() { local out="" x; for x in $1; do out+="${out:+, }$x"; done; printf 
     fi
     printf '  "cases": [\n'
     n=0
+    [[ "$RUN_TARGETS" == 1 ]] || CASES=()
     for c in "${CASES[@]}"; do
         read -r name size depth rw count <<<"$c"
         [[ "$QUICK" == 1 ]] && count=$((count / 10))
@@ -566,6 +767,30 @@ json_list() { local out="" x; for x in $1; do out+="${out:+, }$x"; done; printf 
         printf '}%s\n' "$([[ $n -lt ${#CASES[@]} ]] && echo ,)"
     done
     printf '  ],\n'
+    if [[ "$RUN_TRACKING" == 1 ]]; then
+        printf '  "tracking": {"case": %s, "size": %s, "depth": %s, "op": %s, "count": %s, "bound": %s,\n' \
+            "$(json_str "$TNAME")" "$TSIZE" "$TDEPTH" "$(json_str "$TRW")" "$TCOUNT" "$TRACKING_BOUND"
+        printf '    "configurations": {'
+        first=1
+        for t in "${TCONFIGS[@]}"; do
+            read -r key _ label <<<"$t"
+            [[ $first == 1 ]] || printf ', '; first=0
+            printf '\n      %s: {"iops": %s, "iops_runs": %s, "cpu_us_per_io": %s, "cpu_us_per_io_runs": %s}' \
+                "$(json_str "$label")" "$(iops_of "$TNAME" "$key")" "$(json_list "${RUNS_OF[$TNAME,$key]}")" \
+                "$(cpu_of "$TNAME" "$key")" "$(json_list "${CPU_RUNS_OF[$TNAME,$key]}")"
+        done
+        printf '},\n    "ratios": {'
+        first=1
+        for p in "${TPAIRS[@]}"; do
+            read -r x y label <<<"$p"
+            [[ $first == 1 ]] || printf ', '; first=0
+            printf '\n      %s: {"ratio": %s, "ratio_runs": %s, "cpu_ratio": %s, "cpu_ratio_runs": %s}' \
+                "$(json_str "$label")" "$(ratio_of "${RATIOS_OF[$TNAME,$x/$y]}" 3)" "$(json_list "${RATIOS_OF[$TNAME,$x/$y]}")" \
+                "$(ratio_of "${CPU_RATIOS_OF[$TNAME,$x/$y]}" 3)" "$(json_list "${CPU_RATIOS_OF[$TNAME,$x/$y]}")"
+        done
+        printf '},\n    "snapshot_pages_preserved_runs": %s, "snapshot_memory_bytes_runs": %s, "snapshot_file_bytes_runs": %s},\n' \
+            "$(json_list "$SNAP_PAGES")" "$(json_list "$SNAP_MEM")" "$(json_list "$SNAP_FILE")"
+    fi
     printf '  "commands": ['
     first=1
     for cmd in "${COMMANDS[@]}"; do
