@@ -98,6 +98,8 @@ pub struct ServerConfig {
     pub listen: Option<Vec<SocketAddr>>,
     pub admin_socket: Option<PathBuf>,
     pub engine: Option<EngineChoice>,
+    /// Accept replication from peers on this address.
+    pub replication_listen: Option<SocketAddr>,
 }
 
 /// The io engine as named in the config and on the command line.

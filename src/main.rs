@@ -15,7 +15,7 @@ use twinlun::admin::client::Client;
 use twinlun::admin::protocol::{Request, Response, Secret};
 use twinlun::admin::server::AdminSocket;
 use twinlun::admin::{startup, store, table, validate};
-use twinlun::catalog::Catalog;
+use twinlun::catalog::{Catalog, QueuePolicy};
 use twinlun::config::{Config, EngineChoice};
 use twinlun::server::{Node, Server};
 use twinlun::volume::Engine;
@@ -66,6 +66,9 @@ struct ServeArgs {
     /// For measuring what tracking costs (scripts/bench.sh).
     #[arg(long)]
     no_write_tracking: bool,
+    /// Accept replication from peers (`ctl peer create` on both sides) on this address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    replication_listen: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -114,6 +117,82 @@ enum CtlCommand {
     /// volumes); map one read-only with `lun map IQN LUN VOLUME@SNAPSHOT`.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Other twinlun nodes to replicate to or from (the same secret on both sides).
+    #[command(subcommand)]
+    Peer(PeerCmd),
+    /// Replication sets: a volume or a group replicated to a peer.
+    #[command(subcommand)]
+    Replication(ReplicationCmd),
+    /// Start a replication cycle of a set now (its queue policy decides if one runs).
+    Replicate { name: String },
+    /// On a secondary: the recovery points of a set (cut id, time, size).
+    RecoveryPoints { set: String },
+}
+
+#[derive(Subcommand)]
+enum PeerCmd {
+    /// Name a peer's replication listener and the secret both sides share.
+    Create {
+        name: String,
+        #[arg(value_name = "ADDR:PORT")]
+        addr: String,
+        /// At least 12 bytes; `-` reads it from stdin.
+        #[arg(long)]
+        secret: String,
+    },
+    List,
+    /// Reachability, authentication both ways, protocol version, round-trip time.
+    Check {
+        name: String,
+    },
+    /// Refused while a replication set uses it.
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReplicationCmd {
+    /// Replicate a volume or a group to a peer; creates the secondary volumes there.
+    Create {
+        name: String,
+        #[arg(
+            long,
+            value_name = "VOLUME",
+            conflicts_with = "group",
+            required_unless_present = "group"
+        )]
+        volume: Option<String>,
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+        #[arg(long)]
+        peer: String,
+        /// Run a cycle this often: 30s, 5m, 1h (default: only on `replicate`).
+        #[arg(long, value_name = "DURATION")]
+        every: Option<String>,
+        /// While a cycle runs, `replicate` is refused (discard) or queued once.
+        #[arg(
+            long,
+            value_name = "discard|queue-latest",
+            default_value = "queue-latest"
+        )]
+        queue_policy: String,
+        /// Recovery points the secondary keeps.
+        #[arg(long, default_value_t = twinlun::admin::protocol::default_keep())]
+        keep: u32,
+        /// Name the secondary volumes PREFIX + the primary's names.
+        #[arg(long, value_name = "PREFIX")]
+        target_prefix: Option<String>,
+    },
+    List,
+    /// Status, last cut and lag; progress while running; the last cycle's bytes.
+    Show {
+        name: String,
+    },
+    /// Delete the set on both sides; the volumes stay as plain volumes.
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -416,6 +495,50 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
             ChapCmd::Clear { iqn } => Request::ChapClear { iqn },
         },
         CtlCommand::Session(SessionCmd::List) => Request::SessionList,
+        CtlCommand::Peer(p) => match p {
+            PeerCmd::Create { name, addr, secret } => Request::PeerCreate {
+                name,
+                addr,
+                secret: Secret(from_stdin_if_dash(secret, "secret")?),
+            },
+            PeerCmd::List => Request::PeerList,
+            PeerCmd::Check { name } => Request::PeerCheck { name },
+            PeerCmd::Delete { name } => Request::PeerDelete { name },
+        },
+        CtlCommand::Replication(r) => match r {
+            ReplicationCmd::Create {
+                name,
+                volume,
+                group,
+                peer,
+                every,
+                queue_policy,
+                keep,
+                target_prefix,
+            } => Request::ReplicationCreate {
+                name,
+                volume,
+                group,
+                peer,
+                every,
+                queue_policy: match queue_policy.as_str() {
+                    "discard" => QueuePolicy::Discard,
+                    "queue-latest" => QueuePolicy::QueueLatest,
+                    other => {
+                        return Err(format!(
+                            "--queue-policy must be discard or queue-latest, not '{other}'"
+                        ))
+                    }
+                },
+                keep,
+                target_prefix,
+            },
+            ReplicationCmd::List => Request::ReplicationList,
+            ReplicationCmd::Show { name } => Request::ReplicationShow { name },
+            ReplicationCmd::Delete { name } => Request::ReplicationDelete { name },
+        },
+        CtlCommand::Replicate { name } => Request::Replicate { name },
+        CtlCommand::RecoveryPoints { set } => Request::RecoveryPoints { name: set },
         CtlCommand::Snapshot(s) => match s {
             SnapshotCmd::Create {
                 name,
@@ -442,6 +565,7 @@ struct Settings {
     admin_socket: PathBuf,
     engine: EngineChoice,
     tracking: bool,
+    replication_listen: Option<SocketAddr>,
 }
 
 /// Command-line flags win over the config's [server] section, which wins over defaults.
@@ -474,6 +598,7 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         admin_socket,
         engine,
         tracking: !args.no_write_tracking,
+        replication_listen: args.replication_listen.or(server.replication_listen),
     })
 }
 
@@ -499,6 +624,18 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
     }
     let node = Arc::new(node);
     node.open_volumes()?;
+    node.start_replication();
+    if let Some(addr) = s.replication_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for replication on {addr}"))?;
+        let bound = listener.local_addr()?;
+        println!("twinlun: replication listening on {bound}");
+        tokio::spawn(twinlun::replication::listener::serve(
+            node.clone(),
+            listener,
+        ));
+    }
 
     let server = Server::bind(node.clone(), &s.listen).await?;
     let addrs = server.local_addrs();
@@ -524,6 +661,7 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
         .await;
     let _ = admin_task.await;
     tracing::info!("shutting down: saving write tracking, syncing volumes");
+    node.stop_replication().await;
     node.save_tracking().await;
     let n = node.clone();
     tokio::task::spawn_blocking(move || n.sync_volumes())

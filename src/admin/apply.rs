@@ -34,14 +34,14 @@ use std::path::{Path, PathBuf};
 use parking_lot::{Mutex, RwLock};
 
 use super::protocol::{
-    ChapView, CutStatsView, ErrorCode, GroupView, PeerCheckView, RecoveryPointView,
-    ReplicationView, LunView, MappingView, Request, Response,
-    SnapshotMappingView, SnapshotView, SnapshotVolumeView, StatusView, TargetView, VolumeView,
+    ChapView, CutStatsView, ErrorCode, GroupView, LunView, MappingView, PeerCheckView,
+    RecoveryPointView, ReplicationView, Request, Response, SnapshotMappingView, SnapshotView,
+    SnapshotVolumeView, StatusView, TargetView, VolumeView,
 };
+use super::replication as repl;
 use super::store::{self, StoreError};
 use super::time::rfc3339_utc;
 use super::validate::{self, format_size, ValidationError};
-use super::replication as repl;
 use crate::catalog::{
     split_snapshot_ref, Catalog, ChapSpec, GroupSpec, LunSpec, PeerSpec, ReplicationRole,
     ReplicationSpec, SnapshotSpec, TargetSpec, VolumeSpec,
@@ -329,10 +329,8 @@ fn replication_code(e: &ReplicationError) -> ErrorCode {
         ReplicationError::AuthRefused { .. } | ReplicationError::PeerUnproven { .. } => {
             ErrorCode::AuthFailed
         }
-        ReplicationError::Discarded(_) | ReplicationError::AlreadyQueued(_) => ErrorCode::Busy,
-        ReplicationError::NotPrimary(_) | ReplicationError::NotSecondary(_) => {
-            ErrorCode::Invalid
-        }
+        ReplicationError::Discarded(_) => ErrorCode::Busy,
+        ReplicationError::NotPrimary(_) | ReplicationError::NotSecondary(_) => ErrorCode::Invalid,
         ReplicationError::Remote { .. } => ErrorCode::Refused,
         _ => ErrorCode::Unreachable,
     }
@@ -366,9 +364,14 @@ pub enum Effect {
         cut: u64,
     },
     /// Create the secondary side on the peer, save, start the set.
-    CreateReplication { name: String },
+    CreateReplication {
+        name: String,
+    },
     /// Stop the set, delete the peer's side (primary), save.
-    DeleteReplication { name: String, spec: ReplicationSpec },
+    DeleteReplication {
+        name: String,
+        spec: ReplicationSpec,
+    },
 }
 
 /// Carries out one request. Never panics on bad input; every refusal is an error response.

@@ -87,7 +87,11 @@ pub fn replication_create(
     a: CreateArgs,
 ) -> Result<(Effect, Response), AdminError> {
     validate::check_set_name(&a.name)?;
-    let every_secs = a.every.as_deref().map(validate::parse_duration).transpose()?;
+    let every_secs = a
+        .every
+        .as_deref()
+        .map(validate::parse_duration)
+        .transpose()?;
     if a.keep == 0 {
         return Err(ValidationError::Keep.into());
     }
@@ -135,10 +139,7 @@ pub fn replication_create(
         validate::check_volume_name(r)?;
     }
     if let Some(g) = &a.group {
-        c.groups
-            .get_mut(g)
-            .expect("checked above")
-            .replication_set = Some(a.name.clone());
+        c.groups.get_mut(g).expect("checked above").replication_set = Some(a.name.clone());
     }
     c.replications.insert(
         a.name.clone(),
@@ -213,4 +214,129 @@ pub fn replication_view(c: &Catalog, name: &str) -> ReplicationView {
         error: None,
         next_retry: None,
     }
+}
+
+/// The secondary side of a new set, as the primary asked over the wire: creates its
+/// volumes (refusing names already taken, before creating anything), puts them in
+/// `group` when the primary replicates a group, and records the set as secondary.
+pub fn accept_secondary<H: super::Host + ?Sized>(
+    host: &H,
+    set: &str,
+    peer: &str,
+    group: Option<&str>,
+    volumes: &[crate::replication::wire::RemoteVolume],
+    keep: u32,
+) -> Result<(), AdminError> {
+    use super::apply::{create_volume_file, default_volume_path, volume_file};
+    use crate::catalog::{GroupSpec, VolumeSpec, DEFAULT_PAGE_SIZE};
+
+    let _serial = host.change_lock().lock();
+    let mut new = host.catalog().read().clone();
+    validate::check_set_name(set)?;
+    if new.replications.contains_key(set) {
+        return Err(AdminError::SetExists(set.to_string()));
+    }
+    if let Some(g) = group {
+        validate::check_group_name(g)?;
+        if new.groups.contains_key(g) {
+            return Err(AdminError::GroupExists(g.to_string()));
+        }
+    }
+    for v in volumes {
+        validate::check_volume_name(&v.name)?;
+        validate::check_geometry(v.size, v.block_size)?;
+        if new.volumes.contains_key(&v.name) {
+            return Err(AdminError::VolumeExists(v.name.clone()));
+        }
+    }
+    let mut created: Vec<(String, std::path::PathBuf)> = Vec::new();
+    let undo = |created: &[(String, std::path::PathBuf)]| {
+        for (name, file) in created {
+            host.close_volume(name);
+            let _ = std::fs::remove_file(file);
+        }
+    };
+    for v in volumes {
+        let id = loop {
+            let id = rand::random::<u64>();
+            if id != 0 && !new.volumes.values().any(|x| x.id == id) {
+                break id;
+            }
+        };
+        let spec = VolumeSpec {
+            size: v.size,
+            block_size: v.block_size,
+            id,
+            path: default_volume_path(&v.name),
+            page_size: DEFAULT_PAGE_SIZE,
+        };
+        let file = volume_file(host.data_dir(), &spec);
+        if let Err(e) = create_volume_file(&file, spec.size) {
+            undo(&created);
+            return Err(e);
+        }
+        if let Err(source) = host.open_volume(&v.name, &spec) {
+            let _ = std::fs::remove_file(&file);
+            undo(&created);
+            return Err(AdminError::OpenVolume {
+                name: v.name.clone(),
+                source,
+            });
+        }
+        created.push((v.name.clone(), file));
+        new.volumes.insert(v.name.clone(), spec);
+    }
+    let names: Vec<String> = volumes.iter().map(|v| v.name.clone()).collect();
+    if let Some(g) = group {
+        new.groups.insert(
+            g.to_string(),
+            GroupSpec {
+                volumes: names.clone(),
+                replication_set: Some(set.to_string()),
+            },
+        );
+    }
+    new.replications.insert(
+        set.to_string(),
+        ReplicationSpec {
+            role: ReplicationRole::Secondary,
+            peer: peer.to_string(),
+            group: group.map(str::to_string),
+            volumes: names.clone(),
+            remote_volumes: names,
+            every_secs: None,
+            queue_policy: QueuePolicy::default(),
+            keep,
+        },
+    );
+    if let Err(e) = super::store::save(host.data_dir(), &new) {
+        undo(&created);
+        return Err(e.into());
+    }
+    *host.catalog().write() = new;
+    host.replication_started(set);
+    tracing::info!(set, peer, "secondary side of a replication set created");
+    Ok(())
+}
+
+/// The primary deleted a set: its secondary side goes (recovery points too); the
+/// volumes and group stay as plain ones.
+pub fn drop_secondary<H: super::Host + ?Sized>(host: &H, set: &str) -> Result<(), AdminError> {
+    let _serial = host.change_lock().lock();
+    let mut new = host.catalog().read().clone();
+    let spec = match new.replications.get(set) {
+        Some(s) if s.role == ReplicationRole::Secondary => s.clone(),
+        Some(_) => {
+            return Err(crate::replication::ReplicationError::NotSecondary(set.into()).into())
+        }
+        None => return Err(AdminError::NoSet(set.to_string())),
+    };
+    new.replications.remove(set);
+    if let Some(g) = spec.group.as_ref().and_then(|g| new.groups.get_mut(g)) {
+        g.replication_set = None;
+    }
+    super::store::save(host.data_dir(), &new)?;
+    *host.catalog().write() = new;
+    host.replication_stopped(set, &spec);
+    Ok(())
 }

@@ -133,13 +133,23 @@ fn replication_detail(r: &ReplicationView) -> String {
             },
         ),
         ("on the peer", r.remote_volumes.join(", ")),
-        ("every", r.every_secs.map_or_else(|| "on request".into(), |s| format!("{s}s"))),
-        ("queue policy", format!("{:?}", r.queue_policy).to_lowercase()),
+        (
+            "every",
+            r.every_secs
+                .map_or_else(|| "on request".into(), |s| format!("{s}s")),
+        ),
+        (
+            "queue policy",
+            format!("{:?}", r.queue_policy).to_lowercase(),
+        ),
         ("keep", r.keep.to_string()),
         ("generation", r.generation.to_string()),
         ("last cut", opt(&r.last_cut_id)),
         ("last cut time", opt(&r.last_cut_time)),
-        ("lag", r.lag_secs.map_or_else(|| "-".into(), |s| format!("{s}s"))),
+        (
+            "lag",
+            r.lag_secs.map_or_else(|| "-".into(), |s| format!("{s}s")),
+        ),
         ("cycles", r.cycles.to_string()),
         ("queued", r.queued.to_string()),
     ];
@@ -152,7 +162,8 @@ fn replication_detail(r: &ReplicationView) -> String {
                 format_size(p.bytes_done),
                 format_size(p.bytes_total),
                 format_size(p.rate_bytes_per_sec as u64),
-                p.eta_secs.map_or_else(|| "-".into(), |e| format!("{e:.0}s"))
+                p.eta_secs
+                    .map_or_else(|| "-".into(), |e| format!("{e:.0}s"))
             ),
         ));
     }
@@ -417,7 +428,10 @@ pub fn render(resp: &Response) -> String {
             ("peer", p.name.clone()),
             ("address", p.addr.clone()),
             ("reachable", if p.reachable { "yes" } else { "no" }.into()),
-            ("authenticated", if p.authenticated { "yes" } else { "no" }.into()),
+            (
+                "authenticated",
+                if p.authenticated { "yes" } else { "no" }.into(),
+            ),
             ("protocol version", opt(&p.protocol_version)),
             (
                 "round trip",
@@ -445,7 +459,9 @@ pub fn render(resp: &Response) -> String {
                 })
                 .collect();
             table(
-                &["SET", "ROLE", "STATUS", "PEER", "LAST CUT", "TIME", "VOLUMES"],
+                &[
+                    "SET", "ROLE", "STATUS", "PEER", "LAST CUT", "TIME", "VOLUMES",
+                ],
                 &rows,
             )
         }

@@ -191,7 +191,9 @@ pub fn parse_duration(input: &str) -> Result<u64, ValidationError> {
     let s = input.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| err("expected a number and s, m, h or d"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| err("expected a number and s, m, h or d"))?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,

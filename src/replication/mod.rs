@@ -1,7 +1,15 @@
 //! Asynchronous replication to a peer twinlun (DESIGN.md, "Replication").
 //!
 //! - `wire`: the peer protocol (frames, control messages, extents, secret proofs).
+//! - `peer`: the client end of a peer connection (connect, authenticate, requests).
+//! - `sender`: the primary side of a set: cycles of cuts shipped to the peer.
+//! - `listener`: the secondary side: authenticated connections applying cuts.
+//! - `recovery`: the secondary's staging log, undo logs and recovery points.
 
+pub mod listener;
+pub mod peer;
+pub mod recovery;
+pub mod sender;
 pub mod wire;
 
 use wire::WireError;
@@ -20,7 +28,11 @@ pub enum ReplicationError {
     #[error("peer '{peer}' did not prove it knows the secret: authentication failed")]
     PeerUnproven { peer: String },
     #[error("peer '{peer}' speaks replication protocol version {theirs}; this node speaks {ours}")]
-    Version { peer: String, theirs: u32, ours: u32 },
+    Version {
+        peer: String,
+        theirs: u32,
+        ours: u32,
+    },
     #[error("talking to peer '{peer}'")]
     Wire {
         peer: String,
@@ -45,6 +57,26 @@ pub enum ReplicationError {
     NotSecondary(String),
     #[error("a cycle of '{0}' is running and its queue policy is discard: the request is dropped")]
     Discarded(String),
-    #[error("a cycle of '{0}' is running and one request is already queued (queue-latest keeps one)")]
-    AlreadyQueued(String),
+    #[error("cannot take the cut")]
+    Cut(#[source] Box<crate::tracking::CutError>),
+    #[error("cannot find the allocated extents of volume '{volume}'")]
+    Read {
+        volume: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading volume '{volume}'")]
+    ReadVolume {
+        volume: String,
+        #[source]
+        source: Box<crate::volume::VolumeError>,
+    },
+    #[error("reading the cut of volume '{volume}'")]
+    Snapshot {
+        volume: String,
+        #[source]
+        source: Box<crate::tracking::TrackingError>,
+    },
+    #[error("the replication set is stopping")]
+    Stopping,
 }

@@ -13,13 +13,21 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 
 use crate::admin::apply::{volume_file, Host, RuntimeInfo, TakeSnapshotError, TakenSnapshot};
+use crate::admin::protocol::{PeerCheckView, RecoveryPointView, ReplicationView};
 use crate::admin::{Request, Response};
 use crate::catalog::{Catalog, VolumeSpec};
+use crate::catalog::{PeerSpec, ReplicationRole, ReplicationSpec};
+use crate::replication::peer::PeerConn;
+use crate::replication::recovery::{ReceiverStore, VolumeTarget};
+use crate::replication::sender::PrimarySet;
+use crate::replication::wire::{Message, RemoteVolume};
+use crate::replication::ReplicationError;
 use crate::server::{SessionInfo, SessionRegistry};
 use crate::tracking::{
     CowConfig, CutCoordinator, CutId, CutOptions, MemoryBudget, PageSize, SnapshotInfo,
     SnapshotScope, TrackedVolume,
 };
+use crate::tracking::{Cut, CutError};
 use crate::volume::{Engine, Volume, VolumeError};
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +61,12 @@ pub struct Node {
     /// Hands out cut ids node-wide, so a volume's snapshots never share one, and
     /// serializes cuts.
     cuts: CutCoordinator,
+    /// This node, for the tasks it starts (replication sets).
+    me: std::sync::OnceLock<std::sync::Weak<Node>>,
+    /// Running primary replication sets.
+    primaries: Mutex<HashMap<String, Arc<PrimarySet>>>,
+    /// Secondary replication sets' receiver stores.
+    receivers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<ReceiverStore>>>>,
 }
 
 /// Copy-on-write memory shared by all snapshots of the node.
@@ -80,7 +94,91 @@ impl Node {
             cow_budget: MemoryBudget::new(COW_MEMORY),
             tracking: true,
             cuts: CutCoordinator::new(CutId(1)),
+            me: std::sync::OnceLock::new(),
+            primaries: Mutex::new(HashMap::new()),
+            receivers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Starts every replication set of the catalog (after `open_volumes`).
+    pub fn start_replication(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
+        let names: Vec<String> = self.catalog.read().replications.keys().cloned().collect();
+        for name in names {
+            self.start_set(&name);
+        }
+    }
+
+    /// Stops every primary set's task (a cycle in flight puts its pages back into the
+    /// dirty maps); call before saving tracking at shutdown.
+    pub async fn stop_replication(&self) {
+        let sets: Vec<Arc<PrimarySet>> = self.primaries.lock().drain().map(|(_, s)| s).collect();
+        for s in sets {
+            s.stop().await;
+        }
+    }
+
+    fn start_set(&self, name: &str) {
+        let Some(spec) = self.catalog.read().replications.get(name).cloned() else {
+            return;
+        };
+        match spec.role {
+            ReplicationRole::Primary => {
+                let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) else {
+                    return;
+                };
+                let set = PrimarySet::start(&me, name);
+                self.primaries.lock().insert(name.to_string(), set);
+            }
+            ReplicationRole::Secondary => {
+                let targets: Vec<VolumeTarget> = {
+                    let c = self.catalog.read();
+                    spec.volumes
+                        .iter()
+                        .filter_map(|v| {
+                            c.volumes.get(v).map(|vs| VolumeTarget {
+                                name: v.clone(),
+                                path: volume_file(&self.data_dir, vs),
+                                size: vs.size,
+                            })
+                        })
+                        .collect()
+                };
+                match ReceiverStore::open(&self.replication_dir(name), targets) {
+                    Ok(store) => {
+                        self.receivers
+                            .lock()
+                            .insert(name.to_string(), Arc::new(tokio::sync::Mutex::new(store)));
+                    }
+                    Err(e) => {
+                        tracing::error!(set = %name, error = %e, "cannot open the secondary's replication state");
+                    }
+                }
+            }
+        }
+    }
+
+    fn replication_dir(&self, set: &str) -> PathBuf {
+        self.data_dir.join("replication").join(set)
+    }
+
+    /// The receiver store of a secondary set.
+    pub fn receiver(&self, set: &str) -> Option<Arc<tokio::sync::Mutex<ReceiverStore>>> {
+        self.receivers.lock().get(set).cloned()
+    }
+
+    /// A cut for a replication cycle, from the node-wide coordinator.
+    pub async fn cut_for_replication(
+        &self,
+        volumes: &[&TrackedVolume],
+        options: CutOptions,
+    ) -> Result<Cut, CutError> {
+        self.cuts.cut_group(volumes, options).await
+    }
+
+    /// Runs `f` on the runtime from a blocking admin thread.
+    fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        tokio::runtime::Handle::current().block_on(f)
     }
 
     /// Serve without write tracking: no dirty pages, no snapshots. For measuring what
@@ -329,6 +427,156 @@ impl Host for Node {
     }
     fn snapshot_usage(&self, volume: &str, cut: u64) -> Option<SnapshotInfo> {
         Node::snapshot_usage(self, volume, cut)
+    }
+    fn peer_check(&self, name: &str, peer: &PeerSpec) -> PeerCheckView {
+        let mut view = PeerCheckView {
+            name: name.into(),
+            addr: peer.addr.clone(),
+            reachable: false,
+            authenticated: false,
+            protocol_version: None,
+            rtt_us: None,
+            error: None,
+        };
+        let result = self.block_on(async {
+            let mut conn = PeerConn::connect(name, peer).await?;
+            conn.ping().await
+        });
+        match result {
+            Ok(rtt) => {
+                view.reachable = true;
+                view.authenticated = true;
+                view.protocol_version = Some(crate::replication::wire::PROTOCOL_VERSION);
+                view.rtt_us = Some(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX));
+            }
+            Err(e) => {
+                view.reachable = !matches!(
+                    e,
+                    ReplicationError::Connect { .. } | ReplicationError::Timeout { .. }
+                );
+                if let ReplicationError::Version { theirs, .. } = e {
+                    view.protocol_version = Some(theirs);
+                }
+                view.error = Some(e.to_string());
+            }
+        }
+        view
+    }
+    fn replication_create_remote(
+        &self,
+        name: &str,
+        spec: &ReplicationSpec,
+        peer: &PeerSpec,
+        volumes: Vec<RemoteVolume>,
+    ) -> Result<(), ReplicationError> {
+        self.block_on(async {
+            let mut conn = PeerConn::connect(&spec.peer, peer).await?;
+            conn.expect_ok(&Message::CreateSet {
+                set: name.to_string(),
+                peer: spec.peer.clone(),
+                group: spec.group.clone(),
+                volumes,
+                keep: spec.keep,
+            })
+            .await
+        })
+    }
+    fn replication_delete_remote(
+        &self,
+        name: &str,
+        spec: &ReplicationSpec,
+        peer: &PeerSpec,
+    ) -> Result<(), ReplicationError> {
+        // Stop cycles first, so none runs against a set being deleted.
+        let running = self.primaries.lock().remove(name);
+        if let Some(set) = running {
+            self.block_on(set.stop());
+            self.primaries.lock().insert(name.to_string(), set);
+        }
+        let result = self.block_on(async {
+            let mut conn = PeerConn::connect(&spec.peer, peer).await?;
+            conn.expect_ok(&Message::DeleteSet {
+                set: name.to_string(),
+            })
+            .await
+        });
+        if result.is_err() {
+            // Nothing changed: the set runs on.
+            self.primaries.lock().remove(name);
+            self.start_set(name);
+        }
+        result
+    }
+    fn replication_started(&self, name: &str) {
+        self.start_set(name);
+    }
+    fn replication_stopped(&self, name: &str, spec: &ReplicationSpec) {
+        match spec.role {
+            ReplicationRole::Primary => {
+                let set = self.primaries.lock().remove(name);
+                if let Some(set) = set {
+                    self.block_on(set.stop());
+                    set.forget();
+                }
+            }
+            ReplicationRole::Secondary => {
+                self.receivers.lock().remove(name);
+                let dir = self.replication_dir(name);
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(set = %name, error = %e, "cannot remove replication state");
+                    }
+                }
+            }
+        }
+    }
+    fn replicate(&self, name: &str) -> Result<String, ReplicationError> {
+        let policy = self
+            .catalog
+            .read()
+            .replications
+            .get(name)
+            .map(|r| r.queue_policy)
+            .unwrap_or_default();
+        let set = self
+            .primaries
+            .lock()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
+        set.request(policy)
+    }
+    fn replication_runtime(&self, name: &str, view: &mut ReplicationView) {
+        let primary = self.primaries.lock().get(name).cloned();
+        if let Some(set) = primary {
+            set.view(view);
+            return;
+        }
+        if let Some(store) = self.receiver(name) {
+            let store = self.block_on(store.lock());
+            view.generation = store.generation();
+            if let Some(cur) = store.current() {
+                view.status = "ready".into();
+                view.last_cut_id = Some(cur.cut);
+                view.last_cut_time = Some(crate::admin::time::rfc3339_utc(cur.taken_unix));
+            }
+        }
+    }
+    fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPointView>, ReplicationError> {
+        let store = self
+            .receiver(name)
+            .ok_or_else(|| ReplicationError::NotSecondary(name.into()))?;
+        let store = self.block_on(store.lock());
+        Ok(store
+            .recovery_points()
+            .into_iter()
+            .map(|p| RecoveryPointView {
+                cut_id: p.cut,
+                time: crate::admin::time::rfc3339_utc(p.taken_unix),
+                time_unix: p.taken_unix,
+                size: p.undo_bytes,
+            })
+            .collect())
     }
     fn sessions(&self) -> Vec<SessionInfo> {
         self.sessions.list()

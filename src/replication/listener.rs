@@ -1,0 +1,296 @@
+//! The secondary side: `serve --replication-listen ADDR` accepts peer connections.
+//! Each must prove it knows the secret of one of this node's peers before anything
+//! else; the peer it proved is then the only one whose sets it may touch.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::recovery::{CutMeta, ExtentData};
+use super::wire::{self, auth, Frame, Message, PointView, WireError, PROTOCOL_VERSION};
+use crate::admin::replication::{accept_secondary, drop_secondary};
+use crate::catalog::ReplicationRole;
+use crate::server::Node;
+
+/// Accepts peer connections until the node goes away.
+pub async fn serve(node: Arc<Node>, listener: TcpListener) {
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "replication listener accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let node = node.clone();
+        let span = tracing::info_span!("peer", %addr);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                if let Err(e) = connection(node, stream).await {
+                    tracing::info!(error = %e, "peer connection ended");
+                }
+            },
+            span,
+        ));
+    }
+}
+
+type Reader = BufReader<tokio::net::tcp::OwnedReadHalf>;
+type Writer = BufWriter<tokio::net::tcp::OwnedWriteHalf>;
+
+async fn send(w: &mut Writer, m: &Message) -> Result<(), WireError> {
+    wire::write_message(w, m).await
+}
+
+fn error(code: &str, message: impl Into<String>) -> Message {
+    Message::Error {
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+/// The challenge-response: returns the name of the peer whose secret the client
+/// proved, or `None` after telling it why not.
+async fn authenticate(
+    r: &mut Reader,
+    w: &mut Writer,
+    node: &Node,
+) -> Result<Option<String>, WireError> {
+    let theirs = match wire::read_message(r).await? {
+        Message::Hello { version, nonce } if version == PROTOCOL_VERSION => nonce,
+        Message::Hello { version, .. } => {
+            let m = format!(
+                "this node speaks replication protocol version {PROTOCOL_VERSION}, not {version}"
+            );
+            send(w, &error("version", m)).await?;
+            return Ok(None);
+        }
+        _ => {
+            send(w, &error("protocol", "expected hello")).await?;
+            return Ok(None);
+        }
+    };
+    let ours = auth::nonce();
+    send(
+        w,
+        &Message::Challenge {
+            version: PROTOCOL_VERSION,
+            nonce: ours.clone(),
+        },
+    )
+    .await?;
+    let Message::Proof { mac } = wire::read_message(r).await? else {
+        send(w, &error("protocol", "expected proof")).await?;
+        return Ok(None);
+    };
+    let peers: Vec<(String, String)> = node
+        .catalog
+        .read()
+        .peers
+        .iter()
+        .map(|(n, p)| (n.clone(), p.secret.clone()))
+        .collect();
+    let found = peers
+        .into_iter()
+        .find(|(_, secret)| auth::verify(secret, auth::CLIENT, &theirs, &ours, &mac));
+    let Some((name, secret)) = found else {
+        tracing::warn!("peer failed to prove a known secret: authentication failed");
+        send(w, &error("auth_failed", "authentication failed")).await?;
+        return Ok(None);
+    };
+    let mac = auth::prove(&secret, auth::SERVER, &ours, &theirs);
+    send(w, &Message::Welcome { mac }).await?;
+    Ok(Some(name))
+}
+
+async fn connection(node: Arc<Node>, stream: TcpStream) -> Result<(), WireError> {
+    let _ = stream.set_nodelay(true);
+    let (r, w) = stream.into_split();
+    let mut r = BufReader::with_capacity(1 << 20, r);
+    let mut w = BufWriter::new(w);
+    let Some(peer) = authenticate(&mut r, &mut w, &node).await? else {
+        w.flush().await?;
+        return Ok(());
+    };
+    tracing::info!(peer = %peer, "peer authenticated");
+    loop {
+        let m = match wire::read_message(&mut r).await {
+            Ok(m) => m,
+            Err(WireError::Closed) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let answer = match m {
+            Message::Ping => Message::Pong,
+            Message::CreateSet {
+                set,
+                group,
+                volumes,
+                keep,
+                ..
+            } => {
+                let node2 = node.clone();
+                let peer2 = peer.clone();
+                let res = tokio::task::spawn_blocking(move || {
+                    accept_secondary(&*node2, &set, &peer2, group.as_deref(), &volumes, keep)
+                })
+                .await;
+                match res {
+                    Ok(Ok(())) => Message::Ok,
+                    Ok(Err(e)) => error("refused", e.to_string()),
+                    Err(e) => error("internal", e.to_string()),
+                }
+            }
+            Message::DeleteSet { set } => match owned_set(&node, &peer, &set) {
+                Err(m) => m,
+                Ok(()) => {
+                    let node2 = node.clone();
+                    match tokio::task::spawn_blocking(move || drop_secondary(&*node2, &set)).await {
+                        Ok(Ok(())) => Message::Ok,
+                        Ok(Err(e)) => error("refused", e.to_string()),
+                        Err(e) => error("internal", e.to_string()),
+                    }
+                }
+            },
+            Message::Reset { set, generation } => match owned_set(&node, &peer, &set) {
+                Err(m) => m,
+                Ok(()) => match node.receiver(&set) {
+                    None => error("not_found", format!("no secondary set '{set}' here")),
+                    Some(store) => {
+                        let mut store = store.lock().await;
+                        match tokio::task::block_in_place(|| store.reset(generation)) {
+                            Ok(()) => Message::Ok,
+                            Err(e) => error("io", e.to_string()),
+                        }
+                    }
+                },
+            },
+            Message::RecoveryPoints { set } => match node.receiver(&set) {
+                None => error("not_found", format!("no secondary set '{set}' here")),
+                Some(store) => Message::Points {
+                    points: store
+                        .lock()
+                        .await
+                        .recovery_points()
+                        .into_iter()
+                        .map(|p| PointView {
+                            cut: p.cut,
+                            taken_unix: p.taken_unix,
+                            undo_bytes: p.undo_bytes,
+                        })
+                        .collect(),
+                },
+            },
+            Message::BeginCut {
+                set,
+                generation,
+                cut,
+                taken_unix,
+                ..
+            } => {
+                if let Err(m) = owned_set(&node, &peer, &set) {
+                    send(&mut w, &m).await?;
+                    continue;
+                }
+                let Some(store) = node.receiver(&set) else {
+                    send(
+                        &mut w,
+                        &error("not_found", format!("no secondary set '{set}' here")),
+                    )
+                    .await?;
+                    continue;
+                };
+                let keep = node
+                    .catalog
+                    .read()
+                    .replications
+                    .get(&set)
+                    .map_or(1, |r| r.keep as usize);
+                receive_cut(
+                    &mut r,
+                    &mut w,
+                    store,
+                    CutMeta {
+                        generation,
+                        cut,
+                        taken_unix,
+                    },
+                    keep,
+                )
+                .await?;
+                continue;
+            }
+            _ => error("protocol", "unexpected message"),
+        };
+        send(&mut w, &answer).await?;
+    }
+}
+
+/// The set exists here as a secondary of `peer`.
+fn owned_set(node: &Node, peer: &str, set: &str) -> Result<(), Message> {
+    match node.catalog.read().replications.get(set) {
+        Some(r) if r.role == ReplicationRole::Secondary && r.peer == peer => Ok(()),
+        Some(_) => Err(error(
+            "refused",
+            format!("set '{set}' here is not a secondary of this peer"),
+        )),
+        None => Err(error("not_found", format!("no secondary set '{set}' here"))),
+    }
+}
+
+/// Stages the extents of one cut and commits it at its end record. The store is held
+/// for the whole cut: one cut at a time per set.
+async fn receive_cut(
+    r: &mut Reader,
+    w: &mut Writer,
+    store: Arc<tokio::sync::Mutex<super::recovery::ReceiverStore>>,
+    meta: CutMeta,
+    keep: usize,
+) -> Result<(), WireError> {
+    let mut store = store.lock().await;
+    let cut = meta.cut;
+    let progress = match tokio::task::block_in_place(|| store.begin(meta)) {
+        Ok(p) => p,
+        Err(e) => return send(w, &error("refused", e.to_string())).await,
+    };
+    send(
+        w,
+        &Message::Begun {
+            extents: progress.extents,
+            bytes: progress.bytes,
+        },
+    )
+    .await?;
+    let mut failed: Option<String> = None;
+    loop {
+        match wire::read_frame(r).await? {
+            Frame::Extent(e) => {
+                if failed.is_some() {
+                    continue;
+                }
+                let data = match &e.kind {
+                    wire::ExtentKind::Data(d) => ExtentData::Data(d),
+                    wire::ExtentKind::Zero { len } => ExtentData::Zero { len: *len },
+                };
+                if let Err(err) =
+                    tokio::task::block_in_place(|| store.put(e.volume, e.offset, data, e.crc))
+                {
+                    failed = Some(err.to_string());
+                }
+            }
+            Frame::Control(Message::EndCut { cut: end, .. }) if end == cut => {
+                if let Some(why) = failed {
+                    return send(w, &error("refused", why)).await;
+                }
+                return match tokio::task::block_in_place(|| store.commit_and_apply(keep)) {
+                    Ok(()) => send(w, &Message::Committed { cut }).await,
+                    Err(e) => send(w, &error("io", e.to_string())).await,
+                };
+            }
+            Frame::Control(_) => {
+                return send(w, &error("protocol", "expected extents or the cut's end")).await
+            }
+        }
+    }
+}

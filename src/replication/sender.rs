@@ -1,0 +1,684 @@
+//! The primary side of a replication set: a task per set that runs cycles on request
+//! (`replicate`, the set's interval, retries), each a consistent cut of the set's
+//! volumes shipped to the peer as extents of changed pages.
+//!
+//! A cycle: cut the volumes (dirty maps frozen into the cut, a snapshot keeps the
+//! frozen pages' content while writers go on), connect, `BeginCut`, the extents,
+//! `EndCut`, wait for `Committed`. Then the snapshot is dropped and the cut is the
+//! set's last. If anything fails, the frozen bits go back into the dirty maps, so the
+//! next cycle ships them again: nothing is ever dropped. The first cycle of a
+//! generation is full: all allocated extents of each volume file as data, holes as
+//! zero records.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use roaring::RoaringBitmap;
+use serde::{Deserialize, Serialize};
+
+use super::peer::PeerConn;
+use super::wire::{Extent, ExtentKind, Message, MAX_EXTENT};
+use super::ReplicationError;
+use crate::admin::protocol::{CycleProgressView, CycleView, ReplicationView};
+use crate::admin::time::{rfc3339_utc, unix_secs};
+use crate::catalog::QueuePolicy;
+use crate::server::Node;
+use crate::tracking::{CutId, CutOptions, SnapshotScope, TrackedVolume};
+use crate::volume::Volume;
+
+/// Longest a cut holds writers off.
+const CUT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Retry delays after a failed cycle: doubling from the first to the last.
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// What survives a restart of the primary, in `DATA_DIR/replication/SET/primary.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PrimaryState {
+    pub generation: u64,
+    /// The last cut the peer committed in this generation.
+    pub last_cut: Option<u64>,
+    pub last_cut_unix: Option<u64>,
+    pub cycles: u64,
+    pub last_cycle: Option<CycleView>,
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    running: bool,
+    queued: u32,
+    progress: Option<CycleProgressView>,
+    error: Option<String>,
+    next_retry: Option<SystemTime>,
+    started: Option<Instant>,
+}
+
+/// One primary set's runtime.
+pub struct PrimarySet {
+    name: String,
+    dir: PathBuf,
+    state: Mutex<PrimaryState>,
+    live: Mutex<Live>,
+    wake: tokio::sync::Notify,
+    stop: AtomicBool,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl PrimarySet {
+    /// Loads the set's saved state (or a fresh one) and starts its task.
+    pub fn start(node: &Arc<Node>, name: &str) -> Arc<PrimarySet> {
+        let dir = node.data_dir.join("replication").join(name);
+        let state = load_state(&dir).unwrap_or_else(|e| {
+            tracing::warn!(set = name, error = %e, "replication state unreadable: starting a new generation");
+            PrimaryState::default()
+        });
+        let set = Arc::new(PrimarySet {
+            name: name.to_string(),
+            dir,
+            state: Mutex::new(state),
+            live: Mutex::new(Live::default()),
+            wake: tokio::sync::Notify::new(),
+            stop: AtomicBool::new(false),
+            task: Mutex::new(None),
+        });
+        let task = tokio::spawn(run(Arc::downgrade(node), set.clone()));
+        *set.task.lock() = Some(task);
+        set
+    }
+
+    /// `replicate`: start a cycle, or queue one by the set's policy.
+    pub fn request(&self, policy: QueuePolicy) -> Result<String, ReplicationError> {
+        let mut live = self.live.lock();
+        if !live.running {
+            live.next_retry = None;
+            drop(live);
+            self.wake.notify_one();
+            return Ok(format!("replication of '{}' started", self.name));
+        }
+        match policy {
+            QueuePolicy::Discard => Err(ReplicationError::Discarded(self.name.clone())),
+            QueuePolicy::QueueLatest if live.queued == 0 => {
+                live.queued = 1;
+                Ok(format!(
+                    "a cycle of '{}' is running; one more is queued to follow it",
+                    self.name
+                ))
+            }
+            QueuePolicy::QueueLatest => Ok(format!(
+                "a cycle of '{}' is running and one is already queued; it covers this request",
+                self.name
+            )),
+        }
+    }
+
+    /// Stops the task: a running cycle is abandoned (its pages stay dirty).
+    pub async fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake.notify_one();
+        let task = self.task.lock().take();
+        if let Some(task) = task {
+            if tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(set = %self.name, "replication task did not stop in 15 s");
+            }
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Fills the runtime part of the set's view.
+    pub fn view(&self, v: &mut ReplicationView) {
+        let st = self.state.lock().clone();
+        let live = self.live.lock();
+        v.generation = st.generation;
+        v.last_cut_id = st.last_cut;
+        v.last_cut_time = st.last_cut_unix.map(rfc3339_utc);
+        v.lag_secs = st
+            .last_cut_unix
+            .map(|t| unix_secs(SystemTime::now()).saturating_sub(t));
+        v.cycles = st.cycles;
+        v.last_cycle = st.last_cycle;
+        v.queued = live.queued;
+        v.progress = live.progress;
+        v.error = live.error.clone();
+        v.next_retry = live.next_retry.map(|t| rfc3339_utc(unix_secs(t)));
+        v.status = if live.running {
+            "replicating"
+        } else if live.error.is_some() {
+            "error"
+        } else if st.last_cut.is_some() {
+            "ready"
+        } else {
+            "unsynchronized"
+        }
+        .into();
+    }
+
+    /// Removes the saved state (the set was deleted).
+    pub fn forget(&self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(set = %self.name, error = %e, "cannot remove replication state");
+            }
+        }
+    }
+}
+
+fn state_path(dir: &Path) -> PathBuf {
+    dir.join("primary.json")
+}
+
+fn load_state(dir: &Path) -> Result<PrimaryState, std::io::Error> {
+    match std::fs::read(state_path(dir)) {
+        Ok(b) => serde_json::from_slice(&b).map_err(std::io::Error::other),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PrimaryState::default()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Write temp, fsync, rename, fsync dir.
+fn save_state(dir: &Path, st: &PrimaryState) -> Result<(), std::io::Error> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join("primary.json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(st).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, state_path(dir))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+async fn run(node: Weak<Node>, set: Arc<PrimarySet>) {
+    let mut failures = 0u32;
+    loop {
+        let every = node.upgrade().and_then(|n| {
+            n.catalog
+                .read()
+                .replications
+                .get(&set.name)
+                .and_then(|r| r.every_secs)
+        });
+        let retry_at = set.live.lock().next_retry;
+        let wait = match (every, retry_at) {
+            (_, Some(t)) => t.duration_since(SystemTime::now()).unwrap_or_default(),
+            (Some(secs), None) => Duration::from_secs(secs),
+            (None, None) => Duration::from_secs(3600),
+        };
+        let queued = {
+            let mut live = set.live.lock();
+            let q = live.queued > 0;
+            live.queued = live.queued.saturating_sub(1);
+            q
+        };
+        if !queued {
+            let _ = tokio::time::timeout(wait, set.wake.notified()).await;
+        }
+        if set.stopping() {
+            break;
+        }
+        let Some(n) = node.upgrade() else { break };
+        {
+            let mut live = set.live.lock();
+            live.running = true;
+            live.started = Some(Instant::now());
+            live.next_retry = None;
+        }
+        let span = tracing::info_span!("cycle", set = %set.name);
+        let result = tracing::Instrument::instrument(cycle(&n, &set), span).await;
+        drop(n);
+        let mut live = set.live.lock();
+        live.running = false;
+        live.progress = None;
+        match result {
+            Ok(()) => {
+                failures = 0;
+                live.error = None;
+            }
+            Err(e) if set.stopping() => {
+                tracing::info!(set = %set.name, error = %e, "cycle abandoned: stopping");
+            }
+            Err(e) => {
+                let delay = RETRY_FIRST
+                    .saturating_mul(1 << failures.min(5))
+                    .min(RETRY_MAX);
+                failures += 1;
+                tracing::warn!(set = %set.name, error = %e, retry_in_s = delay.as_secs(), "replication cycle failed");
+                live.error = Some(error_chain(&e));
+                live.next_retry = Some(SystemTime::now() + delay);
+            }
+        }
+        if set.stopping() {
+            break;
+        }
+    }
+}
+
+/// An error and its sources, for status.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// One run of pages of one volume to ship: data (read through the snapshot) or a
+/// range known to be a hole (a zero record).
+struct Run {
+    volume: u32,
+    pages: std::ops::Range<u32>,
+    hole: bool,
+}
+
+async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationError> {
+    let (spec, peer) = {
+        let c = node.catalog.read();
+        let spec = c
+            .replications
+            .get(&set.name)
+            .cloned()
+            .ok_or_else(|| ReplicationError::NotPrimary(set.name.clone()))?;
+        let peer = c
+            .peers
+            .get(&spec.peer)
+            .cloned()
+            .ok_or_else(|| ReplicationError::NotPrimary(set.name.clone()))?;
+        (spec, peer)
+    };
+    let volumes: Vec<Arc<Volume>> = spec
+        .volumes
+        .iter()
+        .map(|v| node.volumes.read().get(v).cloned())
+        .collect::<Option<_>>()
+        .ok_or_else(|| ReplicationError::NotPrimary(set.name.clone()))?;
+    let tracked: Vec<Arc<TrackedVolume>> = volumes
+        .iter()
+        .map(|v| v.tracking().cloned())
+        .collect::<Option<_>>()
+        .ok_or(ReplicationError::Unavailable)?;
+
+    // Connect first: a cut is only worth taking when the peer is there.
+    let mut conn = PeerConn::connect(&spec.peer, &peer).await?;
+    let (generation, full) = {
+        let st = set.state.lock();
+        (st.generation, st.last_cut.is_none())
+    };
+    let refs: Vec<&TrackedVolume> = tracked.iter().map(|t| &**t).collect();
+    let cut = node
+        .cut_for_replication(
+            &refs,
+            CutOptions {
+                timeout: CUT_TIMEOUT,
+                snapshot: if full {
+                    SnapshotScope::Volume
+                } else {
+                    SnapshotScope::Frozen
+                },
+                freeze_dirty: true,
+            },
+        )
+        .await
+        .map_err(|e| ReplicationError::Cut(Box::new(e)))?;
+    let started = Instant::now();
+    let cut_unix = unix_secs(cut.at);
+    // The cut's frozen maps are in name order; the set's order is the wire's.
+    let frozen: Vec<RoaringBitmap> = spec
+        .volumes
+        .iter()
+        .map(|v| {
+            cut.volumes
+                .iter()
+                .find(|f| &*f.volume == v.as_str())
+                .map(|f| f.dirty.clone())
+                .unwrap_or_default()
+        })
+        .collect();
+
+    let shipped = tokio::select! {
+        r = ship(set, &mut conn, &spec.volumes, &volumes, &tracked, &frozen, cut.id, cut_unix, generation, full) => r,
+        _ = wait_stop(set) => Err(ReplicationError::Stopping),
+    };
+    for t in &tracked {
+        let _ = t.delete_snapshot(cut.id);
+    }
+    match shipped {
+        Ok(mut stats) => {
+            stats.seconds = started.elapsed().as_secs_f64();
+            let mut st = set.state.lock();
+            st.last_cut = Some(cut.id.0);
+            st.last_cut_unix = Some(cut_unix);
+            st.cycles += 1;
+            st.last_cycle = Some(stats);
+            let saved = st.clone();
+            drop(st);
+            if let Err(e) = save_state(&set.dir, &saved) {
+                // The peer has the cut; only our record of it is missing: the next
+                // cycle would be full again. Say so.
+                tracing::error!(set = %set.name, error = %e, "cannot save replication state");
+            }
+            tracing::info!(
+                cut = cut.id.0,
+                data_bytes = stats.data_bytes,
+                records = stats.record_bytes,
+                seconds = stats.seconds,
+                "cycle committed"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            cut.merge_back(&refs);
+            Err(e)
+        }
+    }
+}
+
+async fn wait_stop(set: &PrimarySet) {
+    while !set.stopping() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The pages of `path` (a volume file of `size` bytes) inside allocated extents
+/// (SEEK_DATA/SEEK_HOLE).
+fn allocated_pages(path: &Path, size: u64, page: u64) -> Result<RoaringBitmap, std::io::Error> {
+    let f = std::fs::File::open(path)?;
+    let fd = f.as_raw_fd();
+    let mut pages = RoaringBitmap::new();
+    let mut pos: i64 = 0;
+    let end = size as i64;
+    while pos < end {
+        // SAFETY: lseek on a file descriptor we own; no memory is passed.
+        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
+        if data < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break; // no data past pos
+            }
+            return Err(e);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (from, to) = (data as u64, (hole as u64).min(size));
+        if to > from {
+            let first = (from / page) as u32;
+            let last = to.div_ceil(page) as u32;
+            pages.insert_range(first..last);
+        }
+        pos = hole;
+    }
+    Ok(pages)
+}
+
+/// Runs of the pages to ship: for a full cycle every page (allocated or dirty ones as
+/// data, the rest as holes); otherwise the dirty pages.
+fn runs(volume: u32, pages: u32, data: &RoaringBitmap, full: bool) -> Vec<Run> {
+    let max_pages = pages.max(1);
+    let mut out = Vec::new();
+    let mut push = |range: std::ops::Range<u32>, hole: bool| {
+        if !range.is_empty() {
+            out.push(Run {
+                volume,
+                pages: range,
+                hole,
+            });
+        }
+    };
+    let mut at = 0u32;
+    let mut iter = data.iter().peekable();
+    while let Some(first) = iter.next() {
+        if first >= max_pages {
+            break;
+        }
+        let mut last = first;
+        while iter.peek() == Some(&(last + 1)) {
+            last = iter.next().expect("peeked");
+        }
+        if full {
+            push(at..first, true);
+        }
+        push(first..last + 1, false);
+        at = last + 1;
+    }
+    if full {
+        push(at..pages, true);
+    }
+    out
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn ship(
+    set: &PrimarySet,
+    conn: &mut PeerConn,
+    names: &[String],
+    volumes: &[Arc<Volume>],
+    tracked: &[Arc<TrackedVolume>],
+    frozen: &[RoaringBitmap],
+    cut: CutId,
+    cut_unix: u64,
+    generation: u64,
+    full: bool,
+) -> Result<CycleView, ReplicationError> {
+    let mut plan: Vec<Run> = Vec::new();
+    let mut total = 0u64;
+    for (i, (v, t)) in volumes.iter().zip(tracked).enumerate() {
+        let page = u64::from(t.page_size().bytes());
+        let mut data = frozen[i].clone();
+        if full {
+            let alloc = allocated_pages(v.path(), v.size(), page).map_err(|source| {
+                ReplicationError::Read {
+                    volume: names[i].clone(),
+                    source,
+                }
+            })?;
+            data |= alloc;
+        }
+        total += data.len() * page;
+        plan.extend(runs(i as u32, t.page_count(), &data, full));
+    }
+    set.live.lock().progress = Some(CycleProgressView {
+        cut_id: cut.0,
+        bytes_total: total,
+        ..Default::default()
+    });
+
+    let begun = conn
+        .request(&Message::BeginCut {
+            set: set.name.clone(),
+            generation,
+            cut: cut.0,
+            taken_unix: cut_unix,
+            full,
+        })
+        .await?;
+    if !matches!(begun, Message::Begun { .. }) {
+        return Err(conn.refusal(begun));
+    }
+    let sent_before = conn.sent;
+    let started = Instant::now();
+    let mut stats = CycleView {
+        cut_id: cut.0,
+        full,
+        ..Default::default()
+    };
+    let mut extents = 0u64;
+    let mut done = 0u64;
+    for run in &plan {
+        let v = &volumes[run.volume as usize];
+        let t = &tracked[run.volume as usize];
+        let page = u64::from(t.page_size().bytes());
+        let start = u64::from(run.pages.start) * page;
+        let end = (u64::from(run.pages.end) * page).min(v.size());
+        if run.hole {
+            let e = Extent {
+                volume: run.volume,
+                offset: start,
+                kind: ExtentKind::Zero { len: end - start },
+                crc: 0,
+            };
+            conn.send_extent(&e).await?;
+            extents += 1;
+            stats.record_bytes += Extent::overhead();
+            stats.zero_bytes += end - start;
+            continue;
+        }
+        let chunk = (MAX_EXTENT as u64 / page).max(1) * page;
+        let mut off = start;
+        while off < end {
+            let len = chunk.min(end - off);
+            let data =
+                v.read(off, len as usize)
+                    .await
+                    .map_err(|e| ReplicationError::ReadVolume {
+                        volume: names[run.volume as usize].clone(),
+                        source: Box::new(e),
+                    })?;
+            let mut buf = bytes::BytesMut::from(&data[..]);
+            t.overlay_snapshot(cut, off, &mut buf)
+                .map_err(|e| ReplicationError::Snapshot {
+                    volume: names[run.volume as usize].clone(),
+                    source: Box::new(e),
+                })?;
+            let buf = buf.freeze();
+            // Split into runs of zero and non-zero pages.
+            let mut p = 0usize;
+            while p < buf.len() {
+                let step = (page as usize).min(buf.len() - p);
+                let zero = is_zero(&buf[p..p + step]);
+                let mut q = p + step;
+                while q < buf.len() {
+                    let s = (page as usize).min(buf.len() - q);
+                    if is_zero(&buf[q..q + s]) != zero {
+                        break;
+                    }
+                    q += s;
+                }
+                let offset = off + p as u64;
+                let e = if zero {
+                    stats.record_bytes += Extent::overhead();
+                    stats.zero_bytes += (q - p) as u64;
+                    Extent {
+                        volume: run.volume,
+                        offset,
+                        kind: ExtentKind::Zero {
+                            len: (q - p) as u64,
+                        },
+                        crc: 0,
+                    }
+                } else {
+                    let d: Bytes = buf.slice(p..q);
+                    stats.data_bytes += d.len() as u64;
+                    Extent {
+                        volume: run.volume,
+                        offset,
+                        crc: crc32c::crc32c(&d),
+                        kind: ExtentKind::Data(d),
+                    }
+                };
+                conn.send_extent(&e).await?;
+                extents += 1;
+                p = q;
+            }
+            off += len;
+            done += len;
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            let rate = done as f64 / secs;
+            set.live.lock().progress = Some(CycleProgressView {
+                cut_id: cut.0,
+                bytes_done: done,
+                bytes_total: total,
+                rate_bytes_per_sec: rate,
+                eta_secs: (rate > 0.0).then(|| total.saturating_sub(done) as f64 / rate),
+            });
+        }
+    }
+    match conn
+        .request(&Message::EndCut {
+            set: set.name.clone(),
+            cut: cut.0,
+            extents,
+        })
+        .await?
+    {
+        Message::Committed { cut: c } if c == cut.0 => {}
+        other => return Err(conn.refusal(other)),
+    }
+    let wire_total = conn.sent - sent_before;
+    stats.overhead_bytes = wire_total.saturating_sub(stats.data_bytes + stats.record_bytes);
+    Ok(stats)
+}
+
+fn is_zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_cover_full_and_incremental() {
+        let mut d = RoaringBitmap::new();
+        d.insert_range(2..4);
+        d.insert(7);
+        let r: Vec<(std::ops::Range<u32>, bool)> = runs(0, 10, &d, true)
+            .into_iter()
+            .map(|r| (r.pages, r.hole))
+            .collect();
+        assert_eq!(
+            r,
+            vec![
+                (0..2, true),
+                (2..4, false),
+                (4..7, true),
+                (7..8, false),
+                (8..10, true)
+            ]
+        );
+        let r: Vec<(std::ops::Range<u32>, bool)> = runs(0, 10, &d, false)
+            .into_iter()
+            .map(|r| (r.pages, r.hole))
+            .collect();
+        assert_eq!(r, vec![(2..4, false), (7..8, false)]);
+        assert!(runs(0, 10, &RoaringBitmap::new(), false).is_empty());
+    }
+
+    #[test]
+    fn allocated_pages_follow_the_file() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("v");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(1 << 20).unwrap();
+        f.write_all_at(&[1u8; 4096], 8192).unwrap();
+        f.write_all_at(&[1u8; 100], 65536 + 5).unwrap();
+        f.sync_all().unwrap();
+        let pages = allocated_pages(&p, 1 << 20, 4096).unwrap();
+        assert_eq!(pages.iter().collect::<Vec<_>>(), vec![2, 16]);
+    }
+
+    #[test]
+    fn zero_check() {
+        assert!(is_zero(&[0u8; 4099]));
+        let mut b = vec![0u8; 4099];
+        b[4098] = 1;
+        assert!(!is_zero(&b));
+        b[4098] = 0;
+        b[3] = 1;
+        assert!(!is_zero(&b));
+    }
+}
