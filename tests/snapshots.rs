@@ -10,6 +10,9 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::dependent::{
+    after_writes, dependent_writer, generations, Control, Images, BLOCK, BLOCKS,
+};
 use common::raw::RawClient;
 use common::{run_ok, TestServer, DEMO_IQN};
 use twinlun::iscsi::pdu::Digests;
@@ -160,82 +163,8 @@ fn a_volume_snapshot_reads_as_its_cut_through_a_real_initiator() {
 
 // ---- group snapshots under dependent writes -------------------------------------------
 
-const BLOCK: usize = 512;
-/// Blocks per volume: 256 KiB volumes.
-const BLOCKS: usize = 512;
 const GROUP_IQN: &str = "iqn.2026-11.test:group";
 const CHECK_IQN: &str = "iqn.2026-11.test:check";
-
-/// Block `i` of volume `vol` (0 = A, 1 = B) as written in pass `gen` (1..): a header
-/// naming it, then `gen` repeated. Never written reads as zeros: generation 0.
-fn block(vol: u8, i: usize, gen: u8) -> Vec<u8> {
-    let mut b = vec![gen; BLOCK];
-    b[..4].copy_from_slice(&[vol, (i >> 8) as u8, i as u8, gen]);
-    b
-}
-
-/// The generation of each block of an image of volume `vol`.
-fn generations(vol: u8, image: &[u8]) -> Vec<u8> {
-    image
-        .chunks(BLOCK)
-        .enumerate()
-        .map(|(i, b)| {
-            if b.iter().all(|&x| x == 0) {
-                return 0;
-            }
-            let gen = b[3];
-            assert_eq!(b, &block(vol, i, gen)[..], "volume {vol} block {i} is torn");
-            gen
-        })
-        .collect()
-}
-
-/// The generations after the first `k` writes of the sequence A[0] B[0] A[1] B[1] ...,
-/// pass after pass.
-fn after_writes(k: usize) -> (Vec<u8>, Vec<u8>) {
-    let (passes, rest) = (k / (2 * BLOCKS), k % (2 * BLOCKS));
-    let gen = |slot: usize| (passes + usize::from(slot < rest)) as u8;
-    (
-        (0..BLOCKS).map(|i| gen(2 * i)).collect(),
-        (0..BLOCKS).map(|i| gen(2 * i + 1)).collect(),
-    )
-}
-
-/// Volumes A and B as read at one moment.
-type Images = (Vec<u8>, Vec<u8>);
-
-enum Control {
-    Pause(mpsc::Sender<()>),
-    Resume,
-}
-
-/// Writes A[i], waits for GOOD, then B[i], for i = 0.. in passes 1, 2, ... until
-/// `stop`; between writes it obeys `control` (a paused writer has nothing in flight).
-fn dependent_writer(
-    addr: std::net::SocketAddr,
-    stop: Arc<AtomicBool>,
-    control: mpsc::Receiver<Control>,
-) -> usize {
-    let mut c = RawClient::connect(addr);
-    c.login("iqn.2026-11.test:writer", GROUP_IQN, Digests::default());
-    let mut writes = 0;
-    'passes: for gen in 1..=255u8 {
-        for i in 0..BLOCKS {
-            for vol in 0..2u8 {
-                if stop.load(Ordering::Acquire) {
-                    break 'passes;
-                }
-                if let Ok(Control::Pause(paused)) = control.try_recv() {
-                    paused.send(()).unwrap();
-                    while !matches!(control.recv(), Ok(Control::Resume) | Err(_)) {}
-                }
-                c.write10(u64::from(vol), i as u32, &block(vol, i, gen), BLOCK);
-                writes += 1;
-            }
-        }
-    }
-    writes
-}
 
 #[test]
 fn group_snapshots_under_dependent_writes_are_consistent_cuts() {
@@ -254,7 +183,7 @@ fn group_snapshots_under_dependent_writes_are_consistent_cuts() {
     let writer = {
         let stop = stop.clone();
         let addr = s.addr;
-        std::thread::spawn(move || dependent_writer(addr, stop, control_rx))
+        std::thread::spawn(move || dependent_writer(addr, GROUP_IQN, stop, control_rx))
     };
     let mut reader = RawClient::connect(s.addr);
     reader.login(INITIATOR, GROUP_IQN, Digests::default());

@@ -404,7 +404,7 @@ fn execute<H: Host + ?Sized>(host: &H, req: Request) -> Result<Response, AdminEr
         return Ok(if snapshot {
             Response::Snapshot(snapshot_view(host, &c, &name))
         } else {
-            Response::Replication(full_replication_view(host, &c, &name))
+            Response::Replication(Box::new(full_replication_view(host, &c, &name)))
         });
     }
     Ok(response)
@@ -495,7 +495,7 @@ fn query<H: Host + ?Sized>(host: &H, c: &Catalog, req: &Request) -> Result<Respo
             if !c.replications.contains_key(name) {
                 return Err(AdminError::NoSet(name.clone()));
             }
-            Response::Replication(full_replication_view(host, c, name))
+            Response::Replication(Box::new(full_replication_view(host, c, name)))
         }
         Request::Replicate { name } => {
             if !c.replications.contains_key(name) {

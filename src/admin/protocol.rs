@@ -348,7 +348,7 @@ pub enum Response {
         peers: Vec<PeerView>,
     },
     PeerCheck(PeerCheckView),
-    Replication(ReplicationView),
+    Replication(Box<ReplicationView>),
     Replications {
         replications: Vec<ReplicationView>,
     },
@@ -467,6 +467,7 @@ pub struct CycleView {
     pub full: bool,
 }
 
+// Rates and durations are finite numbers, never NaN: equality is total.
 impl Eq for CycleProgressView {}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

@@ -2,6 +2,8 @@
 //! driven through `twinlun ctl`, and helpers to run real initiator tools against it.
 #![allow(dead_code)]
 
+pub mod dependent;
+pub mod proxy;
 pub mod raw;
 
 use std::io::{BufRead, BufReader};
@@ -16,6 +18,8 @@ pub const DEMO_IQN: &str = "iqn.2026-11.io.twinlun:demo";
 pub struct TestServer {
     pub child: Option<Child>,
     pub addr: SocketAddr,
+    /// The replication listener, when started with `--replication-listen`.
+    pub repl_addr: Option<SocketAddr>,
     pub socket: PathBuf,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -51,6 +55,7 @@ impl TestServer {
         let mut s = TestServer {
             child: None,
             addr: "127.0.0.1:0".parse().unwrap(),
+            repl_addr: None,
             socket: data_dir.join("admin.sock"),
             data_dir,
             _tmp: Some(tmp),
@@ -92,6 +97,8 @@ impl TestServer {
                 addr = Some(a.trim().parse().expect("listen address"));
             } else if let Some(p) = line.strip_prefix("twinlun: admin socket ") {
                 socket = Some(PathBuf::from(p.trim()));
+            } else if let Some(a) = line.strip_prefix("twinlun: replication listening on ") {
+                self.repl_addr = Some(a.trim().parse().expect("replication address"));
             }
         }
         // Keep draining stdout so the server never blocks on a full pipe.
@@ -198,6 +205,23 @@ pub fn run_ok(prog: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A port nothing listens on right now (bound and released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Stop with SIGKILL (a crash) and wait.
+pub fn kill9(s: &mut TestServer) {
+    if let Some(mut c) = s.child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
 
 pub fn repo_root() -> &'static Path {
