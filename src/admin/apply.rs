@@ -120,10 +120,27 @@ pub trait Host: Sync {
     }
     /// The runtime part of a set's view (status, cuts, progress).
     fn replication_runtime(&self, _name: &str, _view: &mut ReplicationView) {}
+    /// `restart`, `suspend`, `resume`, `abort` of a primary set.
+    fn replication_control(&self, name: &str, _action: Control) -> Result<String, ReplicationError> {
+        Err(ReplicationError::NotPrimary(name.into()))
+    }
+    /// Rolls a secondary set's volumes back to `cut` (promote at an older point).
+    fn roll_back(&self, name: &str, _cut: u64) -> Result<(), ReplicationError> {
+        Err(ReplicationError::NotSecondary(name.into()))
+    }
     /// A secondary set's recovery points, newest first.
     fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPointView>, ReplicationError> {
         Err(ReplicationError::NotSecondary(name.into()))
     }
+}
+
+/// What `replication_control` does to a primary set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Restart,
+    Suspend,
+    Resume,
+    Abort,
 }
 
 /// A snapshot's cut as the host took it.
@@ -223,6 +240,10 @@ pub enum AdminError {
     VolumeReplicated { volume: String, set: String },
     #[error(transparent)]
     Replication(#[from] ReplicationError),
+    #[error("restart deletes every recovery point of '{0}' on the secondary and ships all written data again; the secondary is not ready for failover until that copy commits. Run it again with --yes to do it")]
+    RestartUnconfirmed(String),
+    #[error("no secondary replication set holds {0}")]
+    NotASecondary(String),
     #[error("cannot take snapshot '{name}': {source}")]
     TakeSnapshot {
         name: String,
@@ -310,6 +331,8 @@ impl AdminError {
             | AdminError::SecondaryVolume { .. }
             | AdminError::VolumeReplicated { .. } => ErrorCode::InUse,
             AdminError::Replication(e) => replication_code(e),
+            AdminError::RestartUnconfirmed(_) => ErrorCode::Invalid,
+            AdminError::NotASecondary(_) => ErrorCode::NotFound,
             AdminError::TargetBusy { .. } => ErrorCode::Busy,
             // Writes did not drain in time, or another cut holds a gate: try again.
             AdminError::TakeSnapshot {
@@ -329,7 +352,8 @@ fn replication_code(e: &ReplicationError) -> ErrorCode {
         ReplicationError::AuthRefused { .. } | ReplicationError::PeerUnproven { .. } => {
             ErrorCode::AuthFailed
         }
-        ReplicationError::Discarded(_) => ErrorCode::Busy,
+        ReplicationError::Discarded(_) | ReplicationError::Suspended(_) => ErrorCode::Busy,
+        ReplicationError::NotRunning(_) => ErrorCode::NotFound,
         ReplicationError::NotPrimary(_) | ReplicationError::NotSecondary(_) => ErrorCode::Invalid,
         ReplicationError::Remote { .. } => ErrorCode::Refused,
         _ => ErrorCode::Unreachable,
@@ -503,6 +527,36 @@ fn query<H: Host + ?Sized>(host: &H, c: &Catalog, req: &Request) -> Result<Respo
             }
             done(host.replicate(name)?)
         }
+        Request::Restart { name, yes } => {
+            if !c.replications.contains_key(name) {
+                return Err(AdminError::NoSet(name.clone()));
+            }
+            if !yes {
+                return Err(AdminError::RestartUnconfirmed(name.clone()));
+            }
+            done(host.replication_control(name, Control::Restart)?)
+        }
+        Request::Suspend { name } | Request::Resume { name } | Request::Abort { name } => {
+            if !c.replications.contains_key(name) {
+                return Err(AdminError::NoSet(name.clone()));
+            }
+            let action = match req {
+                Request::Suspend { .. } => Control::Suspend,
+                Request::Resume { .. } => Control::Resume,
+                _ => Control::Abort,
+            };
+            done(host.replication_control(name, action)?)
+        }
+        Request::Promote {
+            volume,
+            group,
+            recovery_point,
+        } => done(repl::promote(
+            host,
+            volume.as_deref(),
+            group.as_deref(),
+            *recovery_point,
+        )?),
         Request::RecoveryPoints { name } => {
             if !c.replications.contains_key(name) {
                 return Err(AdminError::NoSet(name.clone()));
@@ -1144,7 +1198,12 @@ pub fn change(
         | Request::ReplicationList
         | Request::ReplicationShow { .. }
         | Request::Replicate { .. }
-        | Request::RecoveryPoints { .. } => unreachable!("queries are not changes"),
+        | Request::RecoveryPoints { .. }
+        | Request::Restart { .. }
+        | Request::Suspend { .. }
+        | Request::Resume { .. }
+        | Request::Abort { .. }
+        | Request::Promote { .. } => unreachable!("queries are not changes"),
     }
 }
 

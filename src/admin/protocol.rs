@@ -97,6 +97,11 @@ pub const COMMANDS: &[&str] = &[
     "replication_delete",
     "replicate",
     "recovery_points",
+    "restart",
+    "suspend",
+    "resume",
+    "abort",
+    "promote",
 ];
 
 /// A CHAP secret: serialized as a plain string, never shown by `Debug`.
@@ -262,6 +267,33 @@ pub enum Request {
     RecoveryPoints {
         name: String,
     },
+    /// Restart Replication; refused without `yes` (it deletes every recovery point on
+    /// the secondary).
+    Restart {
+        name: String,
+        #[serde(default)]
+        yes: bool,
+    },
+    Suspend {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    /// Abandon the running cycle; the secondary stays at its last recovery point.
+    Abort {
+        name: String,
+    },
+    /// On the secondary: make a secondary volume or group an ordinary writable one, at
+    /// the latest recovery point or at `recovery_point`.
+    Promote {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        volume: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recovery_point: Option<u64>,
+    },
 }
 
 /// Recovery points a secondary keeps unless told otherwise.
@@ -290,6 +322,11 @@ impl Request {
                 | Request::ReplicationShow { .. }
                 | Request::Replicate { .. }
                 | Request::RecoveryPoints { .. }
+                | Request::Restart { .. }
+                | Request::Suspend { .. }
+                | Request::Resume { .. }
+                | Request::Abort { .. }
+                | Request::Promote { .. }
         )
     }
 }
@@ -479,7 +516,7 @@ pub struct CycleProgressView {
     pub eta_secs: Option<f64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReplicationView {
     pub name: String,
     /// `primary` or `secondary`.
@@ -505,6 +542,9 @@ pub struct ReplicationView {
     pub queued: u32,
     pub error: Option<String>,
     pub next_retry: Option<String>,
+    /// Status transitions, oldest first: "TIME STATUS".
+    #[serde(default)]
+    pub events: Vec<String>,
 }
 
 impl Eq for ReplicationView {}

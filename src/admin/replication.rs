@@ -213,6 +213,7 @@ pub fn replication_view(c: &Catalog, name: &str) -> ReplicationView {
         queued: 0,
         error: None,
         next_retry: None,
+        events: Vec::new(),
     }
 }
 
@@ -339,4 +340,43 @@ pub fn drop_secondary<H: super::Host + ?Sized>(host: &H, set: &str) -> Result<()
     *host.catalog().write() = new;
     host.replication_stopped(set, &spec);
     Ok(())
+}
+
+/// Failover: the secondary set holding `volume` (or group `group`) becomes ordinary
+/// writable volumes, at its latest recovery point or rolled back to `point` first.
+pub fn promote<H: super::Host + ?Sized>(
+    host: &H,
+    volume: Option<&str>,
+    group: Option<&str>,
+    point: Option<u64>,
+) -> Result<String, AdminError> {
+    let (set, spec) = {
+        let c = host.catalog().read();
+        let found = match (volume, group) {
+            (Some(v), None) => c.replication_of(v),
+            (None, Some(g)) => c
+                .replications
+                .iter()
+                .find(|(_, r)| r.group.as_deref() == Some(g))
+                .map(|(n, r)| (n.as_str(), r)),
+            _ => return Err(ValidationError::SetSource.into()),
+        };
+        let what = volume
+            .map(|v| format!("volume '{v}'"))
+            .or_else(|| group.map(|g| format!("group '{g}'")))
+            .unwrap_or_default();
+        match found {
+            Some((n, r)) if r.role == ReplicationRole::Secondary => (n.to_string(), r.clone()),
+            _ => return Err(AdminError::NotASecondary(what)),
+        }
+    };
+    if let Some(cut) = point {
+        host.roll_back(&set, cut)?;
+    }
+    drop_secondary(host, &set)?;
+    let at = point.map_or_else(|| "its latest recovery point".to_string(), |c| format!("recovery point {c}"));
+    Ok(format!(
+        "promoted {} of set '{set}' at {at}: writable now; the set is gone from this side",
+        spec.volumes.join(", ")
+    ))
 }

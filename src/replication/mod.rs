@@ -79,4 +79,14 @@ pub enum ReplicationError {
     },
     #[error("the replication set is stopping")]
     Stopping,
+    #[error("replication set '{0}' is suspended (`resume` it first)")]
+    Suspended(String),
+    #[error("no cycle of '{0}' is running")]
+    NotRunning(String),
+    #[error("cannot save the state of replication set '{set}'")]
+    State {
+        set: String,
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -46,11 +46,19 @@ pub struct PrimaryState {
     pub last_cut_unix: Option<u64>,
     pub cycles: u64,
     pub last_cycle: Option<CycleView>,
+    /// `suspend`ed: no cycle runs until `resume`.
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 #[derive(Debug, Default)]
 struct Live {
     running: bool,
+    /// `restart --yes` asked; cleared once the secondary dropped its recovery points.
+    restart: bool,
+    /// Status transitions, oldest first (at most [`EVENTS`]).
+    events: std::collections::VecDeque<String>,
+    last_status: String,
     queued: u32,
     progress: Option<CycleProgressView>,
     error: Option<String>,
@@ -66,8 +74,13 @@ pub struct PrimarySet {
     live: Mutex<Live>,
     wake: tokio::sync::Notify,
     stop: AtomicBool,
+    /// `abort`: the running cycle is abandoned (its pages stay dirty).
+    abort: AtomicBool,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+/// Status transitions a set remembers for `replication show`.
+const EVENTS: usize = 32;
 
 impl PrimarySet {
     /// Loads the set's saved state (or a fresh one) and starts its task.
@@ -84,6 +97,7 @@ impl PrimarySet {
             live: Mutex::new(Live::default()),
             wake: tokio::sync::Notify::new(),
             stop: AtomicBool::new(false),
+            abort: AtomicBool::new(false),
             task: Mutex::new(None),
         });
         let task = tokio::spawn(run(Arc::downgrade(node), set.clone()));
@@ -93,6 +107,9 @@ impl PrimarySet {
 
     /// `replicate`: start a cycle, or queue one by the set's policy.
     pub fn request(&self, policy: QueuePolicy) -> Result<String, ReplicationError> {
+        if self.state.lock().suspended {
+            return Err(ReplicationError::Suspended(self.name.clone()));
+        }
         let mut live = self.live.lock();
         if !live.running {
             live.next_retry = None;
@@ -113,6 +130,80 @@ impl PrimarySet {
                 "a cycle of '{}' is running and one is already queued; it covers this request",
                 self.name
             )),
+        }
+    }
+
+    /// Restart Replication: the secondary drops every recovery point, a new generation
+    /// starts and all written data is shipped again.
+    pub fn restart(&self) -> Result<String, ReplicationError> {
+        if self.state.lock().suspended {
+            return Err(ReplicationError::Suspended(self.name.clone()));
+        }
+        let mut live = self.live.lock();
+        live.restart = true;
+        live.next_retry = None;
+        if live.running {
+            self.abort.store(true, Ordering::Release);
+            live.queued = 1;
+        }
+        drop(live);
+        self.note_status();
+        self.wake.notify_one();
+        Ok(format!(
+            "restarting replication of '{}': the secondary's recovery points are deleted and all written data is shipped again",
+            self.name
+        ))
+    }
+
+    /// Suspends or resumes the set (saved: survives a restart).
+    pub fn suspend(&self, on: bool) -> Result<String, ReplicationError> {
+        let mut st = self.state.lock();
+        st.suspended = on;
+        let saved = st.clone();
+        drop(st);
+        save_state(&self.dir, &saved).map_err(|source| ReplicationError::State {
+            set: self.name.clone(),
+            source,
+        })?;
+        if on {
+            self.abort.store(true, Ordering::Release);
+            self.live.lock().queued = 0;
+        }
+        self.note_status();
+        self.wake.notify_one();
+        Ok(if on {
+            format!("suspended '{}': no cycle runs until `resume`", self.name)
+        } else {
+            format!("resumed '{}'", self.name)
+        })
+    }
+
+    /// Abandons the running cycle: the secondary stays at its last recovery point.
+    pub fn abort(&self) -> Result<String, ReplicationError> {
+        let mut live = self.live.lock();
+        live.queued = 0;
+        if !live.running {
+            return Err(ReplicationError::NotRunning(self.name.clone()));
+        }
+        self.abort.store(true, Ordering::Release);
+        Ok(format!(
+            "aborting the running cycle of '{}'; the secondary stays at its last recovery point",
+            self.name
+        ))
+    }
+
+    /// Records a status transition for `replication show`.
+    fn note_status(&self) {
+        let mut v = ReplicationView::default();
+        self.view(&mut v);
+        let mut live = self.live.lock();
+        if live.last_status != v.status {
+            live.last_status = v.status.clone();
+            let at = rfc3339_utc(unix_secs(SystemTime::now()));
+            live.events.push_back(format!("{at} {}", v.status));
+            while live.events.len() > EVENTS {
+                live.events.pop_front();
+            }
         }
     }
 
@@ -151,7 +242,12 @@ impl PrimarySet {
         v.progress = live.progress;
         v.error = live.error.clone();
         v.next_retry = live.next_retry.map(|t| rfc3339_utc(unix_secs(t)));
-        v.status = if live.running {
+        v.events = live.events.iter().cloned().collect();
+        v.status = if live.restart {
+            "start-replication"
+        } else if st.suspended {
+            "suspended"
+        } else if live.running {
             "replicating"
         } else if live.error.is_some() {
             "error"
@@ -199,6 +295,7 @@ fn save_state(dir: &Path, st: &PrimaryState) -> Result<(), std::io::Error> {
 
 async fn run(node: Weak<Node>, set: Arc<PrimarySet>) {
     let mut failures = 0u32;
+    set.note_status();
     loop {
         let every = node.upgrade().and_then(|n| {
             n.catalog
@@ -207,59 +304,131 @@ async fn run(node: Weak<Node>, set: Arc<PrimarySet>) {
                 .get(&set.name)
                 .and_then(|r| r.every_secs)
         });
-        let retry_at = set.live.lock().next_retry;
-        let wait = match (every, retry_at) {
-            (_, Some(t)) => t.duration_since(SystemTime::now()).unwrap_or_default(),
-            (Some(secs), None) => Duration::from_secs(secs),
-            (None, None) => Duration::from_secs(3600),
-        };
-        let queued = {
+        let suspended = set.state.lock().suspended;
+        let (queued, retry_at, restart) = {
             let mut live = set.live.lock();
-            let q = live.queued > 0;
+            let q = live.queued > 0 && !suspended;
             live.queued = live.queued.saturating_sub(1);
-            q
+            (q, live.next_retry, live.restart)
         };
-        if !queued {
-            let _ = tokio::time::timeout(wait, set.wake.notified()).await;
+        // Due: a queued request or a pending restart at once; else a retry, the
+        // schedule, or a request, whichever comes first.
+        if !queued && !(restart && !suspended) {
+            let wait = match (suspended, retry_at, every) {
+                (true, _, _) => None,
+                (false, Some(t), _) => Some(t.duration_since(SystemTime::now()).unwrap_or_default()),
+                (false, None, Some(secs)) => Some(Duration::from_secs(secs)),
+                (false, None, None) => None,
+            };
+            match wait {
+                Some(d) => {
+                    let _ = tokio::time::timeout(d, set.wake.notified()).await;
+                }
+                None => set.wake.notified().await,
+            }
         }
         if set.stopping() {
             break;
         }
+        if set.state.lock().suspended {
+            set.note_status();
+            continue;
+        }
         let Some(n) = node.upgrade() else { break };
+        set.abort.store(false, Ordering::Release);
         {
             let mut live = set.live.lock();
             live.running = true;
             live.started = Some(Instant::now());
             live.next_retry = None;
         }
+        set.note_status();
         let span = tracing::info_span!("cycle", set = %set.name);
-        let result = tracing::Instrument::instrument(cycle(&n, &set), span).await;
+        let result = tracing::Instrument::instrument(
+            async {
+                if set.live.lock().restart {
+                    reset_secondary(&n, &set).await?;
+                }
+                set.note_status();
+                cycle(&n, &set).await
+            },
+            span,
+        )
+        .await;
         drop(n);
-        let mut live = set.live.lock();
-        live.running = false;
-        live.progress = None;
-        match result {
-            Ok(()) => {
-                failures = 0;
-                live.error = None;
-            }
-            Err(e) if set.stopping() => {
-                tracing::info!(set = %set.name, error = %e, "cycle abandoned: stopping");
-            }
-            Err(e) => {
-                let delay = RETRY_FIRST
-                    .saturating_mul(1 << failures.min(5))
-                    .min(RETRY_MAX);
-                failures += 1;
-                tracing::warn!(set = %set.name, error = %e, retry_in_s = delay.as_secs(), "replication cycle failed");
-                live.error = Some(error_chain(&e));
-                live.next_retry = Some(SystemTime::now() + delay);
+        let aborted = set.abort.swap(false, Ordering::AcqRel);
+        {
+            let mut live = set.live.lock();
+            live.running = false;
+            live.progress = None;
+            match result {
+                Ok(()) => {
+                    failures = 0;
+                    live.error = None;
+                }
+                Err(e) if set.stopping() || aborted => {
+                    tracing::info!(set = %set.name, error = %e, "cycle abandoned");
+                }
+                Err(e) => {
+                    let delay = RETRY_FIRST
+                        .saturating_mul(1 << failures.min(5))
+                        .min(RETRY_MAX);
+                    failures += 1;
+                    tracing::warn!(set = %set.name, error = %e, retry_in_s = delay.as_secs(), "replication cycle failed");
+                    live.error = Some(error_chain(&e));
+                    live.next_retry = Some(SystemTime::now() + delay);
+                }
             }
         }
+        set.note_status();
         if set.stopping() {
             break;
         }
     }
+}
+
+/// The first step of Restart Replication: the secondary drops every recovery point
+/// and staged data for a new generation; the next cycle is full.
+async fn reset_secondary(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationError> {
+    let (spec, peer) = set_spec(node, set)?;
+    let generation = set.state.lock().generation + 1;
+    let mut conn = PeerConn::connect(&spec.peer, &peer).await?;
+    conn.expect_ok(&Message::Reset {
+        set: set.name.clone(),
+        generation,
+    })
+    .await?;
+    let mut st = set.state.lock();
+    st.generation = generation;
+    st.last_cut = None;
+    st.last_cut_unix = None;
+    let saved = st.clone();
+    drop(st);
+    save_state(&set.dir, &saved).map_err(|source| ReplicationError::State {
+        set: set.name.clone(),
+        source,
+    })?;
+    set.live.lock().restart = false;
+    tracing::info!(set = %set.name, generation, "secondary reset: a new generation starts");
+    Ok(())
+}
+
+fn set_spec(
+    node: &Node,
+    set: &PrimarySet,
+) -> Result<(crate::catalog::ReplicationSpec, crate::catalog::PeerSpec), ReplicationError> {
+    let c = node.catalog.read();
+    let spec = c
+        .replications
+        .get(&set.name)
+        .cloned()
+        .ok_or_else(|| ReplicationError::NotPrimary(set.name.clone()))?;
+    let peer = c
+        .peers
+        .get(&spec.peer)
+        .cloned()
+        .ok_or_else(|| ReplicationError::NotPrimary(set.name.clone()))?;
+    Ok((spec, peer))
 }
 
 /// An error and its sources, for status.
@@ -283,20 +452,7 @@ struct Run {
 }
 
 async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationError> {
-    let (spec, peer) = {
-        let c = node.catalog.read();
-        let spec = c
-            .replications
-            .get(&set.name)
-            .cloned()
-            .ok_or_else(|| ReplicationError::NotPrimary(set.name.clone()))?;
-        let peer = c
-            .peers
-            .get(&spec.peer)
-            .cloned()
-            .ok_or_else(|| ReplicationError::NotPrimary(set.name.clone()))?;
-        (spec, peer)
-    };
+    let (spec, peer) = set_spec(node, set)?;
     let volumes: Vec<Arc<Volume>> = spec
         .volumes
         .iter()
@@ -385,7 +541,7 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
 }
 
 async fn wait_stop(set: &PrimarySet) {
-    while !set.stopping() {
+    while !set.stopping() && !set.abort.load(Ordering::Acquire) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
