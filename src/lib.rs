@@ -8,6 +8,7 @@ pub mod admin;
 pub mod catalog;
 pub mod config;
 pub mod iscsi;
+pub mod replication;
 pub mod scsi;
 pub mod server;
 pub mod tracking;
