@@ -716,7 +716,37 @@ impl ReceiverStore {
     ///
     /// The volume files must exist; one shorter than its size is extended (sparse).
     pub fn open(dir: &Path, volumes: Vec<VolumeTarget>) -> Result<Self, RecoveryError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut store = Self::open_files(dir, volumes, Disk::default())?;
+        store.reload()?;
+        Ok(store)
+    }
+
+    /// Opens the set in `dir` without running recovery and resets it at once (see
+    /// [`ReceiverStore::reset`]): the way out for a replica whose state cannot be
+    /// recovered (a damaged `state.json`, staging or undo log makes `open` fail).
+    pub fn open_reset(
+        dir: &Path,
+        volumes: Vec<VolumeTarget>,
+        generation: u64,
+    ) -> Result<Self, RecoveryError> {
+        let mut store = Self::open_files(dir, volumes, Disk::default())?;
+        store.reset_inner(generation)?;
+        Ok(store)
+    }
+
+    fn open_files(
+        dir: &Path,
+        volumes: Vec<VolumeTarget>,
+        disk: Disk,
+    ) -> Result<Self, RecoveryError> {
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err(parent))?;
+            }
+        }
         let mut opened = Vec::with_capacity(volumes.len());
         for target in volumes {
             let file = OpenOptions::new()
@@ -731,15 +761,28 @@ impl ReceiverStore {
             opened.push(Volume { target, file });
         }
         let state = State::fresh(&opened);
-        let mut store = ReceiverStore {
+        Ok(ReceiverStore {
             dir: dir.to_owned(),
             volumes: opened,
             state,
             staging: None,
-            disk: Disk::default(),
+            disk,
             needs_reload: true,
-        };
+        })
+    }
+
+    /// `open` with a test's crash at the `k`-th durable step of its recovery.
+    #[cfg(test)]
+    fn open_crashing(
+        dir: &Path,
+        volumes: Vec<VolumeTarget>,
+        k: u64,
+    ) -> Result<Self, RecoveryError> {
+        let disk = Disk::default();
+        disk.crash_after.store(k, Ordering::Relaxed);
+        let mut store = Self::open_files(dir, volumes, disk)?;
         store.reload()?;
+        store.disk.crash_after.store(u64::MAX, Ordering::Relaxed);
         Ok(store)
     }
 

@@ -638,6 +638,24 @@ fn a_damaged_record_ends_the_staged_prefix() {
 }
 
 #[test]
+fn open_reset_clears_a_set_whose_state_is_damaged() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    let cuts = sample_cuts();
+    let models = apply_all(&rig, &mut store, &cuts[..3], 3);
+    drop(store);
+    fs::write(rig.dir().join(STATE_FILE), b"{ not json").expect("damage");
+    let err = ReceiverStore::open(&rig.dir(), rig.targets()).expect_err("damaged");
+    assert!(matches!(err, RecoveryError::StateFile { .. }));
+    let mut store = ReceiverStore::open_reset(&rig.dir(), rig.targets(), 2).expect("reset");
+    assert_eq!(store.current(), None);
+    assert_eq!(store.generation(), 2);
+    assert_eq!(rig.files(), vec!["state.json"]);
+    assert_eq!(rig.content(), models[3]);
+    run_cut(&mut store, meta(2, 1), &cuts[3], 3).expect("cut");
+}
+
+#[test]
 fn changed_volumes_are_refused_once_there_is_a_cut() {
     let rig = Rig::new(&[16384, 8192]);
     let mut store = rig.open();
@@ -773,7 +791,16 @@ fn run_with_crash(sizes: &[u64], ops: &[Op], keep: usize, k: u64, reference: &[S
             Err(RecoveryError::InjectedCrash) if !crashed => {
                 crashed = true;
                 drop(store);
-                store = rig.open();
+                // Recovery itself crashes at every step in turn before it gets through.
+                store = (0..)
+                    .find_map(|j| {
+                        match ReceiverStore::open_crashing(&rig.dir(), rig.targets(), j) {
+                            Ok(s) => Some(s),
+                            Err(RecoveryError::InjectedCrash) => None,
+                            Err(e) => panic!("k {k}: reopen after {j} recovery steps: {e}"),
+                        }
+                    })
+                    .expect("recovery ends");
                 let before = if i == 0 { None } else { reference[i - 1].0 };
                 let now = store.current().copied();
                 let content = rig.content();
