@@ -237,8 +237,9 @@ fn volume_states(volumes: &[Volume]) -> Vec<VolumeState> {
 }
 
 /// Every write, fsync, rename and removal the store makes goes through here, so a test
-/// can stop the store after its k-th step as a crash would (a write cut there is torn:
-/// half of it lands). Outside tests it only does the operation.
+/// can stop the store after its k-th step as a crash would. A process crash tears the
+/// write it stops (half of it lands); a power loss also loses every write to a file
+/// since that file's last fsync. Outside tests it only does the operation.
 #[derive(Debug)]
 #[cfg_attr(not(test), derive(Default))]
 struct Disk {
@@ -247,6 +248,20 @@ struct Disk {
     /// `u64::MAX`: never.
     #[cfg(test)]
     crash_after: AtomicU64,
+    #[cfg(test)]
+    power_loss: std::sync::atomic::AtomicBool,
+    /// With `power_loss`: what each write not yet fsynced overwrote, oldest first.
+    #[cfg(test)]
+    unsynced: std::sync::Mutex<Vec<Unsynced>>,
+}
+
+#[cfg(test)]
+#[derive(Debug)]
+struct Unsynced {
+    path: PathBuf,
+    at: u64,
+    old: Vec<u8>,
+    old_len: u64,
 }
 
 #[cfg(test)]
@@ -255,6 +270,8 @@ impl Default for Disk {
         Disk {
             steps: AtomicU64::new(0),
             crash_after: AtomicU64::new(u64::MAX),
+            power_loss: Default::default(),
+            unsynced: Default::default(),
         }
     }
 }
@@ -265,10 +282,60 @@ impl Disk {
     fn step(&self) -> Result<(), RecoveryError> {
         let n = self.steps.fetch_add(1, Ordering::Relaxed);
         if n >= self.crash_after.load(Ordering::Relaxed) {
+            if self.power_loss.load(Ordering::Relaxed) {
+                self.lose_unsynced();
+            }
             return Err(RecoveryError::InjectedCrash);
         }
         Ok(())
     }
+
+    /// Puts back what every write since its file's last fsync overwrote.
+    #[cfg(test)]
+    fn lose_unsynced(&self) {
+        let mut unsynced = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(u) = unsynced.pop() {
+            let Ok(file) = OpenOptions::new().write(true).open(&u.path) else {
+                continue;
+            };
+            let _ = file.write_all_at(&u.old, u.at);
+            if file.metadata().is_ok_and(|m| m.len() > u.old_len) {
+                let _ = file.set_len(u.old_len);
+            }
+        }
+    }
+
+    /// With `power_loss`, notes what a write to `path` at `at` will overwrite.
+    #[cfg(test)]
+    fn note_write(&self, file: &File, path: &Path, at: u64, len: usize) {
+        if !self.power_loss.load(Ordering::Relaxed) {
+            return;
+        }
+        let old_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let keep = old_len.saturating_sub(at).min(len as u64) as usize;
+        let mut old = vec![0; keep];
+        let _ = file.read_exact_at(&mut old, at);
+        let mut unsynced = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
+        unsynced.push(Unsynced {
+            path: path.to_owned(),
+            at,
+            old,
+            old_len,
+        });
+    }
+
+    /// `path` was fsynced, removed or recreated: its earlier writes cannot be lost.
+    #[cfg(test)]
+    fn forget(&self, path: &Path) {
+        let mut unsynced = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
+        unsynced.retain(|u| u.path != path);
+    }
+
+    #[cfg(not(test))]
+    fn note_write(&self, _file: &File, _path: &Path, _at: u64, _len: usize) {}
+
+    #[cfg(not(test))]
+    fn forget(&self, _path: &Path) {}
 
     #[cfg(not(test))]
     fn step(&self) -> Result<(), RecoveryError> {
@@ -276,16 +343,18 @@ impl Disk {
     }
 
     fn write_at(&self, file: &File, path: &Path, buf: &[u8], at: u64) -> Result<(), RecoveryError> {
-        if let Err(crash) = self.step() {
+        self.step().inspect_err(|_| {
             let _ = file.write_all_at(&buf[..buf.len() / 2], at);
-            return Err(crash);
-        }
+        })?;
+        self.note_write(file, path, at, buf.len());
         file.write_all_at(buf, at).map_err(io_err(path))
     }
 
     fn sync(&self, file: &File, path: &Path) -> Result<(), RecoveryError> {
         self.step()?;
-        file.sync_all().map_err(io_err(path))
+        file.sync_all().map_err(io_err(path))?;
+        self.forget(path);
+        Ok(())
     }
 
     fn set_len(&self, file: &File, path: &Path, len: u64) -> Result<(), RecoveryError> {
@@ -295,6 +364,7 @@ impl Disk {
 
     fn create(&self, path: &Path) -> Result<File, RecoveryError> {
         self.step()?;
+        self.forget(path);
         OpenOptions::new()
             .read(true)
             .write(true)
@@ -322,6 +392,7 @@ impl Disk {
             return Ok(());
         }
         self.step()?;
+        self.forget(path);
         match fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(path)(e)),
             _ => Ok(()),
@@ -777,9 +848,11 @@ impl ReceiverStore {
         dir: &Path,
         volumes: Vec<VolumeTarget>,
         k: u64,
+        power_loss: bool,
     ) -> Result<Self, RecoveryError> {
         let disk = Disk::default();
         disk.crash_after.store(k, Ordering::Relaxed);
+        disk.power_loss.store(power_loss, Ordering::Relaxed);
         let mut store = Self::open_files(dir, volumes, disk)?;
         store.reload()?;
         store.disk.crash_after.store(u64::MAX, Ordering::Relaxed);
@@ -1413,11 +1486,13 @@ impl ReceiverStore {
     }
 
     /// A test's crash: the store's `k`-th durable step from now (counting writes,
-    /// fsyncs, renames and removals) fails, a write there tearing in half.
+    /// fsyncs, renames and removals) fails, a write there tearing in half; with
+    /// `power_loss` every write not fsynced since is lost too.
     #[cfg(test)]
-    fn crash_after(&self, k: u64) {
+    fn crash_after(&self, k: u64, power_loss: bool) {
         self.disk.steps.store(0, Ordering::Relaxed);
         self.disk.crash_after.store(k, Ordering::Relaxed);
+        self.disk.power_loss.store(power_loss, Ordering::Relaxed);
     }
 }
 

@@ -78,18 +78,20 @@ impl Rig {
     }
 
     fn content(&self) -> Model {
-        self.targets()
+        let volumes = self
+            .targets()
             .iter()
             .map(|t| {
                 let mut bytes = fs::read(&t.path).expect("read volume");
                 bytes.resize(t.size as usize, 0);
                 bytes
             })
-            .collect()
+            .collect();
+        Model(volumes)
     }
 
     fn zeros(&self) -> Model {
-        self.sizes.iter().map(|&s| vec![0; s as usize]).collect()
+        Model(self.sizes.iter().map(|&s| vec![0; s as usize]).collect())
     }
 
     fn files(&self) -> Vec<String> {
@@ -115,7 +117,33 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-type Model = Vec<Vec<u8>>;
+/// The content of every volume; printed as lengths and checksums, not bytes.
+#[derive(Clone, PartialEq, Eq)]
+struct Model(Vec<Vec<u8>>);
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sums: Vec<String> = self
+            .0
+            .iter()
+            .map(|v| format!("{} bytes crc {:#010x}", v.len(), crc32c::crc32c(v)))
+            .collect();
+        write!(f, "Model{sums:?}")
+    }
+}
+
+impl std::ops::Deref for Model {
+    type Target = Vec<Vec<u8>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Model {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
 
 #[derive(Debug, Clone)]
 enum Ext {
@@ -775,15 +803,23 @@ fn expected_contents(initial: &Model, ops: &[Op]) -> (Vec<Model>, HashMap<(u64, 
     (after, by_cut)
 }
 
-/// Runs `ops` with a crash at the `k`-th durable step; after the crash reopens, checks
+/// Runs `ops` with a crash at the `k`-th durable step (with `power_loss`, losing every
+/// write not fsynced; then recovery may crash the same way); after the crash reopens, checks
 /// the volumes hold exactly the cut the store says is current (the one before the op or
 /// the one it makes), redoes the op the way a sender or an admin would, and goes on.
 /// Returns whether the crash happened.
-fn run_with_crash(sizes: &[u64], ops: &[Op], keep: usize, k: u64, reference: &[Seen]) -> bool {
+fn run_with_crash(
+    sizes: &[u64],
+    ops: &[Op],
+    keep: usize,
+    k: u64,
+    power_loss: bool,
+    reference: &[Seen],
+) -> bool {
     let rig = Rig::new(sizes);
     let (after, by_cut) = expected_contents(&rig.zeros(), ops);
     let mut store = rig.open();
-    store.crash_after(k);
+    store.crash_after(k, power_loss);
     let mut crashed = false;
     for (i, op) in ops.iter().enumerate() {
         match do_op(&mut store, op, keep) {
@@ -794,7 +830,8 @@ fn run_with_crash(sizes: &[u64], ops: &[Op], keep: usize, k: u64, reference: &[S
                 // Recovery itself crashes at every step in turn before it gets through.
                 store = (0..)
                     .find_map(|j| {
-                        match ReceiverStore::open_crashing(&rig.dir(), rig.targets(), j) {
+                        match ReceiverStore::open_crashing(&rig.dir(), rig.targets(), j, power_loss)
+                        {
                             Ok(s) => Some(s),
                             Err(RecoveryError::InjectedCrash) => None,
                             Err(e) => panic!("k {k}: reopen after {j} recovery steps: {e}"),
@@ -893,11 +930,13 @@ fn check_every_crash_point(sizes: &[u64], cuts: &[Vec<Ext>], keep: usize) {
         ops.push(Op::Cut(meta(3, 1), exts.clone()));
     }
     let reference = reference_run(sizes, &ops, keep);
-    let mut k = 0;
-    while run_with_crash(sizes, &ops, keep, k, &reference) {
-        k += 1;
+    for power_loss in [false, true] {
+        let mut k = 0;
+        while run_with_crash(sizes, &ops, keep, k, power_loss, &reference) {
+            k += 1;
+        }
+        assert!(k > 10, "the plan has durable steps");
     }
-    assert!(k > 10, "the plan has durable steps");
 }
 
 #[test]
