@@ -19,6 +19,10 @@
 //!
 //! # Files in the set's directory
 //!
+//! The directory belongs to the store: at open it removes `*.tmp` files and undo logs
+//! of no recovery point. If a damaged file makes `open` fail,
+//! [`ReceiverStore::open_reset`] starts the set over (as a restart would).
+//!
 //! - `state.json`, replaced atomically (temp, fsync, rename, fsync dir): the volumes
 //!   (names and sizes), the generation, the current cut, the recovery points (newest
 //!   first), a roll back in progress, and whether the next cut must start a new

@@ -980,3 +980,20 @@ proptest! {
         check_every_crash_point(&[8192, 4096], &cuts, keep);
     }
 }
+
+#[test]
+fn the_store_can_move_between_threads_and_be_shared() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<ReceiverStore>();
+}
+
+#[test]
+fn a_new_set_starts_empty_with_its_state_on_disk() {
+    let rig = Rig::new(&[4096]);
+    let store = rig.open();
+    assert_eq!(store.current(), None);
+    assert_eq!(store.generation(), 0);
+    assert!(store.staged().is_none());
+    assert!(store.recovery_points().is_empty());
+    assert_eq!(rig.files(), vec!["state.json"]);
+}
