@@ -1,0 +1,1504 @@
+//! The receiver's storage for one replication set on the secondary: the staging log of
+//! the cut being received, the commit and apply of a whole cut, and the recovery points
+//! (undo logs) kept behind it. No networking: the receiver feeds it extents.
+//!
+//! # The promise (DESIGN.md, "Replication")
+//!
+//! Extents of cut N are appended to a staging log. The cut's end record fsyncs the log
+//! and commits it (an end record appended and fsynced). Applying a committed cut first
+//! saves the old content of every byte range it writes (an undo log, fsynced and renamed
+//! into place), then writes the new data and fsyncs the volumes, then records the new
+//! state atomically. The undo log is the recovery point of cut N-1. After a crash the
+//! volumes are at the last committed cut or roll forward to it, never in between:
+//! applying a committed staging log is idempotent, and the undo log is rewritten only
+//! when it was not complete, which means no volume write had started.
+//!
+//! The first cut of a generation has no previous cut: its undo log would restore
+//! "before the first cut", which is no consistent image, so none is written and no
+//! recovery point is kept for it. The same holds with `keep == 1`.
+//!
+//! # Files in the set's directory
+//!
+//! The directory belongs to the store: at open it removes `*.tmp` files and undo logs
+//! of no recovery point. If a damaged file makes `open` fail,
+//! [`ReceiverStore::open_reset`] starts the set over (as a restart would).
+//!
+//! - `state.json`, replaced atomically (temp, fsync, rename, fsync dir): the volumes
+//!   (names and sizes), the generation, the current cut, the recovery points (newest
+//!   first), a roll back in progress, and whether the next cut must start a new
+//!   generation (after a roll back the volumes no longer hold the cut deltas build on).
+//! - `staging.log`: the cut being received. A 48-byte header, then records.
+//! - `undo-<cut>.log`: the recovery point of `<cut>`: the content that cut had in the
+//!   ranges the next cut wrote. Written as `undo-<cut>.log.tmp` and renamed when whole.
+//!
+//! Both logs share one format (little-endian):
+//! - header: magic (`TWLNSTAG` or `TWLNUNDO`), version u32, volume count u32,
+//!   generation u64, cut u64, taken_unix u64, reserved u32, crc32c of the 44 bytes before;
+//! - record header, 32 bytes: tag u8 (1 data, 2 zero, 3 end), 3 zero bytes, then `a` u32,
+//!   `b` u64, `c` u64, `d` u32, and a crc32c of the 28 bytes before, seeded with the log
+//!   header's crc (so a record from another log never validates). For data and zero
+//!   records `a` is the volume index, `b` the byte offset, `c` the length and `d` the
+//!   crc32c of the data (0 for zero records); a data record is followed by its `c` bytes.
+//!   The end record has `a` = the `keep` count of the commit (staging log; 0 for undo),
+//!   `b` = the number of records before it, `c` = the bytes they cover, `d` = 0.
+//!
+//! A torn tail (a record whose header crc or data crc fails, or that is cut short) ends
+//! the log: in a staging log without an end record the extents before it stay staged and
+//! the rest is truncated, so the same cut resumes from there.
+//!
+//! # Recovery points
+//!
+//! [`ReceiverStore::recovery_points`] lists the current cut first (`undo_bytes == 0`: the
+//! volumes hold it) and then the older points that have an undo log. `keep` counts them
+//! all, so `keep == 3` keeps the current cut and two undo logs; `keep == 0` acts as 1.
+//!
+//! Memory is bounded: extents are streamed to and from the logs in chunks of at most
+//! [`CHUNK`] bytes, never a whole cut.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+#[cfg(test)]
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// Largest piece copied at once between a log and a volume.
+pub const CHUNK: usize = 1 << 20;
+
+const STATE_FILE: &str = "state.json";
+const STAGING_FILE: &str = "staging.log";
+const STAGING_MAGIC: [u8; 8] = *b"TWLNSTAG";
+const UNDO_MAGIC: [u8; 8] = *b"TWLNUNDO";
+const LOG_VERSION: u32 = 1;
+const STATE_VERSION: u32 = 1;
+const LOG_HEADER: usize = 48;
+const RECORD_HEADER: usize = 32;
+const TAG_DATA: u8 = 1;
+const TAG_ZERO: u8 = 2;
+const TAG_END: u8 = 3;
+
+/// One volume of the set on this side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeTarget {
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+}
+
+/// The content of one extent.
+#[derive(Debug, Clone, Copy)]
+pub enum ExtentData<'a> {
+    Data(&'a [u8]),
+    /// Zeros (an unmapped or all-zero range) of `len` bytes.
+    Zero {
+        len: u64,
+    },
+}
+
+impl ExtentData<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            ExtentData::Data(d) => d.len() as u64,
+            ExtentData::Zero { len } => *len,
+        }
+    }
+}
+
+/// Which cut: the generation (bumped by a restart) and the cut id within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CutMeta {
+    pub generation: u64,
+    pub cut: u64,
+    pub taken_unix: u64,
+}
+
+/// A cut the volumes can be rolled back to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryPoint {
+    pub cut: u64,
+    pub taken_unix: u64,
+    /// Size of its undo log; 0 for the current cut, which the volumes hold.
+    pub undo_bytes: u64,
+}
+
+/// What is staged of a cut that is not committed yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StagedProgress {
+    pub meta: CutMeta,
+    /// Extents staged, in the order they were put.
+    pub extents: u64,
+    /// Bytes they cover (data and zero ranges).
+    pub bytes: u64,
+    /// Volume index and end offset of the last extent staged.
+    pub last_end: Option<(u32, u64)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("i/o error on {}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is not a valid replication state file", path.display())]
+    StateFile {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{} is damaged: {what}", path.display())]
+    Corrupt { path: PathBuf, what: &'static str },
+    #[error("the volumes of the set in {} differ from those its recovery points were taken of", dir.display())]
+    VolumesChanged { dir: PathBuf },
+    #[error("no volume {volume} in a set of {count}")]
+    NoSuchVolume { volume: u32, count: usize },
+    #[error("extent {offset}+{len} is beyond the size {size} of volume {volume}")]
+    OutOfRange {
+        volume: u32,
+        offset: u64,
+        len: u64,
+        size: u64,
+    },
+    #[error("empty extent at {offset} of volume {volume}")]
+    EmptyExtent { volume: u32, offset: u64 },
+    #[error("extent {offset}+{len} of volume {volume}: crc32c {actual:#010x}, expected {expected:#010x}")]
+    CrcMismatch {
+        volume: u32,
+        offset: u64,
+        len: u64,
+        expected: u32,
+        actual: u32,
+    },
+    #[error("generation {generation} is older than the set's generation {current}")]
+    StaleGeneration { generation: u64, current: u64 },
+    #[error("cut {cut} is not newer than the applied cut {current}")]
+    StaleCut { cut: u64, current: u64 },
+    #[error("the volumes were rolled back: the next cut must start a generation newer than {generation}")]
+    NeedsNewGeneration { generation: u64 },
+    #[error("no cut is being staged")]
+    NotStaging,
+    #[error("no recovery point for cut {cut}")]
+    UnknownPoint { cut: u64 },
+    /// A test's simulated crash: the store must be dropped and reopened.
+    #[cfg(test)]
+    #[error("injected crash")]
+    InjectedCrash,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RecoveryError + '_ {
+    move |source| RecoveryError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct VolumeState {
+    name: String,
+    size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct State {
+    version: u32,
+    generation: u64,
+    volumes: Vec<VolumeState>,
+    current: Option<CutMeta>,
+    /// Older than `current`, newest first; each has `undo-<cut>.log`.
+    points: Vec<RecoveryPoint>,
+    /// A roll back to this cut is under way: finish it before anything else.
+    rolling_back_to: Option<u64>,
+    /// The volumes were rolled back: the next cut must be of a newer generation.
+    needs_new_generation: bool,
+}
+
+impl State {
+    fn fresh(volumes: &[Volume]) -> Self {
+        State {
+            version: STATE_VERSION,
+            generation: 0,
+            volumes: volume_states(volumes),
+            current: None,
+            points: Vec::new(),
+            rolling_back_to: None,
+            needs_new_generation: false,
+        }
+    }
+}
+
+fn volume_states(volumes: &[Volume]) -> Vec<VolumeState> {
+    volumes
+        .iter()
+        .map(|v| VolumeState {
+            name: v.target.name.clone(),
+            size: v.target.size,
+        })
+        .collect()
+}
+
+/// Every write, fsync, rename and removal the store makes goes through here, so a test
+/// can stop the store after its k-th step as a crash would. A process crash tears the
+/// write it stops (half of it lands); a power loss also loses every write to a file
+/// since that file's last fsync. Outside tests it only does the operation.
+#[derive(Debug)]
+#[cfg_attr(not(test), derive(Default))]
+struct Disk {
+    #[cfg(test)]
+    steps: AtomicU64,
+    /// `u64::MAX`: never.
+    #[cfg(test)]
+    crash_after: AtomicU64,
+    #[cfg(test)]
+    power_loss: std::sync::atomic::AtomicBool,
+    /// With `power_loss`: what each write not yet fsynced overwrote, oldest first.
+    #[cfg(test)]
+    unsynced: std::sync::Mutex<Vec<Unsynced>>,
+}
+
+#[cfg(test)]
+#[derive(Debug)]
+struct Unsynced {
+    path: PathBuf,
+    at: u64,
+    old: Vec<u8>,
+    old_len: u64,
+}
+
+#[cfg(test)]
+impl Default for Disk {
+    fn default() -> Self {
+        Disk {
+            steps: AtomicU64::new(0),
+            crash_after: AtomicU64::new(u64::MAX),
+            power_loss: Default::default(),
+            unsynced: Default::default(),
+        }
+    }
+}
+
+impl Disk {
+    /// Counts one step; a test's crash happens here.
+    #[cfg(test)]
+    fn step(&self) -> Result<(), RecoveryError> {
+        let n = self.steps.fetch_add(1, Ordering::Relaxed);
+        if n >= self.crash_after.load(Ordering::Relaxed) {
+            if self.power_loss.load(Ordering::Relaxed) {
+                self.lose_unsynced();
+            }
+            return Err(RecoveryError::InjectedCrash);
+        }
+        Ok(())
+    }
+
+    /// Puts back what every write since its file's last fsync overwrote.
+    #[cfg(test)]
+    fn lose_unsynced(&self) {
+        let mut unsynced = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(u) = unsynced.pop() {
+            let Ok(file) = OpenOptions::new().write(true).open(&u.path) else {
+                continue;
+            };
+            let _ = file.write_all_at(&u.old, u.at);
+            if file.metadata().is_ok_and(|m| m.len() > u.old_len) {
+                let _ = file.set_len(u.old_len);
+            }
+        }
+    }
+
+    /// With `power_loss`, notes what a write to `path` at `at` will overwrite.
+    #[cfg(test)]
+    fn note_write(&self, file: &File, path: &Path, at: u64, len: usize) {
+        if !self.power_loss.load(Ordering::Relaxed) {
+            return;
+        }
+        let old_len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let keep = old_len.saturating_sub(at).min(len as u64) as usize;
+        let mut old = vec![0; keep];
+        let _ = file.read_exact_at(&mut old, at);
+        let mut unsynced = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
+        unsynced.push(Unsynced {
+            path: path.to_owned(),
+            at,
+            old,
+            old_len,
+        });
+    }
+
+    /// `path` was fsynced, removed or recreated: its earlier writes cannot be lost.
+    #[cfg(test)]
+    fn forget(&self, path: &Path) {
+        let mut unsynced = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
+        unsynced.retain(|u| u.path != path);
+    }
+
+    #[cfg(not(test))]
+    fn note_write(&self, _file: &File, _path: &Path, _at: u64, _len: usize) {}
+
+    #[cfg(not(test))]
+    fn forget(&self, _path: &Path) {}
+
+    #[cfg(not(test))]
+    fn step(&self) -> Result<(), RecoveryError> {
+        Ok(())
+    }
+
+    fn write_at(&self, file: &File, path: &Path, buf: &[u8], at: u64) -> Result<(), RecoveryError> {
+        self.step().inspect_err(|_| {
+            let _ = file.write_all_at(&buf[..buf.len() / 2], at);
+        })?;
+        self.note_write(file, path, at, buf.len());
+        file.write_all_at(buf, at).map_err(io_err(path))
+    }
+
+    fn sync(&self, file: &File, path: &Path) -> Result<(), RecoveryError> {
+        self.step()?;
+        file.sync_all().map_err(io_err(path))?;
+        self.forget(path);
+        Ok(())
+    }
+
+    fn set_len(&self, file: &File, path: &Path, len: u64) -> Result<(), RecoveryError> {
+        self.step()?;
+        file.set_len(len).map_err(io_err(path))
+    }
+
+    fn create(&self, path: &Path) -> Result<File, RecoveryError> {
+        self.step()?;
+        self.forget(path);
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(io_err(path))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> Result<(), RecoveryError> {
+        self.step()?;
+        fs::rename(from, to).map_err(io_err(to))
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<(), RecoveryError> {
+        self.step()?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))
+    }
+
+    /// Removes `path`; one that is not there is fine.
+    fn remove(&self, path: &Path) -> Result<(), RecoveryError> {
+        if !path.exists() {
+            return Ok(());
+        }
+        self.step()?;
+        self.forget(path);
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes `len` bytes at `at` read as zeros: a punched hole, or written zeros where
+    /// the file system cannot punch.
+    fn zero(&self, file: &File, path: &Path, at: u64, len: u64) -> Result<(), RecoveryError> {
+        let punched = match (i64::try_from(at), i64::try_from(len)) {
+            (Ok(off), Ok(n)) => {
+                self.step()?;
+                // SAFETY: fallocate on a file descriptor we own for the call's duration;
+                // it takes no pointers.
+                let rc = unsafe {
+                    libc::fallocate(
+                        file.as_raw_fd(),
+                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                        off,
+                        n,
+                    )
+                };
+                if rc == 0 {
+                    true
+                } else {
+                    let e = io::Error::last_os_error();
+                    match e.raw_os_error() {
+                        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => false,
+                        _ => return Err(io_err(path)(e)),
+                    }
+                }
+            }
+            _ => false,
+        };
+        if !punched {
+            let zeros = vec![0u8; CHUNK.min(len as usize)];
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(CHUNK as u64) as usize;
+                self.write_at(file, path, &zeros[..n], at + done)?;
+                done += n as u64;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---- log format -------------------------------------------------------------------
+
+fn encode_log_header(magic: [u8; 8], meta: &CutMeta, volume_count: u32) -> ([u8; LOG_HEADER], u32) {
+    let mut h = [0u8; LOG_HEADER];
+    h[..8].copy_from_slice(&magic);
+    h[8..12].copy_from_slice(&LOG_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&volume_count.to_le_bytes());
+    h[16..24].copy_from_slice(&meta.generation.to_le_bytes());
+    h[24..32].copy_from_slice(&meta.cut.to_le_bytes());
+    h[32..40].copy_from_slice(&meta.taken_unix.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..44]);
+    h[44..48].copy_from_slice(&crc.to_le_bytes());
+    (h, crc)
+}
+
+fn le_u32(b: &[u8], at: usize) -> u32 {
+    let mut x = [0u8; 4];
+    x.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(x)
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// Reads the header of a log; `None` when it is missing, torn or of another kind.
+fn read_log_header(file: &File, magic: [u8; 8]) -> io::Result<Option<(CutMeta, u32, u32)>> {
+    let mut h = [0u8; LOG_HEADER];
+    match file.read_exact_at(&mut h, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let crc = crc32c::crc32c(&h[..44]);
+    if h[..8] != magic || le_u32(&h, 8) != LOG_VERSION || le_u32(&h, 44) != crc {
+        return Ok(None);
+    }
+    let meta = CutMeta {
+        generation: le_u64(&h, 16),
+        cut: le_u64(&h, 24),
+        taken_unix: le_u64(&h, 32),
+    };
+    Ok(Some((meta, le_u32(&h, 12), crc)))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Record {
+    /// `len` bytes at `data_at` in the log go to `offset` of `volume`.
+    Data {
+        volume: u32,
+        offset: u64,
+        len: u64,
+        data_at: u64,
+    },
+    Zero {
+        volume: u32,
+        offset: u64,
+        len: u64,
+    },
+    End {
+        keep: u32,
+        records: u64,
+        bytes: u64,
+    },
+}
+
+fn encode_record(seed: u32, tag: u8, a: u32, b: u64, c: u64, d: u32) -> [u8; RECORD_HEADER] {
+    let mut h = [0u8; RECORD_HEADER];
+    h[0] = tag;
+    h[4..8].copy_from_slice(&a.to_le_bytes());
+    h[8..16].copy_from_slice(&b.to_le_bytes());
+    h[16..24].copy_from_slice(&c.to_le_bytes());
+    h[24..28].copy_from_slice(&d.to_le_bytes());
+    let crc = crc32c::crc32c_append(seed, &h[..28]);
+    h[28..32].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Reads the record at `at`: the record and where the next one starts, or `None` when
+/// it is torn or invalid (the log ends before it). With `verify`, a data record's bytes
+/// are read (through `buf`) and checked against its crc.
+fn read_record(
+    file: &File,
+    at: u64,
+    seed: u32,
+    sizes: &[u64],
+    verify: bool,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<(Record, u64)>> {
+    let mut h = [0u8; RECORD_HEADER];
+    match file.read_exact_at(&mut h, at) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    if le_u32(&h, 28) != crc32c::crc32c_append(seed, &h[..28]) || h[1..4] != [0, 0, 0] {
+        return Ok(None);
+    }
+    let (a, b, c, d) = (le_u32(&h, 4), le_u64(&h, 8), le_u64(&h, 16), le_u32(&h, 24));
+    let next = at + RECORD_HEADER as u64;
+    let in_range = |volume: u32, offset: u64, len: u64| {
+        len > 0
+            && sizes
+                .get(volume as usize)
+                .is_some_and(|&size| offset.checked_add(len).is_some_and(|end| end <= size))
+    };
+    match h[0] {
+        TAG_DATA if in_range(a, b, c) => {
+            if verify {
+                let mut crc = 0u32;
+                let mut done = 0u64;
+                while done < c {
+                    let n = (c - done).min(CHUNK as u64) as usize;
+                    buf.resize(n, 0);
+                    match file.read_exact_at(&mut buf[..n], next + done) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+                        Err(e) => return Err(e),
+                    }
+                    crc = crc32c::crc32c_append(crc, &buf[..n]);
+                    done += n as u64;
+                }
+                if crc != d {
+                    return Ok(None);
+                }
+            }
+            let record = Record::Data {
+                volume: a,
+                offset: b,
+                len: c,
+                data_at: next,
+            };
+            Ok(Some((record, next + c)))
+        }
+        TAG_ZERO if in_range(a, b, c) && d == 0 => {
+            let record = Record::Zero {
+                volume: a,
+                offset: b,
+                len: c,
+            };
+            Ok(Some((record, next)))
+        }
+        TAG_END if d == 0 => {
+            let record = Record::End {
+                keep: a,
+                records: b,
+                bytes: c,
+            };
+            Ok(Some((record, next)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// What a scan of a whole log found.
+#[derive(Debug, Clone, Copy)]
+struct Scan {
+    meta: CutMeta,
+    seed: u32,
+    /// Length of the valid prefix (through the end record if there is one).
+    valid_len: u64,
+    records: u64,
+    bytes: u64,
+    last_end: Option<(u32, u64)>,
+    /// `Some(keep)` when a valid end record closes the log.
+    end: Option<u32>,
+}
+
+/// Scans the log at `path`, verifying every record; `None` when its header is invalid.
+fn scan_log(
+    file: &File,
+    path: &Path,
+    magic: [u8; 8],
+    sizes: &[u64],
+) -> Result<Option<Scan>, RecoveryError> {
+    let Some((meta, count, seed)) = read_log_header(file, magic).map_err(io_err(path))? else {
+        return Ok(None);
+    };
+    if count as usize != sizes.len() {
+        return Ok(None);
+    }
+    let mut scan = Scan {
+        meta,
+        seed,
+        valid_len: LOG_HEADER as u64,
+        records: 0,
+        bytes: 0,
+        last_end: None,
+        end: None,
+    };
+    let mut buf = Vec::new();
+    while let Some((record, next)) =
+        read_record(file, scan.valid_len, seed, sizes, true, &mut buf).map_err(io_err(path))?
+    {
+        match record {
+            Record::Data {
+                volume,
+                offset,
+                len,
+                ..
+            }
+            | Record::Zero {
+                volume,
+                offset,
+                len,
+            } => {
+                scan.records += 1;
+                scan.bytes += len;
+                scan.last_end = Some((volume, offset + len));
+                scan.valid_len = next;
+            }
+            Record::End {
+                keep,
+                records,
+                bytes,
+            } => {
+                if records == scan.records && bytes == scan.bytes {
+                    scan.end = Some(keep);
+                    scan.valid_len = next;
+                }
+                break;
+            }
+        }
+    }
+    Ok(Some(scan))
+}
+
+/// Calls `each` for every record of a log a scan found valid, up to its end record.
+fn for_each_record<F>(
+    file: &File,
+    path: &Path,
+    scan: &Scan,
+    sizes: &[u64],
+    mut each: F,
+) -> Result<(), RecoveryError>
+where
+    F: FnMut(Record) -> Result<(), RecoveryError>,
+{
+    let mut at = LOG_HEADER as u64;
+    let mut buf = Vec::new();
+    for _ in 0..scan.records {
+        let (record, next) = read_record(file, at, scan.seed, sizes, false, &mut buf)
+            .map_err(io_err(path))?
+            .ok_or(RecoveryError::Corrupt {
+                path: path.to_owned(),
+                what: "a record changed after it was verified",
+            })?;
+        each(record)?;
+        at = next;
+    }
+    Ok(())
+}
+
+/// Reads `buf.len()` bytes at `at` of a volume; what lies past its end reads as zeros.
+fn read_volume(file: &File, path: &Path, buf: &mut [u8], at: u64) -> Result<(), RecoveryError> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], at + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err(path)(e)),
+        }
+    }
+    buf[done..].fill(0);
+    Ok(())
+}
+
+// ---- the store ----------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Volume {
+    target: VolumeTarget,
+    file: File,
+}
+
+#[derive(Debug)]
+struct Staging {
+    file: File,
+    meta: CutMeta,
+    seed: u32,
+    /// Where the next record goes.
+    len: u64,
+    extents: u64,
+    bytes: u64,
+    last_end: Option<(u32, u64)>,
+    /// `Some(keep)` once the end record is durable.
+    committed: Option<u32>,
+}
+
+impl Staging {
+    fn progress(&self) -> StagedProgress {
+        StagedProgress {
+            meta: self.meta,
+            extents: self.extents,
+            bytes: self.bytes,
+            last_end: self.last_end,
+        }
+    }
+
+    fn scan(&self) -> Scan {
+        Scan {
+            meta: self.meta,
+            seed: self.seed,
+            valid_len: self.len,
+            records: self.extents,
+            bytes: self.bytes,
+            last_end: self.last_end,
+            end: self.committed,
+        }
+    }
+}
+
+/// The receiving side of one replication set. See the module documentation.
+#[derive(Debug)]
+pub struct ReceiverStore {
+    dir: PathBuf,
+    volumes: Vec<Volume>,
+    state: State,
+    staging: Option<Staging>,
+    disk: Disk,
+    /// An operation failed part way: the files are the truth, reload them (which runs
+    /// crash recovery) before the next operation.
+    needs_reload: bool,
+}
+
+fn undo_name(cut: u64) -> String {
+    format!("undo-{cut}.log")
+}
+
+fn tmp_of(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+impl ReceiverStore {
+    /// Opens (creating) the set's state in `dir`; volumes in a fixed order (index =
+    /// position). Runs crash recovery first: a roll back under way is finished, a
+    /// committed-but-not-fully-applied cut is rolled forward (re-applied from the staging
+    /// log; the undo log is rewritten only if it was not complete, i.e. before any volume
+    /// write); an uncommitted staging log is kept for resume, less any torn tail.
+    ///
+    /// The volume files must exist; one shorter than its size is extended (sparse).
+    pub fn open(dir: &Path, volumes: Vec<VolumeTarget>) -> Result<Self, RecoveryError> {
+        let mut store = Self::open_files(dir, volumes, Disk::default())?;
+        store.reload()?;
+        Ok(store)
+    }
+
+    /// Opens the set in `dir` without running recovery and resets it at once (see
+    /// [`ReceiverStore::reset`]): the way out for a replica whose state cannot be
+    /// recovered (a damaged `state.json`, staging or undo log makes `open` fail).
+    pub fn open_reset(
+        dir: &Path,
+        volumes: Vec<VolumeTarget>,
+        generation: u64,
+    ) -> Result<Self, RecoveryError> {
+        let mut store = Self::open_files(dir, volumes, Disk::default())?;
+        store.reset_inner(generation)?;
+        Ok(store)
+    }
+
+    fn open_files(
+        dir: &Path,
+        volumes: Vec<VolumeTarget>,
+        disk: Disk,
+    ) -> Result<Self, RecoveryError> {
+        if !dir.is_dir() {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err(parent))?;
+            }
+        }
+        let mut opened = Vec::with_capacity(volumes.len());
+        for target in volumes {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&target.path)
+                .map_err(io_err(&target.path))?;
+            let len = file.metadata().map_err(io_err(&target.path))?.len();
+            if len < target.size {
+                file.set_len(target.size).map_err(io_err(&target.path))?;
+            }
+            opened.push(Volume { target, file });
+        }
+        let state = State::fresh(&opened);
+        Ok(ReceiverStore {
+            dir: dir.to_owned(),
+            volumes: opened,
+            state,
+            staging: None,
+            disk,
+            needs_reload: true,
+        })
+    }
+
+    /// `open` with a test's crash at the `k`-th durable step of its recovery.
+    #[cfg(test)]
+    fn open_crashing(
+        dir: &Path,
+        volumes: Vec<VolumeTarget>,
+        k: u64,
+        power_loss: bool,
+    ) -> Result<Self, RecoveryError> {
+        let disk = Disk::default();
+        disk.crash_after.store(k, Ordering::Relaxed);
+        disk.power_loss.store(power_loss, Ordering::Relaxed);
+        let mut store = Self::open_files(dir, volumes, disk)?;
+        store.reload()?;
+        store.disk.crash_after.store(u64::MAX, Ordering::Relaxed);
+        Ok(store)
+    }
+
+    /// The last applied cut (None before the first).
+    pub fn current(&self) -> Option<&CutMeta> {
+        self.state.current.as_ref()
+    }
+
+    /// The set's generation: that of the current cut, or the one `reset` started.
+    pub fn generation(&self) -> u64 {
+        self.state.generation
+    }
+
+    /// What is staged and not yet committed, for resuming the same cut.
+    pub fn staged(&self) -> Option<StagedProgress> {
+        self.staging
+            .as_ref()
+            .filter(|s| s.committed.is_none())
+            .map(Staging::progress)
+    }
+
+    /// Starts staging `meta` (cut must be > current's within the same generation, or the
+    /// generation is newer). If the same cut (same generation, id and time) is already
+    /// staged, keeps it (resume) and returns its progress; a different staged cut is
+    /// discarded.
+    pub fn begin(&mut self, meta: CutMeta) -> Result<StagedProgress, RecoveryError> {
+        self.reload_if_needed()?;
+        let state = &self.state;
+        if meta.generation < state.generation {
+            return Err(RecoveryError::StaleGeneration {
+                generation: meta.generation,
+                current: state.generation,
+            });
+        }
+        if meta.generation == state.generation {
+            if state.needs_new_generation {
+                return Err(RecoveryError::NeedsNewGeneration {
+                    generation: state.generation,
+                });
+            }
+            if let Some(current) = &state.current {
+                if meta.cut <= current.cut {
+                    return Err(RecoveryError::StaleCut {
+                        cut: meta.cut,
+                        current: current.cut,
+                    });
+                }
+            }
+        }
+        if let Some(staging) = &self.staging {
+            if staging.meta == meta {
+                return Ok(staging.progress());
+            }
+        }
+        let result = self.start_staging(meta);
+        self.note(result)
+    }
+
+    fn start_staging(&mut self, meta: CutMeta) -> Result<StagedProgress, RecoveryError> {
+        self.staging = None;
+        let path = self.dir.join(STAGING_FILE);
+        self.disk.remove(&path)?;
+        let file = self.disk.create(&path)?;
+        let (header, seed) = encode_log_header(STAGING_MAGIC, &meta, self.volumes.len() as u32);
+        self.disk.write_at(&file, &path, &header, 0)?;
+        let staging = Staging {
+            file,
+            meta,
+            seed,
+            len: LOG_HEADER as u64,
+            extents: 0,
+            bytes: 0,
+            last_end: None,
+            committed: None,
+        };
+        let progress = staging.progress();
+        self.staging = Some(staging);
+        Ok(progress)
+    }
+
+    /// Appends one extent of volume `volume` (index) at byte `offset`, after checking
+    /// `crc32c` of the data bytes (ignored for `Zero`) and that the range is non-empty and
+    /// inside the volume. A refused extent stages nothing. Not yet durable.
+    pub fn put(
+        &mut self,
+        volume: u32,
+        offset: u64,
+        data: ExtentData<'_>,
+        crc32c: u32,
+    ) -> Result<(), RecoveryError> {
+        self.reload_if_needed()?;
+        let len = data.len();
+        let size = self
+            .volumes
+            .get(volume as usize)
+            .ok_or(RecoveryError::NoSuchVolume {
+                volume,
+                count: self.volumes.len(),
+            })?
+            .target
+            .size;
+        if len == 0 {
+            return Err(RecoveryError::EmptyExtent { volume, offset });
+        }
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(RecoveryError::OutOfRange {
+                volume,
+                offset,
+                len,
+                size,
+            });
+        }
+        let (tag, crc) = match data {
+            ExtentData::Data(bytes) => {
+                let actual = crc32c::crc32c(bytes);
+                if actual != crc32c {
+                    return Err(RecoveryError::CrcMismatch {
+                        volume,
+                        offset,
+                        len,
+                        expected: crc32c,
+                        actual,
+                    });
+                }
+                (TAG_DATA, actual)
+            }
+            ExtentData::Zero { .. } => (TAG_ZERO, 0),
+        };
+        let staging = match &mut self.staging {
+            Some(s) if s.committed.is_none() => s,
+            _ => return Err(RecoveryError::NotStaging),
+        };
+        let path = self.dir.join(STAGING_FILE);
+        let header = encode_record(staging.seed, tag, volume, offset, len, crc);
+        let mut result = self
+            .disk
+            .write_at(&staging.file, &path, &header, staging.len);
+        if let (Ok(()), ExtentData::Data(bytes)) = (&result, data) {
+            let at = staging.len + RECORD_HEADER as u64;
+            result = self.disk.write_at(&staging.file, &path, bytes, at);
+        }
+        if result.is_ok() {
+            staging.len += RECORD_HEADER as u64 + if tag == TAG_DATA { len } else { 0 };
+            staging.extents += 1;
+            staging.bytes += len;
+            staging.last_end = Some((volume, offset + len));
+        }
+        self.note(result)
+    }
+
+    /// The end record: fsync the staging log and commit it (durably), then apply it:
+    /// write the undo log of every range the cut overwrites (old content; fsync), write
+    /// the new data (fsync the volume files), make the undo log the recovery point of the
+    /// previous cut, prune to `keep` recovery points (the current cut counts as one),
+    /// drop the staging log. Once the commit is durable, a failure later is finished by
+    /// the next operation or the next `open`.
+    pub fn commit_and_apply(&mut self, keep: usize) -> Result<(), RecoveryError> {
+        self.reload_if_needed()?;
+        let keep = u32::try_from(keep.max(1)).unwrap_or(u32::MAX);
+        let result = self.commit(keep).and_then(|()| self.apply_committed());
+        self.note(result)
+    }
+
+    fn commit(&mut self, keep: u32) -> Result<(), RecoveryError> {
+        let path = self.dir.join(STAGING_FILE);
+        let staging = match &mut self.staging {
+            Some(s) if s.committed.is_none() => s,
+            _ => return Err(RecoveryError::NotStaging),
+        };
+        // The records first, then the end record: an end record is never durable
+        // before what it closes.
+        self.disk.sync(&staging.file, &path)?;
+        let end = encode_record(
+            staging.seed,
+            TAG_END,
+            keep,
+            staging.extents,
+            staging.bytes,
+            0,
+        );
+        self.disk
+            .write_at(&staging.file, &path, &end, staging.len)?;
+        self.disk.sync(&staging.file, &path)?;
+        staging.len += RECORD_HEADER as u64;
+        staging.committed = Some(keep);
+        Ok(())
+    }
+
+    /// Newest first: the current cut (`undo_bytes == 0`), then the older points.
+    pub fn recovery_points(&self) -> Vec<RecoveryPoint> {
+        let current = self.state.current.iter().map(|c| RecoveryPoint {
+            cut: c.cut,
+            taken_unix: c.taken_unix,
+            undo_bytes: 0,
+        });
+        current.chain(self.state.points.iter().copied()).collect()
+    }
+
+    /// Restart Replication: delete every recovery point and staged data; `current`
+    /// becomes None and the set's generation `generation` (not older than the set's).
+    /// The volumes' content is left as is; the next cut of the new generation rewrites
+    /// all written data. Works without reloading first, so it also clears a committed
+    /// cut that cannot be applied.
+    pub fn reset(&mut self, generation: u64) -> Result<(), RecoveryError> {
+        if generation < self.state.generation {
+            return Err(RecoveryError::StaleGeneration {
+                generation,
+                current: self.state.generation,
+            });
+        }
+        let result = self.reset_inner(generation);
+        self.note(result)
+    }
+
+    fn reset_inner(&mut self, generation: u64) -> Result<(), RecoveryError> {
+        let mut state = State::fresh(&self.volumes);
+        state.generation = generation;
+        self.save_state(&state)?;
+        self.state = state;
+        self.staging = None;
+        self.disk.remove(&self.dir.join(STAGING_FILE))?;
+        self.remove_unreferenced()?;
+        self.needs_reload = false;
+        Ok(())
+    }
+
+    /// Promote at an older point: apply undo logs newest first until the volumes hold
+    /// exactly cut `cut`'s content (durably, crash-safe: a crash midway rolls back on to
+    /// `cut` at the next open), drop newer points and any staged cut. Afterwards only a
+    /// newer generation can be received (the cuts that follow were taken on top of
+    /// content the volumes no longer hold). Rolling back to the current cut does nothing.
+    pub fn roll_back_to(&mut self, cut: u64) -> Result<(), RecoveryError> {
+        self.reload_if_needed()?;
+        if self.state.current.is_some_and(|c| c.cut == cut) {
+            return Ok(());
+        }
+        if !self.state.points.iter().any(|p| p.cut == cut) {
+            return Err(RecoveryError::UnknownPoint { cut });
+        }
+        let result = self.start_roll_back(cut);
+        self.note(result)
+    }
+
+    fn start_roll_back(&mut self, cut: u64) -> Result<(), RecoveryError> {
+        self.staging = None;
+        self.disk.remove(&self.dir.join(STAGING_FILE))?;
+        let mut state = self.state.clone();
+        state.rolling_back_to = Some(cut);
+        self.save_state(&state)?;
+        self.state = state;
+        self.finish_roll_back(cut)
+    }
+
+    /// Applies the undo logs of every point from the newest down to `cut`. Starting over
+    /// from any partly rolled-back state gives the same result: a byte ends with the
+    /// value of the oldest of these logs that holds it, which is its value at `cut`, and
+    /// a byte none holds was not written since.
+    fn finish_roll_back(&mut self, cut: u64) -> Result<(), RecoveryError> {
+        let sizes = self.sizes();
+        let generation = self.state.generation;
+        let newer: Vec<RecoveryPoint> = self
+            .state
+            .points
+            .iter()
+            .copied()
+            .filter(|p| p.cut >= cut)
+            .collect();
+        let target = *newer.last().ok_or(RecoveryError::UnknownPoint { cut })?;
+        // Verify every log before the first write, so damage stops nothing half way.
+        let mut logs = Vec::with_capacity(newer.len());
+        for point in &newer {
+            let path = self.dir.join(undo_name(point.cut));
+            let file = File::open(&path).map_err(io_err(&path))?;
+            let scan = scan_log(&file, &path, UNDO_MAGIC, &sizes)?
+                .filter(|s| s.end.is_some())
+                .filter(|s| s.meta.generation == generation && s.meta.cut == point.cut)
+                .ok_or(RecoveryError::Corrupt {
+                    path: path.clone(),
+                    what: "undo log incomplete or of another cut",
+                })?;
+            logs.push((path, file, scan));
+        }
+        for (path, file, scan) in &logs {
+            self.copy_records(file, path, scan)?;
+        }
+        self.sync_volumes()?;
+        let mut state = self.state.clone();
+        state.current = Some(CutMeta {
+            generation,
+            cut: target.cut,
+            taken_unix: target.taken_unix,
+        });
+        state.points.retain(|p| p.cut < cut);
+        state.rolling_back_to = None;
+        state.needs_new_generation = true;
+        self.save_state(&state)?;
+        self.state = state;
+        self.remove_unreferenced()
+    }
+
+    // ---- recovery -------------------------------------------------------------------
+
+    fn note<T>(&mut self, result: Result<T, RecoveryError>) -> Result<T, RecoveryError> {
+        if result.is_err() {
+            self.needs_reload = true;
+        }
+        result
+    }
+
+    fn reload_if_needed(&mut self) -> Result<(), RecoveryError> {
+        if self.needs_reload {
+            self.reload()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the state back from the files and finishes whatever a crash (or a failed
+    /// operation) left half done.
+    fn reload(&mut self) -> Result<(), RecoveryError> {
+        self.staging = None;
+        let state_path = self.dir.join(STATE_FILE);
+        let volumes = volume_states(&self.volumes);
+        match fs::read(&state_path) {
+            Ok(bytes) => {
+                let state: State =
+                    serde_json::from_slice(&bytes).map_err(|source| RecoveryError::StateFile {
+                        path: state_path.clone(),
+                        source,
+                    })?;
+                if state.version != STATE_VERSION {
+                    return Err(RecoveryError::Corrupt {
+                        path: state_path,
+                        what: "unknown state version",
+                    });
+                }
+                self.state = state;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let state = State::fresh(&self.volumes);
+                self.disk.remove(&self.dir.join(STAGING_FILE))?;
+                self.save_state(&state)?;
+                self.state = state;
+            }
+            Err(e) => return Err(io_err(&state_path)(e)),
+        }
+        if self.state.volumes != volumes {
+            let empty = self.state.current.is_none()
+                && self.state.points.is_empty()
+                && self.state.rolling_back_to.is_none();
+            if !empty {
+                return Err(RecoveryError::VolumesChanged {
+                    dir: self.dir.clone(),
+                });
+            }
+            let mut state = self.state.clone();
+            state.volumes = volumes;
+            self.disk.remove(&self.dir.join(STAGING_FILE))?;
+            self.save_state(&state)?;
+            self.state = state;
+        }
+        if let Some(cut) = self.state.rolling_back_to {
+            self.disk.remove(&self.dir.join(STAGING_FILE))?;
+            self.finish_roll_back(cut)?;
+        }
+        self.recover_staging()?;
+        self.remove_unreferenced()?;
+        self.needs_reload = false;
+        Ok(())
+    }
+
+    fn recover_staging(&mut self) -> Result<(), RecoveryError> {
+        let path = self.dir.join(STAGING_FILE);
+        let file = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let Some(scan) = scan_log(&file, &path, STAGING_MAGIC, &self.sizes())? else {
+            return self.disk.remove(&path);
+        };
+        let state = &self.state;
+        let stale = scan.meta.generation < state.generation
+            || (scan.meta.generation == state.generation
+                && (state.needs_new_generation
+                    || state.current.is_some_and(|c| c.cut >= scan.meta.cut)));
+        if stale {
+            // Applied already (the crash came before its removal), or obsolete.
+            return self.disk.remove(&path);
+        }
+        if scan.end.is_none() {
+            let len = file.metadata().map_err(io_err(&path))?.len();
+            if len != scan.valid_len {
+                self.disk.set_len(&file, &path, scan.valid_len)?;
+            }
+        }
+        self.staging = Some(Staging {
+            file,
+            meta: scan.meta,
+            seed: scan.seed,
+            len: scan.valid_len,
+            extents: scan.records,
+            bytes: scan.bytes,
+            last_end: scan.last_end,
+            committed: scan.end,
+        });
+        if scan.end.is_some() {
+            self.apply_committed()?;
+        }
+        Ok(())
+    }
+
+    /// Applies the committed staging log; safe to run again from the start after a
+    /// crash at any point.
+    fn apply_committed(&mut self) -> Result<(), RecoveryError> {
+        let staging = self.staging.as_ref().ok_or(RecoveryError::NotStaging)?;
+        let keep = staging.committed.ok_or(RecoveryError::NotStaging)?;
+        let meta = staging.meta;
+        let scan = staging.scan();
+        let staging_path = self.dir.join(STAGING_FILE);
+        // The previous cut, when this one builds on it.
+        let prev = self
+            .state
+            .current
+            .filter(|c| c.generation == meta.generation && !self.state.needs_new_generation);
+        let mut points = Vec::new();
+        if let Some(prev) = prev {
+            if keep >= 2 {
+                let undo_bytes = match self.complete_undo(&prev)? {
+                    Some(bytes) => bytes,
+                    None => self.write_undo(&prev, &scan)?,
+                };
+                points.push(RecoveryPoint {
+                    cut: prev.cut,
+                    taken_unix: prev.taken_unix,
+                    undo_bytes,
+                });
+            }
+            points.extend(self.state.points.iter().copied());
+        }
+        points.truncate(keep as usize - 1);
+        let staging = self.staging.as_ref().ok_or(RecoveryError::NotStaging)?;
+        self.copy_records(&staging.file, &staging_path, &scan)?;
+        self.sync_volumes()?;
+        let mut state = self.state.clone();
+        state.generation = meta.generation;
+        state.current = Some(meta);
+        state.points = points;
+        state.rolling_back_to = None;
+        state.needs_new_generation = false;
+        self.save_state(&state)?;
+        self.state = state;
+        self.staging = None;
+        self.disk.remove(&staging_path)?;
+        self.remove_unreferenced()
+    }
+
+    /// The size of `undo-<prev>.log` when it is whole and of `prev`.
+    fn complete_undo(&self, prev: &CutMeta) -> Result<Option<u64>, RecoveryError> {
+        let path = self.dir.join(undo_name(prev.cut));
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let whole = scan_log(&file, &path, UNDO_MAGIC, &self.sizes())?
+            .is_some_and(|s| s.end.is_some() && s.meta == *prev);
+        if !whole {
+            return Ok(None);
+        }
+        Ok(Some(file.metadata().map_err(io_err(&path))?.len()))
+    }
+
+    /// Saves the volumes' content in every range the staged cut writes as the undo log
+    /// of `prev`; returns its size. Runs before any volume write of the cut.
+    fn write_undo(&self, prev: &CutMeta, staged: &Scan) -> Result<u64, RecoveryError> {
+        let staging = self.staging.as_ref().ok_or(RecoveryError::NotStaging)?;
+        let staging_path = self.dir.join(STAGING_FILE);
+        let path = self.dir.join(undo_name(prev.cut));
+        let tmp = tmp_of(&path);
+        let file = self.disk.create(&tmp)?;
+        let (header, seed) = encode_log_header(UNDO_MAGIC, prev, self.volumes.len() as u32);
+        self.disk.write_at(&file, &tmp, &header, 0)?;
+        let mut at = LOG_HEADER as u64;
+        let (mut records, mut bytes) = (0u64, 0u64);
+        let mut buf = vec![0u8; CHUNK.min(staged.bytes.max(1) as usize)];
+        for_each_record(
+            &staging.file,
+            &staging_path,
+            staged,
+            &self.sizes(),
+            |record| {
+                let (volume, offset, len) = match record {
+                    Record::Data {
+                        volume,
+                        offset,
+                        len,
+                        ..
+                    }
+                    | Record::Zero {
+                        volume,
+                        offset,
+                        len,
+                    } => (volume, offset, len),
+                    Record::End { .. } => return Ok(()),
+                };
+                let v = &self.volumes[volume as usize];
+                let mut done = 0u64;
+                while done < len {
+                    let n = (len - done).min(CHUNK as u64) as usize;
+                    let old = &mut buf[..n];
+                    read_volume(&v.file, &v.target.path, old, offset + done)?;
+                    let zero = old.iter().all(|&b| b == 0);
+                    let (tag, crc) = if zero {
+                        (TAG_ZERO, 0)
+                    } else {
+                        (TAG_DATA, crc32c::crc32c(old))
+                    };
+                    let h = encode_record(seed, tag, volume, offset + done, n as u64, crc);
+                    self.disk.write_at(&file, &tmp, &h, at)?;
+                    at += RECORD_HEADER as u64;
+                    if !zero {
+                        self.disk.write_at(&file, &tmp, old, at)?;
+                        at += n as u64;
+                    }
+                    records += 1;
+                    bytes += n as u64;
+                    done += n as u64;
+                }
+                Ok(())
+            },
+        )?;
+        let end = encode_record(seed, TAG_END, 0, records, bytes, 0);
+        self.disk.write_at(&file, &tmp, &end, at)?;
+        at += RECORD_HEADER as u64;
+        self.disk.sync(&file, &tmp)?;
+        drop(file);
+        self.disk.rename(&tmp, &path)?;
+        self.disk.sync_dir(&self.dir)?;
+        Ok(at)
+    }
+
+    /// Writes every record of a verified log to the volumes, in log order.
+    fn copy_records(&self, file: &File, path: &Path, scan: &Scan) -> Result<(), RecoveryError> {
+        let mut buf = Vec::new();
+        for_each_record(file, path, scan, &self.sizes(), |record| match record {
+            Record::Data {
+                volume,
+                offset,
+                len,
+                data_at,
+            } => {
+                let v = &self.volumes[volume as usize];
+                let mut done = 0u64;
+                while done < len {
+                    let n = (len - done).min(CHUNK as u64) as usize;
+                    buf.resize(n, 0);
+                    file.read_exact_at(&mut buf[..n], data_at + done)
+                        .map_err(io_err(path))?;
+                    self.disk
+                        .write_at(&v.file, &v.target.path, &buf[..n], offset + done)?;
+                    done += n as u64;
+                }
+                Ok(())
+            }
+            Record::Zero {
+                volume,
+                offset,
+                len,
+            } => {
+                let v = &self.volumes[volume as usize];
+                self.disk.zero(&v.file, &v.target.path, offset, len)
+            }
+            Record::End { .. } => Ok(()),
+        })
+    }
+
+    fn sync_volumes(&self) -> Result<(), RecoveryError> {
+        for v in &self.volumes {
+            self.disk.sync(&v.file, &v.target.path)?;
+        }
+        Ok(())
+    }
+
+    fn sizes(&self) -> Vec<u64> {
+        self.volumes.iter().map(|v| v.target.size).collect()
+    }
+
+    /// Replaces `state.json` atomically.
+    fn save_state(&self, state: &State) -> Result<(), RecoveryError> {
+        let path = self.dir.join(STATE_FILE);
+        let tmp = tmp_of(&path);
+        let mut text =
+            serde_json::to_vec_pretty(state).map_err(|source| RecoveryError::StateFile {
+                path: path.clone(),
+                source,
+            })?;
+        text.push(b'\n');
+        let file = self.disk.create(&tmp)?;
+        self.disk.write_at(&file, &tmp, &text, 0)?;
+        self.disk.sync(&file, &tmp)?;
+        drop(file);
+        self.disk.rename(&tmp, &path)?;
+        self.disk.sync_dir(&self.dir)
+    }
+
+    /// Removes temp files and undo logs of no recovery point.
+    fn remove_unreferenced(&self) -> Result<(), RecoveryError> {
+        let entries = fs::read_dir(&self.dir).map_err(io_err(&self.dir))?;
+        let mut removed = false;
+        for entry in entries {
+            let entry = entry.map_err(io_err(&self.dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let unreferenced = name.ends_with(".tmp")
+                || name
+                    .strip_prefix("undo-")
+                    .and_then(|n| n.strip_suffix(".log"))
+                    .is_some_and(|n| !self.state.points.iter().any(|p| n == p.cut.to_string()));
+            if unreferenced {
+                self.disk.remove(&entry.path())?;
+                removed = true;
+            }
+        }
+        if removed {
+            self.disk.sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// A test's crash: the store's `k`-th durable step from now (counting writes,
+    /// fsyncs, renames and removals) fails, a write there tearing in half; with
+    /// `power_loss` every write not fsynced since is lost too.
+    #[cfg(test)]
+    fn crash_after(&self, k: u64, power_loss: bool) {
+        self.disk.steps.store(0, Ordering::Relaxed);
+        self.disk.crash_after.store(k, Ordering::Relaxed);
+        self.disk.power_loss.store(power_loss, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests;

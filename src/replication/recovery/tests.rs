@@ -1,0 +1,999 @@
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+use tempfile::TempDir;
+
+use super::*;
+
+const BLOCK: u64 = 512;
+
+/// A set directory and its volume files in one temporary directory (on tmpfs when
+/// there is one: the crash tests replay thousands of fsyncs).
+struct Rig {
+    _tmp: TempDir,
+    root: PathBuf,
+    sizes: Vec<u64>,
+}
+
+fn temp_root() -> TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(t) = tempfile::Builder::new()
+            .prefix("twinlun-recv")
+            .tempdir_in(shm)
+        {
+            return t;
+        }
+    }
+    tempfile::tempdir().expect("temp dir")
+}
+
+impl Rig {
+    fn new(sizes: &[u64]) -> Rig {
+        let tmp = temp_root();
+        let root = tmp.path().to_owned();
+        for (i, &size) in sizes.iter().enumerate() {
+            let f = File::create(root.join(format!("vol{i}.img"))).expect("create volume");
+            f.set_len(size).expect("size volume");
+        }
+        Rig {
+            _tmp: tmp,
+            root,
+            sizes: sizes.to_vec(),
+        }
+    }
+
+    /// A copy of everything, volumes and set directory.
+    fn copy(&self) -> Rig {
+        let tmp = temp_root();
+        let root = tmp.path().to_owned();
+        copy_tree(&self.root, &root);
+        Rig {
+            _tmp: tmp,
+            root,
+            sizes: self.sizes.clone(),
+        }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.root.join("set")
+    }
+
+    fn targets(&self) -> Vec<VolumeTarget> {
+        self.sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| VolumeTarget {
+                name: format!("vol{i}"),
+                path: self.root.join(format!("vol{i}.img")),
+                size,
+            })
+            .collect()
+    }
+
+    fn open(&self) -> ReceiverStore {
+        ReceiverStore::open(&self.dir(), self.targets()).expect("open")
+    }
+
+    fn content(&self) -> Model {
+        let volumes = self
+            .targets()
+            .iter()
+            .map(|t| {
+                let mut bytes = fs::read(&t.path).expect("read volume");
+                bytes.resize(t.size as usize, 0);
+                bytes
+            })
+            .collect();
+        Model(volumes)
+    }
+
+    fn zeros(&self) -> Model {
+        Model(self.sizes.iter().map(|&s| vec![0; s as usize]).collect())
+    }
+
+    fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.dir())
+            .expect("read set dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("mkdir");
+    for entry in fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let dst = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &dst);
+        } else {
+            fs::copy(entry.path(), dst).expect("copy");
+        }
+    }
+}
+
+/// The content of every volume; printed as lengths and checksums, not bytes.
+#[derive(Clone, PartialEq, Eq)]
+struct Model(Vec<Vec<u8>>);
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sums: Vec<String> = self
+            .0
+            .iter()
+            .map(|v| format!("{} bytes crc {:#010x}", v.len(), crc32c::crc32c(v)))
+            .collect();
+        write!(f, "Model{sums:?}")
+    }
+}
+
+impl std::ops::Deref for Model {
+    type Target = Vec<Vec<u8>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Model {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Ext {
+    Data { vol: u32, off: u64, bytes: Vec<u8> },
+    Zero { vol: u32, off: u64, len: u64 },
+}
+
+impl Ext {
+    fn data(vol: u32, off: u64, len: u64, seed: u8) -> Ext {
+        let bytes = (0..len)
+            .map(|i| seed.wrapping_add((i % 251) as u8).max(1))
+            .collect();
+        Ext::Data { vol, off, bytes }
+    }
+}
+
+fn apply_model(model: &mut Model, exts: &[Ext]) {
+    for e in exts {
+        match e {
+            Ext::Data { vol, off, bytes } => {
+                let o = *off as usize;
+                model[*vol as usize][o..o + bytes.len()].copy_from_slice(bytes);
+            }
+            Ext::Zero { vol, off, len } => {
+                let o = *off as usize;
+                model[*vol as usize][o..o + *len as usize].fill(0);
+            }
+        }
+    }
+}
+
+fn put(store: &mut ReceiverStore, e: &Ext) -> Result<(), RecoveryError> {
+    match e {
+        Ext::Data { vol, off, bytes } => {
+            store.put(*vol, *off, ExtentData::Data(bytes), crc32c::crc32c(bytes))
+        }
+        Ext::Zero { vol, off, len } => store.put(*vol, *off, ExtentData::Zero { len: *len }, 0),
+    }
+}
+
+fn meta(generation: u64, cut: u64) -> CutMeta {
+    CutMeta {
+        generation,
+        cut,
+        taken_unix: 1_700_000_000 + generation * 1000 + cut,
+    }
+}
+
+fn run_cut(
+    store: &mut ReceiverStore,
+    m: CutMeta,
+    exts: &[Ext],
+    keep: usize,
+) -> Result<(), RecoveryError> {
+    let progress = store.begin(m)?;
+    for e in &exts[progress.extents as usize..] {
+        put(store, e)?;
+    }
+    store.commit_and_apply(keep)
+}
+
+/// Five cuts over two volumes: overlapping data, zero ranges, ranges no cut touches.
+fn sample_cuts() -> Vec<Vec<Ext>> {
+    vec![
+        vec![
+            Ext::data(0, 0, 4096, 1),
+            Ext::data(1, 1024, 2048, 2),
+            Ext::data(0, 8192, 512, 3),
+        ],
+        vec![
+            Ext::data(0, 512, 1024, 4),
+            Ext::Zero {
+                vol: 1,
+                off: 0,
+                len: 2048,
+            },
+        ],
+        vec![
+            Ext::data(1, 4096, 4096, 5),
+            Ext::data(1, 5000, 100, 6),
+            Ext::Zero {
+                vol: 0,
+                off: 2048,
+                len: 4096,
+            },
+        ],
+        vec![Ext::data(0, 0, 16384, 7)],
+        vec![
+            Ext::data(0, 100, 3, 8),
+            Ext::data(1, 8191, 1, 9),
+            Ext::Zero {
+                vol: 0,
+                off: 12288,
+                len: 4096,
+            },
+        ],
+    ]
+}
+
+/// Applies `cuts` as cuts 1.. of generation 1; returns the model after each (index =
+/// cut id; index 0 is the initial content).
+fn apply_all(rig: &Rig, store: &mut ReceiverStore, cuts: &[Vec<Ext>], keep: usize) -> Vec<Model> {
+    let mut models = vec![rig.content()];
+    for (i, exts) in cuts.iter().enumerate() {
+        run_cut(store, meta(1, i as u64 + 1), exts, keep).expect("cut");
+        let mut next = models[i].clone();
+        apply_model(&mut next, exts);
+        assert_eq!(rig.content(), next, "after cut {}", i + 1);
+        assert_eq!(store.current(), Some(&meta(1, i as u64 + 1)));
+        assert!(store.staged().is_none());
+        models.push(next);
+    }
+    models
+}
+
+fn point_cuts(store: &ReceiverStore) -> Vec<u64> {
+    store.recovery_points().iter().map(|p| p.cut).collect()
+}
+
+#[test]
+fn cuts_apply_in_order_and_match_the_model() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    assert_eq!(store.current(), None);
+    assert!(store.recovery_points().is_empty());
+    apply_all(&rig, &mut store, &sample_cuts(), 3);
+    drop(store);
+    // A clean reopen changes nothing.
+    let store = rig.open();
+    assert_eq!(store.current(), Some(&meta(1, 5)));
+    assert_eq!(point_cuts(&store), vec![5, 4, 3]);
+}
+
+#[test]
+fn recovery_points_are_newest_first_and_pruned_to_keep() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    let cuts = sample_cuts();
+    run_cut(&mut store, meta(1, 1), &cuts[0], 3).expect("cut 1");
+    // The first cut of a generation keeps no point before it.
+    assert_eq!(point_cuts(&store), vec![1]);
+    assert_eq!(store.recovery_points()[0].undo_bytes, 0);
+    run_cut(&mut store, meta(1, 2), &cuts[1], 3).expect("cut 2");
+    assert_eq!(point_cuts(&store), vec![2, 1]);
+    let points = store.recovery_points();
+    assert_eq!(points[1].taken_unix, meta(1, 1).taken_unix);
+    assert_eq!(
+        points[1].undo_bytes,
+        fs::metadata(rig.dir().join("undo-1.log"))
+            .expect("undo")
+            .len()
+    );
+    for (i, exts) in cuts.iter().enumerate().skip(2) {
+        run_cut(&mut store, meta(1, i as u64 + 1), exts, 3).expect("cut");
+    }
+    assert_eq!(point_cuts(&store), vec![5, 4, 3]);
+    assert_eq!(rig.files(), vec!["state.json", "undo-3.log", "undo-4.log"]);
+    // A smaller keep prunes at the next commit.
+    run_cut(&mut store, meta(1, 6), &cuts[0], 2).expect("cut 6");
+    assert_eq!(point_cuts(&store), vec![6, 5]);
+    assert_eq!(rig.files(), vec!["state.json", "undo-5.log"]);
+    run_cut(&mut store, meta(1, 7), &cuts[1], 1).expect("cut 7");
+    assert_eq!(point_cuts(&store), vec![7]);
+    assert_eq!(rig.files(), vec!["state.json"]);
+    run_cut(&mut store, meta(1, 8), &cuts[2], 0).expect("cut 8");
+    assert_eq!(point_cuts(&store), vec![8]);
+}
+
+#[test]
+fn undo_log_holds_exactly_the_ranges_the_cut_writes() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    let cuts = sample_cuts();
+    run_cut(&mut store, meta(1, 1), &cuts[0], 2).expect("cut 1");
+    run_cut(&mut store, meta(1, 2), &cuts[1], 2).expect("cut 2");
+    let path = rig.dir().join("undo-1.log");
+    let file = File::open(&path).expect("undo");
+    let scan = scan_log(&file, &path, UNDO_MAGIC, &rig.sizes)
+        .expect("scan")
+        .expect("valid");
+    assert_eq!(scan.meta, meta(1, 1));
+    assert!(scan.end.is_some());
+    let mut ranges = Vec::new();
+    for_each_record(&file, &path, &scan, &rig.sizes, |r| {
+        match r {
+            Record::Data {
+                volume,
+                offset,
+                len,
+                ..
+            }
+            | Record::Zero {
+                volume,
+                offset,
+                len,
+            } => ranges.push((volume, offset, len)),
+            Record::End { .. } => {}
+        }
+        Ok(())
+    })
+    .expect("records");
+    assert_eq!(ranges, vec![(0, 512, 1024), (1, 0, 2048)]);
+}
+
+#[test]
+fn roll_back_to_every_kept_point_gives_exactly_that_cut() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    let cuts = sample_cuts();
+    let models = apply_all(&rig, &mut store, &cuts, 5);
+    assert_eq!(point_cuts(&store), vec![5, 4, 3, 2, 1]);
+    drop(store);
+    for target in 1..=5u64 {
+        let copy = rig.copy();
+        let mut store = copy.open();
+        store.roll_back_to(target).expect("roll back");
+        assert_eq!(copy.content(), models[target as usize], "cut {target}");
+        assert_eq!(store.current(), Some(&meta(1, target)));
+        let expected: Vec<u64> = (1..=target).rev().collect();
+        assert_eq!(point_cuts(&store), expected);
+        drop(store);
+        // Durable, and further back still works.
+        let mut store = copy.open();
+        assert_eq!(store.current(), Some(&meta(1, target)));
+        if target > 1 {
+            store.roll_back_to(1).expect("roll back to 1");
+            assert_eq!(copy.content(), models[1]);
+        }
+        // Deltas of generation 1 were taken on content the volumes no longer hold.
+        assert!(matches!(
+            store.begin(meta(1, 9)),
+            Err(RecoveryError::NeedsNewGeneration { generation: 1 })
+        ));
+        run_cut(&mut store, meta(2, 1), &cuts[3], 5).expect("new generation");
+        assert_eq!(point_cuts(&store), vec![1]);
+    }
+    let mut store = rig.open();
+    assert!(matches!(
+        store.roll_back_to(42),
+        Err(RecoveryError::UnknownPoint { cut: 42 })
+    ));
+    store.roll_back_to(5).expect("the current cut is a no-op");
+    assert_eq!(rig.content(), models[5]);
+}
+
+#[test]
+fn roll_back_discards_a_staged_cut() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    let cuts = sample_cuts();
+    let models = apply_all(&rig, &mut store, &cuts[..3], 3);
+    store.begin(meta(1, 4)).expect("begin");
+    put(&mut store, &cuts[3][0]).expect("put");
+    store.roll_back_to(2).expect("roll back");
+    assert!(store.staged().is_none());
+    assert_eq!(rig.content(), models[2]);
+    assert_eq!(rig.files(), vec!["state.json", "undo-1.log"]);
+}
+
+#[test]
+fn reset_deletes_every_point_and_starts_a_generation() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    let cuts = sample_cuts();
+    let models = apply_all(&rig, &mut store, &cuts[..3], 4);
+    store.begin(meta(1, 4)).expect("begin");
+    put(&mut store, &cuts[3][0]).expect("put");
+    store.reset(2).expect("reset");
+    assert_eq!(store.current(), None);
+    assert_eq!(store.generation(), 2);
+    assert!(store.staged().is_none());
+    assert!(store.recovery_points().is_empty());
+    assert_eq!(rig.files(), vec!["state.json"]);
+    assert_eq!(rig.content(), models[3], "content is left as is");
+    assert!(matches!(
+        store.begin(meta(1, 9)),
+        Err(RecoveryError::StaleGeneration {
+            generation: 1,
+            current: 2
+        })
+    ));
+    assert!(matches!(
+        store.reset(1),
+        Err(RecoveryError::StaleGeneration { .. })
+    ));
+    drop(store);
+    let mut store = rig.open();
+    assert_eq!(store.generation(), 2);
+    assert_eq!(store.current(), None);
+    run_cut(&mut store, meta(2, 1), &cuts[4], 4).expect("cut");
+    run_cut(&mut store, meta(2, 2), &cuts[0], 4).expect("cut");
+    assert_eq!(point_cuts(&store), vec![2, 1]);
+    store.reset(2).expect("reset again, same generation");
+    assert_eq!(store.current(), None);
+}
+
+#[test]
+fn a_newer_generation_without_reset_drops_the_old_points() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    let cuts = sample_cuts();
+    apply_all(&rig, &mut store, &cuts[..3], 4);
+    run_cut(&mut store, meta(2, 1), &cuts[3], 4).expect("cut");
+    assert_eq!(point_cuts(&store), vec![1]);
+    assert_eq!(store.generation(), 2);
+    assert_eq!(rig.files(), vec!["state.json"]);
+}
+
+#[test]
+fn old_cuts_and_generations_are_refused() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    let cuts = sample_cuts();
+    apply_all(&rig, &mut store, &cuts[..2], 4);
+    assert!(matches!(
+        store.begin(meta(1, 2)),
+        Err(RecoveryError::StaleCut { cut: 2, current: 2 })
+    ));
+    assert!(matches!(
+        store.begin(meta(0, 7)),
+        Err(RecoveryError::StaleGeneration { .. })
+    ));
+    assert!(matches!(
+        store.commit_and_apply(3),
+        Err(RecoveryError::NotStaging)
+    ));
+    assert!(matches!(
+        put(&mut store, &cuts[0][0]),
+        Err(RecoveryError::NotStaging)
+    ));
+    // Cuts may skip ids.
+    run_cut(&mut store, meta(1, 10), &cuts[2], 4).expect("cut 10");
+    assert_eq!(point_cuts(&store), vec![10, 2, 1]);
+}
+
+#[test]
+fn a_partly_staged_cut_resumes_and_a_different_one_is_discarded() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    let cuts = sample_cuts();
+    let models = apply_all(&rig, &mut store, &cuts[..2], 3);
+    let third = &cuts[2];
+    let p = store.begin(meta(1, 3)).expect("begin");
+    assert_eq!((p.extents, p.bytes, p.last_end), (0, 0, None));
+    put(&mut store, &third[0]).expect("put");
+    put(&mut store, &third[1]).expect("put");
+    let expect = StagedProgress {
+        meta: meta(1, 3),
+        extents: 2,
+        bytes: 4096 + 100,
+        last_end: Some((1, 5100)),
+    };
+    assert_eq!(store.staged(), Some(expect));
+    // The link drops; the same cut begins again.
+    assert_eq!(store.begin(meta(1, 3)).expect("resume"), expect);
+    drop(store);
+    // The receiver restarts; what was staged is still there.
+    let mut store = rig.open();
+    assert_eq!(store.staged(), Some(expect));
+    assert_eq!(store.begin(meta(1, 3)).expect("resume"), expect);
+    put(&mut store, &third[2]).expect("put");
+    store.commit_and_apply(3).expect("commit");
+    let mut m3 = models[2].clone();
+    apply_model(&mut m3, third);
+    assert_eq!(rig.content(), m3);
+
+    // A different cut replaces what was staged.
+    store.begin(meta(1, 4)).expect("begin");
+    put(&mut store, &cuts[3][0]).expect("put");
+    let p = store.begin(meta(1, 5)).expect("a different cut");
+    assert_eq!(p.extents, 0);
+    put(&mut store, &cuts[4][0]).expect("put");
+    // The same id taken at another time is another cut too.
+    let mut other = meta(1, 5);
+    other.taken_unix += 1;
+    assert_eq!(store.begin(other).expect("begin").extents, 0);
+    for e in &cuts[4] {
+        put(&mut store, e).expect("put");
+    }
+    store.commit_and_apply(3).expect("commit");
+    apply_model(&mut m3, &cuts[4]);
+    assert_eq!(rig.content(), m3);
+    assert_eq!(store.current(), Some(&other));
+}
+
+#[test]
+fn a_bad_crc_is_refused_and_stages_nothing() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    store.begin(meta(1, 1)).expect("begin");
+    let bytes = vec![7u8; 1000];
+    let good = crc32c::crc32c(&bytes);
+    let err = store
+        .put(0, 0, ExtentData::Data(&bytes), good ^ 1)
+        .expect_err("bad crc");
+    assert!(matches!(
+        err,
+        RecoveryError::CrcMismatch {
+            volume: 0,
+            offset: 0,
+            len: 1000,
+            ..
+        }
+    ));
+    assert_eq!(store.staged().expect("staged").extents, 0);
+    let len = fs::metadata(rig.dir().join(STAGING_FILE))
+        .expect("log")
+        .len();
+    assert_eq!(len, LOG_HEADER as u64);
+    store.commit_and_apply(2).expect("commit an empty cut");
+    assert_eq!(rig.content(), rig.zeros());
+    assert_eq!(store.current(), Some(&meta(1, 1)));
+}
+
+#[test]
+fn extents_outside_the_volumes_are_refused() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    store.begin(meta(1, 1)).expect("begin");
+    let bytes = vec![1u8; 512];
+    let crc = crc32c::crc32c(&bytes);
+    assert!(matches!(
+        store.put(1, 8192 - 511, ExtentData::Data(&bytes), crc),
+        Err(RecoveryError::OutOfRange { volume: 1, .. })
+    ));
+    assert!(matches!(
+        store.put(0, u64::MAX - 10, ExtentData::Zero { len: 100 }, 0),
+        Err(RecoveryError::OutOfRange { volume: 0, .. })
+    ));
+    assert!(matches!(
+        store.put(2, 0, ExtentData::Data(&bytes), crc),
+        Err(RecoveryError::NoSuchVolume {
+            volume: 2,
+            count: 2
+        })
+    ));
+    assert!(matches!(
+        store.put(0, 0, ExtentData::Zero { len: 0 }, 0),
+        Err(RecoveryError::EmptyExtent { .. })
+    ));
+    assert_eq!(store.staged().expect("staged").extents, 0);
+    store
+        .put(1, 8192 - 512, ExtentData::Data(&bytes), crc)
+        .expect("the last block fits");
+    assert_eq!(store.staged().expect("staged").extents, 1);
+}
+
+#[test]
+fn a_torn_staging_tail_resumes_before_the_torn_record() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    let cuts = sample_cuts();
+    let models = apply_all(&rig, &mut store, &cuts[..1], 3);
+    let exts = &cuts[2];
+    store.begin(meta(1, 2)).expect("begin");
+    // Where each record ends.
+    let mut ends = vec![LOG_HEADER as u64];
+    for e in exts {
+        put(&mut store, e).expect("put");
+        ends.push(
+            fs::metadata(rig.dir().join(STAGING_FILE))
+                .expect("log")
+                .len(),
+        );
+    }
+    drop(store);
+    let full = *ends.last().expect("ends");
+    let mut cut_points: Vec<u64> = (0..full).step_by(7).collect();
+    cut_points.extend(ends.iter().flat_map(|&e| [e.saturating_sub(1), e, e + 1]));
+    for len in cut_points.into_iter().filter(|&l| l <= full) {
+        let copy = rig.copy();
+        let log = copy.dir().join(STAGING_FILE);
+        OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .and_then(|f| f.set_len(len))
+            .expect("truncate");
+        let mut store = copy.open();
+        let whole = ends.iter().filter(|&&e| e <= len).count();
+        match store.staged() {
+            // The header itself was torn: nothing staged.
+            None => assert!(len < LOG_HEADER as u64, "len {len}"),
+            Some(p) => {
+                assert_eq!(p.extents as usize, whole - 1, "len {len}");
+                let on_disk = fs::metadata(&log).expect("log").len();
+                assert_eq!(on_disk, ends[whole - 1], "torn tail truncated");
+            }
+        }
+        run_cut(&mut store, meta(1, 2), exts, 3).expect("resume");
+        let mut expected = models[1].clone();
+        apply_model(&mut expected, exts);
+        assert_eq!(copy.content(), expected, "len {len}");
+    }
+}
+
+#[test]
+fn a_damaged_record_ends_the_staged_prefix() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    let exts = &sample_cuts()[0];
+    store.begin(meta(1, 1)).expect("begin");
+    put(&mut store, &exts[0]).expect("put");
+    let first_end = fs::metadata(rig.dir().join(STAGING_FILE))
+        .expect("log")
+        .len();
+    put(&mut store, &exts[1]).expect("put");
+    put(&mut store, &exts[2]).expect("put");
+    drop(store);
+    // Flip a data byte of the second record.
+    let log = rig.dir().join(STAGING_FILE);
+    let mut bytes = fs::read(&log).expect("read");
+    bytes[first_end as usize + RECORD_HEADER + 10] ^= 0xff;
+    fs::write(&log, bytes).expect("write");
+    let mut store = rig.open();
+    assert_eq!(store.staged().expect("staged").extents, 1);
+    run_cut(&mut store, meta(1, 1), exts, 3).expect("resume");
+    let mut expected = rig.zeros();
+    apply_model(&mut expected, exts);
+    assert_eq!(rig.content(), expected);
+}
+
+#[test]
+fn open_reset_clears_a_set_whose_state_is_damaged() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    let cuts = sample_cuts();
+    let models = apply_all(&rig, &mut store, &cuts[..3], 3);
+    drop(store);
+    fs::write(rig.dir().join(STATE_FILE), b"{ not json").expect("damage");
+    let err = ReceiverStore::open(&rig.dir(), rig.targets()).expect_err("damaged");
+    assert!(matches!(err, RecoveryError::StateFile { .. }));
+    let mut store = ReceiverStore::open_reset(&rig.dir(), rig.targets(), 2).expect("reset");
+    assert_eq!(store.current(), None);
+    assert_eq!(store.generation(), 2);
+    assert_eq!(rig.files(), vec!["state.json"]);
+    assert_eq!(rig.content(), models[3]);
+    run_cut(&mut store, meta(2, 1), &cuts[3], 3).expect("cut");
+}
+
+#[test]
+fn changed_volumes_are_refused_once_there_is_a_cut() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    store.begin(meta(1, 1)).expect("begin");
+    drop(store);
+    // Before any cut a different set of volumes is taken as is (the staged log goes).
+    let mut targets = rig.targets();
+    targets[1].size = 4096;
+    let mut store = ReceiverStore::open(&rig.dir(), targets.clone()).expect("open");
+    assert!(store.staged().is_none());
+    run_cut(&mut store, meta(1, 1), &[], 3).expect("cut");
+    drop(store);
+    let err = ReceiverStore::open(&rig.dir(), rig.targets()).expect_err("changed");
+    assert!(matches!(err, RecoveryError::VolumesChanged { .. }));
+    ReceiverStore::open(&rig.dir(), targets).expect("same volumes");
+}
+
+#[test]
+fn zero_extents_read_as_zeros_and_short_volume_files_are_extended() {
+    let rig = Rig::new(&[16384, 8192]);
+    // A volume file shorter than its size.
+    File::create(rig.root.join("vol1.img")).expect("truncate");
+    let mut store = rig.open();
+    assert_eq!(
+        fs::metadata(rig.root.join("vol1.img")).expect("meta").len(),
+        8192
+    );
+    let fill = vec![Ext::data(0, 0, 16384, 3), Ext::data(1, 0, 8192, 4)];
+    run_cut(&mut store, meta(1, 1), &fill, 3).expect("cut");
+    let zero = vec![
+        Ext::Zero {
+            vol: 0,
+            off: 4096,
+            len: 8192,
+        },
+        Ext::Zero {
+            vol: 1,
+            off: 100,
+            len: 300,
+        },
+    ];
+    run_cut(&mut store, meta(1, 2), &zero, 3).expect("cut");
+    let mut expected = rig.zeros();
+    apply_model(&mut expected, &fill);
+    apply_model(&mut expected, &zero);
+    assert_eq!(rig.content(), expected);
+    store.roll_back_to(1).expect("roll back");
+    let mut one = rig.zeros();
+    apply_model(&mut one, &fill);
+    assert_eq!(rig.content(), one);
+}
+
+#[test]
+fn large_extents_go_through_in_chunks() {
+    let size = 3 * CHUNK as u64 + 4096;
+    let rig = Rig::new(&[size]);
+    let mut store = rig.open();
+    let first = vec![Ext::data(0, 100, size - 200, 11)];
+    let second = vec![
+        Ext::data(0, 0, size, 12),
+        Ext::Zero {
+            vol: 0,
+            off: CHUNK as u64 - 7,
+            len: CHUNK as u64 + 9,
+        },
+    ];
+    run_cut(&mut store, meta(1, 1), &first, 2).expect("cut");
+    run_cut(&mut store, meta(1, 2), &second, 2).expect("cut");
+    let mut m1 = rig.zeros();
+    apply_model(&mut m1, &first);
+    let mut m2 = m1.clone();
+    apply_model(&mut m2, &second);
+    assert_eq!(rig.content(), m2);
+    store.roll_back_to(1).expect("roll back");
+    assert_eq!(rig.content(), m1);
+}
+
+// ---- crash safety by fault injection --------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Op {
+    Cut(CutMeta, Vec<Ext>),
+    RollBack(u64),
+    Reset(u64),
+}
+
+/// What a run looks like after each op: current cut and recovery points.
+type Seen = (Option<CutMeta>, Vec<RecoveryPoint>);
+
+fn do_op(store: &mut ReceiverStore, op: &Op, keep: usize) -> Result<(), RecoveryError> {
+    match op {
+        Op::Cut(m, exts) => run_cut(store, *m, exts, keep),
+        Op::RollBack(cut) => store.roll_back_to(*cut),
+        Op::Reset(g) => store.reset(*g),
+    }
+}
+
+/// The expected content after each op, from the model alone.
+fn expected_contents(initial: &Model, ops: &[Op]) -> (Vec<Model>, HashMap<(u64, u64), Model>) {
+    let mut by_cut = HashMap::new();
+    let mut after = Vec::new();
+    let mut content = initial.clone();
+    for op in ops {
+        match op {
+            Op::Cut(m, exts) => {
+                apply_model(&mut content, exts);
+                by_cut.insert((m.generation, m.cut), content.clone());
+            }
+            Op::RollBack(cut) => {
+                let generation = by_cut.keys().map(|k| k.0).max().unwrap_or(0);
+                content = by_cut[&(generation, *cut)].clone();
+            }
+            Op::Reset(_) => {}
+        }
+        after.push(content.clone());
+    }
+    (after, by_cut)
+}
+
+/// Runs `ops` with a crash at the `k`-th durable step (with `power_loss`, losing every
+/// write not fsynced; then recovery may crash the same way); after the crash reopens, checks
+/// the volumes hold exactly the cut the store says is current (the one before the op or
+/// the one it makes), redoes the op the way a sender or an admin would, and goes on.
+/// Returns whether the crash happened.
+fn run_with_crash(
+    sizes: &[u64],
+    ops: &[Op],
+    keep: usize,
+    k: u64,
+    power_loss: bool,
+    reference: &[Seen],
+) -> bool {
+    let rig = Rig::new(sizes);
+    let (after, by_cut) = expected_contents(&rig.zeros(), ops);
+    let mut store = rig.open();
+    store.crash_after(k, power_loss);
+    let mut crashed = false;
+    for (i, op) in ops.iter().enumerate() {
+        match do_op(&mut store, op, keep) {
+            Ok(()) => {}
+            Err(RecoveryError::InjectedCrash) if !crashed => {
+                crashed = true;
+                drop(store);
+                // Recovery itself crashes at every step in turn before it gets through.
+                store = (0..)
+                    .find_map(|j| {
+                        match ReceiverStore::open_crashing(&rig.dir(), rig.targets(), j, power_loss)
+                        {
+                            Ok(s) => Some(s),
+                            Err(RecoveryError::InjectedCrash) => None,
+                            Err(e) => panic!("k {k}: reopen after {j} recovery steps: {e}"),
+                        }
+                    })
+                    .expect("recovery ends");
+                let before = if i == 0 { None } else { reference[i - 1].0 };
+                let now = store.current().copied();
+                let content = rig.content();
+                match (op, now) {
+                    (Op::Reset(_), _) => {
+                        let prior = if i == 0 {
+                            rig.zeros()
+                        } else {
+                            after[i - 1].clone()
+                        };
+                        assert_eq!(content, prior, "k {k}: reset changed the volumes");
+                    }
+                    (_, None) => {
+                        assert_eq!(before, None, "k {k}: op {i} lost the current cut");
+                        let prior = if i == 0 {
+                            rig.zeros()
+                        } else {
+                            after[i - 1].clone()
+                        };
+                        assert_eq!(content, prior, "k {k}: op {i}");
+                    }
+                    (_, Some(m)) => {
+                        assert!(
+                            Some(m) == before || Some(m) == reference[i].0,
+                            "k {k}: op {i}: current {m:?}"
+                        );
+                        assert_eq!(
+                            content,
+                            by_cut[&(m.generation, m.cut)],
+                            "k {k}: op {i}: volumes are not exactly cut {m:?}"
+                        );
+                    }
+                }
+                if let (Op::Cut(m, exts), Some(p)) = (op, store.staged()) {
+                    assert_eq!(p.meta, *m);
+                    assert!(p.extents as usize <= exts.len(), "k {k}: staged too much");
+                }
+                let done = match op {
+                    Op::Cut(m, _) => store.current() == Some(m),
+                    Op::RollBack(cut) => store.current().is_some_and(|c| c.cut == *cut),
+                    Op::Reset(g) => store.current().is_none() && store.generation() == *g,
+                };
+                if !done {
+                    do_op(&mut store, op, keep).expect("redo after the crash");
+                }
+            }
+            Err(e) => panic!("k {k}: op {i}: {e}"),
+        }
+        assert_eq!(rig.content(), after[i], "k {k}: after op {i}");
+        let seen = (store.current().copied(), store.recovery_points());
+        assert_eq!(seen, reference[i], "k {k}: state after op {i}");
+    }
+    let mut names = rig.files();
+    names.retain(|n| n != "state.json" && !n.starts_with("undo-"));
+    assert!(names.is_empty(), "k {k}: left behind {names:?}");
+    crashed
+}
+
+fn reference_run(sizes: &[u64], ops: &[Op], keep: usize) -> Vec<Seen> {
+    let rig = Rig::new(sizes);
+    let mut store = rig.open();
+    ops.iter()
+        .map(|op| {
+            do_op(&mut store, op, keep).expect("reference op");
+            (store.current().copied(), store.recovery_points())
+        })
+        .collect()
+}
+
+/// Every crash point of a plan: cuts of generation 1, a roll back to the oldest kept
+/// point, cuts of generation 2, a reset, a cut of generation 3.
+fn check_every_crash_point(sizes: &[u64], cuts: &[Vec<Ext>], keep: usize) {
+    let mut ops = Vec::new();
+    for (i, exts) in cuts.iter().enumerate() {
+        ops.push(Op::Cut(meta(1, i as u64 + 1), exts.clone()));
+    }
+    let reference = reference_run(sizes, &ops, keep);
+    let oldest = reference
+        .last()
+        .and_then(|(_, points)| points.last())
+        .map(|p| p.cut);
+    if let Some(oldest) = oldest {
+        ops.push(Op::RollBack(oldest));
+    }
+    for (i, exts) in cuts.iter().rev().take(2).enumerate() {
+        ops.push(Op::Cut(meta(2, i as u64 + 1), exts.clone()));
+    }
+    ops.push(Op::Reset(3));
+    if let Some(exts) = cuts.first() {
+        ops.push(Op::Cut(meta(3, 1), exts.clone()));
+    }
+    let reference = reference_run(sizes, &ops, keep);
+    for power_loss in [false, true] {
+        let mut k = 0;
+        while run_with_crash(sizes, &ops, keep, k, power_loss, &reference) {
+            k += 1;
+        }
+        assert!(k > 10, "the plan has durable steps");
+    }
+}
+
+#[test]
+fn a_crash_at_any_step_leaves_exactly_one_cut_sample() {
+    check_every_crash_point(&[16384, 8192], &sample_cuts(), 3);
+}
+
+fn ext_strategy(sizes: Vec<u64>) -> impl Strategy<Value = Ext> {
+    let blocks: Vec<u64> = sizes.iter().map(|s| s / BLOCK).collect();
+    (
+        0..sizes.len() as u32,
+        any::<bool>(),
+        1u8..=255,
+        0u64..64,
+        1u64..6,
+    )
+        .prop_map(move |(vol, zero, seed, start, len)| {
+            let n = blocks[vol as usize];
+            let start = start % n;
+            let len = len.min(n - start);
+            let (off, len) = (start * BLOCK, len * BLOCK);
+            if zero {
+                Ext::Zero { vol, off, len }
+            } else {
+                Ext::data(vol, off, len, seed)
+            }
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_crash_at_any_step_leaves_exactly_one_cut(
+        cuts in proptest::collection::vec(
+            proptest::collection::vec(ext_strategy(vec![8192, 4096]), 0..5),
+            1..5,
+        ),
+        keep in 1usize..5,
+    ) {
+        check_every_crash_point(&[8192, 4096], &cuts, keep);
+    }
+}
+
+#[test]
+fn the_store_can_move_between_threads_and_be_shared() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<ReceiverStore>();
+}
+
+#[test]
+fn a_new_set_starts_empty_with_its_state_on_disk() {
+    let rig = Rig::new(&[4096]);
+    let store = rig.open();
+    assert_eq!(store.current(), None);
+    assert_eq!(store.generation(), 0);
+    assert!(store.staged().is_none());
+    assert!(store.recovery_points().is_empty());
+    assert_eq!(rig.files(), vec!["state.json"]);
+}
