@@ -124,9 +124,46 @@ enum CtlCommand {
     #[command(subcommand)]
     Replication(ReplicationCmd),
     /// Start a replication cycle of a set now (its queue policy decides if one runs).
-    Replicate { name: String },
+    Replicate {
+        name: String,
+    },
     /// On a secondary: the recovery points of a set (cut id, time, size).
-    RecoveryPoints { set: String },
+    RecoveryPoints {
+        set: String,
+    },
+    /// Restart Replication: deletes every recovery point on the secondary and ships all
+    /// written data again (refused without --yes).
+    Restart {
+        name: String,
+        #[arg(long)]
+        yes: bool,
+    },
+    /// No cycle runs (scheduled or requested) until `resume`.
+    Suspend {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
+    /// Abandon the running cycle; the secondary stays at its last recovery point.
+    Abort {
+        name: String,
+    },
+    /// On a secondary: make its volume or group an ordinary writable one, at the latest
+    /// recovery point or at an older one.
+    Promote {
+        #[arg(
+            long,
+            value_name = "VOLUME",
+            conflicts_with = "group",
+            required_unless_present = "group"
+        )]
+        volume: Option<String>,
+        #[arg(long, value_name = "GROUP")]
+        group: Option<String>,
+        #[arg(long, value_name = "CUT_ID")]
+        recovery_point: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -539,6 +576,19 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
         },
         CtlCommand::Replicate { name } => Request::Replicate { name },
         CtlCommand::RecoveryPoints { set } => Request::RecoveryPoints { name: set },
+        CtlCommand::Restart { name, yes } => Request::Restart { name, yes },
+        CtlCommand::Suspend { name } => Request::Suspend { name },
+        CtlCommand::Resume { name } => Request::Resume { name },
+        CtlCommand::Abort { name } => Request::Abort { name },
+        CtlCommand::Promote {
+            volume,
+            group,
+            recovery_point,
+        } => Request::Promote {
+            volume,
+            group,
+            recovery_point,
+        },
         CtlCommand::Snapshot(s) => match s {
             SnapshotCmd::Create {
                 name,

@@ -121,7 +121,11 @@ pub trait Host: Sync {
     /// The runtime part of a set's view (status, cuts, progress).
     fn replication_runtime(&self, _name: &str, _view: &mut ReplicationView) {}
     /// `restart`, `suspend`, `resume`, `abort` of a primary set.
-    fn replication_control(&self, name: &str, _action: Control) -> Result<String, ReplicationError> {
+    fn replication_control(
+        &self,
+        name: &str,
+        _action: Control,
+    ) -> Result<String, ReplicationError> {
         Err(ReplicationError::NotPrimary(name.into()))
     }
     /// Rolls a secondary set's volumes back to `cut` (promote at an older point).

@@ -374,7 +374,10 @@ pub fn promote<H: super::Host + ?Sized>(
         host.roll_back(&set, cut)?;
     }
     drop_secondary(host, &set)?;
-    let at = point.map_or_else(|| "its latest recovery point".to_string(), |c| format!("recovery point {c}"));
+    let at = point.map_or_else(
+        || "its latest recovery point".to_string(),
+        |c| format!("recovery point {c}"),
+    );
     Ok(format!(
         "promoted {} of set '{set}' at {at}: writable now; the set is gone from this side",
         spec.volumes.join(", ")

@@ -187,7 +187,8 @@ async fn connection(node: Arc<Node>, stream: TcpStream) -> Result<(), WireError>
                 generation,
                 cut,
                 taken_unix,
-                ..
+                full,
+                base,
             } => {
                 if let Err(m) = owned_set(&node, &peer, &set) {
                     send(&mut w, &m).await?;
@@ -207,6 +208,20 @@ async fn connection(node: Arc<Node>, stream: TcpStream) -> Result<(), WireError>
                     .replications
                     .get(&set)
                     .map_or(1, |r| r.keep as usize);
+                // Changes apply only on top of the cut they were computed from.
+                if !full {
+                    let at = store.lock().await.current().map(|c| (c.generation, c.cut));
+                    if at != base.map(|b| (generation, b)) {
+                        let m = format!(
+                            "the secondary is at {}, not at cut {} of generation {generation}: restart replication",
+                            at.map_or("no cut".to_string(), |(g, c)| format!("cut {c} of generation {g}")),
+                            base.map_or("-".to_string(), |b| b.to_string()),
+                        );
+                        // The sender waits for `Begun` before any extent: nothing follows.
+                        send(&mut w, &error("base", m)).await?;
+                        continue;
+                    }
+                }
                 receive_cut(
                     &mut r,
                     &mut w,

@@ -83,6 +83,12 @@ pub enum ReplicationError {
     Suspended(String),
     #[error("no cycle of '{0}' is running")]
     NotRunning(String),
+    #[error("recovery store of set '{set}'")]
+    Recovery {
+        set: String,
+        #[source]
+        source: Box<recovery::RecoveryError>,
+    },
     #[error("cannot save the state of replication set '{set}'")]
     State {
         set: String,

@@ -316,7 +316,9 @@ async fn run(node: Weak<Node>, set: Arc<PrimarySet>) {
         if !queued && !(restart && !suspended) {
             let wait = match (suspended, retry_at, every) {
                 (true, _, _) => None,
-                (false, Some(t), _) => Some(t.duration_since(SystemTime::now()).unwrap_or_default()),
+                (false, Some(t), _) => {
+                    Some(t.duration_since(SystemTime::now()).unwrap_or_default())
+                }
                 (false, None, Some(secs)) => Some(Duration::from_secs(secs)),
                 (false, None, None) => None,
             };
@@ -467,9 +469,9 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
 
     // Connect first: a cut is only worth taking when the peer is there.
     let mut conn = PeerConn::connect(&spec.peer, &peer).await?;
-    let (generation, full) = {
+    let (generation, full, base) = {
         let st = set.state.lock();
-        (st.generation, st.last_cut.is_none())
+        (st.generation, st.last_cut.is_none(), st.last_cut)
     };
     let refs: Vec<&TrackedVolume> = tracked.iter().map(|t| &**t).collect();
     let cut = node
@@ -503,7 +505,7 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
         .collect();
 
     let shipped = tokio::select! {
-        r = ship(set, &mut conn, &spec.volumes, &volumes, &tracked, &frozen, cut.id, cut_unix, generation, full) => r,
+        r = ship(set, &mut conn, &spec.volumes, &volumes, &tracked, &frozen, cut.id, cut_unix, generation, base) => r,
         _ = wait_stop(set) => Err(ReplicationError::Stopping),
     };
     for t in &tracked {
@@ -627,8 +629,9 @@ async fn ship(
     cut: CutId,
     cut_unix: u64,
     generation: u64,
-    full: bool,
+    base: Option<u64>,
 ) -> Result<CycleView, ReplicationError> {
+    let full = base.is_none();
     let mut plan: Vec<Run> = Vec::new();
     let mut total = 0u64;
     for (i, (v, t)) in volumes.iter().zip(tracked).enumerate() {
@@ -659,6 +662,7 @@ async fn ship(
             cut: cut.0,
             taken_unix: cut_unix,
             full,
+            base,
         })
         .await?;
     if !matches!(begun, Message::Begun { .. }) {

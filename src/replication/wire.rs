@@ -98,6 +98,9 @@ pub enum Message {
         cut: u64,
         taken_unix: u64,
         full: bool,
+        /// The cut this one's changes are relative to (none for a full cut): the
+        /// secondary must be exactly there.
+        base: Option<u64>,
     },
     /// The cut is whole: commit and apply it.
     EndCut {

@@ -562,6 +562,37 @@ impl Host for Node {
             }
         }
     }
+    fn replication_control(
+        &self,
+        name: &str,
+        action: crate::admin::apply::Control,
+    ) -> Result<String, ReplicationError> {
+        use crate::admin::apply::Control;
+        let set = self
+            .primaries
+            .lock()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
+        match action {
+            Control::Restart => set.restart(),
+            Control::Suspend => set.suspend(true),
+            Control::Resume => set.suspend(false),
+            Control::Abort => set.abort(),
+        }
+    }
+    fn roll_back(&self, name: &str, cut: u64) -> Result<(), ReplicationError> {
+        let store = self
+            .receiver(name)
+            .ok_or_else(|| ReplicationError::NotSecondary(name.into()))?;
+        let mut store = self.block_on(store.lock());
+        store
+            .roll_back_to(cut)
+            .map_err(|e| ReplicationError::Recovery {
+                set: name.into(),
+                source: Box::new(e),
+            })
+    }
     fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPointView>, ReplicationError> {
         let store = self
             .receiver(name)
