@@ -208,6 +208,12 @@ async fn connection(node: Arc<Node>, stream: TcpStream) -> Result<(), WireError>
                     .replications
                     .get(&set)
                     .map_or(1, |r| r.keep as usize);
+                // A cut committed by an attempt whose answer was lost.
+                let at = store.lock().await.current().map(|c| (c.generation, c.cut));
+                if at == Some((generation, cut)) {
+                    send(&mut w, &Message::Committed { cut }).await?;
+                    continue;
+                }
                 // Changes apply only on top of the cut they were computed from.
                 if !full {
                     let at = store.lock().await.current().map(|c| (c.generation, c.cut));

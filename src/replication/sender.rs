@@ -28,7 +28,7 @@ use crate::admin::protocol::{CycleProgressView, CycleView, ReplicationView};
 use crate::admin::time::{rfc3339_utc, unix_secs};
 use crate::catalog::QueuePolicy;
 use crate::server::Node;
-use crate::tracking::{CutId, CutOptions, SnapshotScope, TrackedVolume};
+use crate::tracking::{CutOptions, SnapshotScope, TrackedVolume};
 use crate::volume::Volume;
 
 /// Longest a cut holds writers off.
@@ -64,6 +64,8 @@ struct Live {
     error: Option<String>,
     next_retry: Option<SystemTime>,
     started: Option<Instant>,
+    /// What a failed attempt shipped before it failed.
+    partial: Option<CycleView>,
 }
 
 /// One primary set's runtime.
@@ -77,6 +79,8 @@ pub struct PrimarySet {
     /// `abort`: the running cycle is abandoned (its pages stay dirty).
     abort: AtomicBool,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The cut of a failed attempt, resumed by the next.
+    pending: Mutex<Option<Pending>>,
 }
 
 /// Status transitions a set remembers for `replication show`.
@@ -99,6 +103,7 @@ impl PrimarySet {
             stop: AtomicBool::new(false),
             abort: AtomicBool::new(false),
             task: Mutex::new(None),
+            pending: Mutex::new(None),
         });
         let task = tokio::spawn(run(Arc::downgrade(node), set.clone()));
         *set.task.lock() = Some(task);
@@ -313,7 +318,8 @@ async fn run(node: Weak<Node>, set: Arc<PrimarySet>) {
         };
         // Due: a queued request or a pending restart at once; else a retry, the
         // schedule, or a request, whichever comes first.
-        if !queued && !(restart && !suspended) {
+        let due_now = queued || (restart && !suspended);
+        if !due_now {
             let wait = match (suspended, retry_at, every) {
                 (true, _, _) => None,
                 (false, Some(t), _) => {
@@ -453,6 +459,25 @@ struct Run {
     hole: bool,
 }
 
+/// A cut taken and not yet committed by the peer: kept across failed attempts so the
+/// next one resumes it (the peer says how many extents it staged), and so a commit
+/// whose answer was lost is recognised instead of shipped again.
+struct Pending {
+    cut: crate::tracking::Cut,
+    generation: u64,
+    base: Option<u64>,
+    plan: Vec<Run>,
+    total: u64,
+    /// Data bytes shipped by earlier attempts.
+    shipped: CycleView,
+    tracked: Vec<Arc<TrackedVolume>>,
+}
+
+/// Gives a pending cut up: its pages go back into the dirty maps, its snapshot goes.
+fn abandon(p: Pending) {
+    abandon_cut(p.cut, &p.tracked);
+}
+
 async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationError> {
     let (spec, peer) = set_spec(node, set)?;
     let volumes: Vec<Arc<Volume>> = spec
@@ -466,13 +491,102 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
         .map(|v| v.tracking().cloned())
         .collect::<Option<_>>()
         .ok_or(ReplicationError::Unavailable)?;
+    let (generation, base) = {
+        let st = set.state.lock();
+        (st.generation, st.last_cut)
+    };
+    let kept = set.pending.lock().take();
+    let kept = match kept {
+        Some(p) if p.generation == generation && p.base == base => Some(p),
+        Some(p) => {
+            abandon(p);
+            None
+        }
+        None => None,
+    };
 
     // Connect first: a cut is only worth taking when the peer is there.
-    let mut conn = PeerConn::connect(&spec.peer, &peer).await?;
-    let (generation, full, base) = {
-        let st = set.state.lock();
-        (st.generation, st.last_cut.is_none(), st.last_cut)
+    let mut conn = match PeerConn::connect(&spec.peer, &peer).await {
+        Ok(c) => c,
+        Err(e) => {
+            *set.pending.lock() = kept;
+            return Err(e);
+        }
     };
+    let mut p = match kept {
+        Some(p) => {
+            tracing::info!(cut = p.cut.id.0, "resuming the pending cut");
+            p
+        }
+        None => new_pending(node, &spec.volumes, &volumes, &tracked, generation, base).await?,
+    };
+    let started = Instant::now();
+    let shipped = tokio::select! {
+        r = ship(set, &mut conn, &volumes, &tracked, &spec.volumes, &p) => r,
+        _ = wait_stop(set) => Err(ReplicationError::Stopping),
+    };
+    match shipped {
+        Ok(stats) => {
+            for t in &tracked {
+                let _ = t.delete_snapshot(p.cut.id);
+            }
+            let mut total = p.shipped;
+            total.cut_id = stats.cut_id;
+            total.full = stats.full;
+            total.data_bytes += stats.data_bytes;
+            total.record_bytes += stats.record_bytes;
+            total.zero_bytes += stats.zero_bytes;
+            total.overhead_bytes += stats.overhead_bytes;
+            total.seconds += started.elapsed().as_secs_f64();
+            let cut_unix = unix_secs(p.cut.at);
+            let mut st = set.state.lock();
+            st.last_cut = Some(p.cut.id.0);
+            st.last_cut_unix = Some(cut_unix);
+            st.cycles += 1;
+            st.last_cycle = Some(total);
+            let saved = st.clone();
+            drop(st);
+            if let Err(e) = save_state(&set.dir, &saved) {
+                // The peer has the cut; only our record of it is missing.
+                tracing::error!(set = %set.name, error = %e, "cannot save replication state");
+            }
+            tracing::info!(
+                cut = p.cut.id.0,
+                data_bytes = total.data_bytes,
+                records = total.record_bytes,
+                seconds = total.seconds,
+                "cycle committed"
+            );
+            Ok(())
+        }
+        Err(e) if set.stopping() || set.abort.load(Ordering::Acquire) => {
+            abandon(p);
+            Err(e)
+        }
+        Err(e) => {
+            // Keep the cut: the next attempt resumes it.
+            if let Some(partial) = set.live.lock().partial.take() {
+                p.shipped.data_bytes += partial.data_bytes;
+                p.shipped.record_bytes += partial.record_bytes;
+                p.shipped.zero_bytes += partial.zero_bytes;
+                p.shipped.seconds += started.elapsed().as_secs_f64();
+            }
+            *set.pending.lock() = Some(p);
+            Err(e)
+        }
+    }
+}
+
+/// Takes a new cut of the set and plans what it ships.
+async fn new_pending(
+    node: &Arc<Node>,
+    names: &[String],
+    volumes: &[Arc<Volume>],
+    tracked: &[Arc<TrackedVolume>],
+    generation: u64,
+    base: Option<u64>,
+) -> Result<Pending, ReplicationError> {
+    let full = base.is_none();
     let refs: Vec<&TrackedVolume> = tracked.iter().map(|t| &**t).collect();
     let cut = node
         .cut_for_replication(
@@ -489,56 +603,48 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
         )
         .await
         .map_err(|e| ReplicationError::Cut(Box::new(e)))?;
-    let started = Instant::now();
-    let cut_unix = unix_secs(cut.at);
-    // The cut's frozen maps are in name order; the set's order is the wire's.
-    let frozen: Vec<RoaringBitmap> = spec
-        .volumes
-        .iter()
-        .map(|v| {
-            cut.volumes
-                .iter()
-                .find(|f| &*f.volume == v.as_str())
-                .map(|f| f.dirty.clone())
-                .unwrap_or_default()
-        })
-        .collect();
-
-    let shipped = tokio::select! {
-        r = ship(set, &mut conn, &spec.volumes, &volumes, &tracked, &frozen, cut.id, cut_unix, generation, base) => r,
-        _ = wait_stop(set) => Err(ReplicationError::Stopping),
-    };
-    for t in &tracked {
-        let _ = t.delete_snapshot(cut.id);
-    }
-    match shipped {
-        Ok(mut stats) => {
-            stats.seconds = started.elapsed().as_secs_f64();
-            let mut st = set.state.lock();
-            st.last_cut = Some(cut.id.0);
-            st.last_cut_unix = Some(cut_unix);
-            st.cycles += 1;
-            st.last_cycle = Some(stats);
-            let saved = st.clone();
-            drop(st);
-            if let Err(e) = save_state(&set.dir, &saved) {
-                // The peer has the cut; only our record of it is missing: the next
-                // cycle would be full again. Say so.
-                tracing::error!(set = %set.name, error = %e, "cannot save replication state");
+    let mut plan: Vec<Run> = Vec::new();
+    let mut total = 0u64;
+    for (i, (v, t)) in volumes.iter().zip(tracked).enumerate() {
+        // The cut's frozen maps are in name order; the set's order is the wire's.
+        let mut data = cut
+            .volumes
+            .iter()
+            .find(|f| *f.volume == *names[i])
+            .map(|f| f.dirty.clone())
+            .unwrap_or_default();
+        let page = u64::from(t.page_size().bytes());
+        if full {
+            match allocated_pages(v.path(), v.size(), page) {
+                Ok(alloc) => data |= alloc,
+                Err(source) => {
+                    abandon_cut(cut, tracked);
+                    return Err(ReplicationError::Read {
+                        volume: names[i].clone(),
+                        source,
+                    });
+                }
             }
-            tracing::info!(
-                cut = cut.id.0,
-                data_bytes = stats.data_bytes,
-                records = stats.record_bytes,
-                seconds = stats.seconds,
-                "cycle committed"
-            );
-            Ok(())
         }
-        Err(e) => {
-            cut.merge_back(&refs);
-            Err(e)
-        }
+        total += data.len() * page;
+        plan.extend(runs(i as u32, t.page_count(), &data, full));
+    }
+    Ok(Pending {
+        cut,
+        generation,
+        base,
+        plan,
+        total,
+        shipped: CycleView::default(),
+        tracked: tracked.to_vec(),
+    })
+}
+
+fn abandon_cut(cut: crate::tracking::Cut, tracked: &[Arc<TrackedVolume>]) {
+    let refs: Vec<&TrackedVolume> = tracked.iter().map(|t| &**t).collect();
+    cut.merge_back(&refs);
+    for t in tracked {
+        let _ = t.delete_snapshot(cut.id);
     }
 }
 
@@ -618,82 +724,71 @@ fn runs(volume: u32, pages: u32, data: &RoaringBitmap, full: bool) -> Vec<Run> {
     out
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Ships a pending cut: `BeginCut`, the extents the peer has not staged yet, `EndCut`.
+/// Extents come out in the same order on every attempt (the plan and the snapshot are
+/// fixed), so the peer's count of staged extents says where to go on.
 async fn ship(
     set: &PrimarySet,
     conn: &mut PeerConn,
-    names: &[String],
     volumes: &[Arc<Volume>],
     tracked: &[Arc<TrackedVolume>],
-    frozen: &[RoaringBitmap],
-    cut: CutId,
-    cut_unix: u64,
-    generation: u64,
-    base: Option<u64>,
+    names: &[String],
+    p: &Pending,
 ) -> Result<CycleView, ReplicationError> {
-    let full = base.is_none();
-    let mut plan: Vec<Run> = Vec::new();
-    let mut total = 0u64;
-    for (i, (v, t)) in volumes.iter().zip(tracked).enumerate() {
-        let page = u64::from(t.page_size().bytes());
-        let mut data = frozen[i].clone();
-        if full {
-            let alloc = allocated_pages(v.path(), v.size(), page).map_err(|source| {
-                ReplicationError::Read {
-                    volume: names[i].clone(),
-                    source,
-                }
-            })?;
-            data |= alloc;
-        }
-        total += data.len() * page;
-        plan.extend(runs(i as u32, t.page_count(), &data, full));
-    }
+    let cut = p.cut.id;
+    let full = p.base.is_none();
     set.live.lock().progress = Some(CycleProgressView {
         cut_id: cut.0,
-        bytes_total: total,
+        bytes_total: p.total,
         ..Default::default()
     });
-
-    let begun = conn
-        .request(&Message::BeginCut {
-            set: set.name.clone(),
-            generation,
-            cut: cut.0,
-            taken_unix: cut_unix,
-            full,
-            base,
-        })
-        .await?;
-    if !matches!(begun, Message::Begun { .. }) {
-        return Err(conn.refusal(begun));
-    }
     let sent_before = conn.sent;
-    let started = Instant::now();
     let mut stats = CycleView {
         cut_id: cut.0,
         full,
         ..Default::default()
     };
-    let mut extents = 0u64;
+    let skip = match conn
+        .request(&Message::BeginCut {
+            set: set.name.clone(),
+            generation: p.generation,
+            cut: cut.0,
+            taken_unix: unix_secs(p.cut.at),
+            full,
+            base: p.base,
+        })
+        .await?
+    {
+        Message::Begun { extents, .. } => extents,
+        // An earlier attempt's commit whose answer was lost.
+        Message::Committed { cut: c } if c == cut.0 => {
+            tracing::info!(cut = c, "the peer had committed the cut already");
+            return Ok(stats);
+        }
+        other => return Err(conn.refusal(other)),
+    };
+    let started = Instant::now();
+    let mut index = 0u64;
     let mut done = 0u64;
-    for run in &plan {
+    for run in &p.plan {
         let v = &volumes[run.volume as usize];
         let t = &tracked[run.volume as usize];
         let page = u64::from(t.page_size().bytes());
         let start = u64::from(run.pages.start) * page;
         let end = (u64::from(run.pages.end) * page).min(v.size());
         if run.hole {
-            let e = Extent {
-                volume: run.volume,
-                offset: start,
-                kind: ExtentKind::Zero { len: end - start },
-                crc: 0,
-            };
-            conn.send_extent(&e).await?;
-            extents += 1;
-            stats.record_bytes += Extent::overhead();
-            stats.zero_bytes += end - start;
+            if index >= skip {
+                let e = Extent {
+                    volume: run.volume,
+                    offset: start,
+                    kind: ExtentKind::Zero { len: end - start },
+                    crc: 0,
+                };
+                conn.send_extent(&e).await?;
+                stats.record_bytes += Extent::overhead();
+                stats.zero_bytes += end - start;
+            }
+            index += 1;
             continue;
         }
         let chunk = (MAX_EXTENT as u64 / page).max(1) * page;
@@ -714,44 +809,45 @@ async fn ship(
                     source: Box::new(e),
                 })?;
             let buf = buf.freeze();
-            // Split into runs of zero and non-zero pages.
-            let mut p = 0usize;
-            while p < buf.len() {
-                let step = (page as usize).min(buf.len() - p);
-                let zero = is_zero(&buf[p..p + step]);
-                let mut q = p + step;
-                while q < buf.len() {
-                    let s = (page as usize).min(buf.len() - q);
-                    if is_zero(&buf[q..q + s]) != zero {
-                        break;
-                    }
-                    q += s;
+            // Runs of zero and non-zero pages: zeros travel as records.
+            let mut at = 0usize;
+            while at < buf.len() {
+                let step = |q: usize| (page as usize).min(buf.len() - q);
+                let zero = is_zero(&buf[at..at + step(at)]);
+                let mut q = at + step(at);
+                while q < buf.len() && is_zero(&buf[q..q + step(q)]) == zero {
+                    q += step(q);
                 }
-                let offset = off + p as u64;
-                let e = if zero {
-                    stats.record_bytes += Extent::overhead();
-                    stats.zero_bytes += (q - p) as u64;
-                    Extent {
-                        volume: run.volume,
-                        offset,
-                        kind: ExtentKind::Zero {
-                            len: (q - p) as u64,
-                        },
-                        crc: 0,
+                if index >= skip {
+                    let offset = off + at as u64;
+                    let e = if zero {
+                        stats.record_bytes += Extent::overhead();
+                        stats.zero_bytes += (q - at) as u64;
+                        Extent {
+                            volume: run.volume,
+                            offset,
+                            kind: ExtentKind::Zero {
+                                len: (q - at) as u64,
+                            },
+                            crc: 0,
+                        }
+                    } else {
+                        let d: Bytes = buf.slice(at..q);
+                        stats.data_bytes += d.len() as u64;
+                        Extent {
+                            volume: run.volume,
+                            offset,
+                            crc: crc32c::crc32c(&d),
+                            kind: ExtentKind::Data(d),
+                        }
+                    };
+                    if let Err(e) = conn.send_extent(&e).await {
+                        set.live.lock().partial = Some(stats);
+                        return Err(e);
                     }
-                } else {
-                    let d: Bytes = buf.slice(p..q);
-                    stats.data_bytes += d.len() as u64;
-                    Extent {
-                        volume: run.volume,
-                        offset,
-                        crc: crc32c::crc32c(&d),
-                        kind: ExtentKind::Data(d),
-                    }
-                };
-                conn.send_extent(&e).await?;
-                extents += 1;
-                p = q;
+                }
+                index += 1;
+                at = q;
             }
             off += len;
             done += len;
@@ -760,22 +856,26 @@ async fn ship(
             set.live.lock().progress = Some(CycleProgressView {
                 cut_id: cut.0,
                 bytes_done: done,
-                bytes_total: total,
+                bytes_total: p.total,
                 rate_bytes_per_sec: rate,
-                eta_secs: (rate > 0.0).then(|| total.saturating_sub(done) as f64 / rate),
+                eta_secs: (rate > 0.0).then(|| p.total.saturating_sub(done) as f64 / rate),
             });
         }
     }
-    match conn
+    let end = conn
         .request(&Message::EndCut {
             set: set.name.clone(),
             cut: cut.0,
-            extents,
+            extents: index,
         })
-        .await?
-    {
-        Message::Committed { cut: c } if c == cut.0 => {}
-        other => return Err(conn.refusal(other)),
+        .await;
+    match end {
+        Ok(Message::Committed { cut: c }) if c == cut.0 => {}
+        Ok(other) => return Err(conn.refusal(other)),
+        Err(e) => {
+            set.live.lock().partial = Some(stats);
+            return Err(e);
+        }
     }
     let wire_total = conn.sent - sent_before;
     stats.overhead_bytes = wire_total.saturating_sub(stats.data_bytes + stats.record_bytes);
