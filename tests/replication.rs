@@ -691,3 +691,65 @@ fn a_secondary_killed_while_applying_is_at_one_cut_and_converges() {
     }
     assert!(std::fs::read(s.data_path("volumes/v.img")).unwrap() == second);
 }
+
+#[test]
+fn a_transfer_cut_off_midway_resumes_the_same_cut() {
+    let proxy = std::sync::OnceLock::new();
+    let (p, s) = pair_via(|target| {
+        let px = Proxy::start(target, 4 << 20);
+        let addr = px.addr;
+        proxy.set(px).ok();
+        addr
+    });
+    let proxy = proxy.get().unwrap();
+    p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
+    p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
+    qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x33 0 16m".into()]);
+    p.ctl_ok(&[
+        "replication",
+        "create",
+        "r",
+        "--volume",
+        "v",
+        "--peer",
+        "dr",
+    ]);
+    p.ctl_ok(&["replicate", "r"]);
+    // Cut the link once about half is across.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = show(&p, "r");
+        if v["progress"]["bytes_done"].as_u64().unwrap_or(0) >= 8 << 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy.cut();
+    proxy.set_rate(0);
+    let done = {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = show(&p, "r");
+            if v["cycles"] == 1 && v["status"] == "ready" {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "did not resume: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let last = &done["last_cycle"];
+    assert_eq!(last["attempts"], 2, "{done}");
+    assert!(statuses(&p, "r").contains(&"error".to_string()), "{done}");
+    // Resumed, not restarted: the second attempt shipped only what the peer had not
+    // staged (what was in flight when the link went is shipped again).
+    let last_attempt = last["final_attempt_data_bytes"].as_u64().unwrap();
+    assert!(
+        last_attempt > 0 && last_attempt <= 15 << 20,
+        "the resumed attempt shipped {last_attempt} of 16 MiB: {done}"
+    );
+    assert!(
+        std::fs::read(p.data_path("volumes/v.img")).unwrap()
+            == std::fs::read(s.data_path("volumes/v.img")).unwrap()
+    );
+}

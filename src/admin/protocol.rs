@@ -502,6 +502,13 @@ pub struct CycleView {
     pub zero_bytes: u64,
     pub seconds: f64,
     pub full: bool,
+    /// Attempts it took (a cut cut off midway resumes in the next attempt).
+    #[serde(default)]
+    pub attempts: u32,
+    /// Data bytes the last attempt shipped (less than `data_bytes` when it resumed
+    /// what an earlier attempt had staged on the peer).
+    #[serde(default)]
+    pub final_attempt_data_bytes: u64,
 }
 
 // Rates and durations are finite numbers, never NaN: equality is total.

@@ -538,6 +538,8 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
             total.zero_bytes += stats.zero_bytes;
             total.overhead_bytes += stats.overhead_bytes;
             total.seconds += started.elapsed().as_secs_f64();
+            total.attempts += 1;
+            total.final_attempt_data_bytes = stats.data_bytes;
             let cut_unix = unix_secs(p.cut.at);
             let mut st = set.state.lock();
             st.last_cut = Some(p.cut.id.0);
@@ -571,6 +573,7 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
                 p.shipped.zero_bytes += partial.zero_bytes;
                 p.shipped.seconds += started.elapsed().as_secs_f64();
             }
+            p.shipped.attempts += 1;
             *set.pending.lock() = Some(p);
             Err(e)
         }
