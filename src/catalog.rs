@@ -32,6 +32,42 @@ pub struct Catalog {
     /// (the same on both sides).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub replications: BTreeMap<String, ReplicationSpec>,
+    /// Scheduled replications, keyed by task name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub schedules: BTreeMap<String, ScheduleSpec>,
+}
+
+/// A named task that runs `replicate SET` at `start` and then every `every_secs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    pub set: String,
+    /// Unix seconds of the first run.
+    pub start: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_secs: Option<u64>,
+}
+
+impl ScheduleSpec {
+    /// The last due time at or before `now`, if any.
+    pub fn last_due(&self, now: u64) -> Option<u64> {
+        if now < self.start {
+            return None;
+        }
+        Some(match self.every_secs {
+            Some(e) if e > 0 => self.start + (now - self.start) / e * e,
+            _ => self.start,
+        })
+    }
+
+    /// The next due time after `now`, if any.
+    pub fn next_due(&self, now: u64) -> Option<u64> {
+        if now < self.start {
+            return Some(self.start);
+        }
+        let e = self.every_secs.filter(|e| *e > 0)?;
+        Some(self.start + ((now - self.start) / e + 1) * e)
+    }
 }
 
 /// Another twinlun's replication listener and the secret both sides share.

@@ -149,6 +149,17 @@ enum CtlCommand {
     Abort {
         name: String,
     },
+    /// Live progress of a replication set (a bar on a terminal; Ctrl-C to stop).
+    Watch {
+        name: String,
+        /// Exit once the set is ready (no cycle running, no error).
+        #[arg(long)]
+        until_ready: bool,
+    },
+    /// Scheduled replications: named tasks running `replicate SET` at a time, then
+    /// every interval.
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
     /// On a secondary: make its volume or group an ordinary writable one, at the latest
     /// recovery point or at an older one.
     Promote {
@@ -163,6 +174,36 @@ enum CtlCommand {
         group: Option<String>,
         #[arg(long, value_name = "CUT_ID")]
         recovery_point: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScheduleCmd {
+    /// TASK: at most 32 bytes, case-sensitive, unique, none of `" , < \`.
+    Add {
+        task: String,
+        #[arg(long)]
+        set: String,
+        /// RFC 3339 in UTC (2026-11-22T04:00:00Z) or `now`.
+        #[arg(long)]
+        start: String,
+        /// 30s, 5m, 1h, 1d; without it the task runs once.
+        #[arg(long, value_name = "DURATION")]
+        every: Option<String>,
+    },
+    List,
+    /// Change a task's set, start or interval (`--every none`: run once).
+    Modify {
+        task: String,
+        #[arg(long)]
+        set: Option<String>,
+        #[arg(long)]
+        start: Option<String>,
+        #[arg(long, value_name = "DURATION|none")]
+        every: Option<String>,
+    },
+    Delete {
+        task: String,
     },
 }
 
@@ -416,7 +457,54 @@ fn init_logging() {
 
 /// Exit codes of `ctl`: 0 done, 1 the server refused or failed the request, 2 usage
 /// (clap), 3 the server could not be reached or answered garbage.
+/// `ctl watch`: polls `replication show` twice a second.
+fn watch(socket: &Path, name: String, until_ready: bool) -> ExitCode {
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal();
+    let mut client = match Client::connect(socket) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("twinlun ctl: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let req = Request::ReplicationShow { name };
+    let mut last = String::new();
+    loop {
+        let view = match client.call(&req) {
+            Ok((_, Response::Replication(v))) => v,
+            Ok((_, Response::Error { message, .. })) => {
+                eprintln!("twinlun ctl: {message}");
+                return ExitCode::from(1);
+            }
+            Ok(_) => return ExitCode::from(1),
+            Err(e) => {
+                eprintln!("twinlun ctl: {e}");
+                return ExitCode::from(3);
+            }
+        };
+        let line = table::progress_line(&view);
+        if tty {
+            print!("\r\x1b[2K{line}");
+            let _ = std::io::stdout().flush();
+        } else if line != last {
+            println!("{line}");
+        }
+        last = line;
+        if until_ready && view.status == "ready" && view.progress.is_none() && view.queued == 0 {
+            if tty {
+                println!();
+            }
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 fn ctl(args: CtlArgs) -> ExitCode {
+    if let CtlCommand::Watch { name, until_ready } = args.command {
+        return watch(&args.socket, name, until_ready);
+    }
     let req = match ctl_request(args.command) {
         Ok(r) => r,
         Err(e) => {
@@ -577,6 +665,33 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
         CtlCommand::Replicate { name } => Request::Replicate { name },
         CtlCommand::RecoveryPoints { set } => Request::RecoveryPoints { name: set },
         CtlCommand::Restart { name, yes } => Request::Restart { name, yes },
+        CtlCommand::Watch { .. } => unreachable!("watch is handled before any request"),
+        CtlCommand::Schedule(sc) => match sc {
+            ScheduleCmd::Add {
+                task,
+                set,
+                start,
+                every,
+            } => Request::ScheduleAdd {
+                task,
+                set,
+                start,
+                every,
+            },
+            ScheduleCmd::List => Request::ScheduleList,
+            ScheduleCmd::Modify {
+                task,
+                set,
+                start,
+                every,
+            } => Request::ScheduleModify {
+                task,
+                set,
+                start,
+                every,
+            },
+            ScheduleCmd::Delete { task } => Request::ScheduleDelete { task },
+        },
         CtlCommand::Suspend { name } => Request::Suspend { name },
         CtlCommand::Resume { name } => Request::Resume { name },
         CtlCommand::Abort { name } => Request::Abort { name },

@@ -497,6 +497,81 @@ fn schedules_wrong_secrets_and_refusals() {
         (5.0..9.0).contains(&secs),
         "3 cycles every 2 s took {secs:.1} s"
     );
+    // A schedule task every 2 s on another set: cycles on time.
+    p.ctl_ok(&["volume", "create", "w", "--size", "8M"]);
+    p.ctl_ok(&[
+        "replication",
+        "create",
+        "tasked",
+        "--volume",
+        "w",
+        "--peer",
+        "dr",
+    ]);
+    for (name, rule) in [
+        ("a\"b", "'\"'"),
+        ("a,b", "','"),
+        ("a<b", "'<'"),
+        ("a\\b", "'\\'"),
+        ("", "empty"),
+        ("abcdefghijklmnopqrstuvwxyz0123456", "longer than 32 bytes"),
+    ] {
+        let o = p.ctl(&["schedule", "add", name, "--set", "tasked", "--start", "now"]);
+        assert!(!o.status.success(), "task name {name:?} was accepted");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(rule), "{name:?}: {err}");
+    }
+    let o = p.ctl(&[
+        "schedule",
+        "add",
+        "t",
+        "--set",
+        "tasked",
+        "--start",
+        "yesterday",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("RFC 3339"),
+        "{o:?}"
+    );
+    assert_eq!(
+        json(&p, &["schedule", "list"])["schedules"],
+        serde_json::json!([])
+    );
+    let started = Instant::now();
+    p.ctl_ok(&[
+        "schedule", "add", "Every-2s", "--set", "tasked", "--start", "now", "--every", "2s",
+    ]);
+    assert!(!p
+        .ctl(&["schedule", "add", "Every-2s", "--set", "tasked", "--start", "now"])
+        .status
+        .success());
+    p.ctl_ok(&[
+        "schedule",
+        "add",
+        "every-2s",
+        "--set",
+        "tasked",
+        "--start",
+        "2099-01-01T00:00:00Z",
+    ]);
+    wait_cycles(&p, "tasked", 3);
+    let secs = started.elapsed().as_secs_f64();
+    assert!(
+        (3.5..8.0).contains(&secs),
+        "3 scheduled cycles every 2 s took {secs:.1} s"
+    );
+    let listed = json(&p, &["schedule", "list"]);
+    assert_eq!(listed["schedules"].as_array().unwrap().len(), 2, "{listed}");
+    let o = p.ctl(&["replication", "delete", "tasked"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Every-2s"),
+        "{o:?}"
+    );
+    p.ctl_ok(&["schedule", "delete", "Every-2s"]);
+    p.ctl_ok(&["schedule", "delete", "every-2s"]);
+    p.ctl_ok(&["replication", "delete", "tasked"]);
+
     // The peer in use cannot go; the set's deletion frees it on both sides.
     assert!(!p.ctl(&["peer", "delete", "dr"]).status.success());
     assert!(!p.ctl(&["volume", "delete", "v"]).status.success());
@@ -728,7 +803,7 @@ fn a_transfer_cut_off_midway_resumes_the_same_cut() {
     proxy.cut();
     proxy.set_rate(0);
     let done = {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let v = show(&p, "r");
             if v["cycles"] == 1 && v["status"] == "ready" {
@@ -739,7 +814,7 @@ fn a_transfer_cut_off_midway_resumes_the_same_cut() {
         }
     };
     let last = &done["last_cycle"];
-    assert_eq!(last["attempts"], 2, "{done}");
+    assert!(last["attempts"].as_u64().unwrap() >= 2, "{done}");
     assert!(statuses(&p, "r").contains(&"error".to_string()), "{done}");
     // Resumed, not restarted: the second attempt shipped only what the peer had not
     // staged (what was in flight when the link went is shipped again).

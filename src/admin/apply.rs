@@ -248,6 +248,12 @@ pub enum AdminError {
     RestartUnconfirmed(String),
     #[error("no secondary replication set holds {0}")]
     NotASecondary(String),
+    #[error("schedule task '{0}' already exists")]
+    TaskExists(String),
+    #[error("no schedule task named '{0}'")]
+    NoTask(String),
+    #[error("replication set '{name}' is scheduled by task(s) {tasks}; delete them first")]
+    SetScheduled { name: String, tasks: String },
     #[error("cannot take snapshot '{name}': {source}")]
     TakeSnapshot {
         name: String,
@@ -336,7 +342,9 @@ impl AdminError {
             | AdminError::VolumeReplicated { .. } => ErrorCode::InUse,
             AdminError::Replication(e) => replication_code(e),
             AdminError::RestartUnconfirmed(_) => ErrorCode::Invalid,
-            AdminError::NotASecondary(_) => ErrorCode::NotFound,
+            AdminError::NotASecondary(_) | AdminError::NoTask(_) => ErrorCode::NotFound,
+            AdminError::TaskExists(_) => ErrorCode::AlreadyExists,
+            AdminError::SetScheduled { .. } => ErrorCode::InUse,
             AdminError::TargetBusy { .. } => ErrorCode::Busy,
             // Writes did not drain in time, or another cut holds a gate: try again.
             AdminError::TakeSnapshot {
@@ -561,6 +569,9 @@ fn query<H: Host + ?Sized>(host: &H, c: &Catalog, req: &Request) -> Result<Respo
             group.as_deref(),
             *recovery_point,
         )?),
+        Request::ScheduleList => Response::Schedules {
+            schedules: repl::schedule_views(c),
+        },
         Request::RecoveryPoints { name } => {
             if !c.replications.contains_key(name) {
                 return Err(AdminError::NoSet(name.clone()));
@@ -1187,6 +1198,19 @@ pub fn change(
             },
         ),
         Request::ReplicationDelete { name } => repl::replication_delete(c, name),
+        Request::ScheduleAdd {
+            task,
+            set,
+            start,
+            every,
+        } => repl::schedule_add(c, task, set, start, every),
+        Request::ScheduleModify {
+            task,
+            set,
+            start,
+            every,
+        } => repl::schedule_modify(c, task, set, start, every),
+        Request::ScheduleDelete { task } => repl::schedule_delete(c, task),
         Request::Status
         | Request::VolumeList
         | Request::VolumeShow { .. }
@@ -1207,7 +1231,8 @@ pub fn change(
         | Request::Suspend { .. }
         | Request::Resume { .. }
         | Request::Abort { .. }
-        | Request::Promote { .. } => unreachable!("queries are not changes"),
+        | Request::Promote { .. }
+        | Request::ScheduleList => unreachable!("queries are not changes"),
     }
 }
 

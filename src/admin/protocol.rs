@@ -102,6 +102,10 @@ pub const COMMANDS: &[&str] = &[
     "resume",
     "abort",
     "promote",
+    "schedule_add",
+    "schedule_list",
+    "schedule_modify",
+    "schedule_delete",
 ];
 
 /// A CHAP secret: serialized as a plain string, never shown by `Debug`.
@@ -294,6 +298,29 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         recovery_point: Option<u64>,
     },
+    /// A task that runs `replicate SET` at `start` (RFC 3339 UTC or "now"), then every
+    /// `every` if given.
+    ScheduleAdd {
+        task: String,
+        set: String,
+        start: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        every: Option<String>,
+    },
+    ScheduleList,
+    /// Changes what is given; `every: "none"` makes it run once.
+    ScheduleModify {
+        task: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        set: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        every: Option<String>,
+    },
+    ScheduleDelete {
+        task: String,
+    },
 }
 
 /// Recovery points a secondary keeps unless told otherwise.
@@ -327,6 +354,7 @@ impl Request {
                 | Request::Resume { .. }
                 | Request::Abort { .. }
                 | Request::Promote { .. }
+                | Request::ScheduleList
         )
     }
 }
@@ -392,6 +420,9 @@ pub enum Response {
     RecoveryPoints {
         set: String,
         points: Vec<RecoveryPointView>,
+    },
+    Schedules {
+        schedules: Vec<ScheduleView>,
     },
     Error {
         code: ErrorCode,
@@ -477,6 +508,16 @@ pub struct PeerCheckView {
     pub rtt_us: Option<u64>,
     /// Why it failed, when it did.
     pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleView {
+    pub task: String,
+    pub set: String,
+    pub start: String,
+    pub every_secs: Option<u64>,
+    /// The next time it runs (none: it ran once and is done).
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

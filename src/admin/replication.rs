@@ -163,6 +163,16 @@ pub fn replication_create(
 }
 
 pub fn replication_delete(c: &mut Catalog, name: String) -> Result<(Effect, Response), AdminError> {
+    let tasks: Vec<&str> = c
+        .schedules
+        .iter()
+        .filter(|(_, s)| s.set == name)
+        .map(|(t, _)| t.as_str())
+        .collect();
+    if !tasks.is_empty() {
+        let tasks = tasks.join(", ");
+        return Err(AdminError::SetScheduled { name, tasks });
+    }
     let spec = c
         .replications
         .remove(&name)
@@ -381,5 +391,118 @@ pub fn promote<H: super::Host + ?Sized>(
     Ok(format!(
         "promoted {} of set '{set}' at {at}: writable now; the set is gone from this side",
         spec.volumes.join(", ")
+    ))
+}
+
+fn unix_now() -> u64 {
+    super::time::unix_secs(std::time::SystemTime::now())
+}
+
+pub fn schedule_views(c: &Catalog) -> Vec<super::protocol::ScheduleView> {
+    let now = unix_now();
+    c.schedules
+        .iter()
+        .map(|(task, s)| super::protocol::ScheduleView {
+            task: task.clone(),
+            set: s.set.clone(),
+            start: super::time::rfc3339_utc(s.start),
+            every_secs: s.every_secs,
+            next: s.next_due(now).map(super::time::rfc3339_utc),
+        })
+        .collect()
+}
+
+fn primary_set(c: &Catalog, set: &str) -> Result<(), AdminError> {
+    match c.replications.get(set) {
+        Some(r) if r.role == ReplicationRole::Primary => Ok(()),
+        Some(_) => Err(crate::replication::ReplicationError::NotPrimary(set.into()).into()),
+        None => Err(AdminError::NoSet(set.into())),
+    }
+}
+
+pub fn schedule_add(
+    c: &mut Catalog,
+    task: String,
+    set: String,
+    start: String,
+    every: Option<String>,
+) -> Result<(Effect, Response), AdminError> {
+    validate::check_task_name(&task)?;
+    let start = validate::parse_start(&start, unix_now())?;
+    let every_secs = every.as_deref().map(validate::parse_duration).transpose()?;
+    if c.schedules.contains_key(&task) {
+        return Err(AdminError::TaskExists(task));
+    }
+    primary_set(c, &set)?;
+    c.schedules.insert(
+        task.clone(),
+        crate::catalog::ScheduleSpec {
+            set,
+            start,
+            every_secs,
+        },
+    );
+    Ok((
+        Effect::None,
+        Response::Schedules {
+            schedules: schedule_views(c)
+                .into_iter()
+                .filter(|s| s.task == task)
+                .collect(),
+        },
+    ))
+}
+
+pub fn schedule_modify(
+    c: &mut Catalog,
+    task: String,
+    set: Option<String>,
+    start: Option<String>,
+    every: Option<String>,
+) -> Result<(Effect, Response), AdminError> {
+    let start = start
+        .map(|s| validate::parse_start(&s, unix_now()))
+        .transpose()?;
+    let every = match every.as_deref() {
+        None => None,
+        Some("none") => Some(None),
+        Some(e) => Some(Some(validate::parse_duration(e)?)),
+    };
+    if let Some(s) = &set {
+        primary_set(c, s)?;
+    }
+    let spec = c
+        .schedules
+        .get_mut(&task)
+        .ok_or_else(|| AdminError::NoTask(task.clone()))?;
+    if let Some(s) = set {
+        spec.set = s;
+    }
+    if let Some(s) = start {
+        spec.start = s;
+    }
+    if let Some(e) = every {
+        spec.every_secs = e;
+    }
+    Ok((
+        Effect::None,
+        Response::Schedules {
+            schedules: schedule_views(c)
+                .into_iter()
+                .filter(|s| s.task == task)
+                .collect(),
+        },
+    ))
+}
+
+pub fn schedule_delete(c: &mut Catalog, task: String) -> Result<(Effect, Response), AdminError> {
+    if c.schedules.remove(&task).is_none() {
+        return Err(AdminError::NoTask(task));
+    }
+    Ok((
+        Effect::None,
+        Response::Done {
+            message: format!("deleted schedule task '{task}'"),
+        },
     ))
 }

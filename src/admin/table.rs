@@ -475,6 +475,23 @@ pub fn render(resp: &Response) -> String {
                 .collect();
             table(&["CUT", "TIME", "SIZE"], &rows)
         }
+        Response::Schedules { schedules } if schedules.is_empty() => "no schedules\n".into(),
+        Response::Schedules { schedules } => {
+            let rows: Vec<Vec<String>> = schedules
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.task.clone(),
+                        s.set.clone(),
+                        s.start.clone(),
+                        s.every_secs
+                            .map_or_else(|| "once".into(), |e| format!("{e}s")),
+                        opt(&s.next),
+                    ]
+                })
+                .collect();
+            table(&["TASK", "SET", "START", "EVERY", "NEXT"], &rows)
+        }
         Response::Target(t) => target_detail(t),
         Response::Targets { targets } if targets.is_empty() => "no targets\n".into(),
         Response::Targets { targets } => {
@@ -538,6 +555,42 @@ pub fn render(resp: &Response) -> String {
             }
             out
         }
+    }
+}
+
+/// One line of `ctl watch`: status, and while a cycle runs a bar with bytes, rate and
+/// ETA.
+pub fn progress_line(r: &ReplicationView) -> String {
+    const WIDTH: usize = 30;
+    match &r.progress {
+        Some(p) if p.bytes_total > 0 => {
+            let frac = (p.bytes_done as f64 / p.bytes_total as f64).clamp(0.0, 1.0);
+            let filled = (frac * WIDTH as f64).round() as usize;
+            format!(
+                "{} [{}{}] {:>3.0}% {}/{} {}/s ETA {} (cut {})",
+                r.status,
+                "#".repeat(filled),
+                ".".repeat(WIDTH - filled),
+                frac * 100.0,
+                format_size(p.bytes_done),
+                format_size(p.bytes_total),
+                format_size(p.rate_bytes_per_sec as u64),
+                p.eta_secs
+                    .map_or_else(|| "-".into(), |e| format!("{e:.0}s")),
+                p.cut_id
+            )
+        }
+        _ => format!(
+            "{}: last cut {} at {}, lag {}{}",
+            r.status,
+            opt(&r.last_cut_id),
+            opt(&r.last_cut_time),
+            r.lag_secs.map_or_else(|| "-".into(), |s| format!("{s}s")),
+            r.error
+                .as_ref()
+                .map(|e| format!("; error: {e}"))
+                .unwrap_or_default()
+        ),
     }
 }
 

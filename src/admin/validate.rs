@@ -37,6 +37,10 @@ pub enum ValidationError {
     SetSource,
     #[error("invalid duration '{input}': {why}")]
     Duration { input: String, why: &'static str },
+    #[error("invalid task name '{name}': {why}")]
+    TaskName { name: String, why: &'static str },
+    #[error("invalid start time '{0}': use RFC 3339 in UTC (2026-11-22T04:00:00Z) or 'now'")]
+    StartTime(String),
     #[error("--keep must be at least 1")]
     Keep,
     #[error("invalid target prefix '{prefix}': {why}")]
@@ -206,6 +210,42 @@ pub fn parse_duration(input: &str) -> Result<u64, ValidationError> {
         Some(secs) => Ok(secs),
         None => Err(err("too large")),
     }
+}
+
+/// Schedule task names: 1 to 32 bytes, case-sensitive, none of `"` `,` `<` `\\`.
+pub fn check_task_name(name: &str) -> Result<(), ValidationError> {
+    let err = |why| ValidationError::TaskName {
+        name: name.to_string(),
+        why,
+    };
+    if name.is_empty() {
+        return Err(err("it is empty"));
+    }
+    if name.len() > 32 {
+        return Err(err("it is longer than 32 bytes"));
+    }
+    for (c, why) in [
+        ('"', "it must not contain '\"'"),
+        (',', "it must not contain ','"),
+        ('<', "it must not contain '<'"),
+        ('\\', "it must not contain '\\'"),
+    ] {
+        if name.contains(c) {
+            return Err(err(why));
+        }
+    }
+    if name.chars().any(char::is_control) {
+        return Err(err("it must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// A schedule's start: RFC 3339 in UTC, or `now` (given as `now_unix`).
+pub fn parse_start(input: &str, now_unix: u64) -> Result<u64, ValidationError> {
+    if input == "now" {
+        return Ok(now_unix);
+    }
+    super::time::parse_rfc3339_utc(input).ok_or_else(|| ValidationError::StartTime(input.into()))
 }
 
 /// A prefix for secondary volume names: what may start a volume name.

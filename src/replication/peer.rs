@@ -106,12 +106,23 @@ impl PeerConn {
         let mut out = bytes::BytesMut::new();
         wire::encode_message(m, &mut out);
         self.sent += out.len() as u64;
-        let r = async {
+        let r = tokio::time::timeout(ANSWER_TIMEOUT, async {
             self.writer.write_all(&out).await?;
             self.writer.flush().await
-        }
+        })
         .await;
-        r.map_err(|e| self.wire_err(e.into()))
+        match r {
+            Ok(r) => r.map_err(|e| self.wire_err(e.into())),
+            Err(_) => Err(self.stalled()),
+        }
+    }
+
+    /// The peer stopped taking bytes for [`ANSWER_TIMEOUT`].
+    fn stalled(&self) -> ReplicationError {
+        ReplicationError::Timeout {
+            peer: self.name.clone(),
+            secs: ANSWER_TIMEOUT.as_secs(),
+        }
     }
 
     /// Queues an extent (buffered; `send` and `flush` push it out).
@@ -121,8 +132,10 @@ impl PeerConn {
                 wire::ExtentKind::Data(d) => d.len() as u64,
                 wire::ExtentKind::Zero { .. } => 0,
             };
-        let r = wire::write_extent(&mut self.writer, e).await;
-        r.map_err(|e| self.wire_err(e))
+        match tokio::time::timeout(ANSWER_TIMEOUT, wire::write_extent(&mut self.writer, e)).await {
+            Ok(r) => r.map_err(|e| self.wire_err(e)),
+            Err(_) => Err(self.stalled()),
+        }
     }
 
     pub async fn recv(&mut self) -> Result<Message, ReplicationError> {

@@ -107,6 +107,7 @@ impl Node {
         for name in names {
             self.start_set(&name);
         }
+        tokio::spawn(run_schedules(Arc::downgrade(self)));
     }
 
     /// Stops every primary set's task (a cycle in flight puts its pages back into the
@@ -633,5 +634,40 @@ impl Host for Node {
                 }
             },
         }
+    }
+}
+
+/// Runs schedule tasks: each due time of a task calls `replicate` on its set once (the
+/// set's queue policy applies). Due times that passed while the node was down are not
+/// made up for.
+async fn run_schedules(node: std::sync::Weak<Node>) {
+    let mut fired: HashMap<String, u64> = HashMap::new();
+    let mut first = true;
+    loop {
+        let Some(n) = node.upgrade() else { break };
+        let now = crate::admin::time::unix_secs(std::time::SystemTime::now());
+        let schedules = n.catalog.read().schedules.clone();
+        fired.retain(|t, _| schedules.contains_key(t));
+        for (task, s) in &schedules {
+            let Some(due) = s.last_due(now) else { continue };
+            match fired.get(task) {
+                Some(&f) if f >= due => {}
+                None if first => {
+                    fired.insert(task.clone(), due);
+                }
+                _ => {
+                    fired.insert(task.clone(), due);
+                    match Host::replicate(&*n, &s.set) {
+                        Ok(m) => tracing::info!(task = %task, set = %s.set, "{m}"),
+                        Err(e) => {
+                            tracing::warn!(task = %task, set = %s.set, error = %e, "scheduled replication not started")
+                        }
+                    }
+                }
+            }
+        }
+        first = false;
+        drop(n);
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
 }
