@@ -189,6 +189,15 @@ impl Node {
         self
     }
 
+    /// The open volumes, named, taken out of the lock.
+    fn open_volume_list(&self) -> Vec<(String, Arc<Volume>)> {
+        self.volumes
+            .read()
+            .iter()
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect()
+    }
+
     /// Where a volume's tracking state (dirty bitmap, snapshot stores) lives.
     fn tracking_dir(&self, name: &str) -> PathBuf {
         self.data_dir.join("tracking").join(name)
@@ -204,12 +213,7 @@ impl Node {
     /// flight) and its dirty bitmap and snapshots are saved, so the next start carries
     /// on exactly. Call after the iSCSI sessions are closed. Logs failures.
     pub async fn save_tracking(&self) {
-        let volumes: Vec<(String, Arc<Volume>)> = self
-            .volumes
-            .read()
-            .iter()
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect();
+        let volumes = self.open_volume_list();
         for (name, v) in volumes {
             if let Some(t) = v.tracking() {
                 let dir = self.tracking_dir(&name);
@@ -280,12 +284,7 @@ impl Node {
         for s in catalog.snapshots.values() {
             self.cuts.advance_past(CutId(s.cut));
         }
-        let volumes: Vec<(String, Arc<Volume>)> = self
-            .volumes
-            .read()
-            .iter()
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect();
+        let volumes = self.open_volume_list();
         for (name, v) in volumes {
             let Some(t) = v.tracking() else { continue };
             for info in t.snapshots() {
@@ -357,12 +356,7 @@ impl Node {
 
     /// Flushes every open volume to stable storage (clean shutdown). Logs failures.
     pub fn sync_volumes(&self) {
-        let volumes: Vec<(String, Arc<Volume>)> = self
-            .volumes
-            .read()
-            .iter()
-            .map(|(n, v)| (n.clone(), v.clone()))
-            .collect();
+        let volumes = self.open_volume_list();
         for (name, v) in volumes {
             if let Err(e) = v.sync_blocking() {
                 tracing::error!(volume = %name, error = %e, "sync at shutdown failed");
