@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmark twinlun in one run, in two sections:
+# Benchmark twinlun in one run, in three sections:
 #
 # targets   twinlun against tgt (Debian `tgt`, a userspace iSCSI target). Both serve a
 #           fresh 1 GiB sparse file from the same filesystem. Cases run alternately
@@ -12,6 +12,16 @@
 #           the copy of each page's old content on its first overwrite). The table
 #           shows tracking / no tracking, snapshot / tracking and snapshot / no
 #           tracking, and how many of the writes had to copy a page first.
+# replication
+#           replication between two twinluns on this machine against the tools an
+#           admin would use instead, each round on a fresh pair of servers: the
+#           first cycle of a 4 GiB volume with 1 GiB written against
+#           `cp --sparse=always` of the volume file (then synced), in MB/s of written
+#           data; an incremental cycle after 1 % of the volume's 4 KiB pages changed
+#           (scattered, written through iSCSI) against `rsync --inplace
+#           --no-whole-file` of the image to a copy that was in sync before the
+#           change; and 4 KiB QD32 write IOPS on the primary while cycles ship,
+#           against the same with replication idle.
 #
 # QEMU's iSCSI driver (libiscsi, from qemu-block-extra) drives the targets with
 # `qemu-img bench`, whose offsets are sequential: each request follows the previous
@@ -20,10 +30,11 @@
 # `--tgt-vs-tgt` (two identical tgt instances) shows how far they move by chance.
 #
 # Usage: scripts/bench.sh [options]
-#   --section targets|tracking
-#                         run one section only (default: both, targets first)
+#   --section targets|tracking|replication
+#                         run one section only (default: all three, in that order)
 #   --quick               short runs (a tenth of the normal request counts)
-#   --runs N              runs per case and target (rounds in the tracking section),
+#   --runs N              runs per case and target (rounds in the tracking and
+#                         replication sections),
 #                         median reported (default 5)
 #   --engine uring|threads
 #                         passed to `twinlun serve` (default: the server's choice)
@@ -46,7 +57,7 @@
 #
 # Output on stdout: the IOPS table, a second table with the CPU time each target
 # process spent per I/O (less at the mercy of the neighbours' load than IOPS), the
-# tracking cost table, and the exact command lines used; target/bench/results.json
+# tracking cost table, the replication table, and the exact command lines used; target/bench/results.json
 # holds every run. Needs root for apt-get and tgtd.
 
 set -euo pipefail
@@ -89,7 +100,7 @@ usage() { sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --section) SECTION=${2:?--section needs targets or tracking}; shift ;;
+        --section) SECTION=${2:?--section needs targets, tracking or replication}; shift ;;
         --quick) QUICK=1 ;;
         --runs) RUNS=${2:?--runs needs a number}; shift ;;
         --engine) ENGINE=${2:?--engine needs uring or threads}; shift ;;
@@ -116,16 +127,20 @@ done
 [[ -z "$TGT_BSOFLAGS" || "$TGT_BSOFLAGS" == direct || "$TGT_BSOFLAGS" == sync ]] \
     || die "--tgt-bsoflags must be direct or sync, got '$TGT_BSOFLAGS'"
 [[ -n "$ONLY" && "$TGT_VS_TGT" == 1 ]] && die "--only and --tgt-vs-tgt exclude each other"
-[[ -z "$SECTION" || "$SECTION" == targets || "$SECTION" == tracking ]] \
-    || die "--section must be targets or tracking, got '$SECTION'"
+[[ -z "$SECTION" || "$SECTION" == targets || "$SECTION" == tracking || "$SECTION" == replication ]] \
+    || die "--section must be targets, tracking or replication, got '$SECTION'"
 if [[ -n "$ONLY" || "$TGT_VS_TGT" == 1 ]]; then
-    [[ "$SECTION" == tracking ]] && die "--only and --tgt-vs-tgt choose targets; the tracking section runs twinlun alone"
+    [[ -n "$SECTION" && "$SECTION" != targets ]] \
+        && die "--only and --tgt-vs-tgt choose targets; the $SECTION section runs twinlun alone"
     [[ -z "$SECTION" ]] && say "--only or --tgt-vs-tgt given: running the targets section only"
     SECTION=targets
 fi
-RUN_TARGETS=1; RUN_TRACKING=1
-[[ "$SECTION" == tracking ]] && RUN_TARGETS=0
-[[ "$SECTION" == targets ]] && RUN_TRACKING=0
+RUN_TARGETS=1; RUN_TRACKING=1; RUN_REPLICATION=1
+if [[ -n "$SECTION" ]]; then
+    [[ "$SECTION" == targets ]] || RUN_TARGETS=0
+    [[ "$SECTION" == tracking ]] || RUN_TRACKING=0
+    [[ "$SECTION" == replication ]] || RUN_REPLICATION=0
+fi
 # Each LUN is 1 GiB; the pre-write view needs 256 KiB past the region (see prefill).
 [[ "$REGION_MIB" =~ ^[1-9][0-9]*$ && "$REGION_MIB" -le 1023 ]] \
     || die "--region-mib must be 1..1023, got '$REGION_MIB'"
@@ -167,16 +182,16 @@ have_iscsi_driver() {
 
 tools_ok() {
     local t
-    for t in qemu-img tgtd tgtadm timeout ss awk; do
+    for t in qemu-img qemu-io tgtd tgtadm timeout ss awk rsync; do
         command -v "$t" >/dev/null || return 1
     done
     have_iscsi_driver
 }
 
 install_tools() {
-    [[ $(id -u) == 0 ]] || die "tools are missing and installing them needs root (or pass --no-install and install: tgt qemu-utils qemu-block-extra iproute2)"
+    [[ $(id -u) == 0 ]] || die "tools are missing and installing them needs root (or pass --no-install and install: tgt qemu-utils qemu-block-extra iproute2 rsync)"
     command -v apt-get >/dev/null || die "tools are missing and apt-get is not available"
-    say "installing tgt, qemu-utils, qemu-block-extra, iproute2 with apt-get"
+    say "installing tgt, qemu-utils, qemu-block-extra, iproute2, rsync with apt-get"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     # qemu-block-extra must be exactly the version of qemu-utils; a backports
@@ -186,14 +201,14 @@ install_tools() {
     v=$(apt-cache policy qemu-system-x86 | awk '/Candidate/{print $2}')
     [[ -n "$v" && "$v" != "(none)" ]] || die "apt has no candidate version for qemu-system-x86"
     apt-get install -y -qq --allow-downgrades \
-        "qemu-block-extra=$v" "qemu-utils=$v" tgt iproute2 coreutils >/dev/null
+        "qemu-block-extra=$v" "qemu-utils=$v" tgt iproute2 coreutils rsync >/dev/null
 }
 
 if ! tools_ok; then
     [[ "$INSTALL" == 1 ]] || die "missing tools or QEMU iSCSI driver, and --no-install was given"
     install_tools
 fi
-for t in qemu-img tgtd tgtadm timeout ss awk; do
+for t in qemu-img qemu-io tgtd tgtadm timeout ss awk rsync; do
     command -v "$t" >/dev/null || die "'$t' is still missing after installing"
 done
 have_iscsi_driver || die "qemu-img has no usable iscsi driver (qemu-block-extra must match qemu-utils: $(qemu-img --version | head -1))"
@@ -221,6 +236,14 @@ if [[ "$RUN_TRACKING" == 1 ]]; then
     TSIDES=(n t)
     KIND[n]=twinlun; LABEL[n]=no-tracking; SERVE_ARGS[n]=--no-write-tracking
     KIND[t]=twinlun; LABEL[t]=tracking; SERVE_ARGS[t]=""
+fi
+# The replication section: a primary and a secondary twinlun (their replication ports
+# are picked when they start).
+RSIDES=()
+if [[ "$RUN_REPLICATION" == 1 ]]; then
+    RSIDES=(rp rs)
+    KIND[rp]=twinlun; LABEL[rp]=primary
+    KIND[rs]=twinlun; LABEL[rs]=secondary
 fi
 
 WORK="$OUT/work"
@@ -373,7 +396,9 @@ start_twinlun() {
     LOG[$s]="$WORK/twinlun-$s.log"
     local cmd=("$bin" serve --data-dir "$WORK/twinlun-$s-data" --listen "127.0.0.1:${PORT[$s]}")
     [[ -n "$ENGINE" ]] && cmd+=(--engine "$ENGINE")
-    [[ -n "${SERVE_ARGS[$s]:-}" ]] && cmd+=("${SERVE_ARGS[$s]}")
+    local extra=()
+    [[ -n "${SERVE_ARGS[$s]:-}" ]] && read -ra extra <<<"${SERVE_ARGS[$s]}"
+    cmd+=("${extra[@]}")
     note_cmd "${cmd[@]}"
     "${cmd[@]}" >"${LOG[$s]}" 2>&1 &
     PID[$s]=$!
@@ -389,7 +414,7 @@ start_sides() {   # sides
 }
 
 BIN=""
-for s in "${SIDES[@]}" "${TSIDES[@]}"; do
+for s in "${SIDES[@]}" "${TSIDES[@]}" "${RSIDES[@]}"; do
     [[ "${KIND[$s]}" == twinlun ]] && { BIN=$(twinlun_bin); break; }
 done
 if [[ "$BIN" == */debug/* ]]; then
@@ -602,6 +627,256 @@ if [[ "$RUN_TRACKING" == 1 ]]; then
     for s in "${TSIDES[@]}"; do stop_side "$s"; done
 fi
 
+# ---------------------------------------------------------------- replication section
+
+# Sizes of the replication section (the volume is 4 GiB whatever --region-mib says).
+REPL_VOLUME=v
+REPL_SET=r
+REPL_VOLUME_BYTES=$((4 * 1024 * 1024 * 1024))
+REPL_WRITTEN_BYTES=$((1024 * 1024 * 1024))              # written before the first cycle
+REPL_PAGE=4096
+REPL_CHANGED_PAGES=$(( (REPL_VOLUME_BYTES / REPL_PAGE + 50) / 100 ))   # 1 %, scattered
+REPL_SHIP_OFFSET=$((1024 * 1024 * 1024))                # dirtied for the shipping run,
+REPL_SHIP_BYTES=$((1024 * 1024 * 1024))                 # away from the bench's region
+REPL_SECRET=bench-replication-secret
+REPL_COPY="$WORK/copy.img"                              # cp's and then rsync's target
+RCASE=repl-4k-qd32-write
+RCOUNT=70000
+[[ "$QUICK" == 1 ]] && RCOUNT=$((RCOUNT / 10))
+# Per round: the first cycle (server-timed seconds, seconds timed from outside) and cp;
+# the incremental cycle and rsync; the bytes each cycle shipped; the cycles completed
+# during each shipping run and whether one was still shipping when the run ended.
+R_INIT_SECS="" R_INIT_WALL="" R_INIT_DATA="" R_CP_SECS=""
+R_INCR_SECS="" R_INCR_WALL="" R_INCR_DATA="" R_RSYNC_SECS=""
+R_SHIP_CYCLES="" R_SHIP_BUSY=""
+R_VERIFIED=""
+
+now() { date +%s.%N; }
+secs_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
+json_float() {   # key, one JSON object: the first number under that key
+    local v
+    v=$(grep -o "\"$1\": *[0-9.eE+-]*" <<<"$2" | head -1 | sed 's/.*: *//') \
+        || die "no \"$1\" in: $2"
+    [[ -n "$v" ]] || die "no number under \"$1\" in: $2"
+    echo "$v"
+}
+json_word() {   # key, one JSON object: the first string under that key
+    grep -o "\"$1\": *\"[^\"]*\"" <<<"$2" | head -1 | sed 's/.*: *"//; s/"$//'
+}
+repl_show() { twinlun_ctl rp --json replication show "$REPL_SET"; }
+
+# Runs qemu-io against the primary's replicated LUN with the commands in a file
+# (one a line: stdin keeps thousands of commands off the command line).
+qemu_io_file() {   # file of qemu-io commands
+    local url="iscsi://127.0.0.1:${PORT[rp]}/${IQN[rp]}/1" log="$WORK/qemu-io.log" out
+    if ! out=$(timeout "$RUN_TIMEOUT" qemu-io -f raw "$url" <"$1" 2>&1); then
+        printf '%s\n' "$out" | tail -20 >&2
+        die "qemu-io failed against the primary: qemu-io -f raw $url < $1"
+    fi
+    printf '%s\n' "$out" >>"$log"
+    # qemu-io reports a failed command on its output and still exits 0.
+    if grep -qiE 'failed|error' <<<"$out"; then
+        grep -iE 'failed|error' <<<"$out" | head -5 >&2
+        die "a qemu-io command failed against the primary (commands in $1)"
+    fi
+}
+
+# One cycle requested with `replicate`, waited for by polling `replication show` until
+# the cycle count went up and the set is ready. Sets CYCLE_WALL (seconds from the
+# request to seeing it done) and CYCLE_SHOW (the set as shown then).
+CYCLE_WALL="" CYCLE_SHOW=""
+repl_cycle() {
+    local before shown t0 status n deadline
+    before=$(json_num cycles "$(repl_show)")
+    t0=$(now)
+    twinlun_ctl rp replicate "$REPL_SET" >/dev/null
+    deadline=$((SECONDS + RUN_TIMEOUT))
+    while :; do
+        shown=$(repl_show)
+        status=$(json_word status "$shown")
+        n=$(json_num cycles "$shown")
+        [[ "$status" == ready && "$n" -gt "$before" ]] && break
+        [[ "$status" == error ]] && die "replication cycle failed: $shown"
+        (( SECONDS < deadline )) || die "replication cycle not done within $RUN_TIMEOUT s: $shown"
+        sleep 0.02
+    done
+    CYCLE_WALL=$(secs_since "$t0")
+    CYCLE_SHOW=$shown
+}
+last_cycle() { sed 's/.*"last_cycle": *{//; s/}.*//' <<<"$CYCLE_SHOW"; }
+
+# Waits until no cycle runs (after the shipping run's loop).
+repl_wait_ready() {
+    local shown deadline=$((SECONDS + RUN_TIMEOUT))
+    while :; do
+        shown=$(repl_show)
+        [[ "$(json_word status "$shown")" == ready ]] && return 0
+        [[ "$(json_word status "$shown")" == error ]] && die "replication failed: $shown"
+        (( SECONDS < deadline )) || die "replication not ready within $RUN_TIMEOUT s: $shown"
+        sleep 0.05
+    done
+}
+
+copy_cp() {   # prints the seconds of cp --sparse=always of the primary's volume, synced
+    local t0
+    rm -f "$REPL_COPY"
+    t0=$(now)
+    cp --sparse=always "$REPL_SRC" "$REPL_COPY" || die "cp --sparse=always $REPL_SRC $REPL_COPY failed"
+    sync "$REPL_COPY"
+    secs_since "$t0"
+}
+copy_rsync() {   # prints the seconds of rsync --inplace of the volume onto the copy, synced
+    local t0
+    t0=$(now)
+    rsync --inplace --no-whole-file --ignore-times "$REPL_SRC" "$REPL_COPY" \
+        || die "rsync --inplace --no-whole-file --ignore-times $REPL_SRC $REPL_COPY failed"
+    sync "$REPL_COPY"
+    secs_since "$t0"
+}
+
+if [[ "$RUN_REPLICATION" == 1 ]]; then
+    REPL_SRC="$WORK/twinlun-rp-data/volumes/$REPL_VOLUME.img"
+    for r in $(seq "$RUNS"); do
+        say "replication round $r/$RUNS: fresh primary and secondary"
+        rm -rf "$WORK/twinlun-rp-data" "$WORK/twinlun-rs-data" "$REPL_COPY"
+        rport_p=$(pick_port)
+        rport_s=$(pick_port)
+        [[ "$rport_p" != "$rport_s" ]] || rport_s=$(pick_port)
+        SERVE_ARGS[rp]="--replication-listen 127.0.0.1:$rport_p"
+        SERVE_ARGS[rs]="--replication-listen 127.0.0.1:$rport_s"
+        [[ $r == 1 ]] || COMMANDS_SAVED=("${COMMANDS[@]}")
+        start_sides rp rs
+        rsetup=(
+            "rp peer create dr 127.0.0.1:$rport_s --secret $REPL_SECRET"
+            "rs peer create prod 127.0.0.1:$rport_p --secret $REPL_SECRET"
+            "rp volume create $REPL_VOLUME --size 4G"
+            "rp lun map ${IQN[rp]} 1 $REPL_VOLUME"
+        )
+        for line in "${rsetup[@]}"; do
+            read -ra w <<<"$line"
+            [[ $r == 1 ]] && note_cmd "$BIN" ctl --socket "$(ctl_socket "${w[0]}")" "${w[@]:1}"
+            twinlun_ctl "${w[@]}" >/dev/null
+        done
+        [[ $r == 1 ]] || COMMANDS=("${COMMANDS_SAVED[@]}")   # one set of commands is enough
+        LUN[rp]=1
+        url="iscsi://127.0.0.1:${PORT[rp]}/${IQN[rp]}/1"
+
+        # 1. The first cycle of 1 GiB written in the 4 GiB volume, against cp.
+        say "round $r: writing $((REPL_WRITTEN_BYTES >> 20)) MiB through iSCSI"
+        echo "write -P 0x5a 0 $REPL_WRITTEN_BYTES" >"$WORK/write-initial.qemu-io"
+        [[ $r == 1 ]] && note_line "$(shell_words qemu-io -f raw "$url") < <(echo 'write -P 0x5a 0 $REPL_WRITTEN_BYTES')"
+        qemu_io_file "$WORK/write-initial.qemu-io"
+        settle
+        [[ $r == 1 ]] && note_cmd "$BIN" ctl --socket "$(ctl_socket rp)" replication create "$REPL_SET" --volume "$REPL_VOLUME" --peer dr
+        twinlun_ctl rp replication create "$REPL_SET" --volume "$REPL_VOLUME" --peer dr >/dev/null
+        [[ $r == 1 ]] && note_cmd "$BIN" ctl --socket "$(ctl_socket rp)" replicate "$REPL_SET"
+        [[ $r == 1 ]] && note_cmd "$BIN" ctl --socket "$(ctl_socket rp)" --json replication show "$REPL_SET"
+        [[ $r == 1 ]] && note_cmd cp --sparse=always "$REPL_SRC" "$REPL_COPY"
+        [[ $r == 1 ]] && note_cmd sync "$REPL_COPY"
+        # Odd rounds run twinlun first, even rounds the copy first.
+        for step in $( (( r % 2 )) && echo "twinlun cp" || echo "cp twinlun"); do
+            if [[ "$step" == cp ]]; then
+                secs=$(copy_cp)
+                R_CP_SECS+="$secs "
+                say "round $r initial: cp --sparse=always + sync in $secs s"
+            else
+                repl_cycle
+                lc=$(last_cycle)
+                grep -q '"full": *true' <<<"$lc" || die "the first cycle was not a full one: $CYCLE_SHOW"
+                data=$(json_num data_bytes "$lc")
+                (( data >= REPL_WRITTEN_BYTES )) \
+                    || die "the first cycle shipped $data data bytes, less than the $REPL_WRITTEN_BYTES written: $CYCLE_SHOW"
+                R_INIT_SECS+="$(json_float seconds "$lc") "
+                R_INIT_WALL+="$CYCLE_WALL "
+                R_INIT_DATA+="$data "
+                say "round $r initial: twinlun cycle of $data data bytes in $(json_float seconds "$lc") s (server), $CYCLE_WALL s (outside)"
+            fi
+        done
+
+        # 2. An incremental cycle after 1 % of the pages changed, against rsync onto the
+        # copy made above (in sync: nothing was written since).
+        awk -v n="$REPL_CHANGED_PAGES" -v pages=$((REPL_VOLUME_BYTES / REPL_PAGE)) -v ps="$REPL_PAGE" \
+            -v seed="$r" -v pat=$((0x10 + r)) 'BEGIN {
+            srand(seed)
+            while (k < n) { p = int(rand() * pages); if (!(p in seen)) { seen[p] = 1; k++
+                printf "write -P %d %.0f %d\n", pat, p * ps, ps } } }' >"$WORK/write-scattered.qemu-io"
+        say "round $r: writing $REPL_CHANGED_PAGES scattered 4 KiB pages through iSCSI"
+        [[ $r == 1 ]] && note_line "$(shell_words qemu-io -f raw "$url") < write-scattered.qemu-io   # $REPL_CHANGED_PAGES lines like: $(head -1 "$WORK/write-scattered.qemu-io")"
+        qemu_io_file "$WORK/write-scattered.qemu-io"
+        settle
+        [[ $r == 1 ]] && note_cmd rsync --inplace --no-whole-file --ignore-times "$REPL_SRC" "$REPL_COPY"
+        for step in $( (( r % 2 )) && echo "twinlun rsync" || echo "rsync twinlun"); do
+            if [[ "$step" == rsync ]]; then
+                secs=$(copy_rsync)
+                R_RSYNC_SECS+="$secs "
+                say "round $r incremental: rsync --inplace + sync in $secs s"
+            else
+                repl_cycle
+                lc=$(last_cycle)
+                grep -q '"full": *false' <<<"$lc" || die "the second cycle was not incremental: $CYCLE_SHOW"
+                data=$(json_num data_bytes "$lc")
+                (( data >= REPL_CHANGED_PAGES * REPL_PAGE )) \
+                    || die "the incremental cycle shipped $data data bytes, less than the $((REPL_CHANGED_PAGES * REPL_PAGE)) changed: $CYCLE_SHOW"
+                R_INCR_SECS+="$(json_float seconds "$lc") "
+                R_INCR_WALL+="$CYCLE_WALL "
+                R_INCR_DATA+="$data "
+                say "round $r incremental: twinlun cycle of $data data bytes in $(json_float seconds "$lc") s (server), $CYCLE_WALL s (outside)"
+            fi
+        done
+        if [[ $r == 1 ]]; then
+            # Once: both copies must now equal the primary's volume.
+            cmp -s "$REPL_SRC" "$WORK/twinlun-rs-data/volumes/$REPL_VOLUME.img" \
+                || die "after the incremental cycle the secondary's volume differs from the primary's"
+            cmp -s "$REPL_SRC" "$REPL_COPY" || die "after rsync the copy differs from the primary's volume"
+            R_VERIFIED=yes
+        fi
+
+        # 3. Write IOPS on the primary with replication idle, and while cycles ship: a
+        # cycle of 1 GiB dirtied away from the bench's region is started first, and a
+        # loop requests a new cycle whenever the set is ready again, until the run ends.
+        [[ $r == 1 ]] && note_line "$(bench_cmd rp 4096 32 write "$RCOUNT" "$REGION_BYTES")"
+        echo "write -P 0x6b $REPL_SHIP_OFFSET $REPL_SHIP_BYTES" >"$WORK/write-ship.qemu-io"
+        for step in $( (( r % 2 )) && echo "idle ship" || echo "ship idle"); do
+            if [[ "$step" == idle ]]; then
+                settle
+                measure "$RCASE" idle rp 4096 32 write "$RCOUNT" "round $r/$RUNS replication idle"
+                continue
+            fi
+            qemu_io_file "$WORK/write-ship.qemu-io"
+            settle
+            c0=$(json_num cycles "$(repl_show)")
+            twinlun_ctl rp replicate "$REPL_SET" >/dev/null
+            stop_flag="$WORK/ship-stop"
+            rm -f "$stop_flag"
+            (
+                while [[ ! -e "$stop_flag" ]]; do
+                    if [[ "$(json_word status "$(repl_show)")" == ready ]]; then
+                        twinlun_ctl rp replicate "$REPL_SET" >/dev/null
+                    fi
+                    sleep 0.05
+                done
+            ) &
+            loop_pid=$!
+            measure "$RCASE" ship rp 4096 32 write "$RCOUNT" "round $r/$RUNS while cycles ship"
+            shown=$(repl_show)
+            touch "$stop_flag"
+            wait "$loop_pid" || die "the loop requesting cycles failed during the shipping run"
+            busy=no; [[ "$(json_word status "$shown")" == replicating ]] && busy=yes
+            c1=$(json_num cycles "$shown")
+            R_SHIP_CYCLES+="$((c1 - c0)) "
+            R_SHIP_BUSY+="$busy "
+            say "round $r: $((c1 - c0)) cycle(s) completed during the run; still shipping at its end: $busy"
+            repl_wait_ready
+        done
+        RATIOS_OF[$RCASE,ship/idle]+="$(last_ratio "${RUNS_OF[$RCASE,ship]}" "${RUNS_OF[$RCASE,idle]}") "
+        CPU_RATIOS_OF[$RCASE,ship/idle]+="$(last_ratio "${CPU_RUNS_OF[$RCASE,ship]}" "${CPU_RUNS_OF[$RCASE,idle]}") "
+
+        for s in rp rs; do stop_side "$s"; done
+    done
+    medians "$RCASE" idle ship
+    rm -rf "$WORK/twinlun-rp-data/volumes" "$WORK/twinlun-rs-data/volumes" "$REPL_COPY"
+fi
+
 # ---------------------------------------------------------------- report
 
 PAIR=0; [[ ${#SIDES[@]} == 2 ]] && PAIR=1
@@ -619,9 +894,11 @@ cpu_of() { printf '%.1f' "${CPU_MED[$1,$2]}"; }
 load_now() { cut -d' ' -f1-3 /proc/loadavg; }
 mbs_of() { awk -v i="${MED[$1,$2]}" -v s="$3" 'BEGIN { printf "%.1f", i * s / 1e6 }'; }
 
-echo
-printf 'qemu-img bench through QEMU iSCSI (libiscsi), median of %d run(s)%s, I/O in the first %d MiB of a 1 GiB sparse LUN\n' \
-    "$RUNS" "$([[ $QUICK == 1 ]] && echo ', --quick')" "$REGION_MIB"
+if [[ "$RUN_TARGETS" == 1 || "$RUN_TRACKING" == 1 ]]; then
+    echo
+    printf 'qemu-img bench through QEMU iSCSI (libiscsi), median of %d run(s)%s, I/O in the first %d MiB of a 1 GiB sparse LUN\n' \
+        "$RUNS" "$([[ $QUICK == 1 ]] && echo ', --quick')" "$REGION_MIB"
+fi
 [[ -n "$ENGINE" ]] && echo "twinlun engine: $ENGINE"
 [[ -n "$TGT_BSOFLAGS" && "$RUN_TARGETS" == 1 ]] && echo "tgt backing store flags: $TGT_BSOFLAGS"
 
@@ -704,6 +981,52 @@ if [[ "$RUN_TRACKING" == 1 ]]; then
         printf " the bound is %.0f %% (ratio %.2f or more): %s\n", 100 * (1 - b), b, (r >= b) ? "within it" : "OVER IT" }'
 fi
 
+if [[ "$RUN_REPLICATION" == 1 ]]; then
+    pair_ratios() {   # two lists of numbers: their ratios, element by element
+        awk -v x="$1" -v y="$2" 'BEGIN { n = split(x, xs, " "); split(y, ys, " ")
+            for (i = 1; i <= n; i++) printf "%.3f ", (ys[i] > 0) ? xs[i] / ys[i] : 0 }'
+    }
+    mb_per_s() { awk -v b="$1" -v t="$(median_of "$2")" 'BEGIN { printf "%.1f", b / t / 1e6 }'; }
+    med3() { median_of "$1" | awk '{ printf "%.3f", $1 }'; }
+    # twinlun/cp in MB/s is cp's seconds over twinlun's; rsync/twinlun is in seconds.
+    R_INIT_RATIOS=$(pair_ratios "$R_CP_SECS" "$R_INIT_SECS")
+    R_INIT_RATIOS_WALL=$(pair_ratios "$R_CP_SECS" "$R_INIT_WALL")
+    R_INCR_RATIOS=$(pair_ratios "$R_RSYNC_SECS" "$R_INCR_SECS")
+    R_INCR_RATIOS_WALL=$(pair_ratios "$R_RSYNC_SECS" "$R_INCR_WALL")
+    goal() { awk -v r="$1" -v g="$2" 'BEGIN { print (r >= g) ? "met" : "NOT MET" }'; }
+    echo
+    printf 'Replication between two twinluns on this machine (127.0.0.1), a %d GiB volume, %d round(s) on fresh servers\n' \
+        $((REPL_VOLUME_BYTES >> 30)) "$RUNS"
+    fmt='%-34s %12s %12s %12s %14s %12s\n'
+    # shellcheck disable=SC2059
+    printf "$fmt" "case" "twinlun" "(outside)" "tool" "ratio" "range"
+    # shellcheck disable=SC2059
+    printf "$fmt" "initial, $((REPL_WRITTEN_BYTES >> 20)) MiB written: MB/s" \
+        "$(mb_per_s "$REPL_WRITTEN_BYTES" "$R_INIT_SECS")" "$(mb_per_s "$REPL_WRITTEN_BYTES" "$R_INIT_WALL")" \
+        "$(mb_per_s "$REPL_WRITTEN_BYTES" "$R_CP_SECS")" "$(ratio_of "$R_INIT_RATIOS")" "$(range_of "$R_INIT_RATIOS")"
+    # shellcheck disable=SC2059
+    printf "$fmt" "  (outside: twinlun / cp)" "" "" "" "$(ratio_of "$R_INIT_RATIOS_WALL")" "$(range_of "$R_INIT_RATIOS_WALL")"
+    # shellcheck disable=SC2059
+    printf "$fmt" "incremental, $REPL_CHANGED_PAGES pages: s" \
+        "$(med3 "$R_INCR_SECS")" "$(med3 "$R_INCR_WALL")" "$(med3 "$R_RSYNC_SECS")" \
+        "$(ratio_of "$R_INCR_RATIOS" 1)" "$(range_of "$R_INCR_RATIOS" 1)"
+    # shellcheck disable=SC2059
+    printf "$fmt" "  (outside: rsync / twinlun)" "" "" "" "$(ratio_of "$R_INCR_RATIOS_WALL" 1)" "$(range_of "$R_INCR_RATIOS_WALL" 1)"
+    # shellcheck disable=SC2059
+    printf "$fmt" "4k QD32 write IOPS, shipping/idle" "$(iops_of "$RCASE" ship)" "" "$(iops_of "$RCASE" idle)" \
+        "$(ratio_of "${RATIOS_OF[$RCASE,ship/idle]}" 3)" "$(range_of "${RATIOS_OF[$RCASE,ship/idle]}" 3)"
+    echo "(initial: MB/s of the written data, twinlun's first cycle (seconds the server reports, and seconds from"
+    echo " \`replicate\` to seeing the set ready) against cp --sparse=always + sync of the volume file, ratio twinlun / cp;"
+    echo " incremental: seconds after 1 % of the 4 KiB pages changed, twinlun's cycle against rsync --inplace"
+    echo " --no-whole-file + sync onto a copy in sync before, ratio rsync / twinlun; IOPS: $RCOUNT writes per run in"
+    echo " the first $REGION_MIB MiB, twinlun column while cycles ship, tool column with replication idle;"
+    echo " ratios: median over the rounds, range: lowest-highest round)"
+    echo "Data shipped per first cycle: $(median_of "$R_INIT_DATA") bytes; per incremental cycle: $(median_of "$R_INCR_DATA") bytes (median)"
+    echo "Shipping runs: cycles completed during each run: ${R_SHIP_CYCLES% }; a cycle still shipping at the end: ${R_SHIP_BUSY% }"
+    echo "Secondary and rsync copy equal to the primary after round 1: ${R_VERIFIED:-not checked}"
+    echo "Goals: initial twinlun / cp >= 0.5: $(goal "$(ratio_of "$R_INIT_RATIOS" 3)" 0.5); incremental rsync / twinlun >= 10: $(goal "$(ratio_of "$R_INCR_RATIOS" 3)" 10)"
+fi
+
 echo
 echo "Load average before / after: $LOAD_BEFORE / $(load_now) on $(nproc) CPUs (above the CPU count, expect noise)"
 
@@ -730,10 +1053,11 @@ json_list() { local out="" x; for x in $1; do out+="${out:+, }$x"; done; printf 
     sections=()
     [[ "$RUN_TARGETS" == 1 ]] && sections+=('"targets"')
     [[ "$RUN_TRACKING" == 1 ]] && sections+=('"tracking"')
+    [[ "$RUN_REPLICATION" == 1 ]] && sections+=('"replication"')
     printf '  "sections": [%s],\n' "$(IFS=,; echo "${sections[*]}")"
     printf '  "targets": ['
     first=1
-    for s in "${SIDES[@]}" "${TSIDES[@]}"; do
+    for s in "${SIDES[@]}" "${TSIDES[@]}" "${RSIDES[@]}"; do
         [[ $first == 1 ]] || printf ', '; first=0
         printf '{"label": %s, "kind": %s, "iqn": %s, "lun": %s, "serve_args": %s}' "$(json_str "${LABEL[$s]}")" \
             "$(json_str "${KIND[$s]}")" "$(json_str "${IQN[$s]}")" "${LUN[$s]}" "$(json_str "${SERVE_ARGS[$s]:-}")"
@@ -790,6 +1114,25 @@ json_list() { local out="" x; for x in $1; do out+="${out:+, }$x"; done; printf 
         done
         printf '},\n    "snapshot_pages_preserved_runs": %s, "snapshot_memory_bytes_runs": %s, "snapshot_file_bytes_runs": %s},\n' \
             "$(json_list "$SNAP_PAGES")" "$(json_list "$SNAP_MEM")" "$(json_list "$SNAP_FILE")"
+    fi
+    if [[ "$RUN_REPLICATION" == 1 ]]; then
+        printf '  "replication": {"volume_bytes": %s, "written_bytes": %s, "changed_pages": %s, "page_bytes": %s,\n' \
+            "$REPL_VOLUME_BYTES" "$REPL_WRITTEN_BYTES" "$REPL_CHANGED_PAGES" "$REPL_PAGE"
+        printf '    "initial": {"twinlun_seconds_runs": %s, "twinlun_wall_seconds_runs": %s, "cp_seconds_runs": %s, "data_bytes_runs": %s,\n' \
+            "$(json_list "$R_INIT_SECS")" "$(json_list "$R_INIT_WALL")" "$(json_list "$R_CP_SECS")" "$(json_list "$R_INIT_DATA")"
+        printf '      "twinlun_mb_per_s": %s, "cp_mb_per_s": %s, "ratio_twinlun_cp": %s, "ratio_runs": %s, "ratio_wall": %s, "ratio_wall_runs": %s},\n' \
+            "$(mb_per_s "$REPL_WRITTEN_BYTES" "$R_INIT_SECS")" "$(mb_per_s "$REPL_WRITTEN_BYTES" "$R_CP_SECS")" \
+            "$(ratio_of "$R_INIT_RATIOS" 3)" "$(json_list "$R_INIT_RATIOS")" "$(ratio_of "$R_INIT_RATIOS_WALL" 3)" "$(json_list "$R_INIT_RATIOS_WALL")"
+        printf '    "incremental": {"twinlun_seconds_runs": %s, "twinlun_wall_seconds_runs": %s, "rsync_seconds_runs": %s, "data_bytes_runs": %s,\n' \
+            "$(json_list "$R_INCR_SECS")" "$(json_list "$R_INCR_WALL")" "$(json_list "$R_RSYNC_SECS")" "$(json_list "$R_INCR_DATA")"
+        printf '      "ratio_rsync_twinlun": %s, "ratio_runs": %s, "ratio_wall": %s, "ratio_wall_runs": %s},\n' \
+            "$(ratio_of "$R_INCR_RATIOS" 3)" "$(json_list "$R_INCR_RATIOS")" "$(ratio_of "$R_INCR_RATIOS_WALL" 3)" "$(json_list "$R_INCR_RATIOS_WALL")"
+        printf '    "write_iops": {"count": %s, "idle": %s, "idle_runs": %s, "shipping": %s, "shipping_runs": %s, "ratio": %s, "ratio_runs": %s,\n' \
+            "$RCOUNT" "$(iops_of "$RCASE" idle)" "$(json_list "${RUNS_OF[$RCASE,idle]}")" "$(iops_of "$RCASE" ship)" \
+            "$(json_list "${RUNS_OF[$RCASE,ship]}")" "$(ratio_of "${RATIOS_OF[$RCASE,ship/idle]}" 3)" "$(json_list "${RATIOS_OF[$RCASE,ship/idle]}")"
+        printf '      "cycles_completed_runs": %s, "shipping_at_end_runs": [%s]},\n' \
+            "$(json_list "$R_SHIP_CYCLES")" "$(sed 's/\([a-z]*\)/"\1"/g; s/" "/", "/g; s/ *$//' <<<"${R_SHIP_BUSY% }")"
+        printf '    "verified": %s},\n' "$([[ "$R_VERIFIED" == yes ]] && echo true || echo false)"
     fi
     printf '  "commands": ['
     first=1
