@@ -830,3 +830,69 @@ fn a_transfer_cut_off_midway_resumes_the_same_cut() {
             == std::fs::read(s.data_path("volumes/v.img")).unwrap()
     );
 }
+
+#[test]
+fn suspend_resume_abort_and_watch() {
+    let proxy = std::sync::OnceLock::new();
+    let (p, s) = pair_via(|target| {
+        let px = Proxy::start(target, 2 << 20);
+        let addr = px.addr;
+        proxy.set(px).ok();
+        addr
+    });
+    p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
+    p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
+    qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x21 0 16m".into()]);
+    p.ctl_ok(&[
+        "replication",
+        "create",
+        "r",
+        "--volume",
+        "v",
+        "--peer",
+        "dr",
+    ]);
+
+    // abort: the running cycle is abandoned; the secondary holds no cut.
+    p.ctl_ok(&["replicate", "r"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = p.ctl_ok(&["abort", "r"]);
+    assert!(out.contains("aborting"), "{out}");
+    std::thread::sleep(Duration::from_millis(500));
+    let v = show(&p, "r");
+    assert_eq!(
+        (v["cycles"].as_u64(), v["error"].is_null()),
+        (Some(0), true),
+        "{v}"
+    );
+    assert!(show(&s, "r")["last_cut_id"].is_null());
+    assert!(
+        !p.ctl(&["abort", "r"]).status.success(),
+        "abort with nothing running"
+    );
+
+    // suspend: requests are refused, saying so; resume runs again.
+    p.ctl_ok(&["suspend", "r"]);
+    assert_eq!(show(&p, "r")["status"], "suspended");
+    let o = p.ctl(&["replicate", "r"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("suspended"),
+        "{o:?}"
+    );
+    p.ctl_ok(&["resume", "r"]);
+    proxy.get().unwrap().set_rate(0);
+    p.ctl_ok(&["replicate", "r"]);
+    // watch --until-ready returns once the cycle is done.
+    let o = p.ctl(&["watch", "r", "--until-ready"]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("ready"),
+        "{o:?}"
+    );
+    let v = show(&p, "r");
+    assert_eq!(v["cycles"], 1, "{v}");
+    assert!(
+        std::fs::read(p.data_path("volumes/v.img")).unwrap()
+            == std::fs::read(s.data_path("volumes/v.img")).unwrap()
+    );
+}

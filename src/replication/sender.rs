@@ -56,6 +56,8 @@ struct Live {
     running: bool,
     /// `restart --yes` asked; cleared once the secondary dropped its recovery points.
     restart: bool,
+    /// `replicate` asked for a cycle (a wake-up without it only re-reads the schedule).
+    requested: bool,
     /// Status transitions, oldest first (at most [`EVENTS`]).
     events: std::collections::VecDeque<String>,
     last_status: String,
@@ -118,6 +120,7 @@ impl PrimarySet {
         let mut live = self.live.lock();
         if !live.running {
             live.next_retry = None;
+            live.requested = true;
             drop(live);
             self.wake.notify_one();
             return Ok(format!("replication of '{}' started", self.name));
@@ -328,11 +331,22 @@ async fn run(node: Weak<Node>, set: Arc<PrimarySet>) {
                 (false, None, Some(secs)) => Some(Duration::from_secs(secs)),
                 (false, None, None) => None,
             };
-            match wait {
-                Some(d) => {
-                    let _ = tokio::time::timeout(d, set.wake.notified()).await;
+            let timed_out = match wait {
+                Some(d) => tokio::time::timeout(d, set.wake.notified()).await.is_err(),
+                None => {
+                    set.wake.notified().await;
+                    false
                 }
-                None => set.wake.notified().await,
+            };
+            if set.stopping() {
+                break;
+            }
+            // Woken without a request (resume, suspend, abort): only re-read the
+            // schedule.
+            let requested = std::mem::take(&mut set.live.lock().requested);
+            if !timed_out && !requested && !set.live.lock().restart {
+                set.note_status();
+                continue;
             }
         }
         if set.stopping() {
@@ -347,6 +361,7 @@ async fn run(node: Weak<Node>, set: Arc<PrimarySet>) {
         {
             let mut live = set.live.lock();
             live.running = true;
+            live.requested = false;
             live.started = Some(Instant::now());
             live.next_retry = None;
         }
