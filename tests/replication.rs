@@ -48,6 +48,18 @@ fn pair_via(
     (p, s)
 }
 
+/// `pair_via` a throttling proxy carrying `bytes_per_sec` toward the secondary.
+fn pair_throttled(bytes_per_sec: u64) -> (TestServer, TestServer, Proxy) {
+    let mut proxy = None;
+    let (p, s) = pair_via(|target| {
+        let px = Proxy::start(target, bytes_per_sec);
+        let addr = px.addr;
+        proxy = Some(px);
+        addr
+    });
+    (p, s, proxy.expect("pair_via calls the closure"))
+}
+
 fn pair() -> (TestServer, TestServer) {
     pair_via(|a| a)
 }
@@ -345,13 +357,7 @@ fn every_committed_cut_is_consistent_under_dependent_writes() {
 #[test]
 fn queue_policies_over_a_slow_link() {
     // The proxy carries the primary's cycles to the secondary at 4 MiB/s.
-    let proxy = std::sync::OnceLock::new();
-    let (p, _s) = pair_via(|target| {
-        let px = Proxy::start(target, 4 << 20);
-        let addr = px.addr;
-        proxy.set(px).ok();
-        addr
-    });
+    let (p, _s, _proxy) = pair_throttled(4 << 20);
     for (v, policy) in [("d", "discard"), ("q", "queue-latest")] {
         p.ctl_ok(&["volume", "create", v, "--size", "64M"]);
         p.ctl_ok(&["lun", "map", DEMO_IQN, if v == "d" { "1" } else { "2" }, v]);
@@ -771,14 +777,7 @@ fn a_secondary_killed_while_applying_is_at_one_cut_and_converges() {
 
 #[test]
 fn a_transfer_cut_off_midway_resumes_the_same_cut() {
-    let proxy = std::sync::OnceLock::new();
-    let (p, s) = pair_via(|target| {
-        let px = Proxy::start(target, 4 << 20);
-        let addr = px.addr;
-        proxy.set(px).ok();
-        addr
-    });
-    let proxy = proxy.get().unwrap();
+    let (p, s, proxy) = pair_throttled(4 << 20);
     p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x33 0 16m".into()]);
@@ -833,13 +832,7 @@ fn a_transfer_cut_off_midway_resumes_the_same_cut() {
 
 #[test]
 fn suspend_resume_abort_and_watch() {
-    let proxy = std::sync::OnceLock::new();
-    let (p, s) = pair_via(|target| {
-        let px = Proxy::start(target, 2 << 20);
-        let addr = px.addr;
-        proxy.set(px).ok();
-        addr
-    });
+    let (p, s, proxy) = pair_throttled(2 << 20);
     p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x21 0 16m".into()]);
@@ -880,7 +873,7 @@ fn suspend_resume_abort_and_watch() {
         "{o:?}"
     );
     p.ctl_ok(&["resume", "r"]);
-    proxy.get().unwrap().set_rate(0);
+    proxy.set_rate(0);
     p.ctl_ok(&["replicate", "r"]);
     // watch --until-ready returns once the cycle is done.
     let o = p.ctl(&["watch", "r", "--until-ready"]);

@@ -793,20 +793,8 @@ pub fn change(
             if c.volumes.contains_key(&name) {
                 return Err(AdminError::VolumeExists(name));
             }
-            // Ids name the LU to initiators (NAA designator): never reuse a live one.
-            let id = loop {
-                let id = new_id();
-                if id != 0 && !c.volumes.values().any(|v| v.id == id) {
-                    break id;
-                }
-            };
-            let spec = VolumeSpec {
-                size,
-                block_size,
-                id,
-                path: default_volume_path(&name),
-                page_size,
-            };
+            let spec = new_volume_spec(c, &name, size, block_size, page_size, new_id);
+            let id = spec.id;
             c.volumes.insert(name.clone(), spec.clone());
             let view = VolumeView {
                 name: name.clone(),
@@ -1267,6 +1255,50 @@ pub fn create_volume_file(path: &Path, size: u64) -> Result<(), AdminError> {
     })
 }
 
+/// The spec of a new volume with a fresh id. Ids name the LU to initiators (NAA
+/// designator): never reuse a live one, never 0.
+pub fn new_volume_spec(
+    c: &Catalog,
+    name: &str,
+    size: u64,
+    block_size: u32,
+    page_size: u32,
+    new_id: &mut dyn FnMut() -> u64,
+) -> VolumeSpec {
+    let id = loop {
+        let id = new_id();
+        if id != 0 && !c.volumes.values().any(|v| v.id == id) {
+            break id;
+        }
+    };
+    VolumeSpec {
+        size,
+        block_size,
+        id,
+        path: default_volume_path(name),
+        page_size,
+    }
+}
+
+/// Creates a new volume's backing file and starts serving it; on failure nothing is
+/// left behind. Returns the file's path.
+pub fn create_and_open_volume<H: Host + ?Sized>(
+    host: &H,
+    name: &str,
+    spec: &VolumeSpec,
+) -> Result<PathBuf, AdminError> {
+    let file = volume_file(host.data_dir(), spec);
+    create_volume_file(&file, spec.size)?;
+    if let Err(source) = host.open_volume(name, spec) {
+        let _ = fs::remove_file(&file);
+        return Err(AdminError::OpenVolume {
+            name: name.to_string(),
+            source,
+        });
+    }
+    Ok(file)
+}
+
 fn commit<H: Host + ?Sized>(host: &H, new: Catalog, effect: Effect) -> Result<(), AdminError> {
     let dir = host.data_dir();
     match effect {
@@ -1275,12 +1307,7 @@ fn commit<H: Host + ?Sized>(host: &H, new: Catalog, effect: Effect) -> Result<()
             *host.catalog().write() = new;
         }
         Effect::CreateVolume { name, spec } => {
-            let file = volume_file(dir, &spec);
-            create_volume_file(&file, spec.size)?;
-            if let Err(source) = host.open_volume(&name, &spec) {
-                let _ = fs::remove_file(&file);
-                return Err(AdminError::OpenVolume { name, source });
-            }
+            let file = create_and_open_volume(host, &name, &spec)?;
             if let Err(e) = store::save(dir, &new) {
                 host.close_volume(&name);
                 let _ = fs::remove_file(&file);

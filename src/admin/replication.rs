@@ -238,8 +238,8 @@ pub fn accept_secondary<H: super::Host + ?Sized>(
     volumes: &[crate::replication::wire::RemoteVolume],
     keep: u32,
 ) -> Result<(), AdminError> {
-    use super::apply::{create_volume_file, default_volume_path, volume_file};
-    use crate::catalog::{GroupSpec, VolumeSpec, DEFAULT_PAGE_SIZE};
+    use super::apply::{create_and_open_volume, new_volume_spec};
+    use crate::catalog::{GroupSpec, DEFAULT_PAGE_SIZE};
 
     let _serial = host.change_lock().lock();
     let mut new = host.catalog().read().clone();
@@ -268,32 +268,21 @@ pub fn accept_secondary<H: super::Host + ?Sized>(
         }
     };
     for v in volumes {
-        let id = loop {
-            let id = rand::random::<u64>();
-            if id != 0 && !new.volumes.values().any(|x| x.id == id) {
-                break id;
+        let spec = new_volume_spec(
+            &new,
+            &v.name,
+            v.size,
+            v.block_size,
+            DEFAULT_PAGE_SIZE,
+            &mut rand::random::<u64>,
+        );
+        let file = match create_and_open_volume(host, &v.name, &spec) {
+            Ok(file) => file,
+            Err(e) => {
+                undo(&created);
+                return Err(e);
             }
         };
-        let spec = VolumeSpec {
-            size: v.size,
-            block_size: v.block_size,
-            id,
-            path: default_volume_path(&v.name),
-            page_size: DEFAULT_PAGE_SIZE,
-        };
-        let file = volume_file(host.data_dir(), &spec);
-        if let Err(e) = create_volume_file(&file, spec.size) {
-            undo(&created);
-            return Err(e);
-        }
-        if let Err(source) = host.open_volume(&v.name, &spec) {
-            let _ = std::fs::remove_file(&file);
-            undo(&created);
-            return Err(AdminError::OpenVolume {
-                name: v.name.clone(),
-                source,
-            });
-        }
         created.push((v.name.clone(), file));
         new.volumes.insert(v.name.clone(), spec);
     }

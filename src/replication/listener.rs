@@ -130,28 +130,15 @@ async fn connection(node: Arc<Node>, stream: TcpStream) -> Result<(), WireError>
                 keep,
                 ..
             } => {
-                let node2 = node.clone();
-                let peer2 = peer.clone();
-                let res = tokio::task::spawn_blocking(move || {
-                    accept_secondary(&*node2, &set, &peer2, group.as_deref(), &volumes, keep)
+                let peer = peer.clone();
+                admin_change(&node, move |n| {
+                    accept_secondary(n, &set, &peer, group.as_deref(), &volumes, keep)
                 })
-                .await;
-                match res {
-                    Ok(Ok(())) => Message::Ok,
-                    Ok(Err(e)) => error("refused", e.to_string()),
-                    Err(e) => error("internal", e.to_string()),
-                }
+                .await
             }
             Message::DeleteSet { set } => match owned_set(&node, &peer, &set) {
                 Err(m) => m,
-                Ok(()) => {
-                    let node2 = node.clone();
-                    match tokio::task::spawn_blocking(move || drop_secondary(&*node2, &set)).await {
-                        Ok(Ok(())) => Message::Ok,
-                        Ok(Err(e)) => error("refused", e.to_string()),
-                        Err(e) => error("internal", e.to_string()),
-                    }
-                }
+                Ok(()) => admin_change(&node, move |n| drop_secondary(n, &set)).await,
             },
             Message::Reset { set, generation } => match owned_set(&node, &peer, &set) {
                 Err(m) => m,
@@ -245,6 +232,20 @@ async fn connection(node: Arc<Node>, stream: TcpStream) -> Result<(), WireError>
             _ => error("protocol", "unexpected message"),
         };
         send(&mut w, &answer).await?;
+    }
+}
+
+/// Runs a catalog change the peer asked for on a blocking thread (it fsyncs) and
+/// answers `Ok` or why not.
+async fn admin_change<F>(node: &Arc<Node>, change: F) -> Message
+where
+    F: FnOnce(&Node) -> Result<(), crate::admin::AdminError> + Send + 'static,
+{
+    let node = node.clone();
+    match tokio::task::spawn_blocking(move || change(&node)).await {
+        Ok(Ok(())) => Message::Ok,
+        Ok(Err(e)) => error("refused", e.to_string()),
+        Err(e) => error("internal", e.to_string()),
     }
 }
 

@@ -116,6 +116,14 @@ impl SnapshotSet {
         self.snapshots.lock().iter().map(info).collect()
     }
 
+    /// True when snapshot `cut` exists and still reads as its cut.
+    pub(crate) fn is_readable(&self, cut: CutId) -> bool {
+        self.snapshots
+            .lock()
+            .iter()
+            .any(|s| s.cut == cut && s.store.is_some())
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.live.load(Ordering::Acquire) == 0
     }

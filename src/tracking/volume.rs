@@ -180,9 +180,7 @@ impl TrackedVolume {
 
     /// True when snapshot `cut` exists and still reads as its cut.
     pub fn has_snapshot(&self, cut: CutId) -> bool {
-        self.snapshots()
-            .iter()
-            .any(|s| s.cut == cut && !s.invalidated)
+        self.snapshots.is_readable(cut)
     }
 
     /// Deletes a snapshot: frees its memory and removes its spill file.
