@@ -49,6 +49,11 @@ pub struct PrimaryState {
     /// `suspend`ed: no cycle runs until `resume`.
     #[serde(default)]
     pub suspended: bool,
+    /// The highest cut id this set has sent the peer, saved before the cut is: after a
+    /// restart, new cuts get higher ids, so the peer never takes a new cut for one it
+    /// committed or staged before.
+    #[serde(default)]
+    pub issued_cut: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -96,6 +101,9 @@ impl PrimarySet {
             tracing::warn!(set = name, error = %e, "replication state unreadable: starting a new generation");
             PrimaryState::default()
         });
+        if let Some(id) = state.issued_cut.max(state.last_cut) {
+            node.cut_ids_past(crate::tracking::CutId(id));
+        }
         let set = Arc::new(PrimarySet {
             name: name.to_string(),
             dir,
@@ -227,6 +235,12 @@ impl PrimarySet {
             {
                 tracing::warn!(set = %self.name, "replication task did not stop in 15 s");
             }
+        }
+        // A cut kept for the next attempt lives in memory only: its pages go back into
+        // the dirty maps, which a clean shutdown saves.
+        let kept = self.pending.lock().take();
+        if let Some(p) = kept {
+            abandon(p);
         }
     }
 
@@ -533,7 +547,21 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
             tracing::info!(cut = p.cut.id.0, "resuming the pending cut");
             p
         }
-        None => new_pending(node, &spec.volumes, &volumes, &tracked, generation, base).await?,
+        None => {
+            let p = new_pending(node, &spec.volumes, &volumes, &tracked, generation, base).await?;
+            let mut st = set.state.lock();
+            st.issued_cut = Some(p.cut.id.0);
+            let saved = st.clone();
+            drop(st);
+            if let Err(source) = save_state(&set.dir, &saved) {
+                abandon(p);
+                return Err(ReplicationError::State {
+                    set: set.name.clone(),
+                    source,
+                });
+            }
+            p
+        }
     };
     let started = Instant::now();
     let shipped = tokio::select! {
@@ -563,9 +591,16 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
             st.last_cycle = Some(total);
             let saved = st.clone();
             drop(st);
-            if let Err(e) = save_state(&set.dir, &saved) {
-                // The peer has the cut; only our record of it is missing.
-                tracing::error!(set = %set.name, error = %e, "cannot save replication state");
+            match save_state(&set.dir, &saved) {
+                Ok(()) => {
+                    let refs: Vec<&TrackedVolume> = tracked.iter().map(|t| &**t).collect();
+                    p.cut.committed(&refs);
+                }
+                // The peer has the cut; only our record of it is missing. The activity
+                // records stay: after a crash they make the next cycle resend more.
+                Err(e) => {
+                    tracing::error!(set = %set.name, error = %e, "cannot save replication state")
+                }
             }
             tracing::info!(
                 cut = p.cut.id.0,

@@ -168,6 +168,11 @@ impl Node {
         self.receivers.lock().get(set).cloned()
     }
 
+    /// Makes every later cut's id higher than `id` (a cut id a replication set saved).
+    pub fn cut_ids_past(&self, id: CutId) {
+        self.cuts.advance_past(id);
+    }
+
     /// A cut for a replication cycle, from the node-wide coordinator.
     pub async fn cut_for_replication(
         &self,

@@ -66,6 +66,9 @@ pub struct CutOptions {
 pub struct FrozenVolume {
     pub volume: Arc<str>,
     pub dirty: RoaringBitmap,
+    /// The activity-log epoch this cut ended (a cut that took the dirty map, of a
+    /// volume with a log): its records cover `dirty` until the cut is committed.
+    pub epoch: Option<u64>,
 }
 
 /// One consistent instant across a group.
@@ -86,6 +89,20 @@ impl Cut {
         for frozen in &self.volumes {
             if let Some(v) = volumes.iter().find(|v| *v.name() == frozen.volume) {
                 v.dirty().merge_back(&frozen.dirty);
+            }
+        }
+    }
+
+    /// The peer committed this cut and the caller recorded that durably: the activity
+    /// records that covered its frozen pages are no longer needed. `volumes` may be in
+    /// any order. Failing to delete only leaves more to resend after a crash.
+    pub fn committed(&self, volumes: &[&TrackedVolume]) {
+        for frozen in &self.volumes {
+            let Some(epoch) = frozen.epoch else { continue };
+            if let Some(v) = volumes.iter().find(|v| *v.name() == frozen.volume) {
+                if let Err(e) = v.forget_activity_through(epoch) {
+                    tracing::warn!(volume = %frozen.volume, error = %e, "cannot delete old activity records");
+                }
             }
         }
     }
@@ -218,13 +235,17 @@ impl CutCoordinator {
         let at = SystemTime::now();
         let volumes: Vec<FrozenVolume> = ordered
             .iter()
-            .map(|v| FrozenVolume {
-                volume: v.name().clone(),
-                dirty: if options.freeze_dirty {
-                    v.dirty().take()
+            .map(|v| {
+                let (dirty, epoch) = if options.freeze_dirty {
+                    (v.dirty().take(), v.rotate_activity())
                 } else {
-                    RoaringBitmap::new()
-                },
+                    (RoaringBitmap::new(), None)
+                };
+                FrozenVolume {
+                    volume: v.name().clone(),
+                    dirty,
+                    epoch,
+                }
             })
             .collect();
         if options.snapshot != SnapshotScope::None {

@@ -22,9 +22,14 @@
 //!   [`CowConfig::spill_dir`] ([`remove_stale_spill_files`] at startup).
 //! - Clean restart: [`TrackedVolume::close_and_save`] at shutdown (the gate stays
 //!   closed), [`TrackedVolume::load`] at startup. State saved before a crash is refused
-//!   ([`TrackingError::UncleanState`]); [`persist::discard_state`] clears it. The
-//!   crash-safe activity log of DESIGN.md is not here yet.
+//!   ([`TrackingError::UncleanState`]); [`persist::discard_state`] clears it.
+//! - Crash safety: a volume opened with [`TrackedVolume::open`] keeps an
+//!   [`activity::ActivityLog`]: the first write to a 4 MiB extent after a replication
+//!   cut waits for a durable record (group-committed). After a crash, `open` counts the
+//!   recorded extents as dirty. A replication calls [`Cut::committed`] once the peer
+//!   committed the cut and the primary saved that, which deletes the records.
 
+pub mod activity;
 pub mod cow;
 pub mod cut;
 pub mod dirty;

@@ -1073,3 +1073,199 @@ async fn frozen_scope_copies_only_frozen_pages_and_survives_a_restart() {
         Err(TrackingError::NotInSnapshot { page: 1, .. })
     ));
 }
+
+/// What happens to a volume served with an activity log, as a replication drives it.
+#[derive(Clone, Debug)]
+enum LifeOp {
+    Write {
+        page: u32,
+        pages: u32,
+    },
+    /// A replication cut: the dirty map goes to a pending cut.
+    Cut,
+    /// The peer committed the pending cut and the primary recorded it.
+    Commit,
+    /// The pending cut's transfer was given up: its pages go back.
+    Fail,
+    /// Clean shutdown (a pending cut is given up first, as the sender's stop does).
+    Restart,
+    /// kill -9: nothing saved.
+    Crash,
+}
+
+fn life_op() -> impl Strategy<Value = LifeOp> {
+    prop_oneof![
+        8 => (0..LIFE_PAGES, 1..6u32).prop_map(|(page, pages)| LifeOp::Write { page, pages }),
+        2 => Just(LifeOp::Cut),
+        2 => Just(LifeOp::Commit),
+        1 => Just(LifeOp::Fail),
+        1 => Just(LifeOp::Restart),
+        2 => Just(LifeOp::Crash),
+    ]
+}
+
+/// 1 MiB pages: 4 to an extent, so extents are easy to tell apart.
+const LIFE_PAGE: u32 = 1 << 20;
+const LIFE_PAGES: u32 = 38;
+
+fn extent_pages(pages: impl IntoIterator<Item = u32>) -> RoaringBitmap {
+    let per = activity::pages_per_extent(PageSize::new(LIFE_PAGE).unwrap());
+    let mut out = RoaringBitmap::new();
+    for p in pages {
+        let first = p / per * per;
+        out.insert_range(first..(first + per).min(LIFE_PAGES));
+    }
+    out
+}
+
+fn open_life(dir: &std::path::Path, cow: &CowConfig) -> (TrackedVolume, bool) {
+    let page = PageSize::new(LIFE_PAGE).unwrap();
+    TrackedVolume::open(
+        "v",
+        u64::from(LIFE_PAGES * LIFE_PAGE),
+        page,
+        cow.clone(),
+        dir,
+    )
+    .unwrap()
+}
+
+/// After any crash, the dirty pages cover every page changed since the last committed
+/// cut (the pending cut's and the active map's), and no more than the extents written
+/// since then plus the pages carried into the log when it started.
+fn run_life(ops: Vec<LifeOp>) -> Result<(), TestCaseError> {
+    let state = tempfile::tempdir().unwrap();
+    let spill = tempfile::tempdir().unwrap();
+    let cow = cow_config(spill.path(), 1 << 20);
+    let rt = runtime();
+    let coord = CutCoordinator::new(CutId(1));
+    let (mut vol, crashed) = open_life(state.path(), &cow);
+    prop_assert!(!crashed);
+    let mut dirty = RoaringBitmap::new();
+    let mut pending: Option<Cut> = None;
+    // Pages the log may name: of the current epoch, and of epochs a cut ended but no
+    // commit has forgotten yet.
+    let mut allowed_current = RoaringBitmap::new();
+    let mut allowed_ended = RoaringBitmap::new();
+
+    for op in ops {
+        match op {
+            LifeOp::Write { page, pages } => {
+                let pages = pages.min(LIFE_PAGES - page);
+                let offset = u64::from(page) * u64::from(LIFE_PAGE);
+                let len = u64::from(pages) * u64::from(LIFE_PAGE);
+                drop(rt.block_on(vol.begin_write(offset, len, no_read)).unwrap());
+                dirty.insert_range(page..page + pages);
+                allowed_current |= extent_pages(page..page + pages);
+            }
+            LifeOp::Cut => {
+                if let Some(p) = pending.take() {
+                    p.merge_back(&[&vol]);
+                    dirty |= &p.volumes[0].dirty;
+                }
+                let cut = rt
+                    .block_on(coord.cut_group(&[&vol], options(false)))
+                    .unwrap();
+                prop_assert_eq!(&cut.volumes[0].dirty, &dirty);
+                dirty.clear();
+                allowed_ended |= std::mem::take(&mut allowed_current);
+                pending = Some(cut);
+            }
+            LifeOp::Commit => {
+                if let Some(p) = pending.take() {
+                    p.committed(&[&vol]);
+                    allowed_ended.clear();
+                }
+            }
+            LifeOp::Fail => {
+                if let Some(p) = pending.take() {
+                    p.merge_back(&[&vol]);
+                    dirty |= &p.volumes[0].dirty;
+                }
+            }
+            LifeOp::Restart => {
+                if let Some(p) = pending.take() {
+                    p.merge_back(&[&vol]);
+                    dirty |= &p.volumes[0].dirty;
+                }
+                rt.block_on(vol.close_and_save(state.path(), Duration::from_secs(1)))
+                    .unwrap();
+                drop(vol);
+                let (v, crashed) = open_life(state.path(), &cow);
+                prop_assert!(!crashed);
+                prop_assert_eq!(v.dirty().snapshot(), dirty.clone());
+                vol = v;
+                allowed_current = dirty.clone();
+                allowed_ended.clear();
+            }
+            LifeOp::Crash => {
+                drop(vol);
+                let (v, crashed) = open_life(state.path(), &cow);
+                prop_assert!(crashed);
+                let got = v.dirty().snapshot();
+                let mut must = dirty.clone();
+                if let Some(p) = pending.take() {
+                    must |= &p.volumes[0].dirty;
+                }
+                prop_assert!(must.is_subset(&got), "lost {:?}", must - &got);
+                let may = &allowed_current | &allowed_ended;
+                prop_assert!(got.is_subset(&may), "extra {:?}", got - &may);
+                vol = v;
+                dirty = got;
+                allowed_current = dirty.clone();
+                allowed_ended.clear();
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    #[test]
+    fn after_a_crash_the_log_covers_every_uncommitted_write(
+        ops in proptest::collection::vec(life_op(), 1..50),
+    ) {
+        run_life(ops)?;
+    }
+}
+
+#[test]
+fn the_log_bounds_a_crash_to_the_extents_written_since_the_commit() {
+    let state = tempfile::tempdir().unwrap();
+    let spill = tempfile::tempdir().unwrap();
+    let cow = cow_config(spill.path(), 1 << 20);
+    let rt = runtime();
+    let coord = CutCoordinator::new(CutId(1));
+    let (vol, _) = open_life(state.path(), &cow);
+    let write = |vol: &TrackedVolume, page: u32| {
+        let offset = u64::from(page) * u64::from(LIFE_PAGE);
+        drop(rt.block_on(vol.begin_write(offset, 4096, no_read)).unwrap());
+    };
+    for page in [0, 1, 9, 37] {
+        write(&vol, page);
+    }
+    assert_eq!(vol.hot_extents(), 3);
+    let cut = rt
+        .block_on(coord.cut_group(&[&vol], options(false)))
+        .unwrap();
+    assert_eq!(vol.hot_extents(), 0, "a replication cut starts a new epoch");
+    write(&vol, 21);
+    cut.committed(&[&vol]);
+    // An admin snapshot's cut leaves the epoch alone.
+    let admin = CutOptions {
+        freeze_dirty: false,
+        ..options(true)
+    };
+    let snap = rt.block_on(coord.cut_group(&[&vol], admin)).unwrap();
+    assert_eq!(snap.volumes[0].epoch, None);
+    assert_eq!(vol.hot_extents(), 1);
+    drop(vol);
+    let (vol, crashed) = open_life(state.path(), &cow);
+    assert!(crashed);
+    assert_eq!(
+        vol.dirty().snapshot().iter().collect::<Vec<_>>(),
+        vec![20, 21, 22, 23]
+    );
+}

@@ -41,7 +41,7 @@ fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn sync_dir(path: &Path) -> Result<(), TrackingError> {
+pub(crate) fn sync_dir(path: &Path) -> Result<(), TrackingError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -68,7 +68,7 @@ where
     sync_dir(path)
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TrackingError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TrackingError + '_ {
     move |source| TrackingError::Io {
         path: path.to_owned(),
         source,
@@ -348,12 +348,14 @@ pub(crate) fn ensure_live_state(dir: &Path) -> Result<(), TrackingError> {
 }
 
 /// A volume served without tracking: writes now go unrecorded, so whatever `dir` holds
-/// stops counting as clean and the next tracked start counts every page as changed.
+/// stops counting as clean, the activity log goes, and the next tracked start counts
+/// every page as changed.
 pub fn mark_untracked(dir: &Path) -> Result<(), TrackingError> {
     ensure_live_state(dir)?;
     let clean = dir.join(CLEAN_FILE);
     remove_if_present(&clean)?;
-    sync_dir(&clean)
+    sync_dir(&clean)?;
+    super::activity::discard(dir)
 }
 
 /// Removes every tracking state file from `dir` (after [`TrackingError::UncleanState`],
@@ -365,7 +367,7 @@ pub fn discard_state(dir: &Path) -> Result<(), TrackingError> {
     Ok(())
 }
 
-fn remove_if_present(path: &Path) -> Result<(), TrackingError> {
+pub(crate) fn remove_if_present(path: &Path) -> Result<(), TrackingError> {
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use roaring::RoaringBitmap;
 
+use super::activity::{self, ActivityLog};
 use super::cow::CowConfig;
 use super::dirty::DirtyMap;
 use super::gate::{WriteGate, WriteGuard};
@@ -24,6 +25,9 @@ pub struct TrackedVolume {
     dirty: DirtyMap,
     gate: WriteGate,
     snapshots: SnapshotSet,
+    /// Durable record of the extents written since the last committed cut; absent for
+    /// a volume tracked in memory only ([`TrackedVolume::new`]).
+    activity: Option<ActivityLog>,
 }
 
 impl TrackedVolume {
@@ -59,6 +63,7 @@ impl TrackedVolume {
             pages,
             dirty: DirtyMap::from_bitmap(dirty),
             gate: WriteGate::new(),
+            activity: None,
         })
     }
 
@@ -99,8 +104,10 @@ impl TrackedVolume {
     }
 
     /// The write path, step one: enter the gate (waiting while a cut holds it closed),
-    /// preserve old content for live snapshots, mark the pages dirty. Write the data
-    /// while holding the returned guard, then drop it.
+    /// record the extents in the activity log (a sync, only for the first write to an
+    /// extent since the last replication cut), preserve old content for live snapshots,
+    /// mark the pages dirty. Write the data while holding the returned guard, then drop
+    /// it.
     ///
     /// `read_old(page, buf)` reads one page of current content (zeros past the end of
     /// the volume); it is only called when a live snapshot has not kept that page yet.
@@ -117,17 +124,14 @@ impl TrackedVolume {
     {
         let pages = self.pages_of(offset, len)?;
         let guard = self.gate.enter().await;
+        if let Some(log) = &self.activity {
+            log.record(pages.clone()).await?;
+        }
         self.write_entered(pages, read_old)?;
         Ok(guard)
     }
 
-    /// [`TrackedVolume::begin_write`] for a caller that already holds a gate guard
-    /// (from [`WriteGate::enter`], `enter_owned` or `try_enter`).
-    pub fn write_entered<F>(
-        &self,
-        pages: Range<PageIndex>,
-        read_old: F,
-    ) -> Result<(), TrackingError>
+    fn write_entered<F>(&self, pages: Range<PageIndex>, read_old: F) -> Result<(), TrackingError>
     where
         F: FnMut(PageIndex, &mut [u8]) -> io::Result<()>,
     {
@@ -219,9 +223,19 @@ impl TrackedVolume {
         dir: &Path,
     ) -> Result<Self, TrackingError> {
         let page_bytes = page_size.bytes() as usize;
-        let Some(state) = persist::load_state(dir, page_bytes)? else {
-            return Self::new(name, size, page_size, cow);
-        };
+        match persist::load_state(dir, page_bytes)? {
+            Some(state) => Self::from_state(name, size, page_size, cow, state),
+            None => Self::new(name, size, page_size, cow),
+        }
+    }
+
+    fn from_state(
+        name: &str,
+        size: u64,
+        page_size: PageSize,
+        cow: CowConfig,
+        state: persist::LoadedState,
+    ) -> Result<Self, TrackingError> {
         let pages = page_size.page_count(size)?;
         if state
             .snapshots
@@ -241,11 +255,12 @@ impl TrackedVolume {
         Ok(volume)
     }
 
-    /// Startup of a served volume: the state a clean shutdown saved in `dir`, or a fresh
-    /// one; either way a live state stays on disk, so a crash from now on is detected at
-    /// the next start. After a crash every page counts as changed (returned `true`): the
-    /// next cut covers the whole volume, more than needed but never less, until the
-    /// durable activity log of DESIGN.md bounds it.
+    /// Startup of a served volume, with its state in `dir`: what a clean shutdown saved,
+    /// or after a crash every page the activity log names (returned `true`), or a fresh
+    /// state. Either way the activity log starts and a live state stays on disk, so a
+    /// crash from now on is found at the next start. State from a crash without an
+    /// activity log (an older version, or a volume served untracked) counts every page
+    /// as changed.
     pub fn open(
         name: &str,
         size: u64,
@@ -253,19 +268,56 @@ impl TrackedVolume {
         cow: CowConfig,
         dir: &Path,
     ) -> Result<(Self, bool), TrackingError> {
-        let (volume, crashed) = match Self::load(name, size, page_size, cow.clone(), dir) {
-            Ok(v) => (v, false),
-            Err(TrackingError::UncleanState { .. }) => {
-                persist::discard_state(dir)?;
-                let pages = page_size.page_count(size)?;
-                let mut all = RoaringBitmap::new();
-                all.insert_range(0..pages);
-                (Self::with_dirty(name, size, page_size, cow, all)?, true)
+        let page_bytes = page_size.bytes() as usize;
+        let loaded = match persist::load_state(dir, page_bytes) {
+            Ok(Some(state)) => Some(Self::from_state(name, size, page_size, cow.clone(), state)?),
+            // No saved state but a log: a crash between clearing one and writing another.
+            Ok(None) if !activity::exists(dir)? => {
+                Some(Self::new(name, size, page_size, cow.clone())?)
             }
+            Ok(None) | Err(TrackingError::UncleanState { .. }) => None,
             Err(e) => return Err(e),
         };
+        let (mut volume, crashed) = match loaded {
+            Some(v) => (v, false),
+            None => {
+                let pages = page_size.page_count(size)?;
+                let dirty = activity::recover(dir, pages, page_size)?.unwrap_or_else(|| {
+                    let mut all = RoaringBitmap::new();
+                    all.insert_range(0..pages);
+                    all
+                });
+                persist::discard_state(dir)?;
+                (Self::with_dirty(name, size, page_size, cow, dirty)?, true)
+            }
+        };
+        volume.activity = Some(ActivityLog::start(
+            dir,
+            page_size,
+            &volume.dirty.snapshot(),
+        )?);
         persist::ensure_live_state(dir)?;
         Ok((volume, crashed))
+    }
+
+    /// Ends the activity log's epoch at a cut that takes the dirty map (the gate is
+    /// closed and drained); `None` without a log.
+    pub(crate) fn rotate_activity(&self) -> Option<u64> {
+        self.activity.as_ref().map(ActivityLog::rotate)
+    }
+
+    /// The cut that ended activity epoch `epoch` is committed by the peer and recorded:
+    /// the log's files up to that epoch go.
+    pub fn forget_activity_through(&self, epoch: u64) -> Result<(), TrackingError> {
+        match &self.activity {
+            Some(log) => log.forget_through(epoch),
+            None => Ok(()),
+        }
+    }
+
+    /// Extents recorded in the activity log's current epoch (0 without a log).
+    pub fn hot_extents(&self) -> u64 {
+        self.activity.as_ref().map_or(0, ActivityLog::hot_extents)
     }
 
     /// Lets go of `pages` of snapshot `cut` once they are no longer needed (sent and

@@ -23,7 +23,7 @@ pub struct TestServer {
     pub socket: PathBuf,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
-    extra: Vec<String>,
+    pub extra: Vec<String>,
 }
 
 pub fn bin() -> &'static str {
