@@ -989,3 +989,56 @@ fn a_primary_killed_mid_cycle_resends_only_what_may_have_changed() {
         "the secondary did not converge to the primary"
     );
 }
+
+#[test]
+fn a_clean_restart_with_a_failed_cycle_pending_loses_no_page() {
+    let (mut p, mut s, proxy) = pair_throttled(0);
+    p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
+    p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
+    let url = p.url(DEMO_IQN, 1);
+    qemu_io(&url, &["write -P 0x61 0 8m".into()]);
+    p.ctl_ok(&[
+        "replication",
+        "create",
+        "r",
+        "--volume",
+        "v",
+        "--peer",
+        "dr",
+    ]);
+    replicate(&p, "r");
+    // A cycle that fails part way (the secondary goes away) keeps its cut for a retry;
+    // the primary then shuts down cleanly with that cut still pending.
+    qemu_io(&url, &["write -P 0x62 1m 8m".into()]);
+    proxy.set_rate(1 << 20);
+    p.ctl_ok(&["replicate", "r"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while show(&p, "r")["progress"]["bytes_done"]
+        .as_u64()
+        .unwrap_or(0)
+        < 1 << 20
+    {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.stop();
+    proxy.cut();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while show(&p, "r")["error"].is_null() {
+        assert!(Instant::now() < deadline, "the cycle did not fail");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p.restart();
+    proxy.set_rate(0);
+    s.restart();
+    let last = replicate(&p, "r");
+    assert!(
+        last["data_bytes"].as_u64().unwrap() >= 8 << 20,
+        "the pending cut's pages were not shipped: {last}"
+    );
+    assert!(
+        std::fs::read(p.data_path("volumes/v.img")).unwrap()
+            == std::fs::read(s.data_path("volumes/v.img")).unwrap(),
+        "the secondary misses pages of the cut pending at shutdown"
+    );
+}
