@@ -7,9 +7,9 @@ use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use super::wire::{self, auth, Extent, Message, PROTOCOL_VERSION};
+use super::wire::{self, auth, EncodedExtent, Message, PROTOCOL_VERSION};
 use super::ReplicationError;
-use crate::catalog::PeerSpec;
+use crate::catalog::{Compression, PeerSpec};
 
 /// How long connecting and each answer may take.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,6 +21,8 @@ pub struct PeerConn {
     writer: BufWriter<OwnedWriteHalf>,
     /// Bytes written so far (framing included), for cycle statistics.
     pub sent: u64,
+    /// Codecs the peer said it decodes in extents (none from a build before them).
+    pub codecs: Vec<Compression>,
 }
 
 impl PeerConn {
@@ -43,6 +45,7 @@ impl PeerConn {
             reader: BufReader::with_capacity(256 << 10, r),
             writer: BufWriter::with_capacity(1 << 20, w),
             sent: 0,
+            codecs: Vec::new(),
         };
         let ours = auth::nonce();
         conn.send(&Message::Hello {
@@ -51,7 +54,18 @@ impl PeerConn {
         })
         .await?;
         let theirs = match conn.recv().await? {
-            Message::Challenge { version, nonce } if version == PROTOCOL_VERSION => nonce,
+            Message::Challenge {
+                version,
+                nonce,
+                compress,
+            } if version == PROTOCOL_VERSION => {
+                // Names this build does not know are codecs it cannot use.
+                conn.codecs = compress
+                    .iter()
+                    .filter_map(|c| Compression::parse(c))
+                    .collect();
+                nonce
+            }
             Message::Challenge { version, .. } => {
                 return Err(ReplicationError::Version {
                     peer: name.to_string(),
@@ -125,14 +139,15 @@ impl PeerConn {
         }
     }
 
-    /// Queues an extent (buffered; `send` and `flush` push it out).
-    pub async fn send_extent(&mut self, e: &Extent) -> Result<(), ReplicationError> {
-        self.sent += Extent::overhead()
-            + match &e.kind {
-                wire::ExtentKind::Data(d) => d.len() as u64,
-                wire::ExtentKind::Zero { .. } => 0,
-            };
-        match tokio::time::timeout(ANSWER_TIMEOUT, wire::write_extent(&mut self.writer, e)).await {
+    /// Whether the peer decodes extents compressed with `how` (`none` always).
+    pub fn accepts(&self, how: Compression) -> bool {
+        how.is_none() || self.codecs.contains(&how)
+    }
+
+    /// Queues an encoded extent (buffered; `send` and `flush` push it out).
+    pub async fn send_extent(&mut self, e: &EncodedExtent) -> Result<(), ReplicationError> {
+        self.sent += e.wire_len();
+        match tokio::time::timeout(ANSWER_TIMEOUT, wire::write_encoded(&mut self.writer, e)).await {
             Ok(r) => r.map_err(|e| self.wire_err(e)),
             Err(_) => Err(self.stalled()),
         }

@@ -22,11 +22,11 @@ use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
 use super::peer::PeerConn;
-use super::wire::{Extent, ExtentKind, Message, MAX_EXTENT};
+use super::wire::{self, EncodedExtent, Extent, ExtentKind, Message, MAX_EXTENT};
 use super::ReplicationError;
 use crate::admin::protocol::{CycleProgressView, CycleView, ReplicationView};
 use crate::admin::time::{rfc3339_utc, unix_secs};
-use crate::catalog::QueuePolicy;
+use crate::catalog::{Compression, QueuePolicy};
 use crate::server::Node;
 use crate::tracking::{CutOptions, SnapshotScope, TrackedVolume};
 use crate::volume::Volume;
@@ -535,9 +535,19 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
         }
         None => new_pending(node, &spec.volumes, &volumes, &tracked, generation, base).await?,
     };
+    let how = if conn.accepts(spec.compress) {
+        spec.compress
+    } else {
+        tracing::warn!(
+            peer = %spec.peer,
+            compress = %spec.compress,
+            "the peer does not decode this codec (an older build?): extents travel uncompressed"
+        );
+        Compression::None
+    };
     let started = Instant::now();
     let shipped = tokio::select! {
-        r = ship(set, &mut conn, &volumes, &tracked, &spec.volumes, &p) => r,
+        r = ship(set, &mut conn, &volumes, &tracked, &spec.volumes, &p, how) => r,
         _ = wait_stop(set) => Err(ReplicationError::Stopping),
     };
     match shipped {
@@ -549,6 +559,8 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
             total.cut_id = stats.cut_id;
             total.full = stats.full;
             total.data_bytes += stats.data_bytes;
+            total.wire_data_bytes += stats.wire_data_bytes;
+            total.compress = stats.compress;
             total.record_bytes += stats.record_bytes;
             total.zero_bytes += stats.zero_bytes;
             total.overhead_bytes += stats.overhead_bytes;
@@ -570,6 +582,7 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
             tracing::info!(
                 cut = p.cut.id.0,
                 data_bytes = total.data_bytes,
+                wire_data_bytes = total.wire_data_bytes,
                 records = total.record_bytes,
                 seconds = total.seconds,
                 "cycle committed"
@@ -584,6 +597,7 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
             // Keep the cut: the next attempt resumes it.
             if let Some(partial) = set.live.lock().partial.take() {
                 p.shipped.data_bytes += partial.data_bytes;
+                p.shipped.wire_data_bytes += partial.wire_data_bytes;
                 p.shipped.record_bytes += partial.record_bytes;
                 p.shipped.zero_bytes += partial.zero_bytes;
                 p.shipped.seconds += started.elapsed().as_secs_f64();
@@ -744,7 +758,8 @@ fn runs(volume: u32, pages: u32, data: &RoaringBitmap, full: bool) -> Vec<Run> {
 
 /// Ships a pending cut: `BeginCut`, the extents the peer has not staged yet, `EndCut`.
 /// Extents come out in the same order on every attempt (the plan and the snapshot are
-/// fixed), so the peer's count of staged extents says where to go on.
+/// fixed), so the peer's count of staged extents says where to go on. Data extents
+/// travel compressed with `how` where that makes them smaller.
 async fn ship(
     set: &PrimarySet,
     conn: &mut PeerConn,
@@ -752,6 +767,7 @@ async fn ship(
     tracked: &[Arc<TrackedVolume>],
     names: &[String],
     p: &Pending,
+    how: Compression,
 ) -> Result<CycleView, ReplicationError> {
     let cut = p.cut.id;
     let full = p.base.is_none();
@@ -764,6 +780,7 @@ async fn ship(
     let mut stats = CycleView {
         cut_id: cut.0,
         full,
+        compress: how,
         ..Default::default()
     };
     let skip = match conn
@@ -802,7 +819,8 @@ async fn ship(
                     kind: ExtentKind::Zero { len: end - start },
                     crc: 0,
                 };
-                conn.send_extent(&e).await?;
+                conn.send_extent(&wire::encode_extent(&e, Compression::None))
+                    .await?;
                 stats.record_bytes += Extent::overhead();
                 stats.zero_bytes += end - start;
             }
@@ -827,45 +845,38 @@ async fn ship(
                     source: Box::new(e),
                 })?;
             let buf = buf.freeze();
-            // Runs of zero and non-zero pages: zeros travel as records.
-            let mut at = 0usize;
-            while at < buf.len() {
-                let step = |q: usize| (page as usize).min(buf.len() - q);
-                let zero = is_zero(&buf[at..at + step(at)]);
-                let mut q = at + step(at);
-                while q < buf.len() && is_zero(&buf[q..q + step(q)]) == zero {
-                    q += step(q);
+            // Runs of zero and non-zero pages: zeros travel as records. Extents the
+            // peer staged in an earlier attempt are not sent again.
+            let pieces = zero_runs(&buf, page as usize);
+            let first = index;
+            index += pieces.len() as u64;
+            let todo: Vec<(std::ops::Range<usize>, bool)> = pieces
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| first + *i as u64 >= skip)
+                .map(|(_, p)| p)
+                .collect();
+            let encoded = if how.is_none() {
+                encode(run.volume, off, &buf, &todo, how)
+            } else {
+                // Compressing a MiB takes milliseconds: not on a runtime thread.
+                let (volume, buf, todo2) = (run.volume, buf.clone(), todo.clone());
+                tokio::task::spawn_blocking(move || encode(volume, off, &buf, &todo2, how))
+                    .await
+                    .map_err(|_| ReplicationError::Stopping)?
+            };
+            for ((range, zero), e) in todo.into_iter().zip(encoded) {
+                if zero {
+                    stats.record_bytes += Extent::overhead();
+                    stats.zero_bytes += range.len() as u64;
+                } else {
+                    stats.data_bytes += range.len() as u64;
+                    stats.wire_data_bytes += e.payload.len() as u64;
                 }
-                if index >= skip {
-                    let offset = off + at as u64;
-                    let e = if zero {
-                        stats.record_bytes += Extent::overhead();
-                        stats.zero_bytes += (q - at) as u64;
-                        Extent {
-                            volume: run.volume,
-                            offset,
-                            kind: ExtentKind::Zero {
-                                len: (q - at) as u64,
-                            },
-                            crc: 0,
-                        }
-                    } else {
-                        let d: Bytes = buf.slice(at..q);
-                        stats.data_bytes += d.len() as u64;
-                        Extent {
-                            volume: run.volume,
-                            offset,
-                            crc: crc32c::crc32c(&d),
-                            kind: ExtentKind::Data(d),
-                        }
-                    };
-                    if let Err(e) = conn.send_extent(&e).await {
-                        set.live.lock().partial = Some(stats);
-                        return Err(e);
-                    }
+                if let Err(e) = conn.send_extent(&e).await {
+                    set.live.lock().partial = Some(stats);
+                    return Err(e);
                 }
-                index += 1;
-                at = q;
             }
             off += len;
             done += len;
@@ -896,8 +907,63 @@ async fn ship(
         }
     }
     let wire_total = conn.sent - sent_before;
-    stats.overhead_bytes = wire_total.saturating_sub(stats.data_bytes + stats.record_bytes);
+    stats.overhead_bytes = wire_total.saturating_sub(stats.wire_data_bytes + stats.record_bytes);
     Ok(stats)
+}
+
+/// Splits a chunk read from a volume into runs of zero and non-zero pages (`page`
+/// bytes, the last one possibly shorter): `(range in the chunk, zero)`.
+fn zero_runs(buf: &[u8], page: usize) -> Vec<(std::ops::Range<usize>, bool)> {
+    let step = |q: usize| page.min(buf.len() - q);
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < buf.len() {
+        let zero = is_zero(&buf[at..at + step(at)]);
+        let mut q = at + step(at);
+        while q < buf.len() && is_zero(&buf[q..q + step(q)]) == zero {
+            q += step(q);
+        }
+        out.push((at..q, zero));
+        at = q;
+    }
+    out
+}
+
+/// The frames of `pieces` of a chunk read at `off` of volume `volume`: zero records,
+/// and data extents (crc32c of the data as read) compressed with `how` where that
+/// makes them smaller.
+fn encode(
+    volume: u32,
+    off: u64,
+    buf: &Bytes,
+    pieces: &[(std::ops::Range<usize>, bool)],
+    how: Compression,
+) -> Vec<EncodedExtent> {
+    pieces
+        .iter()
+        .map(|(range, zero)| {
+            let offset = off + range.start as u64;
+            let e = if *zero {
+                Extent {
+                    volume,
+                    offset,
+                    kind: ExtentKind::Zero {
+                        len: range.len() as u64,
+                    },
+                    crc: 0,
+                }
+            } else {
+                let d = buf.slice(range.clone());
+                Extent {
+                    volume,
+                    offset,
+                    crc: crc32c::crc32c(&d),
+                    kind: ExtentKind::Data(d),
+                }
+            };
+            wire::encode_extent(&e, how)
+        })
+        .collect()
 }
 
 fn is_zero(b: &[u8]) -> bool {
