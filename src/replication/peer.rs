@@ -189,3 +189,81 @@ impl PeerConn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A fake receiver that authenticates like the listener and lists `codecs` (as
+    /// JSON values) in its challenge, or leaves the field out like a build before
+    /// compression.
+    async fn fake_peer(
+        codecs: Option<serde_json::Value>,
+    ) -> (PeerSpec, tokio::task::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let spec = PeerSpec {
+            addr: l.local_addr().unwrap().to_string(),
+            secret: "fake-peer-secret".into(),
+        };
+        let secret = spec.secret.clone();
+        let task = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut r = BufReader::new(r);
+            let Message::Hello { nonce: theirs, .. } = wire::read_message(&mut r).await.unwrap()
+            else {
+                panic!("expected hello")
+            };
+            let ours = auth::nonce();
+            let mut challenge = serde_json::json!({
+                "msg": "challenge",
+                "version": PROTOCOL_VERSION,
+                "nonce": ours,
+            });
+            if let Some(c) = codecs {
+                challenge["compress"] = c;
+            }
+            let body = serde_json::to_vec(&challenge).unwrap();
+            let mut frame = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+            frame.push(1);
+            frame.extend_from_slice(&body);
+            w.write_all(&frame).await.unwrap();
+            let Message::Proof { .. } = wire::read_message(&mut r).await.unwrap() else {
+                panic!("expected proof")
+            };
+            let mac = auth::prove(&secret, auth::SERVER, &ours, &theirs);
+            wire::write_message(&mut w, &Message::Welcome { mac })
+                .await
+                .unwrap();
+        });
+        (spec, task)
+    }
+
+    #[tokio::test]
+    async fn the_codecs_a_peer_lists_are_the_ones_used() {
+        let cases = [
+            (None, vec![]),
+            (Some(serde_json::json!([])), vec![]),
+            (
+                Some(serde_json::json!(["zstd", "lz4"])),
+                vec![Compression::Zstd, Compression::Lz4],
+            ),
+            // A codec of a later build is one this build cannot use.
+            (
+                Some(serde_json::json!(["brotli", "lz4"])),
+                vec![Compression::Lz4],
+            ),
+        ];
+        for (listed, want) in cases {
+            let (spec, task) = fake_peer(listed.clone()).await;
+            let conn = PeerConn::connect("fake", &spec).await.unwrap();
+            task.await.unwrap();
+            assert_eq!(conn.codecs, want, "{listed:?}");
+            assert!(conn.accepts(Compression::None));
+            for c in [Compression::Zstd, Compression::Lz4] {
+                assert_eq!(conn.accepts(c), want.contains(&c), "{listed:?} {c}");
+            }
+        }
+    }
+}
