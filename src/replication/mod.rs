@@ -81,6 +81,8 @@ pub enum ReplicationError {
     },
     #[error("the replication set is stopping")]
     Stopping,
+    #[error("compressing extents")]
+    Encode(#[source] tokio::task::JoinError),
     #[error("replication set '{0}' is suspended (`resume` it first)")]
     Suspended(String),
     #[error("no cycle of '{0}' is running")]

@@ -856,14 +856,18 @@ async fn ship(
                 .filter(|(i, _)| first + *i as u64 >= skip)
                 .map(|(_, p)| p)
                 .collect();
-            let encoded = if how.is_none() {
-                encode(run.volume, off, &buf, &todo, how)
+            let (todo, encoded) = if how.is_none() {
+                let encoded = encode(run.volume, off, &buf, &todo, how);
+                (todo, encoded)
             } else {
                 // Compressing a MiB takes milliseconds: not on a runtime thread.
-                let (volume, buf, todo2) = (run.volume, buf.clone(), todo.clone());
-                tokio::task::spawn_blocking(move || encode(volume, off, &buf, &todo2, how))
-                    .await
-                    .map_err(|_| ReplicationError::Stopping)?
+                let (volume, buf) = (run.volume, buf.clone());
+                tokio::task::spawn_blocking(move || {
+                    let encoded = encode(volume, off, &buf, &todo, how);
+                    (todo, encoded)
+                })
+                .await
+                .map_err(ReplicationError::Encode)?
             };
             for ((range, zero), e) in todo.into_iter().zip(encoded) {
                 if zero {
@@ -1013,6 +1017,48 @@ mod tests {
         f.sync_all().unwrap();
         let pages = allocated_pages(&p, 1 << 20, 4096).unwrap();
         assert_eq!(pages.iter().collect::<Vec<_>>(), vec![2, 16]);
+    }
+
+    #[test]
+    fn zero_runs_split_by_page_and_keep_a_short_tail() {
+        let mut b = vec![0u8; 4 * 4096 + 100];
+        b[4096 + 7] = 1; // page 1
+        b[2 * 4096] = 1; // page 2
+        b[4 * 4096 + 99] = 1; // the short tail
+        assert_eq!(
+            zero_runs(&b, 4096),
+            vec![
+                (0..4096, true),
+                (4096..3 * 4096, false),
+                (3 * 4096..4 * 4096, true),
+                (4 * 4096..4 * 4096 + 100, false)
+            ]
+        );
+        assert!(zero_runs(&[], 4096).is_empty());
+    }
+
+    #[test]
+    fn encoded_pieces_keep_the_crc_of_the_data_as_read() {
+        let data: Vec<u8> = (0..3 * 4096).map(|i| (i / 64 % 3) as u8 + 1).collect();
+        let buf = Bytes::from(data);
+        let pieces = vec![(0..4096, false), (4096..3 * 4096, false)];
+        for how in [Compression::None, Compression::Zstd, Compression::Lz4] {
+            let enc = encode(2, 1 << 20, &buf, &pieces, how);
+            assert_eq!(enc.len(), 2);
+            for (e, (range, _)) in enc.iter().zip(&pieces) {
+                assert_eq!(e.codec, how);
+                let mut frame = e.head.to_vec();
+                frame.extend_from_slice(&e.payload);
+                let wire::Frame::Extent(x) =
+                    wire::decode_body(Bytes::from(frame[4..].to_vec())).unwrap()
+                else {
+                    panic!("not an extent")
+                };
+                assert_eq!(x.offset, (1 << 20) + range.start as u64);
+                assert_eq!(x.crc, crc32c::crc32c(&buf[range.clone()]));
+                assert_eq!(x.kind, ExtentKind::Data(buf.slice(range.clone())));
+            }
+        }
     }
 
     #[test]
