@@ -96,6 +96,11 @@ impl PrimarySet {
             tracing::warn!(set = name, error = %e, "replication state unreadable: starting a new generation");
             PrimaryState::default()
         });
+        // Cut ids are the node's, not saved with it: after a restart they must go on
+        // past this set's last cut, or the secondary refuses the next one forever.
+        if let Some(cut) = state.last_cut {
+            node.advance_cuts_past(cut);
+        }
         let set = Arc::new(PrimarySet {
             name: name.to_string(),
             dir,

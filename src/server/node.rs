@@ -169,6 +169,12 @@ impl Node {
     }
 
     /// A cut for a replication cycle, from the node-wide coordinator.
+    /// Makes later cut ids larger than `cut`: a primary set's last committed cut, on
+    /// start (the secondary refuses a cut not newer than the one it applied).
+    pub fn advance_cuts_past(&self, cut: u64) {
+        self.cuts.advance_past(CutId(cut));
+    }
+
     pub async fn cut_for_replication(
         &self,
         volumes: &[&TrackedVolume],
