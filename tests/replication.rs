@@ -923,7 +923,7 @@ fn compressible_and_noise(dir: &std::path::Path) -> (String, String) {
 
 #[test]
 fn compressed_sets_replicate_byte_for_byte_and_put_fewer_bytes_on_the_wire() {
-    let (p, s) = pair();
+    let (mut p, s) = pair();
     let dir = tempfile::tempdir().unwrap();
     let (text, noise) = compressible_and_noise(dir.path());
     for (lun, how) in [(1u64, "zstd"), (2, "lz4")] {
@@ -1067,4 +1067,20 @@ fn compressed_sets_replicate_byte_for_byte_and_put_fewer_bytes_on_the_wire() {
         assert_eq!(names, ["r-lz4", "r-zstd"], "{sets}");
     }
     assert!(!s.ctl(&["volume", "show", "w"]).status.success());
+
+    // The setting is in the catalog: after a restart the set still compresses.
+    p.restart();
+    assert_eq!(show(&p, "r-zstd")["compress"], "zstd");
+    qemu_io(&p.url(DEMO_IQN, 1), &[format!("write -s {text} 40m 1m")]);
+    let after = replicate(&p, "r-zstd");
+    assert_eq!(
+        (after["data_bytes"].as_u64(), after["compress"].as_str()),
+        (Some(1 << 20), Some("zstd")),
+        "{after}"
+    );
+    assert!(
+        after["wire_data_bytes"].as_u64().unwrap() < 1 << 19,
+        "{after}"
+    );
+    compare(&p.url(DEMO_IQN, 1), &s.url(DEMO_IQN, 1));
 }
