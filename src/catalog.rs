@@ -476,6 +476,29 @@ mod tests {
     }
 
     #[test]
+    fn a_replication_set_from_before_compression_loads_and_saves_the_same() {
+        let old = r#"{"role":"primary","peer":"dr","volumes":["a"],"remote_volumes":["a"],"queue_policy":"discard","keep":8}"#;
+        let spec: ReplicationSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec.compress, Compression::None);
+        // `none` stays out of the file, so an older build still reads it.
+        assert_eq!(serde_json::to_string(&spec).unwrap(), old);
+        let mut zstd = spec.clone();
+        zstd.compress = Compression::Zstd;
+        let json = serde_json::to_string(&zstd).unwrap();
+        assert!(json.ends_with(r#""keep":8,"compress":"zstd"}"#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<ReplicationSpec>(&json).unwrap(),
+            zstd
+        );
+        for c in Compression::ALL {
+            assert_eq!(Compression::parse(c.name()), Some(c));
+            assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{c}\""));
+        }
+        assert_eq!(Compression::parse("gzip"), None);
+        assert_eq!(Compression::parse("ZSTD"), None);
+    }
+
+    #[test]
     fn check_finds_hand_edits_that_break_the_rules() {
         let mut c = Catalog::embedded_default(1);
         assert_eq!(c.check(), Ok(()));
