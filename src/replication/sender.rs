@@ -810,6 +810,20 @@ async fn ship(
     let started = Instant::now();
     let mut index = 0u64;
     let mut done = 0u64;
+    let report = |done: u64| {
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        set.live.lock().progress = Some(CycleProgressView {
+            cut_id: cut.0,
+            bytes_done: done,
+            bytes_total: p.total,
+            rate_bytes_per_sec: rate,
+            eta_secs: (rate > 0.0).then(|| p.total.saturating_sub(done) as f64 / rate),
+        });
+    };
+    // The chunk read before the current one (and its length): sent while the current
+    // one compresses, so compressing overlaps sending. Frames still go out in order.
+    let mut ahead: Option<(Batch, u64)> = None;
     for run in &p.plan {
         let v = &volumes[run.volume as usize];
         let t = &tracked[run.volume as usize];
@@ -817,6 +831,11 @@ async fn ship(
         let start = u64::from(run.pages.start) * page;
         let end = (u64::from(run.pages.end) * page).min(v.size());
         if run.hole {
+            if let Some((batch, len)) = ahead.take() {
+                send_batch(set, conn, &mut stats, batch).await?;
+                done += len;
+                report(done);
+            }
             if index >= skip {
                 let e = Extent {
                     volume: run.volume,
@@ -855,50 +874,35 @@ async fn ship(
             let pieces = zero_runs(&buf, page as usize);
             let first = index;
             index += pieces.len() as u64;
-            let todo: Vec<(std::ops::Range<usize>, bool)> = pieces
+            let todo: Pieces = pieces
                 .into_iter()
                 .enumerate()
                 .filter(|(i, _)| first + *i as u64 >= skip)
                 .map(|(_, p)| p)
                 .collect();
-            let (todo, encoded) = if how.is_none() {
+            let batch = if how.is_none() {
                 let encoded = encode(run.volume, off, &buf, &todo, how);
-                (todo, encoded)
+                Batch::Ready(todo, encoded)
             } else {
                 // Compressing a MiB takes milliseconds: not on a runtime thread.
-                let (volume, buf) = (run.volume, buf.clone());
-                tokio::task::spawn_blocking(move || {
+                let volume = run.volume;
+                Batch::Compressing(tokio::task::spawn_blocking(move || {
                     let encoded = encode(volume, off, &buf, &todo, how);
                     (todo, encoded)
-                })
-                .await
-                .map_err(ReplicationError::Encode)?
+                }))
             };
-            for ((range, zero), e) in todo.into_iter().zip(encoded) {
-                if zero {
-                    stats.record_bytes += Extent::overhead();
-                    stats.zero_bytes += range.len() as u64;
-                } else {
-                    stats.data_bytes += range.len() as u64;
-                    stats.wire_data_bytes += e.payload.len() as u64;
-                }
-                if let Err(e) = conn.send_extent(&e).await {
-                    set.live.lock().partial = Some(stats);
-                    return Err(e);
-                }
+            if let Some((previous, previous_len)) = ahead.replace((batch, len)) {
+                send_batch(set, conn, &mut stats, previous).await?;
+                done += previous_len;
+                report(done);
             }
             off += len;
-            done += len;
-            let secs = started.elapsed().as_secs_f64().max(1e-3);
-            let rate = done as f64 / secs;
-            set.live.lock().progress = Some(CycleProgressView {
-                cut_id: cut.0,
-                bytes_done: done,
-                bytes_total: p.total,
-                rate_bytes_per_sec: rate,
-                eta_secs: (rate > 0.0).then(|| p.total.saturating_sub(done) as f64 / rate),
-            });
         }
+    }
+    if let Some((batch, len)) = ahead.take() {
+        send_batch(set, conn, &mut stats, batch).await?;
+        done += len;
+        report(done);
     }
     let end = conn
         .request(&Message::EndCut {
@@ -920,9 +924,47 @@ async fn ship(
     Ok(stats)
 }
 
+/// Ranges of a chunk and whether each is zeros.
+type Pieces = Vec<(std::ops::Range<usize>, bool)>;
+
+/// The frames of one chunk read from a volume, with the pieces they are of.
+enum Batch {
+    Ready(Pieces, Vec<EncodedExtent>),
+    /// Being compressed on a blocking thread.
+    Compressing(tokio::task::JoinHandle<(Pieces, Vec<EncodedExtent>)>),
+}
+
+/// Sends a chunk's frames in order, counting them into `stats` (left in the set's
+/// `partial` when sending fails).
+async fn send_batch(
+    set: &PrimarySet,
+    conn: &mut PeerConn,
+    stats: &mut CycleView,
+    batch: Batch,
+) -> Result<(), ReplicationError> {
+    let (pieces, encoded) = match batch {
+        Batch::Ready(pieces, encoded) => (pieces, encoded),
+        Batch::Compressing(task) => task.await.map_err(ReplicationError::Encode)?,
+    };
+    for ((range, zero), e) in pieces.into_iter().zip(encoded) {
+        if zero {
+            stats.record_bytes += Extent::overhead();
+            stats.zero_bytes += range.len() as u64;
+        } else {
+            stats.data_bytes += range.len() as u64;
+            stats.wire_data_bytes += e.payload.len() as u64;
+        }
+        if let Err(e) = conn.send_extent(&e).await {
+            set.live.lock().partial = Some(*stats);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 /// Splits a chunk read from a volume into runs of zero and non-zero pages (`page`
 /// bytes, the last one possibly shorter): `(range in the chunk, zero)`.
-fn zero_runs(buf: &[u8], page: usize) -> Vec<(std::ops::Range<usize>, bool)> {
+fn zero_runs(buf: &[u8], page: usize) -> Pieces {
     let step = |q: usize| page.min(buf.len() - q);
     let mut out = Vec::new();
     let mut at = 0usize;
