@@ -1084,3 +1084,68 @@ fn compressed_sets_replicate_byte_for_byte_and_put_fewer_bytes_on_the_wire() {
     );
     compare(&p.url(DEMO_IQN, 1), &s.url(DEMO_IQN, 1));
 }
+
+#[test]
+fn a_compressed_transfer_cut_off_midway_resumes_the_same_cut() {
+    let (p, s, proxy) = pair_throttled(4 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let (text, noise) = compressible_and_noise(dir.path());
+    p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
+    p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
+    // 12 MiB of noise (1 MiB repeated: each extent alone does not compress) and 4 MiB
+    // of text: about 13 MiB on the wire.
+    qemu_io(
+        &p.url(DEMO_IQN, 1),
+        &[
+            format!("write -s {noise} 0 12m"),
+            format!("write -s {text} 12m 4m"),
+        ],
+    );
+    p.ctl_ok(&[
+        "replication",
+        "create",
+        "r",
+        "--volume",
+        "v",
+        "--peer",
+        "dr",
+        "--compress",
+        "lz4",
+    ]);
+    p.ctl_ok(&["replicate", "r"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = show(&p, "r");
+        if v["progress"]["bytes_done"].as_u64().unwrap_or(0) >= 6 << 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy.cut();
+    proxy.set_rate(0);
+    let done = {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let v = show(&p, "r");
+            if v["cycles"] == 1 && v["status"] == "ready" {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "did not resume: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let last = &done["last_cycle"];
+    assert!(last["attempts"].as_u64().unwrap() >= 2, "{done}");
+    assert_eq!(last["compress"], "lz4", "{done}");
+    let last_attempt = last["final_attempt_data_bytes"].as_u64().unwrap();
+    assert!(
+        last_attempt > 0 && last_attempt < 16 << 20,
+        "the resumed attempt shipped {last_attempt} of 16 MiB: {done}"
+    );
+    assert!(
+        std::fs::read(p.data_path("volumes/v.img")).unwrap()
+            == std::fs::read(s.data_path("volumes/v.img")).unwrap(),
+        "the secondary's file differs from the primary's"
+    );
+}
