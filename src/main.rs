@@ -15,7 +15,7 @@ use twinlun::admin::client::Client;
 use twinlun::admin::protocol::{Request, Response, Secret};
 use twinlun::admin::server::AdminSocket;
 use twinlun::admin::{startup, store, table, validate};
-use twinlun::catalog::{Catalog, QueuePolicy};
+use twinlun::catalog::{Catalog, Compression, QueuePolicy};
 use twinlun::config::{Config, EngineChoice};
 use twinlun::server::{Node, Server};
 use twinlun::volume::Engine;
@@ -261,6 +261,10 @@ enum ReplicationCmd {
         /// Name the secondary volumes PREFIX + the primary's names.
         #[arg(long, value_name = "PREFIX")]
         target_prefix: Option<String>,
+        /// Compress data extents on the wire: zstd (better ratio), lz4 (less CPU) or
+        /// none. Extents that do not shrink travel as read.
+        #[arg(long, value_name = "zstd|lz4|none", default_value = "none")]
+        compress: String,
     },
     List,
     /// Status, last cut and lag; progress while running; the last cycle's bytes.
@@ -640,6 +644,7 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 queue_policy,
                 keep,
                 target_prefix,
+                compress,
             } => Request::ReplicationCreate {
                 name,
                 volume,
@@ -657,6 +662,9 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 },
                 keep,
                 target_prefix,
+                compress: Compression::parse(&compress).ok_or_else(|| {
+                    format!("--compress must be zstd, lz4 or none, not '{compress}'")
+                })?,
             },
             ReplicationCmd::List => Request::ReplicationList,
             ReplicationCmd::Show { name } => Request::ReplicationShow { name },

@@ -1042,3 +1042,263 @@ fn a_clean_restart_with_a_failed_cycle_pending_loses_no_page() {
         "the secondary misses pages of the cut pending at shutdown"
     );
 }
+
+/// Log-like text (compresses a few times over) and noise (does not compress), as
+/// pattern files for `qemu-io write -s`.
+fn compressible_and_noise(dir: &std::path::Path) -> (String, String) {
+    let mut text = String::new();
+    let mut i = 0u64;
+    while text.len() < 4 << 20 {
+        text.push_str(&format!(
+            "{i:09} 2026-11-22T07:{:02}:{:02}Z INFO cycle committed set=app-{} cut={} bytes={}\n",
+            i / 60 % 60,
+            i % 60,
+            i % 7,
+            i / 3,
+            (i * 7919) % 100_000
+        ));
+        i += 1;
+    }
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let noise: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let (t, n) = (dir.join("text"), dir.join("noise"));
+    std::fs::write(&t, &text.as_bytes()[..4 << 20]).unwrap();
+    std::fs::write(&n, noise).unwrap();
+    (t.display().to_string(), n.display().to_string())
+}
+
+#[test]
+fn compressed_sets_replicate_byte_for_byte_and_put_fewer_bytes_on_the_wire() {
+    let (mut p, s) = pair();
+    let dir = tempfile::tempdir().unwrap();
+    let (text, noise) = compressible_and_noise(dir.path());
+    for (lun, how) in [(1u64, "zstd"), (2, "lz4")] {
+        let (v, set) = (format!("v-{how}"), format!("r-{how}"));
+        let lun_s = lun.to_string();
+        p.ctl_ok(&["volume", "create", &v, "--size", "64M"]);
+        p.ctl_ok(&["lun", "map", DEMO_IQN, &lun_s, &v]);
+        let url = p.url(DEMO_IQN, lun);
+        qemu_io(
+            &url,
+            &[
+                format!("write -s {text} 0 4m"),
+                format!("write -s {noise} 8m 1m"),
+                "write -P 0x5a 16m 4m".into(),
+            ],
+        );
+        let created = json(
+            &p,
+            &[
+                "replication",
+                "create",
+                &set,
+                "--volume",
+                &v,
+                "--peer",
+                "dr",
+                "--compress",
+                how,
+            ],
+        );
+        assert_eq!(created["compress"], how, "{created}");
+        let text_view = p.ctl_ok(&["replication", "show", &set]);
+        assert!(
+            text_view
+                .lines()
+                .any(|l| l.starts_with("compress") && l.ends_with(how)),
+            "{text_view}"
+        );
+
+        // The full cycle: 9 MiB of data, the noise as read, the rest compressed.
+        let first = replicate(&p, &set);
+        assert_eq!(first["data_bytes"], 9 << 20, "{first}");
+        assert_eq!(first["compress"], how, "{first}");
+        let wire = first["wire_data_bytes"].as_u64().unwrap();
+        assert!(
+            ((1 << 20)..(9 << 20) / 2).contains(&wire),
+            "{how}: {wire} bytes on the wire for 9 MiB (1 MiB of it noise): {first}"
+        );
+        s.ctl_ok(&["lun", "map", DEMO_IQN, &lun_s, &v, "--read-only"]);
+        compare(&url, &s.url(DEMO_IQN, lun));
+
+        // An incremental: new text, noise over text, a pattern over noise.
+        qemu_io(
+            &url,
+            &[
+                format!("write -s {text} 32m 2m"),
+                format!("write -s {noise} 1m 256k"),
+                "write -P 0x6b 8m 64k".into(),
+            ],
+        );
+        let second = replicate(&p, &set);
+        assert_eq!(second["full"], false, "{second}");
+        assert_eq!(second["data_bytes"], (2 << 20) + (320 << 10), "{second}");
+        let wire = second["wire_data_bytes"].as_u64().unwrap();
+        assert!(
+            ((256 << 10)..((2 << 20) + (320 << 10)) / 2).contains(&wire),
+            "{how}: {wire} bytes on the wire: {second}"
+        );
+        let shown = p.ctl_ok(&["replication", "show", &set]);
+        assert!(
+            shown.contains("on the wire") && shown.contains(&format!(", {how})")),
+            "{shown}"
+        );
+        compare(&url, &s.url(DEMO_IQN, lun));
+        let path = format!("volumes/{v}.img");
+        assert!(
+            std::fs::read(p.data_path(&path)).unwrap()
+                == std::fs::read(s.data_path(&path)).unwrap(),
+            "{how}: the secondary's file differs from the primary's"
+        );
+    }
+    // The peer says which codecs it decodes.
+    let check = json(&p, &["peer", "check", "dr"]);
+    assert_eq!(
+        check["compress"],
+        serde_json::json!(["zstd", "lz4"]),
+        "{check}"
+    );
+
+    // A bad value is refused, naming the accepted ones, and changes nothing.
+    p.ctl_ok(&["volume", "create", "w", "--size", "8M"]);
+    let o = p.ctl(&[
+        "replication",
+        "create",
+        "bad",
+        "--volume",
+        "w",
+        "--peer",
+        "dr",
+        "--compress",
+        "gzip",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("zstd, lz4 or none") && err.contains("gzip"),
+        "{err}"
+    );
+    // Through the socket too (what ctl checks, the server checks).
+    let answer = {
+        use std::io::{BufRead, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(&p.socket).unwrap();
+        stream
+            .write_all(
+                br#"{"cmd":"replication_create","name":"bad","volume":"w","peer":"dr","compress":"gzip"}"#,
+            )
+            .unwrap();
+        stream.write_all(b"\n").unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stream)
+            .read_line(&mut line)
+            .unwrap();
+        serde_json::from_str::<Value>(&line).unwrap()
+    };
+    assert_eq!(answer["code"], "bad_request", "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        ["gzip", "none", "zstd", "lz4"]
+            .iter()
+            .all(|w| message.contains(w)),
+        "{answer}"
+    );
+    for side in [&p, &s] {
+        let sets = json(side, &["replication", "list"])["replications"].clone();
+        let names: Vec<&str> = sets
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["r-lz4", "r-zstd"], "{sets}");
+    }
+    assert!(!s.ctl(&["volume", "show", "w"]).status.success());
+
+    // The setting is in the catalog: after a restart the set still compresses.
+    p.restart();
+    assert_eq!(show(&p, "r-zstd")["compress"], "zstd");
+    qemu_io(&p.url(DEMO_IQN, 1), &[format!("write -s {text} 40m 1m")]);
+    let after = replicate(&p, "r-zstd");
+    assert_eq!(
+        (after["data_bytes"].as_u64(), after["compress"].as_str()),
+        (Some(1 << 20), Some("zstd")),
+        "{after}"
+    );
+    assert!(
+        after["wire_data_bytes"].as_u64().unwrap() < 1 << 19,
+        "{after}"
+    );
+    compare(&p.url(DEMO_IQN, 1), &s.url(DEMO_IQN, 1));
+}
+
+#[test]
+fn a_compressed_transfer_cut_off_midway_resumes_the_same_cut() {
+    let (p, s, proxy) = pair_throttled(4 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let (text, noise) = compressible_and_noise(dir.path());
+    p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
+    p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
+    // 12 MiB of noise (1 MiB repeated: each extent alone does not compress) and 4 MiB
+    // of text: about 13 MiB on the wire.
+    qemu_io(
+        &p.url(DEMO_IQN, 1),
+        &[
+            format!("write -s {noise} 0 12m"),
+            format!("write -s {text} 12m 4m"),
+        ],
+    );
+    p.ctl_ok(&[
+        "replication",
+        "create",
+        "r",
+        "--volume",
+        "v",
+        "--peer",
+        "dr",
+        "--compress",
+        "lz4",
+    ]);
+    p.ctl_ok(&["replicate", "r"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = show(&p, "r");
+        if v["progress"]["bytes_done"].as_u64().unwrap_or(0) >= 6 << 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    proxy.cut();
+    proxy.set_rate(0);
+    let done = {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let v = show(&p, "r");
+            if v["cycles"] == 1 && v["status"] == "ready" {
+                break v;
+            }
+            assert!(Instant::now() < deadline, "did not resume: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let last = &done["last_cycle"];
+    assert!(last["attempts"].as_u64().unwrap() >= 2, "{done}");
+    assert_eq!(last["compress"], "lz4", "{done}");
+    let last_attempt = last["final_attempt_data_bytes"].as_u64().unwrap();
+    assert!(
+        last_attempt > 0 && last_attempt < 16 << 20,
+        "the resumed attempt shipped {last_attempt} of 16 MiB: {done}"
+    );
+    assert!(
+        std::fs::read(p.data_path("volumes/v.img")).unwrap()
+            == std::fs::read(s.data_path("volumes/v.img")).unwrap(),
+        "the secondary's file differs from the primary's"
+    );
+}

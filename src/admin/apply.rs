@@ -86,6 +86,7 @@ pub trait Host: Sync {
             reachable: false,
             authenticated: false,
             protocol_version: None,
+            compress: Vec::new(),
             rtt_us: None,
             error: Some(ReplicationError::Unavailable.to_string()),
         }
@@ -1172,6 +1173,7 @@ pub fn change(
             queue_policy,
             keep,
             target_prefix,
+            compress,
         } => repl::replication_create(
             c,
             repl::CreateArgs {
@@ -1183,6 +1185,7 @@ pub fn change(
                 queue_policy,
                 keep,
                 target_prefix,
+                compress,
             },
         ),
         Request::ReplicationDelete { name } => repl::replication_delete(c, name),

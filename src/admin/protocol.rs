@@ -33,7 +33,7 @@
 //! | `peer_create` name, addr, secret                             | `peer` (PeerView)          |
 //! | `peer_list` / `peer_check` name / `peer_delete` name         | `peers` / `peer_check` / `done` |
 //! | `replication_create` name, volume XOR group, peer, every?,   | `replication`              |
-//! |   queue_policy?, keep?, target_prefix?                       |                            |
+//! |   queue_policy?, keep?, target_prefix?, compress?            |                            |
 //! | `replication_list` / `replication_show` name                 | `replications` / `replication` |
 //! | `replication_delete` name                                    | `done`                     |
 //! | `replicate` name                                             | `done`                     |
@@ -252,6 +252,9 @@ pub enum Request {
         queue_policy: crate::catalog::QueuePolicy,
         #[serde(default = "default_keep")]
         keep: u32,
+        /// How data extents travel: `zstd`, `lz4` or `none` (the default).
+        #[serde(default)]
+        compress: crate::catalog::Compression,
         /// Prefix of the secondary volumes' names (default: the same names).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         target_prefix: Option<String>,
@@ -505,6 +508,10 @@ pub struct PeerCheckView {
     pub reachable: bool,
     pub authenticated: bool,
     pub protocol_version: Option<u32>,
+    /// Codecs the peer decodes in extents (`--compress` of a set using it); empty for
+    /// a build without compression.
+    #[serde(default)]
+    pub compress: Vec<String>,
     pub rtt_us: Option<u64>,
     /// Why it failed, when it did.
     pub error: Option<String>,
@@ -533,8 +540,16 @@ pub struct RecoveryPointView {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct CycleView {
     pub cut_id: u64,
-    /// Page content shipped.
+    /// Page content shipped (as read, before any compression).
     pub data_bytes: u64,
+    /// Bytes that page content took on the wire (compressed or not): `data_bytes`
+    /// over this is the compression ratio. 0 in cycles recorded before it existed.
+    #[serde(default)]
+    pub wire_data_bytes: u64,
+    /// The codec data extents were offered to (`none` when the set does not compress
+    /// or the peer does not decode it); extents it did not shrink travelled as read.
+    #[serde(default)]
+    pub compress: crate::catalog::Compression,
     /// Bytes of zero/discard records (their headers: the zeros do not travel).
     pub record_bytes: u64,
     /// Framing, extent headers and control messages.
@@ -576,6 +591,9 @@ pub struct ReplicationView {
     pub every_secs: Option<u64>,
     pub queue_policy: crate::catalog::QueuePolicy,
     pub keep: u32,
+    /// How data extents travel to the peer (`none` on a secondary).
+    #[serde(default)]
+    pub compress: crate::catalog::Compression,
     /// `unsynchronized`, `start-replication`, `replicating`, `ready`, `suspended`, `error`.
     pub status: String,
     pub generation: u64,

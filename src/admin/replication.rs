@@ -16,7 +16,9 @@
 use super::apply::{AdminError, Effect};
 use super::protocol::{PeerView, ReplicationView, Response};
 use super::validate::{self, ValidationError};
-use crate::catalog::{Catalog, PeerSpec, QueuePolicy, ReplicationRole, ReplicationSpec};
+use crate::catalog::{
+    Catalog, Compression, PeerSpec, QueuePolicy, ReplicationRole, ReplicationSpec,
+};
 
 pub fn peer_view(c: &Catalog, name: &str) -> PeerView {
     PeerView {
@@ -80,6 +82,7 @@ pub struct CreateArgs {
     pub queue_policy: QueuePolicy,
     pub keep: u32,
     pub target_prefix: Option<String>,
+    pub compress: Compression,
 }
 
 pub fn replication_create(
@@ -152,6 +155,7 @@ pub fn replication_create(
             every_secs,
             queue_policy: a.queue_policy,
             keep: a.keep,
+            compress: a.compress,
         },
     );
     Ok((
@@ -212,6 +216,7 @@ pub fn replication_view(c: &Catalog, name: &str) -> ReplicationView {
         every_secs: r.every_secs,
         queue_policy: r.queue_policy,
         keep: r.keep,
+        compress: r.compress,
         status: "unsynchronized".into(),
         generation: 0,
         last_cut_id: None,
@@ -307,6 +312,7 @@ pub fn accept_secondary<H: super::Host + ?Sized>(
             every_secs: None,
             queue_policy: QueuePolicy::default(),
             keep,
+            compress: Compression::None,
         },
     );
     if let Err(e) = super::store::save(host.data_dir(), &new) {

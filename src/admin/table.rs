@@ -7,6 +7,7 @@ use super::protocol::{
     ChapView, GroupView, ReplicationView, Response, SnapshotView, TargetView, VolumeView,
 };
 use super::validate::format_size;
+use crate::catalog::Compression;
 
 /// Left-aligned columns separated by two spaces; the header is the first row.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -143,6 +144,7 @@ fn replication_detail(r: &ReplicationView) -> String {
             format!("{:?}", r.queue_policy).to_lowercase(),
         ),
         ("keep", r.keep.to_string()),
+        ("compress", r.compress.to_string()),
         ("generation", r.generation.to_string()),
         ("last cut", opt(&r.last_cut_id)),
         ("last cut time", opt(&r.last_cut_time)),
@@ -171,10 +173,15 @@ fn replication_detail(r: &ReplicationView) -> String {
         pairs.push((
             "last cycle",
             format!(
-                "cut {}{}: data {}, zero records {} (for {} of zeros), overhead {}, {:.2}s",
+                "cut {}{}: data {} ({} on the wire{}), zero records {} (for {} of zeros), overhead {}, {:.2}s",
                 c.cut_id,
                 if c.full { " (full)" } else { "" },
                 format_size(c.data_bytes),
+                format_size(c.wire_data_bytes),
+                match c.compress {
+                    Compression::None => String::new(),
+                    how => format!(", {how}"),
+                },
                 format_size(c.record_bytes),
                 format_size(c.zero_bytes),
                 format_size(c.overhead_bytes),
@@ -434,6 +441,16 @@ pub fn render(resp: &Response) -> String {
             ),
             ("protocol version", opt(&p.protocol_version)),
             (
+                "compression",
+                if !p.authenticated {
+                    "-".into()
+                } else if p.compress.is_empty() {
+                    "none".into()
+                } else {
+                    p.compress.join(", ")
+                },
+            ),
+            (
                 "round trip",
                 p.rtt_us.map_or_else(|| "-".into(), |us| format!("{us} us")),
             ),
@@ -452,6 +469,7 @@ pub fn render(resp: &Response) -> String {
                         r.role.clone(),
                         r.status.clone(),
                         r.peer.clone(),
+                        r.compress.to_string(),
                         opt(&r.last_cut_id),
                         opt(&r.last_cut_time),
                         r.volumes.join(" "),
@@ -460,7 +478,7 @@ pub fn render(resp: &Response) -> String {
                 .collect();
             table(
                 &[
-                    "SET", "ROLE", "STATUS", "PEER", "LAST CUT", "TIME", "VOLUMES",
+                    "SET", "ROLE", "STATUS", "PEER", "COMPRESS", "LAST CUT", "TIME", "VOLUMES",
                 ],
                 &rows,
             )

@@ -78,6 +78,7 @@ async fn authenticate(
         &Message::Challenge {
             version: PROTOCOL_VERSION,
             nonce: ours.clone(),
+            compress: wire::codecs(),
         },
     )
     .await?;

@@ -1,11 +1,13 @@
 //! Asynchronous replication to a peer twinlun (DESIGN.md, "Replication").
 //!
 //! - `wire`: the peer protocol (frames, control messages, extents, secret proofs).
+//! - `compress`: the codecs data extents may travel in (zstd, LZ4).
 //! - `peer`: the client end of a peer connection (connect, authenticate, requests).
 //! - `sender`: the primary side of a set: cycles of cuts shipped to the peer.
 //! - `listener`: the secondary side: authenticated connections applying cuts.
 //! - `recovery`: the secondary's staging log, undo logs and recovery points.
 
+pub mod compress;
 pub mod listener;
 pub mod peer;
 pub mod recovery;
@@ -79,6 +81,8 @@ pub enum ReplicationError {
     },
     #[error("the replication set is stopping")]
     Stopping,
+    #[error("compressing extents")]
+    Encode(#[source] tokio::task::JoinError),
     #[error("replication set '{0}' is suspended (`resume` it first)")]
     Suspended(String),
     #[error("no cycle of '{0}' is running")]

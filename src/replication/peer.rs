@@ -7,9 +7,9 @@ use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use super::wire::{self, auth, Extent, Message, PROTOCOL_VERSION};
+use super::wire::{self, auth, EncodedExtent, Message, PROTOCOL_VERSION};
 use super::ReplicationError;
-use crate::catalog::PeerSpec;
+use crate::catalog::{Compression, PeerSpec};
 
 /// How long connecting and each answer may take.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,6 +21,8 @@ pub struct PeerConn {
     writer: BufWriter<OwnedWriteHalf>,
     /// Bytes written so far (framing included), for cycle statistics.
     pub sent: u64,
+    /// Codecs the peer said it decodes in extents (none from a build before them).
+    pub codecs: Vec<Compression>,
 }
 
 impl PeerConn {
@@ -43,6 +45,7 @@ impl PeerConn {
             reader: BufReader::with_capacity(256 << 10, r),
             writer: BufWriter::with_capacity(1 << 20, w),
             sent: 0,
+            codecs: Vec::new(),
         };
         let ours = auth::nonce();
         conn.send(&Message::Hello {
@@ -51,7 +54,18 @@ impl PeerConn {
         })
         .await?;
         let theirs = match conn.recv().await? {
-            Message::Challenge { version, nonce } if version == PROTOCOL_VERSION => nonce,
+            Message::Challenge {
+                version,
+                nonce,
+                compress,
+            } if version == PROTOCOL_VERSION => {
+                // Names this build does not know are codecs it cannot use.
+                conn.codecs = compress
+                    .iter()
+                    .filter_map(|c| Compression::parse(c))
+                    .collect();
+                nonce
+            }
             Message::Challenge { version, .. } => {
                 return Err(ReplicationError::Version {
                     peer: name.to_string(),
@@ -125,14 +139,15 @@ impl PeerConn {
         }
     }
 
-    /// Queues an extent (buffered; `send` and `flush` push it out).
-    pub async fn send_extent(&mut self, e: &Extent) -> Result<(), ReplicationError> {
-        self.sent += Extent::overhead()
-            + match &e.kind {
-                wire::ExtentKind::Data(d) => d.len() as u64,
-                wire::ExtentKind::Zero { .. } => 0,
-            };
-        match tokio::time::timeout(ANSWER_TIMEOUT, wire::write_extent(&mut self.writer, e)).await {
+    /// Whether the peer decodes extents compressed with `how` (`none` always).
+    pub fn accepts(&self, how: Compression) -> bool {
+        how.is_none() || self.codecs.contains(&how)
+    }
+
+    /// Queues an encoded extent (buffered; `send` and `flush` push it out).
+    pub async fn send_extent(&mut self, e: &EncodedExtent) -> Result<(), ReplicationError> {
+        self.sent += e.wire_len();
+        match tokio::time::timeout(ANSWER_TIMEOUT, wire::write_encoded(&mut self.writer, e)).await {
             Ok(r) => r.map_err(|e| self.wire_err(e)),
             Err(_) => Err(self.stalled()),
         }
@@ -171,6 +186,84 @@ impl PeerConn {
         match self.request(&Message::Ping).await? {
             Message::Pong => Ok(start.elapsed()),
             other => Err(self.refusal(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A fake receiver that authenticates like the listener and lists `codecs` (as
+    /// JSON values) in its challenge, or leaves the field out like a build before
+    /// compression.
+    async fn fake_peer(
+        codecs: Option<serde_json::Value>,
+    ) -> (PeerSpec, tokio::task::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let spec = PeerSpec {
+            addr: l.local_addr().unwrap().to_string(),
+            secret: "fake-peer-secret".into(),
+        };
+        let secret = spec.secret.clone();
+        let task = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let (r, mut w) = s.into_split();
+            let mut r = BufReader::new(r);
+            let Message::Hello { nonce: theirs, .. } = wire::read_message(&mut r).await.unwrap()
+            else {
+                panic!("expected hello")
+            };
+            let ours = auth::nonce();
+            let mut challenge = serde_json::json!({
+                "msg": "challenge",
+                "version": PROTOCOL_VERSION,
+                "nonce": ours,
+            });
+            if let Some(c) = codecs {
+                challenge["compress"] = c;
+            }
+            let body = serde_json::to_vec(&challenge).unwrap();
+            let mut frame = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+            frame.push(1);
+            frame.extend_from_slice(&body);
+            w.write_all(&frame).await.unwrap();
+            let Message::Proof { .. } = wire::read_message(&mut r).await.unwrap() else {
+                panic!("expected proof")
+            };
+            let mac = auth::prove(&secret, auth::SERVER, &ours, &theirs);
+            wire::write_message(&mut w, &Message::Welcome { mac })
+                .await
+                .unwrap();
+        });
+        (spec, task)
+    }
+
+    #[tokio::test]
+    async fn the_codecs_a_peer_lists_are_the_ones_used() {
+        let cases = [
+            (None, vec![]),
+            (Some(serde_json::json!([])), vec![]),
+            (
+                Some(serde_json::json!(["zstd", "lz4"])),
+                vec![Compression::Zstd, Compression::Lz4],
+            ),
+            // A codec of a later build is one this build cannot use.
+            (
+                Some(serde_json::json!(["brotli", "lz4"])),
+                vec![Compression::Lz4],
+            ),
+        ];
+        for (listed, want) in cases {
+            let (spec, task) = fake_peer(listed.clone()).await;
+            let conn = PeerConn::connect("fake", &spec).await.unwrap();
+            task.await.unwrap();
+            assert_eq!(conn.codecs, want, "{listed:?}");
+            assert!(conn.accepts(Compression::None));
+            for c in [Compression::Zstd, Compression::Lz4] {
+                assert_eq!(conn.accepts(c), want.contains(&c), "{listed:?} {c}");
+            }
         }
     }
 }

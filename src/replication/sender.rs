@@ -22,11 +22,11 @@ use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
 use super::peer::PeerConn;
-use super::wire::{Extent, ExtentKind, Message, MAX_EXTENT};
+use super::wire::{self, EncodedExtent, Extent, ExtentKind, Message, MAX_EXTENT};
 use super::ReplicationError;
 use crate::admin::protocol::{CycleProgressView, CycleView, ReplicationView};
 use crate::admin::time::{rfc3339_utc, unix_secs};
-use crate::catalog::QueuePolicy;
+use crate::catalog::{Compression, QueuePolicy};
 use crate::server::Node;
 use crate::tracking::{CutOptions, SnapshotScope, TrackedVolume};
 use crate::volume::Volume;
@@ -563,9 +563,19 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
             p
         }
     };
+    let how = if conn.accepts(spec.compress) {
+        spec.compress
+    } else {
+        tracing::warn!(
+            peer = %spec.peer,
+            compress = %spec.compress,
+            "the peer does not decode this codec (an older build?): extents travel uncompressed"
+        );
+        Compression::None
+    };
     let started = Instant::now();
     let shipped = tokio::select! {
-        r = ship(set, &mut conn, &volumes, &tracked, &spec.volumes, &p) => r,
+        r = ship(set, &mut conn, &volumes, &tracked, &spec.volumes, &p, how) => r,
         _ = wait_stop(set) => Err(ReplicationError::Stopping),
     };
     match shipped {
@@ -577,6 +587,8 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
             total.cut_id = stats.cut_id;
             total.full = stats.full;
             total.data_bytes += stats.data_bytes;
+            total.wire_data_bytes += stats.wire_data_bytes;
+            total.compress = stats.compress;
             total.record_bytes += stats.record_bytes;
             total.zero_bytes += stats.zero_bytes;
             total.overhead_bytes += stats.overhead_bytes;
@@ -605,6 +617,7 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
             tracing::info!(
                 cut = p.cut.id.0,
                 data_bytes = total.data_bytes,
+                wire_data_bytes = total.wire_data_bytes,
                 records = total.record_bytes,
                 seconds = total.seconds,
                 "cycle committed"
@@ -619,6 +632,7 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
             // Keep the cut: the next attempt resumes it.
             if let Some(partial) = set.live.lock().partial.take() {
                 p.shipped.data_bytes += partial.data_bytes;
+                p.shipped.wire_data_bytes += partial.wire_data_bytes;
                 p.shipped.record_bytes += partial.record_bytes;
                 p.shipped.zero_bytes += partial.zero_bytes;
                 p.shipped.seconds += started.elapsed().as_secs_f64();
@@ -779,7 +793,8 @@ fn runs(volume: u32, pages: u32, data: &RoaringBitmap, full: bool) -> Vec<Run> {
 
 /// Ships a pending cut: `BeginCut`, the extents the peer has not staged yet, `EndCut`.
 /// Extents come out in the same order on every attempt (the plan and the snapshot are
-/// fixed), so the peer's count of staged extents says where to go on.
+/// fixed), so the peer's count of staged extents says where to go on. Data extents
+/// travel compressed with `how` where that makes them smaller.
 async fn ship(
     set: &PrimarySet,
     conn: &mut PeerConn,
@@ -787,6 +802,7 @@ async fn ship(
     tracked: &[Arc<TrackedVolume>],
     names: &[String],
     p: &Pending,
+    how: Compression,
 ) -> Result<CycleView, ReplicationError> {
     let cut = p.cut.id;
     let full = p.base.is_none();
@@ -799,6 +815,7 @@ async fn ship(
     let mut stats = CycleView {
         cut_id: cut.0,
         full,
+        compress: how,
         ..Default::default()
     };
     let skip = match conn
@@ -823,6 +840,20 @@ async fn ship(
     let started = Instant::now();
     let mut index = 0u64;
     let mut done = 0u64;
+    let report = |done: u64| {
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        set.live.lock().progress = Some(CycleProgressView {
+            cut_id: cut.0,
+            bytes_done: done,
+            bytes_total: p.total,
+            rate_bytes_per_sec: rate,
+            eta_secs: (rate > 0.0).then(|| p.total.saturating_sub(done) as f64 / rate),
+        });
+    };
+    // The chunk read before the current one (and its length): sent while the current
+    // one compresses, so compressing overlaps sending. Frames still go out in order.
+    let mut ahead: Option<(Batch, u64)> = None;
     for run in &p.plan {
         let v = &volumes[run.volume as usize];
         let t = &tracked[run.volume as usize];
@@ -830,6 +861,11 @@ async fn ship(
         let start = u64::from(run.pages.start) * page;
         let end = (u64::from(run.pages.end) * page).min(v.size());
         if run.hole {
+            if let Some((batch, len)) = ahead.take() {
+                send_batch(set, conn, &mut stats, batch).await?;
+                done += len;
+                report(done);
+            }
             if index >= skip {
                 let e = Extent {
                     volume: run.volume,
@@ -837,7 +873,8 @@ async fn ship(
                     kind: ExtentKind::Zero { len: end - start },
                     crc: 0,
                 };
-                conn.send_extent(&e).await?;
+                conn.send_extent(&wire::encode_extent(&e, Compression::None))
+                    .await?;
                 stats.record_bytes += Extent::overhead();
                 stats.zero_bytes += end - start;
             }
@@ -862,58 +899,40 @@ async fn ship(
                     source: Box::new(e),
                 })?;
             let buf = buf.freeze();
-            // Runs of zero and non-zero pages: zeros travel as records.
-            let mut at = 0usize;
-            while at < buf.len() {
-                let step = |q: usize| (page as usize).min(buf.len() - q);
-                let zero = is_zero(&buf[at..at + step(at)]);
-                let mut q = at + step(at);
-                while q < buf.len() && is_zero(&buf[q..q + step(q)]) == zero {
-                    q += step(q);
-                }
-                if index >= skip {
-                    let offset = off + at as u64;
-                    let e = if zero {
-                        stats.record_bytes += Extent::overhead();
-                        stats.zero_bytes += (q - at) as u64;
-                        Extent {
-                            volume: run.volume,
-                            offset,
-                            kind: ExtentKind::Zero {
-                                len: (q - at) as u64,
-                            },
-                            crc: 0,
-                        }
-                    } else {
-                        let d: Bytes = buf.slice(at..q);
-                        stats.data_bytes += d.len() as u64;
-                        Extent {
-                            volume: run.volume,
-                            offset,
-                            crc: crc32c::crc32c(&d),
-                            kind: ExtentKind::Data(d),
-                        }
-                    };
-                    if let Err(e) = conn.send_extent(&e).await {
-                        set.live.lock().partial = Some(stats);
-                        return Err(e);
-                    }
-                }
-                index += 1;
-                at = q;
+            // Runs of zero and non-zero pages: zeros travel as records. Extents the
+            // peer staged in an earlier attempt are not sent again.
+            let pieces = zero_runs(&buf, page as usize);
+            let first = index;
+            index += pieces.len() as u64;
+            let todo: Pieces = pieces
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| first + *i as u64 >= skip)
+                .map(|(_, p)| p)
+                .collect();
+            let batch = if how.is_none() {
+                let encoded = encode(run.volume, off, &buf, &todo, how);
+                Batch::Ready(todo, encoded)
+            } else {
+                // Compressing a MiB takes milliseconds: not on a runtime thread.
+                let volume = run.volume;
+                Batch::Compressing(tokio::task::spawn_blocking(move || {
+                    let encoded = encode(volume, off, &buf, &todo, how);
+                    (todo, encoded)
+                }))
+            };
+            if let Some((previous, previous_len)) = ahead.replace((batch, len)) {
+                send_batch(set, conn, &mut stats, previous).await?;
+                done += previous_len;
+                report(done);
             }
             off += len;
-            done += len;
-            let secs = started.elapsed().as_secs_f64().max(1e-3);
-            let rate = done as f64 / secs;
-            set.live.lock().progress = Some(CycleProgressView {
-                cut_id: cut.0,
-                bytes_done: done,
-                bytes_total: p.total,
-                rate_bytes_per_sec: rate,
-                eta_secs: (rate > 0.0).then(|| p.total.saturating_sub(done) as f64 / rate),
-            });
         }
+    }
+    if let Some((batch, len)) = ahead.take() {
+        send_batch(set, conn, &mut stats, batch).await?;
+        done += len;
+        report(done);
     }
     let end = conn
         .request(&Message::EndCut {
@@ -931,8 +950,101 @@ async fn ship(
         }
     }
     let wire_total = conn.sent - sent_before;
-    stats.overhead_bytes = wire_total.saturating_sub(stats.data_bytes + stats.record_bytes);
+    stats.overhead_bytes = wire_total.saturating_sub(stats.wire_data_bytes + stats.record_bytes);
     Ok(stats)
+}
+
+/// Ranges of a chunk and whether each is zeros.
+type Pieces = Vec<(std::ops::Range<usize>, bool)>;
+
+/// The frames of one chunk read from a volume, with the pieces they are of.
+enum Batch {
+    Ready(Pieces, Vec<EncodedExtent>),
+    /// Being compressed on a blocking thread.
+    Compressing(tokio::task::JoinHandle<(Pieces, Vec<EncodedExtent>)>),
+}
+
+/// Sends a chunk's frames in order, counting them into `stats` (left in the set's
+/// `partial` when sending fails).
+async fn send_batch(
+    set: &PrimarySet,
+    conn: &mut PeerConn,
+    stats: &mut CycleView,
+    batch: Batch,
+) -> Result<(), ReplicationError> {
+    let (pieces, encoded) = match batch {
+        Batch::Ready(pieces, encoded) => (pieces, encoded),
+        Batch::Compressing(task) => task.await.map_err(ReplicationError::Encode)?,
+    };
+    for ((range, zero), e) in pieces.into_iter().zip(encoded) {
+        if zero {
+            stats.record_bytes += Extent::overhead();
+            stats.zero_bytes += range.len() as u64;
+        } else {
+            stats.data_bytes += range.len() as u64;
+            stats.wire_data_bytes += e.payload.len() as u64;
+        }
+        if let Err(e) = conn.send_extent(&e).await {
+            set.live.lock().partial = Some(*stats);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Splits a chunk read from a volume into runs of zero and non-zero pages (`page`
+/// bytes, the last one possibly shorter): `(range in the chunk, zero)`.
+fn zero_runs(buf: &[u8], page: usize) -> Pieces {
+    let step = |q: usize| page.min(buf.len() - q);
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at < buf.len() {
+        let zero = is_zero(&buf[at..at + step(at)]);
+        let mut q = at + step(at);
+        while q < buf.len() && is_zero(&buf[q..q + step(q)]) == zero {
+            q += step(q);
+        }
+        out.push((at..q, zero));
+        at = q;
+    }
+    out
+}
+
+/// The frames of `pieces` of a chunk read at `off` of volume `volume`: zero records,
+/// and data extents (crc32c of the data as read) compressed with `how` where that
+/// makes them smaller.
+fn encode(
+    volume: u32,
+    off: u64,
+    buf: &Bytes,
+    pieces: &[(std::ops::Range<usize>, bool)],
+    how: Compression,
+) -> Vec<EncodedExtent> {
+    pieces
+        .iter()
+        .map(|(range, zero)| {
+            let offset = off + range.start as u64;
+            let e = if *zero {
+                Extent {
+                    volume,
+                    offset,
+                    kind: ExtentKind::Zero {
+                        len: range.len() as u64,
+                    },
+                    crc: 0,
+                }
+            } else {
+                let d = buf.slice(range.clone());
+                Extent {
+                    volume,
+                    offset,
+                    crc: crc32c::crc32c(&d),
+                    kind: ExtentKind::Data(d),
+                }
+            };
+            wire::encode_extent(&e, how)
+        })
+        .collect()
 }
 
 fn is_zero(b: &[u8]) -> bool {
@@ -982,6 +1094,48 @@ mod tests {
         f.sync_all().unwrap();
         let pages = allocated_pages(&p, 1 << 20, 4096).unwrap();
         assert_eq!(pages.iter().collect::<Vec<_>>(), vec![2, 16]);
+    }
+
+    #[test]
+    fn zero_runs_split_by_page_and_keep_a_short_tail() {
+        let mut b = vec![0u8; 4 * 4096 + 100];
+        b[4096 + 7] = 1; // page 1
+        b[2 * 4096] = 1; // page 2
+        b[4 * 4096 + 99] = 1; // the short tail
+        assert_eq!(
+            zero_runs(&b, 4096),
+            vec![
+                (0..4096, true),
+                (4096..3 * 4096, false),
+                (3 * 4096..4 * 4096, true),
+                (4 * 4096..4 * 4096 + 100, false)
+            ]
+        );
+        assert!(zero_runs(&[], 4096).is_empty());
+    }
+
+    #[test]
+    fn encoded_pieces_keep_the_crc_of_the_data_as_read() {
+        let data: Vec<u8> = (0..3 * 4096).map(|i| (i / 64 % 3) as u8 + 1).collect();
+        let buf = Bytes::from(data);
+        let pieces = vec![(0..4096, false), (4096..3 * 4096, false)];
+        for how in [Compression::None, Compression::Zstd, Compression::Lz4] {
+            let enc = encode(2, 1 << 20, &buf, &pieces, how);
+            assert_eq!(enc.len(), 2);
+            for (e, (range, _)) in enc.iter().zip(&pieces) {
+                assert_eq!(e.codec, how);
+                let mut frame = e.head.to_vec();
+                frame.extend_from_slice(&e.payload);
+                let wire::Frame::Extent(x) =
+                    wire::decode_body(Bytes::from(frame[4..].to_vec())).unwrap()
+                else {
+                    panic!("not an extent")
+                };
+                assert_eq!(x.offset, (1 << 20) + range.start as u64);
+                assert_eq!(x.crc, crc32c::crc32c(&buf[range.clone()]));
+                assert_eq!(x.kind, ExtentKind::Data(buf.slice(range.clone())));
+            }
+        }
     }
 
     #[test]

@@ -3,13 +3,33 @@
 //! A frame is `[u32 length][u8 kind][body]` (big-endian length of kind and body, at most
 //! [`MAX_FRAME`]). Kind 1 carries a control [`Message`] as JSON; kind 2 carries one
 //! extent of a cut in binary: `[u32 volume][u64 offset][u8 what][u64 len][u32 crc32c]`
-//! then, for data, `len` bytes. Control messages name the protocol version from the
-//! first one on ([`Message::Hello`]); both ends prove they know the shared secret
-//! (HMAC-SHA256 challenge-response, [`auth`]) before anything else travels.
+//! then the payload. `len` is always the extent's length and the crc32c is always of
+//! its uncompressed bytes; `what` says what the payload is:
+//!
+//! | what | extent                  | payload                                        |
+//! |------|-------------------------|------------------------------------------------|
+//! | 0    | data                    | the `len` bytes                                |
+//! | 1    | zeros (holes, unmapped) | none                                           |
+//! | 2    | data                    | zstd frame of the `len` bytes (`len` ≤ [`MAX_EXTENT`]) |
+//! | 3    | data                    | LZ4 block of the `len` bytes (`len` ≤ [`MAX_EXTENT`])  |
+//!
+//! A compressed payload that does not give exactly `len` bytes is a malformed frame;
+//! [`read_frame`] hands the receiver plain data extents whatever travelled.
+//!
+//! Control messages name the protocol version from the first one on
+//! ([`Message::Hello`]); both ends prove they know the shared secret (HMAC-SHA256
+//! challenge-response, [`auth`]) before anything else travels. Compressed extents came
+//! after version 1 without changing it: a receiver lists the codecs it decodes in its
+//! [`Message::Challenge`] (a receiver built before them lists none, and an older
+//! sender ignores the list), and a sender compresses only with a listed codec, so
+//! builds with and without compression keep talking, uncompressed.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::compress::{self, DecompressError};
+use crate::catalog::Compression;
 
 /// The version this build speaks; a peer with another one is refused at the first
 /// message, saying both.
@@ -24,6 +44,20 @@ const KIND_CONTROL: u8 = 1;
 const KIND_EXTENT: u8 = 2;
 const EXTENT_HEADER: usize = 4 + 8 + 1 + 8 + 4;
 
+/// `what` of an extent frame.
+const WHAT_DATA: u8 = 0;
+const WHAT_ZERO: u8 = 1;
+const WHAT_ZSTD: u8 = 2;
+const WHAT_LZ4: u8 = 3;
+
+/// The codecs this build decodes, as a receiver lists them in its challenge.
+pub fn codecs() -> Vec<String> {
+    [Compression::Zstd, Compression::Lz4]
+        .iter()
+        .map(|c| c.name().to_string())
+        .collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     #[error("connection: {0}")]
@@ -36,6 +70,13 @@ pub enum WireError {
     Json(#[from] serde_json::Error),
     #[error("malformed extent frame")]
     BadExtent,
+    #[error("malformed compressed extent at offset {offset} of volume {volume}")]
+    Decompress {
+        volume: u32,
+        offset: u64,
+        #[source]
+        source: DecompressError,
+    },
     #[error("the peer closed the connection")]
     Closed,
 }
@@ -57,10 +98,13 @@ pub enum Message {
         version: u32,
         nonce: String,
     },
-    /// Server's answer: its version and its nonce.
+    /// Server's answer: its version and its nonce, and the codecs it decodes in
+    /// extents (absent from builds before compression: none).
     Challenge {
         version: u32,
         nonce: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        compress: Vec<String>,
     },
     /// Client's proof of the secret.
     Proof {
@@ -189,22 +233,71 @@ pub fn encode_message(m: &Message, out: &mut BytesMut) {
     out.put_slice(&body);
 }
 
-/// Encodes an extent's frame header; for data, the data follows it on the wire.
-pub fn encode_extent_header(e: &Extent, out: &mut BytesMut) {
-    let data_len = match &e.kind {
-        ExtentKind::Data(d) => d.len(),
-        ExtentKind::Zero { .. } => 0,
+/// An extent frame ready to write: its header (with the frame length) and payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedExtent {
+    pub head: BytesMut,
+    pub payload: Bytes,
+    /// The codec the payload is in (`none`: as read, or a zero record).
+    pub codec: Compression,
+}
+
+impl EncodedExtent {
+    /// Bytes the frame takes on the wire.
+    pub fn wire_len(&self) -> u64 {
+        (self.head.len() + self.payload.len()) as u64
+    }
+}
+
+/// Encodes an extent's frame, a data extent compressed with `how` when that makes it
+/// smaller (else as read). Compressing is CPU work: callers keep large batches off
+/// the runtime's threads.
+pub fn encode_extent(e: &Extent, how: Compression) -> EncodedExtent {
+    let (what, payload, codec) = match &e.kind {
+        ExtentKind::Zero { .. } => (WHAT_ZERO, Bytes::new(), Compression::None),
+        // Only what a receiver may decompress (at most MAX_EXTENT) is compressed.
+        ExtentKind::Data(d) => match (d.len() <= MAX_EXTENT)
+            .then(|| compress::compress(how, d))
+            .flatten()
+        {
+            Some(c) => (what_of(how), Bytes::from(c), how),
+            None => (WHAT_DATA, d.clone(), Compression::None),
+        },
     };
-    out.put_u32((1 + EXTENT_HEADER + data_len) as u32);
+    let mut head = BytesMut::with_capacity(4 + 1 + EXTENT_HEADER);
+    put_extent_header(e, what, payload.len(), &mut head);
+    EncodedExtent {
+        head,
+        payload,
+        codec,
+    }
+}
+
+fn what_of(how: Compression) -> u8 {
+    match how {
+        Compression::None => WHAT_DATA,
+        Compression::Zstd => WHAT_ZSTD,
+        Compression::Lz4 => WHAT_LZ4,
+    }
+}
+
+fn put_extent_header(e: &Extent, what: u8, payload: usize, out: &mut BytesMut) {
+    out.put_u32((1 + EXTENT_HEADER + payload) as u32);
     out.put_u8(KIND_EXTENT);
     out.put_u32(e.volume);
     out.put_u64(e.offset);
-    out.put_u8(match e.kind {
-        ExtentKind::Data(_) => 0,
-        ExtentKind::Zero { .. } => 1,
-    });
+    out.put_u8(what);
     out.put_u64(e.len());
     out.put_u32(e.crc);
+}
+
+/// Encodes an uncompressed extent's frame header; for data, the data follows it on
+/// the wire.
+pub fn encode_extent_header(e: &Extent, out: &mut BytesMut) {
+    match &e.kind {
+        ExtentKind::Data(d) => put_extent_header(e, WHAT_DATA, d.len(), out),
+        ExtentKind::Zero { .. } => put_extent_header(e, WHAT_ZERO, 0, out),
+    }
 }
 
 /// Parses one frame body (after the length): kind and body.
@@ -225,8 +318,23 @@ pub fn decode_body(mut body: Bytes) -> Result<Frame, WireError> {
             let len = body.get_u64();
             let crc = body.get_u32();
             let kind = match what {
-                0 if body.len() as u64 == len => ExtentKind::Data(body),
-                1 if body.is_empty() => ExtentKind::Zero { len },
+                WHAT_DATA if body.len() as u64 == len => ExtentKind::Data(body),
+                WHAT_ZERO if body.is_empty() => ExtentKind::Zero { len },
+                WHAT_ZSTD | WHAT_LZ4 => {
+                    let how = if what == WHAT_ZSTD {
+                        Compression::Zstd
+                    } else {
+                        Compression::Lz4
+                    };
+                    let data = compress::decompress(how, &body, len).map_err(|source| {
+                        WireError::Decompress {
+                            volume,
+                            offset,
+                            source,
+                        }
+                    })?;
+                    ExtentKind::Data(Bytes::from(data))
+                }
                 _ => return Err(WireError::BadExtent),
             };
             Ok(Frame::Extent(Extent {
@@ -254,7 +362,24 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireEr
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
-    decode_body(Bytes::from(body))
+    if is_compressed_extent(&body) && multi_thread() {
+        // Up to a MiB to decompress: not on a runtime thread others wait for.
+        tokio::task::block_in_place(|| decode_body(Bytes::from(body)))
+    } else {
+        decode_body(Bytes::from(body))
+    }
+}
+
+/// Whether a frame body is an extent with a compressed payload.
+fn is_compressed_extent(body: &[u8]) -> bool {
+    body.first() == Some(&KIND_EXTENT)
+        && matches!(body.get(1 + 4 + 8), Some(&WHAT_ZSTD) | Some(&WHAT_LZ4))
+}
+
+/// `block_in_place` works on the multi-threaded runtime only (tests run others).
+fn multi_thread() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 pub async fn write_message<W: AsyncWrite + Unpin>(w: &mut W, m: &Message) -> Result<(), WireError> {
@@ -265,14 +390,18 @@ pub async fn write_message<W: AsyncWrite + Unpin>(w: &mut W, m: &Message) -> Res
     Ok(())
 }
 
-/// Writes an extent frame (buffered: callers flush after a batch).
+/// Writes an uncompressed extent frame (buffered: callers flush after a batch).
 pub async fn write_extent<W: AsyncWrite + Unpin>(w: &mut W, e: &Extent) -> Result<(), WireError> {
-    let mut head = BytesMut::with_capacity(4 + 1 + EXTENT_HEADER);
-    encode_extent_header(e, &mut head);
-    w.write_all(&head).await?;
-    if let ExtentKind::Data(d) = &e.kind {
-        w.write_all(d).await?;
-    }
+    write_encoded(w, &encode_extent(e, Compression::None)).await
+}
+
+/// Writes an encoded extent frame (buffered: callers flush after a batch).
+pub async fn write_encoded<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    e: &EncodedExtent,
+) -> Result<(), WireError> {
+    w.write_all(&e.head).await?;
+    w.write_all(&e.payload).await?;
     Ok(())
 }
 
@@ -417,6 +546,166 @@ mod tests {
         ));
     }
 
+    /// Block-like data that compresses well.
+    fn compressible(len: usize) -> Bytes {
+        Bytes::from(
+            (0..len)
+                .map(|i| if i % 512 < 400 { b'x' } else { (i % 13) as u8 })
+                .collect::<Vec<u8>>(),
+        )
+    }
+
+    fn data_extent(d: Bytes) -> Extent {
+        Extent {
+            volume: 3,
+            offset: 1 << 20,
+            crc: crc32c::crc32c(&d),
+            kind: ExtentKind::Data(d),
+        }
+    }
+
+    /// An encoded extent as one buffer, its frame length recomputed.
+    fn frame_of(head: &[u8], payload: &[u8]) -> Vec<u8> {
+        let mut f = head.to_vec();
+        f.extend_from_slice(payload);
+        let len = (f.len() - 4) as u32;
+        f[..4].copy_from_slice(&len.to_be_bytes());
+        f
+    }
+
+    #[tokio::test]
+    async fn compressed_extents_arrive_as_plain_data() {
+        let e = data_extent(compressible(MAX_EXTENT));
+        for how in [Compression::Zstd, Compression::Lz4] {
+            let enc = encode_extent(&e, how);
+            assert_eq!(enc.codec, how);
+            assert!(enc.payload.len() * 4 < MAX_EXTENT, "{how}");
+            assert_eq!(enc.head[4 + 1 + 4 + 8], what_of(how));
+            let mut buf = Vec::new();
+            write_encoded(&mut buf, &enc).await.unwrap();
+            assert_eq!(buf.len() as u64, enc.wire_len());
+            let got = read_frame(&mut &buf[..]).await.unwrap();
+            assert_eq!(got, Frame::Extent(e.clone()), "{how}");
+        }
+        // Zero records and `none` are as before.
+        let z = Extent {
+            volume: 0,
+            offset: 0,
+            kind: ExtentKind::Zero { len: 4096 },
+            crc: 0,
+        };
+        let enc = encode_extent(&z, Compression::Zstd);
+        assert_eq!((enc.codec, enc.payload.len()), (Compression::None, 0));
+        let mut head = BytesMut::new();
+        encode_extent_header(&e, &mut head);
+        assert_eq!(encode_extent(&e, Compression::None).head, head);
+    }
+
+    #[tokio::test]
+    async fn data_that_does_not_shrink_travels_as_read() {
+        let mut x = 88172645463325252u64;
+        let noise: Vec<u8> = (0..8192)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let e = data_extent(Bytes::from(noise));
+        for how in [Compression::Zstd, Compression::Lz4] {
+            let enc = encode_extent(&e, how);
+            assert_eq!(enc.codec, Compression::None, "{how}");
+            assert_eq!(enc.head[4 + 1 + 4 + 8], WHAT_DATA);
+            let buf = frame_of(&enc.head, &enc.payload);
+            assert_eq!(
+                read_frame(&mut &buf[..]).await.unwrap(),
+                Frame::Extent(e.clone())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_compressed_extents_are_protocol_errors() {
+        let e = data_extent(compressible(64 << 10));
+        for how in [Compression::Zstd, Compression::Lz4] {
+            let enc = encode_extent(&e, how);
+            assert_eq!(enc.codec, how);
+            let at_len = 4 + 1 + 4 + 8 + 1;
+            let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+            // Corrupt payload: bytes flipped, then cut short.
+            let mut flipped = enc.payload.to_vec();
+            for b in &mut flipped[4..] {
+                *b = b.wrapping_add(0x3b);
+            }
+            cases.push(("flipped", frame_of(&enc.head, &flipped)));
+            cases.push((
+                "cut short",
+                frame_of(&enc.head, &enc.payload[..enc.payload.len() / 2]),
+            ));
+            cases.push(("no payload", frame_of(&enc.head, &[])));
+            // Wrong declared lengths: one less, one more, and over MAX_EXTENT.
+            for declared in [
+                (64 << 10) - 1,
+                (64 << 10) + 1,
+                MAX_EXTENT as u64 + 1,
+                u64::MAX,
+            ] {
+                let mut head = enc.head.to_vec();
+                head[at_len..at_len + 8].copy_from_slice(&declared.to_be_bytes());
+                cases.push(("declared", frame_of(&head, &enc.payload)));
+            }
+            for (what, f) in cases {
+                match read_frame(&mut &f[..]).await {
+                    Err(WireError::Decompress {
+                        volume: 3, offset, ..
+                    }) => {
+                        assert_eq!(offset, 1 << 20)
+                    }
+                    other => panic!("{how} {what}: {other:?}"),
+                }
+            }
+            let mut head = enc.head.to_vec();
+            head[at_len..at_len + 8].copy_from_slice(&(MAX_EXTENT as u64 + 1).to_be_bytes());
+            let err = decode_body(Bytes::from(frame_of(&head, &enc.payload)[4..].to_vec()));
+            assert!(
+                matches!(
+                    err,
+                    Err(WireError::Decompress {
+                        source: DecompressError::TooLarge(_),
+                        ..
+                    })
+                ),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_challenge_without_codecs_is_an_older_peer() {
+        let old = r#"{"msg":"challenge","version":1,"nonce":"ab"}"#;
+        assert_eq!(
+            serde_json::from_str::<Message>(old).unwrap(),
+            Message::Challenge {
+                version: 1,
+                nonce: "ab".into(),
+                compress: vec![],
+            }
+        );
+        // And what an older build reads from a newer one: the same fields and one it
+        // ignores (control messages do not deny unknown fields).
+        let new = serde_json::to_string(&Message::Challenge {
+            version: PROTOCOL_VERSION,
+            nonce: "ab".into(),
+            compress: codecs(),
+        })
+        .unwrap();
+        assert_eq!(
+            new,
+            r#"{"msg":"challenge","version":1,"nonce":"ab","compress":["zstd","lz4"]}"#
+        );
+    }
+
     #[test]
     fn proofs_bind_secret_direction_and_nonces() {
         let (c, s) = (auth::nonce(), auth::nonce());
@@ -435,6 +724,25 @@ mod tests {
         #[test]
         fn arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = decode_body(Bytes::from(body));
+        }
+
+        #[test]
+        fn arbitrary_compressed_extents_never_panic(
+            what in prop_oneof![Just(WHAT_ZSTD), Just(WHAT_LZ4)],
+            len in prop_oneof![0u64..70000, Just(MAX_EXTENT as u64), any::<u64>()],
+            payload in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let mut body = BytesMut::new();
+            body.put_u8(KIND_EXTENT);
+            body.put_u32(0);
+            body.put_u64(0);
+            body.put_u8(what);
+            body.put_u64(len);
+            body.put_u32(0);
+            body.put_slice(&payload);
+            if let Ok(Frame::Extent(e)) = decode_body(body.freeze()) {
+                prop_assert_eq!(e.len(), len);
+            }
         }
     }
 }

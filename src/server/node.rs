@@ -435,18 +435,20 @@ impl Host for Node {
             reachable: false,
             authenticated: false,
             protocol_version: None,
+            compress: Vec::new(),
             rtt_us: None,
             error: None,
         };
         let result = self.block_on(async {
             let mut conn = PeerConn::connect(name, peer).await?;
-            conn.ping().await
+            Ok::<_, ReplicationError>((conn.ping().await?, conn.codecs))
         });
         match result {
-            Ok(rtt) => {
+            Ok((rtt, codecs)) => {
                 view.reachable = true;
                 view.authenticated = true;
                 view.protocol_version = Some(crate::replication::wire::PROTOCOL_VERSION);
+                view.compress = codecs.iter().map(|c| c.to_string()).collect();
                 view.rtt_us = Some(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX));
             }
             Err(e) => {
