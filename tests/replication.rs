@@ -1302,3 +1302,56 @@ fn a_compressed_transfer_cut_off_midway_resumes_the_same_cut() {
         "the secondary's file differs from the primary's"
     );
 }
+
+#[test]
+fn a_primary_dead_between_the_peers_commit_and_its_record_converges() {
+    let (mut p, s) = pair();
+    p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
+    p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
+    let url = p.url(DEMO_IQN, 1);
+    qemu_io(&url, &["write -P 0x71 0 8m".into()]);
+    p.ctl_ok(&[
+        "replication",
+        "create",
+        "r",
+        "--volume",
+        "v",
+        "--peer",
+        "dr",
+    ]);
+    replicate(&p, "r");
+    qemu_io(&url, &["write -P 0x72 2m 4m".into()]);
+    // The peer commits the second cut; the primary dies before recording it.
+    p.env = vec![(
+        "TWINLUN_TEST_CRASH_BEFORE_RECORDING_COMMIT".into(),
+        "1".into(),
+    )];
+    p.restart();
+    p.ctl_ok(&["replicate", "r"]);
+    let mut child = p.child.take().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the primary did not abort");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let points = json(&s, &["recovery-points", "r"]);
+    assert_eq!(
+        points["points"][0]["cut_id"], 2,
+        "the peer did not commit: {points}"
+    );
+    p.env.clear();
+    p.restart();
+    qemu_io(&url, &["write -P 0x73 5m 1m".into()]);
+    // The primary computes from the first cut; the peer goes back to it and takes the
+    // new cut, which resends everything since.
+    let last = replicate(&p, "r");
+    assert!(
+        last["data_bytes"].as_u64().unwrap() >= 4 << 20,
+        "the new cut must cover the changes the primary never recorded: {last}"
+    );
+    assert!(
+        std::fs::read(p.data_path("volumes/v.img")).unwrap()
+            == std::fs::read(s.data_path("volumes/v.img")).unwrap(),
+        "the secondary differs from the primary"
+    );
+}

@@ -204,7 +204,25 @@ async fn connection(node: Arc<Node>, stream: TcpStream) -> Result<(), WireError>
                 }
                 // Changes apply only on top of the cut they were computed from.
                 if !full {
-                    let at = store.lock().await.current().map(|c| (c.generation, c.cut));
+                    let mut st = store.lock().await;
+                    let at = st.current().map(|c| (c.generation, c.cut));
+                    // A primary that crashed after we committed its last cut, before it
+                    // recorded that, computes from the cut before: that cut is our
+                    // previous recovery point, and the primary resends everything since.
+                    if let (Some((g, c)), Some(b)) = (at, base) {
+                        if g == generation && c > b {
+                            match tokio::task::block_in_place(|| st.roll_back_to_base(b)) {
+                                Ok(()) => {
+                                    tracing::warn!(set = %set, from = c, to = b, "the primary computes from an older cut: rolled back to it")
+                                }
+                                Err(e) => {
+                                    tracing::warn!(set = %set, error = %e, "cannot roll back to the primary's base cut")
+                                }
+                            }
+                        }
+                    }
+                    let at = st.current().map(|c| (c.generation, c.cut));
+                    drop(st);
                     if at != base.map(|b| (generation, b)) {
                         let m = format!(
                             "the secondary is at {}, not at cut {} of generation {generation}: restart replication",

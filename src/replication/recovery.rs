@@ -214,6 +214,10 @@ struct State {
     rolling_back_to: Option<u64>,
     /// The volumes were rolled back: the next cut must be of a newer generation.
     needs_new_generation: bool,
+    /// The roll back under way is to the cut the primary computes from (it never
+    /// recorded the newer one): the generation goes on.
+    #[serde(default)]
+    rollback_for_base: bool,
 }
 
 impl State {
@@ -226,6 +230,7 @@ impl State {
             points: Vec::new(),
             rolling_back_to: None,
             needs_new_generation: false,
+            rollback_for_base: false,
         }
     }
 }
@@ -1092,6 +1097,18 @@ impl ReceiverStore {
     /// newer generation can be received (the cuts that follow were taken on top of
     /// content the volumes no longer hold). Rolling back to the current cut does nothing.
     pub fn roll_back_to(&mut self, cut: u64) -> Result<(), RecoveryError> {
+        self.roll_back(cut, false)
+    }
+
+    /// [`ReceiverStore::roll_back_to`] the cut an incremental cut of the current
+    /// generation is computed from: the primary crashed after this side committed a
+    /// newer cut and before it recorded that, so it resends everything since `cut`.
+    /// The generation goes on.
+    pub fn roll_back_to_base(&mut self, cut: u64) -> Result<(), RecoveryError> {
+        self.roll_back(cut, true)
+    }
+
+    fn roll_back(&mut self, cut: u64, for_base: bool) -> Result<(), RecoveryError> {
         self.reload_if_needed()?;
         if self.state.current.is_some_and(|c| c.cut == cut) {
             return Ok(());
@@ -1099,15 +1116,16 @@ impl ReceiverStore {
         if !self.state.points.iter().any(|p| p.cut == cut) {
             return Err(RecoveryError::UnknownPoint { cut });
         }
-        let result = self.start_roll_back(cut);
+        let result = self.start_roll_back(cut, for_base);
         self.note(result)
     }
 
-    fn start_roll_back(&mut self, cut: u64) -> Result<(), RecoveryError> {
+    fn start_roll_back(&mut self, cut: u64, for_base: bool) -> Result<(), RecoveryError> {
         self.staging = None;
         self.disk.remove(&self.dir.join(STAGING_FILE))?;
         let mut state = self.state.clone();
         state.rolling_back_to = Some(cut);
+        state.rollback_for_base = for_base;
         self.save_state(&state)?;
         self.state = state;
         self.finish_roll_back(cut)
@@ -1154,7 +1172,8 @@ impl ReceiverStore {
         });
         state.points.retain(|p| p.cut < cut);
         state.rolling_back_to = None;
-        state.needs_new_generation = true;
+        state.needs_new_generation = !state.rollback_for_base;
+        state.rollback_for_base = false;
         self.save_state(&state)?;
         self.state = state;
         self.remove_unreferenced()
@@ -1308,6 +1327,7 @@ impl ReceiverStore {
         state.current = Some(meta);
         state.points = points;
         state.rolling_back_to = None;
+        state.rollback_for_base = false;
         state.needs_new_generation = false;
         self.save_state(&state)?;
         self.state = state;

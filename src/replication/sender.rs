@@ -31,6 +31,10 @@ use crate::server::Node;
 use crate::tracking::{CutOptions, SnapshotScope, TrackedVolume};
 use crate::volume::Volume;
 
+/// Set in the environment, the primary aborts right after the peer commits a cut and
+/// before it records that (a test of the crash window in between).
+pub const CRASH_BEFORE_RECORD: &str = "TWINLUN_TEST_CRASH_BEFORE_RECORDING_COMMIT";
+
 /// Longest a cut holds writers off.
 const CUT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Retry delays after a failed cycle: doubling from the first to the last.
@@ -580,6 +584,12 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
     };
     match shipped {
         Ok(stats) => {
+            // Fault injection for the tests: die between the peer's commit and our
+            // record of it.
+            if std::env::var_os(CRASH_BEFORE_RECORD).is_some() {
+                tracing::error!("{CRASH_BEFORE_RECORD} is set: aborting");
+                std::process::abort();
+            }
             for t in &tracked {
                 let _ = t.delete_snapshot(p.cut.id);
             }

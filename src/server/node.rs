@@ -254,7 +254,8 @@ impl Node {
         if crashed {
             tracing::warn!(
                 volume = %name,
-                "write tracking was not saved cleanly (crash?): every page counts as changed"
+                dirty_pages = tracking.dirty().count(),
+                "write tracking was not saved cleanly (crash?): the pages the activity log names count as changed"
             );
         }
         let volume = volume.with_tracking(Arc::new(tracking));

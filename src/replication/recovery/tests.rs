@@ -390,6 +390,26 @@ fn roll_back_to_every_kept_point_gives_exactly_that_cut() {
 }
 
 #[test]
+fn roll_back_to_the_primarys_base_keeps_the_generation_across_a_reopen() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    let cuts = sample_cuts();
+    let models = apply_all(&rig, &mut store, &cuts[..3], 5);
+    store.roll_back_to_base(2).expect("roll back to the base");
+    assert_eq!(rig.content(), models[2]);
+    drop(store);
+    let mut store = rig.open();
+    assert_eq!(store.current(), Some(&meta(1, 2)));
+    // The primary's next cut of the same generation, computed from cut 2, applies.
+    run_cut(&mut store, meta(1, 4), &cuts[3], 5).expect("same generation goes on");
+    assert_eq!(point_cuts(&store), vec![4, 2, 1]);
+    assert!(matches!(
+        store.roll_back_to_base(3),
+        Err(RecoveryError::UnknownPoint { cut: 3 })
+    ));
+}
+
+#[test]
 fn roll_back_discards_a_staged_cut() {
     let rig = Rig::new(&[16384, 8192]);
     let mut store = rig.open();
