@@ -108,7 +108,9 @@ async fn authenticate(
 async fn connection(node: Arc<Node>, stream: TcpStream) -> Result<(), WireError> {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
-    let mut r = BufReader::with_capacity(1 << 20, r);
+    // Smaller than an extent frame: most of a frame's body is read straight into its
+    // buffer rather than copied through this one.
+    let mut r = BufReader::with_capacity(64 << 10, r);
     let mut w = BufWriter::new(w);
     let Some(peer) = authenticate(&mut r, &mut w, &node).await? else {
         w.flush().await?;
