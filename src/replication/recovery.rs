@@ -579,7 +579,6 @@ fn encode_record(seed: u32, tag: u8, a: u32, b: u64, c: u64, d: u32) -> [u8; REC
 /// it is torn or invalid (the log ends before it). With `verify`, a data record's bytes
 /// are read (through `buf`) and checked against its crc. An in-place log holds placed
 /// records where another holds data and zero records.
-#[allow(clippy::too_many_arguments)]
 fn read_record(
     file: &File,
     at: u64,
