@@ -776,6 +776,64 @@ fn a_secondary_killed_while_applying_is_at_one_cut_and_converges() {
 }
 
 #[test]
+fn a_secondary_killed_during_the_first_cut_claims_no_cut_and_converges() {
+    // The first cut goes straight into the secondary's volume (nothing there to keep).
+    let (p, mut s, proxy) = pair_throttled(8 << 20);
+    p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
+    p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
+    qemu_io(
+        &p.url(DEMO_IQN, 1),
+        &["write -P 0x51 0 24m".into(), "write -P 0x52 40m 8m".into()],
+    );
+    p.ctl_ok(&[
+        "replication",
+        "create",
+        "r",
+        "--volume",
+        "v",
+        "--peer",
+        "dr",
+    ]);
+    p.ctl_ok(&["replicate", "r"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = show(&p, "r");
+        if v["progress"]["bytes_done"].as_u64().unwrap_or(0) >= 12 << 20 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    common::kill9(&mut s);
+    // The primary's side of the proxied connection goes too.
+    proxy.cut();
+    proxy.set_rate(0);
+    s.restart();
+    // Half a first cut is no cut: no recovery point, nothing to fail over to.
+    let points = json(&s, &["recovery-points", "r"]);
+    assert_eq!(points["points"].as_array().unwrap().len(), 0, "{points}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let v = show(&p, "r");
+        if v["cycles"] == 1 && v["status"] == "ready" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "did not converge: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        done["last_cycle"]["attempts"].as_u64().unwrap() >= 2,
+        "{done}"
+    );
+    assert!(
+        std::fs::read(p.data_path("volumes/v.img")).unwrap()
+            == std::fs::read(s.data_path("volumes/v.img")).unwrap()
+    );
+    let points = json(&s, &["recovery-points", "r"]);
+    assert_eq!(points["points"].as_array().unwrap().len(), 1, "{points}");
+}
+
+#[test]
 fn a_transfer_cut_off_midway_resumes_the_same_cut() {
     let (p, s, proxy) = pair_throttled(4 << 20);
     p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);

@@ -109,7 +109,9 @@ async fn authenticate(
 async fn connection(node: Arc<Node>, stream: TcpStream) -> Result<(), WireError> {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
-    let mut r = BufReader::with_capacity(1 << 20, r);
+    // Smaller than an extent frame: most of a frame's body is read straight into its
+    // buffer rather than copied through this one.
+    let mut r = BufReader::with_capacity(64 << 10, r);
     let mut w = BufWriter::new(w);
     let Some(peer) = authenticate(&mut r, &mut w, &node).await? else {
         w.flush().await?;
@@ -280,8 +282,14 @@ fn owned_set(node: &Node, peer: &str, set: &str) -> Result<(), Message> {
     }
 }
 
+/// Extents waiting between the connection and the thread that writes them: bounded,
+/// so a disk slower than the link holds the peer back, with at most this many extents
+/// (each of at most `wire::MAX_EXTENT` bytes) in memory.
+const WRITE_QUEUE: usize = 8;
+
 /// Stages the extents of one cut and commits it at its end record. The store is held
-/// for the whole cut: one cut at a time per set.
+/// for the whole cut: one cut at a time per set. The extents are written on a blocking
+/// thread of their own, in the order they came, while the next ones arrive.
 async fn receive_cut(
     r: &mut Reader,
     w: &mut Writer,
@@ -289,7 +297,7 @@ async fn receive_cut(
     meta: CutMeta,
     keep: usize,
 ) -> Result<(), WireError> {
-    let mut store = store.lock().await;
+    let mut store = store.lock_owned().await;
     let cut = meta.cut;
     let progress = match tokio::task::block_in_place(|| store.begin(meta)) {
         Ok(p) => p,
@@ -303,35 +311,48 @@ async fn receive_cut(
         },
     )
     .await?;
-    let mut failed: Option<String> = None;
-    loop {
-        match wire::read_frame(r).await? {
-            Frame::Extent(e) => {
-                if failed.is_some() {
-                    continue;
-                }
-                let data = match &e.kind {
-                    wire::ExtentKind::Data(d) => ExtentData::Data(d),
-                    wire::ExtentKind::Zero { len } => ExtentData::Zero { len: *len },
-                };
-                if let Err(err) =
-                    tokio::task::block_in_place(|| store.put(e.volume, e.offset, data, e.crc))
-                {
-                    failed = Some(err.to_string());
-                }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<wire::Extent>(WRITE_QUEUE);
+    let writer = tokio::task::spawn_blocking(move || {
+        // After a refused extent nothing more is staged: the cut is refused at its end.
+        let mut failed: Option<String> = None;
+        while let Some(e) = rx.blocking_recv() {
+            if failed.is_some() {
+                continue;
             }
-            Frame::Control(Message::EndCut { cut: end, .. }) if end == cut => {
-                if let Some(why) = failed {
-                    return send(w, &error("refused", why)).await;
-                }
-                return match tokio::task::block_in_place(|| store.commit_and_apply(keep)) {
-                    Ok(()) => send(w, &Message::Committed { cut }).await,
-                    Err(e) => send(w, &error("io", e.to_string())).await,
-                };
-            }
-            Frame::Control(_) => {
-                return send(w, &error("protocol", "expected extents or the cut's end")).await
+            let data = match &e.kind {
+                wire::ExtentKind::Data(d) => ExtentData::Data(d),
+                wire::ExtentKind::Zero { len } => ExtentData::Zero { len: *len },
+            };
+            if let Err(err) = store.put(e.volume, e.offset, data, e.crc) {
+                failed = Some(err.to_string());
             }
         }
+        (store, failed)
+    });
+    let ended = loop {
+        match wire::read_frame(r).await {
+            // A writer that is gone (it panicked) shows when it is joined below.
+            Ok(Frame::Extent(e)) => drop(tx.send(e).await),
+            Ok(Frame::Control(Message::EndCut { cut: end, .. })) if end == cut => break Ok(true),
+            Ok(Frame::Control(_)) => break Ok(false),
+            Err(e) => break Err(e),
+        }
+    };
+    // The writer ends once it has written every extent queued.
+    drop(tx);
+    let written = writer.await;
+    if !ended? {
+        return send(w, &error("protocol", "expected extents or the cut's end")).await;
+    }
+    let (mut store, failed) = match written {
+        Ok(x) => x,
+        Err(e) => return send(w, &error("internal", e.to_string())).await,
+    };
+    if let Some(why) = failed {
+        return send(w, &error("refused", why)).await;
+    }
+    match tokio::task::block_in_place(|| store.commit_and_apply(keep)) {
+        Ok(()) => send(w, &Message::Committed { cut }).await,
+        Err(e) => send(w, &error("io", e.to_string())).await,
     }
 }

@@ -17,6 +17,25 @@
 //! "before the first cut", which is no consistent image, so none is written and no
 //! recovery point is kept for it. The same holds with `keep == 1`.
 //!
+//! # The first cut goes in place
+//!
+//! While the set has no current cut and no recovery point (a new set, or after a
+//! reset), the volumes hold nothing a failover could use, so there is nothing for a
+//! staging log to protect. The cut that begins then is written straight into the
+//! volumes, and its staging log (flagged "in place" in its header) holds only a
+//! `placed` record per extent, no data: the records say which extents are durable in
+//! the volumes, for resuming the cut. Every [`CHECKPOINT_BYTES`] of data (and before
+//! the commit, and before a resume reports its count) the volumes are fsynced first,
+//! then the records of the extents written since are appended and the log fsynced, so
+//! a record is never durable before the data it stands for. The end record follows
+//! the last records; the state saying the cut is current follows the end record.
+//! After a crash before the end record is durable the store has no current cut and
+//! no recovery point, as before the cut began; what the volumes hold past the last
+//! durable record is no cut and claimed as none. Resuming rewrites every extent after
+//! the durable ones, and a different cut replaces the log and rewrites the volumes
+//! whole (a cut over an empty set is a full one: every page, holes as zero records),
+//! so either way the volumes end at exactly the cut that commits.
+//!
 //! # Files in the set's directory
 //!
 //! The directory belongs to the store: at open it removes `*.tmp` files and undo logs
@@ -33,12 +52,16 @@
 //!
 //! Both logs share one format (little-endian):
 //! - header: magic (`TWLNSTAG` or `TWLNUNDO`), version u32, volume count u32,
-//!   generation u64, cut u64, taken_unix u64, reserved u32, crc32c of the 44 bytes before;
-//! - record header, 32 bytes: tag u8 (1 data, 2 zero, 3 end), 3 zero bytes, then `a` u32,
+//!   generation u64, cut u64, taken_unix u64, flags u32 (bit 0: an in-place staging
+//!   log; no other bit is set), crc32c of the 44 bytes before;
+//! - record header, 32 bytes: tag u8 (1 data, 2 zero, 3 end, 4 placed), 3 zero bytes, then `a` u32,
 //!   `b` u64, `c` u64, `d` u32, and a crc32c of the 28 bytes before, seeded with the log
 //!   header's crc (so a record from another log never validates). For data and zero
 //!   records `a` is the volume index, `b` the byte offset, `c` the length and `d` the
 //!   crc32c of the data (0 for zero records); a data record is followed by its `c` bytes.
+//!   A placed record (in-place logs only, which hold no data or zero records) has the
+//!   same fields as a data or zero record (`d` is 0 for zeros) and no bytes after it:
+//!   the extent is in the volume already.
 //!   The end record has `a` = the `keep` count of the commit (staging log; 0 for undo),
 //!   `b` = the number of records before it, `c` = the bytes they cover, `d` = 0.
 //!
@@ -68,6 +91,11 @@ use serde::{Deserialize, Serialize};
 /// Largest piece copied at once between a log and a volume.
 pub const CHUNK: usize = 1 << 20;
 
+/// Data written in place between two checkpoints of a first cut (volumes fsynced,
+/// then the records of what they hold appended to the log and fsynced). Small in tests,
+/// so the crash tests cross checkpoints.
+pub const CHECKPOINT_BYTES: u64 = if cfg!(test) { 2048 } else { 256 << 20 };
+
 const STATE_FILE: &str = "state.json";
 const STAGING_FILE: &str = "staging.log";
 const STAGING_MAGIC: [u8; 8] = *b"TWLNSTAG";
@@ -79,6 +107,9 @@ const RECORD_HEADER: usize = 32;
 const TAG_DATA: u8 = 1;
 const TAG_ZERO: u8 = 2;
 const TAG_END: u8 = 3;
+const TAG_PLACED: u8 = 4;
+/// Header flag of a staging log whose extents went straight into the volumes.
+const FLAG_IN_PLACE: u32 = 1;
 
 /// One volume of the set on this side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -451,7 +482,12 @@ impl Disk {
 
 // ---- log format -------------------------------------------------------------------
 
-fn encode_log_header(magic: [u8; 8], meta: &CutMeta, volume_count: u32) -> ([u8; LOG_HEADER], u32) {
+fn encode_log_header(
+    magic: [u8; 8],
+    meta: &CutMeta,
+    volume_count: u32,
+    flags: u32,
+) -> ([u8; LOG_HEADER], u32) {
     let mut h = [0u8; LOG_HEADER];
     h[..8].copy_from_slice(&magic);
     h[8..12].copy_from_slice(&LOG_VERSION.to_le_bytes());
@@ -459,6 +495,7 @@ fn encode_log_header(magic: [u8; 8], meta: &CutMeta, volume_count: u32) -> ([u8;
     h[16..24].copy_from_slice(&meta.generation.to_le_bytes());
     h[24..32].copy_from_slice(&meta.cut.to_le_bytes());
     h[32..40].copy_from_slice(&meta.taken_unix.to_le_bytes());
+    h[40..44].copy_from_slice(&flags.to_le_bytes());
     let crc = crc32c::crc32c(&h[..44]);
     h[44..48].copy_from_slice(&crc.to_le_bytes());
     (h, crc)
@@ -476,8 +513,9 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(x)
 }
 
-/// Reads the header of a log; `None` when it is missing, torn or of another kind.
-fn read_log_header(file: &File, magic: [u8; 8]) -> io::Result<Option<(CutMeta, u32, u32)>> {
+/// Reads the header of a log: the cut, the volume count, the header's crc and whether
+/// the log is in place; `None` when it is missing, torn or of another kind.
+fn read_log_header(file: &File, magic: [u8; 8]) -> io::Result<Option<(CutMeta, u32, u32, bool)>> {
     let mut h = [0u8; LOG_HEADER];
     match file.read_exact_at(&mut h, 0) {
         Ok(()) => {}
@@ -485,15 +523,22 @@ fn read_log_header(file: &File, magic: [u8; 8]) -> io::Result<Option<(CutMeta, u
         Err(e) => return Err(e),
     }
     let crc = crc32c::crc32c(&h[..44]);
+    let flags = le_u32(&h, 40);
     if h[..8] != magic || le_u32(&h, 8) != LOG_VERSION || le_u32(&h, 44) != crc {
         return Ok(None);
     }
+    // Only a staging log can be in place; unknown flags are another format.
+    let in_place = match flags {
+        0 => false,
+        FLAG_IN_PLACE if magic == STAGING_MAGIC => true,
+        _ => return Ok(None),
+    };
     let meta = CutMeta {
         generation: le_u64(&h, 16),
         cut: le_u64(&h, 24),
         taken_unix: le_u64(&h, 32),
     };
-    Ok(Some((meta, le_u32(&h, 12), crc)))
+    Ok(Some((meta, le_u32(&h, 12), crc, in_place)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -506,6 +551,12 @@ enum Record {
         data_at: u64,
     },
     Zero {
+        volume: u32,
+        offset: u64,
+        len: u64,
+    },
+    /// In an in-place log: `len` bytes at `offset` of `volume` are durable there.
+    Placed {
         volume: u32,
         offset: u64,
         len: u64,
@@ -531,12 +582,14 @@ fn encode_record(seed: u32, tag: u8, a: u32, b: u64, c: u64, d: u32) -> [u8; REC
 
 /// Reads the record at `at`: the record and where the next one starts, or `None` when
 /// it is torn or invalid (the log ends before it). With `verify`, a data record's bytes
-/// are read (through `buf`) and checked against its crc.
+/// are read (through `buf`) and checked against its crc. An in-place log holds placed
+/// records where another holds data and zero records.
 fn read_record(
     file: &File,
     at: u64,
     seed: u32,
     sizes: &[u64],
+    in_place: bool,
     verify: bool,
     buf: &mut Vec<u8>,
 ) -> io::Result<Option<(Record, u64)>> {
@@ -558,7 +611,15 @@ fn read_record(
                 .is_some_and(|&size| offset.checked_add(len).is_some_and(|end| end <= size))
     };
     match h[0] {
-        TAG_DATA if in_range(a, b, c) => {
+        TAG_PLACED if in_place && in_range(a, b, c) => {
+            let record = Record::Placed {
+                volume: a,
+                offset: b,
+                len: c,
+            };
+            Ok(Some((record, next)))
+        }
+        TAG_DATA if !in_place && in_range(a, b, c) => {
             if verify {
                 let mut crc = 0u32;
                 let mut done = 0u64;
@@ -585,7 +646,7 @@ fn read_record(
             };
             Ok(Some((record, next + c)))
         }
-        TAG_ZERO if in_range(a, b, c) && d == 0 => {
+        TAG_ZERO if !in_place && in_range(a, b, c) && d == 0 => {
             let record = Record::Zero {
                 volume: a,
                 offset: b,
@@ -617,6 +678,8 @@ struct Scan {
     last_end: Option<(u32, u64)>,
     /// `Some(keep)` when a valid end record closes the log.
     end: Option<u32>,
+    /// The extents are in the volumes already (placed records).
+    in_place: bool,
 }
 
 /// Scans the log at `path`, verifying every record; `None` when its header is invalid.
@@ -626,7 +689,8 @@ fn scan_log(
     magic: [u8; 8],
     sizes: &[u64],
 ) -> Result<Option<Scan>, RecoveryError> {
-    let Some((meta, count, seed)) = read_log_header(file, magic).map_err(io_err(path))? else {
+    let Some((meta, count, seed, in_place)) = read_log_header(file, magic).map_err(io_err(path))?
+    else {
         return Ok(None);
     };
     if count as usize != sizes.len() {
@@ -640,10 +704,12 @@ fn scan_log(
         bytes: 0,
         last_end: None,
         end: None,
+        in_place,
     };
     let mut buf = Vec::new();
     while let Some((record, next)) =
-        read_record(file, scan.valid_len, seed, sizes, true, &mut buf).map_err(io_err(path))?
+        read_record(file, scan.valid_len, seed, sizes, in_place, true, &mut buf)
+            .map_err(io_err(path))?
     {
         match record {
             Record::Data {
@@ -653,6 +719,11 @@ fn scan_log(
                 ..
             }
             | Record::Zero {
+                volume,
+                offset,
+                len,
+            }
+            | Record::Placed {
                 volume,
                 offset,
                 len,
@@ -692,16 +763,30 @@ where
     let mut at = LOG_HEADER as u64;
     let mut buf = Vec::new();
     for _ in 0..scan.records {
-        let (record, next) = read_record(file, at, scan.seed, sizes, false, &mut buf)
-            .map_err(io_err(path))?
-            .ok_or(RecoveryError::Corrupt {
-                path: path.to_owned(),
-                what: "a record changed after it was verified",
-            })?;
+        let (record, next) =
+            read_record(file, at, scan.seed, sizes, scan.in_place, false, &mut buf)
+                .map_err(io_err(path))?
+                .ok_or(RecoveryError::Corrupt {
+                    path: path.to_owned(),
+                    what: "a record changed after it was verified",
+                })?;
         each(record)?;
         at = next;
     }
     Ok(())
+}
+
+/// Starts writing back a range just written, without waiting for it: the disk works
+/// while the next extents arrive, and the checkpoint's fsync finds little left to do.
+/// Only a hint: an error here changes nothing (the fsync reports what matters).
+fn start_writeback(file: &File, at: u64, len: u64) {
+    if let (Ok(off), Ok(n)) = (i64::try_from(at), i64::try_from(len)) {
+        // SAFETY: sync_file_range on a file descriptor we own for the call's duration;
+        // it takes no pointers.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
 }
 
 /// Reads `buf.len()` bytes at `at` of a volume; what lies past its end reads as zeros.
@@ -739,6 +824,13 @@ struct Staging {
     last_end: Option<(u32, u64)>,
     /// `Some(keep)` once the end record is durable.
     committed: Option<u32>,
+    /// The extents go straight into the volumes (the first cut over an empty set).
+    in_place: bool,
+    /// In place: the placed records of the extents written since the last checkpoint,
+    /// appended to the log at the next one (after the volumes are fsynced).
+    pending: Vec<u8>,
+    /// In place: data bytes written since the last checkpoint.
+    unsynced: u64,
 }
 
 impl Staging {
@@ -760,6 +852,7 @@ impl Staging {
             bytes: self.bytes,
             last_end: self.last_end,
             end: self.committed,
+            in_place: self.in_place,
         }
     }
 }
@@ -878,7 +971,9 @@ impl ReceiverStore {
         self.state.generation
     }
 
-    /// What is staged and not yet committed, for resuming the same cut.
+    /// What is staged and not yet committed, for resuming the same cut. For a cut
+    /// written in place, the extents written (durable or not: `begin` makes them durable
+    /// before it reports them).
     pub fn staged(&self) -> Option<StagedProgress> {
         self.staging
             .as_ref()
@@ -889,7 +984,9 @@ impl ReceiverStore {
     /// Starts staging `meta` (cut must be > current's within the same generation, or the
     /// generation is newer). If the same cut (same generation, id and time) is already
     /// staged, keeps it (resume) and returns its progress; a different staged cut is
-    /// discarded.
+    /// discarded. While the set has no current cut and no recovery point, the cut is
+    /// written in place (see the module documentation); the progress of a resumed cut
+    /// counts only extents that are durable.
     pub fn begin(&mut self, meta: CutMeta) -> Result<StagedProgress, RecoveryError> {
         self.reload_if_needed()?;
         let state = &self.state;
@@ -916,6 +1013,9 @@ impl ReceiverStore {
         }
         if let Some(staging) = &self.staging {
             if staging.meta == meta {
+                let result = self.checkpoint();
+                self.note(result)?;
+                let staging = self.staging.as_ref().ok_or(RecoveryError::NotStaging)?;
                 return Ok(staging.progress());
             }
         }
@@ -927,8 +1027,13 @@ impl ReceiverStore {
         self.staging = None;
         let path = self.dir.join(STAGING_FILE);
         self.disk.remove(&path)?;
+        let in_place = self.state.current.is_none()
+            && self.state.points.is_empty()
+            && self.state.rolling_back_to.is_none();
+        let flags = if in_place { FLAG_IN_PLACE } else { 0 };
         let file = self.disk.create(&path)?;
-        let (header, seed) = encode_log_header(STAGING_MAGIC, &meta, self.volumes.len() as u32);
+        let (header, seed) =
+            encode_log_header(STAGING_MAGIC, &meta, self.volumes.len() as u32, flags);
         self.disk.write_at(&file, &path, &header, 0)?;
         let staging = Staging {
             file,
@@ -939,6 +1044,9 @@ impl ReceiverStore {
             bytes: 0,
             last_end: None,
             committed: None,
+            in_place,
+            pending: Vec::new(),
+            unsynced: 0,
         };
         let progress = staging.progress();
         self.staging = Some(staging);
@@ -947,7 +1055,9 @@ impl ReceiverStore {
 
     /// Appends one extent of volume `volume` (index) at byte `offset`, after checking
     /// `crc32c` of the data bytes (ignored for `Zero`) and that the range is non-empty and
-    /// inside the volume. A refused extent stages nothing. Not yet durable.
+    /// inside the volume. A refused extent stages nothing. Not yet durable. In place, the
+    /// extent is written to the volume, and every [`CHECKPOINT_BYTES`] the extents
+    /// written so far are made durable.
     pub fn put(
         &mut self,
         volume: u32,
@@ -997,6 +1107,27 @@ impl ReceiverStore {
             Some(s) if s.committed.is_none() => s,
             _ => return Err(RecoveryError::NotStaging),
         };
+        if staging.in_place {
+            let v = &self.volumes[volume as usize];
+            let result = match data {
+                ExtentData::Data(bytes) => self
+                    .disk
+                    .write_at(&v.file, &v.target.path, bytes, offset)
+                    .map(|()| start_writeback(&v.file, offset, len)),
+                ExtentData::Zero { len } => self.disk.zero(&v.file, &v.target.path, offset, len),
+            };
+            if result.is_ok() {
+                let header = encode_record(staging.seed, TAG_PLACED, volume, offset, len, crc);
+                staging.pending.extend_from_slice(&header);
+                staging.unsynced += if tag == TAG_DATA { len } else { 0 };
+                staging.extents += 1;
+                staging.bytes += len;
+                staging.last_end = Some((volume, offset + len));
+            }
+            let due = staging.unsynced >= CHECKPOINT_BYTES;
+            let result = result.and_then(|()| if due { self.checkpoint() } else { Ok(()) });
+            return self.note(result);
+        }
         let path = self.dir.join(STAGING_FILE);
         let header = encode_record(staging.seed, tag, volume, offset, len, crc);
         let mut result = self
@@ -1028,7 +1159,30 @@ impl ReceiverStore {
         self.note(result)
     }
 
+    /// In place: makes every extent written so far durable and counted. The volumes
+    /// are fsynced first, then their placed records appended to the log and the log
+    /// fsynced: a record is never durable before the data it stands for.
+    fn checkpoint(&mut self) -> Result<(), RecoveryError> {
+        let pending = match &self.staging {
+            Some(s) if s.in_place && s.committed.is_none() && !s.pending.is_empty() => {
+                s.pending.len()
+            }
+            _ => return Ok(()),
+        };
+        self.sync_volumes()?;
+        let path = self.dir.join(STAGING_FILE);
+        let staging = self.staging.as_mut().ok_or(RecoveryError::NotStaging)?;
+        self.disk
+            .write_at(&staging.file, &path, &staging.pending, staging.len)?;
+        self.disk.sync(&staging.file, &path)?;
+        staging.len += pending as u64;
+        staging.pending.clear();
+        staging.unsynced = 0;
+        Ok(())
+    }
+
     fn commit(&mut self, keep: u32) -> Result<(), RecoveryError> {
+        self.checkpoint()?;
         let path = self.dir.join(STAGING_FILE);
         let staging = match &mut self.staging {
             Some(s) if s.committed.is_none() => s,
@@ -1268,6 +1422,13 @@ impl ReceiverStore {
             // Applied already (the crash came before its removal), or obsolete.
             return self.disk.remove(&path);
         }
+        if scan.in_place && (state.current.is_some() || !state.points.is_empty()) {
+            // Never written: a cut goes in place only while there is nothing to keep.
+            return Err(RecoveryError::Corrupt {
+                path,
+                what: "a cut written in place over a cut the set keeps",
+            });
+        }
         if scan.end.is_none() {
             let len = file.metadata().map_err(io_err(&path))?.len();
             if len != scan.valid_len {
@@ -1283,6 +1444,9 @@ impl ReceiverStore {
             bytes: scan.bytes,
             last_end: scan.last_end,
             committed: scan.end,
+            in_place: scan.in_place,
+            pending: Vec::new(),
+            unsynced: 0,
         });
         if scan.end.is_some() {
             self.apply_committed()?;
@@ -1298,6 +1462,11 @@ impl ReceiverStore {
         let meta = staging.meta;
         let scan = staging.scan();
         let staging_path = self.dir.join(STAGING_FILE);
+        if scan.in_place {
+            // The volumes hold the cut durably: every placed record was written after
+            // the volumes were fsynced, and the end record after the last of them.
+            return self.finish_apply(meta, Vec::new());
+        }
         // The previous cut, when this one builds on it.
         let prev = self
             .state
@@ -1322,6 +1491,17 @@ impl ReceiverStore {
         let staging = self.staging.as_ref().ok_or(RecoveryError::NotStaging)?;
         self.copy_records(&staging.file, &staging_path, &scan)?;
         self.sync_volumes()?;
+        self.finish_apply(meta, points)
+    }
+
+    /// The volumes hold `meta` durably: make it current with `points` behind it, and
+    /// drop the staging log.
+    fn finish_apply(
+        &mut self,
+        meta: CutMeta,
+        points: Vec<RecoveryPoint>,
+    ) -> Result<(), RecoveryError> {
+        let staging_path = self.dir.join(STAGING_FILE);
         let mut state = self.state.clone();
         state.generation = meta.generation;
         state.current = Some(meta);
@@ -1360,7 +1540,7 @@ impl ReceiverStore {
         let path = self.dir.join(undo_name(prev.cut));
         let tmp = tmp_of(&path);
         let file = self.disk.create(&tmp)?;
-        let (header, seed) = encode_log_header(UNDO_MAGIC, prev, self.volumes.len() as u32);
+        let (header, seed) = encode_log_header(UNDO_MAGIC, prev, self.volumes.len() as u32, 0);
         self.disk.write_at(&file, &tmp, &header, 0)?;
         let mut at = LOG_HEADER as u64;
         let (mut records, mut bytes) = (0u64, 0u64);
@@ -1383,7 +1563,8 @@ impl ReceiverStore {
                         offset,
                         len,
                     } => (volume, offset, len),
-                    Record::End { .. } => return Ok(()),
+                    // An in-place log has no undo log (there is no cut before it).
+                    Record::Placed { .. } | Record::End { .. } => return Ok(()),
                 };
                 let v = &self.volumes[volume as usize];
                 let mut done = 0u64;
@@ -1452,7 +1633,8 @@ impl ReceiverStore {
                 let v = &self.volumes[volume as usize];
                 self.disk.zero(&v.file, &v.target.path, offset, len)
             }
-            Record::End { .. } => Ok(()),
+            // In the volume already.
+            Record::Placed { .. } | Record::End { .. } => Ok(()),
         })
     }
 

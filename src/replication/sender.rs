@@ -902,7 +902,10 @@ async fn ship(
                         volume: names[run.volume as usize].clone(),
                         source: Box::new(e),
                     })?;
-            let mut buf = bytes::BytesMut::from(&data[..]);
+            // The read's buffer is ours alone: the snapshot goes over it, not over a copy.
+            let mut buf = data
+                .try_into_mut()
+                .unwrap_or_else(|data| bytes::BytesMut::from(&data[..]));
             t.overlay_snapshot(cut, off, &mut buf)
                 .map_err(|e| ReplicationError::Snapshot {
                     volume: names[run.volume as usize].clone(),

@@ -340,6 +340,7 @@ fn undo_log_holds_exactly_the_ranges_the_cut_writes() {
                 offset,
                 len,
             } => ranges.push((volume, offset, len)),
+            Record::Placed { .. } => panic!("a placed record in an undo log"),
             Record::End { .. } => {}
         }
         Ok(())
@@ -663,8 +664,11 @@ fn a_torn_staging_tail_resumes_before_the_torn_record() {
 fn a_damaged_record_ends_the_staged_prefix() {
     let rig = Rig::new(&[16384, 8192]);
     let mut store = rig.open();
-    let exts = &sample_cuts()[0];
-    store.begin(meta(1, 1)).expect("begin");
+    let cuts = sample_cuts();
+    // A cut before, so this one is staged rather than written in place.
+    let models = apply_all(&rig, &mut store, &cuts[..1], 3);
+    let exts = &cuts[2];
+    store.begin(meta(1, 2)).expect("begin");
     put(&mut store, &exts[0]).expect("put");
     let first_end = fs::metadata(rig.dir().join(STAGING_FILE))
         .expect("log")
@@ -679,8 +683,8 @@ fn a_damaged_record_ends_the_staged_prefix() {
     fs::write(&log, bytes).expect("write");
     let mut store = rig.open();
     assert_eq!(store.staged().expect("staged").extents, 1);
-    run_cut(&mut store, meta(1, 1), exts, 3).expect("resume");
-    let mut expected = rig.zeros();
+    run_cut(&mut store, meta(1, 2), exts, 3).expect("resume");
+    let mut expected = models[1].clone();
     apply_model(&mut expected, exts);
     assert_eq!(rig.content(), expected);
 }
@@ -781,6 +785,175 @@ fn large_extents_go_through_in_chunks() {
     assert_eq!(rig.content(), m1);
 }
 
+// ---- the first cut, in place -----------------------------------------------------------
+
+/// The staging log's flags word and length.
+fn staging_log(rig: &Rig) -> (u32, u64) {
+    let bytes = fs::read(rig.dir().join(STAGING_FILE)).expect("staging log");
+    (le_u32(&bytes, 40), bytes.len() as u64)
+}
+
+#[test]
+fn the_first_cut_goes_in_place_and_its_log_holds_no_data() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    let exts = vec![
+        Ext::data(0, 0, 4096, 1),
+        Ext::data(1, 1024, 2048, 2),
+        Ext::Zero {
+            vol: 0,
+            off: 8192,
+            len: 8192,
+        },
+        Ext::data(0, 8192, 512, 3),
+    ];
+    store.begin(meta(1, 1)).expect("begin");
+    assert_eq!(staging_log(&rig), (FLAG_IN_PLACE, LOG_HEADER as u64));
+    for e in &exts {
+        put(&mut store, e).expect("put");
+    }
+    // The data is in the volumes before the commit; the log holds records only.
+    let mut expected = rig.zeros();
+    apply_model(&mut expected, &exts);
+    assert_eq!(rig.content(), expected);
+    let (_, len) = staging_log(&rig);
+    assert!(
+        len <= (LOG_HEADER + 4 * RECORD_HEADER) as u64,
+        "log of {len} bytes"
+    );
+    assert_eq!(store.current(), None, "nothing committed yet");
+    assert!(store.recovery_points().is_empty());
+    store.commit_and_apply(3).expect("commit");
+    assert_eq!(store.current(), Some(&meta(1, 1)));
+    assert_eq!(point_cuts(&store), vec![1]);
+    assert_eq!(rig.files(), vec!["state.json"]);
+    assert_eq!(rig.content(), expected);
+    // The next cut has a cut to protect: it is staged, with its data in the log.
+    store.begin(meta(1, 2)).expect("begin");
+    assert_eq!(staging_log(&rig), (0, LOG_HEADER as u64));
+    put(&mut store, &Ext::data(0, 0, 512, 9)).expect("put");
+    assert_eq!(rig.content(), expected, "staged, not applied");
+    store.commit_and_apply(3).expect("commit");
+    assert_eq!(point_cuts(&store), vec![2, 1]);
+    // After a reset there is nothing to protect again.
+    store.reset(2).expect("reset");
+    store.begin(meta(2, 1)).expect("begin");
+    assert_eq!(staging_log(&rig).0, FLAG_IN_PLACE);
+}
+
+#[test]
+fn an_in_place_cut_resumes_from_its_last_checkpoint() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    let half = CHECKPOINT_BYTES / 2;
+    let exts: Vec<Ext> = (0..5)
+        .map(|i| Ext::data(0, i * half, half, i as u8 + 1))
+        .collect();
+    store.begin(meta(1, 1)).expect("begin");
+    for e in &exts[..3] {
+        put(&mut store, e).expect("put");
+    }
+    assert_eq!(store.staged().expect("staged").extents, 3);
+    // Killed: the third extent was written after the last checkpoint, so it does not
+    // count, though the volume may well hold it.
+    drop(store);
+    let mut store = rig.open();
+    assert_eq!(store.current(), None);
+    let p = store.staged().expect("staged");
+    assert_eq!((p.extents, p.bytes), (2, CHECKPOINT_BYTES));
+    assert_eq!(p.last_end, Some((0, CHECKPOINT_BYTES)));
+    // A link cut instead: `begin` makes what was written durable before it counts it.
+    put(&mut store, &exts[2]).expect("put");
+    let p = store.begin(meta(1, 1)).expect("resume");
+    assert_eq!(p.extents, 3);
+    drop(store);
+    let mut store = rig.open();
+    assert_eq!(store.staged().expect("staged").extents, 3);
+    run_cut(&mut store, meta(1, 1), &exts, 3).expect("resume");
+    let mut expected = rig.zeros();
+    apply_model(&mut expected, &exts);
+    assert_eq!(rig.content(), expected);
+    assert_eq!(store.current(), Some(&meta(1, 1)));
+}
+
+#[test]
+fn a_damaged_placed_record_ends_the_durable_prefix() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    let exts: Vec<Ext> = (0..3)
+        .map(|i| Ext::data(0, i * CHECKPOINT_BYTES, CHECKPOINT_BYTES, i as u8 + 1))
+        .collect();
+    store.begin(meta(1, 1)).expect("begin");
+    for e in &exts {
+        put(&mut store, e).expect("put");
+    }
+    drop(store);
+    let log = rig.dir().join(STAGING_FILE);
+    let mut bytes = fs::read(&log).expect("read");
+    assert_eq!(bytes.len(), LOG_HEADER + 3 * RECORD_HEADER);
+    bytes[LOG_HEADER + RECORD_HEADER + 9] ^= 0xff;
+    fs::write(&log, bytes).expect("write");
+    let mut store = rig.open();
+    assert_eq!(store.staged().expect("staged").extents, 1);
+    run_cut(&mut store, meta(1, 1), &exts, 3).expect("resume");
+    let mut expected = rig.zeros();
+    apply_model(&mut expected, &exts);
+    assert_eq!(rig.content(), expected);
+}
+
+#[test]
+fn a_different_first_cut_rewrites_what_an_abandoned_one_left() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    store.begin(meta(1, 1)).expect("begin");
+    for e in &sample_cuts()[3] {
+        put(&mut store, e).expect("put");
+    }
+    drop(store);
+    // The primary lost that cut; its next one is full: every page, holes as zeros.
+    let full = vec![
+        Ext::Zero {
+            vol: 0,
+            off: 0,
+            len: 4096,
+        },
+        Ext::data(0, 4096, 4096, 5),
+        Ext::Zero {
+            vol: 0,
+            off: 8192,
+            len: 8192,
+        },
+        Ext::data(1, 0, 8192, 6),
+    ];
+    let mut store = rig.open();
+    assert_eq!(store.begin(meta(1, 2)).expect("begin").extents, 0);
+    for e in &full {
+        put(&mut store, e).expect("put");
+    }
+    store.commit_and_apply(3).expect("commit");
+    let mut expected = rig.zeros();
+    apply_model(&mut expected, &full);
+    assert_eq!(rig.content(), expected);
+    assert_eq!(store.current(), Some(&meta(1, 2)));
+}
+
+#[test]
+fn an_in_place_log_beside_a_kept_cut_is_refused() {
+    let rig = Rig::new(&[16384, 8192]);
+    let mut store = rig.open();
+    store.begin(meta(1, 1)).expect("begin");
+    drop(store);
+    let log = fs::read(rig.dir().join(STAGING_FILE)).expect("log");
+    let mut store = rig.open();
+    run_cut(&mut store, meta(1, 0), &[], 3).expect("cut 0");
+    drop(store);
+    fs::write(rig.dir().join(STAGING_FILE), log).expect("put the log back");
+    assert!(matches!(
+        ReceiverStore::open(&rig.dir(), rig.targets()),
+        Err(RecoveryError::Corrupt { .. })
+    ));
+}
+
 // ---- crash safety by fault injection --------------------------------------------------
 
 #[derive(Debug, Clone)]
@@ -869,6 +1042,11 @@ fn run_with_crash(
                             after[i - 1].clone()
                         };
                         assert_eq!(content, prior, "k {k}: reset changed the volumes");
+                    }
+                    (Op::Cut(..), None) if before.is_none() => {
+                        // The first cut goes in place: the volumes hold no cut and none
+                        // is claimed.
+                        assert!(store.recovery_points().is_empty(), "k {k}: op {i}");
                     }
                     (_, None) => {
                         assert_eq!(before, None, "k {k}: op {i} lost the current cut");
