@@ -690,6 +690,15 @@ fn promote_at_an_older_recovery_point_gives_that_cut_and_a_writable_volume() {
         "--keep",
         "4",
     ]);
+    // Before its first cut commits, a secondary is no image to fail over to.
+    let o = s.ctl(&["promote", "--volume", "v"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no committed cut"), "{err}");
+    assert_eq!(
+        json(&s, &["replication", "list"])["replications"][0]["name"],
+        "r"
+    );
     let mut images = Vec::new();
     for (i, pattern) in [0x71, 0x72, 0x73].iter().enumerate() {
         qemu_io(&url, &[format!("write -P {pattern} {}m 2m", i * 3)]);

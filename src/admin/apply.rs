@@ -249,6 +249,8 @@ pub enum AdminError {
     RestartUnconfirmed(String),
     #[error("no secondary replication set holds {0}")]
     NotASecondary(String),
+    #[error("replication set '{0}' has no committed cut here yet: its volumes are not a consistent image of the primary, so they cannot be promoted; let a replication cycle finish first")]
+    NoCommittedCut(String),
     #[error("schedule task '{0}' already exists")]
     TaskExists(String),
     #[error("no schedule task named '{0}'")]
@@ -342,7 +344,7 @@ impl AdminError {
             | AdminError::SecondaryVolume { .. }
             | AdminError::VolumeReplicated { .. } => ErrorCode::InUse,
             AdminError::Replication(e) => replication_code(e),
-            AdminError::RestartUnconfirmed(_) => ErrorCode::Invalid,
+            AdminError::RestartUnconfirmed(_) | AdminError::NoCommittedCut(_) => ErrorCode::Invalid,
             AdminError::NotASecondary(_) | AdminError::NoTask(_) => ErrorCode::NotFound,
             AdminError::TaskExists(_) => ErrorCode::AlreadyExists,
             AdminError::SetScheduled { .. } => ErrorCode::InUse,

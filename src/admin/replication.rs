@@ -375,6 +375,11 @@ pub fn promote<H: super::Host + ?Sized>(
             _ => return Err(AdminError::NotASecondary(what)),
         }
     };
+    // Before the first cut commits (a new set, or after `restart`), the volumes hold a
+    // partial copy.
+    if host.recovery_points(&set)?.is_empty() {
+        return Err(AdminError::NoCommittedCut(set));
+    }
     if let Some(cut) = point {
         host.roll_back(&set, cut)?;
     }
