@@ -592,6 +592,33 @@ fn schedules_wrong_secrets_and_refusals() {
     p.ctl_ok(&["peer", "delete", "dr"]);
 }
 
+/// Waits until the running cycle of `set` has shipped at least `bytes`.
+fn wait_progress(p: &TestServer, set: &str, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = show(p, set);
+        if v["progress"]["bytes_done"].as_u64().unwrap_or(0) >= bytes {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no progress: {v}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits (through failed attempts) until `set` has committed `cycles` cycles and is
+/// ready; returns its view.
+fn wait_converged(p: &TestServer, set: &str, cycles: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = show(p, set);
+        if v["cycles"] == cycles && v["status"] == "ready" {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "did not converge: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Status transitions a set reports, oldest first, without their times.
 fn statuses(p: &TestServer, set: &str) -> Vec<String> {
     show(p, set)["events"]
@@ -772,15 +799,7 @@ fn a_secondary_killed_while_applying_is_at_one_cut_and_converges() {
         "the secondary holds a mix of two cuts"
     );
     // The primary's failed cycle retries on its own and converges.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let v = show(&p, "r");
-        if v["cycles"] == 2 && v["status"] == "ready" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "did not converge: {v}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_converged(&p, "r", 2);
     assert!(std::fs::read(s.data_path("volumes/v.img")).unwrap() == second);
 }
 
@@ -804,15 +823,7 @@ fn a_secondary_killed_during_the_first_cut_claims_no_cut_and_converges() {
         "dr",
     ]);
     p.ctl_ok(&["replicate", "r"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = show(&p, "r");
-        if v["progress"]["bytes_done"].as_u64().unwrap_or(0) >= 12 << 20 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no progress: {v}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_progress(&p, "r", 12 << 20);
     common::kill9(&mut s);
     // The primary's side of the proxied connection goes too.
     proxy.cut();
@@ -821,15 +832,7 @@ fn a_secondary_killed_during_the_first_cut_claims_no_cut_and_converges() {
     // Half a first cut is no cut: no recovery point, nothing to fail over to.
     let points = json(&s, &["recovery-points", "r"]);
     assert_eq!(points["points"].as_array().unwrap().len(), 0, "{points}");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let done = loop {
-        let v = show(&p, "r");
-        if v["cycles"] == 1 && v["status"] == "ready" {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "did not converge: {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let done = wait_converged(&p, "r", 1);
     assert!(
         done["last_cycle"]["attempts"].as_u64().unwrap() >= 2,
         "{done}"
@@ -859,28 +862,10 @@ fn a_transfer_cut_off_midway_resumes_the_same_cut() {
     ]);
     p.ctl_ok(&["replicate", "r"]);
     // Cut the link once about half is across.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = show(&p, "r");
-        if v["progress"]["bytes_done"].as_u64().unwrap_or(0) >= 8 << 20 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no progress: {v}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_progress(&p, "r", 8 << 20);
     proxy.cut();
     proxy.set_rate(0);
-    let done = {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let v = show(&p, "r");
-            if v["cycles"] == 1 && v["status"] == "ready" {
-                break v;
-            }
-            assert!(Instant::now() < deadline, "did not resume: {v}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let done = wait_converged(&p, "r", 1);
     let last = &done["last_cycle"];
     assert!(last["attempts"].as_u64().unwrap() >= 2, "{done}");
     assert!(statuses(&p, "r").contains(&"error".to_string()), "{done}");
@@ -1024,15 +1009,7 @@ fn a_primary_killed_mid_cycle_resends_only_what_may_have_changed() {
     };
     std::thread::sleep(Duration::from_millis(300));
     p.ctl_ok(&["replicate", "r"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = show(&p, "r");
-        if v["progress"]["bytes_done"].as_u64().unwrap_or(0) >= 2 << 20 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no progress: {v}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_progress(&p, "r", 2 << 20);
     common::kill9(&mut p);
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
@@ -1079,15 +1056,7 @@ fn a_clean_restart_with_a_failed_cycle_pending_loses_no_page() {
     qemu_io(&url, &["write -P 0x62 1m 8m".into()]);
     proxy.set_rate(1 << 20);
     p.ctl_ok(&["replicate", "r"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while show(&p, "r")["progress"]["bytes_done"]
-        .as_u64()
-        .unwrap_or(0)
-        < 1 << 20
-    {
-        assert!(Instant::now() < deadline, "no progress");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_progress(&p, "r", 1 << 20);
     s.stop();
     proxy.cut();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1333,28 +1302,10 @@ fn a_compressed_transfer_cut_off_midway_resumes_the_same_cut() {
         "lz4",
     ]);
     p.ctl_ok(&["replicate", "r"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = show(&p, "r");
-        if v["progress"]["bytes_done"].as_u64().unwrap_or(0) >= 6 << 20 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no progress: {v}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_progress(&p, "r", 6 << 20);
     proxy.cut();
     proxy.set_rate(0);
-    let done = {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let v = show(&p, "r");
-            if v["cycles"] == 1 && v["status"] == "ready" {
-                break v;
-            }
-            assert!(Instant::now() < deadline, "did not resume: {v}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let done = wait_converged(&p, "r", 1);
     let last = &done["last_cycle"];
     assert!(last["attempts"].as_u64().unwrap() >= 2, "{done}");
     assert_eq!(last["compress"], "lz4", "{done}");
