@@ -592,6 +592,21 @@ fn schedules_wrong_secrets_and_refusals() {
     p.ctl_ok(&["peer", "delete", "dr"]);
 }
 
+/// `replication create r --volume v --peer dr` on the primary, with `extra` options.
+fn create_set_of_v(p: &TestServer, extra: &[&str]) {
+    let mut args = vec![
+        "replication",
+        "create",
+        "r",
+        "--volume",
+        "v",
+        "--peer",
+        "dr",
+    ];
+    args.extend_from_slice(extra);
+    p.ctl_ok(&args);
+}
+
 /// Waits until the running cycle of `set` has shipped at least `bytes`.
 fn wait_progress(p: &TestServer, set: &str, bytes: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -636,15 +651,7 @@ fn restart_deletes_recovery_points_and_reships_everything() {
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     let url = p.url(DEMO_IQN, 1);
     qemu_io(&url, &["write -P 0x61 0 8m".into()]);
-    p.ctl_ok(&[
-        "replication",
-        "create",
-        "r",
-        "--volume",
-        "v",
-        "--peer",
-        "dr",
-    ]);
+    create_set_of_v(&p, &[]);
     replicate(&p, "r");
     qemu_io(&url, &["write -P 0x62 1m 1m".into()]);
     replicate(&p, "r");
@@ -706,17 +713,7 @@ fn promote_at_an_older_recovery_point_gives_that_cut_and_a_writable_volume() {
     p.ctl_ok(&["volume", "create", "v", "--size", "32M"]);
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     let url = p.url(DEMO_IQN, 1);
-    p.ctl_ok(&[
-        "replication",
-        "create",
-        "r",
-        "--volume",
-        "v",
-        "--peer",
-        "dr",
-        "--keep",
-        "4",
-    ]);
+    create_set_of_v(&p, &["--keep", "4"]);
     // Before its first cut commits, a secondary is no image to fail over to.
     let o = s.ctl(&["promote", "--volume", "v"]);
     assert!(!o.status.success());
@@ -769,15 +766,7 @@ fn a_secondary_killed_while_applying_is_at_one_cut_and_converges() {
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     let url = p.url(DEMO_IQN, 1);
     qemu_io(&url, &["write -P 0x41 0 64m".into()]);
-    p.ctl_ok(&[
-        "replication",
-        "create",
-        "r",
-        "--volume",
-        "v",
-        "--peer",
-        "dr",
-    ]);
+    create_set_of_v(&p, &[]);
     replicate(&p, "r");
     let first = std::fs::read(p.data_path("volumes/v.img")).unwrap();
     // A big second cut; kill the secondary while it is being received or applied.
@@ -813,15 +802,7 @@ fn a_secondary_killed_during_the_first_cut_claims_no_cut_and_converges() {
         &p.url(DEMO_IQN, 1),
         &["write -P 0x51 0 24m".into(), "write -P 0x52 40m 8m".into()],
     );
-    p.ctl_ok(&[
-        "replication",
-        "create",
-        "r",
-        "--volume",
-        "v",
-        "--peer",
-        "dr",
-    ]);
+    create_set_of_v(&p, &[]);
     p.ctl_ok(&["replicate", "r"]);
     wait_progress(&p, "r", 12 << 20);
     common::kill9(&mut s);
@@ -851,15 +832,7 @@ fn a_transfer_cut_off_midway_resumes_the_same_cut() {
     p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x33 0 16m".into()]);
-    p.ctl_ok(&[
-        "replication",
-        "create",
-        "r",
-        "--volume",
-        "v",
-        "--peer",
-        "dr",
-    ]);
+    create_set_of_v(&p, &[]);
     p.ctl_ok(&["replicate", "r"]);
     // Cut the link once about half is across.
     wait_progress(&p, "r", 8 << 20);
@@ -888,15 +861,7 @@ fn suspend_resume_abort_and_watch() {
     p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x21 0 16m".into()]);
-    p.ctl_ok(&[
-        "replication",
-        "create",
-        "r",
-        "--volume",
-        "v",
-        "--peer",
-        "dr",
-    ]);
+    create_set_of_v(&p, &[]);
 
     // abort: the running cycle is abandoned; the secondary holds no cut.
     p.ctl_ok(&["replicate", "r"]);
@@ -955,15 +920,7 @@ fn a_primary_killed_mid_cycle_resends_only_what_may_have_changed() {
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     let url = p.url(DEMO_IQN, 1);
     qemu_io(&url, &["write -P 0x51 0 96m".into()]);
-    p.ctl_ok(&[
-        "replication",
-        "create",
-        "r",
-        "--volume",
-        "v",
-        "--peer",
-        "dr",
-    ]);
+    create_set_of_v(&p, &[]);
     replicate(&p, "r");
 
     // A second cut of 16 MiB over a slow link, with a writer going on in a region of
@@ -1041,15 +998,7 @@ fn a_clean_restart_with_a_failed_cycle_pending_loses_no_page() {
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     let url = p.url(DEMO_IQN, 1);
     qemu_io(&url, &["write -P 0x61 0 8m".into()]);
-    p.ctl_ok(&[
-        "replication",
-        "create",
-        "r",
-        "--volume",
-        "v",
-        "--peer",
-        "dr",
-    ]);
+    create_set_of_v(&p, &[]);
     replicate(&p, "r");
     // A cycle that fails part way (the secondary goes away) keeps its cut for a retry;
     // the primary then shuts down cleanly with that cut still pending.
@@ -1290,17 +1239,7 @@ fn a_compressed_transfer_cut_off_midway_resumes_the_same_cut() {
             format!("write -s {text} 12m 4m"),
         ],
     );
-    p.ctl_ok(&[
-        "replication",
-        "create",
-        "r",
-        "--volume",
-        "v",
-        "--peer",
-        "dr",
-        "--compress",
-        "lz4",
-    ]);
+    create_set_of_v(&p, &["--compress", "lz4"]);
     p.ctl_ok(&["replicate", "r"]);
     wait_progress(&p, "r", 6 << 20);
     proxy.cut();
@@ -1328,15 +1267,7 @@ fn a_primary_dead_between_the_peers_commit_and_its_record_converges() {
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     let url = p.url(DEMO_IQN, 1);
     qemu_io(&url, &["write -P 0x71 0 8m".into()]);
-    p.ctl_ok(&[
-        "replication",
-        "create",
-        "r",
-        "--volume",
-        "v",
-        "--peer",
-        "dr",
-    ]);
+    create_set_of_v(&p, &[]);
     replicate(&p, "r");
     qemu_io(&url, &["write -P 0x72 2m 4m".into()]);
     // The peer commits the second cut; the primary dies before recording it.
