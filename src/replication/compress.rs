@@ -91,6 +91,20 @@ pub fn decompress(
     Ok(out)
 }
 
+/// `len` bytes of xorshift noise from `seed` (not 0): data that does not compress.
+#[cfg(test)]
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,15 +140,7 @@ mod tests {
 
     #[test]
     fn incompressible_data_is_not_compressed() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let data: Vec<u8> = (0..65536)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = noise(65536, 0x9e37_79b9_7f4a_7c15);
         for how in [Compression::Zstd, Compression::Lz4] {
             assert_eq!(compress(how, &data), None, "{how}");
         }

@@ -603,15 +603,7 @@ mod tests {
 
     #[tokio::test]
     async fn data_that_does_not_shrink_travels_as_read() {
-        let mut x = 88172645463325252u64;
-        let noise: Vec<u8> = (0..8192)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = crate::replication::compress::noise(8192, 88172645463325252);
         let e = data_extent(Bytes::from(noise));
         for how in [Compression::Zstd, Compression::Lz4] {
             let enc = encode_extent(&e, how);
