@@ -230,15 +230,7 @@ fn cycles_ship_written_data_first_and_then_only_changed_pages() {
         .map(|i| format!("write -P {} {}m 1m", 0x30 + i, i * 97 + 3))
         .collect();
     qemu_io(&url, &writes);
-    p.ctl_ok(&[
-        "replication",
-        "create",
-        "r",
-        "--volume",
-        "big",
-        "--peer",
-        "dr",
-    ]);
+    create_set(&p, "r", &["--volume", "big"]);
     let first = replicate(&p, "r");
     let data = first["data_bytes"].as_u64().unwrap();
     assert!(
@@ -291,15 +283,7 @@ fn every_committed_cut_is_consistent_under_dependent_writes() {
     p.ctl_ok(&["target", "create", iqn]);
     p.ctl_ok(&["lun", "map", iqn, "0", "a"]);
     p.ctl_ok(&["lun", "map", iqn, "1", "b"]);
-    p.ctl_ok(&[
-        "replication",
-        "create",
-        "dep",
-        "--group",
-        "g",
-        "--peer",
-        "dr",
-    ]);
+    create_set(&p, "dep", &["--group", "g"]);
     s.ctl_ok(&["target", "create", iqn]);
     s.ctl_ok(&["lun", "map", iqn, "0", "a", "--read-only"]);
     s.ctl_ok(&["lun", "map", iqn, "1", "b", "--read-only"]);
@@ -486,17 +470,7 @@ fn schedules_wrong_secrets_and_refusals() {
 
     // Every 2 s: cycles on time.
     let started = Instant::now();
-    p.ctl_ok(&[
-        "replication",
-        "create",
-        "sched",
-        "--volume",
-        "v",
-        "--peer",
-        "dr",
-        "--every",
-        "2s",
-    ]);
+    create_set(&p, "sched", &["--volume", "v", "--every", "2s"]);
     wait_cycles(&p, "sched", 3);
     let secs = started.elapsed().as_secs_f64();
     assert!(
@@ -505,15 +479,7 @@ fn schedules_wrong_secrets_and_refusals() {
     );
     // A schedule task every 2 s on another set: cycles on time.
     p.ctl_ok(&["volume", "create", "w", "--size", "8M"]);
-    p.ctl_ok(&[
-        "replication",
-        "create",
-        "tasked",
-        "--volume",
-        "w",
-        "--peer",
-        "dr",
-    ]);
+    create_set(&p, "tasked", &["--volume", "w"]);
     for (name, rule) in [
         ("a\"b", "'\"'"),
         ("a,b", "','"),
@@ -592,19 +558,18 @@ fn schedules_wrong_secrets_and_refusals() {
     p.ctl_ok(&["peer", "delete", "dr"]);
 }
 
+/// `replication create SET ARGS... --peer dr` on the primary.
+fn create_set(p: &TestServer, set: &str, args: &[&str]) {
+    let mut all = vec!["replication", "create", set, "--peer", "dr"];
+    all.extend_from_slice(args);
+    p.ctl_ok(&all);
+}
+
 /// `replication create r --volume v --peer dr` on the primary, with `extra` options.
 fn create_set_of_v(p: &TestServer, extra: &[&str]) {
-    let mut args = vec![
-        "replication",
-        "create",
-        "r",
-        "--volume",
-        "v",
-        "--peer",
-        "dr",
-    ];
+    let mut args = vec!["--volume", "v"];
     args.extend_from_slice(extra);
-    p.ctl_ok(&args);
+    create_set(p, "r", &args);
 }
 
 /// Waits until the running cycle of `set` has shipped at least `bytes`.

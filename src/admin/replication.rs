@@ -442,15 +442,17 @@ pub fn schedule_add(
             every_secs,
         },
     );
-    Ok((
-        Effect::None,
-        Response::Schedules {
-            schedules: schedule_views(c)
-                .into_iter()
-                .filter(|s| s.task == task)
-                .collect(),
-        },
-    ))
+    Ok((Effect::None, one_schedule(c, &task)))
+}
+
+/// The answer to a schedule change: the task as it now stands.
+fn one_schedule(c: &Catalog, task: &str) -> Response {
+    Response::Schedules {
+        schedules: schedule_views(c)
+            .into_iter()
+            .filter(|s| s.task == task)
+            .collect(),
+    }
 }
 
 pub fn schedule_modify(
@@ -484,15 +486,7 @@ pub fn schedule_modify(
     if let Some(e) = every {
         spec.every_secs = e;
     }
-    Ok((
-        Effect::None,
-        Response::Schedules {
-            schedules: schedule_views(c)
-                .into_iter()
-                .filter(|s| s.task == task)
-                .collect(),
-        },
-    ))
+    Ok((Effect::None, one_schedule(c, &task)))
 }
 
 pub fn schedule_delete(c: &mut Catalog, task: String) -> Result<(Effect, Response), AdminError> {

@@ -86,9 +86,18 @@ impl Cut {
     /// Puts the frozen bits back into the volumes' active maps (the transfer failed).
     /// `volumes` may be in any order; volumes not in the cut are ignored.
     pub fn merge_back(&self, volumes: &[&TrackedVolume]) {
+        self.each_volume(volumes, |v, frozen| v.dirty().merge_back(&frozen.dirty));
+    }
+
+    /// Calls `f` for each volume of the cut found in `volumes` (any order).
+    fn each_volume(
+        &self,
+        volumes: &[&TrackedVolume],
+        mut f: impl FnMut(&TrackedVolume, &FrozenVolume),
+    ) {
         for frozen in &self.volumes {
             if let Some(v) = volumes.iter().find(|v| *v.name() == frozen.volume) {
-                v.dirty().merge_back(&frozen.dirty);
+                f(v, frozen);
             }
         }
     }
@@ -97,14 +106,12 @@ impl Cut {
     /// records that covered its frozen pages are no longer needed. `volumes` may be in
     /// any order. Failing to delete only leaves more to resend after a crash.
     pub fn committed(&self, volumes: &[&TrackedVolume]) {
-        for frozen in &self.volumes {
-            let Some(epoch) = frozen.epoch else { continue };
-            if let Some(v) = volumes.iter().find(|v| *v.name() == frozen.volume) {
-                if let Err(e) = v.forget_activity_through(epoch) {
-                    tracing::warn!(volume = %frozen.volume, error = %e, "cannot delete old activity records");
-                }
+        self.each_volume(volumes, |v, frozen| {
+            let Some(epoch) = frozen.epoch else { return };
+            if let Err(e) = v.forget_activity_through(epoch) {
+                tracing::warn!(volume = %frozen.volume, error = %e, "cannot delete old activity records");
             }
-        }
+        });
     }
 }
 
