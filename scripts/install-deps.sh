@@ -30,6 +30,16 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 export DEBIAN_FRONTEND=noninteractive
+# Debian starts tgtd and iscsid on install where it can; the tests run their own. Keep
+# the installs from starting any service (policy-rc.d answering 101, "action not
+# allowed"), so nothing has to be stopped afterwards: this script never stops a
+# process it did not start. An admin's own policy-rc.d is left as it is.
+policy=/usr/sbin/policy-rc.d
+if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod 755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+fi
 apt-get update -qq
 v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/{print $2}')
 if [ -z "$v" ] || [ "$v" = "(none)" ]; then
@@ -41,7 +51,4 @@ apt-get install -y -qq --allow-downgrades \
     "qemu-block-extra=$v" "qemu-utils=$v" \
     open-iscsi busybox-static cpio kmod tgt xz-utils zstd >/dev/null
 qemu_ok || { echo "install-deps: qemu-utils and qemu-block-extra versions still differ" >&2; exit 1; }
-# Debian starts these services on install where it can; the tests run their own.
-pkill -x tgtd 2>/dev/null || true
-pkill -x iscsid 2>/dev/null || true
 echo "install-deps: installed ${missing[*]:-qemu pin}"
