@@ -152,6 +152,11 @@ impl std::fmt::Display for Compression {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicationSpec {
+    /// Names the set's state folder (`replication/ID`), never its name. Each side
+    /// picks its own. Catalogs written before ids existed load with 0, and startup
+    /// gives the set an id and moves its folder (`admin::startup`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub id: u64,
     pub role: ReplicationRole,
     pub peer: String,
     /// The group replicated (on the secondary: the group its volumes were put in).
@@ -229,6 +234,22 @@ pub struct SnapshotSpec {
     pub created: u64,
     /// Writers' pause while it was taken, microseconds.
     pub pause_us: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl Catalog {
+    /// A random id no replication set of the catalog has, never 0.
+    pub fn new_set_id(&self) -> u64 {
+        loop {
+            let id = rand::random::<u64>();
+            if id != 0 && !self.replications.values().any(|r| r.id == id) {
+                return id;
+            }
+        }
+    }
 }
 
 impl SnapshotSpec {
@@ -386,7 +407,7 @@ impl Catalog {
                 size: 1 << 30,
                 block_size: 512,
                 id,
-                path: "volumes/demo.img".into(),
+                path: crate::datadir::volume_file_rel(id),
                 page_size: DEFAULT_PAGE_SIZE,
             },
         );

@@ -52,7 +52,6 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::admin::apply::default_volume_path;
 use crate::admin::protocol::{de_size, default_block_size};
 use crate::admin::validate;
 use crate::catalog::{Catalog, ChapSpec, LunSpec, VolumeSpec, DEFAULT_PAGE_SIZE};
@@ -408,7 +407,7 @@ impl Config {
                             size: v.size,
                             block_size: v.block_size,
                             id,
-                            path: default_volume_path(&v.name),
+                            path: crate::datadir::volume_file_rel(id),
                             page_size: match v.page_size {
                                 // Parse checked it: a power of two up to 1 MiB.
                                 Some(p) => u32::try_from(p).expect("at most 1 MiB"),
@@ -719,7 +718,8 @@ read_only = true
         })
         .unwrap();
         assert_eq!(cat.volumes["db"].id, 101);
-        assert_eq!(cat.volumes["logs"].path, "volumes/logs.img");
+        let logs = &cat.volumes["logs"];
+        assert_eq!(logs.path, crate::datadir::volume_file_rel(logs.id));
         let t = &cat.targets["iqn.2026-11.com.example:db"];
         assert_eq!(
             t.luns.len(),

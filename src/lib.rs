@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod catalog;
 pub mod config;
+pub mod datadir;
 pub mod iscsi;
 pub mod replication;
 pub mod scsi;

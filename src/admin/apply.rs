@@ -60,8 +60,8 @@ pub trait Host: Sync {
     fn change_lock(&self) -> &Mutex<()>;
     /// Opens the (already created) backing file of a new volume and starts serving it.
     fn open_volume(&self, name: &str, spec: &VolumeSpec) -> Result<(), VolumeError>;
-    /// Stops serving a volume that left the catalog.
-    fn close_volume(&self, name: &str);
+    /// Stops serving a volume that left the catalog, and removes its tracking state.
+    fn close_volume(&self, name: &str, spec: &VolumeSpec);
     /// Pages of an open volume written since its last cut (write tracking).
     fn dirty_pages(&self, _name: &str) -> Option<u64> {
         None
@@ -593,11 +593,6 @@ pub fn volume_file(data_dir: &Path, spec: &VolumeSpec) -> PathBuf {
     data_dir.join(&spec.path)
 }
 
-/// The catalog path of a new volume's backing file.
-pub fn default_volume_path(name: &str) -> String {
-    format!("volumes/{name}.img")
-}
-
 fn volume_view<H: Host + ?Sized>(host: &H, c: &Catalog, name: &str) -> VolumeView {
     let spec = &c.volumes[name];
     let allocated = fs::metadata(volume_file(host.data_dir(), spec))
@@ -796,7 +791,7 @@ pub fn change(
             if c.volumes.contains_key(&name) {
                 return Err(AdminError::VolumeExists(name));
             }
-            let spec = new_volume_spec(c, &name, size, block_size, page_size, new_id);
+            let spec = new_volume_spec(c, size, block_size, page_size, new_id);
             let id = spec.id;
             c.volumes.insert(name.clone(), spec.clone());
             let view = VolumeView {
@@ -1264,7 +1259,6 @@ pub fn create_volume_file(path: &Path, size: u64) -> Result<(), AdminError> {
 /// designator): never reuse a live one, never 0.
 pub fn new_volume_spec(
     c: &Catalog,
-    name: &str,
     size: u64,
     block_size: u32,
     page_size: u32,
@@ -1280,8 +1274,20 @@ pub fn new_volume_spec(
         size,
         block_size,
         id,
-        path: default_volume_path(name),
+        path: crate::datadir::volume_file_rel(id),
         page_size,
+    }
+}
+
+/// Stops serving a volume that left the catalog (or never made it in) and removes its
+/// backing file and tracking state, only ever under their own folders of the data dir.
+/// The catalog no longer has the volume: a leftover file is only disk space, so a
+/// failure is logged.
+pub fn discard_volume<H: Host + ?Sized>(host: &H, name: &str, spec: &VolumeSpec) {
+    host.close_volume(name, spec);
+    let file = volume_file(host.data_dir(), spec);
+    if let Err(e) = crate::datadir::remove_volume_file(host.data_dir(), &file) {
+        tracing::warn!(volume = %name, error = %e, "cannot delete volume file");
     }
 }
 
@@ -1312,10 +1318,9 @@ fn commit<H: Host + ?Sized>(host: &H, new: Catalog, effect: Effect) -> Result<()
             *host.catalog().write() = new;
         }
         Effect::CreateVolume { name, spec } => {
-            let file = create_and_open_volume(host, &name, &spec)?;
+            create_and_open_volume(host, &name, &spec)?;
             if let Err(e) = store::save(dir, &new) {
-                host.close_volume(&name);
-                let _ = fs::remove_file(&file);
+                discard_volume(host, &name, &spec);
                 return Err(e.into());
             }
             *host.catalog().write() = new;
@@ -1324,14 +1329,7 @@ fn commit<H: Host + ?Sized>(host: &H, new: Catalog, effect: Effect) -> Result<()
         Effect::DeleteVolume { name, spec } => {
             store::save(dir, &new)?;
             *host.catalog().write() = new;
-            host.close_volume(&name);
-            let file = volume_file(dir, &spec);
-            // The catalog no longer has the volume: a leftover file is only disk space.
-            if let Err(e) = fs::remove_file(&file) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(volume = %name, path = %file.display(), error = %e, "cannot delete volume file");
-                }
-            }
+            discard_volume(host, &name, &spec);
             tracing::info!(volume = %name, "volume deleted");
         }
         Effect::CreateSnapshot { name } => {
@@ -1515,7 +1513,7 @@ mod tests {
             self.open.lock().insert(name.into());
             Ok(())
         }
-        fn close_volume(&self, name: &str) {
+        fn close_volume(&self, name: &str, _spec: &VolumeSpec) {
             self.open.lock().remove(name);
         }
         fn sessions(&self) -> Vec<SessionInfo> {
@@ -1621,11 +1619,12 @@ mod tests {
             (v.name.as_str(), v.size, v.block_size),
             ("db", 10 << 20, 4096)
         );
-        assert_eq!(v.path, "volumes/db.img");
-        let file = f.dir.path().join("volumes/db.img");
+        let id = f.catalog.read().volumes["db"].id;
+        // Files are named by ids, never by names.
+        assert_eq!(v.path, crate::datadir::volume_file_rel(id));
+        let file = f.dir.path().join(&v.path);
         assert_eq!(fs::metadata(&file).unwrap().len(), 10 << 20);
         assert!(f.open.lock().contains("db"));
-        let id = f.catalog.read().volumes["db"].id;
         assert_ne!(id, 0);
         assert_eq!(v.id, format!("{id:016x}"));
 
@@ -1660,22 +1659,30 @@ mod tests {
         f.refuse(vcreate("x", 1000, 512), ErrorCode::Invalid);
         f.refuse(vcreate("x", 1 << 20, 1024), ErrorCode::Invalid);
         f.refuse(vcreate("x", 6144, 4096), ErrorCode::Invalid);
-        // A stray file with the volume's name is never clobbered.
+        // Names are not paths: a stray file named like the volume is not its file,
+        // and is left alone.
         fs::write(f.dir.path().join("volumes/stray.img"), b"keep me").unwrap();
-        let m = f.refuse(vcreate("stray", 1 << 20, 512), ErrorCode::AlreadyExists);
-        assert!(m.contains("stray.img"), "{m}");
+        f.ok(vcreate("stray", 1 << 20, 512));
         assert_eq!(
             fs::read(f.dir.path().join("volumes/stray.img")).unwrap(),
             b"keep me"
         );
+        // An existing file where a new volume's file would go is never clobbered.
+        let taken = f.dir.path().join("volumes/taken.img");
+        fs::write(&taken, b"keep me").unwrap();
+        assert!(matches!(
+            create_volume_file(&taken, 1 << 20),
+            Err(AdminError::FileExists(_))
+        ));
+        assert_eq!(fs::read(&taken).unwrap(), b"keep me");
     }
 
     #[test]
     fn volume_create_undone_when_open_fails() {
         let mut f = Fake::new();
         f.fail_open = true;
+        // `refuse` checks that the folder of volume files is as it was.
         f.refuse(vcreate("x", 1 << 20, 512), ErrorCode::Io);
-        assert!(!f.dir.path().join("volumes/x.img").exists());
     }
 
     #[test]
@@ -1697,7 +1704,7 @@ mod tests {
             m.contains(Catalog::DEMO_TARGET) && m.contains("LUN 0"),
             "{m}"
         );
-        assert!(f.dir.path().join("volumes/demo.img").exists());
+        assert!(f.dir.path().join(&f.catalog.read().volumes["demo"].path).exists());
         f.refuse(
             Request::VolumeShow {
                 name: "nope".into(),
@@ -2092,7 +2099,7 @@ mod tests {
 
         let m = f.refuse(Request::VolumeDelete { name: "a".into() }, ErrorCode::InUse);
         assert!(m.contains("group 'g'"), "{m}");
-        assert!(f.dir.path().join("volumes/a.img").exists());
+        assert!(f.dir.path().join(&f.catalog.read().volumes["a"].path).exists());
     }
 
     #[test]

@@ -144,9 +144,11 @@ pub fn replication_create(
     if let Some(g) = &a.group {
         c.groups.get_mut(g).expect("checked above").replication_set = Some(a.name.clone());
     }
+    let id = c.new_set_id();
     c.replications.insert(
         a.name.clone(),
         ReplicationSpec {
+            id,
             role: ReplicationRole::Primary,
             peer: a.peer,
             group: a.group,
@@ -265,30 +267,25 @@ pub fn accept_secondary<H: super::Host + ?Sized>(
             return Err(AdminError::VolumeExists(v.name.clone()));
         }
     }
-    let mut created: Vec<(String, std::path::PathBuf)> = Vec::new();
-    let undo = |created: &[(String, std::path::PathBuf)]| {
-        for (name, file) in created {
-            host.close_volume(name);
-            let _ = std::fs::remove_file(file);
+    let mut created: Vec<(String, crate::catalog::VolumeSpec)> = Vec::new();
+    let undo = |created: &[(String, crate::catalog::VolumeSpec)]| {
+        for (name, spec) in created {
+            super::apply::discard_volume(host, name, spec);
         }
     };
     for v in volumes {
         let spec = new_volume_spec(
             &new,
-            &v.name,
             v.size,
             v.block_size,
             DEFAULT_PAGE_SIZE,
             &mut rand::random::<u64>,
         );
-        let file = match create_and_open_volume(host, &v.name, &spec) {
-            Ok(file) => file,
-            Err(e) => {
-                undo(&created);
-                return Err(e);
-            }
-        };
-        created.push((v.name.clone(), file));
+        if let Err(e) = create_and_open_volume(host, &v.name, &spec) {
+            undo(&created);
+            return Err(e);
+        }
+        created.push((v.name.clone(), spec.clone()));
         new.volumes.insert(v.name.clone(), spec);
     }
     let names: Vec<String> = volumes.iter().map(|v| v.name.clone()).collect();
@@ -301,9 +298,11 @@ pub fn accept_secondary<H: super::Host + ?Sized>(
             },
         );
     }
+    let id = new.new_set_id();
     new.replications.insert(
         set.to_string(),
         ReplicationSpec {
+            id,
             role: ReplicationRole::Secondary,
             peer: peer.to_string(),
             group: group.map(str::to_string),

@@ -194,9 +194,62 @@ impl From<BadLine> for Response {
     }
 }
 
-/// Turns a request line into a request, or says what is wrong with it.
+/// Walks a JSON document and fails on an object that names a key twice (serde_json
+/// keeps the last one silently: `{"cmd":"status","cmd":"volume_list"}` would run the
+/// second).
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoDuplicateKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateKeys {
+    type Value = NoDuplicateKeys;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<NoDuplicateKeys>()?.is_some() {}
+        Ok(self)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
+            }
+            map.next_value::<NoDuplicateKeys>()?;
+        }
+        Ok(self)
+    }
+}
+
+/// Turns a request line into a request, or says what is wrong with it: not one JSON
+/// object (trailing data included), a key named twice, an unknown command or field.
 pub fn parse_request(line: &[u8]) -> Result<Request, BadLine> {
     let bad = |code, message: String| BadLine { code, message };
+    serde_json::from_slice::<NoDuplicateKeys>(line)
+        .map_err(|e| bad(ErrorCode::BadRequest, format!("not JSON: {e}")))?;
     let value: serde_json::Value = serde_json::from_slice(line)
         .map_err(|e| bad(ErrorCode::BadRequest, format!("not JSON: {e}")))?;
     let Some(cmd) = value.get("cmd") else {
@@ -340,6 +393,32 @@ mod tests {
         );
         assert_eq!(
             parse_request(br#"{"cmd":"status"}"#).unwrap(),
+            Request::Status
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_and_trailing_data_are_refused() {
+        let refused = |line: &str| match parse_request(line.as_bytes()) {
+            Err(BadLine { code, message }) => {
+                assert_eq!(code, ErrorCode::BadRequest, "{line}");
+                message
+            }
+            other => panic!("{line}: {other:?}"),
+        };
+        let m = refused(r#"{"cmd":"status","cmd":"volume_list"}"#);
+        assert!(m.contains("duplicate key `cmd`"), "{m}");
+        let m = refused(r#"{"cmd":"volume_create","name":"a","name":"b","size":"1M"}"#);
+        assert!(m.contains("duplicate key `name`"), "{m}");
+        // Nested objects and arrays are walked too.
+        let m = refused(r#"{"cmd":"status","x":[{"k":1,"k":2}]}"#);
+        assert!(m.contains("duplicate key `k`"), "{m}");
+        let m = refused(r#"{"cmd":"status"} {"cmd":"volume_list"}"#);
+        assert!(m.contains("trailing characters"), "{m}");
+        refused(r#"{"cmd":"status"}x"#);
+        // Whitespace after the object is not data.
+        assert_eq!(
+            parse_request(b"{\"cmd\":\"status\"}  \r").unwrap(),
             Request::Status
         );
     }

@@ -8,12 +8,17 @@
 //!    that was already saved must still have its file, at the saved size (twinlun never
 //!    silently serves zeros where data used to be).
 //! 4. The result is saved atomically, then returned for `Node::new`.
+//! 5. Data dirs written before names stopped being paths kept tracking state in
+//!    `tracking/NAME` and replication state in `replication/SET`: those folders move,
+//!    once, to their id-named places (`datadir`), after the ids are saved, and the log
+//!    says so. Volume files stay where the catalog records them.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::apply::{create_volume_file, volume_file, AdminError};
 use super::store::{self, StoreError};
+use super::validate;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, ConfigError};
 
@@ -116,8 +121,68 @@ pub fn prepare(data_dir: &Path, config: Option<&Config>) -> Result<Catalog, Star
             }
         }
     }
+    for spec in catalog.replications.values_mut().filter(|r| r.id == 0) {
+        spec.id = rand::random::<u64>() | 1;
+    }
     store::save(data_dir, &catalog)?;
+    move_name_folders(data_dir, &catalog);
     Ok(catalog)
+}
+
+/// Step 5 of the module doc: moves `tracking/NAME` and `replication/SET` folders of an
+/// older data dir to `tracking/ID` and `replication/ID`. Only names that pass today's
+/// rule are looked at (never `.` or `..`), only real folders move, nothing is
+/// overwritten; what cannot move is logged and left where it is.
+fn move_name_folders(data_dir: &Path, catalog: &Catalog) {
+    use crate::datadir;
+    let volumes = catalog.volumes.iter().map(|(n, v)| {
+        (
+            datadir::TRACKING,
+            "tracking state of volume",
+            n,
+            datadir::tracking_dir(data_dir, v.id),
+        )
+    });
+    let sets = catalog.replications.iter().map(|(n, r)| {
+        (
+            datadir::REPLICATION,
+            "replication state of set",
+            n,
+            datadir::replication_dir(data_dir, r.id),
+        )
+    });
+    let mut moved_in = BTreeSet::new();
+    for (kind, what, name, to) in volumes.chain(sets) {
+        if validate::check_name(name).is_err() {
+            continue;
+        }
+        let from = data_dir.join(kind).join(name);
+        if from == to {
+            continue;
+        }
+        match std::fs::symlink_metadata(&from) {
+            Ok(m) if m.is_dir() => {}
+            _ => continue,
+        }
+        if to.exists() {
+            tracing::warn!(from = %from.display(), to = %to.display(), "{what} '{name}': both the old and the new folder exist; the old one is left as it is");
+            continue;
+        }
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {
+                tracing::info!(from = %from.display(), to = %to.display(), "moved the {what} '{name}' to its id-named folder (names are no longer paths)");
+                moved_in.insert(kind);
+            }
+            Err(e) => {
+                tracing::error!(from = %from.display(), to = %to.display(), error = %e, "cannot move the {what} '{name}'")
+            }
+        }
+    }
+    for kind in moved_in {
+        if let Err(e) = store::sync_dir(&data_dir.join(kind)) {
+            tracing::warn!(error = %e, "cannot sync a folder after moving state into it");
+        }
+    }
 }
 
 fn new_id() -> u64 {
@@ -135,7 +200,7 @@ mod tests {
         let c = prepare(&data, None).unwrap();
         assert_eq!(c.volumes.len(), 1);
         assert!(c.targets.contains_key(Catalog::DEMO_TARGET));
-        let file = data.join("volumes/demo.img");
+        let file = data.join(&c.volumes["demo"].path);
         assert_eq!(std::fs::metadata(&file).unwrap().len(), 1 << 30);
         // Restart: same catalog, same id.
         assert_eq!(prepare(&data, None).unwrap(), c);
@@ -150,6 +215,35 @@ mod tests {
     }
 
     #[test]
+    fn name_folders_of_an_older_data_dir_move_to_their_ids_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut c = prepare(&data, None).unwrap();
+        let demo = c.volumes["demo"].clone();
+        // As an older release left it: tracking state under the volume's name, and a
+        // volume named `..` whose "folder" would be the data dir itself.
+        std::fs::create_dir_all(data.join("tracking/demo")).unwrap();
+        std::fs::write(data.join("tracking/demo/dirty.roaring"), b"bits").unwrap();
+        let mut dots = demo.clone();
+        dots.id = demo.id ^ 1;
+        dots.path = "volumes/dots.img".into();
+        dots.size = 1 << 20;
+        create_volume_file(&data.join(&dots.path), dots.size).unwrap();
+        c.volumes.insert("..".into(), dots);
+        store::save(&data, &c).unwrap();
+
+        prepare(&data, None).unwrap();
+        let moved = crate::datadir::tracking_dir(&data, demo.id).join("dirty.roaring");
+        assert_eq!(std::fs::read(moved).unwrap(), b"bits");
+        assert!(!data.join("tracking/demo").exists());
+        assert!(data.join("catalog.json").exists() && data.join("volumes").exists());
+        // A second start finds nothing to move and changes nothing.
+        let before = store::load(&data).unwrap();
+        prepare(&data, None).unwrap();
+        assert_eq!(store::load(&data).unwrap(), before);
+    }
+
+    #[test]
     fn config_overlays_an_empty_catalog() {
         let dir = tempfile::tempdir().unwrap();
         let text = "[[volume]]\nname = \"v\"\nsize = \"1M\"\n[[target]]\niqn = \"iqn.2026-11.io.x:t\"\n[[target.lun]]\nlun = 0\nvolume = \"v\"";
@@ -157,7 +251,7 @@ mod tests {
         let c = prepare(dir.path(), Some(&cfg)).unwrap();
         assert_eq!(c.volumes.keys().collect::<Vec<_>>(), ["v"]);
         assert_eq!(c.targets.keys().collect::<Vec<_>>(), ["iqn.2026-11.io.x:t"]);
-        assert!(dir.path().join("volumes/v.img").exists());
+        assert!(dir.path().join(&c.volumes["v"].path).exists());
         assert_eq!(store::load(dir.path()).unwrap(), Some(c));
     }
 

@@ -123,19 +123,20 @@ pub fn format_size(n: u64) -> String {
     format!("{n}")
 }
 
-/// Volume names: 1..=64 characters from `[A-Za-z0-9._-]`. They become file names
-/// (`volumes/NAME.img`), so nothing else is allowed.
+/// Volume names: 1..=64 characters from `[A-Za-z0-9._-]`, not starting with `.`.
+/// Names are data, never paths (files are named by ids, `datadir`), but a name is
+/// still kept to what reads well in a shell and a log.
 pub fn check_volume_name(name: &str) -> Result<(), ValidationError> {
     check_name(name).map_err(|why| ValidationError::VolumeName {
-        name: name.to_string(),
+        name: shown(name),
         why,
     })
 }
 
-/// Group names follow the volume name rules: 1..=64 characters from `[A-Za-z0-9._-]`.
+/// Group names follow the volume name rules.
 pub fn check_group_name(name: &str) -> Result<(), ValidationError> {
     check_name(name).map_err(|why| ValidationError::GroupName {
-        name: name.to_string(),
+        name: shown(name),
         why,
     })
 }
@@ -143,7 +144,7 @@ pub fn check_group_name(name: &str) -> Result<(), ValidationError> {
 /// Peer names follow the volume name rules.
 pub fn check_peer_name(name: &str) -> Result<(), ValidationError> {
     check_name(name).map_err(|why| ValidationError::PeerName {
-        name: name.to_string(),
+        name: shown(name),
         why,
     })
 }
@@ -151,7 +152,7 @@ pub fn check_peer_name(name: &str) -> Result<(), ValidationError> {
 /// Replication set names follow the volume name rules.
 pub fn check_set_name(name: &str) -> Result<(), ValidationError> {
     check_name(name).map_err(|why| ValidationError::SetName {
-        name: name.to_string(),
+        name: shown(name),
         why,
     })
 }
@@ -257,7 +258,7 @@ pub fn check_target_prefix(prefix: &str) -> Result<(), ValidationError> {
         });
     }
     check_name(prefix).map_err(|why| ValidationError::TargetPrefix {
-        prefix: prefix.to_string(),
+        prefix: shown(prefix),
         why,
     })
 }
@@ -265,7 +266,7 @@ pub fn check_target_prefix(prefix: &str) -> Result<(), ValidationError> {
 /// Snapshot names follow the volume name rules (so `VOLUME@SNAPSHOT` is unambiguous).
 pub fn check_snapshot_name(name: &str) -> Result<(), ValidationError> {
     check_name(name).map_err(|why| ValidationError::SnapshotName {
-        name: name.to_string(),
+        name: shown(name),
         why,
     })
 }
@@ -294,7 +295,16 @@ pub fn check_page_size(page_size: u64) -> Result<(), ValidationError> {
     Ok(())
 }
 
-fn check_name(name: &str) -> Result<(), &'static str> {
+/// A name as an error message shows it: control characters escaped.
+fn shown(name: &str) -> String {
+    name.escape_debug().to_string()
+}
+
+/// The one rule for the names of volumes, groups, snapshots, peers and replication
+/// sets, whether an admin (`ctl`, the config file) or a peer (the replication
+/// protocol) sends them: 1..=64 bytes from `[A-Za-z0-9._-]`, not starting with `.`
+/// (so never `.` or `..`), hence no `/`, NUL or control characters either.
+pub fn check_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() {
         return Err("empty");
     }
@@ -306,6 +316,9 @@ fn check_name(name: &str) -> Result<(), &'static str> {
         .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
     {
         return Err("only letters, digits, '.', '_' and '-' are allowed");
+    }
+    if name.starts_with('.') {
+        return Err("it must not start with '.' (such as '.' or '..')");
     }
     Ok(())
 }
@@ -534,6 +547,36 @@ mod tests {
         for bad in ["", "a/b", "a b", "é", "x:y", &"x".repeat(65)] {
             assert!(check_volume_name(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn no_name_is_a_path() {
+        for bad in [
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            ".hidden",
+            "a\0b",
+            "a\nb",
+            &"n".repeat(300),
+        ] {
+            for check in [
+                check_volume_name,
+                check_group_name,
+                check_snapshot_name,
+                check_peer_name,
+                check_set_name,
+                check_target_prefix,
+            ] {
+                assert!(check(bad).is_err(), "{bad:?}");
+            }
+        }
+        assert_eq!(
+            check_volume_name("..").unwrap_err().to_string(),
+            "invalid volume name '..': it must not start with '.' (such as '.' or '..')"
+        );
+        assert!(check_volume_name("a..b").is_ok());
     }
 
     #[test]

@@ -99,8 +99,8 @@ const EVENTS: usize = 32;
 
 impl PrimarySet {
     /// Loads the set's saved state (or a fresh one) and starts its task.
-    pub fn start(node: &Arc<Node>, name: &str) -> Arc<PrimarySet> {
-        let dir = node.data_dir.join("replication").join(name);
+    /// `dir` is the set's own state folder.
+    pub fn start(node: &Arc<Node>, name: &str, dir: PathBuf) -> Arc<PrimarySet> {
         let state = load_state(&dir).unwrap_or_else(|e| {
             tracing::warn!(set = name, error = %e, "replication state unreadable: starting a new generation");
             PrimaryState::default()
@@ -283,15 +283,6 @@ impl PrimarySet {
             "unsynchronized"
         }
         .into();
-    }
-
-    /// Removes the saved state (the set was deleted).
-    pub fn forget(&self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(set = %self.name, error = %e, "cannot remove replication state");
-            }
-        }
     }
 }
 

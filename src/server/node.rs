@@ -128,7 +128,7 @@ impl Node {
                 let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) else {
                     return;
                 };
-                let set = PrimarySet::start(&me, name);
+                let set = PrimarySet::start(&me, name, self.replication_dir(&spec));
                 self.primaries.lock().insert(name.to_string(), set);
             }
             ReplicationRole::Secondary => {
@@ -145,7 +145,7 @@ impl Node {
                         })
                         .collect()
                 };
-                match ReceiverStore::open(&self.replication_dir(name), targets) {
+                match ReceiverStore::open(&self.replication_dir(&spec), targets) {
                     Ok(store) => {
                         self.receivers
                             .lock()
@@ -159,8 +159,8 @@ impl Node {
         }
     }
 
-    fn replication_dir(&self, set: &str) -> PathBuf {
-        self.data_dir.join("replication").join(set)
+    fn replication_dir(&self, spec: &ReplicationSpec) -> PathBuf {
+        crate::datadir::replication_dir(&self.data_dir, spec.id)
     }
 
     /// The receiver store of a secondary set.
@@ -204,8 +204,8 @@ impl Node {
     }
 
     /// Where a volume's tracking state (dirty bitmap, snapshot stores) lives.
-    fn tracking_dir(&self, name: &str) -> PathBuf {
-        self.data_dir.join("tracking").join(name)
+    fn tracking_dir(&self, spec: &VolumeSpec) -> PathBuf {
+        crate::datadir::tracking_dir(&self.data_dir, spec.id)
     }
 
     /// Dirty pages of a volume since its last cut, if it is open.
@@ -220,8 +220,11 @@ impl Node {
     pub async fn save_tracking(&self) {
         let volumes = self.open_volume_list();
         for (name, v) in volumes {
+            let Some(spec) = self.catalog.read().volumes.get(&name).cloned() else {
+                continue;
+            };
             if let Some(t) = v.tracking() {
-                let dir = self.tracking_dir(&name);
+                let dir = self.tracking_dir(&spec);
                 if let Err(e) = t.close_and_save(&dir, SAVE_TIMEOUT).await {
                     tracing::error!(volume = %name, error = %e, "saving write tracking failed");
                 }
@@ -236,14 +239,14 @@ impl Node {
         let volume =
             Volume::open_or_create(&path, spec.size, spec.block_size, self.engine.clone())?;
         if !self.tracking {
-            crate::tracking::persist::mark_untracked(&self.tracking_dir(name))
+            crate::tracking::persist::mark_untracked(&self.tracking_dir(spec))
                 .map_err(VolumeError::Tracking)?;
             self.volumes
                 .write()
                 .insert(name.to_string(), Arc::new(volume));
             return Ok(());
         }
-        let dir = self.tracking_dir(name);
+        let dir = self.tracking_dir(spec);
         let page_size = PageSize::new(spec.page_size).map_err(VolumeError::Tracking)?;
         let cow = CowConfig {
             budget: self.cow_budget.clone(),
@@ -400,14 +403,14 @@ impl Host for Node {
     fn open_volume(&self, name: &str, spec: &VolumeSpec) -> Result<(), VolumeError> {
         Node::open_volume(self, name, spec)
     }
-    fn close_volume(&self, name: &str) {
+    fn close_volume(&self, name: &str, spec: &VolumeSpec) {
         // In-flight commands hold their own Arc; the file closes when the last one ends.
         self.volumes.write().remove(name);
-        let dir = self.tracking_dir(name);
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(volume = %name, path = %dir.display(), error = %e, "cannot remove tracking state");
-            }
+        let dir = self.tracking_dir(spec);
+        if let Err(e) =
+            crate::datadir::remove_object_dir(&self.data_dir, crate::datadir::TRACKING, &dir)
+        {
+            tracing::warn!(volume = %name, error = %e, "cannot remove tracking state");
         }
     }
     fn dirty_pages(&self, name: &str) -> Option<u64> {
@@ -519,18 +522,18 @@ impl Host for Node {
                 let set = self.primaries.lock().remove(name);
                 if let Some(set) = set {
                     self.block_on(set.stop());
-                    set.forget();
                 }
             }
             ReplicationRole::Secondary => {
                 self.receivers.lock().remove(name);
-                let dir = self.replication_dir(name);
-                if let Err(e) = std::fs::remove_dir_all(&dir) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!(set = %name, error = %e, "cannot remove replication state");
-                    }
-                }
             }
+        }
+        // The set was deleted: its saved state goes.
+        let dir = self.replication_dir(spec);
+        if let Err(e) =
+            crate::datadir::remove_object_dir(&self.data_dir, crate::datadir::REPLICATION, &dir)
+        {
+            tracing::warn!(set = %name, error = %e, "cannot remove replication state");
         }
     }
     fn replicate(&self, name: &str) -> Result<String, ReplicationError> {
