@@ -735,7 +735,13 @@ copy_rsync() {   # prints the seconds of rsync --inplace of the volume onto the 
 }
 
 if [[ "$RUN_REPLICATION" == 1 ]]; then
-    REPL_SRC="$WORK/twinlun-rp-data/volumes/$REPL_VOLUME.img"
+volume_file() {   # side, volume: its backing file (files are named by ids; ctl says which)
+    local v
+    v=$(twinlun_ctl "$1" --json volume show "$2")
+    v=$(grep -o '"path": *"[^"]*"' <<<"$v" | head -1 | sed 's/.*"\([^"]*\)"$/\1/') \
+        || die "no path in volume show $2"
+    echo "$WORK/twinlun-$1-data/$v"
+}
     for r in $(seq "$RUNS"); do
         say "replication round $r/$RUNS: fresh primary and secondary"
         rm -rf "$WORK/twinlun-rp-data" "$WORK/twinlun-rs-data" "$REPL_COPY"
@@ -758,6 +764,7 @@ if [[ "$RUN_REPLICATION" == 1 ]]; then
             twinlun_ctl "${w[@]}" >/dev/null
         done
         [[ $r == 1 ]] || COMMANDS=("${COMMANDS_SAVED[@]}")   # one set of commands is enough
+        REPL_SRC=$(volume_file rp "$REPL_VOLUME")
         LUN[rp]=1
         url="iscsi://127.0.0.1:${PORT[rp]}/${IQN[rp]}/1"
 
@@ -825,7 +832,7 @@ if [[ "$RUN_REPLICATION" == 1 ]]; then
         done
         if [[ $r == 1 ]]; then
             # Once: both copies must now equal the primary's volume.
-            cmp -s "$REPL_SRC" "$WORK/twinlun-rs-data/volumes/$REPL_VOLUME.img" \
+            cmp -s "$REPL_SRC" "$(volume_file rs "$REPL_VOLUME")" \
                 || die "after the incremental cycle the secondary's volume differs from the primary's"
             cmp -s "$REPL_SRC" "$REPL_COPY" || die "after rsync the copy differs from the primary's volume"
             R_VERIFIED=yes

@@ -279,7 +279,7 @@ enum ReplicationCmd {
 
 #[derive(Subcommand)]
 enum VolumeCmd {
-    /// Create a sparse volume (file DATA_DIR/volumes/NAME.img).
+    /// Create a sparse volume (file DATA_DIR/volumes/ID.img, named by its id).
     Create {
         name: String,
         /// Size: bytes, or with K, M, G, T (binary); a multiple of the block size.

@@ -284,7 +284,12 @@ fn volumes_targets_luns_acl_chap() {
     assert_eq!(v["size"], 16 << 20);
     assert_eq!(v["block_size"], 4096);
     assert_eq!(v["id"].as_str().unwrap().len(), 16);
-    let file = data.join("volumes/v1.img");
+    // Files are named by ids, never by names.
+    assert_eq!(
+        v["path"].as_str().unwrap(),
+        format!("volumes/{}.img", v["id"].as_str().unwrap())
+    );
+    let file = data.join(v["path"].as_str().unwrap());
     assert_eq!(std::fs::metadata(&file).unwrap().len(), 16 << 20);
 
     let list = s.ok(&["volume", "list"]);
@@ -335,6 +340,15 @@ fn volumes_targets_luns_acl_chap() {
 
     // Refusals: exit 1, a message, a machine code, and nothing changed.
     let before = std::fs::read(data.join("catalog.json")).unwrap();
+    let volume_files = || {
+        let mut names: Vec<_> = std::fs::read_dir(data.join("volumes"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let files_before = volume_files();
     let (err, v) = s.refused(&["volume", "delete", "v1"]);
     assert_eq!(v["code"], "in_use");
     assert!(err.contains(T) && err.contains("LUN 0"), "{err}");
@@ -393,7 +407,7 @@ fn volumes_targets_luns_acl_chap() {
         before,
         "refusals change nothing"
     );
-    assert!(!data.join("volumes/bad").exists() && !data.join("volumes/odd.img").exists());
+    assert_eq!(volume_files(), files_before, "refusals create no file");
 
     // Usage errors are clap's (exit 2), before anything is sent.
     let out = s.ctl(&["volume", "create", "x", "--size", "10X"]);

@@ -266,8 +266,8 @@ fn cycles_ship_written_data_first_and_then_only_changed_pages() {
         assert!(!shown[key].is_null(), "{key} missing: {shown}");
     }
     let (a, b) = (
-        std::fs::read(p.data_path("volumes/big.img")).unwrap(),
-        std::fs::read(s.data_path("volumes/big.img")).unwrap(),
+        std::fs::read(p.volume_file("big")).unwrap(),
+        std::fs::read(s.volume_file("big")).unwrap(),
     );
     assert!(a == b, "the secondary's file differs from the primary's");
 }
@@ -329,10 +329,8 @@ fn every_committed_cut_is_consistent_under_dependent_writes() {
     );
     replicate(&p, "dep");
     for v in ["a", "b"] {
-        let path = format!("volumes/{v}.img");
         assert!(
-            std::fs::read(p.data_path(&path)).unwrap()
-                == std::fs::read(s.data_path(&path)).unwrap(),
+            std::fs::read(p.volume_file(v)).unwrap() == std::fs::read(s.volume_file(v)).unwrap(),
             "final state of {v} differs"
         );
     }
@@ -667,8 +665,8 @@ fn restart_deletes_recovery_points_and_reships_everything() {
         "{points}"
     );
     assert!(
-        std::fs::read(p.data_path("volumes/v.img")).unwrap()
-            == std::fs::read(s.data_path("volumes/v.img")).unwrap()
+        std::fs::read(p.volume_file("v")).unwrap()
+            == std::fs::read(s.volume_file("v")).unwrap()
     );
 }
 
@@ -695,7 +693,7 @@ fn promote_at_an_older_recovery_point_gives_that_cut_and_a_writable_volume() {
         let cycle = replicate(&p, "r");
         images.push((
             cycle["cut_id"].as_u64().unwrap(),
-            std::fs::read(p.data_path("volumes/v.img")).unwrap(),
+            std::fs::read(p.volume_file("v")).unwrap(),
         ));
     }
     let (oldest_cut, oldest) = &images[0];
@@ -709,7 +707,7 @@ fn promote_at_an_older_recovery_point_gives_that_cut_and_a_writable_volume() {
         &oldest_cut.to_string(),
     ]);
     assert!(
-        std::fs::read(s.data_path("volumes/v.img")).unwrap() == *oldest,
+        std::fs::read(s.volume_file("v")).unwrap() == *oldest,
         "the promoted volume is not cut {oldest_cut}'s content"
     );
     // No longer a secondary: writable through a LUN.
@@ -733,7 +731,7 @@ fn a_secondary_killed_while_applying_is_at_one_cut_and_converges() {
     qemu_io(&url, &["write -P 0x41 0 64m".into()]);
     create_set_of_v(&p, &[]);
     replicate(&p, "r");
-    let first = std::fs::read(p.data_path("volumes/v.img")).unwrap();
+    let first = std::fs::read(p.volume_file("v")).unwrap();
     // A big second cut; kill the secondary while it is being received or applied.
     qemu_io(
         &url,
@@ -742,19 +740,19 @@ fn a_secondary_killed_while_applying_is_at_one_cut_and_converges() {
             "write -P 0x43 100m 32m".into(),
         ],
     );
-    let second = std::fs::read(p.data_path("volumes/v.img")).unwrap();
+    let second = std::fs::read(p.volume_file("v")).unwrap();
     p.ctl_ok(&["replicate", "r"]);
     std::thread::sleep(Duration::from_millis(150));
     common::kill9(&mut s);
     s.restart();
-    let got = std::fs::read(s.data_path("volumes/v.img")).unwrap();
+    let got = std::fs::read(s.volume_file("v")).unwrap();
     assert!(
         got == first || got == second,
         "the secondary holds a mix of two cuts"
     );
     // The primary's failed cycle retries on its own and converges.
     wait_converged(&p, "r", 2);
-    assert!(std::fs::read(s.data_path("volumes/v.img")).unwrap() == second);
+    assert!(std::fs::read(s.volume_file("v")).unwrap() == second);
 }
 
 #[test]
@@ -784,8 +782,8 @@ fn a_secondary_killed_during_the_first_cut_claims_no_cut_and_converges() {
         "{done}"
     );
     assert!(
-        std::fs::read(p.data_path("volumes/v.img")).unwrap()
-            == std::fs::read(s.data_path("volumes/v.img")).unwrap()
+        std::fs::read(p.volume_file("v")).unwrap()
+            == std::fs::read(s.volume_file("v")).unwrap()
     );
     let points = json(&s, &["recovery-points", "r"]);
     assert_eq!(points["points"].as_array().unwrap().len(), 1, "{points}");
@@ -815,8 +813,8 @@ fn a_transfer_cut_off_midway_resumes_the_same_cut() {
         "the resumed attempt shipped {last_attempt} of 16 MiB: {done}"
     );
     assert!(
-        std::fs::read(p.data_path("volumes/v.img")).unwrap()
-            == std::fs::read(s.data_path("volumes/v.img")).unwrap()
+        std::fs::read(p.volume_file("v")).unwrap()
+            == std::fs::read(s.volume_file("v")).unwrap()
     );
 }
 
@@ -867,8 +865,8 @@ fn suspend_resume_abort_and_watch() {
     let v = show(&p, "r");
     assert_eq!(v["cycles"], 1, "{v}");
     assert!(
-        std::fs::read(p.data_path("volumes/v.img")).unwrap()
-            == std::fs::read(s.data_path("volumes/v.img")).unwrap()
+        std::fs::read(p.volume_file("v")).unwrap()
+            == std::fs::read(s.volume_file("v")).unwrap()
     );
 }
 
@@ -938,7 +936,7 @@ fn a_primary_killed_mid_cycle_resends_only_what_may_have_changed() {
 
     proxy.set_rate(0);
     p.restart();
-    let written = allocated(&p.data_path("volumes/v.img"));
+    let written = allocated(&p.volume_file("v"));
     assert!(written >= 96 << 20, "written {written}");
     let last = replicate(&p, "r");
     let data = last["data_bytes"].as_u64().unwrap();
@@ -950,8 +948,8 @@ fn a_primary_killed_mid_cycle_resends_only_what_may_have_changed() {
         "after the crash the cycle shipped {data} bytes of {written} written: {last}"
     );
     assert!(
-        std::fs::read(p.data_path("volumes/v.img")).unwrap()
-            == std::fs::read(s.data_path("volumes/v.img")).unwrap(),
+        std::fs::read(p.volume_file("v")).unwrap()
+            == std::fs::read(s.volume_file("v")).unwrap(),
         "the secondary did not converge to the primary"
     );
 }
@@ -987,8 +985,8 @@ fn a_clean_restart_with_a_failed_cycle_pending_loses_no_page() {
         "the pending cut's pages were not shipped: {last}"
     );
     assert!(
-        std::fs::read(p.data_path("volumes/v.img")).unwrap()
-            == std::fs::read(s.data_path("volumes/v.img")).unwrap(),
+        std::fs::read(p.volume_file("v")).unwrap()
+            == std::fs::read(s.volume_file("v")).unwrap(),
         "the secondary misses pages of the cut pending at shutdown"
     );
 }
@@ -1101,10 +1099,8 @@ fn compressed_sets_replicate_byte_for_byte_and_put_fewer_bytes_on_the_wire() {
             "{shown}"
         );
         compare(&url, &s.url(DEMO_IQN, lun));
-        let path = format!("volumes/{v}.img");
         assert!(
-            std::fs::read(p.data_path(&path)).unwrap()
-                == std::fs::read(s.data_path(&path)).unwrap(),
+            std::fs::read(p.volume_file(&v)).unwrap() == std::fs::read(s.volume_file(&v)).unwrap(),
             "{how}: the secondary's file differs from the primary's"
         );
     }
@@ -1219,8 +1215,8 @@ fn a_compressed_transfer_cut_off_midway_resumes_the_same_cut() {
         "the resumed attempt shipped {last_attempt} of 16 MiB: {done}"
     );
     assert!(
-        std::fs::read(p.data_path("volumes/v.img")).unwrap()
-            == std::fs::read(s.data_path("volumes/v.img")).unwrap(),
+        std::fs::read(p.volume_file("v")).unwrap()
+            == std::fs::read(s.volume_file("v")).unwrap(),
         "the secondary's file differs from the primary's"
     );
 }
@@ -1264,8 +1260,8 @@ fn a_primary_dead_between_the_peers_commit_and_its_record_converges() {
         "the new cut must cover the changes the primary never recorded: {last}"
     );
     assert!(
-        std::fs::read(p.data_path("volumes/v.img")).unwrap()
-            == std::fs::read(s.data_path("volumes/v.img")).unwrap(),
+        std::fs::read(p.volume_file("v")).unwrap()
+            == std::fs::read(s.volume_file("v")).unwrap(),
         "the secondary differs from the primary"
     );
 }

@@ -45,7 +45,7 @@ fn qemu_io(url: &str, read_only: bool, cmds: &[&str]) {
 
 /// Spill files a volume's snapshots keep in its tracking directory.
 fn spill_files(s: &TestServer, volume: &str) -> Vec<String> {
-    let dir = s.data_path(&format!("tracking/{volume}"));
+    let dir = s.tracking_dir(volume);
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.filter_map(Result::ok)

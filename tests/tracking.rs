@@ -92,10 +92,9 @@ fn writes_mark_pages_and_restarts_keep_or_widen_them() {
     );
 
     // Deleting the volume removes its tracking state.
+    let tracking = s.tracking_dir("t");
+    assert!(tracking.exists(), "{}", tracking.display());
     s.ctl_ok(&["lun", "unmap", DEMO_IQN, "1"]);
     s.ctl_ok(&["volume", "delete", "t"]);
-    assert!(
-        !s.data_path("tracking/t").exists(),
-        "tracking state left behind"
-    );
+    assert!(!tracking.exists(), "tracking state left behind");
 }

@@ -44,7 +44,7 @@
 //!
 //! ```text
 //! > {"cmd":"volume_create","name":"db","size":"10G","block_size":4096}
-//! < {"result":"volume","name":"db","size":10737418240,"block_size":4096,"page_size":4096,"id":"dfb187fcb7ea5ce4","path":"volumes/db.img","allocated":0,"group":null,"mappings":[]}
+//! < {"result":"volume","name":"db","size":10737418240,"block_size":4096,"page_size":4096,"id":"dfb187fcb7ea5ce4","path":"volumes/dfb187fcb7ea5ce4.img","allocated":0,"group":null,"mappings":[]}
 //! > {"cmd":"group_create","name":"app","volumes":["db","logs"]}
 //! < {"result":"group","name":"app","volumes":["db","logs"],"size":11811160064,"replication_set":null}
 //! > {"cmd":"volume_delete","name":"demo"}

@@ -172,6 +172,26 @@ impl TestServer {
     pub fn data_path(&self, rel: &str) -> PathBuf {
         self.data_dir.join(rel)
     }
+
+    /// `volume show NAME --json`.
+    pub fn volume_view(&self, name: &str) -> serde_json::Value {
+        let out = self.ctl_ok(&["--json", "volume", "show", name]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("volume show {name}: {e}: {out}"))
+    }
+
+    /// A volume's backing file, as the server reports it (files are named by ids).
+    pub fn volume_file(&self, name: &str) -> PathBuf {
+        let v = self.volume_view(name);
+        self.data_dir.join(v["path"].as_str().expect("volume path"))
+    }
+
+    /// A volume's tracking state folder (`tracking/ID`).
+    pub fn tracking_dir(&self, name: &str) -> PathBuf {
+        let v = self.volume_view(name);
+        self.data_dir
+            .join("tracking")
+            .join(v["id"].as_str().expect("volume id"))
+    }
 }
 
 fn unsafe_kill(pid: u32, sig: i32) {
