@@ -665,8 +665,7 @@ fn restart_deletes_recovery_points_and_reships_everything() {
         "{points}"
     );
     assert!(
-        std::fs::read(p.volume_file("v")).unwrap()
-            == std::fs::read(s.volume_file("v")).unwrap()
+        std::fs::read(p.volume_file("v")).unwrap() == std::fs::read(s.volume_file("v")).unwrap()
     );
 }
 
@@ -782,8 +781,7 @@ fn a_secondary_killed_during_the_first_cut_claims_no_cut_and_converges() {
         "{done}"
     );
     assert!(
-        std::fs::read(p.volume_file("v")).unwrap()
-            == std::fs::read(s.volume_file("v")).unwrap()
+        std::fs::read(p.volume_file("v")).unwrap() == std::fs::read(s.volume_file("v")).unwrap()
     );
     let points = json(&s, &["recovery-points", "r"]);
     assert_eq!(points["points"].as_array().unwrap().len(), 1, "{points}");
@@ -813,8 +811,7 @@ fn a_transfer_cut_off_midway_resumes_the_same_cut() {
         "the resumed attempt shipped {last_attempt} of 16 MiB: {done}"
     );
     assert!(
-        std::fs::read(p.volume_file("v")).unwrap()
-            == std::fs::read(s.volume_file("v")).unwrap()
+        std::fs::read(p.volume_file("v")).unwrap() == std::fs::read(s.volume_file("v")).unwrap()
     );
 }
 
@@ -865,8 +862,7 @@ fn suspend_resume_abort_and_watch() {
     let v = show(&p, "r");
     assert_eq!(v["cycles"], 1, "{v}");
     assert!(
-        std::fs::read(p.volume_file("v")).unwrap()
-            == std::fs::read(s.volume_file("v")).unwrap()
+        std::fs::read(p.volume_file("v")).unwrap() == std::fs::read(s.volume_file("v")).unwrap()
     );
 }
 
@@ -948,8 +944,7 @@ fn a_primary_killed_mid_cycle_resends_only_what_may_have_changed() {
         "after the crash the cycle shipped {data} bytes of {written} written: {last}"
     );
     assert!(
-        std::fs::read(p.volume_file("v")).unwrap()
-            == std::fs::read(s.volume_file("v")).unwrap(),
+        std::fs::read(p.volume_file("v")).unwrap() == std::fs::read(s.volume_file("v")).unwrap(),
         "the secondary did not converge to the primary"
     );
 }
@@ -985,8 +980,7 @@ fn a_clean_restart_with_a_failed_cycle_pending_loses_no_page() {
         "the pending cut's pages were not shipped: {last}"
     );
     assert!(
-        std::fs::read(p.volume_file("v")).unwrap()
-            == std::fs::read(s.volume_file("v")).unwrap(),
+        std::fs::read(p.volume_file("v")).unwrap() == std::fs::read(s.volume_file("v")).unwrap(),
         "the secondary misses pages of the cut pending at shutdown"
     );
 }
@@ -1215,8 +1209,7 @@ fn a_compressed_transfer_cut_off_midway_resumes_the_same_cut() {
         "the resumed attempt shipped {last_attempt} of 16 MiB: {done}"
     );
     assert!(
-        std::fs::read(p.volume_file("v")).unwrap()
-            == std::fs::read(s.volume_file("v")).unwrap(),
+        std::fs::read(p.volume_file("v")).unwrap() == std::fs::read(s.volume_file("v")).unwrap(),
         "the secondary's file differs from the primary's"
     );
 }
@@ -1260,8 +1253,7 @@ fn a_primary_dead_between_the_peers_commit_and_its_record_converges() {
         "the new cut must cover the changes the primary never recorded: {last}"
     );
     assert!(
-        std::fs::read(p.volume_file("v")).unwrap()
-            == std::fs::read(s.volume_file("v")).unwrap(),
+        std::fs::read(p.volume_file("v")).unwrap() == std::fs::read(s.volume_file("v")).unwrap(),
         "the secondary differs from the primary"
     );
 }

@@ -1704,7 +1704,11 @@ mod tests {
             m.contains(Catalog::DEMO_TARGET) && m.contains("LUN 0"),
             "{m}"
         );
-        assert!(f.dir.path().join(&f.catalog.read().volumes["demo"].path).exists());
+        assert!(f
+            .dir
+            .path()
+            .join(&f.catalog.read().volumes["demo"].path)
+            .exists());
         f.refuse(
             Request::VolumeShow {
                 name: "nope".into(),
@@ -2099,7 +2103,11 @@ mod tests {
 
         let m = f.refuse(Request::VolumeDelete { name: "a".into() }, ErrorCode::InUse);
         assert!(m.contains("group 'g'"), "{m}");
-        assert!(f.dir.path().join(&f.catalog.read().volumes["a"].path).exists());
+        assert!(f
+            .dir
+            .path()
+            .join(&f.catalog.read().volumes["a"].path)
+            .exists());
     }
 
     #[test]

@@ -54,18 +54,30 @@ impl TestServer {
     pub fn start_with(extra: &[&str]) -> TestServer {
         let tmp = tempfile::tempdir().expect("tempdir");
         let data_dir = tmp.path().join("data");
-        let mut s = TestServer {
+        let mut s = Self::at(data_dir, extra);
+        s._tmp = Some(tmp);
+        s.spawn("127.0.0.1:0");
+        s
+    }
+
+    /// A server on an existing data dir (which the caller keeps).
+    pub fn start_at(data_dir: &Path, extra: &[&str]) -> TestServer {
+        let mut s = Self::at(data_dir.to_path_buf(), extra);
+        s.spawn("127.0.0.1:0");
+        s
+    }
+
+    fn at(data_dir: PathBuf, extra: &[&str]) -> TestServer {
+        TestServer {
             child: None,
             addr: "127.0.0.1:0".parse().unwrap(),
             repl_addr: None,
             socket: data_dir.join("admin.sock"),
             data_dir,
-            _tmp: Some(tmp),
+            _tmp: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
-        };
-        s.spawn("127.0.0.1:0");
-        s
+        }
     }
 
     fn spawn(&mut self, listen: &str) {
