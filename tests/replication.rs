@@ -1257,3 +1257,72 @@ fn a_primary_dead_between_the_peers_commit_and_its_record_converges() {
         "the secondary differs from the primary"
     );
 }
+
+/// One admin request on the socket, as `ctl` sends it; returns how long the answer
+/// took. The answer must not be an error.
+fn timed_query(socket: &std::path::Path, req: &Value) -> Duration {
+    use std::io::{BufRead, BufReader, Write};
+    let t0 = Instant::now();
+    let mut conn = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    writeln!(conn, "{req}").unwrap();
+    let mut line = String::new();
+    BufReader::new(conn).read_line(&mut line).unwrap();
+    let took = t0.elapsed();
+    let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{req}: {e}: {line}"));
+    assert_ne!(v["result"], "error", "{req}: {v}");
+    took
+}
+
+/// Admin queries answer within 100 ms on both sides while a cut crosses a slow link:
+/// a first cut (written in place on the secondary) and an incremental one (staged,
+/// then applied). They used to wait on the secondary for the whole cut.
+#[test]
+fn admin_queries_answer_within_100_ms_while_cuts_are_received() {
+    let (p, s, _proxy) = pair_throttled(4 << 20);
+    p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
+    p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
+    qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x21 0 12m".into()]);
+    create_set_of_v(&p, &[]);
+    let queries = [
+        serde_json::json!({"cmd": "status"}),
+        serde_json::json!({"cmd": "volume_list"}),
+        serde_json::json!({"cmd": "volume_show", "name": "v"}),
+        serde_json::json!({"cmd": "replication_list"}),
+        serde_json::json!({"cmd": "replication_show", "name": "r"}),
+        serde_json::json!({"cmd": "session_list"}),
+        serde_json::json!({"cmd": "peer_list"}),
+        serde_json::json!({"cmd": "snapshot_list"}),
+    ];
+    let secondary_only = serde_json::json!({"cmd": "recovery_points", "name": "r"});
+    for cycle in 1..=2u64 {
+        if cycle == 2 {
+            qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x22 16m 12m".into()]);
+        }
+        p.ctl_ok(&["replicate", "r"]);
+        wait_progress(&p, "r", 1 << 20);
+        let (mut n, mut worst) = (0, Duration::ZERO);
+        // Query until the cycle is over: about 3 s of a 12 MiB cut at 4 MiB/s.
+        while show(&p, "r")["status"] == "replicating" {
+            for q in &queries {
+                for side in [&p, &s] {
+                    worst = worst.max(timed_query(&side.socket, q));
+                    n += 1;
+                }
+            }
+            if cycle == 2 {
+                worst = worst.max(timed_query(&s.socket, &secondary_only));
+                n += 1;
+            }
+        }
+        println!("cycle {cycle}: {n} queries, the slowest answered in {worst:?}");
+        assert!(n >= 50, "only {n} queries ran during cycle {cycle}");
+        assert!(
+            worst < Duration::from_millis(100),
+            "cycle {cycle}: a query took {worst:?}"
+        );
+        wait_converged(&p, "r", cycle);
+    }
+    assert!(
+        std::fs::read(p.volume_file("v")).unwrap() == std::fs::read(s.volume_file("v")).unwrap()
+    );
+}

@@ -156,13 +156,11 @@ async fn connection(node: Arc<Node>, stream: TcpStream) -> Result<(), WireError>
                     }
                 },
             },
-            Message::RecoveryPoints { set } => match node.receiver(&set) {
+            Message::RecoveryPoints { set } => match node.receiver_summary(&set) {
                 None => error("not_found", format!("no secondary set '{set}' here")),
-                Some(store) => Message::Points {
-                    points: store
-                        .lock()
-                        .await
-                        .recovery_points()
+                Some(summary) => Message::Points {
+                    points: summary
+                        .points
                         .into_iter()
                         .map(|p| PointView {
                             cut: p.cut,

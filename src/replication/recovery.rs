@@ -85,6 +85,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 #[cfg(test)]
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -857,12 +858,24 @@ impl Staging {
     }
 }
 
+/// What queries show of a secondary set (`replication show`, `recovery-points`):
+/// published by the store each time its committed state changes, and read without
+/// the store's lock, so a query never waits for a cut being received or applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceiverSummary {
+    pub generation: u64,
+    pub current: Option<CutMeta>,
+    /// The current cut first, then the older recovery points.
+    pub points: Vec<RecoveryPoint>,
+}
+
 /// The receiving side of one replication set. See the module documentation.
 #[derive(Debug)]
 pub struct ReceiverStore {
     dir: PathBuf,
     volumes: Vec<Volume>,
     state: State,
+    summary: Arc<parking_lot::Mutex<ReceiverSummary>>,
     staging: Option<Staging>,
     disk: Disk,
     /// An operation failed part way: the files are the truth, reload them (which runs
@@ -934,14 +947,34 @@ impl ReceiverStore {
             opened.push(Volume { target, file });
         }
         let state = State::fresh(&opened);
-        Ok(ReceiverStore {
+        let summary = Arc::new(parking_lot::Mutex::new(ReceiverSummary::default()));
+        let mut store = ReceiverStore {
             dir: dir.to_owned(),
             volumes: opened,
-            state,
+            state: State::fresh(&[]),
+            summary,
             staging: None,
             disk,
             needs_reload: true,
-        })
+        };
+        store.set_state(state);
+        Ok(store)
+    }
+
+    /// Takes `state` as the store's state and publishes what queries show of it.
+    fn set_state(&mut self, state: State) {
+        self.state = state;
+        let summary = ReceiverSummary {
+            generation: self.state.generation,
+            current: self.state.current,
+            points: self.recovery_points(),
+        };
+        *self.summary.lock() = summary;
+    }
+
+    /// The published summary: read it without locking the store.
+    pub fn summary(&self) -> Arc<parking_lot::Mutex<ReceiverSummary>> {
+        self.summary.clone()
     }
 
     /// `open` with a test's crash at the `k`-th durable step of its recovery.
@@ -1237,7 +1270,7 @@ impl ReceiverStore {
         let mut state = State::fresh(&self.volumes);
         state.generation = generation;
         self.save_state(&state)?;
-        self.state = state;
+        self.set_state(state);
         self.staging = None;
         self.disk.remove(&self.dir.join(STAGING_FILE))?;
         self.remove_unreferenced()?;
@@ -1281,7 +1314,7 @@ impl ReceiverStore {
         state.rolling_back_to = Some(cut);
         state.rollback_for_base = for_base;
         self.save_state(&state)?;
-        self.state = state;
+        self.set_state(state);
         self.finish_roll_back(cut)
     }
 
@@ -1329,7 +1362,7 @@ impl ReceiverStore {
         state.needs_new_generation = !state.rollback_for_base;
         state.rollback_for_base = false;
         self.save_state(&state)?;
-        self.state = state;
+        self.set_state(state);
         self.remove_unreferenced()
     }
 
@@ -1368,13 +1401,13 @@ impl ReceiverStore {
                         what: "unknown state version",
                     });
                 }
-                self.state = state;
+                self.set_state(state);
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let state = State::fresh(&self.volumes);
                 self.disk.remove(&self.dir.join(STAGING_FILE))?;
                 self.save_state(&state)?;
-                self.state = state;
+                self.set_state(state);
             }
             Err(e) => return Err(io_err(&state_path)(e)),
         }
@@ -1391,7 +1424,7 @@ impl ReceiverStore {
             state.volumes = volumes;
             self.disk.remove(&self.dir.join(STAGING_FILE))?;
             self.save_state(&state)?;
-            self.state = state;
+            self.set_state(state);
         }
         if let Some(cut) = self.state.rolling_back_to {
             self.disk.remove(&self.dir.join(STAGING_FILE))?;
@@ -1510,7 +1543,7 @@ impl ReceiverStore {
         state.rollback_for_base = false;
         state.needs_new_generation = false;
         self.save_state(&state)?;
-        self.state = state;
+        self.set_state(state);
         self.staging = None;
         self.disk.remove(&staging_path)?;
         self.remove_unreferenced()

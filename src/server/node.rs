@@ -18,7 +18,7 @@ use crate::admin::{Request, Response};
 use crate::catalog::{Catalog, VolumeSpec};
 use crate::catalog::{PeerSpec, ReplicationRole, ReplicationSpec};
 use crate::replication::peer::PeerConn;
-use crate::replication::recovery::{ReceiverStore, VolumeTarget};
+use crate::replication::recovery::{ReceiverStore, ReceiverSummary, VolumeTarget};
 use crate::replication::sender::PrimarySet;
 use crate::replication::wire::{Message, RemoteVolume};
 use crate::replication::ReplicationError;
@@ -65,8 +65,16 @@ pub struct Node {
     me: std::sync::OnceLock<std::sync::Weak<Node>>,
     /// Running primary replication sets.
     primaries: Mutex<HashMap<String, Arc<PrimarySet>>>,
-    /// Secondary replication sets' receiver stores.
-    receivers: Mutex<HashMap<String, Arc<tokio::sync::Mutex<ReceiverStore>>>>,
+    /// Secondary replication sets' receiver stores, with what each publishes for
+    /// queries (read without the store's lock).
+    receivers: Mutex<HashMap<String, Receiver>>,
+}
+
+/// A secondary set: its store, locked while a cut is received or applied, and the
+/// summary it publishes, which queries read instead.
+struct Receiver {
+    store: Arc<tokio::sync::Mutex<ReceiverStore>>,
+    summary: Arc<Mutex<ReceiverSummary>>,
 }
 
 /// Copy-on-write memory shared by all snapshots of the node.
@@ -147,9 +155,11 @@ impl Node {
                 };
                 match ReceiverStore::open(&self.replication_dir(&spec), targets) {
                     Ok(store) => {
+                        let summary = store.summary();
+                        let store = Arc::new(tokio::sync::Mutex::new(store));
                         self.receivers
                             .lock()
-                            .insert(name.to_string(), Arc::new(tokio::sync::Mutex::new(store)));
+                            .insert(name.to_string(), Receiver { store, summary });
                     }
                     Err(e) => {
                         tracing::error!(set = %name, error = %e, "cannot open the secondary's replication state");
@@ -165,7 +175,15 @@ impl Node {
 
     /// The receiver store of a secondary set.
     pub fn receiver(&self, set: &str) -> Option<Arc<tokio::sync::Mutex<ReceiverStore>>> {
-        self.receivers.lock().get(set).cloned()
+        self.receivers.lock().get(set).map(|r| r.store.clone())
+    }
+
+    /// What a secondary set last published (generation, current cut, recovery
+    /// points), without waiting for its store.
+    pub fn receiver_summary(&self, set: &str) -> Option<ReceiverSummary> {
+        let summary = self.receivers.lock().get(set)?.summary.clone();
+        let s = summary.lock().clone();
+        Some(s)
     }
 
     /// Makes every later cut's id higher than `id` (a cut id a replication set saved).
@@ -558,10 +576,9 @@ impl Host for Node {
             set.view(view);
             return;
         }
-        if let Some(store) = self.receiver(name) {
-            let store = self.block_on(store.lock());
-            view.generation = store.generation();
-            if let Some(cur) = store.current() {
+        if let Some(store) = self.receiver_summary(name) {
+            view.generation = store.generation;
+            if let Some(cur) = store.current {
                 view.status = "ready".into();
                 view.last_cut_id = Some(cur.cut);
                 view.last_cut_time = Some(crate::admin::time::rfc3339_utc(cur.taken_unix));
@@ -601,11 +618,10 @@ impl Host for Node {
     }
     fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPointView>, ReplicationError> {
         let store = self
-            .receiver(name)
+            .receiver_summary(name)
             .ok_or_else(|| ReplicationError::NotSecondary(name.into()))?;
-        let store = self.block_on(store.lock());
         Ok(store
-            .recovery_points()
+            .points
             .into_iter()
             .map(|p| RecoveryPointView {
                 cut_id: p.cut,
