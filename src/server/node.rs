@@ -48,6 +48,8 @@ pub struct Node {
     /// Open volumes by name; kept in step with `catalog.volumes`.
     pub volumes: RwLock<HashMap<String, Arc<Volume>>>,
     pub sessions: SessionRegistry,
+    /// Data-Out bytes every session together may hold (`server::budget`).
+    pub write_budget: Arc<tokio::sync::Semaphore>,
     started: Instant,
     /// Serializes admin changes (read catalog, persist, swap).
     changes: Mutex<()>,
@@ -87,6 +89,9 @@ impl Node {
             catalog: RwLock::new(catalog),
             volumes: RwLock::new(HashMap::new()),
             sessions: SessionRegistry::default(),
+            write_budget: Arc::new(tokio::sync::Semaphore::new(
+                crate::server::budget::NODE_WRITE_BUDGET as usize,
+            )),
             started: Instant::now(),
             changes: Mutex::new(()),
             listen: RwLock::new(Vec::new()),
