@@ -619,3 +619,32 @@ fn nop_in_echo_respects_the_initiators_max_recv_data_segment_length() {
     assert_eq!(data.len(), 64 * BLOCK as usize);
     assert_alive(&mut c);
 }
+
+/// RFC 7143 §11.13.5: a login naming a TSIH that matches no session is refused with
+/// Initiator Error / Session does not exist (02/0A), and the connection closes; the
+/// TSIH of a live session of the same initiator and ISID goes on.
+#[test]
+fn a_login_naming_an_unknown_tsih_is_refused() {
+    let s = TestServer::start();
+    let mut live = RawClient::connect(s.addr);
+    let tsih = live.login(INITIATOR, DEMO_IQN, Digests::default()).tsih;
+    assert_ne!(tsih, 0);
+    let sec = format!(
+        "InitiatorName={INITIATOR}\0TargetName={DEMO_IQN}\0SessionType=Normal\0AuthMethod=None\0"
+    );
+    let with_tsih = |tsih: u16| {
+        let mut c = RawClient::connect(s.addr);
+        let mut p = c.login_pdu(0, 1, true, &sec);
+        p.bhs.0[14..16].copy_from_slice(&tsih.to_be_bytes());
+        c.send(&p);
+        let r = LoginResponse::from_pdu(&c.recv().expect("login response")).unwrap();
+        (c, r)
+    };
+    let (mut c, r) = with_tsih(0x7777);
+    assert_eq!((r.status_class, r.status_detail), (0x02, 0x0a));
+    assert!(c.closed(), "the connection closes after a failed login");
+    // The live session's own TSIH is accepted.
+    let (_c, r) = with_tsih(tsih);
+    assert_eq!((r.status_class, r.status_detail), (0, 0));
+    drop(live);
+}
