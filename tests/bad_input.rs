@@ -648,3 +648,96 @@ fn a_login_naming_an_unknown_tsih_is_refused() {
     assert_eq!((r.status_class, r.status_detail), (0, 0));
     drop(live);
 }
+
+/// The text pairs of a Login Response.
+fn login_pairs(r: &LoginResponse) -> std::collections::HashMap<String, String> {
+    r.data
+        .split(|&b| b == 0)
+        .filter(|kv| !kv.is_empty())
+        .filter_map(|kv| {
+            let kv = std::str::from_utf8(kv).ok()?;
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+/// One CHAP login as `initiator` with `secret`: the final response and how long it
+/// took to come after CHAP_R was sent.
+fn chap_login(
+    s: &TestServer,
+    initiator: &str,
+    secret: &str,
+) -> (LoginResponse, std::time::Duration) {
+    let mut c = RawClient::connect(s.addr);
+    let exchange = |c: &mut RawClient, transit: bool, text: &str| {
+        let p = c.login_pdu(0, 1, transit, text);
+        c.send(&p);
+        let r = LoginResponse::from_pdu(&c.recv().expect("login response")).unwrap();
+        c.exp_stat_sn = r.stat_sn.wrapping_add(1);
+        r
+    };
+    let r = exchange(
+        &mut c,
+        false,
+        &format!("InitiatorName={initiator}\0TargetName={DEMO_IQN}\0SessionType=Normal\0AuthMethod=CHAP\0"),
+    );
+    assert_eq!(
+        (r.status_class, login_pairs(&r)["AuthMethod"].as_str()),
+        (0, "CHAP")
+    );
+    let r = exchange(&mut c, false, "CHAP_A=5\0");
+    let pairs = login_pairs(&r);
+    let id: u8 = pairs["CHAP_I"].parse().unwrap();
+    let challenge = twinlun::iscsi::chap::decode_binary(&pairs["CHAP_C"]).unwrap();
+    let answer = twinlun::iscsi::chap::response(id, secret.as_bytes(), &challenge);
+    let text = format!(
+        "CHAP_N=alice\0CHAP_R={}\0",
+        twinlun::iscsi::chap::encode_hex(&answer)
+    );
+    let sent = std::time::Instant::now();
+    let r = exchange(&mut c, true, &text);
+    (r, sent.elapsed())
+}
+
+/// CHAP guessing slows down per source: after failed CHAP logins, the next CHAP
+/// response waits a delay doubling from 100 ms (the policy of `iscsi::throttle`)
+/// before it is checked, right or wrong. Only lower bounds on time are asserted.
+#[test]
+fn wrong_chap_guesses_are_answered_ever_more_slowly() {
+    use twinlun::iscsi::throttle::Policy;
+    let s = TestServer::start();
+    s.ctl_ok(&[
+        "chap",
+        "set",
+        DEMO_IQN,
+        "--user",
+        "alice",
+        "--secret",
+        "alice-secret-12",
+    ]);
+    let policy = Policy::default();
+    let initiator = "iqn.2026-11.test:guesser";
+    for n in 0..5u32 {
+        let (r, took) = chap_login(&s, initiator, "wrong-secret-99");
+        assert_eq!(
+            (r.status_class, r.status_detail),
+            (0x02, 0x01),
+            "a wrong secret fails"
+        );
+        assert!(
+            took >= policy.delay_after(n),
+            "guess {} answered after {took:?}, before the policy's {:?}",
+            n + 1,
+            policy.delay_after(n)
+        );
+    }
+    // The right secret still gets in (after the delay owed, which is bounded).
+    let (r, took) = chap_login(&s, initiator, "alice-secret-12");
+    assert_eq!(
+        (r.status_class, r.status_detail),
+        (0, 0),
+        "the right secret logs in"
+    );
+    assert!(took >= policy.delay_after(5));
+}

@@ -533,6 +533,8 @@ pub struct Login {
     tx: Option<Outgoing>,
     stat_sn: u32,
     pdus: u32,
+    /// Why the login failed, once it has.
+    failure: Option<LoginError>,
 }
 
 impl Login {
@@ -549,7 +551,28 @@ impl Login {
             tx: None,
             stat_sn: 0,
             pdus: 0,
+            failure: None,
         }
+    }
+
+    /// The next request's CHAP_N/CHAP_R will be checked (§12.1.3): the moment the
+    /// server applies its guessing delay (`iscsi::throttle`).
+    pub fn awaits_chap_response(&self) -> bool {
+        matches!(&self.phase, Phase::Security(s) if matches!(s.auth, Auth::AwaitResponse(_)))
+    }
+
+    /// The InitiatorName of the login, once the first request has named it.
+    pub fn initiator_name(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::Security(s) => Some(&s.ctx.initiator_name),
+            Phase::Operational(o) => Some(&o.ctx.initiator_name),
+            Phase::Start | Phase::Finished => None,
+        }
+    }
+
+    /// Why the login failed, if it has.
+    pub fn failure(&self) -> Option<LoginError> {
+        self.failure
     }
 
     pub fn portal(&self) -> SocketAddr {
@@ -566,6 +589,7 @@ impl Login {
         match self.step(req, dir) {
             Ok(step) => step,
             Err(e) => {
+                self.failure = Some(e);
                 let (class, detail) = e.status();
                 warn!(
                     isid = %hex::encode(req.isid),
