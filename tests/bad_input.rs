@@ -456,12 +456,21 @@ fn command_floods_stay_within_memory_bounds() {
 
     // What each flood got, once read at last.
     let a = drain(&mut reads);
+    let b = drain(&mut imm);
+    let w = drain(&mut writes);
+    eprintln!(
+        "answers: reads {a:?}, immediate {} statuses + {} rejects, writes {w:?}",
+        b.statuses,
+        b.rejects.len()
+    );
+    // The window (128 commands) plus the few whose answers the socket buffers took
+    // while the initiator was not reading (each answered command opens the window by
+    // one); nowhere near the 10,000 sent.
     assert!(
-        a.statuses > 0 && a.statuses <= 128,
-        "{} of 10,000 READs ran: only the window's 128 may",
+        a.statuses > 0 && a.statuses <= 128 + 8,
+        "{} of 10,000 READs ran: only the window's 128 (and a few) may",
         a.statuses
     );
-    let b = drain(&mut imm);
     assert!(b.statuses >= 1, "no immediate READ ran");
     assert!(
         !b.rejects.is_empty() && b.rejects.iter().all(|&r| r == 0x06),
@@ -472,7 +481,6 @@ fn command_floods_stay_within_memory_bounds() {
         b.statuses + b.rejects.len() as u32 <= 1_000,
         "more answers than immediate commands"
     );
-    let w = drain(&mut writes);
     assert!(
         w.r2ts >= 1 && w.r2ts <= 3,
         "{} R2Ts: the session's Data-Out budget (24 MiB) covers three 8 MiB writes",
