@@ -432,13 +432,17 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                         self.advance(next, b).await?;
                     }
                     Ok(())
-                } else if self.pending.contains_key(&sn) {
-                    debug!(cmd_sn = sn, exp, "duplicate of a held command ignored");
-                    Ok(())
                 } else {
                     // Inside the window, ahead of ExpCmdSN: the window bounds what is held.
-                    debug!(cmd_sn = sn, exp, "command arrived early; held");
-                    self.pending.insert(sn, (req, bhs));
+                    match self.pending.entry(sn) {
+                        std::collections::btree_map::Entry::Occupied(_) => {
+                            debug!(cmd_sn = sn, exp, "duplicate of a held command ignored");
+                        }
+                        std::collections::btree_map::Entry::Vacant(v) => {
+                            debug!(cmd_sn = sn, exp, "command arrived early; held");
+                            v.insert((req, bhs));
+                        }
+                    }
                     Ok(())
                 }
             }
