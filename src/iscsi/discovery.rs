@@ -245,3 +245,76 @@ fn send_targets(
         out.push(("TargetAddress".into(), addr.clone()));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::iscsi::login::TargetAccess;
+
+    /// Many targets with long names: a SendTargets answer of several KiB.
+    struct Many;
+
+    impl TargetDirectory for Many {
+        fn lookup(&self, _: &str) -> Option<TargetAccess> {
+            Some(TargetAccess::default())
+        }
+        fn list_targets(&self, _: &str) -> Vec<String> {
+            (0..100)
+                .map(|i| format!("iqn.2026-12.io.twinlun:a-rather-long-target-name-{i:04}"))
+                .collect()
+        }
+        fn session_exists(&self, _: &str, _: [u8; 6], _: u16, _: Option<&str>) -> bool {
+            false
+        }
+    }
+
+    fn request(itt: u32, ttt: u32, data: &'static [u8]) -> TextRequest {
+        TextRequest {
+            immediate: false,
+            final_bit: true,
+            cont: false,
+            lun: 0,
+            itt,
+            ttt,
+            cmd_sn: 1,
+            exp_stat_sn: 1,
+            data: Bytes::from_static(data),
+        }
+    }
+
+    /// §11.11 / §13.12: no Text Response segment exceeds the initiator's
+    /// MaxRecvDataSegmentLength; a longer answer continues (C=1, a TTT) over as many
+    /// responses as it takes, and reassembles to the whole answer.
+    #[test]
+    fn long_answers_continue_within_the_initiators_segment_length() {
+        let ctx = TextContext {
+            session_type: SessionType::Discovery,
+            initiator_name: "iqn.i",
+            target_name: None,
+            portal: "127.0.0.1:3260".parse().unwrap(),
+            tpgt: 1,
+            max_send_data_segment_length: 512,
+        };
+        let mut x = TextExchange::new();
+        let mut r = x
+            .handle(&request(9, RESERVED_TAG, b"SendTargets=All\0"), &ctx, &Many)
+            .unwrap();
+        let mut whole = Vec::new();
+        let mut pieces = 1;
+        while r.cont {
+            assert!(r.data.len() <= 512 && !r.final_bit);
+            whole.extend_from_slice(&r.data);
+            r = x.handle(&request(9, r.ttt, b""), &ctx, &Many).unwrap();
+            pieces += 1;
+        }
+        assert!(r.final_bit && r.data.len() <= 512);
+        whole.extend_from_slice(&r.data);
+        let pairs = text::parse(&Bytes::from(whole)).unwrap();
+        assert_eq!(
+            pairs.len(),
+            200,
+            "every TargetName and TargetAddress arrives"
+        );
+        assert!(pieces > 10, "{pieces} responses");
+    }
+}

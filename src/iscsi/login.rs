@@ -38,6 +38,15 @@ pub trait TargetDirectory {
     fn lookup(&self, target_name: &str) -> Option<TargetAccess>;
     /// Names of the targets `initiator` may see (ACLs applied), for SendTargets.
     fn list_targets(&self, initiator: &str) -> Vec<String>;
+    /// Whether a session `tsih` of `initiator` with `isid` to `target` (None for a
+    /// Discovery session) is live, for a login that names a TSIH.
+    fn session_exists(
+        &self,
+        initiator: &str,
+        isid: [u8; 6],
+        tsih: u16,
+        target: Option<&str>,
+    ) -> bool;
 }
 
 /// Everything the server needs once the login succeeded.
@@ -121,6 +130,8 @@ pub enum LoginError {
     AfterCompletion,
     #[error("non-login PDU during login")]
     InvalidDuringLogin,
+    #[error("the login names a TSIH that matches no live session")]
+    SessionDoesNotExist,
 }
 
 impl LoginError {
@@ -142,6 +153,9 @@ impl LoginError {
             LoginError::MissingInitiatorName | LoginError::MissingTargetName => (0x02, 0x07),
             // 0x0209 Session type not supported.
             LoginError::UnsupportedSessionType => (0x02, 0x09),
+            // 0x020a Session does not exist: "attempt to add a connection to a
+            // nonexistent session".
+            LoginError::SessionDoesNotExist => (0x02, 0x0a),
             // 0x020b Invalid request type during login.
             LoginError::InvalidDuringLogin => (0x02, 0x0b),
             // 0x0200 Initiator error (miscellaneous): protocol violations.
@@ -519,6 +533,8 @@ pub struct Login {
     tx: Option<Outgoing>,
     stat_sn: u32,
     pdus: u32,
+    /// Why the login failed, once it has.
+    failure: Option<LoginError>,
 }
 
 impl Login {
@@ -535,7 +551,28 @@ impl Login {
             tx: None,
             stat_sn: 0,
             pdus: 0,
+            failure: None,
         }
+    }
+
+    /// The next request's CHAP_N/CHAP_R will be checked (§12.1.3): the moment the
+    /// server applies its guessing delay (`iscsi::throttle`).
+    pub fn awaits_chap_response(&self) -> bool {
+        matches!(&self.phase, Phase::Security(s) if matches!(s.auth, Auth::AwaitResponse(_)))
+    }
+
+    /// The InitiatorName of the login, once the first request has named it.
+    pub fn initiator_name(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::Security(s) => Some(&s.ctx.initiator_name),
+            Phase::Operational(o) => Some(&o.ctx.initiator_name),
+            Phase::Start | Phase::Finished => None,
+        }
+    }
+
+    /// Why the login failed, if it has.
+    pub fn failure(&self) -> Option<LoginError> {
+        self.failure
     }
 
     pub fn portal(&self) -> SocketAddr {
@@ -552,6 +589,7 @@ impl Login {
         match self.step(req, dir) {
             Ok(step) => step,
             Err(e) => {
+                self.failure = Some(e);
                 let (class, detail) = e.status();
                 warn!(
                     isid = %hex::encode(req.isid),
@@ -648,6 +686,19 @@ impl Login {
         let advance = match std::mem::replace(&mut self.phase, Phase::Finished) {
             Phase::Start => {
                 let (ctx, rest) = Start::begin(csg, pairs, &self.settings, self.tpgt, dir)?;
+                // §11.12.4 / §11.13.5: a non-zero TSIH asks to join an existing session
+                // (ISID, initiator and target must match it); when there is none the
+                // answer is 0x020a "Session does not exist", not a new session.
+                if req.tsih != 0
+                    && !dir.session_exists(
+                        &ctx.initiator_name,
+                        req.isid,
+                        req.tsih,
+                        ctx.target_name.as_deref(),
+                    )
+                {
+                    return Err(LoginError::SessionDoesNotExist);
+                }
                 debug!(
                     initiator = %ctx.initiator_name,
                     session_type = ctx.session_type.as_str(),
@@ -798,6 +849,78 @@ impl Login {
             session,
             conn,
             negotiated,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One target, open to all; a single live session (initiator "iqn.a", ISID 1, TSIH 7).
+    struct Dir;
+
+    impl TargetDirectory for Dir {
+        fn lookup(&self, target_name: &str) -> Option<TargetAccess> {
+            (target_name == "iqn.t").then(TargetAccess::default)
+        }
+        fn list_targets(&self, _: &str) -> Vec<String> {
+            vec!["iqn.t".into()]
+        }
+        fn session_exists(
+            &self,
+            initiator: &str,
+            isid: [u8; 6],
+            tsih: u16,
+            target: Option<&str>,
+        ) -> bool {
+            (initiator, isid, tsih, target) == ("iqn.a", [0, 0, 0, 0, 0, 1], 7, Some("iqn.t"))
+        }
+    }
+
+    fn first_request(tsih: u16, initiator: &str) -> LoginRequest {
+        let text = format!("InitiatorName={initiator}\0TargetName=iqn.t\0AuthMethod=None\0");
+        LoginRequest {
+            transit: true,
+            cont: false,
+            csg: 0,
+            nsg: 1,
+            version_max: 0,
+            version_min: 0,
+            isid: [0, 0, 0, 0, 0, 1],
+            tsih,
+            itt: 1,
+            cid: 0,
+            cmd_sn: 1,
+            exp_stat_sn: 0,
+            data: Bytes::from(text),
+        }
+    }
+
+    fn status(step: &LoginStep) -> (u8, u8) {
+        match step {
+            LoginStep::Continue(r) | LoginStep::Fail(r) | LoginStep::Done(r, _) => {
+                (r.status_class, r.status_detail)
+            }
+        }
+    }
+
+    #[test]
+    fn a_tsih_naming_no_session_is_refused() {
+        let portal = "127.0.0.1:3260".parse().unwrap();
+        let cases = [
+            // (TSIH, initiator, expected status, login goes on)
+            (0, "iqn.a", (0, 0), true),
+            (7, "iqn.a", (0, 0), true),
+            (8, "iqn.a", (2, 0x0a), false),
+            // The session exists, but is another initiator's.
+            (7, "iqn.b", (2, 0x0a), false),
+        ];
+        for (tsih, initiator, want, goes_on) in cases {
+            let mut login = Login::new(TargetSettings::default(), portal, 1);
+            let step = login.handle(&first_request(tsih, initiator), &Dir);
+            assert_eq!(status(&step), want, "TSIH {tsih} from {initiator}");
+            assert_eq!(matches!(step, LoginStep::Continue(_)), goes_on);
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -10,10 +11,11 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::iscsi::discovery::{TextContext, TextExchange};
-use crate::iscsi::login::{Login, LoginStep};
+use crate::iscsi::login::{Login, LoginError, LoginStep};
 use crate::iscsi::params::{SessionType, TargetSettings};
 use crate::iscsi::pdu::{Digests, FrameLimits, LoginResponse, Pdu};
 use crate::iscsi::pdu::{Reject, TextRequest};
+use crate::iscsi::throttle::Source;
 use crate::iscsi::Request;
 use crate::server::directory::Directory;
 use crate::server::ffp::Ffp;
@@ -42,11 +44,11 @@ pub async fn serve(
     let local = stream.local_addr().ok();
     let span = tracing::info_span!("conn", peer = ?peer);
     async move {
-        let (Some(_), Some(local)) = (peer, local) else {
+        let (Some(peer), Some(local)) = (peer, local) else {
             return;
         };
         let _ = stream.set_nodelay(true);
-        if let Err(e) = serve_inner(node, stream, local, settings, shutdown).await {
+        if let Err(e) = serve_inner(node, stream, peer, local, settings, shutdown).await {
             debug!(error = %e, "connection ended");
         }
     }
@@ -70,6 +72,7 @@ async fn send_now(
 async fn serve_inner(
     node: Arc<Node>,
     stream: TcpStream,
+    peer: SocketAddr,
     local: SocketAddr,
     settings: Arc<TargetSettings>,
     shutdown: watch::Receiver<bool>,
@@ -117,7 +120,31 @@ async fn serve_inner(
                 return Ok(());
             }
         };
-        match login.handle(&req, &dir) {
+        // CHAP guessing is slowed per source (§12.1.3; `iscsi::throttle`): before a
+        // CHAP response is checked, wait what this address and initiator owe for
+        // their recent failures. Only this connection's task sleeps.
+        let chap_check = login.awaits_chap_response();
+        let sources = if chap_check {
+            let mut v = vec![Source::Address(peer.ip())];
+            if let Some(name) = login.initiator_name() {
+                v.push(Source::Initiator(name.to_owned()));
+            }
+            v
+        } else {
+            Vec::new()
+        };
+        if chap_check {
+            let delay = node.auth_throttle.lock().delay(&sources, Instant::now());
+            if !delay.is_zero() {
+                debug!(?delay, "CHAP response held back after recent failures");
+                tokio::time::sleep(delay).await;
+            }
+        }
+        let step = login.handle(&req, &dir);
+        if chap_check {
+            note_chap_outcome(&node, &login, &step, &sources, peer);
+        }
+        match step {
             LoginStep::Continue(r) => send_now(&mut wr, r.to_pdu(), &traffic).await?,
             LoginStep::Fail(r) => {
                 info!(
@@ -254,6 +281,41 @@ async fn serve_inner(
     node.sessions.unregister(&entry);
     info!(parent: &span, "session closed");
     Ok(())
+}
+
+/// Record the outcome of a CHAP check for the guessing delay.
+fn note_chap_outcome(
+    node: &Node,
+    login: &Login,
+    step: &LoginStep,
+    sources: &[Source],
+    peer: SocketAddr,
+) {
+    let initiator = sources.iter().find_map(|s| match s {
+        Source::Initiator(n) => Some(n.as_str()),
+        Source::Address(_) => None,
+    });
+    match (step, login.failure()) {
+        (LoginStep::Fail(_), Some(LoginError::Chap(reason))) => {
+            let mut throttle = node.auth_throttle.lock();
+            let failures = throttle.failed(sources, Instant::now());
+            let next_delay = throttle.policy().delay_after(failures);
+            drop(throttle);
+            // The secret and the response never reach the log; the name and address do.
+            warn!(
+                initiator = initiator.unwrap_or("?"),
+                address = %peer.ip(),
+                %reason,
+                failures,
+                ?next_delay,
+                "CHAP authentication failed"
+            );
+        }
+        (LoginStep::Fail(_), _) => {}
+        // The response was checked and accepted.
+        _ if !login.awaits_chap_response() => node.auth_throttle.lock().succeeded(sources),
+        _ => {}
+    }
 }
 
 /// A Login response ending the login with an initiator error (class 2), for input the

@@ -32,4 +32,16 @@ impl TargetDirectory for Directory {
             .map(|(n, _)| n.clone())
             .collect()
     }
+
+    fn session_exists(
+        &self,
+        initiator: &str,
+        isid: [u8; 6],
+        tsih: u16,
+        target: Option<&str>,
+    ) -> bool {
+        self.node
+            .sessions
+            .exists(initiator, isid, tsih, target.unwrap_or(""))
+    }
 }

@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::iscsi::pdu::{DataIn, ScsiResponse, RESERVED_TAG};
 use crate::scsi::{Response, Sense, Status};
 use crate::server::luns::LunHandle;
-use crate::server::writer::{CmdSlot, Outgoing, Stat};
+use crate::server::writer::{CmdSlot, Hold, Outgoing, Stat};
 use crate::volume::VolumeError;
 
 /// What an answer needs to know about its command.
@@ -30,6 +30,20 @@ pub struct Reply {
     /// Set by task management; an aborted task sends nothing (RFC 7143 §4.2.3.3).
     pub aborted: Arc<AtomicBool>,
     pub slot: Option<CmdSlot>,
+    /// Released with the final PDU: the task's tag, the bytes its data holds.
+    pub hold: Hold,
+}
+
+/// Bytes of read data a session may hold for Data-In at once: a read waits for its
+/// share before it reads, and gives it back once its last Data-In PDU has been copied
+/// to the socket's send buffer. At least one largest transfer fits.
+pub const SESSION_READ_BUDGET: u32 = 4 * crate::scsi::MAX_TRANSFER_BYTES;
+
+/// Permits for `len` bytes of `budget` (a transfer larger than the whole budget takes
+/// all of it); None once the budget is closed.
+async fn take(budget: &Arc<Semaphore>, len: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let n = len.min(SESSION_READ_BUDGET as u64) as u32;
+    budget.clone().acquire_many_owned(n).await.ok()
 }
 
 /// Residual flags and count for `sent` bytes against the EDTL and the command's own
@@ -54,13 +68,10 @@ impl Reply {
     async fn finish(mut self, mut r: ScsiResponse) {
         r.itt = self.itt;
         let slot = self.slot.take();
+        let hold = std::mem::take(&mut self.hold);
         let _ = self
             .out
-            .send(Outgoing {
-                pdu: r.to_pdu(),
-                stat: Stat::Advance,
-                slot,
-            })
+            .send(Outgoing::ending(r.to_pdu(), slot, hold))
             .await;
     }
 
@@ -107,21 +118,12 @@ impl Reply {
                 residual: if last { res } else { 0 },
                 data: data.slice(off..end),
             };
-            let (stat, slot) = if last {
-                (Stat::Advance, self.slot.take())
+            let out = if last {
+                Outgoing::ending(d.to_pdu(), self.slot.take(), std::mem::take(&mut self.hold))
             } else {
-                (Stat::Leave, None)
+                Outgoing::new(d.to_pdu(), Stat::Leave)
             };
-            if self
-                .out
-                .send(Outgoing {
-                    pdu: d.to_pdu(),
-                    stat,
-                    slot,
-                })
-                .await
-                .is_err()
-            {
+            if self.out.send(out).await.is_err() {
                 return;
             }
             data_sn += 1;
@@ -202,11 +204,26 @@ async fn read_lun(lun: &LunHandle, offset: u64, len: usize) -> Result<Bytes, Vol
     Ok(buf.freeze())
 }
 
-/// Read `blocks` at `lba` and send them.
-pub async fn read(reply: Reply, lun: Arc<LunHandle>, lba: u64, blocks: u32, _fua: bool) {
+/// Read `blocks` at `lba` and send them, once the session's read budget has room for
+/// them: memory follows the budget, not the number of reads the initiator queues.
+pub async fn read(
+    mut reply: Reply,
+    lun: Arc<LunHandle>,
+    lba: u64,
+    blocks: u32,
+    _fua: bool,
+    budget: Arc<Semaphore>,
+) {
     let bs = lun.volume.block_size() as u64;
     let wanted = blocks as u64 * bs;
     let len = wanted.min(reply.edtl as u64);
+    let Some(permit) = take(&budget, len).await else {
+        return;
+    };
+    if reply.aborted() {
+        return;
+    }
+    reply.hold.push(permit);
     match read_lun(&lun, lba * bs, len as usize).await {
         Ok(data) => reply.data_in(data, wanted).await,
         Err(e) => {
@@ -247,6 +264,7 @@ const VERIFY_CHUNK: u64 = 1 << 20;
 
 /// VERIFY: read the range piece by piece; with BYTCHK compare it to the Data-Out
 /// (MISCOMPARE names the first differing byte's offset, SBC-4 5.31).
+#[allow(clippy::too_many_arguments)]
 pub async fn verify(
     reply: Reply,
     lun: Arc<LunHandle>,
@@ -255,12 +273,17 @@ pub async fn verify(
     compare: Option<Bytes>,
     r2ts: u32,
     wanted: u64,
+    budget: Arc<Semaphore>,
 ) {
     let bs = lun.volume.block_size() as u64;
     let len = blocks as u64 * bs;
     let mut done = 0u64;
     while done < len {
         let n = (len - done).min(VERIFY_CHUNK);
+        // Each piece read counts against the session's read budget while it is held.
+        let Some(_permit) = take(&budget, n).await else {
+            return;
+        };
         let media = match read_lun(&lun, lba * bs + done, n as usize).await {
             Ok(m) => m,
             Err(e) => {

@@ -5,7 +5,9 @@
 //! The reader side owns this state (`&mut self`, no locks on the per-command path);
 //! volume I/O runs in spawned tasks that answer through the writer channel.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
 use tokio::io::AsyncRead;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::iscsi::params::{ConnParams, SessionParams};
@@ -25,11 +27,12 @@ use crate::iscsi::pdu::{
 };
 use crate::iscsi::{serial, Request};
 use crate::scsi::{self, Plan, Sense, Status};
-use crate::server::exec::{self, Reply};
+use crate::server::budget::{WriteBudget, WriteBudgets};
+use crate::server::exec::{self, Reply, SESSION_READ_BUDGET};
 use crate::server::frames::{FrameReader, ReadError};
 use crate::server::luns::{LunHandle, LunView};
 use crate::server::registry::SessionEntry;
-use crate::server::writer::{CmdSlot, Outgoing, Stat, Window};
+use crate::server::writer::{CmdSlot, Hold, Immediate, Outgoing, Stat, Window};
 use crate::server::Node;
 
 /// The most a single command may move (what VPD Block Limits announces); larger
@@ -42,10 +45,42 @@ const PING_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A task whose I/O is running in a spawned task.
 struct Running {
+    /// Tells this task from a later one that reuses its tag.
+    id: u64,
     lun: u64,
     aborted: Arc<AtomicBool>,
     done: watch::Receiver<bool>,
 }
+
+type RunningMap = Arc<Mutex<HashMap<u32, Running>>>;
+
+/// A running task's tag, held by its answer: the tag is free again once the final PDU
+/// has been handed to the socket (or the answer dropped), not before.
+struct TagGuard {
+    running: RunningMap,
+    itt: u32,
+    id: u64,
+}
+
+impl Drop for TagGuard {
+    fn drop(&mut self) {
+        let mut running = self.running.lock();
+        if running.get(&self.itt).is_some_and(|r| r.id == self.id) {
+            running.remove(&self.itt);
+        }
+    }
+}
+
+/// A command's place in the queue for Data-Out budget.
+#[derive(Debug, Clone, Copy)]
+struct BudgetTicket {
+    itt: u32,
+    bytes: u32,
+    id: u64,
+}
+
+/// Waiting for Data-Out budget for the command at the head of the queue.
+type BudgetWait = Pin<Box<dyn Future<Output = Option<WriteBudget>> + Send + Sync>>;
 
 enum WriteKind {
     Write { lba: u64, fua: bool },
@@ -57,7 +92,17 @@ enum WriteKind {
 struct Collecting {
     lun: Option<Arc<LunHandle>>,
     kind: WriteKind,
+    /// Filled as data arrives: it never holds more than came, or than the permits in
+    /// `budget` cover.
     buf: BytesMut,
+    /// Permits for the solicited data, taken before the first R2T (`server::budget`).
+    budget: Option<WriteBudget>,
+    /// The command waits in the budget queue under this ticket; no R2T goes out
+    /// before it is served.
+    awaiting_budget: Option<u64>,
+    /// Unsolicited data must end here (§13.14 FirstBurstLength, or the immediate data
+    /// alone with the F bit).
+    unsolicited_limit: u32,
     /// Bytes to collect: the command's own transfer (SPDTL), cut to the EDTL.
     needed: u32,
     /// The command's own transfer length, for the residual.
@@ -76,6 +121,24 @@ struct Collecting {
     /// Take and drop the unsolicited data, then answer this way instead of running.
     discard: Option<Discard>,
     reply: Reply,
+}
+
+impl Collecting {
+    /// Copy arrived data to its offset. The buffer grows only to what has come (all of
+    /// the transfer at once when the permits for it are held), never ahead of the data.
+    fn place(&mut self, from: usize, data: &[u8]) {
+        let to = from + data.len();
+        if self.buf.len() < to {
+            let want = if self.budget.is_some() {
+                (self.needed as usize).max(to)
+            } else {
+                to
+            };
+            self.buf.reserve(want - self.buf.len());
+            self.buf.resize(to, 0);
+        }
+        self.buf[from..to].copy_from_slice(data);
+    }
 }
 
 /// One outstanding R2T: the range asked for, what has come, the DataSN expected next.
@@ -119,7 +182,15 @@ pub struct Ffp<R> {
     /// Commands that arrived ahead of their CmdSN, with their headers (for a Reject).
     pending: BTreeMap<u32, (Request, Bhs)>,
     collecting: HashMap<u32, Collecting>,
-    running: Arc<Mutex<HashMap<u32, Running>>>,
+    running: RunningMap,
+    next_task_id: u64,
+    /// Bytes of Data-In this session may hold.
+    read_budget: Arc<Semaphore>,
+    writes: WriteBudgets,
+    /// Commands waiting for Data-Out budget, first come first served.
+    budget_queue: VecDeque<BudgetTicket>,
+    next_ticket: u64,
+    budget_wait: Option<BudgetWait>,
     next_ttt: u32,
     ping: Option<(u32, Instant)>,
     last_rx: Instant,
@@ -141,6 +212,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         stop: watch::Receiver<bool>,
         text: TextHandler,
     ) -> Self {
+        let writes = WriteBudgets::new(node.write_budget.clone());
         Ffp {
             node,
             reader,
@@ -157,6 +229,12 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             pending: BTreeMap::new(),
             collecting: HashMap::new(),
             running: Arc::new(Mutex::new(HashMap::new())),
+            next_task_id: 0,
+            read_budget: Arc::new(Semaphore::new(SESSION_READ_BUDGET as usize)),
+            writes,
+            budget_queue: VecDeque::new(),
+            next_ticket: 0,
+            budget_wait: None,
             next_ttt: 1,
             ping: None,
             last_rx: Instant::now(),
@@ -174,6 +252,11 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 _ = self.stop.changed() => {
                     debug!("session stopped from outside");
                     break;
+                }
+                b = wait_budget(&mut self.budget_wait), if self.budget_wait.is_some() => {
+                    self.budget_wait = None;
+                    self.budget_granted(b).await;
+                    continue;
                 }
                 _ = tick.tick() => None,
             };
@@ -314,27 +397,52 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         };
         match ordered {
             None => self.deliver(req, bhs, None).await,
-            Some((true, _)) => self.deliver(req, bhs, None).await,
+            Some((true, _)) => {
+                // §4.2.2.1: an immediate command's CmdSN may lie outside the window, but
+                // what it may hold is bounded all the same (§3.2.2.1): a few per
+                // connection, else Reject "too many immediate commands" (§11.17.1).
+                let kind = match req {
+                    Request::Tmf(_) => Immediate::TaskManagement,
+                    _ => Immediate::Other,
+                };
+                match self.window.try_immediate(kind) {
+                    Some(slot) => self.deliver(req, bhs, Some(slot)).await,
+                    None => {
+                        debug!(?kind, "too many immediate commands outstanding; rejected");
+                        self.reject(RejectReason::ImmediateCommandReject, bhs).await;
+                        Ok(())
+                    }
+                }
+            }
             Some((false, sn)) => {
                 let exp = self.window.exp_cmd_sn();
                 let max = self.window.max_cmd_sn();
-                if sn == exp {
+                if !self.window.admits(sn) {
+                    // §4.2.2.1: "The target MUST silently ignore any non-immediate
+                    // command outside of this range or non-immediate duplicates within
+                    // the range." Nothing is kept of it.
+                    debug!(
+                        cmd_sn = sn,
+                        exp, max, "command outside the CmdSN window ignored"
+                    );
+                    Ok(())
+                } else if sn == exp {
                     self.advance(req, bhs).await?;
                     while let Some((next, b)) = self.pending.remove(&self.window.exp_cmd_sn()) {
                         self.advance(next, b).await?;
                     }
                     Ok(())
-                } else if serial::lt(exp, sn) && serial::le(sn, max) {
-                    debug!(cmd_sn = sn, exp, "command arrived early; held");
-                    self.pending.insert(sn, (req, bhs));
-                    Ok(())
                 } else {
-                    // §4.2.2.1: silently ignore a non-immediate command outside the
-                    // window, or a duplicate.
-                    debug!(
-                        cmd_sn = sn,
-                        exp, max, "command outside the CmdSN window ignored"
-                    );
+                    // Inside the window, ahead of ExpCmdSN: the window bounds what is held.
+                    match self.pending.entry(sn) {
+                        std::collections::btree_map::Entry::Occupied(_) => {
+                            debug!(cmd_sn = sn, exp, "duplicate of a held command ignored");
+                        }
+                        std::collections::btree_map::Entry::Vacant(v) => {
+                            debug!(cmd_sn = sn, exp, "command arrived early; held");
+                            v.insert((req, bhs));
+                        }
+                    }
                     Ok(())
                 }
             }
@@ -346,6 +454,75 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         self.window
             .set_exp_cmd_sn(self.window.exp_cmd_sn().wrapping_add(1));
         self.deliver(req, bhs, Some(slot)).await
+    }
+
+    /// The queue's head got its Data-Out budget: its R2Ts may go out now. Then serve the
+    /// next commands in order, as far as the budgets allow.
+    async fn budget_granted(&mut self, b: Option<WriteBudget>) {
+        if let Some(t) = self.budget_queue.pop_front() {
+            if let Some(b) = b {
+                self.give_budget(t, b).await;
+            }
+        }
+        while let Some(&t) = self.budget_queue.front() {
+            if !self.waits_for_budget(t) {
+                // Aborted or ended while it waited.
+                self.budget_queue.pop_front();
+                continue;
+            }
+            match self.writes.try_take(t.bytes) {
+                Some(b) => {
+                    self.budget_queue.pop_front();
+                    self.give_budget(t, b).await;
+                }
+                None => {
+                    self.budget_wait = Some(Box::pin(self.writes.clone().take(t.bytes)));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn waits_for_budget(&self, t: BudgetTicket) -> bool {
+        self.collecting
+            .get(&t.itt)
+            .is_some_and(|c| c.awaiting_budget == Some(t.id))
+    }
+
+    async fn give_budget(&mut self, t: BudgetTicket, b: WriteBudget) {
+        if !self.waits_for_budget(t) {
+            return;
+        }
+        let Some(mut c) = self.collecting.remove(&t.itt) else {
+            return;
+        };
+        c.awaiting_budget = None;
+        c.budget = Some(b);
+        self.issue_r2ts(t.itt, &mut c).await;
+        self.settle(t.itt, c);
+    }
+
+    /// Ask for the Data-Out budget of command `itt` (its R2Ts wait for it).
+    fn request_budget(&mut self, itt: u32, c: &mut Collecting, bytes: u32) {
+        if self.budget_queue.is_empty() {
+            if let Some(b) = self.writes.try_take(bytes) {
+                c.budget = Some(b);
+                return;
+            }
+        }
+        debug!(
+            itt,
+            bytes,
+            available = self.writes.session_available(),
+            "write waits for Data-Out budget"
+        );
+        let id = self.next_ticket;
+        self.next_ticket += 1;
+        c.awaiting_budget = Some(id);
+        self.budget_queue.push_back(BudgetTicket { itt, bytes, id });
+        if self.budget_wait.is_none() {
+            self.budget_wait = Some(Box::pin(self.writes.clone().take(bytes)));
+        }
     }
 
     async fn deliver(&mut self, req: Request, bhs: Bhs, slot: Option<CmdSlot>) -> Result<(), End> {
@@ -371,12 +548,8 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             Request::Tmf(t) => self.tmf(t, slot).await,
             Request::Text(t) => {
                 let pdu = (self.text)(&t);
-                self.send(Outgoing {
-                    pdu,
-                    stat: Stat::Advance,
-                    slot,
-                })
-                .await;
+                self.send(Outgoing::ending(pdu, slot, Hold::default()))
+                    .await;
                 Ok(())
             }
             Request::Logout(l) => self.logout(l, slot).await,
@@ -410,15 +583,10 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             stat_sn: 0,
             exp_cmd_sn: 0,
             max_cmd_sn: 0,
-            // §11.19.4: the ping data is echoed.
-            data: n.data,
+            data: echo(n.data, self.conn.max_send_data_segment_length),
         };
-        self.send(Outgoing {
-            pdu: nop.to_pdu(),
-            stat: Stat::Advance,
-            slot,
-        })
-        .await;
+        self.send(Outgoing::ending(nop.to_pdu(), slot, Hold::default()))
+            .await;
     }
 
     fn reply(&self, cmd: &ScsiCommand, slot: Option<CmdSlot>, aborted: Arc<AtomicBool>) -> Reply {
@@ -432,10 +600,27 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             max_burst: self.session.max_burst_length,
             aborted,
             slot,
+            hold: Hold::default(),
         }
     }
 
+    /// True while a task of this session holds `itt`: collecting its data or running.
+    fn tag_in_use(&self, itt: u32) -> bool {
+        self.collecting.contains_key(&itt) || self.running.lock().contains_key(&itt)
+    }
+
     async fn command(&mut self, cmd: ScsiCommand, slot: Option<CmdSlot>) {
+        if self.tag_in_use(cmd.itt) {
+            // RFC 7143 §11.1.4 / §11.2.1.8: the ITT identifies the task and must be
+            // unique among the session's outstanding tasks. SAM-5 5.10: a command whose
+            // tag is already in use is an overlapped command, answered CHECK CONDITION,
+            // ABORTED COMMAND, OVERLAPPED COMMANDS ATTEMPTED (4Eh/00h); it never runs.
+            warn!(itt = cmd.itt, "task tag already in use: overlapped command");
+            let reply = self.reply(&cmd, slot, Arc::new(AtomicBool::new(false)));
+            return reply
+                .respond(scsi::Response::check(Sense::overlapped_commands()))
+                .await;
+        }
         let lun = decode_lun(cmd.lun);
         // Only REPORT LUNS reads the target's LUN list: skip the catalog walk on the
         // I/O path.
@@ -480,6 +665,9 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                     lun: None,
                     kind: WriteKind::ModeSelect { ten: false },
                     buf: BytesMut::new(),
+                    budget: None,
+                    awaiting_budget: None,
+                    unsolicited_limit: self.session.first_burst_length.min(edtl),
                     needed: 0,
                     spdtl: 0,
                     edtl,
@@ -503,14 +691,14 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                         .respond(scsi::Response::check(Sense::invalid_field_in_cdb(7)))
                         .await;
                 }
-                self.spawn(
-                    cmd.itt,
-                    lun,
-                    aborted,
-                    exec::read(reply, h, lba, blocks, fua),
-                );
+                let budget = self.read_budget.clone();
+                self.spawn(cmd.itt, lun, aborted, reply, |reply| {
+                    exec::read(reply, h, lba, blocks, fua, budget)
+                });
             }
-            (Plan::Sync, Some(h)) => self.spawn(cmd.itt, lun, aborted, exec::sync(reply, h)),
+            (Plan::Sync, Some(h)) => {
+                self.spawn(cmd.itt, lun, aborted, reply, |reply| exec::sync(reply, h))
+            }
             (
                 Plan::Verify {
                     lba,
@@ -519,12 +707,10 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 },
                 Some(h),
             ) => {
-                self.spawn(
-                    cmd.itt,
-                    lun,
-                    aborted,
-                    exec::verify(reply, h, lba, blocks, None, 0, 0),
-                );
+                let budget = self.read_budget.clone();
+                self.spawn(cmd.itt, lun, aborted, reply, |reply| {
+                    exec::verify(reply, h, lba, blocks, None, 0, 0, budget)
+                });
             }
             (Plan::Write { lba, blocks, fua }, Some(h)) => {
                 let needed = blocks as u64 * h.volume.block_size() as u64;
@@ -557,23 +743,38 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         }
     }
 
-    fn spawn<F>(&mut self, itt: u32, lun: u64, aborted: Arc<AtomicBool>, fut: F)
-    where
-        F: std::future::Future<Output = ()> + Send + 'static,
+    /// Run a task in its own tokio task; its tag stays taken until its answer is out.
+    fn spawn<F, Fut>(
+        &mut self,
+        itt: u32,
+        lun: u64,
+        aborted: Arc<AtomicBool>,
+        mut reply: Reply,
+        make: F,
+    ) where
+        F: FnOnce(Reply) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
     {
         let (done_tx, done_rx) = watch::channel(false);
-        let running = self.running.clone();
-        running.lock().insert(
+        let id = self.next_task_id;
+        self.next_task_id += 1;
+        self.running.lock().insert(
             itt,
             Running {
+                id,
                 lun,
                 aborted,
                 done: done_rx,
             },
         );
+        reply.hold.push(TagGuard {
+            running: self.running.clone(),
+            itt,
+            id,
+        });
+        let fut = make(reply);
         tokio::spawn(async move {
             fut.await;
-            running.lock().remove(&itt);
             let _ = done_tx.send(true);
         });
     }
@@ -591,13 +792,6 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         if needed > MAX_TRANSFER {
             return reply
                 .respond(scsi::Response::check(Sense::invalid_field_in_cdb(7)))
-                .await;
-        }
-        if self.collecting.contains_key(&cmd.itt) || self.running.lock().contains_key(&cmd.itt) {
-            // §11.2.1.8: the ITT must be unique in the session.
-            warn!(itt = cmd.itt, "task tag already in use");
-            return reply
-                .respond(scsi::Response::check(Sense::overlapped_commands()))
                 .await;
         }
         let spdtl = needed;
@@ -625,8 +819,8 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             return reply.status(Status::Good, None, 0, spdtl).await;
         }
         let imm = cmd.data.len().min(needed as usize);
-        let mut buf = BytesMut::zeroed(needed as usize);
-        buf[..imm].copy_from_slice(&cmd.data[..imm]);
+        // Nothing is allocated ahead of the data: the buffer grows as data comes.
+        let buf = BytesMut::from(&cmd.data[..imm]);
         // What the initiator may send before any R2T: immediate data, plus unsolicited
         // Data-Out up to FirstBurstLength unless the command said F (§4.2.5.2).
         let unsolicited_end = if cmd.final_bit {
@@ -638,6 +832,9 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             lun: Some(lun),
             kind,
             buf,
+            budget: None,
+            awaiting_budget: None,
+            unsolicited_limit: unsolicited_end,
             needed,
             spdtl,
             edtl,
@@ -650,11 +847,20 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             discard,
             reply,
         };
+        // The data to solicit is paid for, all of it, before the first R2T: a command
+        // that starts collecting can always finish (`server::budget`).
+        if c.discard.is_none() && c.next_offset < c.needed {
+            let solicited = needed - c.next_offset;
+            self.request_budget(cmd.itt, &mut c, solicited);
+        }
         self.issue_r2ts(cmd.itt, &mut c).await;
         self.settle(cmd.itt, c);
     }
 
     async fn issue_r2ts(&mut self, itt: u32, c: &mut Collecting) {
+        if c.budget.is_none() {
+            return;
+        }
         let max_out = self.session.max_outstanding_r2t.max(1) as usize;
         while c.r2ts.len() < max_out && c.next_offset < c.needed {
             let len = (c.needed - c.next_offset).min(self.session.max_burst_length);
@@ -717,11 +923,13 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         let Collecting {
             lun,
             kind,
-            buf,
+            mut buf,
+            budget,
             r2t_sn,
             discard,
             reply,
             spdtl,
+            needed,
             ..
         } = c;
         match discard {
@@ -737,21 +945,35 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         }
         let Some(lun) = lun else { return };
         let aborted = reply.aborted.clone();
-        let l = reply.lun;
+        let l = decode_lun(reply.lun);
+        buf.resize(needed as usize, 0);
         let data = buf.freeze();
+        let read_budget = self.read_budget.clone();
         match kind {
-            WriteKind::Write { lba, fua } => self.spawn(
-                itt,
-                l,
-                aborted,
-                exec::write(reply, lun, lba, data, fua, r2t_sn, spdtl),
-            ),
-            WriteKind::Verify { lba, blocks } => self.spawn(
-                itt,
-                l,
-                aborted,
-                exec::verify(reply, lun, lba, blocks, Some(data), r2t_sn, spdtl),
-            ),
+            // The Data-Out permits stay held until the volume has the data.
+            WriteKind::Write { lba, fua } => self.spawn(itt, l, aborted, reply, |reply| {
+                let fut = exec::write(reply, lun, lba, data, fua, r2t_sn, spdtl);
+                async move {
+                    fut.await;
+                    drop(budget);
+                }
+            }),
+            WriteKind::Verify { lba, blocks } => self.spawn(itt, l, aborted, reply, |reply| {
+                let fut = exec::verify(
+                    reply,
+                    lun,
+                    lba,
+                    blocks,
+                    Some(data),
+                    r2t_sn,
+                    spdtl,
+                    read_budget,
+                );
+                async move {
+                    fut.await;
+                    drop(budget);
+                }
+            }),
             WriteKind::ModeSelect { ten } => {
                 let resp = lun.lu.mode_select(ten, &data);
                 tokio::spawn(reply.respond(resp));
@@ -768,7 +990,8 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         let len = d.data.len() as u32;
         let end = d.buffer_offset as u64 + len as u64;
         let valid_ttt = if d.ttt == RESERVED_TAG {
-            !c.unsolicited_done
+            // §13.14: unsolicited data stays within FirstBurstLength.
+            !c.unsolicited_done && end <= c.unsolicited_limit as u64
         } else {
             // A solicited PDU must fall inside the range its R2T asked for.
             c.r2ts.get(&d.ttt).is_some_and(|r| {
@@ -811,7 +1034,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         if c.discard.is_none() && (d.buffer_offset as u64) < c.needed as u64 {
             let from = d.buffer_offset as usize;
             let to = (end as usize).min(c.needed as usize);
-            c.buf[from..to].copy_from_slice(&d.data[..to - from]);
+            c.place(from, &d.data[..to - from]);
             c.received += (to - from) as u32;
         }
         if d.ttt == RESERVED_TAG {
@@ -904,11 +1127,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 let _ = w.wait_for(|d| *d).await;
             }
             let _ = out
-                .send(Outgoing {
-                    pdu: r.to_pdu(),
-                    stat: Stat::Advance,
-                    slot,
-                })
+                .send(Outgoing::ending(r.to_pdu(), slot, Hold::default()))
                 .await;
         };
         if close {
@@ -948,18 +1167,39 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             time2wait: 0,
             time2retain: 0,
         };
-        self.send(Outgoing {
-            pdu: r.to_pdu(),
-            stat: Stat::Advance,
-            slot,
-        })
-        .await;
+        self.send(Outgoing::ending(r.to_pdu(), slot, Hold::default()))
+            .await;
         if response == 0 {
             info!("logout");
             Err(End::Close)
         } else {
             Ok(())
         }
+    }
+}
+
+/// Wait for the pending budget request; never resolves when there is none.
+async fn wait_budget(w: &mut Option<BudgetWait>) -> Option<WriteBudget> {
+    match w {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The NOP-In answer's ping data: RFC 7143 §11.18.5, "Ping data is reflected in the
+/// NOP-In Response. The length of the reflected data is limited to
+/// MaxRecvDataSegmentLength", the initiator's, which every PDU to it respects
+/// (§13.12). Longer ping data is echoed up to that length.
+pub fn echo(data: Bytes, max_send_data_segment_length: u32) -> Bytes {
+    let max = max_send_data_segment_length as usize;
+    if data.len() > max {
+        debug!(
+            len = data.len(),
+            max, "ping data longer than the initiator accepts; echo truncated"
+        );
+        data.slice(..max)
+    } else {
+        data
     }
 }
 

@@ -3,6 +3,7 @@
 //! CONTRACT: `Server::bind(node, addrs).await`, `Server::local_addrs()`,
 //! `Server::run(shutdown).await` serves until `shutdown` resolves, then closes sessions.
 
+mod budget;
 mod connection;
 mod directory;
 mod exec;

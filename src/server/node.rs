@@ -48,6 +48,10 @@ pub struct Node {
     /// Open volumes by name; kept in step with `catalog.volumes`.
     pub volumes: RwLock<HashMap<String, Arc<Volume>>>,
     pub sessions: SessionRegistry,
+    /// Data-Out bytes every session together may hold (`server::budget`).
+    pub write_budget: Arc<tokio::sync::Semaphore>,
+    /// Failed CHAP logins per source address and initiator (`iscsi::throttle`).
+    pub auth_throttle: Mutex<crate::iscsi::throttle::AuthThrottle>,
     started: Instant,
     /// Serializes admin changes (read catalog, persist, swap).
     changes: Mutex<()>,
@@ -95,6 +99,10 @@ impl Node {
             catalog: RwLock::new(catalog),
             volumes: RwLock::new(HashMap::new()),
             sessions: SessionRegistry::default(),
+            write_budget: Arc::new(tokio::sync::Semaphore::new(
+                crate::server::budget::NODE_WRITE_BUDGET as usize,
+            )),
+            auth_throttle: Mutex::new(crate::iscsi::throttle::AuthThrottle::default()),
             started: Instant::now(),
             changes: Mutex::new(()),
             listen: RwLock::new(Vec::new()),

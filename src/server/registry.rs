@@ -81,6 +81,16 @@ impl SessionRegistry {
             .count()
     }
 
+    /// Whether session `tsih` is live and belongs to `initiator`, `isid` and `target`
+    /// ("" for a Discovery session).
+    pub fn exists(&self, initiator: &str, isid: [u8; 6], tsih: u16, target: &str) -> bool {
+        self.inner
+            .lock()
+            .sessions
+            .get(&tsih)
+            .is_some_and(|s| s.initiator == initiator && s.isid == isid && s.target == target)
+    }
+
     /// Register a new session, returning its TSIH and the sessions it replaces (same
     /// initiator, ISID and target), which the caller must stop.
     pub fn register(

@@ -102,6 +102,17 @@ impl RawClient {
     /// A plain login to a normal session (security stage with AuthMethod=None, then
     /// operational), with the digests asked for.
     pub fn login(&mut self, initiator: &str, target: &str, digests: Digests) -> LoginResponse {
+        self.login_with(initiator, target, digests, 65536)
+    }
+
+    /// As `login`, declaring `max_recv` as our MaxRecvDataSegmentLength.
+    pub fn login_with(
+        &mut self,
+        initiator: &str,
+        target: &str,
+        digests: Digests,
+        max_recv: u32,
+    ) -> LoginResponse {
         let sec = format!(
             "InitiatorName={initiator}\0TargetName={target}\0SessionType=Normal\0AuthMethod=None\0"
         );
@@ -116,7 +127,7 @@ impl RawClient {
         self.exp_stat_sn = r.stat_sn.wrapping_add(1);
         let dig = |on: bool| if on { "CRC32C" } else { "None" };
         let op = format!(
-            "HeaderDigest={}\0DataDigest={}\0MaxRecvDataSegmentLength=65536\0InitialR2T=Yes\0ImmediateData=Yes\0MaxBurstLength=262144\0FirstBurstLength=65536\0MaxOutstandingR2T=1\0ErrorRecoveryLevel=0\0",
+            "HeaderDigest={}\0DataDigest={}\0MaxRecvDataSegmentLength={max_recv}\0InitialR2T=Yes\0ImmediateData=Yes\0MaxBurstLength=262144\0FirstBurstLength=65536\0MaxOutstandingR2T=1\0ErrorRecoveryLevel=0\0",
             dig(digests.header),
             dig(digests.data)
         );
