@@ -12,5 +12,6 @@ pub mod iscsi;
 pub mod replication;
 pub mod scsi;
 pub mod server;
+pub mod throttle;
 pub mod tracking;
 pub mod volume;

@@ -709,11 +709,11 @@ fn chap_login(
 }
 
 /// CHAP guessing slows down per source: after failed CHAP logins, the next CHAP
-/// response waits a delay doubling from 100 ms (the policy of `iscsi::throttle`)
+/// response waits a delay doubling from 100 ms (the policy of `throttle`)
 /// before it is checked, right or wrong. Only lower bounds on time are asserted.
 #[test]
 fn wrong_chap_guesses_are_answered_ever_more_slowly() {
-    use twinlun::iscsi::throttle::Policy;
+    use twinlun::throttle::Policy;
     let s = TestServer::start();
     s.ctl_ok(&[
         "chap",

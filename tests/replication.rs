@@ -1326,3 +1326,45 @@ fn admin_queries_answer_within_100_ms_while_cuts_are_received() {
         std::fs::read(p.volume_file("v")).unwrap() == std::fs::read(s.volume_file("v")).unwrap()
     );
 }
+
+/// Guessing a peer secret is slowed per source address: each wrong proof is checked
+/// only after the delay the address owes (0, 100, 200, 400, 800 ms: lower bounds
+/// only), and the right secret still gets in.
+#[test]
+fn wrong_peer_secrets_are_answered_ever_more_slowly() {
+    use twinlun::catalog::PeerSpec;
+    use twinlun::replication::peer::PeerConn;
+    use twinlun::throttle::Policy;
+    let s = TestServer::start_with(&["--replication-listen", "127.0.0.1:0"]);
+    s.ctl_ok(&["peer", "create", "prod", "127.0.0.1:1", "--secret", SECRET]);
+    let addr = s.repl_addr.unwrap().to_string();
+    let spec = |secret: &str| PeerSpec {
+        addr: addr.clone(),
+        secret: secret.into(),
+    };
+    let policy = Policy::default();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for failures in 0..5u32 {
+            let t0 = Instant::now();
+            let r = PeerConn::connect("dr", &spec("not-the-secret-at-all")).await;
+            let took = t0.elapsed();
+            assert!(r.is_err(), "a wrong secret was accepted");
+            let owed = policy.delay_after(failures);
+            assert!(
+                took >= owed,
+                "guess {failures}: answered in {took:?}, owed {owed:?}"
+            );
+            println!("wrong guess after {failures} failures answered in {took:?}");
+        }
+        let t0 = Instant::now();
+        PeerConn::connect("dr", &spec(SECRET))
+            .await
+            .expect("the right secret gets in");
+        assert!(t0.elapsed() >= policy.delay_after(5));
+        // A success forgets the address's failures.
+        let t0 = Instant::now();
+        assert!(PeerConn::connect("dr", &spec(SECRET)).await.is_ok());
+        println!("right secret after a success: {:?}", t0.elapsed());
+    });
+}

@@ -556,7 +556,7 @@ impl Login {
     }
 
     /// The next request's CHAP_N/CHAP_R will be checked (§12.1.3): the moment the
-    /// server applies its guessing delay (`iscsi::throttle`).
+    /// server applies its guessing delay (`throttle`).
     pub fn awaits_chap_response(&self) -> bool {
         matches!(&self.phase, Phase::Security(s) if matches!(s.auth, Auth::AwaitResponse(_)))
     }

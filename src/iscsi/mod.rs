@@ -8,7 +8,6 @@ pub mod login;
 pub mod params;
 pub mod pdu;
 pub mod text;
-pub mod throttle;
 
 use pdu::{
     DataOut, LoginRequest, LogoutRequest, NopOut, Opcode, Pdu, PduError, ScsiCommand, SnackRequest,

@@ -3,6 +3,7 @@
 //! else; the peer it proved is then the only one whose sets it may touch.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
@@ -12,6 +13,7 @@ use super::wire::{self, auth, Frame, Message, PointView, WireError, PROTOCOL_VER
 use crate::admin::replication::{accept_secondary, drop_secondary};
 use crate::catalog::ReplicationRole;
 use crate::server::Node;
+use crate::throttle::Source;
 
 /// Accepts peer connections until the node goes away.
 pub async fn serve(node: Arc<Node>, listener: TcpListener) {
@@ -28,7 +30,7 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
         let span = tracing::info_span!("peer", %addr);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                if let Err(e) = connection(node, stream).await {
+                if let Err(e) = connection(node, stream, addr).await {
                     tracing::info!(error = %e, "peer connection ended");
                 }
             },
@@ -52,11 +54,14 @@ fn error(code: &str, message: impl Into<String>) -> Message {
 }
 
 /// The challenge-response: returns the name of the peer whose secret the client
-/// proved, or `None` after telling it why not.
+/// proved, or `None` after telling it why not. Guessing is slowed per source address
+/// (`throttle`): a proof is checked only after the delay the address owes for its
+/// recent failures, right or wrong, and only this connection waits.
 async fn authenticate(
     r: &mut Reader,
     w: &mut Writer,
     node: &Node,
+    addr: std::net::SocketAddr,
 ) -> Result<Option<String>, WireError> {
     let theirs = match wire::read_message(r).await? {
         Message::Hello { version, nonce } if version == PROTOCOL_VERSION => nonce,
@@ -86,6 +91,15 @@ async fn authenticate(
         send(w, &error("protocol", "expected proof")).await?;
         return Ok(None);
     };
+    let source = [Source::Address(addr.ip())];
+    let delay = node
+        .peer_auth_throttle
+        .lock()
+        .delay(&source, Instant::now());
+    if !delay.is_zero() {
+        tracing::debug!(?delay, "peer proof held back after recent failures");
+        tokio::time::sleep(delay).await;
+    }
     let peers: Vec<(String, String)> = node
         .catalog
         .read()
@@ -97,23 +111,33 @@ async fn authenticate(
         .into_iter()
         .find(|(_, secret)| auth::verify(secret, auth::CLIENT, &theirs, &ours, &mac));
     let Some((name, secret)) = found else {
-        tracing::warn!("peer failed to prove a known secret: authentication failed");
+        let (failures, next_delay) = {
+            let mut throttle = node.peer_auth_throttle.lock();
+            let failures = throttle.failed(&source, Instant::now());
+            (failures, throttle.policy().delay_after(failures))
+        };
+        tracing::warn!(address = %addr.ip(), failures, ?next_delay, "peer failed to prove a known secret: authentication failed");
         send(w, &error("auth_failed", "authentication failed")).await?;
         return Ok(None);
     };
+    node.peer_auth_throttle.lock().succeeded(&source);
     let mac = auth::prove(&secret, auth::SERVER, &ours, &theirs);
     send(w, &Message::Welcome { mac }).await?;
     Ok(Some(name))
 }
 
-async fn connection(node: Arc<Node>, stream: TcpStream) -> Result<(), WireError> {
+async fn connection(
+    node: Arc<Node>,
+    stream: TcpStream,
+    addr: std::net::SocketAddr,
+) -> Result<(), WireError> {
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     // Smaller than an extent frame: most of a frame's body is read straight into its
     // buffer rather than copied through this one.
     let mut r = BufReader::with_capacity(64 << 10, r);
     let mut w = BufWriter::new(w);
-    let Some(peer) = authenticate(&mut r, &mut w, &node).await? else {
+    let Some(peer) = authenticate(&mut r, &mut w, &node, addr).await? else {
         w.flush().await?;
         return Ok(());
     };

@@ -15,7 +15,6 @@ use crate::iscsi::login::{Login, LoginError, LoginStep};
 use crate::iscsi::params::{SessionType, TargetSettings};
 use crate::iscsi::pdu::{Digests, FrameLimits, LoginResponse, Pdu};
 use crate::iscsi::pdu::{Reject, TextRequest};
-use crate::iscsi::throttle::Source;
 use crate::iscsi::Request;
 use crate::server::directory::Directory;
 use crate::server::ffp::Ffp;
@@ -24,6 +23,7 @@ use crate::server::luns::LunView;
 use crate::server::registry::SessionEntry;
 use crate::server::writer::{self, Traffic, Window};
 use crate::server::Node;
+use crate::throttle::Source;
 
 /// A connection that sends no login PDU for this long is dropped, so half-open
 /// connections do not pile up.
@@ -120,7 +120,7 @@ async fn serve_inner(
                 return Ok(());
             }
         };
-        // CHAP guessing is slowed per source (§12.1.3; `iscsi::throttle`): before a
+        // CHAP guessing is slowed per source (§12.1.3; `throttle`): before a
         // CHAP response is checked, wait what this address and initiator owe for
         // their recent failures. Only this connection's task sleeps.
         let chap_check = login.awaits_chap_response();

@@ -50,8 +50,10 @@ pub struct Node {
     pub sessions: SessionRegistry,
     /// Data-Out bytes every session together may hold (`server::budget`).
     pub write_budget: Arc<tokio::sync::Semaphore>,
-    /// Failed CHAP logins per source address and initiator (`iscsi::throttle`).
-    pub auth_throttle: Mutex<crate::iscsi::throttle::AuthThrottle>,
+    /// Failed CHAP logins per source address and initiator (`throttle`).
+    pub auth_throttle: Mutex<crate::throttle::AuthThrottle>,
+    /// Failed replication peer authentications per source address (`throttle`).
+    pub peer_auth_throttle: Mutex<crate::throttle::AuthThrottle>,
     started: Instant,
     /// Serializes admin changes (read catalog, persist, swap).
     changes: Mutex<()>,
@@ -102,7 +104,8 @@ impl Node {
             write_budget: Arc::new(tokio::sync::Semaphore::new(
                 crate::server::budget::NODE_WRITE_BUDGET as usize,
             )),
-            auth_throttle: Mutex::new(crate::iscsi::throttle::AuthThrottle::default()),
+            auth_throttle: Mutex::new(crate::throttle::AuthThrottle::default()),
+            peer_auth_throttle: Mutex::new(crate::throttle::AuthThrottle::default()),
             started: Instant::now(),
             changes: Mutex::new(()),
             listen: RwLock::new(Vec::new()),

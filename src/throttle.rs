@@ -1,6 +1,8 @@
-//! Slowing down CHAP guessing: a growing delay per source address and per initiator
-//! name after failed CHAP logins (RFC 7143 §12.1.3 leaves brute force to the
-//! implementation; RFC 1994 §5 warns the secret must resist guessing).
+//! Slowing down secret guessing: a growing delay per source address (and, for iSCSI,
+//! per initiator name) after failed CHAP logins and failed replication peer
+//! authentications (RFC 7143 §12.1.3 leaves brute force to the implementation; RFC
+//! 1994 §5 warns the secret must resist guessing). The node keeps one throttle for
+//! CHAP and one for peers.
 //!
 //! Pure policy, time passed in (quinn-proto style): the connection task asks
 //! [`AuthThrottle::delay`] before a CHAP response is checked, sleeps that long in its
