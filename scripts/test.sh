@@ -10,7 +10,9 @@ scripts/install-deps.sh
 # The guest (kernel + initramfs from Debian packages), cached under vm-images/out.
 vm-images/build.sh
 
-cargo build --release --bins
+# The tests' build carries the fault hooks (`fault-injection`); `cargo run --release`
+# does not.
+cargo build --release --bins --features fault-injection
 # One test binary at a time keeps the guest and the conformance suite from starving
 # each other on small machines; tests inside a binary still run in parallel.
-cargo test --release --no-fail-fast -- --test-threads=2
+cargo test --release --features fault-injection --no-fail-fast -- --test-threads=2

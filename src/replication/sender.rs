@@ -31,8 +31,9 @@ use crate::server::Node;
 use crate::tracking::{CutOptions, SnapshotScope, TrackedVolume};
 use crate::volume::Volume;
 
-/// Set in the environment, the primary aborts right after the peer commits a cut and
-/// before it records that (a test of the crash window in between).
+/// Set in the environment of a build with the `fault-injection` feature (the tests'),
+/// the primary aborts right after the peer commits a cut and before it records that (a
+/// test of the crash window in between). Other builds do not look at it.
 pub const CRASH_BEFORE_RECORD: &str = "TWINLUN_TEST_CRASH_BEFORE_RECORDING_COMMIT";
 
 /// Longest a cut holds writers off.
@@ -577,6 +578,7 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
         Ok(stats) => {
             // Fault injection for the tests: die between the peer's commit and our
             // record of it.
+            #[cfg(feature = "fault-injection")]
             if std::env::var_os(CRASH_BEFORE_RECORD).is_some() {
                 tracing::error!("{CRASH_BEFORE_RECORD} is set: aborting");
                 std::process::abort();
