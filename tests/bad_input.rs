@@ -749,3 +749,66 @@ fn wrong_chap_guesses_are_answered_ever_more_slowly() {
     );
     assert!(took >= policy.delay_after(5));
 }
+
+/// An initiator that answers the target's pings but never sends the data it was asked
+/// for cannot hold its Data-Out budget forever: after `DATA_OUT_TIMEOUT` without data
+/// the connection is closed (ErrorRecoveryLevel 0), and another session still writes.
+#[test]
+fn a_write_whose_data_never_comes_ends_the_connection() {
+    use twinlun::server::ffp::DATA_OUT_TIMEOUT;
+    let s = TestServer::start();
+    let mut c = logged_in(&s, Digests::default());
+    c.scsi_good(0, &[0u8; 6], &[], 0);
+    let sn = c.cmd_sn;
+    let w = cmd16(&mut c, 0x8a, false, sn, 100, 2048);
+    c.send(&w);
+    c.cmd_sn += 1;
+    assert_eq!(answer(&mut c).bhs.opcode(), Opcode::R2T);
+    let asked = std::time::Instant::now();
+    let mut pings = 0;
+    loop {
+        match c.recv() {
+            Some(p) if p.bhs.opcode() == Opcode::NOP_IN && p.bhs.itt() == RESERVED_TAG => {
+                // Answer the ping: only the missing data may end this connection.
+                let n = NopIn::from_pdu(&p).unwrap();
+                let pong = NopOut {
+                    immediate: true,
+                    lun: 0,
+                    itt: RESERVED_TAG,
+                    ttt: n.ttt,
+                    cmd_sn: c.cmd_sn,
+                    exp_stat_sn: c.exp_stat_sn,
+                    data: Bytes::new(),
+                };
+                c.send(&pong.to_pdu());
+                pings += 1;
+            }
+            Some(p) => panic!("unexpected PDU while the data is owed: {:?}", p.bhs),
+            None => {
+                assert!(c.closed(), "the target went silent without closing");
+                break;
+            }
+        }
+        assert!(
+            asked.elapsed() < DATA_OUT_TIMEOUT * 3,
+            "the connection lived {:?} without the data it asked for",
+            asked.elapsed()
+        );
+    }
+    let lived = asked.elapsed();
+    println!("closed {lived:?} after the R2T, {pings} pings answered");
+    assert!(
+        lived + std::time::Duration::from_secs(1) >= DATA_OUT_TIMEOUT,
+        "{lived:?}"
+    );
+    assert!(
+        pings >= 1,
+        "the target never pinged: the ping timeout may have closed it"
+    );
+    // Another session writes and reads back.
+    let mut d = logged_in(&s, Digests::default());
+    d.scsi_good(0, &[0u8; 6], &[], 0);
+    let data = vec![0x5au8; 4096];
+    d.write10(0, 64, &data, BLOCK as usize);
+    assert_eq!(d.read10(0, 64, 8, BLOCK as usize), data);
+}

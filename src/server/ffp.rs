@@ -42,6 +42,8 @@ pub const MAX_TRANSFER: u64 = scsi::MAX_TRANSFER_BYTES as u64;
 const PING_IDLE: Duration = Duration::from_secs(5);
 /// Close the connection if a ping goes unanswered this long.
 const PING_TIMEOUT: Duration = Duration::from_secs(30);
+/// Close the connection if a task asked for data gets none for this long.
+pub const DATA_OUT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A task whose I/O is running in a spawned task.
 struct Running {
@@ -121,6 +123,8 @@ struct Collecting {
     /// Take and drop the unsolicited data, then answer this way instead of running.
     discard: Option<Discard>,
     reply: Reply,
+    /// When the task last made progress: created, its R2Ts sent, or data came.
+    progress: Instant,
 }
 
 impl Collecting {
@@ -265,7 +269,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 .bytes_in
                 .fetch_add(bytes_in, Ordering::Relaxed);
             let Some(res) = res else {
-                if self.check_ping().await.is_err() {
+                if self.check_ping().await.is_err() || self.data_out_overdue() {
                     break;
                 }
                 continue;
@@ -327,6 +331,31 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 debug!(error = %e, "read failed");
                 Err(End::Close)
             }
+        }
+    }
+
+    /// A task that holds its Data-Out budget (or was asked for data) and got none for
+    /// `DATA_OUT_TIMEOUT`: at ErrorRecoveryLevel 0 the connection is dropped (RFC 7143
+    /// §7.1.4.1: recovery is at the session level), which ends its tasks and gives their
+    /// budget back, so an initiator that answers pings but never sends the data it
+    /// owes cannot hold the node's write budget forever. A task still waiting for the
+    /// budget has been asked for nothing yet and does not count.
+    fn data_out_overdue(&self) -> bool {
+        let now = Instant::now();
+        let overdue = self.collecting.iter().find(|(_, c)| {
+            c.awaiting_budget.is_none() && now.duration_since(c.progress) >= DATA_OUT_TIMEOUT
+        });
+        match overdue {
+            Some((itt, c)) => {
+                warn!(
+                    itt,
+                    received = c.received,
+                    needed = c.needed,
+                    "no Data-Out for {DATA_OUT_TIMEOUT:?}; closing the connection"
+                );
+                true
+            }
+            None => false,
         }
     }
 
@@ -498,6 +527,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         };
         c.awaiting_budget = None;
         c.budget = Some(b);
+        c.progress = Instant::now();
         self.issue_r2ts(t.itt, &mut c).await;
         self.settle(t.itt, c);
     }
@@ -679,6 +709,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                     r2t_sn: 0,
                     discard: Some(Discard::Respond(resp)),
                     reply,
+                    progress: Instant::now(),
                 };
                 self.settle(cmd.itt, c);
             }
@@ -846,6 +877,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             r2t_sn: 0,
             discard,
             reply,
+            progress: Instant::now(),
         };
         // The data to solicit is paid for, all of it, before the first R2T: a command
         // that starts collecting can always finish (`server::budget`).
@@ -1031,6 +1063,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             )));
             c.next_offset = c.needed;
         }
+        c.progress = Instant::now();
         if c.discard.is_none() && (d.buffer_offset as u64) < c.needed as u64 {
             let from = d.buffer_offset as usize;
             let to = (end as usize).min(c.needed as usize);
