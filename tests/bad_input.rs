@@ -96,36 +96,7 @@ fn malformed_input_is_answered_and_other_sessions_are_undisturbed() {
     let url = s.url(DEMO_IQN, 0);
     let stop = Arc::new(AtomicBool::new(false));
     // The other session: writes and verifies patterns until the malformed cases end.
-    let io = {
-        let stop = stop.clone();
-        let url = url.clone();
-        std::thread::spawn(move || {
-            let mut rounds = 0u32;
-            while !stop.load(Ordering::Relaxed) || rounds < 2 {
-                let pat = format!("0x{:02x}", 0x20 + (rounds % 200));
-                let out = run(
-                    "qemu-io",
-                    &[
-                        "-f",
-                        "raw",
-                        "-c",
-                        &format!("write -P {pat} 16m 8m"),
-                        "-c",
-                        &format!("read -P {pat} 16m 8m"),
-                        &url,
-                    ],
-                );
-                let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                assert!(
-                    out.status.success() && !text.contains("failed"),
-                    "the other session's I/O failed in round {rounds}:\n{text}{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                rounds += 1;
-            }
-            rounds
-        })
-    };
+    let io = other_session(url.clone(), stop.clone());
 
     // 1. An unknown opcode: Reject "command not supported", connection stays.
     let mut c = logged_in(&s, Digests::default());
@@ -348,8 +319,9 @@ fn drain(c: &mut RawClient) -> Answers {
     a
 }
 
-/// The other session the floods must not disturb: qemu-io writes and reads back 8 MiB
-/// patterns through QEMU's iSCSI driver until `stop`, at least twice.
+/// The other session that malformed input and floods must not disturb: qemu-io writes
+/// and reads back 8 MiB patterns through QEMU's iSCSI driver until `stop`, at least
+/// twice.
 fn other_session(url: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u32> {
     std::thread::spawn(move || {
         let mut rounds = 0u32;
