@@ -191,6 +191,45 @@ impl Reply {
 /// Reads `len` bytes at `offset` of the LUN: the volume, or for a snapshot LUN the
 /// volume's content at the snapshot's cut (current content, then the kept copies of
 /// pages overwritten since laid over it).
+/// The one map from a failed volume operation to the sense its command answers with:
+/// the cause's OS error decides (ENOSPC on a thin volume is SPACE ALLOCATION FAILED
+/// WRITE PROTECT, 27h/07h; EROFS write protected; any other a medium error), through
+/// `Sense::from_io_error`, wherever in the chain it sits (a write tracking failure
+/// carries its activity log's I/O error).
+fn sense_for(e: &VolumeError, writing: bool) -> Sense {
+    if let VolumeError::OutOfRange { .. } = e {
+        return Sense::lba_out_of_range();
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Sense::from_io_error(io, writing);
+        }
+        cause = err.source();
+    }
+    if writing {
+        Sense::write_error()
+    } else {
+        Sense::medium_error()
+    }
+}
+
+/// An error and every cause under it, for a log line: "write tracking failed: ...:
+/// No space left on device".
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
+    }
+}
+
 async fn read_lun(lun: &LunHandle, offset: u64, len: usize) -> Result<Bytes, VolumeError> {
     let data = lun.volume.read(offset, len).await?;
     let Some(cut) = lun.snapshot else {
@@ -227,9 +266,10 @@ pub async fn read(
     match read_lun(&lun, lba * bs, len as usize).await {
         Ok(data) => reply.data_in(data, wanted).await,
         Err(e) => {
-            tracing::warn!(lun = lun.lun, error = %e, "read failed");
+            tracing::warn!(lun = lun.lun, error = %Chain(&e), "read failed");
+            let sense = sense_for(&e, false);
             reply
-                .status(Status::CheckCondition, Some(&Sense::medium_error()), 0, 0)
+                .status(Status::CheckCondition, Some(&sense), 0, 0)
                 .await
         }
     }
@@ -250,9 +290,10 @@ pub async fn write(
     match lun.volume.write(lba * bs, data, fua).await {
         Ok(()) => reply.status(Status::Good, None, r2ts, wanted).await,
         Err(e) => {
-            tracing::warn!(lun = lun.lun, error = %e, "write failed");
+            tracing::warn!(lun = lun.lun, error = %Chain(&e), "write failed");
+            let sense = sense_for(&e, true);
             reply
-                .status(Status::CheckCondition, Some(&Sense::write_error()), r2ts, 0)
+                .status(Status::CheckCondition, Some(&sense), r2ts, 0)
                 .await
         }
     }
@@ -287,8 +328,8 @@ pub async fn verify(
         let media = match read_lun(&lun, lba * bs + done, n as usize).await {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(lun = lun.lun, error = %e, "verify read failed");
-                let s = Sense::medium_error();
+                tracing::warn!(lun = lun.lun, error = %Chain(&e), "verify read failed");
+                let s = sense_for(&e, false);
                 return reply
                     .status(Status::CheckCondition, Some(&s), r2ts, 0)
                     .await;
@@ -312,10 +353,59 @@ pub async fn sync(reply: Reply, lun: Arc<LunHandle>) {
     match lun.volume.flush().await {
         Ok(()) => reply.status(Status::Good, None, 0, 0).await,
         Err(e) => {
-            tracing::warn!(lun = lun.lun, error = %e, "flush failed");
+            tracing::warn!(lun = lun.lun, error = %Chain(&e), "flush failed");
+            let sense = sense_for(&e, true);
             reply
-                .status(Status::CheckCondition, Some(&Sense::write_error()), 0, 0)
+                .status(Status::CheckCondition, Some(&sense), 0, 0)
                 .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(errno: i32) -> std::io::Error {
+        std::io::Error::from_raw_os_error(errno)
+    }
+
+    #[test]
+    fn volume_errors_answer_by_their_cause() {
+        let io = |errno| VolumeError::Io {
+            path: "v.img".into(),
+            source: os(errno),
+        };
+        // A thin volume whose disk is full: SPACE ALLOCATION FAILED WRITE PROTECT.
+        assert_eq!(
+            sense_for(&io(libc::ENOSPC), true),
+            Sense::space_allocation_failed()
+        );
+        // So is a write whose activity log record could not get space.
+        let tracking = VolumeError::Tracking(crate::tracking::TrackingError::Io {
+            path: "tracking/00000000000000aa/al-1.log".into(),
+            source: os(libc::ENOSPC),
+        });
+        assert_eq!(sense_for(&tracking, true), Sense::space_allocation_failed());
+        assert!(
+            Chain(&tracking)
+                .to_string()
+                .contains("No space left on device"),
+            "{}",
+            Chain(&tracking)
+        );
+        assert_eq!(sense_for(&io(libc::EROFS), true), Sense::write_protected());
+        assert_eq!(sense_for(&io(libc::EIO), true), Sense::write_error());
+        assert_eq!(sense_for(&io(libc::EIO), false), Sense::medium_error());
+        let beyond = VolumeError::OutOfRange {
+            offset: 1 << 30,
+            len: 512,
+            size: 1 << 20,
+        };
+        assert_eq!(sense_for(&beyond, false), Sense::lba_out_of_range());
+        assert_eq!(
+            sense_for(&VolumeError::EngineStopped, true),
+            Sense::write_error()
+        );
     }
 }
