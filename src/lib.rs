@@ -8,6 +8,7 @@ pub mod admin;
 pub mod catalog;
 pub mod config;
 pub mod datadir;
+pub mod durable;
 pub mod iscsi;
 pub mod replication;
 pub mod scsi;

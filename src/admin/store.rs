@@ -4,15 +4,14 @@
 //!
 //! The file holds CHAP secrets: it is created mode 0600.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::catalog::Catalog;
+use crate::durable::ReplaceError;
 
 pub const CATALOG_FILE: &str = "catalog.json";
-const TEMP_FILE: &str = "catalog.json.tmp";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -63,38 +62,23 @@ pub fn load(data_dir: &Path) -> Result<Option<Catalog>, StoreError> {
         .map_err(|source| StoreError::Parse { path, source })
 }
 
-/// Saves the catalog atomically.
+/// Saves the catalog atomically (`durable::replace`).
 pub fn save(data_dir: &Path, catalog: &Catalog) -> Result<(), StoreError> {
-    let tmp = data_dir.join(TEMP_FILE);
     let dst = catalog_path(data_dir);
     let mut text = serde_json::to_vec_pretty(catalog).map_err(|source| StoreError::Parse {
         path: dst.clone(),
         source,
     })?;
     text.push(b'\n');
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io(&tmp))?;
-        f.write_all(&text).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        drop(f);
-        fs::rename(&tmp, &dst).map_err(io(&dst))?;
-        sync_dir(data_dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    crate::durable::replace(&dst, &text).map_err(|e| match e {
+        ReplaceError::Io { path, source } => StoreError::Io { path, source },
+        ReplaceError::Fill(never) => match never {},
+    })
 }
 
 /// fsync a directory so a rename or a new entry in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    crate::durable::sync_dir(dir).map_err(io(dir))
 }
 
 #[cfg(test)]
@@ -138,7 +122,7 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert!(!dir.path().join(TEMP_FILE).exists());
+        assert!(!crate::durable::tmp_path(&catalog_path(dir.path())).exists());
 
         // A second save replaces the first.
         c.targets.clear();

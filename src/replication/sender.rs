@@ -299,16 +299,16 @@ fn load_state(dir: &Path) -> Result<PrimaryState, std::io::Error> {
     }
 }
 
-/// Write temp, fsync, rename, fsync dir.
+/// Saves the state durably (`durable::replace`); an error names the file.
 fn save_state(dir: &Path, st: &PrimaryState) -> Result<(), std::io::Error> {
-    use std::io::Write;
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join("primary.json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(st).map_err(std::io::Error::other)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, state_path(dir))?;
-    std::fs::File::open(dir)?.sync_all()
+    let json = serde_json::to_vec_pretty(st).map_err(std::io::Error::other)?;
+    crate::durable::replace(&state_path(dir), &json).map_err(|e| match e {
+        crate::durable::ReplaceError::Io { path, source } => {
+            std::io::Error::new(source.kind(), format!("{}: {source}", path.display()))
+        }
+        crate::durable::ReplaceError::Fill(never) => match never {},
+    })
 }
 
 async fn run(node: Weak<Node>, set: Arc<PrimarySet>) {

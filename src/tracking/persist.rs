@@ -21,6 +21,7 @@ use roaring::RoaringBitmap;
 
 use super::cow::{CowConfig, CowStore};
 use super::{CutId, TrackingError};
+use crate::durable::tmp_path;
 
 pub const SNAP_MAGIC: [u8; 8] = *b"TWLNSNAP";
 const SNAP_VERSION: u32 = 1;
@@ -35,37 +36,24 @@ fn snap_file(cut: CutId) -> String {
     format!("snap-{}.cow", cut.0)
 }
 
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".tmp");
-    PathBuf::from(name)
-}
-
+/// fsync the directory holding `path`, so its creation, removal or rename is durable.
 pub(crate) fn sync_dir(path: &Path) -> Result<(), TrackingError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    crate::durable::sync_dir(dir).map_err(io_err(dir))
 }
 
-/// Writes `path` atomically with what `fill` writes.
+/// Writes `path` atomically with what `fill` writes (`durable::replace_with`).
 fn write_atomic<F>(path: &Path, fill: F) -> Result<(), TrackingError>
 where
     F: FnOnce(&mut BufWriter<File>) -> Result<(), TrackingError>,
 {
-    let tmp = tmp_path(path);
-    let file = File::create(&tmp).map_err(io_err(&tmp))?;
-    let mut w = BufWriter::new(file);
-    fill(&mut w)?;
-    w.flush().map_err(io_err(&tmp))?;
-    let file = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
-    file.sync_all().map_err(io_err(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    sync_dir(path)
+    crate::durable::replace_with(path, fill).map_err(|e| match e {
+        crate::durable::ReplaceError::Io { path, source } => TrackingError::Io { path, source },
+        crate::durable::ReplaceError::Fill(e) => e,
+    })
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TrackingError + '_ {
