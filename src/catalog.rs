@@ -106,6 +106,16 @@ pub enum QueuePolicy {
     QueueLatest,
 }
 
+impl QueuePolicy {
+    /// The name an admin types and sees (as serde spells it).
+    pub fn name(self) -> &'static str {
+        match self {
+            QueuePolicy::Discard => "discard",
+            QueuePolicy::QueueLatest => "queue-latest",
+        }
+    }
+}
+
 /// How a set's data extents travel to the peer (`replication create --compress`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -514,6 +524,12 @@ mod tests {
         for c in Compression::ALL {
             assert_eq!(Compression::parse(c.name()), Some(c));
             assert_eq!(serde_json::to_string(&c).unwrap(), format!("\"{c}\""));
+        }
+        for q in [QueuePolicy::Discard, QueuePolicy::QueueLatest] {
+            assert_eq!(
+                serde_json::to_string(&q).unwrap(),
+                format!("\"{}\"", q.name())
+            );
         }
         assert_eq!(Compression::parse("gzip"), None);
         assert_eq!(Compression::parse("ZSTD"), None);

@@ -139,10 +139,7 @@ fn replication_detail(r: &ReplicationView) -> String {
             r.every_secs
                 .map_or_else(|| "on request".into(), |s| format!("{s}s")),
         ),
-        (
-            "queue policy",
-            format!("{:?}", r.queue_policy).to_lowercase(),
-        ),
+        ("queue policy", r.queue_policy.name().to_string()),
         ("keep", r.keep.to_string()),
         ("compress", r.compress.to_string()),
         ("generation", r.generation.to_string()),
