@@ -87,30 +87,30 @@ fn resolve_inside(
 /// path that does not resolve to a directory directly under `DATA_DIR/kind`. A missing
 /// directory is not an error.
 pub fn remove_object_dir(data_dir: &Path, kind: &str, dir: &Path) -> Result<(), RemoveError> {
-    let Some(resolved) = resolve_inside(data_dir, kind, dir)? else {
-        return Ok(());
-    };
-    match std::fs::remove_dir_all(&resolved) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(RemoveError::Io {
-            path: dir.to_path_buf(),
-            source,
-        }),
-    }
+    remove_inside(data_dir, kind, dir, |p| std::fs::remove_dir_all(p))
 }
 
 /// Removes a volume's backing file; refuses one that does not resolve to a file
 /// directly under `DATA_DIR/volumes`. A missing file is not an error.
 pub fn remove_volume_file(data_dir: &Path, file: &Path) -> Result<(), RemoveError> {
-    let Some(resolved) = resolve_inside(data_dir, VOLUMES, file)? else {
+    remove_inside(data_dir, VOLUMES, file, |p| std::fs::remove_file(p))
+}
+
+/// `remove` on `path` once it resolves directly inside `DATA_DIR/kind`.
+fn remove_inside(
+    data_dir: &Path,
+    kind: &str,
+    path: &Path,
+    remove: fn(&Path) -> io::Result<()>,
+) -> Result<(), RemoveError> {
+    let Some(resolved) = resolve_inside(data_dir, kind, path)? else {
         return Ok(());
     };
-    match std::fs::remove_file(&resolved) {
+    match remove(&resolved) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(RemoveError::Io {
-            path: file.to_path_buf(),
+            path: path.to_path_buf(),
             source,
         }),
     }

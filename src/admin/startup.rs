@@ -121,8 +121,17 @@ pub fn prepare(data_dir: &Path, config: Option<&Config>) -> Result<Catalog, Star
             }
         }
     }
-    for spec in catalog.replications.values_mut().filter(|r| r.id == 0) {
-        spec.id = rand::random::<u64>() | 1;
+    let unnumbered: Vec<String> = (catalog.replications.iter())
+        .filter(|(_, r)| r.id == 0)
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in unnumbered {
+        let id = catalog.new_set_id();
+        catalog
+            .replications
+            .get_mut(&name)
+            .expect("listed above")
+            .id = id;
     }
     store::save(data_dir, &catalog)?;
     move_name_folders(data_dir, &catalog);

@@ -188,9 +188,6 @@ impl Reply {
     }
 }
 
-/// Reads `len` bytes at `offset` of the LUN: the volume, or for a snapshot LUN the
-/// volume's content at the snapshot's cut (current content, then the kept copies of
-/// pages overwritten since laid over it).
 /// The one map from a failed volume operation to the sense its command answers with:
 /// the cause's OS error decides (ENOSPC on a thin volume is SPACE ALLOCATION FAILED
 /// WRITE PROTECT, 27h/07h; EROFS write protected; any other a medium error), through
@@ -230,6 +227,9 @@ impl std::fmt::Display for Chain<'_> {
     }
 }
 
+/// Reads `len` bytes at `offset` of the LUN: the volume, or for a snapshot LUN the
+/// volume's content at the snapshot's cut (current content, then the kept copies of
+/// pages overwritten since laid over it).
 async fn read_lun(lun: &LunHandle, offset: u64, len: usize) -> Result<Bytes, VolumeError> {
     let data = lun.volume.read(offset, len).await?;
     let Some(cut) = lun.snapshot else {
