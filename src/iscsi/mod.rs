@@ -7,6 +7,7 @@ pub mod discovery;
 pub mod login;
 pub mod params;
 pub mod pdu;
+pub mod session;
 pub mod text;
 
 use pdu::{

@@ -17,7 +17,7 @@ use crate::iscsi::pdu::{Digests, FrameLimits, LoginResponse, Pdu};
 use crate::iscsi::pdu::{Reject, TextRequest};
 use crate::iscsi::Request;
 use crate::server::directory::Directory;
-use crate::server::ffp::Ffp;
+use crate::server::ffp::{Ffp, Setup};
 use crate::server::frames::{FrameReader, ReadError};
 use crate::server::luns::LunView;
 use crate::server::registry::SessionEntry;
@@ -259,20 +259,20 @@ async fn serve_inner(
             }
         })
     };
-    let mut ffp = Ffp::new(
-        node.clone(),
+    let mut ffp = Ffp::new(Setup {
+        node: node.clone(),
         reader,
-        tx,
+        out: tx,
         window,
-        outcome.session,
-        outcome.conn,
-        outcome.cid,
+        session: outcome.session,
+        conn: outcome.conn,
+        cid: outcome.cid,
         discovery,
-        LunView::new(target),
-        entry.clone(),
-        stop_rx,
+        luns: LunView::new(target),
+        entry: entry.clone(),
+        stop: stop_rx,
         text,
-    );
+    });
     ffp.run().instrument(span.clone()).await;
     drop(ffp);
     // The writer ends once every task holding a sender has finished.

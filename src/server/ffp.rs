@@ -1,50 +1,50 @@
-//! Full feature phase of one connection: the CmdSN window with out-of-order arrival,
-//! SCSI commands with immediate, unsolicited and R2T-solicited data, task management,
-//! NOP pings, text and logout (RFC 7143 §4.2, §6, §11).
+//! Full feature phase of one connection: the task that owns the socket's read side.
+//! It reads PDUs, feeds the session core (`iscsi::session`: CmdSN window, Data-Out
+//! collection, task management, logout, timers) with the time, and carries out what
+//! the core returns: SCSI commands run in spawned tasks, PDUs go to the writer, the
+//! connection closes (RFC 7143 §4.2, §6, §11).
 //!
 //! The reader side owns this state (`&mut self`, no locks on the per-command path);
 //! volume I/O runs in spawned tasks that answer through the writer channel.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use crate::iscsi::params::{ConnParams, SessionParams};
-use crate::iscsi::pdu::logout::logout_reason;
-use crate::iscsi::pdu::tmf::tmf_response;
 use crate::iscsi::pdu::{
-    Bhs, DataOut, FrameError, LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, R2t, Reject,
-    RejectReason, ScsiCommand, TextRequest, TmfFunction, TmfRequest, TmfResponse, RESERVED_TAG,
+    Bhs, DataOut, FrameError, LogoutRequest, LogoutResponse, NopIn, NopOut, Pdu, Reject,
+    RejectReason, ScsiCommand, TextRequest, TmfRequest, TmfResponse, RESERVED_TAG,
 };
-use crate::iscsi::{serial, Request};
+use crate::iscsi::session::dataout::{Action, BurstLimits, Collector, Discard, NewTransfer};
+use crate::iscsi::session::logout::{self, LogoutDecision};
+pub use crate::iscsi::session::timers::DATA_OUT_TIMEOUT;
+use crate::iscsi::session::timers::{Timeout, TimerAction, Timers};
+use crate::iscsi::session::tmf::{self, Affected, TaskState};
+use crate::iscsi::session::window::{Arrival, CmdSlot, Immediate, Sequencer, Window};
+use crate::iscsi::session::TransferTags;
+use crate::iscsi::Request;
 use crate::scsi::{self, Plan, Sense, Status};
 use crate::server::budget::{WriteBudget, WriteBudgets};
 use crate::server::exec::{self, Reply, SESSION_READ_BUDGET};
 use crate::server::frames::{FrameReader, ReadError};
 use crate::server::luns::{LunHandle, LunView};
 use crate::server::registry::SessionEntry;
-use crate::server::writer::{CmdSlot, Hold, Immediate, Outgoing, Stat, Window};
+use crate::server::writer::{Hold, Outgoing, Stat};
 use crate::server::Node;
 
 /// The most a single command may move (what VPD Block Limits announces); larger
 /// transfers get INVALID FIELD IN CDB.
 pub const MAX_TRANSFER: u64 = scsi::MAX_TRANSFER_BYTES as u64;
-/// Send a NOP-In ping after this long without hearing from the initiator.
-const PING_IDLE: Duration = Duration::from_secs(5);
-/// Close the connection if a ping goes unanswered this long.
-const PING_TIMEOUT: Duration = Duration::from_secs(30);
-/// Close the connection if a task asked for data gets none for this long.
-pub const DATA_OUT_TIMEOUT: Duration = Duration::from_secs(20);
-
 /// A task whose I/O is running in a spawned task.
 struct Running {
     /// Tells this task from a later one that reuses its tag.
@@ -90,74 +90,15 @@ enum WriteKind {
     ModeSelect { ten: bool },
 }
 
-/// A command collecting its Data-Out.
+/// What the connection attaches to a command while the core collects its Data-Out.
 struct Collecting {
     lun: Option<Arc<LunHandle>>,
     kind: WriteKind,
-    /// Filled as data arrives: it never holds more than came, or than the permits in
-    /// `budget` cover.
-    buf: BytesMut,
     /// Permits for the solicited data, taken before the first R2T (`server::budget`).
     budget: Option<WriteBudget>,
-    /// The command waits in the budget queue under this ticket; no R2T goes out
-    /// before it is served.
-    awaiting_budget: Option<u64>,
-    /// Unsolicited data must end here (§13.14 FirstBurstLength, or the immediate data
-    /// alone with the F bit).
-    unsolicited_limit: u32,
-    /// Bytes to collect: the command's own transfer (SPDTL), cut to the EDTL.
-    needed: u32,
     /// The command's own transfer length, for the residual.
     spdtl: u64,
-    edtl: u32,
-    received: u32,
-    /// The initiator has finished its unsolicited data (F bit seen, or none was due).
-    unsolicited_done: bool,
-    /// Next offset to ask for with an R2T.
-    next_offset: u32,
-    /// Outstanding R2Ts by TTT.
-    r2ts: HashMap<u32, Solicited>,
-    /// DataSN expected next in the unsolicited burst.
-    unsolicited_sn: u32,
-    r2t_sn: u32,
-    /// Take and drop the unsolicited data, then answer this way instead of running.
-    discard: Option<Discard>,
     reply: Reply,
-    /// When the task last made progress: created, its R2Ts sent, or data came.
-    progress: Instant,
-}
-
-impl Collecting {
-    /// Copy arrived data to its offset. The buffer grows only to what has come (all of
-    /// the transfer at once when the permits for it are held), never ahead of the data.
-    fn place(&mut self, from: usize, data: &[u8]) {
-        let to = from + data.len();
-        if self.buf.len() < to {
-            let want = if self.budget.is_some() {
-                (self.needed as usize).max(to)
-            } else {
-                to
-            };
-            self.buf.reserve(want - self.buf.len());
-            self.buf.resize(to, 0);
-        }
-        self.buf[from..to].copy_from_slice(data);
-    }
-}
-
-/// One outstanding R2T: the range asked for, what has come, the DataSN expected next.
-struct Solicited {
-    offset: u32,
-    len: u32,
-    got: u32,
-    next_sn: u32,
-}
-
-enum Discard {
-    /// EDTL shorter than the command's transfer (write overflow).
-    Overflow,
-    /// The command failed before its data came (bad LBA, write protect, ...).
-    Respond(scsi::Response),
 }
 
 /// Answers one Text request of the connection (SendTargets and friends) with its Text
@@ -169,7 +110,8 @@ pub enum End {
     Close,
 }
 
-pub struct Ffp<R> {
+/// What a connection brings to its full feature phase.
+pub struct Setup<R> {
     pub node: Arc<Node>,
     pub reader: FrameReader<R>,
     pub out: mpsc::Sender<Outgoing>,
@@ -183,9 +125,27 @@ pub struct Ffp<R> {
     pub stop: watch::Receiver<bool>,
     /// Answers Text requests (SendTargets) for this connection.
     pub text: TextHandler,
-    /// Commands that arrived ahead of their CmdSN, with their headers (for a Reject).
-    pending: BTreeMap<u32, (Request, Bhs)>,
-    collecting: HashMap<u32, Collecting>,
+}
+
+pub struct Ffp<R> {
+    node: Arc<Node>,
+    reader: FrameReader<R>,
+    out: mpsc::Sender<Outgoing>,
+    session: SessionParams,
+    conn: ConnParams,
+    cid: u16,
+    discovery: bool,
+    luns: LunView,
+    entry: Arc<SessionEntry>,
+    stop: watch::Receiver<bool>,
+    text: TextHandler,
+    /// Commands in CmdSN order; holds those that arrived early, with their headers
+    /// (for a Reject).
+    order: Sequencer<(Request, Bhs)>,
+    /// Commands collecting their Data-Out.
+    collecting: Collector<Collecting>,
+    tags: TransferTags,
+    timers: Timers,
     running: RunningMap,
     next_task_id: u64,
     /// Bytes of Data-In this session may hold.
@@ -195,29 +155,11 @@ pub struct Ffp<R> {
     budget_queue: VecDeque<BudgetTicket>,
     next_ticket: u64,
     budget_wait: Option<BudgetWait>,
-    next_ttt: u32,
-    ping: Option<(u32, Instant)>,
-    last_rx: Instant,
 }
 
 impl<R: AsyncRead + Unpin> Ffp<R> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        node: Arc<Node>,
-        reader: FrameReader<R>,
-        out: mpsc::Sender<Outgoing>,
-        window: Arc<Window>,
-        session: SessionParams,
-        conn: ConnParams,
-        cid: u16,
-        discovery: bool,
-        luns: LunView,
-        entry: Arc<SessionEntry>,
-        stop: watch::Receiver<bool>,
-        text: TextHandler,
-    ) -> Self {
-        let writes = WriteBudgets::new(node.write_budget.clone());
-        Ffp {
+    pub fn new(setup: Setup<R>) -> Self {
+        let Setup {
             node,
             reader,
             out,
@@ -230,8 +172,25 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             entry,
             stop,
             text,
-            pending: BTreeMap::new(),
-            collecting: HashMap::new(),
+        } = setup;
+        let writes = WriteBudgets::new(node.write_budget.clone());
+        let collecting = Collector::new(BurstLimits::from(&session));
+        Ffp {
+            node,
+            reader,
+            out,
+            session,
+            conn,
+            cid,
+            discovery,
+            luns,
+            entry,
+            stop,
+            text,
+            order: Sequencer::new(window),
+            collecting,
+            tags: TransferTags::default(),
+            timers: Timers::new(Instant::now()),
             running: Arc::new(Mutex::new(HashMap::new())),
             next_task_id: 0,
             read_budget: Arc::new(Semaphore::new(SESSION_READ_BUDGET as usize)),
@@ -239,9 +198,6 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             budget_queue: VecDeque::new(),
             next_ticket: 0,
             budget_wait: None,
-            next_ttt: 1,
-            ping: None,
-            last_rx: Instant::now(),
         }
     }
 
@@ -269,13 +225,12 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 .bytes_in
                 .fetch_add(bytes_in, Ordering::Relaxed);
             let Some(res) = res else {
-                if self.check_ping().await.is_err() || self.data_out_overdue() {
+                if self.on_tick(Instant::now()).await.is_err() {
                     break;
                 }
                 continue;
             };
-            self.last_rx = Instant::now();
-            self.ping = None;
+            self.timers.on_receive(Instant::now());
             let pdu = match res {
                 Ok(p) => p,
                 Err(e) => {
@@ -334,65 +289,40 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         }
     }
 
-    /// A task that holds its Data-Out budget (or was asked for data) and got none for
-    /// `DATA_OUT_TIMEOUT`: at ErrorRecoveryLevel 0 the connection is dropped (RFC 7143
-    /// §7.1.4.1: recovery is at the session level), which ends its tasks and gives their
-    /// budget back, so an initiator that answers pings but never sends the data it
-    /// owes cannot hold the node's write budget forever. A task still waiting for the
-    /// budget has been asked for nothing yet and does not count.
-    fn data_out_overdue(&self) -> bool {
-        let now = Instant::now();
-        let overdue = self.collecting.iter().find(|(_, c)| {
-            c.awaiting_budget.is_none() && now.duration_since(c.progress) >= DATA_OUT_TIMEOUT
-        });
-        match overdue {
-            Some((itt, c)) => {
-                warn!(
-                    itt,
-                    received = c.received,
-                    needed = c.needed,
-                    "no Data-Out for {DATA_OUT_TIMEOUT:?}; closing the connection"
-                );
-                true
+    /// The timers' turn: ping an idle initiator, give up on a dead one or on a task
+    /// whose data never comes (`iscsi::session::timers`).
+    async fn on_tick(&mut self, now: Instant) -> Result<(), End> {
+        let stalled = self.collecting.stalled();
+        for action in self.timers.poll(now, stalled, &mut self.tags) {
+            match action {
+                TimerAction::SendPing { ttt } => {
+                    let nop = NopIn {
+                        lun: 0,
+                        itt: RESERVED_TAG,
+                        ttt,
+                        stat_sn: 0,
+                        exp_cmd_sn: 0,
+                        max_cmd_sn: 0,
+                        data: Bytes::new(),
+                    };
+                    self.send(Outgoing::new(nop.to_pdu(), Stat::Peek)).await;
+                }
+                TimerAction::Close(Timeout::PingUnanswered) => {
+                    warn!("initiator did not answer a NOP-In ping; closing the connection");
+                    return Err(End::Close);
+                }
+                TimerAction::Close(Timeout::DataOut(s)) => {
+                    warn!(
+                        itt = s.itt,
+                        received = s.received,
+                        needed = s.needed,
+                        "no Data-Out for {DATA_OUT_TIMEOUT:?}; closing the connection"
+                    );
+                    return Err(End::Close);
+                }
             }
-            None => false,
         }
-    }
-
-    async fn check_ping(&mut self) -> Result<(), End> {
-        let now = Instant::now();
-        match self.ping {
-            Some((_, sent)) if now.duration_since(sent) > PING_TIMEOUT => {
-                warn!("initiator did not answer a NOP-In ping; closing the connection");
-                Err(End::Close)
-            }
-            Some(_) => Ok(()),
-            None if now.duration_since(self.last_rx) >= PING_IDLE => {
-                let ttt = self.new_ttt();
-                let nop = NopIn {
-                    lun: 0,
-                    itt: RESERVED_TAG,
-                    ttt,
-                    stat_sn: 0,
-                    exp_cmd_sn: 0,
-                    max_cmd_sn: 0,
-                    data: Bytes::new(),
-                };
-                self.ping = Some((ttt, now));
-                self.send(Outgoing::new(nop.to_pdu(), Stat::Peek)).await;
-                Ok(())
-            }
-            None => Ok(()),
-        }
-    }
-
-    fn new_ttt(&mut self) -> u32 {
-        let t = self.next_ttt;
-        self.next_ttt = self.next_ttt.wrapping_add(1);
-        if self.next_ttt == RESERVED_TAG {
-            self.next_ttt = 1;
-        }
-        t
+        Ok(())
     }
 
     async fn send(&self, o: Outgoing) {
@@ -434,7 +364,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                     Request::Tmf(_) => Immediate::TaskManagement,
                     _ => Immediate::Other,
                 };
-                match self.window.try_immediate(kind) {
+                match self.order.on_immediate(kind) {
                     Some(slot) => self.deliver(req, bhs, Some(slot)).await,
                     None => {
                         debug!(?kind, "too many immediate commands outstanding; rejected");
@@ -443,46 +373,32 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                     }
                 }
             }
-            Some((false, sn)) => {
-                let exp = self.window.exp_cmd_sn();
-                let max = self.window.max_cmd_sn();
-                if !self.window.admits(sn) {
-                    // §4.2.2.1: "The target MUST silently ignore any non-immediate
-                    // command outside of this range or non-immediate duplicates within
-                    // the range." Nothing is kept of it.
+            Some((false, sn)) => match self.order.on_command(sn, (req, bhs)) {
+                Arrival::Deliver(ready) => {
+                    for ((req, bhs), slot) in ready {
+                        self.deliver(req, bhs, Some(slot)).await?;
+                    }
+                    Ok(())
+                }
+                Arrival::Held => {
+                    let exp = self.order.window().exp_cmd_sn();
+                    debug!(cmd_sn = sn, exp, "command arrived early; held");
+                    Ok(())
+                }
+                Arrival::Duplicate => {
+                    let exp = self.order.window().exp_cmd_sn();
+                    debug!(cmd_sn = sn, exp, "duplicate of a held command ignored");
+                    Ok(())
+                }
+                Arrival::Ignored { exp, max } => {
                     debug!(
                         cmd_sn = sn,
                         exp, max, "command outside the CmdSN window ignored"
                     );
                     Ok(())
-                } else if sn == exp {
-                    self.advance(req, bhs).await?;
-                    while let Some((next, b)) = self.pending.remove(&self.window.exp_cmd_sn()) {
-                        self.advance(next, b).await?;
-                    }
-                    Ok(())
-                } else {
-                    // Inside the window, ahead of ExpCmdSN: the window bounds what is held.
-                    match self.pending.entry(sn) {
-                        std::collections::btree_map::Entry::Occupied(_) => {
-                            debug!(cmd_sn = sn, exp, "duplicate of a held command ignored");
-                        }
-                        std::collections::btree_map::Entry::Vacant(v) => {
-                            debug!(cmd_sn = sn, exp, "command arrived early; held");
-                            v.insert((req, bhs));
-                        }
-                    }
-                    Ok(())
                 }
-            }
+            },
         }
-    }
-
-    async fn advance(&mut self, req: Request, bhs: Bhs) -> Result<(), End> {
-        let slot = CmdSlot::new(&self.window);
-        self.window
-            .set_exp_cmd_sn(self.window.exp_cmd_sn().wrapping_add(1));
-        self.deliver(req, bhs, Some(slot)).await
     }
 
     /// The queue's head got its Data-Out budget: its R2Ts may go out now. Then serve the
@@ -513,30 +429,29 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
     }
 
     fn waits_for_budget(&self, t: BudgetTicket) -> bool {
-        self.collecting
-            .get(&t.itt)
-            .is_some_and(|c| c.awaiting_budget == Some(t.id))
+        self.collecting.awaits(t.itt, t.id)
     }
 
     async fn give_budget(&mut self, t: BudgetTicket, b: WriteBudget) {
         if !self.waits_for_budget(t) {
             return;
         }
-        let Some(mut c) = self.collecting.remove(&t.itt) else {
-            return;
-        };
-        c.awaiting_budget = None;
-        c.budget = Some(b);
-        c.progress = Instant::now();
-        self.issue_r2ts(t.itt, &mut c).await;
-        self.settle(t.itt, c);
+        if let Some(c) = self.collecting.task_mut(t.itt) {
+            c.budget = Some(b);
+        }
+        self.collecting.fund(t.itt, Instant::now());
+        let actions = self.collecting.step(t.itt, &mut self.tags);
+        self.perform(actions).await;
     }
 
     /// Ask for the Data-Out budget of command `itt` (its R2Ts wait for it).
-    fn request_budget(&mut self, itt: u32, c: &mut Collecting, bytes: u32) {
+    fn request_budget(&mut self, itt: u32, bytes: u32) {
         if self.budget_queue.is_empty() {
             if let Some(b) = self.writes.try_take(bytes) {
-                c.budget = Some(b);
+                if let Some(c) = self.collecting.task_mut(itt) {
+                    c.budget = Some(b);
+                }
+                self.collecting.fund(itt, Instant::now());
                 return;
             }
         }
@@ -548,7 +463,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         );
         let id = self.next_ticket;
         self.next_ticket += 1;
-        c.awaiting_budget = Some(id);
+        self.collecting.await_funding(itt, id);
         self.budget_queue.push_back(BudgetTicket { itt, bytes, id });
         if self.budget_wait.is_none() {
             self.budget_wait = Some(Box::pin(self.writes.clone().take(bytes)));
@@ -636,7 +551,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
 
     /// True while a task of this session holds `itt`: collecting its data or running.
     fn tag_in_use(&self, itt: u32) -> bool {
-        self.collecting.contains_key(&itt) || self.running.lock().contains_key(&itt)
+        self.collecting.contains(itt) || self.running.lock().contains_key(&itt)
     }
 
     async fn command(&mut self, cmd: ScsiCommand, slot: Option<CmdSlot>) {
@@ -690,28 +605,25 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             // Unsolicited data is still on its way: take it before answering, so it
             // does not arrive for a task that no longer exists.
             (Plan::Respond(resp), _) if cmd.write && !cmd.final_bit => {
-                let edtl = cmd.expected_len;
+                let transfer = NewTransfer {
+                    itt: cmd.itt,
+                    lun: cmd.lun,
+                    edtl: cmd.expected_len,
+                    needed: 0,
+                    immediate: Bytes::new(),
+                    final_bit: false,
+                    discard: Some(Discard::Respond(resp)),
+                };
                 let c = Collecting {
                     lun: None,
                     kind: WriteKind::ModeSelect { ten: false },
-                    buf: BytesMut::new(),
                     budget: None,
-                    awaiting_budget: None,
-                    unsolicited_limit: self.session.first_burst_length.min(edtl),
-                    needed: 0,
                     spdtl: 0,
-                    edtl,
-                    received: 0,
-                    unsolicited_done: false,
-                    next_offset: 0,
-                    r2ts: HashMap::new(),
-                    unsolicited_sn: 0,
-                    r2t_sn: 0,
-                    discard: Some(Discard::Respond(resp)),
                     reply,
-                    progress: Instant::now(),
                 };
-                self.settle(cmd.itt, c);
+                self.collecting.start(transfer, c, Instant::now());
+                let actions = self.collecting.step(cmd.itt, &mut self.tags);
+                self.perform(actions).await;
             }
             (Plan::Respond(resp), _) => reply.respond(resp).await,
             (Plan::Read { lba, blocks, fua }, Some(h)) => {
@@ -849,137 +761,90 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             }
             return reply.status(Status::Good, None, 0, spdtl).await;
         }
-        let imm = cmd.data.len().min(needed as usize);
-        // Nothing is allocated ahead of the data: the buffer grows as data comes.
-        let buf = BytesMut::from(&cmd.data[..imm]);
-        // What the initiator may send before any R2T: immediate data, plus unsolicited
-        // Data-Out up to FirstBurstLength unless the command said F (§4.2.5.2).
-        let unsolicited_end = if cmd.final_bit {
-            cmd.data.len() as u32
-        } else {
-            self.session.first_burst_length.min(edtl)
+        let itt = cmd.itt;
+        let transfer = NewTransfer {
+            itt,
+            lun: cmd.lun,
+            edtl,
+            needed,
+            immediate: cmd.data,
+            final_bit: cmd.final_bit,
+            discard,
         };
-        let mut c = Collecting {
+        let c = Collecting {
             lun: Some(lun),
             kind,
-            buf,
             budget: None,
-            awaiting_budget: None,
-            unsolicited_limit: unsolicited_end,
-            needed,
             spdtl,
-            edtl,
-            received: imm as u32,
-            unsolicited_done: cmd.final_bit,
-            next_offset: unsolicited_end.min(needed),
-            r2ts: HashMap::new(),
-            unsolicited_sn: 0,
-            r2t_sn: 0,
-            discard,
             reply,
-            progress: Instant::now(),
         };
+        let solicit = self.collecting.start(transfer, c, Instant::now());
         // The data to solicit is paid for, all of it, before the first R2T: a command
         // that starts collecting can always finish (`server::budget`).
-        if c.discard.is_none() && c.next_offset < c.needed {
-            let solicited = needed - c.next_offset;
-            self.request_budget(cmd.itt, &mut c, solicited);
+        if solicit > 0 {
+            self.request_budget(itt, solicit);
         }
-        self.issue_r2ts(cmd.itt, &mut c).await;
-        self.settle(cmd.itt, c);
+        let actions = self.collecting.step(itt, &mut self.tags);
+        self.perform(actions).await;
     }
 
-    async fn issue_r2ts(&mut self, itt: u32, c: &mut Collecting) {
-        if c.budget.is_none() {
-            return;
-        }
-        let max_out = self.session.max_outstanding_r2t.max(1) as usize;
-        while c.r2ts.len() < max_out && c.next_offset < c.needed {
-            let len = (c.needed - c.next_offset).min(self.session.max_burst_length);
-            let ttt = self.new_ttt();
-            let r2t = R2t {
-                lun: c.reply.lun,
-                itt,
-                ttt,
-                stat_sn: 0,
-                exp_cmd_sn: 0,
-                max_cmd_sn: 0,
-                r2t_sn: c.r2t_sn,
-                buffer_offset: c.next_offset,
-                desired_len: len,
-            };
-            c.r2ts.insert(
-                ttt,
-                Solicited {
-                    offset: c.next_offset,
-                    len,
-                    got: 0,
-                    next_sn: 0,
-                },
-            );
-            c.r2t_sn += 1;
-            c.next_offset += len;
-            self.send(Outgoing::new(r2t.to_pdu(), Stat::Peek)).await;
-        }
-    }
-
-    /// Keep collecting, or run the command once everything is here.
-    fn settle(&mut self, itt: u32, c: Collecting) {
-        let complete = c.unsolicited_done && c.r2ts.is_empty() && c.next_offset >= c.needed;
-        if !complete || (c.discard.is_none() && c.received < c.needed) {
-            if complete {
-                // Every R2T answered yet bytes are missing: the initiator sent less
-                // than asked. Treat as a protocol failure of this task.
-                warn!(
+    /// Carry out what the Data-Out core asks (`iscsi::session::dataout`).
+    async fn perform(&mut self, actions: Vec<Action<Collecting>>) {
+        for action in actions {
+            match action {
+                Action::SendR2t(r2t) => self.send(Outgoing::new(r2t.to_pdu(), Stat::Peek)).await,
+                // Only `on_data_out` rejects, and `data_out` answers those itself with
+                // the rejected header.
+                Action::Reject(reason) => debug!(?reason, "reject without a header dropped"),
+                Action::Incomplete { task, .. } => {
+                    let reply = task.reply;
+                    tokio::spawn(async move {
+                        reply
+                            .status(
+                                Status::CheckCondition,
+                                Some(&Sense::invalid_field_in_information_unit()),
+                                0,
+                                0,
+                            )
+                            .await
+                    });
+                }
+                Action::Discarded {
+                    discard: Discard::Overflow,
+                    task,
+                    ..
+                } => {
+                    tokio::spawn(task.reply.write_overflow(task.spdtl));
+                }
+                Action::Discarded {
+                    discard: Discard::Respond(resp),
+                    task,
+                    ..
+                } => {
+                    tokio::spawn(task.reply.respond(resp));
+                }
+                Action::Run {
                     itt,
-                    received = c.received,
-                    needed = c.needed,
-                    "write data incomplete"
-                );
-                let reply = c.reply;
-                tokio::spawn(async move {
-                    reply
-                        .status(
-                            Status::CheckCondition,
-                            Some(&Sense::invalid_field_in_information_unit()),
-                            0,
-                            0,
-                        )
-                        .await
-                });
-                return;
+                    data,
+                    r2t_sn,
+                    task,
+                } => self.run_collected(itt, data, r2t_sn, task),
             }
-            self.collecting.insert(itt, c);
-            return;
         }
+    }
+
+    /// Run a command whose Data-Out has all come.
+    fn run_collected(&mut self, itt: u32, data: Bytes, r2t_sn: u32, task: Collecting) {
         let Collecting {
             lun,
             kind,
-            mut buf,
             budget,
-            r2t_sn,
-            discard,
-            reply,
             spdtl,
-            needed,
-            ..
-        } = c;
-        match discard {
-            Some(Discard::Overflow) => {
-                tokio::spawn(reply.write_overflow(spdtl));
-                return;
-            }
-            Some(Discard::Respond(resp)) => {
-                tokio::spawn(reply.respond(resp));
-                return;
-            }
-            None => {}
-        }
+            reply,
+        } = task;
         let Some(lun) = lun else { return };
         let aborted = reply.aborted.clone();
         let l = decode_lun(reply.lun);
-        buf.resize(needed as usize, 0);
-        let data = buf.freeze();
         let read_budget = self.read_budget.clone();
         match kind {
             // The Data-Out permits stay held until the volume has the data.
@@ -1013,83 +878,23 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         }
     }
 
-    /// A Data-Out PDU (§11.7): route it to its task by ITT and TTT.
+    /// A Data-Out PDU (§11.7): the core routes it to its task by ITT and TTT.
     async fn data_out(&mut self, d: DataOut, bhs: Bhs) {
-        let Some(mut c) = self.collecting.remove(&d.itt) else {
-            debug!(itt = d.itt, "Data-Out for an unknown task");
-            return self.reject(RejectReason::InvalidPduField, bhs).await;
-        };
-        let len = d.data.len() as u32;
-        let end = d.buffer_offset as u64 + len as u64;
-        let valid_ttt = if d.ttt == RESERVED_TAG {
-            // §13.14: unsolicited data stays within FirstBurstLength.
-            !c.unsolicited_done && end <= c.unsolicited_limit as u64
-        } else {
-            // A solicited PDU must fall inside the range its R2T asked for.
-            c.r2ts.get(&d.ttt).is_some_and(|r| {
-                d.buffer_offset >= r.offset && end <= r.offset as u64 + r.len as u64
-            })
-        };
-        // §11.7.5/§11.8.4: data beyond the EDTL or for no open solicitation is a
-        // protocol error.
-        if !valid_ttt || end > c.edtl as u64 {
-            debug!(
-                itt = d.itt,
-                ttt = d.ttt,
-                offset = d.buffer_offset,
-                len,
-                "Data-Out out of bounds"
-            );
-            self.collecting.insert(d.itt, c);
-            return self.reject(RejectReason::ProtocolError, bhs).await;
-        }
-        // §11.7.4: DataSN counts the PDUs of each sequence (each R2T, and the
-        // unsolicited burst) from 0. At ErrorRecoveryLevel 0 a gap cannot be mended by
-        // recovery R2Ts, so the task ends in CHECK CONDITION once the data the
-        // initiator already committed to has drained; no more R2Ts go out for it.
-        let want_sn = match c.r2ts.get(&d.ttt) {
-            Some(r) => r.next_sn,
-            None => c.unsolicited_sn,
-        };
-        if d.data_sn != want_sn && c.discard.is_none() {
-            warn!(
-                itt = d.itt,
-                data_sn = d.data_sn,
-                want_sn,
-                "Data-Out DataSN out of sequence"
-            );
-            c.discard = Some(Discard::Respond(scsi::Response::check(
-                Sense::data_phase_error(),
-            )));
-            c.next_offset = c.needed;
-        }
-        c.progress = Instant::now();
-        if c.discard.is_none() && (d.buffer_offset as u64) < c.needed as u64 {
-            let from = d.buffer_offset as usize;
-            let to = (end as usize).min(c.needed as usize);
-            c.place(from, &d.data[..to - from]);
-            c.received += (to - from) as u32;
-        }
-        if d.ttt == RESERVED_TAG {
-            c.unsolicited_sn += 1;
-            if d.final_bit {
-                c.unsolicited_done = true;
-            }
-        } else if let Some(r) = c.r2ts.get_mut(&d.ttt) {
-            r.got += len;
-            r.next_sn += 1;
-            if d.final_bit || r.got >= r.len {
-                c.r2ts.remove(&d.ttt);
-                self.issue_r2ts(d.itt, &mut c).await;
+        let actions = self
+            .collecting
+            .on_data_out(&d, Instant::now(), &mut self.tags);
+        for action in actions {
+            match action {
+                Action::Reject(reason) => self.reject(reason, bhs).await,
+                other => self.perform(vec![other]).await,
             }
         }
-        self.settle(d.itt, c);
     }
 
     /// Abort this session's tasks on `lun` (all LUNs if None); returns what to wait for.
     fn abort_all(&mut self, lun: Option<u64>) -> Vec<watch::Receiver<bool>> {
         self.collecting
-            .retain(|_, c| lun.is_some_and(|l| decode_lun(c.reply.lun) != l));
+            .retain(|raw| lun.is_some_and(|l| decode_lun(raw) != l));
         let running = self.running.lock();
         running
             .values()
@@ -1101,50 +906,51 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             .collect()
     }
 
+    /// Where the task holding `itt` stands, for ABORT TASK.
+    fn task_state(&self, itt: u32) -> TaskState {
+        if self.collecting.contains(itt) {
+            TaskState::Collecting
+        } else if self.running.lock().contains_key(&itt) {
+            TaskState::Running
+        } else {
+            TaskState::Unknown
+        }
+    }
+
     async fn tmf(&mut self, t: TmfRequest, slot: Option<CmdSlot>) -> Result<(), End> {
         let lun = decode_lun(t.lun);
         let lun_exists = self.luns.resolve(&self.node, lun).is_some();
-        let mut close = false;
-        let (response, wait) = match t.function {
-            TmfFunction::AbortTask => {
-                if self.collecting.remove(&t.referenced_tag).is_some() {
-                    (tmf_response::COMPLETE, vec![])
-                } else if let Some(r) = self.running.lock().get(&t.referenced_tag) {
+        let d = tmf::decide(
+            &t,
+            lun,
+            lun_exists,
+            self.task_state(t.referenced_tag),
+            self.order.window().exp_cmd_sn(),
+        );
+        let wait = match d.affected {
+            Affected::Nothing => vec![],
+            Affected::Task(tag) => {
+                if self.collecting.remove(tag).is_some() {
+                    vec![]
+                } else if let Some(r) = self.running.lock().get(&tag) {
                     r.aborted.store(true, Ordering::Release);
-                    (tmf_response::COMPLETE, vec![r.done.clone()])
-                } else if serial::lt(t.ref_cmd_sn, self.window.exp_cmd_sn()) {
-                    // Already answered (§11.5.1 note: the task is gone).
-                    (tmf_response::TASK_DOES_NOT_EXIST, vec![])
+                    vec![r.done.clone()]
                 } else {
-                    (tmf_response::COMPLETE, vec![])
+                    vec![]
                 }
             }
-            TmfFunction::AbortTaskSet | TmfFunction::ClearTaskSet => {
-                if lun_exists {
-                    (tmf_response::COMPLETE, self.abort_all(Some(lun)))
-                } else {
-                    (tmf_response::LUN_DOES_NOT_EXIST, vec![])
-                }
-            }
-            TmfFunction::LogicalUnitReset => {
-                if let Some((h, _)) = self.luns.resolve(&self.node, lun) {
-                    let wait = self.abort_all(Some(lun));
-                    h.resets.fetch_add(1, Ordering::AcqRel);
-                    (tmf_response::COMPLETE, wait)
-                } else {
-                    (tmf_response::LUN_DOES_NOT_EXIST, vec![])
-                }
-            }
-            TmfFunction::TargetWarmReset | TmfFunction::TargetColdReset => {
-                let wait = self.abort_all(None);
-                self.node.sessions.reset_target(self.luns.target());
-                close = t.function == TmfFunction::TargetColdReset;
-                (tmf_response::COMPLETE, wait)
-            }
-            TmfFunction::ClearAca => (tmf_response::NOT_SUPPORTED, vec![]),
-            TmfFunction::TaskReassign => (tmf_response::REASSIGN_NOT_SUPPORTED, vec![]),
-            TmfFunction::Other(_) => (tmf_response::REJECTED, vec![]),
+            Affected::Lun(l) => self.abort_all(Some(l)),
+            Affected::All => self.abort_all(None),
         };
+        if d.reset_lun {
+            if let Some((h, _)) = self.luns.resolve(&self.node, lun) {
+                h.resets.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        if d.reset_target {
+            self.node.sessions.reset_target(self.luns.target());
+        }
+        let response = d.response;
         info!(function = ?t.function, lun, response, "task management");
         let r = TmfResponse {
             response,
@@ -1163,7 +969,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 .send(Outgoing::ending(r.to_pdu(), slot, Hold::default()))
                 .await;
         };
-        if close {
+        if d.close {
             respond.await;
             return Err(End::Close);
         }
@@ -1172,14 +978,8 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
     }
 
     async fn logout(&mut self, l: LogoutRequest, slot: Option<CmdSlot>) -> Result<(), End> {
-        let response = match l.reason {
-            logout_reason::CLOSE_SESSION => 0,
-            logout_reason::CLOSE_CONNECTION if l.cid == self.cid => 0,
-            logout_reason::CLOSE_CONNECTION => 1,
-            // §11.15.1: "connection recovery is not supported" at ERL 0.
-            _ => 2,
-        };
-        if response == 0 {
+        let decision = logout::decide(&l, self.cid);
+        if decision == LogoutDecision::Close {
             // Let running commands finish and answer before the logout response.
             let waits: Vec<_> = self
                 .running
@@ -1192,7 +992,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             }
         }
         let r = LogoutResponse {
-            response,
+            response: decision.response(),
             itt: l.itt,
             stat_sn: 0,
             exp_cmd_sn: 0,
@@ -1202,7 +1002,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         };
         self.send(Outgoing::ending(r.to_pdu(), slot, Hold::default()))
             .await;
-        if response == 0 {
+        if decision == LogoutDecision::Close {
             info!("logout");
             Err(End::Close)
         } else {
