@@ -453,3 +453,462 @@ impl<T> Collector<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const ITT: u32 = 0x10;
+    const U: u32 = RESERVED_TAG;
+
+    /// An action, reduced to what a test compares.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Out {
+        /// ttt, R2TSN, offset, length
+        R2t(u32, u32, u32, u32),
+        Reject(RejectReason),
+        /// data length, R2Ts sent
+        Run(usize, u32),
+        Overflow,
+        /// sense key, ASC, ASCQ of the answer
+        Respond(u8, u8, u8),
+        Incomplete,
+    }
+
+    /// One event fed to the collector.
+    enum Ev {
+        /// Pay for the solicited data, then step.
+        Fund,
+        /// A Data-Out: TTT, DataSN, offset, length, F bit.
+        Data(u32, u32, u32, u32, bool),
+        /// A Data-Out for another task.
+        DataFor(u32),
+    }
+    use Ev::*;
+
+    fn reduce(actions: Vec<Action<()>>) -> Vec<Out> {
+        actions
+            .into_iter()
+            .map(|a| match a {
+                Action::SendR2t(r) => {
+                    assert_eq!((r.itt, r.lun), (ITT, 0x0001_0000_0000_0000));
+                    Out::R2t(r.ttt, r.r2t_sn, r.buffer_offset, r.desired_len)
+                }
+                Action::Reject(r) => Out::Reject(r),
+                Action::Run {
+                    itt, data, r2t_sn, ..
+                } => {
+                    assert_eq!(itt, ITT);
+                    // Each byte carries its offset (mod 251), so misplaced data shows.
+                    for (i, b) in data.iter().enumerate() {
+                        assert_eq!(*b, (i % 251) as u8, "byte {i}");
+                    }
+                    Out::Run(data.len(), r2t_sn)
+                }
+                Action::Discarded {
+                    discard: Discard::Overflow,
+                    ..
+                } => Out::Overflow,
+                Action::Discarded {
+                    discard: Discard::Respond(r),
+                    ..
+                } => {
+                    let s = r.sense.expect("an answer with sense");
+                    Out::Respond(s.key, s.asc, s.ascq)
+                }
+                Action::Incomplete { .. } => Out::Incomplete,
+            })
+            .collect()
+    }
+
+    fn payload(offset: u32, len: u32) -> Bytes {
+        (offset..offset + len).map(|i| (i % 251) as u8).collect()
+    }
+
+    struct Case {
+        name: &'static str,
+        /// FirstBurstLength, MaxBurstLength, MaxOutstandingR2T
+        limits: (u32, u32, u16),
+        /// EDTL, bytes needed, immediate data length, F bit on the command
+        cmd: (u32, u32, u32, bool),
+        discard: Option<Discard>,
+        /// Bytes to solicit that `start` reports
+        solicit: u32,
+        /// What `step` right after `start` gives
+        first: Vec<Out>,
+        events: Vec<(Ev, Vec<Out>)>,
+        /// Still collecting at the end
+        open: bool,
+    }
+
+    fn run(c: Case) {
+        let now = Instant::now();
+        let (first_burst_length, max_burst_length, max_outstanding_r2t) = c.limits;
+        let mut col: Collector<()> = Collector::new(BurstLimits {
+            first_burst_length,
+            max_burst_length,
+            max_outstanding_r2t,
+        });
+        let mut tags = TransferTags::default();
+        let (edtl, needed, imm, final_bit) = c.cmd;
+        let solicit = col.start(
+            NewTransfer {
+                itt: ITT,
+                lun: 0x0001_0000_0000_0000,
+                edtl,
+                needed,
+                immediate: payload(0, imm),
+                final_bit,
+                discard: c.discard,
+            },
+            (),
+            now,
+        );
+        assert_eq!(solicit, c.solicit, "{}: bytes to solicit", c.name);
+        assert_eq!(
+            reduce(col.step(ITT, &mut tags)),
+            c.first,
+            "{}: first",
+            c.name
+        );
+        for (i, (ev, want)) in c.events.into_iter().enumerate() {
+            let got = match ev {
+                Fund => {
+                    col.fund(ITT, now);
+                    col.step(ITT, &mut tags)
+                }
+                Data(ttt, data_sn, offset, len, final_bit) => {
+                    let d = DataOut {
+                        final_bit,
+                        lun: 0,
+                        itt: ITT,
+                        ttt,
+                        exp_stat_sn: 0,
+                        data_sn,
+                        buffer_offset: offset,
+                        data: payload(offset, len),
+                    };
+                    col.on_data_out(&d, now, &mut tags)
+                }
+                DataFor(itt) => {
+                    let d = DataOut {
+                        final_bit: true,
+                        lun: 0,
+                        itt,
+                        ttt: U,
+                        exp_stat_sn: 0,
+                        data_sn: 0,
+                        buffer_offset: 0,
+                        data: payload(0, 512),
+                    };
+                    col.on_data_out(&d, now, &mut tags)
+                }
+            };
+            assert_eq!(reduce(got), want, "{}: event {i}", c.name);
+        }
+        assert_eq!(col.contains(ITT), c.open, "{}: still collecting", c.name);
+    }
+
+    #[test]
+    fn data_out_table() {
+        use Out::*;
+        let k = 1024;
+        let cases = vec![
+            Case {
+                name: "R2Ts split by MaxBurstLength, one outstanding",
+                limits: (8 * k, 4 * k, 1),
+                cmd: (12 * k, 12 * k, 0, true),
+                discard: None,
+                solicit: 12 * k,
+                first: vec![],
+                events: vec![
+                    (Fund, vec![R2t(1, 0, 0, 4 * k)]),
+                    (Data(1, 0, 0, 4 * k, true), vec![R2t(2, 1, 4 * k, 4 * k)]),
+                    (
+                        Data(2, 0, 4 * k, 4 * k, true),
+                        vec![R2t(3, 2, 8 * k, 4 * k)],
+                    ),
+                    (Data(3, 0, 8 * k, 2 * k, false), vec![]),
+                    (
+                        Data(3, 1, 10 * k, 2 * k, true),
+                        vec![Run(12 * k as usize, 3)],
+                    ),
+                ],
+                open: false,
+            },
+            Case {
+                name: "MaxOutstandingR2T 2: two R2Ts at once, the next as one completes",
+                limits: (8 * k, 4 * k, 2),
+                cmd: (12 * k, 12 * k, 0, true),
+                discard: None,
+                solicit: 12 * k,
+                first: vec![],
+                events: vec![
+                    (Fund, vec![R2t(1, 0, 0, 4 * k), R2t(2, 1, 4 * k, 4 * k)]),
+                    (
+                        Data(2, 0, 4 * k, 4 * k, true),
+                        vec![R2t(3, 2, 8 * k, 4 * k)],
+                    ),
+                    (Data(1, 0, 0, 4 * k, true), vec![]),
+                    (
+                        Data(3, 0, 8 * k, 4 * k, true),
+                        vec![Run(12 * k as usize, 3)],
+                    ),
+                ],
+                open: false,
+            },
+            Case {
+                name: "immediate, then unsolicited to FirstBurstLength, then an R2T",
+                limits: (8 * k, 64 * k, 1),
+                cmd: (16 * k, 16 * k, 2 * k, false),
+                discard: None,
+                solicit: 8 * k,
+                first: vec![],
+                events: vec![
+                    (Fund, vec![R2t(1, 0, 8 * k, 8 * k)]),
+                    (Data(U, 0, 2 * k, 6 * k, true), vec![]),
+                    (
+                        Data(1, 0, 8 * k, 8 * k, true),
+                        vec![Run(16 * k as usize, 1)],
+                    ),
+                ],
+                open: false,
+            },
+            Case {
+                name: "all of it immediate with F: runs at once, no R2T",
+                limits: (8 * k, 64 * k, 1),
+                cmd: (4 * k, 4 * k, 4 * k, true),
+                discard: None,
+                solicit: 0,
+                first: vec![Run(4 * k as usize, 0)],
+                events: vec![],
+                open: false,
+            },
+            Case {
+                name: "no R2T before the budget is held",
+                limits: (0, 64 * k, 1),
+                cmd: (8 * k, 8 * k, 0, true),
+                discard: None,
+                solicit: 8 * k,
+                first: vec![],
+                events: vec![
+                    (
+                        Data(1, 0, 0, 512, true),
+                        vec![Reject(RejectReason::ProtocolError)],
+                    ),
+                    (Fund, vec![R2t(1, 0, 0, 8 * k)]),
+                ],
+                open: true,
+            },
+            Case {
+                name: "solicited data at the wrong offset is refused, the task goes on",
+                limits: (0, 4 * k, 1),
+                cmd: (4 * k, 4 * k, 0, true),
+                discard: None,
+                solicit: 4 * k,
+                first: vec![],
+                events: vec![
+                    (Fund, vec![R2t(1, 0, 0, 4 * k)]),
+                    (
+                        Data(1, 0, 4 * k, 512, true),
+                        vec![Reject(RejectReason::ProtocolError)],
+                    ),
+                    (
+                        Data(1, 0, 3 * k, 2 * k, true),
+                        vec![Reject(RejectReason::ProtocolError)],
+                    ),
+                    (Data(1, 0, 0, 4 * k, true), vec![Run(4 * k as usize, 1)]),
+                ],
+                open: false,
+            },
+            Case {
+                name: "unsolicited data beyond FirstBurstLength",
+                limits: (4 * k, 64 * k, 1),
+                cmd: (8 * k, 8 * k, 0, false),
+                discard: None,
+                solicit: 4 * k,
+                first: vec![],
+                events: vec![(
+                    Data(U, 0, 4 * k, 512, false),
+                    vec![Reject(RejectReason::ProtocolError)],
+                )],
+                open: true,
+            },
+            Case {
+                name: "unsolicited data after the command's F bit",
+                limits: (64 * k, 64 * k, 1),
+                cmd: (8 * k, 8 * k, 512, true),
+                discard: None,
+                solicit: 8 * k - 512,
+                first: vec![],
+                events: vec![(
+                    Data(U, 0, 512, 512, false),
+                    vec![Reject(RejectReason::ProtocolError)],
+                )],
+                open: true,
+            },
+            Case {
+                name: "data beyond the EDTL (overflow)",
+                limits: (64 * k, 64 * k, 1),
+                cmd: (4 * k, 4 * k, 0, false),
+                discard: None,
+                solicit: 0,
+                first: vec![],
+                events: vec![
+                    (
+                        Data(U, 0, 0, 8 * k, true),
+                        vec![Reject(RejectReason::ProtocolError)],
+                    ),
+                    (Data(U, 0, 0, 4 * k, true), vec![Run(4 * k as usize, 0)]),
+                ],
+                open: false,
+            },
+            Case {
+                name: "unknown TTT, unknown ITT",
+                limits: (0, 64 * k, 1),
+                cmd: (4 * k, 4 * k, 0, true),
+                discard: None,
+                solicit: 4 * k,
+                first: vec![],
+                events: vec![
+                    (Fund, vec![R2t(1, 0, 0, 4 * k)]),
+                    (
+                        Data(7, 0, 0, 4 * k, true),
+                        vec![Reject(RejectReason::ProtocolError)],
+                    ),
+                    (
+                        DataFor(ITT + 1),
+                        vec![Reject(RejectReason::InvalidPduField)],
+                    ),
+                ],
+                open: true,
+            },
+            Case {
+                name: "DataSN gap: the data drains, then CHECK CONDITION, no more R2Ts",
+                limits: (0, 8 * k, 1),
+                cmd: (16 * k, 16 * k, 0, true),
+                discard: None,
+                solicit: 16 * k,
+                first: vec![],
+                events: vec![
+                    (Fund, vec![R2t(1, 0, 0, 8 * k)]),
+                    (Data(1, 1, 0, 4 * k, false), vec![]),
+                    (
+                        Data(1, 1, 4 * k, 4 * k, true),
+                        vec![Respond(0x0b, 0x4b, 0x00)],
+                    ),
+                ],
+                open: false,
+            },
+            Case {
+                name: "unsolicited DataSN gap",
+                limits: (8 * k, 8 * k, 1),
+                cmd: (8 * k, 8 * k, 0, false),
+                discard: None,
+                solicit: 0,
+                first: vec![],
+                events: vec![
+                    (Data(U, 0, 0, 4 * k, false), vec![]),
+                    (
+                        Data(U, 2, 4 * k, 4 * k, true),
+                        vec![Respond(0x0b, 0x4b, 0x00)],
+                    ),
+                ],
+                open: false,
+            },
+            Case {
+                name: "F bit ends an R2T's sequence short: the task is incomplete",
+                limits: (0, 8 * k, 1),
+                cmd: (8 * k, 8 * k, 0, true),
+                discard: None,
+                solicit: 8 * k,
+                first: vec![],
+                events: vec![
+                    (Fund, vec![R2t(1, 0, 0, 8 * k)]),
+                    (Data(1, 0, 0, 4 * k, true), vec![Incomplete]),
+                ],
+                open: false,
+            },
+            Case {
+                name: "overflow: unsolicited data drains, then the overflow answer",
+                limits: (8 * k, 8 * k, 1),
+                cmd: (8 * k, 0, 0, false),
+                discard: Some(Discard::Overflow),
+                solicit: 0,
+                first: vec![],
+                events: vec![
+                    (Data(U, 0, 0, 4 * k, false), vec![]),
+                    (Data(U, 1, 4 * k, 4 * k, true), vec![Overflow]),
+                ],
+                open: false,
+            },
+            Case {
+                name: "a failed command with F answers at once",
+                limits: (8 * k, 8 * k, 1),
+                cmd: (8 * k, 0, 0, true),
+                discard: Some(Discard::Respond(scsi::Response::check(
+                    Sense::data_phase_error(),
+                ))),
+                solicit: 0,
+                first: vec![Respond(0x0b, 0x4b, 0x00)],
+                events: vec![],
+                open: false,
+            },
+        ];
+        for c in cases {
+            run(c);
+        }
+    }
+
+    #[test]
+    fn funding_queue_and_stalls() {
+        let t0 = Instant::now();
+        let mut col: Collector<u8> = Collector::new(BurstLimits {
+            first_burst_length: 0,
+            max_burst_length: 4096,
+            max_outstanding_r2t: 1,
+        });
+        let mut tags = TransferTags::default();
+        let new = |itt| NewTransfer {
+            itt,
+            lun: 0,
+            edtl: 4096,
+            needed: 4096,
+            immediate: Bytes::new(),
+            final_bit: true,
+            discard: None,
+        };
+        assert_eq!(col.start(new(1), 1, t0), 4096);
+        col.await_funding(1, 7);
+        assert!(col.step(1, &mut tags).is_empty(), "no R2T while waiting");
+        assert!(col.awaits(1, 7) && !col.awaits(1, 8));
+        assert_eq!(col.stalled(), None, "waiting for budget is not a stall");
+        let t1 = t0 + Duration::from_secs(3);
+        col.fund(1, t1);
+        assert!(!col.awaits(1, 7));
+        assert_eq!(reduce_ttts(col.step(1, &mut tags)), vec![1]);
+        let s = col.stalled().expect("asked for data");
+        assert_eq!((s.itt, s.since, s.received, s.needed), (1, t1, 0, 4096));
+        // The oldest of several.
+        col.start(new(2), 2, t0);
+        assert_eq!(col.stalled().map(|s| s.itt), Some(2));
+        // Abort by LUN, then by tag.
+        col.retain(|lun| lun != 0);
+        assert!(col.is_empty());
+        col.start(new(3), 3, t0);
+        assert_eq!(col.remove(3), Some(3));
+        assert_eq!(col.remove(3), None);
+    }
+
+    fn reduce_ttts(actions: Vec<Action<u8>>) -> Vec<u32> {
+        actions
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::SendR2t(r) => Some(r.ttt),
+                _ => None,
+            })
+            .collect()
+    }
+}

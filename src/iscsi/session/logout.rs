@@ -38,3 +38,47 @@ pub fn decide(l: &LogoutRequest, cid: u16) -> LogoutDecision {
         _ => LogoutDecision::Refuse(logout_response::RECOVERY_NOT_SUPPORTED),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logout_table() {
+        use logout_response::*;
+        // (reason, CID in the request, this connection's CID, decision)
+        let cases = [
+            (logout_reason::CLOSE_SESSION, 1, 1, LogoutDecision::Close),
+            (logout_reason::CLOSE_SESSION, 9, 1, LogoutDecision::Close),
+            (logout_reason::CLOSE_CONNECTION, 1, 1, LogoutDecision::Close),
+            (
+                logout_reason::CLOSE_CONNECTION,
+                2,
+                1,
+                LogoutDecision::Refuse(CID_NOT_FOUND),
+            ),
+            (
+                logout_reason::REMOVE_FOR_RECOVERY,
+                1,
+                1,
+                LogoutDecision::Refuse(RECOVERY_NOT_SUPPORTED),
+            ),
+            (0x7f, 1, 1, LogoutDecision::Refuse(RECOVERY_NOT_SUPPORTED)),
+        ];
+        for (reason, req_cid, cid, want) in cases {
+            let l = LogoutRequest {
+                immediate: true,
+                reason,
+                itt: 1,
+                cid: req_cid,
+                cmd_sn: 0,
+                exp_stat_sn: 0,
+            };
+            let d = decide(&l, cid);
+            assert_eq!(d, want, "reason {reason} cid {req_cid} on {cid}");
+        }
+        assert_eq!(LogoutDecision::Close.response(), CLOSED);
+        assert_eq!(LogoutDecision::Refuse(CID_NOT_FOUND).response(), 1);
+        assert_eq!(LogoutDecision::Refuse(RECOVERY_NOT_SUPPORTED).response(), 2);
+    }
+}

@@ -95,3 +95,135 @@ impl Timers {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One step: at this many milliseconds after the start, either hear from the
+    /// initiator or poll with a transfer stalled since the given millisecond.
+    enum Ev {
+        Receive(u64),
+        Poll(u64, Option<u64>),
+    }
+    use Ev::*;
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Out {
+        Ping(u32),
+        PingUnanswered,
+        /// Since when the task was stalled, in ms
+        DataOut(u64),
+    }
+
+    #[test]
+    fn timers_table() {
+        use Out::*;
+        const S: u64 = 1000;
+        let cases: Vec<(&str, Vec<(Ev, Vec<Out>)>)> = vec![
+            (
+                "quiet, then a ping when idle for PING_IDLE, once",
+                vec![
+                    (Poll(4 * S, None), vec![]),
+                    (Poll(5 * S, None), vec![Ping(1)]),
+                    (Poll(6 * S, None), vec![]),
+                ],
+            ),
+            (
+                "a ping unanswered for more than PING_TIMEOUT closes",
+                vec![
+                    (Poll(5 * S, None), vec![Ping(1)]),
+                    (Poll(35 * S, None), vec![]),
+                    (Poll(35 * S + 1, None), vec![PingUnanswered]),
+                ],
+            ),
+            (
+                "an answer clears the ping; the next goes out after PING_IDLE more",
+                vec![
+                    (Poll(5 * S, None), vec![Ping(1)]),
+                    (Receive(6 * S), vec![]),
+                    (Poll(10 * S, None), vec![]),
+                    (Poll(11 * S, None), vec![Ping(2)]),
+                    (Poll(40 * S, None), vec![]),
+                ],
+            ),
+            (
+                "a transfer without data for DATA_OUT_TIMEOUT closes",
+                vec![
+                    (Receive(18 * S), vec![]),
+                    (Poll(19 * S, Some(0)), vec![]),
+                    (Poll(20 * S - 1, Some(0)), vec![]),
+                    (Receive(20 * S - 1), vec![]),
+                    (Poll(20 * S, Some(0)), vec![DataOut(0)]),
+                ],
+            ),
+            (
+                "a transfer that made progress is not overdue",
+                vec![
+                    (Receive(21 * S), vec![]),
+                    (Poll(21 * S, Some(2 * S)), vec![]),
+                    (Poll(22 * S, Some(2 * S)), vec![DataOut(2 * S)]),
+                ],
+            ),
+            (
+                "ping due and data overdue together: ping, then close",
+                vec![(Poll(20 * S, Some(0)), vec![Ping(1), DataOut(0)])],
+            ),
+            (
+                "an unanswered ping closes before the data deadline is looked at",
+                vec![
+                    (Poll(5 * S, None), vec![Ping(1)]),
+                    (Poll(36 * S, Some(0)), vec![PingUnanswered]),
+                ],
+            ),
+        ];
+        for (name, events) in cases {
+            let t0 = Instant::now();
+            let at = |ms: u64| t0 + Duration::from_millis(ms);
+            let mut timers = Timers::new(t0);
+            let mut tags = TransferTags::default();
+            for (i, (ev, want)) in events.into_iter().enumerate() {
+                let got: Vec<Out> = match ev {
+                    Receive(ms) => {
+                        timers.on_receive(at(ms));
+                        assert_eq!(timers.ping_outstanding(), None);
+                        vec![]
+                    }
+                    Poll(ms, stalled) => {
+                        let stalled = stalled.map(|since| Stalled {
+                            itt: 9,
+                            since: at(since),
+                            received: 0,
+                            needed: 4096,
+                        });
+                        timers
+                            .poll(at(ms), stalled, &mut tags)
+                            .into_iter()
+                            .map(|a| match a {
+                                TimerAction::SendPing { ttt } => {
+                                    assert_eq!(timers.ping_outstanding(), Some(ttt));
+                                    Ping(ttt)
+                                }
+                                TimerAction::Close(Timeout::PingUnanswered) => PingUnanswered,
+                                TimerAction::Close(Timeout::DataOut(s)) => {
+                                    assert_eq!(s.itt, 9);
+                                    DataOut(s.since.duration_since(t0).as_millis() as u64)
+                                }
+                            })
+                            .collect()
+                    }
+                };
+                assert_eq!(got, want, "{name}: event {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn transfer_tags_skip_the_reserved_tag() {
+        let mut tags = TransferTags::default();
+        assert_eq!(tags.allocate(), 1);
+        let mut tags = TransferTags { next: 0xffff_fffe };
+        assert_eq!(tags.allocate(), 0xffff_fffe);
+        assert_eq!(tags.allocate(), 1);
+    }
+}

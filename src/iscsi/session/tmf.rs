@@ -101,3 +101,175 @@ pub fn decide(
         TmfFunction::Other(_) => Decision::answer(tmf_response::REJECTED),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TmfFunction::*;
+
+    #[test]
+    fn tmf_table() {
+        use tmf_response::*;
+        const TAG: u32 = 0x42;
+        struct Case {
+            f: TmfFunction,
+            lun_exists: bool,
+            task: TaskState,
+            /// RefCmdSN, ExpCmdSN
+            sns: (u32, u32),
+            /// response, affected, reset LUN, reset target, close
+            want: (u8, Affected, bool, bool, bool),
+        }
+        let case = |f, lun_exists, task, sns, want| Case {
+            f,
+            lun_exists,
+            task,
+            sns,
+            want,
+        };
+        let n = Affected::Nothing;
+        let cases = [
+            case(
+                AbortTask,
+                true,
+                TaskState::Collecting,
+                (5, 6),
+                (COMPLETE, Affected::Task(TAG), false, false, false),
+            ),
+            case(
+                AbortTask,
+                true,
+                TaskState::Running,
+                (5, 6),
+                (COMPLETE, Affected::Task(TAG), false, false, false),
+            ),
+            // Answered already: its CmdSN is behind the window.
+            case(
+                AbortTask,
+                true,
+                TaskState::Unknown,
+                (5, 6),
+                (TASK_DOES_NOT_EXIST, n, false, false, false),
+            ),
+            case(
+                AbortTask,
+                true,
+                TaskState::Unknown,
+                (0xffff_fff0, 5),
+                (TASK_DOES_NOT_EXIST, n, false, false, false),
+            ),
+            // Not arrived yet (or never will): nothing to abort.
+            case(
+                AbortTask,
+                true,
+                TaskState::Unknown,
+                (6, 6),
+                (COMPLETE, n, false, false, false),
+            ),
+            case(
+                AbortTask,
+                true,
+                TaskState::Unknown,
+                (3, 0xffff_fff0),
+                (COMPLETE, n, false, false, false),
+            ),
+            case(
+                AbortTaskSet,
+                true,
+                TaskState::Unknown,
+                (0, 0),
+                (COMPLETE, Affected::Lun(3), false, false, false),
+            ),
+            case(
+                AbortTaskSet,
+                false,
+                TaskState::Unknown,
+                (0, 0),
+                (LUN_DOES_NOT_EXIST, n, false, false, false),
+            ),
+            case(
+                ClearTaskSet,
+                true,
+                TaskState::Unknown,
+                (0, 0),
+                (COMPLETE, Affected::Lun(3), false, false, false),
+            ),
+            case(
+                ClearTaskSet,
+                false,
+                TaskState::Unknown,
+                (0, 0),
+                (LUN_DOES_NOT_EXIST, n, false, false, false),
+            ),
+            case(
+                LogicalUnitReset,
+                true,
+                TaskState::Running,
+                (0, 0),
+                (COMPLETE, Affected::Lun(3), true, false, false),
+            ),
+            case(
+                LogicalUnitReset,
+                false,
+                TaskState::Unknown,
+                (0, 0),
+                (LUN_DOES_NOT_EXIST, n, false, false, false),
+            ),
+            case(
+                TargetWarmReset,
+                false,
+                TaskState::Unknown,
+                (0, 0),
+                (COMPLETE, Affected::All, false, true, false),
+            ),
+            case(
+                TargetColdReset,
+                true,
+                TaskState::Unknown,
+                (0, 0),
+                (COMPLETE, Affected::All, false, true, true),
+            ),
+            case(
+                ClearAca,
+                true,
+                TaskState::Unknown,
+                (0, 0),
+                (NOT_SUPPORTED, n, false, false, false),
+            ),
+            case(
+                TaskReassign,
+                true,
+                TaskState::Running,
+                (0, 0),
+                (REASSIGN_NOT_SUPPORTED, n, false, false, false),
+            ),
+            case(
+                Other(0x1f),
+                true,
+                TaskState::Unknown,
+                (0, 0),
+                (REJECTED, n, false, false, false),
+            ),
+        ];
+        for c in cases {
+            let t = TmfRequest {
+                immediate: true,
+                function: c.f,
+                lun: 0,
+                itt: 1,
+                referenced_tag: TAG,
+                cmd_sn: 0,
+                exp_stat_sn: 0,
+                ref_cmd_sn: c.sns.0,
+                exp_data_sn: 0,
+            };
+            let d = decide(&t, 3, c.lun_exists, c.task, c.sns.1);
+            let got = (d.response, d.affected, d.reset_lun, d.reset_target, d.close);
+            assert_eq!(
+                got, c.want,
+                "{:?} lun_exists={} {:?} {:?}",
+                c.f, c.lun_exists, c.task, c.sns
+            );
+        }
+    }
+}

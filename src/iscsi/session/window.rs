@@ -204,3 +204,232 @@ impl<T> Sequencer<T> {
         self.window.try_immediate(kind)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_opens_as_commands_complete() {
+        let w = Window::new(10, 4);
+        assert_eq!(w.max_cmd_sn(), 13);
+        let a = CmdSlot::new(&w);
+        let b = CmdSlot::new(&w);
+        w.set_exp_cmd_sn(12);
+        assert_eq!(w.max_cmd_sn(), 13);
+        drop(a);
+        assert_eq!(w.max_cmd_sn(), 14);
+        drop(b);
+        assert_eq!(w.max_cmd_sn(), 15);
+    }
+
+    #[test]
+    fn window_admits_only_exp_to_max() {
+        let w = Window::new(10, 2);
+        assert!(w.admits(10) && w.admits(11));
+        assert!(!w.admits(12), "beyond MaxCmdSN");
+        assert!(!w.admits(9), "a duplicate below ExpCmdSN");
+        let a = CmdSlot::new(&w);
+        w.set_exp_cmd_sn(11);
+        let b = CmdSlot::new(&w);
+        w.set_exp_cmd_sn(12);
+        // Both places taken: MaxCmdSN = ExpCmdSN - 1, so even ExpCmdSN is refused.
+        assert_eq!(w.max_cmd_sn(), 11);
+        assert!(!w.admits(12));
+        drop(a);
+        assert!(w.admits(12));
+        drop(b);
+    }
+
+    #[test]
+    fn window_wraps() {
+        let w = Window::new(u32::MAX, 3);
+        assert!(w.admits(u32::MAX) && w.admits(0) && w.admits(1));
+        assert!(!w.admits(2) && !w.admits(u32::MAX - 1));
+    }
+
+    #[test]
+    fn immediate_allowance_is_bounded_per_kind() {
+        let w = Window::new(1, 8);
+        let held: Vec<CmdSlot> = (0..IMMEDIATE_ALLOWANCE)
+            .map(|_| {
+                w.try_immediate(Immediate::Other)
+                    .expect("within the allowance")
+            })
+            .collect();
+        assert!(w.try_immediate(Immediate::Other).is_none());
+        // Task management keeps its own allowance.
+        let tmf = w.try_immediate(Immediate::TaskManagement);
+        assert!(tmf.is_some());
+        // Immediate commands leave the CmdSN window alone.
+        assert_eq!(w.max_cmd_sn(), 8);
+        drop(held);
+        assert_eq!(w.immediate_outstanding(Immediate::Other), 0);
+        assert_eq!(w.max_cmd_sn(), 8);
+        assert!(w.try_immediate(Immediate::Other).is_some());
+    }
+
+    /// What a test expects of one arrival.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Want {
+        Deliver(Vec<u32>),
+        Held,
+        Duplicate,
+        Ignored,
+    }
+
+    fn outcome(a: Arrival<u32>) -> Want {
+        match a {
+            Arrival::Deliver(v) => Want::Deliver(v.into_iter().map(|(sn, _)| sn).collect()),
+            Arrival::Held => Want::Held,
+            Arrival::Duplicate => Want::Duplicate,
+            Arrival::Ignored { .. } => Want::Ignored,
+        }
+    }
+
+    #[test]
+    fn cmd_sn_ordering_table() {
+        use Want::*;
+        const M: u32 = u32::MAX;
+        // (case, ExpCmdSN at start, window depth, arrivals with what each gives,
+        // ExpCmdSN after). Delivered commands keep their slots, so the window only
+        // moves by ExpCmdSN.
+        #[allow(clippy::type_complexity)]
+        let cases: &[(&str, u32, u32, &[(u32, Want)], u32)] = &[
+            (
+                "in order",
+                10,
+                4,
+                &[(10, Deliver(vec![10])), (11, Deliver(vec![11]))],
+                12,
+            ),
+            (
+                "early ones held until the gap fills, then delivered in order",
+                10,
+                4,
+                &[(12, Held), (11, Held), (10, Deliver(vec![10, 11, 12]))],
+                13,
+            ),
+            (
+                "a gap stops the run",
+                10,
+                8,
+                &[(11, Held), (13, Held), (10, Deliver(vec![10, 11]))],
+                12,
+            ),
+            (
+                "duplicate of a held command",
+                10,
+                4,
+                &[(12, Held), (12, Duplicate)],
+                10,
+            ),
+            (
+                "duplicate of a delivered command is below ExpCmdSN",
+                10,
+                4,
+                &[(10, Deliver(vec![10])), (10, Ignored)],
+                11,
+            ),
+            ("beyond MaxCmdSN", 10, 2, &[(12, Ignored), (11, Held)], 10),
+            ("below ExpCmdSN", 10, 2, &[(9, Ignored)], 10),
+            (
+                "half the serial space away",
+                0,
+                4,
+                &[(0x8000_0000, Ignored)],
+                0,
+            ),
+            (
+                "every slot taken: even ExpCmdSN is refused",
+                10,
+                2,
+                &[
+                    (10, Deliver(vec![10])),
+                    (11, Deliver(vec![11])),
+                    (12, Ignored),
+                ],
+                12,
+            ),
+            (
+                "wraps at 2^32",
+                M - 1,
+                4,
+                &[
+                    (0, Held),
+                    (M, Held),
+                    (1, Held),
+                    (M - 1, Deliver(vec![M - 1, M, 0, 1])),
+                ],
+                2,
+            ),
+            (
+                "out of the window across the wrap",
+                M,
+                3,
+                &[(2, Ignored), (M - 1, Ignored)],
+                M,
+            ),
+        ];
+        for (case, exp, depth, arrivals, exp_after) in cases {
+            let w = Window::new(*exp, *depth);
+            let mut seq = Sequencer::new(w.clone());
+            let mut slots = Vec::new();
+            for (sn, want) in arrivals.iter() {
+                let a = seq.on_command(*sn, *sn);
+                if let Arrival::Deliver(v) = &a {
+                    assert!(v.iter().all(|(_, s)| s.immediate.is_none()), "{case}");
+                }
+                let got = match a {
+                    Arrival::Deliver(v) => {
+                        let sns = v.iter().map(|(sn, _)| *sn).collect();
+                        slots.extend(v.into_iter().map(|(_, s)| s));
+                        Deliver(sns)
+                    }
+                    other => outcome(other),
+                };
+                assert_eq!(&got, want, "{case}: CmdSN {sn}");
+            }
+            assert_eq!(w.exp_cmd_sn(), *exp_after, "{case}: ExpCmdSN after");
+        }
+    }
+
+    #[test]
+    fn completing_delivered_commands_opens_the_window() {
+        let w = Window::new(10, 1);
+        let mut seq = Sequencer::new(w.clone());
+        let Arrival::Deliver(mut first) = seq.on_command(10, 10) else {
+            panic!("10 is expected")
+        };
+        assert_eq!(outcome(seq.on_command(11, 11)), Want::Ignored);
+        first.clear();
+        assert_eq!(outcome(seq.on_command(11, 11)), Want::Deliver(vec![11]));
+    }
+
+    #[test]
+    fn immediate_allowance_table() {
+        // (kind taken IMMEDIATE_ALLOWANCE times already, kind asked, admitted)
+        let cases = [
+            (Immediate::Other, Immediate::Other, false),
+            (Immediate::Other, Immediate::TaskManagement, true),
+            (Immediate::TaskManagement, Immediate::TaskManagement, false),
+            (Immediate::TaskManagement, Immediate::Other, true),
+        ];
+        for (full, ask, admitted) in cases {
+            let w = Window::new(5, 4);
+            let seq: Sequencer<u32> = Sequencer::new(w.clone());
+            let held: Vec<_> = (0..IMMEDIATE_ALLOWANCE)
+                .map(|_| seq.on_immediate(full).expect("within the allowance"))
+                .collect();
+            assert_eq!(
+                seq.on_immediate(ask).is_some(),
+                admitted,
+                "{full:?} full, {ask:?}"
+            );
+            // Immediate commands neither take nor move CmdSN.
+            assert_eq!((w.exp_cmd_sn(), w.max_cmd_sn()), (5, 8));
+            drop(held);
+            assert!(seq.on_immediate(full).is_some());
+        }
+    }
+}
