@@ -793,9 +793,6 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         for action in actions {
             match action {
                 Action::SendR2t(r2t) => self.send(Outgoing::new(r2t.to_pdu(), Stat::Peek)).await,
-                // Only `on_data_out` rejects, and `data_out` answers those itself with
-                // the rejected header.
-                Action::Reject(reason) => debug!(?reason, "reject without a header dropped"),
                 Action::Incomplete { task, .. } => {
                     let reply = task.reply;
                     tokio::spawn(async move {
@@ -880,14 +877,12 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
 
     /// A Data-Out PDU (§11.7): the core routes it to its task by ITT and TTT.
     async fn data_out(&mut self, d: DataOut, bhs: Bhs) {
-        let actions = self
+        match self
             .collecting
-            .on_data_out(&d, Instant::now(), &mut self.tags);
-        for action in actions {
-            match action {
-                Action::Reject(reason) => self.reject(reason, bhs).await,
-                other => self.perform(vec![other]).await,
-            }
+            .on_data_out(&d, Instant::now(), &mut self.tags)
+        {
+            Ok(actions) => self.perform(actions).await,
+            Err(reason) => self.reject(reason, bhs).await,
         }
     }
 

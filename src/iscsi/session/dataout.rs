@@ -68,8 +68,6 @@ pub struct NewTransfer {
 pub enum Action<T> {
     /// Send this R2T (StatSN peeked, not taken).
     SendR2t(R2t),
-    /// Reject the Data-Out just handled with this reason.
-    Reject(RejectReason),
     /// Every byte is here: run the command with `data`.
     Run {
         itt: u32,
@@ -271,18 +269,18 @@ impl<T> Collector<T> {
         out
     }
 
-    /// A Data-Out PDU (§11.7): route it to its task by ITT and TTT.
+    /// A Data-Out PDU (§11.7): route it to its task by ITT and TTT. An error is the
+    /// reason to Reject the PDU with; the task, if any, goes on as before it.
     pub fn on_data_out(
         &mut self,
         d: &DataOut,
         now: Instant,
         tags: &mut TransferTags,
-    ) -> Vec<Action<T>> {
+    ) -> Result<Vec<Action<T>>, RejectReason> {
         let mut out = Vec::new();
         let Some(mut c) = self.tasks.remove(&d.itt) else {
             debug!(itt = d.itt, "Data-Out for an unknown task");
-            out.push(Action::Reject(RejectReason::InvalidPduField));
-            return out;
+            return Err(RejectReason::InvalidPduField);
         };
         let len = d.data.len() as u32;
         let end = d.buffer_offset as u64 + len as u64;
@@ -306,8 +304,7 @@ impl<T> Collector<T> {
                 "Data-Out out of bounds"
             );
             self.tasks.insert(d.itt, c);
-            out.push(Action::Reject(RejectReason::ProtocolError));
-            return out;
+            return Err(RejectReason::ProtocolError);
         }
         // §11.7.4: DataSN counts the PDUs of each sequence (each R2T, and the
         // unsolicited burst) from 0. At ErrorRecoveryLevel 0 a gap cannot be mended by
@@ -350,7 +347,7 @@ impl<T> Collector<T> {
             }
         }
         self.settle(d.itt, c, &mut out);
-        out
+        Ok(out)
     }
 
     /// End task `itt` (aborted): what was attached to it comes back.
@@ -496,7 +493,6 @@ mod tests {
                     assert_eq!((r.itt, r.lun), (ITT, 0x0001_0000_0000_0000));
                     Out::R2t(r.ttt, r.r2t_sn, r.buffer_offset, r.desired_len)
                 }
-                Action::Reject(r) => Out::Reject(r),
                 Action::Run {
                     itt, data, r2t_sn, ..
                 } => {
@@ -573,6 +569,7 @@ mod tests {
             "{}: first",
             c.name
         );
+        let mut rejected = Vec::new();
         for (i, (ev, want)) in c.events.into_iter().enumerate() {
             let got = match ev {
                 Fund => {
@@ -590,7 +587,13 @@ mod tests {
                         buffer_offset: offset,
                         data: payload(offset, len),
                     };
-                    col.on_data_out(&d, now, &mut tags)
+                    match col.on_data_out(&d, now, &mut tags) {
+                        Ok(actions) => actions,
+                        Err(reason) => {
+                            rejected.push(reason);
+                            vec![]
+                        }
+                    }
                 }
                 DataFor(itt) => {
                     let d = DataOut {
@@ -603,10 +606,18 @@ mod tests {
                         buffer_offset: 0,
                         data: payload(0, 512),
                     };
-                    col.on_data_out(&d, now, &mut tags)
+                    match col.on_data_out(&d, now, &mut tags) {
+                        Ok(actions) => actions,
+                        Err(reason) => {
+                            rejected.push(reason);
+                            vec![]
+                        }
+                    }
                 }
             };
-            assert_eq!(reduce(got), want, "{}: event {i}", c.name);
+            let mut got = reduce(got);
+            got.extend(rejected.drain(..).map(Out::Reject));
+            assert_eq!(got, want, "{}: event {i}", c.name);
         }
         assert_eq!(col.contains(ITT), c.open, "{}: still collecting", c.name);
     }
