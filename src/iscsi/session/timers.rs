@@ -113,14 +113,16 @@ mod tests {
         Ping(u32),
         PingUnanswered,
         /// Since when the task was stalled, in ms
-        DataOut(u64),
+        DataOverdue(u64),
     }
+
+    type Case = (&'static str, Vec<(Ev, Vec<Out>)>);
 
     #[test]
     fn timers_table() {
         use Out::*;
         const S: u64 = 1000;
-        let cases: Vec<(&str, Vec<(Ev, Vec<Out>)>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "quiet, then a ping when idle for PING_IDLE, once",
                 vec![
@@ -154,7 +156,7 @@ mod tests {
                     (Poll(19 * S, Some(0)), vec![]),
                     (Poll(20 * S - 1, Some(0)), vec![]),
                     (Receive(20 * S - 1), vec![]),
-                    (Poll(20 * S, Some(0)), vec![DataOut(0)]),
+                    (Poll(20 * S, Some(0)), vec![DataOverdue(0)]),
                 ],
             ),
             (
@@ -162,12 +164,12 @@ mod tests {
                 vec![
                     (Receive(21 * S), vec![]),
                     (Poll(21 * S, Some(2 * S)), vec![]),
-                    (Poll(22 * S, Some(2 * S)), vec![DataOut(2 * S)]),
+                    (Poll(22 * S, Some(2 * S)), vec![DataOverdue(2 * S)]),
                 ],
             ),
             (
                 "ping due and data overdue together: ping, then close",
-                vec![(Poll(20 * S, Some(0)), vec![Ping(1), DataOut(0)])],
+                vec![(Poll(20 * S, Some(0)), vec![Ping(1), DataOverdue(0)])],
             ),
             (
                 "an unanswered ping closes before the data deadline is looked at",
@@ -207,7 +209,7 @@ mod tests {
                                 TimerAction::Close(Timeout::PingUnanswered) => PingUnanswered,
                                 TimerAction::Close(Timeout::DataOut(s)) => {
                                     assert_eq!(s.itt, 9);
-                                    DataOut(s.since.duration_since(t0).as_millis() as u64)
+                                    DataOverdue(s.since.duration_since(t0).as_millis() as u64)
                                 }
                             })
                             .collect()
