@@ -5,10 +5,9 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -312,7 +311,7 @@ fn restart_keeps_state() {
 #[test]
 fn bad_lines_get_errors_and_the_connection_stays_usable() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = TestServer::start_at(&dir.path().join("data"), &[]);
+    let s = TestServer::start_at(&dir.path().join("data"), &[]);
     let mut stream = UnixStream::connect(&s.socket).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -656,7 +655,7 @@ fn other_users_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let socket = dir.path().join("admin.sock");
-    let mut s = TestServer::start_at(
+    let s = TestServer::start_at(
         &dir.path().join("data"),
         &["--admin-socket", socket.to_str().unwrap()],
     );

@@ -11,7 +11,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use common::{free_port, qemu_io_read_only, repo_root, run_ok, wait_until, TestServer};
 use serde_json::{json, Value};

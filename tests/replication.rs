@@ -68,7 +68,7 @@ fn pair() -> (TestServer, TestServer) {
 }
 
 fn show(s: &TestServer, set: &str) -> Value {
-    json(s, &["replication", "show", set])
+    s.ctl_json(&["replication", "show", set])
 }
 
 /// Waits until the set has run `cycles` cycles and is not running; panics on a
@@ -1193,7 +1193,7 @@ fn compressed_sets_replicate_byte_for_byte_and_put_fewer_bytes_on_the_wire() {
         "{answer}"
     );
     for side in [&p, &s] {
-        let sets = json(side, &["replication", "list"])["replications"].clone();
+        let sets = side.ctl_json(&["replication", "list"])["replications"].clone();
         let names: Vec<&str> = sets
             .as_array()
             .unwrap()

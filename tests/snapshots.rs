@@ -14,7 +14,7 @@ use common::dependent::{
     after_writes, dependent_writer_counted, generations, Control, Images, BLOCK, BLOCKS,
 };
 use common::raw::RawClient;
-use common::{qemu_io, qemu_io_read_only, run_ok, wait_until, TestServer, DEMO_IQN};
+use common::{qemu_io, qemu_io_read_only, wait_until, TestServer, DEMO_IQN};
 use twinlun::iscsi::pdu::Digests;
 
 const INITIATOR: &str = "iqn.2026-11.test:snapshots";
