@@ -178,7 +178,8 @@ fn volumes_targets_luns_acl_chap() {
         "invalid"
     );
     assert_eq!(
-        s.ctl_refused(&["volume", "create", "odd", "--size", "1000"]).1["code"],
+        s.ctl_refused(&["volume", "create", "odd", "--size", "1000"])
+            .1["code"],
         "invalid"
     );
     assert_eq!(
@@ -392,7 +393,10 @@ fn config_declares_objects_and_flags_win() {
     let g = s.ctl_json(&["group", "show", "app"]);
     assert_eq!(g["volumes"], serde_json::json!(["db", "scratch"]));
     assert_eq!(s.ctl_json(&["volume", "show", "db"])["page_size"], 64 << 10);
-    assert_eq!(s.ctl_json(&["volume", "show", "scratch"])["page_size"], 4096);
+    assert_eq!(
+        s.ctl_json(&["volume", "show", "scratch"])["page_size"],
+        4096
+    );
     assert_eq!(
         s.ctl_json(&["status"])["engine"],
         "threads",
@@ -526,7 +530,10 @@ fn groups_and_page_sizes() {
         s.ctl_refused(&["group", "remove", "g", "c"]).1["code"],
         "not_found"
     );
-    assert_eq!(s.ctl_refused(&["group", "show", "nope"]).1["code"], "not_found");
+    assert_eq!(
+        s.ctl_refused(&["group", "show", "nope"]).1["code"],
+        "not_found"
+    );
     assert_eq!(
         s.ctl_refused(&["group", "delete", "nope"]).1["code"],
         "not_found"
@@ -583,7 +590,10 @@ fn groups_and_page_sizes() {
     cat["groups"]["g"]["replication_set"] = "dr1".into();
     std::fs::write(&path, serde_json::to_vec_pretty(&cat).unwrap()).unwrap();
     let mut s = TestServer::start_at(&data, &[]);
-    assert_eq!(s.ctl_json(&["group", "show", "g"])["replication_set"], "dr1");
+    assert_eq!(
+        s.ctl_json(&["group", "show", "g"])["replication_set"],
+        "dr1"
+    );
     let before = std::fs::read(&path).unwrap();
     for args in [
         &["group", "add", "g", "b"][..],

@@ -39,10 +39,7 @@ fn a_volume_snapshot_reads_as_its_cut_through_a_real_initiator() {
     s.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
     s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     let live = s.url(DEMO_IQN, 1);
-    qemu_io(
-        &live,
-        &["write -P 0x11 0 4m", "write -P 0x12 10m 1m"],
-    );
+    qemu_io(&live, &["write -P 0x11 0 4m", "write -P 0x12 10m 1m"]);
     let dirty_before = s.ctl_json(&["volume", "show", "v"])["dirty_pages"]
         .as_u64()
         .unwrap();
@@ -187,12 +184,14 @@ fn group_snapshots_under_dependent_writes_are_consistent_cuts() {
         // for the run to make more than 4 passes' worth (checked below).
         let since = written.load(Ordering::Acquire);
         let n_writes = since + 4 * BLOCKS / 28 + 1;
-        wait_until(&format!("{n_writes} writes"), Duration::from_secs(30), || {
-            match written.load(Ordering::Acquire) {
+        wait_until(
+            &format!("{n_writes} writes"),
+            Duration::from_secs(30),
+            || match written.load(Ordering::Acquire) {
                 w if w >= n_writes => Ok(()),
                 w => Err(format!("{w} writes")),
-            }
-        });
+            },
+        );
     }
     stop.store(true, Ordering::Release);
     let writes = writer.join().expect("writer thread");

@@ -194,7 +194,10 @@ impl TestServer {
         // with the `qemu:` hint of the last target (main.rs `print_banner`).
         let mut targets: Option<usize> = None;
         loop {
-            let hints = lines.iter().filter(|l: &&String| l.starts_with("twinlun:   qemu: ")).count();
+            let hints = lines
+                .iter()
+                .filter(|l: &&String| l.starts_with("twinlun:   qemu: "))
+                .count();
             if targets == Some(hints) {
                 break;
             }
@@ -416,7 +419,11 @@ pub fn wait_until<T>(
 /// An explicit bounded observation: checks `invariant` (every 50 ms) for `period`,
 /// panicking at the first violation with what it saw. For "nothing more happens"
 /// claims no state can prove: it shows the claim held for `period`, no more.
-pub fn observe_for(what: &str, period: Duration, mut invariant: impl FnMut() -> Result<(), String>) {
+pub fn observe_for(
+    what: &str,
+    period: Duration,
+    mut invariant: impl FnMut() -> Result<(), String>,
+) {
     let end = Instant::now() + period;
     loop {
         if let Err(seen) = invariant() {
