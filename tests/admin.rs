@@ -1,219 +1,34 @@
-//! The real binary: `twinlun serve` on 127.0.0.1:0 in a temp data dir, driven by
-//! `twinlun ctl` subprocesses and by raw lines on the admin socket.
-//!
-//! These tests need the volume module (Engine::start, Volume::open_or_create) to be
-//! real: with its todo!() stub the server dies at start and every test here fails
-//! with a message saying so.
+//! The real binary: `twinlun serve` on 127.0.0.1:0 in a temp data dir (the shared
+//! `TestServer` harness), driven by `twinlun ctl` subprocesses and by raw lines on the
+//! admin socket.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
 mod common;
 use common::raw::RawClient;
+use common::{bin, ctl_at, TestServer};
 use twinlun::iscsi::pdu::{Digests, LoginResponse};
 
-const BIN: &str = env!("CARGO_BIN_EXE_twinlun");
 const T: &str = "iqn.2026-11.io.twinlun:test";
 const DEMO: &str = "iqn.2026-11.io.twinlun:demo";
-
-struct Served {
-    child: Option<Child>,
-    socket: PathBuf,
-    addrs: Vec<String>,
-    lines: Vec<String>,
-    stderr_path: PathBuf,
-}
-
-impl Served {
-    fn start(data: &Path, extra: &[&str]) -> Served {
-        Self::try_start(data, extra).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn try_start(data: &Path, extra: &[&str]) -> Result<Served, String> {
-        let stderr_path = data.with_extension(format!("stderr.{}", rand_suffix()));
-        let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn twinlun serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut lines = Vec::new();
-        let mut socket = None;
-        let mut addrs = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left.min(Duration::from_millis(200))) {
-                Ok(line) => {
-                    if let Some(a) = line.strip_prefix("twinlun: listening on ") {
-                        addrs.push(a.to_string());
-                    }
-                    if let Some(s) = line.strip_prefix("twinlun: admin socket ") {
-                        socket = Some(PathBuf::from(s));
-                    }
-                    lines.push(line);
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {}
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-                let hint = if err.contains("not yet implemented") {
-                    "\nNOTE: the volume module is still a todo!() stub: these tests pass once h/volume is merged.\n"
-                } else {
-                    ""
-                };
-                return Err(format!("twinlun serve exited early ({status}){hint}\nstdout: {lines:?}\nstderr:\n{err}"));
-            }
-            // The banner ends with the attach hints, printed right after the socket line.
-            if socket.is_some()
-                && (rx
-                    .recv_timeout(Duration::from_millis(300))
-                    .map(|l| lines.push(l))
-                    .is_err())
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return Err(format!(
-                    "no admin socket line within 60 s; stdout: {lines:?}"
-                ));
-            }
-        }
-        Ok(Served {
-            child: Some(child),
-            socket: socket.unwrap(),
-            addrs,
-            lines,
-            stderr_path,
-        })
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        ctl_at(&self.socket, args)
-    }
-
-    /// Runs ctl, asserts success, returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.ctl(args);
-        assert!(
-            out.status.success(),
-            "ctl {args:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Runs ctl with --json, asserts success, returns the parsed response.
-    fn json(&self, args: &[&str]) -> Value {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        serde_json::from_str(self.ok(&a).trim()).expect("--json prints one JSON object")
-    }
-
-    /// Runs ctl, asserts exit code 1 and an error on stderr; returns (stderr, JSON error).
-    fn refused(&self, args: &[&str]) -> (String, Value) {
-        let mut a = vec!["--json"];
-        a.extend_from_slice(args);
-        let out = self.ctl(&a);
-        let err = String::from_utf8_lossy(&out.stderr).to_string();
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "ctl {args:?} should be refused; stderr: {err}"
-        );
-        assert!(err.starts_with("twinlun ctl: "), "{err}");
-        let v: Value =
-            serde_json::from_slice(&out.stdout).expect("--json prints the error response");
-        assert_eq!(v["result"], "error");
-        (err, v)
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    fn stop(mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                return st;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("twinlun did not stop within 30 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_file(&self.stderr_path);
-    }
-}
-
-fn rand_suffix() -> u64 {
-    use std::time::SystemTime;
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        ^ u64::from(std::process::id())
-}
-
-fn ctl_at(socket: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("ctl")
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("spawn twinlun ctl")
-}
 
 #[test]
 fn banner_socket_and_status() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let s = Served::start(&data, &[]);
+    let mut s = TestServer::start_at(&data, &[]);
     assert_eq!(s.addrs.len(), 1);
     let port: u16 = s.addrs[0].rsplit(':').next().unwrap().parse().unwrap();
     assert_ne!(port, 0, "the banner shows the bound port");
     assert_eq!(s.socket, data.join("admin.sock"));
-    let banner = s.lines.join("\n");
+    let banner = s.banner.join("\n");
     assert!(
         banner.contains(&format!("iscsi://127.0.0.1:{port}/{DEMO}/0")),
         "{banner}"
@@ -235,29 +50,29 @@ fn banner_socket_and_status() {
         "catalog mode (it holds CHAP secrets)"
     );
 
-    let st = s.json(&["status"]);
+    let st = s.ctl_json(&["status"]);
     assert_eq!(st["result"], "status");
     assert_eq!(st["volumes"], 1);
     assert_eq!(st["targets"], 1);
     assert_eq!(st["listen"][0], s.addrs[0]);
-    let human = s.ok(&["status"]);
+    let human = s.ctl_ok(&["status"]);
     assert!(
         human.contains("volumes:") && human.contains(&s.addrs[0]),
         "{human}"
     );
 
     // The default data dir holds the demo volume, sparse.
-    let v = s.json(&["volume", "show", "demo"]);
+    let v = s.ctl_json(&["volume", "show", "demo"]);
     assert_eq!(v["size"], 1u64 << 30);
     assert_eq!(v["mappings"][0]["target"], DEMO);
 
     // A second server on the same data dir is refused.
-    let e = Served::try_start(&data, &[])
+    let e = TestServer::try_start_at(&data, &[])
         .err()
         .expect("second server must fail");
     assert!(e.contains("in use"), "{e}");
 
-    let st = s.stop();
+    let st = s.stop_status();
     assert!(st.success(), "clean exit on SIGTERM: {st}");
     assert!(
         !data.join("admin.sock").exists(),
@@ -269,9 +84,9 @@ fn banner_socket_and_status() {
 fn volumes_targets_luns_acl_chap() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let s = Served::start(&data, &[]);
+    let mut s = TestServer::start_at(&data, &[]);
 
-    let v = s.json(&[
+    let v = s.ctl_json(&[
         "volume",
         "create",
         "v1",
@@ -292,7 +107,7 @@ fn volumes_targets_luns_acl_chap() {
     let file = data.join(v["path"].as_str().unwrap());
     assert_eq!(std::fs::metadata(&file).unwrap().len(), 16 << 20);
 
-    let list = s.ok(&["volume", "list"]);
+    let list = s.ctl_ok(&["volume", "list"]);
     let header = list.lines().next().unwrap();
     assert!(
         header.starts_with("NAME") && header.contains("SIZE"),
@@ -304,14 +119,14 @@ fn volumes_targets_luns_acl_chap() {
         "{list}"
     );
     assert!(list.lines().any(|l| l.starts_with("demo ")), "{list}");
-    let vols = s.json(&["volume", "list"]);
+    let vols = s.ctl_json(&["volume", "list"]);
     assert_eq!(vols["volumes"].as_array().unwrap().len(), 2);
 
-    s.json(&["target", "create", T]);
-    s.json(&["lun", "map", T, "0", "v1"]);
-    s.json(&["lun", "map", T, "1", "demo", "--read-only"]);
-    s.json(&["acl", "add", T, "iqn.1994-05.com.redhat:client1"]);
-    s.json(&[
+    s.ctl_json(&["target", "create", T]);
+    s.ctl_json(&["lun", "map", T, "0", "v1"]);
+    s.ctl_json(&["lun", "map", T, "1", "demo", "--read-only"]);
+    s.ctl_json(&["acl", "add", T, "iqn.1994-05.com.redhat:client1"]);
+    s.ctl_json(&[
         "chap",
         "set",
         T,
@@ -325,13 +140,13 @@ fn volumes_targets_luns_acl_chap() {
         "dcba9876543210",
     ]);
 
-    let t = s.json(&["target", "show", T]);
+    let t = s.ctl_json(&["target", "show", T]);
     assert_eq!(t["luns"][1]["read_only"], true);
     assert_eq!(t["acl"][0], "iqn.1994-05.com.redhat:client1");
     assert_eq!(t["chap"]["user"], "alice");
-    let everything = s.ok(&["--json", "target", "list"])
-        + &s.ok(&["target", "list"])
-        + &s.ok(&["target", "show", T]);
+    let everything = s.ctl_ok(&["--json", "target", "list"])
+        + &s.ctl_ok(&["target", "list"])
+        + &s.ctl_ok(&["target", "show", T]);
     assert!(
         !everything.contains("0123456789abcd") && !everything.contains("dcba9876543210"),
         "secrets leaked: {everything}"
@@ -349,25 +164,26 @@ fn volumes_targets_luns_acl_chap() {
         names
     };
     let files_before = volume_files();
-    let (err, v) = s.refused(&["volume", "delete", "v1"]);
+    let (err, v) = s.ctl_refused(&["volume", "delete", "v1"]);
     assert_eq!(v["code"], "in_use");
     assert!(err.contains(T) && err.contains("LUN 0"), "{err}");
     assert!(file.exists());
     assert_eq!(
-        s.refused(&["volume", "create", "v1", "--size", "1M"]).1["code"],
+        s.ctl_refused(&["volume", "create", "v1", "--size", "1M"]).1["code"],
         "already_exists"
     );
     assert_eq!(
-        s.refused(&["volume", "create", "bad/name", "--size", "1M"])
+        s.ctl_refused(&["volume", "create", "bad/name", "--size", "1M"])
             .1["code"],
         "invalid"
     );
     assert_eq!(
-        s.refused(&["volume", "create", "odd", "--size", "1000"]).1["code"],
+        s.ctl_refused(&["volume", "create", "odd", "--size", "1000"])
+            .1["code"],
         "invalid"
     );
     assert_eq!(
-        s.refused(&[
+        s.ctl_refused(&[
             "volume",
             "create",
             "bs",
@@ -380,25 +196,25 @@ fn volumes_targets_luns_acl_chap() {
         "invalid"
     );
     assert_eq!(
-        s.refused(&["volume", "show", "nope"]).1["code"],
+        s.ctl_refused(&["volume", "show", "nope"]).1["code"],
         "not_found"
     );
     assert_eq!(
-        s.refused(&["target", "create", "not-an-iqn"]).1["code"],
+        s.ctl_refused(&["target", "create", "not-an-iqn"]).1["code"],
         "invalid"
     );
-    assert_eq!(s.refused(&["target", "delete", T]).1["code"], "in_use");
+    assert_eq!(s.ctl_refused(&["target", "delete", T]).1["code"], "in_use");
     assert_eq!(
-        s.refused(&["lun", "map", T, "0", "demo"]).1["code"],
+        s.ctl_refused(&["lun", "map", T, "0", "demo"]).1["code"],
         "already_exists"
     );
     assert_eq!(
-        s.refused(&["chap", "set", T, "--user", "u", "--secret", ""])
+        s.ctl_refused(&["chap", "set", T, "--user", "u", "--secret", ""])
             .1["code"],
         "invalid"
     );
     assert_eq!(
-        s.refused(&["acl", "remove", T, "iqn.2001-04.com.example:nobody"])
+        s.ctl_refused(&["acl", "remove", T, "iqn.2001-04.com.example:nobody"])
             .1["code"],
         "not_found"
     );
@@ -414,29 +230,29 @@ fn volumes_targets_luns_acl_chap() {
     assert_eq!(out.status.code(), Some(2));
 
     // Unwind.
-    s.ok(&["chap", "clear", T]);
-    s.ok(&["acl", "remove", T, "iqn.1994-05.com.redhat:client1"]);
-    s.ok(&["lun", "unmap", T, "0"]);
-    s.ok(&["lun", "unmap", T, "1"]);
-    s.ok(&["volume", "delete", "v1"]);
+    s.ctl_ok(&["chap", "clear", T]);
+    s.ctl_ok(&["acl", "remove", T, "iqn.1994-05.com.redhat:client1"]);
+    s.ctl_ok(&["lun", "unmap", T, "0"]);
+    s.ctl_ok(&["lun", "unmap", T, "1"]);
+    s.ctl_ok(&["volume", "delete", "v1"]);
     assert!(!file.exists(), "volume delete removes the file");
-    s.ok(&["target", "delete", T]);
-    let sessions = s.json(&["session", "list"]);
+    s.ctl_ok(&["target", "delete", T]);
+    let sessions = s.ctl_json(&["session", "list"]);
     assert_eq!(sessions["sessions"], serde_json::json!([]));
-    assert!(s.stop().success());
+    assert!(s.stop_status().success());
 }
 
 #[test]
 fn restart_keeps_state() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let s = Served::start(&data, &[]);
-    let id = s.json(&["volume", "create", "keep", "--size", "8M"])["id"].clone();
-    s.json(&["target", "create", T]);
-    s.json(&["lun", "map", T, "3", "keep"]);
-    s.json(&["acl", "add", T, "iqn.1994-05.com.redhat:client1"]);
+    let mut s = TestServer::start_at(&data, &[]);
+    let id = s.ctl_json(&["volume", "create", "keep", "--size", "8M"])["id"].clone();
+    s.ctl_json(&["target", "create", T]);
+    s.ctl_json(&["lun", "map", T, "3", "keep"]);
+    s.ctl_json(&["acl", "add", T, "iqn.1994-05.com.redhat:client1"]);
     // Secrets can come from stdin, out of sight of `ps`.
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(bin())
         .args([
             "ctl",
             "--socket",
@@ -476,27 +292,27 @@ fn restart_keeps_state() {
         serde_json::from_slice(&std::fs::read(data.join("catalog.json")).unwrap()).unwrap();
     assert_eq!(saved["targets"][T]["chap"]["secret"], "0123456789ab");
     assert_eq!(saved["targets"][T]["chap"]["mutual_secret"], "ba9876543210");
-    assert!(s.stop().success());
+    assert!(s.stop_status().success());
 
-    let s = Served::start(&data, &[]);
-    let v = s.json(&["volume", "show", "keep"]);
+    let mut s = TestServer::start_at(&data, &[]);
+    let v = s.ctl_json(&["volume", "show", "keep"]);
     assert_eq!(v["id"], id, "volume ids are stable across restarts");
     assert_eq!(v["mappings"][0]["lun"], 3);
-    let t = s.json(&["target", "show", T]);
+    let t = s.ctl_json(&["target", "show", T]);
     assert_eq!(t["acl"][0], "iqn.1994-05.com.redhat:client1");
     assert_eq!(t["chap"]["user"], "bob");
     assert!(
-        s.lines.iter().any(|l| l.contains(&format!("/{T}/3"))),
+        s.banner.iter().any(|l| l.contains(&format!("/{T}/3"))),
         "{:?}",
-        s.lines
+        s.banner
     );
-    assert!(s.stop().success());
+    assert!(s.stop_status().success());
 }
 
 #[test]
 fn bad_lines_get_errors_and_the_connection_stays_usable() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Served::start(&dir.path().join("data"), &[]);
+    let s = TestServer::start_at(&dir.path().join("data"), &[]);
     let mut stream = UnixStream::connect(&s.socket).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(30)))
@@ -530,7 +346,7 @@ fn config_declares_objects_and_flags_win() {
     let data = dir.path().join("data");
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/twinlun.toml");
     let socket = dir.path().join("ctl.sock");
-    let s = Served::start(
+    let mut s = TestServer::start_at(
         &data,
         &[
             "--config",
@@ -544,7 +360,7 @@ fn config_declares_objects_and_flags_win() {
         s.addrs[0], "127.0.0.1:3260",
         "--listen wins over [server] listen"
     );
-    let targets = s.json(&["target", "list"]);
+    let targets = s.ctl_json(&["target", "list"]);
     let iqns: Vec<&str> = targets["targets"]
         .as_array()
         .unwrap()
@@ -560,9 +376,9 @@ fn config_declares_objects_and_flags_win() {
         "no demo target with a config"
     );
     // Admin-made objects survive a restart with the same config.
-    s.json(&["volume", "create", "extra", "--size", "1M"]);
-    assert!(s.stop().success());
-    let s = Served::start(
+    s.ctl_json(&["volume", "create", "extra", "--size", "1M"]);
+    assert!(s.stop_status().success());
+    let mut s = TestServer::start_at(
         &data,
         &[
             "--config",
@@ -573,22 +389,25 @@ fn config_declares_objects_and_flags_win() {
             "threads",
         ],
     );
-    s.json(&["volume", "show", "extra"]);
-    let g = s.json(&["group", "show", "app"]);
+    s.ctl_json(&["volume", "show", "extra"]);
+    let g = s.ctl_json(&["group", "show", "app"]);
     assert_eq!(g["volumes"], serde_json::json!(["db", "scratch"]));
-    assert_eq!(s.json(&["volume", "show", "db"])["page_size"], 64 << 10);
-    assert_eq!(s.json(&["volume", "show", "scratch"])["page_size"], 4096);
+    assert_eq!(s.ctl_json(&["volume", "show", "db"])["page_size"], 64 << 10);
     assert_eq!(
-        s.json(&["status"])["engine"],
+        s.ctl_json(&["volume", "show", "scratch"])["page_size"],
+        4096
+    );
+    assert_eq!(
+        s.ctl_json(&["status"])["engine"],
         "threads",
         "--engine wins over [server] engine"
     );
-    assert!(s.stop().success());
+    assert!(s.stop_status().success());
 
     // A bad config is an error naming file and key; the server does not start.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[[volume]]\nname = \"x\"\nsize = \"1G\"\nsise = 1\n").unwrap();
-    let e = Served::try_start(&data, &["--config", bad.to_str().unwrap()])
+    let e = TestServer::try_start_at(&data, &["--config", bad.to_str().unwrap()])
         .err()
         .unwrap();
     assert!(
@@ -601,9 +420,9 @@ fn config_declares_objects_and_flags_win() {
 fn groups_and_page_sizes() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let s = Served::start(&data, &[]);
+    let mut s = TestServer::start_at(&data, &[]);
 
-    let v = s.json(&[
+    let v = s.ctl_json(&[
         "volume",
         "create",
         "a",
@@ -614,14 +433,14 @@ fn groups_and_page_sizes() {
     ]);
     assert_eq!(v["page_size"], 64 << 10);
     assert_eq!(v["group"], Value::Null);
-    let v = s.json(&["volume", "create", "b", "--size", "4M"]);
+    let v = s.ctl_json(&["volume", "create", "b", "--size", "4M"]);
     assert_eq!(v["page_size"], 4096, "4 KiB by default");
-    s.json(&["volume", "create", "c", "--size", "4M", "--page-size", "1M"]);
-    let (err, v) = s.refused(&["volume", "create", "x", "--size", "4M", "--page-size", "2K"]);
+    s.ctl_json(&["volume", "create", "c", "--size", "4M", "--page-size", "1M"]);
+    let (err, v) = s.ctl_refused(&["volume", "create", "x", "--size", "4M", "--page-size", "2K"]);
     assert_eq!(v["code"], "invalid");
     assert!(err.contains("page size 2048"), "{err}");
     assert_eq!(
-        s.refused(&["volume", "create", "x", "--size", "4M", "--page-size", "2M"])
+        s.ctl_refused(&["volume", "create", "x", "--size", "4M", "--page-size", "2M"])
             .1["code"],
         "invalid"
     );
@@ -641,21 +460,21 @@ fn groups_and_page_sizes() {
     );
 
     // create, in the order given
-    let g = s.json(&["group", "create", "g", "b", "a"]);
+    let g = s.ctl_json(&["group", "create", "g", "b", "a"]);
     assert_eq!(g["result"], "group");
     assert_eq!(g["name"], "g");
     assert_eq!(g["volumes"], serde_json::json!(["b", "a"]));
     assert_eq!(g["size"], 12 << 20);
     assert_eq!(g["replication_set"], Value::Null);
-    assert_eq!(s.json(&["volume", "show", "a"])["group"], "g");
-    assert_eq!(s.json(&["status"])["groups"], 1);
+    assert_eq!(s.ctl_json(&["volume", "show", "a"])["group"], "g");
+    assert_eq!(s.ctl_json(&["status"])["groups"], 1);
 
-    let human = s.ok(&["volume", "show", "a"]);
+    let human = s.ctl_ok(&["volume", "show", "a"]);
     assert!(
         human.contains("page size:") && human.contains("64K") && human.contains("group:"),
         "{human}"
     );
-    let list = s.ok(&["volume", "list"]);
+    let list = s.ctl_ok(&["volume", "list"]);
     let header = list.lines().next().unwrap();
     assert!(
         header.contains("PAGE") && header.contains("GROUP"),
@@ -663,7 +482,7 @@ fn groups_and_page_sizes() {
     );
     let a_line = list.lines().find(|l| l.starts_with("a ")).unwrap();
     assert!(a_line.contains("64K") && a_line.contains(" g "), "{list}");
-    let glist = s.ok(&["group", "list"]);
+    let glist = s.ctl_ok(&["group", "list"]);
     assert!(glist.starts_with("GROUP"), "{glist}");
     assert!(
         glist
@@ -671,52 +490,55 @@ fn groups_and_page_sizes() {
             .any(|l| l.starts_with("g ") && l.ends_with("b a")),
         "{glist}"
     );
-    let gshow = s.ok(&["group", "show", "g"]);
+    let gshow = s.ctl_ok(&["group", "show", "g"]);
     assert!(gshow.contains("replication set:"), "{gshow}");
 
     // refusals: exit 1, a code, and nothing changed
     let before = std::fs::read(data.join("catalog.json")).unwrap();
-    let (err, v) = s.refused(&["group", "create", "h", "c", "a"]);
+    let (err, v) = s.ctl_refused(&["group", "create", "h", "c", "a"]);
     assert_eq!(v["code"], "in_use");
     assert!(err.contains("group 'g'"), "{err}");
     assert_eq!(
-        s.refused(&["group", "create", "g", "c"]).1["code"],
+        s.ctl_refused(&["group", "create", "g", "c"]).1["code"],
         "already_exists"
     );
     assert_eq!(
-        s.refused(&["group", "create", "h", "nope"]).1["code"],
+        s.ctl_refused(&["group", "create", "h", "nope"]).1["code"],
         "not_found"
     );
     assert_eq!(
-        s.refused(&["group", "create", "h", "c", "c"]).1["code"],
+        s.ctl_refused(&["group", "create", "h", "c", "c"]).1["code"],
         "invalid"
     );
     assert_eq!(
-        s.refused(&["group", "create", "h/1", "c"]).1["code"],
+        s.ctl_refused(&["group", "create", "h/1", "c"]).1["code"],
         "invalid"
     );
     assert_eq!(
-        s.refused(&["group", "add", "g", "a"]).1["code"],
+        s.ctl_refused(&["group", "add", "g", "a"]).1["code"],
         "already_exists"
     );
     assert_eq!(
-        s.refused(&["group", "add", "g", "nope"]).1["code"],
+        s.ctl_refused(&["group", "add", "g", "nope"]).1["code"],
         "not_found"
     );
     assert_eq!(
-        s.refused(&["group", "add", "nope", "c"]).1["code"],
+        s.ctl_refused(&["group", "add", "nope", "c"]).1["code"],
         "not_found"
     );
     assert_eq!(
-        s.refused(&["group", "remove", "g", "c"]).1["code"],
+        s.ctl_refused(&["group", "remove", "g", "c"]).1["code"],
         "not_found"
     );
-    assert_eq!(s.refused(&["group", "show", "nope"]).1["code"], "not_found");
     assert_eq!(
-        s.refused(&["group", "delete", "nope"]).1["code"],
+        s.ctl_refused(&["group", "show", "nope"]).1["code"],
         "not_found"
     );
-    let (err, v) = s.refused(&["volume", "delete", "a"]);
+    assert_eq!(
+        s.ctl_refused(&["group", "delete", "nope"]).1["code"],
+        "not_found"
+    );
+    let (err, v) = s.ctl_refused(&["volume", "delete", "a"]);
     assert_eq!(v["code"], "in_use");
     assert!(err.contains("group 'g'"), "{err}");
     assert_eq!(
@@ -728,19 +550,19 @@ fn groups_and_page_sizes() {
     assert_eq!(s.ctl(&["group", "create", "h"]).status.code(), Some(2));
 
     // add at the end, remove, and the last volume stays
-    let g = s.json(&["group", "add", "g", "c"]);
+    let g = s.ctl_json(&["group", "add", "g", "c"]);
     assert_eq!(g["volumes"], serde_json::json!(["b", "a", "c"]));
-    let g = s.json(&["group", "remove", "g", "b"]);
+    let g = s.ctl_json(&["group", "remove", "g", "b"]);
     assert_eq!(g["volumes"], serde_json::json!(["a", "c"]));
-    s.json(&["group", "create", "solo", "b"]);
-    let (err, v) = s.refused(&["group", "remove", "solo", "b"]);
+    s.ctl_json(&["group", "create", "solo", "b"]);
+    let (err, v) = s.ctl_refused(&["group", "remove", "solo", "b"]);
     assert_eq!(v["code"], "in_use");
     assert!(err.contains("group delete solo"), "{err}");
-    assert!(s.stop().success());
+    assert!(s.stop_status().success());
 
     // Restart: groups, their order and page sizes are kept.
-    let s = Served::start(&data, &[]);
-    let groups = s.json(&["group", "list"]);
+    let mut s = TestServer::start_at(&data, &[]);
+    let groups = s.ctl_json(&["group", "list"]);
     let names: Vec<&str> = groups["groups"]
         .as_array()
         .unwrap()
@@ -749,17 +571,17 @@ fn groups_and_page_sizes() {
         .collect();
     assert_eq!(names, ["g", "solo"]);
     assert_eq!(
-        s.json(&["group", "show", "g"])["volumes"],
+        s.ctl_json(&["group", "show", "g"])["volumes"],
         serde_json::json!(["a", "c"])
     );
-    assert_eq!(s.json(&["volume", "show", "a"])["page_size"], 64 << 10);
-    assert_eq!(s.json(&["volume", "show", "c"])["page_size"], 1 << 20);
+    assert_eq!(s.ctl_json(&["volume", "show", "a"])["page_size"], 64 << 10);
+    assert_eq!(s.ctl_json(&["volume", "show", "c"])["page_size"], 1 << 20);
 
-    let d = s.json(&["group", "delete", "solo"]);
+    let d = s.ctl_json(&["group", "delete", "solo"]);
     assert_eq!(d["result"], "done");
-    assert_eq!(s.json(&["volume", "show", "b"])["group"], Value::Null);
-    s.ok(&["volume", "delete", "b"]);
-    assert!(s.stop().success());
+    assert_eq!(s.ctl_json(&["volume", "show", "b"])["group"], Value::Null);
+    s.ctl_ok(&["volume", "delete", "b"]);
+    assert!(s.stop_status().success());
 
     // A group in a replication set (set by the replication work; edited in by hand here)
     // keeps its volumes.
@@ -767,15 +589,18 @@ fn groups_and_page_sizes() {
     let mut cat: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     cat["groups"]["g"]["replication_set"] = "dr1".into();
     std::fs::write(&path, serde_json::to_vec_pretty(&cat).unwrap()).unwrap();
-    let s = Served::start(&data, &[]);
-    assert_eq!(s.json(&["group", "show", "g"])["replication_set"], "dr1");
+    let mut s = TestServer::start_at(&data, &[]);
+    assert_eq!(
+        s.ctl_json(&["group", "show", "g"])["replication_set"],
+        "dr1"
+    );
     let before = std::fs::read(&path).unwrap();
     for args in [
         &["group", "add", "g", "b"][..],
         &["group", "remove", "g", "a"],
         &["group", "delete", "g"],
     ] {
-        let (err, v) = s.refused(args);
+        let (err, v) = s.ctl_refused(args);
         assert_eq!(v["code"], "in_use", "{args:?}");
         assert!(
             err.contains("group 'g' is in replication set 'dr1'"),
@@ -805,13 +630,13 @@ fn groups_and_page_sizes() {
         ask(r#"{"cmd":"group_add","name":"g"}"#)["code"],
         "bad_request"
     );
-    assert!(s.stop().success());
+    assert!(s.stop_status().success());
 
     // A hand edit that breaks the rules stops the start, naming the file.
     let mut cat: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     cat["groups"]["h"] = serde_json::json!({ "volumes": ["a"] });
     std::fs::write(&path, serde_json::to_vec_pretty(&cat).unwrap()).unwrap();
-    let e = Served::try_start(&data, &[]).err().unwrap();
+    let e = TestServer::try_start_at(&data, &[]).err().unwrap();
     assert!(
         e.contains("catalog.json: volume 'a' is in two groups, 'g' and 'h'"),
         "{e}"
@@ -840,12 +665,12 @@ fn other_users_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let socket = dir.path().join("admin.sock");
-    let s = Served::start(
+    let s = TestServer::start_at(
         &dir.path().join("data"),
         &["--admin-socket", socket.to_str().unwrap()],
     );
     let as_nobody = || {
-        Command::new(BIN)
+        Command::new(bin())
             .args(["ctl", "--socket", socket.to_str().unwrap(), "status"])
             .uid(65534)
             .gid(65534)
@@ -867,7 +692,7 @@ fn other_users_are_refused() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("only root or the server's user"), "{err}");
     // Root still gets in.
-    s.ok(&["status"]);
+    s.ctl_ok(&["status"]);
 }
 
 /// Sends the security-stage login PDU and returns the target's (class, detail).
@@ -886,29 +711,29 @@ fn first_login_status(addr: &str, initiator: &str, target: &str) -> (u8, u8) {
 fn admin_changes_reach_the_live_target() {
     const INI: &str = "iqn.1994-05.com.redhat:client1";
     let dir = tempfile::tempdir().unwrap();
-    let s = Served::start(&dir.path().join("data"), &[]);
+    let mut s = TestServer::start_at(&dir.path().join("data"), &[]);
     let addr = s.addrs[0].clone();
 
     // A logged-in session shows in `session list` and blocks `target delete`.
     let mut c = RawClient::connect(addr.parse().unwrap());
     c.login(INI, DEMO, Digests::default());
-    let sessions = s.json(&["session", "list"]);
+    let sessions = s.ctl_json(&["session", "list"]);
     let list = sessions["sessions"].as_array().unwrap();
     assert_eq!(list.len(), 1, "{sessions}");
     assert_eq!(list[0]["initiator"], INI);
     assert_eq!(list[0]["target"], DEMO);
-    assert_eq!(s.json(&["target", "show", DEMO])["sessions"], 1);
-    let human = s.ok(&["session", "list"]);
+    assert_eq!(s.ctl_json(&["target", "show", DEMO])["sessions"], 1);
+    let human = s.ctl_ok(&["session", "list"]);
     assert!(
         human.starts_with("TARGET") && human.contains(INI),
         "{human}"
     );
-    let (err, v) = s.refused(&["target", "delete", DEMO]);
+    let (err, v) = s.ctl_refused(&["target", "delete", DEMO]);
     assert_eq!(v["code"], "busy");
     assert!(err.contains(INI), "{err}");
 
     // An ACL added while serving applies to the next login.
-    s.json(&["acl", "add", DEMO, "iqn.2001-04.com.example:other"]);
+    s.ctl_json(&["acl", "add", DEMO, "iqn.2001-04.com.example:other"]);
     let (class, _) = first_login_status(&addr, INI, DEMO);
     assert_eq!(
         class, 2,
@@ -918,7 +743,7 @@ fn admin_changes_reach_the_live_target() {
         first_login_status(&addr, "iqn.2001-04.com.example:other", DEMO),
         (0, 0)
     );
-    s.json(&["acl", "remove", DEMO, "iqn.2001-04.com.example:other"]);
+    s.ctl_json(&["acl", "remove", DEMO, "iqn.2001-04.com.example:other"]);
     assert_eq!(
         first_login_status(&addr, INI, DEMO),
         (0, 0),
@@ -926,7 +751,7 @@ fn admin_changes_reach_the_live_target() {
     );
 
     // CHAP set while serving is required from the next login on.
-    s.json(&[
+    s.ctl_json(&[
         "chap",
         "set",
         DEMO,
@@ -937,17 +762,17 @@ fn admin_changes_reach_the_live_target() {
     ]);
     let (class, _) = first_login_status(&addr, INI, DEMO);
     assert_eq!(class, 2, "AuthMethod=None is refused once CHAP is set");
-    s.json(&["chap", "clear", DEMO]);
+    s.ctl_json(&["chap", "clear", DEMO]);
     assert_eq!(first_login_status(&addr, INI, DEMO), (0, 0));
 
     // A new target with a new volume is reachable without a restart.
-    s.json(&["volume", "create", "fresh", "--size", "4M"]);
-    s.json(&["target", "create", T]);
-    s.json(&["lun", "map", T, "0", "fresh"]);
+    s.ctl_json(&["volume", "create", "fresh", "--size", "4M"]);
+    s.ctl_json(&["target", "create", T]);
+    s.ctl_json(&["lun", "map", T, "0", "fresh"]);
     let mut c2 = RawClient::connect(addr.parse().unwrap());
     c2.login(INI, T, Digests::default());
     assert_eq!(
-        s.json(&["session", "list"])["sessions"]
+        s.ctl_json(&["session", "list"])["sessions"]
             .as_array()
             .unwrap()
             .len(),
@@ -955,5 +780,5 @@ fn admin_changes_reach_the_live_target() {
     );
     drop(c);
     drop(c2);
-    assert!(s.stop().success());
+    assert!(s.stop_status().success());
 }

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{run, run_ok, TestServer, DEMO_IQN};
+use std::io::Write;
+
+use common::{qemu_io, run, run_ok, wait_until, TestServer, DEMO_IQN};
 
 #[test]
 fn libiscsi_tools_see_the_demo_target() {
@@ -30,21 +32,6 @@ fn libiscsi_tools_see_the_demo_target() {
 
     let cap = run_ok("iscsi-readcapacity16", &[&s.url(DEMO_IQN, 0)]);
     assert!(cap.contains("1073741824"), "capacity is not 1 GiB:\n{cap}");
-}
-
-fn qemu_io(url: &str, cmds: &[&str]) -> String {
-    let mut args = vec!["-f", "raw"];
-    for c in cmds {
-        args.push("-c");
-        args.push(c);
-    }
-    args.push(url);
-    let out = run_ok("qemu-io", &args);
-    assert!(
-        !out.contains("Pattern verification failed") && !out.contains("failed"),
-        "qemu-io reported a failure:\n{out}"
-    );
-    out
 }
 
 #[test]
@@ -128,39 +115,33 @@ fn header_digest_through_qemu() {
         s.addr, DEMO_IQN
     );
     common::require_tool("qemu-io");
-    let child = std::process::Command::new("qemu-io")
-        .args([
-            "--image-opts",
-            "-c",
-            "write -P 0x77 0 256k",
-            "-c",
-            "sleep 3000",
-        ])
-        .args(["-c", "read -P 0x77 0 256k", &opts])
+    // qemu-io reads its commands from stdin here: the session stays logged in between
+    // the write and the read, for as long as the probe takes.
+    let mut child = std::process::Command::new("qemu-io")
+        .args(["--image-opts", &opts])
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start qemu-io");
-    let probe = std::thread::spawn({
-        let socket = s.socket.clone();
-        move || {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            loop {
-                let o = std::process::Command::new(common::bin())
-                    .args(["ctl", "--json", "--socket"])
-                    .arg(&socket)
-                    .args(["session", "list"])
-                    .output()
-                    .unwrap();
-                let text = String::from_utf8_lossy(&o.stdout).into_owned();
-                if text.contains("HeaderDigest") || std::time::Instant::now() > deadline {
-                    return text;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut commands = child.stdin.take().expect("qemu-io stdin");
+    writeln!(commands, "write -P 0x77 0 256k").expect("send to qemu-io");
+    let sessions = wait_until(
+        "a session that negotiated HeaderDigest",
+        std::time::Duration::from_secs(10),
+        || {
+            let o = s.ctl(&["--json", "session", "list"]);
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            if text.contains("HeaderDigest") {
+                Ok(text)
+            } else {
+                Err(text)
             }
-        }
-    });
+        },
+    );
+    writeln!(commands, "read -P 0x77 0 256k").expect("send to qemu-io");
+    writeln!(commands, "quit").expect("send to qemu-io");
+    drop(commands);
     let out = child.wait_with_output().expect("run qemu-io");
-    let sessions = probe.join().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && !text.contains("failed"),

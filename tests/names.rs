@@ -11,9 +11,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use common::{free_port, repo_root, run_ok, TestServer};
+use common::{free_port, qemu_io_read_only, repo_root, run_ok, wait_until, TestServer};
 use serde_json::{json, Value};
 use twinlun::catalog::PeerSpec;
 use twinlun::replication::peer::PeerConn;
@@ -256,16 +255,10 @@ fn bad_names_are_refused_everywhere_and_change_nothing() {
         ] {
             let cfg = dir.path().join("c.toml");
             std::fs::write(&cfg, &text).unwrap();
-            let o = Command::new(common::bin())
-                .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-                .arg(&cfg)
-                .arg("--data-dir")
-                .arg(&p.data_dir)
-                .stdin(Stdio::null())
-                .output()
-                .unwrap();
-            let err = String::from_utf8_lossy(&o.stderr);
-            assert!(!o.status.success(), "started with {text}");
+            let err = match TestServer::try_start_at(&p.data_dir, &["--config", cfg.to_str().unwrap()]) {
+                Ok(_) => panic!("started with {text}"),
+                Err(e) => e,
+            };
             assert!(err.contains(key) && err.contains("c.toml"), "{key}: {err}");
         }
     }
@@ -278,20 +271,9 @@ fn bad_names_are_refused_everywhere_and_change_nothing() {
 
 /// A qemu-io read through the server's iSCSI portal must find `pattern` there.
 fn read_pattern(s: &TestServer, iqn: &str, lun: u64, pattern: u8, off: &str, len: &str) {
-    let out = run_ok(
-        "qemu-io",
-        &[
-            "-r",
-            "-f",
-            "raw",
-            "-c",
-            &format!("read -P {pattern:#x} {off} {len}"),
-            &s.url(iqn, lun),
-        ],
-    );
-    assert!(
-        !out.contains("Pattern verification failed") && !out.contains("failed"),
-        "{out}"
+    qemu_io_read_only(
+        &s.url(iqn, lun),
+        &[format!("read -P {pattern:#x} {off} {len}")],
     );
 }
 
@@ -379,20 +361,16 @@ fn an_old_data_dir_is_served_with_its_data() {
     let before =
         serde_json::from_str::<Value>(&p.ctl_ok(&["--json", "replication", "show", "rs"])).unwrap();
     p.ctl_ok(&["replicate", "rs"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let after = loop {
+    let after = wait_until("a cycle of rs", std::time::Duration::from_secs(60), || {
         let v: Value =
             serde_json::from_str(&p.ctl_ok(&["--json", "replication", "show", "rs"])).unwrap();
         assert!(v["error"].is_null(), "{v}");
         if v["cycles"].as_u64() > before["cycles"].as_u64() && v["status"] == "ready" {
-            break v;
+            Ok(v)
+        } else {
+            Err(v.to_string())
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no cycle within 60 s: {v}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    });
     assert_eq!(after["last_cycle"]["full"], false, "{after}");
     for v in ["a", "b"] {
         assert!(

@@ -5,35 +5,38 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::dependent::{after_writes, dependent_writer, generations, BLOCK, BLOCKS};
+use common::dependent::{after_writes, dependent_writer_counted, generations, BLOCK, BLOCKS};
 use common::proxy::Proxy;
 use common::raw::RawClient;
-use common::{free_port, run, run_ok, TestServer, DEMO_IQN};
+use common::{free_port, observe_for, qemu_io, run, wait_until, Launch, TestServer, DEMO_IQN};
 use serde_json::Value;
 use twinlun::iscsi::pdu::Digests;
 
 const SECRET: &str = "replication-secret-1";
 const INITIATOR: &str = "iqn.2026-11.test:replication";
 
-fn json(s: &TestServer, args: &[&str]) -> Value {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    let out = s.ctl_ok(&full);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
-}
-
 /// A primary and a secondary that name each other with the same secret; the
 /// primary reaches the secondary at `via` when given (a proxy), else directly.
 fn pair_via(
     via: impl FnOnce(std::net::SocketAddr) -> std::net::SocketAddr,
 ) -> (TestServer, TestServer) {
+    pair_launched(TestServer::launch(), via)
+}
+
+/// `pair_via` with the primary started from `primary` (its environment, say).
+fn pair_launched(
+    primary: Launch,
+    via: impl FnOnce(std::net::SocketAddr) -> std::net::SocketAddr,
+) -> (TestServer, TestServer) {
     let primary_repl = format!("127.0.0.1:{}", free_port());
     let secondary_repl = format!("127.0.0.1:{}", free_port());
-    let p = TestServer::start_with(&["--replication-listen", &primary_repl]);
+    let p = primary
+        .args(&["--replication-listen", &primary_repl])
+        .start();
     let s = TestServer::start_with(&["--replication-listen", &secondary_repl]);
     let target = via(s.repl_addr.expect("secondary replication address"));
     p.ctl_ok(&[
@@ -65,26 +68,22 @@ fn pair() -> (TestServer, TestServer) {
 }
 
 fn show(s: &TestServer, set: &str) -> Value {
-    json(s, &["replication", "show", set])
+    s.ctl_json(&["replication", "show", set])
 }
 
 /// Waits until the set has run `cycles` cycles and is not running; panics on a
 /// timeout or when the set reports an error.
 fn wait_cycles(p: &TestServer, set: &str, cycles: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let what = format!("cycle {cycles} of {set}");
+    wait_until(&what, Duration::from_secs(120), || {
         let v = show(p, set);
         if v["cycles"].as_u64().unwrap() >= cycles && v["status"] != "replicating" {
             assert_eq!(v["status"], "ready", "{v}");
-            return v;
+            return Ok(v);
         }
         assert!(v["error"].is_null(), "cycle failed: {v}");
-        assert!(
-            Instant::now() < deadline,
-            "no cycle {cycles} within 120 s: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        Err(v.to_string())
+    })
 }
 
 /// `replicate` and wait for that cycle; returns its `last_cycle`.
@@ -92,21 +91,6 @@ fn replicate(p: &TestServer, set: &str) -> Value {
     let before = show(p, set)["cycles"].as_u64().unwrap();
     p.ctl_ok(&["replicate", set]);
     wait_cycles(p, set, before + 1)["last_cycle"].clone()
-}
-
-fn qemu_io(url: &str, cmds: &[String]) {
-    // qemu-io takes its commands as arguments: run them in batches.
-    for batch in cmds.chunks(200) {
-        let mut args = vec!["-f".to_string(), "raw".to_string()];
-        for c in batch {
-            args.push("-c".into());
-            args.push(c.clone());
-        }
-        args.push(url.to_string());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = run_ok("qemu-io", &args);
-        assert!(!out.contains("failed"), "{out}");
-    }
 }
 
 /// Byte-for-byte comparison of two LUNs through QEMU's iSCSI driver.
@@ -145,36 +129,30 @@ fn a_group_replicates_and_reads_equal_through_read_only_luns() {
     qemu_io(
         &pa,
         &[
-            "write -P 0x11 0 4m".into(),
-            "write -P 0x12 100m 1m".into(),
-            "write -P 0x13 255m 1m".into(),
+            "write -P 0x11 0 4m",
+            "write -P 0x12 100m 1m",
+            "write -P 0x13 255m 1m",
         ],
     );
-    qemu_io(
-        &pb,
-        &[
-            "write -P 0x21 1m 3m".into(),
-            "write -P 0x22 128m 512k".into(),
-        ],
-    );
+    qemu_io(&pb, &["write -P 0x21 1m 3m", "write -P 0x22 128m 512k"]);
 
-    let created = json(
-        &p,
-        &[
-            "replication",
-            "create",
-            "r1",
-            "--group",
-            "app",
-            "--peer",
-            "dr",
-        ],
-    );
+    let created = p.ctl_json(&[
+        "replication",
+        "create",
+        "r1",
+        "--group",
+        "app",
+        "--peer",
+        "dr",
+    ]);
     assert_eq!(created["status"], "unsynchronized", "{created}");
     // The secondary has the same volumes, as secondaries, in a group of the set.
-    let sv = json(&s, &["volume", "show", "a"]);
+    let sv = s.ctl_json(&["volume", "show", "a"]);
     assert_eq!(sv["size"], 256 << 20);
-    assert_eq!(json(&s, &["group", "show", "app"])["replication_set"], "r1");
+    assert_eq!(
+        s.ctl_json(&["group", "show", "app"])["replication_set"],
+        "r1"
+    );
     // Refusals while the group is in a set, on both sides.
     for side in [&p, &s] {
         let o = side.ctl(&["group", "remove", "app", "b"]);
@@ -204,18 +182,15 @@ fn a_group_replicates_and_reads_equal_through_read_only_luns() {
     compare(&pb, &sb);
 
     // An incremental cycle: overwrites, new data, zeros over data.
-    qemu_io(
-        &pa,
-        &["write -P 0x14 2m 64k".into(), "write -z 100m 1m".into()],
-    );
-    qemu_io(&pb, &["write -P 0x23 200m 8k".into()]);
+    qemu_io(&pa, &["write -P 0x14 2m 64k", "write -z 100m 1m"]);
+    qemu_io(&pb, &["write -P 0x23 200m 8k"]);
     let second = replicate(&p, "r1");
     assert_eq!(second["full"], false, "{second}");
     assert_eq!(second["data_bytes"], (64 + 8) << 10, "{second}");
     assert_eq!(second["zero_bytes"], 1 << 20, "{second}");
     compare(&pa, &sa);
     compare(&pb, &sb);
-    let points = json(&s, &["recovery-points", "r1"]);
+    let points = s.ctl_json(&["recovery-points", "r1"]);
     assert_eq!(points["points"].as_array().unwrap().len(), 2, "{points}");
     assert_eq!(show(&s, "r1")["last_cut_id"], show(&p, "r1")["last_cut_id"]);
 }
@@ -290,13 +265,16 @@ fn every_committed_cut_is_consistent_under_dependent_writes() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (_control, control_rx) = mpsc::channel();
+    let written = Arc::new(AtomicUsize::new(0));
     let writer = {
-        let (stop, addr) = (stop.clone(), p.addr);
-        std::thread::spawn(move || dependent_writer(addr, iqn, stop, control_rx))
+        let (stop, addr, written) = (stop.clone(), p.addr, written.clone());
+        std::thread::spawn(move || dependent_writer_counted(addr, iqn, stop, control_rx, written))
     };
     let mut seen = std::collections::BTreeSet::new();
     for cycle in 1..=8u64 {
-        std::thread::sleep(Duration::from_millis(40));
+        // The writer writes one block at a time: its second write acknowledged after
+        // the previous cycle ended was issued after that cut, so this cut differs.
+        wait_writes(&written, written.load(Ordering::Acquire) + 2);
         p.ctl_ok(&["replicate", "dep"]);
         wait_cycles(&p, "dep", cycle);
         // Between cycles the secondary holds exactly the last committed cut.
@@ -336,6 +314,32 @@ fn every_committed_cut_is_consistent_under_dependent_writes() {
     }
 }
 
+/// Watches `set` for 2 s (a bounded observation: no state can prove that nothing will
+/// start): it stays at `cycles` cycles and does not start replicating again.
+fn no_new_cycle(p: &TestServer, set: &str, cycles: u64) {
+    let what = format!("{set} staying at {cycles} cycles, not replicating");
+    observe_for(&what, Duration::from_secs(2), || {
+        let v = show(p, set);
+        if v["cycles"] == cycles && v["status"] != "replicating" {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    });
+}
+
+/// Waits until the writer's count of acknowledged writes reaches `n`.
+fn wait_writes(written: &AtomicUsize, n: usize) {
+    wait_until(
+        &format!("{n} writes"),
+        Duration::from_secs(30),
+        || match written.load(Ordering::Acquire) {
+            w if w >= n => Ok(()),
+            w => Err(format!("{w} writes")),
+        },
+    )
+}
+
 #[test]
 fn queue_policies_over_a_slow_link() {
     // The proxy carries the primary's cycles to the secondary at 4 MiB/s.
@@ -344,7 +348,7 @@ fn queue_policies_over_a_slow_link() {
         p.ctl_ok(&["volume", "create", v, "--size", "64M"]);
         p.ctl_ok(&["lun", "map", DEMO_IQN, if v == "d" { "1" } else { "2" }, v]);
         let url = p.url(DEMO_IQN, if v == "d" { 1 } else { 2 });
-        qemu_io(&url, &["write -P 0x5a 0 12m".into()]);
+        qemu_io(&url, &["write -P 0x5a 0 12m"]);
         let set = format!("set-{v}");
         p.ctl_ok(&[
             "replication",
@@ -371,7 +375,9 @@ fn queue_policies_over_a_slow_link() {
         assert!(err.contains("discard"), "{err}");
     }
     wait_cycles(&p, "set-d", 1);
-    std::thread::sleep(Duration::from_secs(2));
+    // Nothing is queued, so no other cycle can follow; watched for 2 s to be sure.
+    assert_eq!(show(&p, "set-d")["queued"], 0);
+    no_new_cycle(&p, "set-d", 1);
     assert_eq!(show(&p, "set-d")["cycles"], 1);
 
     // queue-latest: both are accepted and exactly one more cycle runs.
@@ -381,7 +387,9 @@ fn queue_policies_over_a_slow_link() {
     }
     assert_eq!(show(&p, "set-q")["queued"], 1);
     wait_cycles(&p, "set-q", 2);
-    std::thread::sleep(Duration::from_secs(2));
+    // The one queued request has run: nothing is left to start a third cycle.
+    assert_eq!(show(&p, "set-q")["queued"], 0);
+    no_new_cycle(&p, "set-q", 2);
     assert_eq!(show(&p, "set-q")["cycles"], 2);
 }
 
@@ -399,7 +407,7 @@ fn schedules_wrong_secrets_and_refusals() {
         "--secret",
         "not-the-right-one",
     ]);
-    let check = json(&p, &["peer", "check", "wrong"]);
+    let check = p.ctl_json(&["peer", "check", "wrong"]);
     assert_eq!(check["authenticated"], false, "{check}");
     assert!(
         check["error"]
@@ -408,7 +416,7 @@ fn schedules_wrong_secrets_and_refusals() {
             .contains("authentication failed"),
         "{check}"
     );
-    let good = json(&p, &["peer", "check", "dr"]);
+    let good = p.ctl_json(&["peer", "check", "dr"]);
     assert_eq!(good["authenticated"], true, "{good}");
     assert_eq!(good["protocol_version"], 1, "{good}");
     let o = p.ctl(&[
@@ -427,11 +435,11 @@ fn schedules_wrong_secrets_and_refusals() {
         "{o:?}"
     );
     assert_eq!(
-        json(&p, &["replication", "list"])["replications"],
+        p.ctl_json(&["replication", "list"])["replications"],
         serde_json::json!([])
     );
     assert_eq!(
-        json(&s, &["replication", "list"])["replications"],
+        s.ctl_json(&["replication", "list"])["replications"],
         serde_json::json!([])
     );
     assert!(
@@ -505,7 +513,7 @@ fn schedules_wrong_secrets_and_refusals() {
         "{o:?}"
     );
     assert_eq!(
-        json(&p, &["schedule", "list"])["schedules"],
+        p.ctl_json(&["schedule", "list"])["schedules"],
         serde_json::json!([])
     );
     let started = Instant::now();
@@ -533,7 +541,7 @@ fn schedules_wrong_secrets_and_refusals() {
         (2.9..8.0).contains(&secs),
         "3 scheduled cycles every 2 s took {secs:.1} s"
     );
-    let listed = json(&p, &["schedule", "list"]);
+    let listed = p.ctl_json(&["schedule", "list"]);
     assert_eq!(listed["schedules"].as_array().unwrap().len(), 2, "{listed}");
     let o = p.ctl(&["replication", "delete", "tasked"]);
     assert!(
@@ -549,7 +557,7 @@ fn schedules_wrong_secrets_and_refusals() {
     assert!(!p.ctl(&["volume", "delete", "v"]).status.success());
     p.ctl_ok(&["replication", "delete", "sched"]);
     assert_eq!(
-        json(&s, &["replication", "list"])["replications"],
+        s.ctl_json(&["replication", "list"])["replications"],
         serde_json::json!([])
     );
     s.ctl_ok(&["lun", "map", DEMO_IQN, "3", "v"]);
@@ -572,29 +580,27 @@ fn create_set_of_v(p: &TestServer, extra: &[&str]) {
 
 /// Waits until the running cycle of `set` has shipped at least `bytes`.
 fn wait_progress(p: &TestServer, set: &str, bytes: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    let what = format!("{set}'s running cycle to ship {bytes} bytes");
+    wait_until(&what, Duration::from_secs(60), || {
         let v = show(p, set);
         if v["progress"]["bytes_done"].as_u64().unwrap_or(0) >= bytes {
-            return;
+            return Ok(());
         }
-        assert!(Instant::now() < deadline, "no progress: {v}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        Err(v.to_string())
+    })
 }
 
 /// Waits (through failed attempts) until `set` has committed `cycles` cycles and is
 /// ready; returns its view.
 fn wait_converged(p: &TestServer, set: &str, cycles: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let what = format!("{set} to converge at {cycles} cycles, ready");
+    wait_until(&what, Duration::from_secs(120), || {
         let v = show(p, set);
         if v["cycles"] == cycles && v["status"] == "ready" {
-            return v;
+            return Ok(v);
         }
-        assert!(Instant::now() < deadline, "did not converge: {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        Err(v.to_string())
+    })
 }
 
 /// Status transitions a set reports, oldest first, without their times.
@@ -613,12 +619,12 @@ fn restart_deletes_recovery_points_and_reships_everything() {
     p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     let url = p.url(DEMO_IQN, 1);
-    qemu_io(&url, &["write -P 0x61 0 8m".into()]);
+    qemu_io(&url, &["write -P 0x61 0 8m"]);
     create_set_of_v(&p, &[]);
     replicate(&p, "r");
-    qemu_io(&url, &["write -P 0x62 1m 1m".into()]);
+    qemu_io(&url, &["write -P 0x62 1m 1m"]);
     replicate(&p, "r");
-    let before = json(&s, &["recovery-points", "r"]);
+    let before = s.ctl_json(&["recovery-points", "r"]);
     assert_eq!(before["points"].as_array().unwrap().len(), 2, "{before}");
 
     // Without --yes: refused, explaining what it would do; nothing changes.
@@ -629,7 +635,7 @@ fn restart_deletes_recovery_points_and_reships_everything() {
         err.contains("deletes every recovery point") && err.contains("--yes"),
         "{err}"
     );
-    assert_eq!(json(&s, &["recovery-points", "r"]), before);
+    assert_eq!(s.ctl_json(&["recovery-points", "r"]), before);
 
     let cycles = show(&p, "r")["cycles"].as_u64().unwrap();
     let generation = show(&p, "r")["generation"].as_u64().unwrap();
@@ -652,7 +658,7 @@ fn restart_deletes_recovery_points_and_reships_everything() {
         "{seen:?}"
     );
     // The old points are gone: only the new generation's cut.
-    let points = json(&s, &["recovery-points", "r"]);
+    let points = s.ctl_json(&["recovery-points", "r"]);
     let cuts: Vec<u64> = points["points"]
         .as_array()
         .unwrap()
@@ -682,7 +688,7 @@ fn promote_at_an_older_recovery_point_gives_that_cut_and_a_writable_volume() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("no committed cut"), "{err}");
     assert_eq!(
-        json(&s, &["replication", "list"])["replications"][0]["name"],
+        s.ctl_json(&["replication", "list"])["replications"][0]["name"],
         "r"
     );
     let mut images = Vec::new();
@@ -711,13 +717,13 @@ fn promote_at_an_older_recovery_point_gives_that_cut_and_a_writable_volume() {
     );
     // No longer a secondary: writable through a LUN.
     assert_eq!(
-        json(&s, &["replication", "list"])["replications"],
+        s.ctl_json(&["replication", "list"])["replications"],
         serde_json::json!([])
     );
     s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     qemu_io(
         &s.url(DEMO_IQN, 1),
-        &["write -P 0x7f 0 4k".into(), "read -P 0x7f 0 4k".into()],
+        &["write -P 0x7f 0 4k", "read -P 0x7f 0 4k"],
     );
 }
 
@@ -727,21 +733,29 @@ fn a_secondary_killed_while_applying_is_at_one_cut_and_converges() {
     p.ctl_ok(&["volume", "create", "v", "--size", "256M"]);
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     let url = p.url(DEMO_IQN, 1);
-    qemu_io(&url, &["write -P 0x41 0 64m".into()]);
+    qemu_io(&url, &["write -P 0x41 0 64m"]);
     create_set_of_v(&p, &[]);
     replicate(&p, "r");
     let first = std::fs::read(p.volume_file("v")).unwrap();
     // A big second cut; kill the secondary while it is being received or applied.
-    qemu_io(
-        &url,
-        &[
-            "write -P 0x42 0 64m".into(),
-            "write -P 0x43 100m 32m".into(),
-        ],
-    );
+    qemu_io(&url, &["write -P 0x42 0 64m", "write -P 0x43 100m 32m"]);
     let second = std::fs::read(p.volume_file("v")).unwrap();
     p.ctl_ok(&["replicate", "r"]);
-    std::thread::sleep(Duration::from_millis(150));
+    // Kill once a quarter of the cut has crossed (or the cycle is already over: the
+    // secondary is then at the second cut, which the check below also accepts).
+    wait_until(
+        "a quarter of the second cut shipped",
+        Duration::from_secs(60),
+        || {
+            let v = show(&p, "r");
+            let done = v["progress"]["bytes_done"].as_u64().unwrap_or(0);
+            if done >= 24 << 20 || v["cycles"].as_u64().unwrap() >= 2 {
+                Ok(())
+            } else {
+                Err(v.to_string())
+            }
+        },
+    );
     common::kill9(&mut s);
     s.restart();
     let got = std::fs::read(s.volume_file("v")).unwrap();
@@ -762,7 +776,7 @@ fn a_secondary_killed_during_the_first_cut_claims_no_cut_and_converges() {
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     qemu_io(
         &p.url(DEMO_IQN, 1),
-        &["write -P 0x51 0 24m".into(), "write -P 0x52 40m 8m".into()],
+        &["write -P 0x51 0 24m", "write -P 0x52 40m 8m"],
     );
     create_set_of_v(&p, &[]);
     p.ctl_ok(&["replicate", "r"]);
@@ -773,7 +787,7 @@ fn a_secondary_killed_during_the_first_cut_claims_no_cut_and_converges() {
     proxy.set_rate(0);
     s.restart();
     // Half a first cut is no cut: no recovery point, nothing to fail over to.
-    let points = json(&s, &["recovery-points", "r"]);
+    let points = s.ctl_json(&["recovery-points", "r"]);
     assert_eq!(points["points"].as_array().unwrap().len(), 0, "{points}");
     let done = wait_converged(&p, "r", 1);
     assert!(
@@ -783,7 +797,7 @@ fn a_secondary_killed_during_the_first_cut_claims_no_cut_and_converges() {
     assert!(
         std::fs::read(p.volume_file("v")).unwrap() == std::fs::read(s.volume_file("v")).unwrap()
     );
-    let points = json(&s, &["recovery-points", "r"]);
+    let points = s.ctl_json(&["recovery-points", "r"]);
     assert_eq!(points["points"].as_array().unwrap().len(), 1, "{points}");
 }
 
@@ -792,7 +806,7 @@ fn a_transfer_cut_off_midway_resumes_the_same_cut() {
     let (p, s, proxy) = pair_throttled(4 << 20);
     p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
-    qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x33 0 16m".into()]);
+    qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x33 0 16m"]);
     create_set_of_v(&p, &[]);
     p.ctl_ok(&["replicate", "r"]);
     // Cut the link once about half is across.
@@ -820,16 +834,22 @@ fn suspend_resume_abort_and_watch() {
     let (p, s, proxy) = pair_throttled(2 << 20);
     p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
-    qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x21 0 16m".into()]);
+    qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x21 0 16m"]);
     create_set_of_v(&p, &[]);
 
     // abort: the running cycle is abandoned; the secondary holds no cut.
     p.ctl_ok(&["replicate", "r"]);
-    std::thread::sleep(Duration::from_millis(500));
+    wait_progress(&p, "r", 1);
     let out = p.ctl_ok(&["abort", "r"]);
     assert!(out.contains("aborting"), "{out}");
-    std::thread::sleep(Duration::from_millis(500));
-    let v = show(&p, "r");
+    let v = wait_until("the aborted cycle to end", Duration::from_secs(30), || {
+        let v = show(&p, "r");
+        if v["status"] == "replicating" {
+            Err(v.to_string())
+        } else {
+            Ok(v)
+        }
+    });
     assert_eq!(
         (v["cycles"].as_u64(), v["error"].is_null()),
         (Some(0), true),
@@ -878,17 +898,18 @@ fn a_primary_killed_mid_cycle_resends_only_what_may_have_changed() {
     p.ctl_ok(&["volume", "create", "v", "--size", "256M"]);
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     let url = p.url(DEMO_IQN, 1);
-    qemu_io(&url, &["write -P 0x51 0 96m".into()]);
+    qemu_io(&url, &["write -P 0x51 0 96m"]);
     create_set_of_v(&p, &[]);
     replicate(&p, "r");
 
     // A second cut of 16 MiB over a slow link, with a writer going on in a region of
     // 8 MiB; the primary dies while the cut is in flight.
-    qemu_io(&url, &["write -P 0x52 16m 16m".into()]);
+    qemu_io(&url, &["write -P 0x52 16m 16m"]);
     proxy.set_rate(2 << 20);
     let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicUsize::new(0));
     let writer = {
-        let (stop, url) = (stop.clone(), url.clone());
+        let (stop, url, rounds) = (stop.clone(), url.clone(), rounds.clone());
         std::thread::spawn(move || {
             let mut round = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -917,13 +938,23 @@ fn a_primary_killed_mid_cycle_resends_only_what_may_have_changed() {
                         let _ = child.wait();
                         return;
                     }
+                    // Paces the wait for this batch; the stop flag decides.
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 round += 1;
+                rounds.store(round as usize, Ordering::Release);
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(300));
+    // The writer is under way (one batch of 64 pages done) before the cut is taken.
+    wait_until(
+        "the writer's first batch",
+        Duration::from_secs(60),
+        || match rounds.load(Ordering::Acquire) {
+            0 => Err("no batch done".into()),
+            _ => Ok(()),
+        },
+    );
     p.ctl_ok(&["replicate", "r"]);
     wait_progress(&p, "r", 2 << 20);
     common::kill9(&mut p);
@@ -955,22 +986,25 @@ fn a_clean_restart_with_a_failed_cycle_pending_loses_no_page() {
     p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     let url = p.url(DEMO_IQN, 1);
-    qemu_io(&url, &["write -P 0x61 0 8m".into()]);
+    qemu_io(&url, &["write -P 0x61 0 8m"]);
     create_set_of_v(&p, &[]);
     replicate(&p, "r");
     // A cycle that fails part way (the secondary goes away) keeps its cut for a retry;
     // the primary then shuts down cleanly with that cut still pending.
-    qemu_io(&url, &["write -P 0x62 1m 8m".into()]);
+    qemu_io(&url, &["write -P 0x62 1m 8m"]);
     proxy.set_rate(1 << 20);
     p.ctl_ok(&["replicate", "r"]);
     wait_progress(&p, "r", 1 << 20);
     s.stop();
     proxy.cut();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while show(&p, "r")["error"].is_null() {
-        assert!(Instant::now() < deadline, "the cycle did not fail");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until("the cycle to fail", Duration::from_secs(60), || {
+        let v = show(&p, "r");
+        if v["error"].is_null() {
+            Err(v.to_string())
+        } else {
+            Ok(())
+        }
+    });
     p.restart();
     proxy.set_rate(0);
     s.restart();
@@ -1035,20 +1069,17 @@ fn compressed_sets_replicate_byte_for_byte_and_put_fewer_bytes_on_the_wire() {
                 "write -P 0x5a 16m 4m".into(),
             ],
         );
-        let created = json(
-            &p,
-            &[
-                "replication",
-                "create",
-                &set,
-                "--volume",
-                &v,
-                "--peer",
-                "dr",
-                "--compress",
-                how,
-            ],
-        );
+        let created = p.ctl_json(&[
+            "replication",
+            "create",
+            &set,
+            "--volume",
+            &v,
+            "--peer",
+            "dr",
+            "--compress",
+            how,
+        ]);
         assert_eq!(created["compress"], how, "{created}");
         let text_view = p.ctl_ok(&["replication", "show", &set]);
         assert!(
@@ -1099,7 +1130,7 @@ fn compressed_sets_replicate_byte_for_byte_and_put_fewer_bytes_on_the_wire() {
         );
     }
     // The peer says which codecs it decodes.
-    let check = json(&p, &["peer", "check", "dr"]);
+    let check = p.ctl_json(&["peer", "check", "dr"]);
     assert_eq!(
         check["compress"],
         serde_json::json!(["zstd", "lz4"]),
@@ -1150,7 +1181,7 @@ fn compressed_sets_replicate_byte_for_byte_and_put_fewer_bytes_on_the_wire() {
         "{answer}"
     );
     for side in [&p, &s] {
-        let sets = json(side, &["replication", "list"])["replications"].clone();
+        let sets = side.ctl_json(&["replication", "list"])["replications"].clone();
         let names: Vec<&str> = sets
             .as_array()
             .unwrap()
@@ -1220,10 +1251,10 @@ fn a_primary_dead_between_the_peers_commit_and_its_record_converges() {
     p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     let url = p.url(DEMO_IQN, 1);
-    qemu_io(&url, &["write -P 0x71 0 8m".into()]);
+    qemu_io(&url, &["write -P 0x71 0 8m"]);
     create_set_of_v(&p, &[]);
     replicate(&p, "r");
-    qemu_io(&url, &["write -P 0x72 2m 4m".into()]);
+    qemu_io(&url, &["write -P 0x72 2m 4m"]);
     // The peer commits the second cut; the primary dies before recording it.
     p.env = vec![(
         "TWINLUN_TEST_CRASH_BEFORE_RECORDING_COMMIT".into(),
@@ -1232,23 +1263,23 @@ fn a_primary_dead_between_the_peers_commit_and_its_record_converges() {
     p.restart();
     p.ctl_ok(&["replicate", "r"]);
     let mut child = p.child.take().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the primary did not abort (the fault hook is only in builds with --features \
-             fault-injection, which scripts/test.sh uses)"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let points = json(&s, &["recovery-points", "r"]);
+    wait_until(
+        "the primary to abort (the fault hook is only in builds with --features \
+         fault-injection, which scripts/test.sh uses)",
+        Duration::from_secs(60),
+        || match child.try_wait().unwrap() {
+            Some(_) => Ok(()),
+            None => Err("still running".into()),
+        },
+    );
+    let points = s.ctl_json(&["recovery-points", "r"]);
     assert_eq!(
         points["points"][0]["cut_id"], 2,
         "the peer did not commit: {points}"
     );
     p.env.clear();
     p.restart();
-    qemu_io(&url, &["write -P 0x73 5m 1m".into()]);
+    qemu_io(&url, &["write -P 0x73 5m 1m"]);
     // The primary computes from the first cut; the peer goes back to it and takes the
     // new cut, which resends everything since.
     let last = replicate(&p, "r");
@@ -1285,22 +1316,13 @@ fn admin_queries_answer_within_100_ms_while_cuts_are_received() {
     let (p, s, _proxy) = pair_throttled(4 << 20);
     p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
-    qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x21 0 12m".into()]);
+    qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x21 0 12m"]);
     create_set_of_v(&p, &[]);
-    let queries = [
-        serde_json::json!({"cmd": "status"}),
-        serde_json::json!({"cmd": "volume_list"}),
-        serde_json::json!({"cmd": "volume_show", "name": "v"}),
-        serde_json::json!({"cmd": "replication_list"}),
-        serde_json::json!({"cmd": "replication_show", "name": "r"}),
-        serde_json::json!({"cmd": "session_list"}),
-        serde_json::json!({"cmd": "peer_list"}),
-        serde_json::json!({"cmd": "snapshot_list"}),
-    ];
+    let queries = admin_queries();
     let secondary_only = serde_json::json!({"cmd": "recovery_points", "name": "r"});
     for cycle in 1..=2u64 {
         if cycle == 2 {
-            qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x22 16m 12m".into()]);
+            qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x22 16m 12m"]);
         }
         p.ctl_ok(&["replicate", "r"]);
         wait_progress(&p, "r", 1 << 20);
@@ -1329,6 +1351,133 @@ fn admin_queries_answer_within_100_ms_while_cuts_are_received() {
     assert!(
         std::fs::read(p.volume_file("v")).unwrap() == std::fs::read(s.volume_file("v")).unwrap()
     );
+}
+
+/// The admin queries the latency tests time, on both sides.
+fn admin_queries() -> [Value; 8] {
+    [
+        serde_json::json!({"cmd": "status"}),
+        serde_json::json!({"cmd": "volume_list"}),
+        serde_json::json!({"cmd": "volume_show", "name": "v"}),
+        serde_json::json!({"cmd": "replication_list"}),
+        serde_json::json!({"cmd": "replication_show", "name": "r"}),
+        serde_json::json!({"cmd": "session_list"}),
+        serde_json::json!({"cmd": "peer_list"}),
+        serde_json::json!({"cmd": "snapshot_list"}),
+    ]
+}
+
+/// Admin queries answer within 100 ms on a primary whose disk is slow: every volume
+/// read, write and flush there answers 150 ms late (the `fault-injection` hook
+/// `TWINLUN_TEST_SLOW_IO_MS`) while qemu-io writes and flushes to the volume and a
+/// cycle ships from it. Queries read published state; none waits on volume I/O.
+#[test]
+fn admin_queries_answer_within_100_ms_while_a_volume_disk_is_slow() {
+    const SLOW_MS: u64 = 150;
+    let slow = TestServer::launch().env(twinlun::volume::SLOW_IO_MS, &SLOW_MS.to_string());
+    let (p, s) = pair_launched(slow, |a| a);
+    wait_until(
+        "the primary to log that its disk is slow (the hook is only in builds with \
+         --features fault-injection, which scripts/test.sh uses)",
+        Duration::from_secs(10),
+        || {
+            let log = p.stderr();
+            if log.contains(&format!("{} is set", twinlun::volume::SLOW_IO_MS)) {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        },
+    );
+    p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
+    p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
+    let url = p.url(DEMO_IQN, 1);
+    // The disk is slow as seen from an initiator: a write then a flush take at least
+    // two delays.
+    let t0 = Instant::now();
+    qemu_io(&url, &["write -P 0x31 0 1m", "flush"]);
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(2 * SLOW_MS),
+        "a write and a flush took {took:?} on a disk slowed by {SLOW_MS} ms"
+    );
+    create_set_of_v(&p, &[]);
+    replicate(&p, "r");
+
+    // A writer: 4 KiB writes, each followed by a flush, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (stop, rounds, url) = (stop.clone(), rounds.clone(), url.clone());
+        std::thread::spawn(move || {
+            let mut round = 0;
+            while !stop.load(Ordering::Acquire) {
+                let cmds: Vec<String> = (0..8)
+                    .flat_map(|i| {
+                        let page = (round * 8 + i) % 256;
+                        [
+                            format!("write -P {} {} 4k", 1 + round % 200, page * 4096),
+                            "flush".to_string(),
+                        ]
+                    })
+                    .collect();
+                qemu_io(&url, &cmds);
+                round += 1;
+                rounds.store(round, Ordering::Release);
+            }
+        })
+    };
+    let queries = admin_queries();
+    let secondary_only = serde_json::json!({"cmd": "recovery_points", "name": "r"});
+    let (mut n, mut worst, mut slowest) = (0, Duration::ZERO, String::new());
+    let mut query_all = || {
+        let sides = [("primary", &p), ("secondary", &s)];
+        let asked = queries
+            .iter()
+            .flat_map(|q| sides.map(|side| (side, q)))
+            .chain([(sides[1], &secondary_only)]);
+        for ((side, server), q) in asked {
+            let took = timed_query(&server.socket, q);
+            if took > worst {
+                (worst, slowest) = (took, format!("{q} on the {side}"));
+            }
+            n += 1;
+        }
+    };
+    // Query through two rounds of the writer (16 slow writes and 16 slow flushes) ...
+    let start = rounds.load(Ordering::Acquire);
+    wait_until("two rounds of the writer", Duration::from_secs(120), || {
+        query_all();
+        match rounds.load(Ordering::Acquire) {
+            r if r >= start + 2 => Ok(()),
+            r => Err(format!("{} rounds", r - start)),
+        }
+    });
+    // ... and through a cycle that reads what it ships from the slow disk while the
+    // writer goes on.
+    p.ctl_ok(&["replicate", "r"]);
+    wait_until("cycle 2 of r", Duration::from_secs(120), || {
+        query_all();
+        let v = show(&p, "r");
+        assert!(v["error"].is_null(), "{v}");
+        if v["cycles"].as_u64().unwrap() >= 2 && v["status"] != "replicating" {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    });
+    stop.store(true, Ordering::Release);
+    writer.join().expect("writer thread");
+    println!(
+        "slow disk ({SLOW_MS} ms per I/O): {n} queries, the slowest ({slowest}) answered in \
+         {worst:?}"
+    );
+    assert!(n >= 50, "only {n} queries ran");
+    assert!(
+        worst < Duration::from_millis(100),
+        "{slowest} took {worst:?} while the disk was slow"
+    );
+    wait_converged(&p, "r", 2);
 }
 
 /// Guessing a peer secret is slowed per source address: each wrong proof is checked

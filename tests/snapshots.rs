@@ -5,43 +5,19 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::dependent::{
-    after_writes, dependent_writer, generations, Control, Images, BLOCK, BLOCKS,
+    after_writes, dependent_writer_counted, generations, Control, Images, BLOCK, BLOCKS,
 };
 use common::raw::RawClient;
-use common::{run_ok, TestServer, DEMO_IQN};
+use common::{qemu_io, qemu_io_read_only, wait_until, TestServer, DEMO_IQN};
 use twinlun::iscsi::pdu::Digests;
 
 const INITIATOR: &str = "iqn.2026-11.test:snapshots";
-
-fn json(s: &TestServer, args: &[&str]) -> serde_json::Value {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    let out = s.ctl_ok(&full);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
-}
-
-fn qemu_io(url: &str, read_only: bool, cmds: &[&str]) {
-    let mut args = vec!["-f", "raw"];
-    if read_only {
-        args.push("-r");
-    }
-    for c in cmds {
-        args.push("-c");
-        args.push(c);
-    }
-    args.push(url);
-    let out = run_ok("qemu-io", &args);
-    assert!(
-        !out.contains("failed") && !out.contains("Pattern verification"),
-        "qemu-io {cmds:?}: {out}"
-    );
-}
 
 /// Spill files a volume's snapshots keep in its tracking directory.
 fn spill_files(dir: &std::path::Path) -> Vec<String> {
@@ -63,23 +39,19 @@ fn a_volume_snapshot_reads_as_its_cut_through_a_real_initiator() {
     s.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
     s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     let live = s.url(DEMO_IQN, 1);
-    qemu_io(
-        &live,
-        false,
-        &["write -P 0x11 0 4m", "write -P 0x12 10m 1m"],
-    );
-    let dirty_before = json(&s, &["volume", "show", "v"])["dirty_pages"]
+    qemu_io(&live, &["write -P 0x11 0 4m", "write -P 0x12 10m 1m"]);
+    let dirty_before = s.ctl_json(&["volume", "show", "v"])["dirty_pages"]
         .as_u64()
         .unwrap();
     assert_eq!(dirty_before, 1024 + 256);
 
-    let snap = json(&s, &["snapshot", "create", "s1", "--volume", "v"]);
+    let snap = s.ctl_json(&["snapshot", "create", "s1", "--volume", "v"]);
     assert_eq!(snap["state"], "ok", "{snap}");
     assert_eq!(snap["pages_preserved"], 0);
     assert!(snap["group"].is_null());
     // An admin snapshot leaves the dirty pages to replication.
     assert_eq!(
-        json(&s, &["volume", "show", "v"])["dirty_pages"],
+        s.ctl_json(&["volume", "show", "v"])["dirty_pages"],
         dirty_before
     );
 
@@ -87,7 +59,6 @@ fn a_volume_snapshot_reads_as_its_cut_through_a_real_initiator() {
     // inside one page of the second pattern.
     qemu_io(
         &live,
-        false,
         &[
             "write -P 0x21 1m 2m",
             "write -P 0x22 30m 64k",
@@ -103,10 +74,9 @@ fn a_volume_snapshot_reads_as_its_cut_through_a_real_initiator() {
         "read -P 0 30m 64k",
         "read -P 0 4m 6m",
     ];
-    qemu_io(&snap_url, true, &at_cut);
-    qemu_io(
+    qemu_io_read_only(&snap_url, &at_cut);
+    qemu_io_read_only(
         &live,
-        true,
         &[
             "read -P 0x11 0 1m",
             "read -P 0x21 1m 2m",
@@ -116,7 +86,7 @@ fn a_volume_snapshot_reads_as_its_cut_through_a_real_initiator() {
         ],
     );
     // 512 pages under the 2 MiB, 16 under the 64 KiB, 1 under the 1 KiB: each once.
-    let shown = json(&s, &["snapshot", "show", "s1"]);
+    let shown = s.ctl_json(&["snapshot", "show", "s1"]);
     assert_eq!(shown["pages_preserved"], 529, "{shown}");
     assert_eq!(shown["bytes_used"], 529 * 4096, "{shown}");
     assert_eq!(shown["mappings"][0]["lun"], 2, "{shown}");
@@ -134,8 +104,8 @@ fn a_volume_snapshot_reads_as_its_cut_through_a_real_initiator() {
 
     // A clean restart keeps the snapshot, its content and its figures.
     s.restart();
-    qemu_io(&snap_url, true, &at_cut);
-    let shown = json(&s, &["snapshot", "show", "s1"]);
+    qemu_io_read_only(&snap_url, &at_cut);
+    let shown = s.ctl_json(&["snapshot", "show", "s1"]);
     assert_eq!(shown["state"], "ok", "{shown}");
     assert_eq!(shown["pages_preserved"], 529, "{shown}");
     assert_eq!(spill_files(&s.tracking_dir("v")).len(), 1);
@@ -148,7 +118,7 @@ fn a_volume_snapshot_reads_as_its_cut_through_a_real_initiator() {
     s.ctl_ok(&["lun", "unmap", DEMO_IQN, "2"]);
     s.ctl_ok(&["snapshot", "delete", "s1"]);
     assert_eq!(
-        json(&s, &["snapshot", "list"])["snapshots"],
+        s.ctl_json(&["snapshot", "list"])["snapshots"],
         serde_json::json!([])
     );
     assert!(
@@ -157,7 +127,7 @@ fn a_volume_snapshot_reads_as_its_cut_through_a_real_initiator() {
         spill_files(&s.tracking_dir("v"))
     );
     // The volume is untouched by it all.
-    qemu_io(&live, true, &["read -P 0x21 1m 2m", "read -P 0x22 30m 64k"]);
+    qemu_io_read_only(&live, &["read -P 0x21 1m 2m", "read -P 0x22 30m 64k"]);
 }
 
 // ---- group snapshots under dependent writes -------------------------------------------
@@ -179,10 +149,13 @@ fn group_snapshots_under_dependent_writes_are_consistent_cuts() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let (control, control_rx) = mpsc::channel();
+    let written = Arc::new(AtomicUsize::new(0));
     let writer = {
-        let stop = stop.clone();
+        let (stop, written) = (stop.clone(), written.clone());
         let addr = s.addr;
-        std::thread::spawn(move || dependent_writer(addr, GROUP_IQN, stop, control_rx))
+        std::thread::spawn(move || {
+            dependent_writer_counted(addr, GROUP_IQN, stop, control_rx, written)
+        })
     };
     let mut reader = RawClient::connect(s.addr);
     reader.login(INITIATOR, GROUP_IQN, Digests::default());
@@ -207,7 +180,18 @@ fn group_snapshots_under_dependent_writes_are_consistent_cuts() {
             s.ctl_ok(&["snapshot", "create", &name, "--group", "g"]);
             snaps.push((name, None));
         }
-        std::thread::sleep(Duration::from_millis(15));
+        // The writer moves on before the next snapshot: enough writes between any two
+        // for the run to make more than 4 passes' worth (checked below).
+        let since = written.load(Ordering::Acquire);
+        let n_writes = since + 4 * BLOCKS / 28 + 1;
+        wait_until(
+            &format!("{n_writes} writes"),
+            Duration::from_secs(30),
+            || match written.load(Ordering::Acquire) {
+                w if w >= n_writes => Ok(()),
+                w => Err(format!("{w} writes")),
+            },
+        );
     }
     stop.store(true, Ordering::Release);
     let writes = writer.join().expect("writer thread");
@@ -217,14 +201,14 @@ fn group_snapshots_under_dependent_writes_are_consistent_cuts() {
     );
 
     // Every cut is counted, with its pause (last, max).
-    let cuts = &json(&s, &["status"])["cuts"];
+    let cuts = &s.ctl_json(&["status"])["cuts"];
     assert_eq!(cuts["taken"], 28, "{cuts}");
     assert_eq!(cuts["failed"], 0, "{cuts}");
     assert!(cuts["last_pause_us"].as_u64().unwrap() <= cuts["max_pause_us"].as_u64().unwrap());
 
     let mut distinct = std::collections::BTreeSet::new();
     for (n, (name, captured)) in snaps.iter().enumerate() {
-        let shown = json(&s, &["snapshot", "show", name]);
+        let shown = s.ctl_json(&["snapshot", "show", name]);
         assert_eq!(shown["state"], "ok", "{shown}");
         assert_eq!(shown["group"], "g", "{shown}");
         let pause = shown["pause_us"].as_u64().unwrap();
@@ -298,7 +282,7 @@ fn group_snapshots_under_dependent_writes_are_consistent_cuts() {
         s.ctl_ok(&["snapshot", "delete", name]);
     }
     assert_eq!(
-        json(&s, &["snapshot", "list"])["snapshots"],
+        s.ctl_json(&["snapshot", "list"])["snapshots"],
         serde_json::json!([])
     );
     let (a, b) = (s.tracking_dir("a"), s.tracking_dir("b"));

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{run_ok, TestServer, DEMO_IQN};
+use common::{qemu_io, TestServer, DEMO_IQN};
 
 fn dirty_pages(s: &TestServer, name: &str) -> u64 {
     let out = s.ctl_ok(&["--json", "volume", "show", name]);
@@ -13,17 +13,6 @@ fn dirty_pages(s: &TestServer, name: &str) -> u64 {
     v["dirty_pages"]
         .as_u64()
         .unwrap_or_else(|| panic!("no dirty_pages in {out}"))
-}
-
-fn qemu_write(url: &str, cmds: &[&str]) {
-    let mut args = vec!["-f", "raw"];
-    for c in cmds {
-        args.push("-c");
-        args.push(c);
-    }
-    args.push(url);
-    let out = run_ok("qemu-io", &args);
-    assert!(!out.contains("failed"), "{out}");
 }
 
 #[test]
@@ -43,7 +32,7 @@ fn writes_mark_pages_and_restarts_keep_or_widen_them() {
     let url = s.url(DEMO_IQN, 1);
     // Page 0; pages 16 and 17 (128 KiB at 1 MiB); page 160; pages 318 and 319 (a write
     // across a page boundary); page 0 again.
-    qemu_write(
+    qemu_io(
         &url,
         &[
             "write -P 1 0 4k",
@@ -55,7 +44,7 @@ fn writes_mark_pages_and_restarts_keep_or_widen_them() {
     );
     assert_eq!(dirty_pages(&s, "t"), 6);
     // Reads mark nothing.
-    run_ok("qemu-io", &["-f", "raw", "-c", "read 0 4m", &url]);
+    qemu_io(&url, &["read 0 4m"]);
     assert_eq!(dirty_pages(&s, "t"), 6);
 
     // A clean restart keeps exactly the same pages.
@@ -69,7 +58,7 @@ fn writes_mark_pages_and_restarts_keep_or_widen_them() {
     // One more write, into 4 MiB extent 10 (pages 640 to 703), then a crash: the
     // activity log gives back the 6 pages carried over from the restart and the whole
     // extent written since.
-    qemu_write(&url, &["write -P 6 40m 4k"]);
+    qemu_io(&url, &["write -P 6 40m 4k"]);
     assert_eq!(dirty_pages(&s, "t"), 7);
     common::kill9(&mut s);
     s.restart();

@@ -27,7 +27,7 @@ mod tests;
 use std::fmt;
 use std::str::FromStr;
 
-pub use engine::{Engine, EngineConfig};
+pub use engine::{Engine, EngineConfig, SLOW_IO_MS};
 pub use volume::Volume;
 
 #[derive(Debug, thiserror::Error)]

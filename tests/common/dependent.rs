@@ -3,7 +3,7 @@
 //! state after exactly some number of writes.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
@@ -66,6 +66,18 @@ pub fn dependent_writer(
     stop: Arc<AtomicBool>,
     control: mpsc::Receiver<Control>,
 ) -> usize {
+    dependent_writer_counted(addr, iqn, stop, control, Arc::new(AtomicUsize::new(0)))
+}
+
+/// [`dependent_writer`] that also publishes its count of acknowledged writes in
+/// `written`, for a test to wait on.
+pub fn dependent_writer_counted(
+    addr: std::net::SocketAddr,
+    iqn: &str,
+    stop: Arc<AtomicBool>,
+    control: mpsc::Receiver<Control>,
+    written: Arc<AtomicUsize>,
+) -> usize {
     let mut c = RawClient::connect(addr);
     c.login("iqn.2026-11.test:writer", iqn, Digests::default());
     let mut writes = 0;
@@ -81,6 +93,7 @@ pub fn dependent_writer(
                 }
                 c.write10(u64::from(vol), i as u32, &block(vol, i, gen), BLOCK);
                 writes += 1;
+                written.store(writes, Ordering::Release);
             }
         }
     }

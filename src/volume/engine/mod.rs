@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -21,6 +22,12 @@ use super::{EngineKind, VolumeError};
 
 /// Requests queued towards an engine before `submit` waits (backpressure to the caller).
 const CHANNEL_DEPTH: usize = 1024;
+
+/// Set in the environment of a build with the `fault-injection` feature (the tests'),
+/// every read, write and flush answers this many milliseconds after the file did, as on
+/// a slow disk; volumes then skip their inline RWF_NOWAIT attempts, so every operation
+/// is delayed. Other builds do not look at it.
+pub const SLOW_IO_MS: &str = "TWINLUN_TEST_SLOW_IO_MS";
 
 #[cfg(test)]
 thread_local! {
@@ -66,6 +73,8 @@ struct Shared {
     write_lane: Option<Lane>,
     /// See `EngineConfig::inline_nowait`.
     inline_nowait: bool,
+    /// Added to every operation's completion ([`SLOW_IO_MS`]); `None` outside tests.
+    slow_completion: Option<Duration>,
 }
 
 struct Lane {
@@ -228,13 +237,15 @@ impl Engine {
         write_lane: Option<Lane>,
         inline_nowait: bool,
     ) -> Engine {
+        let slow_completion = slow_completion_for_test();
         Engine {
             shared: Arc::new(Shared {
                 name,
                 lanes,
                 next: AtomicUsize::new(0),
                 write_lane,
-                inline_nowait,
+                inline_nowait: inline_nowait && slow_completion.is_none(),
+                slow_completion,
             }),
         }
     }
@@ -293,6 +304,27 @@ impl Engine {
         if let Some(w) = &lane.waker {
             w.wake_if_sleeping();
         }
-        done.await.map_err(|_| VolumeError::EngineStopped)
+        let outcome = done.await.map_err(|_| VolumeError::EngineStopped);
+        if let Some(late) = self.shared.slow_completion {
+            tokio::time::sleep(late).await;
+        }
+        outcome
     }
+}
+
+/// The completion delay [`SLOW_IO_MS`] asks for, in a build with the `fault-injection`
+/// feature; logged once per engine, since it makes every operation slow.
+#[cfg(feature = "fault-injection")]
+fn slow_completion_for_test() -> Option<Duration> {
+    let ms: u64 = std::env::var(SLOW_IO_MS).ok()?.parse().ok()?;
+    tracing::warn!(
+        delay_ms = ms,
+        "{SLOW_IO_MS} is set: every volume read, write and flush answers late"
+    );
+    Some(Duration::from_millis(ms))
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn slow_completion_for_test() -> Option<Duration> {
+    None
 }
