@@ -567,7 +567,8 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 size,
                 block_size,
                 page_size,
-            }.into(),
+            }
+            .into(),
             VolumeCmd::List => Query::VolumeList.into(),
             VolumeCmd::Show { name } => Query::VolumeShow { name }.into(),
             VolumeCmd::Delete { name } => Change::VolumeDelete { name }.into(),
@@ -597,7 +598,8 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 lun,
                 volume,
                 read_only,
-            }.into(),
+            }
+            .into(),
             LunCmd::Unmap { iqn, lun } => Change::LunUnmap { iqn, lun }.into(),
         },
         CtlCommand::Acl(a) => match a {
@@ -620,7 +622,8 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                     Some(s) => Some(Secret(from_stdin_if_dash(s, "mutual secret")?)),
                     None => None,
                 },
-            }.into(),
+            }
+            .into(),
             ChapCmd::Clear { iqn } => Change::ChapClear { iqn }.into(),
         },
         CtlCommand::Session(SessionCmd::List) => Query::SessionList.into(),
@@ -629,7 +632,8 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 name,
                 addr,
                 secret: Secret(from_stdin_if_dash(secret, "secret")?),
-            }.into(),
+            }
+            .into(),
             PeerCmd::List => Query::PeerList.into(),
             PeerCmd::Check { name } => Query::PeerCheck { name }.into(),
             PeerCmd::Delete { name } => Change::PeerDelete { name }.into(),
@@ -665,7 +669,8 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 compress: Compression::parse(&compress).ok_or_else(|| {
                     format!("--compress must be zstd, lz4 or none, not '{compress}'")
                 })?,
-            }.into(),
+            }
+            .into(),
             ReplicationCmd::List => Query::ReplicationList.into(),
             ReplicationCmd::Show { name } => Query::ReplicationShow { name }.into(),
             ReplicationCmd::Delete { name } => Change::ReplicationDelete { name }.into(),
@@ -685,7 +690,8 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 set,
                 start,
                 every,
-            }.into(),
+            }
+            .into(),
             ScheduleCmd::List => Query::ScheduleList.into(),
             ScheduleCmd::Modify {
                 task,
@@ -697,7 +703,8 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 set,
                 start,
                 every,
-            }.into(),
+            }
+            .into(),
             ScheduleCmd::Delete { task } => Change::ScheduleDelete { task }.into(),
         },
         CtlCommand::Suspend { name } => Action::Suspend { name }.into(),
@@ -711,7 +718,8 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
             volume,
             group,
             recovery_point,
-        }.into(),
+        }
+        .into(),
         CtlCommand::Snapshot(s) => match s {
             SnapshotCmd::Create {
                 name,
@@ -721,7 +729,8 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 name,
                 volume,
                 group,
-            }.into(),
+            }
+            .into(),
             SnapshotCmd::List => Query::SnapshotList.into(),
             SnapshotCmd::Show { name } => Query::SnapshotShow { name }.into(),
             SnapshotCmd::Delete { name } => Change::SnapshotDelete { name }.into(),

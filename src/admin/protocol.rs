@@ -401,15 +401,14 @@ impl Kind {
             | "target_list" | "target_show" | "session_list" | "snapshot_list"
             | "snapshot_show" | "peer_list" | "peer_check" | "replication_list"
             | "replication_show" | "recovery_points" | "schedule_list" => Kind::Query,
-            "volume_create" | "volume_delete" | "group_create" | "group_add"
-            | "group_remove" | "group_delete" | "target_create" | "target_delete"
-            | "lun_map" | "lun_unmap" | "acl_add" | "acl_remove" | "chap_set"
-            | "chap_clear" | "snapshot_create" | "snapshot_delete" | "peer_create"
-            | "peer_delete" | "replication_create" | "replication_delete"
-            | "schedule_add" | "schedule_modify" | "schedule_delete" => Kind::Change,
-            "replicate" | "restart" | "suspend" | "resume" | "abort" | "promote" => {
-                Kind::Action
+            "volume_create" | "volume_delete" | "group_create" | "group_add" | "group_remove"
+            | "group_delete" | "target_create" | "target_delete" | "lun_map" | "lun_unmap"
+            | "acl_add" | "acl_remove" | "chap_set" | "chap_clear" | "snapshot_create"
+            | "snapshot_delete" | "peer_create" | "peer_delete" | "replication_create"
+            | "replication_delete" | "schedule_add" | "schedule_modify" | "schedule_delete" => {
+                Kind::Change
             }
+            "replicate" | "restart" | "suspend" | "resume" | "abort" | "promote" => Kind::Action,
             _ => return None,
         })
     }
@@ -918,8 +917,16 @@ mod tests {
         let err = serde_json::from_value::<T>(serde_json::json!({ "cmd": "" }))
             .unwrap_err()
             .to_string();
-        let listed = err.split_once("expected").expect("serde lists the variants").1;
-        listed.split('`').skip(1).step_by(2).map(str::to_string).collect()
+        let listed = err
+            .split_once("expected")
+            .expect("serde lists the variants")
+            .1;
+        listed
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
     }
 
     #[test]
@@ -969,7 +976,11 @@ mod tests {
         ];
         for (req, line) in cases {
             assert_eq!(serde_json::to_string(&req).unwrap(), line);
-            assert_eq!(serde_json::from_str::<Request>(line).unwrap(), req, "{line}");
+            assert_eq!(
+                serde_json::from_str::<Request>(line).unwrap(),
+                req,
+                "{line}"
+            );
         }
         assert!(Request::from(Change::ChapClear { iqn: "x".into() }).is_change());
         assert!(!Request::from(Query::Status).is_change());
@@ -978,17 +989,27 @@ mod tests {
 
     #[test]
     fn errors_name_the_command_and_the_key() {
-        let err = |v: serde_json::Value| serde_json::from_value::<Request>(v).unwrap_err().to_string();
+        let err = |v: serde_json::Value| {
+            serde_json::from_value::<Request>(v)
+                .unwrap_err()
+                .to_string()
+        };
         let m = err(serde_json::json!({"cmd": "frobnicate"}));
         assert!(
             m.contains("unknown variant `frobnicate`, expected one of `status`, `volume_create`"),
             "{m}"
         );
-        assert!(m.contains("`schedule_delete`"), "every command is listed: {m}");
+        assert!(
+            m.contains("`schedule_delete`"),
+            "every command is listed: {m}"
+        );
         let m = err(serde_json::json!({"cmd": "volume_show"}));
         assert_eq!(m, "missing field `name`");
         let m = err(serde_json::json!({"cmd": "volume_show", "name": "x", "extra": 1}));
-        assert!(m.starts_with("unknown field `extra`, expected `name`"), "{m}");
+        assert!(
+            m.starts_with("unknown field `extra`, expected `name`"),
+            "{m}"
+        );
         let m = err(serde_json::json!({"cmd": "restart", "name": "r", "yes": "please"}));
         assert!(m.contains("invalid type") && m.contains("please"), "{m}");
         let m = err(serde_json::json!({"cmd": "volume_create", "name": "x", "size": "12Q"}));

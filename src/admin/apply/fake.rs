@@ -33,8 +33,7 @@ impl Fake {
     pub(super) fn new() -> Fake {
         let dir = tempfile::tempdir().unwrap();
         let catalog = Catalog::embedded_default(42);
-        create_volume_file(&volume_file(dir.path(), &catalog.volumes["demo"]), 1 << 30)
-            .unwrap();
+        create_volume_file(&volume_file(dir.path(), &catalog.volumes["demo"]), 1 << 30).unwrap();
         store::save(dir.path(), &catalog).unwrap();
         Fake {
             dir,

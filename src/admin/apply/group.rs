@@ -3,8 +3,8 @@
 
 use super::super::protocol::{GroupView, Response};
 use super::{done, AdminError, Effect};
-use crate::catalog::{Catalog, GroupSpec};
 use crate::admin::validate;
+use crate::catalog::{Catalog, GroupSpec};
 
 pub(super) fn list(c: &Catalog) -> Response {
     Response::Groups {

@@ -68,7 +68,6 @@ pub use volume::{
     create_and_open_volume, create_volume_file, discard_volume, new_volume_spec, volume_file,
 };
 
-
 /// What `apply` needs from the running node. `Node` implements it; tests use a fake.
 pub trait Host: Sync {
     fn data_dir(&self) -> &Path;
@@ -250,8 +249,7 @@ fn execute<H: Host + ?Sized>(host: &H, req: Request) -> Result<Response, AdminEr
             let _serial = host.change_lock().lock();
             let mut new = host.catalog().read().clone();
             let sessions = host.sessions();
-            let (effect, response) =
-                change(&mut new, req, &sessions, &mut rand::random::<u64>)?;
+            let (effect, response) = change(&mut new, req, &sessions, &mut rand::random::<u64>)?;
             Ok(commit(host, new, effect)?.unwrap_or(response))
         }
     }

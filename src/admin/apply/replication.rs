@@ -231,7 +231,10 @@ mod tests {
         // The fake runs no replication: the host's refusal comes back with its code.
         let m = f.refuse(Action::Suspend { name: "r".into() }, ErrorCode::Invalid);
         assert!(m.contains("not a primary set running here"), "{m}");
-        let m = f.refuse(Query::RecoveryPoints { name: "r".into() }, ErrorCode::Invalid);
+        let m = f.refuse(
+            Query::RecoveryPoints { name: "r".into() },
+            ErrorCode::Invalid,
+        );
         assert!(m.contains("not a secondary set"), "{m}");
         let m = f.refuse(
             Action::Promote {

@@ -249,8 +249,8 @@ pub fn create_and_open_volume<H: Host + ?Sized>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::fake::*;
     use super::super::change;
+    use super::super::fake::*;
     use super::*;
     use crate::admin::protocol::{Change, ErrorCode, Query};
 
