@@ -12,7 +12,7 @@ use anyhow::{anyhow, Context};
 use clap::{Args, Parser, Subcommand};
 
 use twinlun::admin::client::Client;
-use twinlun::admin::protocol::{Request, Response, Secret};
+use twinlun::admin::protocol::{Action, Change, Query, Request, Response, Secret};
 use twinlun::admin::server::AdminSocket;
 use twinlun::admin::{startup, store, table, validate};
 use twinlun::catalog::{Catalog, Compression, QueuePolicy};
@@ -472,7 +472,7 @@ fn watch(socket: &Path, name: String, until_ready: bool) -> ExitCode {
             return ExitCode::from(3);
         }
     };
-    let req = Request::ReplicationShow { name };
+    let req = Request::from(Query::ReplicationShow { name });
     let mut last = String::new();
     loop {
         let view = match client.call(&req) {
@@ -555,36 +555,37 @@ fn from_stdin_if_dash(value: String, what: &str) -> Result<String, String> {
 
 fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
     Ok(match cmd {
-        CtlCommand::Status => Request::Status,
+        CtlCommand::Status => Query::Status.into(),
         CtlCommand::Volume(v) => match v {
             VolumeCmd::Create {
                 name,
                 size,
                 block_size,
                 page_size,
-            } => Request::VolumeCreate {
+            } => Change::VolumeCreate {
                 name,
                 size,
                 block_size,
                 page_size,
-            },
-            VolumeCmd::List => Request::VolumeList,
-            VolumeCmd::Show { name } => Request::VolumeShow { name },
-            VolumeCmd::Delete { name } => Request::VolumeDelete { name },
+            }
+            .into(),
+            VolumeCmd::List => Query::VolumeList.into(),
+            VolumeCmd::Show { name } => Query::VolumeShow { name }.into(),
+            VolumeCmd::Delete { name } => Change::VolumeDelete { name }.into(),
         },
         CtlCommand::Group(g) => match g {
-            GroupCmd::Create { name, volumes } => Request::GroupCreate { name, volumes },
-            GroupCmd::List => Request::GroupList,
-            GroupCmd::Show { name } => Request::GroupShow { name },
-            GroupCmd::Add { name, volume } => Request::GroupAdd { name, volume },
-            GroupCmd::Remove { name, volume } => Request::GroupRemove { name, volume },
-            GroupCmd::Delete { name } => Request::GroupDelete { name },
+            GroupCmd::Create { name, volumes } => Change::GroupCreate { name, volumes }.into(),
+            GroupCmd::List => Query::GroupList.into(),
+            GroupCmd::Show { name } => Query::GroupShow { name }.into(),
+            GroupCmd::Add { name, volume } => Change::GroupAdd { name, volume }.into(),
+            GroupCmd::Remove { name, volume } => Change::GroupRemove { name, volume }.into(),
+            GroupCmd::Delete { name } => Change::GroupDelete { name }.into(),
         },
         CtlCommand::Target(t) => match t {
-            TargetCmd::Create { iqn } => Request::TargetCreate { iqn },
-            TargetCmd::List => Request::TargetList,
-            TargetCmd::Show { iqn } => Request::TargetShow { iqn },
-            TargetCmd::Delete { iqn } => Request::TargetDelete { iqn },
+            TargetCmd::Create { iqn } => Change::TargetCreate { iqn }.into(),
+            TargetCmd::List => Query::TargetList.into(),
+            TargetCmd::Show { iqn } => Query::TargetShow { iqn }.into(),
+            TargetCmd::Delete { iqn } => Change::TargetDelete { iqn }.into(),
         },
         CtlCommand::Lun(l) => match l {
             LunCmd::Map {
@@ -592,17 +593,18 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 lun,
                 volume,
                 read_only,
-            } => Request::LunMap {
+            } => Change::LunMap {
                 iqn,
                 lun,
                 volume,
                 read_only,
-            },
-            LunCmd::Unmap { iqn, lun } => Request::LunUnmap { iqn, lun },
+            }
+            .into(),
+            LunCmd::Unmap { iqn, lun } => Change::LunUnmap { iqn, lun }.into(),
         },
         CtlCommand::Acl(a) => match a {
-            AclCmd::Add { iqn, initiator } => Request::AclAdd { iqn, initiator },
-            AclCmd::Remove { iqn, initiator } => Request::AclRemove { iqn, initiator },
+            AclCmd::Add { iqn, initiator } => Change::AclAdd { iqn, initiator }.into(),
+            AclCmd::Remove { iqn, initiator } => Change::AclRemove { iqn, initiator }.into(),
         },
         CtlCommand::Chap(c) => match c {
             ChapCmd::Set {
@@ -611,7 +613,7 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 secret,
                 mutual_user,
                 mutual_secret,
-            } => Request::ChapSet {
+            } => Change::ChapSet {
                 iqn,
                 user,
                 secret: Secret(from_stdin_if_dash(secret, "secret")?),
@@ -620,19 +622,21 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                     Some(s) => Some(Secret(from_stdin_if_dash(s, "mutual secret")?)),
                     None => None,
                 },
-            },
-            ChapCmd::Clear { iqn } => Request::ChapClear { iqn },
+            }
+            .into(),
+            ChapCmd::Clear { iqn } => Change::ChapClear { iqn }.into(),
         },
-        CtlCommand::Session(SessionCmd::List) => Request::SessionList,
+        CtlCommand::Session(SessionCmd::List) => Query::SessionList.into(),
         CtlCommand::Peer(p) => match p {
-            PeerCmd::Create { name, addr, secret } => Request::PeerCreate {
+            PeerCmd::Create { name, addr, secret } => Change::PeerCreate {
                 name,
                 addr,
                 secret: Secret(from_stdin_if_dash(secret, "secret")?),
-            },
-            PeerCmd::List => Request::PeerList,
-            PeerCmd::Check { name } => Request::PeerCheck { name },
-            PeerCmd::Delete { name } => Request::PeerDelete { name },
+            }
+            .into(),
+            PeerCmd::List => Query::PeerList.into(),
+            PeerCmd::Check { name } => Query::PeerCheck { name }.into(),
+            PeerCmd::Delete { name } => Change::PeerDelete { name }.into(),
         },
         CtlCommand::Replication(r) => match r {
             ReplicationCmd::Create {
@@ -645,7 +649,7 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 keep,
                 target_prefix,
                 compress,
-            } => Request::ReplicationCreate {
+            } => Change::ReplicationCreate {
                 name,
                 volume,
                 group,
@@ -665,14 +669,15 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 compress: Compression::parse(&compress).ok_or_else(|| {
                     format!("--compress must be zstd, lz4 or none, not '{compress}'")
                 })?,
-            },
-            ReplicationCmd::List => Request::ReplicationList,
-            ReplicationCmd::Show { name } => Request::ReplicationShow { name },
-            ReplicationCmd::Delete { name } => Request::ReplicationDelete { name },
+            }
+            .into(),
+            ReplicationCmd::List => Query::ReplicationList.into(),
+            ReplicationCmd::Show { name } => Query::ReplicationShow { name }.into(),
+            ReplicationCmd::Delete { name } => Change::ReplicationDelete { name }.into(),
         },
-        CtlCommand::Replicate { name } => Request::Replicate { name },
-        CtlCommand::RecoveryPoints { set } => Request::RecoveryPoints { name: set },
-        CtlCommand::Restart { name, yes } => Request::Restart { name, yes },
+        CtlCommand::Replicate { name } => Action::Replicate { name }.into(),
+        CtlCommand::RecoveryPoints { set } => Query::RecoveryPoints { name: set }.into(),
+        CtlCommand::Restart { name, yes } => Action::Restart { name, yes }.into(),
         CtlCommand::Watch { .. } => unreachable!("watch is handled before any request"),
         CtlCommand::Schedule(sc) => match sc {
             ScheduleCmd::Add {
@@ -680,51 +685,55 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 set,
                 start,
                 every,
-            } => Request::ScheduleAdd {
+            } => Change::ScheduleAdd {
                 task,
                 set,
                 start,
                 every,
-            },
-            ScheduleCmd::List => Request::ScheduleList,
+            }
+            .into(),
+            ScheduleCmd::List => Query::ScheduleList.into(),
             ScheduleCmd::Modify {
                 task,
                 set,
                 start,
                 every,
-            } => Request::ScheduleModify {
+            } => Change::ScheduleModify {
                 task,
                 set,
                 start,
                 every,
-            },
-            ScheduleCmd::Delete { task } => Request::ScheduleDelete { task },
+            }
+            .into(),
+            ScheduleCmd::Delete { task } => Change::ScheduleDelete { task }.into(),
         },
-        CtlCommand::Suspend { name } => Request::Suspend { name },
-        CtlCommand::Resume { name } => Request::Resume { name },
-        CtlCommand::Abort { name } => Request::Abort { name },
+        CtlCommand::Suspend { name } => Action::Suspend { name }.into(),
+        CtlCommand::Resume { name } => Action::Resume { name }.into(),
+        CtlCommand::Abort { name } => Action::Abort { name }.into(),
         CtlCommand::Promote {
             volume,
             group,
             recovery_point,
-        } => Request::Promote {
+        } => Action::Promote {
             volume,
             group,
             recovery_point,
-        },
+        }
+        .into(),
         CtlCommand::Snapshot(s) => match s {
             SnapshotCmd::Create {
                 name,
                 volume,
                 group,
-            } => Request::SnapshotCreate {
+            } => Change::SnapshotCreate {
                 name,
                 volume,
                 group,
-            },
-            SnapshotCmd::List => Request::SnapshotList,
-            SnapshotCmd::Show { name } => Request::SnapshotShow { name },
-            SnapshotCmd::Delete { name } => Request::SnapshotDelete { name },
+            }
+            .into(),
+            SnapshotCmd::List => Query::SnapshotList.into(),
+            SnapshotCmd::Show { name } => Query::SnapshotShow { name }.into(),
+            SnapshotCmd::Delete { name } => Change::SnapshotDelete { name }.into(),
         },
     })
 }

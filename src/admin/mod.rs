@@ -23,4 +23,4 @@ pub mod time;
 pub mod validate;
 
 pub use apply::{apply, AdminError, Host, RuntimeInfo};
-pub use protocol::{ErrorCode, Request, Response};
+pub use protocol::{Action, Change, ErrorCode, Query, Request, Response};

@@ -1,6 +1,8 @@
 //! The admin socket protocol: one JSON object per line each way.
 //!
 //! A request is an object tagged by `cmd`; a response is an object tagged by `result`.
+//! In Rust a request is a `Query`, a `Change` or an `Action` (see `Request`); on the wire
+//! its kind does not show.
 //! Secrets go in (`chap_set`) but never come back out.
 //!
 //! | request (`cmd` and fields)                                   | response `result`          |
@@ -119,10 +121,59 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A request: what it reads, changes or sets going decides how `apply` carries it out.
+/// On the wire it is one object tagged by `cmd` whatever its kind (`{"cmd":"status"}`):
+/// the kinds exist for the compiler, so that each handler matches its own kind whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Request {
+    Query(Query),
+    Change(Change),
+    Action(Action),
+}
+
+/// Reads the catalog and the running node; changes nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
+pub enum Query {
     Status,
+    VolumeList,
+    VolumeShow {
+        name: String,
+    },
+    GroupList,
+    GroupShow {
+        name: String,
+    },
+    TargetList,
+    TargetShow {
+        iqn: String,
+    },
+    SessionList,
+    SnapshotList,
+    SnapshotShow {
+        name: String,
+    },
+    PeerList,
+    /// Connects, proves the secret both ways, reports version and round-trip time.
+    PeerCheck {
+        name: String,
+    },
+    ReplicationList,
+    ReplicationShow {
+        name: String,
+    },
+    /// On the secondary: the set's recovery points.
+    RecoveryPoints {
+        name: String,
+    },
+    ScheduleList,
+}
+
+/// Changes the catalog: validated on a copy, saved, then swapped in (`apply::change`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Change {
     VolumeCreate {
         name: String,
         /// Bytes; on the wire also accepted as a string with a unit ("10G").
@@ -135,10 +186,6 @@ pub enum Request {
         #[serde(default = "default_page_size", deserialize_with = "de_size")]
         page_size: u64,
     },
-    VolumeList,
-    VolumeShow {
-        name: String,
-    },
     VolumeDelete {
         name: String,
     },
@@ -147,10 +194,6 @@ pub enum Request {
         /// Member volumes, in cut order. Missing or empty is refused (`invalid`).
         #[serde(default)]
         volumes: Vec<String>,
-    },
-    GroupList,
-    GroupShow {
-        name: String,
     },
     GroupAdd {
         name: String,
@@ -164,10 +207,6 @@ pub enum Request {
         name: String,
     },
     TargetCreate {
-        iqn: String,
-    },
-    TargetList,
-    TargetShow {
         iqn: String,
     },
     TargetDelete {
@@ -205,7 +244,6 @@ pub enum Request {
     ChapClear {
         iqn: String,
     },
-    SessionList,
     /// A point-in-time snapshot of one volume or of every volume of a group at one
     /// instant. Exactly one of `volume` and `group`.
     SnapshotCreate {
@@ -215,10 +253,6 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         group: Option<String>,
     },
-    SnapshotList,
-    SnapshotShow {
-        name: String,
-    },
     SnapshotDelete {
         name: String,
     },
@@ -227,11 +261,6 @@ pub enum Request {
         name: String,
         addr: String,
         secret: Secret,
-    },
-    PeerList,
-    /// Connects, proves the secret both ways, reports version and round-trip time.
-    PeerCheck {
-        name: String,
     },
     PeerDelete {
         name: String,
@@ -259,19 +288,40 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         target_prefix: Option<String>,
     },
-    ReplicationList,
-    ReplicationShow {
-        name: String,
-    },
     ReplicationDelete {
         name: String,
     },
+    /// A task that runs `replicate SET` at `start` (RFC 3339 UTC or "now"), then every
+    /// `every` if given.
+    ScheduleAdd {
+        task: String,
+        set: String,
+        start: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        every: Option<String>,
+    },
+    /// Changes what is given; `every: "none"` makes it run once.
+    ScheduleModify {
+        task: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        set: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        every: Option<String>,
+    },
+    ScheduleDelete {
+        task: String,
+    },
+}
+
+/// Acts on a running replication set: starts, stops or gives up cycles, or promotes a
+/// secondary (which drops the set from the catalog through its own path).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
     /// Start a cycle now (the queue policy decides when one runs).
     Replicate {
-        name: String,
-    },
-    /// On the secondary: the set's recovery points.
-    RecoveryPoints {
         name: String,
     },
     /// Restart Replication; refused without `yes` (it deletes every recovery point on
@@ -301,29 +351,6 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         recovery_point: Option<u64>,
     },
-    /// A task that runs `replicate SET` at `start` (RFC 3339 UTC or "now"), then every
-    /// `every` if given.
-    ScheduleAdd {
-        task: String,
-        set: String,
-        start: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        every: Option<String>,
-    },
-    ScheduleList,
-    /// Changes what is given; `every: "none"` makes it run once.
-    ScheduleModify {
-        task: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        set: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        start: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        every: Option<String>,
-    },
-    ScheduleDelete {
-        task: String,
-    },
 }
 
 /// Recovery points a secondary keeps unless told otherwise.
@@ -332,33 +359,83 @@ pub fn default_keep() -> u32 {
 }
 
 impl Request {
-    /// True for requests that change the catalog.
+    /// True for requests applied as catalog changes (validated on a copy, saved, then
+    /// swapped in).
     pub fn is_change(&self) -> bool {
-        !matches!(
-            self,
-            Request::Status
-                | Request::VolumeList
-                | Request::VolumeShow { .. }
-                | Request::GroupList
-                | Request::GroupShow { .. }
-                | Request::TargetList
-                | Request::TargetShow { .. }
-                | Request::SessionList
-                | Request::SnapshotList
-                | Request::SnapshotShow { .. }
-                | Request::PeerList
-                | Request::PeerCheck { .. }
-                | Request::ReplicationList
-                | Request::ReplicationShow { .. }
-                | Request::Replicate { .. }
-                | Request::RecoveryPoints { .. }
-                | Request::Restart { .. }
-                | Request::Suspend { .. }
-                | Request::Resume { .. }
-                | Request::Abort { .. }
-                | Request::Promote { .. }
-                | Request::ScheduleList
-        )
+        matches!(self, Request::Change(_))
+    }
+}
+
+impl From<Query> for Request {
+    fn from(q: Query) -> Request {
+        Request::Query(q)
+    }
+}
+
+impl From<Change> for Request {
+    fn from(c: Change) -> Request {
+        Request::Change(c)
+    }
+}
+
+impl From<Action> for Request {
+    fn from(a: Action) -> Request {
+        Request::Action(a)
+    }
+}
+
+/// Which of `Query`, `Change` and `Action` a command belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Query,
+    Change,
+    Action,
+}
+
+impl Kind {
+    /// The kind of the request `cmd` names; `None` when it names none. (A test checks
+    /// this against the three enums, both ways.)
+    pub fn of(cmd: &str) -> Option<Kind> {
+        Some(match cmd {
+            "status" | "volume_list" | "volume_show" | "group_list" | "group_show"
+            | "target_list" | "target_show" | "session_list" | "snapshot_list"
+            | "snapshot_show" | "peer_list" | "peer_check" | "replication_list"
+            | "replication_show" | "recovery_points" | "schedule_list" => Kind::Query,
+            "volume_create" | "volume_delete" | "group_create" | "group_add" | "group_remove"
+            | "group_delete" | "target_create" | "target_delete" | "lun_map" | "lun_unmap"
+            | "acl_add" | "acl_remove" | "chap_set" | "chap_clear" | "snapshot_create"
+            | "snapshot_delete" | "peer_create" | "peer_delete" | "replication_create"
+            | "replication_delete" | "schedule_add" | "schedule_modify" | "schedule_delete" => {
+                Kind::Change
+            }
+            "replicate" | "restart" | "suspend" | "resume" | "abort" | "promote" => Kind::Action,
+            _ => return None,
+        })
+    }
+}
+
+/// Reads the `cmd` tag, then the fields as the kind it names: the messages are those of
+/// one tagged enum (`unknown variant `x`, expected one of ...`, `missing field `name``).
+impl<'de> Deserialize<'de> for Request {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Request, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(d)?;
+        let cmd = match value.get("cmd") {
+            None => return Err(D::Error::missing_field("cmd")),
+            Some(serde_json::Value::String(cmd)) => cmd,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "invalid type: {other}, expected a command name"
+                )))
+            }
+        };
+        let kind = Kind::of(cmd).ok_or_else(|| D::Error::unknown_variant(cmd, COMMANDS))?;
+        let request = match kind {
+            Kind::Query => Query::deserialize(value).map(Request::Query),
+            Kind::Change => Change::deserialize(value).map(Request::Change),
+            Kind::Action => Action::deserialize(value).map(Request::Action),
+        };
+        request.map_err(D::Error::custom)
     }
 }
 
@@ -738,12 +815,12 @@ mod tests {
             serde_json::from_str(r#"{"cmd":"volume_create","name":"db","size":"10G"}"#).unwrap();
         assert_eq!(
             r,
-            Request::VolumeCreate {
+            Request::from(Change::VolumeCreate {
                 name: "db".into(),
                 size: 10 << 30,
                 block_size: 512,
                 page_size: 4096
-            }
+            })
         );
         let r: Request = serde_json::from_str(
             r#"{"cmd":"volume_create","name":"db","size":4096,"block_size":4096,"page_size":"64K"}"#,
@@ -751,33 +828,33 @@ mod tests {
         .unwrap();
         assert_eq!(
             r,
-            Request::VolumeCreate {
+            Request::from(Change::VolumeCreate {
                 name: "db".into(),
                 size: 4096,
                 block_size: 4096,
                 page_size: 64 << 10
-            }
+            })
         );
         let r: Request =
             serde_json::from_str(r#"{"cmd":"group_create","name":"g","volumes":["a","b"]}"#)
                 .unwrap();
         assert_eq!(
             r,
-            Request::GroupCreate {
+            Request::from(Change::GroupCreate {
                 name: "g".into(),
                 volumes: vec!["a".into(), "b".into()]
-            }
+            })
         );
         assert_eq!(
-            serde_json::to_string(&Request::GroupAdd {
+            serde_json::to_string(&Request::from(Change::GroupAdd {
                 name: "g".into(),
                 volume: "c".into()
-            })
+            }))
             .unwrap(),
             r#"{"cmd":"group_add","name":"g","volume":"c"}"#
         );
         assert_eq!(
-            serde_json::to_string(&Request::Status).unwrap(),
+            serde_json::to_string(&Request::from(Query::Status)).unwrap(),
             r#"{"cmd":"status"}"#
         );
         let bad = serde_json::from_str::<Request>(r#"{"cmd":"volume_show","name":"x","extra":1}"#);
@@ -811,13 +888,13 @@ mod tests {
 
     #[test]
     fn secrets_do_not_debug_print() {
-        let r = Request::ChapSet {
+        let r = Request::from(Change::ChapSet {
             iqn: "iqn.2026-11.io.twinlun:x".into(),
             user: "u".into(),
             secret: Secret("topsecret123".into()),
             mutual_user: None,
             mutual_secret: None,
-        };
+        });
         assert!(!format!("{r:?}").contains("topsecret"));
     }
 
@@ -833,5 +910,112 @@ mod tests {
                 "{c} should be a known command"
             );
         }
+    }
+
+    /// The names an enum's own tag accepts, read off serde's error for an unknown one.
+    fn tags_of<T: serde::de::DeserializeOwned + std::fmt::Debug>() -> Vec<String> {
+        let err = serde_json::from_value::<T>(serde_json::json!({ "cmd": "" }))
+            .unwrap_err()
+            .to_string();
+        let listed = err
+            .split_once("expected")
+            .expect("serde lists the variants")
+            .1;
+        listed
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn every_command_has_one_kind_and_every_variant_a_command() {
+        let kinds = [
+            (Kind::Query, tags_of::<Query>()),
+            (Kind::Change, tags_of::<Change>()),
+            (Kind::Action, tags_of::<Action>()),
+        ];
+        let mut all: Vec<&str> = Vec::new();
+        for (kind, tags) in &kinds {
+            assert!(!tags.is_empty());
+            for t in tags {
+                assert_eq!(Kind::of(t), Some(*kind), "{t}");
+                all.push(t);
+            }
+        }
+        all.sort_unstable();
+        let mut commands = COMMANDS.to_vec();
+        commands.sort_unstable();
+        assert_eq!(all, commands, "COMMANDS lists each variant once");
+        assert_eq!(Kind::of("frobnicate"), None);
+    }
+
+    #[test]
+    fn each_kind_keeps_the_one_wire_shape() {
+        let cases = [
+            (Request::from(Query::Status), r#"{"cmd":"status"}"#),
+            (
+                Request::from(Query::RecoveryPoints { name: "r".into() }),
+                r#"{"cmd":"recovery_points","name":"r"}"#,
+            ),
+            (
+                Request::from(Change::LunUnmap {
+                    iqn: "iqn.2026-11.io.twinlun:t".into(),
+                    lun: 3,
+                }),
+                r#"{"cmd":"lun_unmap","iqn":"iqn.2026-11.io.twinlun:t","lun":3}"#,
+            ),
+            (
+                Request::from(Action::Restart {
+                    name: "r".into(),
+                    yes: true,
+                }),
+                r#"{"cmd":"restart","name":"r","yes":true}"#,
+            ),
+        ];
+        for (req, line) in cases {
+            assert_eq!(serde_json::to_string(&req).unwrap(), line);
+            assert_eq!(
+                serde_json::from_str::<Request>(line).unwrap(),
+                req,
+                "{line}"
+            );
+        }
+        assert!(Request::from(Change::ChapClear { iqn: "x".into() }).is_change());
+        assert!(!Request::from(Query::Status).is_change());
+        assert!(!Request::from(Action::Abort { name: "r".into() }).is_change());
+    }
+
+    #[test]
+    fn errors_name_the_command_and_the_key() {
+        let err = |v: serde_json::Value| {
+            serde_json::from_value::<Request>(v)
+                .unwrap_err()
+                .to_string()
+        };
+        let m = err(serde_json::json!({"cmd": "frobnicate"}));
+        assert!(
+            m.contains("unknown variant `frobnicate`, expected one of `status`, `volume_create`"),
+            "{m}"
+        );
+        assert!(
+            m.contains("`schedule_delete`"),
+            "every command is listed: {m}"
+        );
+        let m = err(serde_json::json!({"cmd": "volume_show"}));
+        assert_eq!(m, "missing field `name`");
+        let m = err(serde_json::json!({"cmd": "volume_show", "name": "x", "extra": 1}));
+        assert!(
+            m.starts_with("unknown field `extra`, expected `name`"),
+            "{m}"
+        );
+        let m = err(serde_json::json!({"cmd": "restart", "name": "r", "yes": "please"}));
+        assert!(m.contains("invalid type") && m.contains("please"), "{m}");
+        let m = err(serde_json::json!({"cmd": "volume_create", "name": "x", "size": "12Q"}));
+        assert!(m.contains("unit"), "{m}");
+        assert_eq!(err(serde_json::json!({"name": "x"})), "missing field `cmd`");
+        let m = err(serde_json::json!({"cmd": 7}));
+        assert!(m.contains("invalid type") && m.contains('7'), "{m}");
     }
 }

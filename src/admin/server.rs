@@ -19,7 +19,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, info, warn, Instrument};
 
 use super::apply::{apply, Host};
-use super::protocol::{ErrorCode, Request, Response, COMMANDS, MAX_LINE};
+use super::protocol::{ErrorCode, Query, Request, Response, COMMANDS, MAX_LINE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
@@ -276,11 +276,13 @@ pub fn parse_request(line: &[u8]) -> Result<Request, BadLine> {
     // serde's deny_unknown_fields does not reach unit variants of a tagged enum.
     if matches!(
         req,
-        Request::Status
-            | Request::VolumeList
-            | Request::GroupList
-            | Request::TargetList
-            | Request::SessionList
+        Request::Query(
+            Query::Status
+                | Query::VolumeList
+                | Query::GroupList
+                | Query::TargetList
+                | Query::SessionList
+        )
     ) {
         if let Some(extra) = value
             .as_object()
@@ -393,7 +395,7 @@ mod tests {
         );
         assert_eq!(
             parse_request(br#"{"cmd":"status"}"#).unwrap(),
-            Request::Status
+            Request::from(Query::Status)
         );
     }
 
@@ -419,7 +421,7 @@ mod tests {
         // Whitespace after the object is not data.
         assert_eq!(
             parse_request(b"{\"cmd\":\"status\"}  \r").unwrap(),
-            Request::Status
+            Request::from(Query::Status)
         );
     }
 

@@ -1,0 +1,249 @@
+//! Replication sets as admin requests meet them: their views, the actions on a running
+//! set (replicate, restart, suspend, resume, abort; promote on a secondary), and the
+//! commit of a set's creation and deletion. The catalog side of creating and deleting
+//! a set is `admin::replication` (`replication_create`, `replication_delete`).
+
+use super::super::protocol::{ReplicationView, Response};
+use super::super::replication as repl;
+use super::{done, install, AdminError, Control, Host};
+use crate::catalog::{Catalog, ReplicationRole, ReplicationSpec};
+use crate::replication::wire::RemoteVolume;
+
+pub(super) fn list<H: Host + ?Sized>(host: &H, c: &Catalog) -> Response {
+    Response::Replications {
+        replications: c
+            .replications
+            .keys()
+            .map(|n| full_replication_view(host, c, n))
+            .collect(),
+    }
+}
+
+pub(super) fn show<H: Host + ?Sized>(
+    host: &H,
+    c: &Catalog,
+    name: String,
+) -> Result<Response, AdminError> {
+    known(c, &name)?;
+    Ok(Response::Replication(Box::new(full_replication_view(
+        host, c, &name,
+    ))))
+}
+
+/// On the secondary: the set's recovery points, newest first.
+pub(super) fn recovery_points<H: Host + ?Sized>(
+    host: &H,
+    c: &Catalog,
+    name: String,
+) -> Result<Response, AdminError> {
+    known(c, &name)?;
+    let points = host.recovery_points(&name)?;
+    Ok(Response::RecoveryPoints { set: name, points })
+}
+
+/// Starts a cycle now, or queues one by the set's policy.
+pub(super) fn replicate<H: Host + ?Sized>(
+    host: &H,
+    c: &Catalog,
+    name: String,
+) -> Result<Response, AdminError> {
+    known(c, &name)?;
+    Ok(done(host.replicate(&name)?))
+}
+
+/// Restart Replication: refused without `yes`, since it deletes every recovery point
+/// on the secondary.
+pub(super) fn restart<H: Host + ?Sized>(
+    host: &H,
+    c: &Catalog,
+    name: String,
+    yes: bool,
+) -> Result<Response, AdminError> {
+    known(c, &name)?;
+    if !yes {
+        return Err(AdminError::RestartUnconfirmed(name));
+    }
+    Ok(done(host.replication_control(&name, Control::Restart)?))
+}
+
+/// Suspends, resumes or aborts a primary set.
+pub(super) fn control<H: Host + ?Sized>(
+    host: &H,
+    c: &Catalog,
+    name: String,
+    action: Control,
+) -> Result<Response, AdminError> {
+    known(c, &name)?;
+    Ok(done(host.replication_control(&name, action)?))
+}
+
+/// Failover: a secondary volume or group becomes writable (`admin::replication::promote`).
+pub(super) fn promote<H: Host + ?Sized>(
+    host: &H,
+    volume: Option<String>,
+    group: Option<String>,
+    recovery_point: Option<u64>,
+) -> Result<Response, AdminError> {
+    Ok(done(repl::promote(
+        host,
+        volume.as_deref(),
+        group.as_deref(),
+        recovery_point,
+    )?))
+}
+
+/// Creates the secondary side on the peer, installs the catalog, starts the set;
+/// returns the set's view (its status is known only now).
+pub(super) fn commit_create<H: Host + ?Sized>(
+    host: &H,
+    new: Catalog,
+    name: &str,
+) -> Result<Response, AdminError> {
+    let spec = new.replications[name].clone();
+    let peer = new.peers[&spec.peer].clone();
+    let volumes: Vec<RemoteVolume> = spec
+        .volumes
+        .iter()
+        .zip(&spec.remote_volumes)
+        .map(|(local, remote)| RemoteVolume {
+            name: remote.clone(),
+            size: new.volumes[local].size,
+            block_size: new.volumes[local].block_size,
+        })
+        .collect();
+    host.replication_create_remote(name, &spec, &peer, volumes)?;
+    if let Err(e) = install(host, new) {
+        if let Err(undo) = host.replication_delete_remote(name, &spec, &peer) {
+            tracing::warn!(set = %name, error = %undo, "cannot undo the peer's side");
+        }
+        return Err(e.into());
+    }
+    host.replication_started(name);
+    tracing::info!(set = %name, peer = %spec.peer, "replication set created");
+    let c = host.catalog().read().clone();
+    Ok(Response::Replication(Box::new(full_replication_view(
+        host, &c, name,
+    ))))
+}
+
+/// Deletes the peer's side (of a primary set), installs the catalog, stops the set.
+pub(super) fn commit_delete<H: Host + ?Sized>(
+    host: &H,
+    new: Catalog,
+    name: &str,
+    spec: ReplicationSpec,
+) -> Result<(), AdminError> {
+    if spec.role == ReplicationRole::Primary {
+        let peer = new.peers[&spec.peer].clone();
+        host.replication_delete_remote(name, &spec, &peer)?;
+    }
+    install(host, new)?;
+    host.replication_stopped(name, &spec);
+    tracing::info!(set = %name, "replication set deleted");
+    Ok(())
+}
+
+fn full_replication_view<H: Host + ?Sized>(host: &H, c: &Catalog, name: &str) -> ReplicationView {
+    let mut v = repl::replication_view(c, name);
+    host.replication_runtime(name, &mut v);
+    v
+}
+
+/// The set is in the catalog, on either side.
+fn known(c: &Catalog, name: &str) -> Result<(), AdminError> {
+    if c.replications.contains_key(name) {
+        Ok(())
+    } else {
+        Err(AdminError::NoSet(name.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::*;
+    use super::*;
+    use crate::admin::protocol::{Action, ErrorCode, Query};
+    use crate::admin::store;
+    use crate::catalog::{PeerSpec, ReplicationSpec};
+
+    /// A primary set `r` of `demo` to peer `p`, written into the catalog by hand (the
+    /// fake has no peer to create the other side on).
+    fn with_set(f: &Fake) {
+        let mut c = f.catalog.write();
+        c.peers.insert(
+            "p".into(),
+            PeerSpec {
+                addr: "192.0.2.1:3261".into(),
+                secret: "0123456789abcdef".into(),
+            },
+        );
+        c.replications.insert(
+            "r".into(),
+            ReplicationSpec {
+                id: 1,
+                role: ReplicationRole::Primary,
+                peer: "p".into(),
+                group: None,
+                volumes: vec!["demo".into()],
+                remote_volumes: vec!["demo".into()],
+                every_secs: None,
+                queue_policy: Default::default(),
+                keep: 8,
+                compress: Default::default(),
+            },
+        );
+        store::save(f.dir.path(), &c).unwrap();
+    }
+
+    #[test]
+    fn actions_name_their_set_and_change_nothing_when_refused() {
+        let f = Fake::new();
+        let nope = || "nope".to_string();
+        for a in [
+            Action::Replicate { name: nope() },
+            Action::Restart {
+                name: nope(),
+                yes: true,
+            },
+            Action::Suspend { name: nope() },
+            Action::Resume { name: nope() },
+            Action::Abort { name: nope() },
+        ] {
+            let m = f.refuse(a, ErrorCode::NotFound);
+            assert!(m.contains("no replication set named 'nope'"), "{m}");
+        }
+        f.refuse(Query::ReplicationShow { name: nope() }, ErrorCode::NotFound);
+        f.refuse(Query::RecoveryPoints { name: nope() }, ErrorCode::NotFound);
+
+        with_set(&f);
+        let Response::Replication(v) = f.ok(Query::ReplicationShow { name: "r".into() }) else {
+            panic!()
+        };
+        assert_eq!((v.name.as_str(), v.role.as_str()), ("r", "primary"));
+        let m = f.refuse(
+            Action::Restart {
+                name: "r".into(),
+                yes: false,
+            },
+            ErrorCode::Invalid,
+        );
+        assert!(m.contains("--yes"), "{m}");
+        // The fake runs no replication: the host's refusal comes back with its code.
+        let m = f.refuse(Action::Suspend { name: "r".into() }, ErrorCode::Invalid);
+        assert!(m.contains("not a primary set running here"), "{m}");
+        let m = f.refuse(
+            Query::RecoveryPoints { name: "r".into() },
+            ErrorCode::Invalid,
+        );
+        assert!(m.contains("not a secondary set"), "{m}");
+        let m = f.refuse(
+            Action::Promote {
+                volume: Some("demo".into()),
+                group: None,
+                recovery_point: None,
+            },
+            ErrorCode::NotFound,
+        );
+        assert!(m.contains("volume 'demo'"), "{m}");
+    }
+}

@@ -1,0 +1,54 @@
+//! The node itself: `status` and the sessions logged in.
+
+use super::super::protocol::{Response, StatusView};
+use super::Host;
+use crate::catalog::Catalog;
+
+pub(super) fn status<H: Host + ?Sized>(host: &H, c: &Catalog) -> Response {
+    let rt = host.runtime();
+    Response::Status(StatusView {
+        version: env!("CARGO_PKG_VERSION").into(),
+        data_dir: host.data_dir().display().to_string(),
+        engine: rt.engine,
+        listen: rt.listen,
+        admin_socket: rt.admin_socket,
+        uptime_secs: rt.uptime_secs,
+        cuts: rt.cuts,
+        volumes: c.volumes.len(),
+        groups: c.groups.len(),
+        targets: c.targets.len(),
+        sessions: host.sessions().len(),
+    })
+}
+
+pub(super) fn sessions<H: Host + ?Sized>(host: &H) -> Response {
+    Response::Sessions {
+        sessions: host.sessions(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::*;
+    use super::*;
+    use crate::admin::protocol::Query;
+
+    #[test]
+    fn status_and_sessions() {
+        let f = Fake::new();
+        f.sessions.lock().push(session(Catalog::DEMO_TARGET));
+        let Response::Status(s) = f.ok(Query::Status) else {
+            panic!()
+        };
+        assert_eq!((s.volumes, s.targets, s.sessions), (1, 1, 1));
+        assert_eq!(s.engine, "fake");
+        let Response::Sessions { sessions } = f.ok(Query::SessionList) else {
+            panic!()
+        };
+        assert_eq!(sessions, vec![session(Catalog::DEMO_TARGET)]);
+        let Response::Targets { targets } = f.ok(Query::TargetList) else {
+            panic!()
+        };
+        assert_eq!(targets[0].sessions, 1);
+    }
+}
