@@ -301,9 +301,17 @@ fn load_state(dir: &Path) -> Result<PrimaryState, std::io::Error> {
 
 /// Saves the state durably (`durable::replace`); an error names the file.
 fn save_state(dir: &Path, st: &PrimaryState) -> Result<(), std::io::Error> {
+    save_state_on(&crate::durable::OsDisk, dir, st)
+}
+
+fn save_state_on(
+    disk: &dyn crate::durable::Disk,
+    dir: &Path,
+    st: &PrimaryState,
+) -> Result<(), std::io::Error> {
     std::fs::create_dir_all(dir)?;
     let json = serde_json::to_vec_pretty(st).map_err(std::io::Error::other)?;
-    crate::durable::replace(&state_path(dir), &json).map_err(|e| match e {
+    crate::durable::replace_on(disk, &state_path(dir), &json).map_err(|e| match e {
         crate::durable::ReplaceError::Io { path, source } => {
             std::io::Error::new(source.kind(), format!("{}: {source}", path.display()))
         }
@@ -1153,5 +1161,26 @@ mod tests {
         b[4098] = 0;
         b[3] = 1;
         assert!(!is_zero(&b));
+    }
+
+    #[test]
+    fn a_crash_or_an_error_in_a_save_leaves_the_old_state_or_the_new_one() {
+        let old = PrimaryState {
+            generation: 7,
+            last_cut: Some(3),
+            ..PrimaryState::default()
+        };
+        let new = PrimaryState {
+            last_cut: Some(4),
+            issued_cut: Some(5),
+            ..old.clone()
+        };
+        let show = |st: PrimaryState| serde_json::to_string(&st).unwrap();
+        crate::durable::fault::check_save(
+            |dir| save_state(dir, &old).unwrap(),
+            |disk, dir| save_state_on(disk, dir, &new),
+            |dir| show(load_state(dir).unwrap()),
+            &[show(old.clone()), show(new.clone())],
+        );
     }
 }
