@@ -250,7 +250,8 @@ impl Write for DiskWriter<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
-            self.disk.write_at(self.file, self.path, &self.buf, self.at)?;
+            self.disk
+                .write_at(self.file, self.path, &self.buf, self.at)?;
             self.at += self.buf.len() as u64;
             self.buf.clear();
         }
@@ -360,11 +361,9 @@ mod tests {
                         let want: &[u8] = if k < 4 { b"old" } else { b"new" };
                         assert_eq!(fs::read(&path).unwrap(), want, "k {k}");
                         assert!(!tmp_path(&path).exists(), "k {k}: temp file left");
-                        let shown = ReplaceError::<std::convert::Infallible>::Io {
-                            path: on,
-                            source,
-                        }
-                        .to_string();
+                        let shown =
+                            ReplaceError::<std::convert::Infallible>::Io { path: on, source }
+                                .to_string();
                         let cause = io::Error::from_raw_os_error(errno).to_string();
                         assert!(shown.contains(&cause), "k {k}: {shown}");
                     }

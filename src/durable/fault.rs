@@ -166,9 +166,7 @@ impl FaultDisk {
                     let _ = fs::rename(&r.to, &r.from);
                 }
                 if let Some(old) = r.old_to {
-                    let _ = OsDisk
-                        .create(&r.to)
-                        .and_then(|f| f.write_all_at(&old, 0));
+                    let _ = OsDisk.create(&r.to).and_then(|f| f.write_all_at(&old, 0));
                 }
             }
         }

@@ -248,7 +248,7 @@ async fn connection(
                                     tracing::warn!(set = %set, from = c, to = b, "the primary computes from an older cut: rolled back to it")
                                 }
                                 Err(e) => {
-                                    tracing::warn!(set = %set, error = %e, "cannot roll back to the primary's base cut")
+                                    tracing::warn!(set = %set, error = %crate::chain::ErrorChain(&e), "cannot roll back to the primary's base cut")
                                 }
                             }
                         }

@@ -373,7 +373,6 @@ impl StoreDisk {
     }
 }
 
-
 // ---- log format -------------------------------------------------------------------
 
 fn encode_log_header(
@@ -1524,7 +1523,14 @@ impl ReceiverStore {
                         } else {
                             (TAG_DATA, crc32c::crc32c(old))
                         };
-                        put(&encode_record(seed, tag, volume, offset + done, n as u64, crc))?;
+                        put(&encode_record(
+                            seed,
+                            tag,
+                            volume,
+                            offset + done,
+                            n as u64,
+                            crc,
+                        ))?;
                         if !zero {
                             put(old)?;
                         }
@@ -1627,9 +1633,16 @@ impl ReceiverStore {
         Ok(())
     }
 
+    /// A test's failure: the store's `k`-th durable step from now fails with `errno`
+    /// (ENOSPC, EIO) without doing anything; the steps after it go on.
+    #[cfg(test)]
+    fn fail_at(&self, k: u64, errno: i32) {
+        self.disk.1.fail_at(k, errno);
+    }
+
     /// A test's crash: the store's `k`-th durable step from now (counting writes,
     /// fsyncs, renames and removals) fails, a write there tearing in half; with
-    /// `power_loss` every write not fsynced since is lost too.
+    /// `power_loss` every write and rename not made durable since is lost too.
     #[cfg(test)]
     fn crash_after(&self, k: u64, power_loss: bool) {
         self.disk.1.crash_after(k, power_cut(power_loss));

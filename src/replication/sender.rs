@@ -103,7 +103,7 @@ impl PrimarySet {
     /// `dir` is the set's own state folder.
     pub fn start(node: &Arc<Node>, name: &str, dir: PathBuf) -> Arc<PrimarySet> {
         let state = load_state(&dir).unwrap_or_else(|e| {
-            tracing::warn!(set = name, error = %e, "replication state unreadable: starting a new generation");
+            tracing::warn!(set = name, error = %crate::chain::ErrorChain(&e), "replication state unreadable: starting a new generation");
             PrimaryState::default()
         });
         if let Some(id) = state.issued_cut.max(state.last_cut) {
@@ -415,7 +415,7 @@ async fn run(node: Weak<Node>, set: Arc<PrimarySet>) {
                         .saturating_mul(1 << failures.min(5))
                         .min(RETRY_MAX);
                     failures += 1;
-                    tracing::warn!(set = %set.name, error = %e, retry_in_s = delay.as_secs(), "replication cycle failed");
+                    tracing::warn!(set = %set.name, error = %crate::chain::ErrorChain(&e), retry_in_s = delay.as_secs(), "replication cycle failed");
                     live.error = Some(error_chain(&e));
                     live.next_retry = Some(SystemTime::now() + delay);
                 }
@@ -473,15 +473,8 @@ fn set_spec(
 }
 
 /// An error and its sources, for status.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    crate::chain::ErrorChain(e).to_string()
 }
 
 /// One run of pages of one volume to ship: data (read through the snapshot) or a
@@ -622,7 +615,7 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
                 // The peer has the cut; only our record of it is missing. The activity
                 // records stay: after a crash they make the next cycle resend more.
                 Err(e) => {
-                    tracing::error!(set = %set.name, error = %e, "cannot save replication state")
+                    tracing::error!(set = %set.name, error = %crate::chain::ErrorChain(&e), "cannot save replication state")
                 }
             }
             tracing::info!(

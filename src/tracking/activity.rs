@@ -44,8 +44,8 @@ use roaring::RoaringBitmap;
 use tokio::sync::Notify;
 
 use super::persist::{self, io_err, remove_if_present, sync_dir};
-use crate::durable::{Disk, OsDisk};
 use super::{PageIndex, PageSize, TrackingError};
+use crate::durable::{Disk, OsDisk};
 
 /// The unit the log records: 4 MiB, so a 1 GiB volume has 256 extents.
 pub const EXTENT_BYTES: u64 = 4 << 20;
@@ -556,5 +556,60 @@ mod tests {
         // Each extent recorded once, since a writer waits for a flush in progress.
         let bytes = fs::metadata(log_path(dir.path(), 1)).unwrap().len();
         assert_eq!(bytes, want.len() / 1024 * RECORD as u64);
+    }
+
+    #[tokio::test]
+    async fn reserved_logs_have_their_space_before_any_record() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // 16 extents: 128 bytes of records, a page reserved.
+        let log =
+            ActivityLog::start_reserved(d, PageSize::DEFAULT, &RoaringBitmap::new(), 64 << 20)
+                .unwrap();
+        let reserved = |epoch: u64| {
+            let m = fs::metadata(log_path(d, epoch)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o600);
+            (m.len(), m.blocks() * 512 >= 4096)
+        };
+        // The current epoch's log and the next one's, empty, their blocks allocated.
+        assert_eq!(reserved(1), (0, true));
+        assert_eq!(reserved(2), (0, true));
+        assert_eq!(
+            recover(d, 16 * 1024, PageSize::DEFAULT).unwrap(),
+            Some(RoaringBitmap::new())
+        );
+        log.record(page_range(3..4)).await.unwrap();
+        assert_eq!(reserved(1), (RECORD as u64, true));
+        // The next epoch appends to the spare; its first flush reserves the one after.
+        assert_eq!(log.rotate(), 1);
+        assert!(!log_path(d, 3).exists());
+        log.record(page_range(5..6)).await.unwrap();
+        assert_eq!(reserved(2), (RECORD as u64, true));
+        assert_eq!(reserved(3), (0, true));
+        let mut want = RoaringBitmap::new();
+        want.insert_range(page_range(3..4));
+        want.insert_range(page_range(5..6));
+        assert_eq!(
+            recover(d, 16 * 1024, PageSize::DEFAULT).unwrap(),
+            Some(want)
+        );
+        log.forget_through(1).unwrap();
+        let mut want = RoaringBitmap::new();
+        want.insert_range(page_range(5..6));
+        assert_eq!(
+            recover(d, 16 * 1024, PageSize::DEFAULT).unwrap(),
+            Some(want.clone())
+        );
+        // A restart starts past the spare and removes it with the rest.
+        drop(log);
+        let _log = ActivityLog::start_reserved(d, PageSize::DEFAULT, &want, 64 << 20).unwrap();
+        assert_eq!(reserved(4), (0, true));
+        assert_eq!(reserved(5), (0, true));
+        assert!(!log_path(d, 3).exists() && !log_path(d, 2).exists());
+        assert_eq!(
+            recover(d, 16 * 1024, PageSize::DEFAULT).unwrap(),
+            Some(want)
+        );
     }
 }

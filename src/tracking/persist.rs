@@ -70,9 +70,15 @@ pub fn save_bitmap(path: &Path, bitmap: &RoaringBitmap) -> Result<(), TrackingEr
     save_bitmap_on(&OsDisk, path, bitmap)
 }
 
-fn save_bitmap_on(disk: &dyn Disk, path: &Path, bitmap: &RoaringBitmap) -> Result<(), TrackingError> {
+fn save_bitmap_on(
+    disk: &dyn Disk,
+    path: &Path,
+    bitmap: &RoaringBitmap,
+) -> Result<(), TrackingError> {
     let tmp = tmp_path(path);
-    write_atomic(disk, path, |w| bitmap.serialize_into(w).map_err(io_err(&tmp)))
+    write_atomic(disk, path, |w| {
+        bitmap.serialize_into(w).map_err(io_err(&tmp))
+    })
 }
 
 /// Reads a bitmap [`save_bitmap`] wrote; `Ok(None)` when there is none.
@@ -436,7 +442,11 @@ mod tests {
             |dir| save_state(dir, &old, &mut [], 4096).unwrap(),
             |disk, dir| save_state_on(disk, dir, &new, &mut [], 4096),
             load,
-            &[Found::Dirty(old.clone()), Found::Dirty(new.clone()), Found::Unclean],
+            &[
+                Found::Dirty(old.clone()),
+                Found::Dirty(new.clone()),
+                Found::Unclean,
+            ],
         );
         // Saving the bitmap alone: old or new, whole.
         let path = |dir: &Path| dir.join(DIRTY_FILE);
