@@ -2,8 +2,8 @@
 //!
 //! Every store in the data dir writes through a [`Disk`]: the catalog
 //! (`admin::store`), a primary set's state (`replication::sender`), the tracking state
-//! and activity log (`tracking`), and the secondary's receiver store
-//! (`replication::recovery`). [`OsDisk`] does the operations on `std::fs`; the tests'
+//! (`tracking::persist`), and the secondary's receiver store
+//! (`replication::recovery`); the activity log reserves its space through it. [`OsDisk`] does the operations on `std::fs`; the tests'
 //! `FaultDisk` stops after any step as a crash or a power cut would, or fails a step
 //! with an error (ENOSPC, EIO), so each store's crash tests run against the same
 //! operations it performs in production.

@@ -33,7 +33,8 @@ use crate::volume::Volume;
 
 /// Set in the environment of a build with the `fault-injection` feature (the tests'),
 /// the primary aborts right after the peer commits a cut and before it records that (a
-/// test of the crash window in between). Other builds do not look at it.
+/// test of the crash window in between). Other builds do not have it.
+#[cfg(feature = "fault-injection")]
 pub const CRASH_BEFORE_RECORD: &str = "TWINLUN_TEST_CRASH_BEFORE_RECORDING_COMMIT";
 
 /// Longest a cut holds writers off.
