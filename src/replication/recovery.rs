@@ -356,11 +356,7 @@ impl StoreDisk {
     /// Makes `len` bytes at `at` read as zeros: a punched hole, or written zeros where
     /// the file system cannot punch.
     fn zero(&self, file: &File, path: &Path, at: u64, len: u64) -> Result<(), RecoveryError> {
-        let punched = match (i64::try_from(at), i64::try_from(len)) {
-            (Ok(_), Ok(_)) => self.0.punch(file, path, at, len).map_err(io_err(path))?,
-            _ => false,
-        };
-        if !punched {
+        if !self.0.punch(file, path, at, len).map_err(io_err(path))? {
             let zeros = vec![0u8; CHUNK.min(len as usize)];
             let mut done = 0;
             while done < len {
