@@ -99,49 +99,6 @@ fn writes_mark_pages_and_restarts_keep_or_widen_them() {
     assert!(!tracking.exists(), "tracking state left behind");
 }
 
-/// A tmpfs of a fixed size mounted for one test, unmounted when dropped (declare it
-/// before the server, so the server stops first).
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
-        common::require_tool("mount");
-        common::require_tool("umount");
-        std::fs::create_dir_all(dir).expect("mount point");
-        let dir_s = dir.to_str().expect("utf-8 path");
-        run_ok(
-            "mount",
-            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir_s],
-        );
-        Tmpfs(dir.to_owned())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
-/// Writes zeros into `path` until the file system has no block left.
-fn fill_up(path: &std::path::Path) -> u64 {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).expect("filler");
-    let mut total = 0u64;
-    for chunk in [1usize << 20, 4096] {
-        let buf = vec![0u8; chunk];
-        loop {
-            match f.write(&buf) {
-                Ok(0) => break,
-                Ok(n) => total += n as u64,
-                Err(e) if e.raw_os_error() == Some(28) => break,
-                Err(e) => panic!("filling {}: {e}", path.display()),
-            }
-        }
-    }
-    total
-}
-
 /// With the file system full, overwrites of allocated blocks of a thin volume keep
 /// succeeding, also the first write to each 4 MiB extent since the activity log's
 /// epoch began (its record goes into space reserved ahead), while a write that needs
@@ -154,7 +111,7 @@ fn a_full_disk_fails_only_the_writes_that_need_new_blocks() {
 
     let tmp = tempfile::tempdir().expect("tempdir");
     let mnt = tmp.path().join("fs");
-    let _fs = Tmpfs::mount(&mnt, "64m");
+    let _fs = common::Tmpfs::mount(&mnt, "64m");
     let mut s = TestServer::start_at(&mnt.join("data"), &[]);
     s.ctl_ok(&["volume", "create", "t", "--size", "32M"]);
     s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "t"]);
@@ -165,7 +122,7 @@ fn a_full_disk_fails_only_the_writes_that_need_new_blocks() {
     // which none of them is recorded yet.
     qemu_write(&s.url(DEMO_IQN, 1), &["write -P 1 0 16m"]);
     s.restart();
-    let filled = fill_up(&mnt.join("filler"));
+    let filled = common::fill_up(&mnt.join("filler"));
     assert!(filled > 0, "nothing filled");
 
     let mut c = RawClient::connect(s.addr);
