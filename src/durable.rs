@@ -1,17 +1,121 @@
-//! Durable replacement of a file, in one place: write a temporary file beside it
-//! (mode 0600), fsync it, rename it over the file, fsync the directory. After a crash
-//! the file holds the old content or the new, whole; a failed replacement leaves the
-//! old file and no temporary one behind.
+//! Durable writes, in one place.
 //!
-//! The catalog (`admin::store`), a primary set's state (`replication::sender`) and the
-//! tracking state (`tracking::persist`) are saved through it. The secondary's receiver
-//! store keeps its own path through its `Disk` interface, which its crash tests
-//! interrupt at every durable step.
+//! Every store in the data dir writes through a [`Disk`]: the catalog
+//! (`admin::store`), a primary set's state (`replication::sender`), the tracking state
+//! (`tracking::persist`), and the secondary's receiver store
+//! (`replication::recovery`); the activity log reserves its space through it. [`OsDisk`] does the operations on `std::fs`; the tests'
+//! `FaultDisk` stops after any step as a crash or a power cut would, or fails a step
+//! with an error (ENOSPC, EIO), so each store's crash tests run against the same
+//! operations it performs in production.
+//!
+//! [`replace_on`] and [`replace_with_on`] replace a file durably: write a temporary
+//! file beside it (mode 0600), fsync it, rename it over the file, fsync the directory.
+//! After a crash the file holds the old content or the new, whole; a failed replacement
+//! leaves the old file and no temporary one behind. [`replace`] and [`replace_with`]
+//! do it on the real disk.
 
+use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{self, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+
+/// The durable steps a store takes. Each returns the operation's own `io::Error`;
+/// callers name the file.
+pub trait Disk: Debug + Send + Sync {
+    /// Creates `path` (mode 0600), or truncates it, open for reading and writing.
+    fn create(&self, path: &Path) -> io::Result<File>;
+    /// Writes all of `buf` at `at` of `file` (which is `path`).
+    fn write_at(&self, file: &File, path: &Path, buf: &[u8], at: u64) -> io::Result<()>;
+    /// Makes what was written to `file` durable (fsync).
+    fn sync(&self, file: &File, path: &Path) -> io::Result<()>;
+    /// Sets the length of `file`.
+    fn set_len(&self, file: &File, path: &Path, len: u64) -> io::Result<()>;
+    /// Reserves the blocks of `len` bytes at `at` without changing the file's size
+    /// (fallocate, KEEP_SIZE): writes there later need no new space.
+    fn reserve(&self, file: &File, path: &Path, at: u64, len: u64) -> io::Result<()>;
+    /// Makes `len` bytes at `at` a hole; `Ok(false)` where the file system cannot.
+    fn punch(&self, file: &File, path: &Path, at: u64, len: u64) -> io::Result<bool>;
+    /// Renames `from` to `to`, replacing `to`.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// fsyncs the directory `dir`, so a rename or a new or removed entry in it is durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Removes `path`; one that is not there is fine.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+}
+
+/// The real disk.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OsDisk;
+
+impl Disk for OsDisk {
+    fn create(&self, path: &Path) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+    }
+
+    fn write_at(&self, file: &File, _path: &Path, buf: &[u8], at: u64) -> io::Result<()> {
+        file.write_all_at(buf, at)
+    }
+
+    fn sync(&self, file: &File, _path: &Path) -> io::Result<()> {
+        file.sync_all()
+    }
+
+    fn set_len(&self, file: &File, _path: &Path, len: u64) -> io::Result<()> {
+        file.set_len(len)
+    }
+
+    fn reserve(&self, file: &File, _path: &Path, at: u64, len: u64) -> io::Result<()> {
+        fallocate(file, libc::FALLOC_FL_KEEP_SIZE, at, len)
+    }
+
+    fn punch(&self, file: &File, _path: &Path, at: u64, len: u64) -> io::Result<bool> {
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        match fallocate(file, mode, at, len) {
+            Ok(()) => Ok(true),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(false),
+                _ => Err(e),
+            },
+        }
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        sync_dir(dir)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn fallocate(file: &File, mode: libc::c_int, at: u64, len: u64) -> io::Result<()> {
+    let (Ok(off), Ok(n)) = (i64::try_from(at), i64::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    // SAFETY: fallocate on a file descriptor `file` owns for the call's duration; it
+    // takes no pointers.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, n) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
 
 /// Why a replacement failed: an I/O step (naming the file it was on), or the caller's
 /// own writer.
@@ -34,14 +138,27 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// The directory holding `path` (`.` for a bare name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// fsync the directory `dir`, so a rename or a new entry in it is durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Replaces `path` with `bytes`, durably.
+/// Replaces `path` with `bytes`, durably, on the real disk.
 pub fn replace(path: &Path, bytes: &[u8]) -> Result<(), ReplaceError> {
-    replace_with(path, |w| {
+    replace_on(&OsDisk, path, bytes)
+}
+
+/// Replaces `path` with `bytes`, durably, through `disk`.
+pub fn replace_on(disk: &dyn Disk, path: &Path, bytes: &[u8]) -> Result<(), ReplaceError> {
+    replace_with_on(disk, path, |w| {
         w.write_all(bytes).map_err(|source| ReplaceError::Io {
             path: tmp_path(path),
             source,
@@ -53,12 +170,21 @@ pub fn replace(path: &Path, bytes: &[u8]) -> Result<(), ReplaceError> {
     })
 }
 
-/// Replaces `path` with what `fill` writes, durably; for contents too large to hold
-/// in memory at once (a snapshot's kept pages).
+/// Replaces `path` with what `fill` writes, durably, on the real disk; for contents
+/// too large to hold in memory at once (a snapshot's kept pages).
 pub fn replace_with<E, F>(path: &Path, fill: F) -> Result<(), ReplaceError<E>>
 where
     E: std::error::Error + 'static,
-    F: FnOnce(&mut BufWriter<File>) -> Result<(), E>,
+    F: FnOnce(&mut DiskWriter<'_>) -> Result<(), E>,
+{
+    replace_with_on(&OsDisk, path, fill)
+}
+
+/// Replaces `path` with what `fill` writes, durably, through `disk`.
+pub fn replace_with_on<E, F>(disk: &dyn Disk, path: &Path, fill: F) -> Result<(), ReplaceError<E>>
+where
+    E: std::error::Error + 'static,
+    F: FnOnce(&mut DiskWriter<'_>) -> Result<(), E>,
 {
     let tmp = tmp_path(path);
     let io_err = |path: &Path| {
@@ -66,33 +192,79 @@ where
         move |source| ReplaceError::Io { path, source }
     };
     let result = (|| {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err(&tmp))?;
-        let mut w = BufWriter::new(file);
+        let file = disk.create(&tmp).map_err(io_err(&tmp))?;
+        let mut w = DiskWriter::new(disk, &file, &tmp);
         fill(&mut w).map_err(ReplaceError::Fill)?;
-        let file = w.into_inner().map_err(|e| io_err(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(io_err(&tmp))?;
+        w.flush().map_err(io_err(&tmp))?;
+        drop(w);
+        disk.sync(&file, &tmp).map_err(io_err(&tmp))?;
         drop(file);
-        fs::rename(&tmp, path).map_err(io_err(path))?;
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        sync_dir(dir).map_err(io_err(dir))
+        disk.rename(&tmp, path).map_err(io_err(path))?;
+        let dir = parent_dir(path);
+        disk.sync_dir(dir).map_err(io_err(dir))
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = disk.remove(&tmp);
     }
     result
 }
 
+/// A buffered writer onto a file through a [`Disk`], from offset 0: what a
+/// replacement's `fill` writes into.
+pub struct DiskWriter<'a> {
+    disk: &'a dyn Disk,
+    file: &'a File,
+    path: &'a Path,
+    /// Where the buffered bytes go.
+    at: u64,
+    buf: Vec<u8>,
+}
+
+impl<'a> DiskWriter<'a> {
+    const CAPACITY: usize = 256 << 10;
+
+    fn new(disk: &'a dyn Disk, file: &'a File, path: &'a Path) -> Self {
+        DiskWriter {
+            disk,
+            file,
+            path,
+            at: 0,
+            buf: Vec::new(),
+        }
+    }
+}
+
+impl Write for DiskWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.len() + data.len() > Self::CAPACITY {
+            self.flush()?;
+        }
+        if data.len() >= Self::CAPACITY {
+            self.disk.write_at(self.file, self.path, data, self.at)?;
+            self.at += data.len() as u64;
+        } else {
+            self.buf.extend_from_slice(data);
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.disk
+                .write_at(self.file, self.path, &self.buf, self.at)?;
+            self.at += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub mod fault;
+
 #[cfg(test)]
 mod tests {
+    use super::fault::{is_crash, FaultDisk, CUTS};
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
@@ -128,5 +300,76 @@ mod tests {
         // An I/O failure names the file it was on.
         let e = replace(&dir.path().join("missing/state.json"), b"x").unwrap_err();
         assert!(e.to_string().contains("missing/state.json.tmp"), "{e}");
+    }
+
+    #[test]
+    fn a_crash_at_any_step_leaves_the_old_file_or_the_new_one() {
+        // Large enough for several buffered writes.
+        let new: Vec<u8> = (0..(600u32 << 10)).map(|i| (i % 251) as u8).collect();
+        for cut in CUTS {
+            for k in 0.. {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("state.json");
+                replace(&path, b"old").unwrap();
+                let disk = FaultDisk::default();
+                disk.crash_after(k, cut);
+                let result = replace_on(&disk, &path, &new);
+                let got = fs::read(&path).unwrap();
+                assert!(got == b"old" || got == new, "k {k} {cut:?}: a mix");
+                if !disk.crashed() {
+                    result.unwrap();
+                    assert_eq!(got, new);
+                    assert!(!tmp_path(&path).exists());
+                    break;
+                }
+                match result {
+                    Err(ReplaceError::Io { source, .. }) => assert!(is_crash(&source)),
+                    other => panic!("k {k}: {other:?}"),
+                }
+                // Once renamed, the new file stays unless the cut loses the rename.
+                if k >= 4 && !cut.lose_renames {
+                    assert_eq!(got, new, "k {k} {cut:?}");
+                }
+                let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "k {k} {cut:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_error_at_any_step_before_the_rename_keeps_the_old_file_and_says_why() {
+        for errno in [libc::ENOSPC, libc::EIO] {
+            for k in 0.. {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("state.json");
+                replace(&path, b"old").unwrap();
+                let disk = FaultDisk::default();
+                disk.fail_at(k, errno);
+                let result = replace_on(&disk, &path, b"new");
+                let taken = disk.steps();
+                match result {
+                    Ok(()) => {
+                        assert!(k >= taken, "k {k}: the failure was not reported");
+                        assert_eq!(fs::read(&path).unwrap(), b"new");
+                        break;
+                    }
+                    Err(ReplaceError::Io { path: on, source }) => {
+                        assert_eq!(source.raw_os_error(), Some(errno), "k {k}");
+                        // Create, write, fsync and rename fail before the file is
+                        // replaced: the old one stays; a failed directory fsync comes
+                        // after it.
+                        let want: &[u8] = if k < 4 { b"old" } else { b"new" };
+                        assert_eq!(fs::read(&path).unwrap(), want, "k {k}");
+                        assert!(!tmp_path(&path).exists(), "k {k}: temp file left");
+                        let shown =
+                            ReplaceError::<std::convert::Infallible>::Io { path: on, source }
+                                .to_string();
+                        let cause = io::Error::from_raw_os_error(errno).to_string();
+                        assert!(shown.contains(&cause), "k {k}: {shown}");
+                    }
+                    Err(ReplaceError::Fill(never)) => match never {},
+                }
+            }
+        }
     }
 }

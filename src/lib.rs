@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod chain;
 pub mod config;
 pub mod datadir;
 pub mod durable;

@@ -1521,3 +1521,70 @@ fn wrong_peer_secrets_are_answered_ever_more_slowly() {
         println!("right secret after a success: {:?}", t0.elapsed());
     });
 }
+
+/// A secondary whose file system is full: the cycle fails and the primary's status
+/// says why in the secondary's own words, down to "No space left on device"; once
+/// space is freed the set converges and the secondary holds the primary's data.
+#[test]
+fn a_full_secondary_says_why_and_converges_once_space_is_back() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mnt = tmp.path().join("fs");
+    let _fs = common::Tmpfs::mount(&mnt, "48m");
+    let primary_repl = format!("127.0.0.1:{}", free_port());
+    let secondary_repl = format!("127.0.0.1:{}", free_port());
+    let p = TestServer::start_with(&["--replication-listen", &primary_repl]);
+    let s = TestServer::start_at(
+        &mnt.join("data"),
+        &["--replication-listen", &secondary_repl],
+    );
+    let target = s.repl_addr.expect("secondary replication address");
+    p.ctl_ok(&[
+        "peer",
+        "create",
+        "dr",
+        &target.to_string(),
+        "--secret",
+        SECRET,
+    ]);
+    s.ctl_ok(&["peer", "create", "prod", &primary_repl, "--secret", SECRET]);
+    p.ctl_ok(&["volume", "create", "v", "--size", "32M"]);
+    p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
+    let url = p.url(DEMO_IQN, 1);
+    qemu_io(&url, &["write -P 1 0 8m".to_string()]);
+    create_set_of_v(&p, &[]);
+    replicate(&p, "r");
+
+    // New data the secondary has no room for.
+    let filled = common::fill_up(&mnt.join("filler"));
+    assert!(filled > 0, "nothing filled");
+    qemu_io(&url, &["write -P 2 16m 8m".to_string()]);
+    p.ctl_ok(&["replicate", "r"]);
+    let cause = std::io::Error::from_raw_os_error(28).to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let failed = loop {
+        let v = show(&p, "r");
+        if let Some(e) = v["error"].as_str() {
+            break e.to_string();
+        }
+        assert!(Instant::now() < deadline, "the cycle did not fail: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        failed.contains(&cause),
+        "the error does not say why: {failed}"
+    );
+
+    std::fs::remove_file(mnt.join("filler")).expect("free the space");
+    p.ctl_ok(&["replicate", "r"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let v = show(&p, "r");
+        if v["cycles"] == 2 && v["status"] == "ready" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not converge: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v", "--read-only"]);
+    compare(&url, &s.url(DEMO_IQN, 1));
+}

@@ -9,7 +9,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::catalog::Catalog;
-use crate::durable::ReplaceError;
+use crate::durable::{Disk, OsDisk, ReplaceError};
 
 pub const CATALOG_FILE: &str = "catalog.json";
 
@@ -64,13 +64,17 @@ pub fn load(data_dir: &Path) -> Result<Option<Catalog>, StoreError> {
 
 /// Saves the catalog atomically (`durable::replace`).
 pub fn save(data_dir: &Path, catalog: &Catalog) -> Result<(), StoreError> {
+    save_on(&OsDisk, data_dir, catalog)
+}
+
+fn save_on(disk: &dyn Disk, data_dir: &Path, catalog: &Catalog) -> Result<(), StoreError> {
     let dst = catalog_path(data_dir);
     let mut text = serde_json::to_vec_pretty(catalog).map_err(|source| StoreError::Parse {
         path: dst.clone(),
         source,
     })?;
     text.push(b'\n');
-    crate::durable::replace(&dst, &text).map_err(|e| match e {
+    crate::durable::replace_on(disk, &dst, &text).map_err(|e| match e {
         ReplaceError::Io { path, source } => StoreError::Io { path, source },
         ReplaceError::Fill(never) => match never {},
     })
@@ -157,5 +161,18 @@ mod tests {
         fs::write(catalog_path(dir.path()), b"{ not json").unwrap();
         let e = load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("catalog.json"), "{e}");
+    }
+
+    #[test]
+    fn a_crash_or_an_error_in_a_save_leaves_the_old_catalog_or_the_new_one() {
+        let old = Catalog::embedded_default(1);
+        let mut new = old.clone();
+        new.targets.clear();
+        crate::durable::fault::check_save(
+            |dir| save(dir, &old).unwrap(),
+            |disk, dir| save_on(disk, dir, &new),
+            |dir| load(dir).unwrap(),
+            &[Some(old.clone()), Some(new.clone())],
+        );
     }
 }

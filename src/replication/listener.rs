@@ -53,6 +53,14 @@ fn error(code: &str, message: impl Into<String>) -> Message {
     }
 }
 
+/// A receiver store's failure: logged here and told to the peer with its whole cause
+/// chain ("i/o error on .../staging.log: No space left on device").
+fn stored_error(code: &str, set: &str, e: &super::recovery::RecoveryError) -> Message {
+    let why = crate::chain::ErrorChain(e).to_string();
+    tracing::warn!(set = %set, error = %why, "receiver store failed");
+    error(code, why)
+}
+
 /// The challenge-response: returns the name of the peer whose secret the client
 /// proved, or `None` after telling it why not. Guessing is slowed per source address
 /// (`throttle`): a proof is checked only after the delay the address owes for its
@@ -175,7 +183,7 @@ async fn connection(
                         let mut store = store.lock().await;
                         match tokio::task::block_in_place(|| store.reset(generation)) {
                             Ok(()) => Message::Ok,
-                            Err(e) => error("io", e.to_string()),
+                            Err(e) => stored_error("io", &set, &e),
                         }
                     }
                 },
@@ -240,7 +248,7 @@ async fn connection(
                                     tracing::warn!(set = %set, from = c, to = b, "the primary computes from an older cut: rolled back to it")
                                 }
                                 Err(e) => {
-                                    tracing::warn!(set = %set, error = %e, "cannot roll back to the primary's base cut")
+                                    tracing::warn!(set = %set, error = %crate::chain::ErrorChain(&e), "cannot roll back to the primary's base cut")
                                 }
                             }
                         }
@@ -261,6 +269,7 @@ async fn connection(
                 receive_cut(
                     &mut r,
                     &mut w,
+                    &set,
                     store,
                     CutMeta {
                         generation,
@@ -315,6 +324,7 @@ const WRITE_QUEUE: usize = 8;
 async fn receive_cut(
     r: &mut Reader,
     w: &mut Writer,
+    set: &str,
     store: Arc<tokio::sync::Mutex<super::recovery::ReceiverStore>>,
     meta: CutMeta,
     keep: usize,
@@ -323,7 +333,7 @@ async fn receive_cut(
     let cut = meta.cut;
     let progress = match tokio::task::block_in_place(|| store.begin(meta)) {
         Ok(p) => p,
-        Err(e) => return send(w, &error("refused", e.to_string())).await,
+        Err(e) => return send(w, &stored_error("refused", set, &e)).await,
     };
     send(
         w,
@@ -336,7 +346,7 @@ async fn receive_cut(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<wire::Extent>(WRITE_QUEUE);
     let writer = tokio::task::spawn_blocking(move || {
         // After a refused extent nothing more is staged: the cut is refused at its end.
-        let mut failed: Option<String> = None;
+        let mut failed: Option<super::recovery::RecoveryError> = None;
         while let Some(e) = rx.blocking_recv() {
             if failed.is_some() {
                 continue;
@@ -346,7 +356,7 @@ async fn receive_cut(
                 wire::ExtentKind::Zero { len } => ExtentData::Zero { len: *len },
             };
             if let Err(err) = store.put(e.volume, e.offset, data, e.crc) {
-                failed = Some(err.to_string());
+                failed = Some(err);
             }
         }
         (store, failed)
@@ -371,10 +381,10 @@ async fn receive_cut(
         Err(e) => return send(w, &error("internal", e.to_string())).await,
     };
     if let Some(why) = failed {
-        return send(w, &error("refused", why)).await;
+        return send(w, &stored_error("refused", set, &why)).await;
     }
     match tokio::task::block_in_place(|| store.commit_and_apply(keep)) {
         Ok(()) => send(w, &Message::Committed { cut }).await,
-        Err(e) => send(w, &error("io", e.to_string())).await,
+        Err(e) => send(w, &stored_error("io", set, &e)).await,
     }
 }

@@ -24,7 +24,7 @@
 //! staging log to protect. The cut that begins then is written straight into the
 //! volumes, and its staging log (flagged "in place" in its header) holds only a
 //! `placed` record per extent, no data: the records say which extents are durable in
-//! the volumes, for resuming the cut. Every [`CHECKPOINT_BYTES`] of data (and before
+//! the volumes, for resuming the cut. Every [`StoreConfig::checkpoint_bytes`] of data (and before
 //! the commit, and before a resume reports its count) the volumes are fsynced first,
 //! then the records of the extents written since are appended and the log fsynced, so
 //! a record is never durable before the data it stands for. The end record follows
@@ -79,23 +79,35 @@
 //! [`CHUNK`] bytes, never a whole cut.
 
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-#[cfg(test)]
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable::{self, Disk};
+
 /// Largest piece copied at once between a log and a volume.
 pub const CHUNK: usize = 1 << 20;
 
-/// Data written in place between two checkpoints of a first cut (volumes fsynced,
-/// then the records of what they hold appended to the log and fsynced). Small in tests,
-/// so the crash tests cross checkpoints.
-pub const CHECKPOINT_BYTES: u64 = if cfg!(test) { 2048 } else { 256 << 20 };
+/// How a [`ReceiverStore`] paces its durable steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Data written in place between two checkpoints of a first cut (volumes fsynced,
+    /// then the records of what they hold appended to the log and fsynced). Tests pass
+    /// a small value, so their crashes cross checkpoints.
+    pub checkpoint_bytes: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            checkpoint_bytes: 256 << 20,
+        }
+    }
+}
 
 const STATE_FILE: &str = "state.json";
 const STAGING_FILE: &str = "staging.log";
@@ -222,9 +234,15 @@ pub enum RecoveryError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RecoveryError + '_ {
-    move |source| RecoveryError::Io {
-        path: path.to_owned(),
-        source,
+    move |source| {
+        #[cfg(test)]
+        if durable::fault::is_crash(&source) {
+            return RecoveryError::InjectedCrash;
+        }
+        RecoveryError::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
 }
 
@@ -277,198 +295,68 @@ fn volume_states(volumes: &[Volume]) -> Vec<VolumeState> {
         .collect()
 }
 
-/// Every write, fsync, rename and removal the store makes goes through here, so a test
-/// can stop the store after its k-th step as a crash would. A process crash tears the
-/// write it stops (half of it lands); a power loss also loses every write to a file
-/// since that file's last fsync. Outside tests it only does the operation.
-#[derive(Debug)]
-#[cfg_attr(not(test), derive(Default))]
-struct Disk {
-    #[cfg(test)]
-    steps: AtomicU64,
-    /// `u64::MAX`: never.
-    #[cfg(test)]
-    crash_after: AtomicU64,
-    #[cfg(test)]
-    power_loss: std::sync::atomic::AtomicBool,
-    /// With `power_loss`: what each write not yet fsynced overwrote, oldest first.
-    #[cfg(test)]
-    unsynced: std::sync::Mutex<Vec<Unsynced>>,
-}
+/// Every write, fsync, rename and removal the store makes goes through its
+/// [`durable::Disk`], so a test can stop the store after its k-th step as a crash or
+/// a power cut would (`durable::fault`). This adapter names the file in each error.
+/// In test builds the disk is a [`durable::fault::FaultDisk`], disarmed until a test
+/// arms it.
+#[derive(Debug, Clone)]
+struct StoreDisk(Arc<dyn Disk>, #[cfg(test)] Arc<durable::fault::FaultDisk>);
 
-#[cfg(test)]
-#[derive(Debug)]
-struct Unsynced {
-    path: PathBuf,
-    at: u64,
-    old: Vec<u8>,
-    old_len: u64,
-}
-
-#[cfg(test)]
-impl Default for Disk {
+impl Default for StoreDisk {
+    #[cfg(not(test))]
     fn default() -> Self {
-        Disk {
-            steps: AtomicU64::new(0),
-            crash_after: AtomicU64::new(u64::MAX),
-            power_loss: Default::default(),
-            unsynced: Default::default(),
-        }
+        StoreDisk(Arc::new(durable::OsDisk))
+    }
+
+    #[cfg(test)]
+    fn default() -> Self {
+        let fault = Arc::new(durable::fault::FaultDisk::default());
+        StoreDisk(fault.clone(), fault)
     }
 }
 
-impl Disk {
-    /// Counts one step; a test's crash happens here.
-    #[cfg(test)]
-    fn step(&self) -> Result<(), RecoveryError> {
-        let n = self.steps.fetch_add(1, Ordering::Relaxed);
-        if n >= self.crash_after.load(Ordering::Relaxed) {
-            if self.power_loss.load(Ordering::Relaxed) {
-                self.lose_unsynced();
-            }
-            return Err(RecoveryError::InjectedCrash);
-        }
-        Ok(())
+/// What a test's crash loses: with `power_loss`, every write and rename not yet
+/// made durable.
+#[cfg(test)]
+fn power_cut(power_loss: bool) -> durable::fault::PowerCut {
+    if power_loss {
+        durable::fault::PowerCut::ALL
+    } else {
+        durable::fault::PowerCut::default()
     }
+}
 
-    /// Puts back what every write since its file's last fsync overwrote.
-    #[cfg(test)]
-    fn lose_unsynced(&self) {
-        let mut unsynced = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(u) = unsynced.pop() {
-            let Ok(file) = OpenOptions::new().write(true).open(&u.path) else {
-                continue;
-            };
-            let _ = file.write_all_at(&u.old, u.at);
-            if file.metadata().is_ok_and(|m| m.len() > u.old_len) {
-                let _ = file.set_len(u.old_len);
-            }
-        }
-    }
-
-    /// With `power_loss`, notes what a write to `path` at `at` will overwrite.
-    #[cfg(test)]
-    fn note_write(&self, file: &File, path: &Path, at: u64, len: usize) {
-        if !self.power_loss.load(Ordering::Relaxed) {
-            return;
-        }
-        let old_len = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let keep = old_len.saturating_sub(at).min(len as u64) as usize;
-        let mut old = vec![0; keep];
-        let _ = file.read_exact_at(&mut old, at);
-        let mut unsynced = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
-        unsynced.push(Unsynced {
-            path: path.to_owned(),
-            at,
-            old,
-            old_len,
-        });
-    }
-
-    /// `path` was fsynced, removed or recreated: its earlier writes cannot be lost.
-    #[cfg(test)]
-    fn forget(&self, path: &Path) {
-        let mut unsynced = self.unsynced.lock().unwrap_or_else(|e| e.into_inner());
-        unsynced.retain(|u| u.path != path);
-    }
-
-    #[cfg(not(test))]
-    fn note_write(&self, _file: &File, _path: &Path, _at: u64, _len: usize) {}
-
-    #[cfg(not(test))]
-    fn forget(&self, _path: &Path) {}
-
-    #[cfg(not(test))]
-    fn step(&self) -> Result<(), RecoveryError> {
-        Ok(())
-    }
-
+impl StoreDisk {
     fn write_at(&self, file: &File, path: &Path, buf: &[u8], at: u64) -> Result<(), RecoveryError> {
-        self.step().inspect_err(|_| {
-            let _ = file.write_all_at(&buf[..buf.len() / 2], at);
-        })?;
-        self.note_write(file, path, at, buf.len());
-        file.write_all_at(buf, at).map_err(io_err(path))
+        self.0.write_at(file, path, buf, at).map_err(io_err(path))
     }
 
     fn sync(&self, file: &File, path: &Path) -> Result<(), RecoveryError> {
-        self.step()?;
-        file.sync_all().map_err(io_err(path))?;
-        self.forget(path);
-        Ok(())
+        self.0.sync(file, path).map_err(io_err(path))
     }
 
     fn set_len(&self, file: &File, path: &Path, len: u64) -> Result<(), RecoveryError> {
-        self.step()?;
-        file.set_len(len).map_err(io_err(path))
+        self.0.set_len(file, path, len).map_err(io_err(path))
     }
 
     fn create(&self, path: &Path) -> Result<File, RecoveryError> {
-        self.step()?;
-        self.forget(path);
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(io_err(path))
-    }
-
-    fn rename(&self, from: &Path, to: &Path) -> Result<(), RecoveryError> {
-        self.step()?;
-        fs::rename(from, to).map_err(io_err(to))
+        self.0.create(path).map_err(io_err(path))
     }
 
     fn sync_dir(&self, dir: &Path) -> Result<(), RecoveryError> {
-        self.step()?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(dir))
+        self.0.sync_dir(dir).map_err(io_err(dir))
     }
 
     /// Removes `path`; one that is not there is fine.
     fn remove(&self, path: &Path) -> Result<(), RecoveryError> {
-        if !path.exists() {
-            return Ok(());
-        }
-        self.step()?;
-        self.forget(path);
-        match fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(path)(e)),
-            _ => Ok(()),
-        }
+        self.0.remove(path).map_err(io_err(path))
     }
 
     /// Makes `len` bytes at `at` read as zeros: a punched hole, or written zeros where
     /// the file system cannot punch.
     fn zero(&self, file: &File, path: &Path, at: u64, len: u64) -> Result<(), RecoveryError> {
-        let punched = match (i64::try_from(at), i64::try_from(len)) {
-            (Ok(off), Ok(n)) => {
-                self.step()?;
-                // SAFETY: fallocate on a file descriptor we own for the call's duration;
-                // it takes no pointers.
-                let rc = unsafe {
-                    libc::fallocate(
-                        file.as_raw_fd(),
-                        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                        off,
-                        n,
-                    )
-                };
-                if rc == 0 {
-                    true
-                } else {
-                    let e = io::Error::last_os_error();
-                    match e.raw_os_error() {
-                        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) | Some(libc::EINVAL) => false,
-                        _ => return Err(io_err(path)(e)),
-                    }
-                }
-            }
-            _ => false,
-        };
-        if !punched {
+        if !self.0.punch(file, path, at, len).map_err(io_err(path))? {
             let zeros = vec![0u8; CHUNK.min(len as usize)];
             let mut done = 0;
             while done < len {
@@ -877,7 +765,8 @@ pub struct ReceiverStore {
     state: State,
     summary: Arc<parking_lot::Mutex<ReceiverSummary>>,
     staging: Option<Staging>,
-    disk: Disk,
+    disk: StoreDisk,
+    config: StoreConfig,
     /// An operation failed part way: the files are the truth, reload them (which runs
     /// crash recovery) before the next operation.
     needs_reload: bool,
@@ -887,10 +776,13 @@ fn undo_name(cut: u64) -> String {
     format!("undo-{cut}.log")
 }
 
-fn tmp_of(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".tmp");
-    PathBuf::from(name)
+/// A durable replacement's error as the store's: the file and its cause, or what the
+/// store's own writer returned.
+fn from_replace(e: durable::ReplaceError<RecoveryError>) -> RecoveryError {
+    match e {
+        durable::ReplaceError::Io { path, source } => io_err(&path)(source),
+        durable::ReplaceError::Fill(e) => e,
+    }
 }
 
 impl ReceiverStore {
@@ -902,7 +794,16 @@ impl ReceiverStore {
     ///
     /// The volume files must exist; one shorter than its size is extended (sparse).
     pub fn open(dir: &Path, volumes: Vec<VolumeTarget>) -> Result<Self, RecoveryError> {
-        let mut store = Self::open_files(dir, volumes, Disk::default())?;
+        Self::open_with(dir, volumes, StoreConfig::default())
+    }
+
+    /// [`ReceiverStore::open`] with a pacing of its own.
+    pub fn open_with(
+        dir: &Path,
+        volumes: Vec<VolumeTarget>,
+        config: StoreConfig,
+    ) -> Result<Self, RecoveryError> {
+        let mut store = Self::open_files(dir, volumes, StoreDisk::default(), config)?;
         store.reload()?;
         Ok(store)
     }
@@ -915,7 +816,8 @@ impl ReceiverStore {
         volumes: Vec<VolumeTarget>,
         generation: u64,
     ) -> Result<Self, RecoveryError> {
-        let mut store = Self::open_files(dir, volumes, Disk::default())?;
+        let mut store =
+            Self::open_files(dir, volumes, StoreDisk::default(), StoreConfig::default())?;
         store.reset_inner(generation)?;
         Ok(store)
     }
@@ -923,7 +825,8 @@ impl ReceiverStore {
     fn open_files(
         dir: &Path,
         volumes: Vec<VolumeTarget>,
-        disk: Disk,
+        disk: StoreDisk,
+        config: StoreConfig,
     ) -> Result<Self, RecoveryError> {
         if !dir.is_dir() {
             fs::create_dir_all(dir).map_err(io_err(dir))?;
@@ -955,6 +858,7 @@ impl ReceiverStore {
             summary,
             staging: None,
             disk,
+            config,
             needs_reload: true,
         };
         store.set_state(state);
@@ -982,15 +886,15 @@ impl ReceiverStore {
     fn open_crashing(
         dir: &Path,
         volumes: Vec<VolumeTarget>,
+        config: StoreConfig,
         k: u64,
         power_loss: bool,
     ) -> Result<Self, RecoveryError> {
-        let disk = Disk::default();
-        disk.crash_after.store(k, Ordering::Relaxed);
-        disk.power_loss.store(power_loss, Ordering::Relaxed);
-        let mut store = Self::open_files(dir, volumes, disk)?;
+        let disk = StoreDisk::default();
+        disk.1.crash_after(k, power_cut(power_loss));
+        let mut store = Self::open_files(dir, volumes, disk, config)?;
         store.reload()?;
-        store.disk.crash_after.store(u64::MAX, Ordering::Relaxed);
+        store.disk.1.disarm();
         Ok(store)
     }
 
@@ -1089,7 +993,7 @@ impl ReceiverStore {
     /// Appends one extent of volume `volume` (index) at byte `offset`, after checking
     /// `crc32c` of the data bytes (ignored for `Zero`) and that the range is non-empty and
     /// inside the volume. A refused extent stages nothing. Not yet durable. In place, the
-    /// extent is written to the volume, and every [`CHECKPOINT_BYTES`] the extents
+    /// extent is written to the volume, and every [`StoreConfig::checkpoint_bytes`] the extents
     /// written so far are made durable.
     pub fn put(
         &mut self,
@@ -1157,7 +1061,7 @@ impl ReceiverStore {
                 staging.bytes += len;
                 staging.last_end = Some((volume, offset + len));
             }
-            let due = staging.unsynced >= CHECKPOINT_BYTES;
+            let due = staging.unsynced >= self.config.checkpoint_bytes;
             let result = result.and_then(|()| if due { self.checkpoint() } else { Ok(()) });
             return self.note(result);
         }
@@ -1571,67 +1475,71 @@ impl ReceiverStore {
         let staging = self.staging.as_ref().ok_or(RecoveryError::NotStaging)?;
         let staging_path = self.dir.join(STAGING_FILE);
         let path = self.dir.join(undo_name(prev.cut));
-        let tmp = tmp_of(&path);
-        let file = self.disk.create(&tmp)?;
+        let tmp = durable::tmp_path(&path);
         let (header, seed) = encode_log_header(UNDO_MAGIC, prev, self.volumes.len() as u32, 0);
-        self.disk.write_at(&file, &tmp, &header, 0)?;
-        let mut at = LOG_HEADER as u64;
-        let (mut records, mut bytes) = (0u64, 0u64);
+        let mut at = 0u64;
         let mut buf = vec![0u8; CHUNK.min(staged.bytes.max(1) as usize)];
-        for_each_record(
-            &staging.file,
-            &staging_path,
-            staged,
-            &self.sizes(),
-            |record| {
-                let (volume, offset, len) = match record {
-                    Record::Data {
-                        volume,
-                        offset,
-                        len,
-                        ..
-                    }
-                    | Record::Zero {
-                        volume,
-                        offset,
-                        len,
-                    } => (volume, offset, len),
-                    // An in-place log has no undo log (there is no cut before it).
-                    Record::Placed { .. } | Record::End { .. } => return Ok(()),
-                };
-                let v = &self.volumes[volume as usize];
-                let mut done = 0u64;
-                while done < len {
-                    let n = (len - done).min(CHUNK as u64) as usize;
-                    let old = &mut buf[..n];
-                    read_volume(&v.file, &v.target.path, old, offset + done)?;
-                    let zero = old.iter().all(|&b| b == 0);
-                    let (tag, crc) = if zero {
-                        (TAG_ZERO, 0)
-                    } else {
-                        (TAG_DATA, crc32c::crc32c(old))
+        durable::replace_with_on(&*self.disk.0, &path, |w| {
+            let mut put = |bytes: &[u8]| {
+                at += bytes.len() as u64;
+                w.write_all(bytes).map_err(io_err(&tmp))
+            };
+            put(&header)?;
+            let (mut records, mut bytes) = (0u64, 0u64);
+            for_each_record(
+                &staging.file,
+                &staging_path,
+                staged,
+                &self.sizes(),
+                |record| {
+                    let (volume, offset, len) = match record {
+                        Record::Data {
+                            volume,
+                            offset,
+                            len,
+                            ..
+                        }
+                        | Record::Zero {
+                            volume,
+                            offset,
+                            len,
+                        } => (volume, offset, len),
+                        // An in-place log has no undo log (there is no cut before it).
+                        Record::Placed { .. } | Record::End { .. } => return Ok(()),
                     };
-                    let h = encode_record(seed, tag, volume, offset + done, n as u64, crc);
-                    self.disk.write_at(&file, &tmp, &h, at)?;
-                    at += RECORD_HEADER as u64;
-                    if !zero {
-                        self.disk.write_at(&file, &tmp, old, at)?;
-                        at += n as u64;
+                    let v = &self.volumes[volume as usize];
+                    let mut done = 0u64;
+                    while done < len {
+                        let n = (len - done).min(CHUNK as u64) as usize;
+                        let old = &mut buf[..n];
+                        read_volume(&v.file, &v.target.path, old, offset + done)?;
+                        let zero = old.iter().all(|&b| b == 0);
+                        let (tag, crc) = if zero {
+                            (TAG_ZERO, 0)
+                        } else {
+                            (TAG_DATA, crc32c::crc32c(old))
+                        };
+                        put(&encode_record(
+                            seed,
+                            tag,
+                            volume,
+                            offset + done,
+                            n as u64,
+                            crc,
+                        ))?;
+                        if !zero {
+                            put(old)?;
+                        }
+                        records += 1;
+                        bytes += n as u64;
+                        done += n as u64;
                     }
-                    records += 1;
-                    bytes += n as u64;
-                    done += n as u64;
-                }
-                Ok(())
-            },
-        )?;
-        let end = encode_record(seed, TAG_END, 0, records, bytes, 0);
-        self.disk.write_at(&file, &tmp, &end, at)?;
-        at += RECORD_HEADER as u64;
-        self.disk.sync(&file, &tmp)?;
-        drop(file);
-        self.disk.rename(&tmp, &path)?;
-        self.disk.sync_dir(&self.dir)?;
+                    Ok(())
+                },
+            )?;
+            put(&encode_record(seed, TAG_END, 0, records, bytes, 0))
+        })
+        .map_err(from_replace)?;
         Ok(at)
     }
 
@@ -1685,19 +1593,16 @@ impl ReceiverStore {
     /// Replaces `state.json` atomically.
     fn save_state(&self, state: &State) -> Result<(), RecoveryError> {
         let path = self.dir.join(STATE_FILE);
-        let tmp = tmp_of(&path);
         let mut text =
             serde_json::to_vec_pretty(state).map_err(|source| RecoveryError::StateFile {
                 path: path.clone(),
                 source,
             })?;
         text.push(b'\n');
-        let file = self.disk.create(&tmp)?;
-        self.disk.write_at(&file, &tmp, &text, 0)?;
-        self.disk.sync(&file, &tmp)?;
-        drop(file);
-        self.disk.rename(&tmp, &path)?;
-        self.disk.sync_dir(&self.dir)
+        durable::replace_on(&*self.disk.0, &path, &text).map_err(|e| match e {
+            durable::ReplaceError::Io { path, source } => io_err(&path)(source),
+            durable::ReplaceError::Fill(never) => match never {},
+        })
     }
 
     /// Removes temp files and undo logs of no recovery point.
@@ -1724,14 +1629,19 @@ impl ReceiverStore {
         Ok(())
     }
 
+    /// A test's failure: the store's `k`-th durable step from now fails with `errno`
+    /// (ENOSPC, EIO) without doing anything; the steps after it go on.
+    #[cfg(test)]
+    fn fail_at(&self, k: u64, errno: i32) {
+        self.disk.1.fail_at(k, errno);
+    }
+
     /// A test's crash: the store's `k`-th durable step from now (counting writes,
     /// fsyncs, renames and removals) fails, a write there tearing in half; with
-    /// `power_loss` every write not fsynced since is lost too.
+    /// `power_loss` every write and rename not made durable since is lost too.
     #[cfg(test)]
     fn crash_after(&self, k: u64, power_loss: bool) {
-        self.disk.steps.store(0, Ordering::Relaxed);
-        self.disk.crash_after.store(k, Ordering::Relaxed);
-        self.disk.power_loss.store(power_loss, Ordering::Relaxed);
+        self.disk.1.crash_after(k, power_cut(power_loss));
     }
 }
 

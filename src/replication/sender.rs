@@ -33,7 +33,8 @@ use crate::volume::Volume;
 
 /// Set in the environment of a build with the `fault-injection` feature (the tests'),
 /// the primary aborts right after the peer commits a cut and before it records that (a
-/// test of the crash window in between). Other builds do not look at it.
+/// test of the crash window in between). Other builds do not have it.
+#[cfg(feature = "fault-injection")]
 pub const CRASH_BEFORE_RECORD: &str = "TWINLUN_TEST_CRASH_BEFORE_RECORDING_COMMIT";
 
 /// Longest a cut holds writers off.
@@ -103,7 +104,7 @@ impl PrimarySet {
     /// `dir` is the set's own state folder.
     pub fn start(node: &Arc<Node>, name: &str, dir: PathBuf) -> Arc<PrimarySet> {
         let state = load_state(&dir).unwrap_or_else(|e| {
-            tracing::warn!(set = name, error = %e, "replication state unreadable: starting a new generation");
+            tracing::warn!(set = name, error = %crate::chain::ErrorChain(&e), "replication state unreadable: starting a new generation");
             PrimaryState::default()
         });
         if let Some(id) = state.issued_cut.max(state.last_cut) {
@@ -301,9 +302,17 @@ fn load_state(dir: &Path) -> Result<PrimaryState, std::io::Error> {
 
 /// Saves the state durably (`durable::replace`); an error names the file.
 fn save_state(dir: &Path, st: &PrimaryState) -> Result<(), std::io::Error> {
+    save_state_on(&crate::durable::OsDisk, dir, st)
+}
+
+fn save_state_on(
+    disk: &dyn crate::durable::Disk,
+    dir: &Path,
+    st: &PrimaryState,
+) -> Result<(), std::io::Error> {
     std::fs::create_dir_all(dir)?;
     let json = serde_json::to_vec_pretty(st).map_err(std::io::Error::other)?;
-    crate::durable::replace(&state_path(dir), &json).map_err(|e| match e {
+    crate::durable::replace_on(disk, &state_path(dir), &json).map_err(|e| match e {
         crate::durable::ReplaceError::Io { path, source } => {
             std::io::Error::new(source.kind(), format!("{}: {source}", path.display()))
         }
@@ -407,7 +416,7 @@ async fn run(node: Weak<Node>, set: Arc<PrimarySet>) {
                         .saturating_mul(1 << failures.min(5))
                         .min(RETRY_MAX);
                     failures += 1;
-                    tracing::warn!(set = %set.name, error = %e, retry_in_s = delay.as_secs(), "replication cycle failed");
+                    tracing::warn!(set = %set.name, error = %crate::chain::ErrorChain(&e), retry_in_s = delay.as_secs(), "replication cycle failed");
                     live.error = Some(error_chain(&e));
                     live.next_retry = Some(SystemTime::now() + delay);
                 }
@@ -465,15 +474,8 @@ fn set_spec(
 }
 
 /// An error and its sources, for status.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    crate::chain::ErrorChain(e).to_string()
 }
 
 /// One run of pages of one volume to ship: data (read through the snapshot) or a
@@ -614,7 +616,7 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
                 // The peer has the cut; only our record of it is missing. The activity
                 // records stay: after a crash they make the next cycle resend more.
                 Err(e) => {
-                    tracing::error!(set = %set.name, error = %e, "cannot save replication state")
+                    tracing::error!(set = %set.name, error = %crate::chain::ErrorChain(&e), "cannot save replication state")
                 }
             }
             tracing::info!(
@@ -1153,5 +1155,26 @@ mod tests {
         b[4098] = 0;
         b[3] = 1;
         assert!(!is_zero(&b));
+    }
+
+    #[test]
+    fn a_crash_or_an_error_in_a_save_leaves_the_old_state_or_the_new_one() {
+        let old = PrimaryState {
+            generation: 7,
+            last_cut: Some(3),
+            ..PrimaryState::default()
+        };
+        let new = PrimaryState {
+            last_cut: Some(4),
+            issued_cut: Some(5),
+            ..old.clone()
+        };
+        let show = |st: PrimaryState| serde_json::to_string(&st).unwrap();
+        crate::durable::fault::check_save(
+            |dir| save_state(dir, &old).unwrap(),
+            |disk, dir| save_state_on(disk, dir, &new),
+            |dir| show(load_state(dir).unwrap()),
+            &[show(old.clone()), show(new.clone())],
+        );
     }
 }

@@ -211,21 +211,9 @@ fn sense_for(e: &VolumeError, writing: bool) -> Sense {
     }
 }
 
-/// An error and every cause under it, for a log line: "write tracking failed: ...:
-/// No space left on device".
-struct Chain<'a>(&'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cause = self.0.source();
-        while let Some(c) = cause {
-            write!(f, ": {c}")?;
-            cause = c.source();
-        }
-        Ok(())
-    }
-}
+// An error and every cause under it, for a log line: "write tracking failed: ...:
+// No space left on device".
+use crate::chain::ErrorChain as Chain;
 
 /// Reads `len` bytes at `offset` of the LUN: the volume, or for a snapshot LUN the
 /// volume's content at the snapshot's cut (current content, then the kept copies of

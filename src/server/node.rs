@@ -173,7 +173,7 @@ impl Node {
                             .insert(name.to_string(), Receiver { store, summary });
                     }
                     Err(e) => {
-                        tracing::error!(set = %name, error = %e, "cannot open the secondary's replication state");
+                        tracing::error!(set = %name, error = %crate::chain::ErrorChain(&e), "cannot open the secondary's replication state");
                     }
                 }
             }
@@ -255,7 +255,7 @@ impl Node {
             if let Some(t) = v.tracking() {
                 let dir = self.tracking_dir(&spec);
                 if let Err(e) = t.close_and_save(&dir, SAVE_TIMEOUT).await {
-                    tracing::error!(volume = %name, error = %e, "saving write tracking failed");
+                    tracing::error!(volume = %name, error = %crate::chain::ErrorChain(&e), "saving write tracking failed");
                 }
             }
         }
@@ -397,7 +397,7 @@ impl Node {
         let volumes = self.open_volume_list();
         for (name, v) in volumes {
             if let Err(e) = v.sync_blocking() {
-                tracing::error!(volume = %name, error = %e, "sync at shutdown failed");
+                tracing::error!(volume = %name, error = %crate::chain::ErrorChain(&e), "sync at shutdown failed");
             }
         }
     }
@@ -439,7 +439,7 @@ impl Host for Node {
         if let Err(e) =
             crate::datadir::remove_object_dir(&self.data_dir, crate::datadir::TRACKING, &dir)
         {
-            tracing::warn!(volume = %name, error = %e, "cannot remove tracking state");
+            tracing::warn!(volume = %name, error = %crate::chain::ErrorChain(&e), "cannot remove tracking state");
         }
     }
     fn dirty_pages(&self, name: &str) -> Option<u64> {
@@ -562,7 +562,7 @@ impl Host for Node {
         if let Err(e) =
             crate::datadir::remove_object_dir(&self.data_dir, crate::datadir::REPLICATION, &dir)
         {
-            tracing::warn!(set = %name, error = %e, "cannot remove replication state");
+            tracing::warn!(set = %name, error = %crate::chain::ErrorChain(&e), "cannot remove replication state");
         }
     }
     fn replicate(&self, name: &str) -> Result<String, ReplicationError> {

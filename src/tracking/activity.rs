@@ -23,10 +23,19 @@
 //! After a crash the dirty pages are everything these files name: the pages of each
 //! recorded extent and each listed page. That is more than changed, never less, and
 //! bounded by the extents written since the last committed cut.
+//!
+//! Space is reserved ahead (DRBD preallocates its activity log the same way): a log
+//! started with [`ActivityLog::start_reserved`] creates the current epoch's log and the
+//! next epoch's (a spare, taken at the next rotation) with the blocks of one record
+//! per extent of the volume allocated (fallocate, keeping the size), which is the most
+//! an epoch appends. Recording a write then needs no new blocks, so with the file
+//! system full the overwrites of allocated blocks keep going; what still needs space
+//! (the next spare, made by the first flush of an epoch) fails with its cause named.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::Range;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -36,6 +45,7 @@ use tokio::sync::Notify;
 
 use super::persist::{self, io_err, remove_if_present, sync_dir};
 use super::{PageIndex, PageSize, TrackingError};
+use crate::durable::{Disk, OsDisk};
 
 /// The unit the log records: 4 MiB, so a 1 GiB volume has 256 extents.
 pub const EXTENT_BYTES: u64 = 4 << 20;
@@ -46,6 +56,8 @@ const RECORD: usize = 8;
 pub struct ActivityLog {
     dir: PathBuf,
     pages_per_extent: u32,
+    /// Bytes reserved in each epoch's log ahead of its records; 0: none.
+    reserve: u64,
     state: Mutex<State>,
     /// Woken when a flush ends, well or not.
     flushed: Notify,
@@ -62,6 +74,8 @@ struct State {
     flushing: bool,
     /// This epoch's log, once created.
     file: Option<Arc<File>>,
+    /// The next epoch's log, created with its space reserved: the epoch and the file.
+    spare: Option<(u64, Arc<File>)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,6 +205,29 @@ impl ActivityLog {
         page_size: PageSize,
         dirty: &RoaringBitmap,
     ) -> Result<Self, TrackingError> {
+        Self::start_inner(dir, page_size, dirty, 0)
+    }
+
+    /// [`ActivityLog::start`] for a volume of `volume_bytes`, with the space of the
+    /// current epoch's log and of the next one's reserved now (see the module
+    /// documentation): a file system that fills up later does not stop recording.
+    pub fn start_reserved(
+        dir: &Path,
+        page_size: PageSize,
+        dirty: &RoaringBitmap,
+        volume_bytes: u64,
+    ) -> Result<Self, TrackingError> {
+        let extents = volume_bytes.div_ceil(EXTENT_BYTES).max(1);
+        let reserve = (extents * RECORD as u64).next_multiple_of(4096);
+        Self::start_inner(dir, page_size, dirty, reserve)
+    }
+
+    fn start_inner(
+        dir: &Path,
+        page_size: PageSize,
+        dirty: &RoaringBitmap,
+        reserve: u64,
+    ) -> Result<Self, TrackingError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let old = files(dir)?;
         let epoch = old.last().map_or(1, |(e, _, _)| e + 1);
@@ -200,11 +237,21 @@ impl ActivityLog {
                 remove_if_present(path)?;
             }
         }
+        let (file, spare) = if reserve > 0 {
+            let file = create_log(dir, epoch, reserve)?;
+            let spare = create_log(dir, epoch + 1, reserve)?;
+            (Some(file), Some((epoch + 1, spare)))
+        } else {
+            (None, None)
+        };
         Ok(ActivityLog {
             dir: dir.to_owned(),
             pages_per_extent: pages_per_extent(page_size),
+            reserve,
             state: Mutex::new(State {
                 epoch,
+                file,
+                spare,
                 ..State::default()
             }),
             flushed: Notify::new(),
@@ -233,10 +280,12 @@ impl ActivityLog {
                 } else {
                     s.flushing = true;
                     let batch = std::mem::take(&mut s.queued) - &s.hot;
-                    Ok((s.epoch, s.file.clone(), batch))
+                    // The first flush of an epoch makes the next epoch's spare.
+                    let spare = (self.reserve > 0 && s.spare.is_none()).then_some(s.epoch + 1);
+                    Ok((s.epoch, s.file.clone(), batch, spare))
                 }
             };
-            let (epoch, file, batch) = match step {
+            let (epoch, file, batch, spare) = match step {
                 Ok(flush) => flush,
                 Err(flushed) => {
                     flushed.await;
@@ -247,9 +296,16 @@ impl ActivityLog {
             let _done = FlushDone(self);
             let dir = self.dir.clone();
             let records = batch.clone();
-            let appended =
-                tokio::task::spawn_blocking(move || append(&dir, epoch, file, &records)).await;
-            let file = appended.map_err(|e| TrackingError::Io {
+            let reserve = self.reserve;
+            let appended = tokio::task::spawn_blocking(move || {
+                let file = append(&dir, epoch, file, &records)?;
+                // The records are durable whatever becomes of the spare: a spare that
+                // cannot be made now is tried again at the next flush.
+                let spare = spare.map(|e| (e, create_log(&dir, e, reserve)));
+                Ok::<_, TrackingError>((file, spare))
+            })
+            .await;
+            let (file, spare) = appended.map_err(|e| TrackingError::Io {
                 path: log_path(&self.dir, epoch),
                 source: io::Error::other(e.to_string()),
             })??;
@@ -257,6 +313,13 @@ impl ActivityLog {
             if s.epoch == epoch {
                 s.hot |= batch;
                 s.file = Some(file);
+            }
+            match spare {
+                Some((e, Ok(spare))) if s.epoch < e => s.spare = Some((e, spare)),
+                Some((e, Err(err))) => {
+                    tracing::warn!(epoch = e, error = %crate::chain::ErrorChain(&err), "cannot reserve the next activity log: the first write after the next cut needs new space");
+                }
+                _ => {}
             }
         }
     }
@@ -269,7 +332,10 @@ impl ActivityLog {
         s.epoch += 1;
         s.hot.clear();
         s.queued.clear();
-        s.file = None;
+        s.file = match s.spare.take() {
+            Some((e, file)) if e == s.epoch => Some(file),
+            _ => None,
+        };
         ended
     }
 
@@ -308,6 +374,28 @@ impl Drop for FlushDone<'_> {
         self.0.state.lock().flushing = false;
         self.0.flushed.notify_waiters();
     }
+}
+
+/// Creates the (empty) log of `epoch` with `reserve` bytes of space allocated past
+/// its end, durably: the file, then its name.
+fn create_log(dir: &Path, epoch: u64, reserve: u64) -> Result<Arc<File>, TrackingError> {
+    let path = log_path(dir, epoch);
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    let reserved = OsDisk
+        .reserve(&file, &path, 0, reserve)
+        .and_then(|()| file.sync_all())
+        .map_err(io_err(&path))
+        .and_then(|()| sync_dir(&path));
+    if let Err(e) = reserved {
+        let _ = fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(Arc::new(file))
 }
 
 /// Appends one record per extent to the log of `epoch` and makes them durable.
@@ -468,5 +556,60 @@ mod tests {
         // Each extent recorded once, since a writer waits for a flush in progress.
         let bytes = fs::metadata(log_path(dir.path(), 1)).unwrap().len();
         assert_eq!(bytes, want.len() / 1024 * RECORD as u64);
+    }
+
+    #[tokio::test]
+    async fn reserved_logs_have_their_space_before_any_record() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // 16 extents: 128 bytes of records, a page reserved.
+        let log =
+            ActivityLog::start_reserved(d, PageSize::DEFAULT, &RoaringBitmap::new(), 64 << 20)
+                .unwrap();
+        let reserved = |epoch: u64| {
+            let m = fs::metadata(log_path(d, epoch)).unwrap();
+            assert_eq!(m.permissions().mode() & 0o777, 0o600);
+            (m.len(), m.blocks() * 512 >= 4096)
+        };
+        // The current epoch's log and the next one's, empty, their blocks allocated.
+        assert_eq!(reserved(1), (0, true));
+        assert_eq!(reserved(2), (0, true));
+        assert_eq!(
+            recover(d, 16 * 1024, PageSize::DEFAULT).unwrap(),
+            Some(RoaringBitmap::new())
+        );
+        log.record(page_range(3..4)).await.unwrap();
+        assert_eq!(reserved(1), (RECORD as u64, true));
+        // The next epoch appends to the spare; its first flush reserves the one after.
+        assert_eq!(log.rotate(), 1);
+        assert!(!log_path(d, 3).exists());
+        log.record(page_range(5..6)).await.unwrap();
+        assert_eq!(reserved(2), (RECORD as u64, true));
+        assert_eq!(reserved(3), (0, true));
+        let mut want = RoaringBitmap::new();
+        want.insert_range(page_range(3..4));
+        want.insert_range(page_range(5..6));
+        assert_eq!(
+            recover(d, 16 * 1024, PageSize::DEFAULT).unwrap(),
+            Some(want)
+        );
+        log.forget_through(1).unwrap();
+        let mut want = RoaringBitmap::new();
+        want.insert_range(page_range(5..6));
+        assert_eq!(
+            recover(d, 16 * 1024, PageSize::DEFAULT).unwrap(),
+            Some(want.clone())
+        );
+        // A restart starts past the spare and removes it with the rest.
+        drop(log);
+        let _log = ActivityLog::start_reserved(d, PageSize::DEFAULT, &want, 64 << 20).unwrap();
+        assert_eq!(reserved(4), (0, true));
+        assert_eq!(reserved(5), (0, true));
+        assert!(!log_path(d, 3).exists() && !log_path(d, 2).exists());
+        assert_eq!(
+            recover(d, 16 * 1024, PageSize::DEFAULT).unwrap(),
+            Some(want)
+        );
     }
 }

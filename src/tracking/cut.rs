@@ -109,7 +109,7 @@ impl Cut {
         self.each_volume(volumes, |v, frozen| {
             let Some(epoch) = frozen.epoch else { return };
             if let Err(e) = v.forget_activity_through(epoch) {
-                tracing::warn!(volume = %frozen.volume, error = %e, "cannot delete old activity records");
+                tracing::warn!(volume = %frozen.volume, error = %crate::chain::ErrorChain(&e), "cannot delete old activity records");
             }
         });
     }
@@ -208,7 +208,7 @@ impl CutCoordinator {
             }
             Err(e) => {
                 stats.failures += 1;
-                tracing::warn!(error = %e, pause_us = pause.as_micros() as u64, "cut failed; gates reopened");
+                tracing::warn!(error = %crate::chain::ErrorChain(&e), pause_us = pause.as_micros() as u64, "cut failed; gates reopened");
                 Err(e)
             }
         }

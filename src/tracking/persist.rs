@@ -12,7 +12,7 @@
 //!   crash, and a snapshot or bitmap in it may miss writes: it is refused.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufReader, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,7 +21,7 @@ use roaring::RoaringBitmap;
 
 use super::cow::{CowConfig, CowStore};
 use super::{CutId, TrackingError};
-use crate::durable::tmp_path;
+use crate::durable::{tmp_path, Disk, DiskWriter, OsDisk};
 
 pub const SNAP_MAGIC: [u8; 8] = *b"TWLNSNAP";
 const SNAP_VERSION: u32 = 1;
@@ -38,19 +38,20 @@ fn snap_file(cut: CutId) -> String {
 
 /// fsync the directory holding `path`, so its creation, removal or rename is durable.
 pub(crate) fn sync_dir(path: &Path) -> Result<(), TrackingError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    crate::durable::sync_dir(dir).map_err(io_err(dir))
+    sync_dir_on(&OsDisk, path)
 }
 
-/// Writes `path` atomically with what `fill` writes (`durable::replace_with`).
-fn write_atomic<F>(path: &Path, fill: F) -> Result<(), TrackingError>
+fn sync_dir_on(disk: &dyn Disk, path: &Path) -> Result<(), TrackingError> {
+    let dir = crate::durable::parent_dir(path);
+    disk.sync_dir(dir).map_err(io_err(dir))
+}
+
+/// Writes `path` atomically with what `fill` writes (`durable::replace_with_on`).
+fn write_atomic<F>(disk: &dyn Disk, path: &Path, fill: F) -> Result<(), TrackingError>
 where
-    F: FnOnce(&mut BufWriter<File>) -> Result<(), TrackingError>,
+    F: FnOnce(&mut DiskWriter<'_>) -> Result<(), TrackingError>,
 {
-    crate::durable::replace_with(path, fill).map_err(|e| match e {
+    crate::durable::replace_with_on(disk, path, fill).map_err(|e| match e {
         crate::durable::ReplaceError::Io { path, source } => TrackingError::Io { path, source },
         crate::durable::ReplaceError::Fill(e) => e,
     })
@@ -66,8 +67,18 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> TrackingError + '
 /// Writes `bitmap` to `path` so that after a crash `path` holds either the old or the
 /// new bitmap, whole.
 pub fn save_bitmap(path: &Path, bitmap: &RoaringBitmap) -> Result<(), TrackingError> {
+    save_bitmap_on(&OsDisk, path, bitmap)
+}
+
+fn save_bitmap_on(
+    disk: &dyn Disk,
+    path: &Path,
+    bitmap: &RoaringBitmap,
+) -> Result<(), TrackingError> {
     let tmp = tmp_path(path);
-    write_atomic(path, |w| bitmap.serialize_into(w).map_err(io_err(&tmp)))
+    write_atomic(disk, path, |w| {
+        bitmap.serialize_into(w).map_err(io_err(&tmp))
+    })
 }
 
 /// Reads a bitmap [`save_bitmap`] wrote; `Ok(None)` when there is none.
@@ -98,6 +109,7 @@ fn serialize(bitmap: &RoaringBitmap, path: &Path) -> Result<Vec<u8>, TrackingErr
 
 /// Saves one snapshot's store at `path` (`snap-<cut>.cow` in the state directory).
 fn save_snapshot(
+    disk: &dyn Disk,
     path: &Path,
     snap: &SavedSnapshot<'_>,
     page_bytes: usize,
@@ -107,7 +119,7 @@ fn save_snapshot(
     let kept_bytes = serialize(&kept, &tmp)?;
     let scope_bytes = snap.scope.map(|s| serialize(s, &tmp)).transpose()?;
     let since = snap.taken_at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    write_atomic(path, |w| {
+    write_atomic(disk, path, |w| {
         let mut header = Vec::with_capacity(SNAP_HEADER);
         header.extend_from_slice(&SNAP_MAGIC);
         header.extend_from_slice(&SNAP_VERSION.to_le_bytes());
@@ -270,11 +282,25 @@ pub(crate) fn save_state(
     snapshots: &mut [SavedSnapshot<'_>],
     page_bytes: usize,
 ) -> Result<(), TrackingError> {
+    save_state_on(&OsDisk, dir, dirty, snapshots, page_bytes)
+}
+
+fn save_state_on(
+    disk: &dyn Disk,
+    dir: &Path,
+    dirty: &RoaringBitmap,
+    snapshots: &mut [SavedSnapshot<'_>],
+    page_bytes: usize,
+) -> Result<(), TrackingError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
-    remove_if_present(&dir.join(CLEAN_FILE))?;
+    let clean = dir.join(CLEAN_FILE);
+    // The clean marker goes first, durably: a crash from here on finds the state
+    // unclean and counts the activity log, never a half-saved state as clean.
+    remove_on(disk, &clean)?;
+    sync_dir_on(disk, &clean)?;
     for snap in snapshots.iter_mut() {
         let path = dir.join(snap_file(snap.cut));
-        save_snapshot(&path, snap, page_bytes)?;
+        save_snapshot(disk, &path, snap, page_bytes)?;
         // A store loaded from this directory had its file replaced just now.
         snap.store.saved_as(&path);
     }
@@ -282,11 +308,11 @@ pub(crate) fn save_state(
     let keep: Vec<String> = snapshots.iter().map(|s| snap_file(s.cut)).collect();
     for name in state_files(dir)? {
         if name.starts_with("snap-") && !keep.contains(&name) {
-            remove_if_present(&dir.join(&name))?;
+            remove_on(disk, &dir.join(&name))?;
         }
     }
-    save_bitmap(&dir.join(DIRTY_FILE), dirty)?;
-    write_atomic(&dir.join(CLEAN_FILE), |_| Ok(()))
+    save_bitmap_on(disk, &dir.join(DIRTY_FILE), dirty)?;
+    write_atomic(disk, &clean, |_| Ok(()))
 }
 
 /// Loads what [`save_state`] saved, and removes the clean marker (the state is live
@@ -356,11 +382,11 @@ pub fn discard_state(dir: &Path) -> Result<(), TrackingError> {
 }
 
 pub(crate) fn remove_if_present(path: &Path) -> Result<(), TrackingError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(path)(e)),
-    }
+    remove_on(&OsDisk, path)
+}
+
+fn remove_on(disk: &dyn Disk, path: &Path) -> Result<(), TrackingError> {
+    disk.remove(path).map_err(io_err(path))
 }
 
 #[cfg(test)]
@@ -385,6 +411,50 @@ mod tests {
             fs::read_dir(dir.path()).unwrap().count(),
             1,
             "temp file left"
+        );
+    }
+
+    #[test]
+    fn a_crash_or_an_error_in_a_save_leaves_the_old_state_the_new_one_or_none_clean() {
+        let mut old = RoaringBitmap::new();
+        old.insert_range(0..100);
+        let mut new = old.clone();
+        new.insert_range(5000..6000);
+        #[derive(Debug, PartialEq)]
+        enum Found {
+            Dirty(RoaringBitmap),
+            /// Not clean: the next start counts the activity log.
+            Unclean,
+        }
+        let load = |dir: &Path| match load_state(dir, 4096) {
+            Ok(Some(state)) => {
+                assert!(state.snapshots.is_empty());
+                let found = Found::Dirty(state.dirty);
+                // Put the clean marker back: load_state took it.
+                write_atomic(&OsDisk, &dir.join(CLEAN_FILE), |_| Ok(())).unwrap();
+                found
+            }
+            Ok(None) => panic!("the state is gone"),
+            Err(TrackingError::UncleanState { .. }) => Found::Unclean,
+            Err(e) => panic!("{e}"),
+        };
+        crate::durable::fault::check_save(
+            |dir| save_state(dir, &old, &mut [], 4096).unwrap(),
+            |disk, dir| save_state_on(disk, dir, &new, &mut [], 4096),
+            load,
+            &[
+                Found::Dirty(old.clone()),
+                Found::Dirty(new.clone()),
+                Found::Unclean,
+            ],
+        );
+        // Saving the bitmap alone: old or new, whole.
+        let path = |dir: &Path| dir.join(DIRTY_FILE);
+        crate::durable::fault::check_save(
+            |dir| save_bitmap(&path(dir), &old).unwrap(),
+            |disk, dir| save_bitmap_on(disk, &path(dir), &new),
+            |dir| load_bitmap(&path(dir)).unwrap(),
+            &[Some(old.clone()), Some(new.clone())],
         );
     }
 }

@@ -291,10 +291,11 @@ impl TrackedVolume {
                 (Self::with_dirty(name, size, page_size, cow, dirty)?, true)
             }
         };
-        volume.activity = Some(ActivityLog::start(
+        volume.activity = Some(ActivityLog::start_reserved(
             dir,
             page_size,
             &volume.dirty.snapshot(),
+            size,
         )?);
         persist::ensure_live_state(dir)?;
         Ok((volume, crashed))

@@ -519,3 +519,46 @@ pub fn kill9(s: &mut TestServer) {
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// A tmpfs of a fixed size mounted for one test, unmounted when dropped (declare it
+/// before the server, so the server stops first).
+pub struct Tmpfs(pub std::path::PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &std::path::Path, size: &str) -> Tmpfs {
+        require_tool("mount");
+        require_tool("umount");
+        std::fs::create_dir_all(dir).expect("mount point");
+        let dir_s = dir.to_str().expect("utf-8 path");
+        run_ok(
+            "mount",
+            &["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", dir_s],
+        );
+        Tmpfs(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Writes zeros into `path` until the file system has no block left.
+pub fn fill_up(path: &std::path::Path) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).expect("filler");
+    let mut total = 0u64;
+    for chunk in [1usize << 20, 4096] {
+        let buf = vec![0u8; chunk];
+        loop {
+            match f.write(&buf) {
+                Ok(0) => break,
+                Ok(n) => total += n as u64,
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+    }
+    total
+}

@@ -9,6 +9,13 @@ use super::*;
 
 const BLOCK: u64 = 512;
 
+/// Data written in place between two checkpoints: small, so the crash tests cross
+/// checkpoints.
+const CHECKPOINT_BYTES: u64 = 2048;
+const SMALL: StoreConfig = StoreConfig {
+    checkpoint_bytes: CHECKPOINT_BYTES,
+};
+
 /// A set directory and its volume files in one temporary directory (on tmpfs when
 /// there is one: the crash tests replay thousands of fsyncs).
 struct Rig {
@@ -74,7 +81,7 @@ impl Rig {
     }
 
     fn open(&self) -> ReceiverStore {
-        ReceiverStore::open(&self.dir(), self.targets()).expect("open")
+        ReceiverStore::open_with(&self.dir(), self.targets(), SMALL).expect("open")
     }
 
     fn content(&self) -> Model {
@@ -697,7 +704,7 @@ fn open_reset_clears_a_set_whose_state_is_damaged() {
     let models = apply_all(&rig, &mut store, &cuts[..3], 3);
     drop(store);
     fs::write(rig.dir().join(STATE_FILE), b"{ not json").expect("damage");
-    let err = ReceiverStore::open(&rig.dir(), rig.targets()).expect_err("damaged");
+    let err = ReceiverStore::open_with(&rig.dir(), rig.targets(), SMALL).expect_err("damaged");
     assert!(matches!(err, RecoveryError::StateFile { .. }));
     let mut store = ReceiverStore::open_reset(&rig.dir(), rig.targets(), 2).expect("reset");
     assert_eq!(store.current(), None);
@@ -716,13 +723,13 @@ fn changed_volumes_are_refused_once_there_is_a_cut() {
     // Before any cut a different set of volumes is taken as is (the staged log goes).
     let mut targets = rig.targets();
     targets[1].size = 4096;
-    let mut store = ReceiverStore::open(&rig.dir(), targets.clone()).expect("open");
+    let mut store = ReceiverStore::open_with(&rig.dir(), targets.clone(), SMALL).expect("open");
     assert!(store.staged().is_none());
     run_cut(&mut store, meta(1, 1), &[], 3).expect("cut");
     drop(store);
-    let err = ReceiverStore::open(&rig.dir(), rig.targets()).expect_err("changed");
+    let err = ReceiverStore::open_with(&rig.dir(), rig.targets(), SMALL).expect_err("changed");
     assert!(matches!(err, RecoveryError::VolumesChanged { .. }));
-    ReceiverStore::open(&rig.dir(), targets).expect("same volumes");
+    ReceiverStore::open_with(&rig.dir(), targets, SMALL).expect("same volumes");
 }
 
 #[test]
@@ -949,7 +956,7 @@ fn an_in_place_log_beside_a_kept_cut_is_refused() {
     drop(store);
     fs::write(rig.dir().join(STAGING_FILE), log).expect("put the log back");
     assert!(matches!(
-        ReceiverStore::open(&rig.dir(), rig.targets()),
+        ReceiverStore::open_with(&rig.dir(), rig.targets(), SMALL),
         Err(RecoveryError::Corrupt { .. })
     ));
 }
@@ -1023,8 +1030,13 @@ fn run_with_crash(
                 // Recovery itself crashes at every step in turn before it gets through.
                 store = (0..)
                     .find_map(|j| {
-                        match ReceiverStore::open_crashing(&rig.dir(), rig.targets(), j, power_loss)
-                        {
+                        match ReceiverStore::open_crashing(
+                            &rig.dir(),
+                            rig.targets(),
+                            SMALL,
+                            j,
+                            power_loss,
+                        ) {
                             Ok(s) => Some(s),
                             Err(RecoveryError::InjectedCrash) => None,
                             Err(e) => panic!("k {k}: reopen after {j} recovery steps: {e}"),
@@ -1194,4 +1206,43 @@ fn a_new_set_starts_empty_with_its_state_on_disk() {
     assert!(store.staged().is_none());
     assert!(store.recovery_points().is_empty());
     assert_eq!(rig.files(), vec!["state.json"]);
+}
+
+/// A disk that fails (ENOSPC, EIO) at any step of a cut: the cut fails with an error
+/// whose cause chain says the OS error, and the set stays at the cut before, or, when
+/// the failure came after the new cut was made durable, at the new one; the volumes
+/// hold exactly that cut. The same cut sent again then goes through.
+#[test]
+fn a_failing_disk_at_any_step_of_a_cut_keeps_a_whole_cut_and_says_why() {
+    let cuts = sample_cuts();
+    for errno in [libc::ENOSPC, libc::EIO] {
+        let cause = io::Error::from_raw_os_error(errno).to_string();
+        for k in 0.. {
+            let rig = Rig::new(&[16384, 8192]);
+            let mut store = rig.open();
+            let models = apply_all(&rig, &mut store, &cuts[..2], 3);
+            store.fail_at(k, errno);
+            let result = run_cut(&mut store, meta(1, 3), &cuts[2], 3);
+            let mut third = models[2].clone();
+            apply_model(&mut third, &cuts[2]);
+            let Err(e) = result else {
+                assert_eq!(rig.content(), third);
+                break;
+            };
+            let text = crate::chain::ErrorChain(&e).to_string();
+            assert!(text.contains(&cause), "step {k}: {text}");
+            drop(store);
+            let mut store = rig.open();
+            match store.current().map(|c| c.cut) {
+                Some(2) => assert_eq!(rig.content(), models[2], "step {k}"),
+                Some(3) => assert_eq!(rig.content(), third, "step {k}"),
+                other => panic!("step {k}: the set is at {other:?}"),
+            }
+            if store.current() != Some(&meta(1, 3)) {
+                run_cut(&mut store, meta(1, 3), &cuts[2], 3).expect("the cut again");
+            }
+            assert_eq!(rig.content(), third, "step {k}");
+            assert_eq!(point_cuts(&store), vec![3, 2, 1], "step {k}");
+        }
+    }
 }
