@@ -26,6 +26,8 @@ pub struct TestServer {
     pub extra: Vec<String>,
     /// Extra environment for the next spawn.
     pub env: Vec<(String, String)>,
+    /// Where the server's stderr goes (appended across restarts); inherited if None.
+    pub stderr_log: Option<PathBuf>,
 }
 
 pub fn bin() -> &'static str {
@@ -60,6 +62,28 @@ impl TestServer {
         s
     }
 
+    /// As `start_with`, with the server's stderr kept in a file (`stderr_text` reads
+    /// it), so a test can look for panics in the server's log.
+    pub fn start_logged(extra: &[&str]) -> TestServer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data_dir = tmp.path().join("data");
+        let mut s = Self::at(data_dir, extra);
+        s.stderr_log = Some(tmp.path().join("stderr.log"));
+        s._tmp = Some(tmp);
+        s.spawn("127.0.0.1:0");
+        s
+    }
+
+    /// What the server wrote to stderr so far (needs `start_logged`).
+    pub fn stderr_text(&self) -> String {
+        let path = self
+            .stderr_log
+            .as_ref()
+            .expect("stderr_text needs a server started with start_logged");
+        String::from_utf8_lossy(&std::fs::read(path).expect("read the server's stderr log"))
+            .into_owned()
+    }
+
     /// A server on an existing data dir (which the caller keeps).
     pub fn start_at(data_dir: &Path, extra: &[&str]) -> TestServer {
         let mut s = Self::at(data_dir.to_path_buf(), extra);
@@ -77,6 +101,7 @@ impl TestServer {
             _tmp: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
+            stderr_log: None,
         }
     }
 
@@ -95,6 +120,14 @@ impl TestServer {
             )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        if let Some(path) = &self.stderr_log {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("open the server's stderr log");
+            cmd.stderr(log);
+        }
         let mut child = cmd.spawn().expect("spawn twinlun serve");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
