@@ -111,6 +111,8 @@ struct Counts {
     half_headers: u64,
     half_headers_closed_by_server: u64,
     half_headers_still_open: u64,
+    /// Closed by us while still open, to keep at most MAX_HUNG at once per worker.
+    half_headers_dropped: u64,
     probes_answered: u64,
     probes_closed: u64,
     slow_verdicts: u64,
@@ -133,6 +135,7 @@ impl Counts {
         self.half_headers += o.half_headers;
         self.half_headers_closed_by_server += o.half_headers_closed_by_server;
         self.half_headers_still_open += o.half_headers_still_open;
+        self.half_headers_dropped += o.half_headers_dropped;
         self.probes_answered += o.probes_answered;
         self.probes_closed += o.probes_closed;
         self.slow_verdicts += o.slow_verdicts;
@@ -341,7 +344,8 @@ impl FuzzConn {
                 }
                 .to_pdu()
             }
-            10..=59 => self.scsi_command(rng),
+            10..=39 => self.scsi_command(rng),
+            40..=59 => self.io_command(rng),
             60..=67 => {
                 let immediate = rng.chance(50);
                 let referenced_tag = if !self.recent_itts.is_empty() && rng.chance(60) {
@@ -472,6 +476,52 @@ impl FuzzConn {
             cdb: Bytes::copy_from_slice(&cdb),
             bidi_read_len: None,
             data: Bytes::from(rng.bytes(data_len)),
+        }
+        .to_pdu()
+    }
+
+    /// A well-formed READ or WRITE (10 or 16) on one of the fuzz LUNs, up to 256 KiB:
+    /// what the mutations start from when they should reach the data paths (immediate
+    /// data, R2T and Data-Out, Data-In).
+    fn io_command(&mut self, rng: &mut Rng) -> Pdu {
+        let lun = rng.below(2);
+        let block: u64 = if lun == 0 { 512 } else { 4096 };
+        let total = (64 << 20) / block;
+        let n = 1 + rng.below((256 << 10) / block);
+        let lba = rng.below(total - n + 1);
+        let write = rng.chance(50);
+        let mut cdb = [0u8; 16];
+        if rng.chance(50) {
+            cdb[0] = if write { 0x8a } else { 0x88 };
+            cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+            cdb[10..14].copy_from_slice(&(n as u32).to_be_bytes());
+        } else {
+            cdb[0] = if write { 0x2a } else { 0x28 };
+            cdb[2..6].copy_from_slice(&(lba as u32).to_be_bytes());
+            cdb[7..9].copy_from_slice(&(n as u16).to_be_bytes());
+        }
+        let expected_len = (n * block) as u32;
+        let immediate_len = if write {
+            // FirstBurstLength is 64 KiB (raw.rs's login), ImmediateData=Yes.
+            expected_len.min(65536).min(self.target_max) as usize
+        } else {
+            0
+        };
+        let cmd_sn = self.cmd_sn(false, rng);
+        ScsiCommand {
+            immediate: false,
+            final_bit: true,
+            read: !write,
+            write,
+            attr: 1,
+            lun: u64::from_be_bytes(twinlun::scsi::encode_lun(lun).unwrap()),
+            itt: self.itt(rng),
+            expected_len,
+            cmd_sn,
+            exp_stat_sn: self.c.exp_stat_sn,
+            cdb: Bytes::copy_from_slice(&cdb),
+            bidi_read_len: None,
+            data: Bytes::from(rng.bytes(immediate_len)),
         }
         .to_pdu()
     }
@@ -651,7 +701,7 @@ impl FuzzConn {
             let r = Reject::from_pdu(&p).expect("a Reject the target sent parses");
             *counts.rejects.entry(r.reason).or_default() += 1;
         }
-        if op == Opcode::R2T && self.fate == Fate::Open && rng.chance(75) {
+        if op == Opcode::R2T && self.fate == Fate::Open && rng.chance(90) {
             let r = R2t::from_pdu(&p).expect("an R2T the target sent parses");
             let mut offset = 0;
             let mut data_sn = 0;
@@ -809,6 +859,7 @@ fn fuzz_worker(addr: SocketAddr, seed: u64, worker: u64, deadline: Instant) -> C
                 if hung.len() >= MAX_HUNG {
                     let old = hung.remove(0);
                     let _ = old.c.sock.shutdown(Shutdown::Both);
+                    counts.half_headers_dropped += 1;
                 }
                 hung.push(conn);
             }
@@ -869,6 +920,9 @@ struct Canary {
     writes: u64,
     reads_checked: u64,
     bytes_checked: u64,
+    /// The region's content as written, and the block size.
+    model: Vec<u8>,
+    block: usize,
 }
 
 /// The canary: a plain session on the demo target writing patterns into its region and
@@ -924,6 +978,8 @@ fn canary(addr: SocketAddr, seed: u64, stop: Arc<AtomicBool>) -> Canary {
     for lba in (0..blocks).step_by(max_blocks) {
         check(&mut c, &model, lba, max_blocks.min(blocks - lba), &mut done);
     }
+    done.model = model;
+    done.block = block;
     done
 }
 
@@ -979,8 +1035,8 @@ fn fuzzed_pdus_leave_the_server_and_other_sessions_intact() {
     let summary = format!(
         "fuzz_live: seed {seed}: {} connections, {} PDUs ({} bytes) sent, {} R2Ts answered; \
          answers {:?}; rejects by reason {:?}; closed by the server {}, abrupt closes {}, \
-         half headers {} ({} closed by the server by the end, {} still open); probes answered {}, \
-         probes met by a close {} ({} took over 0.5 s); canary {:?}",
+         half headers {} ({} closed by the server by the end, {} still open, {} closed by us to bound them); probes answered {}, \
+         probes met by a close {} ({} took over 0.5 s); canary (writes, reads checked, bytes checked) {:?}",
         counts.connections,
         counts.pdus_sent,
         counts.bytes_sent,
@@ -992,10 +1048,11 @@ fn fuzzed_pdus_leave_the_server_and_other_sessions_intact() {
         counts.half_headers,
         counts.half_headers_closed_by_server,
         counts.half_headers_still_open,
+        counts.half_headers_dropped,
         counts.probes_answered,
         counts.probes_closed,
         counts.slow_verdicts,
-        canary.as_ref().ok(),
+        canary.as_ref().ok().map(|c| (c.writes, c.reads_checked, c.bytes_checked)),
     );
     println!("{summary}");
     eprintln!("{summary}");
@@ -1021,7 +1078,15 @@ fn fuzzed_pdus_leave_the_server_and_other_sessions_intact() {
     assert!(alive.is_none(), "seed {seed}: the server exited: {alive:?}");
     let mut fresh = RawClient::connect(s.addr);
     fresh.login("iqn.2026-11.test:after", FUZZ_IQN, Digests::default());
-    fresh.scsi_good(0, &[0; 6], &[], 0);
+    let inquiry = fresh.scsi(0, &[0x12, 0, 0, 0, 36, 0], &[], 36);
+    assert_eq!(inquiry.status, 0, "seed {seed}: INQUIRY on a fresh session");
+    let mut fresh = RawClient::connect(s.addr);
+    fresh.login("iqn.2026-11.test:after-demo", DEMO_IQN, Digests::default());
+    let head = fresh.read10(0, 0, (65536 / canary.block) as u16, canary.block);
+    assert!(
+        head == canary.model[..65536],
+        "seed {seed}: a fresh session reads the canary's first 64 KiB wrong"
+    );
     let status = s.ctl_ok(&["status"]);
     assert!(!status.trim().is_empty(), "seed {seed}: empty status");
     let log = s.stderr_text();
