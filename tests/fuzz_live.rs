@@ -30,7 +30,7 @@ use common::{TestServer, DEMO_IQN};
 use twinlun::iscsi::digest::crc32c;
 use twinlun::iscsi::pdu::{
     pad_len, Bhs, DataOut, Digests, LoginRequest, LogoutRequest, NopIn, NopOut, Opcode, Pdu, R2t,
-    Reject, ScsiCommand, TextRequest, TmfRequest, TmfFunction, BHS_LEN, RESERVED_TAG,
+    Reject, ScsiCommand, TextRequest, TmfFunction, TmfRequest, BHS_LEN, RESERVED_TAG,
 };
 
 /// The fuzzers' target: two LUNs of their own, so nothing they do reaches the canary's.
@@ -183,9 +183,9 @@ fn frame(bhs: &Bhs, ahs: &[u8], data: &[u8], digests: Digests) -> Vec<u8> {
 /// Opcodes the random CDBs start with: everything the server implements, the block
 /// commands it does not (yet), and a few service-action opcodes.
 const CDB_OPCODES: &[u8] = &[
-    0x00, 0x03, 0x04, 0x08, 0x0a, 0x12, 0x15, 0x16, 0x17, 0x1a, 0x1b, 0x1d, 0x1e, 0x25, 0x28,
-    0x2a, 0x2e, 0x2f, 0x35, 0x41, 0x42, 0x48, 0x4d, 0x55, 0x5a, 0x5e, 0x5f, 0x7f, 0x83, 0x84,
-    0x88, 0x89, 0x8a, 0x8e, 0x8f, 0x91, 0x93, 0x9e, 0xa0, 0xa3, 0xa8, 0xaa, 0xae, 0xaf,
+    0x00, 0x03, 0x04, 0x08, 0x0a, 0x12, 0x15, 0x16, 0x17, 0x1a, 0x1b, 0x1d, 0x1e, 0x25, 0x28, 0x2a,
+    0x2e, 0x2f, 0x35, 0x41, 0x42, 0x48, 0x4d, 0x55, 0x5a, 0x5e, 0x5f, 0x7f, 0x83, 0x84, 0x88, 0x89,
+    0x8a, 0x8e, 0x8f, 0x91, 0x93, 0x9e, 0xa0, 0xa3, 0xa8, 0xaa, 0xae, 0xaf,
 ];
 
 /// A CDB with random fields; more often than not its LBA and length are small enough
@@ -558,7 +558,11 @@ impl FuzzConn {
             itt,
             ttt,
             exp_stat_sn: self.c.exp_stat_sn,
-            data_sn: if r2t.is_some() { 0 } else { rng.below(4) as u32 },
+            data_sn: if r2t.is_some() {
+                0
+            } else {
+                rng.below(4) as u32
+            },
             buffer_offset: offset,
             data: Bytes::from(rng.bytes(len as usize)),
         }
@@ -608,7 +612,8 @@ impl FuzzConn {
             }
             // An oversized segment: beyond the target's MaxRecvDataSegmentLength.
             85..=89 => {
-                let len = self.target_max as u64 + 1 + rng.below(0xff_ffff - self.target_max as u64);
+                let len =
+                    self.target_max as u64 + 1 + rng.below(0xff_ffff - self.target_max as u64);
                 bhs.set_data_segment_len(len as u32);
                 let send = rng.below(len.min(1 << 18)) as usize;
                 data = rng.bytes(send);
@@ -716,7 +721,11 @@ impl FuzzConn {
                 if len == 0 {
                     break;
                 }
-                d.bhs.0[1] = if offset + len >= r.desired_len { 0x80 } else { 0 };
+                d.bhs.0[1] = if offset + len >= r.desired_len {
+                    0x80
+                } else {
+                    0
+                };
                 d.bhs.set_u32(36, data_sn);
                 d.bhs.set_data_segment_len(len);
                 data_sn += 1;
@@ -785,7 +794,13 @@ impl FuzzConn {
 
     /// Wait for the probe's verdict until `until`: Some(true) answered, Some(false)
     /// closed, None nothing yet.
-    fn verdict(&mut self, itt: u32, until: Instant, rng: &mut Rng, counts: &mut Counts) -> Option<bool> {
+    fn verdict(
+        &mut self,
+        itt: u32,
+        until: Instant,
+        rng: &mut Rng,
+        counts: &mut Counts,
+    ) -> Option<bool> {
         if self.fate == Fate::Closed {
             return Some(false);
         }
@@ -997,7 +1012,15 @@ fn fuzzed_pdus_leave_the_server_and_other_sessions_intact() {
 
     let mut s = TestServer::start_logged(&[]);
     for (name, bs) in [("fuzz0", "512"), ("fuzz1", "4096")] {
-        s.ctl_ok(&["volume", "create", name, "--size", "64M", "--block-size", bs]);
+        s.ctl_ok(&[
+            "volume",
+            "create",
+            name,
+            "--size",
+            "64M",
+            "--block-size",
+            bs,
+        ]);
     }
     s.ctl_ok(&["target", "create", FUZZ_IQN]);
     s.ctl_ok(&["lun", "map", FUZZ_IQN, "0", "fuzz0"]);

@@ -1,7 +1,9 @@
-//! The login state machine (`iscsi::login`) fed bytes: a stream of frames, each parsed
-//! as a Login request and handed to `Login::handle`, against a target that is open,
+//! The login state machine (`iscsi::login`) fed bytes, against a target that is open,
 //! behind an ACL, or behind (mutual) CHAP, until it fails or finishes (as the server
-//! stops there). No input panics it.
+//! stops there). No input panics it. The bytes are either a stream of frames, each
+//! parsed as a Login request, or (closer to the text, where most of the logic is)
+//! requests separated by 0xff: a byte of T/C/CSG/NSG bits, a byte choosing the TSIH,
+//! then the text. `fuzz/login.dict` lists the keys.
 #![no_main]
 
 use std::collections::BTreeSet;
@@ -28,7 +30,7 @@ impl TargetDirectory for Dir {
 }
 
 fuzz_target!(|input: &[u8]| {
-    let Some((&flags, mut stream)) = input.split_first() else {
+    let Some((&flags, stream)) = input.split_first() else {
         return;
     };
     let mut access = TargetAccess::default();
@@ -45,11 +47,19 @@ fuzz_target!(|input: &[u8]| {
         });
     }
     let dir = Dir(access);
-    let mut login = Login::new(
+    let login = Login::new(
         TargetSettings::default(),
         "127.0.0.1:3260".parse().unwrap(),
         1,
     );
+    if flags & 8 != 0 {
+        frames(login, &dir, stream);
+    } else {
+        segments(login, &dir, stream);
+    }
+});
+
+fn frames(mut login: Login, dir: &Dir, mut stream: &[u8]) {
     let limits = FrameLimits {
         digests: Digests::default(),
         max_data_segment: 8192,
@@ -63,9 +73,39 @@ fuzz_target!(|input: &[u8]| {
         let Ok(req) = LoginRequest::from_pdu(&pdu) else {
             continue;
         };
-        match login.handle(&req, &dir) {
-            LoginStep::Continue(_) => {}
-            LoginStep::Fail(_) | LoginStep::Done(..) => break,
+        if !matches!(login.handle(&req, dir), LoginStep::Continue(_)) {
+            break;
         }
     }
-});
+}
+
+fn segments(mut login: Login, dir: &Dir, stream: &[u8]) {
+    for (i, seg) in stream.split(|&b| b == 0xff).enumerate() {
+        let (bits, tsih, text) = match seg {
+            [bits, tsih, text @ ..] => (*bits, *tsih, text),
+            _ => (0x81, 0, &[][..]),
+        };
+        let req = LoginRequest {
+            transit: bits & 0x80 != 0,
+            cont: bits & 0x40 != 0,
+            csg: (bits >> 2) & 3,
+            nsg: bits & 3,
+            version_max: 0,
+            version_min: 0,
+            isid: [0, 0, 0, 0, 0, 1],
+            tsih: if tsih & 1 != 0 {
+                7
+            } else {
+                u16::from(tsih >> 1)
+            },
+            itt: 1,
+            cid: 0,
+            cmd_sn: 1,
+            exp_stat_sn: i as u32,
+            data: Bytes::copy_from_slice(text),
+        };
+        if !matches!(login.handle(&req, dir), LoginStep::Continue(_)) {
+            break;
+        }
+    }
+}
