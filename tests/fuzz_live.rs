@@ -261,6 +261,8 @@ struct FuzzConn {
 impl FuzzConn {
     fn login(addr: SocketAddr, initiator: &str, rng: &mut Rng) -> FuzzConn {
         let mut c = RawClient::connect(addr);
+        // A login on a busy machine may take a while; it must not fail for that.
+        c.sock.set_read_timeout(Some(SERVER_BOUND)).unwrap();
         let digests = Digests {
             header: rng.chance(30),
             data: rng.chance(30),
