@@ -16,6 +16,9 @@ vm-images/build.sh
 # The tests' build carries the fault hooks (`fault-injection`); `cargo run --release`
 # does not.
 cargo build --release --bins --features fault-injection
+# tests/fuzz_live.rs sends mutated PDUs to the real server for this many seconds,
+# from a new seed each run (named in any failure; TWINLUN_FUZZ_SEED=N replays one).
+export TWINLUN_FUZZ_SECS="${TWINLUN_FUZZ_SECS:-60}"
 # One test binary at a time keeps the guest and the conformance suite from starving
 # each other on small machines; tests inside a binary still run in parallel.
 cargo test --release --features fault-injection --no-fail-fast -- --test-threads=2

@@ -67,6 +67,43 @@ impl RawClient {
         }
     }
 
+    /// The next thing the connection does within the read timeout: a PDU, its close
+    /// (EOF or reset), nothing yet (the timeout: only a cue to move on), or bytes that
+    /// do not frame as a PDU (which a target must never send).
+    pub fn recv_event(&mut self) -> RecvEvent {
+        let limits = FrameLimits {
+            digests: self.digests,
+            max_data_segment: 16 << 20,
+        };
+        loop {
+            match frame_len(&self.buf, &limits) {
+                Ok(Some(n)) => {
+                    let frame = self.buf.split_to(n).freeze();
+                    return match Pdu::decode(frame, &limits) {
+                        Ok(p) => RecvEvent::Pdu(p),
+                        Err(e) => RecvEvent::Corrupt(e.to_string()),
+                    };
+                }
+                Ok(None) => {}
+                Err(e) => return RecvEvent::Corrupt(e.to_string()),
+            }
+            let mut tmp = [0u8; 65536];
+            match self.sock.read(&mut tmp) {
+                Ok(0) => return RecvEvent::Closed,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return RecvEvent::Idle
+                }
+                Err(_) => return RecvEvent::Closed,
+            }
+        }
+    }
+
     /// True if the target closed the connection (EOF) within the read timeout.
     pub fn closed(&mut self) -> bool {
         let mut tmp = [0u8; 4096];
@@ -153,6 +190,15 @@ impl RawClient {
         self.itt += 1;
         self.itt
     }
+}
+
+/// What `RawClient::recv_event` saw.
+#[derive(Debug)]
+pub enum RecvEvent {
+    Pdu(Pdu),
+    Closed,
+    Idle,
+    Corrupt(String),
 }
 
 pub fn bhs_bytes(pdu: &Pdu) -> [u8; BHS_LEN] {
