@@ -109,7 +109,7 @@ fn a_full_disk_fails_only_the_writes_that_need_new_blocks() {
         .expect("block size") as usize;
     // Extents 0 to 3 allocated; then a clean restart starts a new activity epoch in
     // which none of them is recorded yet.
-    qemu_write(&s.url(DEMO_IQN, 1), &["write -P 1 0 16m"]);
+    qemu_io(&s.url(DEMO_IQN, 1), &["write -P 1 0 16m"]);
     s.restart();
     let filled = common::fill_up(&mnt.join("filler"));
     assert!(filled > 0, "nothing filled");
