@@ -35,8 +35,8 @@ use parking_lot::{Mutex, RwLock};
 
 use super::protocol::{
     ChapView, CutStatsView, ErrorCode, GroupView, LunView, MappingView, PeerCheckView,
-    RecoveryPointView, ReplicationView, Request, Response, SnapshotMappingView, SnapshotView,
-    SnapshotVolumeView, StatusView, TargetView, VolumeView,
+    ReplicationView, Request, Response, SnapshotMappingView, SnapshotView, SnapshotVolumeView,
+    StatusView, TargetView, VolumeView,
 };
 use super::replication as repl;
 use super::store::{self, StoreError};
@@ -46,9 +46,11 @@ use crate::catalog::{
     split_snapshot_ref, Catalog, ChapSpec, GroupSpec, LunSpec, PeerSpec, ReplicationRole,
     ReplicationSpec, SnapshotSpec, TargetSpec, VolumeSpec,
 };
+use crate::iscsi::SessionInfo;
+use crate::replication::recovery::RecoveryPoint;
+use crate::replication::status::SetStatus;
 use crate::replication::wire::RemoteVolume;
 use crate::replication::ReplicationError;
-use crate::server::SessionInfo;
 use crate::tracking::{CutError, SnapshotInfo};
 use crate::volume::VolumeError;
 
@@ -119,8 +121,10 @@ pub trait Host: Sync {
     fn replicate(&self, name: &str) -> Result<String, ReplicationError> {
         Err(ReplicationError::NotPrimary(name.into()))
     }
-    /// The runtime part of a set's view (status, cuts, progress).
-    fn replication_runtime(&self, _name: &str, _view: &mut ReplicationView) {}
+    /// What a running set reports of itself (state, cuts, progress).
+    fn replication_status(&self, _name: &str) -> Option<SetStatus> {
+        None
+    }
     /// `restart`, `suspend`, `resume`, `abort` of a primary set.
     fn replication_control(
         &self,
@@ -134,19 +138,13 @@ pub trait Host: Sync {
         Err(ReplicationError::NotSecondary(name.into()))
     }
     /// A secondary set's recovery points, newest first.
-    fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPointView>, ReplicationError> {
+    fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPoint>, ReplicationError> {
         Err(ReplicationError::NotSecondary(name.into()))
     }
 }
 
 /// What `replication_control` does to a primary set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    Restart,
-    Suspend,
-    Resume,
-    Abort,
-}
+pub use crate::replication::Control;
 
 /// A snapshot's cut as the host took it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -581,7 +579,11 @@ fn query<H: Host + ?Sized>(host: &H, c: &Catalog, req: &Request) -> Result<Respo
             }
             Response::RecoveryPoints {
                 set: name.clone(),
-                points: host.recovery_points(name)?,
+                points: host
+                    .recovery_points(name)?
+                    .into_iter()
+                    .map(repl::recovery_point_view)
+                    .collect(),
             }
         }
         _ => unreachable!("is_change() covers every other request"),
@@ -680,7 +682,9 @@ fn snapshot_view<H: Host + ?Sized>(host: &H, c: &Catalog, name: &str) -> Snapsho
 
 fn full_replication_view<H: Host + ?Sized>(host: &H, c: &Catalog, name: &str) -> ReplicationView {
     let mut v = repl::replication_view(c, name);
-    host.replication_runtime(name, &mut v);
+    if let Some(st) = host.replication_status(name) {
+        repl::add_status(&mut v, st);
+    }
     v
 }
 

@@ -33,7 +33,7 @@ use crate::server::frames::{FrameReader, ReadError};
 use crate::server::luns::{LunHandle, LunView};
 use crate::server::registry::SessionEntry;
 use crate::server::writer::{CmdSlot, Hold, Immediate, Outgoing, Stat, Window};
-use crate::server::Node;
+use crate::server::Shared;
 
 /// The most a single command may move (what VPD Block Limits announces); larger
 /// transfers get INVALID FIELD IN CDB.
@@ -170,7 +170,7 @@ pub enum End {
 }
 
 pub struct Ffp<R> {
-    pub node: Arc<Node>,
+    pub node: Arc<Shared>,
     pub reader: FrameReader<R>,
     pub out: mpsc::Sender<Outgoing>,
     pub window: Arc<Window>,
@@ -203,7 +203,7 @@ pub struct Ffp<R> {
 impl<R: AsyncRead + Unpin> Ffp<R> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        node: Arc<Node>,
+        node: Arc<Shared>,
         reader: FrameReader<R>,
         out: mpsc::Sender<Outgoing>,
         window: Arc<Window>,
