@@ -95,6 +95,15 @@ pub enum ReplicationRole {
     Secondary,
 }
 
+impl std::fmt::Display for ReplicationRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReplicationRole::Primary => "primary",
+            ReplicationRole::Secondary => "secondary",
+        })
+    }
+}
+
 /// What `replicate` does while a cycle runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -52,9 +52,8 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::admin::protocol::{de_size, default_block_size};
-use crate::admin::validate;
 use crate::catalog::{Catalog, ChapSpec, LunSpec, VolumeSpec, DEFAULT_PAGE_SIZE};
+use crate::validate::{self, de_size, default_block_size};
 use crate::volume::EngineKind;
 
 #[derive(Debug, thiserror::Error)]

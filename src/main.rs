@@ -17,7 +17,8 @@ use twinlun::admin::server::AdminSocket;
 use twinlun::admin::{startup, store, table, validate};
 use twinlun::catalog::{Catalog, Compression, QueuePolicy};
 use twinlun::config::{Config, EngineChoice};
-use twinlun::server::{Node, Server};
+use twinlun::node::Node;
+use twinlun::server::Server;
 use twinlun::volume::Engine;
 
 const DEFAULT_DATA_DIR: &str = "./twinlun-data";
@@ -495,7 +496,11 @@ fn watch(socket: &Path, name: String, until_ready: bool) -> ExitCode {
             println!("{line}");
         }
         last = line;
-        if until_ready && view.status == "ready" && view.progress.is_none() && view.queued == 0 {
+        if until_ready
+            && view.status == twinlun::replication::status::SetState::Ready
+            && view.progress.is_none()
+            && view.queued == 0
+        {
             if tty {
                 println!();
             }
@@ -814,12 +819,12 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
         let bound = listener.local_addr()?;
         println!("twinlun: replication listening on {bound}");
         tokio::spawn(twinlun::replication::listener::serve(
-            node.clone(),
+            node.replication.clone(),
             listener,
         ));
     }
 
-    let server = Server::bind(node.clone(), &s.listen).await?;
+    let server = Server::bind(node.iscsi.clone(), &s.listen).await?;
     let addrs = server.local_addrs();
     node.set_listen_addrs(addrs.clone());
     let admin = AdminSocket::bind(&s.admin_socket)?;

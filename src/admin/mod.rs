@@ -19,8 +19,7 @@ pub mod server;
 pub mod startup;
 pub mod store;
 pub mod table;
-pub mod time;
-pub mod validate;
 
+pub use crate::{time, validate};
 pub use apply::{apply, AdminError, Host, RuntimeInfo};
 pub use protocol::{Action, Change, ErrorCode, Query, Request, Response};

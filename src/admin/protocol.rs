@@ -55,7 +55,9 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::server::SessionInfo;
+pub use crate::validate::{de_size, default_block_size};
+
+use crate::iscsi::SessionInfo;
 
 /// Longest request line the server reads, newline included.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -439,26 +441,8 @@ impl<'de> Deserialize<'de> for Request {
     }
 }
 
-pub fn default_block_size() -> u32 {
-    512
-}
-
 pub fn default_page_size() -> u64 {
     u64::from(crate::catalog::DEFAULT_PAGE_SIZE)
-}
-
-/// A size given as a number of bytes or as a string with a binary unit ("512M", "10G").
-pub fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Bytes(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Bytes(n) => Ok(n),
-        Raw::Text(s) => super::validate::parse_size(&s).map_err(serde::de::Error::custom),
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -613,54 +597,13 @@ pub struct RecoveryPointView {
     pub size: u64,
 }
 
-/// Bytes one cycle shipped, by kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct CycleView {
-    pub cut_id: u64,
-    /// Page content shipped (as read, before any compression).
-    pub data_bytes: u64,
-    /// Bytes that page content took on the wire (compressed or not): `data_bytes`
-    /// over this is the compression ratio. 0 in cycles recorded before it existed.
-    #[serde(default)]
-    pub wire_data_bytes: u64,
-    /// The codec data extents were offered to (`none` when the set does not compress
-    /// or the peer does not decode it); extents it did not shrink travelled as read.
-    #[serde(default)]
-    pub compress: crate::catalog::Compression,
-    /// Bytes of zero/discard records (their headers: the zeros do not travel).
-    pub record_bytes: u64,
-    /// Framing, extent headers and control messages.
-    pub overhead_bytes: u64,
-    /// Bytes the zero records stand for.
-    pub zero_bytes: u64,
-    pub seconds: f64,
-    pub full: bool,
-    /// Attempts it took (a cut cut off midway resumes in the next attempt).
-    #[serde(default)]
-    pub attempts: u32,
-    /// Data bytes the last attempt shipped (less than `data_bytes` when it resumed
-    /// what an earlier attempt had staged on the peer).
-    #[serde(default)]
-    pub final_attempt_data_bytes: u64,
-}
+/// Bytes one cycle shipped, by kind; how far a running one is.
+pub use crate::replication::status::{CycleProgress as CycleProgressView, CycleStats as CycleView};
 
-// Rates and durations are finite numbers, never NaN: equality is total.
-impl Eq for CycleProgressView {}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct CycleProgressView {
-    pub cut_id: u64,
-    pub bytes_done: u64,
-    pub bytes_total: u64,
-    pub rate_bytes_per_sec: f64,
-    pub eta_secs: Option<f64>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplicationView {
     pub name: String,
-    /// `primary` or `secondary`.
-    pub role: String,
+    pub role: crate::catalog::ReplicationRole,
     pub peer: String,
     pub group: Option<String>,
     pub volumes: Vec<String>,
@@ -671,8 +614,7 @@ pub struct ReplicationView {
     /// How data extents travel to the peer (`none` on a secondary).
     #[serde(default)]
     pub compress: crate::catalog::Compression,
-    /// `unsynchronized`, `start-replication`, `replicating`, `ready`, `suspended`, `error`.
-    pub status: String,
+    pub status: crate::replication::status::SetState,
     pub generation: u64,
     pub last_cut_id: Option<u64>,
     pub last_cut_time: Option<String>,
@@ -691,7 +633,6 @@ pub struct ReplicationView {
 }
 
 impl Eq for ReplicationView {}
-impl Eq for CycleView {}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CutStatsView {

@@ -14,11 +14,14 @@
 //!   snapshot of one and deleting one are refused.
 
 use super::apply::{AdminError, Effect};
-use super::protocol::{PeerView, ReplicationView, Response};
+use super::protocol::{PeerView, RecoveryPointView, ReplicationView, Response};
 use super::validate::{self, ValidationError};
 use crate::catalog::{
     Catalog, Compression, PeerSpec, QueuePolicy, ReplicationRole, ReplicationSpec,
 };
+use crate::replication::recovery::RecoveryPoint;
+use crate::replication::status::{SetState, SetStatus};
+use crate::time::{rfc3339_utc, unix_secs};
 
 pub fn peer_view(c: &Catalog, name: &str) -> PeerView {
     PeerView {
@@ -201,16 +204,44 @@ pub fn replication_delete(c: &mut Catalog, name: String) -> Result<(Effect, Resp
     ))
 }
 
+/// The runtime part of a set's view: what the set reports of itself.
+pub fn add_status(v: &mut ReplicationView, st: SetStatus) {
+    v.status = st.state;
+    v.generation = st.generation;
+    v.last_cut_id = st.last_cut;
+    v.last_cut_time = st.last_cut_unix.map(rfc3339_utc);
+    v.lag_secs = st
+        .last_cut_unix
+        .map(|t| unix_secs(std::time::SystemTime::now()).saturating_sub(t));
+    v.cycles = st.cycles;
+    v.last_cycle = st.last_cycle;
+    v.queued = st.queued;
+    v.progress = st.progress;
+    v.error = st.error;
+    v.next_retry = st.next_retry_unix.map(rfc3339_utc);
+    v.events = st
+        .events
+        .iter()
+        .map(|e| format!("{} {}", rfc3339_utc(e.at_unix), e.state))
+        .collect();
+}
+
+/// A recovery point as `recovery-points` lists it.
+pub fn recovery_point_view(p: RecoveryPoint) -> RecoveryPointView {
+    RecoveryPointView {
+        cut_id: p.cut,
+        time: rfc3339_utc(p.taken_unix),
+        time_unix: p.taken_unix,
+        size: p.undo_bytes,
+    }
+}
+
 /// The catalog part of a set's view; `apply` adds the runtime part from the host.
 pub fn replication_view(c: &Catalog, name: &str) -> ReplicationView {
     let r = &c.replications[name];
     ReplicationView {
         name: name.into(),
-        role: match r.role {
-            ReplicationRole::Primary => "primary",
-            ReplicationRole::Secondary => "secondary",
-        }
-        .into(),
+        role: r.role,
         peer: r.peer.clone(),
         group: r.group.clone(),
         volumes: r.volumes.clone(),
@@ -219,7 +250,7 @@ pub fn replication_view(c: &Catalog, name: &str) -> ReplicationView {
         queue_policy: r.queue_policy,
         keep: r.keep,
         compress: r.compress,
-        status: "unsynchronized".into(),
+        status: SetState::Unsynchronized,
         generation: 0,
         last_cut_id: None,
         last_cut_time: None,

@@ -123,8 +123,8 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 fn replication_detail(r: &ReplicationView) -> String {
     let mut pairs = vec![
         ("name", r.name.clone()),
-        ("role", r.role.clone()),
-        ("status", r.status.clone()),
+        ("role", r.role.to_string()),
+        ("status", r.status.to_string()),
         ("peer", r.peer.clone()),
         (
             "of",
@@ -463,8 +463,8 @@ pub fn render(resp: &Response) -> String {
                 .map(|r| {
                     vec![
                         r.name.clone(),
-                        r.role.clone(),
-                        r.status.clone(),
+                        r.role.to_string(),
+                        r.status.to_string(),
                         r.peer.clone(),
                         r.compress.to_string(),
                         opt(&r.last_cut_id),

@@ -69,3 +69,18 @@ pub mod serial {
         }
     }
 }
+
+/// A logged-in session as `session list` shows it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub target: String,
+    pub initiator: String,
+    /// ISID as 12 hex digits.
+    pub isid: String,
+    pub tsih: u16,
+    pub connections: u32,
+    /// Negotiated operational keys, in negotiation order.
+    pub negotiated: Vec<(String, String)>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}

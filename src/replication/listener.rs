@@ -8,15 +8,74 @@ use std::time::Instant;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::recovery::{CutMeta, ExtentData};
-use super::wire::{self, auth, Frame, Message, PointView, WireError, PROTOCOL_VERSION};
-use crate::admin::replication::{accept_secondary, drop_secondary};
+use super::host::{ChangeRefused, Host, SecondaryRequest};
+use super::recovery::{CutMeta, ExtentData, RecoveryError};
+use super::sets::Sets;
+use super::wire::{self, auth, ErrorCode, Frame, Message, PointView, WireError, PROTOCOL_VERSION};
 use crate::catalog::ReplicationRole;
-use crate::server::Node;
 use crate::throttle::Source;
 
+/// Why this side refuses what a peer sent: each becomes an `Error` message with its
+/// code ([`Refusal::code`], the one place they are mapped).
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("this node speaks replication protocol version {PROTOCOL_VERSION}, not {0}")]
+    Version(u32),
+    #[error("expected {0}")]
+    Expected(&'static str),
+    #[error("unexpected message")]
+    Unexpected,
+    #[error("authentication failed")]
+    AuthFailed,
+    #[error("set '{0}' here is not a secondary of this peer")]
+    NotOwned(String),
+    #[error("no secondary set '{0}' here")]
+    NoSet(String),
+    /// The node refused the catalog change (its message as it is).
+    #[error("{0}")]
+    Change(ChangeRefused),
+    /// A cut or an extent that the store does not take.
+    #[error("{}", crate::chain::ErrorChain(.0))]
+    Staging(RecoveryError),
+    /// The store could not write or apply what it took.
+    #[error("{}", crate::chain::ErrorChain(.0))]
+    Store(RecoveryError),
+    #[error("the secondary is at {at}, not at cut {base} of generation {generation}: restart replication")]
+    Base {
+        at: String,
+        base: String,
+        generation: u64,
+    },
+    #[error("the extent writer failed: {0}")]
+    Writer(tokio::task::JoinError),
+}
+
+impl Refusal {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::Version(_) => ErrorCode::Version,
+            Refusal::Expected(_) | Refusal::Unexpected => ErrorCode::Protocol,
+            Refusal::AuthFailed => ErrorCode::AuthFailed,
+            Refusal::NotOwned(_) | Refusal::Change(_) | Refusal::Staging(_) => ErrorCode::Refused,
+            Refusal::NoSet(_) => ErrorCode::NotFound,
+            Refusal::Store(_) => ErrorCode::Io,
+            Refusal::Base { .. } => ErrorCode::Base,
+            Refusal::Writer(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<Refusal> for Message {
+    fn from(r: Refusal) -> Message {
+        Message::Error {
+            code: r.code(),
+            message: r.to_string(),
+        }
+    }
+}
+
 /// Accepts peer connections until the node goes away.
-pub async fn serve(node: Arc<Node>, listener: TcpListener) {
+pub async fn serve(sets: Arc<Sets>, listener: TcpListener) {
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -26,11 +85,11 @@ pub async fn serve(node: Arc<Node>, listener: TcpListener) {
                 continue;
             }
         };
-        let node = node.clone();
+        let sets = sets.clone();
         let span = tracing::info_span!("peer", %addr);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                if let Err(e) = connection(node, stream, addr).await {
+                if let Err(e) = connection(sets, stream, addr).await {
                     tracing::info!(error = %e, "peer connection ended");
                 }
             },
@@ -46,21 +105,6 @@ async fn send(w: &mut Writer, m: &Message) -> Result<(), WireError> {
     wire::write_message(w, m).await
 }
 
-fn error(code: &str, message: impl Into<String>) -> Message {
-    Message::Error {
-        code: code.into(),
-        message: message.into(),
-    }
-}
-
-/// A receiver store's failure: logged here and told to the peer with its whole cause
-/// chain ("i/o error on .../staging.log: No space left on device").
-fn stored_error(code: &str, set: &str, e: &super::recovery::RecoveryError) -> Message {
-    let why = crate::chain::ErrorChain(e).to_string();
-    tracing::warn!(set = %set, error = %why, "receiver store failed");
-    error(code, why)
-}
-
 /// The challenge-response: returns the name of the peer whose secret the client
 /// proved, or `None` after telling it why not. Guessing is slowed per source address
 /// (`throttle`): a proof is checked only after the delay the address owes for its
@@ -68,20 +112,18 @@ fn stored_error(code: &str, set: &str, e: &super::recovery::RecoveryError) -> Me
 async fn authenticate(
     r: &mut Reader,
     w: &mut Writer,
-    node: &Node,
+    sets: &Sets,
+    host: &dyn Host,
     addr: std::net::SocketAddr,
 ) -> Result<Option<String>, WireError> {
     let theirs = match wire::read_message(r).await? {
         Message::Hello { version, nonce } if version == PROTOCOL_VERSION => nonce,
         Message::Hello { version, .. } => {
-            let m = format!(
-                "this node speaks replication protocol version {PROTOCOL_VERSION}, not {version}"
-            );
-            send(w, &error("version", m)).await?;
+            send(w, &Refusal::Version(version).into()).await?;
             return Ok(None);
         }
         _ => {
-            send(w, &error("protocol", "expected hello")).await?;
+            send(w, &Refusal::Expected("hello").into()).await?;
             return Ok(None);
         }
     };
@@ -96,20 +138,17 @@ async fn authenticate(
     )
     .await?;
     let Message::Proof { mac } = wire::read_message(r).await? else {
-        send(w, &error("protocol", "expected proof")).await?;
+        send(w, &Refusal::Expected("proof").into()).await?;
         return Ok(None);
     };
     let source = [Source::Address(addr.ip())];
-    let delay = node
-        .peer_auth_throttle
-        .lock()
-        .delay(&source, Instant::now());
+    let delay = sets.auth_throttle.lock().delay(&source, Instant::now());
     if !delay.is_zero() {
         tracing::debug!(?delay, "peer proof held back after recent failures");
         tokio::time::sleep(delay).await;
     }
-    let peers: Vec<(String, String)> = node
-        .catalog
+    let peers: Vec<(String, String)> = host
+        .catalog()
         .read()
         .peers
         .iter()
@@ -120,32 +159,35 @@ async fn authenticate(
         .find(|(_, secret)| auth::verify(secret, auth::CLIENT, &theirs, &ours, &mac));
     let Some((name, secret)) = found else {
         let (failures, next_delay) = {
-            let mut throttle = node.peer_auth_throttle.lock();
+            let mut throttle = sets.auth_throttle.lock();
             let failures = throttle.failed(&source, Instant::now());
             (failures, throttle.policy().delay_after(failures))
         };
         tracing::warn!(address = %addr.ip(), failures, ?next_delay, "peer failed to prove a known secret: authentication failed");
-        send(w, &error("auth_failed", "authentication failed")).await?;
+        send(w, &Refusal::AuthFailed.into()).await?;
         return Ok(None);
     };
-    node.peer_auth_throttle.lock().succeeded(&source);
+    sets.auth_throttle.lock().succeeded(&source);
     let mac = auth::prove(&secret, auth::SERVER, &ours, &theirs);
     send(w, &Message::Welcome { mac }).await?;
     Ok(Some(name))
 }
 
 async fn connection(
-    node: Arc<Node>,
+    sets: Arc<Sets>,
     stream: TcpStream,
     addr: std::net::SocketAddr,
 ) -> Result<(), WireError> {
+    let Some(host) = sets.host() else {
+        return Ok(());
+    };
     let _ = stream.set_nodelay(true);
     let (r, w) = stream.into_split();
     // Smaller than an extent frame: most of a frame's body is read straight into its
     // buffer rather than copied through this one.
     let mut r = BufReader::with_capacity(64 << 10, r);
     let mut w = BufWriter::new(w);
-    let Some(peer) = authenticate(&mut r, &mut w, &node, addr).await? else {
+    let Some(peer) = authenticate(&mut r, &mut w, &sets, &*host, addr).await? else {
         w.flush().await?;
         return Ok(());
     };
@@ -157,51 +199,6 @@ async fn connection(
             Err(e) => return Err(e),
         };
         let answer = match m {
-            Message::Ping => Message::Pong,
-            Message::CreateSet {
-                set,
-                group,
-                volumes,
-                keep,
-                ..
-            } => {
-                let peer = peer.clone();
-                admin_change(&node, move |n| {
-                    accept_secondary(n, &set, &peer, group.as_deref(), &volumes, keep)
-                })
-                .await
-            }
-            Message::DeleteSet { set } => match owned_set(&node, &peer, &set) {
-                Err(m) => m,
-                Ok(()) => admin_change(&node, move |n| drop_secondary(n, &set)).await,
-            },
-            Message::Reset { set, generation } => match owned_set(&node, &peer, &set) {
-                Err(m) => m,
-                Ok(()) => match node.receiver(&set) {
-                    None => error("not_found", format!("no secondary set '{set}' here")),
-                    Some(store) => {
-                        let mut store = store.lock().await;
-                        match tokio::task::block_in_place(|| store.reset(generation)) {
-                            Ok(()) => Message::Ok,
-                            Err(e) => stored_error("io", &set, &e),
-                        }
-                    }
-                },
-            },
-            Message::RecoveryPoints { set } => match node.receiver_summary(&set) {
-                None => error("not_found", format!("no secondary set '{set}' here")),
-                Some(summary) => Message::Points {
-                    points: summary
-                        .points
-                        .into_iter()
-                        .map(|p| PointView {
-                            cut: p.cut,
-                            taken_unix: p.taken_unix,
-                            undo_bytes: p.undo_bytes,
-                        })
-                        .collect(),
-                },
-            },
             Message::BeginCut {
                 set,
                 generation,
@@ -210,106 +207,170 @@ async fn connection(
                 full,
                 base,
             } => {
-                if let Err(m) = owned_set(&node, &peer, &set) {
-                    send(&mut w, &m).await?;
-                    continue;
-                }
-                let Some(store) = node.receiver(&set) else {
-                    send(
-                        &mut w,
-                        &error("not_found", format!("no secondary set '{set}' here")),
-                    )
-                    .await?;
-                    continue;
+                let meta = CutMeta {
+                    generation,
+                    cut,
+                    taken_unix,
                 };
-                let keep = node
-                    .catalog
-                    .read()
-                    .replications
-                    .get(&set)
-                    .map_or(1, |r| r.keep as usize);
-                // A cut committed by an attempt whose answer was lost.
-                let at = store.lock().await.current().map(|c| (c.generation, c.cut));
-                if at == Some((generation, cut)) {
-                    send(&mut w, &Message::Committed { cut }).await?;
-                    continue;
-                }
-                // Changes apply only on top of the cut they were computed from.
-                if !full {
-                    let mut st = store.lock().await;
-                    let at = st.current().map(|c| (c.generation, c.cut));
-                    // A primary that crashed after we committed its last cut, before it
-                    // recorded that, computes from the cut before: that cut is our
-                    // previous recovery point, and the primary resends everything since.
-                    if let (Some((g, c)), Some(b)) = (at, base) {
-                        if g == generation && c > b {
-                            match tokio::task::block_in_place(|| st.roll_back_to_base(b)) {
-                                Ok(()) => {
-                                    tracing::warn!(set = %set, from = c, to = b, "the primary computes from an older cut: rolled back to it")
-                                }
-                                Err(e) => {
-                                    tracing::warn!(set = %set, error = %crate::chain::ErrorChain(&e), "cannot roll back to the primary's base cut")
-                                }
-                            }
-                        }
-                    }
-                    let at = st.current().map(|c| (c.generation, c.cut));
-                    drop(st);
-                    if at != base.map(|b| (generation, b)) {
-                        let m = format!(
-                            "the secondary is at {}, not at cut {} of generation {generation}: restart replication",
-                            at.map_or("no cut".to_string(), |(g, c)| format!("cut {c} of generation {g}")),
-                            base.map_or("-".to_string(), |b| b.to_string()),
-                        );
-                        // The sender waits for `Begun` before any extent: nothing follows.
-                        send(&mut w, &error("base", m)).await?;
+                match begin_cut(&sets, &*host, &peer, &set, meta, full, base).await {
+                    Ok(Begin::Receive { store, keep }) => {
+                        receive_cut(&mut r, &mut w, &set, store, meta, keep).await?;
                         continue;
                     }
+                    Ok(Begin::Committed) => Ok(Message::Committed { cut }),
+                    Err(refusal) => Err(refusal),
                 }
-                receive_cut(
-                    &mut r,
-                    &mut w,
-                    &set,
-                    store,
-                    CutMeta {
-                        generation,
-                        cut,
-                        taken_unix,
-                    },
-                    keep,
-                )
-                .await?;
-                continue;
             }
-            _ => error("protocol", "unexpected message"),
+            other => answer(&sets, &host, &peer, other).await,
         };
-        send(&mut w, &answer).await?;
+        send(&mut w, &answer.unwrap_or_else(Message::from)).await?;
     }
 }
 
-/// Runs a catalog change the peer asked for on a blocking thread (it fsyncs) and
-/// answers `Ok` or why not.
-async fn admin_change<F>(node: &Arc<Node>, change: F) -> Message
+/// The answer to a request other than a cut.
+async fn answer(
+    sets: &Sets,
+    host: &Arc<dyn Host>,
+    peer: &str,
+    m: Message,
+) -> Result<Message, Refusal> {
+    match m {
+        Message::Ping => Ok(Message::Pong),
+        Message::CreateSet {
+            set,
+            group,
+            volumes,
+            keep,
+            ..
+        } => {
+            let req = SecondaryRequest {
+                set,
+                peer: peer.to_string(),
+                group,
+                volumes,
+                keep,
+            };
+            node_change(host, move |h| h.accept_secondary(req)).await
+        }
+        Message::DeleteSet { set } => {
+            owned_set(&**host, peer, &set)?;
+            node_change(host, move |h| h.drop_secondary(&set)).await
+        }
+        Message::Reset { set, generation } => {
+            owned_set(&**host, peer, &set)?;
+            let store = sets.receiver(&set).ok_or(Refusal::NoSet(set))?;
+            let mut store = store.lock().await;
+            tokio::task::block_in_place(|| store.reset(generation)).map_err(Refusal::Store)?;
+            Ok(Message::Ok)
+        }
+        Message::RecoveryPoints { set } => {
+            let summary = sets.receiver_summary(&set).ok_or(Refusal::NoSet(set))?;
+            Ok(Message::Points {
+                points: summary
+                    .points
+                    .into_iter()
+                    .map(|p| PointView {
+                        cut: p.cut,
+                        taken_unix: p.taken_unix,
+                        undo_bytes: p.undo_bytes,
+                    })
+                    .collect(),
+            })
+        }
+        _ => Err(Refusal::Unexpected),
+    }
+}
+
+/// What follows a `BeginCut`.
+enum Begin {
+    /// Receive the cut's extents into the store.
+    Receive {
+        store: Arc<tokio::sync::Mutex<super::recovery::ReceiverStore>>,
+        keep: usize,
+    },
+    /// The cut is the one committed last, by an attempt whose answer was lost.
+    Committed,
+}
+
+/// Checks a `BeginCut`: the set is this peer's, and changes apply on top of the cut
+/// they were computed from.
+async fn begin_cut(
+    sets: &Sets,
+    host: &dyn Host,
+    peer: &str,
+    set: &str,
+    meta: CutMeta,
+    full: bool,
+    base: Option<u64>,
+) -> Result<Begin, Refusal> {
+    owned_set(host, peer, set)?;
+    let store = sets
+        .receiver(set)
+        .ok_or_else(|| Refusal::NoSet(set.to_string()))?;
+    let keep = host
+        .catalog()
+        .read()
+        .replications
+        .get(set)
+        .map_or(1, |r| r.keep as usize);
+    let (generation, cut) = (meta.generation, meta.cut);
+    let at = store.lock().await.current().map(|c| (c.generation, c.cut));
+    if at == Some((generation, cut)) {
+        return Ok(Begin::Committed);
+    }
+    if !full {
+        let mut st = store.lock().await;
+        let at = st.current().map(|c| (c.generation, c.cut));
+        // A primary that crashed after we committed its last cut, before it recorded
+        // that, computes from the cut before: that cut is our previous recovery point,
+        // and the primary resends everything since.
+        if let (Some((g, c)), Some(b)) = (at, base) {
+            if g == generation && c > b {
+                match tokio::task::block_in_place(|| st.roll_back_to_base(b)) {
+                    Ok(()) => {
+                        tracing::warn!(set = %set, from = c, to = b, "the primary computes from an older cut: rolled back to it")
+                    }
+                    Err(e) => {
+                        tracing::warn!(set = %set, error = %crate::chain::ErrorChain(&e), "cannot roll back to the primary's base cut")
+                    }
+                }
+            }
+        }
+        let at = st.current().map(|c| (c.generation, c.cut));
+        drop(st);
+        if at != base.map(|b| (generation, b)) {
+            // The sender waits for `Begun` before any extent: nothing follows.
+            return Err(Refusal::Base {
+                at: at.map_or("no cut".to_string(), |(g, c)| {
+                    format!("cut {c} of generation {g}")
+                }),
+                base: base.map_or("-".to_string(), |b| b.to_string()),
+                generation,
+            });
+        }
+    }
+    Ok(Begin::Receive { store, keep })
+}
+
+/// Runs a catalog change the peer asked for on a blocking thread (it fsyncs).
+async fn node_change<F>(host: &Arc<dyn Host>, change: F) -> Result<Message, Refusal>
 where
-    F: FnOnce(&Node) -> Result<(), crate::admin::AdminError> + Send + 'static,
+    F: FnOnce(&dyn Host) -> Result<(), ChangeRefused> + Send + 'static,
 {
-    let node = node.clone();
-    match tokio::task::spawn_blocking(move || change(&node)).await {
-        Ok(Ok(())) => Message::Ok,
-        Ok(Err(e)) => error("refused", e.to_string()),
-        Err(e) => error("internal", e.to_string()),
+    let host = host.clone();
+    match tokio::task::spawn_blocking(move || change(&*host)).await {
+        Ok(Ok(())) => Ok(Message::Ok),
+        Ok(Err(e)) => Err(Refusal::Change(e)),
+        Err(e) => Err(Refusal::Writer(e)),
     }
 }
 
 /// The set exists here as a secondary of `peer`.
-fn owned_set(node: &Node, peer: &str, set: &str) -> Result<(), Message> {
-    match node.catalog.read().replications.get(set) {
+fn owned_set(host: &dyn Host, peer: &str, set: &str) -> Result<(), Refusal> {
+    match host.catalog().read().replications.get(set) {
         Some(r) if r.role == ReplicationRole::Secondary && r.peer == peer => Ok(()),
-        Some(_) => Err(error(
-            "refused",
-            format!("set '{set}' here is not a secondary of this peer"),
-        )),
-        None => Err(error("not_found", format!("no secondary set '{set}' here"))),
+        Some(_) => Err(Refusal::NotOwned(set.to_string())),
+        None => Err(Refusal::NoSet(set.to_string())),
     }
 }
 
@@ -333,7 +394,7 @@ async fn receive_cut(
     let cut = meta.cut;
     let progress = match tokio::task::block_in_place(|| store.begin(meta)) {
         Ok(p) => p,
-        Err(e) => return send(w, &stored_error("refused", set, &e)).await,
+        Err(e) => return send(w, &stored(set, Refusal::Staging(e))).await,
     };
     send(
         w,
@@ -346,7 +407,7 @@ async fn receive_cut(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<wire::Extent>(WRITE_QUEUE);
     let writer = tokio::task::spawn_blocking(move || {
         // After a refused extent nothing more is staged: the cut is refused at its end.
-        let mut failed: Option<super::recovery::RecoveryError> = None;
+        let mut failed: Option<RecoveryError> = None;
         while let Some(e) = rx.blocking_recv() {
             if failed.is_some() {
                 continue;
@@ -374,17 +435,24 @@ async fn receive_cut(
     drop(tx);
     let written = writer.await;
     if !ended? {
-        return send(w, &error("protocol", "expected extents or the cut's end")).await;
+        return send(w, &Refusal::Expected("extents or the cut's end").into()).await;
     }
     let (mut store, failed) = match written {
         Ok(x) => x,
-        Err(e) => return send(w, &error("internal", e.to_string())).await,
+        Err(e) => return send(w, &Refusal::Writer(e).into()).await,
     };
     if let Some(why) = failed {
-        return send(w, &stored_error("refused", set, &why)).await;
+        return send(w, &stored(set, Refusal::Staging(why))).await;
     }
     match tokio::task::block_in_place(|| store.commit_and_apply(keep)) {
         Ok(()) => send(w, &Message::Committed { cut }).await,
-        Err(e) => send(w, &stored_error("io", set, &e)).await,
+        Err(e) => send(w, &stored(set, Refusal::Store(e))).await,
     }
+}
+
+/// A receiver store's failure: logged here, and told to the peer with its whole
+/// cause chain ("i/o error on .../staging.log: No space left on device").
+fn stored(set: &str, r: Refusal) -> Message {
+    tracing::warn!(set = %set, error = %r, "receiver store failed");
+    r.into()
 }

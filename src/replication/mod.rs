@@ -6,13 +6,21 @@
 //! - `sender`: the primary side of a set: cycles of cuts shipped to the peer.
 //! - `listener`: the secondary side: authenticated connections applying cuts.
 //! - `recovery`: the secondary's staging log, undo logs and recovery points.
+//! - `sets`: every set of the node (primaries, secondaries, schedules), `host`: what
+//!   replication needs of the node, `status`: what a set reports.
 
 pub mod compress;
+pub mod host;
 pub mod listener;
 pub mod peer;
 pub mod recovery;
 pub mod sender;
+pub mod sets;
+pub mod status;
 pub mod wire;
+
+pub use host::Host;
+pub use sets::{Control, Sets};
 
 use wire::WireError;
 
@@ -44,7 +52,7 @@ pub enum ReplicationError {
     #[error("peer '{peer}' refused: {message}")]
     Remote {
         peer: String,
-        code: String,
+        code: wire::ErrorCode,
         message: String,
     },
     #[error("peer '{peer}' answered out of turn")]

@@ -86,11 +86,12 @@ impl PeerConn {
             Message::Welcome { .. } => Err(ReplicationError::PeerUnproven {
                 peer: name.to_string(),
             }),
-            Message::Error { code, .. } if code == "auth_failed" => {
-                Err(ReplicationError::AuthRefused {
-                    peer: name.to_string(),
-                })
-            }
+            Message::Error {
+                code: wire::ErrorCode::AuthFailed,
+                ..
+            } => Err(ReplicationError::AuthRefused {
+                peer: name.to_string(),
+            }),
             other => Err(conn.refusal(other)),
         }
     }

@@ -21,13 +21,13 @@ use parking_lot::Mutex;
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
 
+use super::host::Host;
 use super::peer::PeerConn;
+use super::status::{CycleProgress, CycleStats, SetState, SetStatus, StateChange};
 use super::wire::{self, EncodedExtent, Extent, ExtentKind, Message, MAX_EXTENT};
 use super::ReplicationError;
-use crate::admin::protocol::{CycleProgressView, CycleView, ReplicationView};
-use crate::admin::time::{rfc3339_utc, unix_secs};
 use crate::catalog::{Compression, QueuePolicy};
-use crate::server::Node;
+use crate::time::unix_secs;
 use crate::tracking::{CutOptions, SnapshotScope, TrackedVolume};
 use crate::volume::Volume;
 
@@ -51,7 +51,7 @@ pub struct PrimaryState {
     pub last_cut: Option<u64>,
     pub last_cut_unix: Option<u64>,
     pub cycles: u64,
-    pub last_cycle: Option<CycleView>,
+    pub last_cycle: Option<CycleStats>,
     /// `suspend`ed: no cycle runs until `resume`.
     #[serde(default)]
     pub suspended: bool,
@@ -70,15 +70,15 @@ struct Live {
     /// `replicate` asked for a cycle (a wake-up without it only re-reads the schedule).
     requested: bool,
     /// Status transitions, oldest first (at most [`EVENTS`]).
-    events: std::collections::VecDeque<String>,
-    last_status: String,
+    events: std::collections::VecDeque<StateChange>,
+    last_state: Option<SetState>,
     queued: u32,
-    progress: Option<CycleProgressView>,
+    progress: Option<CycleProgress>,
     error: Option<String>,
     next_retry: Option<SystemTime>,
     started: Option<Instant>,
     /// What a failed attempt shipped before it failed.
-    partial: Option<CycleView>,
+    partial: Option<CycleStats>,
 }
 
 /// One primary set's runtime.
@@ -102,13 +102,13 @@ const EVENTS: usize = 32;
 impl PrimarySet {
     /// Loads the set's saved state (or a fresh one) and starts its task.
     /// `dir` is the set's own state folder.
-    pub fn start(node: &Arc<Node>, name: &str, dir: PathBuf) -> Arc<PrimarySet> {
+    pub fn start(host: Weak<dyn Host>, name: &str, dir: PathBuf) -> Arc<PrimarySet> {
         let state = load_state(&dir).unwrap_or_else(|e| {
             tracing::warn!(set = name, error = %crate::chain::ErrorChain(&e), "replication state unreadable: starting a new generation");
             PrimaryState::default()
         });
-        if let Some(id) = state.issued_cut.max(state.last_cut) {
-            node.cut_ids_past(crate::tracking::CutId(id));
+        if let (Some(id), Some(h)) = (state.issued_cut.max(state.last_cut), host.upgrade()) {
+            h.cuts().advance_past(crate::tracking::CutId(id));
         }
         let set = Arc::new(PrimarySet {
             name: name.to_string(),
@@ -121,7 +121,7 @@ impl PrimarySet {
             task: Mutex::new(None),
             pending: Mutex::new(None),
         });
-        let task = tokio::spawn(run(Arc::downgrade(node), set.clone()));
+        let task = tokio::spawn(run(host, set.clone()));
         *set.task.lock() = Some(task);
         set
     }
@@ -216,13 +216,14 @@ impl PrimarySet {
 
     /// Records a status transition for `replication show`.
     fn note_status(&self) {
-        let mut v = ReplicationView::default();
-        self.view(&mut v);
+        let state = self.state_now();
         let mut live = self.live.lock();
-        if live.last_status != v.status {
-            live.last_status = v.status.clone();
-            let at = rfc3339_utc(unix_secs(SystemTime::now()));
-            live.events.push_back(format!("{at} {}", v.status));
+        if live.last_state != Some(state) {
+            live.last_state = Some(state);
+            live.events.push_back(StateChange {
+                at_unix: unix_secs(SystemTime::now()),
+                state,
+            });
             while live.events.len() > EVENTS {
                 live.events.pop_front();
             }
@@ -254,37 +255,46 @@ impl PrimarySet {
         self.stop.load(Ordering::Acquire)
     }
 
-    /// Fills the runtime part of the set's view.
-    pub fn view(&self, v: &mut ReplicationView) {
+    /// Where the set stands now.
+    fn state_now(&self) -> SetState {
+        let (suspended, has_cut) = {
+            let st = self.state.lock();
+            (st.suspended, st.last_cut.is_some())
+        };
+        let live = self.live.lock();
+        if live.restart {
+            SetState::StartReplication
+        } else if suspended {
+            SetState::Suspended
+        } else if live.running {
+            SetState::Replicating
+        } else if live.error.is_some() {
+            SetState::Error
+        } else if has_cut {
+            SetState::Ready
+        } else {
+            SetState::Unsynchronized
+        }
+    }
+
+    /// The set's runtime status.
+    pub fn status(&self) -> SetStatus {
+        let state = self.state_now();
         let st = self.state.lock().clone();
         let live = self.live.lock();
-        v.generation = st.generation;
-        v.last_cut_id = st.last_cut;
-        v.last_cut_time = st.last_cut_unix.map(rfc3339_utc);
-        v.lag_secs = st
-            .last_cut_unix
-            .map(|t| unix_secs(SystemTime::now()).saturating_sub(t));
-        v.cycles = st.cycles;
-        v.last_cycle = st.last_cycle;
-        v.queued = live.queued;
-        v.progress = live.progress;
-        v.error = live.error.clone();
-        v.next_retry = live.next_retry.map(|t| rfc3339_utc(unix_secs(t)));
-        v.events = live.events.iter().cloned().collect();
-        v.status = if live.restart {
-            "start-replication"
-        } else if st.suspended {
-            "suspended"
-        } else if live.running {
-            "replicating"
-        } else if live.error.is_some() {
-            "error"
-        } else if st.last_cut.is_some() {
-            "ready"
-        } else {
-            "unsynchronized"
+        SetStatus {
+            state,
+            generation: st.generation,
+            last_cut: st.last_cut,
+            last_cut_unix: st.last_cut_unix,
+            cycles: st.cycles,
+            last_cycle: st.last_cycle,
+            progress: live.progress,
+            queued: live.queued,
+            error: live.error.clone(),
+            next_retry_unix: live.next_retry.map(unix_secs),
+            events: live.events.iter().copied().collect(),
         }
-        .into();
     }
 }
 
@@ -320,12 +330,12 @@ fn save_state_on(
     })
 }
 
-async fn run(node: Weak<Node>, set: Arc<PrimarySet>) {
+async fn run(host: Weak<dyn Host>, set: Arc<PrimarySet>) {
     let mut failures = 0u32;
     set.note_status();
     loop {
-        let every = node.upgrade().and_then(|n| {
-            n.catalog
+        let every = host.upgrade().and_then(|n| {
+            n.catalog()
                 .read()
                 .replications
                 .get(&set.name)
@@ -375,7 +385,7 @@ async fn run(node: Weak<Node>, set: Arc<PrimarySet>) {
             set.note_status();
             continue;
         }
-        let Some(n) = node.upgrade() else { break };
+        let Some(n) = host.upgrade() else { break };
         set.abort.store(false, Ordering::Release);
         {
             let mut live = set.live.lock();
@@ -389,10 +399,10 @@ async fn run(node: Weak<Node>, set: Arc<PrimarySet>) {
         let result = tracing::Instrument::instrument(
             async {
                 if set.live.lock().restart {
-                    reset_secondary(&n, &set).await?;
+                    reset_secondary(&*n, &set).await?;
                 }
                 set.note_status();
-                cycle(&n, &set).await
+                cycle(&*n, &set).await
             },
             span,
         )
@@ -431,7 +441,7 @@ async fn run(node: Weak<Node>, set: Arc<PrimarySet>) {
 
 /// The first step of Restart Replication: the secondary drops every recovery point
 /// and staged data for a new generation; the next cycle is full.
-async fn reset_secondary(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationError> {
+async fn reset_secondary(node: &dyn Host, set: &PrimarySet) -> Result<(), ReplicationError> {
     let (spec, peer) = set_spec(node, set)?;
     let generation = set.state.lock().generation + 1;
     let mut conn = PeerConn::connect(&spec.peer, &peer).await?;
@@ -456,10 +466,10 @@ async fn reset_secondary(node: &Arc<Node>, set: &PrimarySet) -> Result<(), Repli
 }
 
 fn set_spec(
-    node: &Node,
+    node: &dyn Host,
     set: &PrimarySet,
 ) -> Result<(crate::catalog::ReplicationSpec, crate::catalog::PeerSpec), ReplicationError> {
-    let c = node.catalog.read();
+    let c = node.catalog().read();
     let spec = c
         .replications
         .get(&set.name)
@@ -496,7 +506,7 @@ struct Pending {
     plan: Vec<Run>,
     total: u64,
     /// Data bytes shipped by earlier attempts.
-    shipped: CycleView,
+    shipped: CycleStats,
     tracked: Vec<Arc<TrackedVolume>>,
 }
 
@@ -505,12 +515,12 @@ fn abandon(p: Pending) {
     abandon_cut(p.cut, &p.tracked);
 }
 
-async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationError> {
+async fn cycle(node: &dyn Host, set: &PrimarySet) -> Result<(), ReplicationError> {
     let (spec, peer) = set_spec(node, set)?;
     let volumes: Vec<Arc<Volume>> = spec
         .volumes
         .iter()
-        .map(|v| node.volumes.read().get(v).cloned())
+        .map(|v| node.volume(v))
         .collect::<Option<_>>()
         .ok_or_else(|| ReplicationError::NotPrimary(set.name.clone()))?;
     let tracked: Vec<Arc<TrackedVolume>> = volumes
@@ -651,7 +661,7 @@ async fn cycle(node: &Arc<Node>, set: &PrimarySet) -> Result<(), ReplicationErro
 
 /// Takes a new cut of the set and plans what it ships.
 async fn new_pending(
-    node: &Arc<Node>,
+    node: &dyn Host,
     names: &[String],
     volumes: &[Arc<Volume>],
     tracked: &[Arc<TrackedVolume>],
@@ -661,7 +671,8 @@ async fn new_pending(
     let full = base.is_none();
     let refs: Vec<&TrackedVolume> = tracked.iter().map(|t| &**t).collect();
     let cut = node
-        .cut_for_replication(
+        .cuts()
+        .cut_group(
             &refs,
             CutOptions {
                 timeout: CUT_TIMEOUT,
@@ -707,7 +718,7 @@ async fn new_pending(
         base,
         plan,
         total,
-        shipped: CycleView::default(),
+        shipped: CycleStats::default(),
         tracked: tracked.to_vec(),
     })
 }
@@ -808,16 +819,16 @@ async fn ship(
     names: &[String],
     p: &Pending,
     how: Compression,
-) -> Result<CycleView, ReplicationError> {
+) -> Result<CycleStats, ReplicationError> {
     let cut = p.cut.id;
     let full = p.base.is_none();
-    set.live.lock().progress = Some(CycleProgressView {
+    set.live.lock().progress = Some(CycleProgress {
         cut_id: cut.0,
         bytes_total: p.total,
         ..Default::default()
     });
     let sent_before = conn.sent;
-    let mut stats = CycleView {
+    let mut stats = CycleStats {
         cut_id: cut.0,
         full,
         compress: how,
@@ -848,7 +859,7 @@ async fn ship(
     let report = |done: u64| {
         let secs = started.elapsed().as_secs_f64().max(1e-3);
         let rate = done as f64 / secs;
-        set.live.lock().progress = Some(CycleProgressView {
+        set.live.lock().progress = Some(CycleProgress {
             cut_id: cut.0,
             bytes_done: done,
             bytes_total: p.total,
@@ -977,7 +988,7 @@ enum Batch {
 async fn send_batch(
     set: &PrimarySet,
     conn: &mut PeerConn,
-    stats: &mut CycleView,
+    stats: &mut CycleStats,
     batch: Batch,
 ) -> Result<(), ReplicationError> {
     let (pieces, encoded) = match batch {

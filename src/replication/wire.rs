@@ -169,9 +169,65 @@ pub enum Message {
         points: Vec<PointView>,
     },
     Error {
-        code: String,
+        code: ErrorCode,
         message: String,
     },
+}
+
+/// Why a receiver refused a request: the `code` of an `Error` message. The message
+/// beside it is for a human; peers act on the code alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The client speaks another protocol version.
+    Version,
+    /// A message out of turn or of the wrong kind.
+    Protocol,
+    /// The client did not prove a secret of one of the receiver's peers.
+    AuthFailed,
+    /// The request is understood and refused (a name taken, a set of another peer,
+    /// an extent that does not fit).
+    Refused,
+    /// No such set here.
+    NotFound,
+    /// The receiver is not at the cut the changes were computed from.
+    Base,
+    /// The receiver's disk failed it.
+    Io,
+    /// Something inside the receiver failed.
+    Internal,
+    /// A code of a later build.
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Version => "version",
+            ErrorCode::Protocol => "protocol",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::Refused => "refused",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Base => "base",
+            ErrorCode::Io => "io",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unknown => "unknown",
+        }
+    }
+}
+
+/// A code equals its wire name.
+impl PartialEq<str> for ErrorCode {
+    fn eq(&self, name: &str) -> bool {
+        self.as_str() == name
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,7 +22,7 @@ use crate::server::frames::{FrameReader, ReadError};
 use crate::server::luns::LunView;
 use crate::server::registry::SessionEntry;
 use crate::server::writer::{self, Traffic, Window};
-use crate::server::Node;
+use crate::server::Shared;
 use crate::throttle::Source;
 
 /// A connection that sends no login PDU for this long is dropped, so half-open
@@ -35,7 +35,7 @@ const TPGT: u16 = 1;
 const LOGIN_SEGMENT_MAX: u32 = 8192;
 
 pub async fn serve(
-    node: Arc<Node>,
+    node: Arc<Shared>,
     stream: TcpStream,
     settings: Arc<TargetSettings>,
     shutdown: watch::Receiver<bool>,
@@ -70,7 +70,7 @@ async fn send_now(
 }
 
 async fn serve_inner(
-    node: Arc<Node>,
+    node: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
@@ -285,7 +285,7 @@ async fn serve_inner(
 
 /// Record the outcome of a CHAP check for the guessing delay.
 fn note_chap_outcome(
-    node: &Node,
+    node: &Shared,
     login: &Login,
     step: &LoginStep,
     sources: &[Source],

@@ -3,14 +3,14 @@
 use std::sync::Arc;
 
 use crate::iscsi::login::{TargetAccess, TargetDirectory};
-use crate::server::Node;
+use crate::server::Shared;
 
 pub struct Directory {
-    node: Arc<Node>,
+    node: Arc<Shared>,
 }
 
 impl Directory {
-    pub fn new(node: Arc<Node>) -> Directory {
+    pub fn new(node: Arc<Shared>) -> Directory {
         Directory { node }
     }
 }

@@ -40,7 +40,7 @@ use crate::server::frames::{FrameReader, ReadError};
 use crate::server::luns::{LunHandle, LunView};
 use crate::server::registry::SessionEntry;
 use crate::server::writer::{Hold, Outgoing, Stat};
-use crate::server::Node;
+use crate::server::Shared;
 
 /// The most a single command may move (what VPD Block Limits announces); larger
 /// transfers get INVALID FIELD IN CDB.
@@ -112,7 +112,7 @@ pub enum End {
 
 /// What a connection brings to its full feature phase.
 pub struct Setup<R> {
-    pub node: Arc<Node>,
+    pub node: Arc<Shared>,
     pub reader: FrameReader<R>,
     pub out: mpsc::Sender<Outgoing>,
     pub window: Arc<Window>,
@@ -128,7 +128,7 @@ pub struct Setup<R> {
 }
 
 pub struct Ffp<R> {
-    node: Arc<Node>,
+    node: Arc<Shared>,
     reader: FrameReader<R>,
     out: mpsc::Sender<Outgoing>,
     session: SessionParams,

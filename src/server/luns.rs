@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::catalog::{split_snapshot_ref, LunSpec};
 use crate::scsi::{LogicalUnit, LuConfig, Sense, UnitAttentions};
-use crate::server::Node;
+use crate::server::Shared;
 use crate::tracking::CutId;
 use crate::volume::Volume;
 
@@ -50,7 +50,7 @@ impl LunView {
     }
 
     /// All LUNs of the target, sorted, for REPORT LUNS.
-    pub fn lun_list(&self, node: &Node) -> Vec<u64> {
+    pub fn lun_list(&self, node: &Shared) -> Vec<u64> {
         node.catalog
             .read()
             .targets
@@ -63,7 +63,7 @@ impl LunView {
     /// (or its volume is not open). Re-resolves when the mapping changed.
     pub fn resolve(
         &mut self,
-        node: &Node,
+        node: &Shared,
         lun: u64,
     ) -> Option<(Arc<LunHandle>, &mut UnitAttentions)> {
         let spec = node

@@ -10,16 +10,21 @@ mod exec;
 pub mod ffp;
 mod frames;
 mod luns;
-mod node;
 mod registry;
 pub mod writer;
 
-pub use node::Node;
 pub use registry::{SessionInfo, SessionRegistry};
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::catalog::Catalog;
+use crate::throttle::AuthThrottle;
+use crate::volume::Volume;
 
 pub use crate::iscsi::params::TargetSettings;
 
@@ -33,14 +38,47 @@ pub enum ServerError {
     },
 }
 
+/// What every connection serves from: the catalog (targets, LUN maps, CHAP), the open
+/// volumes, the sessions, and the limits they share. The composition root
+/// (`crate::node`) builds it, sharing the catalog and volumes with admin and
+/// replication.
+pub struct Shared {
+    /// Read only here: admin changes it (validate, persist, then swap).
+    pub catalog: Arc<RwLock<Catalog>>,
+    /// Open volumes by name.
+    pub volumes: Arc<RwLock<HashMap<String, Arc<Volume>>>>,
+    pub sessions: SessionRegistry,
+    /// Data-Out bytes every session together may hold (`budget`).
+    pub write_budget: Arc<tokio::sync::Semaphore>,
+    /// Failed CHAP logins per source address and initiator (`throttle`).
+    pub auth_throttle: Mutex<AuthThrottle>,
+}
+
+impl Shared {
+    pub fn new(
+        catalog: Arc<RwLock<Catalog>>,
+        volumes: Arc<RwLock<HashMap<String, Arc<Volume>>>>,
+    ) -> Shared {
+        Shared {
+            catalog,
+            volumes,
+            sessions: SessionRegistry::default(),
+            write_budget: Arc::new(tokio::sync::Semaphore::new(
+                budget::NODE_WRITE_BUDGET as usize,
+            )),
+            auth_throttle: Mutex::new(AuthThrottle::default()),
+        }
+    }
+}
+
 pub struct Server {
     #[allow(dead_code)]
-    node: Arc<Node>,
+    node: Arc<Shared>,
     listeners: Vec<tokio::net::TcpListener>,
 }
 
 impl Server {
-    pub async fn bind(node: Arc<Node>, addrs: &[SocketAddr]) -> Result<Server, ServerError> {
+    pub async fn bind(node: Arc<Shared>, addrs: &[SocketAddr]) -> Result<Server, ServerError> {
         let mut listeners = Vec::new();
         for &addr in addrs {
             let l = tokio::net::TcpListener::bind(addr)

@@ -7,24 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::server::writer::Traffic;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SessionInfo {
-    pub target: String,
-    pub initiator: String,
-    /// ISID as 12 hex digits.
-    pub isid: String,
-    pub tsih: u16,
-    pub connections: u32,
-    /// Negotiated operational keys, in negotiation order.
-    pub negotiated: Vec<(String, String)>,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-}
+pub use crate::iscsi::SessionInfo;
 
 /// One registered session: what `session list` shows and how to end it.
 pub struct SessionEntry {

@@ -11,7 +11,7 @@ use super::{TakeSnapshotError, TakenSnapshot};
 use crate::admin::protocol::{Change, ErrorCode, Query, Request, Response, VolumeView};
 use crate::admin::store;
 use crate::catalog::{Catalog, VolumeSpec};
-use crate::server::SessionInfo;
+use crate::iscsi::SessionInfo;
 use crate::tracking::{CutError, SnapshotInfo};
 use crate::volume::VolumeError;
 

@@ -38,16 +38,15 @@ use std::path::Path;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::protocol::{
-    Action, Change, CutStatsView, PeerCheckView, Query, RecoveryPointView, ReplicationView,
-    Request, Response,
-};
+use super::protocol::{Action, Change, CutStatsView, PeerCheckView, Query, Request, Response};
 use super::replication as repl;
 use super::store::{self, StoreError};
 use crate::catalog::{Catalog, PeerSpec, ReplicationSpec, VolumeSpec};
+use crate::iscsi::SessionInfo;
+use crate::replication::recovery::RecoveryPoint;
+use crate::replication::status::SetStatus;
 use crate::replication::wire::RemoteVolume;
 use crate::replication::ReplicationError;
-use crate::server::SessionInfo;
 use crate::tracking::{CutError, SnapshotInfo};
 use crate::volume::VolumeError;
 
@@ -135,8 +134,10 @@ pub trait Host: Sync {
     fn replicate(&self, name: &str) -> Result<String, ReplicationError> {
         Err(ReplicationError::NotPrimary(name.into()))
     }
-    /// The runtime part of a set's view (status, cuts, progress).
-    fn replication_runtime(&self, _name: &str, _view: &mut ReplicationView) {}
+    /// What a running set reports of itself (state, cuts, progress).
+    fn replication_status(&self, _name: &str) -> Option<SetStatus> {
+        None
+    }
     /// `restart`, `suspend`, `resume`, `abort` of a primary set.
     fn replication_control(
         &self,
@@ -150,19 +151,13 @@ pub trait Host: Sync {
         Err(ReplicationError::NotSecondary(name.into()))
     }
     /// A secondary set's recovery points, newest first.
-    fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPointView>, ReplicationError> {
+    fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPoint>, ReplicationError> {
         Err(ReplicationError::NotSecondary(name.into()))
     }
 }
 
 /// What `replication_control` does to a primary set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Control {
-    Restart,
-    Suspend,
-    Resume,
-    Abort,
-}
+pub use crate::replication::Control;
 
 /// A snapshot's cut as the host took it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -37,7 +37,11 @@ pub(super) fn recovery_points<H: Host + ?Sized>(
     name: String,
 ) -> Result<Response, AdminError> {
     known(c, &name)?;
-    let points = host.recovery_points(&name)?;
+    let points = host
+        .recovery_points(&name)?
+        .into_iter()
+        .map(repl::recovery_point_view)
+        .collect();
     Ok(Response::RecoveryPoints { set: name, points })
 }
 
@@ -145,7 +149,9 @@ pub(super) fn commit_delete<H: Host + ?Sized>(
 
 fn full_replication_view<H: Host + ?Sized>(host: &H, c: &Catalog, name: &str) -> ReplicationView {
     let mut v = repl::replication_view(c, name);
-    host.replication_runtime(name, &mut v);
+    if let Some(st) = host.replication_status(name) {
+        repl::add_status(&mut v, st);
+    }
     v
 }
 
@@ -219,7 +225,7 @@ mod tests {
         let Response::Replication(v) = f.ok(Query::ReplicationShow { name: "r".into() }) else {
             panic!()
         };
-        assert_eq!((v.name.as_str(), v.role.as_str()), ("r", "primary"));
+        assert_eq!((v.name.as_str(), v.role), ("r", ReplicationRole::Primary));
         let m = f.refuse(
             Action::Restart {
                 name: "r".into(),

@@ -8,7 +8,7 @@ use super::super::protocol::{ChapView, LunView, Response, Secret, TargetView};
 use super::super::validate::{self, ValidationError};
 use super::{done, AdminError, Effect, Host};
 use crate::catalog::{split_snapshot_ref, Catalog, ChapSpec, LunSpec, TargetSpec};
-use crate::server::SessionInfo;
+use crate::iscsi::SessionInfo;
 
 pub(super) fn list<H: Host + ?Sized>(host: &H, c: &Catalog) -> Response {
     let sessions = host.sessions();

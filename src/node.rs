@@ -1,8 +1,16 @@
-//! The state one twinlun process serves from: its data dir, catalog, open volumes and sessions.
+//! The composition root: one twinlun process's state and the wiring between its layers.
+//!
+//! The node owns the data dir, the catalog, the open volumes and the cut coordinator,
+//! and hands each layer what it needs through that layer's own interface: the iSCSI
+//! server gets [`server::Shared`] (catalog, volumes, sessions, budgets), replication
+//! gets [`replication::Host`](crate::replication::host::Host) and runs its sets in
+//! [`Sets`], admin gets [`admin::Host`](crate::admin::Host). No layer below imports
+//! this module.
 //!
 //! Startup (see `main.rs`): `admin::startup::prepare` gives the catalog (files created,
-//! saved), `Engine::start`, `Node::new`, `Node::open_volumes`. Admin changes go through
-//! `Node::apply`. At shutdown, `Node::sync_volumes`.
+//! saved), `Engine::start`, `Node::new`, `Node::open_volumes`, `Node::start_replication`.
+//! Admin changes go through `Node::apply`. At shutdown, `Node::stop_replication`,
+//! `Node::save_tracking`, `Node::sync_volumes`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -13,21 +21,22 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 
 use crate::admin::apply::{volume_file, Host, RuntimeInfo, TakeSnapshotError, TakenSnapshot};
-use crate::admin::protocol::{PeerCheckView, RecoveryPointView, ReplicationView};
+use crate::admin::protocol::PeerCheckView;
 use crate::admin::{Request, Response};
 use crate::catalog::{Catalog, VolumeSpec};
-use crate::catalog::{PeerSpec, ReplicationRole, ReplicationSpec};
+use crate::catalog::{PeerSpec, ReplicationSpec};
+use crate::iscsi::SessionInfo;
+use crate::replication::host::{ChangeRefused, SecondaryRequest};
 use crate::replication::peer::PeerConn;
-use crate::replication::recovery::{ReceiverStore, ReceiverSummary, VolumeTarget};
-use crate::replication::sender::PrimarySet;
-use crate::replication::wire::{Message, RemoteVolume};
-use crate::replication::ReplicationError;
-use crate::server::{SessionInfo, SessionRegistry};
+use crate::replication::recovery::RecoveryPoint;
+use crate::replication::status::SetStatus;
+use crate::replication::wire::RemoteVolume;
+use crate::replication::{Control, ReplicationError, Sets};
+use crate::server::Shared;
 use crate::tracking::{
     CowConfig, CutCoordinator, CutId, CutOptions, MemoryBudget, PageSize, SnapshotInfo,
     SnapshotScope, TrackedVolume,
 };
-use crate::tracking::{Cut, CutError};
 use crate::volume::{Engine, Volume, VolumeError};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,20 +49,19 @@ pub enum NodeError {
     },
 }
 
+/// Open volumes by name; kept in step with `catalog.volumes`.
+pub type Volumes = RwLock<HashMap<String, Arc<Volume>>>;
+
 pub struct Node {
     pub data_dir: PathBuf,
     pub engine: Engine,
     /// The model. Mutated only by `admin` (validate, persist atomically, then swap).
-    pub catalog: RwLock<Catalog>,
-    /// Open volumes by name; kept in step with `catalog.volumes`.
-    pub volumes: RwLock<HashMap<String, Arc<Volume>>>,
-    pub sessions: SessionRegistry,
-    /// Data-Out bytes every session together may hold (`server::budget`).
-    pub write_budget: Arc<tokio::sync::Semaphore>,
-    /// Failed CHAP logins per source address and initiator (`throttle`).
-    pub auth_throttle: Mutex<crate::throttle::AuthThrottle>,
-    /// Failed replication peer authentications per source address (`throttle`).
-    pub peer_auth_throttle: Mutex<crate::throttle::AuthThrottle>,
+    pub catalog: Arc<RwLock<Catalog>>,
+    pub volumes: Arc<Volumes>,
+    /// What the iSCSI connections serve from (shares `catalog` and `volumes`).
+    pub iscsi: Arc<Shared>,
+    /// The replication sets: primaries' tasks, secondaries' stores, schedules.
+    pub replication: Arc<Sets>,
     started: Instant,
     /// Serializes admin changes (read catalog, persist, swap).
     changes: Mutex<()>,
@@ -67,20 +75,6 @@ pub struct Node {
     /// Hands out cut ids node-wide, so a volume's snapshots never share one, and
     /// serializes cuts.
     cuts: CutCoordinator,
-    /// This node, for the tasks it starts (replication sets).
-    me: std::sync::OnceLock<std::sync::Weak<Node>>,
-    /// Running primary replication sets.
-    primaries: Mutex<HashMap<String, Arc<PrimarySet>>>,
-    /// Secondary replication sets' receiver stores, with what each publishes for
-    /// queries (read without the store's lock).
-    receivers: Mutex<HashMap<String, Receiver>>,
-}
-
-/// A secondary set: its store, locked while a cut is received or applied, and the
-/// summary it publishes, which queries read instead.
-struct Receiver {
-    store: Arc<tokio::sync::Mutex<ReceiverStore>>,
-    summary: Arc<Mutex<ReceiverSummary>>,
 }
 
 /// Copy-on-write memory shared by all snapshots of the node.
@@ -95,17 +89,15 @@ impl Node {
     /// A node serving `catalog` from `data_dir`. No volume is open yet: call
     /// `open_volumes` (or `open_volume` per volume).
     pub fn new(data_dir: PathBuf, engine: Engine, catalog: Catalog) -> Node {
+        let catalog = Arc::new(RwLock::new(catalog));
+        let volumes = Arc::new(Volumes::default());
         Node {
             data_dir,
             engine,
-            catalog: RwLock::new(catalog),
-            volumes: RwLock::new(HashMap::new()),
-            sessions: SessionRegistry::default(),
-            write_budget: Arc::new(tokio::sync::Semaphore::new(
-                crate::server::budget::NODE_WRITE_BUDGET as usize,
-            )),
-            auth_throttle: Mutex::new(crate::throttle::AuthThrottle::default()),
-            peer_auth_throttle: Mutex::new(crate::throttle::AuthThrottle::default()),
+            iscsi: Arc::new(Shared::new(catalog.clone(), volumes.clone())),
+            catalog,
+            volumes,
+            replication: Arc::new(Sets::new()),
             started: Instant::now(),
             changes: Mutex::new(()),
             listen: RwLock::new(Vec::new()),
@@ -113,102 +105,19 @@ impl Node {
             cow_budget: MemoryBudget::new(COW_MEMORY),
             tracking: true,
             cuts: CutCoordinator::new(CutId(1)),
-            me: std::sync::OnceLock::new(),
-            primaries: Mutex::new(HashMap::new()),
-            receivers: Mutex::new(HashMap::new()),
         }
     }
 
     /// Starts every replication set of the catalog (after `open_volumes`).
     pub fn start_replication(self: &Arc<Self>) {
-        let _ = self.me.set(Arc::downgrade(self));
-        let names: Vec<String> = self.catalog.read().replications.keys().cloned().collect();
-        for name in names {
-            self.start_set(&name);
-        }
-        tokio::spawn(run_schedules(Arc::downgrade(self)));
+        let me: Arc<dyn crate::replication::Host> = self.clone();
+        self.replication.start(Arc::downgrade(&me));
     }
 
     /// Stops every primary set's task (a cycle in flight puts its pages back into the
     /// dirty maps); call before saving tracking at shutdown.
     pub async fn stop_replication(&self) {
-        let sets: Vec<Arc<PrimarySet>> = self.primaries.lock().drain().map(|(_, s)| s).collect();
-        for s in sets {
-            s.stop().await;
-        }
-    }
-
-    fn start_set(&self, name: &str) {
-        let Some(spec) = self.catalog.read().replications.get(name).cloned() else {
-            return;
-        };
-        match spec.role {
-            ReplicationRole::Primary => {
-                let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) else {
-                    return;
-                };
-                let set = PrimarySet::start(&me, name, self.replication_dir(&spec));
-                self.primaries.lock().insert(name.to_string(), set);
-            }
-            ReplicationRole::Secondary => {
-                let targets: Vec<VolumeTarget> = {
-                    let c = self.catalog.read();
-                    spec.volumes
-                        .iter()
-                        .filter_map(|v| {
-                            c.volumes.get(v).map(|vs| VolumeTarget {
-                                name: v.clone(),
-                                path: volume_file(&self.data_dir, vs),
-                                size: vs.size,
-                            })
-                        })
-                        .collect()
-                };
-                match ReceiverStore::open(&self.replication_dir(&spec), targets) {
-                    Ok(store) => {
-                        let summary = store.summary();
-                        let store = Arc::new(tokio::sync::Mutex::new(store));
-                        self.receivers
-                            .lock()
-                            .insert(name.to_string(), Receiver { store, summary });
-                    }
-                    Err(e) => {
-                        tracing::error!(set = %name, error = %crate::chain::ErrorChain(&e), "cannot open the secondary's replication state");
-                    }
-                }
-            }
-        }
-    }
-
-    fn replication_dir(&self, spec: &ReplicationSpec) -> PathBuf {
-        crate::datadir::replication_dir(&self.data_dir, spec.id)
-    }
-
-    /// The receiver store of a secondary set.
-    pub fn receiver(&self, set: &str) -> Option<Arc<tokio::sync::Mutex<ReceiverStore>>> {
-        self.receivers.lock().get(set).map(|r| r.store.clone())
-    }
-
-    /// What a secondary set last published (generation, current cut, recovery
-    /// points), without waiting for its store.
-    pub fn receiver_summary(&self, set: &str) -> Option<ReceiverSummary> {
-        let summary = self.receivers.lock().get(set)?.summary.clone();
-        let s = summary.lock().clone();
-        Some(s)
-    }
-
-    /// Makes every later cut's id higher than `id` (a cut id a replication set saved).
-    pub fn cut_ids_past(&self, id: CutId) {
-        self.cuts.advance_past(id);
-    }
-
-    /// A cut for a replication cycle, from the node-wide coordinator.
-    pub async fn cut_for_replication(
-        &self,
-        volumes: &[&TrackedVolume],
-        options: CutOptions,
-    ) -> Result<Cut, CutError> {
-        self.cuts.cut_group(volumes, options).await
+        self.replication.stop().await;
     }
 
     /// Runs `f` on the runtime from a blocking admin thread.
@@ -387,7 +296,7 @@ impl Node {
         let cut = self.cuts.cut_group(&refs, options).await?;
         Ok(TakenSnapshot {
             cut: cut.id.0,
-            created: crate::admin::time::unix_secs(cut.at),
+            created: crate::time::unix_secs(cut.at),
             pause: cut.pause,
         })
     }
@@ -504,17 +413,7 @@ impl Host for Node {
         peer: &PeerSpec,
         volumes: Vec<RemoteVolume>,
     ) -> Result<(), ReplicationError> {
-        self.block_on(async {
-            let mut conn = PeerConn::connect(&spec.peer, peer).await?;
-            conn.expect_ok(&Message::CreateSet {
-                set: name.to_string(),
-                peer: spec.peer.clone(),
-                group: spec.group.clone(),
-                volumes,
-                keep: spec.keep,
-            })
-            .await
-        })
+        self.block_on(self.replication.create_remote(name, spec, peer, volumes))
     }
     fn replication_delete_remote(
         &self,
@@ -522,128 +421,31 @@ impl Host for Node {
         spec: &ReplicationSpec,
         peer: &PeerSpec,
     ) -> Result<(), ReplicationError> {
-        // Stop cycles first, so none runs against a set being deleted.
-        let running = self.primaries.lock().remove(name);
-        if let Some(set) = running {
-            self.block_on(set.stop());
-            self.primaries.lock().insert(name.to_string(), set);
-        }
-        let result = self.block_on(async {
-            let mut conn = PeerConn::connect(&spec.peer, peer).await?;
-            conn.expect_ok(&Message::DeleteSet {
-                set: name.to_string(),
-            })
-            .await
-        });
-        if result.is_err() {
-            // Nothing changed: the set runs on.
-            self.primaries.lock().remove(name);
-            self.start_set(name);
-        }
-        result
+        self.block_on(self.replication.delete_remote(name, spec, peer))
     }
     fn replication_started(&self, name: &str) {
-        self.start_set(name);
+        self.replication.start_set(name);
     }
     fn replication_stopped(&self, name: &str, spec: &ReplicationSpec) {
-        match spec.role {
-            ReplicationRole::Primary => {
-                let set = self.primaries.lock().remove(name);
-                if let Some(set) = set {
-                    self.block_on(set.stop());
-                }
-            }
-            ReplicationRole::Secondary => {
-                self.receivers.lock().remove(name);
-            }
-        }
-        // The set was deleted: its saved state goes.
-        let dir = self.replication_dir(spec);
-        if let Err(e) =
-            crate::datadir::remove_object_dir(&self.data_dir, crate::datadir::REPLICATION, &dir)
-        {
-            tracing::warn!(set = %name, error = %crate::chain::ErrorChain(&e), "cannot remove replication state");
-        }
+        self.block_on(self.replication.stop_set(name, spec));
     }
     fn replicate(&self, name: &str) -> Result<String, ReplicationError> {
-        let policy = self
-            .catalog
-            .read()
-            .replications
-            .get(name)
-            .map(|r| r.queue_policy)
-            .unwrap_or_default();
-        let set = self
-            .primaries
-            .lock()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
-        set.request(policy)
+        self.replication.replicate(name)
     }
-    fn replication_runtime(&self, name: &str, view: &mut ReplicationView) {
-        let primary = self.primaries.lock().get(name).cloned();
-        if let Some(set) = primary {
-            set.view(view);
-            return;
-        }
-        if let Some(store) = self.receiver_summary(name) {
-            view.generation = store.generation;
-            if let Some(cur) = store.current {
-                view.status = "ready".into();
-                view.last_cut_id = Some(cur.cut);
-                view.last_cut_time = Some(crate::admin::time::rfc3339_utc(cur.taken_unix));
-            }
-        }
+    fn replication_status(&self, name: &str) -> Option<SetStatus> {
+        self.replication.status(name)
     }
-    fn replication_control(
-        &self,
-        name: &str,
-        action: crate::admin::apply::Control,
-    ) -> Result<String, ReplicationError> {
-        use crate::admin::apply::Control;
-        let set = self
-            .primaries
-            .lock()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
-        match action {
-            Control::Restart => set.restart(),
-            Control::Suspend => set.suspend(true),
-            Control::Resume => set.suspend(false),
-            Control::Abort => set.abort(),
-        }
+    fn replication_control(&self, name: &str, action: Control) -> Result<String, ReplicationError> {
+        self.replication.control(name, action)
     }
     fn roll_back(&self, name: &str, cut: u64) -> Result<(), ReplicationError> {
-        let store = self
-            .receiver(name)
-            .ok_or_else(|| ReplicationError::NotSecondary(name.into()))?;
-        let mut store = self.block_on(store.lock());
-        store
-            .roll_back_to(cut)
-            .map_err(|e| ReplicationError::Recovery {
-                set: name.into(),
-                source: Box::new(e),
-            })
+        self.replication.roll_back(name, cut)
     }
-    fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPointView>, ReplicationError> {
-        let store = self
-            .receiver_summary(name)
-            .ok_or_else(|| ReplicationError::NotSecondary(name.into()))?;
-        Ok(store
-            .points
-            .into_iter()
-            .map(|p| RecoveryPointView {
-                cut_id: p.cut,
-                time: crate::admin::time::rfc3339_utc(p.taken_unix),
-                time_unix: p.taken_unix,
-                size: p.undo_bytes,
-            })
-            .collect())
+    fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPoint>, ReplicationError> {
+        self.replication.recovery_points(name)
     }
     fn sessions(&self) -> Vec<SessionInfo> {
-        self.sessions.list()
+        self.iscsi.sessions.list()
     }
     fn runtime(&self) -> RuntimeInfo {
         RuntimeInfo {
@@ -669,37 +471,32 @@ impl Host for Node {
     }
 }
 
-/// Runs schedule tasks: each due time of a task calls `replicate` on its set once (the
-/// set's queue policy applies). Due times that passed while the node was down are not
-/// made up for.
-async fn run_schedules(node: std::sync::Weak<Node>) {
-    let mut fired: HashMap<String, u64> = HashMap::new();
-    let mut first = true;
-    loop {
-        let Some(n) = node.upgrade() else { break };
-        let now = crate::admin::time::unix_secs(std::time::SystemTime::now());
-        let schedules = n.catalog.read().schedules.clone();
-        fired.retain(|t, _| schedules.contains_key(t));
-        for (task, s) in &schedules {
-            let Some(due) = s.last_due(now) else { continue };
-            match fired.get(task) {
-                Some(&f) if f >= due => {}
-                None if first => {
-                    fired.insert(task.clone(), due);
-                }
-                _ => {
-                    fired.insert(task.clone(), due);
-                    match Host::replicate(&*n, &s.set) {
-                        Ok(m) => tracing::info!(task = %task, set = %s.set, "{m}"),
-                        Err(e) => {
-                            tracing::warn!(task = %task, set = %s.set, error = %e, "scheduled replication not started")
-                        }
-                    }
-                }
-            }
-        }
-        first = false;
-        drop(n);
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+impl crate::replication::Host for Node {
+    fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+    fn catalog(&self) -> &RwLock<Catalog> {
+        &self.catalog
+    }
+    fn volume(&self, name: &str) -> Option<Arc<Volume>> {
+        self.volumes.read().get(name).cloned()
+    }
+    fn cuts(&self) -> &CutCoordinator {
+        &self.cuts
+    }
+    fn accept_secondary(&self, req: SecondaryRequest) -> Result<(), ChangeRefused> {
+        crate::admin::replication::accept_secondary(
+            self,
+            &req.set,
+            &req.peer,
+            req.group.as_deref(),
+            &req.volumes,
+            req.keep,
+        )
+        .map_err(|e| Box::new(e) as ChangeRefused)
+    }
+    fn drop_secondary(&self, set: &str) -> Result<(), ChangeRefused> {
+        crate::admin::replication::drop_secondary(self, set)
+            .map_err(|e| Box::new(e) as ChangeRefused)
     }
 }

@@ -483,6 +483,25 @@ pub fn check_lun(lun: u64) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// The block size a volume gets when none is given.
+pub fn default_block_size() -> u32 {
+    512
+}
+
+/// A size given as a number of bytes or as a string with a binary unit ("512M", "10G").
+pub fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    match <Raw as serde::Deserialize>::deserialize(d)? {
+        Raw::Bytes(n) => Ok(n),
+        Raw::Text(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,49 @@
+//! What replication needs from the node that runs it, and nothing more: the catalog
+//! (plain data, read only), the open volumes, the node-wide cut coordinator, and the
+//! two catalog changes a primary asks of its secondary. The composition root
+//! (`crate::node`) implements it; tests can implement it with a fake.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use super::wire::RemoteVolume;
+use crate::catalog::Catalog;
+use crate::tracking::CutCoordinator;
+use crate::volume::Volume;
+
+/// Why the node refused a catalog change a peer asked for; its message goes back to
+/// the peer as it is.
+pub type ChangeRefused = Box<dyn std::error::Error + Send + Sync>;
+
+/// A primary asks this node to hold the secondary side of a new set.
+#[derive(Debug, Clone)]
+pub struct SecondaryRequest {
+    pub set: String,
+    /// The peer (as this node names it) that asked, which owns the set from now on.
+    pub peer: String,
+    /// The group the primary replicates, if it replicates one.
+    pub group: Option<String>,
+    pub volumes: Vec<RemoteVolume>,
+    /// Recovery points to keep.
+    pub keep: u32,
+}
+
+pub trait Host: Send + Sync + 'static {
+    /// The node's data dir: sets keep their state under `replication/SET-ID/`.
+    fn data_dir(&self) -> &Path;
+    /// The catalog: sets, peers and volumes. Read only here; changes go through the
+    /// methods below.
+    fn catalog(&self) -> &RwLock<Catalog>;
+    /// An open volume, by name.
+    fn volume(&self, name: &str) -> Option<Arc<Volume>>;
+    /// Hands out cut ids node-wide (snapshots and sets never share one) and serializes
+    /// cuts.
+    fn cuts(&self) -> &CutCoordinator;
+    /// Creates the secondary side of a set: its volumes (and group) and the set, saved
+    /// in the catalog. Blocking (it fsyncs).
+    fn accept_secondary(&self, req: SecondaryRequest) -> Result<(), ChangeRefused>;
+    /// The primary deleted a set: its secondary side goes; the volumes stay. Blocking.
+    fn drop_secondary(&self, set: &str) -> Result<(), ChangeRefused>;
+}
