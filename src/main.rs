@@ -12,7 +12,9 @@ use anyhow::{anyhow, Context};
 use clap::{Args, Parser, Subcommand};
 
 use twinlun::admin::client::Client;
-use twinlun::admin::protocol::{Action, Change, Query, Request, Response, Secret};
+use twinlun::admin::protocol::{
+    Action, Change, Query, ReplicationCreate, Request, Response, Secret,
+};
 use twinlun::admin::server::AdminSocket;
 use twinlun::admin::{startup, store, table, validate};
 use twinlun::catalog::{Catalog, Compression, QueuePolicy};
@@ -654,7 +656,7 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 keep,
                 target_prefix,
                 compress,
-            } => Change::ReplicationCreate {
+            } => Change::ReplicationCreate(ReplicationCreate {
                 name,
                 volume,
                 group,
@@ -674,7 +676,7 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 compress: Compression::parse(&compress).ok_or_else(|| {
                     format!("--compress must be zstd, lz4 or none, not '{compress}'")
                 })?,
-            }
+            })
             .into(),
             ReplicationCmd::List => Query::ReplicationList.into(),
             ReplicationCmd::Show { name } => Query::ReplicationShow { name }.into(),

@@ -269,27 +269,7 @@ pub enum Change {
     },
     /// Binds a volume or a group (exactly one) to a peer; creates the secondary volumes
     /// on the peer.
-    ReplicationCreate {
-        name: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        volume: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        group: Option<String>,
-        peer: String,
-        /// Interval between cycles ("30s", "5m", "1h"); none: only on `replicate`.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        every: Option<String>,
-        #[serde(default)]
-        queue_policy: crate::catalog::QueuePolicy,
-        #[serde(default = "default_keep")]
-        keep: u32,
-        /// How data extents travel: `zstd`, `lz4` or `none` (the default).
-        #[serde(default)]
-        compress: crate::catalog::Compression,
-        /// Prefix of the secondary volumes' names (default: the same names).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        target_prefix: Option<String>,
-    },
+    ReplicationCreate(ReplicationCreate),
     ReplicationDelete {
         name: String,
     },
@@ -353,6 +333,32 @@ pub enum Action {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         recovery_point: Option<u64>,
     },
+}
+
+/// What `replication create` names: a volume or a group (exactly one), the peer, and
+/// the set's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationCreate {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub peer: String,
+    /// Interval between cycles ("30s", "5m", "1h"); none: only on `replicate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+    #[serde(default)]
+    pub queue_policy: crate::catalog::QueuePolicy,
+    #[serde(default = "default_keep")]
+    pub keep: u32,
+    /// How data extents travel: `zstd`, `lz4` or `none` (the default).
+    #[serde(default)]
+    pub compress: crate::catalog::Compression,
+    /// Prefix of the secondary volumes' names (default: the same names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_prefix: Option<String>,
 }
 
 /// Recovery points a secondary keeps unless told otherwise.
@@ -800,6 +806,23 @@ mod tests {
         );
         let bad = serde_json::from_str::<Request>(r#"{"cmd":"volume_show","name":"x","extra":1}"#);
         assert!(bad.is_err(), "unknown fields are refused");
+        // `replication create`'s fields sit beside `cmd`, as before they had a struct.
+        let create = r#"{"cmd":"replication_create","name":"r","volume":"v","peer":"p","queue_policy":"discard","keep":3,"compress":"none"}"#;
+        let Ok(Request::Change(Change::ReplicationCreate(a))) = serde_json::from_str(create) else {
+            panic!("{create} does not parse")
+        };
+        assert_eq!((a.name.as_str(), a.keep, a.group.as_deref()), ("r", 3, None));
+        assert_eq!(
+            serde_json::to_string(&Request::from(Change::ReplicationCreate(a))).unwrap(),
+            create
+        );
+        let bad = serde_json::from_str::<Request>(
+            r#"{"cmd":"replication_create","name":"r","peer":"p","colour":"red"}"#,
+        );
+        assert!(
+            bad.is_err(),
+            "unknown fields of replication_create are refused"
+        );
         // (Unit variants ignore extra fields in serde: `server::parse_request` refuses them.)
     }
 

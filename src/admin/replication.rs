@@ -75,22 +75,11 @@ pub fn peer_delete(c: &mut Catalog, name: String) -> Result<(Effect, Response), 
     ))
 }
 
-/// The arguments of `replication create`.
-pub struct CreateArgs {
-    pub name: String,
-    pub volume: Option<String>,
-    pub group: Option<String>,
-    pub peer: String,
-    pub every: Option<String>,
-    pub queue_policy: QueuePolicy,
-    pub keep: u32,
-    pub target_prefix: Option<String>,
-    pub compress: Compression,
-}
+use super::protocol::ReplicationCreate;
 
 pub fn replication_create(
     c: &mut Catalog,
-    a: CreateArgs,
+    a: ReplicationCreate,
 ) -> Result<(Effect, Response), AdminError> {
     validate::check_set_name(&a.name)?;
     let every_secs = a
@@ -110,27 +99,19 @@ pub fn replication_create(
     if !c.peers.contains_key(&a.peer) {
         return Err(AdminError::NoPeer(a.peer));
     }
-    let volumes = match (a.volume, &a.group) {
-        (Some(v), None) => {
-            if !c.volumes.contains_key(&v) {
-                return Err(AdminError::NoVolume(v));
-            }
-            if let Some(g) = c.group_of(&v) {
-                return Err(AdminError::ReplicateGroup {
-                    volume: v.clone(),
-                    group: g.to_string(),
-                });
-            }
-            vec![v]
-        }
-        (None, Some(g)) => c
-            .groups
-            .get(g)
-            .ok_or_else(|| AdminError::NoGroup(g.clone()))?
-            .volumes
-            .clone(),
-        _ => return Err(ValidationError::SetSource.into()),
+    // A grouped volume replicates with its group, never alone.
+    let grouped = match (&a.volume, &a.group) {
+        (Some(v), None) => c.group_of(v).map(|g| (v, g)),
+        _ => None,
     };
+    if let Some((v, g)) = grouped {
+        return Err(AdminError::ReplicateGroup {
+            volume: v.clone(),
+            group: g.to_string(),
+        });
+    }
+    let volumes =
+        super::apply::volume_or_group(c, a.volume, a.group.as_ref(), ValidationError::SetSource)?;
     for v in &volumes {
         if let Some((set, _)) = c.replication_of(v) {
             return Err(AdminError::AlreadyReplicated {

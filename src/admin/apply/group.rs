@@ -4,7 +4,30 @@
 use super::super::protocol::{GroupView, Response};
 use super::{done, AdminError, Effect};
 use crate::admin::validate;
+use crate::admin::validate::ValidationError;
 use crate::catalog::{Catalog, GroupSpec};
+
+/// The volumes an object made of "one volume or one group" covers (a snapshot, a
+/// replication set), in the group's order; `neither` is the refusal when both or
+/// neither are named.
+pub(crate) fn volume_or_group(
+    c: &Catalog,
+    volume: Option<String>,
+    group: Option<&String>,
+    neither: ValidationError,
+) -> Result<Vec<String>, AdminError> {
+    match (volume, group) {
+        (Some(v), None) if c.volumes.contains_key(&v) => Ok(vec![v]),
+        (Some(v), None) => Err(AdminError::NoVolume(v)),
+        (None, Some(g)) => Ok(c
+            .groups
+            .get(g)
+            .ok_or_else(|| AdminError::NoGroup(g.clone()))?
+            .volumes
+            .clone()),
+        _ => Err(neither.into()),
+    }
+}
 
 pub(super) fn list(c: &Catalog) -> Response {
     Response::Groups {

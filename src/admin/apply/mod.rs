@@ -63,6 +63,7 @@ mod target;
 mod volume;
 
 pub use errors::AdminError;
+pub(crate) use group::volume_or_group;
 pub use volume::{
     create_and_open_volume, create_volume_file, discard_volume, new_volume_spec, volume_file,
 };
@@ -336,30 +337,7 @@ pub fn change(
         // Peers, sets and schedules change in `admin::replication`.
         Change::PeerCreate { name, addr, secret } => repl::peer_create(c, name, addr, secret.0),
         Change::PeerDelete { name } => repl::peer_delete(c, name),
-        Change::ReplicationCreate {
-            name,
-            volume,
-            group,
-            peer,
-            every,
-            queue_policy,
-            keep,
-            target_prefix,
-            compress,
-        } => repl::replication_create(
-            c,
-            repl::CreateArgs {
-                name,
-                volume,
-                group,
-                peer,
-                every,
-                queue_policy,
-                keep,
-                target_prefix,
-                compress,
-            },
-        ),
+        Change::ReplicationCreate(a) => repl::replication_create(c, a),
         Change::ReplicationDelete { name } => repl::replication_delete(c, name),
         Change::ScheduleAdd {
             task,

@@ -36,21 +36,8 @@ pub(super) fn create(
     group: Option<String>,
 ) -> Result<(Effect, Response), AdminError> {
     validate::check_snapshot_name(&name)?;
-    let volumes = match (volume, group.as_ref()) {
-        (Some(v), None) => {
-            if !c.volumes.contains_key(&v) {
-                return Err(AdminError::NoVolume(v));
-            }
-            vec![v]
-        }
-        (None, Some(g)) => c
-            .groups
-            .get(g)
-            .ok_or_else(|| AdminError::NoGroup(g.clone()))?
-            .volumes
-            .clone(),
-        _ => return Err(ValidationError::SnapshotSource.into()),
-    };
+    let volumes =
+        super::group::volume_or_group(c, volume, group.as_ref(), ValidationError::SnapshotSource)?;
     if c.snapshots.contains_key(&name) {
         return Err(AdminError::SnapshotExists(name));
     }
