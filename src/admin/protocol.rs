@@ -811,7 +811,10 @@ mod tests {
         let Ok(Request::Change(Change::ReplicationCreate(a))) = serde_json::from_str(create) else {
             panic!("{create} does not parse")
         };
-        assert_eq!((a.name.as_str(), a.keep, a.group.as_deref()), ("r", 3, None));
+        assert_eq!(
+            (a.name.as_str(), a.keep, a.group.as_deref()),
+            ("r", 3, None)
+        );
         assert_eq!(
             serde_json::to_string(&Request::from(Change::ReplicationCreate(a))).unwrap(),
             create
