@@ -1226,9 +1226,18 @@ fn a_compressed_transfer_cut_off_midway_resumes_the_same_cut() {
         ],
     );
     create_set_of_v(&p, &["--compress", "lz4"]);
+    // Cut when about half of the cut has crossed (the handshake and set creation are a
+    // few KiB), then let the retry run at full speed.
+    proxy.cut_after(6 << 20);
     p.ctl_ok(&["replicate", "r"]);
-    wait_progress(&p, "r", 6 << 20);
-    proxy.cut();
+    wait_until(
+        "the proxy to cut the first attempt",
+        Duration::from_secs(60),
+        || match proxy.tripped() {
+            true => Ok(()),
+            false => Err(show(&p, "r").to_string()),
+        },
+    );
     proxy.set_rate(0);
     let done = wait_converged(&p, "r", 1);
     let last = &done["last_cycle"];
