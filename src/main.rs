@@ -75,14 +75,16 @@ struct ServeArgs {
 }
 
 #[derive(Args)]
-#[command(after_help = "The admin socket: --socket PATH, else the admin_socket (or \
+#[command(
+    after_help = "The admin socket: --socket PATH, else the admin_socket (or \
 data_dir/admin.sock) of --config FILE's [server] section, else $TWINLUN_SOCKET, else \
 ./twinlun-data/admin.sock.
 
 Exit status: 0 done; 1 the server refused or failed the request, `peer check` found the \
 peer unreachable or unauthenticated, or `watch --until-ready` saw the set in error \
 (message on stderr, and with --json the answer on stdout); 2 usage error; 3 the server \
-could not be reached; 4 `watch --timeout` ran out.")]
+could not be reached; 4 `watch --timeout` ran out."
+)]
 struct CtlArgs {
     /// Admin socket of the server (wins over --config and $TWINLUN_SOCKET).
     #[arg(long, global = true, value_name = "PATH")]
@@ -801,12 +803,7 @@ fn ctl(args: CtlArgs) -> ExitCode {
                 }
                 // The check ran, and says the peer cannot be used: a script must see it.
                 Response::PeerCheck(p) if !(p.reachable && p.authenticated) => {
-                    complain(&format!(
-                        "peer '{}' at {}: {}",
-                        p.name,
-                        p.addr,
-                        p.error.as_deref().unwrap_or("not authenticated")
-                    ));
+                    complain(p.error.as_deref().unwrap_or("peer not authenticated"));
                     ExitCode::from(EXIT_FAILED)
                 }
                 _ => ExitCode::SUCCESS,

@@ -409,7 +409,19 @@ impl Host for Node {
                 if let ReplicationError::Version { theirs, .. } = e {
                     view.protocol_version = Some(theirs);
                 }
-                view.error = Some(crate::chain::ErrorChain(&e).to_string());
+                let mut why = crate::chain::ErrorChain(&e).to_string();
+                // Something answered, but not as a replication listener does (an
+                // iSCSI portal, a web server): say what the address was expected to be.
+                if matches!(
+                    e,
+                    ReplicationError::Wire { .. } | ReplicationError::Unexpected { .. }
+                ) {
+                    why.push_str(&format!(
+                        " (is {} a twinlun replication listener?)",
+                        peer.addr
+                    ));
+                }
+                view.error = Some(why);
             }
         }
         view

@@ -481,7 +481,10 @@ fn groups_and_page_sizes() {
         "{list}"
     );
     let a_line = list.lines().find(|l| l.starts_with("a ")).unwrap();
-    assert!(a_line.contains("64.0 KiB") && a_line.contains(" g "), "{list}");
+    assert!(
+        a_line.contains("64.0 KiB") && a_line.contains(" g "),
+        "{list}"
+    );
     let glist = s.ctl_ok(&["group", "list"]);
     assert!(glist.starts_with("GROUP"), "{glist}");
     assert!(

@@ -70,7 +70,13 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 fn kv(pairs: &[(&str, String)]) -> String {
-    let w = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    kv_aligned(pairs, pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0))
+}
+
+/// `kv` with the values starting after `key_width` (for blocks that continue one
+/// another, as in `status`).
+fn kv_aligned(pairs: &[(&str, String)], key_width: usize) -> String {
+    let w = key_width + 1;
     let mut out = String::new();
     for (k, v) in pairs {
         let _ = writeln!(out, "{:<w$} {v}", format!("{k}:"), w = w);
@@ -172,7 +178,7 @@ fn replication_detail(r: &ReplicationView) -> String {
         (
             "every",
             r.every_secs
-                .map_or_else(|| "on request".into(), |s| format!("every {}", human_duration(s))),
+                .map_or_else(|| "on request".into(), human_duration),
         ),
         ("queue policy", r.queue_policy.name().to_string()),
         ("keep", r.keep.to_string()),
@@ -180,10 +186,7 @@ fn replication_detail(r: &ReplicationView) -> String {
         ("generation", r.generation.to_string()),
         ("last cut", opt(&r.last_cut_id)),
         ("last cut time", opt(&r.last_cut_time)),
-        (
-            "lag",
-            r.lag_secs.map_or_else(|| "-".into(), human_duration),
-        ),
+        ("lag", r.lag_secs.map_or_else(|| "-".into(), human_duration)),
         ("cycles", r.cycles.to_string()),
         ("queued", r.queued.to_string()),
     ];
@@ -229,45 +232,49 @@ fn replication_detail(r: &ReplicationView) -> String {
 }
 
 fn status_detail(s: &StatusView) -> String {
-    let mut out = kv(&[
-        ("version", s.version.clone()),
-        ("data dir", s.data_dir.clone()),
-        ("engine", s.engine.clone()),
-        (
-            "listening",
-            if s.listen.is_empty() {
-                "-".into()
-            } else {
-                s.listen.join(", ")
-            },
-        ),
-        (
-            "admin socket",
-            s.admin_socket.clone().unwrap_or_else(|| "-".into()),
-        ),
-        (
-            "replication listen",
-            s.replication_listen.clone().unwrap_or_else(|| "-".into()),
-        ),
-        ("uptime", human_duration(s.uptime_secs)),
-        (
-            "cuts",
-            format!(
-                "{} taken, {} failed; pause last {}, max {} us",
-                s.cuts.taken,
-                s.cuts.failed,
-                s.cuts
-                    .last_pause_us
-                    .map_or_else(|| "-".into(), |p| format!("{p} us")),
-                s.cuts.max_pause_us
+    const KEY_WIDTH: usize = "replication listen".len();
+    let mut out = kv_aligned(
+        &[
+            ("version", s.version.clone()),
+            ("data dir", s.data_dir.clone()),
+            ("engine", s.engine.clone()),
+            (
+                "listening",
+                if s.listen.is_empty() {
+                    "-".into()
+                } else {
+                    s.listen.join(", ")
+                },
             ),
-        ),
-        ("volumes", s.volumes.to_string()),
-        ("groups", s.groups.to_string()),
-        ("targets", s.targets.to_string()),
-        ("sessions", s.sessions.to_string()),
-        ("peers", s.peers.len().to_string()),
-    ]);
+            (
+                "admin socket",
+                s.admin_socket.clone().unwrap_or_else(|| "-".into()),
+            ),
+            (
+                "replication listen",
+                s.replication_listen.clone().unwrap_or_else(|| "-".into()),
+            ),
+            ("uptime", human_duration(s.uptime_secs)),
+            (
+                "cuts",
+                format!(
+                    "{} taken, {} failed; pause last {}, max {} us",
+                    s.cuts.taken,
+                    s.cuts.failed,
+                    s.cuts
+                        .last_pause_us
+                        .map_or_else(|| "-".into(), |p| format!("{p} us")),
+                    s.cuts.max_pause_us
+                ),
+            ),
+            ("volumes", s.volumes.to_string()),
+            ("groups", s.groups.to_string()),
+            ("targets", s.targets.to_string()),
+            ("sessions", s.sessions.to_string()),
+            ("peers", s.peers.len().to_string()),
+        ],
+        KEY_WIDTH,
+    );
     // A short line for each peer, set and snapshot under its count.
     for p in &s.peers {
         let sets = if p.sets.is_empty() {
@@ -277,7 +284,10 @@ fn status_detail(s: &StatusView) -> String {
         };
         let _ = writeln!(out, "  {} {} ({sets})", p.name, p.addr);
     }
-    let _ = writeln!(out, "replication sets: {}", s.replications.len());
+    out.push_str(&kv_aligned(
+        &[("replication sets", s.replications.len().to_string())],
+        KEY_WIDTH,
+    ));
     for r in &s.replications {
         let _ = writeln!(
             out,
@@ -294,7 +304,10 @@ fn status_detail(s: &StatusView) -> String {
                 .unwrap_or_default()
         );
     }
-    let _ = writeln!(out, "snapshots: {}", s.snapshots.len());
+    out.push_str(&kv_aligned(
+        &[("snapshots", s.snapshots.len().to_string())],
+        KEY_WIDTH,
+    ));
     for snap in &s.snapshots {
         let _ = writeln!(
             out,
@@ -583,8 +596,7 @@ pub fn render(resp: &Response) -> String {
                         s.task.clone(),
                         s.set.clone(),
                         s.start.clone(),
-                        s.every_secs
-                            .map_or_else(|| "once".into(), |e| format!("every {}", human_duration(e))),
+                        s.every_secs.map_or_else(|| "once".into(), human_duration),
                         opt(&s.next),
                     ]
                 })
