@@ -189,19 +189,11 @@ tools_ok() {
 }
 
 install_tools() {
-    [[ $(id -u) == 0 ]] || die "tools are missing and installing them needs root (or pass --no-install and install: tgt qemu-utils qemu-block-extra iproute2 rsync)"
-    command -v apt-get >/dev/null || die "tools are missing and apt-get is not available"
-    say "installing tgt, qemu-utils, qemu-block-extra, iproute2, rsync with apt-get"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    # qemu-block-extra must be exactly the version of qemu-utils; a backports
-    # qemu-utils would not load bookworm's modules. Pin both to the candidate of
-    # qemu-system-x86, which is bookworm's.
-    local v
-    v=$(apt-cache policy qemu-system-x86 | awk '/Candidate/{print $2}')
-    [[ -n "$v" && "$v" != "(none)" ]] || die "apt has no candidate version for qemu-system-x86"
-    apt-get install -y -qq --allow-downgrades \
-        "qemu-block-extra=$v" "qemu-utils=$v" tgt iproute2 coreutils rsync >/dev/null
+    # One list of packages for the tests and the benchmark: scripts/install-deps.sh
+    # (root, apt-get; it keeps the installs from starting tgtd or iscsid and never
+    # stops a process it did not start).
+    say "installing missing tools with scripts/install-deps.sh"
+    "$ROOT/scripts/install-deps.sh" || die "scripts/install-deps.sh failed"
 }
 
 if ! tools_ok; then

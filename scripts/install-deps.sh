@@ -2,8 +2,10 @@
 # Install what the tests and the benchmark need, from Debian's packages. Idempotent.
 set -euo pipefail
 
+# The tests (tests/, vm-images/build.sh) and scripts/bench.sh (tgt, rsync, ss from
+# iproute2, timeout from coreutils) share this one list.
 need=(libiscsi-bin qemu-system-x86 qemu-block-extra qemu-utils open-iscsi busybox-static
-      cpio kmod tgt xz-utils zstd)
+      cpio kmod tgt xz-utils zstd rsync iproute2 coreutils)
 
 missing=()
 for p in "${need[@]}"; do
@@ -34,11 +36,13 @@ export DEBIAN_FRONTEND=noninteractive
 # the installs from starting any service (policy-rc.d answering 101, "action not
 # allowed"), so nothing has to be stopped afterwards: this script never stops a
 # process it did not start. An admin's own policy-rc.d is left as it is.
+# Services already running are not touched either way: policy-rc.d only answers
+# invoke-rc.d calls made by the packages' maintainer scripts during this install.
 policy=/usr/sbin/policy-rc.d
-if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' > "$policy"
-    chmod 755 "$policy"
+if [ ! -e "$policy" ] && [ ! -L "$policy" ]; then
     trap 'rm -f "$policy"' EXIT
+    printf '#!/bin/sh\n# installed by twinlun scripts/install-deps.sh for the length of one apt-get run\nexit 101\n' > "$policy"
+    chmod 755 "$policy"
 fi
 apt-get update -qq
 v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/{print $2}')
@@ -49,6 +53,6 @@ fi
 apt-get install -y -qq --allow-downgrades \
     libiscsi-bin "qemu-system-x86=$v" \
     "qemu-block-extra=$v" "qemu-utils=$v" \
-    open-iscsi busybox-static cpio kmod tgt xz-utils zstd >/dev/null
+    open-iscsi busybox-static cpio kmod tgt xz-utils zstd rsync iproute2 coreutils >/dev/null
 qemu_ok || { echo "install-deps: qemu-utils and qemu-block-extra versions still differ" >&2; exit 1; }
 echo "install-deps: installed ${missing[*]:-qemu pin}"

@@ -67,6 +67,8 @@ pub struct Node {
     changes: Mutex<()>,
     listen: RwLock<Vec<SocketAddr>>,
     admin_socket: RwLock<Option<PathBuf>>,
+    /// The replication listener's bound address, for `status`.
+    replication_listen: RwLock<Option<SocketAddr>>,
     /// Memory all snapshot copy-on-write stores share before they spill to files.
     cow_budget: Arc<MemoryBudget>,
     /// False when serving without write tracking (`--no-write-tracking`, to measure
@@ -102,6 +104,7 @@ impl Node {
             changes: Mutex::new(()),
             listen: RwLock::new(Vec::new()),
             admin_socket: RwLock::new(None),
+            replication_listen: RwLock::new(None),
             cow_budget: MemoryBudget::new(COW_MEMORY),
             tracking: true,
             cuts: CutCoordinator::new(CutId(1)),
@@ -326,6 +329,11 @@ impl Node {
     pub fn set_admin_socket(&self, path: PathBuf) {
         *self.admin_socket.write() = Some(path);
     }
+
+    /// Records where the replication listener is bound, for `status`.
+    pub fn set_replication_listen(&self, addr: SocketAddr) {
+        *self.replication_listen.write() = Some(addr);
+    }
 }
 
 impl Host for Node {
@@ -401,7 +409,19 @@ impl Host for Node {
                 if let ReplicationError::Version { theirs, .. } = e {
                     view.protocol_version = Some(theirs);
                 }
-                view.error = Some(e.to_string());
+                let mut why = crate::chain::ErrorChain(&e).to_string();
+                // Something answered, but not as a replication listener does (an
+                // iSCSI portal, a web server): say what the address was expected to be.
+                if matches!(
+                    e,
+                    ReplicationError::Wire { .. } | ReplicationError::Unexpected { .. }
+                ) {
+                    why.push_str(&format!(
+                        " (is {} a twinlun replication listener?)",
+                        peer.addr
+                    ));
+                }
+                view.error = Some(why);
             }
         }
         view
@@ -456,6 +476,7 @@ impl Host for Node {
                 .read()
                 .as_ref()
                 .map(|p| p.display().to_string()),
+            replication_listen: self.replication_listen.read().map(|a| a.to_string()),
             uptime_secs: self.started.elapsed().as_secs(),
             cuts: {
                 let st = self.cuts.stats();

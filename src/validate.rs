@@ -69,12 +69,25 @@ pub fn parse_size(input: &str) -> Result<u64, ValidationError> {
     };
     let s = input.trim();
     let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(digits_end);
+    let (num, rest) = s.split_at(digits_end);
     if num.is_empty() {
         return Err(err(
             "expected a number of bytes, optionally followed by K, M, G, T or P",
         ));
     }
+    // A decimal fraction ("1.5G") is taken when it comes to a whole number of bytes.
+    let (fraction, unit) = match rest.strip_prefix('.') {
+        Some(after) => {
+            let end = after
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(after.len());
+            if end == 0 {
+                return Err(err("expected digits after the decimal point"));
+            }
+            after.split_at(end)
+        }
+        None => ("", rest),
+    };
     let n: u64 = num.parse().map_err(|_| err("number too large"))?;
     let unit = unit.trim().to_ascii_uppercase();
     let unit = unit
@@ -90,7 +103,20 @@ pub fn parse_size(input: &str) -> Result<u64, ValidationError> {
         "P" => 50,
         _ => return Err(err("unknown unit (use K, M, G, T or P)")),
     };
-    n.checked_mul(1u64 << shift).ok_or_else(|| err("too large"))
+    if fraction.is_empty() {
+        return n.checked_mul(1u64 << shift).ok_or_else(|| err("too large"));
+    }
+    // Exact arithmetic: (n + fraction / 10^k) * 2^shift must be an integer.
+    if fraction.len() > 18 {
+        return Err(err("too many decimal places"));
+    }
+    let scale = 10u128.pow(fraction.len() as u32);
+    let frac: u128 = fraction.parse().map_err(|_| err("number too large"))?;
+    let scaled = (u128::from(n) * scale + frac) << shift;
+    if scaled % scale != 0 {
+        return Err(err("not a whole number of bytes"));
+    }
+    u64::try_from(scaled / scale).map_err(|_| err("too large"))
 }
 
 /// Checks a block size and that `size` is a whole, non-zero number of blocks.
@@ -556,6 +582,20 @@ mod tests {
         }
         assert_eq!(format_size(1536 << 20), "1.5G");
         assert_eq!(format_size(1000), "1000");
+    }
+
+    #[test]
+    fn decimal_sizes_are_whole_bytes_or_refused() {
+        assert_eq!(parse_size("1.5G").unwrap(), 1536 << 20);
+        assert_eq!(parse_size("0.5K").unwrap(), 512);
+        assert_eq!(parse_size("2.25M").unwrap(), (9 << 20) / 4);
+        let e = parse_size("1.3K").unwrap_err().to_string();
+        assert!(e.contains("not a whole number of bytes"), "{e}");
+        let e = parse_size("1.5").unwrap_err().to_string();
+        assert!(e.contains("not a whole number of bytes"), "{e}");
+        let e = parse_size("1.G").unwrap_err().to_string();
+        assert!(e.contains("digits after the decimal point"), "{e}");
+        assert!(parse_size("1.5Q").unwrap_err().to_string().contains("unit"));
     }
 
     #[test]

@@ -115,7 +115,7 @@ fn volumes_targets_luns_acl_chap() {
     );
     assert!(
         list.lines()
-            .any(|l| l.starts_with("v1 ") && l.contains("16M")),
+            .any(|l| l.starts_with("v1 ") && l.contains("16.0 MiB")),
         "{list}"
     );
     assert!(list.lines().any(|l| l.starts_with("demo ")), "{list}");
@@ -471,7 +471,7 @@ fn groups_and_page_sizes() {
 
     let human = s.ctl_ok(&["volume", "show", "a"]);
     assert!(
-        human.contains("page size:") && human.contains("64K") && human.contains("group:"),
+        human.contains("page size:") && human.contains("64.0 KiB") && human.contains("group:"),
         "{human}"
     );
     let list = s.ctl_ok(&["volume", "list"]);
@@ -481,7 +481,10 @@ fn groups_and_page_sizes() {
         "{list}"
     );
     let a_line = list.lines().find(|l| l.starts_with("a ")).unwrap();
-    assert!(a_line.contains("64K") && a_line.contains(" g "), "{list}");
+    assert!(
+        a_line.contains("64.0 KiB") && a_line.contains(" g "),
+        "{list}"
+    );
     let glist = s.ctl_ok(&["group", "list"]);
     assert!(glist.starts_with("GROUP"), "{glist}");
     assert!(
@@ -677,13 +680,13 @@ fn other_users_are_refused() {
             .output()
             .unwrap()
     };
-    // Mode 0600 keeps other users from connecting at all.
+    // Mode 0600 keeps other users from connecting at all, and ctl says so.
     let out = as_nobody();
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("permission denied on the admin socket"),
+        "{err}"
     );
     // Even through a socket someone made world-writable, SO_PEERCRED refuses them.
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();

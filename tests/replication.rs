@@ -407,7 +407,10 @@ fn schedules_wrong_secrets_and_refusals() {
         "--secret",
         "not-the-right-one",
     ]);
-    let check = p.ctl_json(&["peer", "check", "wrong"]);
+    // The check ran and failed: its answer on stdout, exit status 1.
+    let o = p.ctl(&["--json", "peer", "check", "wrong"]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let check: Value = serde_json::from_slice(&o.stdout).expect("the check's answer");
     assert_eq!(check["authenticated"], false, "{check}");
     assert!(
         check["error"]

@@ -32,6 +32,22 @@ vm__installed_version() {
         awk '$1 == "installed" { print $2 }'
 }
 
+# Debian starts tgtd and iscsid when it installs them; nothing here ever stops a
+# process it did not start, so keep them from starting instead: a policy-rc.d that
+# refuses (101) for the length of the apt-get run, and only if the admin has none.
+# Services already running are not touched.
+vm__policy=/usr/sbin/policy-rc.d
+vm__policy_ours=0
+vm__hold_services() {
+    if [[ ! -e $vm__policy && ! -L $vm__policy ]]; then
+        printf '#!/bin/sh\n# installed by twinlun vm-images/install-deps.sh for one apt-get run\nexit 101\n' >"$vm__policy" &&
+            chmod 755 "$vm__policy" && vm__policy_ours=1
+    fi
+}
+vm__release_services() {
+    if [[ $vm__policy_ours == 1 ]]; then rm -f "$vm__policy"; vm__policy_ours=0; fi
+}
+
 vm__apt_updated=0
 vm__apt_update_once() {
     if [[ $vm__apt_updated == 0 ]]; then
@@ -70,8 +86,23 @@ vm_install_deps() {
     fi
 
     vm__apt_update_once || return 1
-    local others=()
-    for p in "${missing[@]}"; do
+    vm__hold_services
+    local rc=0
+    vm__install_missing "${missing[@]}" || rc=$?
+    vm__release_services
+    [[ $rc == 0 ]] || return 1
+
+    # Check the result instead of trusting apt's exit status alone.
+    for p in "${VM_DEB_PACKAGES[@]}"; do
+        [[ -n $(vm__installed_version "$p") ]] || { vm__log "$p still not installed"; return 1; }
+    done
+}
+
+# apt-get install of the missing packages, and of one QEMU build (qemu_ok and qsys
+# from the caller).
+vm__install_missing() {
+    local others=() p
+    for p in "$@"; do
         case $p in qemu-system-x86|qemu-block-extra|qemu-utils) ;; *) others+=("$p") ;; esac
     done
     if [[ ${#others[@]} -gt 0 ]]; then
@@ -90,11 +121,6 @@ vm_install_deps() {
             "qemu-system-x86=$v" "qemu-block-extra=$v" "qemu-utils=$v" || {
             vm__log "installing QEMU $v failed"; return 1; }
     fi
-
-    # Check the result instead of trusting apt's exit status alone.
-    for p in "${VM_DEB_PACKAGES[@]}"; do
-        [[ -n $(vm__installed_version "$p") ]] || { vm__log "$p still not installed"; return 1; }
-    done
 }
 
 if [[ ${BASH_SOURCE[0]} == "$0" ]]; then

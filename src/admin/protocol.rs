@@ -557,6 +557,17 @@ pub struct StatusView {
     pub groups: usize,
     pub targets: usize,
     pub sessions: usize,
+    /// Where peers reach this node's replication listener, when it has one.
+    #[serde(default)]
+    pub replication_listen: Option<String>,
+    /// The node's peers, replication sets and snapshots, as their lists show them:
+    /// `status` is the one answer that says what a node is doing.
+    #[serde(default)]
+    pub peers: Vec<PeerView>,
+    #[serde(default)]
+    pub replications: Vec<ReplicationView>,
+    #[serde(default)]
+    pub snapshots: Vec<SnapshotView>,
 }
 
 /// A peer as shown: never its secret.

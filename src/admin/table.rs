@@ -4,10 +4,45 @@
 use std::fmt::Write;
 
 use super::protocol::{
-    ChapView, GroupView, ReplicationView, Response, SnapshotView, TargetView, VolumeView,
+    ChapView, GroupView, ReplicationView, Response, SnapshotView, StatusView, TargetView,
+    VolumeView,
 };
-use super::validate::format_size;
 use crate::catalog::Compression;
+
+/// Bytes as an admin reads them in a table: `512 B`, `8.0 MiB`, `1.5 GiB` (binary
+/// units, one decimal). `--json` carries the exact number.
+pub fn format_size(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Seconds as an admin reads them: `45s`, `5m`, `1h 2m`, `3d 4h` (the two largest
+/// units, the second left out when zero). `--json` carries the seconds.
+pub fn human_duration(secs: u64) -> String {
+    const UNITS: [(u64, &str); 4] = [(86_400, "d"), (3600, "h"), (60, "m"), (1, "s")];
+    for (i, (size, unit)) in UNITS.iter().enumerate() {
+        if secs >= *size || *size == 1 {
+            let mut text = format!("{}{unit}", secs / size);
+            if let Some((next, next_unit)) = UNITS.get(i + 1) {
+                let rest = (secs % size) / next;
+                if rest > 0 {
+                    text.push_str(&format!(" {rest}{next_unit}"));
+                }
+            }
+            return text;
+        }
+    }
+    unreachable!("the last unit is one second")
+}
 
 /// Left-aligned columns separated by two spaces; the header is the first row.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -35,7 +70,13 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 fn kv(pairs: &[(&str, String)]) -> String {
-    let w = pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    kv_aligned(pairs, pairs.iter().map(|(k, _)| k.len()).max().unwrap_or(0))
+}
+
+/// `kv` with the values starting after `key_width` (for blocks that continue one
+/// another, as in `status`).
+fn kv_aligned(pairs: &[(&str, String)], key_width: usize) -> String {
+    let w = key_width + 1;
     let mut out = String::new();
     for (k, v) in pairs {
         let _ = writeln!(out, "{:<w$} {v}", format!("{k}:"), w = w);
@@ -137,7 +178,7 @@ fn replication_detail(r: &ReplicationView) -> String {
         (
             "every",
             r.every_secs
-                .map_or_else(|| "on request".into(), |s| format!("{s}s")),
+                .map_or_else(|| "on request".into(), human_duration),
         ),
         ("queue policy", r.queue_policy.name().to_string()),
         ("keep", r.keep.to_string()),
@@ -145,10 +186,7 @@ fn replication_detail(r: &ReplicationView) -> String {
         ("generation", r.generation.to_string()),
         ("last cut", opt(&r.last_cut_id)),
         ("last cut time", opt(&r.last_cut_time)),
-        (
-            "lag",
-            r.lag_secs.map_or_else(|| "-".into(), |s| format!("{s}s")),
-        ),
+        ("lag", r.lag_secs.map_or_else(|| "-".into(), human_duration)),
         ("cycles", r.cycles.to_string()),
         ("queued", r.queued.to_string()),
     ];
@@ -162,7 +200,7 @@ fn replication_detail(r: &ReplicationView) -> String {
                 format_size(p.bytes_total),
                 format_size(p.rate_bytes_per_sec as u64),
                 p.eta_secs
-                    .map_or_else(|| "-".into(), |e| format!("{e:.0}s"))
+                    .map_or_else(|| "-".into(), |e| human_duration(e.round() as u64))
             ),
         ));
     }
@@ -191,6 +229,98 @@ fn replication_detail(r: &ReplicationView) -> String {
         pairs.push(("next retry", opt(&r.next_retry)));
     }
     kv(&pairs)
+}
+
+fn status_detail(s: &StatusView) -> String {
+    const KEY_WIDTH: usize = "replication listen".len();
+    let mut out = kv_aligned(
+        &[
+            ("version", s.version.clone()),
+            ("data dir", s.data_dir.clone()),
+            ("engine", s.engine.clone()),
+            (
+                "listening",
+                if s.listen.is_empty() {
+                    "-".into()
+                } else {
+                    s.listen.join(", ")
+                },
+            ),
+            (
+                "admin socket",
+                s.admin_socket.clone().unwrap_or_else(|| "-".into()),
+            ),
+            (
+                "replication listen",
+                s.replication_listen.clone().unwrap_or_else(|| "-".into()),
+            ),
+            ("uptime", human_duration(s.uptime_secs)),
+            (
+                "cuts",
+                format!(
+                    "{} taken, {} failed; pause last {}, max {} us",
+                    s.cuts.taken,
+                    s.cuts.failed,
+                    s.cuts
+                        .last_pause_us
+                        .map_or_else(|| "-".into(), |p| format!("{p} us")),
+                    s.cuts.max_pause_us
+                ),
+            ),
+            ("volumes", s.volumes.to_string()),
+            ("groups", s.groups.to_string()),
+            ("targets", s.targets.to_string()),
+            ("sessions", s.sessions.to_string()),
+            ("peers", s.peers.len().to_string()),
+        ],
+        KEY_WIDTH,
+    );
+    // A short line for each peer, set and snapshot under its count.
+    for p in &s.peers {
+        let sets = if p.sets.is_empty() {
+            "no sets".to_string()
+        } else {
+            format!("sets {}", p.sets.join(", "))
+        };
+        let _ = writeln!(out, "  {} {} ({sets})", p.name, p.addr);
+    }
+    out.push_str(&kv_aligned(
+        &[("replication sets", s.replications.len().to_string())],
+        KEY_WIDTH,
+    ));
+    for r in &s.replications {
+        let _ = writeln!(
+            out,
+            "  {} {}, {}, peer {}, last cut {}, lag {}{}",
+            r.name,
+            r.role,
+            r.status,
+            r.peer,
+            opt(&r.last_cut_id),
+            r.lag_secs.map_or_else(|| "-".into(), human_duration),
+            r.error
+                .as_ref()
+                .map(|e| format!("; error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    out.push_str(&kv_aligned(
+        &[("snapshots", s.snapshots.len().to_string())],
+        KEY_WIDTH,
+    ));
+    for snap in &s.snapshots {
+        let _ = writeln!(
+            out,
+            "  {} of {}, cut {}, {}, {}, {} used",
+            snap.name,
+            snapshot_source(snap),
+            snap.cut_id,
+            snap.created,
+            snap.state,
+            format_size(snap.bytes_used)
+        );
+    }
+    out
 }
 
 fn volume_detail(v: &VolumeView) -> String {
@@ -295,40 +425,7 @@ pub fn render(resp: &Response) -> String {
     match resp {
         Response::Done { message } => format!("{message}\n"),
         Response::Error { code, message } => format!("error ({code:?}): {message}\n"),
-        Response::Status(s) => kv(&[
-            ("version", s.version.clone()),
-            ("data dir", s.data_dir.clone()),
-            ("engine", s.engine.clone()),
-            (
-                "listening",
-                if s.listen.is_empty() {
-                    "-".into()
-                } else {
-                    s.listen.join(", ")
-                },
-            ),
-            (
-                "admin socket",
-                s.admin_socket.clone().unwrap_or_else(|| "-".into()),
-            ),
-            ("uptime", format!("{}s", s.uptime_secs)),
-            (
-                "cuts",
-                format!(
-                    "{} taken, {} failed; pause last {}, max {} us",
-                    s.cuts.taken,
-                    s.cuts.failed,
-                    s.cuts
-                        .last_pause_us
-                        .map_or_else(|| "-".into(), |p| format!("{p} us")),
-                    s.cuts.max_pause_us
-                ),
-            ),
-            ("volumes", s.volumes.to_string()),
-            ("groups", s.groups.to_string()),
-            ("targets", s.targets.to_string()),
-            ("sessions", s.sessions.to_string()),
-        ]),
+        Response::Status(s) => status_detail(s),
         Response::Volume(v) => volume_detail(v),
         Response::Volumes { volumes } if volumes.is_empty() => "no volumes\n".into(),
         Response::Volumes { volumes } => {
@@ -499,8 +596,7 @@ pub fn render(resp: &Response) -> String {
                         s.task.clone(),
                         s.set.clone(),
                         s.start.clone(),
-                        s.every_secs
-                            .map_or_else(|| "once".into(), |e| format!("{e}s")),
+                        s.every_secs.map_or_else(|| "once".into(), human_duration),
                         opt(&s.next),
                     ]
                 })
@@ -591,7 +687,7 @@ pub fn progress_line(r: &ReplicationView) -> String {
                 format_size(p.bytes_total),
                 format_size(p.rate_bytes_per_sec as u64),
                 p.eta_secs
-                    .map_or_else(|| "-".into(), |e| format!("{e:.0}s")),
+                    .map_or_else(|| "-".into(), |e| human_duration(e.round() as u64)),
                 p.cut_id
             )
         }
@@ -600,7 +696,7 @@ pub fn progress_line(r: &ReplicationView) -> String {
             r.status,
             opt(&r.last_cut_id),
             opt(&r.last_cut_time),
-            r.lag_secs.map_or_else(|| "-".into(), |s| format!("{s}s")),
+            r.lag_secs.map_or_else(|| "-".into(), human_duration),
             r.error
                 .as_ref()
                 .map(|e| format!("; error: {e}"))
@@ -657,7 +753,7 @@ mod tests {
         });
         assert_eq!(
             out,
-            "GROUP  SIZE  REPLICATION SET  VOLUMES\napp    3G    -                db logs\n"
+            "GROUP  SIZE     REPLICATION SET  VOLUMES\napp    3.0 GiB  -                db logs\n"
         );
         let out = render(&Response::Group(g));
         assert!(out.contains("replication set: -"), "{out}");
@@ -666,5 +762,20 @@ mod tests {
             "{out}"
         );
         assert_eq!(render(&Response::Groups { groups: vec![] }), "no groups\n");
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(format_size(0), "0 B");
+        assert_eq!(format_size(1023), "1023 B");
+        assert_eq!(format_size(8 << 20), "8.0 MiB");
+        assert_eq!(format_size(1536 << 20), "1.5 GiB");
+        assert_eq!(format_size(64 << 10), "64.0 KiB");
+        assert_eq!(human_duration(0), "0s");
+        assert_eq!(human_duration(45), "45s");
+        assert_eq!(human_duration(300), "5m");
+        assert_eq!(human_duration(3720), "1h 2m");
+        assert_eq!(human_duration(3601), "1h");
+        assert_eq!(human_duration(90_061), "1d 1h");
     }
 }

@@ -79,6 +79,12 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(node: Arc<Shared>, addrs: &[SocketAddr]) -> Result<Server, ServerError> {
+        Ok(Server::with_listeners(node, Server::listen(addrs).await?))
+    }
+
+    /// Binds every portal address. `serve` does this before it touches the data dir,
+    /// so a start that fails on a port in use leaves nothing behind.
+    pub async fn listen(addrs: &[SocketAddr]) -> Result<Vec<tokio::net::TcpListener>, ServerError> {
         let mut listeners = Vec::new();
         for &addr in addrs {
             let l = tokio::net::TcpListener::bind(addr)
@@ -86,7 +92,12 @@ impl Server {
                 .map_err(|source| ServerError::Bind { addr, source })?;
             listeners.push(l);
         }
-        Ok(Server { node, listeners })
+        Ok(listeners)
+    }
+
+    /// A server accepting on listeners bound by [`Server::listen`].
+    pub fn with_listeners(node: Arc<Shared>, listeners: Vec<tokio::net::TcpListener>) -> Server {
+        Server { node, listeners }
     }
 
     pub fn local_addrs(&self) -> Vec<SocketAddr> {

@@ -271,8 +271,10 @@ fn recovery_code(e: &RecoveryError) -> ErrorCode {
 }
 
 impl From<AdminError> for Response {
+    /// The message carries every cause once, innermost last: `recovery store of set
+    /// 'r'` alone does not say that the recovery point asked for does not exist.
     fn from(e: AdminError) -> Response {
-        Response::error(e.code(), e.to_string())
+        Response::error(e.code(), crate::chain::ErrorChain(&e).to_string())
     }
 }
 

@@ -185,6 +185,8 @@ pub struct RuntimeInfo {
     pub engine: String,
     pub listen: Vec<String>,
     pub admin_socket: Option<String>,
+    /// The replication listener's bound address, when the node has one.
+    pub replication_listen: Option<String>,
     pub uptime_secs: u64,
     /// Consistent cuts taken so far (snapshots, replication cycles) and the pauses
     /// they imposed on writers.

@@ -147,7 +147,11 @@ pub(super) fn commit_delete<H: Host + ?Sized>(
     Ok(())
 }
 
-fn full_replication_view<H: Host + ?Sized>(host: &H, c: &Catalog, name: &str) -> ReplicationView {
+pub(super) fn full_replication_view<H: Host + ?Sized>(
+    host: &H,
+    c: &Catalog,
+    name: &str,
+) -> ReplicationView {
     let mut v = repl::replication_view(c, name);
     if let Some(st) = host.replication_status(name) {
         repl::add_status(&mut v, st);

@@ -131,7 +131,7 @@ pub(super) fn commit_delete<H: Host + ?Sized>(
     Ok(())
 }
 
-fn snapshot_view<H: Host + ?Sized>(host: &H, c: &Catalog, name: &str) -> SnapshotView {
+pub(super) fn snapshot_view<H: Host + ?Sized>(host: &H, c: &Catalog, name: &str) -> SnapshotView {
     let spec = &c.snapshots[name];
     let volumes: Vec<SnapshotVolumeView> = spec
         .volumes

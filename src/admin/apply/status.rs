@@ -1,6 +1,7 @@
 //! The node itself: `status` and the sessions logged in.
 
 use super::super::protocol::{Response, StatusView};
+use super::super::replication as repl;
 use super::Host;
 use crate::catalog::Catalog;
 
@@ -18,6 +19,18 @@ pub(super) fn status<H: Host + ?Sized>(host: &H, c: &Catalog) -> Response {
         groups: c.groups.len(),
         targets: c.targets.len(),
         sessions: host.sessions().len(),
+        replication_listen: rt.replication_listen,
+        peers: c.peers.keys().map(|n| repl::peer_view(c, n)).collect(),
+        replications: c
+            .replications
+            .keys()
+            .map(|n| super::replication::full_replication_view(host, c, n))
+            .collect(),
+        snapshots: c
+            .snapshots
+            .keys()
+            .map(|n| super::snapshot::snapshot_view(host, c, n))
+            .collect(),
     })
 }
 
