@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 
 use common::dependent::{after_writes, dependent_writer_counted, generations, BLOCK, BLOCKS};
 use common::pair::{
-    create_set, create_set_of_v, pair, pair_launched, pair_throttled, pair_via, replicate, show,
-    statuses, wait_converged, wait_cycles, wait_progress, SECRET,
+    create_set, create_set_of_v, pair, pair_launched, pair_throttled, replicate, show, statuses,
+    wait_converged, wait_cycles, wait_progress, SECRET,
 };
-use common::proxy::Proxy;
 use common::raw::RawClient;
-use common::{free_port, observe_for, qemu_io, run, wait_until, Launch, TestServer, DEMO_IQN};
+use common::{free_port, observe_for, qemu_io, run, wait_until, TestServer, DEMO_IQN};
 use serde_json::Value;
 use twinlun::iscsi::pdu::Digests;
 
