@@ -413,11 +413,15 @@ where
                         let host = host.clone();
                         let change = req.is_change();
                         // apply does blocking file I/O (fsync): keep it off the async workers.
-                        let resp = tokio::task::spawn_blocking(move || apply(&*host, req))
-                            .await
-                            .unwrap_or_else(|e| {
-                                Response::error(ErrorCode::Io, format!("internal error: {e}"))
-                            });
+                        // The connection's span goes with the request to its thread.
+                        let span = tracing::Span::current();
+                        let resp = tokio::task::spawn_blocking(move || {
+                            span.in_scope(|| apply(&*host, req))
+                        })
+                        .await
+                        .unwrap_or_else(|e| {
+                            Response::error(ErrorCode::Io, format!("internal error: {e}"))
+                        });
                         match &resp {
                             Response::Error { code, message } => {
                                 info!(cmd, code = ?code, message = %message, "admin request refused")
@@ -478,6 +482,28 @@ mod tests {
             parse_request(br#"{"cmd":"status"}"#).unwrap(),
             Request::from(Query::Status)
         );
+    }
+
+    #[test]
+    fn streams_are_told_apart_from_requests_and_take_no_arguments() {
+        assert_eq!(
+            parse_stream(br#"{"cmd":"events"}"#).unwrap().unwrap(),
+            Stream::Events
+        );
+        // Requests and garbage are left to parse_request.
+        assert!(parse_stream(br#"{"cmd":"status"}"#).is_none());
+        assert!(parse_stream(b"{nope").is_none());
+        let refused = |line: &str| match parse_stream(line.as_bytes()) {
+            Some(Err(BadLine { code, message })) => {
+                assert_eq!(code, ErrorCode::BadRequest, "{line}");
+                message
+            }
+            other => panic!("{line}: {other:?}"),
+        };
+        let m = refused(r#"{"cmd":"events","since":3}"#);
+        assert!(m.contains("unknown field `since`"), "{m}");
+        let m = refused(r#"{"cmd":"events","cmd":"events"}"#);
+        assert!(m.contains("duplicate key `cmd`"), "{m}");
     }
 
     #[test]
