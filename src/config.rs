@@ -6,6 +6,7 @@
 //! listen = ["0.0.0.0:3260"]
 //! admin_socket = "/run/twinlun/admin.sock"
 //! engine = "auto"                   # auto | uring | threads
+//! log_format = "text"               # text | json (one JSON object per line, for log shippers)
 //!
 //! [[volume]]
 //! name = "db"
@@ -98,6 +99,29 @@ pub struct ServerConfig {
     pub engine: Option<EngineChoice>,
     /// Accept replication from peers on this address.
     pub replication_listen: Option<SocketAddr>,
+    /// How log lines are written to stderr.
+    pub log_format: Option<LogFormat>,
+}
+
+/// How the server writes its log to stderr: `text` for a person, `json` (one object
+/// per line with level, target, fields and spans) for a log shipper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("unknown log format '{s}' (text or json)")),
+        }
+    }
 }
 
 /// The io engine as named in the config and on the command line.
@@ -580,6 +604,7 @@ mod tests {
 [server]
 listen = ["127.0.0.1:3260", "[::1]:3260"]
 engine = "threads"
+log_format = "json"
 
 [[volume]]
 name = "db"
@@ -618,6 +643,7 @@ read_only = true
     fn parses_a_full_config() {
         let c = Config::parse(GOOD, "t.toml").unwrap();
         assert_eq!(c.server.engine, Some(EngineChoice::Threads));
+        assert_eq!(c.server.log_format, Some(LogFormat::Json));
         assert_eq!(c.server.listen.as_ref().unwrap().len(), 2);
         assert_eq!(
             c.volumes[0],
@@ -648,6 +674,7 @@ read_only = true
             ("[server]\nlisten = 5", "t.toml: server.listen:"),
             ("[server]\nport = 5", "t.toml: server: unknown field `port`"),
             ("[server]\nengine = \"fast\"", "t.toml: server.engine:"),
+            ("[server]\nlog_format = \"xml\"", "t.toml: server.log_format: unknown variant `xml`"),
             ("[server]\nlisten = [\"nope\"]", "t.toml: server.listen:"),
             ("[[volume]]\nname = \"a\"\nsize = \"1G\"\nsise = 3", "t.toml: volume[0]: unknown field `sise`"),
             ("[[volume]]\nname = \"a\"", "t.toml: volume[0]: missing field `size`"),

@@ -10,6 +10,7 @@ pub mod chain;
 pub mod config;
 pub mod datadir;
 pub mod durable;
+pub mod events;
 pub mod iscsi;
 pub mod node;
 pub mod replication;

@@ -20,7 +20,7 @@ use twinlun::admin::server::AdminSocket;
 use twinlun::admin::{startup, store, table, validate};
 use twinlun::catalog::{Catalog, Compression, QueuePolicy};
 use twinlun::chain::ErrorChain;
-use twinlun::config::{Config, EngineChoice};
+use twinlun::config::{Config, EngineChoice, LogFormat};
 use twinlun::node::Node;
 use twinlun::server::Server;
 use twinlun::volume::Engine;
@@ -74,6 +74,9 @@ struct ServeArgs {
     /// Accept replication from peers (`ctl peer create` on both sides) on this address.
     #[arg(long, value_name = "ADDR:PORT")]
     replication_listen: Option<SocketAddr>,
+    /// Log lines on stderr: text, or json (one object per line) [default: text].
+    #[arg(long, value_name = "text|json")]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Args)]
@@ -172,6 +175,9 @@ enum CtlCommand {
         /// The replication set.
         name: String,
     },
+    /// Follow state changes (set statuses, cycles, restarts, promotions, logins,
+    /// snapshots), one line each, until interrupted; --json: one object per line.
+    Events,
     /// Live progress of a replication set, a line per change (a bar on a terminal;
     /// Ctrl-C to stop).
     Watch {
@@ -543,32 +549,32 @@ fn parse_duration_arg(s: &str) -> Result<u64, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => {
-            init_logging();
-            match serve(args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    // The causes once each, innermost last (anyhow's `{:#}` repeats a
-                    // cause its message already quotes).
-                    let e: &(dyn std::error::Error + 'static) = e.as_ref();
-                    let _ = writeln!(std::io::stderr(), "twinlun: error: {}", ErrorChain(e));
-                    ExitCode::FAILURE
-                }
+        Command::Serve(args) => match serve(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                // The causes once each, innermost last (anyhow's `{:#}` repeats a
+                // cause its message already quotes).
+                let e: &(dyn std::error::Error + 'static) = e.as_ref();
+                let _ = writeln!(std::io::stderr(), "twinlun: error: {}", ErrorChain(e));
+                ExitCode::FAILURE
             }
-        }
+        },
         Command::Ctl(args) => ctl(args),
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt.with_ansi(ansi).init(),
+        // Every span from the root down, so a line says which session or cycle it is of.
+        LogFormat::Json => fmt.json().with_span_list(true).init(),
+    }
 }
 
 // ---- ctl ----------------------------------------------------------------------------
@@ -779,6 +785,9 @@ fn ctl(args: CtlArgs) -> ExitCode {
         };
         return watch(&socket, w);
     }
+    if let CtlCommand::Events = args.command {
+        return ExitCode::from(twinlun::admin::follow::follow(&socket, args.json));
+    }
     let req = match ctl_request(args.command) {
         Ok(r) => r,
         Err(e) => {
@@ -951,7 +960,9 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
         CtlCommand::Replicate { name } => Action::Replicate { name }.into(),
         CtlCommand::RecoveryPoints { set } => Query::RecoveryPoints { name: set }.into(),
         CtlCommand::Restart { name, yes } => Action::Restart { name, yes }.into(),
-        CtlCommand::Watch { .. } => unreachable!("watch is handled before any request"),
+        CtlCommand::Watch { .. } | CtlCommand::Events => {
+            unreachable!("watch and events are handled before any request")
+        }
         CtlCommand::Schedule(sc) => match sc {
             ScheduleCmd::Add {
                 task,
@@ -1021,6 +1032,7 @@ struct Settings {
     engine: EngineChoice,
     tracking: bool,
     replication_listen: Option<SocketAddr>,
+    log_format: LogFormat,
 }
 
 /// Command-line flags win over the config's [server] section, which wins over defaults.
@@ -1054,11 +1066,13 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         engine,
         tracking: !args.no_write_tracking,
         replication_listen: args.replication_listen.or(server.replication_listen),
+        log_format: args.log_format.or(server.log_format).unwrap_or_default(),
     })
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let s = settings(args)?;
+    init_logging(s.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("twinlun")

@@ -25,6 +25,7 @@ use crate::admin::protocol::PeerCheckView;
 use crate::admin::{Request, Response};
 use crate::catalog::{Catalog, VolumeSpec};
 use crate::catalog::{PeerSpec, ReplicationSpec};
+use crate::events::{Bus, Emitter, Subscription};
 use crate::iscsi::SessionInfo;
 use crate::replication::host::{ChangeRefused, SecondaryRequest};
 use crate::replication::peer::PeerConn;
@@ -77,6 +78,9 @@ pub struct Node {
     /// Hands out cut ids node-wide, so a volume's snapshots never share one, and
     /// serializes cuts.
     cuts: CutCoordinator,
+    /// State changes for `ctl events`: the iSCSI sessions, the replication sets and
+    /// admin's snapshot and promote handlers each hold an emitter of it.
+    events: Bus,
 }
 
 /// Copy-on-write memory shared by all snapshots of the node.
@@ -93,13 +97,18 @@ impl Node {
     pub fn new(data_dir: PathBuf, engine: Engine, catalog: Catalog) -> Node {
         let catalog = Arc::new(RwLock::new(catalog));
         let volumes = Arc::new(Volumes::default());
+        let events = Bus::default();
         Node {
             data_dir,
             engine,
-            iscsi: Arc::new(Shared::new(catalog.clone(), volumes.clone())),
+            iscsi: Arc::new(Shared::new(
+                catalog.clone(),
+                volumes.clone(),
+                events.emitter(),
+            )),
             catalog,
             volumes,
-            replication: Arc::new(Sets::new()),
+            replication: Arc::new(Sets::with_events(events.emitter())),
             started: Instant::now(),
             changes: Mutex::new(()),
             listen: RwLock::new(Vec::new()),
@@ -108,6 +117,7 @@ impl Node {
             cow_budget: MemoryBudget::new(COW_MEMORY),
             tracking: true,
             cuts: CutCoordinator::new(CutId(1)),
+            events,
         }
     }
 
@@ -466,6 +476,12 @@ impl Host for Node {
     }
     fn sessions(&self) -> Vec<SessionInfo> {
         self.iscsi.sessions.list()
+    }
+    fn events(&self) -> Emitter {
+        self.events.emitter()
+    }
+    fn subscribe_events(&self) -> Option<Subscription> {
+        Some(self.events.subscribe())
     }
     fn runtime(&self) -> RuntimeInfo {
         RuntimeInfo {

@@ -10,88 +10,16 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::dependent::{after_writes, dependent_writer_counted, generations, BLOCK, BLOCKS};
-use common::proxy::Proxy;
+use common::pair::{
+    create_set, create_set_of_v, pair, pair_launched, pair_throttled, replicate, show, statuses,
+    wait_converged, wait_cycles, wait_progress, SECRET,
+};
 use common::raw::RawClient;
-use common::{free_port, observe_for, qemu_io, run, wait_until, Launch, TestServer, DEMO_IQN};
+use common::{free_port, observe_for, qemu_io, run, wait_until, TestServer, DEMO_IQN};
 use serde_json::Value;
 use twinlun::iscsi::pdu::Digests;
 
-const SECRET: &str = "replication-secret-1";
 const INITIATOR: &str = "iqn.2026-11.test:replication";
-
-/// A primary and a secondary that name each other with the same secret; the
-/// primary reaches the secondary at `via` when given (a proxy), else directly.
-fn pair_via(
-    via: impl FnOnce(std::net::SocketAddr) -> std::net::SocketAddr,
-) -> (TestServer, TestServer) {
-    pair_launched(TestServer::launch(), via)
-}
-
-/// `pair_via` with the primary started from `primary` (its environment, say).
-fn pair_launched(
-    primary: Launch,
-    via: impl FnOnce(std::net::SocketAddr) -> std::net::SocketAddr,
-) -> (TestServer, TestServer) {
-    let primary_repl = format!("127.0.0.1:{}", free_port());
-    let secondary_repl = format!("127.0.0.1:{}", free_port());
-    let p = primary
-        .args(&["--replication-listen", &primary_repl])
-        .start();
-    let s = TestServer::start_with(&["--replication-listen", &secondary_repl]);
-    let target = via(s.repl_addr.expect("secondary replication address"));
-    p.ctl_ok(&[
-        "peer",
-        "create",
-        "dr",
-        &target.to_string(),
-        "--secret",
-        SECRET,
-    ]);
-    s.ctl_ok(&["peer", "create", "prod", &primary_repl, "--secret", SECRET]);
-    (p, s)
-}
-
-/// `pair_via` a throttling proxy carrying `bytes_per_sec` toward the secondary.
-fn pair_throttled(bytes_per_sec: u64) -> (TestServer, TestServer, Proxy) {
-    let mut proxy = None;
-    let (p, s) = pair_via(|target| {
-        let px = Proxy::start(target, bytes_per_sec);
-        let addr = px.addr;
-        proxy = Some(px);
-        addr
-    });
-    (p, s, proxy.expect("pair_via calls the closure"))
-}
-
-fn pair() -> (TestServer, TestServer) {
-    pair_via(|a| a)
-}
-
-fn show(s: &TestServer, set: &str) -> Value {
-    s.ctl_json(&["replication", "show", set])
-}
-
-/// Waits until the set has run `cycles` cycles and is not running; panics on a
-/// timeout or when the set reports an error.
-fn wait_cycles(p: &TestServer, set: &str, cycles: u64) -> Value {
-    let what = format!("cycle {cycles} of {set}");
-    wait_until(&what, Duration::from_secs(120), || {
-        let v = show(p, set);
-        if v["cycles"].as_u64().unwrap() >= cycles && v["status"] != "replicating" {
-            assert_eq!(v["status"], "ready", "{v}");
-            return Ok(v);
-        }
-        assert!(v["error"].is_null(), "cycle failed: {v}");
-        Err(v.to_string())
-    })
-}
-
-/// `replicate` and wait for that cycle; returns its `last_cycle`.
-fn replicate(p: &TestServer, set: &str) -> Value {
-    let before = show(p, set)["cycles"].as_u64().unwrap();
-    p.ctl_ok(&["replicate", set]);
-    wait_cycles(p, set, before + 1)["last_cycle"].clone()
-}
 
 /// Byte-for-byte comparison of two LUNs through QEMU's iSCSI driver.
 fn compare(a: &str, b: &str) {
@@ -565,55 +493,6 @@ fn schedules_wrong_secrets_and_refusals() {
     );
     s.ctl_ok(&["lun", "map", DEMO_IQN, "3", "v"]);
     p.ctl_ok(&["peer", "delete", "dr"]);
-}
-
-/// `replication create SET ARGS... --peer dr` on the primary.
-fn create_set(p: &TestServer, set: &str, args: &[&str]) {
-    let mut all = vec!["replication", "create", set, "--peer", "dr"];
-    all.extend_from_slice(args);
-    p.ctl_ok(&all);
-}
-
-/// `replication create r --volume v --peer dr` on the primary, with `extra` options.
-fn create_set_of_v(p: &TestServer, extra: &[&str]) {
-    let mut args = vec!["--volume", "v"];
-    args.extend_from_slice(extra);
-    create_set(p, "r", &args);
-}
-
-/// Waits until the running cycle of `set` has shipped at least `bytes`.
-fn wait_progress(p: &TestServer, set: &str, bytes: u64) {
-    let what = format!("{set}'s running cycle to ship {bytes} bytes");
-    wait_until(&what, Duration::from_secs(60), || {
-        let v = show(p, set);
-        if v["progress"]["bytes_done"].as_u64().unwrap_or(0) >= bytes {
-            return Ok(());
-        }
-        Err(v.to_string())
-    })
-}
-
-/// Waits (through failed attempts) until `set` has committed `cycles` cycles and is
-/// ready; returns its view.
-fn wait_converged(p: &TestServer, set: &str, cycles: u64) -> Value {
-    let what = format!("{set} to converge at {cycles} cycles, ready");
-    wait_until(&what, Duration::from_secs(120), || {
-        let v = show(p, set);
-        if v["cycles"] == cycles && v["status"] == "ready" {
-            return Ok(v);
-        }
-        Err(v.to_string())
-    })
-}
-
-/// Status transitions a set reports, oldest first, without their times.
-fn statuses(p: &TestServer, set: &str) -> Vec<String> {
-    show(p, set)["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e.as_str().unwrap().split(' ').nth(1).unwrap().to_string())
-        .collect()
 }
 
 #[test]

@@ -9,10 +9,12 @@
 //! - `startup`: the catalog a server starts with (saved one, default, config overlay).
 //! - `server`: the socket (mode 0600, peer uid check, line cap).
 //! - `client`, `table`: what `ctl` uses to talk and to print.
+//! - `follow`: `ctl events`, the client of the event stream.
 //! - `time`: wall-clock times as admins read them.
 
 pub mod apply;
 pub mod client;
+pub mod follow;
 pub mod protocol;
 pub mod replication;
 pub mod server;

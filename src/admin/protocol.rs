@@ -40,6 +40,14 @@
 //! | `replication_delete` name                                    | `done`                     |
 //! | `replicate` name                                             | `done`                     |
 //! | `recovery_points` name (on the secondary)                    | `recovery_points`          |
+//! | `events` (a stream: see below)                               | `event`, one line each     |
+//!
+//! `events` turns the connection into a stream until either side closes it: no more
+//! requests are read, and the server writes one `{"result":"event","at_unix_ms":MS,
+//! "kind":KIND,...}` line per state change (`crate::events::EventKind`: the kinds and
+//! their fields). The first line is `kind` `subscribed`: every event after it reaches
+//! this reader. A reader slower than the events gets `kind` `lagged` with the number
+//! it `missed`, never holds up the node.
 //!
 //! Any request may instead get `{"result":"error","code":CODE,"message":TEXT}`, CODE one
 //! of `ErrorCode` in snake_case. Examples:
@@ -111,6 +119,36 @@ pub const COMMANDS: &[&str] = &[
     "schedule_modify",
     "schedule_delete",
 ];
+
+/// Requests that turn the connection into a stream (`Stream`): not in `COMMANDS`,
+/// whose requests get exactly one response each.
+pub const STREAMS: &[&str] = &["events"];
+
+/// A streaming request: after it the server only writes, one line per item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Stream {
+    /// State changes as they happen (`ctl events`).
+    Events,
+}
+
+/// One line of an `events` stream: the event tagged `"result":"event"`, like every
+/// other line the server writes.
+#[derive(Debug, Serialize)]
+pub struct EventLine<'a> {
+    pub result: &'static str,
+    #[serde(flatten)]
+    pub event: &'a crate::events::Event,
+}
+
+impl<'a> EventLine<'a> {
+    pub fn new(event: &'a crate::events::Event) -> EventLine<'a> {
+        EventLine {
+            result: "event",
+            event,
+        }
+    }
+}
 
 /// A CHAP secret: serialized as a plain string, never shown by `Debug`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,6 +19,7 @@ use super::validate::{self, ValidationError};
 use crate::catalog::{
     Catalog, Compression, PeerSpec, QueuePolicy, ReplicationRole, ReplicationSpec,
 };
+use crate::events::EventKind;
 use crate::replication::recovery::RecoveryPoint;
 use crate::replication::status::{SetState, SetStatus};
 use crate::time::{rfc3339_utc, unix_secs};
@@ -395,6 +396,11 @@ pub fn promote<H: super::Host + ?Sized>(
         host.roll_back(&set, cut)?;
     }
     drop_secondary(host, &set)?;
+    host.events().emit_with(|| EventKind::Promoted {
+        set: set.clone(),
+        volumes: spec.volumes.clone(),
+        recovery_point: point,
+    });
     let at = point.map_or_else(
         || "its latest recovery point".to_string(),
         |c| format!("recovery point {c}"),

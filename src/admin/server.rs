@@ -19,7 +19,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, info, warn, Instrument};
 
 use super::apply::{apply, Host};
-use super::protocol::{ErrorCode, Query, Request, Response, COMMANDS, MAX_LINE};
+use super::protocol::{
+    ErrorCode, EventLine, Query, Request, Response, Stream, COMMANDS, MAX_LINE, STREAMS,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
@@ -297,6 +299,78 @@ pub fn parse_request(line: &[u8]) -> Result<Request, BadLine> {
     Ok(req)
 }
 
+/// A streaming request (`STREAMS`), `None` when the line is anything else (a request
+/// for `parse_request`, or garbage it will name).
+pub fn parse_stream(line: &[u8]) -> Option<Result<Stream, BadLine>> {
+    let value: serde_json::Value = serde_json::from_slice(line).ok()?;
+    let cmd = value.get("cmd")?.as_str()?;
+    if !STREAMS.contains(&cmd) {
+        return None;
+    }
+    let bad = |message: String| BadLine {
+        code: ErrorCode::BadRequest,
+        message,
+    };
+    // A repeated key is refused here too (serde_json would keep the last one).
+    if let Err(e) = serde_json::from_slice::<NoDuplicateKeys>(line) {
+        return Some(Err(bad(format!("not JSON: {e}"))));
+    }
+    // Unit variants do not see deny_unknown_fields.
+    if let Some(extra) = value
+        .as_object()
+        .and_then(|o| o.keys().find(|k| *k != "cmd"))
+    {
+        return Some(Err(bad(format!(
+            "{cmd}: unknown field `{extra}`, {cmd} takes no arguments"
+        ))));
+    }
+    Some(serde_json::from_value(value.clone()).map_err(|e| bad(format!("{cmd}: {e}"))))
+}
+
+/// Serves an `events` stream until the client closes its side, a write fails, or
+/// the bus goes away. Anything the client sends meanwhile is read and ignored: the
+/// reads are how a closed client is noticed while no event comes.
+async fn stream_events<H, R>(host: &H, mut r: R, w: &mut tokio::net::unix::OwnedWriteHalf)
+where
+    H: Host + ?Sized,
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let Some(mut sub) = host.subscribe_events() else {
+        let resp = Response::error(ErrorCode::NotFound, "this server has no event stream");
+        let _ = write_response(w, &resp).await;
+        return;
+    };
+    debug!("event stream opened");
+    let mut sink = [0u8; 512];
+    loop {
+        tokio::select! {
+            event = sub.next() => {
+                let Some(event) = event else { return };
+                let mut line = match serde_json::to_vec(&EventLine::new(&event)) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        warn!(error = %e, "cannot encode an event");
+                        continue;
+                    }
+                };
+                line.push(b'\n');
+                if let Err(e) = w.write_all(&line).await {
+                    debug!(error = %e, "event stream closed by the reader");
+                    return;
+                }
+            }
+            n = r.read(&mut sink) => match n {
+                Ok(0) | Err(_) => {
+                    debug!("event stream closed by the reader");
+                    return;
+                }
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
 async fn serve_connection<H>(host: Arc<H>, stream: UnixStream, uid: Option<u32>, my_uid: u32)
 where
     H: Host + Send + Sync + 'static,
@@ -326,27 +400,38 @@ where
                 format!("request line longer than {MAX_LINE} bytes"),
             ),
             Ok(Line::Text) if buf.iter().all(u8::is_ascii_whitespace) => continue,
-            Ok(Line::Text) => match parse_request(&buf) {
-                Err(bad) => bad.into(),
-                Ok(req) => {
-                    let cmd = command_name(&req);
-                    let host = host.clone();
-                    let change = req.is_change();
-                    // apply does blocking file I/O (fsync): keep it off the async workers.
-                    let resp = tokio::task::spawn_blocking(move || apply(&*host, req))
+            Ok(Line::Text) => match parse_stream(&buf) {
+                Some(Ok(Stream::Events)) => {
+                    info!("event stream requested");
+                    return stream_events(&*host, r, &mut w).await;
+                }
+                Some(Err(bad)) => bad.into(),
+                None => match parse_request(&buf) {
+                    Err(bad) => bad.into(),
+                    Ok(req) => {
+                        let cmd = command_name(&req);
+                        let host = host.clone();
+                        let change = req.is_change();
+                        // apply does blocking file I/O (fsync): keep it off the async workers.
+                        // The connection's span goes with the request to its thread.
+                        let span = tracing::Span::current();
+                        let resp = tokio::task::spawn_blocking(move || {
+                            span.in_scope(|| apply(&*host, req))
+                        })
                         .await
                         .unwrap_or_else(|e| {
                             Response::error(ErrorCode::Io, format!("internal error: {e}"))
                         });
-                    match &resp {
-                        Response::Error { code, message } => {
-                            info!(cmd, code = ?code, message = %message, "admin request refused")
+                        match &resp {
+                            Response::Error { code, message } => {
+                                info!(cmd, code = ?code, message = %message, "admin request refused")
+                            }
+                            _ if change => info!(cmd, "admin change applied"),
+                            _ => debug!(cmd, "admin query"),
                         }
-                        _ if change => info!(cmd, "admin change applied"),
-                        _ => debug!(cmd, "admin query"),
+                        resp
                     }
-                    resp
-                }
+                },
             },
         };
         if let Err(e) = write_response(&mut w, &resp).await {
@@ -397,6 +482,28 @@ mod tests {
             parse_request(br#"{"cmd":"status"}"#).unwrap(),
             Request::from(Query::Status)
         );
+    }
+
+    #[test]
+    fn streams_are_told_apart_from_requests_and_take_no_arguments() {
+        assert_eq!(
+            parse_stream(br#"{"cmd":"events"}"#).unwrap().unwrap(),
+            Stream::Events
+        );
+        // Requests and garbage are left to parse_request.
+        assert!(parse_stream(br#"{"cmd":"status"}"#).is_none());
+        assert!(parse_stream(b"{nope").is_none());
+        let refused = |line: &str| match parse_stream(line.as_bytes()) {
+            Some(Err(BadLine { code, message })) => {
+                assert_eq!(code, ErrorCode::BadRequest, "{line}");
+                message
+            }
+            other => panic!("{line}: {other:?}"),
+        };
+        let m = refused(r#"{"cmd":"events","since":3}"#);
+        assert!(m.contains("unknown field `since`"), "{m}");
+        let m = refused(r#"{"cmd":"events","cmd":"events"}"#);
+        assert!(m.contains("duplicate key `cmd`"), "{m}");
     }
 
     #[test]

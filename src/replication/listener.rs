@@ -358,7 +358,8 @@ where
     F: FnOnce(&dyn Host) -> Result<(), ChangeRefused> + Send + 'static,
 {
     let host = host.clone();
-    match tokio::task::spawn_blocking(move || change(&*host)).await {
+    let span = tracing::Span::current();
+    match tokio::task::spawn_blocking(move || span.in_scope(|| change(&*host))).await {
         Ok(Ok(())) => Ok(Message::Ok),
         Ok(Err(e)) => Err(Refusal::Change(e)),
         Err(e) => Err(Refusal::Writer(e)),
@@ -405,7 +406,10 @@ async fn receive_cut(
     )
     .await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<wire::Extent>(WRITE_QUEUE);
+    // The staging thread logs in the cut's span (peer connection, set, cut).
+    let span = tracing::info_span!("cut", set, cut);
     let writer = tokio::task::spawn_blocking(move || {
+        let _in_cut = span.enter();
         // After a refused extent nothing more is staged: the cut is refused at its end.
         let mut failed: Option<RecoveryError> = None;
         while let Some(e) = rx.blocking_recv() {

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use roaring::RoaringBitmap;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use super::host::Host;
 use super::peer::PeerConn;
@@ -27,6 +28,7 @@ use super::status::{CycleProgress, CycleStats, SetState, SetStatus, StateChange}
 use super::wire::{self, EncodedExtent, Extent, ExtentKind, Message, MAX_EXTENT};
 use super::ReplicationError;
 use crate::catalog::{Compression, QueuePolicy};
+use crate::events::{Emitter, EventKind};
 use crate::time::unix_secs;
 use crate::tracking::{CutOptions, SnapshotScope, TrackedVolume};
 use crate::volume::Volume;
@@ -94,6 +96,8 @@ pub struct PrimarySet {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The cut of a failed attempt, resumed by the next.
     pending: Mutex<Option<Pending>>,
+    /// Status changes and cycles, for `ctl events`.
+    events: Emitter,
 }
 
 /// Status transitions a set remembers for `replication show`.
@@ -102,7 +106,13 @@ const EVENTS: usize = 32;
 impl PrimarySet {
     /// Loads the set's saved state (or a fresh one) and starts its task.
     /// `dir` is the set's own state folder.
-    pub fn start(host: Weak<dyn Host>, name: &str, dir: PathBuf) -> Arc<PrimarySet> {
+    /// Its status changes and cycles go to `events`.
+    pub fn start(
+        host: Weak<dyn Host>,
+        name: &str,
+        dir: PathBuf,
+        events: Emitter,
+    ) -> Arc<PrimarySet> {
         let state = load_state(&dir).unwrap_or_else(|e| {
             tracing::warn!(set = name, error = %crate::chain::ErrorChain(&e), "replication state unreadable: starting a new generation");
             PrimaryState::default()
@@ -120,8 +130,10 @@ impl PrimarySet {
             abort: AtomicBool::new(false),
             task: Mutex::new(None),
             pending: Mutex::new(None),
+            events,
         });
-        let task = tokio::spawn(run(host, set.clone()));
+        let span = tracing::info_span!("set", set = %name);
+        let task = tokio::spawn(run(host, set.clone()).instrument(span));
         *set.task.lock() = Some(task);
         set
     }
@@ -161,6 +173,9 @@ impl PrimarySet {
         if self.state.lock().suspended {
             return Err(ReplicationError::Suspended(self.name.clone()));
         }
+        self.events.emit_with(|| EventKind::Restart {
+            set: self.name.clone(),
+        });
         let mut live = self.live.lock();
         live.restart = true;
         live.next_retry = None;
@@ -219,7 +234,7 @@ impl PrimarySet {
         let state = self.state_now();
         let mut live = self.live.lock();
         if live.last_state != Some(state) {
-            live.last_state = Some(state);
+            let from = live.last_state.replace(state);
             live.events.push_back(StateChange {
                 at_unix: unix_secs(SystemTime::now()),
                 state,
@@ -227,6 +242,14 @@ impl PrimarySet {
             while live.events.len() > EVENTS {
                 live.events.pop_front();
             }
+            let error = live.error.clone().filter(|_| state == SetState::Error);
+            drop(live);
+            self.events.emit_with(|| EventKind::SetStatus {
+                set: self.name.clone(),
+                from: from.map(|f| f.as_str().to_string()),
+                to: state.as_str().to_string(),
+                error,
+            });
         }
     }
 
@@ -395,17 +418,17 @@ async fn run(host: Weak<dyn Host>, set: Arc<PrimarySet>) {
             live.next_retry = None;
         }
         set.note_status();
-        let span = tracing::info_span!("cycle", set = %set.name);
-        let result = tracing::Instrument::instrument(
-            async {
-                if set.live.lock().restart {
-                    reset_secondary(&*n, &set).await?;
-                }
-                set.note_status();
-                cycle(&*n, &set).await
-            },
-            span,
-        )
+        // The cut id is recorded once the cycle has its cut (`cycle`).
+        let span = tracing::info_span!("cycle", set = %set.name, cut = tracing::field::Empty);
+        let attempt = Instant::now();
+        let result = async {
+            if set.live.lock().restart {
+                reset_secondary(&*n, &set).await?;
+            }
+            set.note_status();
+            cycle(&*n, &set).await
+        }
+        .instrument(span)
         .await;
         drop(n);
         let aborted = set.abort.swap(false, Ordering::AcqRel);
@@ -420,6 +443,10 @@ async fn run(host: Weak<dyn Host>, set: Arc<PrimarySet>) {
                 }
                 Err(e) if set.stopping() || aborted => {
                     tracing::info!(set = %set.name, error = %e, "cycle abandoned");
+                    set.events.emit_with(|| EventKind::CycleAbandoned {
+                        set: set.name.clone(),
+                        reason: error_chain(&e),
+                    });
                 }
                 Err(e) => {
                     let delay = RETRY_FIRST
@@ -429,6 +456,14 @@ async fn run(host: Weak<dyn Host>, set: Arc<PrimarySet>) {
                     tracing::warn!(set = %set.name, error = %crate::chain::ErrorChain(&e), retry_in_s = delay.as_secs(), "replication cycle failed");
                     live.error = Some(error_chain(&e));
                     live.next_retry = Some(SystemTime::now() + delay);
+                    let cut = set.pending.lock().as_ref().map(|p| p.cut.id.0);
+                    set.events.emit_with(|| EventKind::CycleFailed {
+                        set: set.name.clone(),
+                        cut,
+                        error: error_chain(&e),
+                        retry_in_secs: Some(delay.as_secs()),
+                        seconds: attempt.elapsed().as_secs_f64(),
+                    });
                 }
             }
         }
@@ -550,6 +585,7 @@ async fn cycle(node: &dyn Host, set: &PrimarySet) -> Result<(), ReplicationError
             return Err(e);
         }
     };
+    let resumed = kept.is_some();
     let mut p = match kept {
         Some(p) => {
             tracing::info!(cut = p.cut.id.0, "resuming the pending cut");
@@ -581,6 +617,14 @@ async fn cycle(node: &dyn Host, set: &PrimarySet) -> Result<(), ReplicationError
         );
         Compression::None
     };
+    tracing::Span::current().record("cut", p.cut.id.0);
+    set.events.emit_with(|| EventKind::CycleStarted {
+        set: set.name.clone(),
+        cut: p.cut.id.0,
+        full: base.is_none(),
+        resumed,
+        bytes_total: p.total,
+    });
     let started = Instant::now();
     let shipped = tokio::select! {
         r = ship(set, &mut conn, &volumes, &tracked, &spec.volumes, &p, how) => r,
@@ -637,6 +681,17 @@ async fn cycle(node: &dyn Host, set: &PrimarySet) -> Result<(), ReplicationError
                 seconds = total.seconds,
                 "cycle committed"
             );
+            set.events.emit_with(|| EventKind::CycleCommitted {
+                set: set.name.clone(),
+                cut: p.cut.id.0,
+                full: total.full,
+                data_bytes: total.data_bytes,
+                wire_data_bytes: total.wire_data_bytes,
+                record_bytes: total.record_bytes,
+                zero_bytes: total.zero_bytes,
+                seconds: total.seconds,
+                attempts: total.attempts,
+            });
             Ok(())
         }
         Err(e) if set.stopping() || set.abort.load(Ordering::Acquire) => {
@@ -935,7 +990,10 @@ async fn ship(
             } else {
                 // Compressing a MiB takes milliseconds: not on a runtime thread.
                 let volume = run.volume;
+                // The cycle's span (set, cut) goes with the work to its thread.
+                let span = tracing::Span::current();
                 Batch::Compressing(tokio::task::spawn_blocking(move || {
+                    let _in_cycle = span.enter();
                     let encoded = encode(volume, off, &buf, &todo, how);
                     (todo, encoded)
                 }))

@@ -18,6 +18,7 @@ use super::status::{SetState, SetStatus};
 use super::wire::{Message, RemoteVolume};
 use super::ReplicationError;
 use crate::catalog::{PeerSpec, ReplicationRole, ReplicationSpec};
+use crate::events::Emitter;
 use crate::throttle::AuthThrottle;
 
 /// What an admin asks of a running primary set.
@@ -49,11 +50,21 @@ pub struct Sets {
     receivers: Mutex<HashMap<String, Receiver>>,
     /// Failed peer authentications per source address (`throttle`).
     pub auth_throttle: Mutex<AuthThrottle>,
+    /// Where primaries report status changes and cycles (`ctl events`).
+    events: Emitter,
 }
 
 impl Sets {
     pub fn new() -> Sets {
         Sets::default()
+    }
+
+    /// Sets whose primaries report their status changes and cycles to `events`.
+    pub fn with_events(events: Emitter) -> Sets {
+        Sets {
+            events,
+            ..Sets::default()
+        }
     }
 
     /// Starts every set of the catalog (after the volumes opened) and the schedules.
@@ -91,7 +102,7 @@ impl Sets {
         let dir = set_dir(&*host, &spec);
         match spec.role {
             ReplicationRole::Primary => {
-                let set = PrimarySet::start(Arc::downgrade(&host), name, dir);
+                let set = PrimarySet::start(Arc::downgrade(&host), name, dir, self.events.clone());
                 self.primaries.lock().insert(name.to_string(), set);
             }
             ReplicationRole::Secondary => {

@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn, Instrument};
 
+use crate::events::EventKind;
 use crate::iscsi::discovery::{TextContext, TextExchange};
 use crate::iscsi::login::{Login, LoginError, LoginStep};
 use crate::iscsi::params::{SessionType, TargetSettings};
@@ -89,6 +90,9 @@ async fn serve_inner(
     let dir = Directory::new(node.clone());
     let mut login = Login::new((*settings).clone(), local, TPGT);
     let mut bytes_in = 0u64;
+    // The names the login requests declared, for the event of a refusal (the login
+    // state machine forgets them when it fails).
+    let mut declared = Declared::default();
     // The login phase (RFC 7143 §6): only Login requests until it completes.
     let (mut response, outcome) = loop {
         let next = tokio::time::timeout(LOGIN_PDU_TIMEOUT, reader.next(&mut bytes_in)).await;
@@ -140,6 +144,7 @@ async fn serve_inner(
                 tokio::time::sleep(delay).await;
             }
         }
+        declared.note(&req.data);
         let step = login.handle(&req, &dir);
         if chap_check {
             note_chap_outcome(&node, &login, &step, &sources, peer);
@@ -147,11 +152,26 @@ async fn serve_inner(
         match step {
             LoginStep::Continue(r) => send_now(&mut wr, r.to_pdu(), &traffic).await?,
             LoginStep::Fail(r) => {
+                let reason = match login.failure() {
+                    Some(e) => e.to_string(),
+                    None => "refused by the login state machine".to_string(),
+                };
                 info!(
+                    initiator = declared.initiator.as_deref().unwrap_or("?"),
+                    target = declared.target.as_deref().unwrap_or("?"),
                     class = r.status_class,
                     detail = r.status_detail,
+                    %reason,
                     "login refused"
                 );
+                node.events.emit_with(|| EventKind::LoginRefused {
+                    initiator: declared.initiator.clone(),
+                    target: declared.target.clone(),
+                    address: peer.to_string(),
+                    reason,
+                    status_class: r.status_class,
+                    status_detail: r.status_detail,
+                });
                 send_now(&mut wr, r.to_pdu(), &traffic).await?;
                 let _ = wr.shutdown().await;
                 return Ok(());
@@ -191,16 +211,36 @@ async fn serve_inner(
         target = %target,
     );
     info!(parent: &span, discovery, "logged in");
+    node.events.emit_with(|| EventKind::SessionLogin {
+        initiator: outcome.initiator_name.clone(),
+        target: target.clone(),
+        tsih: entry.tsih,
+        isid: hex::encode(outcome.isid),
+        address: peer.to_string(),
+        discovery,
+    });
+    let logout_event = {
+        let (initiator, target, tsih) =
+            (outcome.initiator_name.clone(), target.clone(), entry.tsih);
+        move || EventKind::SessionLogout {
+            initiator,
+            target,
+            tsih,
+        }
+    };
 
     // Shutdown of the whole server also stops this session.
     let mut shutdown = shutdown;
     let stop_on_shutdown = {
         let entry = entry.clone();
-        tokio::spawn(async move {
-            if shutdown.wait_for(|s| *s).await.is_ok() {
-                let _ = entry.stop.send(true);
+        tokio::spawn(
+            async move {
+                if shutdown.wait_for(|s| *s).await.is_ok() {
+                    let _ = entry.stop.send(true);
+                }
             }
-        })
+            .instrument(span.clone()),
+        )
     };
     stop_rx.mark_unchanged();
 
@@ -280,7 +320,32 @@ async fn serve_inner(
     stop_on_shutdown.abort();
     node.sessions.unregister(&entry);
     info!(parent: &span, "session closed");
+    node.events.emit_with(logout_event);
     Ok(())
+}
+
+/// InitiatorName and TargetName as the login requests declared them.
+#[derive(Default)]
+struct Declared {
+    initiator: Option<String>,
+    target: Option<String>,
+}
+
+impl Declared {
+    /// Takes the names from one request's text; text that does not parse (a segment
+    /// continued in the next PDU, garbage) leaves them as they were.
+    fn note(&mut self, data: &[u8]) {
+        let Ok(pairs) = crate::iscsi::text::parse(data) else {
+            return;
+        };
+        for (k, v) in pairs {
+            match k.as_str() {
+                "InitiatorName" => self.initiator = Some(v),
+                "TargetName" => self.target = Some(v),
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Record the outcome of a CHAP check for the guessing delay.

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::io::AsyncRead;
 use tokio::sync::{mpsc, watch, Semaphore};
-use tracing::{debug, info, warn};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::iscsi::params::{ConnParams, SessionParams};
 use crate::iscsi::pdu::{
@@ -716,10 +716,15 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             id,
         });
         let fut = make(reply);
-        tokio::spawn(async move {
-            fut.await;
-            let _ = done_tx.send(true);
-        });
+        // The session's span (initiator, target, tsih) goes with the task.
+        tokio::spawn(
+            async move {
+                fut.await;
+                debug!(itt, "task answered");
+                let _ = done_tx.send(true);
+            }
+            .in_current_span(),
+        );
     }
 
     /// Start collecting a command's Data-Out: immediate data, then unsolicited Data-Out
@@ -795,30 +800,33 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 Action::SendR2t(r2t) => self.send(Outgoing::new(r2t.to_pdu(), Stat::Peek)).await,
                 Action::Incomplete { task, .. } => {
                     let reply = task.reply;
-                    tokio::spawn(async move {
-                        reply
-                            .status(
-                                Status::CheckCondition,
-                                Some(&Sense::invalid_field_in_information_unit()),
-                                0,
-                                0,
-                            )
-                            .await
-                    });
+                    tokio::spawn(
+                        async move {
+                            reply
+                                .status(
+                                    Status::CheckCondition,
+                                    Some(&Sense::invalid_field_in_information_unit()),
+                                    0,
+                                    0,
+                                )
+                                .await
+                        }
+                        .in_current_span(),
+                    );
                 }
                 Action::Discarded {
                     discard: Discard::Overflow,
                     task,
                     ..
                 } => {
-                    tokio::spawn(task.reply.write_overflow(task.spdtl));
+                    tokio::spawn(task.reply.write_overflow(task.spdtl).in_current_span());
                 }
                 Action::Discarded {
                     discard: Discard::Respond(resp),
                     task,
                     ..
                 } => {
-                    tokio::spawn(task.reply.respond(resp));
+                    tokio::spawn(task.reply.respond(resp).in_current_span());
                 }
                 Action::Run {
                     itt,
@@ -870,7 +878,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             }),
             WriteKind::ModeSelect { ten } => {
                 let resp = lun.lu.mode_select(ten, &data);
-                tokio::spawn(reply.respond(resp));
+                tokio::spawn(reply.respond(resp).in_current_span());
             }
         }
     }
@@ -968,7 +976,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             respond.await;
             return Err(End::Close);
         }
-        tokio::spawn(respond);
+        tokio::spawn(respond.in_current_span());
         Ok(())
     }
 

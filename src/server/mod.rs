@@ -23,6 +23,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::catalog::Catalog;
+use crate::events::Emitter;
 use crate::throttle::AuthThrottle;
 use crate::volume::Volume;
 
@@ -52,12 +53,16 @@ pub struct Shared {
     pub write_budget: Arc<tokio::sync::Semaphore>,
     /// Failed CHAP logins per source address and initiator (`throttle`).
     pub auth_throttle: Mutex<AuthThrottle>,
+    /// Logins, logouts and refused logins, for `ctl events`.
+    pub events: Emitter,
 }
 
 impl Shared {
+    /// Sessions report their logins, logouts and refusals to `events`.
     pub fn new(
         catalog: Arc<RwLock<Catalog>>,
         volumes: Arc<RwLock<HashMap<String, Arc<Volume>>>>,
+        events: Emitter,
     ) -> Shared {
         Shared {
             catalog,
@@ -67,6 +72,7 @@ impl Shared {
                 budget::NODE_WRITE_BUDGET as usize,
             )),
             auth_throttle: Mutex::new(AuthThrottle::default()),
+            events,
         }
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dependent;
+pub mod pair;
 pub mod proxy;
 pub mod raw;
 
@@ -159,11 +160,12 @@ impl TestServer {
             .arg("--listen")
             .arg(listen)
             .args(&self.extra)
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            // After the default: a test's own RUST_LOG wins.
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

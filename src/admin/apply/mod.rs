@@ -42,6 +42,7 @@ use super::protocol::{Action, Change, CutStatsView, PeerCheckView, Query, Reques
 use super::replication as repl;
 use super::store::{self, StoreError};
 use crate::catalog::{Catalog, PeerSpec, ReplicationSpec, VolumeSpec};
+use crate::events::{Emitter, Subscription};
 use crate::iscsi::SessionInfo;
 use crate::replication::recovery::RecoveryPoint;
 use crate::replication::status::SetStatus;
@@ -155,6 +156,16 @@ pub trait Host: Sync {
     fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPoint>, ReplicationError> {
         Err(ReplicationError::NotSecondary(name.into()))
     }
+    /// Where snapshot and promotion events go (`ctl events`); connected to nothing
+    /// unless the host has a bus.
+    fn events(&self) -> Emitter {
+        Emitter::none()
+    }
+    /// A new reader of the node's events (`ctl events`); `None` when the host has no
+    /// bus.
+    fn subscribe_events(&self) -> Option<Subscription> {
+        None
+    }
 }
 
 /// What `replication_control` does to a primary set.
@@ -211,6 +222,7 @@ pub enum Effect {
     },
     /// Save, then drop the snapshot's kept pages.
     DeleteSnapshot {
+        name: String,
         volumes: Vec<String>,
         cut: u64,
     },
@@ -379,8 +391,8 @@ fn commit<H: Host + ?Sized>(
             Ok(None)
         }
         Effect::CreateSnapshot { name } => snapshot::commit_create(host, new, &name).map(Some),
-        Effect::DeleteSnapshot { volumes, cut } => {
-            snapshot::commit_delete(host, new, &volumes, cut)?;
+        Effect::DeleteSnapshot { name, volumes, cut } => {
+            snapshot::commit_delete(host, new, &name, &volumes, cut)?;
             Ok(None)
         }
         Effect::CreateReplication { name } => {

@@ -6,6 +6,7 @@ use super::super::time::rfc3339_utc;
 use super::super::validate::{self, ValidationError};
 use super::{done, install, AdminError, Effect, Host};
 use crate::catalog::{Catalog, SnapshotSpec};
+use crate::events::EventKind;
 
 pub(super) fn list<H: Host + ?Sized>(host: &H, c: &Catalog) -> Response {
     Response::Snapshots {
@@ -80,6 +81,7 @@ pub(super) fn delete(c: &mut Catalog, name: String) -> Result<(Effect, Response)
     let spec = c.snapshots.remove(&name).expect("presence checked above");
     Ok((
         Effect::DeleteSnapshot {
+            name: name.clone(),
             volumes: spec.volumes,
             cut: spec.cut,
         },
@@ -115,6 +117,11 @@ pub(super) fn commit_create<H: Host + ?Sized>(
         return Err(e.into());
     }
     tracing::info!(snapshot = %name, cut = taken.cut, pause_us = taken.pause.as_micros() as u64, "snapshot taken");
+    host.events().emit_with(|| EventKind::SnapshotCreated {
+        name: name.to_string(),
+        volumes: volumes.clone(),
+        cut: taken.cut,
+    });
     let c = host.catalog().read().clone();
     Ok(Response::Snapshot(snapshot_view(host, &c, name)))
 }
@@ -123,11 +130,15 @@ pub(super) fn commit_create<H: Host + ?Sized>(
 pub(super) fn commit_delete<H: Host + ?Sized>(
     host: &H,
     new: Catalog,
+    name: &str,
     volumes: &[String],
     cut: u64,
 ) -> Result<(), AdminError> {
     install(host, new)?;
     host.drop_snapshot(volumes, cut);
+    host.events().emit_with(|| EventKind::SnapshotDeleted {
+        name: name.to_string(),
+    });
     Ok(())
 }
 
