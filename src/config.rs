@@ -98,6 +98,8 @@ pub struct ServerConfig {
     pub engine: Option<EngineChoice>,
     /// Accept replication from peers on this address.
     pub replication_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics (GET /metrics) on this address.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The io engine as named in the config and on the command line.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod datadir;
 pub mod durable;
 pub mod iscsi;
+pub mod metrics;
 pub mod node;
 pub mod replication;
 pub mod scsi;

@@ -70,6 +70,10 @@ struct ServeArgs {
     /// Accept replication from peers (`ctl peer create` on both sides) on this address.
     #[arg(long, value_name = "ADDR:PORT")]
     replication_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics at GET /metrics on this address (`metrics_listen` in
+    /// [server]). Off unless given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -753,6 +757,7 @@ struct Settings {
     engine: EngineChoice,
     tracking: bool,
     replication_listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// Command-line flags win over the config's [server] section, which wins over defaults.
@@ -786,6 +791,7 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         engine,
         tracking: !args.no_write_tracking,
         replication_listen: args.replication_listen.or(server.replication_listen),
+        metrics_listen: args.metrics_listen.or(server.metrics_listen),
     })
 }
 
@@ -822,6 +828,23 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
             node.replication.clone(),
             listener,
         ));
+    }
+
+    if let Some(addr) = s.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        let bound = listener.local_addr()?;
+        println!("twinlun: metrics listening on http://{bound}/metrics");
+        node.spawn_metrics_refresh();
+        // The endpoint holds the node weakly: it must not keep a stopping node alive.
+        let weak = Arc::downgrade(&node);
+        let render: twinlun::metrics::http::Render = Arc::new(move || {
+            weak.upgrade()
+                .map(|n| n.metrics_text())
+                .unwrap_or_default()
+        });
+        tokio::spawn(twinlun::metrics::http::serve(listener, render));
     }
 
     let server = Server::bind(node.iscsi.clone(), &s.listen).await?;

@@ -94,6 +94,8 @@ pub struct PrimarySet {
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The cut of a failed attempt, resumed by the next.
     pending: Mutex<Option<Pending>>,
+    /// What committed cycles shipped and how many failed, for the metrics endpoint.
+    counters: Arc<crate::metrics::SetCounters>,
 }
 
 /// Status transitions a set remembers for `replication show`.
@@ -102,7 +104,13 @@ const EVENTS: usize = 32;
 impl PrimarySet {
     /// Loads the set's saved state (or a fresh one) and starts its task.
     /// `dir` is the set's own state folder.
-    pub fn start(host: Weak<dyn Host>, name: &str, dir: PathBuf) -> Arc<PrimarySet> {
+    /// `counters` is the set's handle in the node's metrics registry.
+    pub fn start(
+        host: Weak<dyn Host>,
+        name: &str,
+        dir: PathBuf,
+        counters: Arc<crate::metrics::SetCounters>,
+    ) -> Arc<PrimarySet> {
         let state = load_state(&dir).unwrap_or_else(|e| {
             tracing::warn!(set = name, error = %crate::chain::ErrorChain(&e), "replication state unreadable: starting a new generation");
             PrimaryState::default()
@@ -120,6 +128,7 @@ impl PrimarySet {
             abort: AtomicBool::new(false),
             task: Mutex::new(None),
             pending: Mutex::new(None),
+            counters,
         });
         let task = tokio::spawn(run(host, set.clone()));
         *set.task.lock() = Some(task);
@@ -426,6 +435,7 @@ async fn run(host: Weak<dyn Host>, set: Arc<PrimarySet>) {
                         .saturating_mul(1 << failures.min(5))
                         .min(RETRY_MAX);
                     failures += 1;
+                    set.counters.failed();
                     tracing::warn!(set = %set.name, error = %crate::chain::ErrorChain(&e), retry_in_s = delay.as_secs(), "replication cycle failed");
                     live.error = Some(error_chain(&e));
                     live.next_retry = Some(SystemTime::now() + delay);
@@ -618,6 +628,11 @@ async fn cycle(node: &dyn Host, set: &PrimarySet) -> Result<(), ReplicationError
             st.last_cycle = Some(total);
             let saved = st.clone();
             drop(st);
+            set.counters.committed(crate::metrics::ShippedBytes {
+                data: total.data_bytes,
+                wire: total.wire_data_bytes + total.record_bytes + total.overhead_bytes,
+                records: total.record_bytes,
+            });
             match save_state(&set.dir, &saved) {
                 Ok(()) => {
                     let refs: Vec<&TrackedVolume> = tracked.iter().map(|t| &**t).collect();

@@ -49,11 +49,17 @@ pub struct Sets {
     receivers: Mutex<HashMap<String, Receiver>>,
     /// Failed peer authentications per source address (`throttle`).
     pub auth_throttle: Mutex<AuthThrottle>,
+    /// Where primary sets count what they ship.
+    metrics: Arc<crate::metrics::Registry>,
 }
 
 impl Sets {
-    pub fn new() -> Sets {
-        Sets::default()
+    /// Sets counting into `metrics` (the node's registry).
+    pub fn new(metrics: Arc<crate::metrics::Registry>) -> Sets {
+        Sets {
+            metrics,
+            ..Sets::default()
+        }
     }
 
     /// Starts every set of the catalog (after the volumes opened) and the schedules.
@@ -91,7 +97,8 @@ impl Sets {
         let dir = set_dir(&*host, &spec);
         match spec.role {
             ReplicationRole::Primary => {
-                let set = PrimarySet::start(Arc::downgrade(&host), name, dir);
+                let set =
+                    PrimarySet::start(Arc::downgrade(&host), name, dir, self.metrics.set(name));
                 self.primaries.lock().insert(name.to_string(), set);
             }
             ReplicationRole::Secondary => {
@@ -138,6 +145,7 @@ impl Sets {
                 self.receivers.lock().remove(name);
             }
         }
+        self.metrics.remove_set(name);
         let Some(host) = self.host() else { return };
         let dir = set_dir(&*host, spec);
         if let Err(e) =

@@ -52,12 +52,15 @@ pub struct Shared {
     pub write_budget: Arc<tokio::sync::Semaphore>,
     /// Failed CHAP logins per source address and initiator (`throttle`).
     pub auth_throttle: Mutex<AuthThrottle>,
+    /// Connections open and logins refused, for the metrics endpoint.
+    pub metrics: Arc<crate::metrics::NodeCounters>,
 }
 
 impl Shared {
     pub fn new(
         catalog: Arc<RwLock<Catalog>>,
         volumes: Arc<RwLock<HashMap<String, Arc<Volume>>>>,
+        metrics: Arc<crate::metrics::NodeCounters>,
     ) -> Shared {
         Shared {
             catalog,
@@ -67,6 +70,7 @@ impl Shared {
                 budget::NODE_WRITE_BUDGET as usize,
             )),
             auth_throttle: Mutex::new(AuthThrottle::default()),
+            metrics,
         }
     }
 }
