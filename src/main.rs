@@ -839,11 +839,8 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
         node.spawn_metrics_refresh();
         // The endpoint holds the node weakly: it must not keep a stopping node alive.
         let weak = Arc::downgrade(&node);
-        let render: twinlun::metrics::http::Render = Arc::new(move || {
-            weak.upgrade()
-                .map(|n| n.metrics_text())
-                .unwrap_or_default()
-        });
+        let render: twinlun::metrics::http::Render =
+            Arc::new(move || weak.upgrade().map(|n| n.metrics_text()).unwrap_or_default());
         tokio::spawn(twinlun::metrics::http::serve(listener, render));
     }
 

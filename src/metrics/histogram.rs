@@ -19,8 +19,11 @@ pub struct Histogram {
 /// A histogram read at one moment, cumulative as Prometheus wants it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistogramSnapshot {
-    /// (upper bound in seconds, observations at or below it), then +Inf's as `count`.
-    pub buckets: Vec<(f64, u64)>,
+    /// The buckets' upper bounds in seconds (the histogram's own, so a page can format
+    /// them once for every series that shares them).
+    pub bounds: &'static [f64],
+    /// Observations at or below each bound; +Inf's is `count`.
+    pub cumulative: Vec<u64>,
     pub count: u64,
     pub sum_seconds: f64,
 }
@@ -46,14 +49,15 @@ impl Histogram {
 
     pub fn snapshot(&self) -> HistogramSnapshot {
         let mut acc = 0u64;
-        let mut buckets = Vec::with_capacity(self.bounds.len());
-        for (i, b) in self.bounds.iter().enumerate() {
-            acc += self.counts[i].load(Ordering::Relaxed);
-            buckets.push((*b, acc));
+        let mut cumulative = Vec::with_capacity(self.bounds.len());
+        for n in &self.counts[..self.bounds.len()] {
+            acc += n.load(Ordering::Relaxed);
+            cumulative.push(acc);
         }
         acc += self.counts[self.bounds.len()].load(Ordering::Relaxed);
         HistogramSnapshot {
-            buckets,
+            bounds: self.bounds,
+            cumulative,
             count: acc,
             sum_seconds: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
         }
@@ -73,7 +77,8 @@ mod tests {
         h.observe(Duration::from_millis(5));
         h.observe(Duration::from_secs(2));
         let s = h.snapshot();
-        assert_eq!(s.buckets, vec![(0.001, 2), (0.01, 3)]);
+        assert_eq!(s.bounds, B);
+        assert_eq!(s.cumulative, vec![2, 3]);
         assert_eq!(s.count, 4);
         assert!((s.sum_seconds - 2.0065).abs() < 1e-9);
     }

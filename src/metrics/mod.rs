@@ -187,7 +187,11 @@ impl Registry {
         if let Some(v) = self.volumes.read().get(name) {
             return v.clone();
         }
-        self.volumes.write().entry(name.to_string()).or_default().clone()
+        self.volumes
+            .write()
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Volume `name` was deleted: its series go away.
@@ -200,7 +204,11 @@ impl Registry {
         if let Some(s) = self.sets.read().get(name) {
             return s.clone();
         }
-        self.sets.write().entry(name.to_string()).or_default().clone()
+        self.sets
+            .write()
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Set `name` was deleted: its series go away.

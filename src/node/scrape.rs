@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use crate::catalog::ReplicationRole;
-use crate::metrics::text::{Exposition, Kind};
+use crate::metrics::text::{Exposition, Kind, Labels};
 use crate::metrics::{HistogramSnapshot, VolumeIo};
 use crate::replication::status::SetState;
 
@@ -41,7 +41,8 @@ pub(super) fn refresh_allocated(path: &Path, io: &VolumeIo) {
 
 /// One volume as a scrape sees it.
 struct VolumeRow {
-    name: String,
+    /// `{volume="NAME"}`, rendered once for every family.
+    labels: Labels,
     io: Arc<VolumeIo>,
     read: HistogramSnapshot,
     write: HistogramSnapshot,
@@ -100,7 +101,7 @@ impl Node {
                 VolumeRow {
                     read: io.read_latency.snapshot(),
                     write: io.write_latency.snapshot(),
-                    name,
+                    labels: Labels::new(&[("volume", &name)]),
                     io,
                     dirty,
                     size,
@@ -183,7 +184,11 @@ impl Node {
             Kind::Gauge,
             "Memory the copy-on-write stores may use before they spill to files.",
         );
-        e.int("twinlun_cow_memory_limit_bytes", &[], self.cow_budget.limit());
+        e.int(
+            "twinlun_cow_memory_limit_bytes",
+            &[],
+            self.cow_budget.limit(),
+        );
         e.family(
             "twinlun_cow_spill_bytes",
             Kind::Gauge,
@@ -215,9 +220,11 @@ impl Node {
                 status: self.replication.status(&name),
                 counters: self.metrics.set_if_any(&name),
                 points: match role {
-                    ReplicationRole::Secondary => {
-                        self.replication.recovery_points(&name).ok().map(|p| p.len())
-                    }
+                    ReplicationRole::Secondary => self
+                        .replication
+                        .recovery_points(&name)
+                        .ok()
+                        .map(|p| p.len()),
                     ReplicationRole::Primary => None,
                 },
                 role: match role {
@@ -415,7 +422,7 @@ fn volume_families(e: &mut Exposition, rows: &[VolumeRow]) {
     for (name, help, read) in counters {
         e.family(name, Kind::Counter, help);
         for r in rows {
-            e.int(name, &[("volume", &r.name)], read(&r.io));
+            e.int_at(name, &r.labels, read(&r.io));
         }
     }
     e.family(
@@ -424,11 +431,7 @@ fn volume_families(e: &mut Exposition, rows: &[VolumeRow]) {
         "Time the volume took to serve a read (from the SCSI command to the data).",
     );
     for r in rows {
-        e.histogram(
-            "twinlun_volume_read_latency_seconds",
-            &[("volume", &r.name)],
-            &r.read,
-        );
+        e.histogram_at("twinlun_volume_read_latency_seconds", &r.labels, &r.read);
     }
     e.family(
         "twinlun_volume_write_latency_seconds",
@@ -436,11 +439,7 @@ fn volume_families(e: &mut Exposition, rows: &[VolumeRow]) {
         "Time the volume took to complete a write (tracking, copy-on-write and the file write).",
     );
     for r in rows {
-        e.histogram(
-            "twinlun_volume_write_latency_seconds",
-            &[("volume", &r.name)],
-            &r.write,
-        );
+        e.histogram_at("twinlun_volume_write_latency_seconds", &r.labels, &r.write);
     }
     e.family(
         "twinlun_volume_dirty_pages",
@@ -449,7 +448,7 @@ fn volume_families(e: &mut Exposition, rows: &[VolumeRow]) {
     );
     for r in rows {
         if let Some(d) = r.dirty {
-            e.int("twinlun_volume_dirty_pages", &[("volume", &r.name)], d);
+            e.int_at("twinlun_volume_dirty_pages", &r.labels, d);
         }
     }
     e.family(
@@ -458,9 +457,9 @@ fn volume_families(e: &mut Exposition, rows: &[VolumeRow]) {
         "Bytes the volume's sparse file allocates on disk (refreshed every 10 s).",
     );
     for r in rows {
-        e.int(
+        e.int_at(
             "twinlun_volume_allocated_bytes",
-            &[("volume", &r.name)],
+            &r.labels,
             r.io.allocated_bytes.load(Ordering::Relaxed),
         );
     }
@@ -471,7 +470,7 @@ fn volume_families(e: &mut Exposition, rows: &[VolumeRow]) {
     );
     for r in rows {
         if let Some(s) = r.size {
-            e.int("twinlun_volume_size_bytes", &[("volume", &r.name)], s);
+            e.int_at("twinlun_volume_size_bytes", &r.labels, s);
         }
     }
 }

@@ -164,7 +164,10 @@ impl CowStore {
                     source,
                 })?;
             self.spill_len += bytes;
-            self.config.budget.spilled.fetch_add(bytes, Ordering::Relaxed);
+            self.config
+                .budget
+                .spilled
+                .fetch_add(bytes, Ordering::Relaxed);
             Slot::File(at)
         };
         self.slots.insert(page, slot);
@@ -249,7 +252,10 @@ impl CowStore {
     ) -> Self {
         let bytes = page_bytes as u64;
         let spill_len = data_start + kept.len() * bytes;
-        config.budget.spilled.fetch_add(spill_len, Ordering::Relaxed);
+        config
+            .budget
+            .spilled
+            .fetch_add(spill_len, Ordering::Relaxed);
         let slots: HashMap<PageIndex, Slot> = kept
             .iter()
             .enumerate()

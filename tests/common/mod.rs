@@ -229,7 +229,10 @@ impl TestServer {
             } else if let Some(a) = line.strip_prefix("twinlun: replication listening on ") {
                 self.repl_addr = Some(a.trim().parse().expect("replication address"));
             } else if let Some(a) = line.strip_prefix("twinlun: metrics listening on ") {
-                let a = a.trim().trim_start_matches("http://").trim_end_matches("/metrics");
+                let a = a
+                    .trim()
+                    .trim_start_matches("http://")
+                    .trim_end_matches("/metrics");
                 self.metrics_addr = Some(a.parse().expect("metrics address"));
             } else if let Some(p) = line.strip_prefix("twinlun: admin socket ") {
                 let p = PathBuf::from(p.trim());
