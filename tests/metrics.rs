@@ -613,3 +613,80 @@ fn a_node_with_1000_volumes_answers_a_scrape_in_under_50_ms() {
         "median scrape {median:?} (all: {times:?})"
     );
 }
+
+#[test]
+fn io_sessions_connections_and_refused_logins_are_counted() {
+    use common::raw::RawClient;
+    use twinlun::iscsi::pdu::{Digests, LoginResponse};
+
+    let s = TestServer::start_with(&["--metrics-listen", "127.0.0.1:0"]);
+    let wait_for = |what: &str, series: &[(&str, f64)]| {
+        wait_until(what, Duration::from_secs(20), || {
+            let page = scrape(&s);
+            for (name, want) in series {
+                let got = sample(&page, name);
+                if got != Some(*want) {
+                    return Err(format!("{name} = {got:?}, want {want}"));
+                }
+            }
+            Ok(())
+        })
+    };
+    let sessions = format!("twinlun_sessions{{target=\"{DEMO_IQN}\"}}");
+    wait_for(
+        "no sessions yet",
+        &[(&sessions, 0.0), ("twinlun_connections", 0.0)],
+    );
+
+    let mut c = RawClient::connect(s.addr);
+    c.login("iqn.2026-11.test:metrics", DEMO_IQN, Digests::default());
+    c.write10(0, 8, &[0x5a; 4096], 512);
+    assert_eq!(c.read10(0, 8, 8, 512), vec![0x5a; 4096]);
+    wait_for(
+        "one session, its I/O counted",
+        &[
+            (&sessions, 1.0),
+            ("twinlun_connections", 1.0),
+            ("twinlun_volume_write_ops_total{volume=\"demo\"}", 1.0),
+            ("twinlun_volume_write_bytes_total{volume=\"demo\"}", 4096.0),
+            ("twinlun_volume_read_ops_total{volume=\"demo\"}", 1.0),
+            ("twinlun_volume_read_bytes_total{volume=\"demo\"}", 4096.0),
+            (
+                "twinlun_volume_write_latency_seconds_count{volume=\"demo\"}",
+                1.0,
+            ),
+            (
+                "twinlun_volume_read_latency_seconds_bucket{volume=\"demo\",le=\"+Inf\"}",
+                1.0,
+            ),
+            ("twinlun_volume_dirty_pages{volume=\"demo\"}", 1.0),
+        ],
+    );
+
+    // A login naming no such target is refused (0x0203) and counted by reason.
+    let mut bad = RawClient::connect(s.addr);
+    let p = bad.login_pdu(
+        0,
+        1,
+        true,
+        "InitiatorName=iqn.2026-11.test:metrics\0TargetName=iqn.2026-11.test:nope\0\
+         SessionType=Normal\0AuthMethod=None\0",
+    );
+    bad.send(&p);
+    let r = LoginResponse::from_pdu(&bad.recv().expect("login response")).unwrap();
+    assert_eq!((r.status_class, r.status_detail), (2, 3));
+    wait_for(
+        "the refusal counted",
+        &[(
+            "twinlun_login_refused_total{reason=\"target-not-found\"}",
+            1.0,
+        )],
+    );
+
+    drop(c);
+    drop(bad);
+    wait_for(
+        "the connections gone",
+        &[(&sessions, 0.0), ("twinlun_connections", 0.0)],
+    );
+}
