@@ -339,6 +339,7 @@ mod tests {
             }
         );
         assert_eq!(budget.used(), 2 * 4096);
+        assert_eq!(budget.spilled(), 3 * 4096);
         let path = store.spill_path().to_owned();
         assert!(path.exists());
 
@@ -360,11 +361,14 @@ mod tests {
         let mut other = CowStore::new(config, 4096, "b.cow");
         other.put(1, &page(5)).unwrap();
         assert_eq!(other.stats().memory_bytes, 0);
+        assert_eq!(budget.spilled(), 4 * 4096);
 
         drop(store);
         assert_eq!(budget.used(), 0);
+        assert_eq!(budget.spilled(), 4096);
         assert!(!path.exists());
         drop(other);
+        assert_eq!(budget.spilled(), 0);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
