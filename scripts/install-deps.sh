@@ -5,7 +5,7 @@ set -euo pipefail
 # The tests (tests/, vm-images/build.sh) and scripts/bench.sh (tgt, rsync, ss from
 # iproute2, timeout from coreutils) share this one list.
 need=(libiscsi-bin qemu-system-x86 qemu-block-extra qemu-utils open-iscsi busybox-static
-      cpio kmod tgt xz-utils zstd rsync iproute2 coreutils)
+      cpio kmod tgt xz-utils zstd rsync iproute2 coreutils prometheus)
 
 missing=()
 for p in "${need[@]}"; do
@@ -54,5 +54,9 @@ apt-get install -y -qq --allow-downgrades \
     libiscsi-bin "qemu-system-x86=$v" \
     "qemu-block-extra=$v" "qemu-utils=$v" \
     open-iscsi busybox-static cpio kmod tgt xz-utils zstd rsync iproute2 coreutils >/dev/null
+# tests/metrics.rs runs its own Prometheus and promtool on loopback. Without the
+# recommended node exporter (a service that would want port 9100); policy-rc.d above
+# keeps the packaged prometheus service from starting.
+apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 qemu_ok || { echo "install-deps: qemu-utils and qemu-block-extra versions still differ" >&2; exit 1; }
 echo "install-deps: installed ${missing[*]:-qemu pin}"

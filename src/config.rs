@@ -101,6 +101,8 @@ pub struct ServerConfig {
     pub replication_listen: Option<SocketAddr>,
     /// How log lines are written to stderr.
     pub log_format: Option<LogFormat>,
+    /// Serve Prometheus metrics (GET /metrics) on this address.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How the server writes its log to stderr: `text` for a person, `json` (one object

@@ -12,6 +12,7 @@ pub mod datadir;
 pub mod durable;
 pub mod events;
 pub mod iscsi;
+pub mod metrics;
 pub mod node;
 pub mod replication;
 pub mod scsi;

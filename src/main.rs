@@ -77,6 +77,10 @@ struct ServeArgs {
     /// Log lines on stderr: text, or json (one object per line) [default: text].
     #[arg(long, value_name = "text|json")]
     log_format: Option<LogFormat>,
+    /// Serve Prometheus metrics at GET /metrics on this address (`metrics_listen` in
+    /// [server]). Off unless given.
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -1033,6 +1037,7 @@ struct Settings {
     tracking: bool,
     replication_listen: Option<SocketAddr>,
     log_format: LogFormat,
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// Command-line flags win over the config's [server] section, which wins over defaults.
@@ -1067,6 +1072,7 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
         tracking: !args.no_write_tracking,
         replication_listen: args.replication_listen.or(server.replication_listen),
         log_format: args.log_format.or(server.log_format).unwrap_or_default(),
+        metrics_listen: args.metrics_listen.or(server.metrics_listen),
     })
 }
 
@@ -1112,6 +1118,20 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
             node.replication.clone(),
             listener,
         ));
+    }
+
+    if let Some(addr) = s.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        let bound = listener.local_addr()?;
+        println!("twinlun: metrics listening on http://{bound}/metrics");
+        node.spawn_metrics_refresh();
+        // The endpoint holds the node weakly: it must not keep a stopping node alive.
+        let weak = Arc::downgrade(&node);
+        let render: twinlun::metrics::http::Render =
+            Arc::new(move || weak.upgrade().map(|n| n.metrics_text()).unwrap_or_default());
+        tokio::spawn(twinlun::metrics::http::serve(listener, render));
     }
 
     let server = Server::with_listeners(node.iscsi.clone(), portals);

@@ -40,6 +40,8 @@ use crate::tracking::{
 };
 use crate::volume::{Engine, Volume, VolumeError};
 
+mod scrape;
+
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("cannot open volume '{name}': {source}")]
@@ -81,6 +83,8 @@ pub struct Node {
     /// State changes for `ctl events`: the iSCSI sessions, the replication sets and
     /// admin's snapshot and promote handlers each hold an emitter of it.
     events: Bus,
+    /// Every counter of the node; each layer got only its own handles.
+    pub metrics: Arc<crate::metrics::Registry>,
 }
 
 /// Copy-on-write memory shared by all snapshots of the node.
@@ -98,6 +102,7 @@ impl Node {
         let catalog = Arc::new(RwLock::new(catalog));
         let volumes = Arc::new(Volumes::default());
         let events = Bus::default();
+        let metrics = crate::metrics::Registry::new();
         Node {
             data_dir,
             engine,
@@ -105,10 +110,11 @@ impl Node {
                 catalog.clone(),
                 volumes.clone(),
                 events.emitter(),
+                metrics.node.clone(),
             )),
             catalog,
             volumes,
-            replication: Arc::new(Sets::with_events(events.emitter())),
+            replication: Arc::new(Sets::new(events.emitter(), metrics.clone())),
             started: Instant::now(),
             changes: Mutex::new(()),
             listen: RwLock::new(Vec::new()),
@@ -116,8 +122,10 @@ impl Node {
             replication_listen: RwLock::new(None),
             cow_budget: MemoryBudget::new(COW_MEMORY),
             tracking: true,
-            cuts: CutCoordinator::new(CutId(1)),
             events,
+            cuts: CutCoordinator::new(CutId(1))
+                .with_pause_histogram(metrics.node.cut_pause.clone()),
+            metrics,
         }
     }
 
@@ -187,8 +195,11 @@ impl Node {
     /// The only place volumes are opened: at startup and on `volume create`.
     pub fn open_volume(&self, name: &str, spec: &VolumeSpec) -> Result<(), VolumeError> {
         let path = volume_file(&self.data_dir, spec);
+        let io = self.metrics.volume(name);
         let volume =
-            Volume::open_or_create(&path, spec.size, spec.block_size, self.engine.clone())?;
+            Volume::open_or_create(&path, spec.size, spec.block_size, self.engine.clone())?
+                .with_metrics(io.clone());
+        scrape::refresh_allocated(&path, &io);
         if !self.tracking {
             crate::tracking::persist::mark_untracked(&self.tracking_dir(spec))
                 .map_err(VolumeError::Tracking)?;
@@ -362,6 +373,7 @@ impl Host for Node {
     fn close_volume(&self, name: &str, spec: &VolumeSpec) {
         // In-flight commands hold their own Arc; the file closes when the last one ends.
         self.volumes.write().remove(name);
+        self.metrics.remove_volume(name);
         let dir = self.tracking_dir(spec);
         if let Err(e) =
             crate::datadir::remove_object_dir(&self.data_dir, crate::datadir::TRACKING, &dir)

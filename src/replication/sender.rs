@@ -98,6 +98,8 @@ pub struct PrimarySet {
     pending: Mutex<Option<Pending>>,
     /// Status changes and cycles, for `ctl events`.
     events: Emitter,
+    /// What committed cycles shipped and how many failed, for the metrics endpoint.
+    counters: Arc<crate::metrics::SetCounters>,
 }
 
 /// Status transitions a set remembers for `replication show`.
@@ -106,12 +108,14 @@ const EVENTS: usize = 32;
 impl PrimarySet {
     /// Loads the set's saved state (or a fresh one) and starts its task.
     /// `dir` is the set's own state folder.
-    /// Its status changes and cycles go to `events`.
+    /// Its status changes and cycles go to `events`; `counters` is the set's handle in
+    /// the node's metrics registry.
     pub fn start(
         host: Weak<dyn Host>,
         name: &str,
         dir: PathBuf,
         events: Emitter,
+        counters: Arc<crate::metrics::SetCounters>,
     ) -> Arc<PrimarySet> {
         let state = load_state(&dir).unwrap_or_else(|e| {
             tracing::warn!(set = name, error = %crate::chain::ErrorChain(&e), "replication state unreadable: starting a new generation");
@@ -131,6 +135,7 @@ impl PrimarySet {
             task: Mutex::new(None),
             pending: Mutex::new(None),
             events,
+            counters,
         });
         let span = tracing::info_span!("set", set = %name);
         let task = tokio::spawn(run(host, set.clone()).instrument(span));
@@ -453,6 +458,7 @@ async fn run(host: Weak<dyn Host>, set: Arc<PrimarySet>) {
                         .saturating_mul(1 << failures.min(5))
                         .min(RETRY_MAX);
                     failures += 1;
+                    set.counters.failed();
                     tracing::warn!(set = %set.name, error = %crate::chain::ErrorChain(&e), retry_in_s = delay.as_secs(), "replication cycle failed");
                     live.error = Some(error_chain(&e));
                     live.next_retry = Some(SystemTime::now() + delay);
@@ -662,6 +668,11 @@ async fn cycle(node: &dyn Host, set: &PrimarySet) -> Result<(), ReplicationError
             st.last_cycle = Some(total);
             let saved = st.clone();
             drop(st);
+            set.counters.committed(crate::metrics::ShippedBytes {
+                data: total.data_bytes,
+                wire: total.wire_data_bytes + total.record_bytes + total.overhead_bytes,
+                records: total.record_bytes,
+            });
             match save_state(&set.dir, &saved) {
                 Ok(()) => {
                     let refs: Vec<&TrackedVolume> = tracked.iter().map(|t| &**t).collect();

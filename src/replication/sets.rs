@@ -52,17 +52,17 @@ pub struct Sets {
     pub auth_throttle: Mutex<AuthThrottle>,
     /// Where primaries report status changes and cycles (`ctl events`).
     events: Emitter,
+    /// Where primary sets count what they ship.
+    metrics: Arc<crate::metrics::Registry>,
 }
 
 impl Sets {
-    pub fn new() -> Sets {
-        Sets::default()
-    }
-
-    /// Sets whose primaries report their status changes and cycles to `events`.
-    pub fn with_events(events: Emitter) -> Sets {
+    /// Sets whose primaries report their status changes and cycles to `events` and
+    /// count what they ship into `metrics` (the node's registry).
+    pub fn new(events: Emitter, metrics: Arc<crate::metrics::Registry>) -> Sets {
         Sets {
             events,
+            metrics,
             ..Sets::default()
         }
     }
@@ -102,7 +102,13 @@ impl Sets {
         let dir = set_dir(&*host, &spec);
         match spec.role {
             ReplicationRole::Primary => {
-                let set = PrimarySet::start(Arc::downgrade(&host), name, dir, self.events.clone());
+                let set = PrimarySet::start(
+                    Arc::downgrade(&host),
+                    name,
+                    dir,
+                    self.events.clone(),
+                    self.metrics.set(name),
+                );
                 self.primaries.lock().insert(name.to_string(), set);
             }
             ReplicationRole::Secondary => {
@@ -149,6 +155,7 @@ impl Sets {
                 self.receivers.lock().remove(name);
             }
         }
+        self.metrics.remove_set(name);
         let Some(host) = self.host() else { return };
         let dir = set_dir(&*host, spec);
         if let Err(e) =

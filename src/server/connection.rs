@@ -70,6 +70,27 @@ async fn send_now(
     w.write_all(&buf).await
 }
 
+/// The `reason` label of a refused login: the Status-Class and Status-Detail of the
+/// Login Response (RFC 7143 §11.13.5) as a short fixed name.
+fn refusal_reason(class: u8, detail: u8) -> &'static str {
+    match (class, detail) {
+        (0x02, 0x01) => "authentication",
+        (0x02, 0x02) => "authorization",
+        (0x02, 0x03) => "target-not-found",
+        (0x02, 0x04) => "target-removed",
+        (0x02, 0x05) => "unsupported-version",
+        (0x02, 0x06) => "too-many-connections",
+        (0x02, 0x07) => "missing-parameter",
+        (0x02, 0x08) => "cannot-include-in-session",
+        (0x02, 0x09) => "session-type-not-supported",
+        (0x02, 0x0a) => "session-does-not-exist",
+        (0x02, 0x0b) => "invalid-request-during-login",
+        (0x02, _) => "initiator-error",
+        (0x03, _) => "target-error",
+        _ => "other",
+    }
+}
+
 async fn serve_inner(
     node: Arc<Shared>,
     stream: TcpStream,
@@ -78,6 +99,7 @@ async fn serve_inner(
     settings: Arc<TargetSettings>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let _counted = node.metrics.connection();
     let (rd, mut wr) = stream.into_split();
     let traffic = Arc::new(Traffic::default());
     let mut reader = FrameReader::new(
@@ -156,6 +178,8 @@ async fn serve_inner(
                     Some(e) => e.to_string(),
                     None => "refused by the login state machine".to_string(),
                 };
+                node.metrics
+                    .login_refused(refusal_reason(r.status_class, r.status_detail));
                 info!(
                     initiator = declared.initiator.as_deref().unwrap_or("?"),
                     target = declared.target.as_deref().unwrap_or("?"),

@@ -251,8 +251,14 @@ pub async fn read(
         return;
     }
     reply.hold.push(permit);
+    let started = std::time::Instant::now();
     match read_lun(&lun, lba * bs, len as usize).await {
-        Ok(data) => reply.data_in(data, wanted).await,
+        Ok(data) => {
+            lun.volume
+                .io_metrics()
+                .read_done(data.len() as u64, started.elapsed());
+            reply.data_in(data, wanted).await
+        }
         Err(e) => {
             tracing::warn!(lun = lun.lun, error = %Chain(&e), "read failed");
             let sense = sense_for(&e, false);
@@ -275,8 +281,13 @@ pub async fn write(
     wanted: u64,
 ) {
     let bs = lun.volume.block_size() as u64;
+    let started = std::time::Instant::now();
+    let len = data.len() as u64;
     match lun.volume.write(lba * bs, data, fua).await {
-        Ok(()) => reply.status(Status::Good, None, r2ts, wanted).await,
+        Ok(()) => {
+            lun.volume.io_metrics().write_done(len, started.elapsed());
+            reply.status(Status::Good, None, r2ts, wanted).await
+        }
         Err(e) => {
             tracing::warn!(lun = lun.lun, error = %Chain(&e), "write failed");
             let sense = sense_for(&e, true);

@@ -55,6 +55,8 @@ pub struct Shared {
     pub auth_throttle: Mutex<AuthThrottle>,
     /// Logins, logouts and refused logins, for `ctl events`.
     pub events: Emitter,
+    /// Connections open and logins refused, for the metrics endpoint.
+    pub metrics: Arc<crate::metrics::NodeCounters>,
 }
 
 impl Shared {
@@ -63,6 +65,7 @@ impl Shared {
         catalog: Arc<RwLock<Catalog>>,
         volumes: Arc<RwLock<HashMap<String, Arc<Volume>>>>,
         events: Emitter,
+        metrics: Arc<crate::metrics::NodeCounters>,
     ) -> Shared {
         Shared {
             catalog,
@@ -73,6 +76,7 @@ impl Shared {
             )),
             auth_throttle: Mutex::new(AuthThrottle::default()),
             events,
+            metrics,
         }
     }
 }

@@ -17,6 +17,9 @@ use super::{PageIndex, TrackingError};
 pub struct MemoryBudget {
     limit: u64,
     used: AtomicU64,
+    /// Bytes the stores sharing this budget keep in spill files (what did not fit),
+    /// counted here so metrics read one atomic instead of every store's lock.
+    spilled: AtomicU64,
 }
 
 impl MemoryBudget {
@@ -24,6 +27,7 @@ impl MemoryBudget {
         Arc::new(MemoryBudget {
             limit,
             used: AtomicU64::new(0),
+            spilled: AtomicU64::new(0),
         })
     }
 
@@ -33,6 +37,11 @@ impl MemoryBudget {
 
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of spill files of the live stores sharing this budget.
+    pub fn spilled(&self) -> u64 {
+        self.spilled.load(Ordering::Relaxed)
     }
 
     fn try_reserve(&self, bytes: u64) -> bool {
@@ -155,6 +164,10 @@ impl CowStore {
                     source,
                 })?;
             self.spill_len += bytes;
+            self.config
+                .budget
+                .spilled
+                .fetch_add(bytes, Ordering::Relaxed);
             Slot::File(at)
         };
         self.slots.insert(page, slot);
@@ -238,6 +251,11 @@ impl CowStore {
         data_start: u64,
     ) -> Self {
         let bytes = page_bytes as u64;
+        let spill_len = data_start + kept.len() * bytes;
+        config
+            .budget
+            .spilled
+            .fetch_add(spill_len, Ordering::Relaxed);
         let slots: HashMap<PageIndex, Slot> = kept
             .iter()
             .enumerate()
@@ -248,7 +266,7 @@ impl CowStore {
             config,
             spill_path: path,
             spill: Some(file),
-            spill_len: data_start + kept.len() * bytes,
+            spill_len,
             slots,
             memory_bytes: 0,
             remove_on_drop: true,
@@ -277,6 +295,10 @@ impl CowStore {
 impl Drop for CowStore {
     fn drop(&mut self) {
         self.config.budget.release(self.memory_bytes);
+        self.config
+            .budget
+            .spilled
+            .fetch_sub(self.spill_len, Ordering::Relaxed);
         if self.spill.take().is_some() && self.remove_on_drop {
             if let Err(error) = std::fs::remove_file(&self.spill_path) {
                 tracing::warn!(path = %self.spill_path.display(), %error, "could not remove copy-on-write spill file");
@@ -317,6 +339,7 @@ mod tests {
             }
         );
         assert_eq!(budget.used(), 2 * 4096);
+        assert_eq!(budget.spilled(), 3 * 4096);
         let path = store.spill_path().to_owned();
         assert!(path.exists());
 
@@ -338,11 +361,14 @@ mod tests {
         let mut other = CowStore::new(config, 4096, "b.cow");
         other.put(1, &page(5)).unwrap();
         assert_eq!(other.stats().memory_bytes, 0);
+        assert_eq!(budget.spilled(), 4 * 4096);
 
         drop(store);
         assert_eq!(budget.used(), 0);
+        assert_eq!(budget.spilled(), 4096);
         assert!(!path.exists());
         drop(other);
+        assert_eq!(budget.spilled(), 0);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 

@@ -131,6 +131,8 @@ pub struct CutCoordinator {
     serial: tokio::sync::Mutex<()>,
     next: AtomicU64,
     stats: Mutex<PauseStats>,
+    /// Every cut's pause, for the metrics endpoint (none in unit tests).
+    pauses: Option<Arc<crate::metrics::Histogram>>,
 }
 
 /// Reopens gates on every way out, including the cut's future being dropped mid-drain.
@@ -151,7 +153,15 @@ impl CutCoordinator {
             serial: tokio::sync::Mutex::new(()),
             next: AtomicU64::new(first.0),
             stats: Mutex::new(PauseStats::default()),
+            pauses: None,
         }
+    }
+
+    /// Also records every cut's pause (successful or not: writers waited either way)
+    /// in `pauses`.
+    pub fn with_pause_histogram(mut self, pauses: Arc<crate::metrics::Histogram>) -> Self {
+        self.pauses = Some(pauses);
+        self
     }
 
     pub fn stats(&self) -> PauseStats {
@@ -191,6 +201,9 @@ impl CutCoordinator {
         let started = Instant::now();
         let result = self.cut_closed(&ordered, options, started).await;
         let pause = started.elapsed();
+        if let Some(h) = &self.pauses {
+            h.observe(pause);
+        }
         let mut stats = self.stats.lock();
         stats.last = Some(pause);
         stats.max = stats.max.max(pause);

@@ -35,6 +35,9 @@ pub struct Volume {
     /// Write tracking: every write enters its gate, preserves old pages for live
     /// snapshots and marks its pages dirty before it lands.
     tracking: Option<Arc<TrackedVolume>>,
+    /// What initiators' commands did to this volume (counted by the SCSI layer, so
+    /// replication's own reads are not in it).
+    io: Arc<crate::metrics::VolumeIo>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -106,6 +109,7 @@ impl Volume {
             nowait_writes: std::sync::atomic::AtomicBool::new(true),
             inline_writes_off_until: parking_lot::Mutex::new(None),
             tracking: None,
+            io: Arc::default(),
         })
     }
 
@@ -113,6 +117,17 @@ impl Volume {
     pub fn with_tracking(mut self, tracking: Arc<TrackedVolume>) -> Volume {
         self.tracking = Some(tracking);
         self
+    }
+
+    /// Counts I/O into `io` (the volume's handle in the node's metrics registry).
+    pub fn with_metrics(mut self, io: Arc<crate::metrics::VolumeIo>) -> Volume {
+        self.io = io;
+        self
+    }
+
+    /// Where SCSI commands on this volume are counted.
+    pub fn io_metrics(&self) -> &Arc<crate::metrics::VolumeIo> {
+        &self.io
     }
 
     pub fn tracking(&self) -> Option<&Arc<TrackedVolume>> {

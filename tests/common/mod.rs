@@ -21,6 +21,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The replication listener, when started with `--replication-listen`.
     pub repl_addr: Option<SocketAddr>,
+    /// The metrics endpoint, when started with `--metrics-listen`.
+    pub metrics_addr: Option<SocketAddr>,
     pub socket: PathBuf,
     pub data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -103,6 +105,7 @@ impl Launch {
             child: None,
             addr: "127.0.0.1:0".parse().unwrap(),
             repl_addr: None,
+            metrics_addr: None,
             socket: data_dir.join("admin.sock"),
             data_dir,
             _tmp: tmp,
@@ -227,6 +230,12 @@ impl TestServer {
                 addrs.push(a.trim().to_string());
             } else if let Some(a) = line.strip_prefix("twinlun: replication listening on ") {
                 self.repl_addr = Some(a.trim().parse().expect("replication address"));
+            } else if let Some(a) = line.strip_prefix("twinlun: metrics listening on ") {
+                let a = a
+                    .trim()
+                    .trim_start_matches("http://")
+                    .trim_end_matches("/metrics");
+                self.metrics_addr = Some(a.parse().expect("metrics address"));
             } else if let Some(p) = line.strip_prefix("twinlun: admin socket ") {
                 let p = PathBuf::from(p.trim());
                 // The banner is printed before the socket serves, and in one go: the
