@@ -14,6 +14,7 @@ pub mod iscsi;
 pub mod node;
 pub mod replication;
 pub mod scsi;
+pub mod sdnotify;
 pub mod server;
 pub mod throttle;
 pub mod time;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use twinlun::admin::client::Client;
 use twinlun::admin::protocol::{Action, Change, Query, Request, Response, Secret};
@@ -20,6 +20,8 @@ use twinlun::config::{Config, EngineChoice};
 use twinlun::node::Node;
 use twinlun::server::Server;
 use twinlun::volume::Engine;
+
+mod cli;
 
 const DEFAULT_DATA_DIR: &str = "./twinlun-data";
 const DEFAULT_LISTEN: &str = "127.0.0.1:3260";
@@ -42,6 +44,10 @@ enum Command {
     Serve(ServeArgs),
     /// Talk to a running target through its admin socket.
     Ctl(CtlArgs),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions(cli::docs::CompletionsArgs),
+    /// Print the man page twinlun(1), or write a page per command with --dir.
+    Man(cli::docs::ManArgs),
 }
 
 #[derive(Args)]
@@ -93,6 +99,9 @@ struct CtlArgs {
 enum CtlCommand {
     /// Server status: version, engine, addresses, counts.
     Status,
+    /// The node's configuration as a `serve --config` file.
+    #[command(subcommand)]
+    Config(cli::config::ConfigCmd),
     /// Volumes: sparse files served as LUNs.
     #[command(subcommand)]
     Volume(VolumeCmd),
@@ -444,6 +453,8 @@ fn main() -> ExitCode {
             }
         }
         Command::Ctl(args) => ctl(args),
+        Command::Completions(args) => cli::docs::completions(args, Cli::command()),
+        Command::Man(args) => cli::docs::man(args, Cli::command()),
     }
 }
 
@@ -561,6 +572,7 @@ fn from_stdin_if_dash(value: String, what: &str) -> Result<String, String> {
 fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
     Ok(match cmd {
         CtlCommand::Status => Query::Status.into(),
+        CtlCommand::Config(c) => c.request(),
         CtlCommand::Volume(v) => match v {
             VolumeCmd::Create {
                 name,
@@ -830,17 +842,22 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
     let admin = AdminSocket::bind(&s.admin_socket)?;
     node.set_admin_socket(s.admin_socket.clone());
 
+    let systemd = twinlun::sdnotify::Service::from_env()?;
     let signal = shutdown_signal()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let notify = systemd.clone();
     tokio::spawn(async move {
         signal.await;
+        notify.stopping();
         let _ = stop_tx.send(true);
     });
 
     print_banner(&addrs, &s.admin_socket, &node.catalog.read());
+    let portals: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    systemd.ready(&format!("serving on {}", portals.join(", ")));
 
     let admin_task = tokio::spawn(admin.run(node.clone(), stopped(stop_rx.clone())));
     server

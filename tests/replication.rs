@@ -10,46 +10,14 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::dependent::{after_writes, dependent_writer_counted, generations, BLOCK, BLOCKS};
+use common::pair::{pair, pair_launched, pair_via, SECRET};
 use common::proxy::Proxy;
 use common::raw::RawClient;
 use common::{free_port, observe_for, qemu_io, run, wait_until, Launch, TestServer, DEMO_IQN};
 use serde_json::Value;
 use twinlun::iscsi::pdu::Digests;
 
-const SECRET: &str = "replication-secret-1";
 const INITIATOR: &str = "iqn.2026-11.test:replication";
-
-/// A primary and a secondary that name each other with the same secret; the
-/// primary reaches the secondary at `via` when given (a proxy), else directly.
-fn pair_via(
-    via: impl FnOnce(std::net::SocketAddr) -> std::net::SocketAddr,
-) -> (TestServer, TestServer) {
-    pair_launched(TestServer::launch(), via)
-}
-
-/// `pair_via` with the primary started from `primary` (its environment, say).
-fn pair_launched(
-    primary: Launch,
-    via: impl FnOnce(std::net::SocketAddr) -> std::net::SocketAddr,
-) -> (TestServer, TestServer) {
-    let primary_repl = format!("127.0.0.1:{}", free_port());
-    let secondary_repl = format!("127.0.0.1:{}", free_port());
-    let p = primary
-        .args(&["--replication-listen", &primary_repl])
-        .start();
-    let s = TestServer::start_with(&["--replication-listen", &secondary_repl]);
-    let target = via(s.repl_addr.expect("secondary replication address"));
-    p.ctl_ok(&[
-        "peer",
-        "create",
-        "dr",
-        &target.to_string(),
-        "--secret",
-        SECRET,
-    ]);
-    s.ctl_ok(&["peer", "create", "prod", &primary_repl, "--secret", SECRET]);
-    (p, s)
-}
 
 /// `pair_via` a throttling proxy carrying `bytes_per_sec` toward the secondary.
 fn pair_throttled(bytes_per_sec: u64) -> (TestServer, TestServer, Proxy) {
@@ -61,10 +29,6 @@ fn pair_throttled(bytes_per_sec: u64) -> (TestServer, TestServer, Proxy) {
         addr
     });
     (p, s, proxy.expect("pair_via calls the closure"))
-}
-
-fn pair() -> (TestServer, TestServer) {
-    pair_via(|a| a)
 }
 
 fn show(s: &TestServer, set: &str) -> Value {

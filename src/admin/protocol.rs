@@ -170,6 +170,12 @@ pub enum Query {
         name: String,
     },
     ScheduleList,
+    /// The node's configuration as a `serve --config` file (`admin::export`); secrets
+    /// are masked unless `with_secrets`.
+    ConfigExport {
+        #[serde(default)]
+        with_secrets: bool,
+    },
 }
 
 /// Changes the catalog: validated on a copy, saved, then swapped in (`apply::change`).
@@ -487,6 +493,10 @@ pub enum Response {
     },
     Schedules {
         schedules: Vec<ScheduleView>,
+    },
+    /// A config file (TOML) that recreates the node's objects.
+    ConfigExport {
+        toml: String,
     },
     Error {
         code: ErrorCode,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dependent;
+pub mod pair;
 pub mod proxy;
 pub mod raw;
 
