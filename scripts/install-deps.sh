@@ -2,8 +2,10 @@
 # Install what the tests and the benchmark need, from Debian's packages. Idempotent.
 set -euo pipefail
 
+# systemd (systemd-analyze verify), man-db and groff-base (man pages), zsh (completion
+# syntax check) are for tests/service.rs and tests/cli_docs.rs.
 need=(libiscsi-bin qemu-system-x86 qemu-block-extra qemu-utils open-iscsi busybox-static
-      cpio kmod tgt xz-utils zstd)
+      cpio kmod tgt xz-utils zstd systemd man-db groff-base zsh)
 
 missing=()
 for p in "${need[@]}"; do
@@ -49,6 +51,6 @@ fi
 apt-get install -y -qq --allow-downgrades \
     libiscsi-bin "qemu-system-x86=$v" \
     "qemu-block-extra=$v" "qemu-utils=$v" \
-    open-iscsi busybox-static cpio kmod tgt xz-utils zstd >/dev/null
+    open-iscsi busybox-static cpio kmod tgt xz-utils zstd systemd man-db groff-base zsh >/dev/null
 qemu_ok || { echo "install-deps: qemu-utils and qemu-block-extra versions still differ" >&2; exit 1; }
 echo "install-deps: installed ${missing[*]:-qemu pin}"

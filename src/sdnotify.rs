@@ -28,11 +28,12 @@ pub enum NotifyError {
 }
 
 /// Where notifications go; clones share the socket.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Service {
     target: Option<Arc<Target>>,
 }
 
+#[derive(Debug)]
 struct Target {
     socket: UnixDatagram,
     addr: SocketAddr,

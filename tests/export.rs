@@ -20,9 +20,8 @@ const TARGET_B: &str = "iqn.2026-11.test:export-b";
 
 /// Drops `fields` from every object of the array `v[key]`.
 fn without(mut v: Value, key: &str, fields: &[&str]) -> Value {
-    let list = v[key]
-        .as_array_mut()
-        .unwrap_or_else(|| panic!("no list '{key}' in {v}"));
+    assert!(v[key].is_array(), "no list '{key}' in {v}");
+    let list = v[key].as_array_mut().expect("checked above");
     for item in list.iter_mut() {
         let obj = item.as_object_mut().expect("a listed object");
         for f in fields {

@@ -110,6 +110,7 @@ pub const COMMANDS: &[&str] = &[
     "schedule_list",
     "schedule_modify",
     "schedule_delete",
+    "config_export",
 ];
 
 /// A CHAP secret: serialized as a plain string, never shown by `Debug`.
@@ -408,7 +409,9 @@ impl Kind {
             "status" | "volume_list" | "volume_show" | "group_list" | "group_show"
             | "target_list" | "target_show" | "session_list" | "snapshot_list"
             | "snapshot_show" | "peer_list" | "peer_check" | "replication_list"
-            | "replication_show" | "recovery_points" | "schedule_list" => Kind::Query,
+            | "replication_show" | "recovery_points" | "schedule_list" | "config_export" => {
+                Kind::Query
+            }
             "volume_create" | "volume_delete" | "group_create" | "group_add" | "group_remove"
             | "group_delete" | "target_create" | "target_delete" | "lun_map" | "lun_unmap"
             | "acl_add" | "acl_remove" | "chap_set" | "chap_clear" | "snapshot_create"
