@@ -343,7 +343,7 @@ pub struct ScheduleConfig {
 /// reads back to the same number.
 pub fn format_duration(secs: u64) -> String {
     for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if secs != 0 && secs % n == 0 {
+        if secs != 0 && secs.is_multiple_of(n) {
             return format!("{}{unit}", secs / n);
         }
     }
@@ -1125,6 +1125,105 @@ read_only = true
                 "for {text:?}\n  got:  {got}\n  want: {want}..."
             );
         }
+    }
+
+    #[test]
+    fn peers_sets_and_schedules_errors_name_keys() {
+        let peer =
+            "[[peer]]\nname = \"dr\"\naddr = \"127.0.0.1:3261\"\nsecret = \"0123456789abc\"\n";
+        let set = "[[replication]]\nname = \"s\"\nrole = \"primary\"\npeer = \"dr\"\nkeep = 2\n";
+        let cases: &[(String, &str)] = &[
+            ("[[peer]]\nname = \"dr\"\naddr = \"x\"\nsecret = \"0123456789abc\"".into(), "t.toml: peer[0].addr: invalid peer address"),
+            ("[[peer]]\nname = \"dr\"\naddr = \"h:1\"\nsecret = \"short\"".into(), "t.toml: peer[0].secret: invalid peer secret"),
+            (format!("[[peer]]\nname = \"dr\"\naddr = \"h:1\"\nsecret = \"{MASKED_SECRET}\""), "t.toml: peer[0].secret: the secret was masked"),
+            (format!("{peer}{peer}"), "t.toml: peer[1].name: peer 'dr' is declared twice"),
+            ("[[peer]]\nname = \"dr\"\naddr = \"h:1\"".into(), "t.toml: peer[0]: missing field `secret`"),
+            (format!("{set}volume = \"v\"\ngroup = \"g\""), "t.toml: replication[0]: a replication set is of one volume or of one group"),
+            (set.to_string(), "t.toml: replication[0]: a replication set is of one volume or of one group"),
+            (format!("{set}volume = \"v\"\nevery = \"5x\""), "t.toml: replication[0].every: invalid duration"),
+            (format!("{set}volume = \"v\"\ncompress = \"gzip\""), "t.toml: replication[0].compress:"),
+            (format!("{set}volume = \"v\"\nqueue_policy = \"all\""), "t.toml: replication[0].queue_policy:"),
+            ("[[replication]]\nname = \"s\"\nrole = \"primary\"\npeer = \"dr\"\nkeep = 0\nvolume = \"v\"".into(), "t.toml: replication[0].keep: must be at least 1"),
+            ("[[replication]]\nname = \"s\"\nrole = \"boss\"\npeer = \"dr\"\nkeep = 1\nvolume = \"v\"".into(), "t.toml: replication[0].role:"),
+            ("[[replication]]\nname = \"s\"\nrole = \"secondary\"\npeer = \"dr\"\nkeep = 1\nvolume = \"v\"\nevery = \"1h\"".into(), "t.toml: replication[0].every: a secondary runs no cycles"),
+            (format!("{set}volume = \"v\"\nremote_volumes = [\"a/b\"]"), "t.toml: replication[0].remote_volumes[0]: invalid volume name"),
+            (format!("{set}volume = \"v\"\nsecret = \"x\""), "t.toml: replication[0]: unknown field `secret`"),
+            ("[[schedule]]\ntask = \"a,b\"\nset = \"s\"\nstart = \"now\"".into(), "t.toml: schedule[0].task: invalid task name"),
+            ("[[schedule]]\ntask = \"t\"\nset = \"s\"\nstart = \"tomorrow\"".into(), "t.toml: schedule[0].start: invalid start time"),
+            ("[[schedule]]\ntask = \"t\"\nset = \"s\"\nstart = \"now\"\nevery = \"0s\"".into(), "t.toml: schedule[0].every: invalid duration"),
+            ("[[target]]\niqn = \"iqn.2026-11.io.x:a\"\n[target.chap]\nuser = \"u\"\nsecret = \"0123456789ab\"\nmutual_user = \"m\"\nmutual_secret = \"<masked: export with --with-secrets>\"".into(), "t.toml: target[0].chap.mutual_secret: the secret was masked"),
+        ];
+        for (text, want) in cases {
+            let got = err(text);
+            assert!(
+                got.starts_with(want),
+                "for {text:?}\n  got:  {got}\n  want: {want}..."
+            );
+        }
+    }
+
+    #[test]
+    fn overlay_of_sets_and_schedules_checks_what_ctl_checks() {
+        let base = "[[volume]]\nname = \"a\"\nsize = \"1M\"\n[[volume]]\nname = \"b\"\nsize = \"1M\"\n[[group]]\nname = \"g\"\nvolumes = [\"a\"]\n[[peer]]\nname = \"dr\"\naddr = \"127.0.0.1:3261\"\nsecret = \"0123456789abc\"\n";
+        let overlay = |extra: &str| {
+            let c = Config::parse(&format!("{base}{extra}"), "c.toml").unwrap();
+            let mut cat = Catalog::default();
+            let mut n = 0;
+            c.overlay(&mut cat, &mut || {
+                n += 1;
+                n
+            })
+            .map(|()| cat)
+            .map_err(|e| e.to_string())
+        };
+        let set = |body: &str| format!("[[replication]]\nname = \"s\"\nkeep = 2\n{body}\n");
+        let cases = [
+            (set("role = \"primary\"\npeer = \"nope\"\nvolume = \"b\""), "c.toml: replication[0].peer: no peer named 'nope'"),
+            (set("role = \"primary\"\npeer = \"dr\"\nvolume = \"x\""), "c.toml: replication[0].volume: no volume named 'x'"),
+            (set("role = \"primary\"\npeer = \"dr\"\nvolume = \"a\""), "c.toml: replication[0].volume: volume 'a' is in group 'g': replicate the group"),
+            (set("role = \"primary\"\npeer = \"dr\"\ngroup = \"h\""), "c.toml: replication[0].group: no group named 'h'"),
+            (set("role = \"primary\"\npeer = \"dr\"\ngroup = \"g\"\nremote_volumes = [\"x\", \"y\"]"), "c.toml: replication[0].remote_volumes: names 2 volumes; the set has 1 (a)"),
+            (format!("{}[[replication]]\nname = \"t\"\nkeep = 2\nrole = \"primary\"\npeer = \"dr\"\ngroup = \"g\"\n", set("role = \"primary\"\npeer = \"dr\"\ngroup = \"g\"")), "c.toml: replication[1].group: volume 'a' is already in replication set 's'"),
+            (format!("{}[[schedule]]\ntask = \"n\"\nset = \"x\"\nstart = \"now\"\n", set("role = \"primary\"\npeer = \"dr\"\nvolume = \"b\"")), "c.toml: schedule[0].set: no replication set named 'x'"),
+            (format!("{}[[schedule]]\ntask = \"n\"\nset = \"s\"\nstart = \"now\"\n", set("role = \"secondary\"\npeer = \"dr\"\nvolume = \"b\"")), "c.toml: schedule[0].set: replication set 's' is the secondary side here"),
+            (format!("{}[[target]]\niqn = \"iqn.2026-11.io.x:t\"\n[[target.lun]]\nlun = 0\nvolume = \"b\"\n", set("role = \"secondary\"\npeer = \"dr\"\nvolume = \"b\"")), "c.toml: target[0].lun[0].read_only: volume 'b' is the secondary side of replication set 's'"),
+        ];
+        for (extra, want) in cases {
+            let got = overlay(&extra).unwrap_err();
+            assert!(
+                got.starts_with(want),
+                "for {extra:?}\n  got:  {got}\n  want: {want}..."
+            );
+        }
+        // A good one: the group is marked, the set is numbered, and a second start
+        // with another `every` changes only that; another `keep` is refused.
+        let good = set("role = \"primary\"\npeer = \"dr\"\ngroup = \"g\"\nevery = \"90m\"");
+        let mut cat = overlay(&good).unwrap();
+        assert_eq!(cat.groups["g"].replication_set.as_deref(), Some("s"));
+        let r = cat.replications["s"].clone();
+        assert!(r.id != 0 && r.every_secs == Some(5400) && r.remote_volumes == ["a"]);
+        let again =
+            Config::parse(&format!("{base}{}", good.replace("90m", "2h")), "c.toml").unwrap();
+        again
+            .overlay(&mut cat, &mut || panic!("no new ids"))
+            .unwrap();
+        assert_eq!(cat.replications["s"].every_secs, Some(7200));
+        assert_eq!(cat.replications["s"].id, r.id);
+        let other = Config::parse(
+            &format!("{base}{}", good.replace("keep = 2", "keep = 4")),
+            "c.toml",
+        )
+        .unwrap();
+        let e = other.overlay(&mut cat, &mut || 9).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "c.toml: replication[0]: replication set 's' already exists with another"
+            ),
+            "{e}"
+        );
+        assert_eq!(format_duration(5400), "90m");
+        assert_eq!(format_duration(86_400 * 2), "2d");
+        assert_eq!(format_duration(61), "61s");
     }
 
     #[test]

@@ -52,7 +52,8 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// TOML config declaring volumes, targets, LUNs, ACLs, CHAP and [server] settings.
+    /// TOML config declaring volumes, groups, targets, LUNs, ACLs, CHAP, peers,
+    /// replication sets, schedules and [server] settings (`ctl config export` writes one).
     /// Applied at every start over the saved catalog: what it declares is created or
     /// updated, what it does not mention (objects made with `ctl`) is kept.
     #[arg(long, value_name = "FILE")]

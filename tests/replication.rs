@@ -13,7 +13,7 @@ use common::dependent::{after_writes, dependent_writer_counted, generations, BLO
 use common::pair::{pair, pair_launched, pair_via, SECRET};
 use common::proxy::Proxy;
 use common::raw::RawClient;
-use common::{free_port, observe_for, qemu_io, run, wait_until, Launch, TestServer, DEMO_IQN};
+use common::{free_port, observe_for, qemu_io, run, wait_until, TestServer, DEMO_IQN};
 use serde_json::Value;
 use twinlun::iscsi::pdu::Digests;
 
