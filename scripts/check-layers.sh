@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fails on an import that points the wrong way between the layers of DESIGN.md:
-#   durable, datadir, throttle, time, events, metrics, scsi, tracking  <  volume  <  catalog, validate
+#   durable, datadir, throttle, time, events, metrics, sdnotify, scsi, tracking  <  volume  <  catalog, validate
 #   <  iscsi, replication, config  <  admin, server (neither uses the other)
 #   <  node (the composition root)  <  main.rs
 # A module may use what is below it, never what is above (comments aside). Exceptions
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # module (a folder or file under src/, without .rs) -> modules it must not use
 forbidden() {
     case "$1" in
-        durable|datadir|throttle|time|events|metrics|scsi)
+        durable|datadir|throttle|time|events|metrics|sdnotify|scsi)
             echo "iscsi scsi volume tracking catalog validate replication config admin server node" ;;
         # The login reads CHAP settings from the catalog, which is plain data.
         iscsi) echo "volume tracking replication config admin server node" ;;
@@ -28,7 +28,7 @@ forbidden() {
 
 found=$(mktemp)
 trap 'rm -f "$found"' EXIT
-for module in durable datadir throttle time events metrics scsi iscsi tracking volume catalog validate replication config admin server; do
+for module in durable datadir throttle time events metrics sdnotify scsi iscsi tracking volume catalog validate replication config admin server; do
     if [[ -d src/$module ]]; then files=$(find "src/$module" -name '*.rs' | sort); else files=src/$module.rs; fi
     for bad in $(forbidden "$module"); do
         [[ $bad == "$module" ]] && continue

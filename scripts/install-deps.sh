@@ -3,9 +3,12 @@
 set -euo pipefail
 
 # The tests (tests/, vm-images/build.sh) and scripts/bench.sh (tgt, rsync, ss from
-# iproute2, timeout from coreutils) share this one list.
+# iproute2, timeout from coreutils) share this one list. systemd (systemd-analyze
+# verify), man-db and groff-base (man pages) and zsh (completion syntax check) are for
+# tests/service.rs and tests/cli_docs.rs; prometheus (with promtool) for tests/metrics.rs.
 need=(libiscsi-bin qemu-system-x86 qemu-block-extra qemu-utils open-iscsi busybox-static
-      cpio kmod tgt xz-utils zstd rsync iproute2 coreutils prometheus)
+      cpio kmod tgt xz-utils zstd rsync iproute2 coreutils prometheus
+      systemd man-db groff-base zsh)
 
 missing=()
 for p in "${need[@]}"; do
@@ -53,7 +56,8 @@ fi
 apt-get install -y -qq --allow-downgrades \
     libiscsi-bin "qemu-system-x86=$v" \
     "qemu-block-extra=$v" "qemu-utils=$v" \
-    open-iscsi busybox-static cpio kmod tgt xz-utils zstd rsync iproute2 coreutils >/dev/null
+    open-iscsi busybox-static cpio kmod tgt xz-utils zstd rsync iproute2 coreutils \
+    systemd man-db groff-base zsh >/dev/null
 # tests/metrics.rs runs its own Prometheus and promtool on loopback. Without the
 # recommended node exporter (a service that would want port 9100); policy-rc.d above
 # keeps the packaged prometheus service from starting.

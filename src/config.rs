@@ -30,6 +30,28 @@
 //! lun = 0
 //! volume = "db"
 //! read_only = false                 # optional
+//!
+//! [[peer]]                          # another twinlun's replication listener
+//! name = "dr"
+//! addr = "dr.example:3261"
+//! secret = "at-least-12-bytes"
+//!
+//! [[replication]]                   # a set this node is one side of
+//! name = "app-dr"
+//! role = "primary"                  # primary | secondary
+//! peer = "dr"
+//! group = "app"                     # or volume = "db": exactly one
+//! remote_volumes = ["db"]           # optional: the peer's names, in set order (default: the same)
+//! every = "5m"                      # optional, primary only: s, m, h or d
+//! queue_policy = "queue-latest"     # optional: discard | queue-latest
+//! keep = 8                          # recovery points the secondary keeps
+//! compress = "none"                 # optional, primary only: zstd | lz4 | none
+//!
+//! [[schedule]]                      # replicate a primary set at a time, then every interval
+//! task = "nightly"
+//! set = "app-dr"
+//! start = "2026-11-22T04:00:00Z"    # RFC 3339 UTC, or "now" (the time of each start)
+//! every = "1d"                      # optional: without it the task runs once
 //! ```
 //!
 //! How the config combines with the catalog saved in the data dir: the config is an
@@ -44,6 +66,16 @@
 //! with `twinlun ctl` persist across restarts. With a config and no saved catalog the
 //! server starts from an empty catalog (no demo target).
 //!
+//! Peers, replication sets and schedules declare what `ctl config export` found on a
+//! node, so a node can be rebuilt from a file. A peer is created or its address and
+//! secret set. A replication set records this node's side of a set whose other side
+//! already exists on the peer (nothing is sent to the peer at start: a set made with
+//! `ctl replication create` is the way to create both sides); it is created if missing,
+//! and when it exists its role, peer, volumes, remote volumes, keep and compression must
+//! be the config's (only `every` and `queue_policy` change). A schedule is created or
+//! set to the config's values. A secret that `config export` masked
+//! ([`MASKED_SECRET`]) is refused, naming its key, rather than served as a password.
+//!
 //! Errors name the file and the key: `twinlun.toml: target[0].lun[1].volume: no volume named 'x'`.
 
 use std::collections::BTreeSet;
@@ -51,9 +83,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, ChapSpec, LunSpec, VolumeSpec, DEFAULT_PAGE_SIZE};
+use crate::catalog::{
+    Catalog, ChapSpec, Compression, LunSpec, PeerSpec, QueuePolicy, ReplicationRole,
+    ReplicationSpec, ScheduleSpec, VolumeSpec, DEFAULT_PAGE_SIZE,
+};
 use crate::validate::{self, de_size, default_block_size};
 use crate::volume::EngineKind;
 
@@ -80,34 +115,60 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What `ctl config export` writes in place of a secret unless asked for secrets. A
+/// file holding it is refused at load, naming the key: serving it as a password would
+/// lock every initiator and peer out without saying why.
+pub const MASKED_SECRET: &str = "<masked: export with --with-secrets>";
+
+/// A whole config file. It serializes to the TOML it parses from (`to_toml`), which is
+/// how `ctl config export` writes one: the exporter and the loader share these structs
+/// so they cannot drift apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Config {
     /// The file it was read from, for error messages.
+    #[serde(skip)]
     pub file: String,
+    #[serde(skip_serializing_if = "ServerConfig::is_empty")]
     pub server: ServerConfig,
+    #[serde(rename = "volume", skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeConfig>,
+    #[serde(rename = "group", skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<GroupConfig>,
+    #[serde(rename = "target", skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetConfig>,
+    #[serde(rename = "peer", skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<PeerConfig>,
+    #[serde(rename = "replication", skip_serializing_if = "Vec::is_empty")]
+    pub replications: Vec<ReplicationConfig>,
+    #[serde(rename = "schedule", skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<ScheduleConfig>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<Vec<SocketAddr>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_socket: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub engine: Option<EngineChoice>,
     /// Accept replication from peers on this address.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub replication_listen: Option<SocketAddr>,
     /// How log lines are written to stderr.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
     /// Serve Prometheus metrics (GET /metrics) on this address.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How the server writes its log to stderr: `text` for a person, `json` (one object
 /// per line with level, target, fields and spans) for a log shipper.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -126,8 +187,15 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+impl ServerConfig {
+    /// True when it sets nothing (then an exported file has no `[server]`).
+    pub fn is_empty(&self) -> bool {
+        *self == ServerConfig::default()
+    }
+}
+
 /// The io engine as named in the config and on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineChoice {
     #[default]
@@ -158,7 +226,7 @@ impl std::str::FromStr for EngineChoice {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeConfig {
     pub name: String,
@@ -168,7 +236,11 @@ pub struct VolumeConfig {
     pub block_size: u32,
     /// Tracking page size; `None` means 4 KiB for a new volume and "keep" for an
     /// existing one.
-    #[serde(default, deserialize_with = "de_opt_size")]
+    #[serde(
+        default,
+        deserialize_with = "de_opt_size",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub page_size: Option<u64>,
 }
 
@@ -176,19 +248,23 @@ fn de_opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D:
     de_size(d).map(Some)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupConfig {
     pub name: String,
     pub volumes: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serialized as the `[[target]]` table it is read from (`RawTarget`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TargetConfig {
     pub iqn: String,
     /// `None`: keep the catalog's ACL. `Some(empty)`: open to any initiator.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub acl: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub chap: Option<ChapConfig>,
+    #[serde(rename = "lun", skip_serializing_if = "Vec::is_empty")]
     pub luns: Vec<LunConfig>,
 }
 
@@ -204,12 +280,14 @@ struct RawTarget {
     lun: Vec<toml::Value>,
 }
 
-#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChapConfig {
     pub user: String,
     pub secret: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mutual_user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mutual_secret: Option<String>,
 }
 
@@ -222,13 +300,93 @@ impl std::fmt::Debug for ChapConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LunConfig {
     pub lun: u64,
     pub volume: String,
     #[serde(default)]
     pub read_only: bool,
+}
+
+/// A `[[peer]]`: another twinlun's replication listener and the secret both share.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub name: String,
+    pub addr: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for PeerConfig {
+    // Secrets never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerConfig")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A `[[replication]]`: this node's side of a replication set (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    pub name: String,
+    pub role: ReplicationRole,
+    pub peer: String,
+    /// The set's volume; exactly one of `volume` and `group`, as with `ctl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The peer's names for the set's volumes, in set order; absent: the same names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_volumes: Option<Vec<String>>,
+    /// Interval between scheduled cycles ("30s", "5m", "1h", "1d"), primary only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+    #[serde(default)]
+    pub queue_policy: QueuePolicy,
+    /// Recovery points the secondary keeps. Required: a default here could silently
+    /// differ from the peer's.
+    pub keep: u32,
+    #[serde(default)]
+    pub compress: Compression,
+}
+
+/// A `[[schedule]]`: a task running `replicate SET` at `start`, then every `every`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    pub task: String,
+    pub set: String,
+    /// RFC 3339 in UTC, or "now" (the time the config is applied, at each start).
+    pub start: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+}
+
+/// Seconds as the largest of d, h, m, s that divides them: what `parse_duration`
+/// reads back to the same number.
+pub fn format_duration(secs: u64) -> String {
+    for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+        if secs != 0 && secs.is_multiple_of(n) {
+            return format!("{}{unit}", secs / n);
+        }
+    }
+    format!("{secs}s")
+}
+
+/// Refuses a secret that `config export` masked, naming its key.
+fn unmasked(cx: &Ctx<'_>, key: &str, secret: &str) -> Result<(), ConfigError> {
+    if secret == MASKED_SECRET {
+        return Err(cx.err(
+            key,
+            "the secret was masked by `ctl config export`: write the secret here, or export with --with-secrets",
+        ));
+    }
+    Ok(())
 }
 
 struct Ctx<'a> {
@@ -380,13 +538,68 @@ impl Config {
                 c.targets.push(t);
             }
         }
+        if let Some(v) = top.remove("peer") {
+            for (i, v) in array(&cx, "peer", v)?.into_iter().enumerate() {
+                let key = format!("peer[{i}]");
+                let p: PeerConfig = cx.typed(&key, v)?;
+                validate::check_peer_name(&p.name).map_err(|e| cx.err(format!("{key}.name"), e))?;
+                validate::check_peer_addr(&p.addr).map_err(|e| cx.err(format!("{key}.addr"), e))?;
+                unmasked(&cx, &format!("{key}.secret"), &p.secret)?;
+                validate::check_peer_secret(&p.secret)
+                    .map_err(|e| cx.err(format!("{key}.secret"), e))?;
+                if c.peers.iter().any(|o| o.name == p.name) {
+                    return Err(cx.err(
+                        format!("{key}.name"),
+                        format!("peer '{}' is declared twice", p.name),
+                    ));
+                }
+                c.peers.push(p);
+            }
+        }
+        if let Some(v) = top.remove("replication") {
+            for (i, v) in array(&cx, "replication", v)?.into_iter().enumerate() {
+                let r = replication(&cx, &format!("replication[{i}]"), v)?;
+                if c.replications.iter().any(|o| o.name == r.name) {
+                    return Err(cx.err(
+                        format!("replication[{i}].name"),
+                        format!("replication set '{}' is declared twice", r.name),
+                    ));
+                }
+                c.replications.push(r);
+            }
+        }
+        if let Some(v) = top.remove("schedule") {
+            for (i, v) in array(&cx, "schedule", v)?.into_iter().enumerate() {
+                let key = format!("schedule[{i}]");
+                let s: ScheduleConfig = cx.typed(&key, v)?;
+                validate::check_task_name(&s.task).map_err(|e| cx.err(format!("{key}.task"), e))?;
+                validate::check_set_name(&s.set).map_err(|e| cx.err(format!("{key}.set"), e))?;
+                validate::parse_start(&s.start, 0)
+                    .map_err(|e| cx.err(format!("{key}.start"), e))?;
+                if let Some(e) = &s.every {
+                    validate::parse_duration(e).map_err(|e| cx.err(format!("{key}.every"), e))?;
+                }
+                if c.schedules.iter().any(|o| o.task == s.task) {
+                    return Err(cx.err(
+                        format!("{key}.task"),
+                        format!("schedule task '{}' is declared twice", s.task),
+                    ));
+                }
+                c.schedules.push(s);
+            }
+        }
         if let Some(k) = top.keys().next() {
             return Err(cx.err(
                 k.clone(),
-                "unknown key (expected server, volume, group or target)",
+                "unknown key (expected server, volume, group, target, peer, replication or schedule)",
             ));
         }
         Ok(c)
+    }
+
+    /// The config as a TOML file that [`Config::parse`] reads back to the same config.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
     }
 
     /// Applies the config to `catalog` (see the module doc). New volumes get ids from
@@ -444,12 +657,71 @@ impl Config {
             }
         }
         self.overlay_groups(catalog)?;
+        for p in &self.peers {
+            catalog.peers.insert(
+                p.name.clone(),
+                PeerSpec {
+                    addr: p.addr.clone(),
+                    secret: p.secret.clone(),
+                },
+            );
+        }
+        for (i, r) in self.replications.iter().enumerate() {
+            self.overlay_replication(catalog, &format!("replication[{i}]"), r)?;
+        }
+        let now = crate::time::unix_secs(std::time::SystemTime::now());
+        for (i, s) in self.schedules.iter().enumerate() {
+            let key = format!("schedule[{i}]");
+            match catalog.replications.get(&s.set) {
+                Some(r) if r.role == ReplicationRole::Primary => {}
+                Some(_) => {
+                    return Err(cx.err(
+                        format!("{key}.set"),
+                        format!("replication set '{}' is the secondary side here: only its primary runs cycles", s.set),
+                    ))
+                }
+                None => {
+                    return Err(cx.err(
+                        format!("{key}.set"),
+                        format!("no replication set named '{}'", s.set),
+                    ))
+                }
+            }
+            let start = validate::parse_start(&s.start, now)
+                .map_err(|e| cx.err(format!("{key}.start"), e))?;
+            let every_secs = (s.every.as_deref())
+                .map(validate::parse_duration)
+                .transpose()
+                .map_err(|e| cx.err(format!("{key}.every"), e))?;
+            catalog.schedules.insert(
+                s.task.clone(),
+                ScheduleSpec {
+                    set: s.set.clone(),
+                    start,
+                    every_secs,
+                },
+            );
+        }
         for (i, t) in self.targets.iter().enumerate() {
             for (j, l) in t.luns.iter().enumerate() {
                 if !catalog.volumes.contains_key(&l.volume) {
                     return Err(cx.err(
                         format!("target[{i}].lun[{j}].volume"),
                         format!("no volume named '{}'", l.volume),
+                    ));
+                }
+                // As `ctl lun map`: a secondary volume changes only by replication.
+                if !l.read_only && catalog.is_secondary(&l.volume) {
+                    let set = catalog
+                        .replication_of(&l.volume)
+                        .map(|(s, _)| s.to_string());
+                    return Err(cx.err(
+                        format!("target[{i}].lun[{j}].read_only"),
+                        format!(
+                            "volume '{}' is the secondary side of replication set '{}': map it with read_only = true (it becomes writable when promoted)",
+                            l.volume,
+                            set.unwrap_or_default()
+                        ),
                     ));
                 }
             }
@@ -473,6 +745,126 @@ impl Config {
                         read_only: l.read_only,
                     },
                 );
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a declared set, or checks that the existing one is the same set (see the
+    /// module doc) and sets what may change.
+    fn overlay_replication(
+        &self,
+        catalog: &mut Catalog,
+        key: &str,
+        r: &ReplicationConfig,
+    ) -> Result<(), ConfigError> {
+        let cx = Ctx { file: &self.file };
+        if !catalog.peers.contains_key(&r.peer) {
+            return Err(cx.err(format!("{key}.peer"), format!("no peer named '{}'", r.peer)));
+        }
+        let (volumes, source) = match (&r.volume, &r.group) {
+            (Some(v), None) => {
+                let k = format!("{key}.volume");
+                if !catalog.volumes.contains_key(v) {
+                    return Err(cx.err(k, format!("no volume named '{v}'")));
+                }
+                if let Some(g) = catalog.group_of(v) {
+                    return Err(cx.err(
+                        k,
+                        format!(
+                            "volume '{v}' is in group '{g}': replicate the group (group = \"{g}\")"
+                        ),
+                    ));
+                }
+                (vec![v.clone()], k)
+            }
+            (None, Some(g)) => {
+                let k = format!("{key}.group");
+                match catalog.groups.get(g) {
+                    Some(spec) => (spec.volumes.clone(), k),
+                    None => return Err(cx.err(k, format!("no group named '{g}'"))),
+                }
+            }
+            _ => return Err(cx.err(key, validate::ValidationError::SetSource)),
+        };
+        let remote = r.remote_volumes.clone().unwrap_or_else(|| volumes.clone());
+        if remote.len() != volumes.len() {
+            return Err(cx.err(
+                format!("{key}.remote_volumes"),
+                format!(
+                    "names {} volumes; the set has {} ({})",
+                    remote.len(),
+                    volumes.len(),
+                    volumes.join(", ")
+                ),
+            ));
+        }
+        for v in &volumes {
+            if let Some((set, _)) = catalog.replication_of(v) {
+                if set != r.name {
+                    return Err(cx.err(
+                        &source,
+                        format!("volume '{v}' is already in replication set '{set}'"),
+                    ));
+                }
+            }
+        }
+        let every_secs = (r.every.as_deref())
+            .map(validate::parse_duration)
+            .transpose()
+            .map_err(|e| cx.err(format!("{key}.every"), e))?;
+        let mut spec = ReplicationSpec {
+            id: 0,
+            role: r.role,
+            peer: r.peer.clone(),
+            group: r.group.clone(),
+            volumes,
+            remote_volumes: remote,
+            every_secs,
+            queue_policy: r.queue_policy,
+            keep: r.keep,
+            compress: r.compress,
+        };
+        match catalog.replications.get_mut(&r.name) {
+            Some(existing) => {
+                let fixed = |s: &ReplicationSpec| {
+                    (
+                        s.role,
+                        s.peer.clone(),
+                        s.group.clone(),
+                        s.volumes.clone(),
+                        s.remote_volumes.clone(),
+                        s.keep,
+                        s.compress,
+                    )
+                };
+                if fixed(existing) != fixed(&spec) {
+                    return Err(cx.err(
+                        key,
+                        format!(
+                            "replication set '{}' already exists with another role, peer, volumes, keep or compression; only every and queue_policy can change (delete the set with ctl to declare it anew)",
+                            r.name
+                        ),
+                    ));
+                }
+                existing.every_secs = spec.every_secs;
+                existing.queue_policy = spec.queue_policy;
+            }
+            None => {
+                spec.id = catalog.new_set_id();
+                catalog.replications.insert(r.name.clone(), spec);
+            }
+        }
+        if let Some(g) = &r.group {
+            let spec = catalog.groups.get_mut(g).expect("looked up above");
+            match &spec.replication_set {
+                Some(other) if *other != r.name => {
+                    return Err(cx.err(
+                        format!("{key}.group"),
+                        format!("group '{g}' is already in replication set '{other}'"),
+                    ))
+                }
+                _ => spec.replication_set = Some(r.name.clone()),
             }
         }
         Ok(())
@@ -552,6 +944,10 @@ fn target(cx: &Ctx<'_>, key: &str, v: toml::Value) -> Result<TargetConfig, Confi
         Some(v) => {
             let k = format!("{key}.chap");
             let ch: ChapConfig = cx.typed(&k, v)?;
+            unmasked(cx, &format!("{k}.secret"), &ch.secret)?;
+            if let Some(ms) = &ch.mutual_secret {
+                unmasked(cx, &format!("{k}.mutual_secret"), ms)?;
+            }
             let mutual = match (&ch.mutual_user, &ch.mutual_secret) {
                 (Some(u), Some(s)) => Some((u.as_str(), s.as_str())),
                 (None, None) => None,
@@ -595,6 +991,49 @@ fn target(cx: &Ctx<'_>, key: &str, v: toml::Value) -> Result<TargetConfig, Confi
         chap,
         luns,
     })
+}
+
+/// A `[[replication]]` table, checked as `ctl replication create` checks its arguments.
+fn replication(cx: &Ctx<'_>, key: &str, v: toml::Value) -> Result<ReplicationConfig, ConfigError> {
+    let r: ReplicationConfig = cx.typed(key, v)?;
+    validate::check_set_name(&r.name).map_err(|e| cx.err(format!("{key}.name"), e))?;
+    validate::check_peer_name(&r.peer).map_err(|e| cx.err(format!("{key}.peer"), e))?;
+    match (&r.volume, &r.group) {
+        (Some(v), None) => {
+            validate::check_volume_name(v).map_err(|e| cx.err(format!("{key}.volume"), e))?
+        }
+        (None, Some(g)) => {
+            validate::check_group_name(g).map_err(|e| cx.err(format!("{key}.group"), e))?
+        }
+        _ => return Err(cx.err(key, validate::ValidationError::SetSource)),
+    }
+    if let Some(remote) = &r.remote_volumes {
+        for (j, v) in remote.iter().enumerate() {
+            validate::check_volume_name(v)
+                .map_err(|e| cx.err(format!("{key}.remote_volumes[{j}]"), e))?;
+        }
+    }
+    if let Some(e) = &r.every {
+        validate::parse_duration(e).map_err(|e| cx.err(format!("{key}.every"), e))?;
+    }
+    if r.keep == 0 {
+        return Err(cx.err(format!("{key}.keep"), "must be at least 1"));
+    }
+    if r.role == ReplicationRole::Secondary {
+        if r.every.is_some() {
+            return Err(cx.err(
+                format!("{key}.every"),
+                "a secondary runs no cycles of its own (the primary's schedule decides)",
+            ));
+        }
+        if !r.compress.is_none() {
+            return Err(cx.err(
+                format!("{key}.compress"),
+                "a secondary decodes what the primary sends: compression is the primary's",
+            ));
+        }
+    }
+    Ok(r)
 }
 
 #[cfg(test)]
@@ -717,6 +1156,105 @@ read_only = true
                 "for {text:?}\n  got:  {got}\n  want: {want}..."
             );
         }
+    }
+
+    #[test]
+    fn peers_sets_and_schedules_errors_name_keys() {
+        let peer =
+            "[[peer]]\nname = \"dr\"\naddr = \"127.0.0.1:3261\"\nsecret = \"0123456789abc\"\n";
+        let set = "[[replication]]\nname = \"s\"\nrole = \"primary\"\npeer = \"dr\"\nkeep = 2\n";
+        let cases: &[(String, &str)] = &[
+            ("[[peer]]\nname = \"dr\"\naddr = \"x\"\nsecret = \"0123456789abc\"".into(), "t.toml: peer[0].addr: invalid peer address"),
+            ("[[peer]]\nname = \"dr\"\naddr = \"h:1\"\nsecret = \"short\"".into(), "t.toml: peer[0].secret: invalid peer secret"),
+            (format!("[[peer]]\nname = \"dr\"\naddr = \"h:1\"\nsecret = \"{MASKED_SECRET}\""), "t.toml: peer[0].secret: the secret was masked"),
+            (format!("{peer}{peer}"), "t.toml: peer[1].name: peer 'dr' is declared twice"),
+            ("[[peer]]\nname = \"dr\"\naddr = \"h:1\"".into(), "t.toml: peer[0]: missing field `secret`"),
+            (format!("{set}volume = \"v\"\ngroup = \"g\""), "t.toml: replication[0]: a replication set is of one volume or of one group"),
+            (set.to_string(), "t.toml: replication[0]: a replication set is of one volume or of one group"),
+            (format!("{set}volume = \"v\"\nevery = \"5x\""), "t.toml: replication[0].every: invalid duration"),
+            (format!("{set}volume = \"v\"\ncompress = \"gzip\""), "t.toml: replication[0].compress:"),
+            (format!("{set}volume = \"v\"\nqueue_policy = \"all\""), "t.toml: replication[0].queue_policy:"),
+            ("[[replication]]\nname = \"s\"\nrole = \"primary\"\npeer = \"dr\"\nkeep = 0\nvolume = \"v\"".into(), "t.toml: replication[0].keep: must be at least 1"),
+            ("[[replication]]\nname = \"s\"\nrole = \"boss\"\npeer = \"dr\"\nkeep = 1\nvolume = \"v\"".into(), "t.toml: replication[0].role:"),
+            ("[[replication]]\nname = \"s\"\nrole = \"secondary\"\npeer = \"dr\"\nkeep = 1\nvolume = \"v\"\nevery = \"1h\"".into(), "t.toml: replication[0].every: a secondary runs no cycles"),
+            (format!("{set}volume = \"v\"\nremote_volumes = [\"a/b\"]"), "t.toml: replication[0].remote_volumes[0]: invalid volume name"),
+            (format!("{set}volume = \"v\"\nsecret = \"x\""), "t.toml: replication[0]: unknown field `secret`"),
+            ("[[schedule]]\ntask = \"a,b\"\nset = \"s\"\nstart = \"now\"".into(), "t.toml: schedule[0].task: invalid task name"),
+            ("[[schedule]]\ntask = \"t\"\nset = \"s\"\nstart = \"tomorrow\"".into(), "t.toml: schedule[0].start: invalid start time"),
+            ("[[schedule]]\ntask = \"t\"\nset = \"s\"\nstart = \"now\"\nevery = \"0s\"".into(), "t.toml: schedule[0].every: invalid duration"),
+            ("[[target]]\niqn = \"iqn.2026-11.io.x:a\"\n[target.chap]\nuser = \"u\"\nsecret = \"0123456789ab\"\nmutual_user = \"m\"\nmutual_secret = \"<masked: export with --with-secrets>\"".into(), "t.toml: target[0].chap.mutual_secret: the secret was masked"),
+        ];
+        for (text, want) in cases {
+            let got = err(text);
+            assert!(
+                got.starts_with(want),
+                "for {text:?}\n  got:  {got}\n  want: {want}..."
+            );
+        }
+    }
+
+    #[test]
+    fn overlay_of_sets_and_schedules_checks_what_ctl_checks() {
+        let base = "[[volume]]\nname = \"a\"\nsize = \"1M\"\n[[volume]]\nname = \"b\"\nsize = \"1M\"\n[[group]]\nname = \"g\"\nvolumes = [\"a\"]\n[[peer]]\nname = \"dr\"\naddr = \"127.0.0.1:3261\"\nsecret = \"0123456789abc\"\n";
+        let overlay = |extra: &str| {
+            let c = Config::parse(&format!("{base}{extra}"), "c.toml").unwrap();
+            let mut cat = Catalog::default();
+            let mut n = 0;
+            c.overlay(&mut cat, &mut || {
+                n += 1;
+                n
+            })
+            .map(|()| cat)
+            .map_err(|e| e.to_string())
+        };
+        let set = |body: &str| format!("[[replication]]\nname = \"s\"\nkeep = 2\n{body}\n");
+        let cases = [
+            (set("role = \"primary\"\npeer = \"nope\"\nvolume = \"b\""), "c.toml: replication[0].peer: no peer named 'nope'"),
+            (set("role = \"primary\"\npeer = \"dr\"\nvolume = \"x\""), "c.toml: replication[0].volume: no volume named 'x'"),
+            (set("role = \"primary\"\npeer = \"dr\"\nvolume = \"a\""), "c.toml: replication[0].volume: volume 'a' is in group 'g': replicate the group"),
+            (set("role = \"primary\"\npeer = \"dr\"\ngroup = \"h\""), "c.toml: replication[0].group: no group named 'h'"),
+            (set("role = \"primary\"\npeer = \"dr\"\ngroup = \"g\"\nremote_volumes = [\"x\", \"y\"]"), "c.toml: replication[0].remote_volumes: names 2 volumes; the set has 1 (a)"),
+            (format!("{}[[replication]]\nname = \"t\"\nkeep = 2\nrole = \"primary\"\npeer = \"dr\"\ngroup = \"g\"\n", set("role = \"primary\"\npeer = \"dr\"\ngroup = \"g\"")), "c.toml: replication[1].group: volume 'a' is already in replication set 's'"),
+            (format!("{}[[schedule]]\ntask = \"n\"\nset = \"x\"\nstart = \"now\"\n", set("role = \"primary\"\npeer = \"dr\"\nvolume = \"b\"")), "c.toml: schedule[0].set: no replication set named 'x'"),
+            (format!("{}[[schedule]]\ntask = \"n\"\nset = \"s\"\nstart = \"now\"\n", set("role = \"secondary\"\npeer = \"dr\"\nvolume = \"b\"")), "c.toml: schedule[0].set: replication set 's' is the secondary side here"),
+            (format!("{}[[target]]\niqn = \"iqn.2026-11.io.x:t\"\n[[target.lun]]\nlun = 0\nvolume = \"b\"\n", set("role = \"secondary\"\npeer = \"dr\"\nvolume = \"b\"")), "c.toml: target[0].lun[0].read_only: volume 'b' is the secondary side of replication set 's'"),
+        ];
+        for (extra, want) in cases {
+            let got = overlay(&extra).unwrap_err();
+            assert!(
+                got.starts_with(want),
+                "for {extra:?}\n  got:  {got}\n  want: {want}..."
+            );
+        }
+        // A good one: the group is marked, the set is numbered, and a second start
+        // with another `every` changes only that; another `keep` is refused.
+        let good = set("role = \"primary\"\npeer = \"dr\"\ngroup = \"g\"\nevery = \"90m\"");
+        let mut cat = overlay(&good).unwrap();
+        assert_eq!(cat.groups["g"].replication_set.as_deref(), Some("s"));
+        let r = cat.replications["s"].clone();
+        assert!(r.id != 0 && r.every_secs == Some(5400) && r.remote_volumes == ["a"]);
+        let again =
+            Config::parse(&format!("{base}{}", good.replace("90m", "2h")), "c.toml").unwrap();
+        again
+            .overlay(&mut cat, &mut || panic!("no new ids"))
+            .unwrap();
+        assert_eq!(cat.replications["s"].every_secs, Some(7200));
+        assert_eq!(cat.replications["s"].id, r.id);
+        let other = Config::parse(
+            &format!("{base}{}", good.replace("keep = 2", "keep = 4")),
+            "c.toml",
+        )
+        .unwrap();
+        let e = other.overlay(&mut cat, &mut || 9).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "c.toml: replication[0]: replication set 's' already exists with another"
+            ),
+            "{e}"
+        );
+        assert_eq!(format_duration(5400), "90m");
+        assert_eq!(format_duration(86_400 * 2), "2d");
+        assert_eq!(format_duration(61), "61s");
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod node;
 pub mod replication;
 pub mod scsi;
+pub mod sdnotify;
 pub mod server;
 pub mod throttle;
 pub mod time;

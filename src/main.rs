@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use twinlun::admin::client::Client;
 use twinlun::admin::protocol::{
@@ -24,6 +24,8 @@ use twinlun::config::{Config, EngineChoice, LogFormat};
 use twinlun::node::Node;
 use twinlun::server::Server;
 use twinlun::volume::Engine;
+
+mod cli;
 
 const DEFAULT_DATA_DIR: &str = "./twinlun-data";
 const DEFAULT_LISTEN: &str = "127.0.0.1:3260";
@@ -46,11 +48,16 @@ enum Command {
     Serve(ServeArgs),
     /// Talk to a running target through its admin socket.
     Ctl(CtlArgs),
+    /// Print a shell completion script (bash, zsh or fish).
+    Completions(cli::docs::CompletionsArgs),
+    /// Print the man page twinlun(1), or write a page per command with --dir.
+    Man(cli::docs::ManArgs),
 }
 
 #[derive(Args)]
 struct ServeArgs {
-    /// TOML config declaring volumes, targets, LUNs, ACLs, CHAP and [server] settings.
+    /// TOML config declaring volumes, groups, targets, LUNs, ACLs, CHAP, peers,
+    /// replication sets, schedules and [server] settings (`ctl config export` writes one).
     /// Applied at every start over the saved catalog: what it declares is created or
     /// updated, what it does not mention (objects made with `ctl`) is kept.
     #[arg(long, value_name = "FILE")]
@@ -114,6 +121,9 @@ enum CtlCommand {
     /// Server status: version, engine, addresses, uptime, cuts; volumes, groups,
     /// targets, sessions; the replication listener, peers, sets and snapshots.
     Status,
+    /// The node's configuration as a `serve --config` file.
+    #[command(subcommand)]
+    Config(cli::config::ConfigCmd),
     /// Volumes: sparse files served as LUNs.
     #[command(subcommand)]
     Volume(VolumeCmd),
@@ -564,6 +574,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Ctl(args) => ctl(args),
+        Command::Completions(args) => cli::docs::completions(args, Cli::command()),
+        Command::Man(args) => cli::docs::man(args, Cli::command()),
     }
 }
 
@@ -842,6 +854,7 @@ fn from_stdin_if_dash(value: String, what: &str) -> Result<String, String> {
 fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
     Ok(match cmd {
         CtlCommand::Status => Query::Status.into(),
+        CtlCommand::Config(c) => c.request(),
         CtlCommand::Volume(v) => match v {
             VolumeCmd::Create {
                 name,
@@ -1140,17 +1153,22 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
     let admin = AdminSocket::bind(&s.admin_socket)?;
     node.set_admin_socket(s.admin_socket.clone());
 
+    let systemd = twinlun::sdnotify::Service::from_env()?;
     let signal = shutdown_signal()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let notify = systemd.clone();
     tokio::spawn(async move {
         signal.await;
+        notify.stopping();
         let _ = stop_tx.send(true);
     });
 
     print_banner(&addrs, &s.admin_socket, &node.catalog.read());
+    let portals: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    systemd.ready(&format!("serving on {}", portals.join(", ")));
 
     let admin_task = tokio::spawn(admin.run(node.clone(), stopped(stop_rx.clone())));
     server

@@ -7,6 +7,7 @@
 //! - `apply`: validate, persist, then swap in a change (`apply(host, request)`).
 //! - `store`: `DATA_DIR/catalog.json`, written atomically.
 //! - `startup`: the catalog a server starts with (saved one, default, config overlay).
+//! - `export`: the catalog as a config file (`ctl config export`).
 //! - `server`: the socket (mode 0600, peer uid check, line cap).
 //! - `client`, `table`: what `ctl` uses to talk and to print.
 //! - `follow`: `ctl events`, the client of the event stream.
@@ -15,6 +16,7 @@
 pub mod apply;
 pub mod client;
 pub mod follow;
+pub mod export;
 pub mod protocol;
 pub mod replication;
 pub mod server;

@@ -118,6 +118,7 @@ pub const COMMANDS: &[&str] = &[
     "schedule_list",
     "schedule_modify",
     "schedule_delete",
+    "config_export",
 ];
 
 /// Requests that turn the connection into a stream (`Stream`): not in `COMMANDS`,
@@ -208,6 +209,12 @@ pub enum Query {
         name: String,
     },
     ScheduleList,
+    /// The node's configuration as a `serve --config` file (`admin::export`); secrets
+    /// are masked unless `with_secrets`.
+    ConfigExport {
+        #[serde(default)]
+        with_secrets: bool,
+    },
 }
 
 /// Changes the catalog: validated on a copy, saved, then swapped in (`apply::change`).
@@ -446,7 +453,9 @@ impl Kind {
             "status" | "volume_list" | "volume_show" | "group_list" | "group_show"
             | "target_list" | "target_show" | "session_list" | "snapshot_list"
             | "snapshot_show" | "peer_list" | "peer_check" | "replication_list"
-            | "replication_show" | "recovery_points" | "schedule_list" => Kind::Query,
+            | "replication_show" | "recovery_points" | "schedule_list" | "config_export" => {
+                Kind::Query
+            }
             "volume_create" | "volume_delete" | "group_create" | "group_add" | "group_remove"
             | "group_delete" | "target_create" | "target_delete" | "lun_map" | "lun_unmap"
             | "acl_add" | "acl_remove" | "chap_set" | "chap_clear" | "snapshot_create"
@@ -531,6 +540,10 @@ pub enum Response {
     },
     Schedules {
         schedules: Vec<ScheduleView>,
+    },
+    /// A config file (TOML) that recreates the node's objects.
+    ConfigExport {
+        toml: String,
     },
     Error {
         code: ErrorCode,

@@ -424,6 +424,8 @@ fn target_detail(t: &TargetView) -> String {
 pub fn render(resp: &Response) -> String {
     match resp {
         Response::Done { message } => format!("{message}\n"),
+        // A file to save as it is: no table around it.
+        Response::ConfigExport { toml } => toml.clone(),
         Response::Error { code, message } => format!("error ({code:?}): {message}\n"),
         Response::Status(s) => status_detail(s),
         Response::Volume(v) => volume_detail(v),

@@ -141,6 +141,9 @@ pub enum AdminError {
     },
     #[error("cannot save the catalog: {0}")]
     Save(#[from] StoreError),
+    /// The catalog holds a value a TOML file cannot carry (`ctl config export`).
+    #[error("cannot write the configuration as TOML: {0}")]
+    Export(#[source] toml::ser::Error),
 }
 
 impl AdminError {
@@ -184,7 +187,9 @@ impl AdminError {
             | AdminError::SecondaryVolume { .. }
             | AdminError::VolumeReplicated { .. } => ErrorCode::InUse,
             AdminError::Replication(e) => replication_code(e),
-            AdminError::RestartUnconfirmed(_) | AdminError::NoCommittedCut(_) => ErrorCode::Invalid,
+            AdminError::RestartUnconfirmed(_)
+            | AdminError::NoCommittedCut(_)
+            | AdminError::Export(_) => ErrorCode::Invalid,
             AdminError::NotASecondary(_) | AdminError::NoTask(_) => ErrorCode::NotFound,
             AdminError::TaskExists(_) => ErrorCode::AlreadyExists,
             AdminError::SetScheduled { .. } => ErrorCode::InUse,

@@ -284,6 +284,7 @@ fn query<H: Host + ?Sized>(host: &H, c: &Catalog, q: Query) -> Result<Response, 
         Query::ReplicationShow { name } => replication::show(host, c, name),
         Query::RecoveryPoints { name } => replication::recovery_points(host, c, name),
         Query::ScheduleList => Ok(schedule::list(c)),
+        Query::ConfigExport { with_secrets } => super::export::response(c, with_secrets),
     }
 }
 
