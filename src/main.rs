@@ -650,7 +650,7 @@ fn pause_unless_reader_gone(period: Duration) {
         READER_GONE.store(true, std::sync::atomic::Ordering::Relaxed);
         return;
     }
-    if n > 0 || n < 0 {
+    if n != 0 {
         // stdout is not pollable (closed: POLLNVAL) or poll was interrupted: a plain
         // wait keeps the pace without spinning.
         std::thread::sleep(period);

@@ -113,7 +113,7 @@ pub fn parse_size(input: &str) -> Result<u64, ValidationError> {
     let scale = 10u128.pow(fraction.len() as u32);
     let frac: u128 = fraction.parse().map_err(|_| err("number too large"))?;
     let scaled = (u128::from(n) * scale + frac) << shift;
-    if scaled % scale != 0 {
+    if !scaled.is_multiple_of(scale) {
         return Err(err("not a whole number of bytes"));
     }
     u64::try_from(scaled / scale).map_err(|_| err("too large"))
@@ -547,7 +547,7 @@ mod tests {
             "",
             "G",
             "10X",
-            "1.5G",
+            "1.3K",
             "-1",
             "10 G G",
             "99999999999999999999",
