@@ -15,8 +15,8 @@
 
 pub mod apply;
 pub mod client;
-pub mod follow;
 pub mod export;
+pub mod follow;
 pub mod protocol;
 pub mod replication;
 pub mod server;
