@@ -1111,6 +1111,14 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let metrics_listener = match s.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     store::ensure_data_dir(&s.data_dir)?;
     let _lock = lock_data_dir(&s.data_dir)?;
     let catalog = startup::prepare(&s.data_dir, s.config.as_ref())?;
@@ -1133,10 +1141,7 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
         ));
     }
 
-    if let Some(addr) = s.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    if let Some(listener) = metrics_listener {
         let bound = listener.local_addr()?;
         println!("twinlun: metrics listening on http://{bound}/metrics");
         node.spawn_metrics_refresh();

@@ -342,6 +342,10 @@ fn a_start_refused_for_a_port_in_use_creates_nothing() {
             "--replication-listen",
             format!("cannot listen for replication on {busy_addr}: {in_use}"),
         ),
+        (
+            "--metrics-listen",
+            format!("cannot listen for metrics on {busy_addr}: {in_use}"),
+        ),
     ] {
         let fresh = dir.path().join(format!("fresh{flag}"));
         let e = TestServer::try_start_at(&fresh, &[flag, &busy_addr])
