@@ -548,4 +548,7 @@ impl crate::replication::Host for Node {
         crate::admin::replication::drop_secondary(self, set)
             .map_err(|e| Box::new(e) as ChangeRefused)
     }
+    fn foreground_ops(&self) -> u64 {
+        self.metrics.foreground_ops()
+    }
 }

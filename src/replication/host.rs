@@ -46,4 +46,10 @@ pub trait Host: Send + Sync + 'static {
     fn accept_secondary(&self, req: SecondaryRequest) -> Result<(), ChangeRefused>;
     /// The primary deleted a set: its secondary side goes; the volumes stay. Blocking.
     fn drop_secondary(&self, set: &str) -> Result<(), ChangeRefused>;
+    /// Reads and writes initiators have completed on this node's volumes so far: a
+    /// cycle gives way to them while it grows. A host that does not count (a test's)
+    /// keeps it at 0, and its cycles never give way.
+    fn foreground_ops(&self) -> u64 {
+        0
+    }
 }

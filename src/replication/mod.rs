@@ -12,6 +12,7 @@
 pub mod compress;
 pub mod host;
 pub mod listener;
+pub mod pace;
 pub mod peer;
 pub mod recovery;
 pub mod sender;
