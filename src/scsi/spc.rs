@@ -2,6 +2,7 @@
 //! REQUEST SENSE.
 
 use super::cdb::{cut, Cdb};
+use super::lbp;
 use super::lun::encode_lun;
 use super::{LogicalUnit, Response, Sense, UnitAttentions};
 
@@ -164,7 +165,17 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     let max = lu.max_transfer_blocks();
     d[4..8].copy_from_slice(&max.to_be_bytes());
     d[8..12].copy_from_slice(&max.to_be_bytes());
-    // No UNMAP, no WRITE SAME, no COMPARE AND WRITE, no atomic writes: all else zero.
+    // Byte 4 (d[0]): WSNZ, a WRITE SAME of zero blocks is refused.
+    d[0] = 0x01;
+    // MAXIMUM UNMAP LBA COUNT (20..24), MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT (24..28),
+    // OPTIMAL UNMAP GRANULARITY (28..32), UGAVALID with UNMAP GRANULARITY ALIGNMENT 0
+    // (32..36), MAXIMUM WRITE SAME LENGTH (36..44).
+    d[16..20].copy_from_slice(&lbp::max_unmap_blocks(lu).to_be_bytes());
+    d[20..24].copy_from_slice(&lbp::MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+    d[24..28].copy_from_slice(&lbp::unmap_granularity(lu).to_be_bytes());
+    d[28..32].copy_from_slice(&0x8000_0000u32.to_be_bytes());
+    d[32..40].copy_from_slice(&lbp::max_write_same_blocks(lu).to_be_bytes());
+    // No COMPARE AND WRITE, no atomic writes: all else zero.
     d
 }
 
@@ -176,11 +187,12 @@ fn block_device_characteristics() -> Vec<u8> {
     d
 }
 
-/// Logical Block Provisioning page (SBC-4 6.6.5), page length 4: no thin provisioning
-/// commands yet (LBPU, LBPWS, LBPWS10 all 0), THRESHOLD EXPONENT 0 (no thresholds),
-/// PROVISIONING TYPE 000b.
+/// Logical Block Provisioning page (SBC-4 6.6.5), page length 4: THRESHOLD EXPONENT 0
+/// (no thresholds); LBPU, LBPWS, LBPWS10 (UNMAP and both WRITE SAMEs deallocate), LBPRZ
+/// 001b (deallocated blocks read as zeros), ANC_SUP 0, DP 0; PROVISIONING TYPE 010b
+/// (thin).
 fn logical_block_provisioning() -> Vec<u8> {
-    vec![0x00, 0x00, 0x00, 0x00]
+    vec![0x00, 0x80 | 0x40 | 0x20 | 0x04, 0x02, 0x00]
 }
 
 /// REPORT LUNS (SPC-5 6.33).

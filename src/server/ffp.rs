@@ -86,6 +86,8 @@ type BudgetWait = Pin<Box<dyn Future<Output = Option<WriteBudget>> + Send + Sync
 
 enum WriteKind {
     Write { lba: u64, fua: bool },
+    Unmap,
+    WriteSame { lba: u64, blocks: u64, unmap: bool },
     Verify { lba: u64, blocks: u32 },
     ModeSelect { ten: bool },
 }
@@ -672,6 +674,39 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 self.collect(cmd, h, WriteKind::Verify { lba, blocks }, needed, reply)
                     .await;
             }
+            (Plan::Unmap { len }, Some(h)) => {
+                self.collect(cmd, h, WriteKind::Unmap, len as u64, reply)
+                    .await;
+            }
+            (
+                Plan::WriteSame {
+                    lba,
+                    blocks,
+                    unmap,
+                    ndob: true,
+                },
+                Some(h),
+            ) => self.spawn(cmd.itt, lun, aborted, reply, |reply| {
+                exec::write_same(reply, h, lba, blocks, unmap, None, 0, 0)
+            }),
+            (
+                Plan::WriteSame {
+                    lba,
+                    blocks,
+                    unmap,
+                    ndob: false,
+                },
+                Some(h),
+            ) => {
+                let needed = h.volume.block_size() as u64;
+                let kind = WriteKind::WriteSame { lba, blocks, unmap };
+                self.collect(cmd, h, kind, needed, reply).await;
+            }
+            (Plan::LbaStatus { lba, alloc }, Some(h)) => {
+                self.spawn(cmd.itt, lun, aborted, reply, |reply| {
+                    exec::lba_status(reply, h, lba, alloc)
+                })
+            }
             (Plan::ModeSelect { ten, len }, Some(h)) => {
                 self.collect(cmd, h, WriteKind::ModeSelect { ten }, len as u64, reply)
                     .await;
@@ -876,6 +911,23 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                     drop(budget);
                 }
             }),
+            WriteKind::Unmap => self.spawn(itt, l, aborted, reply, |reply| {
+                let fut = exec::unmap(reply, lun, data, r2t_sn, spdtl);
+                async move {
+                    fut.await;
+                    drop(budget);
+                }
+            }),
+            WriteKind::WriteSame { lba, blocks, unmap } => {
+                self.spawn(itt, l, aborted, reply, |reply| {
+                    let fut =
+                        exec::write_same(reply, lun, lba, blocks, unmap, Some(data), r2t_sn, spdtl);
+                    async move {
+                        fut.await;
+                        drop(budget);
+                    }
+                })
+            }
             WriteKind::ModeSelect { ten } => {
                 let resp = lun.lu.mode_select(ten, &data);
                 tokio::spawn(reply.respond(resp).in_current_span());
