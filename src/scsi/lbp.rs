@@ -10,10 +10,12 @@ use super::{check, LogicalUnit, Plan, Response, Sense};
 /// DESCRIPTOR COUNT).
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 256;
 
-/// Bytes one UNMAP may deallocate in all (MAXIMUM UNMAP LBA COUNT, in blocks of the LU).
+/// Bytes one UNMAP may deallocate in all (MAXIMUM UNMAP LBA COUNT, in blocks of the LU,
+/// at most [`MAX_UNMAP_BLOCKS`]).
 pub const MAX_UNMAP_BYTES: u64 = 4 << 30;
 
-/// Bytes one WRITE SAME may cover (MAXIMUM WRITE SAME LENGTH, in blocks of the LU).
+/// Bytes one WRITE SAME may cover (MAXIMUM WRITE SAME LENGTH, in blocks of the LU, at
+/// most [`MAX_WRITE_SAME_BLOCKS`]).
 pub const MAX_WRITE_SAME_BYTES: u64 = 4 << 30;
 
 /// Descriptors GET LBA STATUS returns at most: the initiator asks again from where the
@@ -28,12 +30,20 @@ const UNMAP_DESCRIPTOR: usize = 16;
 pub const MAX_UNMAP_PARAMETERS: u32 =
     (UNMAP_HEADER + UNMAP_DESCRIPTOR * MAX_UNMAP_DESCRIPTORS as usize) as u32;
 
+/// Initiators (libiscsi's suite among them) take a MAXIMUM UNMAP LBA COUNT above 2^20
+/// blocks for a bogus page.
+const MAX_UNMAP_BLOCKS: u64 = 1 << 20;
+
+/// Initiators take a MAXIMUM WRITE SAME LENGTH of 2^16 blocks or more to mean they may
+/// also write that many blocks with one WRITE, which the transfer limit does not allow.
+const MAX_WRITE_SAME_BLOCKS: u64 = u16::MAX as u64;
+
 pub fn max_unmap_blocks(lu: &LogicalUnit) -> u32 {
-    u32::try_from(MAX_UNMAP_BYTES / u64::from(lu.block_size())).unwrap_or(u32::MAX)
+    (MAX_UNMAP_BYTES / u64::from(lu.block_size())).min(MAX_UNMAP_BLOCKS) as u32
 }
 
 pub fn max_write_same_blocks(lu: &LogicalUnit) -> u64 {
-    MAX_WRITE_SAME_BYTES / u64::from(lu.block_size())
+    (MAX_WRITE_SAME_BYTES / u64::from(lu.block_size())).min(MAX_WRITE_SAME_BLOCKS)
 }
 
 /// The unmap granularity the file system gives (4 KiB blocks), in blocks of the LU: a
@@ -131,12 +141,21 @@ pub fn write_same(cdb: Cdb, lu: &LogicalUnit) -> Plan {
     let unmap = flags & 0x08 != 0;
     // NDOB (WRITE SAME(16) only): no Data-Out, the block is zeros.
     let ndob = sixteen && flags & 0x01 != 0;
-    // WSNZ = 1 in the Block Limits page: zero blocks ("to the end") is refused.
-    if blocks == 0 || blocks > max_write_same_blocks(lu) {
-        return check(Sense::invalid_field_in_cdb(len_at));
+    if lba >= lu.num_blocks() {
+        return check(Sense::lba_out_of_range());
     }
+    // WSNZ = 0 in the Block Limits page: zero blocks means every block from LBA to the
+    // last one (SBC-4 5.46), within the MAXIMUM WRITE SAME LENGTH like any other count.
+    let blocks = if blocks == 0 {
+        lu.num_blocks() - lba
+    } else {
+        blocks
+    };
     if !in_range(lu, lba, blocks) {
         return check(Sense::lba_out_of_range());
+    }
+    if blocks > max_write_same_blocks(lu) {
+        return check(Sense::invalid_field_in_cdb(len_at));
     }
     if lu.write_protected() {
         return check(Sense::write_protected());

@@ -96,8 +96,8 @@ pub enum Plan {
     /// deallocate those ranges (through the write path: tracked like a write).
     Unmap { len: u32 },
     /// Receive one block (none with `ndob`: zeros) and write it to each of `blocks`
-    /// blocks from `lba`, range already checked. With `unmap`, a zero block
-    /// deallocates instead (it reads back as zeros: LBPRZ).
+    /// blocks from `lba`, range already checked. With `unmap`, deallocate the range
+    /// instead (it reads back as zeros: LBPRZ).
     WriteSame {
         lba: u64,
         blocks: u64,

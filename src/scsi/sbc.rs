@@ -32,6 +32,9 @@ pub fn read_capacity_16(cdb: Cdb, lu: &LogicalUnit) -> Response {
     // UNMAP and WRITE SAME deallocate), LBPRZ 1 (a deallocated block reads as zeros);
     // LOWEST ALIGNED LBA 0.
     d[14] = 0x80 | 0x40;
+    // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT: the file system allocates (and
+    // deallocates) 4 KiB blocks.
+    d[13] = (4096 / lu.block_size()).max(1).trailing_zeros() as u8;
     Response::good(cut(d, alloc))
 }
 

@@ -165,8 +165,7 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     let max = lu.max_transfer_blocks();
     d[4..8].copy_from_slice(&max.to_be_bytes());
     d[8..12].copy_from_slice(&max.to_be_bytes());
-    // Byte 4 (d[0]): WSNZ, a WRITE SAME of zero blocks is refused.
-    d[0] = 0x01;
+    // Byte 4 (d[0]): WSNZ 0, a WRITE SAME of zero blocks runs to the last block.
     // MAXIMUM UNMAP LBA COUNT (20..24), MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT (24..28),
     // OPTIMAL UNMAP GRANULARITY (28..32), UGAVALID with UNMAP GRANULARITY ALIGNMENT 0
     // (32..36), MAXIMUM WRITE SAME LENGTH (36..44).

@@ -609,19 +609,15 @@ fn vpd_block_limits() {
     let max = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
     assert_eq!(max, MAX_TRANSFER_BYTES / 512);
     assert_eq!(max, lu().max_transfer_blocks());
-    assert_eq!(d[4] & 0x01, 0x01, "WSNZ");
+    assert_eq!(d[4] & 0x01, 0x00, "WSNZ 0");
     let be32 = |at: usize| u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]]);
-    assert_eq!(
-        be32(20),
-        (4u64 << 30).div_ceil(512) as u32,
-        "MAXIMUM UNMAP LBA COUNT"
-    );
+    assert_eq!(be32(20), 1 << 20, "MAXIMUM UNMAP LBA COUNT");
     assert_eq!(be32(24), 256, "MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT");
     assert_eq!(be32(28), 8, "OPTIMAL UNMAP GRANULARITY: 4 KiB");
     assert_eq!(be32(32), 0x8000_0000, "UGAVALID, alignment 0");
     assert_eq!(
         u64::from_be_bytes(d[36..44].try_into().unwrap()),
-        (4u64 << 30) / 512,
+        65535,
         "MAXIMUM WRITE SAME LENGTH"
     );
     let big = LogicalUnit::new(LuConfig {
@@ -696,7 +692,11 @@ fn read_capacity_16() {
     assert_eq!(d.len(), 32);
     assert_eq!(&d[0..8], &999u64.to_be_bytes());
     assert_eq!(&d[8..12], &512u32.to_be_bytes());
-    assert_eq!(&d[12..14], &[0; 2], "no PI, LBPPBE 0");
+    assert_eq!(
+        &d[12..14],
+        &[0, 3],
+        "no PI, 8 logical blocks per physical block"
+    );
     assert_eq!(d[14], 0xC0, "LBPME, LBPRZ, lowest aligned LBA 0");
     assert_eq!(&d[15..32], &[0; 17]);
     for alloc in 0..40u32 {
@@ -1928,9 +1928,31 @@ fn write_same_decodes() {
             ndob: true
         }
     );
-    // WSNZ: zero blocks is refused; past the end is out of range; ANCHOR unsupported.
+    // Zero blocks run to the last block; past the end is out of range; ANCHOR and
+    // WRPROTECT are unsupported.
     c[7..9].copy_from_slice(&0u16.to_be_bytes());
-    assert_eq!(kcq(run(&c, &lu)), INVALID_FIELD);
+    assert_eq!(
+        run(&c, &lu),
+        Plan::WriteSame {
+            lba: 10,
+            blocks: 990,
+            unmap: true,
+            ndob: false
+        }
+    );
+    let big = LogicalUnit::new(LuConfig {
+        num_blocks: 1 << 20,
+        ..cfg()
+    });
+    assert_eq!(
+        kcq(run(&c, &big)),
+        INVALID_FIELD,
+        "beyond MAXIMUM WRITE SAME LENGTH"
+    );
+    assert_eq!(
+        kcq(run(&cdb10(op::WRITE_SAME_10, 0, 1000, 0), &lu)),
+        LBA_OOB
+    );
     w16[10..14].copy_from_slice(&11u32.to_be_bytes());
     assert_eq!(kcq(run(&w16, &lu)), LBA_OOB);
     assert_eq!(

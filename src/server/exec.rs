@@ -381,9 +381,10 @@ pub async fn unmap(reply: Reply, lun: Arc<LunHandle>, params: Bytes, r2ts: u32, 
     reply.status(Status::Good, None, r2ts, wanted).await
 }
 
-/// WRITE SAME: `block` written to every block of the range, or (NDOB, or UNMAP with a
-/// zero block) the range deallocated: it reads as zeros either way (LBPRZ). Without
-/// UNMAP, zeros are written: the initiator asked for mapped blocks.
+/// WRITE SAME: `block` written to every block of the range, or with UNMAP the range
+/// deallocated, whatever the block holds (as LIO and tgt do, and as libiscsi's suite
+/// expects: deallocated blocks read as zeros, LBPRZ). Without UNMAP, zeros (NDOB) are
+/// written: the initiator asked for mapped blocks.
 #[allow(clippy::too_many_arguments)]
 pub async fn write_same(
     reply: Reply,
@@ -397,9 +398,8 @@ pub async fn write_same(
 ) {
     let bs = u64::from(lun.volume.block_size());
     let (offset, len) = (lba * bs, blocks * bs);
-    let zeros = block.as_ref().is_none_or(|b| b.iter().all(|&x| x == 0));
     let fua = !lun.lu.write_cache_enabled();
-    let done = if unmap && zeros {
+    let done = if unmap {
         let r = lun.volume.discard(offset, len).await;
         if r.is_ok() {
             let io = lun.volume.io_metrics();

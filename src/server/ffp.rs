@@ -603,6 +603,18 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 ),
             ),
         };
+        // WRITE SAME moves exactly one block (none with NDOB): any other EDTL is a
+        // command the initiator got wrong, refused before a byte is written.
+        let plan = match (plan, &handle) {
+            (Plan::WriteSame { ndob, .. }, Some(h))
+                if cmd.expected_len != if ndob { 0 } else { h.volume.block_size() } =>
+            {
+                Plan::Respond(scsi::Response::check(
+                    Sense::invalid_field_in_information_unit(),
+                ))
+            }
+            (plan, _) => plan,
+        };
         match (plan, handle) {
             // Unsolicited data is still on its way: take it before answering, so it
             // does not arrive for a task that no longer exists.
