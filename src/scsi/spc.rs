@@ -69,7 +69,7 @@ pub fn inquiry(cdb: Cdb, lu: Option<&LogicalUnit>) -> Response {
         VPD_DEVICE_ID => device_identification(lu),
         VPD_BLOCK_LIMITS => block_limits(lu),
         VPD_BLOCK_CHARACTERISTICS => block_device_characteristics(),
-        VPD_LB_PROVISIONING => logical_block_provisioning(),
+        VPD_LB_PROVISIONING => logical_block_provisioning(lu),
         _ => return Response::check(Sense::invalid_field_in_cdb(2)),
     };
     // VPD page header (SPC-5 7.7.1): qualifier/type, page code, PAGE LENGTH (2 bytes).
@@ -188,10 +188,11 @@ fn block_device_characteristics() -> Vec<u8> {
 
 /// Logical Block Provisioning page (SBC-4 6.6.5), page length 4: THRESHOLD EXPONENT 0
 /// (no thresholds); LBPU, LBPWS, LBPWS10 (UNMAP and both WRITE SAMEs deallocate), LBPRZ
-/// 001b (deallocated blocks read as zeros), ANC_SUP 0, DP 0; PROVISIONING TYPE 010b
-/// (thin).
-fn logical_block_provisioning() -> Vec<u8> {
-    vec![0x00, 0x80 | 0x40 | 0x20 | 0x04, 0x02, 0x00]
+/// 001b (deallocated blocks read as zeros, where `lbp::reports_lbprz`), ANC_SUP 0, DP 0;
+/// PROVISIONING TYPE 010b (thin).
+fn logical_block_provisioning(lu: &LogicalUnit) -> Vec<u8> {
+    let lbprz = if lbp::reports_lbprz(lu) { 0x04 } else { 0 };
+    vec![0x00, 0x80 | 0x40 | 0x20 | lbprz, 0x02, 0x00]
 }
 
 /// REPORT LUNS (SPC-5 6.33).

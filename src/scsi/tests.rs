@@ -639,6 +639,13 @@ fn vpd_block_characteristics_and_provisioning() {
     assert_eq!((d[5] >> 2) & 0x07, 0x01, "LBPRZ");
     assert_eq!(d[5] & 0x03, 0, "no ANC_SUP, no DP");
     assert_eq!(d[6] & 0x07, 0x02, "thin provisioned");
+    // 4096-byte LUNs do not report LBPRZ (QEMU 7.2 aborts on them if they do).
+    let big = LogicalUnit::new(LuConfig {
+        block_size: 4096,
+        ..cfg()
+    });
+    assert_eq!(vpd(0xB2, &big)[5], 0xE0);
+    assert_eq!(good(run(&rc16(32), &big))[14], 0x80);
 }
 
 // ---------------------------------------------------------------- READ CAPACITY
