@@ -40,7 +40,7 @@ pub struct VolumeIo {
     pub read_bytes: AtomicU64,
     pub write_ops: AtomicU64,
     pub write_bytes: AtomicU64,
-    /// Stays 0 until the target implements UNMAP.
+    /// UNMAP commands and WRITE SAMEs with UNMAP, and the bytes they deallocated.
     pub unmap_ops: AtomicU64,
     pub unmap_bytes: AtomicU64,
     pub read_latency: Histogram,
