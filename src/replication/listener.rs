@@ -129,7 +129,7 @@ pub async fn serve(sets: Arc<Sets>, listener: TcpListener) {
                         }
                     }
                     () = conn.superseded() => {
-                        tracing::warn!("peer connection stopped: a newer one works on its set");
+                        tracing::warn!("peer connection stopped: a newer connection or a promote took its set over");
                     }
                 }
                 sets.release(&conn);
