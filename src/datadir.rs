@@ -166,11 +166,8 @@ pub fn make_private(data_dir: &Path) -> Result<MadePrivate, PrivateError> {
             } else {
                 mode & !0o077
             };
-            std::fs::set_permissions(
-                &path,
-                std::os::unix::fs::PermissionsExt::from_mode(private),
-            )
-            .map_err(io_err)?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(private))
+                .map_err(io_err)?;
             if path == data_dir {
                 out.data_dir_mode = Some(mode);
             } else {
@@ -243,9 +240,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let t = tempfile::tempdir().unwrap();
         let d = t.path().join("data");
-        let mode = |p: &Path| {
-            std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777
-        };
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
         let set = |p: &Path, m: u32| {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
         };

@@ -96,10 +96,7 @@ fn nothing_in_either_data_dir_is_readable_by_others() {
     qemu_io(&url, &["write -P 0x54 1m 1m"]);
     replicate(&p, "r");
     let points = s.ctl_json(&["recovery-points", "r"]);
-    assert!(
-        points["points"].as_array().unwrap().len() >= 3,
-        "{points}"
-    );
+    assert!(points["points"].as_array().unwrap().len() >= 3, "{points}");
     let p_files = files_under(&pd);
     let s_files = files_under(&sd);
     let names = |files: &[PathBuf]| -> String {
@@ -111,7 +108,9 @@ fn nothing_in_either_data_dir_is_readable_by_others() {
     };
     // Not a vacuous check: the kinds of files named in the issue are there.
     assert!(
-        p_files.iter().any(|f| f.to_string_lossy().ends_with(".cow")),
+        p_files
+            .iter()
+            .any(|f| f.to_string_lossy().ends_with(".cow")),
         "no snapshot store on the primary:\n{}",
         names(&p_files)
     );
@@ -126,7 +125,10 @@ fn nothing_in_either_data_dir_is_readable_by_others() {
     );
     for (side, dir) in [("primary", &pd), ("secondary", &sd)] {
         let open = readable_by_others(dir);
-        assert!(open.is_empty(), "readable by others on the {side}: {open:#?}");
+        assert!(
+            open.is_empty(),
+            "readable by others on the {side}: {open:#?}"
+        );
     }
 
     // Files and folders an older version left open are made private at start.

@@ -41,7 +41,9 @@ fn first_cycle(p: &TestServer, s: &TestServer) -> (u64, Vec<u8>) {
     qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x41 0 8m"]);
     create_set_of_v(p, &["--keep", "4"]);
     replicate(p, "r");
-    let cut = show(s, "r")["last_cut_id"].as_u64().expect("a committed cut");
+    let cut = show(s, "r")["last_cut_id"]
+        .as_u64()
+        .expect("a committed cut");
     (cut, std::fs::read(s.volume_file("v")).unwrap())
 }
 
@@ -236,7 +238,11 @@ fn a_silent_primary_is_given_up_by_the_secondary() {
     println!("the secondary gave the stalled connection up {gave_up:?} after the stall");
     // Well before the primary's own 30 s answer timeout ends its attempt.
     assert!(gave_up < Duration::from_secs(20), "{gave_up:?}");
-    assert_ne!(show(&p, "r")["cycles"], 2, "the stalled attempt cannot have committed");
+    assert_ne!(
+        show(&p, "r")["cycles"],
+        2,
+        "the stalled attempt cannot have committed"
+    );
     // The primary's retry then finds the store free and converges.
     let done = wait_until(
         "the set to converge after the stall",

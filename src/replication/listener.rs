@@ -9,8 +9,8 @@ use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::host::{ChangeRefused, Host, SecondaryRequest};
-use super::recovery::{CutMeta, ExtentData, RecoveryError};
 use super::idle::IdleLimit;
+use super::recovery::{CutMeta, ExtentData, RecoveryError};
 use super::sets::{PeerConnHandle, Sets};
 use super::wire::{self, auth, ErrorCode, Frame, Message, PointView, WireError, PROTOCOL_VERSION};
 use crate::catalog::ReplicationRole;

@@ -330,9 +330,9 @@ impl Sets {
             .receiver_summary(name)
             .is_some_and(|s| s.points.iter().any(|p| p.cut == cut));
         if !known {
-            return Err(recovery(
-                super::recovery::RecoveryError::UnknownPoint { cut },
-            ));
+            return Err(recovery(super::recovery::RecoveryError::UnknownPoint {
+                cut,
+            }));
         }
         self.holders.lock().fenced.insert(name.to_string());
         self.supersede(name);
