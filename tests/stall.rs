@@ -257,8 +257,40 @@ fn a_silent_primary_is_given_up_by_the_secondary() {
         },
     );
     assert_eq!(done["last_cycle"]["attempts"], 2, "{done}");
+    let at_cut2 = std::fs::read(s.volume_file("v")).unwrap();
     assert!(
-        std::fs::read(p.volume_file("v")).unwrap() == std::fs::read(s.volume_file("v")).unwrap(),
+        std::fs::read(p.volume_file("v")).unwrap() == at_cut2,
         "the secondary's file differs from the primary's"
+    );
+
+    // Last step: a failover at the latest point while the next cut is stalled midway:
+    // the cut in flight is given up, the volume stays at the second cut.
+    qemu_io(&url, &["write -P 0x45 0 16m"]);
+    proxy.stall_after(4 << 20);
+    p.ctl_ok(&["replicate", "r"]);
+    wait_until(
+        "the relay to stall the next cycle's connection",
+        Duration::from_secs(60),
+        || match proxy.stalled() {
+            1 => Err(show(&p, "r").to_string()),
+            _ => Ok(()),
+        },
+    );
+    let start = Instant::now();
+    s.ctl_ok(&["promote", "--volume", "v"]);
+    let took = start.elapsed();
+    println!("promote at the latest point during a stall took {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "promote took {took:?} during a stall"
+    );
+    assert!(
+        std::fs::read(s.volume_file("v")).unwrap() == at_cut2,
+        "the promoted volume is not the last committed cut's content"
+    );
+    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
+    qemu_io(
+        &s.url(DEMO_IQN, 1),
+        &["write -P 0x46 0 1m", "read -P 0x46 0 1m"],
     );
 }
