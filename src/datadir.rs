@@ -116,6 +116,73 @@ fn remove_inside(
     }
 }
 
+/// A file or folder of the data dir that could not be looked at or made private.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot make {path} private to this user")]
+pub struct PrivateError {
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// What [`make_private`] found readable by others and made private.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MadePrivate {
+    /// The data dir's own mode before, when it let others in.
+    pub data_dir_mode: Option<u32>,
+    /// Files and folders under it that let others in (an older version made them so,
+    /// or someone changed them), with their old modes.
+    pub entries: Vec<(PathBuf, u32)>,
+}
+
+/// Takes every permission of group and others away under `data_dir` (itself
+/// included): volume images, snapshots' old content, undo logs, the catalog's secrets.
+/// Stores make their files private by construction (`durable::create_private_dir`,
+/// mode 0600 files); this is for a data dir made beforehand (`mkdir` under umask 022)
+/// or written by an older version, once at start. Symbolic links are not followed:
+/// what they point to is not ours to change.
+pub fn make_private(data_dir: &Path) -> Result<MadePrivate, PrivateError> {
+    let mut out = MadePrivate::default();
+    let mut todo = vec![data_dir.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        let io_err = |source| PrivateError {
+            path: path.clone(),
+            source,
+        };
+        let meta = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            // Gone between listing and looking: nothing left to protect.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(e)),
+        };
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            continue;
+        }
+        let mode = std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777;
+        if mode & 0o077 != 0 {
+            let private = if kind.is_dir() {
+                (mode & !0o077) | crate::durable::PRIVATE_DIR
+            } else {
+                mode & !0o077
+            };
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(private))
+                .map_err(io_err)?;
+            if path == data_dir {
+                out.data_dir_mode = Some(mode);
+            } else {
+                out.entries.push((path.clone(), mode));
+            }
+        }
+        if kind.is_dir() {
+            for entry in std::fs::read_dir(&path).map_err(io_err)? {
+                todo.push(entry.map_err(io_err)?.path());
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +233,53 @@ mod tests {
         assert!(!tracking_dir(d, 1).exists());
         remove_object_dir(d, TRACKING, &tracking_dir(d, 1)).unwrap();
         remove_object_dir(d, REPLICATION, &replication_dir(d, 7)).unwrap();
+    }
+
+    #[test]
+    fn make_private_takes_others_out_of_everything_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("data");
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        let set = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        std::fs::create_dir_all(d.join("tracking/0000000000000001")).unwrap();
+        std::fs::write(d.join("tracking/0000000000000001/spill"), b"old data").unwrap();
+        std::fs::write(d.join("catalog.json"), b"{}").unwrap();
+        std::fs::write(t.path().join("outside"), b"x").unwrap();
+        std::os::unix::fs::symlink(t.path().join("outside"), d.join("link")).unwrap();
+        set(&d, 0o755);
+        set(&d.join("tracking"), 0o755);
+        set(&d.join("tracking/0000000000000001"), 0o750);
+        set(&d.join("tracking/0000000000000001/spill"), 0o644);
+        set(&d.join("catalog.json"), 0o600);
+        set(&t.path().join("outside"), 0o644);
+
+        let made = make_private(&d).unwrap();
+        assert_eq!(made.data_dir_mode, Some(0o755));
+        let mut fixed: Vec<(String, u32)> = made
+            .entries
+            .iter()
+            .map(|(p, m)| (p.strip_prefix(&d).unwrap().display().to_string(), *m))
+            .collect();
+        fixed.sort();
+        assert_eq!(
+            fixed,
+            [
+                ("tracking".to_string(), 0o755),
+                ("tracking/0000000000000001".to_string(), 0o750),
+                ("tracking/0000000000000001/spill".to_string(), 0o644),
+            ]
+        );
+        assert_eq!(mode(&d), 0o700);
+        assert_eq!(mode(&d.join("tracking")), 0o700);
+        assert_eq!(mode(&d.join("tracking/0000000000000001")), 0o700);
+        assert_eq!(mode(&d.join("tracking/0000000000000001/spill")), 0o600);
+        assert_eq!(mode(&d.join("catalog.json")), 0o600);
+        // A link's target is not the data dir's to change.
+        assert_eq!(mode(&t.path().join("outside")), 0o644);
+        // Once private, a second start finds nothing to say.
+        assert_eq!(make_private(&d).unwrap(), MadePrivate::default());
     }
 }

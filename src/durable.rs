@@ -56,7 +56,7 @@ impl Disk for OsDisk {
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o600)
+            .mode(PRIVATE_FILE)
             .open(path)
     }
 
@@ -144,6 +144,25 @@ pub fn parent_dir(path: &Path) -> &Path {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     }
+}
+
+/// The mode of every directory the server makes under the data dir: volume data,
+/// snapshots' old content, undo logs and secrets live there, so nobody else may even
+/// list them.
+pub const PRIVATE_DIR: u32 = 0o700;
+/// The mode of every file the server makes under the data dir (see [`PRIVATE_DIR`]).
+pub const PRIVATE_FILE: u32 = 0o600;
+
+/// Creates `dir` and any missing parent with mode 0700, whatever the umask lets
+/// through (the umask can only take bits away): the one way stores make directories,
+/// so their content is private by construction. One that exists is left as it is
+/// (a start fixes older ones: `datadir::make_private`).
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(dir)
 }
 
 /// fsync the directory `dir`, so a rename or a new entry in it is durable.

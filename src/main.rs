@@ -1092,6 +1092,7 @@ fn settings(args: ServeArgs) -> anyhow::Result<Settings> {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let s = settings(args)?;
     init_logging(s.log_format);
+    private_umask();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("twinlun")
@@ -1121,6 +1122,7 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
     };
     store::ensure_data_dir(&s.data_dir)?;
     let _lock = lock_data_dir(&s.data_dir)?;
+    make_data_dir_private(&s.data_dir)?;
     let catalog = startup::prepare(&s.data_dir, s.config.as_ref())?;
     let engine = Engine::start(s.engine.kind()).context("cannot start the io engine")?;
     let mut node = Node::new(s.data_dir.clone(), engine, catalog);
@@ -1203,6 +1205,42 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => tracing::info!("terminated"),
         }
     })
+}
+
+/// A backstop behind the stores, which make every file 0600 and folder 0700 by
+/// themselves: nothing this process creates is ever readable by others, before any
+/// thread starts. A `fault-injection` build keeps the inherited umask when
+/// `TWINLUN_TEST_KEEP_UMASK` is set, so the tests prove the stores right without it.
+fn private_umask() {
+    #[cfg(feature = "fault-injection")]
+    if std::env::var_os("TWINLUN_TEST_KEEP_UMASK").is_some() {
+        tracing::warn!("TWINLUN_TEST_KEEP_UMASK is set: the umask is left as inherited");
+        return;
+    }
+    // SAFETY: umask only swaps the process's file creation mask; no memory is involved.
+    unsafe { libc::umask(0o077) };
+}
+
+/// A data dir made beforehand (`mkdir` under umask 022) or by an older version lets
+/// others read volume data and secrets: taken back once at start, and said.
+fn make_data_dir_private(dir: &Path) -> anyhow::Result<()> {
+    let made = twinlun::datadir::make_private(dir)?;
+    if let Some(old) = made.data_dir_mode {
+        tracing::warn!(
+            data_dir = %dir.display(),
+            old_mode = %format!("{old:04o}"),
+            "the data dir was open to other users (mode {old:04o}): made it 0700"
+        );
+    }
+    if let Some((first, mode)) = made.entries.first() {
+        tracing::warn!(
+            count = made.entries.len(),
+            first = %first.display(),
+            first_mode = %format!("{mode:04o}"),
+            "files and folders under the data dir were readable by other users: made them private (0600 files, 0700 folders)"
+        );
+    }
+    Ok(())
 }
 
 /// One server per data dir: an exclusive flock on DATA_DIR/lock, held for the

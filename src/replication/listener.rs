@@ -3,14 +3,15 @@
 //! else; the peer it proved is then the only one whose sets it may touch.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::host::{ChangeRefused, Host, SecondaryRequest};
+use super::idle::IdleLimit;
 use super::recovery::{CutMeta, ExtentData, RecoveryError};
-use super::sets::Sets;
+use super::sets::{PeerConnHandle, Sets};
 use super::wire::{self, auth, ErrorCode, Frame, Message, PointView, WireError, PROTOCOL_VERSION};
 use crate::catalog::ReplicationRole;
 use crate::throttle::Source;
@@ -31,6 +32,8 @@ enum Refusal {
     NotOwned(String),
     #[error("no secondary set '{0}' here")]
     NoSet(String),
+    #[error("set '{0}' is being promoted here")]
+    Promoting(String),
     /// The node refused the catalog change (its message as it is).
     #[error("{0}")]
     Change(ChangeRefused),
@@ -56,7 +59,10 @@ impl Refusal {
             Refusal::Version(_) => ErrorCode::Version,
             Refusal::Expected(_) | Refusal::Unexpected => ErrorCode::Protocol,
             Refusal::AuthFailed => ErrorCode::AuthFailed,
-            Refusal::NotOwned(_) | Refusal::Change(_) | Refusal::Staging(_) => ErrorCode::Refused,
+            Refusal::NotOwned(_)
+            | Refusal::Promoting(_)
+            | Refusal::Change(_)
+            | Refusal::Staging(_) => ErrorCode::Refused,
             Refusal::NoSet(_) => ErrorCode::NotFound,
             Refusal::Store(_) => ErrorCode::Io,
             Refusal::Base { .. } => ErrorCode::Base,
@@ -74,6 +80,32 @@ impl From<Refusal> for Message {
     }
 }
 
+/// How long a cut in flight may go without a byte from the primary before the
+/// connection is given up (its cut is left as a broken link leaves it: staged, not
+/// committed, resumed by the next attempt). Longer than the primary's own answer
+/// timeout (30 s), so a live primary gives up first and says why.
+const CUT_READ_LIMIT: Duration = Duration::from_secs(60);
+/// How long an authenticated connection may sit between requests. Primaries connect
+/// per cycle and keep no connection open between cycles, so this only ends
+/// connections nobody uses; keepalive notices a vanished host sooner.
+const IDLE_READ_LIMIT: Duration = Duration::from_secs(300);
+
+/// In a build with the `fault-injection` feature, [`CUT_READ_LIMIT`] in milliseconds
+/// from the environment, so a test sees the bound without waiting a minute.
+#[cfg(feature = "fault-injection")]
+pub const CUT_READ_LIMIT_MS: &str = "TWINLUN_TEST_CUT_READ_LIMIT_MS";
+
+fn cut_read_limit() -> Duration {
+    #[cfg(feature = "fault-injection")]
+    if let Some(ms) = std::env::var(CUT_READ_LIMIT_MS)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return Duration::from_millis(ms);
+    }
+    CUT_READ_LIMIT
+}
+
 /// Accepts peer connections until the node goes away.
 pub async fn serve(sets: Arc<Sets>, listener: TcpListener) {
     loop {
@@ -89,16 +121,25 @@ pub async fn serve(sets: Arc<Sets>, listener: TcpListener) {
         let span = tracing::info_span!("peer", %addr);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                if let Err(e) = connection(sets, stream, addr).await {
-                    tracing::info!(error = %e, "peer connection ended");
+                let conn = PeerConnHandle::new();
+                tokio::select! {
+                    r = connection(&sets, stream, addr, &conn) => {
+                        if let Err(e) = r {
+                            tracing::info!(error = %e, "peer connection ended");
+                        }
+                    }
+                    () = conn.superseded() => {
+                        tracing::warn!("peer connection stopped: a newer connection or a promote took its set over");
+                    }
                 }
+                sets.release(&conn);
             },
             span,
         ));
     }
 }
 
-type Reader = BufReader<tokio::net::tcp::OwnedReadHalf>;
+type Reader = BufReader<IdleLimit<tokio::net::tcp::OwnedReadHalf>>;
 type Writer = BufWriter<tokio::net::tcp::OwnedWriteHalf>;
 
 async fn send(w: &mut Writer, m: &Message) -> Result<(), WireError> {
@@ -174,20 +215,22 @@ async fn authenticate(
 }
 
 async fn connection(
-    sets: Arc<Sets>,
+    sets: &Arc<Sets>,
     stream: TcpStream,
     addr: std::net::SocketAddr,
+    conn: &PeerConnHandle,
 ) -> Result<(), WireError> {
     let Some(host) = sets.host() else {
         return Ok(());
     };
     let _ = stream.set_nodelay(true);
+    super::idle::keep_alive(&stream);
     let (r, w) = stream.into_split();
     // Smaller than an extent frame: most of a frame's body is read straight into its
     // buffer rather than copied through this one.
-    let mut r = BufReader::with_capacity(64 << 10, r);
+    let mut r = BufReader::with_capacity(64 << 10, IdleLimit::new(r, IDLE_READ_LIMIT));
     let mut w = BufWriter::new(w);
-    let Some(peer) = authenticate(&mut r, &mut w, &sets, &*host, addr).await? else {
+    let Some(peer) = authenticate(&mut r, &mut w, sets, &*host, addr).await? else {
         w.flush().await?;
         return Ok(());
     };
@@ -212,16 +255,19 @@ async fn connection(
                     cut,
                     taken_unix,
                 };
-                match begin_cut(&sets, &*host, &peer, &set, meta, full, base).await {
+                match begin_cut(sets, &*host, &peer, conn, &set, meta, full, base).await {
                     Ok(Begin::Receive { store, keep }) => {
-                        receive_cut(&mut r, &mut w, &set, store, meta, keep).await?;
+                        r.get_mut().set_limit(cut_read_limit());
+                        let received = receive_cut(&mut r, &mut w, &set, store, meta, keep).await;
+                        r.get_mut().set_limit(IDLE_READ_LIMIT);
+                        received?;
                         continue;
                     }
                     Ok(Begin::Committed) => Ok(Message::Committed { cut }),
                     Err(refusal) => Err(refusal),
                 }
             }
-            other => answer(&sets, &host, &peer, other).await,
+            other => answer(sets, &host, &peer, conn, other).await,
         };
         send(&mut w, &answer.unwrap_or_else(Message::from)).await?;
     }
@@ -232,6 +278,7 @@ async fn answer(
     sets: &Sets,
     host: &Arc<dyn Host>,
     peer: &str,
+    conn: &PeerConnHandle,
     m: Message,
 ) -> Result<Message, Refusal> {
     match m {
@@ -258,6 +305,9 @@ async fn answer(
         }
         Message::Reset { set, generation } => {
             owned_set(&**host, peer, &set)?;
+            if !sets.claim(&set, conn) {
+                return Err(Refusal::Promoting(set));
+            }
             let store = sets.receiver(&set).ok_or(Refusal::NoSet(set))?;
             let mut store = store.lock().await;
             tokio::task::block_in_place(|| store.reset(generation)).map_err(Refusal::Store)?;
@@ -293,17 +343,23 @@ enum Begin {
 }
 
 /// Checks a `BeginCut`: the set is this peer's, and changes apply on top of the cut
-/// they were computed from.
+/// they were computed from. The connection becomes the set's holder, superseding an
+/// older one ([`Sets::claim`]).
+#[allow(clippy::too_many_arguments)]
 async fn begin_cut(
     sets: &Sets,
     host: &dyn Host,
     peer: &str,
+    conn: &PeerConnHandle,
     set: &str,
     meta: CutMeta,
     full: bool,
     base: Option<u64>,
 ) -> Result<Begin, Refusal> {
     owned_set(host, peer, set)?;
+    if !sets.claim(set, conn) {
+        return Err(Refusal::Promoting(set.to_string()));
+    }
     let store = sets
         .receiver(set)
         .ok_or_else(|| Refusal::NoSet(set.to_string()))?;

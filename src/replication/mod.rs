@@ -3,6 +3,7 @@
 //! - `wire`: the peer protocol (frames, control messages, extents, secret proofs).
 //! - `compress`: the codecs data extents may travel in (zstd, LZ4).
 //! - `peer`: the client end of a peer connection (connect, authenticate, requests).
+//! - `idle`: bounds on silent peer connections (read limits, TCP keepalive).
 //! - `sender`: the primary side of a set: cycles of cuts shipped to the peer.
 //! - `listener`: the secondary side: authenticated connections applying cuts.
 //! - `recovery`: the secondary's staging log, undo logs and recovery points.
@@ -11,6 +12,7 @@
 
 pub mod compress;
 pub mod host;
+pub mod idle;
 pub mod listener;
 pub mod pace;
 pub mod peer;

@@ -39,6 +39,7 @@ impl PeerConn {
             .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))?
             .map_err(connect_err)?;
         let _ = stream.set_nodelay(true);
+        super::idle::keep_alive(&stream);
         let (r, w) = stream.into_split();
         let mut conn = PeerConn {
             name: name.to_string(),

@@ -829,7 +829,7 @@ impl ReceiverStore {
         config: StoreConfig,
     ) -> Result<Self, RecoveryError> {
         if !dir.is_dir() {
-            fs::create_dir_all(dir).map_err(io_err(dir))?;
+            crate::durable::create_private_dir(dir).map_err(io_err(dir))?;
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
                 File::open(parent)
                     .and_then(|d| d.sync_all())

@@ -349,7 +349,7 @@ fn save_state_on(
     dir: &Path,
     st: &PrimaryState,
 ) -> Result<(), std::io::Error> {
-    std::fs::create_dir_all(dir)?;
+    crate::durable::create_private_dir(dir)?;
     let json = serde_json::to_vec_pretty(st).map_err(std::io::Error::other)?;
     crate::durable::replace_on(disk, &state_path(dir), &json).map_err(|e| match e {
         crate::durable::ReplaceError::Io { path, source } => {

@@ -3,7 +3,7 @@
 //! cycles. One owner for all of it; the node reaches it through these methods and it
 //! reaches the node through [`Host`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -42,12 +42,53 @@ struct Receiver {
     summary: Arc<Mutex<ReceiverSummary>>,
 }
 
+/// A peer connection on the secondary's listener, as the holder of the sets it works
+/// on: its id, and the signal that stops it.
+#[derive(Clone)]
+pub struct PeerConnHandle {
+    id: u64,
+    stop: Arc<tokio::sync::Notify>,
+}
+
+impl PeerConnHandle {
+    /// A handle for a new connection (ids are unique for the process's life).
+    pub fn new() -> PeerConnHandle {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        PeerConnHandle {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            stop: Arc::default(),
+        }
+    }
+
+    /// Resolves once a newer connection (or a promote) superseded this one: the
+    /// connection's task then drops everything it holds.
+    pub async fn superseded(&self) {
+        self.stop.notified().await
+    }
+}
+
+impl Default for PeerConnHandle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Which connection works on each secondary set now, and the sets a promote has
+/// fenced off from peers while it rolls back.
+#[derive(Default)]
+struct Holders {
+    by_set: HashMap<String, PeerConnHandle>,
+    fenced: HashSet<String>,
+}
+
 /// Every replication set of the node.
 #[derive(Default)]
 pub struct Sets {
     host: OnceLock<Weak<dyn Host>>,
     primaries: Mutex<HashMap<String, Arc<PrimarySet>>>,
     receivers: Mutex<HashMap<String, Receiver>>,
+    /// Secondary sets' connections (session reinstatement, see [`Sets::claim`]).
+    holders: Mutex<Holders>,
     /// Failed peer authentications per source address (`throttle`).
     pub auth_throttle: Mutex<AuthThrottle>,
     /// Where primaries report status changes and cycles (`ctl events`).
@@ -152,7 +193,13 @@ impl Sets {
                 }
             }
             ReplicationRole::Secondary => {
-                self.receivers.lock().remove(name);
+                // A connection receiving a cut stops, and one applying a cut finishes
+                // (disk time, not the network's) before the state goes.
+                self.supersede(name);
+                let receiver = self.receivers.lock().remove(name);
+                if let Some(r) = receiver {
+                    drop(r.store.lock().await);
+                }
             }
         }
         self.metrics.remove_set(name);
@@ -162,6 +209,39 @@ impl Sets {
             crate::datadir::remove_object_dir(host.data_dir(), crate::datadir::REPLICATION, &dir)
         {
             tracing::warn!(set = %name, error = %crate::chain::ErrorChain(&e), "cannot remove replication state");
+        }
+    }
+
+    /// `conn` works on the secondary set `set` from now on. A connection that held it
+    /// is stopped, as iSCSI reinstates a session: a primary that retries after its
+    /// host or link vanished (no FIN or RST came) must not wait for the old
+    /// connection, which would otherwise keep the set's store until a read timeout.
+    /// The stopped connection's cut in flight is left as a broken connection leaves it
+    /// (staged extents kept, nothing committed), and its store lock released once
+    /// the extents it queued are written. `false` while a promote has the set.
+    pub fn claim(&self, set: &str, conn: &PeerConnHandle) -> bool {
+        let mut h = self.holders.lock();
+        if h.fenced.contains(set) {
+            return false;
+        }
+        if let Some(old) = h.by_set.insert(set.to_string(), conn.clone()) {
+            if old.id != conn.id {
+                tracing::warn!(set = %set, "a newer connection of the peer supersedes the one working on this set: stopping the older one");
+                old.stop.notify_one();
+            }
+        }
+        true
+    }
+
+    /// A connection ended: it holds no set any more.
+    pub fn release(&self, conn: &PeerConnHandle) {
+        self.holders.lock().by_set.retain(|_, c| c.id != conn.id);
+    }
+
+    /// Stops the connection working on `set`, if any.
+    fn supersede(&self, set: &str) {
+        if let Some(old) = self.holders.lock().by_set.remove(set) {
+            old.stop.notify_one();
         }
     }
 
@@ -233,18 +313,32 @@ impl Sets {
     }
 
     /// Rolls a secondary set back to its recovery point `cut`. Blocking (call from a
-    /// blocking thread): it waits for a cut being received and rewrites the volumes.
+    /// blocking thread): it rewrites the volumes. A point the set does not have is
+    /// refused from the published summary, touching nothing. Otherwise this is a
+    /// failover: a cut being received is given up (its connection is stopped, so a
+    /// stalled primary cannot hold the promote), peers are kept off the set until the
+    /// roll back is done, and only a cut being applied is waited for (disk time).
     pub fn roll_back(&self, name: &str, cut: u64) -> Result<(), ReplicationError> {
+        let recovery = |e| ReplicationError::Recovery {
+            set: name.into(),
+            source: Box::new(e),
+        };
         let store = self
             .receiver(name)
             .ok_or_else(|| ReplicationError::NotSecondary(name.into()))?;
-        let mut store = store.blocking_lock();
-        store
-            .roll_back_to(cut)
-            .map_err(|e| ReplicationError::Recovery {
-                set: name.into(),
-                source: Box::new(e),
-            })
+        let known = self
+            .receiver_summary(name)
+            .is_some_and(|s| s.points.iter().any(|p| p.cut == cut));
+        if !known {
+            return Err(recovery(super::recovery::RecoveryError::UnknownPoint {
+                cut,
+            }));
+        }
+        self.holders.lock().fenced.insert(name.to_string());
+        self.supersede(name);
+        let result = store.blocking_lock().roll_back_to(cut).map_err(recovery);
+        self.holders.lock().fenced.remove(name);
+        result
     }
 
     /// A secondary set's recovery points, the current one first.

@@ -228,7 +228,7 @@ impl ActivityLog {
         dirty: &RoaringBitmap,
         reserve: u64,
     ) -> Result<Self, TrackingError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        crate::durable::create_private_dir(dir).map_err(io_err(dir))?;
         let old = files(dir)?;
         let epoch = old.last().map_or(1, |(e, _, _)| e + 1);
         persist::save_bitmap(&pages_path(dir, epoch), dirty)?;
@@ -422,6 +422,7 @@ fn append(
             let file = OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(crate::durable::PRIVATE_FILE)
                 .open(&path)
                 .map_err(io_err(&path))?;
             (&file).write_all(&records).map_err(io_err(&path))?;

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -331,6 +331,7 @@ impl CowStore {
                 .write(true)
                 .create(true)
                 .truncate(true)
+                .mode(crate::durable::PRIVATE_FILE)
                 .open(&self.spill_path)
                 .map_err(|source| TrackingError::Io {
                     path: self.spill_path.clone(),

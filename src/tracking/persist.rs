@@ -292,7 +292,7 @@ fn save_state_on(
     snapshots: &mut [SavedSnapshot<'_>],
     page_bytes: usize,
 ) -> Result<(), TrackingError> {
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    crate::durable::create_private_dir(dir).map_err(io_err(dir))?;
     let clean = dir.join(CLEAN_FILE);
     // The clean marker goes first, durably: a crash from here on finds the state
     // unclean and counts the activity log, never a half-saved state as clean.
@@ -357,7 +357,7 @@ pub(crate) fn ensure_live_state(dir: &Path) -> Result<(), TrackingError> {
     if !state_files(dir)?.is_empty() {
         return Ok(());
     }
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    crate::durable::create_private_dir(dir).map_err(io_err(dir))?;
     save_bitmap(&dir.join(DIRTY_FILE), &RoaringBitmap::new())
 }
 

@@ -1,10 +1,11 @@
 //! A TCP proxy for fault injection: forwards to a target, optionally throttling the
-//! client-to-target direction, and can cut every connection at once.
+//! client-to-target direction, and can cut every connection at once, or stall one
+//! (stop forwarding either way without closing, as a vanished host does).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,11 @@ pub struct Proxy {
     /// connection is cut (once); 0 = unarmed.
     trip: Arc<AtomicU64>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
+    /// Once a connection has forwarded this many bytes client to target, it stalls
+    /// (once; later connections pass); 0 = unarmed.
+    stall_at: Arc<AtomicU64>,
+    /// Connections stalled so far.
+    stalled: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -25,7 +31,10 @@ impl Proxy {
         let rate = Arc::new(AtomicU64::new(bytes_per_sec));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let trip = Arc::new(AtomicU64::new(0));
+        let stall_at = Arc::new(AtomicU64::new(0));
+        let stalled = Arc::new(AtomicU64::new(0));
         let (r, c, t) = (rate.clone(), conns.clone(), trip.clone());
+        let (sa, sd) = (stall_at.clone(), stalled.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
                 let Ok(server) = TcpStream::connect(target) else {
@@ -34,13 +43,17 @@ impl Proxy {
                 c.lock().unwrap().push(client.try_clone().unwrap());
                 c.lock().unwrap().push(server.try_clone().unwrap());
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let stall = Arc::new(AtomicBool::new(false));
                 let limits = Limits {
                     rate: r.clone(),
                     trip: t.clone(),
                     conns: c.clone(),
+                    stall_at: sa.clone(),
+                    stalled: sd.clone(),
                 };
-                std::thread::spawn(move || pump(client, server, Some(limits)));
-                std::thread::spawn(move || pump(s2, c2, None));
+                let stall2 = stall.clone();
+                std::thread::spawn(move || pump(client, server, Some(limits), stall));
+                std::thread::spawn(move || pump(s2, c2, None, stall2));
             }
         });
         Proxy {
@@ -48,7 +61,21 @@ impl Proxy {
             rate,
             trip,
             conns,
+            stall_at,
+            stalled,
         }
+    }
+
+    /// Stalls the first connection that has forwarded `bytes` from its client: from
+    /// then on it forwards nothing either way and closes nothing, while later
+    /// connections pass (a host that vanished mid-transfer, then a new path).
+    pub fn stall_after(&self, bytes: u64) {
+        self.stall_at.store(bytes, Ordering::Release);
+    }
+
+    /// How many connections have stalled.
+    pub fn stalled(&self) -> u64 {
+        self.stalled.load(Ordering::Acquire)
     }
 
     pub fn set_rate(&self, bytes_per_sec: u64) {
@@ -84,22 +111,49 @@ struct Limits {
     rate: Arc<AtomicU64>,
     trip: Arc<AtomicU64>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
+    stall_at: Arc<AtomicU64>,
+    stalled: Arc<AtomicU64>,
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, limits: Option<Limits>) {
+/// A stalled direction: holds its sockets open and moves nothing, for the rest of the
+/// test process (the thread only parks; it decides nothing).
+fn hold(from: TcpStream, to: TcpStream) -> ! {
+    let _keep = (from, to);
+    loop {
+        std::thread::park();
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, limits: Option<Limits>, stall: Arc<AtomicBool>) {
     let mut buf = vec![0u8; 16 * 1024];
     let start = Instant::now();
     let mut moved = 0u64;
     loop {
         let n = match from.read(&mut buf) {
+            // A stalled connection passes no close either.
+            Ok(0) | Err(_) if stall.load(Ordering::Acquire) => hold(from, to),
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if stall.load(Ordering::Acquire) {
+            hold(from, to);
+        }
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
         moved += n as u64;
         if let Some(l) = &limits {
+            let at = l.stall_at.load(Ordering::Acquire);
+            if at > 0
+                && moved >= at
+                && l.stall_at
+                    .compare_exchange(at, 0, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                stall.store(true, Ordering::Release);
+                l.stalled.fetch_add(1, Ordering::AcqRel);
+                hold(from, to);
+            }
             let trip = l.trip.load(Ordering::Acquire);
             if trip > 0
                 && moved >= trip

@@ -169,7 +169,7 @@ pub fn create_volume_file(path: &Path, size: u64) -> Result<(), AdminError> {
         source,
     };
     let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(err)?;
+    crate::durable::create_private_dir(dir).map_err(err)?;
     let f = match OpenOptions::new()
         .write(true)
         .create_new(true)
