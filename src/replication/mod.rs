@@ -3,6 +3,7 @@
 //! - `wire`: the peer protocol (frames, control messages, extents, secret proofs).
 //! - `compress`: the codecs data extents may travel in (zstd, LZ4).
 //! - `peer`: the client end of a peer connection (connect, authenticate, requests).
+//! - `rate`: the token buckets of `--max-rate` (per set, per peer) and the rate meter.
 //! - `sender`: the primary side of a set: cycles of cuts shipped to the peer.
 //! - `listener`: the secondary side: authenticated connections applying cuts.
 //! - `recovery`: the secondary's staging log, undo logs and recovery points.
@@ -13,6 +14,7 @@ pub mod compress;
 pub mod host;
 pub mod listener;
 pub mod peer;
+pub mod rate;
 pub mod recovery;
 pub mod sender;
 pub mod sets;
@@ -91,6 +93,11 @@ pub enum ReplicationError {
     Stopping,
     #[error("compressing extents")]
     Encode(#[source] tokio::task::JoinError),
+    #[error("peer '{peer}' does not decode {codec} (an older build?): the set's compression stays as it is")]
+    Codec {
+        peer: String,
+        codec: crate::catalog::Compression,
+    },
     #[error("replication set '{0}' is suspended (`resume` it first)")]
     Suspended(String),
     #[error("no cycle of '{0}' is running")]

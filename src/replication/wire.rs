@@ -152,6 +152,12 @@ pub enum Message {
         cut: u64,
         extents: u64,
     },
+    /// `replication modify`: the secondary keeps this many recovery points from its
+    /// next commit on. Answered `Ok`.
+    ModifySet {
+        set: String,
+        keep: u32,
+    },
     /// List the secondary's recovery points.
     RecoveryPoints {
         set: String,

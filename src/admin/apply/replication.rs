@@ -147,6 +147,37 @@ pub(super) fn commit_delete<H: Host + ?Sized>(
     Ok(())
 }
 
+/// Settles a modify with the peer where it must (the secondary's `keep`, the codec
+/// check), installs the catalog, and applies the settings to the running set. If the
+/// catalog cannot be saved after the peer took a new `keep`, the peer is given the old
+/// one back.
+pub(super) fn commit_modify<H: Host + ?Sized>(
+    host: &H,
+    new: Catalog,
+    name: &str,
+    keep: Option<u32>,
+    codec: Option<crate::catalog::Compression>,
+) -> Result<(), AdminError> {
+    let spec = new.replications[name].clone();
+    let peer = new.peers[&spec.peer].clone();
+    if keep.is_some() || codec.is_some() {
+        host.replication_modify_remote(name, &spec, &peer, keep, codec)?;
+    }
+    if let Err(e) = install(host, new) {
+        let old = host.catalog().read().replications.get(name).map(|r| r.keep);
+        if let (Some(_), Some(old)) = (keep, old) {
+            if let Err(undo) = host.replication_modify_remote(name, &spec, &peer, Some(old), None)
+            {
+                tracing::warn!(set = %name, error = %undo, "cannot give the peer its old keep back");
+            }
+        }
+        return Err(e.into());
+    }
+    host.replication_modified(name);
+    tracing::info!(set = %name, "replication set modified");
+    Ok(())
+}
+
 pub(super) fn full_replication_view<H: Host + ?Sized>(
     host: &H,
     c: &Catalog,
@@ -185,6 +216,7 @@ mod tests {
             PeerSpec {
                 addr: "192.0.2.1:3261".into(),
                 secret: "0123456789abcdef".into(),
+                max_rate: None,
             },
         );
         c.replications.insert(
@@ -200,6 +232,7 @@ mod tests {
                 queue_policy: Default::default(),
                 keep: 8,
                 compress: Default::default(),
+                max_rate: None,
             },
         );
         store::save(f.dir.path(), &c).unwrap();
