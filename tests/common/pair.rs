@@ -25,12 +25,23 @@ pub fn pair_launched(
     primary: Launch,
     via: impl FnOnce(std::net::SocketAddr) -> std::net::SocketAddr,
 ) -> (TestServer, TestServer) {
+    pair_of(primary, TestServer::launch(), via)
+}
+
+/// `pair_via` with both nodes started from what the test prepared.
+pub fn pair_of(
+    primary: Launch,
+    secondary: Launch,
+    via: impl FnOnce(std::net::SocketAddr) -> std::net::SocketAddr,
+) -> (TestServer, TestServer) {
     let primary_repl = format!("127.0.0.1:{}", free_port());
     let secondary_repl = format!("127.0.0.1:{}", free_port());
     let p = primary
         .args(&["--replication-listen", &primary_repl])
         .start();
-    let s = TestServer::start_with(&["--replication-listen", &secondary_repl]);
+    let s = secondary
+        .args(&["--replication-listen", &secondary_repl])
+        .start();
     let target = via(s.repl_addr.expect("secondary replication address"));
     p.ctl_ok(&[
         "peer",
