@@ -676,7 +676,10 @@ impl Config {
                     addr: p.addr.clone(),
                     secret: p.secret.clone(),
                     // Parse checked it.
-                    max_rate: p.max_rate.as_deref().and_then(|r| validate::parse_rate(r).ok()),
+                    max_rate: p
+                        .max_rate
+                        .as_deref()
+                        .and_then(|r| validate::parse_rate(r).ok()),
                 },
             );
         }

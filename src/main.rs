@@ -1071,7 +1071,10 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 name,
                 every: if no_every { Some("none".into()) } else { every },
                 keep,
-                queue_policy: queue_policy.as_deref().map(parse_queue_policy).transpose()?,
+                queue_policy: queue_policy
+                    .as_deref()
+                    .map(parse_queue_policy)
+                    .transpose()?,
                 max_rate: if no_max_rate {
                     Some("none".into())
                 } else {

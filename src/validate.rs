@@ -134,7 +134,9 @@ pub fn parse_rate(input: &str) -> Result<u64, ValidationError> {
         why,
     };
     let n = parse_size(input).map_err(|e| match e {
-        ValidationError::Size { why, .. } => err(format!("{why} (a rate is bytes per second, e.g. 50M)")),
+        ValidationError::Size { why, .. } => {
+            err(format!("{why} (a rate is bytes per second, e.g. 50M)"))
+        }
         other => err(other.to_string()),
     })?;
     if n < MIN_RATE {
@@ -580,7 +582,12 @@ mod tests {
             assert!(e.starts_with(&format!("invalid --max-rate '{bad}'")), "{e}");
         }
         for n in [50 << 20, 3 << 29, (50 << 20) + 1, MIN_RATE] {
-            assert_eq!(parse_rate(&format_rate(n)).unwrap(), n, "{}", format_rate(n));
+            assert_eq!(
+                parse_rate(&format_rate(n)).unwrap(),
+                n,
+                "{}",
+                format_rate(n)
+            );
         }
         assert_eq!(format_rate(50 << 20), "50M");
     }

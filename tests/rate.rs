@@ -66,7 +66,10 @@ fn cycle_with_rates(p: &TestServer) -> (Value, Vec<u64>) {
 }
 
 fn median(mut v: Vec<u64>) -> u64 {
-    assert!(!v.is_empty(), "no rate was reported while the cycle shipped");
+    assert!(
+        !v.is_empty(),
+        "no rate was reported while the cycle shipped"
+    );
     v.sort_unstable();
     v[v.len() / 2]
 }
@@ -182,10 +185,7 @@ fn a_rate_changed_mid_cycle_takes_effect_within_2_s() {
             Err(format!("{} MiB more", (now - before) / MIB))
         },
     );
-    eprintln!(
-        "24 MiB more within {:?} of the change",
-        changed.elapsed()
-    );
+    eprintln!("24 MiB more within {:?} of the change", changed.elapsed());
     let v = show(&p, "r");
     assert_eq!(v["max_rate"], 40 * MIB, "{v}");
     // And down again: the pace drops to the new cap within 2 s.
@@ -342,7 +342,10 @@ fn modify_refusals_name_the_reason_and_change_nothing() {
     let v = raw(&p, r#"{"cmd":"replication_modify","name":"r"}"#);
     assert_eq!(v["code"], "invalid", "{v}");
     let m = v["message"].as_str().unwrap();
-    assert!(m.contains("nothing to change") && m.contains("--max-rate"), "{m}");
+    assert!(
+        m.contains("nothing to change") && m.contains("--max-rate"),
+        "{m}"
+    );
 
     // A bad rate names the option, from ctl and from the server, and so does a bad
     // value beside good ones: nothing of the request applies.
@@ -357,13 +360,24 @@ fn modify_refusals_name_the_reason_and_change_nothing() {
         );
         assert_eq!(v["code"], "invalid", "{v}");
         assert!(
-            v["message"].as_str().unwrap().contains(&format!("invalid --max-rate '{bad}'")),
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("invalid --max-rate '{bad}'")),
             "{v}"
         );
     }
     let (err, _) = p.ctl_refused(&["replication", "modify", "r", "--keep", "0", "--every", "5m"]);
     assert!(err.contains("--keep must be at least 1"), "{err}");
-    let (err, _) = p.ctl_refused(&["replication", "modify", "r", "--every", "soon", "--keep", "3"]);
+    let (err, _) = p.ctl_refused(&[
+        "replication",
+        "modify",
+        "r",
+        "--every",
+        "soon",
+        "--keep",
+        "3",
+    ]);
     assert!(err.contains("invalid duration 'soon'"), "{err}");
     let o = p.ctl(&["replication", "modify", "r", "--compress", "gzip"]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
@@ -371,7 +385,15 @@ fn modify_refusals_name_the_reason_and_change_nothing() {
     unchanged();
 
     // A codec the peer cannot decode is refused, naming it; one it can is taken.
-    let (err, v) = p.ctl_refused(&["replication", "modify", "r", "--compress", "zstd", "--keep", "3"]);
+    let (err, v) = p.ctl_refused(&[
+        "replication",
+        "modify",
+        "r",
+        "--compress",
+        "zstd",
+        "--keep",
+        "3",
+    ]);
     assert_eq!(v["code"], "refused", "{v}");
     assert!(err.contains("peer 'dr' does not decode zstd"), "{err}");
     unchanged();
@@ -379,7 +401,10 @@ fn modify_refusals_name_the_reason_and_change_nothing() {
     // On the secondary: modify it on the primary.
     let (err, v) = s.ctl_refused(&["replication", "modify", "r", "--keep", "3"]);
     assert_eq!(v["code"], "invalid", "{v}");
-    assert!(err.contains("is the secondary side here: modify it on its primary"), "{err}");
+    assert!(
+        err.contains("is the secondary side here: modify it on its primary"),
+        "{err}"
+    );
     unchanged();
 
     // A keep needs the secondary: with it gone, the change is refused and not made.
@@ -393,7 +418,15 @@ fn modify_refusals_name_the_reason_and_change_nothing() {
     p.ctl_ok(&["replication", "modify", "r", "--max-rate", "20M"]);
     assert_eq!(show(&p, "r")["max_rate"], 20 * MIB);
     s.restart();
-    p.ctl_ok(&["replication", "modify", "r", "--compress", "lz4", "--keep", "3"]);
+    p.ctl_ok(&[
+        "replication",
+        "modify",
+        "r",
+        "--compress",
+        "lz4",
+        "--keep",
+        "3",
+    ]);
     assert_eq!(show(&s, "r")["keep"], 3);
     assert_eq!(show(&p, "r")["compress"], "lz4");
 
@@ -403,15 +436,39 @@ fn modify_refusals_name_the_reason_and_change_nothing() {
     let o = p.ctl(&["peer", "update", "dr"]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     let v = raw(&p, r#"{"cmd":"peer_update","name":"dr","max_rate":"slow"}"#);
-    assert!(v["message"].as_str().unwrap().contains("invalid --max-rate 'slow'"), "{v}");
-    assert_eq!(p.ctl_json(&["peer", "list"])["peers"][0]["max_rate"], Value::Null);
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid --max-rate 'slow'"),
+        "{v}"
+    );
+    assert_eq!(
+        p.ctl_json(&["peer", "list"])["peers"][0]["max_rate"],
+        Value::Null
+    );
     // And at creation: a bad rate creates nothing.
-    let o = p.ctl(&["peer", "create", "x", "127.0.0.1:9", "--secret", "0123456789abc", "--max-rate", "fast"]);
+    let o = p.ctl(&[
+        "peer",
+        "create",
+        "x",
+        "127.0.0.1:9",
+        "--secret",
+        "0123456789abc",
+        "--max-rate",
+        "fast",
+    ]);
     assert_eq!(o.status.code(), Some(2), "{o:?}");
     let v = raw(
         &p,
         r#"{"cmd":"peer_create","name":"x","addr":"127.0.0.1:9","secret":"0123456789abc","max_rate":"fast"}"#,
     );
     assert_eq!(v["code"], "invalid", "{v}");
-    assert_eq!(p.ctl_json(&["peer", "list"])["peers"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        p.ctl_json(&["peer", "list"])["peers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }

@@ -507,9 +507,7 @@ impl Kind {
             | "acl_add" | "acl_remove" | "chap_set" | "chap_clear" | "snapshot_create"
             | "snapshot_delete" | "peer_create" | "peer_delete" | "peer_update"
             | "replication_create" | "replication_modify" | "replication_delete"
-            | "schedule_add" | "schedule_modify" | "schedule_delete" => {
-                Kind::Change
-            }
+            | "schedule_add" | "schedule_modify" | "schedule_delete" => Kind::Change,
             "replicate" | "restart" | "suspend" | "resume" | "abort" | "promote" => Kind::Action,
             _ => return None,
         })

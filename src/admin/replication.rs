@@ -148,7 +148,11 @@ pub fn replication_create(
     if let Some(p) = &a.target_prefix {
         validate::check_target_prefix(p)?;
     }
-    let max_rate = a.max_rate.as_deref().map(validate::parse_rate).transpose()?;
+    let max_rate = a
+        .max_rate
+        .as_deref()
+        .map(validate::parse_rate)
+        .transpose()?;
     if c.replications.contains_key(&a.name) {
         return Err(AdminError::SetExists(a.name));
     }
@@ -241,15 +245,15 @@ pub fn replication_modify(
     {
         return Err(AdminError::NothingToModify(m.name));
     }
-    let show_every = |e: Option<u64>| {
-        e.map_or_else(
-            || "none".to_string(),
-            crate::config::format_duration,
-        )
-    };
+    let show_every =
+        |e: Option<u64>| e.map_or_else(|| "none".to_string(), crate::config::format_duration);
     let mut changes: Vec<String> = Vec::new();
     if let Some(e) = every {
-        changes.push(format!("every {} -> {}", show_every(spec.every_secs), show_every(e)));
+        changes.push(format!(
+            "every {} -> {}",
+            show_every(spec.every_secs),
+            show_every(e)
+        ));
         spec.every_secs = e;
     }
     let mut remote_keep = None;

@@ -36,7 +36,10 @@ pub struct Tokens {
 impl Tokens {
     /// An empty bucket at `now`: the first extent passes as debt.
     pub fn new(now: Instant) -> Tokens {
-        Tokens { balance: 0.0, at: now }
+        Tokens {
+            balance: 0.0,
+            at: now,
+        }
     }
 
     /// Adds what `rate` bytes/s earned since the last update, up to the burst.

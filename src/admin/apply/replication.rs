@@ -166,8 +166,7 @@ pub(super) fn commit_modify<H: Host + ?Sized>(
     if let Err(e) = install(host, new) {
         let old = host.catalog().read().replications.get(name).map(|r| r.keep);
         if let (Some(_), Some(old)) = (keep, old) {
-            if let Err(undo) = host.replication_modify_remote(name, &spec, &peer, Some(old), None)
-            {
+            if let Err(undo) = host.replication_modify_remote(name, &spec, &peer, Some(old), None) {
                 tracing::warn!(set = %name, error = %undo, "cannot give the peer its old keep back");
             }
         }
