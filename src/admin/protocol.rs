@@ -1062,6 +1062,24 @@ mod tests {
                 }),
                 r#"{"cmd":"restart","name":"r","yes":true}"#,
             ),
+            // Only the settings given travel; "none" removes one.
+            (
+                Request::from(Change::ReplicationModify(ReplicationModify {
+                    name: "r".into(),
+                    every: Some("none".into()),
+                    keep: Some(3),
+                    max_rate: Some("50M".into()),
+                    ..ReplicationModify::default()
+                })),
+                r#"{"cmd":"replication_modify","name":"r","every":"none","keep":3,"max_rate":"50M"}"#,
+            ),
+            (
+                Request::from(Change::PeerUpdate(PeerUpdate {
+                    name: "dr".into(),
+                    max_rate: Some("none".into()),
+                })),
+                r#"{"cmd":"peer_update","name":"dr","max_rate":"none"}"#,
+            ),
         ];
         for (req, line) in cases {
             assert_eq!(serde_json::to_string(&req).unwrap(), line);

@@ -111,9 +111,12 @@ impl Sets {
                     .peers
                     .get(&spec.peer)
                     .and_then(|p| p.max_rate);
+                let peer = self.peer_bucket(&spec.peer, peer_rate);
+                // A bucket left from a peer deleted and made again takes today's cap.
+                peer.set_rate(peer_rate);
                 let limits = Limits {
                     set: Bucket::new(spec.max_rate),
-                    peer: self.peer_bucket(&spec.peer, peer_rate),
+                    peer,
                 };
                 let set = PrimarySet::start(
                     Arc::downgrade(&host),

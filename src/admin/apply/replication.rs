@@ -238,6 +238,60 @@ mod tests {
     }
 
     #[test]
+    fn modify_saves_what_needs_no_peer_and_refuses_what_it_cannot_settle() {
+        use crate::admin::protocol::{Change, ReplicationModify};
+        let f = Fake::new();
+        with_set(&f);
+        let modify = |m: ReplicationModify| {
+            Change::ReplicationModify(ReplicationModify {
+                name: "r".into(),
+                ..m
+            })
+        };
+        let Response::Done { message } = f.ok(modify(ReplicationModify {
+            max_rate: Some("1.5G".into()),
+            every: Some("5m".into()),
+            ..Default::default()
+        })) else {
+            panic!()
+        };
+        assert_eq!(
+            message,
+            "modified replication set 'r': every none -> 5m, max-rate no cap -> 1.5G/s"
+        );
+        let saved = f.on_disk().replications["r"].clone();
+        assert_eq!(
+            (saved.max_rate, saved.every_secs),
+            (Some(3 << 29), Some(300))
+        );
+        // The fake has no peer: a new keep, or a codec to check, cannot be settled,
+        // and nothing of the request is saved.
+        for m in [
+            ReplicationModify {
+                keep: Some(3),
+                max_rate: Some("none".into()),
+                ..Default::default()
+            },
+            ReplicationModify {
+                compress: Some(crate::catalog::Compression::Zstd),
+                every: Some("none".into()),
+                ..Default::default()
+            },
+        ] {
+            f.refuse(modify(m), ErrorCode::Invalid);
+            assert_eq!(f.on_disk().replications["r"], saved);
+        }
+        // Back to `none` needs no peer.
+        f.ok(modify(ReplicationModify {
+            compress: Some(crate::catalog::Compression::None),
+            ..Default::default()
+        }));
+        let m = f.refuse(modify(ReplicationModify::default()), ErrorCode::Invalid);
+        assert!(m.contains("nothing to change"), "{m}");
+        assert_eq!(*f.catalog.read(), f.on_disk());
+    }
+
+    #[test]
     fn actions_name_their_set_and_change_nothing_when_refused() {
         let f = Fake::new();
         let nope = || "nope".to_string();
