@@ -21,7 +21,8 @@
 #           (scattered, written through iSCSI) against `rsync --inplace
 #           --no-whole-file` of the image to a copy that was in sync before the
 #           change; and 4 KiB QD32 write IOPS on the primary while cycles ship,
-#           against the same with replication idle.
+#           unthrottled and with `replication modify --max-rate 100M`, against the
+#           same with replication idle.
 #
 # QEMU's iSCSI driver (libiscsi, from qemu-block-extra) drives the targets with
 # `qemu-img bench`, whose offsets are sequential: each request follows the previous
@@ -641,6 +642,9 @@ RCOUNT=70000
 R_INIT_SECS="" R_INIT_WALL="" R_INIT_DATA="" R_CP_SECS=""
 R_INCR_SECS="" R_INCR_WALL="" R_INCR_DATA="" R_RSYNC_SECS=""
 R_SHIP_CYCLES="" R_SHIP_BUSY=""
+R_CAP_CYCLES="" R_CAP_BUSY=""
+# The cap of the capped shipping run (`replication modify --max-rate`), bytes/s.
+REPL_CAP=100M
 R_VERIFIED=""
 # CPU seconds each side's process spent per GiB of data the first cycle shipped.
 R_CPU_GIB_P="" R_CPU_GIB_S=""
@@ -837,18 +841,23 @@ volume_file() {   # side, volume: its backing file (files are named by ids; ctl 
             R_VERIFIED=yes
         fi
 
-        # 3. Write IOPS on the primary with replication idle, and while cycles ship: a
-        # cycle of 1 GiB dirtied away from the bench's region is started first, and a
-        # loop requests a new cycle whenever the set is ready again, until the run ends.
+        # 3. Write IOPS on the primary with replication idle, and while cycles ship
+        # (unthrottled, and capped with --max-rate $REPL_CAP): a cycle of 1 GiB dirtied
+        # away from the bench's region is started first, and a loop requests a new cycle
+        # whenever the set is ready again, until the run ends.
         [[ $r == 1 ]] && note_line "$(bench_cmd rp 4096 32 write "$RCOUNT" "$REGION_BYTES")"
         echo "write -P 0x6b $REPL_SHIP_OFFSET $REPL_SHIP_BYTES" >"$WORK/write-ship.qemu-io"
-        for step in $( (( r % 2 )) && echo "idle ship" || echo "ship idle"); do
+        for step in $( (( r % 2 )) && echo "idle ship capped" || echo "capped ship idle"); do
             if [[ "$step" == idle ]]; then
                 settle
                 measure "$RCASE" idle rp 4096 32 write "$RCOUNT" "round $r/$RUNS replication idle"
                 continue
             fi
             qemu_io_file "$WORK/write-ship.qemu-io"
+            if [[ "$step" == capped ]]; then
+                [[ $r == 1 ]] && note_cmd "$BIN" ctl --socket "$(ctl_socket rp)" replication modify "$REPL_SET" --max-rate "$REPL_CAP"
+                twinlun_ctl rp replication modify "$REPL_SET" --max-rate "$REPL_CAP" >/dev/null
+            fi
             settle
             c0=$(json_num cycles "$(repl_show)")
             twinlun_ctl rp replicate "$REPL_SET" >/dev/null
@@ -863,23 +872,32 @@ volume_file() {   # side, volume: its backing file (files are named by ids; ctl 
                 done
             ) &
             loop_pid=$!
-            measure "$RCASE" ship rp 4096 32 write "$RCOUNT" "round $r/$RUNS while cycles ship"
+            measure "$RCASE" "$step" rp 4096 32 write "$RCOUNT" "round $r/$RUNS while cycles ship ($step)"
             shown=$(repl_show)
             touch "$stop_flag"
             wait "$loop_pid" || die "the loop requesting cycles failed during the shipping run"
             busy=no; [[ "$(json_word status "$shown")" == replicating ]] && busy=yes
             c1=$(json_num cycles "$shown")
-            R_SHIP_CYCLES+="$((c1 - c0)) "
-            R_SHIP_BUSY+="$busy "
-            say "round $r: $((c1 - c0)) cycle(s) completed during the run; still shipping at its end: $busy"
+            if [[ "$step" == capped ]]; then
+                R_CAP_CYCLES+="$((c1 - c0)) "
+                R_CAP_BUSY+="$busy "
+                # The cycle left finishes at full speed.
+                twinlun_ctl rp replication modify "$REPL_SET" --no-max-rate >/dev/null
+            else
+                R_SHIP_CYCLES+="$((c1 - c0)) "
+                R_SHIP_BUSY+="$busy "
+            fi
+            say "round $r ($step): $((c1 - c0)) cycle(s) completed during the run; still shipping at its end: $busy"
             repl_wait_ready
         done
-        RATIOS_OF[$RCASE,ship/idle]+="$(last_ratio "${RUNS_OF[$RCASE,ship]}" "${RUNS_OF[$RCASE,idle]}") "
-        CPU_RATIOS_OF[$RCASE,ship/idle]+="$(last_ratio "${CPU_RUNS_OF[$RCASE,ship]}" "${CPU_RUNS_OF[$RCASE,idle]}") "
+        for k in ship capped; do
+            RATIOS_OF[$RCASE,$k/idle]+="$(last_ratio "${RUNS_OF[$RCASE,$k]}" "${RUNS_OF[$RCASE,idle]}") "
+            CPU_RATIOS_OF[$RCASE,$k/idle]+="$(last_ratio "${CPU_RUNS_OF[$RCASE,$k]}" "${CPU_RUNS_OF[$RCASE,idle]}") "
+        done
 
         for s in rp rs; do stop_side "$s"; done
     done
-    medians "$RCASE" idle ship
+    medians "$RCASE" idle ship capped
     rm -rf "$WORK/twinlun-rp-data/volumes" "$WORK/twinlun-rs-data/volumes" "$REPL_COPY"
 fi
 
@@ -1021,6 +1039,9 @@ if [[ "$RUN_REPLICATION" == 1 ]]; then
     # shellcheck disable=SC2059
     printf "$fmt" "4k QD32 write IOPS, shipping/idle" "$(iops_of "$RCASE" ship)" "" "$(iops_of "$RCASE" idle)" \
         "$(ratio_of "${RATIOS_OF[$RCASE,ship/idle]}" 3)" "$(range_of "${RATIOS_OF[$RCASE,ship/idle]}" 3)"
+    # shellcheck disable=SC2059
+    printf "$fmt" "  shipping --max-rate $REPL_CAP/idle" "$(iops_of "$RCASE" capped)" "" "$(iops_of "$RCASE" idle)" \
+        "$(ratio_of "${RATIOS_OF[$RCASE,capped/idle]}" 3)" "$(range_of "${RATIOS_OF[$RCASE,capped/idle]}" 3)"
     echo "(initial: MB/s of the written data, twinlun's first cycle (seconds the server reports, and seconds from"
     echo " \`replicate\` to seeing the set ready) against cp --sparse=always + sync of the volume file, ratio twinlun / cp;"
     echo " incremental: seconds after 1 % of the 4 KiB pages changed, twinlun's cycle against rsync --inplace"
@@ -1030,6 +1051,7 @@ if [[ "$RUN_REPLICATION" == 1 ]]; then
     echo "Data shipped per first cycle: $(median_of "$R_INIT_DATA") bytes; per incremental cycle: $(median_of "$R_INCR_DATA") bytes (median)"
     echo "CPU seconds per GiB shipped in the first cycle (user + system, median): primary $(med3 "$R_CPU_GIB_P"), secondary $(med3 "$R_CPU_GIB_S")"
     echo "Shipping runs: cycles completed during each run: ${R_SHIP_CYCLES% }; a cycle still shipping at the end: ${R_SHIP_BUSY% }"
+    echo "Capped shipping runs (--max-rate $REPL_CAP): cycles completed during each run: ${R_CAP_CYCLES% }; a cycle still shipping at the end: ${R_CAP_BUSY% }"
     echo "Secondary and rsync copy equal to the primary after round 1: ${R_VERIFIED:-not checked}"
     echo "Goals: initial twinlun / cp >= 0.5: $(goal "$(ratio_of "$R_INIT_RATIOS" 3)" 0.5); incremental rsync / twinlun >= 10: $(goal "$(ratio_of "$R_INCR_RATIOS" 3)" 10)"
 fi
@@ -1141,6 +1163,11 @@ json_list() { local out="" x; for x in $1; do out+="${out:+, }$x"; done; printf 
             "$(json_list "$R_SHIP_CYCLES")" "$(sed 's/\([a-z]*\)/"\1"/g; s/" "/", "/g; s/ *$//' <<<"${R_SHIP_BUSY% }")"
         printf '    "cpu_seconds_per_gib_first_cycle": {"primary": %s, "primary_runs": %s, "secondary": %s, "secondary_runs": %s},\n' \
             "$(med3 "$R_CPU_GIB_P")" "$(json_list "$R_CPU_GIB_P")" "$(med3 "$R_CPU_GIB_S")" "$(json_list "$R_CPU_GIB_S")"
+        printf '    "write_iops_capped": {"max_rate": "%s", "capped": %s, "capped_runs": %s, "ratio": %s, "ratio_runs": %s,\n' \
+            "$REPL_CAP" "$(iops_of "$RCASE" capped)" "$(json_list "${RUNS_OF[$RCASE,capped]}")" \
+            "$(ratio_of "${RATIOS_OF[$RCASE,capped/idle]}" 3)" "$(json_list "${RATIOS_OF[$RCASE,capped/idle]}")"
+        printf '      "cycles_completed_runs": %s, "shipping_at_end_runs": [%s]},\n' \
+            "$(json_list "$R_CAP_CYCLES")" "$(sed 's/\([a-z]*\)/"\1"/g; s/" "/", "/g; s/ *$//' <<<"${R_CAP_BUSY% }")"
         printf '    "verified": %s},\n' "$([[ "$R_VERIFIED" == yes ]] && echo true || echo false)"
     fi
     printf '  "commands": ['

@@ -77,6 +77,10 @@ pub struct PeerSpec {
     /// `HOST:PORT` of its replication listener (on a secondary: where failback goes).
     pub addr: String,
     pub secret: String,
+    /// Cap on what all sets to this peer send together, bytes/s (`--max-rate`);
+    /// none: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<u64>,
 }
 
 impl std::fmt::Debug for PeerSpec {
@@ -84,6 +88,7 @@ impl std::fmt::Debug for PeerSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerSpec")
             .field("addr", &self.addr)
+            .field("max_rate", &self.max_rate)
             .finish_non_exhaustive()
     }
 }
@@ -196,6 +201,9 @@ pub struct ReplicationSpec {
     /// existed, and left out when `none` so an older build still reads the catalog.
     #[serde(default, skip_serializing_if = "Compression::is_none")]
     pub compress: Compression,
+    /// Cap on what this set sends, bytes/s (`--max-rate`, primary); none: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

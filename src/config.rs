@@ -35,6 +35,7 @@
 //! name = "dr"
 //! addr = "dr.example:3261"
 //! secret = "at-least-12-bytes"
+//! max_rate = "100M"                 # optional: cap on all sets to it, bytes/s (K, M, G)
 //!
 //! [[replication]]                   # a set this node is one side of
 //! name = "app-dr"
@@ -46,6 +47,7 @@
 //! queue_policy = "queue-latest"     # optional: discard | queue-latest
 //! keep = 8                          # recovery points the secondary keeps
 //! compress = "none"                 # optional, primary only: zstd | lz4 | none
+//! max_rate = "50M"                  # optional, primary only: cap in bytes/s (K, M, G)
 //!
 //! [[schedule]]                      # replicate a primary set at a time, then every interval
 //! task = "nightly"
@@ -72,7 +74,8 @@
 //! already exists on the peer (nothing is sent to the peer at start: a set made with
 //! `ctl replication create` is the way to create both sides); it is created if missing,
 //! and when it exists its role, peer, volumes, remote volumes, keep and compression must
-//! be the config's (only `every` and `queue_policy` change). A schedule is created or
+//! be the config's (only `every`, `queue_policy` and `max_rate` change; `ctl
+//! replication modify` changes the others on both sides). A schedule is created or
 //! set to the config's values. A secret that `config export` masked
 //! ([`MASKED_SECRET`]) is refused, naming its key, rather than served as a password.
 //!
@@ -316,6 +319,9 @@ pub struct PeerConfig {
     pub name: String,
     pub addr: String,
     pub secret: String,
+    /// Cap on what all sets to the peer send together ("100M": bytes/s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<String>,
 }
 
 impl std::fmt::Debug for PeerConfig {
@@ -353,6 +359,9 @@ pub struct ReplicationConfig {
     pub keep: u32,
     #[serde(default)]
     pub compress: Compression,
+    /// Cap on what the set sends ("50M": bytes/s), primary only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<String>,
 }
 
 /// A `[[schedule]]`: a task running `replicate SET` at `start`, then every `every`.
@@ -547,6 +556,9 @@ impl Config {
                 unmasked(&cx, &format!("{key}.secret"), &p.secret)?;
                 validate::check_peer_secret(&p.secret)
                     .map_err(|e| cx.err(format!("{key}.secret"), e))?;
+                if let Some(r) = &p.max_rate {
+                    validate::parse_rate(r).map_err(|e| cx.err(format!("{key}.max_rate"), e))?;
+                }
                 if c.peers.iter().any(|o| o.name == p.name) {
                     return Err(cx.err(
                         format!("{key}.name"),
@@ -663,6 +675,11 @@ impl Config {
                 PeerSpec {
                     addr: p.addr.clone(),
                     secret: p.secret.clone(),
+                    // Parse checked it.
+                    max_rate: p
+                        .max_rate
+                        .as_deref()
+                        .and_then(|r| validate::parse_rate(r).ok()),
                 },
             );
         }
@@ -824,6 +841,11 @@ impl Config {
             queue_policy: r.queue_policy,
             keep: r.keep,
             compress: r.compress,
+            // Parse checked it.
+            max_rate: r
+                .max_rate
+                .as_deref()
+                .and_then(|r| validate::parse_rate(r).ok()),
         };
         match catalog.replications.get_mut(&r.name) {
             Some(existing) => {
@@ -849,6 +871,7 @@ impl Config {
                 }
                 existing.every_secs = spec.every_secs;
                 existing.queue_policy = spec.queue_policy;
+                existing.max_rate = spec.max_rate;
             }
             None => {
                 spec.id = catalog.new_set_id();
@@ -1019,6 +1042,9 @@ fn replication(cx: &Ctx<'_>, key: &str, v: toml::Value) -> Result<ReplicationCon
     if r.keep == 0 {
         return Err(cx.err(format!("{key}.keep"), "must be at least 1"));
     }
+    if let Some(rate) = &r.max_rate {
+        validate::parse_rate(rate).map_err(|e| cx.err(format!("{key}.max_rate"), e))?;
+    }
     if r.role == ReplicationRole::Secondary {
         if r.every.is_some() {
             return Err(cx.err(
@@ -1030,6 +1056,12 @@ fn replication(cx: &Ctx<'_>, key: &str, v: toml::Value) -> Result<ReplicationCon
             return Err(cx.err(
                 format!("{key}.compress"),
                 "a secondary decodes what the primary sends: compression is the primary's",
+            ));
+        }
+        if r.max_rate.is_some() {
+            return Err(cx.err(
+                format!("{key}.max_rate"),
+                "a secondary sends no cuts: the cap is the primary's",
             ));
         }
     }
@@ -1174,6 +1206,10 @@ read_only = true
             (format!("{set}volume = \"v\"\nevery = \"5x\""), "t.toml: replication[0].every: invalid duration"),
             (format!("{set}volume = \"v\"\ncompress = \"gzip\""), "t.toml: replication[0].compress:"),
             (format!("{set}volume = \"v\"\nqueue_policy = \"all\""), "t.toml: replication[0].queue_policy:"),
+            (format!("{set}volume = \"v\"\nmax_rate = \"fast\""), "t.toml: replication[0].max_rate: invalid --max-rate 'fast'"),
+            (format!("{set}volume = \"v\"\nmax_rate = \"100K\""), "t.toml: replication[0].max_rate: invalid --max-rate '100K': the lowest rate"),
+            ("[[replication]]\nname = \"s\"\nrole = \"secondary\"\npeer = \"dr\"\nkeep = 1\nvolume = \"v\"\nmax_rate = \"5M\"".into(), "t.toml: replication[0].max_rate: a secondary sends no cuts"),
+            ("[[peer]]\nname = \"dr\"\naddr = \"h:1\"\nsecret = \"0123456789abc\"\nmax_rate = \"0\"".into(), "t.toml: peer[0].max_rate: invalid --max-rate '0'"),
             ("[[replication]]\nname = \"s\"\nrole = \"primary\"\npeer = \"dr\"\nkeep = 0\nvolume = \"v\"".into(), "t.toml: replication[0].keep: must be at least 1"),
             ("[[replication]]\nname = \"s\"\nrole = \"boss\"\npeer = \"dr\"\nkeep = 1\nvolume = \"v\"".into(), "t.toml: replication[0].role:"),
             ("[[replication]]\nname = \"s\"\nrole = \"secondary\"\npeer = \"dr\"\nkeep = 1\nvolume = \"v\"\nevery = \"1h\"".into(), "t.toml: replication[0].every: a secondary runs no cycles"),

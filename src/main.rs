@@ -14,7 +14,8 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use twinlun::admin::client::Client;
 use twinlun::admin::protocol::{
-    Action, Change, Query, ReplicationCreate, Request, Response, Secret,
+    Action, Change, PeerUpdate, Query, ReplicationCreate, ReplicationModify, Request, Response,
+    Secret,
 };
 use twinlun::admin::server::AdminSocket;
 use twinlun::admin::{startup, store, table, validate};
@@ -281,6 +282,22 @@ enum PeerCmd {
         /// At least 12 bytes, the same on both sides; `-` reads it from stdin.
         #[arg(long)]
         secret: String,
+        /// Cap on what all sets to this peer send together, bytes/s: 50M, 1.5G
+        /// (units as for sizes; at least 256K).
+        #[arg(long, value_name = "RATE", value_parser = parse_rate_arg)]
+        max_rate: Option<String>,
+    },
+    /// Change a peer's settings; running sets apply them at their next extent.
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(false)))]
+    Update {
+        /// The peer.
+        name: String,
+        /// Cap on what all sets to this peer send together, bytes/s: 50M, 1.5G.
+        #[arg(long, value_name = "RATE", value_parser = parse_rate_arg, group = "change")]
+        max_rate: Option<String>,
+        /// Remove the peer's cap.
+        #[arg(long, group = "change")]
+        no_max_rate: bool,
     },
     /// List peers and the sets using them.
     List,
@@ -337,6 +354,44 @@ enum ReplicationCmd {
         /// none. Extents that do not shrink travel as read.
         #[arg(long, value_name = "zstd|lz4|none", default_value = "none")]
         compress: String,
+        /// Cap on what this set sends, bytes/s: 50M, 1.5G (units as for sizes; at
+        /// least 256K). Default: no cap (the peer's cap, if any, still applies).
+        #[arg(long, value_name = "RATE", value_parser = parse_rate_arg)]
+        max_rate: Option<String>,
+    },
+    /// Change a set's settings, on the primary. The secondary learns what concerns it
+    /// (--keep) at once, so it must be reachable for that; a running cycle takes a new
+    /// --max-rate at its next extent, --compress at the next cycle.
+    #[command(group(
+        clap::ArgGroup::new("change")
+            .required(true)
+            .multiple(true)
+            .args(["every", "no_every", "keep", "queue_policy", "max_rate", "no_max_rate", "compress"])
+    ))]
+    Modify {
+        /// The replication set.
+        name: String,
+        /// Run a cycle this often: 30s, 5m, 1h.
+        #[arg(long, value_name = "DURATION", conflicts_with = "no_every")]
+        every: Option<String>,
+        /// Run cycles only on `replicate`.
+        #[arg(long)]
+        no_every: bool,
+        /// Recovery points the secondary keeps (it prunes at its next commit).
+        #[arg(long)]
+        keep: Option<u32>,
+        /// While a cycle runs, `replicate` is refused (discard) or queued once.
+        #[arg(long, value_name = "discard|queue-latest")]
+        queue_policy: Option<String>,
+        /// Cap on what this set sends, bytes/s: 50M, 1.5G.
+        #[arg(long, value_name = "RATE", value_parser = parse_rate_arg, conflicts_with = "no_max_rate")]
+        max_rate: Option<String>,
+        /// Remove the set's cap.
+        #[arg(long)]
+        no_max_rate: bool,
+        /// zstd, lz4 or none (refused when the peer does not decode it).
+        #[arg(long, value_name = "zstd|lz4|none")]
+        compress: Option<String>,
     },
     /// List sets: role, status, peer, last cut.
     List,
@@ -554,6 +609,28 @@ enum SessionCmd {
 
 fn parse_size_arg(s: &str) -> Result<u64, String> {
     validate::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// Checks a `--max-rate` as the server will (so a typo is a usage error), and passes
+/// it on as typed.
+fn parse_rate_arg(s: &str) -> Result<String, String> {
+    validate::parse_rate(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_queue_policy(p: &str) -> Result<QueuePolicy, String> {
+    match p {
+        "discard" => Ok(QueuePolicy::Discard),
+        "queue-latest" => Ok(QueuePolicy::QueueLatest),
+        other => Err(format!(
+            "--queue-policy must be discard or queue-latest, not '{other}'"
+        )),
+    }
+}
+
+fn parse_compress(c: &str) -> Result<Compression, String> {
+    Compression::parse(c).ok_or_else(|| format!("--compress must be zstd, lz4 or none, not '{c}'"))
 }
 
 fn parse_duration_arg(s: &str) -> Result<u64, String> {
@@ -927,11 +1004,30 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
         },
         CtlCommand::Session(SessionCmd::List) => Query::SessionList.into(),
         CtlCommand::Peer(p) => match p {
-            PeerCmd::Create { name, addr, secret } => Change::PeerCreate {
+            PeerCmd::Create {
+                name,
+                addr,
+                secret,
+                max_rate,
+            } => Change::PeerCreate {
                 name,
                 addr,
                 secret: Secret(from_stdin_if_dash(secret, "secret")?),
+                max_rate,
             }
+            .into(),
+            PeerCmd::Update {
+                name,
+                max_rate,
+                no_max_rate,
+            } => Change::PeerUpdate(PeerUpdate {
+                name,
+                max_rate: if no_max_rate {
+                    Some("none".into())
+                } else {
+                    max_rate
+                },
+            })
             .into(),
             PeerCmd::List => Query::PeerList.into(),
             PeerCmd::Check { name } => Query::PeerCheck { name }.into(),
@@ -948,26 +1044,43 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 keep,
                 target_prefix,
                 compress,
+                max_rate,
             } => Change::ReplicationCreate(ReplicationCreate {
                 name,
                 volume,
                 group,
                 peer,
                 every,
-                queue_policy: match queue_policy.as_str() {
-                    "discard" => QueuePolicy::Discard,
-                    "queue-latest" => QueuePolicy::QueueLatest,
-                    other => {
-                        return Err(format!(
-                            "--queue-policy must be discard or queue-latest, not '{other}'"
-                        ))
-                    }
-                },
+                queue_policy: parse_queue_policy(&queue_policy)?,
                 keep,
                 target_prefix,
-                compress: Compression::parse(&compress).ok_or_else(|| {
-                    format!("--compress must be zstd, lz4 or none, not '{compress}'")
-                })?,
+                compress: parse_compress(&compress)?,
+                max_rate,
+            })
+            .into(),
+            ReplicationCmd::Modify {
+                name,
+                every,
+                no_every,
+                keep,
+                queue_policy,
+                max_rate,
+                no_max_rate,
+                compress,
+            } => Change::ReplicationModify(ReplicationModify {
+                name,
+                every: if no_every { Some("none".into()) } else { every },
+                keep,
+                queue_policy: queue_policy
+                    .as_deref()
+                    .map(parse_queue_policy)
+                    .transpose()?,
+                max_rate: if no_max_rate {
+                    Some("none".into())
+                } else {
+                    max_rate
+                },
+                compress: compress.as_deref().map(parse_compress).transpose()?,
             })
             .into(),
             ReplicationCmd::List => Query::ReplicationList.into(),

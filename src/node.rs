@@ -465,6 +465,25 @@ impl Host for Node {
     ) -> Result<(), ReplicationError> {
         self.block_on(self.replication.delete_remote(name, spec, peer))
     }
+    fn replication_modify_remote(
+        &self,
+        name: &str,
+        spec: &ReplicationSpec,
+        peer: &PeerSpec,
+        keep: Option<u32>,
+        codec: Option<crate::catalog::Compression>,
+    ) -> Result<(), ReplicationError> {
+        self.block_on(
+            self.replication
+                .modify_remote(name, spec, peer, keep, codec),
+        )
+    }
+    fn replication_modified(&self, name: &str) {
+        self.replication.settings_changed(name);
+    }
+    fn peer_updated(&self, name: &str) {
+        self.replication.peer_changed(name);
+    }
     fn replication_started(&self, name: &str) {
         self.replication.start_set(name);
     }
@@ -550,5 +569,9 @@ impl crate::replication::Host for Node {
     }
     fn foreground_ops(&self) -> u64 {
         self.metrics.foreground_ops()
+    }
+    fn modify_secondary(&self, set: &str, keep: u32) -> Result<(), ChangeRefused> {
+        crate::admin::replication::modify_secondary(self, set, keep)
+            .map_err(|e| Box::new(e) as ChangeRefused)
     }
 }

@@ -43,6 +43,8 @@ pub enum ValidationError {
     StartTime(String),
     #[error("--keep must be at least 1")]
     Keep,
+    #[error("invalid --max-rate '{input}': {why}")]
+    Rate { input: String, why: String },
     #[error("invalid target prefix '{prefix}': {why}")]
     TargetPrefix { prefix: String, why: &'static str },
     #[error("a group needs at least one volume")]
@@ -117,6 +119,44 @@ pub fn parse_size(input: &str) -> Result<u64, ValidationError> {
         return Err(err("not a whole number of bytes"));
     }
     u64::try_from(scaled / scale).map_err(|_| err("too large"))
+}
+
+/// The lowest `--max-rate`: an extent (up to 1 MiB) then waits at most 4 s for its
+/// tokens, well within the time a peer waits for the next frame.
+pub const MIN_RATE: u64 = 256 << 10;
+
+/// Parses a `--max-rate` in bytes per second, with the units of [`parse_size`]
+/// ("50M" is 50 MiB/s); at least [`MIN_RATE`]. "No cap" is said otherwise
+/// (`--no-max-rate`), so 0 is refused.
+pub fn parse_rate(input: &str) -> Result<u64, ValidationError> {
+    let err = |why: String| ValidationError::Rate {
+        input: input.to_string(),
+        why,
+    };
+    let n = parse_size(input).map_err(|e| match e {
+        ValidationError::Size { why, .. } => {
+            err(format!("{why} (a rate is bytes per second, e.g. 50M)"))
+        }
+        other => err(other.to_string()),
+    })?;
+    if n < MIN_RATE {
+        return Err(err(format!(
+            "the lowest rate is {} bytes/s (256K); --no-max-rate removes the cap",
+            MIN_RATE
+        )));
+    }
+    Ok(n)
+}
+
+/// A rate as [`parse_rate`] reads it back to the same number: "50M" where a unit
+/// divides it, else bytes.
+pub fn format_rate(n: u64) -> String {
+    let s = format_size(n);
+    if parse_size(&s) == Ok(n) {
+        s
+    } else {
+        n.to_string()
+    }
 }
 
 /// Checks a block size and that `size` is a whole, non-zero number of blocks.
@@ -531,6 +571,26 @@ pub fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates_take_size_units_and_refuse_zero_and_crumbs() {
+        assert_eq!(parse_rate("50M").unwrap(), 50 << 20);
+        assert_eq!(parse_rate("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_rate("262144").unwrap(), MIN_RATE);
+        for bad in ["0", "100K", "fast", "12Q", "-5M", ""] {
+            let e = parse_rate(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("invalid --max-rate '{bad}'")), "{e}");
+        }
+        for n in [50 << 20, 3 << 29, (50 << 20) + 1, MIN_RATE] {
+            assert_eq!(
+                parse_rate(&format_rate(n)).unwrap(),
+                n,
+                "{}",
+                format_rate(n)
+            );
+        }
+        assert_eq!(format_rate(50 << 20), "50M");
+    }
 
     #[test]
     fn sizes() {

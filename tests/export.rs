@@ -129,7 +129,10 @@ fn build(p: &TestServer, s: &TestServer) {
         "127.0.0.1:1",
         "--secret",
         SPARE_SECRET,
+        "--max-rate",
+        "1.5G",
     ]);
+    p.ctl_ok(&["peer", "update", "dr", "--max-rate", "200M"]);
     p.ctl_ok(&[
         "replication",
         "create",
@@ -148,6 +151,8 @@ fn build(p: &TestServer, s: &TestServer) {
         "zstd",
         "--target-prefix",
         "dr-",
+        "--max-rate",
+        "50M",
     ]);
     p.ctl_ok(&[
         "replication",

@@ -7,7 +7,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::pair::{create_set_of_v, pair_both_launched, replicate};
+use common::pair::{create_set_of_v, pair_of, replicate};
 use common::{qemu_io, run, TestServer, DEMO_IQN};
 
 /// A data dir an admin made beforehand, as `mkdir` under umask 022 makes it.
@@ -69,7 +69,7 @@ fn nothing_in_either_data_dir_is_readable_by_others() {
         premade(&tmp.path().join("p")),
         premade(&tmp.path().join("s")),
     );
-    let (mut p, mut s) = pair_both_launched(launch_at(&pd), launch_at(&sd), |a| a);
+    let (mut p, mut s) = pair_of(launch_at(&pd), launch_at(&sd), |a| a);
     for (side, node) in [("primary", &p), ("secondary", &s)] {
         let log = node.stderr();
         assert!(

@@ -189,6 +189,7 @@ fn bad_names_are_refused_everywhere_and_change_nothing() {
         let spec = PeerSpec {
             addr: s_addr.clone(),
             secret: SECRET.into(),
+            max_rate: None,
         };
         let mut conn = PeerConn::connect("secondary", &spec).await.unwrap();
         let vol = |name: &str| RemoteVolume {

@@ -1385,6 +1385,7 @@ fn wrong_peer_secrets_are_answered_ever_more_slowly() {
     let spec = |secret: &str| PeerSpec {
         addr: addr.clone(),
         secret: secret.into(),
+        max_rate: None,
     };
     let policy = Policy::default();
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::pair::{create_set_of_v, pair_both_launched, replicate, show};
+use common::pair::{create_set_of_v, pair_of, replicate, show};
 use common::proxy::Proxy;
 use common::{qemu_io, wait_until, TestServer, DEMO_IQN};
 use serde_json::Value;
@@ -24,7 +24,7 @@ fn stallable_pair(secondary_env: &[(&str, &str)]) -> (TestServer, TestServer, Pr
         secondary = secondary.env(k, v);
     }
     let mut proxy = None;
-    let (p, s) = pair_both_launched(TestServer::launch(), secondary, |target| {
+    let (p, s) = pair_of(TestServer::launch(), secondary, |target| {
         let px = Proxy::start(target, 0);
         let addr = px.addr;
         proxy = Some(px);

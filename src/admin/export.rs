@@ -95,6 +95,7 @@ pub fn config_of(c: &Catalog, with_secrets: bool) -> Config {
             name: name.clone(),
             addr: p.addr.clone(),
             secret: secret(&p.secret),
+            max_rate: p.max_rate.map(crate::validate::format_rate),
         })
         .collect();
     let replications = (c.replications.iter())
@@ -112,6 +113,7 @@ pub fn config_of(c: &Catalog, with_secrets: bool) -> Config {
             queue_policy: r.queue_policy,
             keep: r.keep,
             compress: r.compress,
+            max_rate: r.max_rate.map(crate::validate::format_rate),
         })
         .collect();
     let schedules = (c.schedules.iter())
@@ -206,6 +208,7 @@ mod tests {
             PeerSpec {
                 addr: "127.0.0.1:3261".into(),
                 secret: PEER_SECRET.into(),
+                max_rate: Some(100 << 20),
             },
         );
         c.replications.insert(
@@ -221,6 +224,7 @@ mod tests {
                 queue_policy: QueuePolicy::Discard,
                 keep: 3,
                 compress: Compression::Zstd,
+                max_rate: Some((50 << 20) + 1),
             },
         );
         c.replications.insert(
@@ -236,6 +240,7 @@ mod tests {
                 queue_policy: QueuePolicy::QueueLatest,
                 keep: 8,
                 compress: Compression::None,
+                max_rate: None,
             },
         );
         c.schedules.insert(

@@ -32,10 +32,13 @@
 //! | `snapshot_list`                                              | `snapshots` {snapshots: [..]}|
 //! | `snapshot_show` name                                         | `snapshot`                 |
 //! | `snapshot_delete` name                                       | `done`                     |
-//! | `peer_create` name, addr, secret                             | `peer` (PeerView)          |
+//! | `peer_create` name, addr, secret, max_rate?                  | `peer` (PeerView)          |
+//! | `peer_update` name, max_rate? ("50M"; "none": no cap)        | `done`                     |
 //! | `peer_list` / `peer_check` name / `peer_delete` name         | `peers` / `peer_check` / `done` |
 //! | `replication_create` name, volume XOR group, peer, every?,   | `replication`              |
-//! |   queue_policy?, keep?, target_prefix?, compress?            |                            |
+//! |   queue_policy?, keep?, target_prefix?, compress?, max_rate? |                            |
+//! | `replication_modify` name, every? ("none"), keep?,           | `done`                     |
+//! |   queue_policy?, max_rate? ("none"), compress?               |                            |
 //! | `replication_list` / `replication_show` name                 | `replications` / `replication` |
 //! | `replication_delete` name                                    | `done`                     |
 //! | `replicate` name                                             | `done`                     |
@@ -103,7 +106,9 @@ pub const COMMANDS: &[&str] = &[
     "peer_list",
     "peer_check",
     "peer_delete",
+    "peer_update",
     "replication_create",
+    "replication_modify",
     "replication_list",
     "replication_show",
     "replication_delete",
@@ -308,13 +313,21 @@ pub enum Change {
         name: String,
         addr: String,
         secret: Secret,
+        /// Cap on what all sets to this peer send together ("50M": bytes/s).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_rate: Option<String>,
     },
     PeerDelete {
         name: String,
     },
+    /// Changes a peer's settings; each field given changes, the others stay.
+    PeerUpdate(PeerUpdate),
     /// Binds a volume or a group (exactly one) to a peer; creates the secondary volumes
     /// on the peer.
     ReplicationCreate(ReplicationCreate),
+    /// Changes a primary set's settings (on both sides where it matters); each field
+    /// given changes, the others stay.
+    ReplicationModify(ReplicationModify),
     ReplicationDelete {
         name: String,
     },
@@ -404,6 +417,39 @@ pub struct ReplicationCreate {
     /// Prefix of the secondary volumes' names (default: the same names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_prefix: Option<String>,
+    /// Cap on what the set sends ("50M": bytes/s); none: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<String>,
+}
+
+/// What `replication modify` changes: the fields given (at least one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationModify {
+    pub name: String,
+    /// A new interval ("30s", "5m"), or "none": cycles only on `replicate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_policy: Option<crate::catalog::QueuePolicy>,
+    /// A new cap ("50M": bytes/s), or "none": no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<crate::catalog::Compression>,
+}
+
+/// What `peer update` changes: the fields given (at least one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerUpdate {
+    pub name: String,
+    /// A new cap on what all sets to the peer send together ("50M": bytes/s), or
+    /// "none": no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<String>,
 }
 
 /// Recovery points a secondary keeps unless told otherwise.
@@ -459,10 +505,9 @@ impl Kind {
             "volume_create" | "volume_delete" | "group_create" | "group_add" | "group_remove"
             | "group_delete" | "target_create" | "target_delete" | "lun_map" | "lun_unmap"
             | "acl_add" | "acl_remove" | "chap_set" | "chap_clear" | "snapshot_create"
-            | "snapshot_delete" | "peer_create" | "peer_delete" | "replication_create"
-            | "replication_delete" | "schedule_add" | "schedule_modify" | "schedule_delete" => {
-                Kind::Change
-            }
+            | "snapshot_delete" | "peer_create" | "peer_delete" | "peer_update"
+            | "replication_create" | "replication_modify" | "replication_delete"
+            | "schedule_add" | "schedule_modify" | "schedule_delete" => Kind::Change,
             "replicate" | "restart" | "suspend" | "resume" | "abort" | "promote" => Kind::Action,
             _ => return None,
         })
@@ -628,6 +673,9 @@ pub struct PeerView {
     pub addr: String,
     /// Replication sets using it.
     pub sets: Vec<String>,
+    /// Cap on what all sets to it send together, bytes/s (none: no cap).
+    #[serde(default)]
+    pub max_rate: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -682,6 +730,18 @@ pub struct ReplicationView {
     /// How data extents travel to the peer (`none` on a secondary).
     #[serde(default)]
     pub compress: crate::catalog::Compression,
+    /// The set's own cap, bytes/s (none: no cap).
+    #[serde(default)]
+    pub max_rate: Option<u64>,
+    /// Its peer's cap on all sets to it, bytes/s (primary; none: no cap).
+    #[serde(default)]
+    pub peer_max_rate: Option<u64>,
+    /// The cap that binds: the lower of the two.
+    #[serde(default)]
+    pub effective_max_rate: Option<u64>,
+    /// Wire bytes per second over the last seconds, while a cycle ships.
+    #[serde(default)]
+    pub current_rate: Option<u64>,
     pub status: crate::replication::status::SetState,
     pub generation: u64,
     pub last_cut_id: Option<u64>,
@@ -1001,6 +1061,24 @@ mod tests {
                     yes: true,
                 }),
                 r#"{"cmd":"restart","name":"r","yes":true}"#,
+            ),
+            // Only the settings given travel; "none" removes one.
+            (
+                Request::from(Change::ReplicationModify(ReplicationModify {
+                    name: "r".into(),
+                    every: Some("none".into()),
+                    keep: Some(3),
+                    max_rate: Some("50M".into()),
+                    ..ReplicationModify::default()
+                })),
+                r#"{"cmd":"replication_modify","name":"r","every":"none","keep":3,"max_rate":"50M"}"#,
+            ),
+            (
+                Request::from(Change::PeerUpdate(PeerUpdate {
+                    name: "dr".into(),
+                    max_rate: Some("none".into()),
+                })),
+                r#"{"cmd":"peer_update","name":"dr","max_rate":"none"}"#,
             ),
         ];
         for (req, line) in cases {

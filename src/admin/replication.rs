@@ -29,6 +29,7 @@ pub fn peer_view(c: &Catalog, name: &str) -> PeerView {
         name: name.into(),
         addr: c.peers[name].addr.clone(),
         sets: sets_using(c, name),
+        max_rate: c.peers[name].max_rate,
     }
 }
 
@@ -45,15 +46,68 @@ pub fn peer_create(
     name: String,
     addr: String,
     secret: String,
+    max_rate: Option<String>,
 ) -> Result<(Effect, Response), AdminError> {
     validate::check_peer_name(&name)?;
     validate::check_peer_addr(&addr)?;
     validate::check_peer_secret(&secret)?;
+    let max_rate = max_rate.as_deref().map(validate::parse_rate).transpose()?;
     if c.peers.contains_key(&name) {
         return Err(AdminError::PeerExists(name));
     }
-    c.peers.insert(name.clone(), PeerSpec { addr, secret });
+    c.peers.insert(
+        name.clone(),
+        PeerSpec {
+            addr,
+            secret,
+            max_rate,
+        },
+    );
     Ok((Effect::None, Response::Peer(peer_view(c, &name))))
+}
+
+/// A cap as an admin reads it: "50M/s", or "no cap".
+fn show_rate(r: Option<u64>) -> String {
+    r.map_or_else(
+        || "no cap".to_string(),
+        |r| format!("{}/s", validate::format_rate(r)),
+    )
+}
+
+/// `--max-rate` as a change: `None` not given, `Some(None)` removed ("none").
+fn rate_change(given: Option<&str>) -> Result<Option<Option<u64>>, ValidationError> {
+    match given {
+        None => Ok(None),
+        Some("none") => Ok(Some(None)),
+        Some(r) => validate::parse_rate(r).map(|r| Some(Some(r))),
+    }
+}
+
+/// `peer update`: a new cap on what all sets to the peer send together; the running
+/// sets honour it from their next extent.
+pub fn peer_update(
+    c: &mut Catalog,
+    u: super::protocol::PeerUpdate,
+) -> Result<(Effect, Response), AdminError> {
+    let rate = rate_change(u.max_rate.as_deref())?;
+    let peer = c
+        .peers
+        .get_mut(&u.name)
+        .ok_or_else(|| AdminError::NoPeer(u.name.clone()))?;
+    let Some(rate) = rate else {
+        return Err(AdminError::NothingToUpdate(u.name));
+    };
+    let message = format!(
+        "updated peer '{}': max-rate {} -> {}",
+        u.name,
+        show_rate(peer.max_rate),
+        show_rate(rate)
+    );
+    peer.max_rate = rate;
+    Ok((
+        Effect::UpdatePeer { name: u.name },
+        Response::Done { message },
+    ))
 }
 
 pub fn peer_delete(c: &mut Catalog, name: String) -> Result<(Effect, Response), AdminError> {
@@ -94,6 +148,11 @@ pub fn replication_create(
     if let Some(p) = &a.target_prefix {
         validate::check_target_prefix(p)?;
     }
+    let max_rate = a
+        .max_rate
+        .as_deref()
+        .map(validate::parse_rate)
+        .transpose()?;
     if c.replications.contains_key(&a.name) {
         return Err(AdminError::SetExists(a.name));
     }
@@ -143,6 +202,7 @@ pub fn replication_create(
             queue_policy: a.queue_policy,
             keep: a.keep,
             compress: a.compress,
+            max_rate,
         },
     );
     Ok((
@@ -151,6 +211,121 @@ pub fn replication_create(
             message: String::new(),
         },
     ))
+}
+
+/// `replication modify`, the catalog side: validates every option given (a bad one
+/// changes nothing), refuses a set that is not primary here, and says what the commit
+/// must settle with the peer: the secondary's new `keep`, and that the peer decodes a
+/// new codec.
+pub fn replication_modify(
+    c: &mut Catalog,
+    m: super::protocol::ReplicationModify,
+) -> Result<(Effect, Response), AdminError> {
+    let every = match m.every.as_deref() {
+        None => None,
+        Some("none") => Some(None),
+        Some(e) => Some(Some(validate::parse_duration(e)?)),
+    };
+    if m.keep == Some(0) {
+        return Err(ValidationError::Keep.into());
+    }
+    let rate = rate_change(m.max_rate.as_deref())?;
+    let spec = c
+        .replications
+        .get_mut(&m.name)
+        .ok_or_else(|| AdminError::NoSet(m.name.clone()))?;
+    if spec.role != ReplicationRole::Primary {
+        return Err(AdminError::ModifyOnSecondary(m.name));
+    }
+    if every.is_none()
+        && m.keep.is_none()
+        && m.queue_policy.is_none()
+        && rate.is_none()
+        && m.compress.is_none()
+    {
+        return Err(AdminError::NothingToModify(m.name));
+    }
+    let show_every =
+        |e: Option<u64>| e.map_or_else(|| "none".to_string(), crate::config::format_duration);
+    let mut changes: Vec<String> = Vec::new();
+    if let Some(e) = every {
+        changes.push(format!(
+            "every {} -> {}",
+            show_every(spec.every_secs),
+            show_every(e)
+        ));
+        spec.every_secs = e;
+    }
+    let mut remote_keep = None;
+    if let Some(k) = m.keep {
+        changes.push(format!("keep {} -> {k}", spec.keep));
+        if k != spec.keep {
+            remote_keep = Some(k);
+        }
+        spec.keep = k;
+    }
+    if let Some(q) = m.queue_policy {
+        changes.push(format!(
+            "queue-policy {} -> {}",
+            spec.queue_policy.name(),
+            q.name()
+        ));
+        spec.queue_policy = q;
+    }
+    if let Some(r) = rate {
+        changes.push(format!(
+            "max-rate {} -> {}",
+            show_rate(spec.max_rate),
+            show_rate(r)
+        ));
+        spec.max_rate = r;
+    }
+    let mut codec = None;
+    if let Some(x) = m.compress {
+        changes.push(format!("compress {} -> {x}", spec.compress));
+        if !x.is_none() && x != spec.compress {
+            codec = Some(x);
+        }
+        spec.compress = x;
+    }
+    let message = format!(
+        "modified replication set '{}': {}",
+        m.name,
+        changes.join(", ")
+    );
+    Ok((
+        Effect::ModifyReplication {
+            name: m.name,
+            keep: remote_keep,
+            codec,
+        },
+        Response::Done { message },
+    ))
+}
+
+/// On the secondary: the primary changed how many recovery points this side keeps.
+/// Saved at once; the next commit prunes to it.
+pub fn modify_secondary<H: super::Host + ?Sized>(
+    host: &H,
+    set: &str,
+    keep: u32,
+) -> Result<(), AdminError> {
+    if keep == 0 {
+        return Err(ValidationError::Keep.into());
+    }
+    let _serial = host.change_lock().lock();
+    let mut new = host.catalog().read().clone();
+    match new.replications.get_mut(set) {
+        Some(s) if s.role == ReplicationRole::Secondary => s.keep = keep,
+        Some(_) => {
+            return Err(crate::replication::ReplicationError::NotSecondary(set.into()).into())
+        }
+        None => return Err(AdminError::NoSet(set.to_string())),
+    }
+    super::store::save(host.data_dir(), &new)?;
+    *host.catalog().write() = new;
+    tracing::info!(set, keep, "the primary changed the recovery points kept");
+    Ok(())
 }
 
 pub fn replication_delete(c: &mut Catalog, name: String) -> Result<(Effect, Response), AdminError> {
@@ -199,6 +374,7 @@ pub fn add_status(v: &mut ReplicationView, st: SetStatus) {
     v.last_cycle = st.last_cycle;
     v.queued = st.queued;
     v.progress = st.progress;
+    v.current_rate = st.current_rate;
     v.error = st.error;
     v.next_retry = st.next_retry_unix.map(rfc3339_utc);
     v.events = st
@@ -221,6 +397,9 @@ pub fn recovery_point_view(p: RecoveryPoint) -> RecoveryPointView {
 /// The catalog part of a set's view; `apply` adds the runtime part from the host.
 pub fn replication_view(c: &Catalog, name: &str) -> ReplicationView {
     let r = &c.replications[name];
+    let peer_max_rate = (r.role == ReplicationRole::Primary)
+        .then(|| c.peers.get(&r.peer).and_then(|p| p.max_rate))
+        .flatten();
     ReplicationView {
         name: name.into(),
         role: r.role,
@@ -232,6 +411,10 @@ pub fn replication_view(c: &Catalog, name: &str) -> ReplicationView {
         queue_policy: r.queue_policy,
         keep: r.keep,
         compress: r.compress,
+        max_rate: r.max_rate,
+        peer_max_rate,
+        effective_max_rate: crate::replication::rate::effective(r.max_rate, peer_max_rate),
+        current_rate: None,
         status: SetState::Unsynchronized,
         generation: 0,
         last_cut_id: None,
@@ -325,6 +508,7 @@ pub fn accept_secondary<H: super::Host + ?Sized>(
             queue_policy: QueuePolicy::default(),
             keep,
             compress: Compression::None,
+            max_rate: None,
         },
     );
     if let Err(e) = super::store::save(host.data_dir(), &new) {

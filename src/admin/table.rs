@@ -161,6 +161,25 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
     v.as_ref().map_or_else(|| "-".into(), ToString::to_string)
 }
 
+/// A cap as `show` prints it.
+fn rate_text(r: Option<u64>) -> String {
+    r.map_or_else(|| "no cap".into(), |r| format!("{}/s", format_size(r)))
+}
+
+/// The cap that binds, and where it comes from when the peer's is the lower.
+fn max_rate_text(r: &ReplicationView) -> String {
+    match (r.max_rate, r.peer_max_rate) {
+        (_, None) => rate_text(r.max_rate),
+        (None, Some(p)) => format!("{} (peer's)", rate_text(Some(p))),
+        (Some(s), Some(p)) => format!(
+            "{} (set {}, peer {})",
+            rate_text(r.effective_max_rate),
+            rate_text(Some(s)),
+            rate_text(Some(p))
+        ),
+    }
+}
+
 fn replication_detail(r: &ReplicationView) -> String {
     let mut pairs = vec![
         ("name", r.name.clone()),
@@ -183,6 +202,7 @@ fn replication_detail(r: &ReplicationView) -> String {
         ("queue policy", r.queue_policy.name().to_string()),
         ("keep", r.keep.to_string()),
         ("compress", r.compress.to_string()),
+        ("max rate", max_rate_text(r)),
         ("generation", r.generation.to_string()),
         ("last cut", opt(&r.last_cut_id)),
         ("last cut time", opt(&r.last_cut_time)),
@@ -203,6 +223,9 @@ fn replication_detail(r: &ReplicationView) -> String {
                     .map_or_else(|| "-".into(), |e| human_duration(e.round() as u64))
             ),
         ));
+    }
+    if let Some(rate) = r.current_rate {
+        pairs.push(("current rate", format!("{}/s", format_size(rate))));
     }
     if let Some(c) = &r.last_cycle {
         pairs.push((
@@ -510,6 +533,7 @@ pub fn render(resp: &Response) -> String {
         Response::Peer(p) => kv(&[
             ("name", p.name.clone()),
             ("address", p.addr.clone()),
+            ("max rate", rate_text(p.max_rate)),
             (
                 "sets",
                 if p.sets.is_empty() {
@@ -523,9 +547,16 @@ pub fn render(resp: &Response) -> String {
         Response::Peers { peers } => {
             let rows: Vec<Vec<String>> = peers
                 .iter()
-                .map(|p| vec![p.name.clone(), p.addr.clone(), p.sets.join(", ")])
+                .map(|p| {
+                    vec![
+                        p.name.clone(),
+                        p.addr.clone(),
+                        rate_text(p.max_rate),
+                        p.sets.join(", "),
+                    ]
+                })
                 .collect();
-            table(&["PEER", "ADDRESS", "SETS"], &rows)
+            table(&["PEER", "ADDRESS", "MAX RATE", "SETS"], &rows)
         }
         Response::PeerCheck(p) => kv(&[
             ("peer", p.name.clone()),

@@ -203,20 +203,33 @@ impl Node {
             peer: String,
             role: &'static str,
             every: Option<u64>,
+            /// The cap that binds (`--max-rate` of the set or its peer), primary only.
+            cap: Option<u64>,
             status: Option<crate::replication::status::SetStatus>,
             counters: Option<Arc<crate::metrics::SetCounters>>,
             points: Option<usize>,
         }
-        let specs: Vec<_> = self
-            .catalog
-            .read()
-            .replications
-            .iter()
-            .map(|(n, s)| (n.clone(), s.peer.clone(), s.role, s.every_secs))
-            .collect();
+        let specs: Vec<_> = {
+            let c = self.catalog.read();
+            c.replications
+                .iter()
+                .map(|(n, s)| {
+                    let cap = (s.role == ReplicationRole::Primary)
+                        .then(|| {
+                            crate::replication::rate::effective(
+                                s.max_rate,
+                                c.peers.get(&s.peer).and_then(|p| p.max_rate),
+                            )
+                        })
+                        .flatten();
+                    (n.clone(), s.peer.clone(), s.role, s.every_secs, cap)
+                })
+                .collect()
+        };
         let rows: Vec<Row> = specs
             .into_iter()
-            .map(|(name, peer, role, every)| Row {
+            .map(|(name, peer, role, every, cap)| Row {
+                cap,
                 status: self.replication.status(&name),
                 counters: self.metrics.set_if_any(&name),
                 points: match role {
@@ -308,6 +321,20 @@ impl Node {
                     "twinlun_replication_interval_seconds",
                     &[("set", &r.name), ("peer", &r.peer)],
                     every,
+                );
+            }
+        }
+        e.family(
+            "twinlun_replication_max_rate_bytes_per_second",
+            Kind::Gauge,
+            "The cap a set's cycles are held to (the lower of its own and its peer's `--max-rate`), for sets that have one.",
+        );
+        for r in &rows {
+            if let Some(cap) = r.cap {
+                e.int(
+                    "twinlun_replication_max_rate_bytes_per_second",
+                    &[("set", &r.name), ("peer", &r.peer)],
+                    cap,
                 );
             }
         }

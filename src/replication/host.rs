@@ -1,6 +1,6 @@
 //! What replication needs from the node that runs it, and nothing more: the catalog
 //! (plain data, read only), the open volumes, the node-wide cut coordinator, and the
-//! two catalog changes a primary asks of its secondary. The composition root
+//! catalog changes a primary asks of its secondary. The composition root
 //! (`crate::node`) implements it; tests can implement it with a fake.
 
 use std::path::Path;
@@ -52,4 +52,7 @@ pub trait Host: Send + Sync + 'static {
     fn foreground_ops(&self) -> u64 {
         0
     }
+    /// The primary changed how many recovery points the secondary keeps (saved in the
+    /// catalog; the next commit prunes to it). Blocking.
+    fn modify_secondary(&self, set: &str, keep: u32) -> Result<(), ChangeRefused>;
 }

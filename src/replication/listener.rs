@@ -303,6 +303,10 @@ async fn answer(
             owned_set(&**host, peer, &set)?;
             node_change(host, move |h| h.drop_secondary(&set)).await
         }
+        Message::ModifySet { set, keep } => {
+            owned_set(&**host, peer, &set)?;
+            node_change(host, move |h| h.modify_secondary(&set, keep)).await
+        }
         Message::Reset { set, generation } => {
             owned_set(&**host, peer, &set)?;
             if !sets.claim(&set, conn) {

@@ -4,6 +4,7 @@
 //! - `compress`: the codecs data extents may travel in (zstd, LZ4).
 //! - `peer`: the client end of a peer connection (connect, authenticate, requests).
 //! - `idle`: bounds on silent peer connections (read limits, TCP keepalive).
+//! - `rate`: the token buckets of `--max-rate` (per set, per peer) and the rate meter.
 //! - `sender`: the primary side of a set: cycles of cuts shipped to the peer.
 //! - `listener`: the secondary side: authenticated connections applying cuts.
 //! - `recovery`: the secondary's staging log, undo logs and recovery points.
@@ -16,6 +17,7 @@ pub mod idle;
 pub mod listener;
 pub mod pace;
 pub mod peer;
+pub mod rate;
 pub mod recovery;
 pub mod sender;
 pub mod sets;
@@ -94,6 +96,11 @@ pub enum ReplicationError {
     Stopping,
     #[error("compressing extents")]
     Encode(#[source] tokio::task::JoinError),
+    #[error("peer '{peer}' does not decode {codec} (an older build?): the set's compression stays as it is")]
+    Codec {
+        peer: String,
+        codec: crate::catalog::Compression,
+    },
     #[error("replication set '{0}' is suspended (`resume` it first)")]
     Suspended(String),
     #[error("no cycle of '{0}' is running")]

@@ -207,6 +207,7 @@ mod tests {
         let spec = PeerSpec {
             addr: l.local_addr().unwrap().to_string(),
             secret: "fake-peer-secret".into(),
+            max_rate: None,
         };
         let secret = spec.secret.clone();
         let task = tokio::spawn(async move {

@@ -25,6 +25,7 @@ use tracing::Instrument;
 use super::host::Host;
 use super::pace::Pacer;
 use super::peer::PeerConn;
+use super::rate::{Limits, Meter};
 use super::status::{CycleProgress, CycleStats, SetState, SetStatus, StateChange};
 use super::wire::{self, EncodedExtent, Extent, ExtentKind, Message, MAX_EXTENT};
 use super::ReplicationError;
@@ -101,6 +102,10 @@ pub struct PrimarySet {
     events: Emitter,
     /// What committed cycles shipped and how many failed, for the metrics endpoint.
     counters: Arc<crate::metrics::SetCounters>,
+    /// The set's and its peer's `--max-rate`, taken before each extent is sent.
+    limits: Limits,
+    /// Wire bytes sent over the last seconds (the rate `replication show` reports).
+    meter: Mutex<Meter>,
 }
 
 /// Status transitions a set remembers for `replication show`.
@@ -110,13 +115,14 @@ impl PrimarySet {
     /// Loads the set's saved state (or a fresh one) and starts its task.
     /// `dir` is the set's own state folder.
     /// Its status changes and cycles go to `events`; `counters` is the set's handle in
-    /// the node's metrics registry.
+    /// the node's metrics registry; `limits` its rate caps.
     pub fn start(
         host: Weak<dyn Host>,
         name: &str,
         dir: PathBuf,
         events: Emitter,
         counters: Arc<crate::metrics::SetCounters>,
+        limits: Limits,
     ) -> Arc<PrimarySet> {
         let state = load_state(&dir).unwrap_or_else(|e| {
             tracing::warn!(set = name, error = %crate::chain::ErrorChain(&e), "replication state unreadable: starting a new generation");
@@ -137,6 +143,8 @@ impl PrimarySet {
             pending: Mutex::new(None),
             events,
             counters,
+            limits,
+            meter: Mutex::new(Meter::default()),
         });
         let span = tracing::info_span!("set", set = %name);
         let task = tokio::spawn(run(host, set.clone()).instrument(span));
@@ -280,6 +288,18 @@ impl PrimarySet {
         }
     }
 
+    /// The set's rate caps (its own and its peer's), which `replication modify` and
+    /// `peer update` change at runtime.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Something the running task reads from the catalog changed (`every`): it looks
+    /// again now rather than at its next wake-up.
+    pub fn reread(&self) {
+        self.wake.notify_one();
+    }
+
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
     }
@@ -319,6 +339,9 @@ impl PrimarySet {
             cycles: st.cycles,
             last_cycle: st.last_cycle,
             progress: live.progress,
+            current_rate: live
+                .progress
+                .map(|_| self.meter.lock().rate(Instant::now()) as u64),
             queued: live.queued,
             error: live.error.clone(),
             next_retry_unix: live.next_retry.map(unix_secs),
@@ -923,6 +946,7 @@ async fn ship(
         other => return Err(conn.refusal(other)),
     };
     let started = Instant::now();
+    set.meter.lock().start(started);
     let mut index = 0u64;
     let mut done = 0u64;
     let report = |done: u64| {
@@ -959,8 +983,7 @@ async fn ship(
                     kind: ExtentKind::Zero { len: end - start },
                     crc: 0,
                 };
-                conn.send_extent(&wire::encode_extent(&e, Compression::None))
-                    .await?;
+                send_paced(set, conn, &wire::encode_extent(&e, Compression::None)).await?;
                 stats.record_bytes += Extent::overhead();
                 stats.zero_bytes += end - start;
             }
@@ -1053,6 +1076,18 @@ async fn ship(
     Ok(stats)
 }
 
+/// Sends an extent once the set's and the peer's caps let its wire bytes through.
+async fn send_paced(
+    set: &PrimarySet,
+    conn: &mut PeerConn,
+    e: &EncodedExtent,
+) -> Result<(), ReplicationError> {
+    let bytes = e.wire_len();
+    set.limits.acquire(bytes).await;
+    set.meter.lock().add(bytes, Instant::now());
+    conn.send_extent(e).await
+}
+
 /// Ranges of a chunk and whether each is zeros.
 type Pieces = Vec<(std::ops::Range<usize>, bool)>;
 
@@ -1083,7 +1118,7 @@ async fn send_batch(
             stats.data_bytes += range.len() as u64;
             stats.wire_data_bytes += e.payload.len() as u64;
         }
-        if let Err(e) = conn.send_extent(&e).await {
+        if let Err(e) = send_paced(set, conn, &e).await {
             set.live.lock().partial = Some(*stats);
             return Err(e);
         }

@@ -12,12 +12,13 @@ use parking_lot::Mutex;
 
 use super::host::Host;
 use super::peer::PeerConn;
+use super::rate::{Bucket, Limits};
 use super::recovery::{ReceiverStore, ReceiverSummary, RecoveryPoint, VolumeTarget};
 use super::sender::PrimarySet;
 use super::status::{SetState, SetStatus};
 use super::wire::{Message, RemoteVolume};
 use super::ReplicationError;
-use crate::catalog::{PeerSpec, ReplicationRole, ReplicationSpec};
+use crate::catalog::{Compression, PeerSpec, ReplicationRole, ReplicationSpec};
 use crate::events::Emitter;
 use crate::throttle::AuthThrottle;
 
@@ -95,6 +96,8 @@ pub struct Sets {
     events: Emitter,
     /// Where primary sets count what they ship.
     metrics: Arc<crate::metrics::Registry>,
+    /// Each peer's `--max-rate` bucket, shared by every set sending to it.
+    peer_limits: Mutex<HashMap<String, Arc<Bucket>>>,
 }
 
 impl Sets {
@@ -143,12 +146,26 @@ impl Sets {
         let dir = set_dir(&*host, &spec);
         match spec.role {
             ReplicationRole::Primary => {
+                let peer_rate = host
+                    .catalog()
+                    .read()
+                    .peers
+                    .get(&spec.peer)
+                    .and_then(|p| p.max_rate);
+                let peer = self.peer_bucket(&spec.peer, peer_rate);
+                // A bucket left from a peer deleted and made again takes today's cap.
+                peer.set_rate(peer_rate);
+                let limits = Limits {
+                    set: Bucket::new(spec.max_rate),
+                    peer,
+                };
                 let set = PrimarySet::start(
                     Arc::downgrade(&host),
                     name,
                     dir,
                     self.events.clone(),
                     self.metrics.set(name),
+                    limits,
                 );
                 self.primaries.lock().insert(name.to_string(), set);
             }
@@ -243,6 +260,77 @@ impl Sets {
         if let Some(old) = self.holders.lock().by_set.remove(set) {
             old.stop.notify_one();
         }
+    }
+
+    /// The bucket of `peer`'s cap, made with `rate` when it has none yet.
+    fn peer_bucket(&self, peer: &str, rate: Option<u64>) -> Arc<Bucket> {
+        self.peer_limits
+            .lock()
+            .entry(peer.to_string())
+            .or_insert_with(|| Bucket::new(rate))
+            .clone()
+    }
+
+    /// A set's settings changed in the catalog (`replication modify`): its cap applies
+    /// to the next extent (a sender waiting for tokens recomputes at once), its
+    /// interval at once; codec, queue policy and keep are read where they act.
+    pub fn settings_changed(&self, name: &str) {
+        let Some(host) = self.host() else { return };
+        let Some(rate) = host
+            .catalog()
+            .read()
+            .replications
+            .get(name)
+            .map(|r| r.max_rate)
+        else {
+            return;
+        };
+        if let Ok(set) = self.primary(name) {
+            set.limits().set.set_rate(rate);
+            set.reread();
+        }
+    }
+
+    /// A peer's settings changed in the catalog (`peer update`): its cap applies to
+    /// every set sending to it from the next extent on.
+    pub fn peer_changed(&self, peer: &str) {
+        let Some(host) = self.host() else { return };
+        let rate = host
+            .catalog()
+            .read()
+            .peers
+            .get(peer)
+            .and_then(|p| p.max_rate);
+        self.peer_bucket(peer, rate).set_rate(rate);
+    }
+
+    /// What `replication modify` must settle with the peer before it is saved: that
+    /// the peer decodes `compress`, and the new `keep` of its recovery points.
+    pub async fn modify_remote(
+        &self,
+        name: &str,
+        spec: &ReplicationSpec,
+        peer: &PeerSpec,
+        keep: Option<u32>,
+        compress: Option<Compression>,
+    ) -> Result<(), ReplicationError> {
+        let mut conn = PeerConn::connect(&spec.peer, peer).await?;
+        if let Some(c) = compress {
+            if !conn.accepts(c) {
+                return Err(ReplicationError::Codec {
+                    peer: spec.peer.clone(),
+                    codec: c,
+                });
+            }
+        }
+        if let Some(keep) = keep {
+            conn.expect_ok(&Message::ModifySet {
+                set: name.to_string(),
+                keep,
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// The receiver store of a secondary set.

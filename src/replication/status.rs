@@ -110,6 +110,8 @@ pub struct SetStatus {
     pub cycles: u64,
     pub last_cycle: Option<CycleStats>,
     pub progress: Option<CycleProgress>,
+    /// Wire bytes per second over the last seconds, while a cycle ships.
+    pub current_rate: Option<u64>,
     /// Requests waiting (queue-latest keeps at most one).
     pub queued: u32,
     /// Why the last cycle failed, with its causes.

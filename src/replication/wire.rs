@@ -50,8 +50,22 @@ const WHAT_ZERO: u8 = 1;
 const WHAT_ZSTD: u8 = 2;
 const WHAT_LZ4: u8 = 3;
 
+/// Set in the environment of a build with the `fault-injection` feature (the tests'),
+/// a receiver lists only these codecs (comma-separated, possibly none) in its
+/// challenge, as a build that lacks the others would. Other builds do not have it.
+#[cfg(feature = "fault-injection")]
+pub const CODECS_ENV: &str = "TWINLUN_TEST_CODECS";
+
 /// The codecs this build decodes, as a receiver lists them in its challenge.
 pub fn codecs() -> Vec<String> {
+    #[cfg(feature = "fault-injection")]
+    if let Ok(listed) = std::env::var(CODECS_ENV) {
+        return listed
+            .split(',')
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect();
+    }
     [Compression::Zstd, Compression::Lz4]
         .iter()
         .map(|c| c.name().to_string())
@@ -151,6 +165,12 @@ pub enum Message {
         set: String,
         cut: u64,
         extents: u64,
+    },
+    /// `replication modify`: the secondary keeps this many recovery points from its
+    /// next commit on. Answered `Ok`.
+    ModifySet {
+        set: String,
+        keep: u32,
     },
     /// List the secondary's recovery points.
     RecoveryPoints {

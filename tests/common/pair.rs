@@ -25,11 +25,11 @@ pub fn pair_launched(
     primary: Launch,
     via: impl FnOnce(std::net::SocketAddr) -> std::net::SocketAddr,
 ) -> (TestServer, TestServer) {
-    pair_both_launched(primary, TestServer::launch(), via)
+    pair_of(primary, TestServer::launch(), via)
 }
 
-/// `pair_via` with both nodes started from launches of the caller's.
-pub fn pair_both_launched(
+/// `pair_via` with both nodes started from what the test prepared.
+pub fn pair_of(
     primary: Launch,
     secondary: Launch,
     via: impl FnOnce(std::net::SocketAddr) -> std::net::SocketAddr,

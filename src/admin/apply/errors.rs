@@ -89,6 +89,12 @@ pub enum AdminError {
     NotASecondary(String),
     #[error("replication set '{0}' has no committed cut here yet: its volumes are not a consistent image of the primary, so they cannot be promoted; let a replication cycle finish first")]
     NoCommittedCut(String),
+    #[error("replication modify '{0}': nothing to change (give --every or --no-every, --keep, --queue-policy, --max-rate or --no-max-rate, or --compress)")]
+    NothingToModify(String),
+    #[error("replication set '{0}' is the secondary side here: modify it on its primary, which tells this side what it needs")]
+    ModifyOnSecondary(String),
+    #[error("peer update '{0}': nothing to change (give --max-rate or --no-max-rate)")]
+    NothingToUpdate(String),
     #[error("schedule task '{0}' already exists")]
     TaskExists(String),
     #[error("no schedule task named '{0}'")]
@@ -188,6 +194,9 @@ impl AdminError {
             | AdminError::VolumeReplicated { .. } => ErrorCode::InUse,
             AdminError::Replication(e) => replication_code(e),
             AdminError::RestartUnconfirmed(_)
+            | AdminError::NothingToModify(_)
+            | AdminError::ModifyOnSecondary(_)
+            | AdminError::NothingToUpdate(_)
             | AdminError::NoCommittedCut(_)
             | AdminError::Export(_) => ErrorCode::Invalid,
             AdminError::NotASecondary(_) | AdminError::NoTask(_) => ErrorCode::NotFound,
@@ -214,7 +223,7 @@ fn replication_code(e: &ReplicationError) -> ErrorCode {
         | ReplicationError::Wire { .. }
         | ReplicationError::Unexpected { .. }
         | ReplicationError::Timeout { .. } => ErrorCode::Unreachable,
-        ReplicationError::Remote { .. } => ErrorCode::Refused,
+        ReplicationError::Remote { .. } | ReplicationError::Codec { .. } => ErrorCode::Refused,
         // Try again later: a cycle runs, the set is suspended or stopping.
         ReplicationError::Discarded(_)
         | ReplicationError::Suspended(_)

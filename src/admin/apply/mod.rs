@@ -127,6 +127,22 @@ pub trait Host: Sync {
     ) -> Result<(), ReplicationError> {
         Err(ReplicationError::Unavailable)
     }
+    /// Settles a `replication modify` with the set's peer before it is saved: the peer
+    /// must decode `codec`, and its side keeps `keep` recovery points from now on.
+    fn replication_modify_remote(
+        &self,
+        _name: &str,
+        _spec: &ReplicationSpec,
+        _peer: &PeerSpec,
+        _keep: Option<u32>,
+        _codec: Option<crate::catalog::Compression>,
+    ) -> Result<(), ReplicationError> {
+        Err(ReplicationError::Unavailable)
+    }
+    /// A set's settings changed in the catalog: the running set applies them now.
+    fn replication_modified(&self, _name: &str) {}
+    /// A peer's settings changed in the catalog: the sets sending to it apply them now.
+    fn peer_updated(&self, _name: &str) {}
     /// A set was saved in the catalog: start running it.
     fn replication_started(&self, _name: &str) {}
     /// A set is leaving the catalog: stop it (a running cycle is abandoned, nothing
@@ -234,6 +250,17 @@ pub enum Effect {
     DeleteReplication {
         name: String,
         spec: ReplicationSpec,
+    },
+    /// Settle with the peer what needs it (its `keep`; that it decodes `codec`), save,
+    /// then apply the new settings to the running set.
+    ModifyReplication {
+        name: String,
+        keep: Option<u32>,
+        codec: Option<crate::catalog::Compression>,
+    },
+    /// Save, then the sets sending to the peer apply its new settings.
+    UpdatePeer {
+        name: String,
     },
 }
 
@@ -350,9 +377,16 @@ pub fn change(
         } => snapshot::create(c, name, volume, group),
         Change::SnapshotDelete { name } => snapshot::delete(c, name),
         // Peers, sets and schedules change in `admin::replication`.
-        Change::PeerCreate { name, addr, secret } => repl::peer_create(c, name, addr, secret.0),
+        Change::PeerCreate {
+            name,
+            addr,
+            secret,
+            max_rate,
+        } => repl::peer_create(c, name, addr, secret.0, max_rate),
         Change::PeerDelete { name } => repl::peer_delete(c, name),
+        Change::PeerUpdate(u) => repl::peer_update(c, u),
         Change::ReplicationCreate(a) => repl::replication_create(c, a),
+        Change::ReplicationModify(m) => repl::replication_modify(c, m),
         Change::ReplicationDelete { name } => repl::replication_delete(c, name),
         Change::ScheduleAdd {
             task,
@@ -401,6 +435,15 @@ fn commit<H: Host + ?Sized>(
         }
         Effect::DeleteReplication { name, spec } => {
             replication::commit_delete(host, new, &name, spec)?;
+            Ok(None)
+        }
+        Effect::ModifyReplication { name, keep, codec } => {
+            replication::commit_modify(host, new, &name, keep, codec)?;
+            Ok(None)
+        }
+        Effect::UpdatePeer { name } => {
+            install(host, new)?;
+            host.peer_updated(&name);
             Ok(None)
         }
     }

@@ -147,6 +147,36 @@ pub(super) fn commit_delete<H: Host + ?Sized>(
     Ok(())
 }
 
+/// Settles a modify with the peer where it must (the secondary's `keep`, the codec
+/// check), installs the catalog, and applies the settings to the running set. If the
+/// catalog cannot be saved after the peer took a new `keep`, the peer is given the old
+/// one back.
+pub(super) fn commit_modify<H: Host + ?Sized>(
+    host: &H,
+    new: Catalog,
+    name: &str,
+    keep: Option<u32>,
+    codec: Option<crate::catalog::Compression>,
+) -> Result<(), AdminError> {
+    let spec = new.replications[name].clone();
+    let peer = new.peers[&spec.peer].clone();
+    if keep.is_some() || codec.is_some() {
+        host.replication_modify_remote(name, &spec, &peer, keep, codec)?;
+    }
+    if let Err(e) = install(host, new) {
+        let old = host.catalog().read().replications.get(name).map(|r| r.keep);
+        if let (Some(_), Some(old)) = (keep, old) {
+            if let Err(undo) = host.replication_modify_remote(name, &spec, &peer, Some(old), None) {
+                tracing::warn!(set = %name, error = %undo, "cannot give the peer its old keep back");
+            }
+        }
+        return Err(e.into());
+    }
+    host.replication_modified(name);
+    tracing::info!(set = %name, "replication set modified");
+    Ok(())
+}
+
 pub(super) fn full_replication_view<H: Host + ?Sized>(
     host: &H,
     c: &Catalog,
@@ -185,6 +215,7 @@ mod tests {
             PeerSpec {
                 addr: "192.0.2.1:3261".into(),
                 secret: "0123456789abcdef".into(),
+                max_rate: None,
             },
         );
         c.replications.insert(
@@ -200,9 +231,64 @@ mod tests {
                 queue_policy: Default::default(),
                 keep: 8,
                 compress: Default::default(),
+                max_rate: None,
             },
         );
         store::save(f.dir.path(), &c).unwrap();
+    }
+
+    #[test]
+    fn modify_saves_what_needs_no_peer_and_refuses_what_it_cannot_settle() {
+        use crate::admin::protocol::{Change, ReplicationModify};
+        let f = Fake::new();
+        with_set(&f);
+        let modify = |m: ReplicationModify| {
+            Change::ReplicationModify(ReplicationModify {
+                name: "r".into(),
+                ..m
+            })
+        };
+        let Response::Done { message } = f.ok(modify(ReplicationModify {
+            max_rate: Some("1.5G".into()),
+            every: Some("5m".into()),
+            ..Default::default()
+        })) else {
+            panic!()
+        };
+        assert_eq!(
+            message,
+            "modified replication set 'r': every none -> 5m, max-rate no cap -> 1.5G/s"
+        );
+        let saved = f.on_disk().replications["r"].clone();
+        assert_eq!(
+            (saved.max_rate, saved.every_secs),
+            (Some(3 << 29), Some(300))
+        );
+        // The fake has no peer: a new keep, or a codec to check, cannot be settled,
+        // and nothing of the request is saved.
+        for m in [
+            ReplicationModify {
+                keep: Some(3),
+                max_rate: Some("none".into()),
+                ..Default::default()
+            },
+            ReplicationModify {
+                compress: Some(crate::catalog::Compression::Zstd),
+                every: Some("none".into()),
+                ..Default::default()
+            },
+        ] {
+            f.refuse(modify(m), ErrorCode::Invalid);
+            assert_eq!(f.on_disk().replications["r"], saved);
+        }
+        // Back to `none` needs no peer.
+        f.ok(modify(ReplicationModify {
+            compress: Some(crate::catalog::Compression::None),
+            ..Default::default()
+        }));
+        let m = f.refuse(modify(ReplicationModify::default()), ErrorCode::Invalid);
+        assert!(m.contains("nothing to change"), "{m}");
+        assert_eq!(*f.catalog.read(), f.on_disk());
     }
 
     #[test]
