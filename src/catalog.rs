@@ -77,6 +77,11 @@ pub struct PeerSpec {
     /// `HOST:PORT` of its replication listener (on a secondary: where failback goes).
     pub addr: String,
     pub secret: String,
+    /// The fingerprint (`sha256:` + hex of its SubjectPublicKeyInfo) of the TLS key the
+    /// peer presented at the first authenticated contact; a connection presenting
+    /// another is refused until `peer update --accept-new-key`. None until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_key: Option<String>,
 }
 
 impl std::fmt::Debug for PeerSpec {
@@ -84,6 +89,7 @@ impl std::fmt::Debug for PeerSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PeerSpec")
             .field("addr", &self.addr)
+            .field("pinned_key", &self.pinned_key)
             .finish_non_exhaustive()
     }
 }

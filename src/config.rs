@@ -316,6 +316,10 @@ pub struct PeerConfig {
     pub name: String,
     pub addr: String,
     pub secret: String,
+    /// The peer's pinned TLS key (`sha256:...`, as `peer show` prints it); absent: the
+    /// pin the node has is kept, or the first authenticated contact pins one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_key: Option<String>,
 }
 
 impl std::fmt::Debug for PeerConfig {
@@ -545,6 +549,10 @@ impl Config {
                 validate::check_peer_name(&p.name).map_err(|e| cx.err(format!("{key}.name"), e))?;
                 validate::check_peer_addr(&p.addr).map_err(|e| cx.err(format!("{key}.addr"), e))?;
                 unmasked(&cx, &format!("{key}.secret"), &p.secret)?;
+                if let Some(k) = &p.pinned_key {
+                    validate::check_key_fingerprint(k)
+                        .map_err(|e| cx.err(format!("{key}.pinned_key"), e))?;
+                }
                 validate::check_peer_secret(&p.secret)
                     .map_err(|e| cx.err(format!("{key}.secret"), e))?;
                 if c.peers.iter().any(|o| o.name == p.name) {
@@ -658,11 +666,18 @@ impl Config {
         }
         self.overlay_groups(catalog)?;
         for p in &self.peers {
+            let pinned_key = p.pinned_key.clone().or_else(|| {
+                catalog
+                    .peers
+                    .get(&p.name)
+                    .and_then(|o| o.pinned_key.clone())
+            });
             catalog.peers.insert(
                 p.name.clone(),
                 PeerSpec {
                     addr: p.addr.clone(),
                     secret: p.secret.clone(),
+                    pinned_key,
                 },
             );
         }

@@ -284,11 +284,27 @@ enum PeerCmd {
     },
     /// List peers and the sets using them.
     List,
-    /// Reachability, authentication both ways, protocol version, round-trip time;
-    /// exits 1 unless the peer is reachable and authenticated.
+    /// A peer: address, sets, this node's key, the peer's pinned key, its last link.
+    Show {
+        /// The peer.
+        name: String,
+    },
+    /// Reachability, TLS and authentication both ways, keys (this node's, pinned,
+    /// presented), protocol version, round-trip time; exits 1 unless the peer is
+    /// reachable, authenticated and presents its pinned key.
     Check {
         /// The peer.
         name: String,
+    },
+    /// Change a peer's settings.
+    Update {
+        /// The peer.
+        name: String,
+        /// Trust the peer's new TLS key (after it was regenerated): pins the key it
+        /// presents now if it answers and proves the secret, else clears the pin so
+        /// the next authenticated contact pins.
+        #[arg(long)]
+        accept_new_key: bool,
     },
     /// Forget a peer (refused while a replication set uses it).
     Delete {
@@ -935,6 +951,15 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
             .into(),
             PeerCmd::List => Query::PeerList.into(),
             PeerCmd::Check { name } => Query::PeerCheck { name }.into(),
+            PeerCmd::Show { name } => Query::PeerShow { name }.into(),
+            PeerCmd::Update {
+                name,
+                accept_new_key,
+            } => Change::PeerUpdate(twinlun::admin::protocol::PeerUpdate {
+                name,
+                accept_new_key,
+            })
+            .into(),
             PeerCmd::Delete { name } => Change::PeerDelete { name }.into(),
         },
         CtlCommand::Replication(r) => match r {
@@ -1122,6 +1147,7 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
     store::ensure_data_dir(&s.data_dir)?;
     let _lock = lock_data_dir(&s.data_dir)?;
     let catalog = startup::prepare(&s.data_dir, s.config.as_ref())?;
+    let tls_dir = s.data_dir.join(twinlun::replication::tls::TLS_DIR);
     let engine = Engine::start(s.engine.kind()).context("cannot start the io engine")?;
     let mut node = Node::new(s.data_dir.clone(), engine, catalog);
     if !s.tracking {
@@ -1129,6 +1155,10 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
         node = node.without_tracking();
     }
     let node = Arc::new(node);
+    let tls = node
+        .load_tls()
+        .with_context(|| format!("cannot set up the replication key in {}", tls_dir.display()))?;
+    tracing::info!(key = %tls.fingerprint, "replication TLS key");
     node.open_volumes()?;
     node.start_replication();
     if let Some(listener) = replication_listener {

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use common::{free_port, qemu_io_read_only, repo_root, run_ok, wait_until, TestServer};
 use serde_json::{json, Value};
 use twinlun::catalog::PeerSpec;
+use twinlun::replication::tls::Tls;
 use twinlun::replication::peer::PeerConn;
 use twinlun::replication::wire::{Message, RemoteVolume};
 use twinlun::replication::ReplicationError;
@@ -189,8 +190,11 @@ fn bad_names_are_refused_everywhere_and_change_nothing() {
         let spec = PeerSpec {
             addr: s_addr.clone(),
             secret: SECRET.into(),
+            pinned_key: None,
         };
-        let mut conn = PeerConn::connect("secondary", &spec).await.unwrap();
+        let key_dir = tempfile::tempdir().unwrap();
+        let tls = std::sync::Arc::new(Tls::load_or_create(key_dir.path()).unwrap());
+        let mut conn = PeerConn::open(&tls, "secondary", &spec).await.unwrap();
         let vol = |name: &str| RemoteVolume {
             name: name.into(),
             size: 1 << 20,

@@ -95,6 +95,7 @@ pub fn config_of(c: &Catalog, with_secrets: bool) -> Config {
             name: name.clone(),
             addr: p.addr.clone(),
             secret: secret(&p.secret),
+            pinned_key: p.pinned_key.clone(),
         })
         .collect();
     let replications = (c.replications.iter())
@@ -206,6 +207,7 @@ mod tests {
             PeerSpec {
                 addr: "127.0.0.1:3261".into(),
                 secret: PEER_SECRET.into(),
+                pinned_key: Some(format!("sha256:{}", "ab".repeat(32))),
             },
         );
         c.replications.insert(

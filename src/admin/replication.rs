@@ -14,7 +14,7 @@
 //!   snapshot of one and deleting one are refused.
 
 use super::apply::{AdminError, Effect};
-use super::protocol::{PeerView, RecoveryPointView, ReplicationView, Response};
+use super::protocol::{PeerUpdate, PeerView, RecoveryPointView, ReplicationView, Response};
 use super::validate::{self, ValidationError};
 use crate::catalog::{
     Catalog, Compression, PeerSpec, QueuePolicy, ReplicationRole, ReplicationSpec,
@@ -29,6 +29,9 @@ pub fn peer_view(c: &Catalog, name: &str) -> PeerView {
         name: name.into(),
         addr: c.peers[name].addr.clone(),
         sets: sets_using(c, name),
+        pinned_key: c.peers[name].pinned_key.clone(),
+        local_key: None,
+        last_link: None,
     }
 }
 
@@ -52,8 +55,32 @@ pub fn peer_create(
     if c.peers.contains_key(&name) {
         return Err(AdminError::PeerExists(name));
     }
-    c.peers.insert(name.clone(), PeerSpec { addr, secret });
+    c.peers.insert(
+        name.clone(),
+        PeerSpec {
+            addr,
+            secret,
+            pinned_key: None,
+        },
+    );
     Ok((Effect::None, Response::Peer(peer_view(c, &name))))
+}
+
+/// `peer update`: with `accept_new_key`, the pin is cleared here and the commit pins
+/// what the peer presents now, if it answers.
+pub fn peer_update(c: &mut Catalog, u: PeerUpdate) -> Result<(Effect, Response), AdminError> {
+    let Some(peer) = c.peers.get_mut(&u.name) else {
+        return Err(AdminError::NoPeer(u.name));
+    };
+    if !u.accept_new_key {
+        return Err(AdminError::NothingToUpdate(u.name));
+    }
+    peer.pinned_key = None;
+    let message = format!("peer '{}': pin cleared", u.name);
+    Ok((
+        Effect::AcceptNewKey { name: u.name },
+        Response::Done { message },
+    ))
 }
 
 pub fn peer_delete(c: &mut Catalog, name: String) -> Result<(Effect, Response), AdminError> {

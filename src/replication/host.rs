@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use super::tls::Tls;
 use super::wire::RemoteVolume;
+use super::ReplicationError;
 use crate::catalog::Catalog;
 use crate::tracking::CutCoordinator;
 use crate::volume::Volume;
@@ -46,4 +48,10 @@ pub trait Host: Send + Sync + 'static {
     fn accept_secondary(&self, req: SecondaryRequest) -> Result<(), ChangeRefused>;
     /// The primary deleted a set: its secondary side goes; the volumes stay. Blocking.
     fn drop_secondary(&self, set: &str) -> Result<(), ChangeRefused>;
+    /// This node's TLS identity (`DATA_DIR/tls/`), the same for every connection.
+    fn tls(&self) -> Result<Arc<Tls>, ReplicationError>;
+    /// Records `fingerprint` as the pinned key of `peer` if it has none yet: the first
+    /// authenticated contact. Returns at once; the catalog is saved in the background,
+    /// after any admin change in progress (which may be the one making this contact).
+    fn pin_peer_key(&self, peer: &str, fingerprint: &str);
 }

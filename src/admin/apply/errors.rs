@@ -63,6 +63,8 @@ pub enum AdminError {
     NoPeer(String),
     #[error("peer '{0}' already exists")]
     PeerExists(String),
+    #[error("peer update '{0}': nothing to change (give --accept-new-key)")]
+    NothingToUpdate(String),
     #[error("peer '{name}' is used by replication set(s) {sets}; delete them first")]
     PeerInUse { name: String, sets: String },
     #[error("no replication set named '{0}'")]
@@ -151,7 +153,7 @@ impl AdminError {
     /// does not compile until it has its code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            AdminError::Invalid(_) => ErrorCode::Invalid,
+            AdminError::Invalid(_) | AdminError::NothingToUpdate(_) => ErrorCode::Invalid,
             AdminError::NoVolume(_)
             | AdminError::NoTarget(_)
             | AdminError::NoGroup(_)
@@ -204,16 +206,22 @@ impl AdminError {
 
 fn replication_code(e: &ReplicationError) -> ErrorCode {
     match e {
-        ReplicationError::AuthRefused { .. } | ReplicationError::PeerUnproven { .. } => {
-            ErrorCode::AuthFailed
-        }
+        ReplicationError::AuthRefused { .. }
+        | ReplicationError::PeerUnproven { .. }
+        | ReplicationError::KeyChanged { .. }
+        | ReplicationError::Link { .. }
+        | ReplicationError::Remote {
+            code: crate::replication::wire::ErrorCode::KeyChanged,
+            ..
+        } => ErrorCode::AuthFailed,
         // The peer cannot be reached, speaks another protocol, or stopped answering
         // as it should.
         ReplicationError::Connect { .. }
         | ReplicationError::Version { .. }
         | ReplicationError::Wire { .. }
         | ReplicationError::Unexpected { .. }
-        | ReplicationError::Timeout { .. } => ErrorCode::Unreachable,
+        | ReplicationError::Timeout { .. }
+        | ReplicationError::Handshake { .. } => ErrorCode::Unreachable,
         ReplicationError::Remote { .. } => ErrorCode::Refused,
         // Try again later: a cycle runs, the set is suspended or stopping.
         ReplicationError::Discarded(_)
@@ -231,6 +239,7 @@ fn replication_code(e: &ReplicationError) -> ErrorCode {
         | ReplicationError::ReadVolume { .. }
         | ReplicationError::Snapshot { .. }
         | ReplicationError::Encode(_)
+        | ReplicationError::Identity(_)
         | ReplicationError::State { .. } => ErrorCode::Io,
     }
 }

@@ -105,8 +105,22 @@ pub trait Host: Sync {
             protocol_version: None,
             compress: Vec::new(),
             rtt_us: None,
+            local_key: None,
+            pinned_key: peer.pinned_key.clone(),
+            presented_key: None,
+            tls_version: None,
+            cipher: None,
             error: Some(ReplicationError::Unavailable.to_string()),
         }
+    }
+    /// The last authenticated link with a peer since the node started.
+    fn peer_link(&self, _name: &str) -> Option<super::protocol::LinkView> {
+        None
+    }
+    /// `peer update --accept-new-key`: connects to the peer and authenticates whatever
+    /// key it presents; returns that key, or why it could not.
+    fn peer_present_key(&self, _name: &str, _peer: &PeerSpec) -> Result<String, ReplicationError> {
+        Err(ReplicationError::Unavailable)
     }
     /// Creates the secondary side of a new primary set on its peer.
     fn replication_create_remote(
@@ -198,6 +212,8 @@ pub struct RuntimeInfo {
     pub admin_socket: Option<String>,
     /// The replication listener's bound address, when the node has one.
     pub replication_listen: Option<String>,
+    /// This node's replication TLS key fingerprint.
+    pub tls_key: Option<String>,
     pub uptime_secs: u64,
     /// Consistent cuts taken so far (snapshots, replication cycles) and the pauses
     /// they imposed on writers.
@@ -234,6 +250,11 @@ pub enum Effect {
     DeleteReplication {
         name: String,
         spec: ReplicationSpec,
+    },
+    /// Pin the key the peer `name` presents now (its pin is cleared in the new
+    /// catalog), then save.
+    AcceptNewKey {
+        name: String,
     },
 }
 
@@ -279,6 +300,7 @@ fn query<H: Host + ?Sized>(host: &H, c: &Catalog, q: Query) -> Result<Response, 
         Query::SnapshotList => Ok(snapshot::list(host, c)),
         Query::SnapshotShow { name } => snapshot::show(host, c, name),
         Query::PeerList => Ok(peer::list(c)),
+        Query::PeerShow { name } => peer::show(host, c, name),
         Query::PeerCheck { name } => peer::check(host, c, name),
         Query::ReplicationList => Ok(replication::list(host, c)),
         Query::ReplicationShow { name } => replication::show(host, c, name),
@@ -352,6 +374,7 @@ pub fn change(
         // Peers, sets and schedules change in `admin::replication`.
         Change::PeerCreate { name, addr, secret } => repl::peer_create(c, name, addr, secret.0),
         Change::PeerDelete { name } => repl::peer_delete(c, name),
+        Change::PeerUpdate(u) => repl::peer_update(c, u),
         Change::ReplicationCreate(a) => repl::replication_create(c, a),
         Change::ReplicationDelete { name } => repl::replication_delete(c, name),
         Change::ScheduleAdd {
@@ -403,6 +426,7 @@ fn commit<H: Host + ?Sized>(
             replication::commit_delete(host, new, &name, spec)?;
             Ok(None)
         }
+        Effect::AcceptNewKey { name } => peer::commit_accept_new_key(host, new, &name).map(Some),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::super::protocol::Response;
 use super::super::replication as repl;
-use super::{AdminError, Host};
+use super::{install, AdminError, Host};
 use crate::catalog::Catalog;
 
 pub(super) fn list(c: &Catalog) -> Response {
@@ -24,4 +24,46 @@ pub(super) fn check<H: Host + ?Sized>(
         .get(&name)
         .ok_or_else(|| AdminError::NoPeer(name.clone()))?;
     Ok(Response::PeerCheck(host.peer_check(&name, peer)))
+}
+
+/// The peer as `list` shows it, with this node's key and the last link with it.
+pub(super) fn show<H: Host + ?Sized>(
+    host: &H,
+    c: &Catalog,
+    name: String,
+) -> Result<Response, AdminError> {
+    if !c.peers.contains_key(&name) {
+        return Err(AdminError::NoPeer(name));
+    }
+    let mut view = repl::peer_view(c, &name);
+    view.local_key = host.runtime().tls_key;
+    view.last_link = host.peer_link(&name);
+    Ok(Response::Peer(view))
+}
+
+/// `peer update --accept-new-key`: `new` has the peer's pin cleared. If the peer
+/// answers and authenticates (the secret proofs over the channel binding), the key it
+/// presented is pinned; if not, the pin stays cleared and the next authenticated
+/// contact pins. Either way the catalog is saved.
+pub(super) fn commit_accept_new_key<H: Host + ?Sized>(
+    host: &H,
+    mut new: Catalog,
+    name: &str,
+) -> Result<Response, AdminError> {
+    let peer = new.peers[name].clone();
+    let message = match host.peer_present_key(name, &peer) {
+        Ok(key) => {
+            let message = format!("peer '{name}': pinned its key {key}");
+            if let Some(p) = new.peers.get_mut(name) {
+                p.pinned_key = Some(key);
+            }
+            message
+        }
+        Err(e) => format!(
+            "peer '{name}': pin cleared; the next authenticated contact pins the key it presents (now: {})",
+            crate::chain::ErrorChain(&e)
+        ),
+    };
+    install(host, new)?;
+    Ok(Response::Done { message })
 }

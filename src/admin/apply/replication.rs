@@ -185,6 +185,7 @@ mod tests {
             PeerSpec {
                 addr: "192.0.2.1:3261".into(),
                 secret: "0123456789abcdef".into(),
+                pinned_key: None,
             },
         );
         c.replications.insert(
