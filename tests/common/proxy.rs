@@ -1,5 +1,6 @@
 //! A TCP proxy for fault injection: forwards to a target, optionally throttling the
-//! client-to-target direction, and can cut every connection at once.
+//! client-to-target direction, and can cut every connection at once. It also keeps
+//! every byte it forwarded, both ways (`captured`), for tests of what the link shows.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -16,6 +17,9 @@ pub struct Proxy {
     /// connection is cut (once); 0 = unarmed.
     trip: Arc<AtomicU64>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
+    /// Every byte forwarded, either way, in the order each pump moved it, once
+    /// `record` was called (None before: most tests move far too much to keep).
+    tap: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl Proxy {
@@ -25,7 +29,8 @@ impl Proxy {
         let rate = Arc::new(AtomicU64::new(bytes_per_sec));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
         let trip = Arc::new(AtomicU64::new(0));
-        let (r, c, t) = (rate.clone(), conns.clone(), trip.clone());
+        let tap: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+        let (r, c, t, tp) = (rate.clone(), conns.clone(), trip.clone(), tap.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
                 let Ok(server) = TcpStream::connect(target) else {
@@ -39,8 +44,9 @@ impl Proxy {
                     trip: t.clone(),
                     conns: c.clone(),
                 };
-                std::thread::spawn(move || pump(client, server, Some(limits)));
-                std::thread::spawn(move || pump(s2, c2, None));
+                let (tap_in, tap_out) = (tp.clone(), tp.clone());
+                std::thread::spawn(move || pump(client, server, Some(limits), tap_in));
+                std::thread::spawn(move || pump(s2, c2, None, tap_out));
             }
         });
         Proxy {
@@ -48,7 +54,18 @@ impl Proxy {
             rate,
             trip,
             conns,
+            tap,
         }
+    }
+
+    /// Keeps every byte forwarded from now on, both directions.
+    pub fn record(&self) {
+        self.tap.lock().unwrap().get_or_insert_with(Vec::new);
+    }
+
+    /// Every byte forwarded since `record`.
+    pub fn captured(&self) -> Vec<u8> {
+        self.tap.lock().unwrap().clone().unwrap_or_default()
     }
 
     pub fn set_rate(&self, bytes_per_sec: u64) {
@@ -86,7 +103,12 @@ struct Limits {
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, limits: Option<Limits>) {
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    limits: Option<Limits>,
+    tap: Arc<Mutex<Option<Vec<u8>>>>,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     let start = Instant::now();
     let mut moved = 0u64;
@@ -95,6 +117,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, limits: Option<Limits>) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if let Some(t) = tap.lock().unwrap().as_mut() {
+            t.extend_from_slice(&buf[..n]);
+        }
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
