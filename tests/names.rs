@@ -100,6 +100,15 @@ fn bad_names_are_refused_everywhere_and_change_nothing() {
     s.ctl_ok(&["peer", "create", "prod", &p_repl, "--secret", SECRET]);
     p.ctl_ok(&["volume", "create", "v", "--size", "1M"]);
     p.ctl_ok(&["group", "create", "g", "v"]);
+    // The first authenticated contact pins each side's key in the other's catalog:
+    // made here, before the data dirs are compared.
+    p.ctl_ok(&["peer", "check", "dr"]);
+    wait_until("the secondary to pin the primary's key", std::time::Duration::from_secs(10), || {
+        match s.ctl_json(&["peer", "show", "prod"])["pinned_key"].is_string() {
+            true => Ok(()),
+            false => Err("not pinned".to_string()),
+        }
+    });
     let (p_before, s_before) = (tree(&p.data_dir), tree(&s.data_dir));
 
     for name in bad_names() {
@@ -192,8 +201,8 @@ fn bad_names_are_refused_everywhere_and_change_nothing() {
             secret: SECRET.into(),
             pinned_key: None,
         };
-        let key_dir = tempfile::tempdir().unwrap();
-        let tls = std::sync::Arc::new(Tls::load_or_create(key_dir.path()).unwrap());
+        // The primary's own key, which the secondary pinned.
+        let tls = std::sync::Arc::new(Tls::load_or_create(&p.data_dir).unwrap());
         let mut conn = PeerConn::open(&tls, "secondary", &spec).await.unwrap();
         let vol = |name: &str| RemoteVolume {
             name: name.into(),
