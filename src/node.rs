@@ -462,7 +462,10 @@ impl Host for Node {
             let mut conn = PeerConn::connect(self, name, peer).await?;
             Ok::<_, ReplicationError>((conn.ping().await?, conn.codecs, conn.link))
         });
-        if let Some(seen) = crate::replication::Host::tls(self).ok().and_then(|t| t.seen(name)) {
+        if let Some(seen) = crate::replication::Host::tls(self)
+            .ok()
+            .and_then(|t| t.seen(name))
+        {
             view.tls_version = Some(seen.version);
             view.cipher = Some(seen.cipher);
         }

@@ -220,7 +220,9 @@ pub fn check_key_fingerprint(fp: &str) -> Result<(), ValidationError> {
     match fp.strip_prefix("sha256:") {
         Some(hex)
             if hex.len() == 64
-                && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
         {
             Ok(())
         }

@@ -230,13 +230,17 @@ fn an_exported_pair_rebuilds_with_the_same_listings() {
     // background): the exports carry the pins, so a rebuilt node keeps trusting
     // only those keys.
     for (node, peer) in [(&p, "dr"), (&s, "prod")] {
-        common::wait_until("the peer's key pinned", std::time::Duration::from_secs(10), || {
-            let v = node.ctl_json(&["peer", "show", peer]);
-            match v["pinned_key"].as_str() {
-                Some(k) if k.starts_with("sha256:") => Ok(()),
-                _ => Err(v.to_string()),
-            }
-        });
+        common::wait_until(
+            "the peer's key pinned",
+            std::time::Duration::from_secs(10),
+            || {
+                let v = node.ctl_json(&["peer", "show", peer]);
+                match v["pinned_key"].as_str() {
+                    Some(k) if k.starts_with("sha256:") => Ok(()),
+                    _ => Err(v.to_string()),
+                }
+            },
+        );
     }
 
     // With secrets: both sides rebuild. The secondary is exported first and stopped,
@@ -250,7 +254,10 @@ fn an_exported_pair_rebuilds_with_the_same_listings() {
         "{built_s}"
     );
     for (file, node) in [(&primary_file, &s), (&secondary_file, &p)] {
-        let key = node.ctl_json(&["status"])["tls_key"].as_str().unwrap().to_string();
+        let key = node.ctl_json(&["status"])["tls_key"]
+            .as_str()
+            .unwrap()
+            .to_string();
         assert!(file.contains(&format!("pinned_key = \"{key}\"")), "{file}");
     }
     s.stop();

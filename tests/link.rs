@@ -91,7 +91,10 @@ fn a_capture_of_the_link_holds_none_of_the_data_shipped() {
     );
     // And the secondary has it: the bytes went, encrypted.
     let got = std::fs::read(s.volume_file("v")).unwrap();
-    assert!(got[4 << 20..5 << 20] == pattern[..], "the secondary differs");
+    assert!(
+        got[4 << 20..5 << 20] == pattern[..],
+        "the secondary differs"
+    );
 }
 
 /// A relay on the path: passes TCP through, or, when `terminate` is set, terminates
@@ -201,13 +204,17 @@ fn a_relay_that_terminates_tls_cannot_authenticate_either_way() {
     relay.terminate.store(true, Ordering::Release);
     let before = relay.intercepted.load(Ordering::Acquire);
     p.ctl_ok(&["replicate", "r"]);
-    let failed = wait_until("the cycle through the relay to fail", Duration::from_secs(60), || {
-        let v = show(&p, "r");
-        match v["error"].as_str() {
-            Some(e) => Ok(e.to_string()),
-            None => Err(v.to_string()),
-        }
-    });
+    let failed = wait_until(
+        "the cycle through the relay to fail",
+        Duration::from_secs(60),
+        || {
+            let v = show(&p, "r");
+            match v["error"].as_str() {
+                Some(e) => Ok(e.to_string()),
+                None => Err(v.to_string()),
+            }
+        },
+    );
     assert!(failed.contains("authentication failed"), "{failed}");
     assert!(relay.intercepted.load(Ordering::Acquire) > before);
     assert_eq!(s.ctl_json(&["recovery-points", "r"])["points"], points);
@@ -279,14 +286,18 @@ fn a_changed_key_is_refused_until_accepted_on_either_side() {
     assert_eq!(dr["local_key"], p_key.as_str(), "{dr}");
     assert_eq!(dr["last_link"]["presented_key"], s_key.as_str(), "{dr}");
     assert_eq!(dr["last_link"]["tls_version"], "TLSv1.3", "{dr}");
-    let prod = wait_until("the secondary to pin the primary", Duration::from_secs(10), || {
-        let v = s.ctl_json(&["peer", "show", "prod"]);
-        if v["pinned_key"].is_string() {
-            Ok(v)
-        } else {
-            Err(v.to_string())
-        }
-    });
+    let prod = wait_until(
+        "the secondary to pin the primary",
+        Duration::from_secs(10),
+        || {
+            let v = s.ctl_json(&["peer", "show", "prod"]);
+            if v["pinned_key"].is_string() {
+                Ok(v)
+            } else {
+                Err(v.to_string())
+            }
+        },
+    );
     assert_eq!(prod["pinned_key"], p_key.as_str(), "{prod}");
     let check = p.ctl_json(&["peer", "check", "dr"]);
     assert_eq!(check["presented_key"], s_key.as_str(), "{check}");
@@ -305,7 +316,11 @@ fn a_changed_key_is_refused_until_accepted_on_either_side() {
     qemu_io(&url, &["write -P 0x42 0 1m"]);
     p.ctl_ok(&["replicate", "r"]);
     let e = set_error(&p, "r");
-    for want in [s_key.as_str(), s_new.as_str(), "peer update dr --accept-new-key"] {
+    for want in [
+        s_key.as_str(),
+        s_new.as_str(),
+        "peer update dr --accept-new-key",
+    ] {
         assert!(e.contains(want), "{want} missing from: {e}");
     }
     let check = p.ctl(&["peer", "check", "dr"]);
@@ -315,7 +330,10 @@ fn a_changed_key_is_refused_until_accepted_on_either_side() {
     assert_eq!(show(&p, "r")["cycles"], 1);
     let out = p.ctl_ok(&["peer", "update", "dr", "--accept-new-key"]);
     assert!(out.contains(&s_new), "{out}");
-    assert_eq!(p.ctl_json(&["peer", "show", "dr"])["pinned_key"], s_new.as_str());
+    assert_eq!(
+        p.ctl_json(&["peer", "show", "dr"])["pinned_key"],
+        s_new.as_str()
+    );
     converge(&p, "r", 2);
 
     // The primary's key is regenerated: now the secondary's listener refuses it.
@@ -356,7 +374,10 @@ fn accepting_a_new_key_of_a_silent_peer_clears_the_pin_for_the_next_contact() {
     assert!(p.ctl_json(&["peer", "show", "dr"])["pinned_key"].is_null());
     s.restart();
     replicate(&p, "r");
-    assert_eq!(p.ctl_json(&["peer", "show", "dr"])["pinned_key"], s_new.as_str());
+    assert_eq!(
+        p.ctl_json(&["peer", "show", "dr"])["pinned_key"],
+        s_new.as_str()
+    );
     // And `update` with nothing to change is refused.
     let (_, v) = p.ctl_refused(&["peer", "update", "dr"]);
     assert_eq!(v["code"], "invalid", "{v}");
@@ -382,7 +403,9 @@ fn client_hello(tls: &Tls) -> Vec<u8> {
         let connect = tls.connector().connect(Tls::server_name(), c);
         let read = async {
             let mut buf = vec![0u8; 1 << 16];
-            let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await.unwrap();
+            let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+                .await
+                .unwrap();
             buf.truncate(n);
             buf
         };
@@ -525,7 +548,9 @@ fn strangers_before_authentication_cannot_crowd_out_or_bloat_the_listener() {
         .unwrap();
     let t0 = Instant::now();
     let mut b = [0u8; 16];
-    let n = silent.read(&mut b).expect("the listener closes, not the timeout");
+    let n = silent
+        .read(&mut b)
+        .expect("the listener closes, not the timeout");
     let took = t0.elapsed();
     assert_eq!(n, 0, "EOF");
     assert!(

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use common::{free_port, qemu_io_read_only, repo_root, run_ok, wait_until, TestServer};
 use serde_json::{json, Value};
 use twinlun::catalog::PeerSpec;
-use twinlun::replication::tls::Tls;
 use twinlun::replication::peer::PeerConn;
+use twinlun::replication::tls::Tls;
 use twinlun::replication::wire::{Message, RemoteVolume};
 use twinlun::replication::ReplicationError;
 
@@ -103,12 +103,14 @@ fn bad_names_are_refused_everywhere_and_change_nothing() {
     // The first authenticated contact pins each side's key in the other's catalog:
     // made here, before the data dirs are compared.
     p.ctl_ok(&["peer", "check", "dr"]);
-    wait_until("the secondary to pin the primary's key", std::time::Duration::from_secs(10), || {
-        match s.ctl_json(&["peer", "show", "prod"])["pinned_key"].is_string() {
+    wait_until(
+        "the secondary to pin the primary's key",
+        std::time::Duration::from_secs(10),
+        || match s.ctl_json(&["peer", "show", "prod"])["pinned_key"].is_string() {
             true => Ok(()),
             false => Err("not pinned".to_string()),
-        }
-    });
+        },
+    );
     let (p_before, s_before) = (tree(&p.data_dir), tree(&s.data_dir));
 
     for name in bad_names() {

@@ -470,10 +470,8 @@ impl Kind {
             | "group_delete" | "target_create" | "target_delete" | "lun_map" | "lun_unmap"
             | "acl_add" | "acl_remove" | "chap_set" | "chap_clear" | "snapshot_create"
             | "snapshot_delete" | "peer_create" | "peer_update" | "peer_delete"
-            | "replication_create"
-            | "replication_delete" | "schedule_add" | "schedule_modify" | "schedule_delete" => {
-                Kind::Change
-            }
+            | "replication_create" | "replication_delete" | "schedule_add" | "schedule_modify"
+            | "schedule_delete" => Kind::Change,
             "replicate" | "restart" | "suspend" | "resume" | "abort" | "promote" => Kind::Action,
             _ => return None,
         })

@@ -16,9 +16,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{
-    CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime,
-};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::ParsedCertificate;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
@@ -106,12 +104,12 @@ impl Tls {
         let key_path = dir.join(KEY_FILE);
         let cert_path = dir.join(CERT_FILE);
         let key = match std::fs::read(&key_path) {
-            Ok(der) => rcgen::KeyPair::try_from(der.as_slice()).map_err(|source| {
-                TlsError::BadKey {
+            Ok(der) => {
+                rcgen::KeyPair::try_from(der.as_slice()).map_err(|source| TlsError::BadKey {
                     path: key_path.clone(),
                     source,
-                }
-            })?,
+                })?
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let key = rcgen::KeyPair::generate().map_err(TlsError::Generate)?;
                 save(&key_path, &key.serialize_der())?;
@@ -140,7 +138,10 @@ impl Tls {
     }
 
     /// An identity from a certificate and its key (TLS 1.3 only, ring).
-    pub fn new(cert: CertificateDer<'static>, key: PrivateKeyDer<'static>) -> Result<Tls, rustls::Error> {
+    pub fn new(
+        cert: CertificateDer<'static>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Tls, rustls::Error> {
         let fingerprint = fingerprint(&cert)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = Arc::new(AnyKey(provider.clone()));
@@ -299,7 +300,12 @@ impl ServerCertVerifier for AnyKey {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -308,7 +314,12 @@ impl ServerCertVerifier for AnyKey {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -337,7 +348,12 @@ impl ClientCertVerifier for AnyKey {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -346,7 +362,12 @@ impl ClientCertVerifier for AnyKey {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -358,7 +379,11 @@ impl ClientCertVerifier for AnyKey {
 mod tests {
     use super::*;
 
-    fn identity() -> (CertificateDer<'static>, PrivateKeyDer<'static>, rcgen::KeyPair) {
+    fn identity() -> (
+        CertificateDer<'static>,
+        PrivateKeyDer<'static>,
+        rcgen::KeyPair,
+    ) {
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["x".to_string()])
             .unwrap()
@@ -380,7 +405,10 @@ mod tests {
         let fp = fingerprint(&cert).unwrap();
         assert_eq!(fp, fingerprint(other.der()).unwrap());
         assert!(fp.starts_with("sha256:") && fp.len() == 7 + 64, "{fp}");
-        let want = format!("sha256:{}", hex::encode(Sha256::digest(key.public_key_der())));
+        let want = format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(key.public_key_der()))
+        );
         assert_eq!(fp, want);
         let (another, _, _) = identity();
         assert_ne!(fp, fingerprint(&another).unwrap());
@@ -402,7 +430,10 @@ mod tests {
             let (cert, _, _) = identity();
             let (_, other_key, _) = identity();
             let signer = rustls::crypto::ring::sign::any_supported_type(&other_key).unwrap();
-            Impostor(Arc::new(rustls::sign::CertifiedKey::new(vec![cert], signer)))
+            Impostor(Arc::new(rustls::sign::CertifiedKey::new(
+                vec![cert],
+                signer,
+            )))
         }
     }
 
@@ -513,6 +544,10 @@ mod tests {
         assert_eq!(at_client.presented, b.fingerprint);
         assert_eq!(at_server.presented, a.fingerprint);
         assert_eq!(at_client.version, "TLSv1.3");
-        assert!(at_client.cipher.starts_with("TLS13_"), "{}", at_client.cipher);
+        assert!(
+            at_client.cipher.starts_with("TLS13_"),
+            "{}",
+            at_client.cipher
+        );
     }
 }

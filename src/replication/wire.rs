@@ -516,7 +516,12 @@ pub mod auth {
     fn mac(secret: &str, label: &str, binding: &[u8], first: &str, second: &str) -> HmacSha256 {
         let mut m =
             HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
-        for part in [label.as_bytes(), binding, first.as_bytes(), second.as_bytes()] {
+        for part in [
+            label.as_bytes(),
+            binding,
+            first.as_bytes(),
+            second.as_bytes(),
+        ] {
             m.update(&(part.len() as u32).to_be_bytes());
             m.update(part);
         }
@@ -526,7 +531,11 @@ pub mod auth {
     /// The proof of `label`'s side over the session's `binding` (`tls::link`):
     /// `first` is its own nonce, `second` the other's.
     pub fn prove(secret: &str, label: &str, binding: &[u8], first: &str, second: &str) -> String {
-        hex::encode(mac(secret, label, binding, first, second).finalize().into_bytes())
+        hex::encode(
+            mac(secret, label, binding, first, second)
+                .finalize()
+                .into_bytes(),
+        )
     }
 
     /// Checks a proof in constant time.
@@ -804,7 +813,14 @@ mod tests {
         assert!(!auth::verify("secret", auth::CLIENT, &b, &s, &c, &p));
         assert!(!auth::verify("secret", auth::CLIENT, &b, &c, &s, "zz"));
         // A proof made on one TLS session does not verify on another (a relay's legs).
-        assert!(!auth::verify("secret", auth::CLIENT, &[8u8; 32], &c, &s, &p));
+        assert!(!auth::verify(
+            "secret",
+            auth::CLIENT,
+            &[8u8; 32],
+            &c,
+            &s,
+            &p
+        ));
     }
 
     #[tokio::test]
