@@ -561,3 +561,26 @@ fn strangers_before_authentication_cannot_crowd_out_or_bloat_the_listener() {
     let v: Value = show(&p, "r");
     assert_eq!(v["status"], "ready", "{v}");
 }
+
+/// A build from before TLS sends its Hello in plaintext: it gets the version refusal in
+/// its own framing, saying both versions, and nothing else happens.
+#[test]
+fn a_plaintext_peer_gets_the_version_refusal() {
+    use std::io::Write;
+    let s = TestServer::start_with(&["--replication-listen", "127.0.0.1:0"]);
+    let mut c = std::net::TcpStream::connect(s.repl_addr.unwrap()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = format!(r#"{{"msg":"hello","version":1,"nonce":"{}"}}"#, "cd".repeat(32));
+    let mut frame = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+    frame.push(1);
+    frame.extend_from_slice(body.as_bytes());
+    c.write_all(&frame).unwrap();
+    let mut answer = Vec::new();
+    c.read_to_end(&mut answer).unwrap();
+    assert_eq!(answer.get(4), Some(&1u8), "a control frame: {answer:?}");
+    let v: Value = serde_json::from_slice(&answer[5..]).unwrap();
+    assert_eq!(v["msg"], "error", "{v}");
+    assert_eq!(v["code"], "version", "{v}");
+    let m = v["message"].as_str().unwrap();
+    assert!(m.contains('2') && m.contains('1'), "{m}");
+}

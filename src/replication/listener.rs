@@ -650,3 +650,40 @@ fn stored(set: &str, r: Refusal) -> Message {
     tracing::warn!(set = %set, error = %r, "receiver store failed");
     r.into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_of_pending_connections_drops_the_oldest_to_admit_a_new_one() {
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let mut admitted: Vec<Admission> = (0..MAX_PENDING)
+            .map(|_| Admission::admit(&pending))
+            .collect();
+        for a in &mut admitted {
+            assert!(a.evicted.try_recv().is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+        }
+        let newest = Admission::admit(&pending);
+        assert_eq!(pending.lock().queue.len(), MAX_PENDING);
+        // The oldest is told to go; the others and the newest stay.
+        assert_eq!(
+            admitted[0].evicted.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        );
+        for a in &mut admitted[1..] {
+            assert_eq!(a.evicted.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+        }
+        // Leaving (authenticated or refused) frees the place at once.
+        drop(admitted.remove(5));
+        assert_eq!(pending.lock().queue.len(), MAX_PENDING - 1);
+        let another = Admission::admit(&pending);
+        assert_eq!(
+            admitted[1].evicted.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty),
+            "admitted without dropping anyone while there was room"
+        );
+        drop((newest, another, admitted));
+        assert!(pending.lock().queue.is_empty());
+    }
+}

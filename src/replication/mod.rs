@@ -36,7 +36,8 @@ pub enum ReplicationError {
         #[source]
         source: std::io::Error,
     },
-    #[error("TLS handshake with peer '{peer}' failed (is it a twinlun of this version, reached directly?)")]
+    /// Also what a build before TLS (plaintext) makes of our TLS: it closes.
+    #[error("talking to peer '{peer}': the TLS handshake failed")]
     Handshake {
         peer: String,
         #[source]
