@@ -570,7 +570,10 @@ fn a_plaintext_peer_gets_the_version_refusal() {
     let s = TestServer::start_with(&["--replication-listen", "127.0.0.1:0"]);
     let mut c = std::net::TcpStream::connect(s.repl_addr.unwrap()).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let body = format!(r#"{{"msg":"hello","version":1,"nonce":"{}"}}"#, "cd".repeat(32));
+    let body = format!(
+        r#"{{"msg":"hello","version":1,"nonce":"{}"}}"#,
+        "cd".repeat(32)
+    );
     let mut frame = ((body.len() + 1) as u32).to_be_bytes().to_vec();
     frame.push(1);
     frame.extend_from_slice(body.as_bytes());

@@ -662,7 +662,10 @@ mod tests {
             .map(|_| Admission::admit(&pending))
             .collect();
         for a in &mut admitted {
-            assert!(a.evicted.try_recv().is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+            assert!(a
+                .evicted
+                .try_recv()
+                .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
         }
         let newest = Admission::admit(&pending);
         assert_eq!(pending.lock().queue.len(), MAX_PENDING);
@@ -672,7 +675,10 @@ mod tests {
             Err(oneshot::error::TryRecvError::Closed)
         );
         for a in &mut admitted[1..] {
-            assert_eq!(a.evicted.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+            assert_eq!(
+                a.evicted.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty)
+            );
         }
         // Leaving (authenticated or refused) frees the place at once.
         drop(admitted.remove(5));

@@ -512,7 +512,7 @@ mod tests {
         let recert = Tls::load_or_create(dir.path()).unwrap();
         assert_eq!(first.fingerprint, recert.fingerprint);
         // Loose modes are narrowed.
-        std::fs::set_permissions(&tls.join(KEY_FILE), std::fs::Permissions::from_mode(0o644))
+        std::fs::set_permissions(tls.join(KEY_FILE), std::fs::Permissions::from_mode(0o644))
             .unwrap();
         Tls::load_or_create(dir.path()).unwrap();
         assert_eq!(mode(&tls.join(KEY_FILE)), 0o600);
