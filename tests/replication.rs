@@ -349,7 +349,9 @@ fn schedules_wrong_secrets_and_refusals() {
     );
     let good = p.ctl_json(&["peer", "check", "dr"]);
     assert_eq!(good["authenticated"], true, "{good}");
-    assert_eq!(good["protocol_version"], 1, "{good}");
+    assert_eq!(good["protocol_version"], 2, "{good}");
+    assert_eq!(good["tls_version"], "TLSv1.3", "{good}");
+    assert_eq!(good["presented_key"], good["pinned_key"], "{good}");
     let o = p.ctl(&[
         "--json",
         "replication",
