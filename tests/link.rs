@@ -433,13 +433,17 @@ fn strangers_before_authentication_cannot_crowd_out_or_bloat_the_listener() {
     assert_eq!(hello[0], 0x16, "a TLS handshake record");
     let rt = tokio::runtime::Runtime::new().unwrap();
     let closed = Arc::new(AtomicUsize::new(0));
+    // How long each lived, from connect to the listener closing it.
+    let lifetimes = Arc::new(std::sync::Mutex::new(Vec::<Duration>::new()));
     // Each stranger's connection, held open by the test; a task per connection
     // counts it closed when the listener closes it.
     let mut held = Vec::new();
     rt.block_on(async {
         for i in 0..500usize {
             let tcp = tokio::net::TcpStream::connect(target).await.unwrap();
+            let born = Instant::now();
             let closed = closed.clone();
+            let lifetimes = lifetimes.clone();
             match i % 4 {
                 // Silent.
                 0 => held.push(tokio::spawn(async move {
@@ -450,6 +454,7 @@ fn strangers_before_authentication_cannot_crowd_out_or_bloat_the_listener() {
                             break;
                         }
                     }
+                    lifetimes.lock().unwrap().push(born.elapsed());
                     closed.fetch_add(1, Ordering::AcqRel);
                 })),
                 // A ClientHello cut midway.
@@ -463,6 +468,7 @@ fn strangers_before_authentication_cannot_crowd_out_or_bloat_the_listener() {
                                 break;
                             }
                         }
+                        lifetimes.lock().unwrap().push(born.elapsed());
                         closed.fetch_add(1, Ordering::AcqRel);
                     }));
                 }
@@ -496,6 +502,7 @@ fn strangers_before_authentication_cannot_crowd_out_or_bloat_the_listener() {
                                 }
                             }
                         }
+                        lifetimes.lock().unwrap().push(born.elapsed());
                         closed.fetch_add(1, Ordering::AcqRel);
                     }));
                 }
@@ -515,6 +522,15 @@ fn strangers_before_authentication_cannot_crowd_out_or_bloat_the_listener() {
             }
         },
     );
+    // They were dropped for newer ones (or for a frame over the bound), not left to
+    // time out: all but the last 64 closed well within the handshake bound.
+    let quick = lifetimes
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|d| **d < Duration::from_secs(9))
+        .count();
+    assert!(quick >= 500 - 64, "only {quick} closed within 9 s");
     let rss_flooded = vm_rss_kib(pid);
     println!("VmRSS before {rss_before} KiB, after 500 strangers {rss_flooded} KiB");
     assert!(
