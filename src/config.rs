@@ -1183,6 +1183,8 @@ read_only = true
             ("[[peer]]\nname = \"dr\"\naddr = \"h:1\"\nsecret = \"short\"".into(), "t.toml: peer[0].secret: invalid peer secret"),
             (format!("[[peer]]\nname = \"dr\"\naddr = \"h:1\"\nsecret = \"{MASKED_SECRET}\""), "t.toml: peer[0].secret: the secret was masked"),
             (format!("{peer}{peer}"), "t.toml: peer[1].name: peer 'dr' is declared twice"),
+            (format!("{peer}pinned_key = \"sha256:abc\""), "t.toml: peer[0].pinned_key: invalid key fingerprint 'sha256:abc'"),
+            (format!("{peer}pinned_key = \"md5:{}\"", "a".repeat(64)), "t.toml: peer[0].pinned_key: invalid key fingerprint"),
             ("[[peer]]\nname = \"dr\"\naddr = \"h:1\"".into(), "t.toml: peer[0]: missing field `secret`"),
             (format!("{set}volume = \"v\"\ngroup = \"g\""), "t.toml: replication[0]: a replication set is of one volume or of one group"),
             (set.to_string(), "t.toml: replication[0]: a replication set is of one volume or of one group"),
@@ -1206,6 +1208,29 @@ read_only = true
                 "for {text:?}\n  got:  {got}\n  want: {want}..."
             );
         }
+    }
+
+    #[test]
+    fn a_declared_pin_is_set_and_an_undeclared_one_kept() {
+        let fp = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let peer =
+            "[[peer]]\nname = \"dr\"\naddr = \"127.0.0.1:3261\"\nsecret = \"0123456789abc\"\n";
+        let mut cat = Catalog::default();
+        let overlay = |text: &str, cat: &mut Catalog| {
+            Config::parse(text, "c.toml")
+                .unwrap()
+                .overlay(cat, &mut || panic!("no new ids"))
+                .unwrap();
+        };
+        overlay(peer, &mut cat);
+        assert_eq!(cat.peers["dr"].pinned_key, None);
+        overlay(&format!("{peer}pinned_key = \"{}\"\n", fp('a')), &mut cat);
+        assert_eq!(cat.peers["dr"].pinned_key, Some(fp('a')));
+        // A config that does not name the pin leaves the one the node made.
+        overlay(peer, &mut cat);
+        assert_eq!(cat.peers["dr"].pinned_key, Some(fp('a')));
+        overlay(&format!("{peer}pinned_key = \"{}\"\n", fp('b')), &mut cat);
+        assert_eq!(cat.peers["dr"].pinned_key, Some(fp('b')));
     }
 
     #[test]

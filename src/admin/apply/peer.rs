@@ -67,3 +67,62 @@ pub(super) fn commit_accept_new_key<H: Host + ?Sized>(
     install(host, new)?;
     Ok(Response::Done { message })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::*;
+    use super::*;
+    use crate::admin::protocol::{Change, ErrorCode, PeerUpdate, Query};
+    use crate::catalog::PeerSpec;
+
+    fn pinned(f: &Fake) -> Option<String> {
+        f.catalog.read().peers["p"].pinned_key.clone()
+    }
+
+    #[test]
+    fn accept_new_key_of_a_peer_that_does_not_answer_clears_the_pin_on_disk() {
+        let f = Fake::new();
+        let key = format!("sha256:{}", "ab".repeat(32));
+        f.catalog.write().peers.insert(
+            "p".into(),
+            PeerSpec {
+                addr: "192.0.2.1:3261".into(),
+                secret: "0123456789abcdef".into(),
+                pinned_key: Some(key.clone()),
+            },
+        );
+        let shown = super::super::apply(&f, Query::PeerShow { name: "p".into() }.into());
+        let Response::Peer(view) = shown else {
+            panic!("{shown:?}")
+        };
+        assert_eq!(view.pinned_key.as_deref(), Some(key.as_str()));
+        // Nothing to change, and an unknown peer: refused, nothing changes.
+        let update = |name: &str, accept_new_key| {
+            super::super::apply(
+                &f,
+                Change::PeerUpdate(PeerUpdate {
+                    name: name.into(),
+                    accept_new_key,
+                })
+                .into(),
+            )
+        };
+        for (name, accept, code) in [
+            ("p", false, ErrorCode::Invalid),
+            ("q", true, ErrorCode::NotFound),
+        ] {
+            match update(name, accept) {
+                Response::Error { code: c, .. } => assert_eq!(c, code),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(pinned(&f).as_deref(), Some(key.as_str()));
+        }
+        // The fake's peer never answers: the pin is cleared, in memory and on disk.
+        match update("p", true) {
+            Response::Done { message } => assert!(message.contains("pin cleared"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(pinned(&f), None);
+        assert_eq!(f.on_disk().peers["p"].pinned_key, None);
+    }
+}
