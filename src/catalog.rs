@@ -81,6 +81,11 @@ pub struct PeerSpec {
     /// none: no cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rate: Option<u64>,
+    /// The fingerprint (`sha256:` + hex of its SubjectPublicKeyInfo) of the TLS key the
+    /// peer presented at the first authenticated contact; a connection presenting
+    /// another is refused until `peer update --accept-new-key`. None until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_key: Option<String>,
 }
 
 impl std::fmt::Debug for PeerSpec {
@@ -89,6 +94,7 @@ impl std::fmt::Debug for PeerSpec {
         f.debug_struct("PeerSpec")
             .field("addr", &self.addr)
             .field("max_rate", &self.max_rate)
+            .field("pinned_key", &self.pinned_key)
             .finish_non_exhaustive()
     }
 }

@@ -322,6 +322,10 @@ pub struct PeerConfig {
     /// Cap on what all sets to the peer send together ("100M": bytes/s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rate: Option<String>,
+    /// The peer's pinned TLS key (`sha256:...`, as `peer show` prints it); absent: the
+    /// pin the node has is kept, or the first authenticated contact pins one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_key: Option<String>,
 }
 
 impl std::fmt::Debug for PeerConfig {
@@ -554,6 +558,10 @@ impl Config {
                 validate::check_peer_name(&p.name).map_err(|e| cx.err(format!("{key}.name"), e))?;
                 validate::check_peer_addr(&p.addr).map_err(|e| cx.err(format!("{key}.addr"), e))?;
                 unmasked(&cx, &format!("{key}.secret"), &p.secret)?;
+                if let Some(k) = &p.pinned_key {
+                    validate::check_key_fingerprint(k)
+                        .map_err(|e| cx.err(format!("{key}.pinned_key"), e))?;
+                }
                 validate::check_peer_secret(&p.secret)
                     .map_err(|e| cx.err(format!("{key}.secret"), e))?;
                 if let Some(r) = &p.max_rate {
@@ -670,6 +678,12 @@ impl Config {
         }
         self.overlay_groups(catalog)?;
         for p in &self.peers {
+            let pinned_key = p.pinned_key.clone().or_else(|| {
+                catalog
+                    .peers
+                    .get(&p.name)
+                    .and_then(|o| o.pinned_key.clone())
+            });
             catalog.peers.insert(
                 p.name.clone(),
                 PeerSpec {
@@ -680,6 +694,7 @@ impl Config {
                         .max_rate
                         .as_deref()
                         .and_then(|r| validate::parse_rate(r).ok()),
+                    pinned_key,
                 },
             );
         }
@@ -1200,6 +1215,8 @@ read_only = true
             ("[[peer]]\nname = \"dr\"\naddr = \"h:1\"\nsecret = \"short\"".into(), "t.toml: peer[0].secret: invalid peer secret"),
             (format!("[[peer]]\nname = \"dr\"\naddr = \"h:1\"\nsecret = \"{MASKED_SECRET}\""), "t.toml: peer[0].secret: the secret was masked"),
             (format!("{peer}{peer}"), "t.toml: peer[1].name: peer 'dr' is declared twice"),
+            (format!("{peer}pinned_key = \"sha256:abc\""), "t.toml: peer[0].pinned_key: invalid key fingerprint 'sha256:abc'"),
+            (format!("{peer}pinned_key = \"md5:{}\"", "a".repeat(64)), "t.toml: peer[0].pinned_key: invalid key fingerprint"),
             ("[[peer]]\nname = \"dr\"\naddr = \"h:1\"".into(), "t.toml: peer[0]: missing field `secret`"),
             (format!("{set}volume = \"v\"\ngroup = \"g\""), "t.toml: replication[0]: a replication set is of one volume or of one group"),
             (set.to_string(), "t.toml: replication[0]: a replication set is of one volume or of one group"),
@@ -1227,6 +1244,29 @@ read_only = true
                 "for {text:?}\n  got:  {got}\n  want: {want}..."
             );
         }
+    }
+
+    #[test]
+    fn a_declared_pin_is_set_and_an_undeclared_one_kept() {
+        let fp = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let peer =
+            "[[peer]]\nname = \"dr\"\naddr = \"127.0.0.1:3261\"\nsecret = \"0123456789abc\"\n";
+        let mut cat = Catalog::default();
+        let overlay = |text: &str, cat: &mut Catalog| {
+            Config::parse(text, "c.toml")
+                .unwrap()
+                .overlay(cat, &mut || panic!("no new ids"))
+                .unwrap();
+        };
+        overlay(peer, &mut cat);
+        assert_eq!(cat.peers["dr"].pinned_key, None);
+        overlay(&format!("{peer}pinned_key = \"{}\"\n", fp('a')), &mut cat);
+        assert_eq!(cat.peers["dr"].pinned_key, Some(fp('a')));
+        // A config that does not name the pin leaves the one the node made.
+        overlay(peer, &mut cat);
+        assert_eq!(cat.peers["dr"].pinned_key, Some(fp('a')));
+        overlay(&format!("{peer}pinned_key = \"{}\"\n", fp('b')), &mut cat);
+        assert_eq!(cat.peers["dr"].pinned_key, Some(fp('b')));
     }
 
     #[test]

@@ -288,21 +288,32 @@ enum PeerCmd {
         max_rate: Option<String>,
     },
     /// Change a peer's settings; running sets apply them at their next extent.
-    #[command(group(clap::ArgGroup::new("change").required(true).multiple(false)))]
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true)))]
     Update {
         /// The peer.
         name: String,
         /// Cap on what all sets to this peer send together, bytes/s: 50M, 1.5G.
-        #[arg(long, value_name = "RATE", value_parser = parse_rate_arg, group = "change")]
+        #[arg(long, value_name = "RATE", value_parser = parse_rate_arg, group = "change", conflicts_with = "no_max_rate")]
         max_rate: Option<String>,
         /// Remove the peer's cap.
         #[arg(long, group = "change")]
         no_max_rate: bool,
+        /// Trust the peer's new TLS key (after it was regenerated): pins the key it
+        /// presents now if it answers and proves the secret, else clears the pin so
+        /// the next authenticated contact pins.
+        #[arg(long, group = "change")]
+        accept_new_key: bool,
     },
     /// List peers and the sets using them.
     List,
-    /// Reachability, authentication both ways, protocol version, round-trip time;
-    /// exits 1 unless the peer is reachable and authenticated.
+    /// A peer: address, sets, this node's key, the peer's pinned key, its last link.
+    Show {
+        /// The peer.
+        name: String,
+    },
+    /// Reachability, TLS and authentication both ways, keys (this node's, pinned,
+    /// presented), protocol version, round-trip time; exits 1 unless the peer is
+    /// reachable, authenticated and presents its pinned key.
     Check {
         /// The peer.
         name: String,
@@ -1020,6 +1031,7 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 name,
                 max_rate,
                 no_max_rate,
+                accept_new_key,
             } => Change::PeerUpdate(PeerUpdate {
                 name,
                 max_rate: if no_max_rate {
@@ -1027,10 +1039,12 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 } else {
                     max_rate
                 },
+                accept_new_key,
             })
             .into(),
             PeerCmd::List => Query::PeerList.into(),
             PeerCmd::Check { name } => Query::PeerCheck { name }.into(),
+            PeerCmd::Show { name } => Query::PeerShow { name }.into(),
             PeerCmd::Delete { name } => Change::PeerDelete { name }.into(),
         },
         CtlCommand::Replication(r) => match r {
@@ -1237,6 +1251,7 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&s.data_dir)?;
     make_data_dir_private(&s.data_dir)?;
     let catalog = startup::prepare(&s.data_dir, s.config.as_ref())?;
+    let tls_dir = s.data_dir.join(twinlun::replication::tls::TLS_DIR);
     let engine = Engine::start(s.engine.kind()).context("cannot start the io engine")?;
     let mut node = Node::new(s.data_dir.clone(), engine, catalog);
     if !s.tracking {
@@ -1244,6 +1259,10 @@ async fn serve_async(s: Settings) -> anyhow::Result<()> {
         node = node.without_tracking();
     }
     let node = Arc::new(node);
+    let tls = node
+        .load_tls()
+        .with_context(|| format!("cannot set up the replication key in {}", tls_dir.display()))?;
+    tracing::info!(key = %tls.fingerprint, "replication TLS key");
     node.open_volumes()?;
     node.start_replication();
     if let Some(listener) = replication_listener {

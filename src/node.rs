@@ -31,6 +31,7 @@ use crate::replication::host::{ChangeRefused, SecondaryRequest};
 use crate::replication::peer::PeerConn;
 use crate::replication::recovery::RecoveryPoint;
 use crate::replication::status::SetStatus;
+use crate::replication::tls::{Tls, TlsError};
 use crate::replication::wire::RemoteVolume;
 use crate::replication::{Control, ReplicationError, Sets};
 use crate::server::Shared;
@@ -85,6 +86,10 @@ pub struct Node {
     events: Bus,
     /// Every counter of the node; each layer got only its own handles.
     pub metrics: Arc<crate::metrics::Registry>,
+    /// The replication link's key and certificate (`load_tls`, or at first use).
+    tls: Mutex<Option<Arc<Tls>>>,
+    /// The node itself, for work it hands to a blocking thread (pins to save).
+    me: std::sync::OnceLock<std::sync::Weak<Node>>,
 }
 
 /// Copy-on-write memory shared by all snapshots of the node.
@@ -126,11 +131,48 @@ impl Node {
             cuts: CutCoordinator::new(CutId(1))
                 .with_pause_histogram(metrics.node.cut_pause.clone()),
             metrics,
+            tls: Mutex::new(None),
+            me: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Loads this node's TLS identity from `DATA_DIR/tls/`, making it at first start;
+    /// `serve` calls it before any listener or set runs, so a damaged key stops the
+    /// start rather than the first cycle.
+    pub fn load_tls(&self) -> Result<Arc<Tls>, TlsError> {
+        let mut slot = self.tls.lock();
+        if let Some(t) = &*slot {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(Tls::load_or_create(&self.data_dir)?);
+        *slot = Some(t.clone());
+        Ok(t)
+    }
+
+    /// This node's key fingerprint, when its identity is loaded.
+    pub fn tls_fingerprint(&self) -> Option<String> {
+        self.tls.lock().as_ref().map(|t| t.fingerprint.clone())
+    }
+
+    /// Pins `fingerprint` for `peer` unless it has a pin already, as an admin change
+    /// would: under the change lock, saved, then swapped in.
+    fn save_pin(&self, peer: &str, fingerprint: &str) {
+        let _serial = self.changes.lock();
+        let mut new = self.catalog.read().clone();
+        match new.peers.get_mut(peer) {
+            Some(p) if p.pinned_key.is_none() => p.pinned_key = Some(fingerprint.to_string()),
+            _ => return,
+        }
+        if let Err(e) = crate::admin::store::save(&self.data_dir, &new) {
+            tracing::warn!(peer = %peer, error = %crate::chain::ErrorChain(&e), "cannot save the peer's pinned key: the next contact pins it");
+            return;
+        }
+        *self.catalog.write() = new;
     }
 
     /// Starts every replication set of the catalog (after `open_volumes`).
     pub fn start_replication(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
         let me: Arc<dyn crate::replication::Host> = self.clone();
         self.replication.start(Arc::downgrade(&me));
     }
@@ -409,14 +451,32 @@ impl Host for Node {
             protocol_version: None,
             compress: Vec::new(),
             rtt_us: None,
+            local_key: self.tls_fingerprint(),
+            pinned_key: peer.pinned_key.clone(),
+            presented_key: None,
+            tls_version: None,
+            cipher: None,
             error: None,
         };
         let result = self.block_on(async {
-            let mut conn = PeerConn::connect(name, peer).await?;
-            Ok::<_, ReplicationError>((conn.ping().await?, conn.codecs))
+            let mut conn = PeerConn::connect(self, name, peer).await?;
+            Ok::<_, ReplicationError>((conn.ping().await?, conn.codecs, conn.link))
         });
+        if let Some(seen) = crate::replication::Host::tls(self)
+            .ok()
+            .and_then(|t| t.seen(name))
+        {
+            view.tls_version = Some(seen.version);
+            view.cipher = Some(seen.cipher);
+        }
         match result {
-            Ok((rtt, codecs)) => {
+            Ok((rtt, codecs, link)) => {
+                view.presented_key = Some(link.presented);
+                view.tls_version = Some(link.version);
+                view.cipher = Some(link.cipher);
+                if view.pinned_key.is_none() {
+                    view.pinned_key = view.presented_key.clone();
+                }
                 view.reachable = true;
                 view.authenticated = true;
                 view.protocol_version = Some(crate::replication::wire::PROTOCOL_VERSION);
@@ -431,12 +491,20 @@ impl Host for Node {
                 if let ReplicationError::Version { theirs, .. } = e {
                     view.protocol_version = Some(theirs);
                 }
+                if let ReplicationError::KeyChanged { presented, .. } = &e {
+                    view.presented_key = Some(presented.clone());
+                } else {
+                    view.tls_version = None;
+                    view.cipher = None;
+                }
                 let mut why = crate::chain::ErrorChain(&e).to_string();
                 // Something answered, but not as a replication listener does (an
                 // iSCSI portal, a web server): say what the address was expected to be.
                 if matches!(
                     e,
-                    ReplicationError::Wire { .. } | ReplicationError::Unexpected { .. }
+                    ReplicationError::Wire { .. }
+                        | ReplicationError::Unexpected { .. }
+                        | ReplicationError::Handshake { .. }
                 ) {
                     why.push_str(&format!(
                         " (is {} a twinlun replication listener?)",
@@ -447,6 +515,23 @@ impl Host for Node {
             }
         }
         view
+    }
+    fn peer_link(&self, name: &str) -> Option<crate::admin::protocol::LinkView> {
+        let seen = self.tls.lock().as_ref()?.seen(name)?;
+        Some(crate::admin::protocol::LinkView {
+            presented_key: seen.presented,
+            tls_version: seen.version,
+            cipher: seen.cipher,
+            at: crate::time::rfc3339_utc(seen.at_unix),
+        })
+    }
+    fn peer_present_key(&self, name: &str, peer: &PeerSpec) -> Result<String, ReplicationError> {
+        let tls = crate::replication::Host::tls(self)?;
+        self.block_on(async {
+            let mut conn = PeerConn::open(&tls, name, peer).await?;
+            conn.ping().await?;
+            Ok(conn.link.presented)
+        })
     }
     fn replication_create_remote(
         &self,
@@ -524,6 +609,7 @@ impl Host for Node {
                 .as_ref()
                 .map(|p| p.display().to_string()),
             replication_listen: self.replication_listen.read().map(|a| a.to_string()),
+            tls_key: self.tls_fingerprint(),
             uptime_secs: self.started.elapsed().as_secs(),
             cuts: {
                 let st = self.cuts.stats();
@@ -573,5 +659,16 @@ impl crate::replication::Host for Node {
     fn modify_secondary(&self, set: &str, keep: u32) -> Result<(), ChangeRefused> {
         crate::admin::replication::modify_secondary(self, set, keep)
             .map_err(|e| Box::new(e) as ChangeRefused)
+    }
+    fn tls(&self) -> Result<Arc<Tls>, ReplicationError> {
+        self.load_tls()
+            .map_err(|e| ReplicationError::Identity(Arc::new(e)))
+    }
+    fn pin_peer_key(&self, peer: &str, fingerprint: &str) {
+        let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let (peer, fingerprint) = (peer.to_string(), fingerprint.to_string());
+        tokio::task::spawn_blocking(move || me.save_pin(&peer, &fingerprint));
     }
 }

@@ -31,6 +31,8 @@ pub enum ValidationError {
     PeerAddr { addr: String, why: &'static str },
     #[error("invalid peer secret: {0}")]
     PeerSecret(&'static str),
+    #[error("invalid key fingerprint '{0}': expected sha256: and 64 lowercase hex digits, as `peer show` prints it")]
+    KeyFingerprint(String),
     #[error("invalid replication set name '{name}': {why}")]
     SetName { name: String, why: &'static str },
     #[error("a replication set is of one volume or of one group: give exactly one of --volume and --group")]
@@ -251,6 +253,21 @@ pub fn check_peer_secret(secret: &str) -> Result<(), ValidationError> {
         ));
     }
     Ok(())
+}
+
+/// A pinned key's fingerprint as `peer show` prints it: `sha256:` and 64 lowercase hex.
+pub fn check_key_fingerprint(fp: &str) -> Result<(), ValidationError> {
+    match fp.strip_prefix("sha256:") {
+        Some(hex)
+            if hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            Ok(())
+        }
+        _ => Err(ValidationError::KeyFingerprint(fp.to_string())),
+    }
 }
 
 /// "90" or "90s", "5m", "2h", "1d": a whole number of seconds, at least 1.

@@ -231,6 +231,23 @@ fn an_exported_pair_rebuilds_with_the_same_listings() {
     // The secondary's export masks its peer secret too.
     assert!(!export(&s, false).contains(SECRET));
 
+    // Each side pinned the other's TLS key at first contact (the listener in the
+    // background): the exports carry the pins, so a rebuilt node keeps trusting
+    // only those keys.
+    for (node, peer) in [(&p, "dr"), (&s, "prod")] {
+        common::wait_until(
+            "the peer's key pinned",
+            std::time::Duration::from_secs(10),
+            || {
+                let v = node.ctl_json(&["peer", "show", peer]);
+                match v["pinned_key"].as_str() {
+                    Some(k) if k.starts_with("sha256:") => Ok(()),
+                    _ => Err(v.to_string()),
+                }
+            },
+        );
+    }
+
     // With secrets: both sides rebuild. The secondary is exported first and stopped,
     // so the rebuilt primary, whose peer is that secondary, cannot talk to it.
     let primary_file = export(&p, true);
@@ -241,6 +258,13 @@ fn an_exported_pair_rebuilds_with_the_same_listings() {
         2,
         "{built_s}"
     );
+    for (file, node) in [(&primary_file, &s), (&secondary_file, &p)] {
+        let key = node.ctl_json(&["status"])["tls_key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(file.contains(&format!("pinned_key = \"{key}\"")), "{file}");
+    }
     s.stop();
 
     let rebuilt_p = serve_config(dir.path(), "primary", &primary_file);

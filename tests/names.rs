@@ -16,6 +16,7 @@ use common::{free_port, qemu_io_read_only, repo_root, run_ok, wait_until, TestSe
 use serde_json::{json, Value};
 use twinlun::catalog::PeerSpec;
 use twinlun::replication::peer::PeerConn;
+use twinlun::replication::tls::Tls;
 use twinlun::replication::wire::{Message, RemoteVolume};
 use twinlun::replication::ReplicationError;
 
@@ -99,6 +100,17 @@ fn bad_names_are_refused_everywhere_and_change_nothing() {
     s.ctl_ok(&["peer", "create", "prod", &p_repl, "--secret", SECRET]);
     p.ctl_ok(&["volume", "create", "v", "--size", "1M"]);
     p.ctl_ok(&["group", "create", "g", "v"]);
+    // The first authenticated contact pins each side's key in the other's catalog:
+    // made here, before the data dirs are compared.
+    p.ctl_ok(&["peer", "check", "dr"]);
+    wait_until(
+        "the secondary to pin the primary's key",
+        std::time::Duration::from_secs(10),
+        || match s.ctl_json(&["peer", "show", "prod"])["pinned_key"].is_string() {
+            true => Ok(()),
+            false => Err("not pinned".to_string()),
+        },
+    );
     let (p_before, s_before) = (tree(&p.data_dir), tree(&s.data_dir));
 
     for name in bad_names() {
@@ -190,8 +202,11 @@ fn bad_names_are_refused_everywhere_and_change_nothing() {
             addr: s_addr.clone(),
             secret: SECRET.into(),
             max_rate: None,
+            pinned_key: None,
         };
-        let mut conn = PeerConn::connect("secondary", &spec).await.unwrap();
+        // The primary's own key, which the secondary pinned.
+        let tls = std::sync::Arc::new(Tls::load_or_create(&p.data_dir).unwrap());
+        let mut conn = PeerConn::open(&tls, "secondary", &spec).await.unwrap();
         let vol = |name: &str| RemoteVolume {
             name: name.into(),
             size: 1 << 20,

@@ -349,7 +349,9 @@ fn schedules_wrong_secrets_and_refusals() {
     );
     let good = p.ctl_json(&["peer", "check", "dr"]);
     assert_eq!(good["authenticated"], true, "{good}");
-    assert_eq!(good["protocol_version"], 1, "{good}");
+    assert_eq!(good["protocol_version"], 2, "{good}");
+    assert_eq!(good["tls_version"], "TLSv1.3", "{good}");
+    assert_eq!(good["presented_key"], good["pinned_key"], "{good}");
     let o = p.ctl(&[
         "--json",
         "replication",
@@ -1378,6 +1380,7 @@ fn admin_queries_answer_within_100_ms_while_a_volume_disk_is_slow() {
 fn wrong_peer_secrets_are_answered_ever_more_slowly() {
     use twinlun::catalog::PeerSpec;
     use twinlun::replication::peer::PeerConn;
+    use twinlun::replication::tls::Tls;
     use twinlun::throttle::Policy;
     let s = TestServer::start_with(&["--replication-listen", "127.0.0.1:0"]);
     s.ctl_ok(&["peer", "create", "prod", "127.0.0.1:1", "--secret", SECRET]);
@@ -1386,13 +1389,16 @@ fn wrong_peer_secrets_are_answered_ever_more_slowly() {
         addr: addr.clone(),
         secret: secret.into(),
         max_rate: None,
+        pinned_key: None,
     };
+    let key_dir = tempfile::tempdir().unwrap();
+    let tls = std::sync::Arc::new(Tls::load_or_create(key_dir.path()).unwrap());
     let policy = Policy::default();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         for failures in 0..5u32 {
             let t0 = Instant::now();
-            let r = PeerConn::connect("dr", &spec("not-the-secret-at-all")).await;
+            let r = PeerConn::open(&tls, "dr", &spec("not-the-secret-at-all")).await;
             let took = t0.elapsed();
             assert!(r.is_err(), "a wrong secret was accepted");
             let owed = policy.delay_after(failures);
@@ -1403,13 +1409,13 @@ fn wrong_peer_secrets_are_answered_ever_more_slowly() {
             println!("wrong guess after {failures} failures answered in {took:?}");
         }
         let t0 = Instant::now();
-        PeerConn::connect("dr", &spec(SECRET))
+        PeerConn::open(&tls, "dr", &spec(SECRET))
             .await
             .expect("the right secret gets in");
         assert!(t0.elapsed() >= policy.delay_after(5));
         // A success forgets the address's failures.
         let t0 = Instant::now();
-        assert!(PeerConn::connect("dr", &spec(SECRET)).await.is_ok());
+        assert!(PeerConn::open(&tls, "dr", &spec(SECRET)).await.is_ok());
         println!("right secret after a success: {:?}", t0.elapsed());
     });
 }

@@ -96,6 +96,7 @@ pub fn config_of(c: &Catalog, with_secrets: bool) -> Config {
             addr: p.addr.clone(),
             secret: secret(&p.secret),
             max_rate: p.max_rate.map(crate::validate::format_rate),
+            pinned_key: p.pinned_key.clone(),
         })
         .collect();
     let replications = (c.replications.iter())
@@ -209,6 +210,7 @@ mod tests {
                 addr: "127.0.0.1:3261".into(),
                 secret: PEER_SECRET.into(),
                 max_rate: Some(100 << 20),
+                pinned_key: Some(format!("sha256:{}", "ab".repeat(32))),
             },
         );
         c.replications.insert(

@@ -33,8 +33,10 @@
 //! | `snapshot_show` name                                         | `snapshot`                 |
 //! | `snapshot_delete` name                                       | `done`                     |
 //! | `peer_create` name, addr, secret, max_rate?                  | `peer` (PeerView)          |
-//! | `peer_update` name, max_rate? ("50M"; "none": no cap)        | `done`                     |
+//! | `peer_update` name, max_rate? ("50M"; "none": no cap),       | `done`                     |
+//! |   accept_new_key?                                            |                            |
 //! | `peer_list` / `peer_check` name / `peer_delete` name         | `peers` / `peer_check` / `done` |
+//! | `peer_show` name                                             | `peer` (PeerView)          |
 //! | `replication_create` name, volume XOR group, peer, every?,   | `replication`              |
 //! |   queue_policy?, keep?, target_prefix?, compress?, max_rate? |                            |
 //! | `replication_modify` name, every? ("none"), keep?,           | `done`                     |
@@ -105,8 +107,9 @@ pub const COMMANDS: &[&str] = &[
     "peer_create",
     "peer_list",
     "peer_check",
-    "peer_delete",
+    "peer_show",
     "peer_update",
+    "peer_delete",
     "replication_create",
     "replication_modify",
     "replication_list",
@@ -201,6 +204,10 @@ pub enum Query {
         name: String,
     },
     PeerList,
+    /// The peer's address, pinned key, sets, and its last authenticated link.
+    PeerShow {
+        name: String,
+    },
     /// Connects, proves the secret both ways, reports version and round-trip time.
     PeerCheck {
         name: String,
@@ -320,7 +327,8 @@ pub enum Change {
     PeerDelete {
         name: String,
     },
-    /// Changes a peer's settings; each field given changes, the others stay.
+    /// Changes what is given of a peer (`PeerUpdate`): each field given changes, the
+    /// others stay.
     PeerUpdate(PeerUpdate),
     /// Binds a volume or a group (exactly one) to a peer; creates the secondary volumes
     /// on the peer.
@@ -450,6 +458,11 @@ pub struct PeerUpdate {
     /// "none": no cap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_rate: Option<String>,
+    /// Trust the key the peer presents now: if it answers, its key is pinned after a
+    /// full channel-bound authentication; if not, the pin is cleared and the next
+    /// authenticated contact pins.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub accept_new_key: bool,
 }
 
 /// Recovery points a secondary keeps unless told otherwise.
@@ -498,14 +511,14 @@ impl Kind {
         Some(match cmd {
             "status" | "volume_list" | "volume_show" | "group_list" | "group_show"
             | "target_list" | "target_show" | "session_list" | "snapshot_list"
-            | "snapshot_show" | "peer_list" | "peer_check" | "replication_list"
+            | "snapshot_show" | "peer_list" | "peer_show" | "peer_check" | "replication_list"
             | "replication_show" | "recovery_points" | "schedule_list" | "config_export" => {
                 Kind::Query
             }
             "volume_create" | "volume_delete" | "group_create" | "group_add" | "group_remove"
             | "group_delete" | "target_create" | "target_delete" | "lun_map" | "lun_unmap"
             | "acl_add" | "acl_remove" | "chap_set" | "chap_clear" | "snapshot_create"
-            | "snapshot_delete" | "peer_create" | "peer_delete" | "peer_update"
+            | "snapshot_delete" | "peer_create" | "peer_update" | "peer_delete"
             | "replication_create" | "replication_modify" | "replication_delete"
             | "schedule_add" | "schedule_modify" | "schedule_delete" => Kind::Change,
             "replicate" | "restart" | "suspend" | "resume" | "abort" | "promote" => Kind::Action,
@@ -656,6 +669,9 @@ pub struct StatusView {
     /// Where peers reach this node's replication listener, when it has one.
     #[serde(default)]
     pub replication_listen: Option<String>,
+    /// This node's replication TLS key (`sha256:...`): what its peers pin.
+    #[serde(default)]
+    pub tls_key: Option<String>,
     /// The node's peers, replication sets and snapshots, as their lists show them:
     /// `status` is the one answer that says what a node is doing.
     #[serde(default)]
@@ -676,6 +692,26 @@ pub struct PeerView {
     /// Cap on what all sets to it send together, bytes/s (none: no cap).
     #[serde(default)]
     pub max_rate: Option<u64>,
+    /// The peer's TLS key pinned at first contact (`sha256:...`); none yet.
+    #[serde(default)]
+    pub pinned_key: Option<String>,
+    /// This node's own key (`peer show`), to compare with what the peer pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_key: Option<String>,
+    /// The last authenticated link with the peer since this node started, either way
+    /// (`peer show`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_link: Option<LinkView>,
+}
+
+/// What an authenticated TLS link with a peer showed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkView {
+    /// The key the peer presented.
+    pub presented_key: String,
+    pub tls_version: String,
+    pub cipher: String,
+    pub at: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -690,6 +726,19 @@ pub struct PeerCheckView {
     #[serde(default)]
     pub compress: Vec<String>,
     pub rtt_us: Option<u64>,
+    /// This node's key, the peer's pinned key, and the one it presented now (shown
+    /// also when it differs from the pin: the check then fails).
+    #[serde(default)]
+    pub local_key: Option<String>,
+    #[serde(default)]
+    pub pinned_key: Option<String>,
+    #[serde(default)]
+    pub presented_key: Option<String>,
+    /// `TLSv1.3` and the cipher suite of the check's connection.
+    #[serde(default)]
+    pub tls_version: Option<String>,
+    #[serde(default)]
+    pub cipher: Option<String>,
     /// Why it failed, when it did.
     pub error: Option<String>,
 }
@@ -1077,6 +1126,7 @@ mod tests {
                 Request::from(Change::PeerUpdate(PeerUpdate {
                     name: "dr".into(),
                     max_rate: Some("none".into()),
+                    accept_new_key: false,
                 })),
                 r#"{"cmd":"peer_update","name":"dr","max_rate":"none"}"#,
             ),

@@ -14,7 +14,7 @@
 //!   snapshot of one and deleting one are refused.
 
 use super::apply::{AdminError, Effect};
-use super::protocol::{PeerView, RecoveryPointView, ReplicationView, Response};
+use super::protocol::{PeerUpdate, PeerView, RecoveryPointView, ReplicationView, Response};
 use super::validate::{self, ValidationError};
 use crate::catalog::{
     Catalog, Compression, PeerSpec, QueuePolicy, ReplicationRole, ReplicationSpec,
@@ -30,6 +30,9 @@ pub fn peer_view(c: &Catalog, name: &str) -> PeerView {
         addr: c.peers[name].addr.clone(),
         sets: sets_using(c, name),
         max_rate: c.peers[name].max_rate,
+        pinned_key: c.peers[name].pinned_key.clone(),
+        local_key: None,
+        last_link: None,
     }
 }
 
@@ -61,6 +64,7 @@ pub fn peer_create(
             addr,
             secret,
             max_rate,
+            pinned_key: None,
         },
     );
     Ok((Effect::None, Response::Peer(peer_view(c, &name))))
@@ -83,29 +87,37 @@ fn rate_change(given: Option<&str>) -> Result<Option<Option<u64>>, ValidationErr
     }
 }
 
-/// `peer update`: a new cap on what all sets to the peer send together; the running
-/// sets honour it from their next extent.
-pub fn peer_update(
-    c: &mut Catalog,
-    u: super::protocol::PeerUpdate,
-) -> Result<(Effect, Response), AdminError> {
+/// `peer update`: a new cap on what all sets to the peer send together (the running
+/// sets honour it from their next extent), and with `accept_new_key` a new pin: it is
+/// cleared here and the commit pins what the peer presents now, if it answers.
+pub fn peer_update(c: &mut Catalog, u: PeerUpdate) -> Result<(Effect, Response), AdminError> {
     let rate = rate_change(u.max_rate.as_deref())?;
     let peer = c
         .peers
         .get_mut(&u.name)
         .ok_or_else(|| AdminError::NoPeer(u.name.clone()))?;
-    let Some(rate) = rate else {
+    if rate.is_none() && !u.accept_new_key {
         return Err(AdminError::NothingToUpdate(u.name));
-    };
-    let message = format!(
-        "updated peer '{}': max-rate {} -> {}",
-        u.name,
-        show_rate(peer.max_rate),
-        show_rate(rate)
-    );
-    peer.max_rate = rate;
+    }
+    let mut changes = Vec::new();
+    if let Some(rate) = rate {
+        changes.push(format!(
+            "max-rate {} -> {}",
+            show_rate(peer.max_rate),
+            show_rate(rate)
+        ));
+        peer.max_rate = rate;
+    }
+    if u.accept_new_key {
+        peer.pinned_key = None;
+        changes.push("pin cleared".to_string());
+    }
+    let message = format!("updated peer '{}': {}", u.name, changes.join(", "));
     Ok((
-        Effect::UpdatePeer { name: u.name },
+        Effect::UpdatePeer {
+            name: u.name,
+            accept_new_key: u.accept_new_key,
+        },
         Response::Done { message },
     ))
 }

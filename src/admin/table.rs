@@ -277,6 +277,7 @@ fn status_detail(s: &StatusView) -> String {
                 "replication listen",
                 s.replication_listen.clone().unwrap_or_else(|| "-".into()),
             ),
+            ("replication key", opt(&s.tls_key)),
             ("uptime", human_duration(s.uptime_secs)),
             (
                 "cuts",
@@ -542,6 +543,26 @@ pub fn render(resp: &Response) -> String {
                     p.sets.join(", ")
                 },
             ),
+            ("this node's key", opt(&p.local_key)),
+            (
+                "pinned key",
+                p.pinned_key
+                    .clone()
+                    .unwrap_or_else(|| "none yet (the first authenticated contact pins it)".into()),
+            ),
+            (
+                "last link",
+                p.last_link.as_ref().map_or_else(
+                    || "- (none since this node started)".into(),
+                    |l| format!("{}, {}, {}", l.at, l.tls_version, l.cipher),
+                ),
+            ),
+            (
+                "presented key",
+                p.last_link
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |l| l.presented_key.clone()),
+            ),
         ]),
         Response::Peers { peers } if peers.is_empty() => "no peers\n".into(),
         Response::Peers { peers } => {
@@ -581,6 +602,11 @@ pub fn render(resp: &Response) -> String {
                 "round trip",
                 p.rtt_us.map_or_else(|| "-".into(), |us| format!("{us} us")),
             ),
+            ("tls", opt(&p.tls_version)),
+            ("cipher", opt(&p.cipher)),
+            ("this node's key", opt(&p.local_key)),
+            ("pinned key", opt(&p.pinned_key)),
+            ("presented key", opt(&p.presented_key)),
             ("error", opt(&p.error)),
         ]),
         Response::Replication(r) => replication_detail(r),

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
+use super::tls::Tls;
 use super::wire::RemoteVolume;
+use super::ReplicationError;
 use crate::catalog::Catalog;
 use crate::tracking::CutCoordinator;
 use crate::volume::Volume;
@@ -55,4 +57,10 @@ pub trait Host: Send + Sync + 'static {
     /// The primary changed how many recovery points the secondary keeps (saved in the
     /// catalog; the next commit prunes to it). Blocking.
     fn modify_secondary(&self, set: &str, keep: u32) -> Result<(), ChangeRefused>;
+    /// This node's TLS identity (`DATA_DIR/tls/`), the same for every connection.
+    fn tls(&self) -> Result<Arc<Tls>, ReplicationError>;
+    /// Records `fingerprint` as the pinned key of `peer` if it has none yet: the first
+    /// authenticated contact. Returns at once; the catalog is saved in the background,
+    /// after any admin change in progress (which may be the one making this contact).
+    fn pin_peer_key(&self, peer: &str, fingerprint: &str);
 }

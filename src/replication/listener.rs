@@ -1,17 +1,25 @@
 //! The secondary side: `serve --replication-listen ADDR` accepts peer connections.
-//! Each must prove it knows the secret of one of this node's peers before anything
-//! else; the peer it proved is then the only one whose sets it may touch.
+//! Each runs TLS 1.3 and must prove it knows the secret of one of this node's peers,
+//! over the session's channel binding, and present that peer's pinned key, before
+//! anything else; the peer it proved is then the only one whose sets it may touch.
+//! Until then a connection is bounded: [`HANDSHAKE_TIMEOUT`] in time,
+//! `wire::PREAUTH_FRAME` per frame, [`MAX_PENDING`] such connections at once.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use parking_lot::Mutex;
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_rustls::server::TlsStream;
 
 use super::host::{ChangeRefused, Host, SecondaryRequest};
 use super::idle::IdleLimit;
 use super::recovery::{CutMeta, ExtentData, RecoveryError};
 use super::sets::{PeerConnHandle, Sets};
+use super::tls::{self, Tls};
 use super::wire::{self, auth, ErrorCode, Frame, Message, PointView, WireError, PROTOCOL_VERSION};
 use crate::catalog::ReplicationRole;
 use crate::throttle::Source;
@@ -28,6 +36,12 @@ enum Refusal {
     Unexpected,
     #[error("authentication failed")]
     AuthFailed,
+    #[error("peer '{peer}' (as the refusing node names it) proved the secret but presented TLS key {presented}, and {pinned} is pinned there. If that key was regenerated on purpose, run `twinlun ctl peer update {peer} --accept-new-key` on the refusing node")]
+    KeyChanged {
+        peer: String,
+        pinned: String,
+        presented: String,
+    },
     #[error("set '{0}' here is not a secondary of this peer")]
     NotOwned(String),
     #[error("no secondary set '{0}' here")]
@@ -59,6 +73,7 @@ impl Refusal {
             Refusal::Version(_) => ErrorCode::Version,
             Refusal::Expected(_) | Refusal::Unexpected => ErrorCode::Protocol,
             Refusal::AuthFailed => ErrorCode::AuthFailed,
+            Refusal::KeyChanged { .. } => ErrorCode::KeyChanged,
             Refusal::NotOwned(_)
             | Refusal::Promoting(_)
             | Refusal::Change(_)
@@ -106,8 +121,72 @@ fn cut_read_limit() -> Duration {
     CUT_READ_LIMIT
 }
 
+/// Longest the whole handshake of a connection may take, from the TCP accept through
+/// TLS to the `Welcome`: a connection that has not authenticated by then is closed.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most connections that may be unauthenticated at once. A new one past it drops the
+/// oldest pending one: a flood cannot lock a real peer out (its client retries).
+pub const MAX_PENDING: usize = 64;
+
+/// The connections still in their handshake, oldest first; each holds the sender whose
+/// drop tells it to give up.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    queue: VecDeque<(u64, oneshot::Sender<()>)>,
+}
+
+/// A connection's place among the pending ones; leaving it (authenticated, refused or
+/// gone) frees the place.
+struct Admission {
+    id: u64,
+    evicted: oneshot::Receiver<()>,
+    pending: Arc<Mutex<Pending>>,
+}
+
+impl Admission {
+    /// Admits a new connection, dropping the oldest pending one when full.
+    fn admit(pending: &Arc<Mutex<Pending>>) -> Admission {
+        let (tx, rx) = oneshot::channel();
+        let mut p = pending.lock();
+        let id = p.next;
+        p.next += 1;
+        if p.queue.len() >= MAX_PENDING {
+            // Dropping its sender wakes it.
+            p.queue.pop_front();
+        }
+        p.queue.push_back((id, tx));
+        Admission {
+            id,
+            evicted: rx,
+            pending: pending.clone(),
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.pending.lock().queue.retain(|(id, _)| *id != self.id);
+    }
+}
+
+/// Why a connection was closed before it authenticated; logged, never sent (there is
+/// no authenticated channel to send it on).
+#[derive(Debug, thiserror::Error)]
+enum Dropped {
+    #[error("no authentication within {} s", HANDSHAKE_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("{MAX_PENDING} newer connections were waiting to authenticate")]
+    Crowded,
+    #[error("TLS handshake failed")]
+    Tls(#[source] std::io::Error),
+    #[error("{0}")]
+    Link(#[from] tls::LinkError),
+}
+
 /// Accepts peer connections until the node goes away.
 pub async fn serve(sets: Arc<Sets>, listener: TcpListener) {
+    let pending = Arc::new(Mutex::new(Pending::default()));
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -118,12 +197,13 @@ pub async fn serve(sets: Arc<Sets>, listener: TcpListener) {
             }
         };
         let sets = sets.clone();
+        let admission = Admission::admit(&pending);
         let span = tracing::info_span!("peer", %addr);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let conn = PeerConnHandle::new();
                 tokio::select! {
-                    r = connection(&sets, stream, addr, &conn) => {
+                    r = connection(&sets, stream, addr, admission, &conn) => {
                         if let Err(e) = r {
                             tracing::info!(error = %e, "peer connection ended");
                         }
@@ -139,38 +219,46 @@ pub async fn serve(sets: Arc<Sets>, listener: TcpListener) {
     }
 }
 
-type Reader = BufReader<IdleLimit<tokio::net::tcp::OwnedReadHalf>>;
-type Writer = BufWriter<tokio::net::tcp::OwnedWriteHalf>;
+type Link = TlsStream<TcpStream>;
+type Reader = BufReader<IdleLimit<ReadHalf<Link>>>;
+type Writer = BufWriter<WriteHalf<Link>>;
 
-async fn send(w: &mut Writer, m: &Message) -> Result<(), WireError> {
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, m: &Message) -> Result<(), WireError> {
     wire::write_message(w, m).await
 }
 
-/// The challenge-response: returns the name of the peer whose secret the client
-/// proved, or `None` after telling it why not. Guessing is slowed per source address
+/// A pre-authentication message: small ([`wire::PREAUTH_FRAME`]), read straight from
+/// the TLS stream, which buffers what arrived.
+async fn read_preauth(s: &mut Link) -> Result<Message, WireError> {
+    wire::read_message_within(s, wire::PREAUTH_FRAME).await
+}
+
+/// The challenge-response over the session's channel binding, then the pin: returns
+/// the name of the peer whose secret the client proved and whose key it presented, or
+/// `None` after telling it why not. Guessing is slowed per source address
 /// (`throttle`): a proof is checked only after the delay the address owes for its
 /// recent failures, right or wrong, and only this connection waits.
 async fn authenticate(
-    r: &mut Reader,
-    w: &mut Writer,
+    s: &mut Link,
     sets: &Sets,
     host: &dyn Host,
     addr: std::net::SocketAddr,
+    link: &tls::Link,
 ) -> Result<Option<String>, WireError> {
-    let theirs = match wire::read_message(r).await? {
+    let theirs = match read_preauth(s).await? {
         Message::Hello { version, nonce } if version == PROTOCOL_VERSION => nonce,
         Message::Hello { version, .. } => {
-            send(w, &Refusal::Version(version).into()).await?;
+            send(s, &Refusal::Version(version).into()).await?;
             return Ok(None);
         }
         _ => {
-            send(w, &Refusal::Expected("hello").into()).await?;
+            send(s, &Refusal::Expected("hello").into()).await?;
             return Ok(None);
         }
     };
     let ours = auth::nonce();
     send(
-        w,
+        s,
         &Message::Challenge {
             version: PROTOCOL_VERSION,
             nonce: ours.clone(),
@@ -178,8 +266,8 @@ async fn authenticate(
         },
     )
     .await?;
-    let Message::Proof { mac } = wire::read_message(r).await? else {
-        send(w, &Refusal::Expected("proof").into()).await?;
+    let Message::Proof { mac } = read_preauth(s).await? else {
+        send(s, &Refusal::Expected("proof").into()).await?;
         return Ok(None);
     };
     let source = [Source::Address(addr.ip())];
@@ -188,53 +276,148 @@ async fn authenticate(
         tracing::debug!(?delay, "peer proof held back after recent failures");
         tokio::time::sleep(delay).await;
     }
-    let peers: Vec<(String, String)> = host
+    let peers: Vec<(String, String, Option<String>)> = host
         .catalog()
         .read()
         .peers
         .iter()
-        .map(|(n, p)| (n.clone(), p.secret.clone()))
+        .map(|(n, p)| (n.clone(), p.secret.clone(), p.pinned_key.clone()))
         .collect();
+    let binding = &link.binding;
     let found = peers
         .into_iter()
-        .find(|(_, secret)| auth::verify(secret, auth::CLIENT, &theirs, &ours, &mac));
-    let Some((name, secret)) = found else {
+        .find(|(_, secret, _)| auth::verify(secret, auth::CLIENT, binding, &theirs, &ours, &mac));
+    let Some((name, secret, pinned)) = found else {
         let (failures, next_delay) = {
             let mut throttle = sets.auth_throttle.lock();
             let failures = throttle.failed(&source, Instant::now());
             (failures, throttle.policy().delay_after(failures))
         };
         tracing::warn!(address = %addr.ip(), failures, ?next_delay, "peer failed to prove a known secret: authentication failed");
-        send(w, &Refusal::AuthFailed.into()).await?;
+        send(s, &Refusal::AuthFailed.into()).await?;
         return Ok(None);
     };
     sets.auth_throttle.lock().succeeded(&source);
-    let mac = auth::prove(&secret, auth::SERVER, &ours, &theirs);
-    send(w, &Message::Welcome { mac }).await?;
+    match pinned {
+        Some(pinned) if pinned != link.presented => {
+            let refusal = Refusal::KeyChanged {
+                peer: name,
+                pinned,
+                presented: link.presented.clone(),
+            };
+            send(s, &refused(refusal)).await?;
+            return Ok(None);
+        }
+        Some(_) => {}
+        None => {
+            tracing::info!(peer = %name, key = %link.presented, "pinned the peer's TLS key at first contact");
+            host.pin_peer_key(&name, &link.presented);
+        }
+    }
+    let mac = auth::prove(&secret, auth::SERVER, binding, &ours, &theirs);
+    send(s, &Message::Welcome { mac }).await?;
     Ok(Some(name))
+}
+
+/// An older build speaks the protocol in plaintext: its first frame starts with a
+/// length (a zero byte), a TLS record with 0x16 (RFC 8446 section 5.1, handshake). It
+/// is answered in its own terms, with the version refusal it understands.
+async fn refuse_plaintext(mut stream: TcpStream) -> Result<(), WireError> {
+    if let Message::Hello { version, .. } =
+        wire::read_message_within(&mut stream, wire::PREAUTH_FRAME).await?
+    {
+        let refusal = Refusal::Version(version);
+        tracing::info!(error = %refusal, "peer speaks replication without TLS: refused");
+        send(&mut stream, &refusal.into()).await?;
+    }
+    Ok(())
+}
+
+/// TCP to `Welcome`: TLS, then the secret and the pin. `None` when the connection was
+/// refused (and told why, where it could be).
+async fn handshake(
+    sets: &Sets,
+    host: &dyn Host,
+    tls: &Tls,
+    stream: TcpStream,
+    addr: std::net::SocketAddr,
+) -> Result<Option<(Link, String)>, HandshakeError> {
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).await? == 1 && first[0] != TLS_HANDSHAKE_RECORD {
+        refuse_plaintext(stream).await?;
+        return Ok(None);
+    }
+    let mut s = tls.acceptor().accept(stream).await.map_err(Dropped::Tls)?;
+    let link = tls::link(s.get_ref().1).map_err(Dropped::from)?;
+    let Some(peer) = authenticate(&mut s, sets, host, addr, &link).await? else {
+        s.flush().await?;
+        return Ok(None);
+    };
+    tls.saw(&peer, &link);
+    Ok(Some((s, peer)))
+}
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error(transparent)]
+    Dropped(#[from] Dropped),
+}
+
+impl From<std::io::Error> for HandshakeError {
+    fn from(e: std::io::Error) -> Self {
+        HandshakeError::Wire(e.into())
+    }
 }
 
 async fn connection(
     sets: &Arc<Sets>,
     stream: TcpStream,
     addr: std::net::SocketAddr,
+    mut admission: Admission,
     conn: &PeerConnHandle,
 ) -> Result<(), WireError> {
     let Some(host) = sets.host() else {
         return Ok(());
     };
+    let tls = match host.tls() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %crate::chain::ErrorChain(&e), "no TLS identity: peer connection refused");
+            return Ok(());
+        }
+    };
     let _ = stream.set_nodelay(true);
     super::idle::keep_alive(&stream);
-    let (r, w) = stream.into_split();
-    // Smaller than an extent frame: most of a frame's body is read straight into its
-    // buffer rather than copied through this one.
-    let mut r = BufReader::with_capacity(64 << 10, IdleLimit::new(r, IDLE_READ_LIMIT));
-    let mut w = BufWriter::new(w);
-    let Some(peer) = authenticate(&mut r, &mut w, sets, &*host, addr).await? else {
-        w.flush().await?;
-        return Ok(());
+    let handshake = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&sets, &*host, &tls, stream, addr),
+    );
+    let outcome = tokio::select! {
+        r = handshake => r.unwrap_or(Err(HandshakeError::Dropped(Dropped::Timeout))),
+        _ = &mut admission.evicted => Err(HandshakeError::Dropped(Dropped::Crowded)),
+    };
+    drop(admission);
+    let (stream, peer) = match outcome {
+        Ok(Some(x)) => x,
+        Ok(None) => return Ok(()),
+        Err(HandshakeError::Wire(e)) => return Err(e),
+        Err(HandshakeError::Dropped(why)) => {
+            tracing::info!(error = %crate::chain::ErrorChain(&why), "unauthenticated peer connection closed");
+            return Ok(());
+        }
     };
     tracing::info!(peer = %peer, "peer authenticated");
+    // The large buffers only now, for a peer that proved itself. Smaller than an
+    // extent frame: most of a frame's body is read straight into its buffer rather
+    // than copied through this one.
+    let (r, w) = tokio::io::split(stream);
+    let mut r = BufReader::with_capacity(64 << 10, IdleLimit::new(r, IDLE_READ_LIMIT));
+    let mut w = BufWriter::new(w);
     loop {
         let m = match wire::read_message(&mut r).await {
             Ok(m) => m,
@@ -516,7 +699,57 @@ async fn receive_cut(
 
 /// A receiver store's failure: logged here, and told to the peer with its whole
 /// cause chain ("i/o error on .../staging.log: No space left on device").
+/// A refusal before authentication completed (a changed key): logged here, and told
+/// to the peer.
+fn refused(r: Refusal) -> Message {
+    tracing::warn!(error = %r, "peer connection refused");
+    r.into()
+}
+
 fn stored(set: &str, r: Refusal) -> Message {
     tracing::warn!(set = %set, error = %r, "receiver store failed");
     r.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_of_pending_connections_drops_the_oldest_to_admit_a_new_one() {
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let mut admitted: Vec<Admission> = (0..MAX_PENDING)
+            .map(|_| Admission::admit(&pending))
+            .collect();
+        for a in &mut admitted {
+            assert!(a
+                .evicted
+                .try_recv()
+                .is_err_and(|e| e == oneshot::error::TryRecvError::Empty));
+        }
+        let newest = Admission::admit(&pending);
+        assert_eq!(pending.lock().queue.len(), MAX_PENDING);
+        // The oldest is told to go; the others and the newest stay.
+        assert_eq!(
+            admitted[0].evicted.try_recv(),
+            Err(oneshot::error::TryRecvError::Closed)
+        );
+        for a in &mut admitted[1..] {
+            assert_eq!(
+                a.evicted.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty)
+            );
+        }
+        // Leaving (authenticated or refused) frees the place at once.
+        drop(admitted.remove(5));
+        assert_eq!(pending.lock().queue.len(), MAX_PENDING - 1);
+        let another = Admission::admit(&pending);
+        assert_eq!(
+            admitted[1].evicted.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty),
+            "admitted without dropping anyone while there was room"
+        );
+        drop((newest, another, admitted));
+        assert!(pending.lock().queue.is_empty());
+    }
 }

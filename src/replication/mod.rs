@@ -8,6 +8,8 @@
 //! - `sender`: the primary side of a set: cycles of cuts shipped to the peer.
 //! - `listener`: the secondary side: authenticated connections applying cuts.
 //! - `recovery`: the secondary's staging log, undo logs and recovery points.
+//! - `tls`: the link's TLS 1.3: this node's key, the verifiers, fingerprints, the
+//!   channel binding the secret proofs cover.
 //! - `sets`: every set of the node (primaries, secondaries, schedules), `host`: what
 //!   replication needs of the node, `status`: what a set reports.
 
@@ -22,6 +24,7 @@ pub mod recovery;
 pub mod sender;
 pub mod sets;
 pub mod status;
+pub mod tls;
 pub mod wire;
 
 pub use host::Host;
@@ -37,6 +40,27 @@ pub enum ReplicationError {
         addr: String,
         #[source]
         source: std::io::Error,
+    },
+    /// Also what a build before TLS (plaintext) makes of our TLS: it closes.
+    #[error("talking to peer '{peer}': the TLS handshake failed")]
+    Handshake {
+        peer: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS link with peer '{peer}'")]
+    Link {
+        peer: String,
+        #[source]
+        source: tls::LinkError,
+    },
+    #[error("this node's TLS identity")]
+    Identity(#[source] std::sync::Arc<tls::TlsError>),
+    #[error("peer '{peer}' presented TLS key {presented}, but {pinned} is pinned: refused. If the peer's key was regenerated on purpose, run `twinlun ctl peer update {peer} --accept-new-key` on this node")]
+    KeyChanged {
+        peer: String,
+        pinned: String,
+        presented: String,
     },
     #[error("peer '{peer}' refused our proof of the secret: authentication failed (are the secrets the same on both sides?)")]
     AuthRefused { peer: String },

@@ -1,13 +1,17 @@
-//! The client end of a peer connection: connect, prove the secret both ways, then
+//! The client end of a peer connection: connect over TLS 1.3, prove the secret both
+//! ways over the session's channel binding, check the peer's key against its pin, then
 //! request/response control messages and streamed extents.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
-use super::wire::{self, auth, EncodedExtent, Message, PROTOCOL_VERSION};
+use super::host::Host;
+use super::tls::{self, Link, Tls};
+use super::wire::{self, auth, EncodedExtent, Message, PREAUTH_FRAME, PROTOCOL_VERSION};
 use super::ReplicationError;
 use crate::catalog::{Compression, PeerSpec};
 
@@ -15,20 +19,56 @@ use crate::catalog::{Compression, PeerSpec};
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+type Stream = TlsStream<TcpStream>;
+
 pub struct PeerConn {
     name: String,
-    reader: BufReader<OwnedReadHalf>,
-    writer: BufWriter<OwnedWriteHalf>,
+    reader: BufReader<ReadHalf<Stream>>,
+    writer: BufWriter<WriteHalf<Stream>>,
     /// Bytes written so far (framing included), for cycle statistics.
     pub sent: u64,
     /// Codecs the peer said it decodes in extents (none from a build before them).
     pub codecs: Vec<Compression>,
+    /// What the TLS handshake established: the key the peer presented, version, suite.
+    pub link: Link,
 }
 
 impl PeerConn {
-    /// Connects to `peer` (named `name` here) and authenticates: we prove the secret,
-    /// then the peer must prove it before anything else is sent.
-    pub async fn connect(name: &str, peer: &PeerSpec) -> Result<PeerConn, ReplicationError> {
+    /// Connects to `peer` (named `name` here) with this node's identity and
+    /// authenticates; then the key the peer presented must be the pinned one, or,
+    /// when none is pinned yet, becomes it (the first authenticated contact).
+    pub async fn connect(
+        host: &dyn Host,
+        name: &str,
+        peer: &PeerSpec,
+    ) -> Result<PeerConn, ReplicationError> {
+        let tls = host.tls()?;
+        let conn = PeerConn::open(&tls, name, peer).await?;
+        let presented = &conn.link.presented;
+        match &peer.pinned_key {
+            Some(pinned) if pinned != presented => {
+                return Err(ReplicationError::KeyChanged {
+                    peer: name.to_string(),
+                    pinned: pinned.clone(),
+                    presented: presented.clone(),
+                })
+            }
+            Some(_) => {}
+            None => {
+                tracing::info!(peer = %name, key = %presented, "pinned the peer's TLS key at first contact");
+                host.pin_peer_key(name, presented);
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Connects and authenticates with `tls`, whatever key the peer presents (the
+    /// caller checks it: [`PeerConn::connect`], or `peer update --accept-new-key`).
+    pub async fn open(
+        tls: &Arc<Tls>,
+        name: &str,
+        peer: &PeerSpec,
+    ) -> Result<PeerConn, ReplicationError> {
         let connect_err = |source| ReplicationError::Connect {
             peer: name.to_string(),
             addr: peer.addr.clone(),
@@ -40,28 +80,59 @@ impl PeerConn {
             .map_err(connect_err)?;
         let _ = stream.set_nodelay(true);
         super::idle::keep_alive(&stream);
-        let (r, w) = stream.into_split();
+        let handshake = tls.connector().connect(Tls::server_name(), stream);
+        let stream = match tokio::time::timeout(ANSWER_TIMEOUT, handshake).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(source)) => {
+                return Err(ReplicationError::Handshake {
+                    peer: name.to_string(),
+                    source,
+                })
+            }
+            Err(_) => {
+                return Err(ReplicationError::Timeout {
+                    peer: name.to_string(),
+                    secs: ANSWER_TIMEOUT.as_secs(),
+                })
+            }
+        };
+        let link = tls::link(stream.get_ref().1).map_err(|source| ReplicationError::Link {
+            peer: name.to_string(),
+            source,
+        })?;
+        let (r, w) = tokio::io::split(stream);
         let mut conn = PeerConn {
             name: name.to_string(),
             reader: BufReader::with_capacity(256 << 10, r),
             writer: BufWriter::with_capacity(1 << 20, w),
             sent: 0,
             codecs: Vec::new(),
+            link,
         };
+        conn.authenticate(&peer.secret).await?;
+        tls.saw(name, &conn.link);
+        Ok(conn)
+    }
+
+    /// The challenge-response over the channel binding: we prove the secret, then the
+    /// peer must prove it before anything else is sent.
+    async fn authenticate(&mut self, secret: &str) -> Result<(), ReplicationError> {
+        let name = self.name.clone();
+        let binding = self.link.binding;
         let ours = auth::nonce();
-        conn.send(&Message::Hello {
+        self.send(&Message::Hello {
             version: PROTOCOL_VERSION,
             nonce: ours.clone(),
         })
         .await?;
-        let theirs = match conn.recv().await? {
+        let theirs = match self.recv_within(PREAUTH_FRAME).await? {
             Message::Challenge {
                 version,
                 nonce,
                 compress,
             } if version == PROTOCOL_VERSION => {
                 // Names this build does not know are codecs it cannot use.
-                conn.codecs = compress
+                self.codecs = compress
                     .iter()
                     .filter_map(|c| Compression::parse(c))
                     .collect();
@@ -69,31 +140,27 @@ impl PeerConn {
             }
             Message::Challenge { version, .. } => {
                 return Err(ReplicationError::Version {
-                    peer: name.to_string(),
+                    peer: name,
                     theirs: version,
                     ours: PROTOCOL_VERSION,
                 })
             }
-            other => return Err(conn.refusal(other)),
+            other => return Err(self.refusal(other)),
         };
-        let mac = auth::prove(&peer.secret, auth::CLIENT, &ours, &theirs);
-        conn.send(&Message::Proof { mac }).await?;
-        match conn.recv().await? {
+        let mac = auth::prove(secret, auth::CLIENT, &binding, &ours, &theirs);
+        self.send(&Message::Proof { mac }).await?;
+        match self.recv_within(PREAUTH_FRAME).await? {
             Message::Welcome { mac }
-                if auth::verify(&peer.secret, auth::SERVER, &theirs, &ours, &mac) =>
+                if auth::verify(secret, auth::SERVER, &binding, &theirs, &ours, &mac) =>
             {
-                Ok(conn)
+                Ok(())
             }
-            Message::Welcome { .. } => Err(ReplicationError::PeerUnproven {
-                peer: name.to_string(),
-            }),
+            Message::Welcome { .. } => Err(ReplicationError::PeerUnproven { peer: name }),
             Message::Error {
                 code: wire::ErrorCode::AuthFailed,
                 ..
-            } => Err(ReplicationError::AuthRefused {
-                peer: name.to_string(),
-            }),
-            other => Err(conn.refusal(other)),
+            } => Err(ReplicationError::AuthRefused { peer: name }),
+            other => Err(self.refusal(other)),
         }
     }
 
@@ -156,7 +223,13 @@ impl PeerConn {
     }
 
     pub async fn recv(&mut self) -> Result<Message, ReplicationError> {
-        match tokio::time::timeout(ANSWER_TIMEOUT, wire::read_message(&mut self.reader)).await {
+        self.recv_within(wire::MAX_FRAME + 1).await
+    }
+
+    /// The next control message, of at most `limit` bytes.
+    async fn recv_within(&mut self, limit: usize) -> Result<Message, ReplicationError> {
+        let read = wire::read_message_within(&mut self.reader, limit);
+        match tokio::time::timeout(ANSWER_TIMEOUT, read).await {
             Ok(r) => r.map_err(|e| self.wire_err(e)),
             Err(_) => Err(ReplicationError::Timeout {
                 peer: self.name.clone(),
@@ -197,9 +270,15 @@ mod tests {
     use super::*;
     use tokio::net::TcpListener;
 
-    /// A fake receiver that authenticates like the listener and lists `codecs` (as
-    /// JSON values) in its challenge, or leaves the field out like a build before
-    /// compression.
+    fn identity() -> (tempfile::TempDir, Arc<Tls>) {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = Arc::new(Tls::load_or_create(dir.path()).unwrap());
+        (dir, tls)
+    }
+
+    /// A fake receiver that authenticates like the listener (over TLS, with the
+    /// channel binding) and lists `codecs` (as JSON values) in its challenge, or leaves
+    /// the field out like a build before compression.
     async fn fake_peer(
         codecs: Option<serde_json::Value>,
     ) -> (PeerSpec, tokio::task::JoinHandle<()>) {
@@ -208,11 +287,15 @@ mod tests {
             addr: l.local_addr().unwrap().to_string(),
             secret: "fake-peer-secret".into(),
             max_rate: None,
+            pinned_key: None,
         };
         let secret = spec.secret.clone();
         let task = tokio::spawn(async move {
+            let (_dir, tls) = identity();
             let (s, _) = l.accept().await.unwrap();
-            let (r, mut w) = s.into_split();
+            let s = tls.acceptor().accept(s).await.unwrap();
+            let binding = tls::link(s.get_ref().1).unwrap().binding;
+            let (r, mut w) = tokio::io::split(s);
             let mut r = BufReader::new(r);
             let Message::Hello { nonce: theirs, .. } = wire::read_message(&mut r).await.unwrap()
             else {
@@ -235,16 +318,18 @@ mod tests {
             let Message::Proof { .. } = wire::read_message(&mut r).await.unwrap() else {
                 panic!("expected proof")
             };
-            let mac = auth::prove(&secret, auth::SERVER, &ours, &theirs);
+            let mac = auth::prove(&secret, auth::SERVER, &binding, &ours, &theirs);
             wire::write_message(&mut w, &Message::Welcome { mac })
                 .await
                 .unwrap();
+            w.shutdown().await.unwrap();
         });
         (spec, task)
     }
 
     #[tokio::test]
     async fn the_codecs_a_peer_lists_are_the_ones_used() {
+        let (_dir, tls) = identity();
         let cases = [
             (None, vec![]),
             (Some(serde_json::json!([])), vec![]),
@@ -260,13 +345,15 @@ mod tests {
         ];
         for (listed, want) in cases {
             let (spec, task) = fake_peer(listed.clone()).await;
-            let conn = PeerConn::connect("fake", &spec).await.unwrap();
+            let conn = PeerConn::open(&tls, "fake", &spec).await.unwrap();
             task.await.unwrap();
             assert_eq!(conn.codecs, want, "{listed:?}");
             assert!(conn.accepts(Compression::None));
             for c in [Compression::Zstd, Compression::Lz4] {
                 assert_eq!(conn.accepts(c), want.contains(&c), "{listed:?} {c}");
             }
+            assert_eq!(conn.link.version, "TLSv1.3");
+            assert_eq!(tls.seen("fake").unwrap().presented, conn.link.presented);
         }
     }
 }

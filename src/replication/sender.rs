@@ -509,7 +509,7 @@ async fn run(host: Weak<dyn Host>, set: Arc<PrimarySet>) {
 async fn reset_secondary(node: &dyn Host, set: &PrimarySet) -> Result<(), ReplicationError> {
     let (spec, peer) = set_spec(node, set)?;
     let generation = set.state.lock().generation + 1;
-    let mut conn = PeerConn::connect(&spec.peer, &peer).await?;
+    let mut conn = PeerConn::connect(node, &spec.peer, &peer).await?;
     conn.expect_ok(&Message::Reset {
         set: set.name.clone(),
         generation,
@@ -608,7 +608,7 @@ async fn cycle(node: &dyn Host, set: &PrimarySet) -> Result<(), ReplicationError
     };
 
     // Connect first: a cut is only worth taking when the peer is there.
-    let mut conn = match PeerConn::connect(&spec.peer, &peer).await {
+    let mut conn = match PeerConn::connect(node, &spec.peer, &peer).await {
         Ok(c) => c,
         Err(e) => {
             *set.pending.lock() = kept;

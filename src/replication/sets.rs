@@ -314,7 +314,8 @@ impl Sets {
         keep: Option<u32>,
         compress: Option<Compression>,
     ) -> Result<(), ReplicationError> {
-        let mut conn = PeerConn::connect(&spec.peer, peer).await?;
+        let host = self.host().ok_or(ReplicationError::Unavailable)?;
+        let mut conn = PeerConn::connect(&*host, &spec.peer, peer).await?;
         if let Some(c) = compress {
             if !conn.accepts(c) {
                 return Err(ReplicationError::Codec {
@@ -444,7 +445,8 @@ impl Sets {
         peer: &PeerSpec,
         volumes: Vec<RemoteVolume>,
     ) -> Result<(), ReplicationError> {
-        let mut conn = PeerConn::connect(&spec.peer, peer).await?;
+        let host = self.host().ok_or(ReplicationError::Unavailable)?;
+        let mut conn = PeerConn::connect(&*host, &spec.peer, peer).await?;
         conn.expect_ok(&Message::CreateSet {
             set: name.to_string(),
             peer: spec.peer.clone(),
@@ -470,7 +472,8 @@ impl Sets {
             self.primaries.lock().insert(name.to_string(), set);
         }
         let result = async {
-            let mut conn = PeerConn::connect(&spec.peer, peer).await?;
+            let host = self.host().ok_or(ReplicationError::Unavailable)?;
+            let mut conn = PeerConn::connect(&*host, &spec.peer, peer).await?;
             conn.expect_ok(&Message::DeleteSet {
                 set: name.to_string(),
             })

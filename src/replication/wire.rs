@@ -16,9 +16,11 @@
 //! A compressed payload that does not give exactly `len` bytes is a malformed frame;
 //! [`read_frame`] hands the receiver plain data extents whatever travelled.
 //!
-//! Control messages name the protocol version from the first one on
-//! ([`Message::Hello`]); both ends prove they know the shared secret (HMAC-SHA256
-//! challenge-response, [`auth`]) before anything else travels. Compressed extents came
+//! Frames travel inside TLS 1.3 (`tls`). Control messages name the protocol version
+//! from the first one on ([`Message::Hello`]); both ends prove they know the shared
+//! secret (HMAC-SHA256 challenge-response over the TLS session's exporter value,
+//! [`auth`]) before anything else travels, and until then a frame may not exceed
+//! [`PREAUTH_FRAME`]. Compressed extents came
 //! after version 1 without changing it: a receiver lists the codecs it decodes in its
 //! [`Message::Challenge`] (a receiver built before them lists none, and an older
 //! sender ignores the list), and a sender compresses only with a listed codec, so
@@ -32,8 +34,12 @@ use super::compress::{self, DecompressError};
 use crate::catalog::Compression;
 
 /// The version this build speaks; a peer with another one is refused at the first
-/// message, saying both.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// message, saying both. Version 2: the link runs over TLS and the proofs cover the
+/// channel binding.
+pub const PROTOCOL_VERSION: u32 = 2;
+/// Largest frame body before authentication: the handshake messages are a few hundred
+/// bytes, so a stranger cannot make the listener buffer more.
+pub const PREAUTH_FRAME: usize = 4 << 10;
 /// Largest frame body: an extent of at most [`MAX_EXTENT`] bytes and its header, or a
 /// control message.
 pub const MAX_FRAME: usize = MAX_EXTENT + 64;
@@ -214,6 +220,8 @@ pub enum ErrorCode {
     Base,
     /// The receiver's disk failed it.
     Io,
+    /// The client proved the secret but presented another key than the one pinned.
+    KeyChanged,
     /// Something inside the receiver failed.
     Internal,
     /// A code of a later build.
@@ -231,6 +239,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Base => "base",
             ErrorCode::Io => "io",
+            ErrorCode::KeyChanged => "key_changed",
             ErrorCode::Internal => "internal",
             ErrorCode::Unknown => "unknown",
         }
@@ -426,6 +435,15 @@ pub fn decode_body(mut body: Bytes) -> Result<Frame, WireError> {
 
 /// Reads one frame; the length is checked before a byte of the body is buffered.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireError> {
+    read_frame_within(r, MAX_FRAME + 1).await
+}
+
+/// Reads one frame whose body is at most `limit` bytes (kind included), refusing a
+/// longer one before buffering it.
+pub async fn read_frame_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+) -> Result<Frame, WireError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(_) => {}
@@ -433,7 +451,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireEr
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME + 1 {
+    if len > limit {
         return Err(WireError::TooLarge(len));
     }
     // Read into spare capacity: zeroing a MiB first, for every extent, cost the
@@ -491,14 +509,24 @@ pub async fn write_encoded<W: AsyncWrite + Unpin>(
 
 /// Reads the next frame, which must be a control message.
 pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> Result<Message, WireError> {
-    match read_frame(r).await? {
+    read_message_within(r, MAX_FRAME + 1).await
+}
+
+/// Reads the next frame, a control message of at most `limit` bytes.
+pub async fn read_message_within<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+) -> Result<Message, WireError> {
+    match read_frame_within(r, limit).await? {
         Frame::Control(m) => Ok(m),
         Frame::Extent(_) => Err(WireError::BadExtent),
     }
 }
 
-/// Secret proofs: HMAC-SHA256 over a role label and both nonces, so a proof is bound to
-/// this exchange and to its direction (a reflected proof does not verify).
+/// Secret proofs: HMAC-SHA256 over a role label, the TLS channel binding and both
+/// nonces, so a proof is bound to this exchange, to its direction (a reflected proof
+/// does not verify) and to this TLS session (a relay that terminates TLS has another
+/// binding on each leg, and a proof made on one does not verify on the other).
 pub mod auth {
     use hmac::{Hmac, Mac};
     use sha2::Sha256;
@@ -513,27 +541,44 @@ pub mod auth {
         hex::encode(rand::random::<[u8; 32]>())
     }
 
-    fn mac(secret: &str, label: &str, first: &str, second: &str) -> HmacSha256 {
+    fn mac(secret: &str, label: &str, binding: &[u8], first: &str, second: &str) -> HmacSha256 {
         let mut m =
             HmacSha256::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
-        for part in [label, first, second] {
+        for part in [
+            label.as_bytes(),
+            binding,
+            first.as_bytes(),
+            second.as_bytes(),
+        ] {
             m.update(&(part.len() as u32).to_be_bytes());
-            m.update(part.as_bytes());
+            m.update(part);
         }
         m
     }
 
-    /// The proof of `label`'s side: `first` is its own nonce, `second` the other's.
-    pub fn prove(secret: &str, label: &str, first: &str, second: &str) -> String {
-        hex::encode(mac(secret, label, first, second).finalize().into_bytes())
+    /// The proof of `label`'s side over the session's `binding` (`tls::link`):
+    /// `first` is its own nonce, `second` the other's.
+    pub fn prove(secret: &str, label: &str, binding: &[u8], first: &str, second: &str) -> String {
+        hex::encode(
+            mac(secret, label, binding, first, second)
+                .finalize()
+                .into_bytes(),
+        )
     }
 
     /// Checks a proof in constant time.
-    pub fn verify(secret: &str, label: &str, first: &str, second: &str, proof: &str) -> bool {
+    pub fn verify(
+        secret: &str,
+        label: &str,
+        binding: &[u8],
+        first: &str,
+        second: &str,
+        proof: &str,
+    ) -> bool {
         let Ok(bytes) = hex::decode(proof) else {
             return false;
         };
-        mac(secret, label, first, second)
+        mac(secret, label, binding, first, second)
             .verify_slice(&bytes)
             .is_ok()
     }
@@ -778,22 +823,58 @@ mod tests {
         .unwrap();
         assert_eq!(
             new,
-            r#"{"msg":"challenge","version":1,"nonce":"ab","compress":["zstd","lz4"]}"#
+            r#"{"msg":"challenge","version":2,"nonce":"ab","compress":["zstd","lz4"]}"#
         );
     }
 
     #[test]
-    fn proofs_bind_secret_direction_and_nonces() {
+    fn proofs_bind_secret_direction_nonces_and_channel() {
         let (c, s) = (auth::nonce(), auth::nonce());
-        let p = auth::prove("secret", auth::CLIENT, &c, &s);
-        assert!(auth::verify("secret", auth::CLIENT, &c, &s, &p));
-        assert!(!auth::verify("other", auth::CLIENT, &c, &s, &p));
+        let b = [7u8; 32];
+        let p = auth::prove("secret", auth::CLIENT, &b, &c, &s);
+        assert!(auth::verify("secret", auth::CLIENT, &b, &c, &s, &p));
+        assert!(!auth::verify("other", auth::CLIENT, &b, &c, &s, &p));
         assert!(
-            !auth::verify("secret", auth::SERVER, &c, &s, &p),
+            !auth::verify("secret", auth::SERVER, &b, &c, &s, &p),
             "reflected"
         );
-        assert!(!auth::verify("secret", auth::CLIENT, &s, &c, &p));
-        assert!(!auth::verify("secret", auth::CLIENT, &c, &s, "zz"));
+        assert!(!auth::verify("secret", auth::CLIENT, &b, &s, &c, &p));
+        assert!(!auth::verify("secret", auth::CLIENT, &b, &c, &s, "zz"));
+        // A proof made on one TLS session does not verify on another (a relay's legs).
+        assert!(!auth::verify(
+            "secret",
+            auth::CLIENT,
+            &[8u8; 32],
+            &c,
+            &s,
+            &p
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_limit_is_refused_before_its_body_arrives() {
+        // A header announcing a MiB and a few bytes of body: refused from the header.
+        let mut f = BytesMut::new();
+        f.put_u32(1 << 20);
+        f.put_u8(KIND_CONTROL);
+        f.put_slice(b"{}");
+        assert!(matches!(
+            read_frame_within(&mut &f[..], PREAUTH_FRAME).await,
+            Err(WireError::TooLarge(n)) if n == 1 << 20
+        ));
+        let mut hello = BytesMut::new();
+        encode_message(
+            &Message::Hello {
+                version: PROTOCOL_VERSION,
+                nonce: auth::nonce(),
+            },
+            &mut hello,
+        );
+        assert!(hello.len() < PREAUTH_FRAME);
+        assert!(matches!(
+            read_message_within(&mut &hello[..], PREAUTH_FRAME).await,
+            Ok(Message::Hello { .. })
+        ));
     }
 
     proptest! {

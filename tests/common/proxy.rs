@@ -1,6 +1,8 @@
 //! A TCP proxy for fault injection: forwards to a target, optionally throttling the
 //! client-to-target direction, and can cut every connection at once, or stall one
-//! (stop forwarding either way without closing, as a vanished host does).
+//! (stop forwarding either way without closing, as a vanished host does). It also
+//! keeps every byte it forwarded, both ways (`captured`), for tests of what the link
+//! shows.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -22,6 +24,9 @@ pub struct Proxy {
     stall_at: Arc<AtomicU64>,
     /// Connections stalled so far.
     stalled: Arc<AtomicU64>,
+    /// Every byte forwarded, either way, in the order each pump moved it, once
+    /// `record` was called (None before: most tests move far too much to keep).
+    tap: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
 impl Proxy {
@@ -33,7 +38,8 @@ impl Proxy {
         let trip = Arc::new(AtomicU64::new(0));
         let stall_at = Arc::new(AtomicU64::new(0));
         let stalled = Arc::new(AtomicU64::new(0));
-        let (r, c, t) = (rate.clone(), conns.clone(), trip.clone());
+        let tap: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
+        let (r, c, t, tp) = (rate.clone(), conns.clone(), trip.clone(), tap.clone());
         let (sa, sd) = (stall_at.clone(), stalled.clone());
         std::thread::spawn(move || {
             for client in listener.incoming().map_while(Result::ok) {
@@ -52,8 +58,9 @@ impl Proxy {
                     stalled: sd.clone(),
                 };
                 let stall2 = stall.clone();
-                std::thread::spawn(move || pump(client, server, Some(limits), stall));
-                std::thread::spawn(move || pump(s2, c2, None, stall2));
+                let (tap_in, tap_out) = (tp.clone(), tp.clone());
+                std::thread::spawn(move || pump(client, server, Some(limits), stall, tap_in));
+                std::thread::spawn(move || pump(s2, c2, None, stall2, tap_out));
             }
         });
         Proxy {
@@ -63,6 +70,7 @@ impl Proxy {
             conns,
             stall_at,
             stalled,
+            tap,
         }
     }
 
@@ -76,6 +84,16 @@ impl Proxy {
     /// How many connections have stalled.
     pub fn stalled(&self) -> u64 {
         self.stalled.load(Ordering::Acquire)
+    }
+
+    /// Keeps every byte forwarded from now on, both directions.
+    pub fn record(&self) {
+        self.tap.lock().unwrap().get_or_insert_with(Vec::new);
+    }
+
+    /// Every byte forwarded since `record`.
+    pub fn captured(&self) -> Vec<u8> {
+        self.tap.lock().unwrap().clone().unwrap_or_default()
     }
 
     pub fn set_rate(&self, bytes_per_sec: u64) {
@@ -124,7 +142,13 @@ fn hold(from: TcpStream, to: TcpStream) -> ! {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, limits: Option<Limits>, stall: Arc<AtomicBool>) {
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    limits: Option<Limits>,
+    stall: Arc<AtomicBool>,
+    tap: Arc<Mutex<Option<Vec<u8>>>>,
+) {
     let mut buf = vec![0u8; 16 * 1024];
     let start = Instant::now();
     let mut moved = 0u64;
@@ -137,6 +161,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, limits: Option<Limits>, stall: A
         };
         if stall.load(Ordering::Acquire) {
             hold(from, to);
+        }
+        if let Some(t) = tap.lock().unwrap().as_mut() {
+            t.extend_from_slice(&buf[..n]);
         }
         if to.write_all(&buf[..n]).is_err() {
             break;

@@ -93,7 +93,9 @@ pub enum AdminError {
     NothingToModify(String),
     #[error("replication set '{0}' is the secondary side here: modify it on its primary, which tells this side what it needs")]
     ModifyOnSecondary(String),
-    #[error("peer update '{0}': nothing to change (give --max-rate or --no-max-rate)")]
+    #[error(
+        "peer update '{0}': nothing to change (give --max-rate, --no-max-rate or --accept-new-key)"
+    )]
     NothingToUpdate(String),
     #[error("schedule task '{0}' already exists")]
     TaskExists(String),
@@ -213,16 +215,22 @@ impl AdminError {
 
 fn replication_code(e: &ReplicationError) -> ErrorCode {
     match e {
-        ReplicationError::AuthRefused { .. } | ReplicationError::PeerUnproven { .. } => {
-            ErrorCode::AuthFailed
-        }
+        ReplicationError::AuthRefused { .. }
+        | ReplicationError::PeerUnproven { .. }
+        | ReplicationError::KeyChanged { .. }
+        | ReplicationError::Link { .. }
+        | ReplicationError::Remote {
+            code: crate::replication::wire::ErrorCode::KeyChanged,
+            ..
+        } => ErrorCode::AuthFailed,
         // The peer cannot be reached, speaks another protocol, or stopped answering
         // as it should.
         ReplicationError::Connect { .. }
         | ReplicationError::Version { .. }
         | ReplicationError::Wire { .. }
         | ReplicationError::Unexpected { .. }
-        | ReplicationError::Timeout { .. } => ErrorCode::Unreachable,
+        | ReplicationError::Timeout { .. }
+        | ReplicationError::Handshake { .. } => ErrorCode::Unreachable,
         ReplicationError::Remote { .. } | ReplicationError::Codec { .. } => ErrorCode::Refused,
         // Try again later: a cycle runs, the set is suspended or stopping.
         ReplicationError::Discarded(_)
@@ -240,6 +248,7 @@ fn replication_code(e: &ReplicationError) -> ErrorCode {
         | ReplicationError::ReadVolume { .. }
         | ReplicationError::Snapshot { .. }
         | ReplicationError::Encode(_)
+        | ReplicationError::Identity(_)
         | ReplicationError::State { .. } => ErrorCode::Io,
     }
 }

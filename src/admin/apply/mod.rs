@@ -105,8 +105,22 @@ pub trait Host: Sync {
             protocol_version: None,
             compress: Vec::new(),
             rtt_us: None,
+            local_key: None,
+            pinned_key: peer.pinned_key.clone(),
+            presented_key: None,
+            tls_version: None,
+            cipher: None,
             error: Some(ReplicationError::Unavailable.to_string()),
         }
+    }
+    /// The last authenticated link with a peer since the node started.
+    fn peer_link(&self, _name: &str) -> Option<super::protocol::LinkView> {
+        None
+    }
+    /// `peer update --accept-new-key`: connects to the peer and authenticates whatever
+    /// key it presents; returns that key, or why it could not.
+    fn peer_present_key(&self, _name: &str, _peer: &PeerSpec) -> Result<String, ReplicationError> {
+        Err(ReplicationError::Unavailable)
     }
     /// Creates the secondary side of a new primary set on its peer.
     fn replication_create_remote(
@@ -214,6 +228,8 @@ pub struct RuntimeInfo {
     pub admin_socket: Option<String>,
     /// The replication listener's bound address, when the node has one.
     pub replication_listen: Option<String>,
+    /// This node's replication TLS key fingerprint.
+    pub tls_key: Option<String>,
     pub uptime_secs: u64,
     /// Consistent cuts taken so far (snapshots, replication cycles) and the pauses
     /// they imposed on writers.
@@ -258,9 +274,12 @@ pub enum Effect {
         keep: Option<u32>,
         codec: Option<crate::catalog::Compression>,
     },
-    /// Save, then the sets sending to the peer apply its new settings.
+    /// Save (with `accept_new_key`: pinning the key the peer presents now, its pin
+    /// cleared in the new catalog), then the sets sending to the peer apply its new
+    /// settings.
     UpdatePeer {
         name: String,
+        accept_new_key: bool,
     },
 }
 
@@ -306,6 +325,7 @@ fn query<H: Host + ?Sized>(host: &H, c: &Catalog, q: Query) -> Result<Response, 
         Query::SnapshotList => Ok(snapshot::list(host, c)),
         Query::SnapshotShow { name } => snapshot::show(host, c, name),
         Query::PeerList => Ok(peer::list(c)),
+        Query::PeerShow { name } => peer::show(host, c, name),
         Query::PeerCheck { name } => peer::check(host, c, name),
         Query::ReplicationList => Ok(replication::list(host, c)),
         Query::ReplicationShow { name } => replication::show(host, c, name),
@@ -441,10 +461,18 @@ fn commit<H: Host + ?Sized>(
             replication::commit_modify(host, new, &name, keep, codec)?;
             Ok(None)
         }
-        Effect::UpdatePeer { name } => {
-            install(host, new)?;
+        Effect::UpdatePeer {
+            name,
+            accept_new_key,
+        } => {
+            let pinned = if accept_new_key {
+                Some(peer::commit_accept_new_key(host, new, &name)?)
+            } else {
+                install(host, new)?;
+                None
+            };
             host.peer_updated(&name);
-            Ok(None)
+            Ok(pinned)
         }
     }
 }

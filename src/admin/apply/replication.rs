@@ -216,6 +216,7 @@ mod tests {
                 addr: "192.0.2.1:3261".into(),
                 secret: "0123456789abcdef".into(),
                 max_rate: None,
+                pinned_key: None,
             },
         );
         c.replications.insert(

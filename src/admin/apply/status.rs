@@ -20,6 +20,7 @@ pub(super) fn status<H: Host + ?Sized>(host: &H, c: &Catalog) -> Response {
         targets: c.targets.len(),
         sessions: host.sessions().len(),
         replication_listen: rt.replication_listen,
+        tls_key: rt.tls_key,
         peers: c.peers.keys().map(|n| repl::peer_view(c, n)).collect(),
         replications: c
             .replications
