@@ -395,7 +395,7 @@ async fn connection(
     super::idle::keep_alive(&stream);
     let handshake = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        handshake(&sets, &*host, &tls, stream, addr),
+        handshake(sets, &*host, &tls, stream, addr),
     );
     let outcome = tokio::select! {
         r = handshake => r.unwrap_or(Err(HandshakeError::Dropped(Dropped::Timeout))),
