@@ -360,7 +360,7 @@ impl Volume {
         fua: bool,
     ) -> Result<(), VolumeError> {
         self.check_range(offset, len)?;
-        if block.is_empty() || len % block.len() as u64 != 0 {
+        if block.is_empty() || !len.is_multiple_of(block.len() as u64) {
             return Err(VolumeError::OutOfRange {
                 offset,
                 len,
