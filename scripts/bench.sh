@@ -646,6 +646,8 @@ R_CAP_CYCLES="" R_CAP_BUSY=""
 # The cap of the capped shipping run (`replication modify --max-rate`), bytes/s.
 REPL_CAP=100M
 R_VERIFIED=""
+# CPU seconds each side's process spent per GiB of data the first cycle shipped.
+R_CPU_GIB_P="" R_CPU_GIB_S=""
 
 now() { date +%s.%N; }
 secs_since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
@@ -783,10 +785,15 @@ volume_file() {   # side, volume: its backing file (files are named by ids; ctl 
                 R_CP_SECS+="$secs "
                 say "round $r initial: cp --sparse=always + sync in $secs s"
             else
+                cpu_p0=$(cpu_ticks rp); cpu_s0=$(cpu_ticks rs)
                 repl_cycle
+                cpu_p1=$(cpu_ticks rp); cpu_s1=$(cpu_ticks rs)
                 lc=$(last_cycle)
                 grep -q '"full": *true' <<<"$lc" || die "the first cycle was not a full one: $CYCLE_SHOW"
                 data=$(json_num data_bytes "$lc")
+                per_gib() { awk -v t="$1" -v hz="$CLK_TCK" -v b="$data" 'BEGIN { printf "%.3f", t / hz / (b / 1073741824) }'; }
+                R_CPU_GIB_P+="$(per_gib $((cpu_p1 - cpu_p0))) "
+                R_CPU_GIB_S+="$(per_gib $((cpu_s1 - cpu_s0))) "
                 (( data >= REPL_WRITTEN_BYTES )) \
                     || die "the first cycle shipped $data data bytes, less than the $REPL_WRITTEN_BYTES written: $CYCLE_SHOW"
                 R_INIT_SECS+="$(json_float seconds "$lc") "
@@ -1042,6 +1049,7 @@ if [[ "$RUN_REPLICATION" == 1 ]]; then
     echo " the first $REGION_MIB MiB, twinlun column while cycles ship, tool column with replication idle;"
     echo " ratios: median over the rounds, range: lowest-highest round)"
     echo "Data shipped per first cycle: $(median_of "$R_INIT_DATA") bytes; per incremental cycle: $(median_of "$R_INCR_DATA") bytes (median)"
+    echo "CPU seconds per GiB shipped in the first cycle (user + system, median): primary $(med3 "$R_CPU_GIB_P"), secondary $(med3 "$R_CPU_GIB_S")"
     echo "Shipping runs: cycles completed during each run: ${R_SHIP_CYCLES% }; a cycle still shipping at the end: ${R_SHIP_BUSY% }"
     echo "Capped shipping runs (--max-rate $REPL_CAP): cycles completed during each run: ${R_CAP_CYCLES% }; a cycle still shipping at the end: ${R_CAP_BUSY% }"
     echo "Secondary and rsync copy equal to the primary after round 1: ${R_VERIFIED:-not checked}"
@@ -1153,6 +1161,8 @@ json_list() { local out="" x; for x in $1; do out+="${out:+, }$x"; done; printf 
             "$(json_list "${RUNS_OF[$RCASE,ship]}")" "$(ratio_of "${RATIOS_OF[$RCASE,ship/idle]}" 3)" "$(json_list "${RATIOS_OF[$RCASE,ship/idle]}")"
         printf '      "cycles_completed_runs": %s, "shipping_at_end_runs": [%s]},\n' \
             "$(json_list "$R_SHIP_CYCLES")" "$(sed 's/\([a-z]*\)/"\1"/g; s/" "/", "/g; s/ *$//' <<<"${R_SHIP_BUSY% }")"
+        printf '    "cpu_seconds_per_gib_first_cycle": {"primary": %s, "primary_runs": %s, "secondary": %s, "secondary_runs": %s},\n' \
+            "$(med3 "$R_CPU_GIB_P")" "$(json_list "$R_CPU_GIB_P")" "$(med3 "$R_CPU_GIB_S")" "$(json_list "$R_CPU_GIB_S")"
         printf '    "write_iops_capped": {"max_rate": "%s", "capped": %s, "capped_runs": %s, "ratio": %s, "ratio_runs": %s,\n' \
             "$REPL_CAP" "$(iops_of "$RCASE" capped)" "$(json_list "${RUNS_OF[$RCASE,capped]}")" \
             "$(ratio_of "${RATIOS_OF[$RCASE,capped/idle]}" 3)" "$(json_list "${RATIOS_OF[$RCASE,capped/idle]}")"

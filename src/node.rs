@@ -567,6 +567,9 @@ impl crate::replication::Host for Node {
         crate::admin::replication::drop_secondary(self, set)
             .map_err(|e| Box::new(e) as ChangeRefused)
     }
+    fn foreground_ops(&self) -> u64 {
+        self.metrics.foreground_ops()
+    }
     fn modify_secondary(&self, set: &str, keep: u32) -> Result<(), ChangeRefused> {
         crate::admin::replication::modify_secondary(self, set, keep)
             .map_err(|e| Box::new(e) as ChangeRefused)

@@ -40,7 +40,7 @@ pub struct VolumeIo {
     pub read_bytes: AtomicU64,
     pub write_ops: AtomicU64,
     pub write_bytes: AtomicU64,
-    /// Stays 0 until the target implements UNMAP.
+    /// UNMAP commands and WRITE SAMEs with UNMAP, and the bytes they deallocated.
     pub unmap_ops: AtomicU64,
     pub unmap_bytes: AtomicU64,
     pub read_latency: Histogram,
@@ -48,6 +48,9 @@ pub struct VolumeIo {
     /// Bytes the sparse file allocates, as last stat'ed in the background (a scrape
     /// never stats 1,000 files).
     pub allocated_bytes: AtomicU64,
+    /// The node's count of initiator I/Os, shared by all its volumes (see
+    /// [`Registry::foreground_ops`]).
+    node_ops: Arc<AtomicU64>,
 }
 
 impl Default for VolumeIo {
@@ -62,6 +65,7 @@ impl Default for VolumeIo {
             read_latency: Histogram::new(IO_LATENCY_BUCKETS),
             write_latency: Histogram::new(IO_LATENCY_BUCKETS),
             allocated_bytes: AtomicU64::new(0),
+            node_ops: Arc::default(),
         }
     }
 }
@@ -70,6 +74,7 @@ impl VolumeIo {
     /// One completed read of `bytes` that took `took`.
     pub fn read_done(&self, bytes: u64, took: std::time::Duration) {
         self.read_ops.fetch_add(1, Ordering::Relaxed);
+        self.node_ops.fetch_add(1, Ordering::Relaxed);
         self.read_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.read_latency.observe(took);
     }
@@ -77,6 +82,7 @@ impl VolumeIo {
     /// One completed write of `bytes` that took `took`.
     pub fn write_done(&self, bytes: u64, took: std::time::Duration) {
         self.write_ops.fetch_add(1, Ordering::Relaxed);
+        self.node_ops.fetch_add(1, Ordering::Relaxed);
         self.write_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.write_latency.observe(took);
     }
@@ -174,6 +180,9 @@ pub struct Registry {
     volumes: RwLock<BTreeMap<String, Arc<VolumeIo>>>,
     sets: RwLock<BTreeMap<String, Arc<SetCounters>>>,
     pub node: Arc<NodeCounters>,
+    /// Initiator reads and writes on every volume: replication cycles watch it to give
+    /// way to the initiators (one atomic, not a sum over 1,000 volumes).
+    foreground_ops: Arc<AtomicU64>,
 }
 
 impl Registry {
@@ -190,8 +199,18 @@ impl Registry {
         self.volumes
             .write()
             .entry(name.to_string())
-            .or_default()
+            .or_insert_with(|| {
+                Arc::new(VolumeIo {
+                    node_ops: self.foreground_ops.clone(),
+                    ..VolumeIo::default()
+                })
+            })
             .clone()
+    }
+
+    /// Reads and writes initiators completed on all volumes so far (it only grows).
+    pub fn foreground_ops(&self) -> u64 {
+        self.foreground_ops.load(Ordering::Relaxed)
     }
 
     /// Volume `name` was deleted: its series go away.

@@ -46,6 +46,12 @@ pub trait Host: Send + Sync + 'static {
     fn accept_secondary(&self, req: SecondaryRequest) -> Result<(), ChangeRefused>;
     /// The primary deleted a set: its secondary side goes; the volumes stay. Blocking.
     fn drop_secondary(&self, set: &str) -> Result<(), ChangeRefused>;
+    /// Reads and writes initiators have completed on this node's volumes so far: a
+    /// cycle gives way to them while it grows. A host that does not count (a test's)
+    /// keeps it at 0, and its cycles never give way.
+    fn foreground_ops(&self) -> u64 {
+        0
+    }
     /// The primary changed how many recovery points the secondary keeps (saved in the
     /// catalog; the next commit prunes to it). Blocking.
     fn modify_secondary(&self, set: &str, keep: u32) -> Result<(), ChangeRefused>;

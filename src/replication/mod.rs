@@ -13,6 +13,7 @@
 pub mod compress;
 pub mod host;
 pub mod listener;
+pub mod pace;
 pub mod peer;
 pub mod rate;
 pub mod recovery;

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::host::Host;
+use super::pace::Pacer;
 use super::peer::PeerConn;
 use super::rate::{Limits, Meter};
 use super::status::{CycleProgress, CycleStats, SetState, SetStatus, StateChange};
@@ -656,7 +657,7 @@ async fn cycle(node: &dyn Host, set: &PrimarySet) -> Result<(), ReplicationError
     });
     let started = Instant::now();
     let shipped = tokio::select! {
-        r = ship(set, &mut conn, &volumes, &tracked, &spec.volumes, &p, how) => r,
+        r = ship(node, set, &mut conn, &volumes, &tracked, &spec.volumes, &p, how) => r,
         _ = wait_stop(set) => Err(ReplicationError::Stopping),
     };
     match shipped {
@@ -900,7 +901,9 @@ fn runs(volume: u32, pages: u32, data: &RoaringBitmap, full: bool) -> Vec<Run> {
 /// Extents come out in the same order on every attempt (the plan and the snapshot are
 /// fixed), so the peer's count of staged extents says where to go on. Data extents
 /// travel compressed with `how` where that makes them smaller.
+#[allow(clippy::too_many_arguments)]
 async fn ship(
+    node: &dyn Host,
     set: &PrimarySet,
     conn: &mut PeerConn,
     volumes: &[Arc<Volume>],
@@ -960,6 +963,7 @@ async fn ship(
     // The chunk read before the current one (and its length): sent while the current
     // one compresses, so compressing overlaps sending. Frames still go out in order.
     let mut ahead: Option<(Batch, u64)> = None;
+    let mut pacer = Pacer::new(node.foreground_ops(), Instant::now());
     for run in &p.plan {
         let v = &volumes[run.volume as usize];
         let t = &tracked[run.volume as usize];
@@ -1036,6 +1040,10 @@ async fn ship(
                 send_batch(set, conn, &mut stats, previous).await?;
                 done += previous_len;
                 report(done);
+                let pause = pacer.after_chunk(node.foreground_ops(), Instant::now());
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
             }
             off += len;
         }
@@ -1059,6 +1067,9 @@ async fn ship(
             set.live.lock().partial = Some(stats);
             return Err(e);
         }
+    }
+    if !pacer.paused.is_zero() {
+        tracing::debug!(paused = ?pacer.paused, "the cycle gave way to initiator I/O");
     }
     let wire_total = conn.sent - sent_before;
     stats.overhead_bytes = wire_total.saturating_sub(stats.wire_data_bytes + stats.record_bytes);

@@ -22,6 +22,8 @@ pub mod op {
     pub const WRITE_10: u8 = 0x2A;
     pub const WRITE_AND_VERIFY_10: u8 = 0x2E;
     pub const VERIFY_10: u8 = 0x2F;
+    pub const WRITE_SAME_10: u8 = 0x41;
+    pub const UNMAP: u8 = 0x42;
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
     pub const MODE_SELECT_10: u8 = 0x55;
     pub const MODE_SENSE_10: u8 = 0x5A;
@@ -30,6 +32,7 @@ pub mod op {
     pub const WRITE_AND_VERIFY_16: u8 = 0x8E;
     pub const VERIFY_16: u8 = 0x8F;
     pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
+    pub const WRITE_SAME_16: u8 = 0x93;
     pub const SERVICE_ACTION_IN_16: u8 = 0x9E;
     pub const REPORT_LUNS: u8 = 0xA0;
     pub const MAINTENANCE_IN: u8 = 0xA3;
@@ -43,6 +46,8 @@ pub mod op {
 pub mod sa {
     /// SERVICE ACTION IN(16) / READ CAPACITY(16), SBC-4 5.21.
     pub const READ_CAPACITY_16: u8 = 0x10;
+    /// SERVICE ACTION IN(16) / GET LBA STATUS, SBC-4 5.8.
+    pub const GET_LBA_STATUS: u8 = 0x12;
     /// MAINTENANCE IN / REPORT SUPPORTED OPERATION CODES, SPC-5 6.36.
     pub const REPORT_SUPPORTED_OPCODES: u8 = 0x0C;
 }

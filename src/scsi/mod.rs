@@ -35,6 +35,7 @@
 //! table and REPORT SUPPORTED OPERATION CODES), `lun` (the 8-byte LUN format).
 
 mod cdb;
+mod lbp;
 mod lu;
 mod lun;
 mod mode;
@@ -47,6 +48,7 @@ mod spc;
 mod tests;
 
 pub use cdb::op;
+pub use lbp::{lba_status_data, unmap_ranges, LbaExtent};
 pub use lu::{LogicalUnit, LuConfig, ModeSelectOutcome, UnitAttentions, MAX_TRANSFER_BYTES};
 pub use lun::{decode_lun, encode_lun, MAX_LUN};
 pub use sense::{key, key_name, FieldPointer, Sense, FIXED_SENSE_LEN};
@@ -90,6 +92,20 @@ pub enum Plan {
     Sync,
     /// Receive `len` bytes of parameter data, then call `LogicalUnit::mode_select`.
     ModeSelect { ten: bool, len: u32 },
+    /// Receive the `len`-byte UNMAP parameter list, read it with [`unmap_ranges`], then
+    /// deallocate those ranges (through the write path: tracked like a write).
+    Unmap { len: u32 },
+    /// Receive one block (none with `ndob`: zeros) and write it to each of `blocks`
+    /// blocks from `lba`, range already checked. With `unmap`, deallocate the range
+    /// instead (it reads back as zeros: LBPRZ).
+    WriteSame {
+        lba: u64,
+        blocks: u64,
+        unmap: bool,
+        ndob: bool,
+    },
+    /// Find which blocks from `lba` are mapped and answer with [`lba_status_data`].
+    LbaStatus { lba: u64, alloc: u32 },
 }
 
 /// What a CDB is decoded against.
@@ -182,6 +198,7 @@ pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
         op::READ_CAPACITY_10 => Plan::Respond(sbc::read_capacity_10(cdb, lu)),
         op::SERVICE_ACTION_IN_16 => match cdb.service_action() {
             sa::READ_CAPACITY_16 => Plan::Respond(sbc::read_capacity_16(cdb, lu)),
+            sa::GET_LBA_STATUS => lbp::get_lba_status(cdb, lu),
             // SPC-5 4.2.5.2: an unsupported service action is an invalid field.
             _ => check(Sense::invalid_field_in_cdb_bit(1, 4)),
         },
@@ -192,6 +209,8 @@ pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
         op::MODE_SENSE_6 => Plan::Respond(mode::mode_sense(cdb, lu, false)),
         op::MODE_SENSE_10 => Plan::Respond(mode::mode_sense(cdb, lu, true)),
         op::MODE_SELECT_6 | op::MODE_SELECT_10 => mode_select(cdb),
+        op::UNMAP => lbp::unmap(cdb, lu),
+        op::WRITE_SAME_10 | op::WRITE_SAME_16 => lbp::write_same(cdb, lu),
         op::START_STOP_UNIT => Plan::Respond(sbc::start_stop_unit(cdb)),
         op::PREVENT_ALLOW_MEDIUM_REMOVAL => Plan::Respond(sbc::prevent_allow_medium_removal(cdb)),
         _ => check(Sense::invalid_opcode()),
@@ -232,7 +251,10 @@ impl Plan {
                 ..
             } => u64::from(*blocks) * bs,
             Plan::Verify { bytchk: false, .. } | Plan::Sync => 0,
-            Plan::ModeSelect { len, .. } => u64::from(*len),
+            Plan::ModeSelect { len, .. } | Plan::Unmap { len } => u64::from(*len),
+            Plan::WriteSame { ndob: true, .. } => 0,
+            Plan::WriteSame { ndob: false, .. } => bs,
+            Plan::LbaStatus { alloc, .. } => u64::from(*alloc),
         }
     }
 
@@ -270,6 +292,10 @@ impl Plan {
             Plan::ModeSelect { ten, len } => match len.min(edtl) {
                 0 => nothing(),
                 len => Plan::ModeSelect { ten, len },
+            },
+            Plan::Unmap { len } => match len.min(edtl) {
+                0 => nothing(),
+                len => Plan::Unmap { len },
             },
             other => other,
         }

@@ -28,8 +28,18 @@ pub fn read_capacity_16(cdb: Cdb, lu: &LogicalUnit) -> Response {
     d[0..8].copy_from_slice(&lu.num_blocks().saturating_sub(1).to_be_bytes());
     d[8..12].copy_from_slice(&lu.block_size().to_be_bytes());
     // Byte 12: P_TYPE, PROT_EN = 0 (no protection information). Byte 13: P_I_EXPONENT 0,
-    // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 0. Bytes 14-15: LBPME 0, LBPRZ 0, LOWEST
-    // ALIGNED LBA 0.
+    // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 0. Byte 14: LBPME 1 (volumes are thin:
+    // UNMAP and WRITE SAME deallocate), LBPRZ (a deallocated block reads as zeros; see
+    // `lbp::reports_lbprz`); LOWEST ALIGNED LBA 0.
+    d[14] = 0x80
+        | if super::lbp::reports_lbprz(lu) {
+            0x40
+        } else {
+            0
+        };
+    // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT: the file system allocates (and
+    // deallocates) 4 KiB blocks.
+    d[13] = (4096 / lu.block_size()).max(1).trailing_zeros() as u8;
     Response::good(cut(d, alloc))
 }
 

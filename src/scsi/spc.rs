@@ -2,6 +2,7 @@
 //! REQUEST SENSE.
 
 use super::cdb::{cut, Cdb};
+use super::lbp;
 use super::lun::encode_lun;
 use super::{LogicalUnit, Response, Sense, UnitAttentions};
 
@@ -68,7 +69,7 @@ pub fn inquiry(cdb: Cdb, lu: Option<&LogicalUnit>) -> Response {
         VPD_DEVICE_ID => device_identification(lu),
         VPD_BLOCK_LIMITS => block_limits(lu),
         VPD_BLOCK_CHARACTERISTICS => block_device_characteristics(),
-        VPD_LB_PROVISIONING => logical_block_provisioning(),
+        VPD_LB_PROVISIONING => logical_block_provisioning(lu),
         _ => return Response::check(Sense::invalid_field_in_cdb(2)),
     };
     // VPD page header (SPC-5 7.7.1): qualifier/type, page code, PAGE LENGTH (2 bytes).
@@ -164,7 +165,16 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     let max = lu.max_transfer_blocks();
     d[4..8].copy_from_slice(&max.to_be_bytes());
     d[8..12].copy_from_slice(&max.to_be_bytes());
-    // No UNMAP, no WRITE SAME, no COMPARE AND WRITE, no atomic writes: all else zero.
+    // Byte 4 (d[0]): WSNZ 0, a WRITE SAME of zero blocks runs to the last block.
+    // MAXIMUM UNMAP LBA COUNT (20..24), MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT (24..28),
+    // OPTIMAL UNMAP GRANULARITY (28..32), UGAVALID with UNMAP GRANULARITY ALIGNMENT 0
+    // (32..36), MAXIMUM WRITE SAME LENGTH (36..44).
+    d[16..20].copy_from_slice(&lbp::max_unmap_blocks(lu).to_be_bytes());
+    d[20..24].copy_from_slice(&lbp::MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+    d[24..28].copy_from_slice(&lbp::unmap_granularity(lu).to_be_bytes());
+    d[28..32].copy_from_slice(&0x8000_0000u32.to_be_bytes());
+    d[32..40].copy_from_slice(&lbp::max_write_same_blocks(lu).to_be_bytes());
+    // No COMPARE AND WRITE, no atomic writes: all else zero.
     d
 }
 
@@ -176,11 +186,13 @@ fn block_device_characteristics() -> Vec<u8> {
     d
 }
 
-/// Logical Block Provisioning page (SBC-4 6.6.5), page length 4: no thin provisioning
-/// commands yet (LBPU, LBPWS, LBPWS10 all 0), THRESHOLD EXPONENT 0 (no thresholds),
-/// PROVISIONING TYPE 000b.
-fn logical_block_provisioning() -> Vec<u8> {
-    vec![0x00, 0x00, 0x00, 0x00]
+/// Logical Block Provisioning page (SBC-4 6.6.5), page length 4: THRESHOLD EXPONENT 0
+/// (no thresholds); LBPU, LBPWS, LBPWS10 (UNMAP and both WRITE SAMEs deallocate), LBPRZ
+/// 001b (deallocated blocks read as zeros, where `lbp::reports_lbprz`), ANC_SUP 0, DP 0;
+/// PROVISIONING TYPE 010b (thin).
+fn logical_block_provisioning(lu: &LogicalUnit) -> Vec<u8> {
+    let lbprz = if lbp::reports_lbprz(lu) { 0x04 } else { 0 };
+    vec![0x00, 0x80 | 0x40 | 0x20 | lbprz, 0x02, 0x00]
 }
 
 /// REPORT LUNS (SPC-5 6.33).

@@ -222,8 +222,8 @@ fn unknown_and_malformed_cdbs() {
     assert_eq!(kcq(run(&[0x02, 0, 0, 0, 0, 0], &lu)), INVALID_OPCODE);
     assert_eq!(kcq(run(&[0xFF; 16], &lu)), INVALID_OPCODE);
     assert_eq!(kcq(run(&[0x7F; 16], &lu)), INVALID_OPCODE);
-    // WRITE SAME(10) is not supported yet.
-    assert_eq!(kcq(run(&cdb10(0x41, 0, 0, 1), &lu)), INVALID_OPCODE);
+    // COMPARE AND WRITE is not supported yet.
+    assert_eq!(kcq(run(&cdb16(0x89, 0, 0, 1), &lu)), INVALID_OPCODE);
     // A CDB shorter than its group's length.
     let s = sense(run(&[op::READ_10, 0, 0, 0, 0], &lu));
     assert_eq!((s.key, s.asc), (key::ILLEGAL_REQUEST, 0x24));
@@ -281,8 +281,8 @@ fn reserve_release_6_refused() {
 #[test]
 fn unsupported_service_actions() {
     let lu = lu();
-    // GET LBA STATUS (9Eh/12h).
-    let mut c = cdb16(op::SERVICE_ACTION_IN_16, 0x12, 0, 32);
+    // GET LBA STATUS (9Eh/12h) is supported; READ LONG(16) (9Eh/11h) is not.
+    let mut c = cdb16(op::SERVICE_ACTION_IN_16, 0x11, 0, 32);
     c[10..14].copy_from_slice(&32u32.to_be_bytes());
     assert_eq!(kcq(run(&c, &lu)), INVALID_FIELD);
     // REPORT TARGET PORT GROUPS (A3h/0Ah).
@@ -609,7 +609,17 @@ fn vpd_block_limits() {
     let max = u32::from_be_bytes([d[8], d[9], d[10], d[11]]);
     assert_eq!(max, MAX_TRANSFER_BYTES / 512);
     assert_eq!(max, lu().max_transfer_blocks());
-    assert_eq!(&d[20..28], &[0; 8], "no UNMAP");
+    assert_eq!(d[4] & 0x01, 0x00, "WSNZ 0");
+    let be32 = |at: usize| u32::from_be_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]]);
+    assert_eq!(be32(20), 1 << 20, "MAXIMUM UNMAP LBA COUNT");
+    assert_eq!(be32(24), 256, "MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT");
+    assert_eq!(be32(28), 8, "OPTIMAL UNMAP GRANULARITY: 4 KiB");
+    assert_eq!(be32(32), 0x8000_0000, "UGAVALID, alignment 0");
+    assert_eq!(
+        u64::from_be_bytes(d[36..44].try_into().unwrap()),
+        65535,
+        "MAXIMUM WRITE SAME LENGTH"
+    );
     let big = LogicalUnit::new(LuConfig {
         block_size: 4096,
         ..cfg()
@@ -625,7 +635,17 @@ fn vpd_block_characteristics_and_provisioning() {
     assert_eq!(&d[4..6], &[0x00, 0x01], "non-rotating");
     let d = vpd(0xB2, &lu());
     assert_eq!(d.len(), 8);
-    assert_eq!(d[5] & 0xE0, 0, "LBPU LBPWS LBPWS10 off");
+    assert_eq!(d[5] & 0xE0, 0xE0, "LBPU LBPWS LBPWS10 on");
+    assert_eq!((d[5] >> 2) & 0x07, 0x01, "LBPRZ");
+    assert_eq!(d[5] & 0x03, 0, "no ANC_SUP, no DP");
+    assert_eq!(d[6] & 0x07, 0x02, "thin provisioned");
+    // 4096-byte LUNs do not report LBPRZ (QEMU 7.2 aborts on them if they do).
+    let big = LogicalUnit::new(LuConfig {
+        block_size: 4096,
+        ..cfg()
+    });
+    assert_eq!(vpd(0xB2, &big)[5], 0xE0);
+    assert_eq!(good(run(&rc16(32), &big))[14], 0x80);
 }
 
 // ---------------------------------------------------------------- READ CAPACITY
@@ -679,7 +699,13 @@ fn read_capacity_16() {
     assert_eq!(d.len(), 32);
     assert_eq!(&d[0..8], &999u64.to_be_bytes());
     assert_eq!(&d[8..12], &512u32.to_be_bytes());
-    assert_eq!(&d[12..32], &[0; 20], "no PI, LBPPBE 0, LBPME 0");
+    assert_eq!(
+        &d[12..14],
+        &[0, 3],
+        "no PI, 8 logical blocks per physical block"
+    );
+    assert_eq!(d[14], 0xC0, "LBPME, LBPRZ, lowest aligned LBA 0");
+    assert_eq!(&d[15..32], &[0; 17]);
     for alloc in 0..40u32 {
         let d = good(run(&rc16(alloc), &lu));
         assert_eq!(d.len(), (alloc as usize).min(32));
@@ -1571,13 +1597,17 @@ fn rsoc_one_command() {
     let d = good(run(&rsoc(true, 1, op::WRITE_16, 0, 65535), &lu));
     assert_eq!(d[1], 0x83);
     assert_eq!(d.len(), 4 + 16 + 12);
+    let d = good(run(&rsoc(false, 1, op::UNMAP, 0, 65535), &lu));
+    assert_eq!(&d[0..4], &[0, 0x03, 0, 10]);
+    let d = good(run(&rsoc(false, 2, 0x9E, 0x12, 65535), &lu));
+    assert_eq!(&d[0..4], &[0, 0x03, 0, 16]);
     // Not supported.
     assert_eq!(
-        good(run(&rsoc(false, 1, 0x41, 0, 65535), &lu)),
+        good(run(&rsoc(false, 1, 0x89, 0, 65535), &lu)),
         vec![0, 0x01, 0, 0]
     );
     assert_eq!(
-        good(run(&rsoc(false, 2, 0x9E, 0x12, 65535), &lu)),
+        good(run(&rsoc(false, 2, 0x9E, 0x11, 65535), &lu)),
         vec![0, 0x01, 0, 0]
     );
     // Service actions.
@@ -1739,6 +1769,23 @@ fn check_plan(p: &Plan, lu: Option<&LogicalUnit>) {
         }
         Plan::Sync => assert!(lu.is_some()),
         Plan::ModeSelect { len, .. } => assert!(lu.is_some() && *len > 0),
+        Plan::Unmap { len } => {
+            let lu = lu.unwrap_or_else(|| unreachable!("UNMAP plan without an LU"));
+            assert!(*len > 0 && *len <= super::lbp::MAX_UNMAP_PARAMETERS);
+            assert!(!lu.write_protected());
+        }
+        Plan::WriteSame { lba, blocks, .. } => {
+            let lu = lu.unwrap_or_else(|| unreachable!("WRITE SAME plan without an LU"));
+            assert!(*blocks >= 1 && *blocks <= super::lbp::max_write_same_blocks(lu));
+            assert!(lba
+                .checked_add(*blocks)
+                .is_some_and(|e| e <= lu.num_blocks()));
+            assert!(!lu.write_protected());
+        }
+        Plan::LbaStatus { lba, .. } => {
+            let lu = lu.unwrap_or_else(|| unreachable!("GET LBA STATUS plan without an LU"));
+            assert!(*lba < lu.num_blocks());
+        }
     }
 }
 
@@ -1804,4 +1851,168 @@ proptest! {
         let d = s.to_descriptor();
         prop_assert_eq!(usize::from(d[7]), d.len() - 8);
     }
+}
+
+// ---------------------------------------------------------------- provisioning
+
+fn unmap_list(descriptors: &[(u64, u32)]) -> Vec<u8> {
+    let mut d = vec![0u8; 8];
+    for (lba, blocks) in descriptors {
+        d.extend_from_slice(&lba.to_be_bytes());
+        d.extend_from_slice(&blocks.to_be_bytes());
+        d.extend_from_slice(&[0; 4]);
+    }
+    let n = d.len();
+    d[0..2].copy_from_slice(&((n - 2) as u16).to_be_bytes());
+    d[2..4].copy_from_slice(&((n - 8) as u16).to_be_bytes());
+    d
+}
+
+#[test]
+fn unmap_decodes_and_checks_its_list() {
+    let lu = lu();
+    let mut c = cdb10(op::UNMAP, 0, 0, 0);
+    c[7..9].copy_from_slice(&24u16.to_be_bytes());
+    assert_eq!(run(&c, &lu), Plan::Unmap { len: 24 });
+    // A zero-length list does nothing; ANCHOR is not supported.
+    assert!(good(run(&cdb10(op::UNMAP, 0, 0, 0), &lu)).is_empty());
+    let mut a = c.clone();
+    a[1] = 0x01;
+    assert_eq!(kcq(run(&a, &lu)), INVALID_FIELD);
+    // Read-only: DATA PROTECT.
+    let ro = LogicalUnit::new(LuConfig {
+        read_only: true,
+        ..cfg()
+    });
+    assert_eq!(sense(run(&c, &ro)).key, key::DATA_PROTECT);
+
+    assert_eq!(
+        unmap_ranges(&lu, &unmap_list(&[(0, 8), (990, 10), (5, 0)])).unwrap(),
+        vec![(0, 8), (990, 10)]
+    );
+    assert_eq!(unmap_ranges(&lu, &unmap_list(&[])).unwrap(), vec![]);
+    assert_eq!(
+        unmap_ranges(&lu, &unmap_list(&[(995, 10)])),
+        Err(Sense::lba_out_of_range())
+    );
+    assert_eq!(
+        unmap_ranges(&lu, &unmap_list(&[(u64::MAX, 2)])),
+        Err(Sense::lba_out_of_range())
+    );
+    assert_eq!(
+        unmap_ranges(&lu, &[0, 6, 0]),
+        Err(Sense::parameter_list_length_error())
+    );
+    // A descriptor length that reaches past the data.
+    let mut bad = unmap_list(&[(0, 1)]);
+    bad[2..4].copy_from_slice(&32u16.to_be_bytes());
+    assert_eq!(unmap_ranges(&lu, &bad).unwrap_err().asc, 0x26);
+    // More descriptors than the Block Limits page allows.
+    let many: Vec<(u64, u32)> = (0..257).map(|i| (i, 1)).collect();
+    assert_eq!(unmap_ranges(&lu, &unmap_list(&many)).unwrap_err().asc, 0x26);
+}
+
+#[test]
+fn write_same_decodes() {
+    let lu = lu();
+    let mut c = cdb10(op::WRITE_SAME_10, 0x08, 10, 20);
+    assert_eq!(
+        run(&c, &lu),
+        Plan::WriteSame {
+            lba: 10,
+            blocks: 20,
+            unmap: true,
+            ndob: false
+        }
+    );
+    let mut w16 = cdb16(op::WRITE_SAME_16, 0x01, 990, 10);
+    assert_eq!(
+        run(&w16, &lu),
+        Plan::WriteSame {
+            lba: 990,
+            blocks: 10,
+            unmap: false,
+            ndob: true
+        }
+    );
+    // Zero blocks run to the last block; past the end is out of range; ANCHOR and
+    // WRPROTECT are unsupported.
+    c[7..9].copy_from_slice(&0u16.to_be_bytes());
+    assert_eq!(
+        run(&c, &lu),
+        Plan::WriteSame {
+            lba: 10,
+            blocks: 990,
+            unmap: true,
+            ndob: false
+        }
+    );
+    let big = LogicalUnit::new(LuConfig {
+        num_blocks: 1 << 20,
+        ..cfg()
+    });
+    assert_eq!(
+        kcq(run(&c, &big)),
+        INVALID_FIELD,
+        "beyond MAXIMUM WRITE SAME LENGTH"
+    );
+    assert_eq!(
+        kcq(run(&cdb10(op::WRITE_SAME_10, 0, 1000, 0), &lu)),
+        LBA_OOB
+    );
+    w16[10..14].copy_from_slice(&11u32.to_be_bytes());
+    assert_eq!(kcq(run(&w16, &lu)), LBA_OOB);
+    assert_eq!(
+        kcq(run(&cdb10(op::WRITE_SAME_10, 0x10, 0, 1), &lu)),
+        INVALID_FIELD
+    );
+    assert_eq!(
+        kcq(run(&cdb10(op::WRITE_SAME_10, 0x20, 0, 1), &lu)),
+        INVALID_FIELD
+    );
+    let ro = LogicalUnit::new(LuConfig {
+        read_only: true,
+        ..cfg()
+    });
+    assert_eq!(
+        sense(run(&cdb10(op::WRITE_SAME_10, 0, 0, 1), &ro)).key,
+        key::DATA_PROTECT
+    );
+}
+
+#[test]
+fn get_lba_status_decodes_and_formats() {
+    let lu = lu();
+    let mut c = cdb16(op::SERVICE_ACTION_IN_16, 0x12, 7, 0);
+    c[10..14].copy_from_slice(&64u32.to_be_bytes());
+    assert_eq!(run(&c, &lu), Plan::LbaStatus { lba: 7, alloc: 64 });
+    let mut far = cdb16(op::SERVICE_ACTION_IN_16, 0x12, 1000, 0);
+    far[10..14].copy_from_slice(&64u32.to_be_bytes());
+    assert_eq!(kcq(run(&far, &lu)), LBA_OOB);
+
+    let r = lba_status_data(
+        &[
+            LbaExtent {
+                lba: 7,
+                blocks: 9,
+                mapped: true,
+            },
+            LbaExtent {
+                lba: 16,
+                blocks: 984,
+                mapped: false,
+            },
+        ],
+        1000,
+    );
+    let d = r.data;
+    assert_eq!(d.len(), 8 + 32);
+    assert_eq!(&d[0..4], &36u32.to_be_bytes());
+    assert_eq!(&d[8..16], &7u64.to_be_bytes());
+    assert_eq!(&d[16..20], &9u32.to_be_bytes());
+    assert_eq!(d[20], 0);
+    assert_eq!(&d[24..32], &16u64.to_be_bytes());
+    assert_eq!(&d[32..36], &984u32.to_be_bytes());
+    assert_eq!(d[36], 1);
+    assert_eq!(lba_status_data(&[], 4).data, vec![0, 0, 0, 4]);
 }

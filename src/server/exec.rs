@@ -348,6 +348,139 @@ pub async fn verify(
     reply.status(Status::Good, None, r2ts, wanted).await
 }
 
+/// Answers a command that failed on its volume with the sense its cause calls for.
+async fn failed(reply: Reply, lun: &LunHandle, what: &str, e: VolumeError, r2ts: u32) {
+    tracing::warn!(lun = lun.lun, error = %Chain(&e), "{what} failed");
+    let sense = sense_for(&e, true);
+    reply
+        .status(Status::CheckCondition, Some(&sense), r2ts, 0)
+        .await
+}
+
+/// UNMAP with its parameter list: every range checked first (nothing is deallocated
+/// when one descriptor is bad), then deallocated in order.
+pub async fn unmap(reply: Reply, lun: Arc<LunHandle>, params: Bytes, r2ts: u32, wanted: u64) {
+    let ranges = match crate::scsi::unmap_ranges(&lun.lu, &params) {
+        Ok(r) => r,
+        Err(sense) => {
+            return reply
+                .status(Status::CheckCondition, Some(&sense), r2ts, 0)
+                .await
+        }
+    };
+    let bs = u64::from(lun.volume.block_size());
+    for (lba, blocks) in ranges {
+        let (offset, len) = (lba * bs, u64::from(blocks) * bs);
+        if let Err(e) = lun.volume.discard(offset, len).await {
+            return failed(reply, &lun, "unmap", e, r2ts).await;
+        }
+        let io = lun.volume.io_metrics();
+        io.unmap_ops.fetch_add(1, Ordering::Relaxed);
+        io.unmap_bytes.fetch_add(len, Ordering::Relaxed);
+    }
+    reply.status(Status::Good, None, r2ts, wanted).await
+}
+
+/// WRITE SAME: `block` written to every block of the range, or with UNMAP the range
+/// deallocated, whatever the block holds (as LIO and tgt do, and as libiscsi's suite
+/// expects: deallocated blocks read as zeros, LBPRZ). Without UNMAP, zeros (NDOB) are
+/// written: the initiator asked for mapped blocks.
+#[allow(clippy::too_many_arguments)]
+pub async fn write_same(
+    reply: Reply,
+    lun: Arc<LunHandle>,
+    lba: u64,
+    blocks: u64,
+    unmap: bool,
+    block: Option<Bytes>,
+    r2ts: u32,
+    wanted: u64,
+) {
+    let bs = u64::from(lun.volume.block_size());
+    let (offset, len) = (lba * bs, blocks * bs);
+    let fua = !lun.lu.write_cache_enabled();
+    let done = if unmap {
+        let r = lun.volume.discard(offset, len).await;
+        if r.is_ok() {
+            let io = lun.volume.io_metrics();
+            io.unmap_ops.fetch_add(1, Ordering::Relaxed);
+            io.unmap_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        r
+    } else {
+        let zero_block;
+        let pattern = match &block {
+            Some(b) => &b[..],
+            None => {
+                zero_block = vec![0u8; bs as usize];
+                &zero_block[..]
+            }
+        };
+        let started = std::time::Instant::now();
+        let r = lun.volume.write_same(offset, len, pattern, fua).await;
+        if r.is_ok() {
+            lun.volume.io_metrics().write_done(len, started.elapsed());
+        }
+        r
+    };
+    match done {
+        Ok(()) => reply.status(Status::Good, None, r2ts, wanted).await,
+        Err(e) => failed(reply, &lun, "write same", e, r2ts).await,
+    }
+}
+
+/// Bytes GET LBA STATUS looks at from its LBA: enough for the descriptors one answer
+/// carries on a fragmented file; the initiator asks again from where it ends.
+const LBA_STATUS_WINDOW: u64 = 1 << 30;
+
+/// GET LBA STATUS: the file's data and holes from `lba`, in blocks. A snapshot LUN's
+/// blocks all read from somewhere: it reports them mapped.
+pub async fn lba_status(reply: Reply, lun: Arc<LunHandle>, lba: u64, alloc: u32) {
+    let bs = u64::from(lun.volume.block_size());
+    let offset = lba * bs;
+    let len = (lun.volume.size() - offset.min(lun.volume.size())).min(LBA_STATUS_WINDOW);
+    let runs = if lun.snapshot.is_some() {
+        Ok(vec![(offset, len, true)])
+    } else {
+        lun.volume.allocation(offset, len)
+    };
+    let runs = match runs {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(lun = lun.lun, error = %Chain(&e), "get lba status failed");
+            let sense = sense_for(&e, false);
+            return reply
+                .status(Status::CheckCondition, Some(&sense), 0, 0)
+                .await;
+        }
+    };
+    // Holes start and end on file-system blocks, whole logical blocks; should one not,
+    // the block it shares with data counts as mapped (it was the data's run before).
+    let mut extents: Vec<crate::scsi::LbaExtent> = Vec::new();
+    for (at, n, mapped) in runs {
+        let mut first = at / bs;
+        let end = (at + n).div_ceil(bs);
+        if let Some(last) = extents.last_mut() {
+            first = first.max(last.lba + last.blocks);
+            if last.mapped == mapped && last.lba + last.blocks == first {
+                last.blocks = end.max(first) - last.lba;
+                continue;
+            }
+        }
+        if end > first {
+            extents.push(crate::scsi::LbaExtent {
+                lba: first,
+                blocks: end - first,
+                mapped,
+            });
+        }
+    }
+    extents.retain(|e| e.blocks > 0);
+    reply
+        .respond(crate::scsi::lba_status_data(&extents, alloc))
+        .await
+}
+
 pub async fn sync(reply: Reply, lun: Arc<LunHandle>) {
     match lun.volume.flush().await {
         Ok(()) => reply.status(Status::Good, None, 0, 0).await,

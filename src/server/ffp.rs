@@ -86,6 +86,8 @@ type BudgetWait = Pin<Box<dyn Future<Output = Option<WriteBudget>> + Send + Sync
 
 enum WriteKind {
     Write { lba: u64, fua: bool },
+    Unmap,
+    WriteSame { lba: u64, blocks: u64, unmap: bool },
     Verify { lba: u64, blocks: u32 },
     ModeSelect { ten: bool },
 }
@@ -601,6 +603,18 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 ),
             ),
         };
+        // WRITE SAME moves exactly one block (none with NDOB): any other EDTL is a
+        // command the initiator got wrong, refused before a byte is written.
+        let plan = match (plan, &handle) {
+            (Plan::WriteSame { ndob, .. }, Some(h))
+                if cmd.expected_len != if ndob { 0 } else { h.volume.block_size() } =>
+            {
+                Plan::Respond(scsi::Response::check(
+                    Sense::invalid_field_in_information_unit(),
+                ))
+            }
+            (plan, _) => plan,
+        };
         match (plan, handle) {
             // Unsolicited data is still on its way: take it before answering, so it
             // does not arrive for a task that no longer exists.
@@ -671,6 +685,39 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 let needed = blocks as u64 * h.volume.block_size() as u64;
                 self.collect(cmd, h, WriteKind::Verify { lba, blocks }, needed, reply)
                     .await;
+            }
+            (Plan::Unmap { len }, Some(h)) => {
+                self.collect(cmd, h, WriteKind::Unmap, len as u64, reply)
+                    .await;
+            }
+            (
+                Plan::WriteSame {
+                    lba,
+                    blocks,
+                    unmap,
+                    ndob: true,
+                },
+                Some(h),
+            ) => self.spawn(cmd.itt, lun, aborted, reply, |reply| {
+                exec::write_same(reply, h, lba, blocks, unmap, None, 0, 0)
+            }),
+            (
+                Plan::WriteSame {
+                    lba,
+                    blocks,
+                    unmap,
+                    ndob: false,
+                },
+                Some(h),
+            ) => {
+                let needed = h.volume.block_size() as u64;
+                let kind = WriteKind::WriteSame { lba, blocks, unmap };
+                self.collect(cmd, h, kind, needed, reply).await;
+            }
+            (Plan::LbaStatus { lba, alloc }, Some(h)) => {
+                self.spawn(cmd.itt, lun, aborted, reply, |reply| {
+                    exec::lba_status(reply, h, lba, alloc)
+                })
             }
             (Plan::ModeSelect { ten, len }, Some(h)) => {
                 self.collect(cmd, h, WriteKind::ModeSelect { ten }, len as u64, reply)
@@ -876,6 +923,23 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                     drop(budget);
                 }
             }),
+            WriteKind::Unmap => self.spawn(itt, l, aborted, reply, |reply| {
+                let fut = exec::unmap(reply, lun, data, r2t_sn, spdtl);
+                async move {
+                    fut.await;
+                    drop(budget);
+                }
+            }),
+            WriteKind::WriteSame { lba, blocks, unmap } => {
+                self.spawn(itt, l, aborted, reply, |reply| {
+                    let fut =
+                        exec::write_same(reply, lun, lba, blocks, unmap, Some(data), r2t_sn, spdtl);
+                    async move {
+                        fut.await;
+                        drop(budget);
+                    }
+                })
+            }
             WriteKind::ModeSelect { ten } => {
                 let resp = lun.lu.mode_select(ten, &data);
                 tokio::spawn(reply.respond(resp).in_current_span());

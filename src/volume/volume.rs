@@ -21,6 +21,26 @@ const INLINE_WRITE_MAX: usize = 64 * 1024;
 /// runtime thread is not held while the disk catches up.
 const INLINE_WRITE_SLOW: std::time::Duration = std::time::Duration::from_millis(2);
 const INLINE_WRITE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+/// WRITE SAME writes its block repeated in pieces of about this many bytes.
+const WRITE_SAME_PIECE: usize = 1 << 20;
+
+/// Deallocates a range of `file` (it keeps its size); the partial file-system blocks at
+/// either end are zeroed by the kernel.
+fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate on an fd we own; no memory is passed.
+    let r = unsafe {
+        libc::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 pub struct Volume {
     path: PathBuf,
@@ -298,6 +318,106 @@ impl Volume {
             return self.write_inline(offset, &data);
         }
         self.run(Op::Write { offset, data, fua }).await.map(drop)
+    }
+
+    /// Deallocates `len` bytes at `offset` (UNMAP, WRITE SAME with UNMAP): they read as
+    /// zeros afterwards. It goes through the write path's tracking like a write does
+    /// (the gate, copies for live snapshots, the activity log, the dirty pages), so a
+    /// cut sees it whole or not at all and replication ships the range (as zero
+    /// records: the peer punches the same holes). The file gives back whole blocks of
+    /// its file system; the rest of the range is zeroed in place.
+    pub async fn discard(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        self.check_range(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let _guard = match &self.tracking {
+            Some(t) => Some(
+                t.begin_write(offset, len, |page, buf| {
+                    self.read_page_blocking(t.page_size().offset_of(page), buf)
+                })
+                .await
+                .map_err(VolumeError::Tracking)?,
+            ),
+            None => None,
+        };
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || punch_hole(&file, offset, len))
+            .await
+            .map_err(|e| self.io_error(io::Error::other(e)))?
+            .map_err(|e| self.io_error(e))
+    }
+
+    /// Writes `block` (one logical block) to every block of `len` bytes at `offset`
+    /// (WRITE SAME). Each piece is an ordinary write: tracked, and durable with `fua`.
+    pub async fn write_same(
+        &self,
+        offset: u64,
+        len: u64,
+        block: &[u8],
+        fua: bool,
+    ) -> Result<(), VolumeError> {
+        self.check_range(offset, len)?;
+        if block.is_empty() || len % block.len() as u64 != 0 {
+            return Err(VolumeError::OutOfRange {
+                offset,
+                len,
+                size: self.size,
+            });
+        }
+        let per = (WRITE_SAME_PIECE / block.len()).max(1);
+        let piece: Bytes = block
+            .repeat(per.min((len / block.len() as u64) as usize))
+            .into();
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(piece.len() as u64) as usize;
+            self.write(offset + done, piece.slice(..n), fua).await?;
+            done += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Which parts of `len` bytes from `offset` hold data in the file and which are
+    /// holes (SEEK_DATA/SEEK_HOLE), in order, as (offset, length, mapped). Blocking (a
+    /// few lseeks), cheap.
+    pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>, VolumeError> {
+        self.check_range(offset, len)?;
+        let end = offset + len;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*self.file);
+        let file_len = self.file.metadata().map_err(|e| self.io_error(e))?.len();
+        let seek = |at: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
+            if at >= file_len {
+                return Ok(None);
+            }
+            // SAFETY: lseek on our own open fd; it only moves the file offset, which
+            // nothing else here relies on (all I/O is positioned).
+            let r = unsafe { libc::lseek(fd, at as libc::off_t, whence) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                return match e.raw_os_error() {
+                    Some(libc::ENXIO) => Ok(None),
+                    _ => Err(e),
+                };
+            }
+            Ok(Some(r as u64))
+        };
+        let mut out = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let data = seek(at, libc::SEEK_DATA).map_err(|e| self.io_error(e))?;
+            let data = data.unwrap_or(end).min(end);
+            if data > at {
+                out.push((at, data - at, false));
+                at = data;
+                continue;
+            }
+            let hole = seek(at, libc::SEEK_HOLE).map_err(|e| self.io_error(e))?;
+            let hole = hole.unwrap_or(end).min(end);
+            out.push((at, hole - at, true));
+            at = hole;
+        }
+        Ok(out)
     }
 
     /// Makes every completed write durable (fdatasync).
