@@ -378,9 +378,13 @@ fn accepting_a_new_key_of_a_silent_peer_clears_the_pin_for_the_next_contact() {
         p.ctl_json(&["peer", "show", "dr"])["pinned_key"],
         s_new.as_str()
     );
-    // And `update` with nothing to change is refused.
-    let (_, v) = p.ctl_refused(&["peer", "update", "dr"]);
-    assert_eq!(v["code"], "invalid", "{v}");
+    // And `update` with nothing to change is a usage error naming what it takes.
+    let o = p.ctl(&["peer", "update", "dr"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--accept-new-key"),
+        "{o:?}"
+    );
 }
 
 fn vm_rss_kib(pid: u32) -> u64 {
