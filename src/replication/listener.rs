@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufStream, BufWriter, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::server::TlsStream;
@@ -219,7 +219,7 @@ pub async fn serve(sets: Arc<Sets>, listener: TcpListener) {
     }
 }
 
-type Link = TlsStream<TcpStream>;
+type Link = TlsStream<BufStream<TcpStream>>;
 type Reader = BufReader<IdleLimit<ReadHalf<Link>>>;
 type Writer = BufWriter<WriteHalf<Link>>;
 
@@ -347,6 +347,8 @@ async fn handshake(
         refuse_plaintext(stream).await?;
         return Ok(None);
     }
+    let stream =
+        BufStream::with_capacity(super::tls::SOCKET_BUFFER, super::tls::SOCKET_BUFFER, stream);
     let mut s = tls.acceptor().accept(stream).await.map_err(Dropped::Tls)?;
     let link = tls::link(s.get_ref().1).map_err(Dropped::from)?;
     let Some(peer) = authenticate(&mut s, sets, host, addr, &link).await? else {

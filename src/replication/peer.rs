@@ -19,7 +19,7 @@ use crate::catalog::{Compression, PeerSpec};
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Stream = TlsStream<TcpStream>;
+type Stream = TlsStream<tokio::io::BufStream<TcpStream>>;
 
 pub struct PeerConn {
     name: String,
@@ -80,6 +80,8 @@ impl PeerConn {
             .map_err(connect_err)?;
         let _ = stream.set_nodelay(true);
         super::idle::keep_alive(&stream);
+        let stream =
+            tokio::io::BufStream::with_capacity(tls::SOCKET_BUFFER, tls::SOCKET_BUFFER, stream);
         let handshake = tls.connector().connect(Tls::server_name(), stream);
         let stream = match tokio::time::timeout(ANSWER_TIMEOUT, handshake).await {
             Ok(Ok(s)) => s,
