@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufStream, BufWriter, ReadHalf, WriteHalf};
+use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::server::TlsStream;
 
 use super::host::{ChangeRefused, Host, SecondaryRequest};
 use super::idle::IdleLimit;
+use super::readahead::ReadAhead;
 use super::recovery::{CutMeta, ExtentData, RecoveryError};
 use super::sets::{PeerConnHandle, Sets};
 use super::tls::{self, Tls};
@@ -219,7 +220,7 @@ pub async fn serve(sets: Arc<Sets>, listener: TcpListener) {
     }
 }
 
-type Link = TlsStream<BufStream<TcpStream>>;
+type Link = TlsStream<ReadAhead<TcpStream>>;
 type Reader = BufReader<IdleLimit<ReadHalf<Link>>>;
 type Writer = BufWriter<WriteHalf<Link>>;
 
@@ -347,9 +348,11 @@ async fn handshake(
         refuse_plaintext(stream).await?;
         return Ok(None);
     }
-    let stream =
-        BufStream::with_capacity(super::tls::SOCKET_BUFFER, super::tls::SOCKET_BUFFER, stream);
-    let mut s = tls.acceptor().accept(stream).await.map_err(Dropped::Tls)?;
+    let mut s = tls
+        .acceptor()
+        .accept(ReadAhead::new(stream))
+        .await
+        .map_err(Dropped::Tls)?;
     let link = tls::link(s.get_ref().1).map_err(Dropped::from)?;
     let Some(peer) = authenticate(&mut s, sets, host, addr, &link).await? else {
         s.flush().await?;
@@ -417,6 +420,8 @@ async fn connection(
     // The large buffers only now, for a peer that proved itself. Smaller than an
     // extent frame: most of a frame's body is read straight into its buffer rather
     // than copied through this one.
+    let mut stream = stream;
+    stream.get_mut().0.enlarge(tls::SOCKET_BUFFER);
     let (r, w) = tokio::io::split(stream);
     let mut r = BufReader::with_capacity(64 << 10, IdleLimit::new(r, IDLE_READ_LIMIT));
     let mut w = BufWriter::new(w);

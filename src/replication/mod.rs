@@ -5,6 +5,7 @@
 //! - `peer`: the client end of a peer connection (connect, authenticate, requests).
 //! - `idle`: bounds on silent peer connections (read limits, TCP keepalive).
 //! - `rate`: the token buckets of `--max-rate` (per set, per peer) and the rate meter.
+//! - `readahead`: the listener's read buffer under TLS, made once a peer authenticated.
 //! - `sender`: the primary side of a set: cycles of cuts shipped to the peer.
 //! - `listener`: the secondary side: authenticated connections applying cuts.
 //! - `recovery`: the secondary's staging log, undo logs and recovery points.
@@ -20,6 +21,7 @@ pub mod listener;
 pub mod pace;
 pub mod peer;
 pub mod rate;
+pub mod readahead;
 pub mod recovery;
 pub mod sender;
 pub mod sets;

@@ -28,9 +28,10 @@ const KEY_FILE: &str = "node.key";
 const CERT_FILE: &str = "node.crt";
 /// The name the client asks for. Nothing checks it: the verifiers accept any name.
 const SERVER_NAME: &str = "twinlun-peer";
-/// Bytes buffered between TLS and the socket, each way: rustls reads and writes one
-/// record (16 KiB) at a time, and a read or write call per record cost the receiver
-/// more CPU than decrypting it.
+/// Bytes buffered between TLS and the socket: rustls reads and writes one record (16
+/// KiB) at a time, and a system call per record cost the receiver more CPU than
+/// decrypting it. A client buffers both ways; the listener buffers reads once the
+/// peer has authenticated (`readahead`), so strangers cost it nothing of the kind.
 pub const SOCKET_BUFFER: usize = 256 << 10;
 
 /// The exporter label of the channel binding (RFC 5705 / RFC 8446 section 7.5).
