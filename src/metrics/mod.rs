@@ -79,6 +79,12 @@ impl VolumeIo {
         self.read_latency.observe(took);
     }
 
+    /// One UNMAP (or WRITE SAME with UNMAP) that deallocated `bytes`.
+    pub fn unmap_done(&self, bytes: u64) {
+        self.unmap_ops.fetch_add(1, Ordering::Relaxed);
+        self.unmap_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// One completed write of `bytes` that took `took`.
     pub fn write_done(&self, bytes: u64, took: std::time::Duration) {
         self.write_ops.fetch_add(1, Ordering::Relaxed);

@@ -10,7 +10,6 @@
 //! generation is full: all allocated extents of each volume file as data, holes as
 //! zero records.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -831,32 +830,11 @@ async fn wait_stop(set: &PrimarySet) {
 /// (SEEK_DATA/SEEK_HOLE).
 fn allocated_pages(path: &Path, size: u64, page: u64) -> Result<RoaringBitmap, std::io::Error> {
     let f = std::fs::File::open(path)?;
-    let fd = f.as_raw_fd();
     let mut pages = RoaringBitmap::new();
-    let mut pos: i64 = 0;
-    let end = size as i64;
-    while pos < end {
-        // SAFETY: lseek on a file descriptor we own; no memory is passed.
-        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // no data past pos
-            }
-            return Err(e);
+    for (from, len, mapped) in crate::volume::allocation(&f, 0, size)? {
+        if mapped {
+            pages.insert_range((from / page) as u32..(from + len).div_ceil(page) as u32);
         }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let (from, to) = (data as u64, (hole as u64).min(size));
-        if to > from {
-            let first = (from / page) as u32;
-            let last = to.div_ceil(page) as u32;
-            pages.insert_range(first..last);
-        }
-        pos = hole;
     }
     Ok(pages)
 }

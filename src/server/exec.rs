@@ -374,9 +374,7 @@ pub async fn unmap(reply: Reply, lun: Arc<LunHandle>, params: Bytes, r2ts: u32, 
         if let Err(e) = lun.volume.discard(offset, len).await {
             return failed(reply, &lun, "unmap", e, r2ts).await;
         }
-        let io = lun.volume.io_metrics();
-        io.unmap_ops.fetch_add(1, Ordering::Relaxed);
-        io.unmap_bytes.fetch_add(len, Ordering::Relaxed);
+        lun.volume.io_metrics().unmap_done(len);
     }
     reply.status(Status::Good, None, r2ts, wanted).await
 }
@@ -402,9 +400,7 @@ pub async fn write_same(
     let done = if unmap {
         let r = lun.volume.discard(offset, len).await;
         if r.is_ok() {
-            let io = lun.volume.io_metrics();
-            io.unmap_ops.fetch_add(1, Ordering::Relaxed);
-            io.unmap_bytes.fetch_add(len, Ordering::Relaxed);
+            lun.volume.io_metrics().unmap_done(len);
         }
         r
     } else {

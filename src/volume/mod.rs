@@ -28,7 +28,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use engine::{Engine, EngineConfig, SLOW_IO_MS};
-pub use volume::Volume;
+pub use volume::{allocation, Volume};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {

@@ -25,6 +25,45 @@ const INLINE_WRITE_BACKOFF: std::time::Duration = std::time::Duration::from_secs
 /// WRITE SAME writes its block repeated in pieces of about this many bytes.
 const WRITE_SAME_PIECE: usize = 1 << 20;
 
+/// Which parts of `len` bytes of `file` from `offset` hold data and which are holes
+/// (SEEK_DATA/SEEK_HOLE), in order, as (offset, length, mapped): GET LBA STATUS and a
+/// first replication cycle both ask. Past the file's end is a hole.
+pub fn allocation(file: &File, offset: u64, len: u64) -> io::Result<Vec<(u64, u64, bool)>> {
+    let end = offset.saturating_add(len);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+    let file_len = file.metadata()?.len();
+    let seek = |at: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
+        if at >= file_len {
+            return Ok(None);
+        }
+        // SAFETY: lseek on an open fd; it only moves the file offset, which nothing
+        // here relies on (all I/O is positioned).
+        let r = unsafe { libc::lseek(fd, at as libc::off_t, whence) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::ENXIO) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(r as u64))
+    };
+    let mut out = Vec::new();
+    let mut at = offset;
+    while at < end {
+        let data = seek(at, libc::SEEK_DATA)?.unwrap_or(end).min(end);
+        if data > at {
+            out.push((at, data - at, false));
+            at = data;
+            continue;
+        }
+        let hole = seek(at, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        out.push((at, hole - at, true));
+        at = hole;
+    }
+    Ok(out)
+}
+
 /// Deallocates a range of `file` (it keeps its size); the partial file-system blocks at
 /// either end are zeroed by the kernel.
 fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
@@ -297,16 +336,7 @@ impl Volume {
             return Ok(());
         }
         // Held until the data has landed, so a cut sees this write entirely or not.
-        let _guard = match &self.tracking {
-            Some(t) => Some(
-                t.begin_write(offset, data.len() as u64, |page, buf| {
-                    self.read_page_blocking(t.page_size().offset_of(page), buf)
-                })
-                .await
-                .map_err(VolumeError::Tracking)?,
-            ),
-            None => None,
-        };
+        let _guard = self.begin_write(offset, data.len() as u64).await?;
         if !fua
             && self.engine.inline_nowait()
             && self
@@ -322,6 +352,24 @@ impl Volume {
         self.run(Op::Write { offset, data, fua }).await.map(drop)
     }
 
+    /// The write path's tracking for `len` bytes at `offset` (see
+    /// `TrackedVolume::begin_write`): hold the guard until the change has landed.
+    async fn begin_write(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<crate::tracking::WriteGuard<'_>>, VolumeError> {
+        let Some(t) = &self.tracking else {
+            return Ok(None);
+        };
+        t.begin_write(offset, len, |page, buf| {
+            self.read_page_blocking(t.page_size().offset_of(page), buf)
+        })
+        .await
+        .map(Some)
+        .map_err(VolumeError::Tracking)
+    }
+
     /// Deallocates `len` bytes at `offset` (UNMAP, WRITE SAME with UNMAP): they read as
     /// zeros afterwards. It goes through the write path's tracking like a write does
     /// (the gate, copies for live snapshots, the activity log, the dirty pages), so a
@@ -333,16 +381,7 @@ impl Volume {
         if len == 0 {
             return Ok(());
         }
-        let _guard = match &self.tracking {
-            Some(t) => Some(
-                t.begin_write(offset, len, |page, buf| {
-                    self.read_page_blocking(t.page_size().offset_of(page), buf)
-                })
-                .await
-                .map_err(VolumeError::Tracking)?,
-            ),
-            None => None,
-        };
+        let _guard = self.begin_write(offset, len).await?;
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || punch_hole(&file, offset, len))
             .await
@@ -381,45 +420,10 @@ impl Volume {
     }
 
     /// Which parts of `len` bytes from `offset` hold data in the file and which are
-    /// holes (SEEK_DATA/SEEK_HOLE), in order, as (offset, length, mapped). Blocking (a
-    /// few lseeks), cheap.
+    /// holes, in order, as (offset, length, mapped). Blocking (a few lseeks), cheap.
     pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>, VolumeError> {
         self.check_range(offset, len)?;
-        let end = offset + len;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&*self.file);
-        let file_len = self.file.metadata().map_err(|e| self.io_error(e))?.len();
-        let seek = |at: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
-            if at >= file_len {
-                return Ok(None);
-            }
-            // SAFETY: lseek on our own open fd; it only moves the file offset, which
-            // nothing else here relies on (all I/O is positioned).
-            let r = unsafe { libc::lseek(fd, at as libc::off_t, whence) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                return match e.raw_os_error() {
-                    Some(libc::ENXIO) => Ok(None),
-                    _ => Err(e),
-                };
-            }
-            Ok(Some(r as u64))
-        };
-        let mut out = Vec::new();
-        let mut at = offset;
-        while at < end {
-            let data = seek(at, libc::SEEK_DATA).map_err(|e| self.io_error(e))?;
-            let data = data.unwrap_or(end).min(end);
-            if data > at {
-                out.push((at, data - at, false));
-                at = data;
-                continue;
-            }
-            let hole = seek(at, libc::SEEK_HOLE).map_err(|e| self.io_error(e))?;
-            let hole = hole.unwrap_or(end).min(end);
-            out.push((at, hole - at, true));
-            at = hole;
-        }
-        Ok(out)
+        allocation(&self.file, offset, len).map_err(|e| self.io_error(e))
     }
 
     /// Makes every completed write durable (fdatasync).
