@@ -14,6 +14,15 @@
 //! ([`ActivityLog::forget_through`]); until then they cover the cut's frozen pages,
 //! which a failed transfer gives back to the dirty map.
 //!
+//! Until then they also cover new writes to their extents: an extent hot in an ended
+//! epoch whose file is still there is *carried*, and a write to it in the new epoch
+//! needs no record and no sync of its own (the first writes after a cut would
+//! otherwise wait for a sync per extent while the cut ships, which is when initiators
+//! feel it most). The log remembers which carried extents were written;
+//! [`ActivityLog::forget_through`] records those in the current epoch's log, durably,
+//! before it deletes the files that covered them, and from then on a write to a carried
+//! extent that was not written records as usual.
+//!
 //! Files, in the volume's state directory:
 //! - `al-<epoch>.log`: records of 8 bytes, the extent index and the crc32c of its four
 //!   bytes, both little-endian;
@@ -32,6 +41,7 @@
 //! system full the overwrites of allocated blocks keep going; what still needs space
 //! (the next spare, made by the first flush of an epoch) fails with its cause named.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::ops::Range;
@@ -76,6 +86,14 @@ struct State {
     file: Option<Arc<File>>,
     /// The next epoch's log, created with its space reserved: the epoch and the file.
     spare: Option<(u64, Arc<File>)>,
+    /// Ended epochs whose files are still there, with the extents their logs record.
+    ended: BTreeMap<u64, RoaringBitmap>,
+    /// The union of `ended`: extents a write may touch without a record of its own.
+    carried: RoaringBitmap,
+    /// Carried extents written without a record of their own, by the epoch they were
+    /// written in. Those of epochs a committed cut ended are in that cut; the others
+    /// are recorded before the files that cover them go.
+    touched: BTreeMap<u64, RoaringBitmap>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -273,7 +291,21 @@ impl ActivityLog {
                 if s.hot.contains_range(extents.clone()) {
                     return Ok(());
                 }
-                s.queued.insert_range(extents.clone());
+                let mut missing = RoaringBitmap::new();
+                missing.insert_range(extents.clone());
+                missing -= &s.hot;
+                // Under the lock, so `forget_through` sees it before it deletes the
+                // file that covers the write.
+                let carried = &missing & &s.carried;
+                missing -= &carried;
+                if !carried.is_empty() {
+                    let epoch = s.epoch;
+                    *s.touched.entry(epoch).or_default() |= carried;
+                }
+                if missing.is_empty() {
+                    return Ok(());
+                }
+                s.queued |= missing;
                 if s.flushing {
                     // A future from `notified` hears `notify_waiters` from its creation.
                     Err(self.flushed.notified())
@@ -330,7 +362,9 @@ impl ActivityLog {
         let mut s = self.state.lock();
         let ended = s.epoch;
         s.epoch += 1;
-        s.hot.clear();
+        let hot = std::mem::take(&mut s.hot);
+        s.carried |= &hot;
+        s.ended.insert(ended, hot);
         s.queued.clear();
         s.file = match s.spare.take() {
             Some((e, file)) if e == s.epoch => Some(file),
@@ -340,10 +374,48 @@ impl ActivityLog {
     }
 
     /// Deletes the files of every epoch up to `epoch` (never the current one): a cut
-    /// that ended `epoch` is committed by the peer and recorded by the primary.
+    /// that ended `epoch` is committed by the peer and recorded by the primary. The
+    /// carried extents written since are recorded in the current epoch first.
     pub fn forget_through(&self, epoch: u64) -> Result<(), TrackingError> {
-        let current = self.state.lock().epoch;
-        let upto = epoch.min(current.saturating_sub(1));
+        let (current, upto, touched) = {
+            let mut s = self.state.lock();
+            let current = s.epoch;
+            let upto = epoch.min(current.saturating_sub(1));
+            // From here a write to an extent of those epochs records as usual.
+            s.ended.retain(|e, _| *e > upto);
+            s.carried = s
+                .ended
+                .values()
+                .fold(RoaringBitmap::new(), |acc, b| acc | b);
+            // Writes of epochs up to `upto` are in the committed cut.
+            let later = s.touched.split_off(&(upto + 1));
+            s.touched.clear();
+            let touched = later
+                .into_values()
+                .fold(RoaringBitmap::new(), |acc, b| acc | b);
+            (current, upto, touched)
+        };
+        if !touched.is_empty() {
+            let file = self.state.lock().file.clone();
+            match append(&self.dir, current, file, &touched) {
+                Ok(file) => {
+                    let mut s = self.state.lock();
+                    if s.epoch == current {
+                        s.hot |= &touched;
+                        s.file.get_or_insert(file);
+                    } else if let Some(hot) = s.ended.get_mut(&current) {
+                        // A cut ended the epoch meanwhile: its file covers them.
+                        *hot |= &touched;
+                        s.carried |= &touched;
+                    }
+                }
+                Err(e) => {
+                    // Nothing is deleted: the old files still cover these writes.
+                    *self.state.lock().touched.entry(current).or_default() |= touched;
+                    return Err(e);
+                }
+            }
+        }
         let found = files(&self.dir)?;
         // A log with no file at all would read as no log (every page changed): the
         // current epoch gets an empty pages file before the older files go.
@@ -498,6 +570,67 @@ mod tests {
             recover(dir.path(), pages, PageSize::DEFAULT).unwrap(),
             Some(after)
         );
+    }
+
+    #[tokio::test]
+    async fn carried_extents_skip_the_sync_and_stay_covered_past_forget() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pages = 16 * 1024;
+        let log = ActivityLog::start(d, PageSize::DEFAULT, &RoaringBitmap::new()).unwrap();
+        log.record(page_range(1..3)).await.unwrap();
+        let ended = log.rotate();
+        // Extent 1 again: the ended epoch's file covers it, nothing is appended.
+        log.record(page_range(1..2)).await.unwrap();
+        assert!(!log_path(d, ended + 1).exists());
+        assert_eq!(log.hot_extents(), 0);
+        // Extent 5 was never hot: it records as before.
+        log.record(page_range(5..6)).await.unwrap();
+        let len = |e| fs::metadata(log_path(d, e)).unwrap().len();
+        assert_eq!(len(ended + 1), RECORD as u64);
+        let mut want = RoaringBitmap::new();
+        want.insert_range(page_range(1..3));
+        want.insert_range(page_range(5..6));
+        assert_eq!(recover(d, pages, PageSize::DEFAULT).unwrap(), Some(want));
+
+        // The cut is committed: the written carried extent is recorded in the current
+        // epoch before the old file goes; the unwritten one (2) is covered no more.
+        log.forget_through(ended).unwrap();
+        assert!(!log_path(d, ended).exists());
+        assert_eq!(len(ended + 1), 2 * RECORD as u64);
+        let mut want = RoaringBitmap::new();
+        want.insert_range(page_range(1..2));
+        want.insert_range(page_range(5..6));
+        assert_eq!(
+            recover(d, pages, PageSize::DEFAULT).unwrap(),
+            Some(want.clone())
+        );
+        assert_eq!(log.hot_extents(), 2);
+        // Extent 2 is no longer carried: a write to it records.
+        log.record(page_range(2..3)).await.unwrap();
+        assert_eq!(len(ended + 1), 3 * RECORD as u64);
+        want.insert_range(page_range(2..3));
+        assert_eq!(recover(d, pages, PageSize::DEFAULT).unwrap(), Some(want));
+    }
+
+    #[tokio::test]
+    async fn writes_carried_across_two_cuts_survive_forgetting_both() {
+        // A failed transfer leaves an ended epoch's file; the next cut ends another
+        // and its commit forgets both: every carried write must still be covered.
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let pages = 16 * 1024;
+        let log = ActivityLog::start(d, PageSize::DEFAULT, &RoaringBitmap::new()).unwrap();
+        log.record(page_range(3..4)).await.unwrap();
+        log.rotate();
+        log.record(page_range(3..4)).await.unwrap(); // carried from the first epoch
+        let second = log.rotate();
+        log.record(page_range(3..4)).await.unwrap(); // still carried
+        log.forget_through(second).unwrap();
+        let mut want = RoaringBitmap::new();
+        want.insert_range(page_range(3..4));
+        assert_eq!(recover(d, pages, PageSize::DEFAULT).unwrap(), Some(want));
+        assert!(log_path(d, second + 1).exists());
     }
 
     #[tokio::test]
