@@ -119,10 +119,21 @@ impl Slab {
         &self.chunks[chunk][within * page_bytes..(within + 1) * page_bytes]
     }
 
+    fn page_mut(&mut self, place: u32, page_bytes: usize) -> &mut [u8] {
+        let (chunk, within) = (place as usize / CHUNK_PAGES, place as usize % CHUNK_PAGES);
+        &mut self.chunks[chunk][within * page_bytes..(within + 1) * page_bytes]
+    }
+
     /// Stores `data` (one page) and returns its place.
     fn insert(&mut self, data: &[u8]) -> u32 {
-        let page_bytes = data.len();
-        let place = match self.free.pop() {
+        let place = self.take(data.len());
+        self.page_mut(place, data.len()).copy_from_slice(data);
+        place
+    }
+
+    /// A place for one page of `page_bytes`, its content whatever was there.
+    fn take(&mut self, page_bytes: usize) -> u32 {
+        match self.free.pop() {
             Some(place) => place,
             None => {
                 let place = self.used;
@@ -133,10 +144,7 @@ impl Slab {
                 self.used += 1;
                 place
             }
-        };
-        let (chunk, within) = (place as usize / CHUNK_PAGES, place as usize % CHUNK_PAGES);
-        self.chunks[chunk][within * page_bytes..(within + 1) * page_bytes].copy_from_slice(data);
-        place
+        }
     }
 
     fn remove(&mut self, place: u32) {
@@ -220,6 +228,40 @@ impl CowStore {
             Slot::File(at)
         };
         self.slots.insert(page, slot);
+        Ok(())
+    }
+
+    /// Keeps the content `fill` writes into a page-sized buffer as the content of
+    /// `page`: in memory the buffer is the page's place in the store, so the old
+    /// content is read once, straight where it is kept (this runs on an initiator's
+    /// write path). A page already kept is left as it is and `fill` is not called.
+    /// When `fill` fails nothing is kept and its error comes back as `Err(Ok(e))`;
+    /// `Err(Err(e))` is the store's own failure.
+    pub fn put_with<F>(
+        &mut self,
+        page: PageIndex,
+        fill: F,
+    ) -> Result<(), Result<std::io::Error, TrackingError>>
+    where
+        F: FnOnce(&mut [u8]) -> std::io::Result<()>,
+    {
+        if self.slots.contains_key(&page) {
+            return Ok(());
+        }
+        let bytes = self.page_bytes as u64;
+        if !self.config.budget.try_reserve(bytes) {
+            let mut buf = vec![0; self.page_bytes];
+            fill(&mut buf).map_err(Ok)?;
+            return self.put(page, &buf).map_err(Err);
+        }
+        let place = self.slab.take(self.page_bytes);
+        if let Err(e) = fill(self.slab.page_mut(place, self.page_bytes)) {
+            self.slab.remove(place);
+            self.config.budget.release(bytes);
+            return Err(Ok(e));
+        }
+        self.memory_bytes += bytes;
+        self.slots.insert(page, Slot::Memory(place));
         Ok(())
     }
 
@@ -422,6 +464,48 @@ mod tests {
         drop(other);
         assert_eq!(budget.spilled(), 0);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn put_with_reads_in_place_and_a_failed_read_keeps_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = MemoryBudget::new(2 * 4096);
+        let config = CowConfig {
+            budget: budget.clone(),
+            spill_dir: dir.path().to_owned(),
+        };
+        let mut store = CowStore::new(config, 4096, "w.cow");
+        store
+            .put_with(3, |b| {
+                b.fill(3);
+                Ok(())
+            })
+            .unwrap();
+        // Kept already: the fill is not called again.
+        store.put_with(3, |_| panic!("read twice")).unwrap();
+        let failed = store.put_with(4, |_| Err(std::io::Error::other("disk gone")));
+        assert!(matches!(failed, Err(Ok(e)) if e.to_string() == "disk gone"));
+        assert_eq!(budget.used(), 4096, "a failed read gives its page back");
+        assert!(!store.contains(4));
+        store
+            .put_with(5, |b| {
+                b.fill(5);
+                Ok(())
+            })
+            .unwrap();
+        // The budget is spent: the next page goes to the spill file.
+        store
+            .put_with(6, |b| {
+                b.fill(6);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(store.stats().file_bytes, 4096);
+        let mut buf = page(0);
+        for p in [3u32, 5, 6] {
+            assert!(store.get(p, &mut buf).unwrap());
+            assert_eq!(buf, page(p as u8));
+        }
     }
 
     #[test]

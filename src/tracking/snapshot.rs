@@ -148,7 +148,22 @@ impl SnapshotSet {
         let mut snaps = self.snapshots.lock();
         let mut buf: Option<Vec<u8>> = None;
         for page in pages {
-            if !snaps.iter().any(|s| s.needs(page)) {
+            let mut needing = snaps.iter_mut().filter(|s| s.needs(page));
+            let Some(first) = needing.next() else {
+                continue;
+            };
+            if needing.next().is_none() {
+                // One snapshot needs it (the usual case: a set's cut): the old content
+                // is read straight into that store's memory.
+                let kept = match first.store.as_mut() {
+                    Some(store) => store.put_with(page, |b| read_old(page, b)),
+                    None => Ok(()),
+                };
+                match kept {
+                    Ok(()) => {}
+                    Err(Ok(source)) => return Err(TrackingError::ReadOld { page, source }),
+                    Err(Err(error)) => invalidate(&self.volume, first, &error),
+                }
                 continue;
             }
             let buf = buf.get_or_insert_with(|| vec![0; self.page_bytes]);
@@ -158,10 +173,7 @@ impl SnapshotSet {
                     continue;
                 };
                 if let Err(error) = store.put(page, buf) {
-                    // Losing the snapshot beats failing the initiator's write.
-                    tracing::error!(volume = %self.volume, cut = snap.cut.0, %error,
-                        "copy-on-write store failed; snapshot invalidated");
-                    snap.store = None;
+                    invalidate(&self.volume, snap, &error);
                 }
             }
         }
@@ -314,6 +326,14 @@ impl SnapshotSet {
         snaps.sort_by_key(|s| s.cut);
         self.live.store(snaps.len(), Ordering::Release);
     }
+}
+
+/// A store that failed loses its snapshot: losing the snapshot beats failing the
+/// initiator's write.
+fn invalidate(volume: &str, snap: &mut Snapshot, error: &TrackingError) {
+    tracing::error!(volume = %volume, cut = snap.cut.0, %error,
+        "copy-on-write store failed; snapshot invalidated");
+    snap.store = None;
 }
 
 fn info(s: &Snapshot) -> SnapshotInfo {
