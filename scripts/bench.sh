@@ -21,8 +21,9 @@
 #           (scattered, written through iSCSI) against `rsync --inplace
 #           --no-whole-file` of the image to a copy that was in sync before the
 #           change; and 4 KiB QD32 write IOPS on the primary while cycles ship,
-#           unthrottled and with `replication modify --max-rate 100M`, against the
-#           same with replication idle.
+#           unthrottled and with `replication modify --max-rate 100M` (once more
+#           with the secondary at nice 19, standing in for a secondary on another
+#           machine), against the same with replication idle.
 #
 # QEMU's iSCSI driver (libiscsi, from qemu-block-extra) drives the targets with
 # `qemu-img bench`, whose offsets are sequential: each request follows the previous
