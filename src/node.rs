@@ -108,15 +108,19 @@ impl Node {
         let volumes = Arc::new(Volumes::default());
         let events = Bus::default();
         let metrics = crate::metrics::Registry::new();
+        let reservations_in = data_dir.clone();
         Node {
             data_dir,
             engine,
-            iscsi: Arc::new(Shared::new(
-                catalog.clone(),
-                volumes.clone(),
-                events.emitter(),
-                metrics.node.clone(),
-            )),
+            iscsi: Arc::new(
+                Shared::new(
+                    catalog.clone(),
+                    volumes.clone(),
+                    events.emitter(),
+                    metrics.node.clone(),
+                )
+                .persist_reservations_in(reservations_in),
+            ),
             catalog,
             volumes,
             replication: Arc::new(Sets::new(events.emitter(), metrics.clone())),

@@ -266,16 +266,13 @@ fn trivial_commands_are_good() {
 }
 
 #[test]
-fn reserve_release_6_refused() {
+fn reserve_release_6_from_one_nexus() {
     let lu = lu();
-    assert_eq!(
-        kcq(run(&[op::RESERVE_6, 0, 0, 0, 0, 0], &lu)),
-        INVALID_OPCODE
-    );
-    assert_eq!(
-        kcq(run(&[op::RELEASE_6, 0, 0, 0, 0, 0], &lu)),
-        INVALID_OPCODE
-    );
+    assert!(good(run(&[op::RESERVE_6, 0, 0, 0, 0, 0], &lu)).is_empty());
+    // The holder may reserve again and keeps every command.
+    assert!(good(run(&[op::RESERVE_6, 0, 0, 0, 0, 0], &lu)).is_empty());
+    assert!(good(run(&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &lu)).is_empty());
+    assert!(good(run(&[op::RELEASE_6, 0, 0, 0, 0, 0], &lu)).is_empty());
 }
 
 #[test]
@@ -1750,6 +1747,8 @@ fn check_plan(p: &Plan, lu: Option<&LogicalUnit>) {
     match p {
         Plan::Respond(r) => match r.status {
             Status::Good => assert!(r.sense.is_none()),
+            // RESERVATION CONFLICT carries no sense (SAM-5 5.3.1).
+            Status::ReservationConflict => assert!(r.sense.is_none() && r.data.is_empty()),
             _ => assert!(r.sense.is_some() && r.data.is_empty()),
         },
         Plan::Read { lba, blocks, .. }
@@ -1785,6 +1784,11 @@ fn check_plan(p: &Plan, lu: Option<&LogicalUnit>) {
         Plan::LbaStatus { lba, .. } => {
             let lu = lu.unwrap_or_else(|| unreachable!("GET LBA STATUS plan without an LU"));
             assert!(*lba < lu.num_blocks());
+        }
+        Plan::PersistentReserveOut { len, sa, .. } => {
+            assert!(lu.is_some());
+            assert!(*len >= super::reservations::PROUT_BASIC_LEN);
+            assert!(*len <= super::reservations::PROUT_MAX_LEN && *sa <= 7);
         }
     }
 }
