@@ -239,3 +239,22 @@ fn reset_and_report_suites_pass_without_skips() {
     let problems = suites_without_failures_or_skips(&s, &suites);
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
+
+/// A removable LUN, made with `ctl lun map --removable`: START STOP UNIT ejects and loads
+/// its medium, PREVENT ALLOW MEDIUM REMOVAL locks it in per I_T nexus (released by
+/// logout, nexus loss, LUN and target resets), and with the medium ejected every medium
+/// command answers NOT READY, MEDIUM NOT PRESENT (NoMedia, which also sends PRE-FETCH,
+/// COMPARE AND WRITE and ORWRITE: it skips those until they exist).
+#[test]
+fn removable_medium_suites_pass_without_skips() {
+    let s = TestServer::start();
+    s.ctl_ok(&["volume", "create", "removable", "--size", "64M"]);
+    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "removable", "--removable"]);
+    let suites = [
+        ("SCSI.StartStopUnit", 1),
+        ("SCSI.PreventAllow", 1),
+        ("SCSI.NoMedia", 1),
+    ];
+    let problems = suites_without_failures_or_skips(&s, &suites);
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}

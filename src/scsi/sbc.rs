@@ -230,9 +230,9 @@ pub fn synchronize_cache(cdb: Cdb, lu: &LogicalUnit) -> Plan {
 /// START STOP UNIT (SBC-4 5.25). A power condition (byte 4, bits 7-4) other than
 /// START_VALID leaves START and LOEJ alone: the volume has no power states to change,
 /// so each is taken and the unit stays ready. With LOEJ, a removable LU's medium is
-/// loaded (START=1) or ejected (START=0, refused while a nexus prevents removal:
-/// MEDIUM REMOVAL PREVENTED); without LOEJ, or on a fixed LU, nothing changes: a file is
-/// always "spinning".
+/// loaded (START=1) or ejected (START=0); either is refused while a nexus prevents
+/// removal (MEDIUM REMOVAL PREVENTED). Without LOEJ, or on a fixed LU, nothing changes:
+/// a file is always "spinning".
 pub fn start_stop_unit(cdb: Cdb, lu: &LogicalUnit) -> Response {
     let b4 = cdb.byte(4);
     let power_condition = b4 >> 4;

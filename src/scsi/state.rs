@@ -183,11 +183,11 @@ impl LuState {
         self.inner.lock().loaded
     }
 
-    /// Loads or ejects the medium (START STOP UNIT with LOEJ, SBC-4 5.25): an eject is
-    /// refused while any nexus prevents removal.
+    /// Loads or ejects the medium (START STOP UNIT with LOEJ, SBC-4 5.25): while any
+    /// nexus prevents removal, the medium stays as it is, loaded or not.
     pub fn load_eject(&self, load: bool) -> Result<(), Sense> {
         let mut inner = self.inner.lock();
-        if !load && !inner.preventing.is_empty() {
+        if !inner.preventing.is_empty() {
             return Err(Sense::medium_removal_prevented());
         }
         inner.loaded = load;

@@ -164,6 +164,7 @@ impl LunView {
                 id,
                 name: spec.volume.clone(),
             })
+            .with_removable(spec.removable)
             .shared(node.lu_states.get(id), self.nexus(), self.session);
             let resets = node.sessions.reset_counter(&self.target, lun);
             let resets_seen = resets.load(Ordering::Acquire);
