@@ -189,9 +189,10 @@ mod prin_sa {
 
 /// Length of the basic PERSISTENT RESERVE OUT parameter list (SPC-5 6.17.3).
 pub const PROUT_BASIC_LEN: u32 = 24;
-/// Longest parameter list taken: the basic list and one TransportID (at most 256 bytes
-/// of iSCSI name, SPC-5 7.6.4.6, with its header).
-pub const PROUT_MAX_LEN: u32 = PROUT_BASIC_LEN + 4 + 264;
+/// Longest parameter list taken: the basic list and TransportIDs (each at most 256
+/// bytes of iSCSI name with a 4-byte header, SPC-5 7.6.4.6) for a SPEC_I_PT list of
+/// some thirty ports. Longer is PARAMETER LIST LENGTH ERROR.
+pub const PROUT_MAX_LEN: u32 = 8192;
 
 /// UNIT ATTENTION, RESERVATIONS PREEMPTED (2Ah/03h).
 pub const fn reservations_preempted() -> Sense {
@@ -295,6 +296,20 @@ fn parse_params(sa: u8, d: &[u8]) -> Result<Params, Sense> {
         // SPC-5 6.17.3: only SPEC_I_PT (and REGISTER AND MOVE) lists are longer.
         return Err(Sense::parameter_list_length_error());
     }
+    // With SPEC_I_PT, TRANSPORTID PARAMETER DATA LENGTH (24..28) and the TransportIDs
+    // follow (SPC-5 6.17.3, table 218).
+    let transport_ids = if spec_i_pt {
+        if d.len() < 28 {
+            return Err(Sense::parameter_list_length_error());
+        }
+        let len = u32::from_be_bytes([d[24], d[25], d[26], d[27]]) as usize;
+        if d.len() != 28 + len {
+            return Err(Sense::parameter_list_length_error());
+        }
+        d[28..].to_vec()
+    } else {
+        Vec::new()
+    };
     Ok(Params {
         key,
         sa_key,
@@ -303,8 +318,20 @@ fn parse_params(sa: u8, d: &[u8]) -> Result<Params, Sense> {
         aptpl: flags & 0x01 != 0,
         unreg: false,
         rel_port: 0,
-        transport_id: Vec::new(),
+        transport_id: transport_ids,
     })
+}
+
+/// The TransportIDs of a SPEC_I_PT list, one after another, each as long as its
+/// ADDITIONAL LENGTH says (SPC-5 7.6.4.6); None if one is malformed.
+fn split_transport_ids(mut list: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    while !list.is_empty() {
+        let len = 4 + usize::from(u16::from_be_bytes([*list.get(2)?, *list.get(3)?]));
+        out.push(list.get(..len)?);
+        list = &list[len..];
+    }
+    Some(out)
 }
 
 /// An iSCSI TransportID (SPC-5 7.6.4.6) as the nexus of `target`/`rel_port` it names.
@@ -420,9 +447,9 @@ impl PrState {
             Ok(p) => p,
             Err(s) => return ProutOutcome::check(s),
         };
-        // SPC-5 6.17.3: SPEC_I_PT and ALL_TG_PT are refused where REPORT CAPABILITIES
-        // says they are not supported (SIP_C=0, ATP_C=0).
-        if p.spec_i_pt {
+        // SPC-5 6.17.3: SPEC_I_PT only with REGISTER; ALL_TG_PT is refused as REPORT
+        // CAPABILITIES says (ATP_C=0).
+        if p.spec_i_pt && sa != prout_sa::REGISTER {
             return ProutOutcome::check(Sense::invalid_field_in_parameter_list(20, Some(3)));
         }
         if p.all_tg_pt {
@@ -430,6 +457,9 @@ impl PrState {
         }
         let registered = self.key_of(nexus);
         let mut attentions = Vec::new();
+        if p.spec_i_pt {
+            return self.register_ports(nexus, registered, &p);
+        }
         match sa {
             prout_sa::REGISTER | prout_sa::REGISTER_AND_IGNORE => {
                 // SPC-5 5.14.7: REGISTER checks the key; REGISTER AND IGNORE EXISTING KEY
@@ -498,6 +528,56 @@ impl PrState {
                 }
             }
         }
+    }
+
+    /// REGISTER with SPEC_I_PT (SPC-5 6.17.3): an unregistered nexus registers itself and every initiator port its TransportIDs name, on this
+    /// target port, all with the SERVICE ACTION RESERVATION KEY, or nothing at all: a
+    /// malformed TransportID is an invalid field, a port already registered a conflict.
+    fn register_ports(
+        &mut self,
+        nexus: &Nexus,
+        registered: Option<u64>,
+        p: &Params,
+    ) -> ProutOutcome {
+        match registered {
+            // A registered nexus must name its key, and may not specify ports.
+            Some(k) if k != p.key => return ProutOutcome::conflict(),
+            Some(_) => {
+                return ProutOutcome::check(Sense::invalid_field_in_parameter_list(20, Some(3)))
+            }
+            None if p.key != 0 => return ProutOutcome::conflict(),
+            // Nothing to register: GOOD, nothing changes, as without SPEC_I_PT.
+            None if p.sa_key == 0 => return ProutOutcome::done(false),
+            None => {}
+        }
+        let Some(tids) = split_transport_ids(&p.transport_id) else {
+            return ProutOutcome::check(Sense::invalid_field_in_parameter_list(28, None));
+        };
+        let mut ports: Vec<Nexus> = vec![nexus.clone()];
+        for tid in tids {
+            let Some(n) = parse_transport_id(tid, &nexus.target, nexus.rel_port) else {
+                return ProutOutcome::check(Sense::invalid_field_in_parameter_list(28, None));
+            };
+            if self
+                .registrations
+                .iter()
+                .any(|r| r.nexus.covers(&n) || n.covers(&r.nexus))
+            {
+                return ProutOutcome::conflict();
+            }
+            if !ports.iter().any(|x| *x == n) {
+                ports.push(n);
+            }
+        }
+        for n in ports {
+            self.registrations.push(Registration {
+                nexus: n,
+                key: p.sa_key,
+            });
+        }
+        self.aptpl = p.aptpl;
+        self.bump();
+        ProutOutcome::done(true)
     }
 
     /// The type of a RESERVE, RELEASE or PREEMPT CDB: SCOPE must be LU_SCOPE (0h) and
@@ -721,12 +801,12 @@ impl PrState {
                 }
             },
             prin_sa::REPORT_CAPABILITIES => {
-                // 6.16.4, table 206: LENGTH 8; CRH 0, SIP_C 0, ATP_C 0, PTPL_C 1; TMV 1,
+                // 6.16.4, table 206: LENGTH 8; CRH 0, SIP_C 1, ATP_C 0, PTPL_C 1; TMV 1,
                 // ALLOW COMMANDS 000b, PTPL_A; every type in the mask.
                 out = vec![
                     0x00,
                     0x08,
-                    0x01,
+                    0x08 | 0x01,
                     0x80 | u8::from(self.aptpl),
                     0x80 | 0x40 | 0x20 | 0x08 | 0x02,
                     0x01,
@@ -1046,13 +1126,46 @@ mod tests {
     }
 
     #[test]
+    fn spec_i_pt_registers_the_named_ports_or_none() {
+        let mut pr = PrState::default();
+        let list = |ports: &[&Nexus]| {
+            let mut d = params(0, 11, 0x08);
+            let tids: Vec<u8> = ports.iter().flat_map(|n| n.transport_id()).collect();
+            d.extend_from_slice(&(tids.len() as u32).to_be_bytes());
+            d.extend_from_slice(&tids);
+            d
+        };
+        let r = pr.prout(&nexus(1), REGISTER, 0, &list(&[&nexus(2), &nexus(3)]));
+        assert_eq!(r.response.status, Status::Good, "{:?}", r.response);
+        for i in 1..=3 {
+            assert_eq!(pr.key_of(&nexus(i)), Some(11), "initiator {i}");
+        }
+        // A port already registered: conflict, and nothing else registered.
+        let r = pr.prout(&nexus(4), REGISTER, 0, &list(&[&nexus(5), &nexus(2)]));
+        assert_eq!(r.response.status, Status::ReservationConflict);
+        assert_eq!(pr.key_of(&nexus(4)), None);
+        assert_eq!(pr.key_of(&nexus(5)), None);
+        // Only with REGISTER; not from a registered nexus; a bad length is refused.
+        let r = pr.prout(&nexus(4), REGISTER_AND_IGNORE, 0, &list(&[&nexus(5)]));
+        assert_eq!(r.response.sense.map(|s| s.asc), Some(0x26));
+        let mut d = list(&[&nexus(5)]);
+        d[0..8].copy_from_slice(&11u64.to_be_bytes());
+        let r = pr.prout(&nexus(1), REGISTER, 0, &d);
+        assert_eq!(r.response.sense.map(|s| s.asc), Some(0x26));
+        let mut d = list(&[&nexus(5)]);
+        d.push(0);
+        let r = pr.prout(&nexus(4), REGISTER, 0, &d);
+        assert_eq!(r.response.sense, Some(Sense::parameter_list_length_error()));
+    }
+
+    #[test]
     fn full_status_and_capabilities() {
         let mut pr = PrState::default();
         pr.prout(&nexus(1), REGISTER, 0, &params(0, 11, 0x01));
         out(&mut pr, 1, RESERVE, 3, 11, 0);
         let caps = prin(&pr, 2);
         assert_eq!(caps.len(), 8);
-        assert_eq!(caps[2] & 0x01, 0x01, "PTPL_C");
+        assert_eq!(caps[2], 0x09, "SIP_C and PTPL_C");
         assert_eq!(caps[3], 0x81, "TMV and PTPL_A");
         let full = prin(&pr, 3);
         let len = u32::from_be_bytes([full[4], full[5], full[6], full[7]]) as usize;
