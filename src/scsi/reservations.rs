@@ -565,7 +565,7 @@ impl PrState {
             {
                 return ProutOutcome::conflict();
             }
-            if !ports.iter().any(|x| *x == n) {
+            if !ports.contains(&n) {
                 ports.push(n);
             }
         }
