@@ -107,6 +107,13 @@ pub fn remove_volume_file(data_dir: &Path, file: &Path) -> Result<(), RemoveErro
     remove_inside(data_dir, VOLUMES, file, |p| std::fs::remove_file(p))
 }
 
+/// Removes the saved persistent reservations of logical unit `lu_id` (its volume is
+/// gone); a missing file is not an error.
+pub fn remove_reservations_file(data_dir: &Path, lu_id: u64) -> Result<(), RemoveError> {
+    let file = reservations_file(data_dir, lu_id);
+    remove_inside(data_dir, RESERVATIONS, &file, |p| std::fs::remove_file(p))
+}
+
 /// `remove` on `path` once it resolves directly inside `DATA_DIR/kind`.
 fn remove_inside(
     data_dir: &Path,

@@ -426,6 +426,11 @@ impl Host for Node {
         {
             tracing::warn!(volume = %name, error = %crate::chain::ErrorChain(&e), "cannot remove tracking state");
         }
+        // Its reservations go with it: a volume made later has another id.
+        self.iscsi.lu_states.forget(spec.id);
+        if let Err(e) = crate::datadir::remove_reservations_file(&self.data_dir, spec.id) {
+            tracing::warn!(volume = %name, error = %crate::chain::ErrorChain(&e), "cannot remove saved reservations");
+        }
     }
     fn dirty_pages(&self, name: &str) -> Option<u64> {
         Node::dirty_pages(self, name)

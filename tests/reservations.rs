@@ -140,4 +140,20 @@ fn a_reservation_with_aptpl_survives_a_restart_and_one_without_does_not() {
     let mut b = login(&s, B);
     assert_eq!(keys(&mut b, 1), Vec::<u64>::new());
     assert_eq!(reservation(&mut b, 1), None);
+    assert_eq!(saved_files(&s), 0);
+
+    // Saved again, then the volume is deleted: its saved reservations go with it.
+    assert_eq!(prout(&mut b, 1, 0x06, 0, 0, KEY_B, true), 0);
+    assert_eq!(saved_files(&s), 1);
+    drop(b);
+    s.ctl_ok(&["lun", "unmap", DEMO_IQN, "1"]);
+    s.ctl_ok(&["volume", "delete", "kept"]);
+    assert_eq!(saved_files(&s), 0);
+}
+
+/// Files in `DATA_DIR/reservations` (none when the folder is not there).
+fn saved_files(s: &TestServer) -> usize {
+    std::fs::read_dir(s.data_dir.join("reservations"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }

@@ -266,6 +266,11 @@ impl LuStates {
             .clone()
     }
 
+    /// Forgets LU `id` (its volume was deleted).
+    pub fn forget(&self, id: u64) {
+        self.states.lock().remove(&id);
+    }
+
     /// The reservations saved for LU `id` (SPC-5 5.14.4: restored after power loss
     /// when APTPL was set); a file that cannot be read is reported and ignored.
     fn load(&self, id: u64) -> PrState {
