@@ -157,3 +157,60 @@ fn saved_files(s: &TestServer) -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// TEST UNIT READY's sense as (key, ASC, ASCQ), or None when GOOD.
+fn tur_sense(c: &mut RawClient, lun: u64) -> Option<(u8, u8, u8)> {
+    let o = c.scsi(lun, &[0u8; 6], &[], 0);
+    if o.status == 0 {
+        return None;
+    }
+    assert_eq!(o.status, 0x02, "TEST UNIT READY: status {:#x}", o.status);
+    Some((o.sense[2] & 0x0F, o.sense[12], o.sense[13]))
+}
+
+/// Clears the unit attentions a new nexus starts with.
+fn settle(c: &mut RawClient, lun: u64) {
+    for _ in 0..4 {
+        if tur_sense(c, lun).is_none() {
+            return;
+        }
+    }
+    panic!("LUN {lun}: unit attentions do not stop");
+}
+
+/// What another nexus's PERSISTENT RESERVE OUT does to this one is reported to it as a
+/// unit attention on its next command (SPC-5 5.14.11): REGISTRATIONS PREEMPTED to the
+/// preempted, RESERVATIONS RELEASED to registrants when a registrants-only reservation
+/// is released, RESERVATIONS PREEMPTED to every registrant on CLEAR.
+#[test]
+fn other_nexuses_hear_of_preempt_release_and_clear() {
+    let s = TestServer::start();
+    s.ctl_ok(&["volume", "create", "ua", "--size", "16M"]);
+    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "ua"]);
+    let (mut a, mut b) = (login(&s, A), login(&s, B));
+    settle(&mut a, 1);
+    settle(&mut b, 1);
+    assert_eq!(prout(&mut a, 1, 0x06, 0, 0, KEY_A, false), 0);
+    assert_eq!(prout(&mut b, 1, 0x06, 0, 0, KEY_B, false), 0);
+    // EXCLUSIVE ACCESS by A, then A preempts B's registration.
+    assert_eq!(prout(&mut a, 1, 0x01, 3, KEY_A, 0, false), 0);
+    assert_eq!(prout(&mut a, 1, 0x04, 3, KEY_A, KEY_B, false), 0);
+    assert_eq!(tur_sense(&mut b, 1), Some((0x6, 0x2A, 0x05)));
+    assert_eq!(tur_sense(&mut b, 1), None, "reported once");
+    assert_eq!(
+        tur_sense(&mut a, 1),
+        None,
+        "the preempting nexus hears nothing"
+    );
+    assert_eq!(keys(&mut a, 1), vec![KEY_A]);
+    // B registers again; A's registrants-only reservation released: B hears of it.
+    assert_eq!(prout(&mut a, 1, 0x02, 3, KEY_A, 0, false), 0);
+    assert_eq!(prout(&mut b, 1, 0x06, 0, 0, KEY_B, false), 0);
+    assert_eq!(prout(&mut a, 1, 0x01, 6, KEY_A, 0, false), 0);
+    assert_eq!(prout(&mut a, 1, 0x02, 6, KEY_A, 0, false), 0);
+    assert_eq!(tur_sense(&mut b, 1), Some((0x6, 0x2A, 0x04)));
+    // CLEAR by A: B hears RESERVATIONS PREEMPTED, and nothing is left.
+    assert_eq!(prout(&mut a, 1, 0x03, 0, KEY_A, 0, false), 0);
+    assert_eq!(tur_sense(&mut b, 1), Some((0x6, 0x2A, 0x03)));
+    assert_eq!(keys(&mut b, 1), Vec::<u64>::new());
+}
