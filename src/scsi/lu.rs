@@ -94,18 +94,22 @@ impl LogicalUnit {
         self
     }
 
+    /// A removable medium (RMB): START STOP UNIT may eject it.
     pub fn removable(&self) -> bool {
         self.removable
     }
 
+    /// What every nexus of this LU shares (reservations, medium, their unit attentions).
     pub fn state(&self) -> &Arc<LuState> {
         &self.state
     }
 
+    /// The I_T nexus this view serves: whose reservations and preventions these are.
     pub fn nexus(&self) -> &Nexus {
         &self.nexus
     }
 
+    /// The session behind the nexus, so its end releases only what it took.
     pub fn session(&self) -> u64 {
         self.session
     }

@@ -29,6 +29,7 @@ pub struct Nexus {
 }
 
 impl Nexus {
+    /// The nexus of a session: its initiator port (name and ISID) and target port.
     pub fn new(initiator: &str, isid: [u8; 6], target: &str, rel_port: u16) -> Nexus {
         Nexus {
             initiator: initiator.to_owned(),
@@ -84,6 +85,7 @@ pub enum PrType {
 }
 
 impl PrType {
+    /// The TYPE field's code (table 217); None for codes that are no type.
     pub fn from_code(code: u8) -> Option<PrType> {
         Some(match code {
             1 => PrType::WriteExclusive,
@@ -96,6 +98,7 @@ impl PrType {
         })
     }
 
+    /// The TYPE field's code, as READ RESERVATION and READ FULL STATUS report it.
     pub fn code(self) -> u8 {
         match self {
             PrType::WriteExclusive => 1,
@@ -131,12 +134,14 @@ impl PrType {
     }
 }
 
+/// One registered I_T nexus and its reservation key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registration {
     pub nexus: Nexus,
     pub key: u64,
 }
 
+/// The persistent reservation of an LU (SPC-5 allows one, of LU scope).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
     /// The nexus that reserved; for all-registrants types every registrant holds it.
@@ -217,6 +222,7 @@ const fn invalid_release() -> Sense {
 /// What PERSISTENT RESERVE OUT did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProutOutcome {
+    /// GOOD, RESERVATION CONFLICT or CHECK CONDITION for the initiator.
     pub response: Response,
     /// Unit attentions for other nexuses (SPC-5 5.14.11, 5.14.12).
     pub attentions: Vec<(Nexus, Sense)>,
