@@ -1164,6 +1164,42 @@ mod tests {
         assert_eq!(r.response.sense, Some(Sense::parameter_list_length_error()));
     }
 
+    proptest::proptest! {
+        /// Any sequence of PERSISTENT RESERVE OUT commands from three nexuses, with keys
+        /// from a small set (so they collide) or arbitrary parameter bytes: nothing
+        /// panics, a nexus is registered at most once, a reservation always has a
+        /// registered holder (or, all registrants, some registrant), and READ FULL
+        /// STATUS stays well formed.
+        #[test]
+        fn any_prout_sequence_keeps_the_invariants(
+            ops in proptest::collection::vec(
+                (1u8..=3, 0u8..=8, 0u8..=9, 0u64..4, 0u64..4, 0u8..2, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)),
+                1..60,
+            )
+        ) {
+            let mut pr = PrState::default();
+            for (n, sa, kind, key, sa_key, raw, bytes) in ops {
+                let data = if raw == 0 { params(key, sa_key, 0) } else { bytes };
+                let _ = pr.prout(&nexus(n), sa, kind, &data);
+                for r in &pr.registrations {
+                    let same = pr.registrations.iter().filter(|x| x.nexus == r.nexus).count();
+                    proptest::prop_assert_eq!(same, 1);
+                    proptest::prop_assert!(r.key != 0);
+                }
+                if let Some(res) = &pr.reservation {
+                    if res.kind.all_registrants() {
+                        proptest::prop_assert!(pr.has_registrations());
+                    } else {
+                        proptest::prop_assert!(pr.key_of(&res.holder).is_some());
+                    }
+                }
+                let full = prin(&pr, 3);
+                let len = u32::from_be_bytes([full[4], full[5], full[6], full[7]]) as usize;
+                proptest::prop_assert!(full.len() == (8 + len).min(0x4000));
+            }
+        }
+    }
+
     #[test]
     fn full_status_and_capabilities() {
         let mut pr = PrState::default();
