@@ -319,6 +319,9 @@ pub struct LunSpec {
     pub volume: String,
     #[serde(default)]
     pub read_only: bool,
+    /// Removable medium: INQUIRY reports RMB, START STOP UNIT ejects and loads it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removable: bool,
 }
 
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -450,6 +453,7 @@ impl Catalog {
             LunSpec {
                 volume: "demo".into(),
                 read_only: false,
+                removable: false,
             },
         );
         c.targets.insert(Self::DEMO_TARGET.into(), t);

@@ -30,6 +30,7 @@
 //! lun = 0
 //! volume = "db"
 //! read_only = false                 # optional
+//! removable = false                 # optional: removable medium (RMB; eject, load)
 //!
 //! [[peer]]                          # another twinlun's replication listener
 //! name = "dr"
@@ -310,6 +311,9 @@ pub struct LunConfig {
     pub volume: String,
     #[serde(default)]
     pub read_only: bool,
+    /// A removable medium (INQUIRY RMB; START STOP UNIT ejects and loads it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removable: bool,
 }
 
 /// A `[[peer]]`: another twinlun's replication listener and the secret both share.
@@ -775,6 +779,7 @@ impl Config {
                     LunSpec {
                         volume: l.volume.clone(),
                         read_only: l.read_only,
+                        removable: l.removable,
                     },
                 );
             }
@@ -1121,6 +1126,7 @@ volume = "db"
 lun = 1
 volume = "logs"
 read_only = true
+removable = true
 "#;
 
     fn err(text: &str) -> String {
@@ -1149,7 +1155,8 @@ read_only = true
             LunConfig {
                 lun: 1,
                 volume: "logs".into(),
-                read_only: true
+                read_only: true,
+                removable: true,
             }
         );
         assert_eq!(t.chap.as_ref().unwrap().user, "client1");
@@ -1349,6 +1356,7 @@ read_only = true
             LunSpec {
                 volume: "demo".into(),
                 read_only: false,
+                removable: false,
             },
         );
         cat.targets

@@ -8,6 +8,7 @@
 //! DATA_DIR/volumes/<volume id>.img     (volumes made before ids: volumes/NAME.img, as the catalog records)
 //! DATA_DIR/tracking/<volume id>/       dirty bitmap, activity log, snapshot stores
 //! DATA_DIR/replication/<set id>/       a primary's or a secondary's replication state
+//! DATA_DIR/reservations/<LU id>.json   persistent reservations kept through power loss (APTPL)
 //! ```
 //!
 //! Ids print as 16 lowercase hex digits. Removing an object's files goes through
@@ -23,6 +24,9 @@ pub const VOLUMES: &str = "volumes";
 pub const TRACKING: &str = "tracking";
 /// Folder of the per-set replication state.
 pub const REPLICATION: &str = "replication";
+/// Folder of the persistent reservations preserved through power loss (APTPL), one
+/// file per logical unit.
+pub const RESERVATIONS: &str = "reservations";
 
 /// An object id as it appears in paths.
 pub fn id_name(id: u64) -> String {
@@ -37,6 +41,13 @@ pub fn volume_file_rel(id: u64) -> String {
 /// Where a volume's tracking state lives.
 pub fn tracking_dir(data_dir: &Path, volume_id: u64) -> PathBuf {
     data_dir.join(TRACKING).join(id_name(volume_id))
+}
+
+/// Where the persistent reservations of logical unit `lu_id` are preserved (APTPL).
+pub fn reservations_file(data_dir: &Path, lu_id: u64) -> PathBuf {
+    data_dir
+        .join(RESERVATIONS)
+        .join(format!("{}.json", id_name(lu_id)))
 }
 
 /// Where a replication set's state lives (on either side).
@@ -94,6 +105,13 @@ pub fn remove_object_dir(data_dir: &Path, kind: &str, dir: &Path) -> Result<(), 
 /// directly under `DATA_DIR/volumes`. A missing file is not an error.
 pub fn remove_volume_file(data_dir: &Path, file: &Path) -> Result<(), RemoveError> {
     remove_inside(data_dir, VOLUMES, file, |p| std::fs::remove_file(p))
+}
+
+/// Removes the saved persistent reservations of logical unit `lu_id` (its volume is
+/// gone); a missing file is not an error.
+pub fn remove_reservations_file(data_dir: &Path, lu_id: u64) -> Result<(), RemoveError> {
+    let file = reservations_file(data_dir, lu_id);
+    remove_inside(data_dir, RESERVATIONS, &file, |p| std::fs::remove_file(p))
 }
 
 /// `remove` on `path` once it resolves directly inside `DATA_DIR/kind`.

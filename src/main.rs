@@ -525,6 +525,10 @@ enum LunCmd {
         /// Initiators may read but not write (DATA PROTECT on writes).
         #[arg(long)]
         read_only: bool,
+        /// A removable medium: INQUIRY says so (RMB), START STOP UNIT ejects and loads
+        /// it, PREVENT ALLOW MEDIUM REMOVAL locks it in.
+        #[arg(long)]
+        removable: bool,
     },
     /// Remove a LUN from a target (the volume is kept).
     Unmap {
@@ -980,11 +984,13 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 lun,
                 volume,
                 read_only,
+                removable,
             } => Change::LunMap {
                 iqn,
                 lun,
                 volume,
                 read_only,
+                removable,
             }
             .into(),
             LunCmd::Unmap { iqn, lun } => Change::LunUnmap { iqn, lun }.into(),

@@ -108,15 +108,19 @@ impl Node {
         let volumes = Arc::new(Volumes::default());
         let events = Bus::default();
         let metrics = crate::metrics::Registry::new();
+        let reservations_in = data_dir.clone();
         Node {
             data_dir,
             engine,
-            iscsi: Arc::new(Shared::new(
-                catalog.clone(),
-                volumes.clone(),
-                events.emitter(),
-                metrics.node.clone(),
-            )),
+            iscsi: Arc::new(
+                Shared::new(
+                    catalog.clone(),
+                    volumes.clone(),
+                    events.emitter(),
+                    metrics.node.clone(),
+                )
+                .persist_reservations_in(reservations_in),
+            ),
             catalog,
             volumes,
             replication: Arc::new(Sets::new(events.emitter(), metrics.clone())),
@@ -421,6 +425,11 @@ impl Host for Node {
             crate::datadir::remove_object_dir(&self.data_dir, crate::datadir::TRACKING, &dir)
         {
             tracing::warn!(volume = %name, error = %crate::chain::ErrorChain(&e), "cannot remove tracking state");
+        }
+        // Its reservations go with it: a volume made later has another id.
+        self.iscsi.lu_states.forget(spec.id);
+        if let Err(e) = crate::datadir::remove_reservations_file(&self.data_dir, spec.id) {
+            tracing::warn!(volume = %name, error = %crate::chain::ErrorChain(&e), "cannot remove saved reservations");
         }
     }
     fn dirty_pages(&self, name: &str) -> Option<u64> {

@@ -86,6 +86,7 @@ pub fn config_of(c: &Catalog, with_secrets: bool) -> Config {
                     lun: *lun,
                     volume: l.volume.clone(),
                     read_only: l.read_only,
+                    removable: l.removable,
                 })
                 .collect(),
         })
@@ -185,6 +186,7 @@ mod tests {
             LunSpec {
                 volume: "db".into(),
                 read_only: true,
+                removable: true,
             },
         );
         t.luns.insert(
@@ -192,6 +194,7 @@ mod tests {
             LunSpec {
                 volume: "db@before".into(),
                 read_only: true,
+                removable: false,
             },
         );
         c.snapshots.insert(

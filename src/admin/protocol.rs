@@ -22,7 +22,7 @@
 //! | `target_list`                                                | `targets` {targets: [..]}  |
 //! | `target_show` iqn                                            | `target`                   |
 //! | `target_delete` iqn                                          | `done`                     |
-//! | `lun_map` iqn, lun, volume, read_only=false                  | `done`                     |
+//! | `lun_map` iqn, lun, volume, read_only=false, removable=false | `done`                     |
 //! | `lun_unmap` iqn, lun                                         | `done`                     |
 //! | `acl_add` / `acl_remove` iqn, initiator                      | `done`                     |
 //! | `chap_set` iqn, user, secret, mutual_user?, mutual_secret?   | `done`                     |
@@ -278,6 +278,9 @@ pub enum Change {
         volume: String,
         #[serde(default)]
         read_only: bool,
+        /// A removable medium: INQUIRY RMB, START STOP UNIT ejects and loads it.
+        #[serde(default)]
+        removable: bool,
     },
     LunUnmap {
         iqn: String,
@@ -915,6 +918,8 @@ pub struct LunView {
     pub lun: u64,
     pub volume: String,
     pub read_only: bool,
+    #[serde(default)]
+    pub removable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

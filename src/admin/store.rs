@@ -109,6 +109,7 @@ mod tests {
             LunSpec {
                 volume: "demo".into(),
                 read_only: true,
+                removable: true,
             },
         );
         c.volumes.get_mut("demo").unwrap().page_size = 256 << 10;

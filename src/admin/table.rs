@@ -435,7 +435,13 @@ fn target_detail(t: &TargetView) -> String {
                 vec![
                     l.lun.to_string(),
                     l.volume.clone(),
-                    if l.read_only { "ro" } else { "rw" }.into(),
+                    match (l.read_only, l.removable) {
+                        (true, false) => "ro",
+                        (false, false) => "rw",
+                        (true, true) => "ro removable",
+                        (false, true) => "rw removable",
+                    }
+                    .into(),
                 ]
             })
             .collect();
@@ -786,6 +792,7 @@ mod tests {
                 lun: 0,
                 volume: "v".into(),
                 read_only: true,
+                removable: false,
             }],
             acl: vec![],
             chap: Some(ChapView {

@@ -9,15 +9,19 @@ pub mod op {
     pub const WRITE_6: u8 = 0x0A;
     pub const INQUIRY: u8 = 0x12;
     pub const MODE_SELECT_6: u8 = 0x15;
-    /// RESERVE(6) / RELEASE(6) (SPC-2 7.21, 7.17) are refused as unknown opcodes: they need
-    /// the I_T nexus identity to enforce, which `Context` does not carry, and a reservation
-    /// that is granted but not enforced would mislead cluster software.
+    /// RESERVE(6) / RELEASE(6) (SPC-2 7.21, 7.17), and (10) below.
     pub const RESERVE_6: u8 = 0x16;
     pub const RELEASE_6: u8 = 0x17;
     pub const MODE_SENSE_6: u8 = 0x1A;
     pub const START_STOP_UNIT: u8 = 0x1B;
     pub const PREVENT_ALLOW_MEDIUM_REMOVAL: u8 = 0x1E;
     pub const READ_CAPACITY_10: u8 = 0x25;
+    pub const READ_DEFECT_DATA_10: u8 = 0x37;
+    pub const RESERVE_10: u8 = 0x56;
+    pub const RELEASE_10: u8 = 0x57;
+    pub const PERSISTENT_RESERVE_IN: u8 = 0x5E;
+    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5F;
+    pub const READ_DEFECT_DATA_12: u8 = 0xB7;
     pub const READ_10: u8 = 0x28;
     pub const WRITE_10: u8 = 0x2A;
     pub const WRITE_AND_VERIFY_10: u8 = 0x2E;
@@ -50,6 +54,8 @@ pub mod sa {
     pub const GET_LBA_STATUS: u8 = 0x12;
     /// MAINTENANCE IN / REPORT SUPPORTED OPERATION CODES, SPC-5 6.36.
     pub const REPORT_SUPPORTED_OPCODES: u8 = 0x0C;
+    /// MAINTENANCE IN / REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS, SPC-5 6.38.
+    pub const REPORT_SUPPORTED_TMFS: u8 = 0x0D;
 }
 
 /// CDB length implied by the opcode's group code (SPC-5 4.2.5.1, table 4). Groups 3 (the

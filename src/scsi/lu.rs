@@ -3,10 +3,13 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::mode::{self, ModeState};
+use super::reservations::Nexus;
+use super::state::LuState;
 use super::{Response, Sense};
 
 /// Largest transfer one READ/WRITE/VERIFY may ask for, in bytes. Reported in the Block Limits
@@ -34,6 +37,13 @@ pub struct LogicalUnit {
     id: u64,
     name: String,
     mode: Mutex<ModeState>,
+    /// Removable medium (RMB in INQUIRY): START STOP UNIT loads and ejects it.
+    removable: bool,
+    /// Shared by every nexus of the LU: reservations, medium, cross-nexus unit attentions.
+    state: Arc<LuState>,
+    /// The I_T nexus this view of the LU serves, and the session behind it.
+    nexus: Nexus,
+    session: u64,
 }
 
 /// Result of `LogicalUnit::apply_mode_select`.
@@ -61,7 +71,47 @@ impl LogicalUnit {
             id: cfg.id,
             name: cfg.name,
             mode: Mutex::new(ModeState::default()),
+            removable: false,
+            state: Arc::new(LuState::default()),
+            nexus: Nexus::new("", [0; 6], "", 1),
+            session: 0,
         }
+    }
+
+    /// This LU as the nexus `nexus` (of session `session`) sees it, sharing `state` with
+    /// the LU's other nexuses. Without it, an LU has a state of its own and an anonymous
+    /// nexus (tests, fuzzing).
+    pub fn shared(mut self, state: Arc<LuState>, nexus: Nexus, session: u64) -> LogicalUnit {
+        self.state = state;
+        self.nexus = nexus;
+        self.session = session;
+        self
+    }
+
+    /// Makes the medium removable (INQUIRY RMB=1; START STOP UNIT ejects and loads).
+    pub fn with_removable(mut self, removable: bool) -> LogicalUnit {
+        self.removable = removable;
+        self
+    }
+
+    /// A removable medium (RMB): START STOP UNIT may eject it.
+    pub fn removable(&self) -> bool {
+        self.removable
+    }
+
+    /// What every nexus of this LU shares (reservations, medium, their unit attentions).
+    pub fn state(&self) -> &Arc<LuState> {
+        &self.state
+    }
+
+    /// The I_T nexus this view serves: whose reservations and preventions these are.
+    pub fn nexus(&self) -> &Nexus {
+        &self.nexus
+    }
+
+    /// The session behind the nexus, so its end releases only what it took.
+    pub fn session(&self) -> u64 {
+        self.session
     }
 
     pub fn block_size(&self) -> u32 {

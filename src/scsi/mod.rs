@@ -28,9 +28,17 @@
 //! - `Plan::Write` has `fua` set also when WCE=0: the data must be durable before GOOD.
 //! - I/O failures become sense with `Sense::from_io_error`; a VERIFY compare difference is
 //!   `Sense::miscompare(offset)`.
+//! - Every LU of a session is built with `LogicalUnit::shared` (the LU's one `LuState`, the
+//!   session's nexus). Before each command, the unit attentions other nexuses posted for
+//!   this one (`LuState::take_attentions`, when `LuState::posted` moved) go into its queue;
+//!   LUN and target resets call `LuState::reset`, a session's end `LuState::nexus_lost`.
+//! - `Plan::PersistentReserveOut`: run `LuState::prout` holding `LuState::saving`, save
+//!   `LuState::pr` when it changed (APTPL set; else forget a saved one), then answer.
 //!
 //! Layout: `cdb` (opcodes, field readers), `sense` (sense data and its formats), `lu` (the
-//! logical unit, unit attentions), `spc` (INQUIRY, VPD, REPORT LUNS, REQUEST SENSE), `mode`
+//! logical unit, unit attentions), `state` (what all nexuses of an LU share: reservations,
+//! medium, unit attentions for other nexuses), `reservations` (persistent reservations
+//! and RESERVE/RELEASE as a state machine), `spc` (INQUIRY, VPD, REPORT LUNS, REQUEST SENSE), `mode`
 //! (MODE SENSE/SELECT), `sbc` (capacity, read, write, verify, sync), `opcodes` (the command
 //! table and REPORT SUPPORTED OPERATION CODES), `lun` (the 8-byte LUN format).
 
@@ -40,9 +48,11 @@ mod lu;
 mod lun;
 mod mode;
 mod opcodes;
+pub mod reservations;
 mod sbc;
 mod sense;
 mod spc;
+mod state;
 
 #[cfg(test)]
 mod tests;
@@ -53,6 +63,7 @@ pub use lu::{LogicalUnit, LuConfig, ModeSelectOutcome, UnitAttentions, MAX_TRANS
 pub use lun::{decode_lun, encode_lun, MAX_LUN};
 pub use sense::{key, key_name, FieldPointer, Sense, FIXED_SENSE_LEN};
 pub use spc::{naa_designator, serial_number, PRODUCT_ID, VENDOR_ID};
+pub use state::LuState;
 
 use cdb::{cdb_len, sa, Cdb};
 
@@ -106,6 +117,10 @@ pub enum Plan {
     },
     /// Find which blocks from `lba` are mapped and answer with [`lba_status_data`].
     LbaStatus { lba: u64, alloc: u32 },
+    /// Receive the `len`-byte PERSISTENT RESERVE OUT parameter list, then call
+    /// [`LuState::prout`] with service action `sa` and CDB byte 2 `scope_type`; save the
+    /// state when it changed (APTPL), before answering.
+    PersistentReserveOut { sa: u8, scope_type: u8, len: u32 },
 }
 
 /// What a CDB is decoded against.
@@ -173,6 +188,16 @@ pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
         };
     };
 
+    // SPC-5 5.14.1 / SPC-2 5.5.1: a reservation another nexus holds.
+    if lu.state().conflicts(lu.nexus(), cdb.0) {
+        return Plan::Respond(Response::conflict());
+    }
+    // SBC-4 5.25: with its medium ejected, a removable LU answers NOT READY,
+    // MEDIUM NOT PRESENT to every command that needs the medium.
+    if lu.removable() && sbc::needs_medium(opcode) && !lu.state().loaded() {
+        return check(Sense::medium_not_present());
+    }
+
     match opcode {
         op::TEST_UNIT_READY => Plan::Respond(Response::good(Vec::new())),
         op::REQUEST_SENSE => Plan::Respond(spc::request_sense(cdb, true, ua)),
@@ -204,15 +229,32 @@ pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
         },
         op::MAINTENANCE_IN => match cdb.service_action() {
             sa::REPORT_SUPPORTED_OPCODES => Plan::Respond(opcodes::report_supported_opcodes(cdb)),
+            sa::REPORT_SUPPORTED_TMFS => Plan::Respond(spc::report_supported_tmfs(cdb)),
             _ => check(Sense::invalid_field_in_cdb_bit(1, 4)),
         },
+        op::PERSISTENT_RESERVE_IN => Plan::Respond(lu.state().prin(cdb)),
+        op::PERSISTENT_RESERVE_OUT => match reservations::check_prout_cdb(cdb) {
+            Ok(len) => Plan::PersistentReserveOut {
+                sa: cdb.service_action(),
+                scope_type: cdb.byte(2),
+                len,
+            },
+            Err(sense) => check(sense),
+        },
+        op::RESERVE_6 | op::RESERVE_10 => Plan::Respond(spc::reserve(cdb, lu)),
+        op::RELEASE_6 | op::RELEASE_10 => Plan::Respond(spc::release(cdb, lu)),
+        op::READ_DEFECT_DATA_10 | op::READ_DEFECT_DATA_12 => {
+            Plan::Respond(sbc::read_defect_data(cdb))
+        }
         op::MODE_SENSE_6 => Plan::Respond(mode::mode_sense(cdb, lu, false)),
         op::MODE_SENSE_10 => Plan::Respond(mode::mode_sense(cdb, lu, true)),
         op::MODE_SELECT_6 | op::MODE_SELECT_10 => mode_select(cdb),
         op::UNMAP => lbp::unmap(cdb, lu),
         op::WRITE_SAME_10 | op::WRITE_SAME_16 => lbp::write_same(cdb, lu),
-        op::START_STOP_UNIT => Plan::Respond(sbc::start_stop_unit(cdb)),
-        op::PREVENT_ALLOW_MEDIUM_REMOVAL => Plan::Respond(sbc::prevent_allow_medium_removal(cdb)),
+        op::START_STOP_UNIT => Plan::Respond(sbc::start_stop_unit(cdb, lu)),
+        op::PREVENT_ALLOW_MEDIUM_REMOVAL => {
+            Plan::Respond(sbc::prevent_allow_medium_removal(cdb, lu))
+        }
         _ => check(Sense::invalid_opcode()),
     }
 }
@@ -251,7 +293,9 @@ impl Plan {
                 ..
             } => u64::from(*blocks) * bs,
             Plan::Verify { bytchk: false, .. } | Plan::Sync => 0,
-            Plan::ModeSelect { len, .. } | Plan::Unmap { len } => u64::from(*len),
+            Plan::ModeSelect { len, .. }
+            | Plan::Unmap { len }
+            | Plan::PersistentReserveOut { len, .. } => u64::from(*len),
             Plan::WriteSame { ndob: true, .. } => 0,
             Plan::WriteSame { ndob: false, .. } => bs,
             Plan::LbaStatus { alloc, .. } => u64::from(*alloc),
@@ -297,6 +341,20 @@ impl Plan {
                 0 => nothing(),
                 len => Plan::Unmap { len },
             },
+            // A parameter list cut short is refused whole (PARAMETER LIST LENGTH ERROR)
+            // once it has come.
+            Plan::PersistentReserveOut {
+                sa,
+                scope_type,
+                len,
+            } => match len.min(edtl) {
+                0 => nothing(),
+                len => Plan::PersistentReserveOut {
+                    sa,
+                    scope_type,
+                    len,
+                },
+            },
             other => other,
         }
     }
@@ -315,6 +373,15 @@ impl Response {
             status: Status::CheckCondition,
             data: Vec::new(),
             sense: Some(sense),
+        }
+    }
+
+    /// RESERVATION CONFLICT: a status of its own, without sense data (SAM-5 5.3.1).
+    pub fn conflict() -> Response {
+        Response {
+            status: Status::ReservationConflict,
+            data: Vec::new(),
+            sense: None,
         }
     }
 }

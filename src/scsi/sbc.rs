@@ -227,13 +227,95 @@ pub fn synchronize_cache(cdb: Cdb, lu: &LogicalUnit) -> Plan {
     Plan::Sync
 }
 
-/// START STOP UNIT (SBC-4 5.25): a file-backed disk is always started and has no medium to
-/// load or eject; every request completes with GOOD.
-pub fn start_stop_unit(_cdb: Cdb) -> Response {
+/// START STOP UNIT (SBC-4 5.25). A power condition (byte 4, bits 7-4) other than
+/// START_VALID leaves START and LOEJ alone: the volume has no power states to change,
+/// so each is taken and the unit stays ready. With LOEJ, a removable LU's medium is
+/// loaded (START=1) or ejected (START=0); either is refused while a nexus prevents
+/// removal (MEDIUM REMOVAL PREVENTED). Without LOEJ, or on a fixed LU, nothing changes:
+/// a file is always "spinning".
+pub fn start_stop_unit(cdb: Cdb, lu: &LogicalUnit) -> Response {
+    let b4 = cdb.byte(4);
+    let power_condition = b4 >> 4;
+    let loej = b4 & 0x02 != 0;
+    let start = b4 & 0x01 != 0;
+    if power_condition != 0 || !loej || !lu.removable() {
+        return Response::good(Vec::new());
+    }
+    match lu.state().load_eject(start) {
+        Ok(()) => Response::good(Vec::new()),
+        Err(sense) => Response::check(sense),
+    }
+}
+
+/// PREVENT ALLOW MEDIUM REMOVAL (SBC-4 5.15): PREVENT 01b prevents removal through this
+/// nexus until it allows it again, a reset, or its loss; 00b allows. 1xb (medium changer
+/// prevention) is not ours: INVALID FIELD IN CDB.
+pub fn prevent_allow_medium_removal(cdb: Cdb, lu: &LogicalUnit) -> Response {
+    let prevent = cdb.byte(4) & 0x03;
+    if prevent & 0x02 != 0 {
+        return Response::check(Sense::invalid_field_in_cdb_bit(4, 1));
+    }
+    lu.state()
+        .prevent(lu.nexus(), lu.session(), prevent == 0x01);
     Response::good(Vec::new())
 }
 
-/// PREVENT ALLOW MEDIUM REMOVAL (SBC-4 5.12): nothing to lock on a fixed disk.
-pub fn prevent_allow_medium_removal(_cdb: Cdb) -> Response {
-    Response::good(Vec::new())
+/// Commands a removable LU refuses with its medium ejected (NOT READY, MEDIUM NOT
+/// PRESENT): every command that reads, writes or sizes the medium, including the ones
+/// other parts of the command set add (PRE-FETCH, COMPARE AND WRITE, ORWRITE, WRITE
+/// ATOMIC).
+pub fn needs_medium(opcode: u8) -> bool {
+    matches!(
+        opcode,
+        op::TEST_UNIT_READY
+            | op::READ_6
+            | op::READ_10
+            | op::READ_12
+            | op::READ_16
+            | op::WRITE_6
+            | op::WRITE_10
+            | op::WRITE_12
+            | op::WRITE_16
+            | op::WRITE_AND_VERIFY_10
+            | op::WRITE_AND_VERIFY_12
+            | op::WRITE_AND_VERIFY_16
+            | op::VERIFY_10
+            | op::VERIFY_12
+            | op::VERIFY_16
+            | op::SYNCHRONIZE_CACHE_10
+            | op::SYNCHRONIZE_CACHE_16
+            | op::READ_CAPACITY_10
+            | op::SERVICE_ACTION_IN_16
+            | op::UNMAP
+            | op::WRITE_SAME_10
+            | op::WRITE_SAME_16
+            // PRE-FETCH(10), PRE-FETCH(16), COMPARE AND WRITE, ORWRITE(16), WRITE ATOMIC(16)
+            | 0x34
+            | 0x90
+            | 0x89
+            | 0x8B
+            | 0x9C
+    )
+}
+
+/// READ DEFECT DATA(10) and (12) (SBC-4 5.20, 5.21): a file has no defects. The header
+/// says which lists were asked for (PLISTV, GLISTV) and in which format, and that they
+/// are empty.
+pub fn read_defect_data(cdb: Cdb) -> Response {
+    let twelve = cdb.opcode() == op::READ_DEFECT_DATA_12;
+    let flags = if twelve { cdb.byte(1) } else { cdb.byte(2) } & 0x1F;
+    let alloc = if twelve {
+        usize::try_from(cdb.u32(6)).unwrap_or(usize::MAX)
+    } else {
+        usize::from(cdb.u16(7))
+    };
+    // Header: reserved, PLISTV GLISTV and DEFECT LIST FORMAT (the request's bits, same
+    // places), then the DEFECT LIST LENGTH: 2 bytes in (10), a 2-byte GENERATION CODE and
+    // 4 bytes in (12).
+    let data = if twelve {
+        vec![0, flags, 0, 0, 0, 0, 0, 0]
+    } else {
+        vec![0, flags, 0, 0]
+    };
+    Response::good(cut(data, alloc))
 }

@@ -144,6 +144,17 @@ impl Sense {
         Sense::new(key::ILLEGAL_REQUEST, 0x39, 0x00)
     }
 
+    /// NOT READY, MEDIUM NOT PRESENT (3Ah/00h): a removable LU's medium was ejected.
+    pub const fn medium_not_present() -> Sense {
+        Sense::new(key::NOT_READY, 0x3A, 0x00)
+    }
+
+    /// ILLEGAL REQUEST, MEDIUM REMOVAL PREVENTED (53h/02h): an eject while a nexus
+    /// prevents removal (SBC-4 5.25).
+    pub const fn medium_removal_prevented() -> Sense {
+        Sense::new(key::ILLEGAL_REQUEST, 0x53, 0x02)
+    }
+
     /// DATA PROTECT, WRITE PROTECTED (27h/00h).
     pub const fn write_protected() -> Sense {
         Sense::new(key::DATA_PROTECT, 0x27, 0x00)

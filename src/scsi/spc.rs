@@ -58,7 +58,8 @@ pub fn inquiry(cdb: Cdb, lu: Option<&LogicalUnit>) -> Response {
         if page != 0 {
             return Response::check(Sense::invalid_field_in_cdb(2));
         }
-        return Response::good(cut(standard_inquiry(lu.is_some()), alloc));
+        let removable = lu.is_some_and(LogicalUnit::removable);
+        return Response::good(cut(standard_inquiry(lu.is_some(), removable), alloc));
     }
     let Some(lu) = lu else {
         return Response::check(Sense::lu_not_supported());
@@ -80,10 +81,10 @@ pub fn inquiry(cdb: Cdb, lu: Option<&LogicalUnit>) -> Response {
 }
 
 /// Standard INQUIRY data (SPC-5 6.7.2), 96 bytes.
-fn standard_inquiry(mapped: bool) -> Vec<u8> {
+fn standard_inquiry(mapped: bool, removable: bool) -> Vec<u8> {
     let mut d = vec![0u8; 96];
     d[0] = if mapped { TYPE_DISK } else { NO_LU };
-    d[1] = 0x00; // RMB=0: not removable
+    d[1] = if removable { 0x80 } else { 0x00 }; // RMB
     d[2] = 0x06; // VERSION: SPC-4 (libiscsi 1.19 accepts 4..6 only)
     d[3] = 0x12; // HISUP=1 (SAM-5 4.7 LUNs), RESPONSE DATA FORMAT=2
     d[4] = (d.len() - 5) as u8; // ADDITIONAL LENGTH
@@ -243,4 +244,43 @@ pub fn request_sense(cdb: Cdb, mapped: bool, ua: Option<&mut UnitAttentions>) ->
         sense.to_fixed()
     };
     Response::good(cut(data, alloc))
+}
+
+/// RESERVE(6) and RESERVE(10) (SPC-2 7.21, 7.22): the LU for this nexus alone. RESERVE(10)'s
+/// third-party and long-id forms are not supported (INVALID FIELD IN CDB).
+pub fn reserve(cdb: Cdb, lu: &LogicalUnit) -> Response {
+    if cdb.opcode() == super::op::RESERVE_10 && cdb.byte(1) & 0x12 != 0 {
+        return Response::check(Sense::invalid_field_in_cdb(1));
+    }
+    if lu.state().reserve(lu.nexus(), lu.session()) {
+        Response::good(Vec::new())
+    } else {
+        Response::conflict()
+    }
+}
+
+/// RELEASE(6) and RELEASE(10) (SPC-2 7.17, 7.18): ends this nexus's reservation; from
+/// another nexus, or with none, GOOD and nothing changes.
+pub fn release(cdb: Cdb, lu: &LogicalUnit) -> Response {
+    if cdb.opcode() == super::op::RELEASE_10 && cdb.byte(1) & 0x12 != 0 {
+        return Response::check(Sense::invalid_field_in_cdb(1));
+    }
+    lu.state().release(lu.nexus());
+    Response::good(Vec::new())
+}
+
+/// REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-5 6.38): ABORT TASK, ABORT TASK SET,
+/// CLEAR TASK SET, LOGICAL UNIT RESET and TARGET RESET (iSCSI's warm and cold resets);
+/// iSCSI carries no CLEAR ACA, QUERY TASK or I_T NEXUS RESET function we answer. With
+/// REPD, the extended 16-byte form (no timeouts reported).
+pub fn report_supported_tmfs(cdb: Cdb) -> Response {
+    let repd = cdb.byte(2) & 0x80 != 0;
+    let alloc = usize::try_from(cdb.u32(6)).unwrap_or(usize::MAX);
+    // Byte 0: ATS, ATSS, CTSS, LURS, TRS.
+    let mut d = vec![0x80 | 0x40 | 0x10 | 0x08 | 0x02, 0, 0, 0];
+    if repd {
+        d[3] = 0x0C; // ADDITIONAL DATA LENGTH
+        d.resize(16, 0);
+    }
+    Response::good(cut(d, alloc))
 }

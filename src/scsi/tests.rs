@@ -266,16 +266,13 @@ fn trivial_commands_are_good() {
 }
 
 #[test]
-fn reserve_release_6_refused() {
+fn reserve_release_6_from_one_nexus() {
     let lu = lu();
-    assert_eq!(
-        kcq(run(&[op::RESERVE_6, 0, 0, 0, 0, 0], &lu)),
-        INVALID_OPCODE
-    );
-    assert_eq!(
-        kcq(run(&[op::RELEASE_6, 0, 0, 0, 0, 0], &lu)),
-        INVALID_OPCODE
-    );
+    assert!(good(run(&[op::RESERVE_6, 0, 0, 0, 0, 0], &lu)).is_empty());
+    // The holder may reserve again and keeps every command.
+    assert!(good(run(&[op::RESERVE_6, 0, 0, 0, 0, 0], &lu)).is_empty());
+    assert!(good(run(&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &lu)).is_empty());
+    assert!(good(run(&[op::RELEASE_6, 0, 0, 0, 0, 0], &lu)).is_empty());
 }
 
 #[test]
@@ -1750,6 +1747,8 @@ fn check_plan(p: &Plan, lu: Option<&LogicalUnit>) {
     match p {
         Plan::Respond(r) => match r.status {
             Status::Good => assert!(r.sense.is_none()),
+            // RESERVATION CONFLICT carries no sense (SAM-5 5.3.1).
+            Status::ReservationConflict => assert!(r.sense.is_none() && r.data.is_empty()),
             _ => assert!(r.sense.is_some() && r.data.is_empty()),
         },
         Plan::Read { lba, blocks, .. }
@@ -1785,6 +1784,11 @@ fn check_plan(p: &Plan, lu: Option<&LogicalUnit>) {
         Plan::LbaStatus { lba, .. } => {
             let lu = lu.unwrap_or_else(|| unreachable!("GET LBA STATUS plan without an LU"));
             assert!(*lba < lu.num_blocks());
+        }
+        Plan::PersistentReserveOut { len, sa, .. } => {
+            assert!(lu.is_some());
+            assert!(*len >= super::reservations::PROUT_BASIC_LEN);
+            assert!(*len <= super::reservations::PROUT_MAX_LEN && *sa <= 7);
         }
     }
 }
@@ -2015,4 +2019,209 @@ fn get_lba_status_decodes_and_formats() {
     assert_eq!(&d[32..36], &984u32.to_be_bytes());
     assert_eq!(d[36], 1);
     assert_eq!(lba_status_data(&[], 4).data, vec![0, 0, 0, 4]);
+}
+
+/// Two nexuses of one LU (initiators 1 and 2) sharing its state, as sessions do.
+fn two_nexuses(removable: bool) -> (LogicalUnit, LogicalUnit) {
+    let state = std::sync::Arc::new(LuState::default());
+    let n =
+        |i: u8| reservations::Nexus::new(&format!("iqn.test:{i}"), [0, 0, 0, 0, 0, i], "iqn.t", 1);
+    let a = LogicalUnit::new(cfg())
+        .with_removable(removable)
+        .shared(state.clone(), n(1), 1);
+    let b = LogicalUnit::new(cfg())
+        .with_removable(removable)
+        .shared(state, n(2), 2);
+    (a, b)
+}
+
+fn status_of(p: Plan) -> Status {
+    resp(p).status
+}
+
+const TUR: [u8; 6] = [op::TEST_UNIT_READY, 0, 0, 0, 0, 0];
+const RESERVE6: [u8; 6] = [op::RESERVE_6, 0, 0, 0, 0, 0];
+const RELEASE6: [u8; 6] = [op::RELEASE_6, 0, 0, 0, 0, 0];
+
+#[test]
+fn reserve_6_excludes_other_nexuses_until_released_or_reset() {
+    let (a, b) = two_nexuses(false);
+    assert!(good(run(&RESERVE6, &a)).is_empty());
+    // The other nexus: RESERVE and medium commands conflict; INQUIRY, REPORT LUNS and
+    // RELEASE (which changes nothing) do not.
+    assert_eq!(status_of(run(&RESERVE6, &b)), Status::ReservationConflict);
+    assert_eq!(status_of(run(&TUR, &b)), Status::ReservationConflict);
+    assert_eq!(
+        status_of(run(&cdb10(op::READ_10, 0, 0, 1), &b)),
+        Status::ReservationConflict
+    );
+    assert!(!good(run(&[op::INQUIRY, 0, 0, 0, 96, 0], &b)).is_empty());
+    assert!(good(run(&RELEASE6, &b)).is_empty());
+    assert_eq!(status_of(run(&TUR, &b)), Status::ReservationConflict);
+    // A reset ends it (SPC-2 5.5.1); so does the holder's nexus loss.
+    a.state().reset();
+    assert!(good(run(&TUR, &b)).is_empty());
+    assert!(good(run(&RESERVE6, &b)).is_empty());
+    assert_eq!(status_of(run(&TUR, &a)), Status::ReservationConflict);
+    b.state().nexus_lost(b.nexus(), 99);
+    assert_eq!(
+        status_of(run(&TUR, &a)),
+        Status::ReservationConflict,
+        "another session of the nexus ended: the reservation stays"
+    );
+    b.state().nexus_lost(b.nexus(), b.session());
+    assert!(good(run(&TUR, &a)).is_empty());
+}
+
+/// PERSISTENT RESERVE OUT parameter data: key, service action key, flags.
+fn pr_params(key: u64, sa_key: u64) -> Vec<u8> {
+    let mut d = vec![0u8; 24];
+    d[0..8].copy_from_slice(&key.to_be_bytes());
+    d[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    d
+}
+
+#[test]
+fn persistent_reservations_survive_resets_and_exclude_reserve_6() {
+    let (a, b) = two_nexuses(false);
+    // The CDB plans a parameter list of 24 bytes; anything shorter is a length error.
+    let mut cdb = [0x5F, 0x06, 0, 0, 0, 0, 0, 0, 24, 0];
+    assert_eq!(
+        run(&cdb, &a),
+        Plan::PersistentReserveOut {
+            sa: 6,
+            scope_type: 0,
+            len: 24
+        }
+    );
+    cdb[8] = 8;
+    assert_eq!(kcq(run(&cdb, &a)), PARAM_LEN);
+    let st = a.state();
+    assert_eq!(
+        st.prout(a.nexus(), 0x06, 0, &pr_params(0, 7))
+            .response
+            .status,
+        Status::Good
+    );
+    assert_eq!(
+        st.prout(a.nexus(), 0x01, 3, &pr_params(7, 0))
+            .response
+            .status,
+        Status::Good
+    );
+    // EXCLUSIVE ACCESS: the unregistered nexus can neither read nor write.
+    assert_eq!(
+        status_of(run(&cdb10(op::READ_10, 0, 0, 1), &b)),
+        Status::ReservationConflict
+    );
+    // RESERVE(6) conflicts for everyone while a registration exists (SPC-5 5.14.3).
+    assert_eq!(status_of(run(&RESERVE6, &a)), Status::ReservationConflict);
+    // A LUN reset leaves persistent reservations alone.
+    st.reset();
+    assert_eq!(
+        status_of(run(&cdb10(op::READ_10, 0, 0, 1), &b)),
+        Status::ReservationConflict
+    );
+    assert_eq!(
+        run(&cdb10(op::READ_10, 0, 0, 1), &a),
+        Plan::Read {
+            lba: 0,
+            blocks: 1,
+            fua: false
+        }
+    );
+    // PERSISTENT RESERVE IN is always allowed.
+    assert!(!good(run(&[0x5E, 0x00, 0, 0, 0, 0, 0, 0, 64, 0], &b)).is_empty());
+    // CLEAR from the holder: the other registrants hear of it.
+    assert_eq!(
+        st.prout(b.nexus(), 0x06, 0, &pr_params(0, 9))
+            .response
+            .status,
+        Status::Good
+    );
+    assert_eq!(
+        st.prout(a.nexus(), 0x03, 0, &pr_params(7, 0))
+            .response
+            .status,
+        Status::Good
+    );
+    let mut ua = UnitAttentions::default();
+    for s in st.take_attentions(b.nexus()) {
+        ua.push(s);
+    }
+    let s = sense(run_ua(&TUR, &b, &mut ua));
+    assert_eq!((s.key, s.asc, s.ascq), (key::UNIT_ATTENTION, 0x2A, 0x03));
+    assert!(good(run(&RESERVE6, &b)).is_empty());
+}
+
+#[test]
+fn removable_medium_ejects_loads_and_is_locked_in() {
+    let (a, b) = two_nexuses(true);
+    // RMB in INQUIRY.
+    assert_eq!(good(run(&[op::INQUIRY, 0, 0, 0, 96, 0], &a))[1], 0x80);
+    assert_eq!(good(run(&[op::INQUIRY, 0, 0, 0, 96, 0], &lu()))[1], 0x00);
+    let eject = [op::START_STOP_UNIT, 0, 0, 0, 0x02, 0];
+    let load = [op::START_STOP_UNIT, 0, 0, 0, 0x03, 0];
+    let prevent = [op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 1, 0];
+    let allow = [op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0, 0];
+    const REMOVAL_PREVENTED: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x53, 0x02);
+    const NO_MEDIUM: (u8, u8, u8) = (key::NOT_READY, 0x3A, 0x00);
+    assert!(good(run(&prevent, &a)).is_empty());
+    assert_eq!(kcq(run(&eject, &b)), REMOVAL_PREVENTED);
+    assert!(good(run(&allow, &a)).is_empty());
+    assert!(good(run(&eject, &b)).is_empty());
+    // Ejected: medium commands are NOT READY for every nexus; INQUIRY still answers.
+    for c in [
+        TUR.to_vec(),
+        cdb10(op::READ_10, 0, 0, 1),
+        cdb10(op::WRITE_10, 0, 0, 1),
+        cdb10(op::READ_CAPACITY_10, 0, 0, 0),
+        cdb10(op::SYNCHRONIZE_CACHE_10, 0, 0, 1),
+    ] {
+        assert_eq!(kcq(run(&c, &a)), NO_MEDIUM, "{c:02x?}");
+    }
+    assert!(!good(run(&[op::INQUIRY, 0, 0, 0, 96, 0], &a)).is_empty());
+    // A prevention holds the medium out as well as in; a power condition or no LOEJ
+    // changes nothing.
+    assert!(good(run(&prevent, &b)).is_empty());
+    assert_eq!(kcq(run(&load, &a)), REMOVAL_PREVENTED);
+    b.state().nexus_lost(b.nexus(), b.session());
+    assert!(good(run(&[op::START_STOP_UNIT, 0, 0, 0, 0x10, 0], &a)).is_empty());
+    assert!(good(run(&[op::START_STOP_UNIT, 0, 0, 0, 0x01, 0], &a)).is_empty());
+    assert_eq!(kcq(run(&TUR, &a)), NO_MEDIUM);
+    assert!(good(run(&load, &a)).is_empty());
+    assert!(good(run(&TUR, &a)).is_empty());
+    // PREVENT 1xb is a medium changer's: refused.
+    assert_eq!(
+        kcq(run(&[op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 2, 0], &a)),
+        INVALID_FIELD
+    );
+    // A fixed LU ignores LOEJ.
+    let fixed = lu();
+    assert!(good(run(&eject, &fixed)).is_empty());
+    assert!(good(run(&TUR, &fixed)).is_empty());
+}
+
+#[test]
+fn defect_data_and_task_management_functions() {
+    let lu = lu();
+    // READ DEFECT DATA(10) with PLIST and GLIST asked, format 0: an empty list.
+    assert_eq!(
+        good(run(
+            &[op::READ_DEFECT_DATA_10, 0, 0x18, 0, 0, 0, 0, 0, 32, 0],
+            &lu
+        )),
+        vec![0, 0x18, 0, 0]
+    );
+    let d = good(run(
+        &[op::READ_DEFECT_DATA_12, 0x05, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0],
+        &lu,
+    ));
+    assert_eq!(d, vec![0, 0x05, 0, 0, 0, 0, 0, 0]);
+    // REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS: ATS ATSS CTSS LURS TRS; REPD gives 16.
+    let c = [op::MAINTENANCE_IN, 0x0D, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0];
+    assert_eq!(good(run(&c, &lu)), vec![0xDA, 0, 0, 0]);
+    let c = [op::MAINTENANCE_IN, 0x0D, 0x80, 0, 0, 0, 0, 0, 0, 16, 0, 0];
+    let d = good(run(&c, &lu));
+    assert_eq!((d.len(), d[3]), (16, 0x0C));
 }

@@ -477,6 +477,50 @@ pub async fn lba_status(reply: Reply, lun: Arc<LunHandle>, lba: u64, alloc: u32)
         .await
 }
 
+/// PERSISTENT RESERVE OUT with its parameter list: the LU's reservations change, and
+/// when they must outlive a power loss (APTPL) they are saved before GOOD goes back
+/// (SPC-5 5.14.4). A save that fails undoes the change and answers HARDWARE ERROR.
+#[allow(clippy::too_many_arguments)]
+pub async fn persistent_reserve_out(
+    reply: Reply,
+    node: Arc<crate::server::Shared>,
+    lun: Arc<LunHandle>,
+    sa: u8,
+    scope_type: u8,
+    params: Bytes,
+    r2ts: u32,
+    wanted: u64,
+) {
+    let run = {
+        let lun = lun.clone();
+        move || {
+            let state = lun.lu.state();
+            let _saving = state.saving();
+            let before = state.pr();
+            let outcome = state.prout(lun.lu.nexus(), sa, scope_type, &params);
+            if outcome.changed {
+                if let Err(e) = node.lu_states.save(lun.lu.id(), &state.pr()) {
+                    tracing::warn!(lun = lun.lun, error = %Chain(&e), "saving persistent reservations failed; change undone");
+                    state.restore_pr(before);
+                    return Response::check(Sense::internal_target_failure());
+                }
+            }
+            outcome.response
+        }
+    };
+    let resp = match tokio::task::spawn_blocking(run).await {
+        Ok(r) => r,
+        Err(_) => Response::check(Sense::internal_target_failure()),
+    };
+    if resp.status == Status::Good {
+        reply.status(Status::Good, None, r2ts, wanted).await
+    } else {
+        reply
+            .status(resp.status, resp.sense.as_ref(), r2ts, 0)
+            .await
+    }
+}
+
 pub async fn sync(reply: Reply, lun: Arc<LunHandle>) {
     match lun.volume.flush().await {
         Ok(()) => reply.status(Status::Good, None, 0, 0).await,

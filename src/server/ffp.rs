@@ -90,6 +90,7 @@ enum WriteKind {
     WriteSame { lba: u64, blocks: u64, unmap: bool },
     Verify { lba: u64, blocks: u32 },
     ModeSelect { ten: bool },
+    PersistentReserveOut { sa: u8, scope_type: u8 },
 }
 
 /// What the connection attaches to a command while the core collects its Data-Out.
@@ -177,6 +178,8 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         } = setup;
         let writes = WriteBudgets::new(node.write_budget.clone());
         let collecting = Collector::new(BurstLimits::from(&session));
+        let mut luns = luns;
+        luns.bind(&entry.initiator, entry.isid);
         Ffp {
             node,
             reader,
@@ -256,6 +259,8 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             }
         }
         self.abort_all(None);
+        // I_T nexus loss (SAM-5 6.3.4): RESERVE reservations and preventions go.
+        self.luns.nexus_lost();
     }
 
     async fn read_error(&mut self, e: ReadError) -> Result<(), End> {
@@ -723,6 +728,17 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 self.collect(cmd, h, WriteKind::ModeSelect { ten }, len as u64, reply)
                     .await;
             }
+            (
+                Plan::PersistentReserveOut {
+                    sa,
+                    scope_type,
+                    len,
+                },
+                Some(h),
+            ) => {
+                let kind = WriteKind::PersistentReserveOut { sa, scope_type };
+                self.collect(cmd, h, kind, len as u64, reply).await;
+            }
             // A plan that needs a volume for a LUN that has none cannot come from a
             // correct decoder; answer as for an unmapped LUN rather than panic.
             (_, None) => {
@@ -944,6 +960,16 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 let resp = lun.lu.mode_select(ten, &data);
                 tokio::spawn(reply.respond(resp).in_current_span());
             }
+            WriteKind::PersistentReserveOut { sa, scope_type } => {
+                let node = self.node.clone();
+                // The budget is only the parameter list's few bytes: given back now.
+                drop(budget);
+                self.spawn(itt, l, aborted, reply, |reply| {
+                    exec::persistent_reserve_out(
+                        reply, node, lun, sa, scope_type, data, r2t_sn, spdtl,
+                    )
+                })
+            }
         }
     }
 
@@ -1013,9 +1039,11 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             if let Some((h, _)) = self.luns.resolve(&self.node, lun) {
                 h.resets.fetch_add(1, Ordering::AcqRel);
             }
+            self.luns.reset_lus(&self.node, Some(lun));
         }
         if d.reset_target {
             self.node.sessions.reset_target(self.luns.target());
+            self.luns.reset_lus(&self.node, None);
         }
         let response = d.response;
         info!(function = ?t.function, lun, response, "task management");

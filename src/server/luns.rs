@@ -2,11 +2,15 @@
 //! units, refreshed when the catalog changes under it.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use crate::catalog::{split_snapshot_ref, LunSpec};
-use crate::scsi::{LogicalUnit, LuConfig, Sense, UnitAttentions};
+use crate::scsi::reservations::{Nexus, PrState};
+use crate::scsi::{LogicalUnit, LuConfig, LuState, Sense, UnitAttentions};
 use crate::server::Shared;
 use crate::tracking::CutId;
 use crate::volume::Volume;
@@ -29,12 +33,25 @@ struct Entry {
     handle: Arc<LunHandle>,
     ua: UnitAttentions,
     resets_seen: u64,
+    /// The LU state's post count when this nexus last took its unit attentions.
+    posted_seen: u64,
 }
+
+/// The relative target port identifier every target's one port reports (VPD page 83h).
+pub const REL_PORT: u16 = 1;
+
+/// Tells sessions apart for the state they hold in an LU (RESERVE, PREVENT), so the end
+/// of a reinstated session never releases what its successor on the same nexus took.
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// Per-session cache of LUNs with the session's unit attentions for each I_T_L nexus.
 pub struct LunView {
     target: String,
     entries: HashMap<u64, Entry>,
+    /// The initiator port of this session: iSCSI name and ISID.
+    initiator: String,
+    isid: [u8; 6],
+    session: u64,
 }
 
 impl LunView {
@@ -42,6 +59,44 @@ impl LunView {
         LunView {
             target,
             entries: HashMap::new(),
+            initiator: String::new(),
+            isid: [0; 6],
+            session: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// The initiator port this session is: the nexus its reservations belong to.
+    pub fn bind(&mut self, initiator: &str, isid: [u8; 6]) {
+        self.initiator = initiator.to_owned();
+        self.isid = isid;
+    }
+
+    fn nexus(&self) -> Nexus {
+        Nexus::new(&self.initiator, self.isid, &self.target, REL_PORT)
+    }
+
+    /// The I_T nexus ended (logout, connection loss, reinstatement): what it held in
+    /// each LU through this session goes (SPC-2 RESERVE, PREVENT).
+    pub fn nexus_lost(&self) {
+        for e in self.entries.values() {
+            e.handle
+                .lu
+                .state()
+                .nexus_lost(e.handle.lu.nexus(), self.session);
+        }
+    }
+
+    /// A LOGICAL UNIT RESET of `lun`, or (None) a target reset reaching every LUN of
+    /// the target: reset what the LUs' shared state keeps (SAM-5 6.3).
+    pub fn reset_lus(&mut self, node: &Shared, lun: Option<u64>) {
+        let luns = match lun {
+            Some(l) => vec![l],
+            None => self.lun_list(node),
+        };
+        for l in luns {
+            if let Some((h, _)) = self.resolve(node, l) {
+                h.lu.state().reset();
+            }
         }
     }
 
@@ -108,7 +163,9 @@ impl LunView {
                 read_only: spec.read_only || snapshot.is_some(),
                 id,
                 name: spec.volume.clone(),
-            });
+            })
+            .with_removable(spec.removable)
+            .shared(node.lu_states.get(id), self.nexus(), self.session);
             let resets = node.sessions.reset_counter(&self.target, lun);
             let resets_seen = resets.load(Ordering::Acquire);
             let ua = match self.entries.remove(&lun) {
@@ -133,6 +190,7 @@ impl LunView {
                     }),
                     ua,
                     resets_seen,
+                    posted_seen: 0,
                 },
             );
         }
@@ -141,6 +199,16 @@ impl LunView {
         if now != e.resets_seen {
             e.resets_seen = now;
             e.ua.push(Sense::power_on());
+        }
+        // Unit attentions another nexus's command raised for this one (reservations
+        // preempted or released).
+        let state = e.handle.lu.state();
+        let posted = state.posted();
+        if posted != e.posted_seen {
+            e.posted_seen = posted;
+            for sense in state.take_attentions(e.handle.lu.nexus()) {
+                e.ua.push(sense);
+            }
         }
         Some((e.handle.clone(), &mut e.ua))
     }
@@ -155,5 +223,109 @@ fn snapshot_lu_id(volume_id: u64, cut: CutId) -> u64 {
         !volume_id
     } else {
         mixed
+    }
+}
+
+/// The shared state of every logical unit the node serves, by LU id, made on first use;
+/// persistent reservations saved with APTPL are restored then.
+#[derive(Default)]
+pub struct LuStates {
+    /// Where APTPL reservations are saved (`DATA_DIR/reservations`); None keeps them in
+    /// memory only.
+    dir: Option<PathBuf>,
+    states: Mutex<HashMap<u64, Arc<LuState>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error(transparent)]
+    Replace(#[from] crate::durable::ReplaceError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl LuStates {
+    /// States whose APTPL reservations live in `data_dir`.
+    pub fn in_data_dir(data_dir: PathBuf) -> LuStates {
+        LuStates {
+            dir: Some(data_dir),
+            states: Mutex::default(),
+        }
+    }
+
+    /// The state of LU `id`, shared by all its nexuses.
+    pub fn get(&self, id: u64) -> Arc<LuState> {
+        self.states
+            .lock()
+            .entry(id)
+            .or_insert_with(|| Arc::new(LuState::with_pr(self.load(id))))
+            .clone()
+    }
+
+    /// Forgets LU `id` (its volume was deleted).
+    pub fn forget(&self, id: u64) {
+        self.states.lock().remove(&id);
+    }
+
+    /// The reservations saved for LU `id` (SPC-5 5.14.4: restored after power loss
+    /// when APTPL was set); a file that cannot be read is reported and ignored.
+    fn load(&self, id: u64) -> PrState {
+        let Some(dir) = &self.dir else {
+            return PrState::default();
+        };
+        let path = crate::datadir::reservations_file(dir, id);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return PrState::default(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read saved reservations; starting without them");
+                return PrState::default();
+            }
+        };
+        match serde_json::from_slice::<PrState>(&bytes) {
+            Ok(pr) if pr.aptpl => {
+                tracing::info!(lu = %crate::datadir::id_name(id), registrations = pr.registrations.len(), reserved = pr.reservation.is_some(), "persistent reservations restored (APTPL)");
+                pr
+            }
+            Ok(_) => PrState::default(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "saved reservations do not parse; starting without them");
+                PrState::default()
+            }
+        }
+    }
+
+    /// Preserves LU `id`'s reservations when APTPL is set, durably (temp file, fsync,
+    /// rename, fsync dir); with APTPL off, forgets any saved before, so a restart does
+    /// not bring back what the initiator no longer wants kept.
+    pub fn save(&self, id: u64, pr: &PrState) -> Result<(), SaveError> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let path = crate::datadir::reservations_file(dir, id);
+        let io = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| SaveError::Io { path, source }
+        };
+        if pr.aptpl {
+            let folder = crate::durable::parent_dir(&path);
+            crate::durable::create_private_dir(folder).map_err(io(folder))?;
+            let json = serde_json::to_vec_pretty(pr).expect("a PrState always serializes");
+            crate::durable::replace(&path, &json)?;
+        } else {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    let folder = crate::durable::parent_dir(&path);
+                    crate::durable::sync_dir(folder).map_err(io(folder))?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io(&path)(e)),
+            }
+        }
+        Ok(())
     }
 }

@@ -57,6 +57,8 @@ pub struct Shared {
     pub events: Emitter,
     /// Connections open and logins refused, for the metrics endpoint.
     pub metrics: Arc<crate::metrics::NodeCounters>,
+    /// What each logical unit shares among its nexuses: reservations, medium.
+    pub lu_states: luns::LuStates,
 }
 
 impl Shared {
@@ -77,7 +79,15 @@ impl Shared {
             auth_throttle: Mutex::new(AuthThrottle::default()),
             events,
             metrics,
+            lu_states: luns::LuStates::default(),
         }
+    }
+
+    /// Preserves persistent reservations with APTPL under `data_dir` (and restores
+    /// those saved there).
+    pub fn persist_reservations_in(mut self, data_dir: std::path::PathBuf) -> Shared {
+        self.lu_states = luns::LuStates::in_data_dir(data_dir);
+        self
     }
 }
 

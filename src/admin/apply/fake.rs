@@ -199,6 +199,7 @@ pub(super) fn map(iqn: &str, lun: u64, vol: &str) -> Change {
         lun,
         volume: vol.into(),
         read_only: false,
+        removable: false,
     }
 }
 

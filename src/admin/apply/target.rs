@@ -88,6 +88,7 @@ pub(super) fn lun_map(
     lun: u64,
     volume: String,
     read_only: bool,
+    removable: bool,
 ) -> Result<(Effect, Response), AdminError> {
     validate::check_lun(lun)?;
     let (base, snapshot) = split_snapshot_ref(&volume);
@@ -130,6 +131,7 @@ pub(super) fn lun_map(
         LunSpec {
             volume: volume.clone(),
             read_only,
+            removable,
         },
     );
     let ro = if read_only { " read-only" } else { "" };
@@ -261,6 +263,7 @@ fn target_view(c: &Catalog, iqn: &str, sessions: &[SessionInfo]) -> TargetView {
                 lun: *lun,
                 volume: l.volume.clone(),
                 read_only: l.read_only,
+                removable: l.removable,
             })
             .collect(),
         acl: t.acl.iter().cloned().collect(),
@@ -337,6 +340,7 @@ mod tests {
             lun: 1,
             volume: "demo".into(),
             read_only: true,
+            removable: true,
         });
         let Response::Target(t) = f.ok(Query::TargetShow { iqn: T.into() }) else {
             panic!()
@@ -346,7 +350,8 @@ mod tests {
             vec![LunView {
                 lun: 1,
                 volume: "demo".into(),
-                read_only: true
+                read_only: true,
+                removable: true,
             }]
         );
         let m = f.refuse(map(T, 1, "demo"), ErrorCode::AlreadyExists);
