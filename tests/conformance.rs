@@ -173,3 +173,42 @@ fn skipped_tests_are_counted_per_test_without_the_suite_probe() {
     let out = "    [SKIPPED] PERSISTENT RESERVE IN is not implemented.\n  Test: ZeroBlocks ...    [SKIPPED] no 0-blocks.\n    [SKIPPED] again\npassed\n  Test: Simple ...passed    [SKIPPED] PERSISTENT RESERVE IN is not implemented.\n";
     assert_eq!(skipped_tests(out), vec!["ZeroBlocks".to_string()]);
 }
+
+/// Runs `suites` against `urls` (the first is the LUN under test; more are further
+/// paths to it) and lists every suite with a failed or skipped test.
+fn suites_without_failures_or_skips(suites: &[&str], urls: &[String]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for suite in suites {
+        let mut args = vec!["--dataloss", "-n", "-t", suite];
+        args.extend(urls.iter().map(String::as_str));
+        let out = run("iscsi-test-cu", &args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        let Some(r) = parse(&text) else {
+            problems.push(format!("{suite}: no CUnit summary\n{text}"));
+            continue;
+        };
+        eprintln!(
+            "{suite}: ran {} failed {} skipped tests {:?}",
+            r.ran, r.failed, r.skipped_tests
+        );
+        if r.failed > 0 || r.ran == 0 || !r.skipped_tests.is_empty() {
+            problems.push(format!(
+                "{suite}: {} failed, skipped {:?} of {}\n{text}",
+                r.failed, r.skipped_tests, r.ran
+            ));
+        }
+    }
+    problems
+}
+
+#[test]
+fn extended_copy_suites_pass_without_skips() {
+    let s = TestServer::start();
+    s.ctl_ok(&["volume", "create", "xcopy", "--size", "64M"]);
+    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "xcopy"]);
+    let url = s.url(DEMO_IQN, 1);
+    let problems =
+        suites_without_failures_or_skips(&["SCSI.ExtendedCopy", "SCSI.ReceiveCopyResults"], &[url]);
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}

@@ -43,6 +43,7 @@ mod opcodes;
 mod sbc;
 mod sense;
 mod spc;
+mod xcopy;
 
 #[cfg(test)]
 mod tests;
@@ -53,6 +54,11 @@ pub use lu::{LogicalUnit, LuConfig, ModeSelectOutcome, UnitAttentions, MAX_TRANS
 pub use lun::{decode_lun, encode_lun, MAX_LUN};
 pub use sense::{key, key_name, FieldPointer, Sense, FIXED_SENSE_LEN};
 pub use spc::{naa_designator, serial_number, PRODUCT_ID, VENDOR_ID};
+pub use xcopy::{
+    copy_destination_protected, copy_segment_out_of_range, copy_status_data,
+    copy_target_not_reachable, incorrect_copy_target_type, parse_copy_list, CopyList, CopyOutcome,
+    CopyTarget, Segment as CopySegment,
+};
 
 use cdb::{cdb_len, sa, Cdb};
 
@@ -106,6 +112,12 @@ pub enum Plan {
     },
     /// Find which blocks from `lba` are mapped and answer with [`lba_status_data`].
     LbaStatus { lba: u64, alloc: u32 },
+    /// Receive the `len`-byte EXTENDED COPY (LID1) parameter list, read it with
+    /// [`parse_copy_list`], resolve its LUs and copy (through the write path).
+    ExtendedCopy { len: u32 },
+    /// Answer RECEIVE COPY RESULTS (COPY STATUS) with [`copy_status_data`] for the
+    /// session's finished copy `list_id`.
+    CopyStatus { list_id: u8, alloc: u32 },
 }
 
 /// What a CDB is decoded against.
@@ -213,6 +225,8 @@ pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
         op::WRITE_SAME_10 | op::WRITE_SAME_16 => lbp::write_same(cdb, lu),
         op::START_STOP_UNIT => Plan::Respond(sbc::start_stop_unit(cdb)),
         op::PREVENT_ALLOW_MEDIUM_REMOVAL => Plan::Respond(sbc::prevent_allow_medium_removal(cdb)),
+        op::EXTENDED_COPY => xcopy::extended_copy(cdb),
+        op::RECEIVE_COPY_RESULTS => xcopy::receive_copy_results(cdb),
         _ => check(Sense::invalid_opcode()),
     }
 }
@@ -254,7 +268,8 @@ impl Plan {
             Plan::ModeSelect { len, .. } | Plan::Unmap { len } => u64::from(*len),
             Plan::WriteSame { ndob: true, .. } => 0,
             Plan::WriteSame { ndob: false, .. } => bs,
-            Plan::LbaStatus { alloc, .. } => u64::from(*alloc),
+            Plan::LbaStatus { alloc, .. } | Plan::CopyStatus { alloc, .. } => u64::from(*alloc),
+            Plan::ExtendedCopy { len } => u64::from(*len),
         }
     }
 
@@ -296,6 +311,10 @@ impl Plan {
             Plan::Unmap { len } => match len.min(edtl) {
                 0 => nothing(),
                 len => Plan::Unmap { len },
+            },
+            Plan::ExtendedCopy { len } => match len.min(edtl) {
+                0 => nothing(),
+                len => Plan::ExtendedCopy { len },
             },
             other => other,
         }

@@ -84,10 +84,14 @@ fn standard_inquiry(mapped: bool) -> Vec<u8> {
     let mut d = vec![0u8; 96];
     d[0] = if mapped { TYPE_DISK } else { NO_LU };
     d[1] = 0x00; // RMB=0: not removable
-    d[2] = 0x06; // VERSION: SPC-4 (libiscsi 1.19 accepts 4..6 only)
+                 // VERSION 05h, SPC-3 (libiscsi 1.19 accepts 4..6 only). Not 06h: libiscsi then skips
+                 // its EXTENDED COPY test of the NUL bit (obsolete in SPC-4), and every command
+                 // implemented is in SPC-3 too.
+    d[2] = 0x05;
     d[3] = 0x12; // HISUP=1 (SAM-5 4.7 LUNs), RESPONSE DATA FORMAT=2
     d[4] = (d.len() - 5) as u8; // ADDITIONAL LENGTH
-    d[5] = 0x00; // SCCS ACC TPGS=00b 3PC PROTECT=0
+                                // SCCS ACC TPGS=00b PROTECT=0; 3PC (bit 3): EXTENDED COPY is supported.
+    d[5] = 0x08;
     d[6] = 0x00; // ENCSERV MULTIP
     d[7] = 0x02; // CMDQUE=1
     d[8..16].copy_from_slice(VENDOR_ID);

@@ -1786,6 +1786,10 @@ fn check_plan(p: &Plan, lu: Option<&LogicalUnit>) {
             let lu = lu.unwrap_or_else(|| unreachable!("GET LBA STATUS plan without an LU"));
             assert!(*lba < lu.num_blocks());
         }
+        Plan::ExtendedCopy { len } => {
+            assert!(lu.is_some() && *len > 0 && *len <= super::xcopy::MAX_PARAMETER_LIST);
+        }
+        Plan::CopyStatus { .. } => assert!(lu.is_some()),
     }
 }
 

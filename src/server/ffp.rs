@@ -40,6 +40,7 @@ use crate::server::frames::{FrameReader, ReadError};
 use crate::server::luns::{LunHandle, LunView};
 use crate::server::registry::SessionEntry;
 use crate::server::writer::{Hold, Outgoing, Stat};
+use crate::server::xcopy::{self, CopyResults, Requester};
 use crate::server::Shared;
 
 /// The most a single command may move (what VPD Block Limits announces); larger
@@ -90,6 +91,7 @@ enum WriteKind {
     WriteSame { lba: u64, blocks: u64, unmap: bool },
     Verify { lba: u64, blocks: u32 },
     ModeSelect { ten: bool },
+    ExtendedCopy,
 }
 
 /// What the connection attaches to a command while the core collects its Data-Out.
@@ -157,6 +159,8 @@ pub struct Ffp<R> {
     budget_queue: VecDeque<BudgetTicket>,
     next_ticket: u64,
     budget_wait: Option<BudgetWait>,
+    /// Finished EXTENDED COPY outcomes kept for RECEIVE COPY RESULTS.
+    copies: Arc<CopyResults>,
 }
 
 impl<R: AsyncRead + Unpin> Ffp<R> {
@@ -197,6 +201,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             next_task_id: 0,
             read_budget: Arc::new(Semaphore::new(SESSION_READ_BUDGET as usize)),
             writes,
+            copies: Arc::default(),
             budget_queue: VecDeque::new(),
             next_ticket: 0,
             budget_wait: None,
@@ -723,6 +728,14 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 self.collect(cmd, h, WriteKind::ModeSelect { ten }, len as u64, reply)
                     .await;
             }
+            (Plan::ExtendedCopy { len }, Some(h)) => {
+                self.collect(cmd, h, WriteKind::ExtendedCopy, len as u64, reply)
+                    .await;
+            }
+            (Plan::CopyStatus { list_id, alloc }, Some(_)) => {
+                let outcome = self.copies.get(list_id);
+                reply.respond(scsi::copy_status_data(outcome, alloc)).await
+            }
             // A plan that needs a volume for a LUN that has none cannot come from a
             // correct decoder; answer as for an unmapped LUN rather than panic.
             (_, None) => {
@@ -943,6 +956,21 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             WriteKind::ModeSelect { ten } => {
                 let resp = lun.lu.mode_select(ten, &data);
                 tokio::spawn(reply.respond(resp).in_current_span());
+            }
+            WriteKind::ExtendedCopy => {
+                let node = self.node.clone();
+                let who = Requester {
+                    target: self.luns.target().to_owned(),
+                    initiator: self.entry.initiator.clone(),
+                };
+                let copies = self.copies.clone();
+                self.spawn(itt, l, aborted, reply, |reply| {
+                    let fut = xcopy::extended_copy(reply, node, who, data, copies, r2t_sn, spdtl);
+                    async move {
+                        fut.await;
+                        drop(budget);
+                    }
+                })
             }
         }
     }

@@ -157,3 +157,67 @@ fn snapshot_lu_id(volume_id: u64, cut: CutId) -> u64 {
         mixed
     }
 }
+
+/// An LU an EXTENDED COPY names by its NAA designator: where its blocks are and whether
+/// a copy may write them.
+pub struct CopyDevice {
+    pub volume: Arc<Volume>,
+    /// A snapshot LU: reads see the volume at this cut, and it is never written.
+    pub snapshot: Option<CutId>,
+    /// Some LUN of the device is mapped read-write to a target the initiator reaches.
+    pub writable: bool,
+}
+
+/// The LU whose VPD 83h NAA designator is `naa`, among the LUNs of every target this
+/// session's initiator could log in to without a secret it has not shown: its own
+/// target, and targets whose ACL admits it and that ask no CHAP. A copy manager that
+/// looked further would let an initiator read or write LUs it was never given.
+pub fn find_by_naa(node: &Shared, target: &str, initiator: &str, naa: &[u8]) -> Option<CopyDevice> {
+    let catalog = node.catalog.read();
+    let mut found: Option<(String, Option<CutId>, bool)> = None;
+    for (iqn, t) in &catalog.targets {
+        let reachable =
+            iqn == target || (t.chap.is_none() && (t.acl.is_empty() || t.acl.contains(initiator)));
+        if !reachable {
+            continue;
+        }
+        for spec in t.luns.values() {
+            let (base, snapshot_name) = split_snapshot_ref(&spec.volume);
+            let Some(v) = catalog.volumes.get(base) else {
+                continue;
+            };
+            let (id, snapshot) = match snapshot_name {
+                None => (v.id, None),
+                Some(s) => {
+                    let Some(snap) = catalog.snapshots.get(s) else {
+                        continue;
+                    };
+                    let cut = CutId(snap.cut);
+                    (snapshot_lu_id(v.id, cut), Some(cut))
+                }
+            };
+            if crate::scsi::naa_designator(id)[..] != *naa {
+                continue;
+            }
+            let writable = !spec.read_only && snapshot.is_none();
+            match &mut found {
+                Some((_, _, w)) => *w |= writable,
+                None => found = Some((base.to_owned(), snapshot, writable)),
+            }
+        }
+    }
+    drop(catalog);
+    let (name, snapshot, writable) = found?;
+    let volume = node.volumes.read().get(&name).cloned()?;
+    if let Some(cut) = snapshot {
+        // A snapshot whose state is gone (crash) is not a logical unit.
+        if !volume.tracking()?.has_snapshot(cut) {
+            return None;
+        }
+    }
+    Some(CopyDevice {
+        volume,
+        snapshot,
+        writable,
+    })
+}

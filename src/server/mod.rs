@@ -12,6 +12,7 @@ mod frames;
 mod luns;
 mod registry;
 pub mod writer;
+mod xcopy;
 
 pub use registry::{SessionInfo, SessionRegistry};
 
