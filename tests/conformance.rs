@@ -212,3 +212,21 @@ fn extended_copy_suites_pass_without_skips() {
         suites_without_failures_or_skips(&["SCSI.ExtendedCopy", "SCSI.ReceiveCopyResults"], &[url]);
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
+
+/// The MultipathIO suite through two portals of one target (two paths to one LU, each
+/// portal its own target port group). Its COMPARE AND WRITE tests need COMPARE AND
+/// WRITE, atomic across sessions.
+#[test]
+fn multipath_suite_passes_through_two_portals_without_skips() {
+    let s = TestServer::start_with(&["--listen", "127.0.0.1:0"]);
+    assert_eq!(s.addrs.len(), 2, "two portals: {:?}", s.addrs);
+    s.ctl_ok(&["volume", "create", "mpio", "--size", "64M"]);
+    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "mpio"]);
+    let urls: Vec<String> = s
+        .addrs
+        .iter()
+        .map(|a| format!("iscsi://{a}/{DEMO_IQN}/1"))
+        .collect();
+    let problems = suites_without_failures_or_skips(&["SCSI.MultipathIO"], &urls);
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}

@@ -52,6 +52,8 @@ pub mod sa {
     pub const GET_LBA_STATUS: u8 = 0x12;
     /// MAINTENANCE IN / REPORT SUPPORTED OPERATION CODES, SPC-5 6.36.
     pub const REPORT_SUPPORTED_OPCODES: u8 = 0x0C;
+    /// MAINTENANCE IN / REPORT TARGET PORT GROUPS, SPC-4 6.27.
+    pub const REPORT_TARGET_PORT_GROUPS: u8 = 0x0A;
 }
 
 /// CDB length implied by the opcode's group code (SPC-5 4.2.5.1, table 4). Groups 3 (the

@@ -34,6 +34,9 @@ pub struct LogicalUnit {
     id: u64,
     name: String,
     mode: Mutex<ModeState>,
+    /// The target port this LU is seen through, when the server has ports in target
+    /// port groups (ALUA): INQUIRY then reports TPGS and VPD 83h its designators.
+    port: Option<super::alua::TargetPort>,
 }
 
 /// Result of `LogicalUnit::apply_mode_select`.
@@ -61,7 +64,18 @@ impl LogicalUnit {
             id: cfg.id,
             name: cfg.name,
             mode: Mutex::new(ModeState::default()),
+            port: None,
         }
+    }
+
+    /// The LU as seen through `port` (a session's portal).
+    pub fn with_target_port(mut self, port: super::alua::TargetPort) -> LogicalUnit {
+        self.port = Some(port);
+        self
+    }
+
+    pub fn target_port(&self) -> Option<super::alua::TargetPort> {
+        self.port
     }
 
     pub fn block_size(&self) -> u32 {

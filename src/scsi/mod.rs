@@ -34,6 +34,7 @@
 //! (MODE SENSE/SELECT), `sbc` (capacity, read, write, verify, sync), `opcodes` (the command
 //! table and REPORT SUPPORTED OPERATION CODES), `lun` (the 8-byte LUN format).
 
+pub mod alua;
 mod cdb;
 mod lbp;
 mod lu;
@@ -118,6 +119,9 @@ pub enum Plan {
     /// Answer RECEIVE COPY RESULTS (COPY STATUS) with [`copy_status_data`] for the
     /// session's finished copy `list_id`.
     CopyStatus { list_id: u8, alloc: u32 },
+    /// Answer REPORT TARGET PORT GROUPS with [`alua::target_port_groups_data`] for the
+    /// node's port groups and their states.
+    ReportTargetPortGroups { extended: bool, alloc: u32 },
 }
 
 /// What a CDB is decoded against.
@@ -216,6 +220,7 @@ pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
         },
         op::MAINTENANCE_IN => match cdb.service_action() {
             sa::REPORT_SUPPORTED_OPCODES => Plan::Respond(opcodes::report_supported_opcodes(cdb)),
+            sa::REPORT_TARGET_PORT_GROUPS => alua::report_target_port_groups(cdb),
             _ => check(Sense::invalid_field_in_cdb_bit(1, 4)),
         },
         op::MODE_SENSE_6 => Plan::Respond(mode::mode_sense(cdb, lu, false)),
@@ -268,7 +273,9 @@ impl Plan {
             Plan::ModeSelect { len, .. } | Plan::Unmap { len } => u64::from(*len),
             Plan::WriteSame { ndob: true, .. } => 0,
             Plan::WriteSame { ndob: false, .. } => bs,
-            Plan::LbaStatus { alloc, .. } | Plan::CopyStatus { alloc, .. } => u64::from(*alloc),
+            Plan::LbaStatus { alloc, .. }
+            | Plan::CopyStatus { alloc, .. }
+            | Plan::ReportTargetPortGroups { alloc, .. } => u64::from(*alloc),
             Plan::ExtendedCopy { len } => u64::from(*len),
         }
     }

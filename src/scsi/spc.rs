@@ -58,7 +58,7 @@ pub fn inquiry(cdb: Cdb, lu: Option<&LogicalUnit>) -> Response {
         if page != 0 {
             return Response::check(Sense::invalid_field_in_cdb(2));
         }
-        return Response::good(cut(standard_inquiry(lu.is_some()), alloc));
+        return Response::good(cut(standard_inquiry(lu), alloc));
     }
     let Some(lu) = lu else {
         return Response::check(Sense::lu_not_supported());
@@ -80,7 +80,8 @@ pub fn inquiry(cdb: Cdb, lu: Option<&LogicalUnit>) -> Response {
 }
 
 /// Standard INQUIRY data (SPC-5 6.7.2), 96 bytes.
-fn standard_inquiry(mapped: bool) -> Vec<u8> {
+fn standard_inquiry(lu: Option<&LogicalUnit>) -> Vec<u8> {
+    let mapped = lu.is_some();
     let mut d = vec![0u8; 96];
     d[0] = if mapped { TYPE_DISK } else { NO_LU };
     d[1] = 0x00; // RMB=0: not removable
@@ -92,6 +93,10 @@ fn standard_inquiry(mapped: bool) -> Vec<u8> {
     d[4] = (d.len() - 5) as u8; // ADDITIONAL LENGTH
                                 // SCCS ACC TPGS=00b PROTECT=0; 3PC (bit 3): EXTENDED COPY is supported.
     d[5] = 0x08;
+    // TPGS 01b (bits 5-4): implicit ALUA, when the LU is seen through a port group.
+    if lu.is_some_and(|l| l.target_port().is_some()) {
+        d[5] |= 0x10;
+    }
     d[6] = 0x00; // ENCSERV MULTIP
     d[7] = 0x02; // CMDQUE=1
     d[8..16].copy_from_slice(VENDOR_ID);
@@ -151,8 +156,15 @@ fn device_identification(lu: &LogicalUnit) -> Vec<u8> {
     out.extend_from_slice(&[0x02, 0x01, 0x00, t10.len() as u8]);
     out.extend_from_slice(&t10);
     // 3. Relative target port identifier (SPC-5 7.7.6.7): iSCSI (5h), binary, PIV=1, associated
-    // with the target port, port 1.
-    out.extend_from_slice(&[0x51, 0x94, 0x00, 0x04, 0x00, 0x00, 0x00, 0x01]);
+    // with the target port: the session's port (port 1 without port groups).
+    let port = lu.target_port();
+    let [hi, lo] = port.map_or(1, |p| p.relative_port).to_be_bytes();
+    out.extend_from_slice(&[0x51, 0x94, 0x00, 0x04, 0x00, 0x00, hi, lo]);
+    // 4. Target port group (SPC-5 7.7.6.8), binary, associated with the target port.
+    if let Some(p) = port {
+        let [hi, lo] = p.group.to_be_bytes();
+        out.extend_from_slice(&[0x01, 0x15, 0x00, 0x04, 0x00, 0x00, hi, lo]);
+    }
     out
 }
 

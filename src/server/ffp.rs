@@ -583,8 +583,18 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         };
         let aborted = Arc::new(AtomicBool::new(false));
         let reply = self.reply(&cmd, slot, aborted.clone());
+        let access = self.luns.access_state(&self.node);
         let resolved = self.luns.resolve(&self.node, lun);
         let (handle, plan) = match resolved {
+            // SPC-4 5.15.2.4: a port group in standby or unavailable refuses what its
+            // state does not serve (a pending unit attention is reported first).
+            Some((h, ua)) if scsi::alua::refused(access, &cmd.cdb).is_some() => {
+                let sense = ua
+                    .pop()
+                    .or_else(|| scsi::alua::refused(access, &cmd.cdb))
+                    .unwrap_or_else(scsi::alua::standby);
+                (Some(h), Plan::Respond(scsi::Response::check(sense)))
+            }
             Some((h, ua)) => {
                 let plan = scsi::plan(
                     &cmd.cdb,
@@ -731,6 +741,14 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             (Plan::ExtendedCopy { len }, Some(h)) => {
                 self.collect(cmd, h, WriteKind::ExtendedCopy, len as u64, reply)
                     .await;
+            }
+            (Plan::ReportTargetPortGroups { extended, alloc }, Some(_)) => {
+                let groups = self.luns.port_groups(&self.node);
+                reply
+                    .respond(scsi::alua::target_port_groups_data(
+                        &groups, extended, alloc,
+                    ))
+                    .await
             }
             (Plan::CopyStatus { list_id, alloc }, Some(_)) => {
                 let outcome = self.copies.get(list_id);

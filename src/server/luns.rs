@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::catalog::{split_snapshot_ref, LunSpec};
+use std::collections::BTreeMap;
+
+use crate::catalog::{split_snapshot_ref, LunSpec, PortGroupState};
+use crate::scsi::alua::{self, AccessState, PortGroupStatus, TargetPort};
 use crate::scsi::{LogicalUnit, LuConfig, Sense, UnitAttentions};
 use crate::server::Shared;
 use crate::tracking::CutId;
@@ -35,14 +38,51 @@ struct Entry {
 pub struct LunView {
     target: String,
     entries: HashMap<u64, Entry>,
+    /// The portal the session came in through.
+    port: TargetPort,
+    /// The port group states last seen: a change raises ASYMMETRIC ACCESS STATE
+    /// CHANGED on every nexus of the session (SPC-4 5.15.2.5).
+    states_seen: BTreeMap<u16, PortGroupState>,
 }
 
 impl LunView {
-    pub fn new(target: String) -> LunView {
+    pub fn new(target: String, port: TargetPort) -> LunView {
         LunView {
             target,
             entries: HashMap::new(),
+            port,
+            states_seen: BTreeMap::new(),
         }
+    }
+
+    /// The access state of this session's port group, as the catalog says now.
+    pub fn access_state(&self, node: &Shared) -> AccessState {
+        node.catalog
+            .read()
+            .port_groups
+            .get(&self.port.group)
+            .copied()
+            .unwrap_or_default()
+            .to_scsi()
+    }
+
+    /// Every target port group of the node with its state and ports, for REPORT
+    /// TARGET PORT GROUPS.
+    pub fn port_groups(&self, node: &Shared) -> Vec<PortGroupStatus> {
+        let portals = node.portals.load(Ordering::Acquire).max(self.port.group);
+        let catalog = node.catalog.read();
+        (1..=portals)
+            .map(|g| PortGroupStatus {
+                group: g,
+                state: catalog
+                    .port_groups
+                    .get(&g)
+                    .copied()
+                    .unwrap_or_default()
+                    .to_scsi(),
+                ports: vec![g],
+            })
+            .collect()
     }
 
     pub fn target(&self) -> &str {
@@ -66,12 +106,23 @@ impl LunView {
         node: &Shared,
         lun: u64,
     ) -> Option<(Arc<LunHandle>, &mut UnitAttentions)> {
-        let spec = node
-            .catalog
-            .read()
-            .targets
-            .get(&self.target)
-            .and_then(|t| t.luns.get(&lun).cloned());
+        let (spec, states_changed) = {
+            let catalog = node.catalog.read();
+            let spec = catalog
+                .targets
+                .get(&self.target)
+                .and_then(|t| t.luns.get(&lun).cloned());
+            let changed = catalog.port_groups != self.states_seen;
+            if changed {
+                self.states_seen = catalog.port_groups.clone();
+            }
+            (spec, changed)
+        };
+        if states_changed {
+            for e in self.entries.values_mut() {
+                e.ua.push(alua::state_changed());
+            }
+        }
         let Some(spec) = spec else {
             self.entries.remove(&lun);
             return None;
@@ -108,7 +159,8 @@ impl LunView {
                 read_only: spec.read_only || snapshot.is_some(),
                 id,
                 name: spec.volume.clone(),
-            });
+            })
+            .with_target_port(self.port);
             let resets = node.sessions.reset_counter(&self.target, lun);
             let resets_seen = resets.load(Ordering::Acquire);
             let ua = match self.entries.remove(&lun) {

@@ -58,6 +58,9 @@ pub struct Shared {
     pub events: Emitter,
     /// Connections open and logins refused, for the metrics endpoint.
     pub metrics: Arc<crate::metrics::NodeCounters>,
+    /// Portals being served: portal N (from 1) is target port N in target port group N
+    /// (REPORT TARGET PORT GROUPS lists them all).
+    pub portals: std::sync::atomic::AtomicU16,
 }
 
 impl Shared {
@@ -78,6 +81,7 @@ impl Shared {
             auth_throttle: Mutex::new(AuthThrottle::default()),
             events,
             metrics,
+            portals: std::sync::atomic::AtomicU16::new(0),
         }
     }
 }
@@ -124,7 +128,16 @@ impl Server {
         let settings = Arc::new(settings);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut accepts = tokio::task::JoinSet::new();
-        for l in self.listeners {
+        let portals = u16::try_from(self.listeners.len()).unwrap_or(u16::MAX);
+        self.node
+            .portals
+            .store(portals, std::sync::atomic::Ordering::Release);
+        for (i, l) in self.listeners.into_iter().enumerate() {
+            let n = u16::try_from(i + 1).unwrap_or(u16::MAX);
+            let port = crate::scsi::alua::TargetPort {
+                relative_port: n,
+                group: n,
+            };
             let node = self.node.clone();
             let settings = settings.clone();
             let stop_rx = stop_rx.clone();
@@ -137,6 +150,7 @@ impl Server {
                                 stream,
                                 settings.clone(),
                                 stop_rx.clone(),
+                                port,
                             ));
                         }
                         Err(e) => {
