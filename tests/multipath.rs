@@ -3,11 +3,12 @@
 //! TARGET PORT GROUPS lists both, and a group set to standby with `ctl port-group set`
 //! answers media access with NOT READY, TARGET PORT IN STANDBY STATE while the other
 //! portal serves; the state survives a restart and goes back with `active-optimized`.
+//! Discovery through either portal lists both.
 
 mod common;
 
 use common::raw::RawClient;
-use common::{TestServer, DEMO_IQN};
+use common::{run_ok, TestServer, DEMO_IQN};
 use twinlun::iscsi::pdu::Digests;
 
 const BLOCK: usize = 512;
@@ -102,6 +103,13 @@ fn a_standby_port_group_refuses_media_access_while_the_other_portal_serves() {
         [(1, 0x0, vec![1]), (2, 0x0, vec![2])],
         "both groups active/optimized"
     );
+
+    // Discovery through one portal names both, each with its portal group tag.
+    let listed = run_ok("iscsi-ls", &[&format!("iscsi://{}", s.addrs[0])]);
+    for (i, a) in s.addrs.iter().enumerate() {
+        let line = format!("Target:{DEMO_IQN} Portal:{a},{}", i + 1);
+        assert!(listed.contains(&line), "{line} not in\n{listed}");
+    }
 
     let data: Vec<u8> = (0..8 * BLOCK).map(|i| (i % 251) as u8).collect();
     a.write10(1, 0, &data, BLOCK);

@@ -299,6 +299,25 @@ async fn serve_inner(
         let target_name = outcome.target_name.clone();
         let session_type = outcome.session_type;
         let max_send = outcome.conn.max_send_data_segment_length;
+        // The other portals, by group; a wildcard one as the address this connection
+        // reached (the initiator knows it routes there), if of the same family.
+        let other_portals: Vec<(SocketAddr, u16)> = node
+            .portals
+            .read()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| {
+                let group = u16::try_from(i + 1).ok()?;
+                let mut a = *a;
+                if a.ip().is_unspecified() {
+                    if a.is_ipv4() != local.is_ipv4() {
+                        return None;
+                    }
+                    a.set_ip(local.ip());
+                }
+                (group != tpgt).then_some((a, group))
+            })
+            .collect();
         let mut exchange = TextExchange::new();
         Box::new(move |req: &TextRequest| {
             let ctx = TextContext {
@@ -307,6 +326,7 @@ async fn serve_inner(
                 target_name: target_name.as_deref(),
                 portal: local,
                 tpgt,
+                other_portals: &other_portals,
                 max_send_data_segment_length: max_send,
             };
             match exchange.handle(req, &ctx, &dir) {

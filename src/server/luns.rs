@@ -69,7 +69,9 @@ impl LunView {
     /// Every target port group of the node with its state and ports, for REPORT
     /// TARGET PORT GROUPS.
     pub fn port_groups(&self, node: &Shared) -> Vec<PortGroupStatus> {
-        let portals = node.portals.load(Ordering::Acquire).max(self.port.group);
+        let portals = u16::try_from(node.portals.read().len())
+            .unwrap_or(u16::MAX)
+            .max(self.port.group);
         let catalog = node.catalog.read();
         (1..=portals)
             .map(|g| PortGroupStatus {

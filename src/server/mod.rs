@@ -58,9 +58,9 @@ pub struct Shared {
     pub events: Emitter,
     /// Connections open and logins refused, for the metrics endpoint.
     pub metrics: Arc<crate::metrics::NodeCounters>,
-    /// Portals being served: portal N (from 1) is target port N in target port group N
-    /// (REPORT TARGET PORT GROUPS lists them all).
-    pub portals: std::sync::atomic::AtomicU16,
+    /// Portals being served, as bound: portal N (from 1) is target port N in target
+    /// port group N (REPORT TARGET PORT GROUPS and SendTargets list them all).
+    pub portals: RwLock<Vec<SocketAddr>>,
 }
 
 impl Shared {
@@ -81,7 +81,7 @@ impl Shared {
             auth_throttle: Mutex::new(AuthThrottle::default()),
             events,
             metrics,
-            portals: std::sync::atomic::AtomicU16::new(0),
+            portals: RwLock::new(Vec::new()),
         }
     }
 }
@@ -128,10 +128,7 @@ impl Server {
         let settings = Arc::new(settings);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut accepts = tokio::task::JoinSet::new();
-        let portals = u16::try_from(self.listeners.len()).unwrap_or(u16::MAX);
-        self.node
-            .portals
-            .store(portals, std::sync::atomic::Ordering::Release);
+        *self.node.portals.write() = self.local_addrs();
         for (i, l) in self.listeners.into_iter().enumerate() {
             let n = u16::try_from(i + 1).unwrap_or(u16::MAX);
             let port = crate::scsi::alua::TargetPort {
