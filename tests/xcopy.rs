@@ -127,6 +127,25 @@ fn extended_copy_between_volumes_reads_back_and_is_tracked() {
         (0, &65536u32.to_be_bytes()[..])
     );
 
+    // Within one volume, 2 MiB (more than the 1 MiB the copy moves at a time) onto a
+    // range overlapping its source from behind: the result is that of a copy through
+    // a buffer (the source as it was before the copy).
+    let big: Vec<u8> = (0..2 << 20u32).map(|i| (i / 4099 + i * 13) as u8).collect();
+    for (k, piece) in big.chunks(64 * 1024).enumerate() {
+        c.write10(1, 20_000 + 128 * k as u32, piece, BLOCK);
+    }
+    let big_blocks = (big.len() / BLOCK) as u16;
+    let list = copy_list(
+        11,
+        &[target(&src)],
+        &[segment(0, 0, big_blocks, 20_000, 21_024)],
+    );
+    c.scsi_good(1, &extended_copy_cdb(list.len()), &list, 0);
+    for (k, piece) in big.chunks(64 * 1024).enumerate() {
+        let got = c.read10(1, 21_024 + 128 * k as u32, 128, BLOCK);
+        assert!(got == piece, "overlapping copy: 64 KiB piece {k} differs");
+    }
+
     // A destination mapped read-only: DATA PROTECT, nothing written.
     let list = copy_list(
         8,
