@@ -583,19 +583,16 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         };
         let aborted = Arc::new(AtomicBool::new(false));
         let reply = self.reply(&cmd, slot, aborted.clone());
-        let access = self.luns.access_state(&self.node);
+        // SPC-4 5.15.2.4: a port group in standby or unavailable refuses what its
+        // state does not serve (a pending unit attention is reported first).
+        let refusal = scsi::alua::refused(self.luns.access_state(&self.node), &cmd.cdb);
         let resolved = self.luns.resolve(&self.node, lun);
-        let (handle, plan) = match resolved {
-            // SPC-4 5.15.2.4: a port group in standby or unavailable refuses what its
-            // state does not serve (a pending unit attention is reported first).
-            Some((h, ua)) if scsi::alua::refused(access, &cmd.cdb).is_some() => {
-                let sense = ua
-                    .pop()
-                    .or_else(|| scsi::alua::refused(access, &cmd.cdb))
-                    .unwrap_or_else(scsi::alua::standby);
+        let (handle, plan) = match (resolved, refusal) {
+            (Some((h, ua)), Some(refused)) => {
+                let sense = ua.pop().unwrap_or(refused);
                 (Some(h), Plan::Respond(scsi::Response::check(sense)))
             }
-            Some((h, ua)) => {
+            (Some((h, ua)), None) => {
                 let plan = scsi::plan(
                     &cmd.cdb,
                     scsi::Context {
@@ -606,7 +603,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 );
                 (Some(h), plan)
             }
-            None => (
+            (None, _) => (
                 None,
                 scsi::plan(
                     &cmd.cdb,
