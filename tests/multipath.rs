@@ -116,6 +116,11 @@ fn a_standby_port_group_refuses_media_access_while_the_other_portal_serves() {
     assert_eq!(b.read10(1, 0, 8, BLOCK), data, "the other path reads it");
 
     s.ctl_ok(&["port-group", "set", "2", "standby"]);
+    let status = s.ctl_json(&["status"]);
+    let groups = &status["port_groups"];
+    assert_eq!(groups[0]["state"], "active-optimized", "{status}");
+    assert_eq!(groups[1]["state"], "standby", "{status}");
+    assert_eq!(groups[1]["portal"], s.addrs[1].as_str(), "{status}");
     // The change is announced once on the nexus, then the standby answers.
     assert_eq!(
         answer(&mut b, 1, &read10_cdb(0, 8), 4096),

@@ -690,6 +690,18 @@ pub struct StatusView {
     pub replications: Vec<ReplicationView>,
     #[serde(default)]
     pub snapshots: Vec<SnapshotView>,
+    /// The ALUA state of each portal's target port group (portal N is group N).
+    #[serde(default)]
+    pub port_groups: Vec<PortGroupView>,
+}
+
+/// A target port group as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortGroupView {
+    pub group: u16,
+    /// The portal in the group, when one is being served.
+    pub portal: Option<String>,
+    pub state: crate::catalog::PortGroupState,
 }
 
 /// A peer as shown: never its secret.
