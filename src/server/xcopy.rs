@@ -5,7 +5,7 @@
 //! `Volume::write`, the path WRITE takes: write gate, dirty bitmap and activity log, so
 //! replication and snapshots see a copy like any other write.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -26,6 +26,8 @@ const COPY_CHUNK: u64 = 1 << 20;
 #[derive(Default)]
 pub struct CopyResults {
     kept: Mutex<HashMap<u8, CopyOutcome>>,
+    /// List identifiers of the session's copies running now.
+    running: Mutex<HashSet<u8>>,
 }
 
 impl CopyResults {
@@ -36,6 +38,33 @@ impl CopyResults {
     fn keep(&self, list_id: u8, outcome: CopyOutcome) {
         self.kept.lock().insert(list_id, outcome);
     }
+
+    /// Claims `list_id` for a copy that starts; None while another copy of the session
+    /// runs under it (SPC-4 6.4.3: the identifier of a kept list is unique).
+    fn start(self: &Arc<Self>, list_id: u8) -> Option<Running> {
+        self.running.lock().insert(list_id).then(|| Running {
+            results: self.clone(),
+            list_id,
+        })
+    }
+}
+
+/// A running copy's claim on its list identifier, given back when the copy ends.
+struct Running {
+    results: Arc<CopyResults>,
+    list_id: u8,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.results.running.lock().remove(&self.list_id);
+    }
+}
+
+/// ILLEGAL REQUEST, OPERATION IN PROGRESS (00h/16h): the list identifier is that of a
+/// copy still running.
+const fn operation_in_progress() -> Sense {
+    Sense::new(scsi::key::ILLEGAL_REQUEST, 0x00, 0x16)
 }
 
 /// Who asks for the copy: it reaches the LUs its initiator may reach, no others.
@@ -163,6 +192,16 @@ pub async fn extended_copy(
                 .await
         }
     };
+    let _claim = match list.keep_status.then(|| results.start(list.list_id)) {
+        Some(None) => {
+            let sense = operation_in_progress();
+            return reply
+                .status(Status::CheckCondition, Some(&sense), r2ts, 0)
+                .await;
+        }
+        Some(claim) => claim,
+        None => None,
+    };
     let (devices, steps) = match prepare(&node, &who, &list) {
         Ok(p) => p,
         Err(sense) => {
@@ -210,5 +249,31 @@ pub async fn extended_copy(
                 .status(Status::CheckCondition, Some(&sense), r2ts, 0)
                 .await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_identifier_is_claimed_once_until_its_copy_ends() {
+        let results = Arc::new(CopyResults::default());
+        let first = results.start(7).expect("free identifier");
+        assert!(results.start(7).is_none(), "in use while the copy runs");
+        let other = results.start(8).expect("another identifier");
+        drop(first);
+        assert!(results.start(7).is_some(), "free again once the copy ended");
+        drop(other);
+        results.keep(
+            7,
+            CopyOutcome {
+                ok: true,
+                segments_processed: 1,
+                bytes: 512,
+            },
+        );
+        assert_eq!(results.get(7).map(|o| o.bytes), Some(512));
+        assert_eq!(results.get(8), None);
     }
 }
