@@ -44,6 +44,11 @@ const VPD_PAGES: [u8; 6] = [
 /// SBC-3. libiscsi reads SBC-3 (04C0h) as "READ CAPACITY(16) and the 16-byte commands work".
 const VERSION_DESCRIPTORS: [u16; 4] = [0x00A0, 0x0960, 0x0460, 0x04C0];
 
+/// VERSION of the standard INQUIRY data: 05h, SPC-3 (libiscsi 1.19 accepts 4..6 only).
+/// Not 06h: libiscsi then skips its EXTENDED COPY test of the NUL bit (obsolete in
+/// SPC-4), and every command implemented is in SPC-3 too.
+const VERSION: u8 = 0x05;
+
 /// INQUIRY (SPC-5 6.7).
 pub fn inquiry(cdb: Cdb, lu: Option<&LogicalUnit>) -> Response {
     let evpd = cdb.byte(1) & 0x01 != 0;
@@ -85,14 +90,11 @@ fn standard_inquiry(lu: Option<&LogicalUnit>) -> Vec<u8> {
     let mut d = vec![0u8; 96];
     d[0] = if mapped { TYPE_DISK } else { NO_LU };
     d[1] = 0x00; // RMB=0: not removable
-                 // VERSION 05h, SPC-3 (libiscsi 1.19 accepts 4..6 only). Not 06h: libiscsi then skips
-                 // its EXTENDED COPY test of the NUL bit (obsolete in SPC-4), and every command
-                 // implemented is in SPC-3 too.
-    d[2] = 0x05;
+    d[2] = VERSION;
     d[3] = 0x12; // HISUP=1 (SAM-5 4.7 LUNs), RESPONSE DATA FORMAT=2
     d[4] = (d.len() - 5) as u8; // ADDITIONAL LENGTH
-                                // SCCS ACC TPGS=00b PROTECT=0; 3PC (bit 3): EXTENDED COPY is supported.
-    d[5] = 0x08;
+    d[5] = 0x08; // SCCS ACC TPGS=00b PROTECT=0; 3PC=1: EXTENDED COPY is supported
+
     // TPGS 01b (bits 5-4): implicit ALUA, when the LU is seen through a port group.
     if lu.is_some_and(|l| l.target_port().is_some()) {
         d[5] |= 0x10;
