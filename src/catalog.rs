@@ -35,6 +35,48 @@ pub struct Catalog {
     /// Scheduled replications, keyed by task name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub schedules: BTreeMap<String, ScheduleSpec>,
+    /// ALUA access states an admin set, by target port group (portal N of `serve
+    /// --listen`, from 1, is group N). A group not listed is active/optimized.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_groups: BTreeMap<u16, PortGroupState>,
+}
+
+/// The asymmetric access state of a target port group (SPC-4 5.15.2.4), as an admin
+/// sets it with `ctl port-group set`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortGroupState {
+    /// Every command served, the path to prefer.
+    #[default]
+    ActiveOptimized,
+    /// Every command served, a path to use when no optimized one is left.
+    ActiveNonOptimized,
+    /// Identity and mode pages served; media access answers NOT READY, TARGET PORT IN
+    /// STANDBY STATE.
+    Standby,
+    /// Only INQUIRY, REPORT LUNS, REPORT TARGET PORT GROUPS and REQUEST SENSE served.
+    Unavailable,
+}
+
+impl PortGroupState {
+    pub fn to_scsi(self) -> crate::scsi::alua::AccessState {
+        use crate::scsi::alua::AccessState;
+        match self {
+            PortGroupState::ActiveOptimized => AccessState::ActiveOptimized,
+            PortGroupState::ActiveNonOptimized => AccessState::ActiveNonOptimized,
+            PortGroupState::Standby => AccessState::Standby,
+            PortGroupState::Unavailable => AccessState::Unavailable,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PortGroupState::ActiveOptimized => "active-optimized",
+            PortGroupState::ActiveNonOptimized => "active-non-optimized",
+            PortGroupState::Standby => "standby",
+            PortGroupState::Unavailable => "unavailable",
+        }
+    }
 }
 
 /// A named task that runs `replicate SET` at `start` and then every `every_secs`.

@@ -143,6 +143,9 @@ enum CtlCommand {
     /// CHAP authentication of a target.
     #[command(subcommand)]
     Chap(ChapCmd),
+    /// ALUA target port groups: portal N of `serve --listen` (from 1) is group N.
+    #[command(subcommand)]
+    PortGroup(PortGroupCmd),
     /// Logged-in sessions.
     #[command(subcommand)]
     Session(SessionCmd),
@@ -572,6 +575,17 @@ enum SnapshotCmd {
 }
 
 #[derive(Subcommand)]
+enum PortGroupCmd {
+    /// Set a group's access state, seen by initiators from their next command.
+    Set {
+        /// The group: 1 for the first portal, 2 for the second, ...
+        group: u16,
+        /// active-optimized, active-non-optimized, standby or unavailable.
+        state: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum AclCmd {
     /// Allow an initiator to log in (a target with no entries is open to any).
     Add {
@@ -995,6 +1009,17 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
             .into(),
             LunCmd::Unmap { iqn, lun } => Change::LunUnmap { iqn, lun }.into(),
         },
+        CtlCommand::PortGroup(PortGroupCmd::Set { group, state }) => Change::PortGroupSet {
+            group,
+            state: serde_json::from_value(serde_json::Value::String(state.clone())).map_err(
+                |_| {
+                    format!(
+                        "unknown state '{state}': use active-optimized, active-non-optimized, standby or unavailable"
+                    )
+                },
+            )?,
+        }
+        .into(),
         CtlCommand::Acl(a) => match a {
             AclCmd::Add { iqn, initiator } => Change::AclAdd { iqn, initiator }.into(),
             AclCmd::Remove { iqn, initiator } => Change::AclRemove { iqn, initiator }.into(),

@@ -17,6 +17,8 @@ pub enum ValidationError {
     VolumeName { name: String, why: &'static str },
     #[error("invalid group name '{name}': {why}")]
     GroupName { name: String, why: &'static str },
+    #[error("target port group 0 does not exist: portals are groups 1, 2, ... in `serve --listen` order")]
+    PortGroup,
     #[error("page size {0} is not supported (a power of two from 4K to 1M)")]
     PageSize(u64),
     #[error("invalid snapshot name '{name}': {why}")]

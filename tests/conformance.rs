@@ -174,15 +174,15 @@ fn skipped_tests_are_counted_per_test_without_the_suite_probe() {
     assert_eq!(skipped_tests(out), vec!["ZeroBlocks".to_string()]);
 }
 
-/// Runs each suite against its LUN and returns what went wrong: a failed test, a test
-/// that skipped (per test, `skipped_tests`), no test run. CUnit's verbose mode (`-v`)
-/// prints the `Test:` line each test's skips are counted under; the normal mode (`-n`)
-/// prints none, and a skip there would belong to no test.
-fn suites_without_failures_or_skips(s: &TestServer, suites: &[(&str, u64)]) -> Vec<String> {
+/// Runs `suites` against `urls` (the first is the LUN under test; more are further
+/// paths to it) and lists every suite with a failed or skipped test. CUnit's verbose
+/// mode (the default, not `-n`) prints the `Test:` lines a skip is counted under.
+fn suites_without_failures_or_skips(suites: &[&str], urls: &[String]) -> Vec<String> {
     let mut problems = Vec::new();
-    for (suite, lun) in suites {
-        let url = s.url(DEMO_IQN, *lun);
-        let out = run("iscsi-test-cu", &["--dataloss", "-v", "-t", suite, &url]);
+    for suite in suites {
+        let mut args = vec!["--dataloss", "-t", suite];
+        args.extend(urls.iter().map(String::as_str));
+        let out = run("iscsi-test-cu", &args);
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         let Some(r) = parse(&text) else {
@@ -214,16 +214,16 @@ fn reservation_suites_pass_without_skips() {
     s.ctl_ok(&["volume", "create", "pr", "--size", "64M"]);
     s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "pr"]);
     let suites = [
-        ("SCSI.PrinReadKeys", 1),
-        ("SCSI.PrinServiceactionRange", 1),
-        ("SCSI.PrinReportCapabilities", 1),
-        ("SCSI.ProutRegister", 1),
-        ("SCSI.ProutReserve", 1),
-        ("SCSI.ProutClear", 1),
-        ("SCSI.ProutPreempt", 1),
-        ("SCSI.Reserve6", 1),
+        "SCSI.PrinReadKeys",
+        "SCSI.PrinServiceactionRange",
+        "SCSI.PrinReportCapabilities",
+        "SCSI.ProutRegister",
+        "SCSI.ProutReserve",
+        "SCSI.ProutClear",
+        "SCSI.ProutPreempt",
+        "SCSI.Reserve6",
     ];
-    let problems = suites_without_failures_or_skips(&s, &suites);
+    let problems = suites_without_failures_or_skips(&suites, &[s.url(DEMO_IQN, 1)]);
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
 
@@ -235,12 +235,12 @@ fn reset_and_report_suites_pass_without_skips() {
     s.ctl_ok(&["volume", "create", "spc", "--size", "64M"]);
     s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "spc"]);
     let suites = [
-        ("iSCSI.iSCSITMF", 1),
-        ("SCSI.ReportSupportedOpcodes", 1),
-        ("SCSI.ReadDefectData10", 1),
-        ("SCSI.ReadDefectData12", 1),
+        "iSCSI.iSCSITMF",
+        "SCSI.ReportSupportedOpcodes",
+        "SCSI.ReadDefectData10",
+        "SCSI.ReadDefectData12",
     ];
-    let problems = suites_without_failures_or_skips(&s, &suites);
+    let problems = suites_without_failures_or_skips(&suites, &[s.url(DEMO_IQN, 1)]);
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
 
@@ -254,11 +254,36 @@ fn removable_medium_suites_pass_without_skips() {
     let s = TestServer::start();
     s.ctl_ok(&["volume", "create", "removable", "--size", "64M"]);
     s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "removable", "--removable"]);
-    let suites = [
-        ("SCSI.StartStopUnit", 1),
-        ("SCSI.PreventAllow", 1),
-        ("SCSI.NoMedia", 1),
-    ];
-    let problems = suites_without_failures_or_skips(&s, &suites);
+    let suites = ["SCSI.StartStopUnit", "SCSI.PreventAllow", "SCSI.NoMedia"];
+    let problems = suites_without_failures_or_skips(&suites, &[s.url(DEMO_IQN, 1)]);
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+#[test]
+fn extended_copy_suites_pass_without_skips() {
+    let s = TestServer::start();
+    s.ctl_ok(&["volume", "create", "xcopy", "--size", "64M"]);
+    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "xcopy"]);
+    let url = s.url(DEMO_IQN, 1);
+    let problems =
+        suites_without_failures_or_skips(&["SCSI.ExtendedCopy", "SCSI.ReceiveCopyResults"], &[url]);
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+/// The MultipathIO suite through two portals of one target (two paths to one LU, each
+/// portal its own target port group). Its COMPARE AND WRITE tests need COMPARE AND
+/// WRITE, atomic across sessions.
+#[test]
+fn multipath_suite_passes_through_two_portals_without_skips() {
+    let s = TestServer::start_with(&["--listen", "127.0.0.1:0"]);
+    assert_eq!(s.addrs.len(), 2, "two portals: {:?}", s.addrs);
+    s.ctl_ok(&["volume", "create", "mpio", "--size", "64M"]);
+    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "mpio"]);
+    let urls: Vec<String> = s
+        .addrs
+        .iter()
+        .map(|a| format!("iscsi://{a}/{DEMO_IQN}/1"))
+        .collect();
+    let problems = suites_without_failures_or_skips(&["SCSI.MultipathIO"], &urls);
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }

@@ -46,6 +46,8 @@
 //! | `replicate` name                                             | `done`                     |
 //! | `recovery_points` name (on the secondary)                    | `recovery_points`          |
 //! | `events` (a stream: see below)                               | `event`, one line each     |
+//! | `port_group_set` group (1 = first portal), state (`active-   | `done`                     |
+//! |   optimized`, `active-non-optimized`, `standby`, `unavailable`)|                          |
 //!
 //! `events` turns the connection into a stream until either side closes it: no more
 //! requests are read, and the server writes one `{"result":"event","at_unix_ms":MS,
@@ -127,6 +129,7 @@ pub const COMMANDS: &[&str] = &[
     "schedule_modify",
     "schedule_delete",
     "config_export",
+    "port_group_set",
 ];
 
 /// Requests that turn the connection into a stream (`Stream`): not in `COMMANDS`,
@@ -364,6 +367,11 @@ pub enum Change {
     ScheduleDelete {
         task: String,
     },
+    /// Sets the ALUA access state of a target port group (portal N is group N).
+    PortGroupSet {
+        group: u16,
+        state: crate::catalog::PortGroupState,
+    },
 }
 
 /// Acts on a running replication set: starts, stops or gives up cycles, or promotes a
@@ -523,7 +531,9 @@ impl Kind {
             | "acl_add" | "acl_remove" | "chap_set" | "chap_clear" | "snapshot_create"
             | "snapshot_delete" | "peer_create" | "peer_update" | "peer_delete"
             | "replication_create" | "replication_modify" | "replication_delete"
-            | "schedule_add" | "schedule_modify" | "schedule_delete" => Kind::Change,
+            | "schedule_add" | "schedule_modify" | "schedule_delete" | "port_group_set" => {
+                Kind::Change
+            }
             "replicate" | "restart" | "suspend" | "resume" | "abort" | "promote" => Kind::Action,
             _ => return None,
         })
@@ -683,6 +693,18 @@ pub struct StatusView {
     pub replications: Vec<ReplicationView>,
     #[serde(default)]
     pub snapshots: Vec<SnapshotView>,
+    /// The ALUA state of each portal's target port group (portal N is group N).
+    #[serde(default)]
+    pub port_groups: Vec<PortGroupView>,
+}
+
+/// A target port group as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortGroupView {
+    pub group: u16,
+    /// The portal in the group, when one is being served.
+    pub portal: Option<String>,
+    pub state: crate::catalog::PortGroupState,
 }
 
 /// A peer as shown: never its secret.

@@ -270,6 +270,25 @@ fn status_detail(s: &StatusView) -> String {
                 },
             ),
             (
+                "port groups",
+                if s.port_groups.is_empty() {
+                    "-".into()
+                } else {
+                    s.port_groups
+                        .iter()
+                        .map(|g| {
+                            format!(
+                                "{} {} ({})",
+                                g.group,
+                                g.state.name(),
+                                g.portal.as_deref().unwrap_or("no portal")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            ),
+            (
                 "admin socket",
                 s.admin_socket.clone().unwrap_or_else(|| "-".into()),
             ),

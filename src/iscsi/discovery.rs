@@ -29,6 +29,10 @@ pub struct TextContext<'a> {
     /// The local address the connection arrived on: the TargetAddress we answer.
     pub portal: SocketAddr,
     pub tpgt: u16,
+    /// The node's other portals with their portal group tags, listed after the one the
+    /// connection arrived on: a multipath initiator learns every path from one
+    /// discovery (§13.8 allows a TargetAddress per portal).
+    pub other_portals: &'a [(SocketAddr, u16)],
     /// The initiator's MaxRecvDataSegmentLength: no response segment is longer.
     pub max_send_data_segment_length: u32,
 }
@@ -239,10 +243,15 @@ fn send_targets(
             .into_iter()
             .collect(),
     };
-    let addr = target_address(ctx.portal, ctx.tpgt);
+    let addrs: Vec<String> = std::iter::once((ctx.portal, ctx.tpgt))
+        .chain(ctx.other_portals.iter().copied())
+        .map(|(p, t)| target_address(p, t))
+        .collect();
     for n in names {
         out.push(("TargetName".into(), n));
-        out.push(("TargetAddress".into(), addr.clone()));
+        for a in &addrs {
+            out.push(("TargetAddress".into(), a.clone()));
+        }
     }
 }
 
@@ -293,6 +302,7 @@ mod tests {
             target_name: None,
             portal: "127.0.0.1:3260".parse().unwrap(),
             tpgt: 1,
+            other_portals: &[],
             max_send_data_segment_length: 512,
         };
         let mut x = TextExchange::new();
@@ -316,5 +326,31 @@ mod tests {
             "every TargetName and TargetAddress arrives"
         );
         assert!(pieces > 10, "{pieces} responses");
+    }
+
+    /// Every portal of the node is a TargetAddress of each target, the one the
+    /// connection arrived on first, each with its portal group tag.
+    #[test]
+    fn send_targets_lists_every_portal_with_its_group() {
+        let others = ["127.0.0.2:3261".parse().unwrap()].map(|a| (a, 2));
+        let ctx = TextContext {
+            session_type: SessionType::Normal,
+            initiator_name: "iqn.i",
+            target_name: Some("iqn.t"),
+            portal: "127.0.0.1:3260".parse().unwrap(),
+            tpgt: 1,
+            other_portals: &others,
+            max_send_data_segment_length: 8192,
+        };
+        let pairs = [("SendTargets".to_string(), String::new())];
+        let out = answer(&pairs, &ctx, &Many);
+        assert_eq!(
+            out,
+            [
+                ("TargetName".to_string(), "iqn.t".to_string()),
+                ("TargetAddress".into(), "127.0.0.1:3260,1".into()),
+                ("TargetAddress".into(), "127.0.0.2:3261,2".into()),
+            ]
+        );
     }
 }

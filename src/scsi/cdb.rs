@@ -31,6 +31,8 @@ pub mod op {
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
     pub const MODE_SELECT_10: u8 = 0x55;
     pub const MODE_SENSE_10: u8 = 0x5A;
+    pub const EXTENDED_COPY: u8 = 0x83;
+    pub const RECEIVE_COPY_RESULTS: u8 = 0x84;
     pub const READ_16: u8 = 0x88;
     pub const WRITE_16: u8 = 0x8A;
     pub const WRITE_AND_VERIFY_16: u8 = 0x8E;
@@ -56,6 +58,8 @@ pub mod sa {
     pub const REPORT_SUPPORTED_OPCODES: u8 = 0x0C;
     /// MAINTENANCE IN / REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS, SPC-5 6.38.
     pub const REPORT_SUPPORTED_TMFS: u8 = 0x0D;
+    /// MAINTENANCE IN / REPORT TARGET PORT GROUPS, SPC-4 6.27.
+    pub const REPORT_TARGET_PORT_GROUPS: u8 = 0x0A;
 }
 
 /// CDB length implied by the opcode's group code (SPC-5 4.2.5.1, table 4). Groups 3 (the

@@ -44,6 +44,9 @@ pub struct LogicalUnit {
     /// The I_T nexus this view of the LU serves, and the session behind it.
     nexus: Nexus,
     session: u64,
+    /// The target port this LU is seen through, when the server has ports in target
+    /// port groups (ALUA): INQUIRY then reports TPGS and VPD 83h its designators.
+    port: Option<super::alua::TargetPort>,
 }
 
 /// Result of `LogicalUnit::apply_mode_select`.
@@ -75,6 +78,7 @@ impl LogicalUnit {
             state: Arc::new(LuState::default()),
             nexus: Nexus::new("", [0; 6], "", 1),
             session: 0,
+            port: None,
         }
     }
 
@@ -112,6 +116,16 @@ impl LogicalUnit {
     /// The session behind the nexus, so its end releases only what it took.
     pub fn session(&self) -> u64 {
         self.session
+    }
+
+    /// The LU as seen through `port` (a session's portal).
+    pub fn with_target_port(mut self, port: super::alua::TargetPort) -> LogicalUnit {
+        self.port = Some(port);
+        self
+    }
+
+    pub fn target_port(&self) -> Option<super::alua::TargetPort> {
+        self.port
     }
 
     pub fn block_size(&self) -> u32 {

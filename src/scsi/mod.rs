@@ -42,6 +42,7 @@
 //! (MODE SENSE/SELECT), `sbc` (capacity, read, write, verify, sync), `opcodes` (the command
 //! table and REPORT SUPPORTED OPERATION CODES), `lun` (the 8-byte LUN format).
 
+pub mod alua;
 mod cdb;
 mod lbp;
 mod lu;
@@ -53,6 +54,7 @@ mod sbc;
 mod sense;
 mod spc;
 mod state;
+mod xcopy;
 
 #[cfg(test)]
 mod tests;
@@ -64,6 +66,11 @@ pub use lun::{decode_lun, encode_lun, MAX_LUN};
 pub use sense::{key, key_name, FieldPointer, Sense, FIXED_SENSE_LEN};
 pub use spc::{naa_designator, serial_number, PRODUCT_ID, VENDOR_ID};
 pub use state::LuState;
+pub use xcopy::{
+    copy_destination_protected, copy_segment_out_of_range, copy_status_data,
+    copy_target_not_reachable, incorrect_copy_target_type, parse_copy_list, CopyList, CopyOutcome,
+    CopyTarget, Segment as CopySegment,
+};
 
 use cdb::{cdb_len, sa, Cdb};
 
@@ -121,6 +128,15 @@ pub enum Plan {
     /// [`LuState::prout`] with service action `sa` and CDB byte 2 `scope_type`; save the
     /// state when it changed (APTPL), before answering.
     PersistentReserveOut { sa: u8, scope_type: u8, len: u32 },
+    /// Receive the `len`-byte EXTENDED COPY (LID1) parameter list, read it with
+    /// [`parse_copy_list`], resolve its LUs and copy (through the write path).
+    ExtendedCopy { len: u32 },
+    /// Answer RECEIVE COPY RESULTS (COPY STATUS) with [`copy_status_data`] for the
+    /// session's finished copy `list_id`.
+    CopyStatus { list_id: u8, alloc: u32 },
+    /// Answer REPORT TARGET PORT GROUPS with [`alua::target_port_groups_data`] for the
+    /// node's port groups and their states.
+    ReportTargetPortGroups { extended: bool, alloc: u32 },
 }
 
 /// What a CDB is decoded against.
@@ -230,6 +246,8 @@ pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
         op::MAINTENANCE_IN => match cdb.service_action() {
             sa::REPORT_SUPPORTED_OPCODES => Plan::Respond(opcodes::report_supported_opcodes(cdb)),
             sa::REPORT_SUPPORTED_TMFS => Plan::Respond(spc::report_supported_tmfs(cdb)),
+            sa::REPORT_TARGET_PORT_GROUPS => alua::report_target_port_groups(cdb),
+
             _ => check(Sense::invalid_field_in_cdb_bit(1, 4)),
         },
         op::PERSISTENT_RESERVE_IN => Plan::Respond(lu.state().prin(cdb)),
@@ -255,6 +273,8 @@ pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
         op::PREVENT_ALLOW_MEDIUM_REMOVAL => {
             Plan::Respond(sbc::prevent_allow_medium_removal(cdb, lu))
         }
+        op::EXTENDED_COPY => xcopy::extended_copy(cdb),
+        op::RECEIVE_COPY_RESULTS => xcopy::receive_copy_results(cdb),
         _ => check(Sense::invalid_opcode()),
     }
 }
@@ -298,7 +318,10 @@ impl Plan {
             | Plan::PersistentReserveOut { len, .. } => u64::from(*len),
             Plan::WriteSame { ndob: true, .. } => 0,
             Plan::WriteSame { ndob: false, .. } => bs,
-            Plan::LbaStatus { alloc, .. } => u64::from(*alloc),
+            Plan::LbaStatus { alloc, .. }
+            | Plan::CopyStatus { alloc, .. }
+            | Plan::ReportTargetPortGroups { alloc, .. } => u64::from(*alloc),
+            Plan::ExtendedCopy { len } => u64::from(*len),
         }
     }
 
@@ -354,6 +377,10 @@ impl Plan {
                     scope_type,
                     len,
                 },
+            },
+            Plan::ExtendedCopy { len } => match len.min(edtl) {
+                0 => nothing(),
+                len => Plan::ExtendedCopy { len },
             },
             other => other,
         }

@@ -44,6 +44,11 @@ const VPD_PAGES: [u8; 6] = [
 /// SBC-3. libiscsi reads SBC-3 (04C0h) as "READ CAPACITY(16) and the 16-byte commands work".
 const VERSION_DESCRIPTORS: [u16; 4] = [0x00A0, 0x0960, 0x0460, 0x04C0];
 
+/// VERSION of the standard INQUIRY data: 05h, SPC-3 (libiscsi 1.19 accepts 4..6 only).
+/// Not 06h: libiscsi then skips its EXTENDED COPY test of the NUL bit (obsolete in
+/// SPC-4), and every command implemented is in SPC-3 too.
+const VERSION: u8 = 0x05;
+
 /// INQUIRY (SPC-5 6.7).
 pub fn inquiry(cdb: Cdb, lu: Option<&LogicalUnit>) -> Response {
     let evpd = cdb.byte(1) & 0x01 != 0;
@@ -58,8 +63,7 @@ pub fn inquiry(cdb: Cdb, lu: Option<&LogicalUnit>) -> Response {
         if page != 0 {
             return Response::check(Sense::invalid_field_in_cdb(2));
         }
-        let removable = lu.is_some_and(LogicalUnit::removable);
-        return Response::good(cut(standard_inquiry(lu.is_some(), removable), alloc));
+        return Response::good(cut(standard_inquiry(lu), alloc));
     }
     let Some(lu) = lu else {
         return Response::check(Sense::lu_not_supported());
@@ -81,14 +85,21 @@ pub fn inquiry(cdb: Cdb, lu: Option<&LogicalUnit>) -> Response {
 }
 
 /// Standard INQUIRY data (SPC-5 6.7.2), 96 bytes.
-fn standard_inquiry(mapped: bool, removable: bool) -> Vec<u8> {
+fn standard_inquiry(lu: Option<&LogicalUnit>) -> Vec<u8> {
+    let mapped = lu.is_some();
+    let removable = lu.is_some_and(LogicalUnit::removable);
     let mut d = vec![0u8; 96];
     d[0] = if mapped { TYPE_DISK } else { NO_LU };
     d[1] = if removable { 0x80 } else { 0x00 }; // RMB
-    d[2] = 0x06; // VERSION: SPC-4 (libiscsi 1.19 accepts 4..6 only)
+    d[2] = VERSION;
     d[3] = 0x12; // HISUP=1 (SAM-5 4.7 LUNs), RESPONSE DATA FORMAT=2
     d[4] = (d.len() - 5) as u8; // ADDITIONAL LENGTH
-    d[5] = 0x00; // SCCS ACC TPGS=00b 3PC PROTECT=0
+    d[5] = 0x08; // SCCS ACC TPGS=00b PROTECT=0; 3PC=1: EXTENDED COPY is supported
+
+    // TPGS 01b (bits 5-4): implicit ALUA, when the LU is seen through a port group.
+    if lu.is_some_and(|l| l.target_port().is_some()) {
+        d[5] |= 0x10;
+    }
     d[6] = 0x00; // ENCSERV MULTIP
     d[7] = 0x02; // CMDQUE=1
     d[8..16].copy_from_slice(VENDOR_ID);
@@ -148,8 +159,15 @@ fn device_identification(lu: &LogicalUnit) -> Vec<u8> {
     out.extend_from_slice(&[0x02, 0x01, 0x00, t10.len() as u8]);
     out.extend_from_slice(&t10);
     // 3. Relative target port identifier (SPC-5 7.7.6.7): iSCSI (5h), binary, PIV=1, associated
-    // with the target port, port 1.
-    out.extend_from_slice(&[0x51, 0x94, 0x00, 0x04, 0x00, 0x00, 0x00, 0x01]);
+    // with the target port: the session's port (port 1 without port groups).
+    let port = lu.target_port();
+    let [hi, lo] = port.map_or(1, |p| p.relative_port).to_be_bytes();
+    out.extend_from_slice(&[0x51, 0x94, 0x00, 0x04, 0x00, 0x00, hi, lo]);
+    // 4. Target port group (SPC-5 7.7.6.8), binary, associated with the target port.
+    if let Some(p) = port {
+        let [hi, lo] = p.group.to_be_bytes();
+        out.extend_from_slice(&[0x01, 0x15, 0x00, 0x04, 0x00, 0x00, hi, lo]);
+    }
     out
 }
 

@@ -282,8 +282,8 @@ fn unsupported_service_actions() {
     let mut c = cdb16(op::SERVICE_ACTION_IN_16, 0x11, 0, 32);
     c[10..14].copy_from_slice(&32u32.to_be_bytes());
     assert_eq!(kcq(run(&c, &lu)), INVALID_FIELD);
-    // REPORT TARGET PORT GROUPS (A3h/0Ah).
-    let c = [op::MAINTENANCE_IN, 0x0A, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+    // REPORT IDENTIFYING INFORMATION (A3h/05h).
+    let c = [op::MAINTENANCE_IN, 0x05, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
     assert_eq!(kcq(run(&c, &lu)), INVALID_FIELD);
 }
 
@@ -1790,6 +1790,10 @@ fn check_plan(p: &Plan, lu: Option<&LogicalUnit>) {
             assert!(*len >= super::reservations::PROUT_BASIC_LEN);
             assert!(*len <= super::reservations::PROUT_MAX_LEN && *sa <= 7);
         }
+        Plan::ExtendedCopy { len } => {
+            assert!(lu.is_some() && *len > 0 && *len <= super::xcopy::MAX_PARAMETER_LIST);
+        }
+        Plan::CopyStatus { .. } | Plan::ReportTargetPortGroups { .. } => assert!(lu.is_some()),
     }
 }
 

@@ -17,6 +17,7 @@ use crate::iscsi::params::{SessionType, TargetSettings};
 use crate::iscsi::pdu::{Digests, FrameLimits, LoginResponse, Pdu};
 use crate::iscsi::pdu::{Reject, TextRequest};
 use crate::iscsi::Request;
+use crate::scsi::alua::TargetPort;
 use crate::server::directory::Directory;
 use crate::server::ffp::{Ffp, Setup};
 use crate::server::frames::{FrameReader, ReadError};
@@ -29,8 +30,6 @@ use crate::throttle::Source;
 /// A connection that sends no login PDU for this long is dropped, so half-open
 /// connections do not pile up.
 const LOGIN_PDU_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-/// Every portal of this node is in target portal group 1 (RFC 7143 §4.4.1).
-const TPGT: u16 = 1;
 /// Login PDUs carry at most this much text each (RFC 7143 §12.12: the default
 /// MaxRecvDataSegmentLength of 8192 applies during login).
 const LOGIN_SEGMENT_MAX: u32 = 8192;
@@ -40,6 +39,7 @@ pub async fn serve(
     stream: TcpStream,
     settings: Arc<TargetSettings>,
     shutdown: watch::Receiver<bool>,
+    port: TargetPort,
 ) {
     let peer = stream.peer_addr().ok();
     let local = stream.local_addr().ok();
@@ -49,7 +49,7 @@ pub async fn serve(
             return;
         };
         let _ = stream.set_nodelay(true);
-        if let Err(e) = serve_inner(node, stream, peer, local, settings, shutdown).await {
+        if let Err(e) = serve_inner(node, stream, peer, local, settings, shutdown, port).await {
             debug!(error = %e, "connection ended");
         }
     }
@@ -98,7 +98,11 @@ async fn serve_inner(
     local: SocketAddr,
     settings: Arc<TargetSettings>,
     shutdown: watch::Receiver<bool>,
+    port: TargetPort,
 ) -> std::io::Result<()> {
+    // Each portal is its own iSCSI target portal group (RFC 7143 §4.4.1), which is
+    // its SCSI target port and its ALUA target port group: one number for all three.
+    let tpgt = port.group;
     let _counted = node.metrics.connection();
     let (rd, mut wr) = stream.into_split();
     let traffic = Arc::new(Traffic::default());
@@ -110,7 +114,7 @@ async fn serve_inner(
         },
     );
     let dir = Directory::new(node.clone());
-    let mut login = Login::new((*settings).clone(), local, TPGT);
+    let mut login = Login::new((*settings).clone(), local, tpgt);
     let mut bytes_in = 0u64;
     // The names the login requests declared, for the event of a refusal (the login
     // state machine forgets them when it fails).
@@ -295,7 +299,25 @@ async fn serve_inner(
         let target_name = outcome.target_name.clone();
         let session_type = outcome.session_type;
         let max_send = outcome.conn.max_send_data_segment_length;
-        let tpgt = TPGT;
+        // The other portals, by group; a wildcard one as the address this connection
+        // reached (the initiator knows it routes there), if of the same family.
+        let other_portals: Vec<(SocketAddr, u16)> = node
+            .portals
+            .read()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| {
+                let group = u16::try_from(i + 1).ok()?;
+                let mut a = *a;
+                if a.ip().is_unspecified() {
+                    if a.is_ipv4() != local.is_ipv4() {
+                        return None;
+                    }
+                    a.set_ip(local.ip());
+                }
+                (group != tpgt).then_some((a, group))
+            })
+            .collect();
         let mut exchange = TextExchange::new();
         Box::new(move |req: &TextRequest| {
             let ctx = TextContext {
@@ -304,6 +326,7 @@ async fn serve_inner(
                 target_name: target_name.as_deref(),
                 portal: local,
                 tpgt,
+                other_portals: &other_portals,
                 max_send_data_segment_length: max_send,
             };
             match exchange.handle(req, &ctx, &dir) {
@@ -332,7 +355,7 @@ async fn serve_inner(
         conn: outcome.conn,
         cid: outcome.cid,
         discovery,
-        luns: LunView::new(target),
+        luns: LunView::new(target, port),
         entry: entry.clone(),
         stop: stop_rx,
         text,

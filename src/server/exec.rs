@@ -193,7 +193,7 @@ impl Reply {
 /// WRITE PROTECT, 27h/07h; EROFS write protected; any other a medium error), through
 /// `Sense::from_io_error`, wherever in the chain it sits (a write tracking failure
 /// carries its activity log's I/O error).
-fn sense_for(e: &VolumeError, writing: bool) -> Sense {
+pub(super) fn sense_for(e: &VolumeError, writing: bool) -> Sense {
     if let VolumeError::OutOfRange { .. } = e {
         return Sense::lba_out_of_range();
     }
@@ -219,11 +219,22 @@ use crate::chain::ErrorChain as Chain;
 /// volume's content at the snapshot's cut (current content, then the kept copies of
 /// pages overwritten since laid over it).
 async fn read_lun(lun: &LunHandle, offset: u64, len: usize) -> Result<Bytes, VolumeError> {
-    let data = lun.volume.read(offset, len).await?;
-    let Some(cut) = lun.snapshot else {
+    read_volume(&lun.volume, lun.snapshot, offset, len).await
+}
+
+/// [`read_lun`] for a volume and an optional snapshot cut, wherever they come from
+/// (EXTENDED COPY names its LUs by designator, not by a LUN of the session).
+pub(super) async fn read_volume(
+    volume: &crate::volume::Volume,
+    snapshot: Option<crate::tracking::CutId>,
+    offset: u64,
+    len: usize,
+) -> Result<Bytes, VolumeError> {
+    let data = volume.read(offset, len).await?;
+    let Some(cut) = snapshot else {
         return Ok(data);
     };
-    let tracking = lun.volume.tracking().ok_or(VolumeError::NotTracked)?;
+    let tracking = volume.tracking().ok_or(VolumeError::NotTracked)?;
     let mut buf = BytesMut::from(&data[..]);
     tracking
         .overlay_snapshot(cut, offset, &mut buf)

@@ -40,6 +40,7 @@ use crate::server::frames::{FrameReader, ReadError};
 use crate::server::luns::{LunHandle, LunView};
 use crate::server::registry::SessionEntry;
 use crate::server::writer::{Hold, Outgoing, Stat};
+use crate::server::xcopy::{self, CopyResults, Requester};
 use crate::server::Shared;
 
 /// The most a single command may move (what VPD Block Limits announces); larger
@@ -91,6 +92,7 @@ enum WriteKind {
     Verify { lba: u64, blocks: u32 },
     ModeSelect { ten: bool },
     PersistentReserveOut { sa: u8, scope_type: u8 },
+    ExtendedCopy,
 }
 
 /// What the connection attaches to a command while the core collects its Data-Out.
@@ -158,6 +160,8 @@ pub struct Ffp<R> {
     budget_queue: VecDeque<BudgetTicket>,
     next_ticket: u64,
     budget_wait: Option<BudgetWait>,
+    /// Finished EXTENDED COPY outcomes kept for RECEIVE COPY RESULTS.
+    copies: Arc<CopyResults>,
 }
 
 impl<R: AsyncRead + Unpin> Ffp<R> {
@@ -200,6 +204,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             next_task_id: 0,
             read_budget: Arc::new(Semaphore::new(SESSION_READ_BUDGET as usize)),
             writes,
+            copies: Arc::default(),
             budget_queue: VecDeque::new(),
             next_ticket: 0,
             budget_wait: None,
@@ -583,9 +588,16 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         };
         let aborted = Arc::new(AtomicBool::new(false));
         let reply = self.reply(&cmd, slot, aborted.clone());
+        // SPC-4 5.15.2.4: a port group in standby or unavailable refuses what its
+        // state does not serve (a pending unit attention is reported first).
+        let refusal = scsi::alua::refused(self.luns.access_state(&self.node), &cmd.cdb);
         let resolved = self.luns.resolve(&self.node, lun);
-        let (handle, plan) = match resolved {
-            Some((h, ua)) => {
+        let (handle, plan) = match (resolved, refusal) {
+            (Some((h, ua)), Some(refused)) => {
+                let sense = ua.pop().unwrap_or(refused);
+                (Some(h), Plan::Respond(scsi::Response::check(sense)))
+            }
+            (Some((h, ua)), None) => {
                 let plan = scsi::plan(
                     &cmd.cdb,
                     scsi::Context {
@@ -596,7 +608,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 );
                 (Some(h), plan)
             }
-            None => (
+            (None, _) => (
                 None,
                 scsi::plan(
                     &cmd.cdb,
@@ -738,6 +750,22 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             ) => {
                 let kind = WriteKind::PersistentReserveOut { sa, scope_type };
                 self.collect(cmd, h, kind, len as u64, reply).await;
+            }
+            (Plan::ExtendedCopy { len }, Some(h)) => {
+                self.collect(cmd, h, WriteKind::ExtendedCopy, len as u64, reply)
+                    .await;
+            }
+            (Plan::ReportTargetPortGroups { extended, alloc }, Some(_)) => {
+                let groups = self.luns.port_groups(&self.node);
+                reply
+                    .respond(scsi::alua::target_port_groups_data(
+                        &groups, extended, alloc,
+                    ))
+                    .await
+            }
+            (Plan::CopyStatus { list_id, alloc }, Some(_)) => {
+                let outcome = self.copies.get(list_id);
+                reply.respond(scsi::copy_status_data(outcome, alloc)).await
             }
             // A plan that needs a volume for a LUN that has none cannot come from a
             // correct decoder; answer as for an unmapped LUN rather than panic.
@@ -968,6 +996,21 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                     exec::persistent_reserve_out(
                         reply, node, lun, sa, scope_type, data, r2t_sn, spdtl,
                     )
+                })
+            }
+            WriteKind::ExtendedCopy => {
+                let node = self.node.clone();
+                let who = Requester {
+                    target: self.luns.target().to_owned(),
+                    initiator: self.entry.initiator.clone(),
+                };
+                let copies = self.copies.clone();
+                self.spawn(itt, l, aborted, reply, |reply| {
+                    let fut = xcopy::extended_copy(reply, node, who, data, copies, r2t_sn, spdtl);
+                    async move {
+                        fut.await;
+                        drop(budget);
+                    }
                 })
             }
         }

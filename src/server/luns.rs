@@ -1,14 +1,15 @@
 //! What a session sees of its target: the LUN map resolved to volumes and SCSI logical
 //! units, refreshed when the catalog changes under it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::catalog::{split_snapshot_ref, LunSpec};
+use crate::catalog::{split_snapshot_ref, LunSpec, PortGroupState};
+use crate::scsi::alua::{self, AccessState, PortGroupStatus, TargetPort};
 use crate::scsi::reservations::{Nexus, PrState};
 use crate::scsi::{LogicalUnit, LuConfig, LuState, Sense, UnitAttentions};
 use crate::server::Shared;
@@ -37,9 +38,6 @@ struct Entry {
     posted_seen: u64,
 }
 
-/// The relative target port identifier every target's one port reports (VPD page 83h).
-pub const REL_PORT: u16 = 1;
-
 /// Tells sessions apart for the state they hold in an LU (RESERVE, PREVENT), so the end
 /// of a reinstated session never releases what its successor on the same nexus took.
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
@@ -52,16 +50,23 @@ pub struct LunView {
     initiator: String,
     isid: [u8; 6],
     session: u64,
+    /// The portal the session came in through.
+    port: TargetPort,
+    /// The port group states last seen: a change raises ASYMMETRIC ACCESS STATE
+    /// CHANGED on every nexus of the session (SPC-4 5.15.2.5).
+    states_seen: BTreeMap<u16, PortGroupState>,
 }
 
 impl LunView {
-    pub fn new(target: String) -> LunView {
+    pub fn new(target: String, port: TargetPort) -> LunView {
         LunView {
             target,
             entries: HashMap::new(),
             initiator: String::new(),
             isid: [0; 6],
             session: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            port,
+            states_seen: BTreeMap::new(),
         }
     }
 
@@ -72,7 +77,12 @@ impl LunView {
     }
 
     fn nexus(&self) -> Nexus {
-        Nexus::new(&self.initiator, self.isid, &self.target, REL_PORT)
+        Nexus::new(
+            &self.initiator,
+            self.isid,
+            &self.target,
+            self.port.relative_port,
+        )
     }
 
     /// The I_T nexus ended (logout, connection loss, reinstatement): what it held in
@@ -100,6 +110,38 @@ impl LunView {
         }
     }
 
+    /// The access state of this session's port group, as the catalog says now.
+    pub fn access_state(&self, node: &Shared) -> AccessState {
+        node.catalog
+            .read()
+            .port_groups
+            .get(&self.port.group)
+            .copied()
+            .unwrap_or_default()
+            .to_scsi()
+    }
+
+    /// Every target port group of the node with its state and ports, for REPORT
+    /// TARGET PORT GROUPS.
+    pub fn port_groups(&self, node: &Shared) -> Vec<PortGroupStatus> {
+        let portals = u16::try_from(node.portals.read().len())
+            .unwrap_or(u16::MAX)
+            .max(self.port.group);
+        let catalog = node.catalog.read();
+        (1..=portals)
+            .map(|g| PortGroupStatus {
+                group: g,
+                state: catalog
+                    .port_groups
+                    .get(&g)
+                    .copied()
+                    .unwrap_or_default()
+                    .to_scsi(),
+                ports: vec![g],
+            })
+            .collect()
+    }
+
     pub fn target(&self) -> &str {
         &self.target
     }
@@ -121,12 +163,23 @@ impl LunView {
         node: &Shared,
         lun: u64,
     ) -> Option<(Arc<LunHandle>, &mut UnitAttentions)> {
-        let spec = node
-            .catalog
-            .read()
-            .targets
-            .get(&self.target)
-            .and_then(|t| t.luns.get(&lun).cloned());
+        let (spec, states_changed) = {
+            let catalog = node.catalog.read();
+            let spec = catalog
+                .targets
+                .get(&self.target)
+                .and_then(|t| t.luns.get(&lun).cloned());
+            let changed = catalog.port_groups != self.states_seen;
+            if changed {
+                self.states_seen = catalog.port_groups.clone();
+            }
+            (spec, changed)
+        };
+        if states_changed {
+            for e in self.entries.values_mut() {
+                e.ua.push(alua::state_changed());
+            }
+        }
         let Some(spec) = spec else {
             self.entries.remove(&lun);
             return None;
@@ -165,7 +218,8 @@ impl LunView {
                 name: spec.volume.clone(),
             })
             .with_removable(spec.removable)
-            .shared(node.lu_states.get(id), self.nexus(), self.session);
+            .shared(node.lu_states.get(id), self.nexus(), self.session)
+            .with_target_port(self.port);
             let resets = node.sessions.reset_counter(&self.target, lun);
             let resets_seen = resets.load(Ordering::Acquire);
             let ua = match self.entries.remove(&lun) {
@@ -328,4 +382,68 @@ impl LuStates {
         }
         Ok(())
     }
+}
+
+/// An LU an EXTENDED COPY names by its NAA designator: where its blocks are and whether
+/// a copy may write them.
+pub struct CopyDevice {
+    pub volume: Arc<Volume>,
+    /// A snapshot LU: reads see the volume at this cut, and it is never written.
+    pub snapshot: Option<CutId>,
+    /// Some LUN of the device is mapped read-write to a target the initiator reaches.
+    pub writable: bool,
+}
+
+/// The LU whose VPD 83h NAA designator is `naa`, among the LUNs of every target this
+/// session's initiator could log in to without a secret it has not shown: its own
+/// target, and targets whose ACL admits it and that ask no CHAP. A copy manager that
+/// looked further would let an initiator read or write LUs it was never given.
+pub fn find_by_naa(node: &Shared, target: &str, initiator: &str, naa: &[u8]) -> Option<CopyDevice> {
+    let catalog = node.catalog.read();
+    let mut found: Option<(String, Option<CutId>, bool)> = None;
+    for (iqn, t) in &catalog.targets {
+        let reachable =
+            iqn == target || (t.chap.is_none() && (t.acl.is_empty() || t.acl.contains(initiator)));
+        if !reachable {
+            continue;
+        }
+        for spec in t.luns.values() {
+            let (base, snapshot_name) = split_snapshot_ref(&spec.volume);
+            let Some(v) = catalog.volumes.get(base) else {
+                continue;
+            };
+            let (id, snapshot) = match snapshot_name {
+                None => (v.id, None),
+                Some(s) => {
+                    let Some(snap) = catalog.snapshots.get(s) else {
+                        continue;
+                    };
+                    let cut = CutId(snap.cut);
+                    (snapshot_lu_id(v.id, cut), Some(cut))
+                }
+            };
+            if crate::scsi::naa_designator(id)[..] != *naa {
+                continue;
+            }
+            let writable = !spec.read_only && snapshot.is_none();
+            match &mut found {
+                Some((_, _, w)) => *w |= writable,
+                None => found = Some((base.to_owned(), snapshot, writable)),
+            }
+        }
+    }
+    drop(catalog);
+    let (name, snapshot, writable) = found?;
+    let volume = node.volumes.read().get(&name).cloned()?;
+    if let Some(cut) = snapshot {
+        // A snapshot whose state is gone (crash) is not a logical unit.
+        if !volume.tracking()?.has_snapshot(cut) {
+            return None;
+        }
+    }
+    Some(CopyDevice {
+        volume,
+        snapshot,
+        writable,
+    })
 }

@@ -12,6 +12,7 @@ mod frames;
 mod luns;
 mod registry;
 pub mod writer;
+mod xcopy;
 
 pub use registry::{SessionInfo, SessionRegistry};
 
@@ -59,6 +60,9 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::NodeCounters>,
     /// What each logical unit shares among its nexuses: reservations, medium.
     pub lu_states: luns::LuStates,
+    /// Portals being served, as bound: portal N (from 1) is target port N in target
+    /// port group N (REPORT TARGET PORT GROUPS and SendTargets list them all).
+    pub portals: RwLock<Vec<SocketAddr>>,
 }
 
 impl Shared {
@@ -80,6 +84,7 @@ impl Shared {
             events,
             metrics,
             lu_states: luns::LuStates::default(),
+            portals: RwLock::new(Vec::new()),
         }
     }
 
@@ -133,7 +138,13 @@ impl Server {
         let settings = Arc::new(settings);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut accepts = tokio::task::JoinSet::new();
-        for l in self.listeners {
+        *self.node.portals.write() = self.local_addrs();
+        for (i, l) in self.listeners.into_iter().enumerate() {
+            let n = u16::try_from(i + 1).unwrap_or(u16::MAX);
+            let port = crate::scsi::alua::TargetPort {
+                relative_port: n,
+                group: n,
+            };
             let node = self.node.clone();
             let settings = settings.clone();
             let stop_rx = stop_rx.clone();
@@ -146,6 +157,7 @@ impl Server {
                                 stream,
                                 settings.clone(),
                                 stop_rx.clone(),
+                                port,
                             ));
                         }
                         Err(e) => {

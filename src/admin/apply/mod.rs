@@ -422,6 +422,7 @@ pub fn change(
             every,
         } => repl::schedule_modify(c, task, set, start, every),
         Change::ScheduleDelete { task } => repl::schedule_delete(c, task),
+        Change::PortGroupSet { group, state } => target::port_group_set(c, group, state),
     }
 }
 

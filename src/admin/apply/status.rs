@@ -11,6 +11,7 @@ pub(super) fn status<H: Host + ?Sized>(host: &H, c: &Catalog) -> Response {
         version: env!("CARGO_PKG_VERSION").into(),
         data_dir: host.data_dir().display().to_string(),
         engine: rt.engine,
+        port_groups: port_groups(c, &rt.listen),
         listen: rt.listen,
         admin_socket: rt.admin_socket,
         uptime_secs: rt.uptime_secs,
@@ -39,6 +40,22 @@ pub(super) fn sessions<H: Host + ?Sized>(host: &H) -> Response {
     Response::Sessions {
         sessions: host.sessions(),
     }
+}
+
+/// Every portal's group with its state, and any group with a state but no portal now
+/// (a `--listen` dropped since it was set).
+fn port_groups(c: &Catalog, listen: &[String]) -> Vec<super::super::protocol::PortGroupView> {
+    let portals = u16::try_from(listen.len()).unwrap_or(u16::MAX);
+    let mut groups: Vec<u16> = (1..=portals).collect();
+    groups.extend(c.port_groups.keys().filter(|g| **g > portals));
+    groups
+        .into_iter()
+        .map(|g| super::super::protocol::PortGroupView {
+            group: g,
+            portal: listen.get(usize::from(g) - 1).cloned(),
+            state: c.port_groups.get(&g).copied().unwrap_or_default(),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -182,6 +182,28 @@ pub(super) fn acl_add(
     ))
 }
 
+/// Sets a target port group's ALUA state; sessions on its portal see it from their
+/// next command (with an ASYMMETRIC ACCESS STATE CHANGED unit attention). The default,
+/// active/optimized, is not kept in the catalog.
+pub(super) fn port_group_set(
+    c: &mut Catalog,
+    group: u16,
+    state: crate::catalog::PortGroupState,
+) -> Result<(Effect, Response), AdminError> {
+    if group == 0 {
+        return Err(ValidationError::PortGroup.into());
+    }
+    if state == crate::catalog::PortGroupState::default() {
+        c.port_groups.remove(&group);
+    } else {
+        c.port_groups.insert(group, state);
+    }
+    Ok((
+        Effect::None,
+        done(format!("target port group {group} is now {}", state.name())),
+    ))
+}
+
 /// Removes an initiator from the ACL; an empty ACL lets any initiator log in.
 pub(super) fn acl_remove(
     c: &mut Catalog,
