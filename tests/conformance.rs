@@ -173,3 +173,45 @@ fn skipped_tests_are_counted_per_test_without_the_suite_probe() {
     let out = "    [SKIPPED] PERSISTENT RESERVE IN is not implemented.\n  Test: ZeroBlocks ...    [SKIPPED] no 0-blocks.\n    [SKIPPED] again\npassed\n  Test: Simple ...passed    [SKIPPED] PERSISTENT RESERVE IN is not implemented.\n";
     assert_eq!(skipped_tests(out), vec!["ZeroBlocks".to_string()]);
 }
+
+/// Runs each suite against its LUN of `s` (`--dataloss`, plus `extra` options) and
+/// returns what went wrong: a suite with a failure, no test run, or a test that printed
+/// a `[SKIPPED]` line of its own.
+fn suites_without_skips(s: &TestServer, suites: &[(&str, u64)], extra: &[&str]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (suite, lun) in suites {
+        let url = s.url(DEMO_IQN, *lun);
+        let mut args = vec!["--dataloss"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-n", "-t", suite, &url]);
+        let out = run("iscsi-test-cu", &args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        let Some(r) = parse(&text) else {
+            problems.push(format!("{suite}: no CUnit summary\n{text}"));
+            continue;
+        };
+        eprintln!(
+            "{suite}: ran {} failed {} skipped tests {:?}",
+            r.ran, r.failed, r.skipped_tests
+        );
+        if r.failed > 0 || r.ran == 0 || !r.skipped_tests.is_empty() {
+            problems.push(format!(
+                "{suite}: {} failed, skipped {:?} of {}\n{text}",
+                r.failed, r.skipped_tests, r.ran
+            ));
+        }
+    }
+    problems
+}
+
+/// COMPARE AND WRITE, on a thin 512-byte LUN (InvalidDataOutSize needs thin
+/// provisioning and more than one logical block per physical block).
+#[test]
+fn compare_and_write_suite_passes_without_skips() {
+    let s = TestServer::start();
+    s.ctl_ok(&["volume", "create", "caw", "--size", "64M"]);
+    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "caw"]);
+    let problems = suites_without_skips(&s, &[("SCSI.CompareAndWrite", 1)], &[]);
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}

@@ -40,6 +40,7 @@ mod lu;
 mod lun;
 mod mode;
 mod opcodes;
+mod rmw;
 mod sbc;
 mod sense;
 mod spc;
@@ -51,6 +52,7 @@ pub use cdb::op;
 pub use lbp::{lba_status_data, unmap_ranges, LbaExtent};
 pub use lu::{LogicalUnit, LuConfig, ModeSelectOutcome, UnitAttentions, MAX_TRANSFER_BYTES};
 pub use lun::{decode_lun, encode_lun, MAX_LUN};
+pub use rmw::{first_difference, or_into};
 pub use sense::{key, key_name, FieldPointer, Sense, FIXED_SENSE_LEN};
 pub use spc::{naa_designator, serial_number, PRODUCT_ID, VENDOR_ID};
 
@@ -106,6 +108,16 @@ pub enum Plan {
     },
     /// Find which blocks from `lba` are mapped and answer with [`lba_status_data`].
     LbaStatus { lba: u64, alloc: u32 },
+    /// COMPARE AND WRITE: receive `2 * blocks` blocks; holding the range exclusively,
+    /// compare the first half with the medium (MISCOMPARE with [`first_difference`] in
+    /// INFORMATION on a difference, nothing written) and write the second half.
+    CompareAndWrite { lba: u64, blocks: u32, fua: bool },
+    /// ORWRITE: receive `blocks` blocks; holding the range exclusively, write each block
+    /// as its old content OR the data ([`or_into`]).
+    OrWrite { lba: u64, blocks: u32, fua: bool },
+    /// WRITE ATOMIC: receive `blocks` blocks and write them holding the range
+    /// exclusively, so no other command sees part of them.
+    WriteAtomic { lba: u64, blocks: u32, fua: bool },
 }
 
 /// What a CDB is decoded against.
@@ -211,6 +223,9 @@ pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
         op::MODE_SELECT_6 | op::MODE_SELECT_10 => mode_select(cdb),
         op::UNMAP => lbp::unmap(cdb, lu),
         op::WRITE_SAME_10 | op::WRITE_SAME_16 => lbp::write_same(cdb, lu),
+        op::COMPARE_AND_WRITE => rmw::compare_and_write(cdb, lu),
+        op::ORWRITE_16 => rmw::orwrite(cdb, lu),
+        op::WRITE_ATOMIC_16 => rmw::write_atomic(cdb, lu),
         op::START_STOP_UNIT => Plan::Respond(sbc::start_stop_unit(cdb)),
         op::PREVENT_ALLOW_MEDIUM_REMOVAL => Plan::Respond(sbc::prevent_allow_medium_removal(cdb)),
         _ => check(Sense::invalid_opcode()),
@@ -255,6 +270,10 @@ impl Plan {
             Plan::WriteSame { ndob: true, .. } => 0,
             Plan::WriteSame { ndob: false, .. } => bs,
             Plan::LbaStatus { alloc, .. } => u64::from(*alloc),
+            Plan::CompareAndWrite { blocks, .. } => 2 * u64::from(*blocks) * bs,
+            Plan::OrWrite { blocks, .. } | Plan::WriteAtomic { blocks, .. } => {
+                u64::from(*blocks) * bs
+            }
         }
     }
 

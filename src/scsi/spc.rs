@@ -4,6 +4,7 @@
 use super::cdb::{cut, Cdb};
 use super::lbp;
 use super::lun::encode_lun;
+use super::rmw;
 use super::{LogicalUnit, Response, Sense, UnitAttentions};
 
 /// T10 vendor identification (SPC-5 6.7.2: 8 bytes, left aligned, space padded).
@@ -174,7 +175,13 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     d[24..28].copy_from_slice(&lbp::unmap_granularity(lu).to_be_bytes());
     d[28..32].copy_from_slice(&0x8000_0000u32.to_be_bytes());
     d[32..40].copy_from_slice(&lbp::max_write_same_blocks(lu).to_be_bytes());
-    // No COMPARE AND WRITE, no atomic writes: all else zero.
+    // MAXIMUM COMPARE AND WRITE LENGTH (page byte 5).
+    d[1] = rmw::MAX_COMPARE_AND_WRITE_BLOCKS;
+    // MAXIMUM ATOMIC TRANSFER LENGTH (44..48), ATOMIC ALIGNMENT (48..52), ATOMIC TRANSFER
+    // LENGTH GRANULARITY (52..56); no atomic boundaries (56..64 zero).
+    d[40..44].copy_from_slice(&rmw::max_atomic_blocks(lu).to_be_bytes());
+    d[44..48].copy_from_slice(&rmw::atomic_granularity(lu).to_be_bytes());
+    d[48..52].copy_from_slice(&rmw::atomic_granularity(lu).to_be_bytes());
     d
 }
 

@@ -98,6 +98,11 @@ const INVALID_OPCODE: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x20, 0x00);
 const LBA_OOB: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x21, 0x00);
 const LU_NOT_SUPPORTED: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x25, 0x00);
 const WRITE_PROTECTED: (u8, u8, u8) = (key::DATA_PROTECT, 0x27, 0x00);
+
+/// A CHECK CONDITION plan with exactly this sense.
+fn check_sense(s: Sense) -> Plan {
+    Plan::Respond(Response::check(s))
+}
 const INVALID_PARAM: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x26, 0x00);
 const PARAM_LEN: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x1A, 0x00);
 
@@ -222,8 +227,8 @@ fn unknown_and_malformed_cdbs() {
     assert_eq!(kcq(run(&[0x02, 0, 0, 0, 0, 0], &lu)), INVALID_OPCODE);
     assert_eq!(kcq(run(&[0xFF; 16], &lu)), INVALID_OPCODE);
     assert_eq!(kcq(run(&[0x7F; 16], &lu)), INVALID_OPCODE);
-    // COMPARE AND WRITE is not supported yet.
-    assert_eq!(kcq(run(&cdb16(0x89, 0, 0, 1), &lu)), INVALID_OPCODE);
+    // READ ATTRIBUTE is not supported.
+    assert_eq!(kcq(run(&cdb16(0x8C, 0, 0, 1), &lu)), INVALID_OPCODE);
     // A CDB shorter than its group's length.
     let s = sense(run(&[op::READ_10, 0, 0, 0, 0], &lu));
     assert_eq!((s.key, s.asc), (key::ILLEGAL_REQUEST, 0x24));
@@ -1603,7 +1608,7 @@ fn rsoc_one_command() {
     assert_eq!(&d[0..4], &[0, 0x03, 0, 16]);
     // Not supported.
     assert_eq!(
-        good(run(&rsoc(false, 1, 0x89, 0, 65535), &lu)),
+        good(run(&rsoc(false, 1, 0x8C, 0, 65535), &lu)),
         vec![0, 0x01, 0, 0]
     );
     assert_eq!(
@@ -1785,6 +1790,21 @@ fn check_plan(p: &Plan, lu: Option<&LogicalUnit>) {
         Plan::LbaStatus { lba, .. } => {
             let lu = lu.unwrap_or_else(|| unreachable!("GET LBA STATUS plan without an LU"));
             assert!(*lba < lu.num_blocks());
+        }
+        Plan::CompareAndWrite { lba, blocks, .. }
+        | Plan::OrWrite { lba, blocks, .. }
+        | Plan::WriteAtomic { lba, blocks, .. } => {
+            let lu = lu.unwrap_or_else(|| unreachable!("write plan without an LU"));
+            // COMPARE AND WRITE of zero blocks is a plan (its Data-Out length is checked).
+            assert!(*blocks >= 1 || matches!(p, Plan::CompareAndWrite { .. }));
+            assert!(*lba < lu.num_blocks());
+            assert!(lba
+                .checked_add(u64::from(*blocks))
+                .is_some_and(|e| e <= lu.num_blocks()));
+            assert!(
+                p.transfer_bytes(lu.block_size()) <= u64::from(crate::scsi::MAX_TRANSFER_BYTES)
+            );
+            assert!(!lu.write_protected());
         }
     }
 }
@@ -2015,4 +2035,93 @@ fn get_lba_status_decodes_and_formats() {
     assert_eq!(&d[32..36], &984u32.to_be_bytes());
     assert_eq!(d[36], 1);
     assert_eq!(lba_status_data(&[], 4).data, vec![0, 0, 0, 4]);
+}
+
+#[test]
+fn compare_and_write_decodes_its_limits() {
+    let lu = lu();
+    let caw = |b1: u8, lba: u64, n: u8| {
+        let mut c = vec![0u8; 16];
+        c[0] = op::COMPARE_AND_WRITE;
+        c[1] = b1;
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[13] = n;
+        run(&c, &lu)
+    };
+    assert_eq!(
+        caw(0x18, 7, 1),
+        Plan::CompareAndWrite {
+            lba: 7,
+            blocks: 1,
+            fua: true
+        }
+    );
+    assert_eq!(
+        caw(0x20, 0, 1),
+        check_sense(Sense::invalid_field_in_cdb_bit(1, 7))
+    );
+    let last = lu.num_blocks() - 1;
+    assert_eq!(caw(0, last, 2), check_sense(Sense::lba_out_of_range()));
+    assert!(matches!(caw(0, last, 1), Plan::CompareAndWrite { .. }));
+    // The Block Limits page names the limit the decoder keeps.
+    let vpd = good(run(&[0x12, 0x01, 0xB0, 0, 0xFF, 0], &lu));
+    assert_eq!(vpd[5], 255);
+}
+
+#[test]
+fn write_atomic_keeps_alignment_granularity_and_its_vpd_fields() {
+    let lu = LogicalUnit::new(LuConfig {
+        num_blocks: 1 << 24,
+        ..cfg()
+    });
+    let wa = |lba: u64, n: u16| {
+        let mut c = vec![0u8; 16];
+        c[0] = op::WRITE_ATOMIC_16;
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[12..14].copy_from_slice(&n.to_be_bytes());
+        run(&c, &lu)
+    };
+    let vpd = good(run(&[0x12, 0x01, 0xB0, 0, 0xFF, 0], &lu));
+    let be32 = |at: usize| u32::from_be_bytes(vpd[at..at + 4].try_into().unwrap());
+    let (max, align, gran) = (be32(44), be32(48), be32(52));
+    let bs = lu.block_size();
+    assert_eq!((align, gran), ((4096 / bs).max(1), (4096 / bs).max(1)));
+    assert!(max >= 256 && max <= be32(8), "max atomic {max}");
+    assert!(matches!(wa(0, gran as u16), Plan::WriteAtomic { .. }));
+    if gran > 1 {
+        assert_eq!(
+            wa(1, gran as u16),
+            check_sense(Sense::invalid_field_in_cdb(2))
+        );
+        assert_eq!(wa(0, 1), check_sense(Sense::invalid_field_in_cdb(12)));
+    }
+    assert_eq!(
+        wa(0, (max + gran) as u16),
+        check_sense(Sense::invalid_field_in_cdb(12))
+    );
+    assert_eq!(wa(u64::MAX - 7, 0), check_sense(Sense::lba_out_of_range()));
+}
+
+#[test]
+fn read_modify_writes_are_refused_on_a_write_protected_lu() {
+    let lu = ro_lu();
+    for opcode in [op::COMPARE_AND_WRITE, op::ORWRITE_16, op::WRITE_ATOMIC_16] {
+        let mut c = vec![0u8; 16];
+        c[0] = opcode;
+        c[13] = 8;
+        assert_eq!(
+            run(&c, &lu),
+            check_sense(Sense::write_protected()),
+            "{opcode:#x}"
+        );
+    }
+}
+
+#[test]
+fn or_into_merges_and_first_difference_finds_the_byte() {
+    let mut d = vec![0xA5u8; 4];
+    crate::scsi::or_into(&[0x5A, 0, 0x0F, 0xF0], &mut d);
+    assert_eq!(d, vec![0xFF, 0xA5, 0xAF, 0xF5]);
+    assert_eq!(crate::scsi::first_difference(b"abcd", b"abcd"), None);
+    assert_eq!(crate::scsi::first_difference(b"abcd", b"abXd"), Some(2));
 }

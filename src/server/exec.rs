@@ -425,6 +425,110 @@ pub async fn write_same(
     }
 }
 
+/// A write that runs holding its range exclusively (`Volume::exclusive`).
+#[derive(Debug, Clone, Copy)]
+pub enum ExclusiveWrite {
+    /// COMPARE AND WRITE: the Data-Out is the verify instance, then the write instance.
+    CompareAndWrite { lba: u64, blocks: u32, fua: bool },
+    /// ORWRITE: the Data-Out is ORed into the blocks.
+    OrWrite { lba: u64, blocks: u32, fua: bool },
+    /// WRITE ATOMIC: the Data-Out is written whole or not seen at all.
+    WriteAtomic { lba: u64, blocks: u32, fua: bool },
+}
+
+impl ExclusiveWrite {
+    /// The exclusive write a plan asks for, if it is one.
+    pub fn of(plan: &crate::scsi::Plan) -> Option<ExclusiveWrite> {
+        use crate::scsi::Plan;
+        Some(match *plan {
+            Plan::CompareAndWrite { lba, blocks, fua } => {
+                ExclusiveWrite::CompareAndWrite { lba, blocks, fua }
+            }
+            Plan::OrWrite { lba, blocks, fua } => ExclusiveWrite::OrWrite { lba, blocks, fua },
+            Plan::WriteAtomic { lba, blocks, fua } => {
+                ExclusiveWrite::WriteAtomic { lba, blocks, fua }
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// COMPARE AND WRITE (SBC-4 5.3), ORWRITE (5.10), WRITE ATOMIC (5.48): the range is held
+/// exclusively from before the medium is read until the new data has landed, so no other
+/// command, from any session, reads or writes those blocks in between. The write goes
+/// through the volume's write path (gate, snapshots, activity log, dirty pages).
+pub async fn exclusive_write(
+    reply: Reply,
+    lun: Arc<LunHandle>,
+    kind: ExclusiveWrite,
+    data: Bytes,
+    r2ts: u32,
+    wanted: u64,
+) {
+    let bs = u64::from(lun.volume.block_size());
+    let (lba, blocks, fua) = match kind {
+        ExclusiveWrite::CompareAndWrite { lba, blocks, fua }
+        | ExclusiveWrite::OrWrite { lba, blocks, fua }
+        | ExclusiveWrite::WriteAtomic { lba, blocks, fua } => (lba, blocks, fua),
+    };
+    let (offset, len) = (lba * bs, u64::from(blocks) * bs);
+    let need = match kind {
+        ExclusiveWrite::CompareAndWrite { .. } => 2 * len,
+        _ => len,
+    };
+    // The Data-Out was collected whole (an EDTL that cut it short was refused).
+    if (data.len() as u64) < need {
+        let s = Sense::invalid_field_in_information_unit();
+        return reply
+            .status(Status::CheckCondition, Some(&s), r2ts, 0)
+            .await;
+    }
+    let started = std::time::Instant::now();
+    let held = match lun.volume.exclusive(offset, len).await {
+        Ok(h) => h,
+        Err(e) => return failed(reply, &lun, "exclusive write", e, r2ts).await,
+    };
+    let new = match kind {
+        ExclusiveWrite::CompareAndWrite { .. } => {
+            let medium = match held.read().await {
+                Ok(m) => m,
+                Err(e) => return failed(reply, &lun, "compare and write read", e, r2ts).await,
+            };
+            if let Some(at) = crate::scsi::first_difference(&medium, &data[..len as usize]) {
+                // SBC-4 5.3.2: nothing is written; INFORMATION is the offset of the
+                // first byte that differed.
+                drop(held);
+                let s = Sense::miscompare(at);
+                return reply
+                    .status(Status::CheckCondition, Some(&s), r2ts, 0)
+                    .await;
+            }
+            data.slice(len as usize..need as usize)
+        }
+        ExclusiveWrite::OrWrite { .. } => {
+            let medium = match held.read().await {
+                Ok(m) => m,
+                Err(e) => return failed(reply, &lun, "orwrite read", e, r2ts).await,
+            };
+            let mut merged = data[..len as usize].to_vec();
+            crate::scsi::or_into(&medium, &mut merged);
+            Bytes::from(merged)
+        }
+        ExclusiveWrite::WriteAtomic { .. } => data.slice(..len as usize),
+    };
+    match held.write(offset, new, fua).await {
+        Ok(()) => {
+            drop(held);
+            lun.volume.io_metrics().write_done(len, started.elapsed());
+            reply.status(Status::Good, None, r2ts, wanted).await
+        }
+        Err(e) => {
+            drop(held);
+            failed(reply, &lun, "exclusive write", e, r2ts).await
+        }
+    }
+}
+
 /// Bytes GET LBA STATUS looks at from its LBA: enough for the descriptors one answer
 /// carries on a fragmented file; the initiator asks again from where it ends.
 const LBA_STATUS_WINDOW: u64 = 1 << 30;

@@ -85,11 +85,25 @@ struct BudgetTicket {
 type BudgetWait = Pin<Box<dyn Future<Output = Option<WriteBudget>> + Send + Sync>>;
 
 enum WriteKind {
-    Write { lba: u64, fua: bool },
+    Write {
+        lba: u64,
+        fua: bool,
+    },
     Unmap,
-    WriteSame { lba: u64, blocks: u64, unmap: bool },
-    Verify { lba: u64, blocks: u32 },
-    ModeSelect { ten: bool },
+    WriteSame {
+        lba: u64,
+        blocks: u64,
+        unmap: bool,
+    },
+    Verify {
+        lba: u64,
+        blocks: u32,
+    },
+    ModeSelect {
+        ten: bool,
+    },
+    /// COMPARE AND WRITE, ORWRITE, WRITE ATOMIC: run holding their range exclusively.
+    Exclusive(exec::ExclusiveWrite),
 }
 
 /// What the connection attaches to a command while the core collects its Data-Out.
@@ -613,6 +627,13 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                     Sense::invalid_field_in_information_unit(),
                 ))
             }
+            // COMPARE AND WRITE cannot use part of its data: the EDTL must be exactly
+            // both instances, else NUMBER OF LOGICAL BLOCKS is wrong (as libiscsi expects).
+            (p @ Plan::CompareAndWrite { .. }, Some(h))
+                if u64::from(cmd.expected_len) != p.transfer_bytes(h.volume.block_size()) =>
+            {
+                Plan::Respond(scsi::Response::check(Sense::invalid_field_in_cdb(13)))
+            }
             (plan, _) => plan,
         };
         match (plan, handle) {
@@ -721,6 +742,18 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             }
             (Plan::ModeSelect { ten, len }, Some(h)) => {
                 self.collect(cmd, h, WriteKind::ModeSelect { ten }, len as u64, reply)
+                    .await;
+            }
+            (
+                p
+                @ (Plan::CompareAndWrite { .. } | Plan::OrWrite { .. } | Plan::WriteAtomic { .. }),
+                Some(h),
+            ) => {
+                let needed = p.transfer_bytes(h.volume.block_size());
+                let Some(kind) = exec::ExclusiveWrite::of(&p) else {
+                    return;
+                };
+                self.collect(cmd, h, WriteKind::Exclusive(kind), needed, reply)
                     .await;
             }
             // A plan that needs a volume for a LUN that has none cannot come from a
@@ -944,6 +977,13 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 let resp = lun.lu.mode_select(ten, &data);
                 tokio::spawn(reply.respond(resp).in_current_span());
             }
+            WriteKind::Exclusive(kind) => self.spawn(itt, l, aborted, reply, |reply| {
+                let fut = exec::exclusive_write(reply, lun, kind, data, r2t_sn, spdtl);
+                async move {
+                    fut.await;
+                    drop(budget);
+                }
+            }),
         }
     }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::engine::{Engine, Op};
+use super::ranges::{Mode, RangeGuard, RangeLocks};
 use super::VolumeError;
 use crate::tracking::TrackedVolume;
 
@@ -98,6 +99,9 @@ pub struct Volume {
     /// What initiators' commands did to this volume (counted by the SCSI layer, so
     /// replication's own reads are not in it).
     io: Arc<crate::metrics::VolumeIo>,
+    /// Block-range locks: every read and write holds its range shared, a
+    /// read-modify-write (COMPARE AND WRITE, ORWRITE, WRITE ATOMIC) exclusively.
+    ranges: RangeLocks,
 }
 
 impl std::fmt::Debug for Volume {
@@ -171,6 +175,7 @@ impl Volume {
             inline_writes_off_until: parking_lot::Mutex::new(None),
             tracking: None,
             io: Arc::default(),
+            ranges: RangeLocks::default(),
         })
     }
 
@@ -220,6 +225,17 @@ impl Volume {
         if len == 0 {
             return Ok(Bytes::new());
         }
+        let _range = self.hold(offset, len as u64, Mode::Shared).await;
+        self.read_held(offset, len).await
+    }
+
+    /// Holds `len` bytes at `offset` in `mode` (see `volume::ranges`).
+    async fn hold(&self, offset: u64, len: u64, mode: Mode) -> RangeGuard<'_> {
+        self.ranges.lock(offset, offset + len, mode).await
+    }
+
+    /// `read` of a range the caller holds.
+    async fn read_held(&self, offset: u64, len: usize) -> Result<Bytes, VolumeError> {
         if self.engine.inline_nowait() {
             if let Some(data) = self.read_nowait(offset, len) {
                 return Ok(data);
@@ -335,6 +351,12 @@ impl Volume {
         if data.is_empty() {
             return Ok(());
         }
+        let _range = self.hold(offset, data.len() as u64, Mode::Shared).await;
+        self.write_held(offset, data, fua).await
+    }
+
+    /// `write` of a non-empty range the caller holds.
+    async fn write_held(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), VolumeError> {
         // Held until the data has landed, so a cut sees this write entirely or not.
         let _guard = self.begin_write(offset, data.len() as u64).await?;
         if !fua
@@ -381,6 +403,12 @@ impl Volume {
         if len == 0 {
             return Ok(());
         }
+        let _range = self.hold(offset, len, Mode::Shared).await;
+        self.discard_held(offset, len).await
+    }
+
+    /// `discard` of a non-empty range the caller holds.
+    async fn discard_held(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
         let _guard = self.begin_write(offset, len).await?;
         let file = self.file.clone();
         tokio::task::spawn_blocking(move || punch_hole(&file, offset, len))
@@ -410,13 +438,32 @@ impl Volume {
         let piece: Bytes = block
             .repeat(per.min((len / block.len() as u64) as usize))
             .into();
+        // The whole range is held at once: a COMPARE AND WRITE sees all of a WRITE SAME
+        // or none of it.
+        let _range = self.hold(offset, len, Mode::Shared).await;
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(piece.len() as u64) as usize;
-            self.write(offset + done, piece.slice(..n), fua).await?;
+            self.write_held(offset + done, piece.slice(..n), fua)
+                .await?;
             done += n as u64;
         }
         Ok(())
+    }
+
+    /// Holds `len` bytes at `offset` for a read-modify-write (COMPARE AND WRITE, ORWRITE,
+    /// WRITE ATOMIC): until the returned handle is dropped, no other read or write of
+    /// any of those bytes runs, from any session; reads and writes through the handle
+    /// go through the same path (and the same write tracking) as `read` and `write`.
+    pub async fn exclusive(&self, offset: u64, len: u64) -> Result<Exclusive<'_>, VolumeError> {
+        self.check_range(offset, len)?;
+        let range = self.hold(offset, len, Mode::Exclusive).await;
+        Ok(Exclusive {
+            volume: self,
+            offset,
+            len,
+            _range: range,
+        })
     }
 
     /// Which parts of `len` bytes from `offset` hold data in the file and which are
@@ -460,5 +507,52 @@ impl Volume {
             path: self.path.display().to_string(),
             source,
         }
+    }
+}
+
+/// A range held exclusively ([`Volume::exclusive`]).
+pub struct Exclusive<'a> {
+    volume: &'a Volume,
+    offset: u64,
+    len: u64,
+    _range: RangeGuard<'a>,
+}
+
+impl Exclusive<'_> {
+    fn check(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        match offset.checked_add(len) {
+            Some(end) if offset >= self.offset && end <= self.offset + self.len => Ok(()),
+            _ => Err(VolumeError::OutOfRange {
+                offset,
+                len,
+                size: self.volume.size,
+            }),
+        }
+    }
+
+    /// The current content of the whole held range.
+    pub async fn read(&self) -> Result<Bytes, VolumeError> {
+        if self.len == 0 {
+            return Ok(Bytes::new());
+        }
+        self.volume.read_held(self.offset, self.len as usize).await
+    }
+
+    /// Writes `data` at `offset`, inside the held range (tracked like any write).
+    pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), VolumeError> {
+        self.check(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.volume.write_held(offset, data, fua).await
+    }
+
+    /// Deallocates `len` bytes at `offset`, inside the held range (see `Volume::discard`).
+    pub async fn discard(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        self.check(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.volume.discard_held(offset, len).await
     }
 }
