@@ -215,3 +215,21 @@ fn compare_and_write_suite_passes_without_skips() {
     let problems = suites_without_skips(&s, &[("SCSI.CompareAndWrite", 1)], &[]);
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
+
+/// ORWRITE, WRITE ATOMIC(16) (its Block Limits fields: alignment and granularity of one
+/// 4 KiB physical block, so the suite's misalignment checks run rather than skip) and
+/// PRE-FETCH(10/16), on a thin 512-byte LUN.
+#[test]
+fn orwrite_write_atomic_and_prefetch_suites_pass_without_skips() {
+    let s = TestServer::start();
+    s.ctl_ok(&["volume", "create", "rmw", "--size", "64M"]);
+    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "rmw"]);
+    let suites = [
+        ("SCSI.OrWrite", 1),
+        ("SCSI.WriteAtomic16", 1),
+        ("SCSI.Prefetch10", 1),
+        ("SCSI.Prefetch16", 1),
+    ];
+    let problems = suites_without_skips(&s, &suites, &[]);
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}

@@ -43,6 +43,8 @@ pub mod op {
     pub const COMPARE_AND_WRITE: u8 = 0x89;
     pub const ORWRITE_16: u8 = 0x8B;
     pub const WRITE_ATOMIC_16: u8 = 0x9C;
+    pub const PRE_FETCH_10: u8 = 0x34;
+    pub const PRE_FETCH_16: u8 = 0x90;
 }
 
 /// Service actions we know.

@@ -118,6 +118,12 @@ pub enum Plan {
     /// WRITE ATOMIC: receive `blocks` blocks and write them holding the range
     /// exclusively, so no other command sees part of them.
     WriteAtomic { lba: u64, blocks: u32, fua: bool },
+    /// SYNCHRONIZE CACHE with IMMED: answer GOOD now, flush the volume after.
+    SyncImmed,
+    /// PRE-FETCH: ask the file's cache to read `blocks` blocks from `lba` ahead (range
+    /// already checked), then answer GOOD (the blocks are not known to be cached yet:
+    /// not CONDITION MET).
+    Prefetch { lba: u64, blocks: u64 },
 }
 
 /// What a CDB is decoded against.
@@ -223,6 +229,7 @@ pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
         op::MODE_SELECT_6 | op::MODE_SELECT_10 => mode_select(cdb),
         op::UNMAP => lbp::unmap(cdb, lu),
         op::WRITE_SAME_10 | op::WRITE_SAME_16 => lbp::write_same(cdb, lu),
+        op::PRE_FETCH_10 | op::PRE_FETCH_16 => sbc::prefetch(cdb, lu),
         op::COMPARE_AND_WRITE => rmw::compare_and_write(cdb, lu),
         op::ORWRITE_16 => rmw::orwrite(cdb, lu),
         op::WRITE_ATOMIC_16 => rmw::write_atomic(cdb, lu),
@@ -265,7 +272,10 @@ impl Plan {
                 bytchk: true,
                 ..
             } => u64::from(*blocks) * bs,
-            Plan::Verify { bytchk: false, .. } | Plan::Sync => 0,
+            Plan::Verify { bytchk: false, .. }
+            | Plan::Sync
+            | Plan::SyncImmed
+            | Plan::Prefetch { .. } => 0,
             Plan::ModeSelect { len, .. } | Plan::Unmap { len } => u64::from(*len),
             Plan::WriteSame { ndob: true, .. } => 0,
             Plan::WriteSame { ndob: false, .. } => bs,

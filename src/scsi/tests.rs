@@ -1066,9 +1066,10 @@ fn synchronize_cache() {
         run(&cdb10(op::SYNCHRONIZE_CACHE_10, 0, 0, 0), &lu),
         Plan::Sync
     );
+    // IMMED: GOOD before the flush.
     assert_eq!(
         run(&cdb10(op::SYNCHRONIZE_CACHE_10, 0x02, 10, 990), &lu),
-        Plan::Sync
+        Plan::SyncImmed
     );
     assert_eq!(
         run(&cdb16(op::SYNCHRONIZE_CACHE_16, 0, 999, 1), &lu),
@@ -1772,7 +1773,14 @@ fn check_plan(p: &Plan, lu: Option<&LogicalUnit>) {
                 assert!(!lu.write_protected());
             }
         }
-        Plan::Sync => assert!(lu.is_some()),
+        Plan::Sync | Plan::SyncImmed => assert!(lu.is_some()),
+        Plan::Prefetch { lba, blocks } => {
+            let lu = lu.unwrap_or_else(|| unreachable!("PRE-FETCH plan without an LU"));
+            assert!(*blocks >= 1);
+            assert!(lba
+                .checked_add(*blocks)
+                .is_some_and(|e| e <= lu.num_blocks()));
+        }
         Plan::ModeSelect { len, .. } => assert!(lu.is_some() && *len > 0),
         Plan::Unmap { len } => {
             let lu = lu.unwrap_or_else(|| unreachable!("UNMAP plan without an LU"));
@@ -2124,4 +2132,33 @@ fn or_into_merges_and_first_difference_finds_the_byte() {
     assert_eq!(d, vec![0xFF, 0xA5, 0xAF, 0xF5]);
     assert_eq!(crate::scsi::first_difference(b"abcd", b"abcd"), None);
     assert_eq!(crate::scsi::first_difference(b"abcd", b"abXd"), Some(2));
+}
+
+#[test]
+fn prefetch_checks_its_range_and_reads_to_the_end_for_zero() {
+    let lu = lu();
+    let last = BLOCKS - 1;
+    assert_eq!(
+        run(&cdb10(op::PRE_FETCH_10, 0x02, 0, 0), &lu),
+        Plan::Prefetch {
+            lba: 0,
+            blocks: BLOCKS
+        }
+    );
+    assert_eq!(
+        run(&cdb16(op::PRE_FETCH_16, 0, last, 1), &lu),
+        Plan::Prefetch {
+            lba: last,
+            blocks: 1
+        }
+    );
+    assert_eq!(kcq(run(&cdb16(op::PRE_FETCH_16, 0, last, 2), &lu)), LBA_OOB);
+    assert_eq!(
+        kcq(run(&cdb16(op::PRE_FETCH_16, 0, BLOCKS, 0), &lu)),
+        LBA_OOB
+    );
+    assert_eq!(
+        kcq(run(&cdb16(op::PRE_FETCH_16, 0, u64::MAX, 1), &lu)),
+        LBA_OOB
+    );
 }

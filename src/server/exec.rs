@@ -581,6 +581,25 @@ pub async fn lba_status(reply: Reply, lun: Arc<LunHandle>, lba: u64, alloc: u32)
         .await
 }
 
+/// SYNCHRONIZE CACHE with IMMED: GOOD first, then the flush, whose failure can only be
+/// logged (the command has already ended).
+pub async fn sync_immed(reply: Reply, lun: Arc<LunHandle>) {
+    reply.status(Status::Good, None, 0, 0).await;
+    if let Err(e) = lun.volume.flush().await {
+        tracing::warn!(lun = lun.lun, error = %Chain(&e), "flush after SYNCHRONIZE CACHE with IMMED failed");
+    }
+}
+
+/// PRE-FETCH: the range is handed to the file's cache to read ahead; GOOD.
+pub async fn prefetch(reply: Reply, lun: Arc<LunHandle>, lba: u64, blocks: u64) {
+    let bs = u64::from(lun.volume.block_size());
+    if let Err(e) = lun.volume.prefetch(lba * bs, blocks * bs).await {
+        // Only a hint: the command still succeeds, the blocks are read when asked for.
+        tracing::debug!(lun = lun.lun, error = %Chain(&e), "pre-fetch hint failed");
+    }
+    reply.status(Status::Good, None, 0, 0).await
+}
+
 pub async fn sync(reply: Reply, lun: Arc<LunHandle>) {
     match lun.volume.flush().await {
         Ok(()) => reply.status(Status::Good, None, 0, 0).await,

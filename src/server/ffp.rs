@@ -677,6 +677,14 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             (Plan::Sync, Some(h)) => {
                 self.spawn(cmd.itt, lun, aborted, reply, |reply| exec::sync(reply, h))
             }
+            (Plan::SyncImmed, Some(h)) => self.spawn(cmd.itt, lun, aborted, reply, |reply| {
+                exec::sync_immed(reply, h)
+            }),
+            (Plan::Prefetch { lba, blocks }, Some(h)) => {
+                self.spawn(cmd.itt, lun, aborted, reply, |reply| {
+                    exec::prefetch(reply, h, lba, blocks)
+                })
+            }
             (
                 Plan::Verify {
                     lba,

@@ -473,6 +473,31 @@ impl Volume {
         allocation(&self.file, offset, len).map_err(|e| self.io_error(e))
     }
 
+    /// Asks the page cache to read `len` bytes at `offset` ahead (POSIX_FADV_WILLNEED,
+    /// PRE-FETCH): it starts the reads and returns without waiting for them.
+    pub async fn prefetch(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        self.check_range(offset, len)?;
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            // SAFETY: posix_fadvise on an fd we own; no memory is passed.
+            let r = unsafe {
+                libc::posix_fadvise(
+                    std::os::fd::AsRawFd::as_raw_fd(&*file),
+                    offset as libc::off_t,
+                    len as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+            };
+            match r {
+                0 => Ok(()),
+                errno => Err(io::Error::from_raw_os_error(errno)),
+            }
+        })
+        .await
+        .map_err(|e| self.io_error(io::Error::other(e)))?
+        .map_err(|e| self.io_error(e))
+    }
+
     /// Makes every completed write durable (fdatasync).
     pub async fn flush(&self) -> Result<(), VolumeError> {
         self.run(Op::Flush).await.map(drop)
