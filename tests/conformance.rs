@@ -233,3 +233,16 @@ fn orwrite_write_atomic_and_prefetch_suites_pass_without_skips() {
     let problems = suites_without_skips(&s, &suites, &[]);
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
+
+/// A LUN mapped read-only (`lun map --read-only`): the suite finds WP set in MODE SENSE
+/// and every command that changes blocks (COMPARE AND WRITE, ORWRITE, UNMAP, WRITE,
+/// WRITE SAME with and without UNMAP, WRITE AND VERIFY) ends in DATA PROTECT, WRITE
+/// PROTECTED.
+#[test]
+fn read_only_lun_suite_passes_without_skips() {
+    let s = TestServer::start();
+    s.ctl_ok(&["volume", "create", "ro", "--size", "64M"]);
+    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "ro", "--read-only"]);
+    let problems = suites_without_skips(&s, &[("SCSI.ReadOnly", 1)], &[]);
+    assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
