@@ -434,6 +434,10 @@ enum VolumeCmd {
         /// Write-tracking page size: a power of two from 4K to 1M, fixed at creation.
         #[arg(long, value_parser = parse_size_arg, default_value = "4K")]
         page_size: u64,
+        /// thin: a sparse file that UNMAP gives blocks back to; thick: every block
+        /// allocated now (fallocate), answering as fully provisioned (no UNMAP).
+        #[arg(long, default_value = "thin")]
+        provisioning: twinlun::catalog::Provisioning,
     },
     /// List volumes: size, block and page size, allocated bytes, group, mappings.
     List,
@@ -949,11 +953,13 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 size,
                 block_size,
                 page_size,
+                provisioning,
             } => Change::VolumeCreate {
                 name,
                 size,
                 block_size,
                 page_size,
+                provisioning,
             }
             .into(),
             VolumeCmd::List => Query::VolumeList.into(),

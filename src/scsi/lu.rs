@@ -22,6 +22,8 @@ pub struct LuConfig {
     pub id: u64,
     /// Volume name, reported in the device identification page as a T10 vendor id suffix.
     pub name: String,
+    /// Fully provisioned (SBC-4 4.7.2): LBPME off, no UNMAP, every block mapped.
+    pub thick: bool,
 }
 
 /// One logical unit. Shared by every session that maps it (`Send + Sync`); the mode page
@@ -33,6 +35,7 @@ pub struct LogicalUnit {
     read_only: bool,
     id: u64,
     name: String,
+    thick: bool,
     mode: Mutex<ModeState>,
 }
 
@@ -60,6 +63,7 @@ impl LogicalUnit {
             read_only: cfg.read_only,
             id: cfg.id,
             name: cfg.name,
+            thick: cfg.thick,
             mode: Mutex::new(ModeState::default()),
         }
     }
@@ -84,6 +88,12 @@ impl LogicalUnit {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Fully provisioned: READ CAPACITY(16) reports LBPME 0, UNMAP is not supported and
+    /// WRITE SAME refuses its UNMAP bit (SBC-4 4.7.2, 5.47).
+    pub fn thick(&self) -> bool {
+        self.thick
     }
 
     /// Read-only by configuration.

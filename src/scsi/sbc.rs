@@ -31,12 +31,16 @@ pub fn read_capacity_16(cdb: Cdb, lu: &LogicalUnit) -> Response {
     // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 0. Byte 14: LBPME 1 (volumes are thin:
     // UNMAP and WRITE SAME deallocate), LBPRZ (a deallocated block reads as zeros; see
     // `lbp::reports_lbprz`); LOWEST ALIGNED LBA 0.
-    d[14] = 0x80
-        | if super::lbp::reports_lbprz(lu) {
+    d[14] = if lu.thick() {
+        // Fully provisioned: LBPME 0, LBPRZ 0 (SBC-4 4.7.2).
+        0
+    } else {
+        0x80 | if super::lbp::reports_lbprz(lu) {
             0x40
         } else {
             0
-        };
+        }
+    };
     // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT: the file system allocates (and
     // deallocates) 4 KiB blocks.
     d[13] = (4096 / lu.block_size()).max(1).trailing_zeros() as u8;

@@ -170,10 +170,13 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     // MAXIMUM UNMAP LBA COUNT (20..24), MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT (24..28),
     // OPTIMAL UNMAP GRANULARITY (28..32), UGAVALID with UNMAP GRANULARITY ALIGNMENT 0
     // (32..36), MAXIMUM WRITE SAME LENGTH (36..44).
-    d[16..20].copy_from_slice(&lbp::max_unmap_blocks(lu).to_be_bytes());
-    d[20..24].copy_from_slice(&lbp::MAX_UNMAP_DESCRIPTORS.to_be_bytes());
-    d[24..28].copy_from_slice(&lbp::unmap_granularity(lu).to_be_bytes());
-    d[28..32].copy_from_slice(&0x8000_0000u32.to_be_bytes());
+    // A fully provisioned LU has no UNMAP: those four fields stay zero.
+    if !lu.thick() {
+        d[16..20].copy_from_slice(&lbp::max_unmap_blocks(lu).to_be_bytes());
+        d[20..24].copy_from_slice(&lbp::MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+        d[24..28].copy_from_slice(&lbp::unmap_granularity(lu).to_be_bytes());
+        d[28..32].copy_from_slice(&0x8000_0000u32.to_be_bytes());
+    }
     d[32..40].copy_from_slice(&lbp::max_write_same_blocks(lu).to_be_bytes());
     // MAXIMUM COMPARE AND WRITE LENGTH (page byte 5).
     d[1] = rmw::MAX_COMPARE_AND_WRITE_BLOCKS;
@@ -198,6 +201,10 @@ fn block_device_characteristics() -> Vec<u8> {
 /// 001b (deallocated blocks read as zeros, where `lbp::reports_lbprz`), ANC_SUP 0, DP 0;
 /// PROVISIONING TYPE 010b (thin).
 fn logical_block_provisioning(lu: &LogicalUnit) -> Vec<u8> {
+    if lu.thick() {
+        // Fully provisioned: no UNMAP, no deallocating WRITE SAME, PROVISIONING TYPE 000b.
+        return vec![0x00, 0x00, 0x00, 0x00];
+    }
     let lbprz = if lbp::reports_lbprz(lu) { 0x04 } else { 0 };
     vec![0x00, 0x80 | 0x40 | 0x20 | lbprz, 0x02, 0x00]
 }

@@ -15,6 +15,7 @@ fn cfg() -> LuConfig {
         read_only: false,
         id: 0x1234,
         name: "vol0".into(),
+        thick: false,
     }
 }
 
@@ -1747,6 +1748,7 @@ fn arb_lu() -> impl Strategy<Value = LogicalUnit> {
                 read_only,
                 id,
                 name: "p".into(),
+                thick: false,
             })
         })
 }
@@ -2161,4 +2163,31 @@ fn prefetch_checks_its_range_and_reads_to_the_end_for_zero() {
         kcq(run(&cdb16(op::PRE_FETCH_16, 0, u64::MAX, 1), &lu)),
         LBA_OOB
     );
+}
+
+#[test]
+fn a_thick_lu_answers_as_fully_provisioned() {
+    let lu = LogicalUnit::new(LuConfig {
+        thick: true,
+        ..cfg()
+    });
+    let rc16 = good(run(&cdb16(op::SERVICE_ACTION_IN_16, 0x10, 0, 32), &lu));
+    assert_eq!(rc16[14] & 0xC0, 0, "LBPME and LBPRZ clear");
+    let b2 = good(run(&[0x12, 0x01, 0xB2, 0, 0xFF, 0], &lu));
+    assert_eq!(
+        (b2[5], b2[6]),
+        (0, 0),
+        "no LBPU/LBPWS, provisioning type 000b"
+    );
+    let b0 = good(run(&[0x12, 0x01, 0xB0, 0, 0xFF, 0], &lu));
+    assert_eq!(&b0[20..36], &[0u8; 16], "no UNMAP limits");
+    assert_eq!(kcq(run(&cdb10(op::UNMAP, 0, 0, 24), &lu)), INVALID_OPCODE);
+    assert_eq!(
+        kcq(run(&cdb16(op::WRITE_SAME_16, 0x08, 0, 8), &lu)),
+        INVALID_FIELD
+    );
+    assert!(matches!(
+        run(&cdb16(op::WRITE_SAME_16, 0, 0, 8), &lu),
+        Plan::WriteSame { unmap: false, .. }
+    ));
 }

@@ -539,7 +539,9 @@ pub async fn lba_status(reply: Reply, lun: Arc<LunHandle>, lba: u64, alloc: u32)
     let bs = u64::from(lun.volume.block_size());
     let offset = lba * bs;
     let len = (lun.volume.size() - offset.min(lun.volume.size())).min(LBA_STATUS_WINDOW);
-    let runs = if lun.snapshot.is_some() {
+    // A thick volume's blocks are all allocated (its preallocated extents may look like
+    // holes to SEEK_DATA until written).
+    let runs = if lun.snapshot.is_some() || lun.lu.thick() {
         Ok(vec![(offset, len, true)])
     } else {
         lun.volume.allocation(offset, len)

@@ -108,6 +108,7 @@ impl LunView {
                 read_only: spec.read_only || snapshot.is_some(),
                 id,
                 name: spec.volume.clone(),
+                thick: volume.is_thick(),
             });
             let resets = node.sessions.reset_counter(&self.target, lun);
             let resets_seen = resets.load(Ordering::Acquire);

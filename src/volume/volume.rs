@@ -83,6 +83,23 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Zeroes a range of `file` keeping it allocated (a thick volume's deallocation).
+fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate on an fd we own; no memory is passed.
+    let r = unsafe {
+        libc::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub struct Volume {
     path: PathBuf,
     file: Arc<File>,
@@ -102,6 +119,8 @@ pub struct Volume {
     /// Block-range locks: every read and write holds its range shared, a
     /// read-modify-write (COMPARE AND WRITE, ORWRITE, WRITE ATOMIC) exclusively.
     ranges: RangeLocks,
+    /// Fully provisioned: every block allocated, deallocation zeroes in place.
+    thick: bool,
 }
 
 impl std::fmt::Debug for Volume {
@@ -176,7 +195,34 @@ impl Volume {
             tracking: None,
             io: Arc::default(),
             ranges: RangeLocks::default(),
+            thick: false,
         })
+    }
+
+    /// Makes the volume fully provisioned: allocates every block of the file now
+    /// (fallocate; data already there is kept, holes become allocated zeros), and from
+    /// now on a deallocation (`discard`) zeroes its range in place instead of punching
+    /// holes, so the file stays whole. Blocks until the file system has allocated it.
+    pub fn preallocate(mut self) -> Result<Volume, VolumeError> {
+        // SAFETY: fallocate on an fd we own; no memory is passed.
+        let r = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&*self.file),
+                0,
+                0,
+                self.size as libc::off_t,
+            )
+        };
+        if r < 0 {
+            return Err(self.io_error(io::Error::last_os_error()));
+        }
+        self.thick = true;
+        Ok(self)
+    }
+
+    /// Fully provisioned ([`Volume::preallocate`]).
+    pub fn is_thick(&self) -> bool {
+        self.thick
     }
 
     /// Track this volume's writes from now on.
@@ -397,7 +443,8 @@ impl Volume {
     /// (the gate, copies for live snapshots, the activity log, the dirty pages), so a
     /// cut sees it whole or not at all and replication ships the range (as zero
     /// records: the peer punches the same holes). The file gives back whole blocks of
-    /// its file system; the rest of the range is zeroed in place.
+    /// its file system; the rest of the range is zeroed in place. A thick volume
+    /// ([`Volume::preallocate`]) zeroes the whole range in place and keeps it allocated.
     pub async fn discard(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
         self.check_range(offset, len)?;
         if len == 0 {
@@ -411,10 +458,17 @@ impl Volume {
     async fn discard_held(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
         let _guard = self.begin_write(offset, len).await?;
         let file = self.file.clone();
-        tokio::task::spawn_blocking(move || punch_hole(&file, offset, len))
-            .await
-            .map_err(|e| self.io_error(io::Error::other(e)))?
-            .map_err(|e| self.io_error(e))
+        let thick = self.thick;
+        tokio::task::spawn_blocking(move || {
+            if thick {
+                zero_range(&file, offset, len)
+            } else {
+                punch_hole(&file, offset, len)
+            }
+        })
+        .await
+        .map_err(|e| self.io_error(io::Error::other(e)))?
+        .map_err(|e| self.io_error(e))
     }
 
     /// Writes `block` (one logical block) to every block of `len` bytes at `offset`
