@@ -231,6 +231,10 @@ pub struct VolumeSpec {
     /// provisioned). Fixed at creation; absent from the JSON when thin.
     #[serde(default, skip_serializing_if = "Provisioning::is_thin")]
     pub provisioning: Provisioning,
+    /// SANITIZE is offered on its LUNs (it wipes the whole volume from one CDB, so
+    /// only where the admin said so at creation).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_sanitize: bool,
 }
 
 /// How a volume's blocks are provisioned (SBC-4 4.7).
@@ -492,6 +496,7 @@ impl Catalog {
                 path: crate::datadir::volume_file_rel(id),
                 page_size: DEFAULT_PAGE_SIZE,
                 provisioning: Provisioning::Thin,
+                allow_sanitize: false,
             },
         );
         let mut t = TargetSpec::default();

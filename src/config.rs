@@ -14,6 +14,7 @@
 //! block_size = 4096                 # 512 (default) or 4096
 //! page_size = "64K"                 # write-tracking page: 4K (default) to 1M, a power of two
 //! provisioning = "thick"            # thin (default, sparse) or thick (preallocated)
+//! allow_sanitize = false            # offer SANITIZE on its LUNs (default no)
 //!
 //! [[group]]                         # optional: volumes cut together (snapshots, replication)
 //! name = "app"
@@ -250,6 +251,10 @@ pub struct VolumeConfig {
     /// "keep" for an existing one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provisioning: Option<crate::catalog::Provisioning>,
+    /// Offer SANITIZE on the volume's LUNs; fixed at creation. `None`: no for a new
+    /// volume, "keep" for an existing one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_sanitize: Option<bool>,
 }
 
 fn de_opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -647,6 +652,15 @@ impl Config {
                             ),
                         ));
                     }
+                    if let Some(a) = v.allow_sanitize.filter(|a| *a != existing.allow_sanitize) {
+                        return Err(cx.err(
+                            format!("volume[{i}].allow_sanitize"),
+                            format!(
+                                "volume '{}' already exists with allow_sanitize = {}, not {a}; it is fixed at creation",
+                                v.name, existing.allow_sanitize
+                            ),
+                        ));
+                    }
                     if let Some(p) = v.provisioning.filter(|p| *p != existing.provisioning) {
                         return Err(cx.err(
                             format!("volume[{i}].provisioning"),
@@ -688,6 +702,7 @@ impl Config {
                                 None => DEFAULT_PAGE_SIZE,
                             },
                             provisioning: v.provisioning.unwrap_or_default(),
+                            allow_sanitize: v.allow_sanitize.unwrap_or(false),
                         },
                     );
                 }
@@ -1158,6 +1173,7 @@ read_only = true
                 block_size: 4096,
                 page_size: Some(64 << 10),
                 provisioning: None,
+                allow_sanitize: None,
             }
         );
         assert_eq!(c.volumes[1].block_size, 512);

@@ -438,6 +438,10 @@ enum VolumeCmd {
         /// allocated now (fallocate), answering as fully provisioned (no UNMAP).
         #[arg(long, default_value = "thin")]
         provisioning: twinlun::catalog::Provisioning,
+        /// Offer SANITIZE (overwrite, block erase, crypto erase of the whole volume) on
+        /// its LUNs; without it the command does not exist there. Fixed at creation.
+        #[arg(long)]
+        allow_sanitize: bool,
     },
     /// List volumes: size, block and page size, allocated bytes, group, mappings.
     List,
@@ -954,12 +958,14 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 block_size,
                 page_size,
                 provisioning,
+                allow_sanitize,
             } => Change::VolumeCreate {
                 name,
                 size,
                 block_size,
                 page_size,
                 provisioning,
+                allow_sanitize,
             }
             .into(),
             VolumeCmd::List => Query::VolumeList.into(),

@@ -244,6 +244,9 @@ impl Node {
         if spec.provisioning.is_thick() {
             volume = volume.preallocate()?;
         }
+        if spec.allow_sanitize {
+            volume = volume.allow_sanitize();
+        }
         scrape::refresh_allocated(&path, &io);
         if !self.tracking {
             crate::tracking::persist::mark_untracked(&self.tracking_dir(spec))

@@ -247,6 +247,9 @@ pub enum Change {
         /// "thin" (default) or "thick" (preallocated, fully provisioned).
         #[serde(default, skip_serializing_if = "crate::catalog::Provisioning::is_thin")]
         provisioning: crate::catalog::Provisioning,
+        /// Offer SANITIZE on the volume's LUNs.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_sanitize: bool,
     },
     VolumeDelete {
         name: String,
@@ -945,6 +948,7 @@ mod tests {
                 block_size: 512,
                 page_size: 4096,
                 provisioning: crate::catalog::Provisioning::Thin,
+                allow_sanitize: false,
             })
         );
         let r: Request = serde_json::from_str(
@@ -959,6 +963,7 @@ mod tests {
                 block_size: 4096,
                 page_size: 64 << 10,
                 provisioning: crate::catalog::Provisioning::Thin,
+                allow_sanitize: false,
             })
         );
         let r: Request =

@@ -45,6 +45,7 @@ pub mod op {
     pub const WRITE_ATOMIC_16: u8 = 0x9C;
     pub const PRE_FETCH_10: u8 = 0x34;
     pub const PRE_FETCH_16: u8 = 0x90;
+    pub const SANITIZE: u8 = 0x48;
 }
 
 /// Service actions we know.

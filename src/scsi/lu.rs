@@ -24,6 +24,8 @@ pub struct LuConfig {
     pub name: String,
     /// Fully provisioned (SBC-4 4.7.2): LBPME off, no UNMAP, every block mapped.
     pub thick: bool,
+    /// SANITIZE is offered (the volume allows it).
+    pub sanitize: bool,
 }
 
 /// One logical unit. Shared by every session that maps it (`Send + Sync`); the mode page
@@ -36,6 +38,7 @@ pub struct LogicalUnit {
     id: u64,
     name: String,
     thick: bool,
+    sanitize: bool,
     mode: Mutex<ModeState>,
 }
 
@@ -64,6 +67,7 @@ impl LogicalUnit {
             id: cfg.id,
             name: cfg.name,
             thick: cfg.thick,
+            sanitize: cfg.sanitize,
             mode: Mutex::new(ModeState::default()),
         }
     }
@@ -94,6 +98,12 @@ impl LogicalUnit {
     /// WRITE SAME refuses its UNMAP bit (SBC-4 4.7.2, 5.47).
     pub fn thick(&self) -> bool {
         self.thick
+    }
+
+    /// SANITIZE is offered: the volume was created allowing it. Elsewhere the command
+    /// does not exist (an admin's data is not one CDB away from being wiped).
+    pub fn sanitize_allowed(&self) -> bool {
+        self.sanitize
     }
 
     /// Read-only by configuration.

@@ -41,6 +41,7 @@ mod lun;
 mod mode;
 mod opcodes;
 mod rmw;
+mod sanitize;
 mod sbc;
 mod sense;
 mod spc;
@@ -53,6 +54,7 @@ pub use lbp::{lba_status_data, unmap_ranges, LbaExtent};
 pub use lu::{LogicalUnit, LuConfig, ModeSelectOutcome, UnitAttentions, MAX_TRANSFER_BYTES};
 pub use lun::{decode_lun, encode_lun, MAX_LUN};
 pub use rmw::{first_difference, or_into};
+pub use sanitize::{overwrite_block, SanitizeKind};
 pub use sense::{key, key_name, FieldPointer, Sense, FIXED_SENSE_LEN};
 pub use spc::{naa_designator, serial_number, PRODUCT_ID, VENDOR_ID};
 
@@ -124,6 +126,11 @@ pub enum Plan {
     /// already checked), then answer GOOD (the blocks are not known to be cached yet:
     /// not CONDITION MET).
     Prefetch { lba: u64, blocks: u64 },
+    /// SANITIZE the whole LU (for an OVERWRITE, after receiving its parameter list).
+    /// With `immed`, GOOD goes back once it has started; either way, until it ends the
+    /// LU answers every command but INQUIRY, REPORT LUNS and REQUEST SENSE with
+    /// [`Sense::sanitize_in_progress`], from every session.
+    Sanitize { kind: SanitizeKind, immed: bool },
 }
 
 /// What a CDB is decoded against.
@@ -221,7 +228,9 @@ pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
             _ => check(Sense::invalid_field_in_cdb_bit(1, 4)),
         },
         op::MAINTENANCE_IN => match cdb.service_action() {
-            sa::REPORT_SUPPORTED_OPCODES => Plan::Respond(opcodes::report_supported_opcodes(cdb)),
+            sa::REPORT_SUPPORTED_OPCODES => {
+                Plan::Respond(opcodes::report_supported_opcodes(cdb, lu))
+            }
             _ => check(Sense::invalid_field_in_cdb_bit(1, 4)),
         },
         op::MODE_SENSE_6 => Plan::Respond(mode::mode_sense(cdb, lu, false)),
@@ -230,6 +239,7 @@ pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
         op::UNMAP => lbp::unmap(cdb, lu),
         op::WRITE_SAME_10 | op::WRITE_SAME_16 => lbp::write_same(cdb, lu),
         op::PRE_FETCH_10 | op::PRE_FETCH_16 => sbc::prefetch(cdb, lu),
+        op::SANITIZE => sanitize::sanitize(cdb, lu),
         op::COMPARE_AND_WRITE => rmw::compare_and_write(cdb, lu),
         op::ORWRITE_16 => rmw::orwrite(cdb, lu),
         op::WRITE_ATOMIC_16 => rmw::write_atomic(cdb, lu),
@@ -276,6 +286,11 @@ impl Plan {
             | Plan::Sync
             | Plan::SyncImmed
             | Plan::Prefetch { .. } => 0,
+            Plan::Sanitize {
+                kind: SanitizeKind::Overwrite { len },
+                ..
+            } => u64::from(*len),
+            Plan::Sanitize { .. } => 0,
             Plan::ModeSelect { len, .. } | Plan::Unmap { len } => u64::from(*len),
             Plan::WriteSame { ndob: true, .. } => 0,
             Plan::WriteSame { ndob: false, .. } => bs,

@@ -69,7 +69,7 @@ pub fn inquiry(cdb: Cdb, lu: Option<&LogicalUnit>) -> Response {
         VPD_UNIT_SERIAL => unit_serial(lu),
         VPD_DEVICE_ID => device_identification(lu),
         VPD_BLOCK_LIMITS => block_limits(lu),
-        VPD_BLOCK_CHARACTERISTICS => block_device_characteristics(),
+        VPD_BLOCK_CHARACTERISTICS => block_device_characteristics(lu),
         VPD_LB_PROVISIONING => logical_block_provisioning(lu),
         _ => return Response::check(Sense::invalid_field_in_cdb(2)),
     };
@@ -189,10 +189,16 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
 }
 
 /// Block Device Characteristics page (SBC-4 6.6.2), page length 3Ch.
-fn block_device_characteristics() -> Vec<u8> {
+fn block_device_characteristics(lu: &LogicalUnit) -> Vec<u8> {
     let mut d = vec![0u8; 0x3C];
     // MEDIUM ROTATION RATE 0001h: non-rotating medium.
     d[0..2].copy_from_slice(&0x0001u16.to_be_bytes());
+    // WABEREQ and WACEREQ 01b (page byte 7): after a BLOCK or CRYPTOGRAPHIC ERASE,
+    // reads of blocks not written since succeed (they read as zeros). Zero where
+    // SANITIZE is not offered.
+    if lu.sanitize_allowed() {
+        d[3] = 0x50;
+    }
     d
 }
 

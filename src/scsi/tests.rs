@@ -16,6 +16,7 @@ fn cfg() -> LuConfig {
         id: 0x1234,
         name: "vol0".into(),
         thick: false,
+        sanitize: false,
     }
 }
 
@@ -1571,7 +1572,11 @@ fn command_table_is_consistent() {
 
 #[test]
 fn rsoc_all_commands() {
-    let lu = lu();
+    // An LU that offers every command of the table (SANITIZE too).
+    let lu = LogicalUnit::new(LuConfig {
+        sanitize: true,
+        ..cfg()
+    });
     let d = good(run(&rsoc(false, 0, 0, 0, 65535), &lu));
     assert_eq!(
         u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize,
@@ -1749,6 +1754,7 @@ fn arb_lu() -> impl Strategy<Value = LogicalUnit> {
                 id,
                 name: "p".into(),
                 thick: false,
+                sanitize: false,
             })
         })
 }
@@ -1776,6 +1782,10 @@ fn check_plan(p: &Plan, lu: Option<&LogicalUnit>) {
             }
         }
         Plan::Sync | Plan::SyncImmed => assert!(lu.is_some()),
+        Plan::Sanitize { .. } => {
+            let lu = lu.unwrap_or_else(|| unreachable!("SANITIZE plan without an LU"));
+            assert!(lu.sanitize_allowed() && !lu.write_protected());
+        }
         Plan::Prefetch { lba, blocks } => {
             let lu = lu.unwrap_or_else(|| unreachable!("PRE-FETCH plan without an LU"));
             assert!(*blocks >= 1);
@@ -2190,4 +2200,97 @@ fn a_thick_lu_answers_as_fully_provisioned() {
         run(&cdb16(op::WRITE_SAME_16, 0, 0, 8), &lu),
         Plan::WriteSame { unmap: false, .. }
     ));
+}
+
+#[test]
+fn sanitize_exists_only_where_allowed_and_checks_its_fields() {
+    let san = |lu: &LogicalUnit, b1: u8, len: u16| {
+        let mut c = vec![0u8; 10];
+        c[0] = op::SANITIZE;
+        c[1] = b1;
+        c[7..9].copy_from_slice(&len.to_be_bytes());
+        run(&c, lu)
+    };
+    assert_eq!(kcq(san(&lu(), 0x01, 516)), INVALID_OPCODE);
+    let none = good(run(
+        &[0xA3, 0x0C, 0x02, op::SANITIZE, 0, 0x01, 0, 0, 1, 0, 0, 0],
+        &lu(),
+    ));
+    assert_eq!(none[1] & 0x07, 0x01, "not listed where not allowed");
+    let lu = LogicalUnit::new(LuConfig {
+        sanitize: true,
+        ..cfg()
+    });
+    let listed = good(run(
+        &[0xA3, 0x0C, 0x02, op::SANITIZE, 0, 0x02, 0, 0, 1, 0, 0, 0],
+        &lu,
+    ));
+    assert_eq!(listed[1] & 0x07, 0x03);
+    assert_eq!(
+        san(&lu, 0x81, 516),
+        Plan::Sanitize {
+            kind: crate::scsi::SanitizeKind::Overwrite { len: 516 },
+            immed: true
+        }
+    );
+    assert_eq!(
+        san(&lu, 0x02, 0),
+        Plan::Sanitize {
+            kind: crate::scsi::SanitizeKind::Erase,
+            immed: false
+        }
+    );
+    assert!(good(san(&lu, 0x1F, 0)).is_empty());
+    for (b1, len) in [
+        (0x01, 4),
+        (0x01, 517),
+        (0x02, 8),
+        (0x03, 8),
+        (0x1F, 8),
+        (0x41, 516),
+        (0x04, 0),
+        (0x00, 0),
+    ] {
+        assert_eq!(kcq(san(&lu, b1, len)), INVALID_FIELD, "{b1:#x} {len}");
+    }
+    let mut c = vec![0u8; 10];
+    c[0] = op::SANITIZE;
+    c[1] = 0x02;
+    c[4] = 1;
+    assert_eq!(kcq(run(&c, &lu)), INVALID_FIELD);
+    let ro = LogicalUnit::new(LuConfig {
+        sanitize: true,
+        read_only: true,
+        ..cfg()
+    });
+    assert_eq!(kcq(san(&ro, 0x02, 0)), WRITE_PROTECTED);
+    // The Block Device Characteristics page says reads work after an erase.
+    let b1 = good(run(&[0x12, 0x01, 0xB1, 0, 0xFF, 0], &lu));
+    assert_eq!(b1[7], 0x50);
+}
+
+#[test]
+fn overwrite_parameters_tile_the_pattern_over_a_block() {
+    let (block, count, invert) =
+        crate::scsi::overwrite_block(&[0x82, 0, 0, 3, 1, 2, 3], 8).unwrap();
+    assert_eq!(
+        (block, count, invert),
+        (vec![1, 2, 3, 1, 2, 3, 1, 2], 2, true)
+    );
+    assert!(
+        crate::scsi::overwrite_block(&[0x00, 0, 0, 1, 9], 8).is_err(),
+        "count 0"
+    );
+    assert!(
+        crate::scsi::overwrite_block(&[0x01, 0, 0, 0, 9], 8).is_err(),
+        "no pattern"
+    );
+    assert!(
+        crate::scsi::overwrite_block(&[0x01, 0, 0, 9, 9], 8).is_err(),
+        "pattern > block"
+    );
+    assert!(
+        crate::scsi::overwrite_block(&[0x01, 0, 0, 2, 9], 8).is_err(),
+        "short list"
+    );
 }

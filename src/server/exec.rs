@@ -13,6 +13,7 @@ use crate::scsi::{Response, Sense, Status};
 use crate::server::luns::LunHandle;
 use crate::server::writer::{CmdSlot, Hold, Outgoing, Stat};
 use crate::volume::VolumeError;
+use tracing::Instrument;
 
 /// What an answer needs to know about its command.
 pub struct Reply {
@@ -525,6 +526,142 @@ pub async fn exclusive_write(
         Err(e) => {
             drop(held);
             failed(reply, &lun, "exclusive write", e, r2ts).await
+        }
+    }
+}
+
+/// Bytes a SANITIZE OVERWRITE writes at once.
+const SANITIZE_PIECE: u64 = 1 << 20;
+
+/// A `fault-injection` build paces SANITIZE OVERWRITE at this many bytes per second when
+/// it is set, so a test can watch a sanitize in progress on a small volume (libiscsi's
+/// Sanitize.Reset needs one that lasts for seconds). Other builds never pace it.
+#[cfg(feature = "fault-injection")]
+pub const SANITIZE_PACE_ENV: &str = "TWINLUN_TEST_SANITIZE_BYTES_PER_SEC";
+
+fn sanitize_pace() -> Option<u64> {
+    #[cfg(feature = "fault-injection")]
+    if let Some(rate) = std::env::var(SANITIZE_PACE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|r| *r > 0)
+    {
+        return Some(rate);
+    }
+    None
+}
+
+/// Overwrites the whole volume `count` times with `block` (inverted on every other pass
+/// with `invert`), through the write path, then makes it durable.
+async fn overwrite_volume(
+    volume: &crate::volume::Volume,
+    block: &[u8],
+    count: u8,
+    invert: bool,
+) -> Result<(), VolumeError> {
+    let inverted: Vec<u8> = block.iter().map(|b| !b).collect();
+    let pace = sanitize_pace();
+    let started = tokio::time::Instant::now();
+    let mut written = 0u64;
+    for pass in 0..count {
+        let pattern = if invert && pass % 2 == 1 {
+            &inverted[..]
+        } else {
+            block
+        };
+        let mut at = 0;
+        while at < volume.size() {
+            let n = (volume.size() - at).min(SANITIZE_PIECE);
+            volume.write_same(at, n, pattern, false).await?;
+            at += n;
+            written += n;
+            if let Some(rate) = pace {
+                let due =
+                    started + std::time::Duration::from_secs_f64(written as f64 / rate as f64);
+                tokio::time::sleep_until(due).await;
+            }
+        }
+    }
+    volume.flush().await
+}
+
+/// SANITIZE (SBC-4 5.30): OVERWRITE with `params`, else BLOCK/CRYPTOGRAPHIC ERASE (the
+/// whole volume deallocated: it reads as zeros). It runs in a task of its own, so
+/// neither an abort, a reset nor the end of the session stops it (SBC-4 4.34.1); until
+/// it ends the volume answers other commands with SANITIZE IN PROGRESS. Everything it
+/// changes goes through the write path: every page of the volume ends dirty.
+pub async fn sanitize(
+    reply: Reply,
+    lun: Arc<LunHandle>,
+    params: Option<Bytes>,
+    immed: bool,
+    r2ts: u32,
+    wanted: u64,
+) {
+    let bs = lun.volume.block_size();
+    let overwrite = match &params {
+        Some(p) => match crate::scsi::overwrite_block(p, bs) {
+            Ok(o) => Some(o),
+            Err(sense) => {
+                return reply
+                    .status(Status::CheckCondition, Some(&sense), r2ts, 0)
+                    .await
+            }
+        },
+        None => None,
+    };
+    if !lun.volume.start_sanitize() {
+        let s = Sense::sanitize_in_progress();
+        return reply
+            .status(Status::CheckCondition, Some(&s), r2ts, 0)
+            .await;
+    }
+    let volume = lun.volume.clone();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let which = lun.lun;
+    tokio::spawn(
+        async move {
+            let r = match overwrite {
+                Some((block, count, invert)) => {
+                    overwrite_volume(&volume, &block, count, invert).await
+                }
+                None => match volume.discard(0, volume.size()).await {
+                    Ok(()) => volume.flush().await,
+                    Err(e) => Err(e),
+                },
+            };
+            volume.finish_sanitize();
+            match &r {
+                Ok(()) => tracing::info!(lun = which, "sanitize done"),
+                Err(e) => tracing::warn!(lun = which, error = %Chain(e), "sanitize failed"),
+            }
+            let _ = done_tx.send(r);
+        }
+        .in_current_span(),
+    );
+    if immed {
+        return reply.status(Status::Good, None, r2ts, wanted).await;
+    }
+    // An ABORT TASK (or a reset) ends the task, which says nothing, but not the
+    // sanitize (SBC-4 4.34.1): stop waiting once the task is aborted.
+    let aborted = reply.aborted.clone();
+    let abort_seen = async move {
+        while !aborted.load(Ordering::Acquire) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let done = tokio::select! {
+        r = done_rx => r,
+        () = abort_seen => return,
+    };
+    match done {
+        Ok(Ok(())) => reply.status(Status::Good, None, r2ts, wanted).await,
+        Ok(Err(e)) => failed(reply, &lun, "sanitize", e, r2ts).await,
+        Err(_) => {
+            let s = Sense::internal_target_failure();
+            reply
+                .status(Status::CheckCondition, Some(&s), r2ts, 0)
+                .await
         }
     }
 }

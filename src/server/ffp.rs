@@ -104,6 +104,10 @@ enum WriteKind {
     },
     /// COMPARE AND WRITE, ORWRITE, WRITE ATOMIC: run holding their range exclusively.
     Exclusive(exec::ExclusiveWrite),
+    /// SANITIZE OVERWRITE with its parameter list.
+    Sanitize {
+        immed: bool,
+    },
 }
 
 /// What the connection attaches to a command while the core collects its Data-Out.
@@ -594,6 +598,20 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         let reply = self.reply(&cmd, slot, aborted.clone());
         let resolved = self.luns.resolve(&self.node, lun);
         let (handle, plan) = match resolved {
+            // SBC-4 4.34.1: while a SANITIZE runs, only INQUIRY, REPORT LUNS and
+            // REQUEST SENSE are answered, from any session.
+            Some((h, _))
+                if h.volume.sanitizing()
+                    && !matches!(
+                        cmd.cdb.first(),
+                        Some(
+                            &(scsi::op::INQUIRY | scsi::op::REPORT_LUNS | scsi::op::REQUEST_SENSE)
+                        )
+                    ) =>
+            {
+                let resp = scsi::Response::check(Sense::sanitize_in_progress());
+                (Some(h), Plan::Respond(resp))
+            }
             Some((h, ua)) => {
                 let plan = scsi::plan(
                     &cmd.cdb,
@@ -752,6 +770,25 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 self.collect(cmd, h, WriteKind::ModeSelect { ten }, len as u64, reply)
                     .await;
             }
+            (
+                Plan::Sanitize {
+                    kind: scsi::SanitizeKind::Overwrite { len },
+                    immed,
+                },
+                Some(h),
+            ) => {
+                self.collect(cmd, h, WriteKind::Sanitize { immed }, len as u64, reply)
+                    .await;
+            }
+            (
+                Plan::Sanitize {
+                    kind: scsi::SanitizeKind::Erase,
+                    immed,
+                },
+                Some(h),
+            ) => self.spawn(cmd.itt, lun, aborted, reply, |reply| {
+                exec::sanitize(reply, h, None, immed, 0, 0)
+            }),
             (
                 p
                 @ (Plan::CompareAndWrite { .. } | Plan::OrWrite { .. } | Plan::WriteAtomic { .. }),
@@ -985,6 +1022,13 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 let resp = lun.lu.mode_select(ten, &data);
                 tokio::spawn(reply.respond(resp).in_current_span());
             }
+            WriteKind::Sanitize { immed } => self.spawn(itt, l, aborted, reply, |reply| {
+                let fut = exec::sanitize(reply, lun, Some(data), immed, r2t_sn, spdtl);
+                async move {
+                    fut.await;
+                    drop(budget);
+                }
+            }),
             WriteKind::Exclusive(kind) => self.spawn(itt, l, aborted, reply, |reply| {
                 let fut = exec::exclusive_write(reply, lun, kind, data, r2t_sn, spdtl);
                 async move {

@@ -109,6 +109,7 @@ impl LunView {
                 id,
                 name: spec.volume.clone(),
                 thick: volume.is_thick(),
+                sanitize: volume.sanitize_allowed(),
             });
             let resets = node.sessions.reset_counter(&self.target, lun);
             let resets_seen = resets.load(Ordering::Acquire);

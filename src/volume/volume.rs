@@ -121,6 +121,10 @@ pub struct Volume {
     ranges: RangeLocks,
     /// Fully provisioned: every block allocated, deallocation zeroes in place.
     thick: bool,
+    /// SANITIZE may be run on it.
+    sanitize_allowed: bool,
+    /// A SANITIZE is running: initiators' commands are refused until it ends.
+    sanitizing: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Volume {
@@ -196,6 +200,8 @@ impl Volume {
             io: Arc::default(),
             ranges: RangeLocks::default(),
             thick: false,
+            sanitize_allowed: false,
+            sanitizing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -218,6 +224,39 @@ impl Volume {
         }
         self.thick = true;
         Ok(self)
+    }
+
+    /// Lets SANITIZE run on this volume.
+    pub fn allow_sanitize(mut self) -> Volume {
+        self.sanitize_allowed = true;
+        self
+    }
+
+    pub fn sanitize_allowed(&self) -> bool {
+        self.sanitize_allowed
+    }
+
+    /// Marks a SANITIZE as running; false if one already is.
+    pub fn start_sanitize(&self) -> bool {
+        self.sanitizing
+            .compare_exchange(
+                false,
+                true,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// The running SANITIZE ended (done or failed).
+    pub fn finish_sanitize(&self) {
+        self.sanitizing
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// A SANITIZE is running: the SCSI layer refuses initiators' commands meanwhile.
+    pub fn sanitizing(&self) -> bool {
+        self.sanitizing.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Fully provisioned ([`Volume::preallocate`]).

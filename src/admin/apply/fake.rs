@@ -187,6 +187,7 @@ pub(super) fn vcreate(name: &str, size: u64, bs: u32) -> Change {
         block_size: bs,
         page_size: 4096,
         provisioning: crate::catalog::Provisioning::Thin,
+        allow_sanitize: false,
     }
 }
 

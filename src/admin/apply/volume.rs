@@ -67,6 +67,7 @@ fn volume_view<H: Host + ?Sized>(host: &H, c: &Catalog, name: &str) -> VolumeVie
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn create(
     c: &mut Catalog,
     name: String,
@@ -74,6 +75,7 @@ pub(super) fn create(
     block_size: u32,
     page_size: u64,
     provisioning: crate::catalog::Provisioning,
+    allow_sanitize: bool,
     new_id: &mut dyn FnMut() -> u64,
 ) -> Result<(Effect, Response), AdminError> {
     validate::check_volume_name(&name)?;
@@ -85,6 +87,7 @@ pub(super) fn create(
     }
     let mut spec = new_volume_spec(c, size, block_size, page_size, new_id);
     spec.provisioning = provisioning;
+    spec.allow_sanitize = allow_sanitize;
     let id = spec.id;
     c.volumes.insert(name.clone(), spec.clone());
     let view = VolumeView {
@@ -218,6 +221,7 @@ pub fn new_volume_spec(
         path: crate::datadir::volume_file_rel(id),
         page_size,
         provisioning: crate::catalog::Provisioning::Thin,
+        allow_sanitize: false,
     }
 }
 
@@ -375,6 +379,7 @@ mod tests {
             block_size: 512,
             page_size,
             provisioning: crate::catalog::Provisioning::Thin,
+            allow_sanitize: false,
         }
     }
 
