@@ -269,6 +269,59 @@ pub struct VolumeSpec {
     /// creation. Catalogs written before it existed load with the 4 KiB default.
     #[serde(default = "default_page_size")]
     pub page_size: u32,
+    /// Thin (a sparse file, the default) or thick (preallocated, answers as fully
+    /// provisioned). Fixed at creation; absent from the JSON when thin.
+    #[serde(default, skip_serializing_if = "Provisioning::is_thin")]
+    pub provisioning: Provisioning,
+    /// SANITIZE is offered on its LUNs (it wipes the whole volume from one CDB, so
+    /// only where the admin said so at creation).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_sanitize: bool,
+}
+
+/// How a volume's blocks are provisioned (SBC-4 4.7).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provisioning {
+    /// A sparse file: blocks are allocated when written, UNMAP gives them back (LBPME).
+    #[default]
+    Thin,
+    /// Every block allocated at creation (fallocate); UNMAP is not supported and a
+    /// deallocation zeroes in place, so the file never shrinks.
+    Thick,
+}
+
+impl Provisioning {
+    pub fn is_thin(&self) -> bool {
+        *self == Provisioning::Thin
+    }
+
+    pub fn is_thick(&self) -> bool {
+        *self == Provisioning::Thick
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Provisioning::Thin => "thin",
+            Provisioning::Thick => "thick",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown provisioning (expected thin or thick)")]
+pub struct UnknownProvisioning;
+
+impl std::str::FromStr for Provisioning {
+    type Err = UnknownProvisioning;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "thin" => Ok(Provisioning::Thin),
+            "thick" => Ok(Provisioning::Thick),
+            _ => Err(UnknownProvisioning),
+        }
+    }
 }
 
 /// The tracking page size of a volume created without one: 4 KiB.
@@ -487,6 +540,8 @@ impl Catalog {
                 id,
                 path: crate::datadir::volume_file_rel(id),
                 page_size: DEFAULT_PAGE_SIZE,
+                provisioning: Provisioning::Thin,
+                allow_sanitize: false,
             },
         );
         let mut t = TargetSpec::default();

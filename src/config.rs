@@ -13,6 +13,8 @@
 //! size = "10G"                      # or a number of bytes
 //! block_size = 4096                 # 512 (default) or 4096
 //! page_size = "64K"                 # write-tracking page: 4K (default) to 1M, a power of two
+//! provisioning = "thick"            # thin (default, sparse) or thick (preallocated)
+//! allow_sanitize = false            # offer SANITIZE on its LUNs (default no)
 //!
 //! [[group]]                         # optional: volumes cut together (snapshots, replication)
 //! name = "app"
@@ -246,6 +248,14 @@ pub struct VolumeConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub page_size: Option<u64>,
+    /// "thin" or "thick"; fixed at creation. `None` means thin for a new volume and
+    /// "keep" for an existing one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning: Option<crate::catalog::Provisioning>,
+    /// Offer SANITIZE on the volume's LUNs; fixed at creation. `None`: no for a new
+    /// volume, "keep" for an existing one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_sanitize: Option<bool>,
 }
 
 fn de_opt_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -646,6 +656,26 @@ impl Config {
                             ),
                         ));
                     }
+                    if let Some(a) = v.allow_sanitize.filter(|a| *a != existing.allow_sanitize) {
+                        return Err(cx.err(
+                            format!("volume[{i}].allow_sanitize"),
+                            format!(
+                                "volume '{}' already exists with allow_sanitize = {}, not {a}; it is fixed at creation",
+                                v.name, existing.allow_sanitize
+                            ),
+                        ));
+                    }
+                    if let Some(p) = v.provisioning.filter(|p| *p != existing.provisioning) {
+                        return Err(cx.err(
+                            format!("volume[{i}].provisioning"),
+                            format!(
+                                "volume '{}' already exists {}, not {}; provisioning is fixed at creation",
+                                v.name,
+                                existing.provisioning.as_str(),
+                                p.as_str()
+                            ),
+                        ));
+                    }
                     if let Some(p) = v.page_size.filter(|p| *p != u64::from(existing.page_size)) {
                         return Err(cx.err(
                             format!("volume[{i}].page_size"),
@@ -675,6 +705,8 @@ impl Config {
                                 Some(p) => u32::try_from(p).expect("at most 1 MiB"),
                                 None => DEFAULT_PAGE_SIZE,
                             },
+                            provisioning: v.provisioning.unwrap_or_default(),
+                            allow_sanitize: v.allow_sanitize.unwrap_or(false),
                         },
                     );
                 }
@@ -1145,7 +1177,9 @@ removable = true
                 name: "db".into(),
                 size: 10 << 30,
                 block_size: 4096,
-                page_size: Some(64 << 10)
+                page_size: Some(64 << 10),
+                provisioning: None,
+                allow_sanitize: None,
             }
         );
         assert_eq!(c.volumes[1].block_size, 512);
@@ -1188,6 +1222,7 @@ removable = true
             ("[[target]]\niqn = \"iqn.2026-11.io.x:a\"\n[target.chap]\nuser = \"u\"\nsecret = \"0123456789ab\"\nmutual_user = \"m\"", "t.toml: target[0].chap.mutual_secret: missing"),
             ("[[target]]\niqn = \"iqn.2026-11.io.x:a\"\n[target.chap]\nuser = \"u\"\nsecret = \"0123456789ab\"\npassword = \"x\"", "t.toml: target[0].chap: unknown field `password`"),
             ("[[target]\n", "t.toml: TOML parse error"),
+            ("[[volume]]\nname = \"a\"\nsize = \"1G\"\nprovisioning = \"fat\"", "t.toml: volume[0].provisioning"),
             ("[[volume]]\nname = \"a\"\nsize = \"1G\"\npage_size = \"2K\"", "t.toml: volume[0].page_size: page size 2048 is not supported"),
             ("[[volume]]\nname = \"a\"\nsize = \"1G\"\npage_size = \"2M\"", "t.toml: volume[0].page_size: page size 2097152"),
             ("[[volume]]\nname = \"a\"\nsize = \"1G\"\npage_size = 12288", "t.toml: volume[0].page_size: page size 12288"),

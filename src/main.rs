@@ -437,6 +437,14 @@ enum VolumeCmd {
         /// Write-tracking page size: a power of two from 4K to 1M, fixed at creation.
         #[arg(long, value_parser = parse_size_arg, default_value = "4K")]
         page_size: u64,
+        /// thin: a sparse file that UNMAP gives blocks back to; thick: every block
+        /// allocated now (fallocate), answering as fully provisioned (no UNMAP).
+        #[arg(long, default_value = "thin")]
+        provisioning: twinlun::catalog::Provisioning,
+        /// Offer SANITIZE (overwrite, block erase, crypto erase of the whole volume) on
+        /// its LUNs; without it the command does not exist there. Fixed at creation.
+        #[arg(long)]
+        allow_sanitize: bool,
     },
     /// List volumes: size, block and page size, allocated bytes, group, mappings.
     List,
@@ -967,11 +975,15 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
                 size,
                 block_size,
                 page_size,
+                provisioning,
+                allow_sanitize,
             } => Change::VolumeCreate {
                 name,
                 size,
                 block_size,
                 page_size,
+                provisioning,
+                allow_sanitize,
             }
             .into(),
             VolumeCmd::List => Query::VolumeList.into(),

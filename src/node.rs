@@ -242,9 +242,15 @@ impl Node {
     pub fn open_volume(&self, name: &str, spec: &VolumeSpec) -> Result<(), VolumeError> {
         let path = volume_file(&self.data_dir, spec);
         let io = self.metrics.volume(name);
-        let volume =
+        let mut volume =
             Volume::open_or_create(&path, spec.size, spec.block_size, self.engine.clone())?
                 .with_metrics(io.clone());
+        if spec.provisioning.is_thick() {
+            volume = volume.preallocate()?;
+        }
+        if spec.allow_sanitize {
+            volume = volume.allow_sanitize();
+        }
         scrape::refresh_allocated(&path, &io);
         if !self.tracking {
             crate::tracking::persist::mark_untracked(&self.tracking_dir(spec))

@@ -62,6 +62,9 @@ pub fn config_of(c: &Catalog, with_secrets: bool) -> Config {
             size: v.size,
             block_size: v.block_size,
             page_size: Some(u64::from(v.page_size)),
+            // Thin is the default: only a thick volume says so.
+            provisioning: v.provisioning.is_thick().then_some(v.provisioning),
+            allow_sanitize: v.allow_sanitize.then_some(true),
         })
         .collect();
     let groups = (c.groups.iter())
@@ -159,6 +162,8 @@ mod tests {
             id,
             path: crate::datadir::volume_file_rel(id),
             page_size,
+            provisioning: crate::catalog::Provisioning::Thin,
+            allow_sanitize: false,
         };
         c.volumes
             .insert("db".into(), vol(11, 64 << 20, 4096, 64 << 10));

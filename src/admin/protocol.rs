@@ -247,6 +247,12 @@ pub enum Change {
         /// the wire also accepted as a string with a unit ("64K").
         #[serde(default = "default_page_size", deserialize_with = "de_size")]
         page_size: u64,
+        /// "thin" (default) or "thick" (preallocated, fully provisioned).
+        #[serde(default, skip_serializing_if = "crate::catalog::Provisioning::is_thin")]
+        provisioning: crate::catalog::Provisioning,
+        /// Offer SANITIZE on the volume's LUNs.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        allow_sanitize: bool,
     },
     VolumeDelete {
         name: String,
@@ -853,6 +859,9 @@ pub struct VolumeView {
     pub block_size: u32,
     /// Write-tracking page size in bytes, fixed at creation.
     pub page_size: u32,
+    /// Thin or thick, fixed at creation.
+    #[serde(default)]
+    pub provisioning: crate::catalog::Provisioning,
     /// Pages written since the last cut (None when the volume is not open).
     #[serde(default)]
     pub dirty_pages: Option<u64>,
@@ -964,7 +973,9 @@ mod tests {
                 name: "db".into(),
                 size: 10 << 30,
                 block_size: 512,
-                page_size: 4096
+                page_size: 4096,
+                provisioning: crate::catalog::Provisioning::Thin,
+                allow_sanitize: false,
             })
         );
         let r: Request = serde_json::from_str(
@@ -977,7 +988,9 @@ mod tests {
                 name: "db".into(),
                 size: 4096,
                 block_size: 4096,
-                page_size: 64 << 10
+                page_size: 64 << 10,
+                provisioning: crate::catalog::Provisioning::Thin,
+                allow_sanitize: false,
             })
         );
         let r: Request =

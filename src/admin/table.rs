@@ -376,6 +376,7 @@ fn volume_detail(v: &VolumeView) -> String {
         ),
         ("block size", v.block_size.to_string()),
         ("page size", format_size(u64::from(v.page_size))),
+        ("provisioning", v.provisioning.as_str().to_string()),
         (
             "dirty pages",
             v.dirty_pages

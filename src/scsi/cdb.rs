@@ -46,6 +46,12 @@ pub mod op {
     pub const WRITE_12: u8 = 0xAA;
     pub const WRITE_AND_VERIFY_12: u8 = 0xAE;
     pub const VERIFY_12: u8 = 0xAF;
+    pub const COMPARE_AND_WRITE: u8 = 0x89;
+    pub const ORWRITE_16: u8 = 0x8B;
+    pub const WRITE_ATOMIC_16: u8 = 0x9C;
+    pub const PRE_FETCH_10: u8 = 0x34;
+    pub const PRE_FETCH_16: u8 = 0x90;
+    pub const SANITIZE: u8 = 0x48;
 }
 
 /// Service actions we know.

@@ -74,6 +74,11 @@ pub fn unmap(cdb: Cdb, lu: &LogicalUnit) -> Plan {
         return check(Sense::invalid_field_in_cdb_bit(1, 0));
     }
     let len = u32::from(cdb.u16(7));
+    // SBC-4 5.32.1: without logical block provisioning management (LBPU 0 in the
+    // Logical Block Provisioning page, a fully provisioned LU) UNMAP is not supported.
+    if lu.thick() {
+        return check(Sense::invalid_opcode());
+    }
     if lu.write_protected() {
         return check(Sense::write_protected());
     }
@@ -149,6 +154,11 @@ pub fn write_same(cdb: Cdb, lu: &LogicalUnit) -> Plan {
         return check(Sense::invalid_field_in_cdb_bit(1, 4));
     }
     let unmap = flags & 0x08 != 0;
+    // SBC-4 5.47: UNMAP where WRITE SAME cannot deallocate (LBPWS/LBPWS10 0: a fully
+    // provisioned LU) is an invalid field.
+    if unmap && lu.thick() {
+        return check(Sense::invalid_field_in_cdb_bit(1, 3));
+    }
     // NDOB (WRITE SAME(16) only): no Data-Out, the block is zeros.
     let ndob = sixteen && flags & 0x01 != 0;
     if lba >= lu.num_blocks() {

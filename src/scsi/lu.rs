@@ -25,6 +25,10 @@ pub struct LuConfig {
     pub id: u64,
     /// Volume name, reported in the device identification page as a T10 vendor id suffix.
     pub name: String,
+    /// Fully provisioned (SBC-4 4.7.2): LBPME off, no UNMAP, every block mapped.
+    pub thick: bool,
+    /// SANITIZE is offered (the volume allows it).
+    pub sanitize: bool,
 }
 
 /// One logical unit. Shared by every session that maps it (`Send + Sync`); the mode page
@@ -36,6 +40,8 @@ pub struct LogicalUnit {
     read_only: bool,
     id: u64,
     name: String,
+    thick: bool,
+    sanitize: bool,
     mode: Mutex<ModeState>,
     /// Removable medium (RMB in INQUIRY): START STOP UNIT loads and ejects it.
     removable: bool,
@@ -73,6 +79,8 @@ impl LogicalUnit {
             read_only: cfg.read_only,
             id: cfg.id,
             name: cfg.name,
+            thick: cfg.thick,
+            sanitize: cfg.sanitize,
             mode: Mutex::new(ModeState::default()),
             removable: false,
             state: Arc::new(LuState::default()),
@@ -148,6 +156,18 @@ impl LogicalUnit {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Fully provisioned: READ CAPACITY(16) reports LBPME 0, UNMAP is not supported and
+    /// WRITE SAME refuses its UNMAP bit (SBC-4 4.7.2, 5.47).
+    pub fn thick(&self) -> bool {
+        self.thick
+    }
+
+    /// SANITIZE is offered: the volume was created allowing it. Elsewhere the command
+    /// does not exist (an admin's data is not one CDB away from being wiped).
+    pub fn sanitize_allowed(&self) -> bool {
+        self.sanitize
     }
 
     /// Read-only by configuration.

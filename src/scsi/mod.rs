@@ -50,6 +50,8 @@ mod lun;
 mod mode;
 mod opcodes;
 pub mod reservations;
+mod rmw;
+mod sanitize;
 mod sbc;
 mod sense;
 mod spc;
@@ -63,6 +65,8 @@ pub use cdb::op;
 pub use lbp::{lba_status_data, unmap_ranges, LbaExtent};
 pub use lu::{LogicalUnit, LuConfig, ModeSelectOutcome, UnitAttentions, MAX_TRANSFER_BYTES};
 pub use lun::{decode_lun, encode_lun, MAX_LUN};
+pub use rmw::{first_difference, or_into};
+pub use sanitize::{overwrite_block, SanitizeKind};
 pub use sense::{key, key_name, FieldPointer, Sense, FIXED_SENSE_LEN};
 pub use spc::{naa_designator, serial_number, PRODUCT_ID, VENDOR_ID};
 pub use state::LuState;
@@ -137,6 +141,27 @@ pub enum Plan {
     /// Answer REPORT TARGET PORT GROUPS with [`alua::target_port_groups_data`] for the
     /// node's port groups and their states.
     ReportTargetPortGroups { extended: bool, alloc: u32 },
+    /// COMPARE AND WRITE: receive `2 * blocks` blocks; holding the range exclusively,
+    /// compare the first half with the medium (MISCOMPARE with [`first_difference`] in
+    /// INFORMATION on a difference, nothing written) and write the second half.
+    CompareAndWrite { lba: u64, blocks: u32, fua: bool },
+    /// ORWRITE: receive `blocks` blocks; holding the range exclusively, write each block
+    /// as its old content OR the data ([`or_into`]).
+    OrWrite { lba: u64, blocks: u32, fua: bool },
+    /// WRITE ATOMIC: receive `blocks` blocks and write them holding the range
+    /// exclusively, so no other command sees part of them.
+    WriteAtomic { lba: u64, blocks: u32, fua: bool },
+    /// SYNCHRONIZE CACHE with IMMED: answer GOOD now, flush the volume after.
+    SyncImmed,
+    /// PRE-FETCH: ask the file's cache to read `blocks` blocks from `lba` ahead (range
+    /// already checked), then answer GOOD (the blocks are not known to be cached yet:
+    /// not CONDITION MET).
+    Prefetch { lba: u64, blocks: u64 },
+    /// SANITIZE the whole LU (for an OVERWRITE, after receiving its parameter list).
+    /// With `immed`, GOOD goes back once it has started; either way, until it ends the
+    /// LU answers every command but INQUIRY, REPORT LUNS and REQUEST SENSE with
+    /// [`Sense::sanitize_in_progress`], from every session.
+    Sanitize { kind: SanitizeKind, immed: bool },
 }
 
 /// What a CDB is decoded against.
@@ -244,7 +269,9 @@ pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
             _ => check(Sense::invalid_field_in_cdb_bit(1, 4)),
         },
         op::MAINTENANCE_IN => match cdb.service_action() {
-            sa::REPORT_SUPPORTED_OPCODES => Plan::Respond(opcodes::report_supported_opcodes(cdb)),
+            sa::REPORT_SUPPORTED_OPCODES => {
+                Plan::Respond(opcodes::report_supported_opcodes(cdb, lu))
+            }
             sa::REPORT_SUPPORTED_TMFS => Plan::Respond(spc::report_supported_tmfs(cdb)),
             sa::REPORT_TARGET_PORT_GROUPS => alua::report_target_port_groups(cdb),
 
@@ -275,6 +302,11 @@ pub fn plan(cdb: &[u8], ctx: Context<'_>) -> Plan {
         }
         op::EXTENDED_COPY => xcopy::extended_copy(cdb),
         op::RECEIVE_COPY_RESULTS => xcopy::receive_copy_results(cdb),
+        op::PRE_FETCH_10 | op::PRE_FETCH_16 => sbc::prefetch(cdb, lu),
+        op::SANITIZE => sanitize::sanitize(cdb, lu),
+        op::COMPARE_AND_WRITE => rmw::compare_and_write(cdb, lu),
+        op::ORWRITE_16 => rmw::orwrite(cdb, lu),
+        op::WRITE_ATOMIC_16 => rmw::write_atomic(cdb, lu),
         _ => check(Sense::invalid_opcode()),
     }
 }
@@ -312,7 +344,15 @@ impl Plan {
                 bytchk: true,
                 ..
             } => u64::from(*blocks) * bs,
-            Plan::Verify { bytchk: false, .. } | Plan::Sync => 0,
+            Plan::Verify { bytchk: false, .. }
+            | Plan::Sync
+            | Plan::SyncImmed
+            | Plan::Prefetch { .. } => 0,
+            Plan::Sanitize {
+                kind: SanitizeKind::Overwrite { len },
+                ..
+            } => u64::from(*len),
+            Plan::Sanitize { .. } => 0,
             Plan::ModeSelect { len, .. }
             | Plan::Unmap { len }
             | Plan::PersistentReserveOut { len, .. } => u64::from(*len),
@@ -322,6 +362,10 @@ impl Plan {
             | Plan::CopyStatus { alloc, .. }
             | Plan::ReportTargetPortGroups { alloc, .. } => u64::from(*alloc),
             Plan::ExtendedCopy { len } => u64::from(*len),
+            Plan::CompareAndWrite { blocks, .. } => 2 * u64::from(*blocks) * bs,
+            Plan::OrWrite { blocks, .. } | Plan::WriteAtomic { blocks, .. } => {
+                u64::from(*blocks) * bs
+            }
         }
     }
 

@@ -3,7 +3,7 @@
 //! opcode from a known one.
 
 use super::cdb::{cut, op, sa, Cdb};
-use super::{Response, Sense};
+use super::{LogicalUnit, Response, Sense};
 
 pub struct CommandInfo {
     pub opcode: u8,
@@ -43,12 +43,17 @@ pub static COMMANDS: &[CommandInfo] = &[
     cmd(op::MODE_SENSE_6, None, &[0x1A, 0x08, 0xFF, 0xFF, 0xFF, 0x04]),
     cmd(op::START_STOP_UNIT, None, &[0x1B, 0x01, 0, 0x0F, 0xF7, 0x04]),
     cmd(op::PREVENT_ALLOW_MEDIUM_REMOVAL, None, &[0x1E, 0, 0, 0, 0x03, 0x04]),
+    cmd(op::SANITIZE, Some(0x01), &[0x48, 0xA1, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x04]),
+    cmd(op::SANITIZE, Some(0x02), &[0x48, 0xA2, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x04]),
+    cmd(op::SANITIZE, Some(0x03), &[0x48, 0xA3, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x04]),
+    cmd(op::SANITIZE, Some(0x1F), &[0x48, 0xBF, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x04]),
     cmd(op::READ_CAPACITY_10, None, &[0x25, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0x01, 0x04]),
     cmd(op::READ_10, None, &[0x28, RW1, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0x04]),
     cmd(op::WRITE_10, None, &[0x2A, RW1, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0x04]),
     cmd(op::WRITE_AND_VERIFY_10, None, &[0x2E, WV1, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0x04]),
     cmd(op::VERIFY_10, None, &[0x2F, V1, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0x04]),
     cmd(op::READ_DEFECT_DATA_10, None, &[0x37, 0, 0x1F, 0, 0, 0, 0, 0xFF, 0xFF, 0x04]),
+    cmd(op::PRE_FETCH_10, None, &[0x34, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0xFF, 0xFF, 0x04]),
     cmd(op::SYNCHRONIZE_CACHE_10, None, &[0x35, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0x04]),
     cmd(op::WRITE_SAME_10, None, &[0x41, 0xF8, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0xFF, 0xFF, 0x04]),
     cmd(op::UNMAP, None, &[0x42, 0x01, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0x04]),
@@ -73,12 +78,16 @@ pub static COMMANDS: &[CommandInfo] = &[
     cmd(op::RECEIVE_COPY_RESULTS, Some(0x03), &[0x84, 0x03, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04]),
     cmd(op::READ_16, None, &[0x88, RW1, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04]),
     cmd(op::WRITE_16, None, &[0x8A, RW1, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04]),
+    cmd(op::COMPARE_AND_WRITE, None, &[0x89, RW1, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0xFF, 0, 0x04]),
+    cmd(op::ORWRITE_16, None, &[0x8B, RW1, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04]),
     cmd(op::WRITE_AND_VERIFY_16, None, &[0x8E, WV1, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04]),
     cmd(op::VERIFY_16, None, &[0x8F, V1, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04]),
+    cmd(op::PRE_FETCH_16, None, &[0x90, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0x04]),
     cmd(op::SYNCHRONIZE_CACHE_16, None, &[0x91, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04]),
     cmd(op::WRITE_SAME_16, None, &[0x93, 0xF9, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04]),
     cmd(op::SERVICE_ACTION_IN_16, Some(sa::GET_LBA_STATUS), &[0x9E, sa::GET_LBA_STATUS, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04]),
     cmd(op::SERVICE_ACTION_IN_16, Some(sa::READ_CAPACITY_16), &[0x9E, sa::READ_CAPACITY_16, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04]),
+    cmd(op::WRITE_ATOMIC_16, None, &[0x9C, RW1, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04]),
     cmd(op::REPORT_LUNS, None, &[0xA0, 0, 0xFF, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04]),
     cmd(op::MAINTENANCE_IN, Some(sa::REPORT_TARGET_PORT_GROUPS), &[0xA3, sa::REPORT_TARGET_PORT_GROUPS | 0xE0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04]),
     cmd(op::MAINTENANCE_IN, Some(sa::REPORT_SUPPORTED_OPCODES), &[0xA3, sa::REPORT_SUPPORTED_OPCODES, 0x87, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0x04]),
@@ -101,17 +110,27 @@ fn has_service_actions(opcode: u8) -> bool {
         .any(|c| c.opcode == opcode && c.service_action.is_some())
 }
 
-fn lookup(opcode: u8, service_action: Option<u16>) -> Option<&'static CommandInfo> {
+fn lookup(
+    opcode: u8,
+    service_action: Option<u16>,
+    lu: &LogicalUnit,
+) -> Option<&'static CommandInfo> {
     COMMANDS
         .iter()
+        .filter(|c| offered(c, lu))
         .find(|c| c.opcode == opcode && c.service_action.map(u16::from) == service_action)
+}
+
+/// Whether this LU offers the command: SANITIZE only where it is allowed.
+fn offered(c: &CommandInfo, lu: &LogicalUnit) -> bool {
+    c.opcode != op::SANITIZE || lu.sanitize_allowed()
 }
 
 /// Command timeouts descriptor (SPC-5 6.36.4): zero timeouts mean "not specified".
 const TIMEOUTS_DESCRIPTOR: [u8; 12] = [0x00, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 /// REPORT SUPPORTED OPERATION CODES (SPC-5 6.36).
-pub fn report_supported_opcodes(cdb: Cdb) -> Response {
+pub fn report_supported_opcodes(cdb: Cdb, lu: &LogicalUnit) -> Response {
     let rctd = cdb.byte(2) & 0x80 != 0;
     let options = cdb.byte(2) & 0x07;
     let req_op = cdb.byte(3);
@@ -120,28 +139,28 @@ pub fn report_supported_opcodes(cdb: Cdb) -> Response {
 
     let data = match options {
         // 000b: all commands (SPC-5 6.36.2, table 248).
-        0b000 => all_commands(rctd),
+        0b000 => all_commands(rctd, lu),
         // 001b: one command without service action; refused if it has service actions.
         0b001 if has_service_actions(req_op) => {
             return Response::check(Sense::invalid_field_in_cdb_bit(2, 2))
         }
-        0b001 => one_command(lookup(req_op, None), rctd),
+        0b001 => one_command(lookup(req_op, None, lu), rctd),
         // 010b: one command with service action; refused if it has none.
         0b010 if is_known(req_op) && !has_service_actions(req_op) => {
             return Response::check(Sense::invalid_field_in_cdb_bit(2, 2))
         }
-        0b010 => one_command(lookup(req_op, Some(req_sa)), rctd),
+        0b010 => one_command(lookup(req_op, Some(req_sa), lu), rctd),
         // 011b: one command, with the service action if it has them.
-        0b011 if has_service_actions(req_op) => one_command(lookup(req_op, Some(req_sa)), rctd),
-        0b011 => one_command(lookup(req_op, None), rctd),
+        0b011 if has_service_actions(req_op) => one_command(lookup(req_op, Some(req_sa), lu), rctd),
+        0b011 => one_command(lookup(req_op, None, lu), rctd),
         _ => return Response::check(Sense::invalid_field_in_cdb_bit(2, 2)),
     };
     Response::good(cut(data, alloc))
 }
 
-fn all_commands(rctd: bool) -> Vec<u8> {
+fn all_commands(rctd: bool, lu: &LogicalUnit) -> Vec<u8> {
     let mut out = vec![0u8; 4];
-    for c in COMMANDS {
+    for c in COMMANDS.iter().filter(|c| offered(c, lu)) {
         // Command descriptor (SPC-5 6.36.3, table 250).
         out.push(c.opcode);
         out.push(0);

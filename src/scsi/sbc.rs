@@ -31,12 +31,16 @@ pub fn read_capacity_16(cdb: Cdb, lu: &LogicalUnit) -> Response {
     // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 0. Byte 14: LBPME 1 (volumes are thin:
     // UNMAP and WRITE SAME deallocate), LBPRZ (a deallocated block reads as zeros; see
     // `lbp::reports_lbprz`); LOWEST ALIGNED LBA 0.
-    d[14] = 0x80
-        | if super::lbp::reports_lbprz(lu) {
+    d[14] = if lu.thick() {
+        // Fully provisioned: LBPME 0, LBPRZ 0 (SBC-4 4.7.2).
+        0
+    } else {
+        0x80 | if super::lbp::reports_lbprz(lu) {
             0x40
         } else {
             0
-        };
+        }
+    };
     // LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT: the file system allocates (and
     // deallocates) 4 KiB blocks.
     d[13] = (4096 / lu.block_size()).max(1).trailing_zeros() as u8;
@@ -213,8 +217,8 @@ pub fn verify(cdb: Cdb, lu: &LogicalUnit) -> Plan {
 }
 
 /// SYNCHRONIZE CACHE(10/16) (SBC-4 5.26, 5.27). NUMBER OF LOGICAL BLOCKS zero means "to the
-/// end of the medium"; we flush the whole volume either way. IMMED is honoured by finishing
-/// the flush before GOOD, which the standard allows.
+/// end of the medium"; we flush the whole volume either way. With IMMED (byte 1 bit 1)
+/// GOOD goes back once the CDB is checked and the flush runs after it.
 pub fn synchronize_cache(cdb: Cdb, lu: &LogicalUnit) -> Plan {
     let (lba, blocks) = if cdb.opcode() == op::SYNCHRONIZE_CACHE_10 {
         (u64::from(cdb.u32(2)), u32::from(cdb.u16(7)))
@@ -224,7 +228,31 @@ pub fn synchronize_cache(cdb: Cdb, lu: &LogicalUnit) -> Plan {
     if !in_range(lu, lba, blocks) {
         return Plan::Respond(Response::check(Sense::lba_out_of_range()));
     }
+    if cdb.byte(1) & IMMED != 0 {
+        return Plan::SyncImmed;
+    }
     Plan::Sync
+}
+
+/// IMMED in byte 1 of SYNCHRONIZE CACHE and PRE-FETCH.
+const IMMED: u8 = 0x02;
+
+/// PRE-FETCH(10/16) (SBC-4 5.11, 5.12). A PREFETCH LENGTH of zero means every block from
+/// the LBA to the last one. The answer is GOOD in every case: the file's cache reads
+/// ahead on its own time, so the blocks are never known to be cached when it goes back
+/// (CONDITION MET would say they are). IMMED and GROUP NUMBER change nothing.
+pub fn prefetch(cdb: Cdb, lu: &LogicalUnit) -> Plan {
+    let (lba, blocks) = if cdb.opcode() == op::PRE_FETCH_10 {
+        (u64::from(cdb.u32(2)), u64::from(cdb.u16(7)))
+    } else {
+        (cdb.u64(2), u64::from(cdb.u32(10)))
+    };
+    let capacity = lu.num_blocks();
+    if lba >= capacity || lba.checked_add(blocks).is_none_or(|end| end > capacity) {
+        return Plan::Respond(Response::check(Sense::lba_out_of_range()));
+    }
+    let blocks = if blocks == 0 { capacity - lba } else { blocks };
+    Plan::Prefetch { lba, blocks }
 }
 
 /// START STOP UNIT (SBC-4 5.25). A power condition (byte 4, bits 7-4) other than

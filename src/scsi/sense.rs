@@ -155,6 +155,13 @@ impl Sense {
         Sense::new(key::ILLEGAL_REQUEST, 0x53, 0x02)
     }
 
+    /// NOT READY, LOGICAL UNIT NOT READY, SANITIZE IN PROGRESS (04h/1Bh): what every
+    /// command but INQUIRY, REPORT LUNS and REQUEST SENSE gets while a SANITIZE runs
+    /// (SBC-4 4.34.1).
+    pub const fn sanitize_in_progress() -> Sense {
+        Sense::new(key::NOT_READY, 0x04, 0x1B)
+    }
+
     /// DATA PROTECT, WRITE PROTECTED (27h/00h).
     pub const fn write_protected() -> Sense {
         Sense::new(key::DATA_PROTECT, 0x27, 0x00)

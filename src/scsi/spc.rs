@@ -4,6 +4,7 @@
 use super::cdb::{cut, Cdb};
 use super::lbp;
 use super::lun::encode_lun;
+use super::rmw;
 use super::{LogicalUnit, Response, Sense, UnitAttentions};
 
 /// T10 vendor identification (SPC-5 6.7.2: 8 bytes, left aligned, space padded).
@@ -73,7 +74,7 @@ pub fn inquiry(cdb: Cdb, lu: Option<&LogicalUnit>) -> Response {
         VPD_UNIT_SERIAL => unit_serial(lu),
         VPD_DEVICE_ID => device_identification(lu),
         VPD_BLOCK_LIMITS => block_limits(lu),
-        VPD_BLOCK_CHARACTERISTICS => block_device_characteristics(),
+        VPD_BLOCK_CHARACTERISTICS => block_device_characteristics(lu),
         VPD_LB_PROVISIONING => logical_block_provisioning(lu),
         _ => return Response::check(Sense::invalid_field_in_cdb(2)),
     };
@@ -188,20 +189,35 @@ fn block_limits(lu: &LogicalUnit) -> Vec<u8> {
     // MAXIMUM UNMAP LBA COUNT (20..24), MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT (24..28),
     // OPTIMAL UNMAP GRANULARITY (28..32), UGAVALID with UNMAP GRANULARITY ALIGNMENT 0
     // (32..36), MAXIMUM WRITE SAME LENGTH (36..44).
-    d[16..20].copy_from_slice(&lbp::max_unmap_blocks(lu).to_be_bytes());
-    d[20..24].copy_from_slice(&lbp::MAX_UNMAP_DESCRIPTORS.to_be_bytes());
-    d[24..28].copy_from_slice(&lbp::unmap_granularity(lu).to_be_bytes());
-    d[28..32].copy_from_slice(&0x8000_0000u32.to_be_bytes());
+    // A fully provisioned LU has no UNMAP: those four fields stay zero.
+    if !lu.thick() {
+        d[16..20].copy_from_slice(&lbp::max_unmap_blocks(lu).to_be_bytes());
+        d[20..24].copy_from_slice(&lbp::MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+        d[24..28].copy_from_slice(&lbp::unmap_granularity(lu).to_be_bytes());
+        d[28..32].copy_from_slice(&0x8000_0000u32.to_be_bytes());
+    }
     d[32..40].copy_from_slice(&lbp::max_write_same_blocks(lu).to_be_bytes());
-    // No COMPARE AND WRITE, no atomic writes: all else zero.
+    // MAXIMUM COMPARE AND WRITE LENGTH (page byte 5).
+    d[1] = rmw::MAX_COMPARE_AND_WRITE_BLOCKS;
+    // MAXIMUM ATOMIC TRANSFER LENGTH (44..48), ATOMIC ALIGNMENT (48..52), ATOMIC TRANSFER
+    // LENGTH GRANULARITY (52..56); no atomic boundaries (56..64 zero).
+    d[40..44].copy_from_slice(&rmw::max_atomic_blocks(lu).to_be_bytes());
+    d[44..48].copy_from_slice(&rmw::atomic_granularity(lu).to_be_bytes());
+    d[48..52].copy_from_slice(&rmw::atomic_granularity(lu).to_be_bytes());
     d
 }
 
 /// Block Device Characteristics page (SBC-4 6.6.2), page length 3Ch.
-fn block_device_characteristics() -> Vec<u8> {
+fn block_device_characteristics(lu: &LogicalUnit) -> Vec<u8> {
     let mut d = vec![0u8; 0x3C];
     // MEDIUM ROTATION RATE 0001h: non-rotating medium.
     d[0..2].copy_from_slice(&0x0001u16.to_be_bytes());
+    // WABEREQ and WACEREQ 01b (page byte 7): after a BLOCK or CRYPTOGRAPHIC ERASE,
+    // reads of blocks not written since succeed (they read as zeros). Zero where
+    // SANITIZE is not offered.
+    if lu.sanitize_allowed() {
+        d[3] = 0x50;
+    }
     d
 }
 
@@ -210,6 +226,10 @@ fn block_device_characteristics() -> Vec<u8> {
 /// 001b (deallocated blocks read as zeros, where `lbp::reports_lbprz`), ANC_SUP 0, DP 0;
 /// PROVISIONING TYPE 010b (thin).
 fn logical_block_provisioning(lu: &LogicalUnit) -> Vec<u8> {
+    if lu.thick() {
+        // Fully provisioned: no UNMAP, no deallocating WRITE SAME, PROVISIONING TYPE 000b.
+        return vec![0x00, 0x00, 0x00, 0x00];
+    }
     let lbprz = if lbp::reports_lbprz(lu) { 0x04 } else { 0 };
     vec![0x00, 0x80 | 0x40 | 0x20 | lbprz, 0x02, 0x00]
 }

@@ -15,6 +15,8 @@ fn cfg() -> LuConfig {
         read_only: false,
         id: 0x1234,
         name: "vol0".into(),
+        thick: false,
+        sanitize: false,
     }
 }
 
@@ -98,6 +100,11 @@ const INVALID_OPCODE: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x20, 0x00);
 const LBA_OOB: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x21, 0x00);
 const LU_NOT_SUPPORTED: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x25, 0x00);
 const WRITE_PROTECTED: (u8, u8, u8) = (key::DATA_PROTECT, 0x27, 0x00);
+
+/// A CHECK CONDITION plan with exactly this sense.
+fn check_sense(s: Sense) -> Plan {
+    Plan::Respond(Response::check(s))
+}
 const INVALID_PARAM: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x26, 0x00);
 const PARAM_LEN: (u8, u8, u8) = (key::ILLEGAL_REQUEST, 0x1A, 0x00);
 
@@ -222,8 +229,8 @@ fn unknown_and_malformed_cdbs() {
     assert_eq!(kcq(run(&[0x02, 0, 0, 0, 0, 0], &lu)), INVALID_OPCODE);
     assert_eq!(kcq(run(&[0xFF; 16], &lu)), INVALID_OPCODE);
     assert_eq!(kcq(run(&[0x7F; 16], &lu)), INVALID_OPCODE);
-    // COMPARE AND WRITE is not supported yet.
-    assert_eq!(kcq(run(&cdb16(0x89, 0, 0, 1), &lu)), INVALID_OPCODE);
+    // READ ATTRIBUTE is not supported.
+    assert_eq!(kcq(run(&cdb16(0x8C, 0, 0, 1), &lu)), INVALID_OPCODE);
     // A CDB shorter than its group's length.
     let s = sense(run(&[op::READ_10, 0, 0, 0, 0], &lu));
     assert_eq!((s.key, s.asc), (key::ILLEGAL_REQUEST, 0x24));
@@ -1058,9 +1065,10 @@ fn synchronize_cache() {
         run(&cdb10(op::SYNCHRONIZE_CACHE_10, 0, 0, 0), &lu),
         Plan::Sync
     );
+    // IMMED: GOOD before the flush.
     assert_eq!(
         run(&cdb10(op::SYNCHRONIZE_CACHE_10, 0x02, 10, 990), &lu),
-        Plan::Sync
+        Plan::SyncImmed
     );
     assert_eq!(
         run(&cdb16(op::SYNCHRONIZE_CACHE_16, 0, 999, 1), &lu),
@@ -1561,7 +1569,11 @@ fn command_table_is_consistent() {
 
 #[test]
 fn rsoc_all_commands() {
-    let lu = lu();
+    // An LU that offers every command of the table (SANITIZE too).
+    let lu = LogicalUnit::new(LuConfig {
+        sanitize: true,
+        ..cfg()
+    });
     let d = good(run(&rsoc(false, 0, 0, 0, 65535), &lu));
     assert_eq!(
         u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize,
@@ -1600,7 +1612,7 @@ fn rsoc_one_command() {
     assert_eq!(&d[0..4], &[0, 0x03, 0, 16]);
     // Not supported.
     assert_eq!(
-        good(run(&rsoc(false, 1, 0x89, 0, 65535), &lu)),
+        good(run(&rsoc(false, 1, 0x8C, 0, 65535), &lu)),
         vec![0, 0x01, 0, 0]
     );
     assert_eq!(
@@ -1738,6 +1750,8 @@ fn arb_lu() -> impl Strategy<Value = LogicalUnit> {
                 read_only,
                 id,
                 name: "p".into(),
+                thick: false,
+                sanitize: false,
             })
         })
 }
@@ -1766,7 +1780,18 @@ fn check_plan(p: &Plan, lu: Option<&LogicalUnit>) {
                 assert!(!lu.write_protected());
             }
         }
-        Plan::Sync => assert!(lu.is_some()),
+        Plan::Sync | Plan::SyncImmed => assert!(lu.is_some()),
+        Plan::Sanitize { .. } => {
+            let lu = lu.unwrap_or_else(|| unreachable!("SANITIZE plan without an LU"));
+            assert!(lu.sanitize_allowed() && !lu.write_protected());
+        }
+        Plan::Prefetch { lba, blocks } => {
+            let lu = lu.unwrap_or_else(|| unreachable!("PRE-FETCH plan without an LU"));
+            assert!(*blocks >= 1);
+            assert!(lba
+                .checked_add(*blocks)
+                .is_some_and(|e| e <= lu.num_blocks()));
+        }
         Plan::ModeSelect { len, .. } => assert!(lu.is_some() && *len > 0),
         Plan::Unmap { len } => {
             let lu = lu.unwrap_or_else(|| unreachable!("UNMAP plan without an LU"));
@@ -1794,6 +1819,21 @@ fn check_plan(p: &Plan, lu: Option<&LogicalUnit>) {
             assert!(lu.is_some() && *len > 0 && *len <= super::xcopy::MAX_PARAMETER_LIST);
         }
         Plan::CopyStatus { .. } | Plan::ReportTargetPortGroups { .. } => assert!(lu.is_some()),
+        Plan::CompareAndWrite { lba, blocks, .. }
+        | Plan::OrWrite { lba, blocks, .. }
+        | Plan::WriteAtomic { lba, blocks, .. } => {
+            let lu = lu.unwrap_or_else(|| unreachable!("write plan without an LU"));
+            // COMPARE AND WRITE of zero blocks is a plan (its Data-Out length is checked).
+            assert!(*blocks >= 1 || matches!(p, Plan::CompareAndWrite { .. }));
+            assert!(*lba < lu.num_blocks());
+            assert!(lba
+                .checked_add(u64::from(*blocks))
+                .is_some_and(|e| e <= lu.num_blocks()));
+            assert!(
+                p.transfer_bytes(lu.block_size()) <= u64::from(crate::scsi::MAX_TRANSFER_BYTES)
+            );
+            assert!(!lu.write_protected());
+        }
     }
 }
 
@@ -2228,4 +2268,242 @@ fn defect_data_and_task_management_functions() {
     let c = [op::MAINTENANCE_IN, 0x0D, 0x80, 0, 0, 0, 0, 0, 0, 16, 0, 0];
     let d = good(run(&c, &lu));
     assert_eq!((d.len(), d[3]), (16, 0x0C));
+}
+
+#[test]
+fn compare_and_write_decodes_its_limits() {
+    let lu = lu();
+    let caw = |b1: u8, lba: u64, n: u8| {
+        let mut c = vec![0u8; 16];
+        c[0] = op::COMPARE_AND_WRITE;
+        c[1] = b1;
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[13] = n;
+        run(&c, &lu)
+    };
+    assert_eq!(
+        caw(0x18, 7, 1),
+        Plan::CompareAndWrite {
+            lba: 7,
+            blocks: 1,
+            fua: true
+        }
+    );
+    assert_eq!(
+        caw(0x20, 0, 1),
+        check_sense(Sense::invalid_field_in_cdb_bit(1, 7))
+    );
+    let last = lu.num_blocks() - 1;
+    assert_eq!(caw(0, last, 2), check_sense(Sense::lba_out_of_range()));
+    assert!(matches!(caw(0, last, 1), Plan::CompareAndWrite { .. }));
+    // The Block Limits page names the limit the decoder keeps.
+    let vpd = good(run(&[0x12, 0x01, 0xB0, 0, 0xFF, 0], &lu));
+    assert_eq!(vpd[5], 255);
+}
+
+#[test]
+fn write_atomic_keeps_alignment_granularity_and_its_vpd_fields() {
+    let lu = LogicalUnit::new(LuConfig {
+        num_blocks: 1 << 24,
+        ..cfg()
+    });
+    let wa = |lba: u64, n: u16| {
+        let mut c = vec![0u8; 16];
+        c[0] = op::WRITE_ATOMIC_16;
+        c[2..10].copy_from_slice(&lba.to_be_bytes());
+        c[12..14].copy_from_slice(&n.to_be_bytes());
+        run(&c, &lu)
+    };
+    let vpd = good(run(&[0x12, 0x01, 0xB0, 0, 0xFF, 0], &lu));
+    let be32 = |at: usize| u32::from_be_bytes(vpd[at..at + 4].try_into().unwrap());
+    let (max, align, gran) = (be32(44), be32(48), be32(52));
+    let bs = lu.block_size();
+    assert_eq!((align, gran), ((4096 / bs).max(1), (4096 / bs).max(1)));
+    assert!(max >= 256 && max <= be32(8), "max atomic {max}");
+    assert!(matches!(wa(0, gran as u16), Plan::WriteAtomic { .. }));
+    if gran > 1 {
+        assert_eq!(
+            wa(1, gran as u16),
+            check_sense(Sense::invalid_field_in_cdb(2))
+        );
+        assert_eq!(wa(0, 1), check_sense(Sense::invalid_field_in_cdb(12)));
+    }
+    assert_eq!(
+        wa(0, (max + gran) as u16),
+        check_sense(Sense::invalid_field_in_cdb(12))
+    );
+    assert_eq!(wa(u64::MAX - 7, 0), check_sense(Sense::lba_out_of_range()));
+}
+
+#[test]
+fn read_modify_writes_are_refused_on_a_write_protected_lu() {
+    let lu = ro_lu();
+    for opcode in [op::COMPARE_AND_WRITE, op::ORWRITE_16, op::WRITE_ATOMIC_16] {
+        let mut c = vec![0u8; 16];
+        c[0] = opcode;
+        c[13] = 8;
+        assert_eq!(
+            run(&c, &lu),
+            check_sense(Sense::write_protected()),
+            "{opcode:#x}"
+        );
+    }
+}
+
+#[test]
+fn or_into_merges_and_first_difference_finds_the_byte() {
+    let mut d = vec![0xA5u8; 4];
+    crate::scsi::or_into(&[0x5A, 0, 0x0F, 0xF0], &mut d);
+    assert_eq!(d, vec![0xFF, 0xA5, 0xAF, 0xF5]);
+    assert_eq!(crate::scsi::first_difference(b"abcd", b"abcd"), None);
+    assert_eq!(crate::scsi::first_difference(b"abcd", b"abXd"), Some(2));
+}
+
+#[test]
+fn prefetch_checks_its_range_and_reads_to_the_end_for_zero() {
+    let lu = lu();
+    let last = BLOCKS - 1;
+    assert_eq!(
+        run(&cdb10(op::PRE_FETCH_10, 0x02, 0, 0), &lu),
+        Plan::Prefetch {
+            lba: 0,
+            blocks: BLOCKS
+        }
+    );
+    assert_eq!(
+        run(&cdb16(op::PRE_FETCH_16, 0, last, 1), &lu),
+        Plan::Prefetch {
+            lba: last,
+            blocks: 1
+        }
+    );
+    assert_eq!(kcq(run(&cdb16(op::PRE_FETCH_16, 0, last, 2), &lu)), LBA_OOB);
+    assert_eq!(
+        kcq(run(&cdb16(op::PRE_FETCH_16, 0, BLOCKS, 0), &lu)),
+        LBA_OOB
+    );
+    assert_eq!(
+        kcq(run(&cdb16(op::PRE_FETCH_16, 0, u64::MAX, 1), &lu)),
+        LBA_OOB
+    );
+}
+
+#[test]
+fn a_thick_lu_answers_as_fully_provisioned() {
+    let lu = LogicalUnit::new(LuConfig {
+        thick: true,
+        ..cfg()
+    });
+    let rc16 = good(run(&cdb16(op::SERVICE_ACTION_IN_16, 0x10, 0, 32), &lu));
+    assert_eq!(rc16[14] & 0xC0, 0, "LBPME and LBPRZ clear");
+    let b2 = good(run(&[0x12, 0x01, 0xB2, 0, 0xFF, 0], &lu));
+    assert_eq!(
+        (b2[5], b2[6]),
+        (0, 0),
+        "no LBPU/LBPWS, provisioning type 000b"
+    );
+    let b0 = good(run(&[0x12, 0x01, 0xB0, 0, 0xFF, 0], &lu));
+    assert_eq!(&b0[20..36], &[0u8; 16], "no UNMAP limits");
+    assert_eq!(kcq(run(&cdb10(op::UNMAP, 0, 0, 24), &lu)), INVALID_OPCODE);
+    assert_eq!(
+        kcq(run(&cdb16(op::WRITE_SAME_16, 0x08, 0, 8), &lu)),
+        INVALID_FIELD
+    );
+    assert!(matches!(
+        run(&cdb16(op::WRITE_SAME_16, 0, 0, 8), &lu),
+        Plan::WriteSame { unmap: false, .. }
+    ));
+}
+
+#[test]
+fn sanitize_exists_only_where_allowed_and_checks_its_fields() {
+    let san = |lu: &LogicalUnit, b1: u8, len: u16| {
+        let mut c = vec![0u8; 10];
+        c[0] = op::SANITIZE;
+        c[1] = b1;
+        c[7..9].copy_from_slice(&len.to_be_bytes());
+        run(&c, lu)
+    };
+    assert_eq!(kcq(san(&lu(), 0x01, 516)), INVALID_OPCODE);
+    let none = good(run(
+        &[0xA3, 0x0C, 0x02, op::SANITIZE, 0, 0x01, 0, 0, 1, 0, 0, 0],
+        &lu(),
+    ));
+    assert_eq!(none[1] & 0x07, 0x01, "not listed where not allowed");
+    let lu = LogicalUnit::new(LuConfig {
+        sanitize: true,
+        ..cfg()
+    });
+    let listed = good(run(
+        &[0xA3, 0x0C, 0x02, op::SANITIZE, 0, 0x02, 0, 0, 1, 0, 0, 0],
+        &lu,
+    ));
+    assert_eq!(listed[1] & 0x07, 0x03);
+    assert_eq!(
+        san(&lu, 0x81, 516),
+        Plan::Sanitize {
+            kind: crate::scsi::SanitizeKind::Overwrite { len: 516 },
+            immed: true
+        }
+    );
+    assert_eq!(
+        san(&lu, 0x02, 0),
+        Plan::Sanitize {
+            kind: crate::scsi::SanitizeKind::Erase,
+            immed: false
+        }
+    );
+    assert!(good(san(&lu, 0x1F, 0)).is_empty());
+    for (b1, len) in [
+        (0x01, 4),
+        (0x01, 517),
+        (0x02, 8),
+        (0x03, 8),
+        (0x1F, 8),
+        (0x41, 516),
+        (0x04, 0),
+        (0x00, 0),
+    ] {
+        assert_eq!(kcq(san(&lu, b1, len)), INVALID_FIELD, "{b1:#x} {len}");
+    }
+    let mut c = vec![0u8; 10];
+    c[0] = op::SANITIZE;
+    c[1] = 0x02;
+    c[4] = 1;
+    assert_eq!(kcq(run(&c, &lu)), INVALID_FIELD);
+    let ro = LogicalUnit::new(LuConfig {
+        sanitize: true,
+        read_only: true,
+        ..cfg()
+    });
+    assert_eq!(kcq(san(&ro, 0x02, 0)), WRITE_PROTECTED);
+    // The Block Device Characteristics page says reads work after an erase.
+    let b1 = good(run(&[0x12, 0x01, 0xB1, 0, 0xFF, 0], &lu));
+    assert_eq!(b1[7], 0x50);
+}
+
+#[test]
+fn overwrite_parameters_tile_the_pattern_over_a_block() {
+    let (block, count, invert) =
+        crate::scsi::overwrite_block(&[0x82, 0, 0, 3, 1, 2, 3], 8).unwrap();
+    assert_eq!(
+        (block, count, invert),
+        (vec![1, 2, 3, 1, 2, 3, 1, 2], 2, true)
+    );
+    assert!(
+        crate::scsi::overwrite_block(&[0x00, 0, 0, 1, 9], 8).is_err(),
+        "count 0"
+    );
+    assert!(
+        crate::scsi::overwrite_block(&[0x01, 0, 0, 0, 9], 8).is_err(),
+        "no pattern"
+    );
+    assert!(
+        crate::scsi::overwrite_block(&[0x01, 0, 0, 9, 9], 8).is_err(),
+        "pattern > block"
+    );
+    assert!(
+        crate::scsi::overwrite_block(&[0x01, 0, 0, 2, 9], 8).is_err(),
+        "short list"
+    );
 }

@@ -13,6 +13,7 @@ use crate::scsi::{Response, Sense, Status};
 use crate::server::luns::LunHandle;
 use crate::server::writer::{CmdSlot, Hold, Outgoing, Stat};
 use crate::volume::VolumeError;
+use tracing::Instrument;
 
 /// What an answer needs to know about its command.
 pub struct Reply {
@@ -436,6 +437,246 @@ pub async fn write_same(
     }
 }
 
+/// A write that runs holding its range exclusively (`Volume::exclusive`).
+#[derive(Debug, Clone, Copy)]
+pub enum ExclusiveWrite {
+    /// COMPARE AND WRITE: the Data-Out is the verify instance, then the write instance.
+    CompareAndWrite { lba: u64, blocks: u32, fua: bool },
+    /// ORWRITE: the Data-Out is ORed into the blocks.
+    OrWrite { lba: u64, blocks: u32, fua: bool },
+    /// WRITE ATOMIC: the Data-Out is written whole or not seen at all.
+    WriteAtomic { lba: u64, blocks: u32, fua: bool },
+}
+
+impl ExclusiveWrite {
+    /// The exclusive write a plan asks for, if it is one.
+    pub fn of(plan: &crate::scsi::Plan) -> Option<ExclusiveWrite> {
+        use crate::scsi::Plan;
+        Some(match *plan {
+            Plan::CompareAndWrite { lba, blocks, fua } => {
+                ExclusiveWrite::CompareAndWrite { lba, blocks, fua }
+            }
+            Plan::OrWrite { lba, blocks, fua } => ExclusiveWrite::OrWrite { lba, blocks, fua },
+            Plan::WriteAtomic { lba, blocks, fua } => {
+                ExclusiveWrite::WriteAtomic { lba, blocks, fua }
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// COMPARE AND WRITE (SBC-4 5.3), ORWRITE (5.10), WRITE ATOMIC (5.48): the range is held
+/// exclusively from before the medium is read until the new data has landed, so no other
+/// command, from any session, reads or writes those blocks in between. The write goes
+/// through the volume's write path (gate, snapshots, activity log, dirty pages).
+pub async fn exclusive_write(
+    reply: Reply,
+    lun: Arc<LunHandle>,
+    kind: ExclusiveWrite,
+    data: Bytes,
+    r2ts: u32,
+    wanted: u64,
+) {
+    let bs = u64::from(lun.volume.block_size());
+    let (lba, blocks, fua) = match kind {
+        ExclusiveWrite::CompareAndWrite { lba, blocks, fua }
+        | ExclusiveWrite::OrWrite { lba, blocks, fua }
+        | ExclusiveWrite::WriteAtomic { lba, blocks, fua } => (lba, blocks, fua),
+    };
+    let (offset, len) = (lba * bs, u64::from(blocks) * bs);
+    let need = match kind {
+        ExclusiveWrite::CompareAndWrite { .. } => 2 * len,
+        _ => len,
+    };
+    // The Data-Out was collected whole (an EDTL that cut it short was refused).
+    if (data.len() as u64) < need {
+        let s = Sense::invalid_field_in_information_unit();
+        return reply
+            .status(Status::CheckCondition, Some(&s), r2ts, 0)
+            .await;
+    }
+    let started = std::time::Instant::now();
+    let held = match lun.volume.exclusive(offset, len).await {
+        Ok(h) => h,
+        Err(e) => return failed(reply, &lun, "exclusive write", e, r2ts).await,
+    };
+    let new = match kind {
+        ExclusiveWrite::CompareAndWrite { .. } => {
+            let medium = match held.read().await {
+                Ok(m) => m,
+                Err(e) => return failed(reply, &lun, "compare and write read", e, r2ts).await,
+            };
+            if let Some(at) = crate::scsi::first_difference(&medium, &data[..len as usize]) {
+                // SBC-4 5.3.2: nothing is written; INFORMATION is the offset of the
+                // first byte that differed.
+                drop(held);
+                let s = Sense::miscompare(at);
+                return reply
+                    .status(Status::CheckCondition, Some(&s), r2ts, 0)
+                    .await;
+            }
+            data.slice(len as usize..need as usize)
+        }
+        ExclusiveWrite::OrWrite { .. } => {
+            let medium = match held.read().await {
+                Ok(m) => m,
+                Err(e) => return failed(reply, &lun, "orwrite read", e, r2ts).await,
+            };
+            let mut merged = data[..len as usize].to_vec();
+            crate::scsi::or_into(&medium, &mut merged);
+            Bytes::from(merged)
+        }
+        ExclusiveWrite::WriteAtomic { .. } => data.slice(..len as usize),
+    };
+    match held.write(offset, new, fua).await {
+        Ok(()) => {
+            drop(held);
+            lun.volume.io_metrics().write_done(len, started.elapsed());
+            reply.status(Status::Good, None, r2ts, wanted).await
+        }
+        Err(e) => {
+            drop(held);
+            failed(reply, &lun, "exclusive write", e, r2ts).await
+        }
+    }
+}
+
+/// Bytes a SANITIZE OVERWRITE writes at once.
+const SANITIZE_PIECE: u64 = 1 << 20;
+
+/// A `fault-injection` build paces SANITIZE OVERWRITE at this many bytes per second when
+/// it is set, so a test can watch a sanitize in progress on a small volume (libiscsi's
+/// Sanitize.Reset needs one that lasts for seconds). Other builds never pace it.
+#[cfg(feature = "fault-injection")]
+pub const SANITIZE_PACE_ENV: &str = "TWINLUN_TEST_SANITIZE_BYTES_PER_SEC";
+
+fn sanitize_pace() -> Option<u64> {
+    #[cfg(feature = "fault-injection")]
+    if let Some(rate) = std::env::var(SANITIZE_PACE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|r| *r > 0)
+    {
+        return Some(rate);
+    }
+    None
+}
+
+/// Overwrites the whole volume `count` times with `block` (inverted on every other pass
+/// with `invert`), through the write path, then makes it durable.
+async fn overwrite_volume(
+    volume: &crate::volume::Volume,
+    block: &[u8],
+    count: u8,
+    invert: bool,
+) -> Result<(), VolumeError> {
+    let inverted: Vec<u8> = block.iter().map(|b| !b).collect();
+    let pace = sanitize_pace();
+    let started = tokio::time::Instant::now();
+    let mut written = 0u64;
+    for pass in 0..count {
+        let pattern = if invert && pass % 2 == 1 {
+            &inverted[..]
+        } else {
+            block
+        };
+        let mut at = 0;
+        while at < volume.size() {
+            let n = (volume.size() - at).min(SANITIZE_PIECE);
+            volume.write_same(at, n, pattern, false).await?;
+            at += n;
+            written += n;
+            if let Some(rate) = pace {
+                let due =
+                    started + std::time::Duration::from_secs_f64(written as f64 / rate as f64);
+                tokio::time::sleep_until(due).await;
+            }
+        }
+    }
+    volume.flush().await
+}
+
+/// SANITIZE (SBC-4 5.30): OVERWRITE with `params`, else BLOCK/CRYPTOGRAPHIC ERASE (the
+/// whole volume deallocated: it reads as zeros). It runs in a task of its own, so
+/// neither an abort, a reset nor the end of the session stops it (SBC-4 4.34.1); until
+/// it ends the volume answers other commands with SANITIZE IN PROGRESS. Everything it
+/// changes goes through the write path: every page of the volume ends dirty.
+pub async fn sanitize(
+    reply: Reply,
+    lun: Arc<LunHandle>,
+    params: Option<Bytes>,
+    immed: bool,
+    r2ts: u32,
+    wanted: u64,
+) {
+    let bs = lun.volume.block_size();
+    let overwrite = match &params {
+        Some(p) => match crate::scsi::overwrite_block(p, bs) {
+            Ok(o) => Some(o),
+            Err(sense) => {
+                return reply
+                    .status(Status::CheckCondition, Some(&sense), r2ts, 0)
+                    .await
+            }
+        },
+        None => None,
+    };
+    if !lun.volume.start_sanitize() {
+        let s = Sense::sanitize_in_progress();
+        return reply
+            .status(Status::CheckCondition, Some(&s), r2ts, 0)
+            .await;
+    }
+    let volume = lun.volume.clone();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let which = lun.lun;
+    tokio::spawn(
+        async move {
+            let r = match overwrite {
+                Some((block, count, invert)) => {
+                    overwrite_volume(&volume, &block, count, invert).await
+                }
+                None => match volume.discard(0, volume.size()).await {
+                    Ok(()) => volume.flush().await,
+                    Err(e) => Err(e),
+                },
+            };
+            volume.finish_sanitize();
+            match &r {
+                Ok(()) => tracing::info!(lun = which, "sanitize done"),
+                Err(e) => tracing::warn!(lun = which, error = %Chain(e), "sanitize failed"),
+            }
+            let _ = done_tx.send(r);
+        }
+        .in_current_span(),
+    );
+    if immed {
+        return reply.status(Status::Good, None, r2ts, wanted).await;
+    }
+    // An ABORT TASK (or a reset) ends the task, which says nothing, but not the
+    // sanitize (SBC-4 4.34.1): stop waiting once the task is aborted.
+    let aborted = reply.aborted.clone();
+    let abort_seen = async move {
+        while !aborted.load(Ordering::Acquire) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let done = tokio::select! {
+        r = done_rx => r,
+        () = abort_seen => return,
+    };
+    match done {
+        Ok(Ok(())) => reply.status(Status::Good, None, r2ts, wanted).await,
+        Ok(Err(e)) => failed(reply, &lun, "sanitize", e, r2ts).await,
+        Err(_) => {
+            let s = Sense::internal_target_failure();
+            reply
+                .status(Status::CheckCondition, Some(&s), r2ts, 0)
+                .await
+        }
+    }
+}
+
 /// Bytes GET LBA STATUS looks at from its LBA: enough for the descriptors one answer
 /// carries on a fragmented file; the initiator asks again from where it ends.
 const LBA_STATUS_WINDOW: u64 = 1 << 30;
@@ -446,7 +687,9 @@ pub async fn lba_status(reply: Reply, lun: Arc<LunHandle>, lba: u64, alloc: u32)
     let bs = u64::from(lun.volume.block_size());
     let offset = lba * bs;
     let len = (lun.volume.size() - offset.min(lun.volume.size())).min(LBA_STATUS_WINDOW);
-    let runs = if lun.snapshot.is_some() {
+    // A thick volume's blocks are all allocated (its preallocated extents may look like
+    // holes to SEEK_DATA until written).
+    let runs = if lun.snapshot.is_some() || lun.lu.thick() {
         Ok(vec![(offset, len, true)])
     } else {
         lun.volume.allocation(offset, len)
@@ -530,6 +773,25 @@ pub async fn persistent_reserve_out(
             .status(resp.status, resp.sense.as_ref(), r2ts, 0)
             .await
     }
+}
+
+/// SYNCHRONIZE CACHE with IMMED: GOOD first, then the flush, whose failure can only be
+/// logged (the command has already ended).
+pub async fn sync_immed(reply: Reply, lun: Arc<LunHandle>) {
+    reply.status(Status::Good, None, 0, 0).await;
+    if let Err(e) = lun.volume.flush().await {
+        tracing::warn!(lun = lun.lun, error = %Chain(&e), "flush after SYNCHRONIZE CACHE with IMMED failed");
+    }
+}
+
+/// PRE-FETCH: the range is handed to the file's cache to read ahead; GOOD.
+pub async fn prefetch(reply: Reply, lun: Arc<LunHandle>, lba: u64, blocks: u64) {
+    let bs = u64::from(lun.volume.block_size());
+    if let Err(e) = lun.volume.prefetch(lba * bs, blocks * bs).await {
+        // Only a hint: the command still succeeds, the blocks are read when asked for.
+        tracing::debug!(lun = lun.lun, error = %Chain(&e), "pre-fetch hint failed");
+    }
+    reply.status(Status::Good, None, 0, 0).await
 }
 
 pub async fn sync(reply: Reply, lun: Arc<LunHandle>) {

@@ -86,13 +86,34 @@ struct BudgetTicket {
 type BudgetWait = Pin<Box<dyn Future<Output = Option<WriteBudget>> + Send + Sync>>;
 
 enum WriteKind {
-    Write { lba: u64, fua: bool },
+    Write {
+        lba: u64,
+        fua: bool,
+    },
     Unmap,
-    WriteSame { lba: u64, blocks: u64, unmap: bool },
-    Verify { lba: u64, blocks: u32 },
-    ModeSelect { ten: bool },
-    PersistentReserveOut { sa: u8, scope_type: u8 },
+    WriteSame {
+        lba: u64,
+        blocks: u64,
+        unmap: bool,
+    },
+    Verify {
+        lba: u64,
+        blocks: u32,
+    },
+    ModeSelect {
+        ten: bool,
+    },
+    PersistentReserveOut {
+        sa: u8,
+        scope_type: u8,
+    },
     ExtendedCopy,
+    /// COMPARE AND WRITE, ORWRITE, WRITE ATOMIC: run holding their range exclusively.
+    Exclusive(exec::ExclusiveWrite),
+    /// SANITIZE OVERWRITE with its parameter list.
+    Sanitize {
+        immed: bool,
+    },
 }
 
 /// What the connection attaches to a command while the core collects its Data-Out.
@@ -593,6 +614,20 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         let refusal = scsi::alua::refused(self.luns.access_state(&self.node), &cmd.cdb);
         let resolved = self.luns.resolve(&self.node, lun);
         let (handle, plan) = match (resolved, refusal) {
+            // SBC-4 4.34.1: while a SANITIZE runs, only INQUIRY, REPORT LUNS and
+            // REQUEST SENSE are answered, from any session.
+            (Some((h, _)), _)
+                if h.volume.sanitizing()
+                    && !matches!(
+                        cmd.cdb.first(),
+                        Some(
+                            &(scsi::op::INQUIRY | scsi::op::REPORT_LUNS | scsi::op::REQUEST_SENSE)
+                        )
+                    ) =>
+            {
+                let resp = scsi::Response::check(Sense::sanitize_in_progress());
+                (Some(h), Plan::Respond(resp))
+            }
             (Some((h, ua)), Some(refused)) => {
                 let sense = ua.pop().unwrap_or(refused);
                 (Some(h), Plan::Respond(scsi::Response::check(sense)))
@@ -629,6 +664,13 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                 Plan::Respond(scsi::Response::check(
                     Sense::invalid_field_in_information_unit(),
                 ))
+            }
+            // COMPARE AND WRITE cannot use part of its data: the EDTL must be exactly
+            // both instances, else NUMBER OF LOGICAL BLOCKS is wrong (as libiscsi expects).
+            (p @ Plan::CompareAndWrite { .. }, Some(h))
+                if u64::from(cmd.expected_len) != p.transfer_bytes(h.volume.block_size()) =>
+            {
+                Plan::Respond(scsi::Response::check(Sense::invalid_field_in_cdb(13)))
             }
             (plan, _) => plan,
         };
@@ -672,6 +714,14 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             }
             (Plan::Sync, Some(h)) => {
                 self.spawn(cmd.itt, lun, aborted, reply, |reply| exec::sync(reply, h))
+            }
+            (Plan::SyncImmed, Some(h)) => self.spawn(cmd.itt, lun, aborted, reply, |reply| {
+                exec::sync_immed(reply, h)
+            }),
+            (Plan::Prefetch { lba, blocks }, Some(h)) => {
+                self.spawn(cmd.itt, lun, aborted, reply, |reply| {
+                    exec::prefetch(reply, h, lba, blocks)
+                })
             }
             (
                 Plan::Verify {
@@ -766,6 +816,37 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             (Plan::CopyStatus { list_id, alloc }, Some(_)) => {
                 let outcome = self.copies.get(list_id);
                 reply.respond(scsi::copy_status_data(outcome, alloc)).await
+            }
+            (
+                Plan::Sanitize {
+                    kind: scsi::SanitizeKind::Overwrite { len },
+                    immed,
+                },
+                Some(h),
+            ) => {
+                self.collect(cmd, h, WriteKind::Sanitize { immed }, len as u64, reply)
+                    .await;
+            }
+            (
+                Plan::Sanitize {
+                    kind: scsi::SanitizeKind::Erase,
+                    immed,
+                },
+                Some(h),
+            ) => self.spawn(cmd.itt, lun, aborted, reply, |reply| {
+                exec::sanitize(reply, h, None, immed, 0, 0)
+            }),
+            (
+                p
+                @ (Plan::CompareAndWrite { .. } | Plan::OrWrite { .. } | Plan::WriteAtomic { .. }),
+                Some(h),
+            ) => {
+                let needed = p.transfer_bytes(h.volume.block_size());
+                let Some(kind) = exec::ExclusiveWrite::of(&p) else {
+                    return;
+                };
+                self.collect(cmd, h, WriteKind::Exclusive(kind), needed, reply)
+                    .await;
             }
             // A plan that needs a volume for a LUN that has none cannot come from a
             // correct decoder; answer as for an unmapped LUN rather than panic.
@@ -1013,6 +1094,20 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                     }
                 })
             }
+            WriteKind::Sanitize { immed } => self.spawn(itt, l, aborted, reply, |reply| {
+                let fut = exec::sanitize(reply, lun, Some(data), immed, r2t_sn, spdtl);
+                async move {
+                    fut.await;
+                    drop(budget);
+                }
+            }),
+            WriteKind::Exclusive(kind) => self.spawn(itt, l, aborted, reply, |reply| {
+                let fut = exec::exclusive_write(reply, lun, kind, data, r2t_sn, spdtl);
+                async move {
+                    fut.await;
+                    drop(budget);
+                }
+            }),
         }
     }
 

@@ -216,6 +216,8 @@ impl LunView {
                 read_only: spec.read_only || snapshot.is_some(),
                 id,
                 name: spec.volume.clone(),
+                thick: volume.is_thick(),
+                sanitize: volume.sanitize_allowed(),
             })
             .with_removable(spec.removable)
             .shared(node.lu_states.get(id), self.nexus(), self.session)

@@ -17,6 +17,7 @@
 //! checks ranges and turns engine errors into [`VolumeError`].
 
 mod engine;
+mod ranges;
 // The layout STYLE.md names: src/volume/volume.rs holds `Volume`.
 #[allow(clippy::module_inception)]
 mod volume;
@@ -28,7 +29,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use engine::{Engine, EngineConfig, SLOW_IO_MS};
-pub use volume::{allocation, Volume};
+pub use volume::{allocation, Exclusive, Volume};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {

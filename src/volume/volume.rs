@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::engine::{Engine, Op};
+use super::ranges::{Mode, RangeGuard, RangeLocks};
 use super::VolumeError;
 use crate::tracking::TrackedVolume;
 
@@ -82,6 +83,23 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Zeroes a range of `file` keeping it allocated (a thick volume's deallocation).
+fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate on an fd we own; no memory is passed.
+    let r = unsafe {
+        libc::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(file),
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub struct Volume {
     path: PathBuf,
     file: Arc<File>,
@@ -98,6 +116,15 @@ pub struct Volume {
     /// What initiators' commands did to this volume (counted by the SCSI layer, so
     /// replication's own reads are not in it).
     io: Arc<crate::metrics::VolumeIo>,
+    /// Block-range locks: every read and write holds its range shared, a
+    /// read-modify-write (COMPARE AND WRITE, ORWRITE, WRITE ATOMIC) exclusively.
+    ranges: RangeLocks,
+    /// Fully provisioned: every block allocated, deallocation zeroes in place.
+    thick: bool,
+    /// SANITIZE may be run on it.
+    sanitize_allowed: bool,
+    /// A SANITIZE is running: initiators' commands are refused until it ends.
+    sanitizing: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Volume {
@@ -171,7 +198,70 @@ impl Volume {
             inline_writes_off_until: parking_lot::Mutex::new(None),
             tracking: None,
             io: Arc::default(),
+            ranges: RangeLocks::default(),
+            thick: false,
+            sanitize_allowed: false,
+            sanitizing: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Makes the volume fully provisioned: allocates every block of the file now
+    /// (fallocate; data already there is kept, holes become allocated zeros), and from
+    /// now on a deallocation (`discard`) zeroes its range in place instead of punching
+    /// holes, so the file stays whole. Blocks until the file system has allocated it.
+    pub fn preallocate(mut self) -> Result<Volume, VolumeError> {
+        // SAFETY: fallocate on an fd we own; no memory is passed.
+        let r = unsafe {
+            libc::fallocate(
+                std::os::fd::AsRawFd::as_raw_fd(&*self.file),
+                0,
+                0,
+                self.size as libc::off_t,
+            )
+        };
+        if r < 0 {
+            return Err(self.io_error(io::Error::last_os_error()));
+        }
+        self.thick = true;
+        Ok(self)
+    }
+
+    /// Lets SANITIZE run on this volume.
+    pub fn allow_sanitize(mut self) -> Volume {
+        self.sanitize_allowed = true;
+        self
+    }
+
+    pub fn sanitize_allowed(&self) -> bool {
+        self.sanitize_allowed
+    }
+
+    /// Marks a SANITIZE as running; false if one already is.
+    pub fn start_sanitize(&self) -> bool {
+        self.sanitizing
+            .compare_exchange(
+                false,
+                true,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// The running SANITIZE ended (done or failed).
+    pub fn finish_sanitize(&self) {
+        self.sanitizing
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// A SANITIZE is running: the SCSI layer refuses initiators' commands meanwhile.
+    pub fn sanitizing(&self) -> bool {
+        self.sanitizing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Fully provisioned ([`Volume::preallocate`]).
+    pub fn is_thick(&self) -> bool {
+        self.thick
     }
 
     /// Track this volume's writes from now on.
@@ -220,6 +310,17 @@ impl Volume {
         if len == 0 {
             return Ok(Bytes::new());
         }
+        let _range = self.hold(offset, len as u64, Mode::Shared).await;
+        self.read_held(offset, len).await
+    }
+
+    /// Holds `len` bytes at `offset` in `mode` (see `volume::ranges`).
+    async fn hold(&self, offset: u64, len: u64, mode: Mode) -> RangeGuard<'_> {
+        self.ranges.lock(offset, offset + len, mode).await
+    }
+
+    /// `read` of a range the caller holds.
+    async fn read_held(&self, offset: u64, len: usize) -> Result<Bytes, VolumeError> {
         if self.engine.inline_nowait() {
             if let Some(data) = self.read_nowait(offset, len) {
                 return Ok(data);
@@ -335,6 +436,12 @@ impl Volume {
         if data.is_empty() {
             return Ok(());
         }
+        let _range = self.hold(offset, data.len() as u64, Mode::Shared).await;
+        self.write_held(offset, data, fua).await
+    }
+
+    /// `write` of a non-empty range the caller holds.
+    async fn write_held(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), VolumeError> {
         // Held until the data has landed, so a cut sees this write entirely or not.
         let _guard = self.begin_write(offset, data.len() as u64).await?;
         if !fua
@@ -375,18 +482,32 @@ impl Volume {
     /// (the gate, copies for live snapshots, the activity log, the dirty pages), so a
     /// cut sees it whole or not at all and replication ships the range (as zero
     /// records: the peer punches the same holes). The file gives back whole blocks of
-    /// its file system; the rest of the range is zeroed in place.
+    /// its file system; the rest of the range is zeroed in place. A thick volume
+    /// ([`Volume::preallocate`]) zeroes the whole range in place and keeps it allocated.
     pub async fn discard(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
         self.check_range(offset, len)?;
         if len == 0 {
             return Ok(());
         }
+        let _range = self.hold(offset, len, Mode::Shared).await;
+        self.discard_held(offset, len).await
+    }
+
+    /// `discard` of a non-empty range the caller holds.
+    async fn discard_held(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
         let _guard = self.begin_write(offset, len).await?;
         let file = self.file.clone();
-        tokio::task::spawn_blocking(move || punch_hole(&file, offset, len))
-            .await
-            .map_err(|e| self.io_error(io::Error::other(e)))?
-            .map_err(|e| self.io_error(e))
+        let thick = self.thick;
+        tokio::task::spawn_blocking(move || {
+            if thick {
+                zero_range(&file, offset, len)
+            } else {
+                punch_hole(&file, offset, len)
+            }
+        })
+        .await
+        .map_err(|e| self.io_error(io::Error::other(e)))?
+        .map_err(|e| self.io_error(e))
     }
 
     /// Writes `block` (one logical block) to every block of `len` bytes at `offset`
@@ -410,13 +531,32 @@ impl Volume {
         let piece: Bytes = block
             .repeat(per.min((len / block.len() as u64) as usize))
             .into();
+        // The whole range is held at once: a COMPARE AND WRITE sees all of a WRITE SAME
+        // or none of it.
+        let _range = self.hold(offset, len, Mode::Shared).await;
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(piece.len() as u64) as usize;
-            self.write(offset + done, piece.slice(..n), fua).await?;
+            self.write_held(offset + done, piece.slice(..n), fua)
+                .await?;
             done += n as u64;
         }
         Ok(())
+    }
+
+    /// Holds `len` bytes at `offset` for a read-modify-write (COMPARE AND WRITE, ORWRITE,
+    /// WRITE ATOMIC): until the returned handle is dropped, no other read or write of
+    /// any of those bytes runs, from any session; reads and writes through the handle
+    /// go through the same path (and the same write tracking) as `read` and `write`.
+    pub async fn exclusive(&self, offset: u64, len: u64) -> Result<Exclusive<'_>, VolumeError> {
+        self.check_range(offset, len)?;
+        let range = self.hold(offset, len, Mode::Exclusive).await;
+        Ok(Exclusive {
+            volume: self,
+            offset,
+            len,
+            _range: range,
+        })
     }
 
     /// Which parts of `len` bytes from `offset` hold data in the file and which are
@@ -424,6 +564,31 @@ impl Volume {
     pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>, VolumeError> {
         self.check_range(offset, len)?;
         allocation(&self.file, offset, len).map_err(|e| self.io_error(e))
+    }
+
+    /// Asks the page cache to read `len` bytes at `offset` ahead (POSIX_FADV_WILLNEED,
+    /// PRE-FETCH): it starts the reads and returns without waiting for them.
+    pub async fn prefetch(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        self.check_range(offset, len)?;
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || {
+            // SAFETY: posix_fadvise on an fd we own; no memory is passed.
+            let r = unsafe {
+                libc::posix_fadvise(
+                    std::os::fd::AsRawFd::as_raw_fd(&*file),
+                    offset as libc::off_t,
+                    len as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+            };
+            match r {
+                0 => Ok(()),
+                errno => Err(io::Error::from_raw_os_error(errno)),
+            }
+        })
+        .await
+        .map_err(|e| self.io_error(io::Error::other(e)))?
+        .map_err(|e| self.io_error(e))
     }
 
     /// Makes every completed write durable (fdatasync).
@@ -460,5 +625,52 @@ impl Volume {
             path: self.path.display().to_string(),
             source,
         }
+    }
+}
+
+/// A range held exclusively ([`Volume::exclusive`]).
+pub struct Exclusive<'a> {
+    volume: &'a Volume,
+    offset: u64,
+    len: u64,
+    _range: RangeGuard<'a>,
+}
+
+impl Exclusive<'_> {
+    fn check(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        match offset.checked_add(len) {
+            Some(end) if offset >= self.offset && end <= self.offset + self.len => Ok(()),
+            _ => Err(VolumeError::OutOfRange {
+                offset,
+                len,
+                size: self.volume.size,
+            }),
+        }
+    }
+
+    /// The current content of the whole held range.
+    pub async fn read(&self) -> Result<Bytes, VolumeError> {
+        if self.len == 0 {
+            return Ok(Bytes::new());
+        }
+        self.volume.read_held(self.offset, self.len as usize).await
+    }
+
+    /// Writes `data` at `offset`, inside the held range (tracked like any write).
+    pub async fn write(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), VolumeError> {
+        self.check(offset, data.len() as u64)?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.volume.write_held(offset, data, fua).await
+    }
+
+    /// Deallocates `len` bytes at `offset`, inside the held range (see `Volume::discard`).
+    pub async fn discard(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        self.check(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        self.volume.discard_held(offset, len).await
     }
 }

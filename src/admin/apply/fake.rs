@@ -186,6 +186,8 @@ pub(super) fn vcreate(name: &str, size: u64, bs: u32) -> Change {
         size,
         block_size: bs,
         page_size: 4096,
+        provisioning: crate::catalog::Provisioning::Thin,
+        allow_sanitize: false,
     }
 }
 

@@ -44,6 +44,7 @@ fn volume_view<H: Host + ?Sized>(host: &H, c: &Catalog, name: &str) -> VolumeVie
         size: spec.size,
         block_size: spec.block_size,
         page_size: spec.page_size,
+        provisioning: spec.provisioning,
         dirty_pages: host.dirty_pages(name),
         id: format!("{:016x}", spec.id),
         path: spec.path.clone(),
@@ -66,12 +67,15 @@ fn volume_view<H: Host + ?Sized>(host: &H, c: &Catalog, name: &str) -> VolumeVie
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(super) fn create(
     c: &mut Catalog,
     name: String,
     size: u64,
     block_size: u32,
     page_size: u64,
+    provisioning: crate::catalog::Provisioning,
+    allow_sanitize: bool,
     new_id: &mut dyn FnMut() -> u64,
 ) -> Result<(Effect, Response), AdminError> {
     validate::check_volume_name(&name)?;
@@ -81,7 +85,9 @@ pub(super) fn create(
     if c.volumes.contains_key(&name) {
         return Err(AdminError::VolumeExists(name));
     }
-    let spec = new_volume_spec(c, size, block_size, page_size, new_id);
+    let mut spec = new_volume_spec(c, size, block_size, page_size, new_id);
+    spec.provisioning = provisioning;
+    spec.allow_sanitize = allow_sanitize;
     let id = spec.id;
     c.volumes.insert(name.clone(), spec.clone());
     let view = VolumeView {
@@ -89,6 +95,7 @@ pub(super) fn create(
         size,
         block_size,
         page_size,
+        provisioning,
         dirty_pages: Some(0),
         id: format!("{id:016x}"),
         path: spec.path.clone(),
@@ -213,6 +220,8 @@ pub fn new_volume_spec(
         id,
         path: crate::datadir::volume_file_rel(id),
         page_size,
+        provisioning: crate::catalog::Provisioning::Thin,
+        allow_sanitize: false,
     }
 }
 
@@ -369,6 +378,8 @@ mod tests {
             size: 4 << 20,
             block_size: 512,
             page_size,
+            provisioning: crate::catalog::Provisioning::Thin,
+            allow_sanitize: false,
         }
     }
 
