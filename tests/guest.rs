@@ -170,3 +170,97 @@ fn linux_initiator_and_qemu_drive() {
     let v: serde_json::Value = serde_json::from_str(&left).expect("snapshot list --json");
     assert_eq!(v["snapshots"], serde_json::json!([]), "{left}");
 }
+
+/// Bytes the file at `path` has allocated.
+fn allocated(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).expect("volume file").blocks() * 512
+}
+
+/// The Linux initiator's discards (fstrim of a mounted ext4, blkdiscard of a range) and
+/// those of a QEMU drive with `discard=unmap` reach the backing files, which give the
+/// space back; the next replication cycle ships those ranges as zero records and the
+/// secondary's file shrinks the same way and still equals the primary's.
+#[test]
+fn guest_discards_shrink_the_file_and_the_secondary() {
+    use common::pair::{create_set, pair, replicate};
+    const MIB: u64 = 1 << 20;
+    let (p, s) = pair();
+    p.ctl_ok(&["volume", "create", "vt", "--size", "256M"]);
+    p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "vt"]);
+    p.ctl_ok(&["volume", "create", "vq", "--size", "64M"]);
+    p.ctl_ok(&["lun", "map", DEMO_IQN, "2", "vq"]);
+    create_set(&p, "t", &["--volume", "vt"]);
+    let drive = p.url(DEMO_IQN, 2);
+    let guest = |test: &str| {
+        run_guest(
+            &p,
+            &[
+                "--test",
+                test,
+                "--lun",
+                "1",
+                "--qemu-drive-url",
+                &drive,
+                "--vda-offset-mib",
+                "16",
+            ],
+        )
+    };
+    // ext4 on the first 128 MiB with a 32 MiB file, 32 MiB raw at 192 MiB, 8 MiB on vq.
+    guest("trimfill");
+    replicate(&p, "t");
+    let (pf, sf, qf) = (
+        p.volume_file("vt"),
+        s.volume_file("vt"),
+        p.volume_file("vq"),
+    );
+    let (p_full, s_full, q_full) = (allocated(&pf), allocated(&sf), allocated(&qf));
+    assert!(p_full >= 64 * MIB, "64 MiB written, {p_full} allocated");
+    assert!(
+        q_full >= 8 * MIB,
+        "8 MiB written on the QEMU drive, {q_full} allocated"
+    );
+
+    // rm + fstrim of the file, blkdiscard of the raw range and of the drive's 8 MiB.
+    guest("trim");
+    let p_after = allocated(&pf);
+    let freed = p_full.saturating_sub(p_after);
+    // 64 MiB discarded; ext4 rounds the trimmed free space to its block groups and
+    // keeps its own metadata, so about that, give or take a few MiB.
+    assert!(
+        (60 * MIB..=72 * MIB).contains(&freed),
+        "the guest discarded about 64 MiB, the file gave back {freed} ({p_full} -> {p_after})"
+    );
+    let q_after = allocated(&qf);
+    assert!(
+        q_after + 8 * MIB <= q_full + MIB,
+        "the QEMU drive's 8 MiB discard did not reach the file: {q_full} -> {q_after}"
+    );
+
+    let cycle = replicate(&p, "t");
+    let zeros = cycle["zero_bytes"].as_u64().expect("zero_bytes");
+    let data = cycle["data_bytes"].as_u64().expect("data_bytes");
+    assert!(
+        zeros >= 60 * MIB,
+        "the discarded ranges must travel as zero records: {cycle}"
+    );
+    assert!(
+        data <= 8 * MIB,
+        "only the filesystem's own updates travel as data: {cycle}"
+    );
+    let s_after = allocated(&sf);
+    let s_freed = s_full.saturating_sub(s_after);
+    assert!(
+        s_freed + 2 * MIB >= freed,
+        "the secondary's file kept its space: {s_full} -> {s_after}, the primary gave back {freed}"
+    );
+    assert!(
+        std::fs::read(&pf).unwrap() == std::fs::read(&sf).unwrap(),
+        "the secondary differs from the primary after the discards"
+    );
+    eprintln!(
+        "guest discards: primary {p_full} -> {p_after}, secondary {s_full} -> {s_after}, \
+         drive {q_full} -> {q_after}; the cycle shipped {zeros} zero and {data} data bytes"
+    );
+}

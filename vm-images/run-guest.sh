@@ -10,13 +10,16 @@
 #   --iqn IQN              target name
 #   --lun N                LUN the guest tests (default: its lowest disk LUN)
 #   --digest none|crc32c   header+data digest the guest requires (default none)
-#   --test NAME            basic (default), login, fill, checksum, vda or boot
+#   --test NAME            basic (default), login, fill, checksum, vda, trimfill,
+#                          trim or boot
 #                          (see vm-images/guest/init for what each does)
 #   --region OFF:LEN       MiB region for fill/checksum (default 0:4); the
 #                          guest prints "GUEST-MD5 OFF LEN MD5"
 #   --qemu-drive-url URL   also attach URL (iscsi://127.0.0.1:PORT/IQN/LUN)
 #                          as /dev/vda through QEMU's own iSCSI client; the
-#                          guest then tests it too (basic or vda scenario)
+#                          guest then tests it too (basic, vda, trimfill, trim);
+#                          the drive has discard=unmap (the guest's discards
+#                          reach the target as UNMAP)
 #   --vda-offset-mib N     where the guest writes on /dev/vda (default 0)
 #   --snapshot-lun N       basic: after fsck, the guest writes snap/before on
 #                          its mounted filesystem, syncs, prints
@@ -83,10 +86,10 @@ while [[ $# -gt 0 ]]; do
 done
 
 case $test in
-    basic|login|fill|checksum) [[ -n $port && -n $iqn ]] || die "--portal-port and --iqn are required for --test $test" ;;
+    basic|login|fill|checksum|trimfill|trim) [[ -n $port && -n $iqn ]] || die "--portal-port and --iqn are required for --test $test" ;;
     vda) [[ -n $drive_url ]] || die "--test vda needs --qemu-drive-url" ;;
     boot) ;;
-    *) die "--test must be basic, login, fill, checksum, vda or boot" ;;
+    *) die "--test must be basic, login, fill, checksum, vda, trimfill, trim or boot" ;;
 esac
 case $digest in none|crc32c) ;; *) die "--digest must be none or crc32c" ;; esac
 [[ -z $port || $port =~ ^[0-9]+$ ]] || die "--portal-port '$port' is not a number"
@@ -151,7 +154,7 @@ qemu=(qemu-system-x86_64 -accel tcg -cpu "$cpu" -smp 1 -m 512
     -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile=)
 if [[ -n $drive_url ]]; then
     qemu+=(-iscsi "initiator-name=$qemu_initiator"
-        -drive "file=$drive_url,if=virtio,format=raw")
+        -drive "file=$drive_url,if=virtio,format=raw,discard=unmap")
 fi
 printf '%s: qemu:' "$me" >&2; printf ' %q' "${qemu[@]}" >&2; printf '\n' >&2
 
