@@ -460,3 +460,189 @@ fn sanitize_suite_passes_without_skips() {
 
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
+
+/// What became of one test of a CUnit run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Passed,
+    Failed,
+    /// Passed as far as CUnit says, with a `[SKIPPED]` line of its own.
+    Skipped,
+}
+
+/// Every test of a verbose CUnit run as `Suite.Test` with its outcome.
+fn outcomes(out: &str) -> Vec<(String, Outcome)> {
+    let mut suite = String::from("?");
+    let mut found = Vec::new();
+    for piece in out.split("\nSuite: ").enumerate().flat_map(|(i, p)| {
+        // The first piece is what came before any suite.
+        let (name, rest) = if i == 0 {
+            ("?", p)
+        } else {
+            p.split_once('\n').unwrap_or((p, ""))
+        };
+        std::iter::once((Some(name.trim().to_string()), "")).chain(
+            rest.split("Test: ")
+                .skip(1)
+                .map(|chunk| (None, chunk))
+                .collect::<Vec<_>>(),
+        )
+    }) {
+        let (new_suite, chunk) = piece;
+        if let Some(s) = new_suite {
+            suite = s;
+            continue;
+        }
+        let name = chunk.split_whitespace().next().unwrap_or("?");
+        // A failed test ends in CUnit's numbered assertion lines ("  1. file.c:135  -
+        // CU_FAIL(..)"); `[FAILED] ... command failed` lines before a `passed` are
+        // libiscsi logging failures the test expected.
+        let asserted = chunk.lines().any(|l| {
+            let l = l.trim_start();
+            l.split_once(". ")
+                .is_some_and(|(n, rest)| n.parse::<u32>().is_ok() && rest.contains(" - CU_"))
+        });
+        let (end, outcome) = match (chunk.rfind("passed"), asserted) {
+            (_, true) | (None, _) => (chunk.len(), Outcome::Failed),
+            (Some(p), false) => (p, Outcome::Passed),
+        };
+        let skipped = chunk[..end]
+            .split("[SKIPPED]")
+            .skip(1)
+            .any(|after| !after.trim_start().starts_with(SUITE_PROBE));
+        let outcome = if outcome == Outcome::Passed && skipped {
+            Outcome::Skipped
+        } else {
+            outcome
+        };
+        found.push((format!("{suite}.{name}"), outcome));
+    }
+    found
+}
+
+#[test]
+fn outcomes_name_suite_and_test_and_tell_skips_from_passes() {
+    let out = "    [SKIPPED] PERSISTENT RESERVE IN is not implemented.\n\nSuite: Read6\n  Test: Simple ...passed\n  Test: Zero ...    [SKIPPED] no 0-blocks.\npassed\nSuite: Write6\n  Test: Bad ...FAILED\n    1. x.c:3  - CU_ASSERT(x)\n  Test: Logged ...    [FAILED] WRITE10 command failed\npassed\n  Test: Ok ...passed    [SKIPPED] PERSISTENT RESERVE IN is not implemented.\n";
+    assert_eq!(
+        outcomes(out),
+        vec![
+            ("Read6.Simple".to_string(), Outcome::Passed),
+            ("Read6.Zero".to_string(), Outcome::Skipped),
+            ("Write6.Bad".to_string(), Outcome::Failed),
+            ("Write6.Logged".to_string(), Outcome::Passed),
+            ("Write6.Ok".to_string(), Outcome::Passed),
+        ]
+    );
+}
+
+/// Tests of the whole suite that fail on this target today, each with why; the run
+/// must fail exactly these (a new failure fails the test, and so does a fixed one until
+/// it leaves this list). README "What is not done" names them too.
+const KNOWN_FAILURES: &[(&str, &str)] = &[
+    (
+        "Sanitize.Readonly",
+        "software write protect (control mode page SWP) set through one session must \
+         reach the others; mode pages are kept per session",
+    ),
+    (
+        "Sanitize.Reset",
+        "after the suite's aborts, resets and reconnection the sanitize finishes, but \
+         the suite's TEST UNIT READY poll never sees it end; not understood yet",
+    ),
+];
+
+/// libiscsi's whole suite (`-t ALL`, with `--dataloss --allow-sanitize`) against a thin
+/// LUN that allows SANITIZE, through both portals of the server, then the suites whose
+/// tests need another kind of LUN against a removable LUN and a read-only one. A test
+/// the first run skipped counts as passed only when it passed, without a skip, on the
+/// LUN it needs (removable, read-only, 4096-byte blocks for GetLBAStatus). Prints ran,
+/// passed, failed, skipped.
+#[test]
+fn whole_suite_passes_without_skips() {
+    let s = TestServer::start_with(&["--listen", "127.0.0.1:0"]);
+    assert_eq!(s.addrs.len(), 2, "two portals: {:?}", s.addrs);
+    s.ctl_ok(&[
+        "volume",
+        "create",
+        "all",
+        "--size",
+        "64M",
+        "--allow-sanitize",
+    ]);
+    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "all"]);
+    s.ctl_ok(&["volume", "create", "rem", "--size", "64M"]);
+    s.ctl_ok(&["lun", "map", DEMO_IQN, "2", "rem", "--removable"]);
+    s.ctl_ok(&["volume", "create", "ro", "--size", "64M"]);
+    s.ctl_ok(&["lun", "map", DEMO_IQN, "3", "ro", "--read-only"]);
+    // GetLBAStatus.UnmapSingle asks for the status at LBA i+1 and wants the first
+    // descriptor at i + (logical blocks per physical block); SBC-4 5.8.2 puts it at the
+    // LBA asked for, as twinlun does. The two agree where a physical block is one
+    // logical block: the suite is judged on a 4096-byte LUN.
+    s.ctl_ok(&[
+        "volume",
+        "create",
+        "k4",
+        "--size",
+        "64M",
+        "--block-size",
+        "4096",
+    ]);
+    s.ctl_ok(&["lun", "map", DEMO_IQN, "4", "k4"]);
+    let url = |addr: &str, lun: u32| format!("iscsi://{addr}/{DEMO_IQN}/{lun}");
+    let run_suites = |tests: &str, lun: u32, both: bool| {
+        let mut args = vec![
+            "--dataloss".to_string(),
+            "--allow-sanitize".to_string(),
+            "-t".to_string(),
+            tests.to_string(),
+            url(&s.addrs[0], lun),
+        ];
+        if both {
+            args.push(url(&s.addrs[1], lun));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run("iscsi-test-cu", &args);
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let all = run_suites("ALL", 1, true);
+    let main = outcomes(&all);
+    let summary = parse(&all).expect("a CUnit summary from -t ALL");
+    assert_eq!(
+        summary.ran as usize,
+        main.len(),
+        "every test of -t ALL has its Test: line\n{all}"
+    );
+    let mut other = outcomes(&run_suites(
+        "SCSI.NoMedia,SCSI.StartStopUnit,SCSI.PreventAllow",
+        2,
+        false,
+    ));
+    other.extend(outcomes(&run_suites("SCSI.ReadOnly", 3, false)));
+    other.extend(outcomes(&run_suites("SCSI.GetLBAStatus", 4, false)));
+
+    let mut failed = Vec::new();
+    let mut skipped = Vec::new();
+    for (name, outcome) in &main {
+        let elsewhere = other.iter().find(|(n, _)| n == name).map(|(_, o)| *o);
+        // A suite re-run on the LUN it needs is judged there.
+        match elsewhere.unwrap_or(*outcome) {
+            Outcome::Passed => {}
+            Outcome::Failed => failed.push(name.clone()),
+            Outcome::Skipped => skipped.push(name.clone()),
+        }
+    }
+    let ran = main.len();
+    let passed = ran - failed.len() - skipped.len();
+    eprintln!(
+        "iscsi-test-cu -t ALL: ran {ran}, passed {passed}, failed {}, skipped {} \
+         (skips counted per test; suites that need a removable, read-only or 4096-byte LUN judged there)",
+        failed.len(),
+        skipped.len()
+    );
+    eprintln!("failed: {failed:?}\nskipped: {skipped:?}");
+    let mut known: Vec<String> = KNOWN_FAILURES.iter().map(|(n, _)| n.to_string()).collect();
+    known.sort();
+    failed.sort();
+    assert_eq!(failed, known, "failures differ from the known list\n{all}");
+    assert!(skipped.is_empty(), "skipped tests: {skipped:?}\n{all}");
+}

@@ -708,7 +708,9 @@ pub async fn lba_status(reply: Reply, lun: Arc<LunHandle>, lba: u64, alloc: u32)
     // the block it shares with data counts as mapped (it was the data's run before).
     let mut extents: Vec<crate::scsi::LbaExtent> = Vec::new();
     for (at, n, mapped) in runs {
-        let mut first = at / bs;
+        // SBC-4 5.8.2: the first descriptor starts at the LBA asked for, whatever
+        // file-system block the run around it began at.
+        let mut first = (at / bs).max(lba);
         let end = (at + n).div_ceil(bs);
         if let Some(last) = extents.last_mut() {
             first = first.max(last.lba + last.blocks);
