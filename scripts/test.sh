@@ -21,4 +21,11 @@ cargo build --release --bins --features fault-injection
 export TWINLUN_FUZZ_SECS="${TWINLUN_FUZZ_SECS:-60}"
 # One test binary at a time keeps the guest and the conformance suite from starving
 # each other on small machines; tests inside a binary still run in parallel.
-cargo test --release --features fault-injection --no-fail-fast -- --test-threads=2
+summary="${CARGO_TARGET_DIR:-target}/tmp/whole-suite.txt"
+rm -f "$summary"
+status=0
+cargo test --release --features fault-injection --no-fail-fast -- --test-threads=2 || status=$?
+# libiscsi's whole suite, as tests/conformance.rs counted it (skips per test).
+if [[ -f "$summary" ]]; then cat "$summary"; else echo "no whole-suite summary ($summary)"; fi
+exit "$status"
+

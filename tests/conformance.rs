@@ -640,6 +640,18 @@ fn whole_suite_passes_without_skips() {
         skipped.len()
     );
     eprintln!("failed: {failed:?}\nskipped: {skipped:?}");
+    // scripts/test.sh prints this after the run (cargo keeps a passing test's output).
+    let summary = format!(
+        "libiscsi iscsi-test-cu -t ALL: ran {ran}, passed {passed}, failed {} {failed:?}, \
+         skipped {}\n",
+        failed.len(),
+        skipped.len()
+    );
+    std::fs::write(
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("whole-suite.txt"),
+        summary,
+    )
+    .expect("write the whole-suite summary");
     let mut known: Vec<String> = KNOWN_FAILURES.iter().map(|(n, _)| n.to_string()).collect();
     known.sort();
     failed.sort();
