@@ -59,16 +59,6 @@ pub enum PortGroupState {
 }
 
 impl PortGroupState {
-    pub fn to_scsi(self) -> crate::scsi::alua::AccessState {
-        use crate::scsi::alua::AccessState;
-        match self {
-            PortGroupState::ActiveOptimized => AccessState::ActiveOptimized,
-            PortGroupState::ActiveNonOptimized => AccessState::ActiveNonOptimized,
-            PortGroupState::Standby => AccessState::Standby,
-            PortGroupState::Unavailable => AccessState::Unavailable,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             PortGroupState::ActiveOptimized => "active-optimized",

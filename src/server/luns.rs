@@ -112,13 +112,13 @@ impl LunView {
 
     /// The access state of this session's port group, as the catalog says now.
     pub fn access_state(&self, node: &Shared) -> AccessState {
-        node.catalog
+        let state = node
+            .catalog
             .read()
             .port_groups
             .get(&self.port.group)
-            .copied()
-            .unwrap_or_default()
-            .to_scsi()
+            .copied();
+        access_state(state.unwrap_or_default())
     }
 
     /// Every target port group of the node with its state and ports, for REPORT
@@ -131,12 +131,7 @@ impl LunView {
         (1..=portals)
             .map(|g| PortGroupStatus {
                 group: g,
-                state: catalog
-                    .port_groups
-                    .get(&g)
-                    .copied()
-                    .unwrap_or_default()
-                    .to_scsi(),
+                state: access_state(catalog.port_groups.get(&g).copied().unwrap_or_default()),
                 ports: vec![g],
             })
             .collect()
@@ -448,4 +443,14 @@ pub fn find_by_naa(node: &Shared, target: &str, initiator: &str, naa: &[u8]) -> 
         snapshot,
         writable,
     })
+}
+
+/// A port group's state as SPC names it (the catalog keeps plain data and knows no SCSI).
+fn access_state(state: PortGroupState) -> AccessState {
+    match state {
+        PortGroupState::ActiveOptimized => AccessState::ActiveOptimized,
+        PortGroupState::ActiveNonOptimized => AccessState::ActiveNonOptimized,
+        PortGroupState::Standby => AccessState::Standby,
+        PortGroupState::Unavailable => AccessState::Unavailable,
+    }
 }
