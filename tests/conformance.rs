@@ -538,18 +538,11 @@ fn outcomes_name_suite_and_test_and_tell_skips_from_passes() {
 /// Tests of the whole suite that fail on this target today, each with why; the run
 /// must fail exactly these (a new failure fails the test, and so does a fixed one until
 /// it leaves this list). README "What is not done" names them too.
-const KNOWN_FAILURES: &[(&str, &str)] = &[
-    (
-        "Sanitize.Readonly",
-        "software write protect (control mode page SWP) set through one session must \
-         reach the others; mode pages are kept per session",
-    ),
-    (
-        "Sanitize.Reset",
-        "after the suite's aborts, resets and reconnection the sanitize finishes, but \
+const KNOWN_FAILURES: &[(&str, &str)] = &[(
+    "Sanitize.Reset",
+    "after the suite's aborts, resets and reconnection the sanitize finishes, but \
          the suite's TEST UNIT READY poll never sees it end; not understood yet",
-    ),
-];
+)];
 
 /// libiscsi's whole suite (`-t ALL`, with `--dataloss --allow-sanitize`) against a thin
 /// LUN that allows SANITIZE, through both portals of the server, then the suites whose

@@ -5,8 +5,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use super::mode::{self, ModeState};
 use super::reservations::Nexus;
 use super::state::LuState;
@@ -31,8 +29,8 @@ pub struct LuConfig {
     pub sanitize: bool,
 }
 
-/// One logical unit. Shared by every session that maps it (`Send + Sync`); the mode page
-/// state that MODE SELECT changes sits behind a lock.
+/// One logical unit as one nexus sees it; what all its nexuses share (mode pages,
+/// reservations, the medium) is its [`LuState`].
 #[derive(Debug)]
 pub struct LogicalUnit {
     block_size: u32,
@@ -42,7 +40,6 @@ pub struct LogicalUnit {
     name: String,
     thick: bool,
     sanitize: bool,
-    mode: Mutex<ModeState>,
     /// Removable medium (RMB in INQUIRY): START STOP UNIT loads and ejects it.
     removable: bool,
     /// Shared by every nexus of the LU: reservations, medium, cross-nexus unit attentions.
@@ -81,7 +78,6 @@ impl LogicalUnit {
             name: cfg.name,
             thick: cfg.thick,
             sanitize: cfg.sanitize,
-            mode: Mutex::new(ModeState::default()),
             removable: false,
             state: Arc::new(LuState::default()),
             nexus: Nexus::new("", [0; 6], "", 1),
@@ -178,13 +174,13 @@ impl LogicalUnit {
     /// Writes are refused: read-only by configuration, or software write protect (SWP in the
     /// control mode page, SPC-5 7.5.8) set by MODE SELECT.
     pub fn write_protected(&self) -> bool {
-        self.read_only || self.mode.lock().swp
+        self.read_only || self.state.mode.lock().swp
     }
 
     /// WCE of the caching mode page (SBC-4 6.5.5). When it is off, `plan` marks every write
     /// FUA, so the volume writes through.
     pub fn write_cache_enabled(&self) -> bool {
-        self.mode.lock().wce
+        self.state.mode.lock().wce
     }
 
     /// Largest READ/WRITE/VERIFY transfer length accepted, in blocks (at least 1).
@@ -194,7 +190,7 @@ impl LogicalUnit {
 
     /// The mode page state, read once under the lock.
     pub(crate) fn mode_state(&self) -> ModeState {
-        *self.mode.lock()
+        *self.state.mode.lock()
     }
 
     /// Apply MODE SELECT parameter data (`ten`: MODE SELECT(10) header, else (6)).
@@ -204,7 +200,7 @@ impl LogicalUnit {
 
     /// `mode_select`, also saying whether anything changed.
     pub fn apply_mode_select(&self, ten: bool, data: &[u8]) -> ModeSelectOutcome {
-        let mut state = self.mode.lock();
+        let mut state = self.state.mode.lock();
         match mode::parse_select(ten, data, &state, self.block_size) {
             Ok(next) => {
                 let changed = next != *state;

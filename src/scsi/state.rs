@@ -49,6 +49,9 @@ pub struct LuState {
     /// Held across a PERSISTENT RESERVE OUT and the save of its result, so saves land in
     /// the order the changes were made.
     saving: Mutex<()>,
+    /// The LU's mode pages (WCE, SWP, ...): one set for every nexus (SPC-5 7.5.1), so a
+    /// MODE SELECT through one session is what every other session sees.
+    pub(crate) mode: Mutex<super::mode::ModeState>,
 }
 
 impl Default for LuState {
@@ -72,6 +75,7 @@ impl LuState {
             }),
             posted: AtomicU64::new(0),
             saving: Mutex::new(()),
+            mode: Mutex::new(super::mode::ModeState::default()),
         }
     }
 
