@@ -103,7 +103,9 @@ impl Disk for OsDisk {
     }
 }
 
-fn fallocate(file: &File, mode: libc::c_int, at: u64, len: u64) -> io::Result<()> {
+/// `fallocate(2)` with `mode` on `len` bytes of `file` from `at`; offsets past what
+/// the call takes are EINVAL.
+pub fn fallocate(file: &File, mode: libc::c_int, at: u64, len: u64) -> io::Result<()> {
     let (Ok(off), Ok(n)) = (i64::try_from(at), i64::try_from(len)) else {
         return Err(io::Error::from_raw_os_error(libc::EINVAL));
     };

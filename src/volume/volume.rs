@@ -68,36 +68,14 @@ pub fn allocation(file: &File, offset: u64, len: u64) -> io::Result<Vec<(u64, u6
 /// Deallocates a range of `file` (it keeps its size); the partial file-system blocks at
 /// either end are zeroed by the kernel.
 fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    // SAFETY: fallocate on an fd we own; no memory is passed.
-    let r = unsafe {
-        libc::fallocate(
-            std::os::fd::AsRawFd::as_raw_fd(file),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    crate::durable::fallocate(file, mode, offset, len)
 }
 
 /// Zeroes a range of `file` keeping it allocated (a thick volume's deallocation).
 fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    // SAFETY: fallocate on an fd we own; no memory is passed.
-    let r = unsafe {
-        libc::fallocate(
-            std::os::fd::AsRawFd::as_raw_fd(file),
-            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+    crate::durable::fallocate(file, mode, offset, len)
 }
 
 pub struct Volume {
@@ -210,17 +188,8 @@ impl Volume {
     /// now on a deallocation (`discard`) zeroes its range in place instead of punching
     /// holes, so the file stays whole. Blocks until the file system has allocated it.
     pub fn preallocate(mut self) -> Result<Volume, VolumeError> {
-        // SAFETY: fallocate on an fd we own; no memory is passed.
-        let r = unsafe {
-            libc::fallocate(
-                std::os::fd::AsRawFd::as_raw_fd(&*self.file),
-                0,
-                0,
-                self.size as libc::off_t,
-            )
-        };
-        if r < 0 {
-            return Err(self.io_error(io::Error::last_os_error()));
+        if let Err(e) = crate::durable::fallocate(&self.file, 0, 0, self.size) {
+            return Err(self.io_error(e));
         }
         self.thick = true;
         Ok(self)
