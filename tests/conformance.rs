@@ -131,9 +131,7 @@ fn iscsi_test_cu_suites_have_no_failures() {
 
 #[test]
 fn thin_provisioning_suites_pass_without_skips() {
-    let s = TestServer::start();
-    s.ctl_ok(&["volume", "create", "thin", "--size", "64M"]);
-    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "thin"]);
+    let s = server_with_lun("thin", &[]);
     s.ctl_ok(&[
         "volume",
         "create",
@@ -172,6 +170,16 @@ fn thin_provisioning_suites_pass_without_skips() {
 fn skipped_tests_are_counted_per_test_without_the_suite_probe() {
     let out = "    [SKIPPED] PERSISTENT RESERVE IN is not implemented.\n  Test: ZeroBlocks ...    [SKIPPED] no 0-blocks.\n    [SKIPPED] again\npassed\n  Test: Simple ...passed    [SKIPPED] PERSISTENT RESERVE IN is not implemented.\n";
     assert_eq!(skipped_tests(out), vec!["ZeroBlocks".to_string()]);
+}
+
+/// A server whose LUN 1 is a new 64 MiB volume `name`, mapped with `map_options`.
+fn server_with_lun(name: &str, map_options: &[&str]) -> TestServer {
+    let s = TestServer::start();
+    s.ctl_ok(&["volume", "create", name, "--size", "64M"]);
+    let mut map = vec!["lun", "map", DEMO_IQN, "1", name];
+    map.extend_from_slice(map_options);
+    s.ctl_ok(&map);
+    s
 }
 
 /// Runs one suite with `--dataloss` and `extra` options against `urls` (the first is the
@@ -224,9 +232,7 @@ fn suites_without_skips(s: &TestServer, suites: &[(&str, u64)], extra: &[&str]) 
 /// LUN, warm and cold target resets.
 #[test]
 fn reservation_suites_pass_without_skips() {
-    let s = TestServer::start();
-    s.ctl_ok(&["volume", "create", "pr", "--size", "64M"]);
-    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "pr"]);
+    let s = server_with_lun("pr", &[]);
     let suites = [
         "SCSI.PrinReadKeys",
         "SCSI.PrinServiceactionRange",
@@ -245,9 +251,7 @@ fn reservation_suites_pass_without_skips() {
 /// timeouts descriptors), READ DEFECT DATA(10) and (12).
 #[test]
 fn reset_and_report_suites_pass_without_skips() {
-    let s = TestServer::start();
-    s.ctl_ok(&["volume", "create", "spc", "--size", "64M"]);
-    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "spc"]);
+    let s = server_with_lun("spc", &[]);
     let suites = [
         "iSCSI.iSCSITMF",
         "SCSI.ReportSupportedOpcodes",
@@ -265,9 +269,7 @@ fn reset_and_report_suites_pass_without_skips() {
 /// AND WRITE and ORWRITE: it skips, and this fails, where those are not implemented).
 #[test]
 fn removable_medium_suites_pass_without_skips() {
-    let s = TestServer::start();
-    s.ctl_ok(&["volume", "create", "removable", "--size", "64M"]);
-    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "removable", "--removable"]);
+    let s = server_with_lun("removable", &["--removable"]);
     let suites = ["SCSI.StartStopUnit", "SCSI.PreventAllow", "SCSI.NoMedia"];
     let problems = suites_without_failures_or_skips(&suites, &[s.url(DEMO_IQN, 1)]);
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
@@ -275,9 +277,7 @@ fn removable_medium_suites_pass_without_skips() {
 
 #[test]
 fn extended_copy_suites_pass_without_skips() {
-    let s = TestServer::start();
-    s.ctl_ok(&["volume", "create", "xcopy", "--size", "64M"]);
-    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "xcopy"]);
+    let s = server_with_lun("xcopy", &[]);
     let url = s.url(DEMO_IQN, 1);
     let problems =
         suites_without_failures_or_skips(&["SCSI.ExtendedCopy", "SCSI.ReceiveCopyResults"], &[url]);
@@ -306,9 +306,7 @@ fn multipath_suite_passes_through_two_portals_without_skips() {
 /// provisioning and more than one logical block per physical block).
 #[test]
 fn compare_and_write_suite_passes_without_skips() {
-    let s = TestServer::start();
-    s.ctl_ok(&["volume", "create", "caw", "--size", "64M"]);
-    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "caw"]);
+    let s = server_with_lun("caw", &[]);
     let problems = suites_without_skips(&s, &[("SCSI.CompareAndWrite", 1)], &[]);
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
@@ -318,9 +316,7 @@ fn compare_and_write_suite_passes_without_skips() {
 /// PRE-FETCH(10/16), on a thin 512-byte LUN.
 #[test]
 fn orwrite_write_atomic_and_prefetch_suites_pass_without_skips() {
-    let s = TestServer::start();
-    s.ctl_ok(&["volume", "create", "rmw", "--size", "64M"]);
-    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "rmw"]);
+    let s = server_with_lun("rmw", &[]);
     let suites = [
         ("SCSI.OrWrite", 1),
         ("SCSI.WriteAtomic16", 1),
@@ -337,9 +333,7 @@ fn orwrite_write_atomic_and_prefetch_suites_pass_without_skips() {
 /// PROTECTED.
 #[test]
 fn read_only_lun_suite_passes_without_skips() {
-    let s = TestServer::start();
-    s.ctl_ok(&["volume", "create", "ro", "--size", "64M"]);
-    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "ro", "--read-only"]);
+    let s = server_with_lun("ro", &["--read-only"]);
     let problems = suites_without_skips(&s, &[("SCSI.ReadOnly", 1)], &[]);
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
 }
