@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::mode::{self, ModeState};
 use super::reservations::Nexus;
-use super::state::LuState;
+use super::state::{LuState, SessionRef};
 use super::{Response, Sense};
 
 /// Largest transfer one READ/WRITE/VERIFY may ask for, in bytes. Reported in the Block Limits
@@ -46,7 +46,7 @@ pub struct LogicalUnit {
     state: Arc<LuState>,
     /// The I_T nexus this view of the LU serves, and the session behind it.
     nexus: Nexus,
-    session: u64,
+    session: SessionRef,
     /// The target port this LU is seen through, when the server has ports in target
     /// port groups (ALUA): INQUIRY then reports TPGS and VPD 83h its designators.
     port: Option<super::alua::TargetPort>,
@@ -81,7 +81,7 @@ impl LogicalUnit {
             removable: false,
             state: Arc::new(LuState::default()),
             nexus: Nexus::new("", [0; 6], "", 1),
-            session: 0,
+            session: SessionRef::fixed(0),
             port: None,
         }
     }
@@ -89,7 +89,7 @@ impl LogicalUnit {
     /// This LU as the nexus `nexus` (of session `session`) sees it, sharing `state` with
     /// the LU's other nexuses. Without it, an LU has a state of its own and an anonymous
     /// nexus (tests, fuzzing).
-    pub fn shared(mut self, state: Arc<LuState>, nexus: Nexus, session: u64) -> LogicalUnit {
+    pub fn shared(mut self, state: Arc<LuState>, nexus: Nexus, session: SessionRef) -> LogicalUnit {
         self.state = state;
         self.nexus = nexus;
         self.session = session;
@@ -118,8 +118,8 @@ impl LogicalUnit {
     }
 
     /// The session behind the nexus, so its end releases only what it took.
-    pub fn session(&self) -> u64 {
-        self.session
+    pub fn session(&self) -> &SessionRef {
+        &self.session
     }
 
     /// The LU as seen through `port` (a session's portal).

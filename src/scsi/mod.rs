@@ -69,7 +69,7 @@ pub use rmw::{first_difference, or_into};
 pub use sanitize::{overwrite_block, SanitizeKind};
 pub use sense::{key, key_name, FieldPointer, Sense, FIXED_SENSE_LEN};
 pub use spc::{naa_designator, serial_number, PRODUCT_ID, VENDOR_ID};
-pub use state::LuState;
+pub use state::{LuState, Presence, SessionRef};
 pub use xcopy::{
     copy_destination_protected, copy_segment_out_of_range, copy_status_data,
     copy_target_not_reachable, incorrect_copy_target_type, parse_copy_list, CopyList, CopyOutcome,

@@ -4,7 +4,9 @@
 //! [`LogicalUnit`](super::LogicalUnit) points at the one `LuState` of its LU.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::{Mutex, MutexGuard};
 
@@ -15,13 +17,63 @@ use super::Sense;
 /// oldest go (a nexus that never comes back must not grow the queue).
 const MAX_MAILBOX: usize = 256;
 
+/// Whether a session is still there. The server answers from the session's connection:
+/// an initiator that closed it and logged in again may send its next command before the
+/// old session's own task has noticed the close and reported the nexus lost.
+pub trait Presence: Send + Sync {
+    fn gone(&self) -> bool;
+}
+
+/// A session as an LU's shared state knows it: an id, so that a reinstated session's end
+/// never releases what its successor on the same nexus took, and its presence.
+#[derive(Clone)]
+pub struct SessionRef {
+    id: u64,
+    presence: Option<Arc<dyn Presence>>,
+}
+
+impl SessionRef {
+    pub fn new(id: u64, presence: Arc<dyn Presence>) -> SessionRef {
+        SessionRef {
+            id,
+            presence: Some(presence),
+        }
+    }
+
+    /// A session that is there until `LuState::nexus_lost` says otherwise (tests).
+    pub fn fixed(id: u64) -> SessionRef {
+        SessionRef { id, presence: None }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn gone(&self) -> bool {
+        self.presence.as_ref().is_some_and(|p| p.gone())
+    }
+}
+
+impl fmt::Debug for SessionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "session {}", self.id)
+    }
+}
+
 /// A holder of a RESERVE(6)/(10) reservation or of a PREVENT: the nexus and the
-/// session through which it did it (a reinstated session's end must not release what
-/// its successor took).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// session through which it did it.
+#[derive(Debug, Clone)]
 struct Holder {
     nexus: Nexus,
-    session: u64,
+    session: SessionRef,
+}
+
+impl Holder {
+    /// Another nexus holds it, through a session that is still there. A holder whose
+    /// session is gone is treated as its nexus loss would (SAM-5 6.3.4): it holds nothing.
+    fn bars(&self, nexus: &Nexus) -> bool {
+        self.nexus != *nexus && !self.session.gone()
+    }
 }
 
 #[derive(Debug)]
@@ -113,15 +165,14 @@ impl LuState {
             return false;
         }
         let opcode = cdb.first().copied().unwrap_or(0);
-        let inner = self.inner.lock();
+        let mut inner = self.inner.lock();
+        self.drop_gone_reservation(&mut inner, nexus);
         let spc2 = matches!(opcode, 0x16 | 0x17 | 0x56 | 0x57);
         if spc2 && inner.pr.has_registrations() {
             return true;
         }
         if let Some(h) = &inner.reserved_by {
-            if h.nexus != *nexus
-                && !matches!(opcode, 0x12 | 0xA0 | 0x03 | 0x17 | 0x57 | 0x16 | 0x56)
-            {
+            if h.bars(nexus) && !matches!(opcode, 0x12 | 0xA0 | 0x03 | 0x17 | 0x57 | 0x16 | 0x56) {
                 return true;
             }
         }
@@ -132,18 +183,15 @@ impl LuState {
     }
 
     /// RESERVE(6)/(10) (SPC-2 7.21): granted (true) unless another nexus holds it.
-    pub fn reserve(&self, nexus: &Nexus, session: u64) -> bool {
+    pub fn reserve(&self, nexus: &Nexus, session: &SessionRef) -> bool {
         let mut inner = self.inner.lock();
-        if inner
-            .reserved_by
-            .as_ref()
-            .is_some_and(|h| h.nexus != *nexus)
-        {
+        self.drop_gone_reservation(&mut inner, nexus);
+        if inner.reserved_by.as_ref().is_some_and(|h| h.bars(nexus)) {
             return false;
         }
         inner.reserved_by = Some(Holder {
             nexus: nexus.clone(),
-            session,
+            session: session.clone(),
         });
         self.note(&inner);
         true
@@ -191,6 +239,7 @@ impl LuState {
     /// nexus prevents removal, the medium stays as it is, loaded or not.
     pub fn load_eject(&self, load: bool) -> Result<(), Sense> {
         let mut inner = self.inner.lock();
+        inner.preventing.retain(|h| !h.session.gone());
         if !inner.preventing.is_empty() {
             return Err(Sense::medium_removal_prevented());
         }
@@ -199,13 +248,13 @@ impl LuState {
     }
 
     /// PREVENT ALLOW MEDIUM REMOVAL from one nexus (SBC-4 5.15).
-    pub fn prevent(&self, nexus: &Nexus, session: u64, prevent: bool) {
+    pub fn prevent(&self, nexus: &Nexus, session: &SessionRef, prevent: bool) {
         let mut inner = self.inner.lock();
         inner.preventing.retain(|h| h.nexus != *nexus);
         if prevent {
             inner.preventing.push(Holder {
                 nexus: nexus.clone(),
-                session,
+                session: session.clone(),
             });
         }
     }
@@ -224,12 +273,25 @@ impl LuState {
     /// prevention end; PR registrations stay (SPC-5 5.14.1).
     pub fn nexus_lost(&self, nexus: &Nexus, session: u64) {
         let mut inner = self.inner.lock();
-        let ours = |h: &Holder| h.nexus == *nexus && h.session == session;
+        let ours = |h: &Holder| h.nexus == *nexus && h.session.id == session;
         if inner.reserved_by.as_ref().is_some_and(ours) {
             inner.reserved_by = None;
         }
         inner.preventing.retain(|h| !ours(h));
         self.note(&inner);
+    }
+
+    /// A RESERVE held through a session that is gone ends, as at that session's nexus
+    /// loss, before it can turn `nexus` away.
+    fn drop_gone_reservation(&self, inner: &mut Inner, nexus: &Nexus) {
+        let gone = inner
+            .reserved_by
+            .as_ref()
+            .is_some_and(|h| h.nexus != *nexus && h.session.gone());
+        if gone {
+            inner.reserved_by = None;
+            self.note(inner);
+        }
     }
 
     /// Establishes a unit attention for another nexus.

@@ -2070,12 +2070,15 @@ fn two_nexuses(removable: bool) -> (LogicalUnit, LogicalUnit) {
     let state = std::sync::Arc::new(LuState::default());
     let n =
         |i: u8| reservations::Nexus::new(&format!("iqn.test:{i}"), [0, 0, 0, 0, 0, i], "iqn.t", 1);
-    let a = LogicalUnit::new(cfg())
-        .with_removable(removable)
-        .shared(state.clone(), n(1), 1);
-    let b = LogicalUnit::new(cfg())
-        .with_removable(removable)
-        .shared(state, n(2), 2);
+    let a = LogicalUnit::new(cfg()).with_removable(removable).shared(
+        state.clone(),
+        n(1),
+        SessionRef::fixed(1),
+    );
+    let b =
+        LogicalUnit::new(cfg())
+            .with_removable(removable)
+            .shared(state, n(2), SessionRef::fixed(2));
     (a, b)
 }
 
@@ -2113,7 +2116,7 @@ fn reserve_6_excludes_other_nexuses_until_released_or_reset() {
         Status::ReservationConflict,
         "another session of the nexus ended: the reservation stays"
     );
-    b.state().nexus_lost(b.nexus(), b.session());
+    b.state().nexus_lost(b.nexus(), b.session().id());
     assert!(good(run(&TUR, &a)).is_empty());
 }
 
@@ -2229,7 +2232,7 @@ fn removable_medium_ejects_loads_and_is_locked_in() {
     // changes nothing.
     assert!(good(run(&prevent, &b)).is_empty());
     assert_eq!(kcq(run(&load, &a)), REMOVAL_PREVENTED);
-    b.state().nexus_lost(b.nexus(), b.session());
+    b.state().nexus_lost(b.nexus(), b.session().id());
     assert!(good(run(&[op::START_STOP_UNIT, 0, 0, 0, 0x10, 0], &a)).is_empty());
     assert!(good(run(&[op::START_STOP_UNIT, 0, 0, 0, 0x01, 0], &a)).is_empty());
     assert_eq!(kcq(run(&TUR, &a)), NO_MEDIUM);
@@ -2506,4 +2509,43 @@ fn overwrite_parameters_tile_the_pattern_over_a_block() {
         crate::scsi::overwrite_block(&[0x01, 0, 0, 2, 9], 8).is_err(),
         "short list"
     );
+}
+
+/// A presence the test switches off, as a connection whose initiator hung up.
+struct Switch(std::sync::atomic::AtomicBool);
+
+impl Presence for Switch {
+    fn gone(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+#[test]
+fn what_a_hung_up_session_holds_bars_no_one_before_its_nexus_loss_is_reported() {
+    let state = std::sync::Arc::new(LuState::default());
+    let n =
+        |i: u8| reservations::Nexus::new(&format!("iqn.test:{i}"), [0, 0, 0, 0, 0, i], "iqn.t", 1);
+    let switch = std::sync::Arc::new(Switch(false.into()));
+    let a = LogicalUnit::new(cfg()).with_removable(true).shared(
+        state.clone(),
+        n(1),
+        SessionRef::new(1, switch.clone()),
+    );
+    let b = LogicalUnit::new(cfg())
+        .with_removable(true)
+        .shared(state, n(2), SessionRef::fixed(2));
+    let eject = [op::START_STOP_UNIT, 0, 0, 0, 0x02, 0];
+    let load = [op::START_STOP_UNIT, 0, 0, 0, 0x03, 0];
+    assert!(good(run(&[op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 1, 0], &a)).is_empty());
+    assert!(good(run(&RESERVE6, &a)).is_empty());
+    assert_eq!(status_of(run(&TUR, &b)), Status::ReservationConflict);
+    assert_eq!(status_of(run(&RESERVE6, &b)), Status::ReservationConflict);
+    switch.0.store(true, std::sync::atomic::Ordering::Release);
+    assert!(
+        good(run(&TUR, &b)).is_empty(),
+        "the RESERVE went with its session"
+    );
+    assert!(good(run(&eject, &b)).is_empty(), "so did the PREVENT");
+    assert!(good(run(&load, &b)).is_empty());
+    assert!(good(run(&RESERVE6, &b)).is_empty());
 }

@@ -22,6 +22,7 @@ use crate::server::directory::Directory;
 use crate::server::ffp::{Ffp, Setup};
 use crate::server::frames::{FrameReader, ReadError};
 use crate::server::luns::LunView;
+use crate::server::presence::ConnPresence;
 use crate::server::registry::SessionEntry;
 use crate::server::writer::{self, Traffic, Window};
 use crate::server::Shared;
@@ -104,6 +105,7 @@ async fn serve_inner(
     // its SCSI target port and its ALUA target port group: one number for all three.
     let tpgt = port.group;
     let _counted = node.metrics.connection();
+    let presence = Arc::new(ConnPresence::new(&stream));
     let (rd, mut wr) = stream.into_split();
     let traffic = Arc::new(Traffic::default());
     let mut reader = FrameReader::new(
@@ -355,13 +357,14 @@ async fn serve_inner(
         conn: outcome.conn,
         cid: outcome.cid,
         discovery,
-        luns: LunView::new(target, port),
+        luns: LunView::new(target, port, presence.clone()),
         entry: entry.clone(),
         stop: stop_rx,
         text,
     });
     ffp.run().instrument(span.clone()).await;
     drop(ffp);
+    presence.end();
     // The writer ends once every task holding a sender has finished.
     let _ = writer.await;
     stop_on_shutdown.abort();

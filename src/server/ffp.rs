@@ -1223,6 +1223,9 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             for mut w in waits {
                 let _ = w.wait_for(|d| *d).await;
             }
+            // The nexus ends before the initiator hears so: its next session must find
+            // the RESERVE and PREVENT of this one gone.
+            self.luns.nexus_lost();
         }
         let r = LogoutResponse {
             response: decision.response(),

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use crate::catalog::{split_snapshot_ref, LunSpec, PortGroupState};
 use crate::scsi::alua::{self, AccessState, PortGroupStatus, TargetPort};
 use crate::scsi::reservations::{Nexus, PrState};
-use crate::scsi::{LogicalUnit, LuConfig, LuState, Sense, UnitAttentions};
+use crate::scsi::{LogicalUnit, LuConfig, LuState, Presence, Sense, SessionRef, UnitAttentions};
 use crate::server::Shared;
 use crate::tracking::CutId;
 use crate::volume::Volume;
@@ -49,7 +49,7 @@ pub struct LunView {
     /// The initiator port of this session: iSCSI name and ISID.
     initiator: String,
     isid: [u8; 6],
-    session: u64,
+    session: SessionRef,
     /// The portal the session came in through.
     port: TargetPort,
     /// The port group states last seen: a change raises ASYMMETRIC ACCESS STATE
@@ -58,13 +58,13 @@ pub struct LunView {
 }
 
 impl LunView {
-    pub fn new(target: String, port: TargetPort) -> LunView {
+    pub fn new(target: String, port: TargetPort, presence: Arc<dyn Presence>) -> LunView {
         LunView {
             target,
             entries: HashMap::new(),
             initiator: String::new(),
             isid: [0; 6],
-            session: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            session: SessionRef::new(NEXT_SESSION.fetch_add(1, Ordering::Relaxed), presence),
             port,
             states_seen: BTreeMap::new(),
         }
@@ -92,7 +92,7 @@ impl LunView {
             e.handle
                 .lu
                 .state()
-                .nexus_lost(e.handle.lu.nexus(), self.session);
+                .nexus_lost(e.handle.lu.nexus(), self.session.id());
         }
     }
 
@@ -215,7 +215,7 @@ impl LunView {
                 sanitize: volume.sanitize_allowed(),
             })
             .with_removable(spec.removable)
-            .shared(node.lu_states.get(id), self.nexus(), self.session)
+            .shared(node.lu_states.get(id), self.nexus(), self.session.clone())
             .with_target_port(self.port);
             let resets = node.sessions.reset_counter(&self.target, lun);
             let resets_seen = resets.load(Ordering::Acquire);

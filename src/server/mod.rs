@@ -10,6 +10,7 @@ mod exec;
 pub mod ffp;
 mod frames;
 mod luns;
+mod presence;
 mod registry;
 pub mod writer;
 mod xcopy;
