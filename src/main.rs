@@ -213,6 +213,13 @@ enum CtlCommand {
     /// every interval.
     #[command(subcommand)]
     Schedule(ScheduleCmd),
+    /// On the promoted side, once the old primary is back: it keeps its writes since
+    /// the common cut in a new volume and becomes the secondary; only pages changed on
+    /// either side since that cut are shipped.
+    Failback {
+        /// The replication set.
+        name: String,
+    },
     /// On a secondary: make its volume or group an ordinary writable one, at the latest
     /// recovery point or at an older one.
     Promote {
@@ -1181,6 +1188,7 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
         CtlCommand::Suspend { name } => Action::Suspend { name }.into(),
         CtlCommand::Resume { name } => Action::Resume { name }.into(),
         CtlCommand::Abort { name } => Action::Abort { name }.into(),
+        CtlCommand::Failback { name } => Action::Failback { name }.into(),
         CtlCommand::Promote {
             volume,
             group,

@@ -602,6 +602,24 @@ impl Host for Node {
     fn roll_back(&self, name: &str, cut: u64) -> Result<(), ReplicationError> {
         self.replication.roll_back(name, cut)
     }
+    fn promote_set(
+        &self,
+        name: &str,
+        spec: &ReplicationSpec,
+        fork: crate::replication::wire::Fork,
+        resync_all: bool,
+    ) -> Result<(), ReplicationError> {
+        self.block_on(self.replication.promote_here(name, spec, fork, resync_all))
+    }
+    fn promoted(&self, name: &str, spec: &ReplicationSpec) {
+        self.replication.promoted(name, spec);
+    }
+    fn promote_undone(&self, name: &str, spec: &ReplicationSpec) {
+        self.replication.promote_undone(name, spec);
+    }
+    fn failback(&self, name: &str) -> Result<String, ReplicationError> {
+        self.block_on(self.replication.failback(name))
+    }
     fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPoint>, ReplicationError> {
         self.replication.recovery_points(name)
     }
@@ -667,6 +685,9 @@ impl crate::replication::Host for Node {
     fn drop_secondary(&self, set: &str) -> Result<(), ChangeRefused> {
         crate::admin::replication::drop_secondary(self, set)
             .map_err(|e| Box::new(e) as ChangeRefused)
+    }
+    fn demote(&self, set: &str, cut: u64) -> Result<Vec<String>, ChangeRefused> {
+        crate::admin::replication::demote(self, set, cut).map_err(|e| Box::new(e) as ChangeRefused)
     }
     fn foreground_ops(&self) -> u64 {
         self.metrics.foreground_ops()

@@ -599,11 +599,11 @@ fn promote_at_an_older_recovery_point_gives_that_cut_and_a_writable_volume() {
         std::fs::read(s.volume_file("v")).unwrap() == *oldest,
         "the promoted volume is not cut {oldest_cut}'s content"
     );
-    // No longer a secondary: writable through a LUN.
-    assert_eq!(
-        s.ctl_json(&["replication", "list"])["replications"],
-        serde_json::json!([])
-    );
+    // A primary now, held until failback, and writable through a LUN.
+    let v = show(&s, "r");
+    assert_eq!(v["role"], "primary", "{v}");
+    assert_eq!(v["status"], "promoted", "{v}");
+    assert_eq!(v["common_cut"], *oldest_cut, "{v}");
     s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
     qemu_io(
         &s.url(DEMO_IQN, 1),

@@ -124,6 +124,7 @@ pub const COMMANDS: &[&str] = &[
     "resume",
     "abort",
     "promote",
+    "failback",
     "schedule_add",
     "schedule_list",
     "schedule_modify",
@@ -408,6 +409,12 @@ pub enum Action {
     },
     /// On the secondary: make a secondary volume or group an ordinary writable one, at
     /// the latest recovery point or at `recovery_point`.
+    /// On the promoted side: the old primary keeps its divergent writes aside and
+    /// becomes the secondary; only the pages changed on either side since the common
+    /// cut are shipped.
+    Failback {
+        name: String,
+    },
     Promote {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         volume: Option<String>,
@@ -540,7 +547,9 @@ impl Kind {
             | "schedule_add" | "schedule_modify" | "schedule_delete" | "port_group_set" => {
                 Kind::Change
             }
-            "replicate" | "restart" | "suspend" | "resume" | "abort" | "promote" => Kind::Action,
+            "replicate" | "restart" | "suspend" | "resume" | "abort" | "promote" | "failback" => {
+                Kind::Action
+            }
             _ => return None,
         })
     }
@@ -838,6 +847,14 @@ pub struct ReplicationView {
     /// Status transitions, oldest first: "TIME STATUS".
     #[serde(default)]
     pub events: Vec<String>,
+    /// While a promote is unsettled (`promoted`, `peer-promoted`): the cut both sides
+    /// last shared, the generation the promote made, and the pages this side wrote since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub common_cut: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_generation: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pages_since_common_cut: Option<u64>,
 }
 
 impl Eq for ReplicationView {}

@@ -22,6 +22,7 @@ use crate::catalog::{
 use crate::events::EventKind;
 use crate::replication::recovery::RecoveryPoint;
 use crate::replication::status::{SetState, SetStatus};
+use crate::replication::wire::Fork;
 use crate::time::{rfc3339_utc, unix_secs};
 
 pub fn peer_view(c: &Catalog, name: &str) -> PeerView {
@@ -389,6 +390,14 @@ pub fn add_status(v: &mut ReplicationView, st: SetStatus) {
     v.current_rate = st.current_rate;
     v.error = st.error;
     v.next_retry = st.next_retry_unix.map(rfc3339_utc);
+    if let Some(f) = st
+        .peer_fork
+        .or(st.fork.filter(|_| st.state == SetState::Promoted))
+    {
+        v.common_cut = Some(f.cut);
+        v.promoted_generation = Some(f.generation);
+        v.pages_since_common_cut = st.pages_since_fork;
+    }
     v.events = st
         .events
         .iter()
@@ -438,6 +447,9 @@ pub fn replication_view(c: &Catalog, name: &str) -> ReplicationView {
         queued: 0,
         error: None,
         next_retry: None,
+        common_cut: None,
+        promoted_generation: None,
+        pages_since_common_cut: None,
         events: Vec::new(),
     }
 }
@@ -555,8 +567,11 @@ pub fn drop_secondary<H: super::Host + ?Sized>(host: &H, set: &str) -> Result<()
     Ok(())
 }
 
-/// Failover: the secondary set holding `volume` (or group `group`) becomes ordinary
-/// writable volumes, at its latest recovery point or rolled back to `point` first.
+/// Failover: the secondary set holding `volume` (or group `group`) becomes writable, at
+/// its latest recovery point or rolled back to `point` first. The set stays, as a
+/// primary held until `failback`: the promote forks the set's history (a new
+/// generation whose parent is the secondary's, at the cut it was promoted at), so the
+/// old primary learns it at its next connection and the pair can come back.
 pub fn promote<H: super::Host + ?Sized>(
     host: &H,
     volume: Option<&str>,
@@ -585,26 +600,163 @@ pub fn promote<H: super::Host + ?Sized>(
     };
     // Before the first cut commits (a new set, or after `restart`), the volumes hold a
     // partial copy.
-    if host.recovery_points(&set)?.is_empty() {
+    let points = host.recovery_points(&set)?;
+    let Some(latest) = points.first().map(|p| p.cut) else {
         return Err(AdminError::NoCommittedCut(set));
-    }
+    };
+    let parent = host
+        .replication_status(&set)
+        .map(|s| s.generation)
+        .unwrap_or_default();
     if let Some(cut) = point {
         host.roll_back(&set, cut)?;
     }
-    drop_secondary(host, &set)?;
+    let fork = Fork {
+        generation: parent + 1 + u64::from(rand::random::<u32>()),
+        parent,
+        cut: point.unwrap_or(latest),
+        promoted_unix: unix_now(),
+    };
+    host.promote_set(&set, &spec, fork, point.is_some_and(|p| p != latest))?;
+    {
+        let _serial = host.change_lock().lock();
+        let mut new = host.catalog().read().clone();
+        if let Some(r) = new.replications.get_mut(&set) {
+            r.role = ReplicationRole::Primary;
+            r.every_secs = None;
+        }
+        if let Err(e) = super::store::save(host.data_dir(), &new) {
+            host.promote_undone(&set, &spec);
+            return Err(e.into());
+        }
+        *host.catalog().write() = new;
+    }
+    host.promoted(&set, &spec);
     host.events().emit_with(|| EventKind::Promoted {
         set: set.clone(),
         volumes: spec.volumes.clone(),
         recovery_point: point,
     });
-    let at = point.map_or_else(
-        || "its latest recovery point".to_string(),
-        |c| format!("recovery point {c}"),
-    );
     Ok(format!(
-        "promoted {} of set '{set}' at {at}: writable now; the set is gone from this side",
-        spec.volumes.join(", ")
+        "promoted {} of set '{set}' at cut {} (generation {}): writable now (map its LUNs without --read-only); the set stays here, held until `failback {set}` once the old primary is back",
+        spec.volumes.join(", "),
+        fork.cut,
+        fork.generation,
     ))
+}
+
+/// Failback reached the old primary (`replication::Host::demote`): each volume's content
+/// is kept in a new plain volume, the set's LUNs become read-only, and the set becomes
+/// the secondary. Returns the kept volumes.
+pub fn demote<H: super::Host + ?Sized>(
+    host: &H,
+    set: &str,
+    cut: u64,
+) -> Result<Vec<String>, AdminError> {
+    let _serial = host.change_lock().lock();
+    let mut new = host.catalog().read().clone();
+    let spec = match new.replications.get(set) {
+        Some(s) if s.role == ReplicationRole::Primary => s.clone(),
+        Some(_) => return Err(crate::replication::ReplicationError::NotPrimary(set.into()).into()),
+        None => return Err(AdminError::NoSet(set.to_string())),
+    };
+    // No new write reaches the volumes from here on: their LUNs are read-only, as a
+    // secondary's are.
+    for t in new.targets.values_mut() {
+        for l in t.luns.values_mut() {
+            if spec.volumes.contains(&l.volume) {
+                l.read_only = true;
+            }
+        }
+    }
+    if let Some(r) = new.replications.get_mut(set) {
+        r.role = ReplicationRole::Secondary;
+        r.every_secs = None;
+    }
+    let mut created: Vec<(String, crate::catalog::VolumeSpec)> = Vec::new();
+    let undo = |created: &[(String, crate::catalog::VolumeSpec)]| {
+        for (name, spec) in created {
+            super::apply::discard_volume(host, name, spec);
+        }
+    };
+    for v in &spec.volumes {
+        let Some(vs) = new.volumes.get(v).cloned() else {
+            continue;
+        };
+        let mut name = format!("{v}.before-failback-{cut}");
+        let mut n = 2;
+        while new.volumes.contains_key(&name) {
+            name = format!("{v}.before-failback-{cut}-{n}");
+            n += 1;
+        }
+        let kept = super::apply::new_volume_spec(
+            &new,
+            vs.size,
+            vs.block_size,
+            vs.page_size,
+            &mut rand::random::<u64>,
+        );
+        let from = host.data_dir().join(&vs.path);
+        let to = host.data_dir().join(&kept.path);
+        if let Err(e) = super::apply::create_volume_file(&to, vs.size)
+            .and_then(|()| {
+                copy_sparse(&from, &to).map_err(|source| AdminError::CreateFile {
+                    path: to.clone(),
+                    source,
+                })
+            })
+            .and_then(|()| {
+                host.open_volume(&name, &kept)
+                    .map_err(|source| AdminError::OpenVolume {
+                        name: name.clone(),
+                        source,
+                    })
+            })
+        {
+            let _ = std::fs::remove_file(&to);
+            undo(&created);
+            return Err(e);
+        }
+        created.push((name.clone(), kept.clone()));
+        new.volumes.insert(name, kept);
+    }
+    if let Err(e) = super::store::save(host.data_dir(), &new) {
+        undo(&created);
+        return Err(e.into());
+    }
+    *host.catalog().write() = new;
+    Ok(created.into_iter().map(|(n, _)| n).collect())
+}
+
+/// Copies the written extents of `from` into `to` (same size, holes stay holes), and
+/// fsyncs `to`.
+fn copy_sparse(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let src = std::fs::File::open(from)?;
+    let dst = std::fs::OpenOptions::new().write(true).open(to)?;
+    let size = src.metadata()?.len();
+    let mut buf = vec![0u8; 1 << 20];
+    for (at, len, mapped) in crate::volume::allocation(&src, 0, size)? {
+        if !mapped {
+            continue;
+        }
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
+            src.read_exact_at(&mut buf[..n], at + done)?;
+            dst.write_all_at(&buf[..n], at + done)?;
+            done += n as u64;
+        }
+    }
+    dst.sync_all()
+}
+
+/// `failback SET` on the promoted side (`replication::Sets::failback`).
+pub fn failback<H: super::Host + ?Sized>(host: &H, set: &str) -> Result<String, AdminError> {
+    if !host.catalog().read().replications.contains_key(set) {
+        return Err(AdminError::NoSet(set.to_string()));
+    }
+    Ok(host.failback(set)?)
 }
 
 fn unix_now() -> u64 {

@@ -21,7 +21,9 @@ use super::readahead::ReadAhead;
 use super::recovery::{CutMeta, ExtentData, RecoveryError};
 use super::sets::{PeerConnHandle, Sets};
 use super::tls::{self, Tls};
-use super::wire::{self, auth, ErrorCode, Frame, Message, PointView, WireError, PROTOCOL_VERSION};
+use super::wire::{
+    self, auth, ErrorCode, Fork, Frame, Message, PointView, WireError, PROTOCOL_VERSION,
+};
 use crate::catalog::ReplicationRole;
 use crate::throttle::Source;
 
@@ -66,6 +68,9 @@ enum Refusal {
     },
     #[error("the extent writer failed: {0}")]
     Writer(tokio::task::JoinError),
+    /// The set was promoted here: answered with `Promoted`, not an error.
+    #[error("set '{set}' was promoted here")]
+    Promoted { set: String, fork: Fork },
 }
 
 impl Refusal {
@@ -83,12 +88,16 @@ impl Refusal {
             Refusal::Store(_) => ErrorCode::Io,
             Refusal::Base { .. } => ErrorCode::Base,
             Refusal::Writer(_) => ErrorCode::Internal,
+            Refusal::Promoted { .. } => ErrorCode::Refused,
         }
     }
 }
 
 impl From<Refusal> for Message {
     fn from(r: Refusal) -> Message {
+        if let Refusal::Promoted { set, fork } = r {
+            return Message::Promoted { set, fork };
+        }
         Message::Error {
             code: r.code(),
             message: r.to_string(),
@@ -490,15 +499,15 @@ async fn answer(
             node_change(host, move |h| h.accept_secondary(req)).await
         }
         Message::DeleteSet { set } => {
-            owned_set(&**host, peer, &set)?;
+            owned_set(sets, &**host, peer, &set)?;
             node_change(host, move |h| h.drop_secondary(&set)).await
         }
         Message::ModifySet { set, keep } => {
-            owned_set(&**host, peer, &set)?;
+            owned_set(sets, &**host, peer, &set)?;
             node_change(host, move |h| h.modify_secondary(&set, keep)).await
         }
         Message::Reset { set, generation } => {
-            owned_set(&**host, peer, &set)?;
+            owned_set(sets, &**host, peer, &set)?;
             if !sets.claim(&set, conn) {
                 return Err(Refusal::Promoting(set));
             }
@@ -506,6 +515,14 @@ async fn answer(
             let mut store = store.lock().await;
             tokio::task::block_in_place(|| store.reset(generation)).map_err(Refusal::Store)?;
             Ok(Message::Ok)
+        }
+        Message::Failback { set, fork } => {
+            let (pages, kept) = sets
+                .demote_here(&set, peer, fork)
+                .await
+                .map_err(Refusal::Change)?;
+            tracing::warn!(set = %set, cut = fork.cut, kept = ?kept, "failback: the peer was promoted; this side is the secondary now");
+            Ok(Message::Divergent { pages, kept })
         }
         Message::RecoveryPoints { set } => {
             let summary = sets.receiver_summary(&set).ok_or(Refusal::NoSet(set))?;
@@ -550,7 +567,7 @@ async fn begin_cut(
     full: bool,
     base: Option<u64>,
 ) -> Result<Begin, Refusal> {
-    owned_set(host, peer, set)?;
+    owned_set(sets, host, peer, set)?;
     if !sets.claim(set, conn) {
         return Err(Refusal::Promoting(set.to_string()));
     }
@@ -617,9 +634,17 @@ where
 }
 
 /// The set exists here as a secondary of `peer`.
-fn owned_set(host: &dyn Host, peer: &str, set: &str) -> Result<(), Refusal> {
+fn owned_set(sets: &Sets, host: &dyn Host, peer: &str, set: &str) -> Result<(), Refusal> {
     match host.catalog().read().replications.get(set) {
         Some(r) if r.role == ReplicationRole::Secondary && r.peer == peer => Ok(()),
+        // Promoted here: the peer is the old primary, and learns it from the answer.
+        Some(r) if r.peer == peer => match sets.fork_of(set) {
+            Some(fork) => Err(Refusal::Promoted {
+                set: set.to_string(),
+                fork,
+            }),
+            None => Err(Refusal::NotOwned(set.to_string())),
+        },
         Some(_) => Err(Refusal::NotOwned(set.to_string())),
         None => Err(Refusal::NoSet(set.to_string())),
     }

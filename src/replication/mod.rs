@@ -137,6 +137,14 @@ pub enum ReplicationError {
         #[source]
         source: Box<recovery::RecoveryError>,
     },
+    #[error("peer '{peer}' was promoted at cut {} of this side's generation: this side is the old primary and ships nothing more (`failback` makes it the secondary)", fork.cut)]
+    PeerPromoted { peer: String, fork: wire::Fork },
+    #[error("replication set '{0}' was promoted here: it ships nothing until `failback {0}` makes the old primary its secondary")]
+    AwaitingFailback(String),
+    #[error("replication set '{set}': its peer was promoted at cut {cut}; run `failback {set}` (its writes since then are kept aside) or `resolve`")]
+    PeerWasPromoted { set: String, cut: u64 },
+    #[error("replication set '{0}' was not promoted here (or has failed back already): `failback` runs on the promoted side")]
+    NotPromoted(String),
     #[error("cannot save the state of replication set '{set}'")]
     State {
         set: String,

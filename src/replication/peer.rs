@@ -181,6 +181,10 @@ impl PeerConn {
                 code,
                 message,
             },
+            Message::Promoted { fork, .. } => ReplicationError::PeerPromoted {
+                peer: self.name.clone(),
+                fork,
+            },
             _ => ReplicationError::Unexpected {
                 peer: self.name.clone(),
             },

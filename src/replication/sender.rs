@@ -26,7 +26,7 @@ use super::pace::Pacer;
 use super::peer::PeerConn;
 use super::rate::{Limits, Meter};
 use super::status::{CycleProgress, CycleStats, SetState, SetStatus, StateChange};
-use super::wire::{self, EncodedExtent, Extent, ExtentKind, Message, MAX_EXTENT};
+use super::wire::{self, EncodedExtent, Extent, ExtentKind, Fork, Message, MAX_EXTENT};
 use super::ReplicationError;
 use crate::catalog::{Compression, QueuePolicy};
 use crate::events::{Emitter, EventKind};
@@ -63,6 +63,25 @@ pub struct PrimaryState {
     /// committed or staged before.
     #[serde(default)]
     pub issued_cut: Option<u64>,
+    /// This side was promoted (failover) and forked the set's history here.
+    #[serde(default)]
+    pub fork: Option<Fork>,
+    /// Promoted and not failed back yet: no cycle runs until `failback` has made the old
+    /// primary the secondary and told which pages it wrote since the common cut.
+    #[serde(default)]
+    pub awaiting_failback: bool,
+    /// What the first cut of this generation ships instead of all written data (after a
+    /// failback): per volume, the union of both sides' pages changed since the common
+    /// cut, hex as `wire::pages_to_hex`.
+    #[serde(default)]
+    pub resync: Option<Vec<String>>,
+    /// The peer said it was promoted (this side is the old primary): no cycle runs.
+    #[serde(default)]
+    pub peer_promoted: Option<Fork>,
+    /// Promoted at an older recovery point than the latest: the old primary may hold
+    /// cuts this side rolled back, so the failback's first cut ships all written data.
+    #[serde(default)]
+    pub resync_all: bool,
 }
 
 #[derive(Debug, Default)]
@@ -153,6 +172,7 @@ impl PrimarySet {
 
     /// `replicate`: start a cycle, or queue one by the set's policy.
     pub fn request(&self, policy: QueuePolicy) -> Result<String, ReplicationError> {
+        self.check_may_ship()?;
         if self.state.lock().suspended {
             return Err(ReplicationError::Suspended(self.name.clone()));
         }
@@ -183,6 +203,7 @@ impl PrimarySet {
     /// Restart Replication: the secondary drops every recovery point, a new generation
     /// starts and all written data is shipped again.
     pub fn restart(&self) -> Result<String, ReplicationError> {
+        self.check_may_ship()?;
         if self.state.lock().suspended {
             return Err(ReplicationError::Suspended(self.name.clone()));
         }
@@ -240,6 +261,47 @@ impl PrimarySet {
             "aborting the running cycle of '{}'; the secondary stays at its last recovery point",
             self.name
         ))
+    }
+
+    /// Cycles run only while neither side's promote is unsettled.
+    fn check_may_ship(&self) -> Result<(), ReplicationError> {
+        let st = self.state.lock();
+        if st.awaiting_failback {
+            return Err(ReplicationError::AwaitingFailback(self.name.clone()));
+        }
+        if let Some(f) = st.peer_promoted {
+            return Err(ReplicationError::PeerWasPromoted {
+                set: self.name.clone(),
+                cut: f.cut,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a promote on either side is unsettled (no cycle may run).
+    fn held(&self) -> bool {
+        self.check_may_ship().is_err()
+    }
+
+    /// A copy of the saved state.
+    pub fn saved_state(&self) -> PrimaryState {
+        self.state.lock().clone()
+    }
+
+    /// Changes the saved state with `f` and saves it; on a failed save nothing changes.
+    pub fn update_state(&self, f: impl FnOnce(&mut PrimaryState)) -> Result<(), ReplicationError> {
+        let mut st = self.state.lock();
+        let mut new = st.clone();
+        f(&mut new);
+        save_state(&self.dir, &new).map_err(|source| ReplicationError::State {
+            set: self.name.clone(),
+            source,
+        })?;
+        *st = new;
+        drop(st);
+        self.note_status();
+        self.wake.notify_one();
+        Ok(())
     }
 
     /// Records a status transition for `replication show`.
@@ -305,12 +367,21 @@ impl PrimarySet {
 
     /// Where the set stands now.
     fn state_now(&self) -> SetState {
-        let (suspended, has_cut) = {
+        let (suspended, has_cut, awaiting, peer_promoted) = {
             let st = self.state.lock();
-            (st.suspended, st.last_cut.is_some())
+            (
+                st.suspended,
+                st.last_cut.is_some(),
+                st.awaiting_failback,
+                st.peer_promoted.is_some(),
+            )
         };
         let live = self.live.lock();
-        if live.restart {
+        if awaiting {
+            SetState::Promoted
+        } else if peer_promoted {
+            SetState::PeerPromoted
+        } else if live.restart {
             SetState::StartReplication
         } else if suspended {
             SetState::Suspended
@@ -345,11 +416,14 @@ impl PrimarySet {
             error: live.error.clone(),
             next_retry_unix: live.next_retry.map(unix_secs),
             events: live.events.iter().copied().collect(),
+            fork: st.fork,
+            peer_fork: st.peer_promoted,
+            pages_since_fork: None,
         }
     }
 }
 
-fn state_path(dir: &Path) -> PathBuf {
+pub fn state_path(dir: &Path) -> PathBuf {
     dir.join("primary.json")
 }
 
@@ -362,7 +436,7 @@ fn load_state(dir: &Path) -> Result<PrimaryState, std::io::Error> {
 }
 
 /// Saves the state durably (`durable::replace`); an error names the file.
-fn save_state(dir: &Path, st: &PrimaryState) -> Result<(), std::io::Error> {
+pub fn save_state(dir: &Path, st: &PrimaryState) -> Result<(), std::io::Error> {
     save_state_on(&crate::durable::OsDisk, dir, st)
 }
 
@@ -432,7 +506,8 @@ async fn run(host: Weak<dyn Host>, set: Arc<PrimarySet>) {
         if set.stopping() {
             break;
         }
-        if set.state.lock().suspended {
+        if set.state.lock().suspended || set.held() {
+            set.live.lock().restart = false;
             set.note_status();
             continue;
         }
@@ -468,6 +543,20 @@ async fn run(host: Weak<dyn Host>, set: Arc<PrimarySet>) {
                 Ok(()) => {
                     failures = 0;
                     live.error = None;
+                }
+                Err(ReplicationError::PeerPromoted { peer, fork }) => {
+                    tracing::warn!(set = %set.name, peer = %peer, cut = fork.cut, "the peer was promoted: this side is the old primary and ships nothing more");
+                    live.error = None;
+                    drop(live);
+                    if let Err(e) = set.update_state(|st| st.peer_promoted = Some(fork)) {
+                        tracing::error!(set = %set.name, error = %crate::chain::ErrorChain(&e), "cannot record that the peer was promoted");
+                    }
+                    // The cut that met the promote goes; its pages stay dirty.
+                    if let Some(p) = set.pending.lock().take() {
+                        abandon(p);
+                    }
+                    set.note_status();
+                    continue;
                 }
                 Err(e) if set.stopping() || aborted => {
                     tracing::info!(set = %set.name, error = %e, "cycle abandoned");
@@ -621,7 +710,20 @@ async fn cycle(node: &dyn Host, set: &PrimarySet) -> Result<(), ReplicationError
             p
         }
         None => {
-            let p = new_pending(node, &spec.volumes, &volumes, &tracked, generation, base).await?;
+            let resync = match base {
+                None => set.state.lock().resync.clone(),
+                Some(_) => None,
+            };
+            let p = new_pending(
+                node,
+                &spec.volumes,
+                &volumes,
+                &tracked,
+                generation,
+                base,
+                resync.as_deref(),
+            )
+            .await?;
             let mut st = set.state.lock();
             st.issued_cut = Some(p.cut.id.0);
             let saved = st.clone();
@@ -687,6 +789,7 @@ async fn cycle(node: &dyn Host, set: &PrimarySet) -> Result<(), ReplicationError
             let mut st = set.state.lock();
             st.last_cut = Some(p.cut.id.0);
             st.last_cut_unix = Some(cut_unix);
+            st.resync = None;
             st.cycles += 1;
             st.last_cycle = Some(total);
             let saved = st.clone();
@@ -756,8 +859,21 @@ async fn new_pending(
     tracked: &[Arc<TrackedVolume>],
     generation: u64,
     base: Option<u64>,
+    resync: Option<&[String]>,
 ) -> Result<Pending, ReplicationError> {
     let full = base.is_none();
+    // After a failback the peer holds the common cut plus its own divergent pages: the
+    // first cut ships the union of both sides' changes since then, not all written data.
+    let resync: Option<Vec<RoaringBitmap>> = resync.map(|hexes| {
+        (0..names.len())
+            .map(|i| {
+                hexes
+                    .get(i)
+                    .and_then(|h| wire::pages_from_hex(h))
+                    .unwrap_or_default()
+            })
+            .collect()
+    });
     let refs: Vec<&TrackedVolume> = tracked.iter().map(|t| &**t).collect();
     let cut = node
         .cuts()
@@ -786,6 +902,12 @@ async fn new_pending(
             .map(|f| f.dirty.clone())
             .unwrap_or_default();
         let page = u64::from(t.page_size().bytes());
+        if let Some(r) = &resync {
+            data |= &r[i];
+            total += data.len() * page;
+            plan.extend(runs(i as u32, t.page_count(), &data, false));
+            continue;
+        }
         if full {
             match allocated_pages(v.path(), v.size(), page) {
                 Ok(alloc) => data |= alloc,

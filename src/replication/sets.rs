@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
+use super::host::ChangeRefused;
 use super::host::Host;
 use super::peer::PeerConn;
 use super::rate::{Bucket, Limits};
 use super::recovery::{ReceiverStore, ReceiverSummary, RecoveryPoint, VolumeTarget};
-use super::sender::PrimarySet;
+use super::sender::{PrimarySet, PrimaryState};
 use super::status::{SetState, SetStatus};
-use super::wire::{Message, RemoteVolume};
+use super::wire::{Fork, Message, RemoteVolume};
 use super::ReplicationError;
 use crate::catalog::{Compression, PeerSpec, ReplicationRole, ReplicationSpec};
 use crate::events::Emitter;
@@ -386,7 +387,24 @@ impl Sets {
     pub fn status(&self, name: &str) -> Option<SetStatus> {
         let primary = self.primaries.lock().get(name).cloned();
         if let Some(set) = primary {
-            return Some(set.status());
+            let mut st = set.status();
+            if matches!(st.state, SetState::Promoted | SetState::PeerPromoted) {
+                st.pages_since_fork = self.host().map(|h| {
+                    let volumes = h
+                        .catalog()
+                        .read()
+                        .replications
+                        .get(name)
+                        .map(|r| r.volumes.clone())
+                        .unwrap_or_default();
+                    volumes
+                        .iter()
+                        .filter_map(|v| h.volume(v))
+                        .filter_map(|v| v.tracking().map(|t| t.dirty().count()))
+                        .sum()
+                });
+            }
+            return Some(st);
         }
         let summary = self.receiver_summary(name)?;
         let mut st = SetStatus {
@@ -428,6 +446,212 @@ impl Sets {
         let result = store.blocking_lock().roll_back_to(cut).map_err(recovery);
         self.holders.lock().fenced.remove(name);
         result
+    }
+
+    /// Failover, step one: the secondary set `name` stops receiving (connections
+    /// superseded, peers fenced off, a cut being applied waited for) and its primary
+    /// state is written, recording `fork`. The receiver's files stay until
+    /// [`Sets::promoted`] (the catalog must say primary first); [`Sets::promote_undone`]
+    /// puts the receiver back when it cannot.
+    pub async fn promote_here(
+        &self,
+        name: &str,
+        spec: &ReplicationSpec,
+        fork: Fork,
+        resync_all: bool,
+    ) -> Result<(), ReplicationError> {
+        let host = self.host().ok_or(ReplicationError::Unavailable)?;
+        self.holders.lock().fenced.insert(name.to_string());
+        self.supersede(name);
+        let receiver = self.receivers.lock().remove(name);
+        if let Some(r) = receiver {
+            drop(r.store.lock().await);
+        }
+        let state = PrimaryState {
+            generation: fork.generation,
+            issued_cut: Some(fork.cut),
+            fork: Some(fork),
+            awaiting_failback: true,
+            resync_all,
+            ..PrimaryState::default()
+        };
+        // The pages written from here on are what this side changed since the fork.
+        for v in &spec.volumes {
+            if let Some(t) = host.volume(v).and_then(|vol| vol.tracking().cloned()) {
+                t.dirty().take();
+            }
+        }
+        let dir = set_dir(&*host, spec);
+        super::sender::save_state(&dir, &state).map_err(|source| ReplicationError::State {
+            set: name.to_string(),
+            source,
+        })
+    }
+
+    /// Failover, last step (the catalog says primary): the receiver's files go and the
+    /// set's primary task starts, held until `failback`.
+    pub fn promoted(&self, name: &str, spec: &ReplicationSpec) {
+        if let Some(host) = self.host() {
+            remove_receiver_files(&set_dir(&*host, spec));
+        }
+        self.holders.lock().fenced.remove(name);
+        self.start_set(name);
+    }
+
+    /// The catalog could not be changed: the set stays a secondary, as it was.
+    pub fn promote_undone(&self, name: &str, spec: &ReplicationSpec) {
+        if let Some(host) = self.host() {
+            let _ = std::fs::remove_file(super::sender::state_path(&set_dir(&*host, spec)));
+        }
+        self.holders.lock().fenced.remove(name);
+        self.start_set(name);
+    }
+
+    /// The fork of a set promoted here that has not failed back yet.
+    pub fn fork_of(&self, name: &str) -> Option<Fork> {
+        let st = self.primaries.lock().get(name)?.saved_state();
+        st.fork.filter(|_| st.awaiting_failback)
+    }
+
+    /// `failback` on the promoted side: the old primary (the set's peer) keeps its
+    /// divergent writes aside, becomes the secondary and says which pages it wrote
+    /// since its last committed cut; the first cut of this side's generation ships the
+    /// union of those and this side's own writes since the promote.
+    pub async fn failback(&self, name: &str) -> Result<String, ReplicationError> {
+        let host = self.host().ok_or(ReplicationError::Unavailable)?;
+        let set = self.primary(name)?;
+        let st = set.saved_state();
+        let (Some(fork), true) = (st.fork, st.awaiting_failback) else {
+            return Err(ReplicationError::NotPromoted(name.to_string()));
+        };
+        let (spec, peer) = {
+            let c = host.catalog().read();
+            let spec = c
+                .replications
+                .get(name)
+                .cloned()
+                .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
+            let peer = c
+                .peers
+                .get(&spec.peer)
+                .cloned()
+                .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
+            (spec, peer)
+        };
+        let mut conn = PeerConn::connect(&*host, &spec.peer, &peer).await?;
+        let answer = conn
+            .request(&Message::Failback {
+                set: name.to_string(),
+                fork,
+            })
+            .await?;
+        let Message::Divergent { pages, kept } = answer else {
+            return Err(conn.refusal(answer));
+        };
+        let divergent: u64 = pages
+            .iter()
+            .filter_map(|h| super::wire::pages_from_hex(h))
+            .map(|b| b.len())
+            .sum();
+        let resync = (!st.resync_all).then_some(pages);
+        set.update_state(|st| {
+            st.awaiting_failback = false;
+            st.resync = resync.clone();
+        })?;
+        set.request(crate::catalog::QueuePolicy::QueueLatest)?;
+        let how = if resync.is_some() {
+            format!("the first cut ships the {divergent} pages it wrote since cut {} and the pages written here since the promote", fork.cut)
+        } else {
+            "this side was promoted at an older recovery point: the first cut ships all written data".to_string()
+        };
+        Ok(format!(
+            "failed back '{name}': peer '{}' is its secondary now; its content before the failback is kept in {}; {how}",
+            spec.peer,
+            if kept.is_empty() { "-".to_string() } else { kept.join(", ") },
+        ))
+    }
+
+    /// `Failback` from the peer, on the old primary: its task stops, the pages it wrote
+    /// since its last committed cut are collected, `demote` keeps its content aside and
+    /// makes the set a secondary in the catalog, and a fresh receiver at the fork's
+    /// generation takes the first cut. Returns the pages and the kept volumes.
+    pub async fn demote_here(
+        &self,
+        name: &str,
+        peer: &str,
+        fork: Fork,
+    ) -> Result<(Vec<String>, Vec<String>), ChangeRefused> {
+        let host = self.host().ok_or("replication does not run on this node")?;
+        let spec = host
+            .catalog()
+            .read()
+            .replications
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("no set '{name}' here"))?;
+        if spec.role != ReplicationRole::Primary || spec.peer != peer {
+            return Err(
+                format!("set '{name}' here is not a primary replicating to this peer").into(),
+            );
+        }
+        let set = self
+            .primary(name)
+            .map_err(|e| Box::new(e) as ChangeRefused)?;
+        let st = set.saved_state();
+        if st.generation != fork.parent {
+            return Err(format!(
+                "set '{name}' here is at generation {}, and the peer's promote forked generation {}: the histories do not meet (resolve by hand)",
+                st.generation, fork.parent
+            )
+            .into());
+        }
+        if st.fork.is_some() && st.awaiting_failback {
+            return Err(format!("set '{name}' was promoted here too: split brain").into());
+        }
+        // The task stops; a cut in flight puts its pages back into the dirty maps.
+        let stopped = self.primaries.lock().remove(name);
+        if let Some(s) = &stopped {
+            s.stop().await;
+        }
+        let mut pages = Vec::new();
+        for v in &spec.volumes {
+            let dirty = host
+                .volume(v)
+                .and_then(|vol| vol.tracking().map(|t| t.dirty().snapshot()))
+                .unwrap_or_default();
+            pages.push(dirty);
+        }
+        let demote = {
+            let host = host.clone();
+            let name = name.to_string();
+            tokio::task::spawn_blocking(move || host.demote(&name, fork.cut)).await
+        };
+        let kept = match demote {
+            Ok(Ok(kept)) => kept,
+            Ok(Err(e)) => {
+                self.start_set(name);
+                return Err(e);
+            }
+            Err(e) => {
+                self.start_set(name);
+                return Err(Box::new(e));
+            }
+        };
+        let _ = std::fs::remove_file(super::sender::state_path(&set_dir(&*host, &spec)));
+        // What the old primary wrote is kept aside; as a secondary its maps start empty.
+        for v in &spec.volumes {
+            if let Some(t) = host.volume(v).and_then(|vol| vol.tracking().cloned()) {
+                t.dirty().take();
+            }
+        }
+        self.start_set(name);
+        let store = self
+            .receiver(name)
+            .ok_or_else(|| format!("set '{name}': the secondary's store did not open"))?;
+        let mut store = store.lock().await;
+        tokio::task::block_in_place(|| store.reset(fork.generation))
+            .map_err(|e| Box::new(e) as ChangeRefused)?;
+        Ok((pages.iter().map(super::wire::pages_to_hex).collect(), kept))
     }
 
     /// A secondary set's recovery points, the current one first.
@@ -489,6 +713,20 @@ impl Sets {
 }
 
 /// Where a set keeps its state.
+/// Removes what a receiver keeps in a set's folder (state, staging and undo logs),
+/// leaving a primary's state file.
+fn remove_receiver_files(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path != super::sender::state_path(dir) && path.is_file() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
 pub fn set_dir(host: &dyn Host, spec: &ReplicationSpec) -> PathBuf {
     crate::datadir::replication_dir(host.data_dir(), spec.id)
 }

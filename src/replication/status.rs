@@ -22,6 +22,13 @@ pub enum SetState {
     Suspended,
     /// The last cycle failed; a retry is due.
     Error,
+    /// Promoted here (failover): nothing ships until `failback` makes the old primary
+    /// the secondary.
+    Promoted,
+    /// The peer was promoted: this side is the old primary; no cycle runs.
+    PeerPromoted,
+    /// Both sides took writes after their common cut: nothing runs until `resolve`.
+    SplitBrain,
 }
 
 impl SetState {
@@ -34,6 +41,9 @@ impl SetState {
             SetState::Ready => "ready",
             SetState::Suspended => "suspended",
             SetState::Error => "error",
+            SetState::Promoted => "promoted",
+            SetState::PeerPromoted => "peer-promoted",
+            SetState::SplitBrain => "split-brain",
         }
     }
 }
@@ -119,4 +129,11 @@ pub struct SetStatus {
     pub next_retry_unix: Option<u64>,
     /// Status transitions, oldest first.
     pub events: Vec<StateChange>,
+    /// This side's promote, which forked the set's history.
+    pub fork: Option<super::wire::Fork>,
+    /// The peer's promote, as the peer told this side (the old primary).
+    pub peer_fork: Option<super::wire::Fork>,
+    /// Pages this side wrote since its last committed cut, while a promote is unsettled
+    /// (what a failback keeps aside on the old primary, or ships from the new one).
+    pub pages_since_fork: Option<u64>,
 }

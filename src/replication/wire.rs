@@ -198,6 +198,49 @@ pub enum Message {
         code: ErrorCode,
         message: String,
     },
+    /// The answer to a cut or reset of a set that was promoted here: this side forked
+    /// the set's history, so the asking side is the old primary and ships nothing more.
+    Promoted {
+        set: String,
+        fork: Fork,
+    },
+    /// Failback, from the promoted side to the old primary: become the secondary of
+    /// `set` in the fork's generation, after keeping your divergent writes.
+    Failback {
+        set: String,
+        fork: Fork,
+    },
+    /// The old primary's answer to `Failback`: per volume of the set (in the set's
+    /// order), the pages it wrote since its last committed cut (a roaring bitmap,
+    /// serialized, hex), and the volumes its pre-failback content was kept in.
+    Divergent {
+        pages: Vec<String>,
+        kept: Vec<String>,
+    },
+}
+
+/// Where a promote forked a set's history: the promoted side's new generation, the
+/// generation it came from and the cut of that generation it was promoted at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fork {
+    pub generation: u64,
+    pub parent: u64,
+    pub cut: u64,
+    pub promoted_unix: u64,
+}
+
+/// A page bitmap as `Divergent` carries it.
+pub fn pages_to_hex(pages: &roaring::RoaringBitmap) -> String {
+    let mut buf = Vec::with_capacity(pages.serialized_size());
+    // Writing into a Vec cannot fail.
+    let _ = pages.serialize_into(&mut buf);
+    hex::encode(buf)
+}
+
+/// The bitmap of `pages_to_hex`; `None` when it is not one.
+pub fn pages_from_hex(hex: &str) -> Option<roaring::RoaringBitmap> {
+    let bytes = hex::decode(hex).ok()?;
+    roaring::RoaringBitmap::deserialize_from(&bytes[..]).ok()
 }
 
 /// Why a receiver refused a request: the `code` of an `Error` message. The message

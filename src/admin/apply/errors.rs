@@ -231,7 +231,13 @@ fn replication_code(e: &ReplicationError) -> ErrorCode {
         | ReplicationError::Unexpected { .. }
         | ReplicationError::Timeout { .. }
         | ReplicationError::Handshake { .. } => ErrorCode::Unreachable,
-        ReplicationError::Remote { .. } | ReplicationError::Codec { .. } => ErrorCode::Refused,
+        ReplicationError::Remote { .. }
+        | ReplicationError::Codec { .. }
+        | ReplicationError::PeerPromoted { .. } => ErrorCode::Refused,
+        // A promote on one side is unsettled: `failback` or `resolve` first.
+        ReplicationError::AwaitingFailback(_)
+        | ReplicationError::PeerWasPromoted { .. }
+        | ReplicationError::NotPromoted(_) => ErrorCode::Invalid,
         // Try again later: a cycle runs, the set is suspended or stopping.
         ReplicationError::Discarded(_)
         | ReplicationError::Suspended(_)

@@ -182,6 +182,25 @@ pub trait Host: Sync {
     fn roll_back(&self, name: &str, _cut: u64) -> Result<(), ReplicationError> {
         Err(ReplicationError::NotSecondary(name.into()))
     }
+    /// Failover, first step: the secondary set stops receiving and records `fork` as a
+    /// primary's state (`replication::Sets::promote_here`).
+    fn promote_set(
+        &self,
+        name: &str,
+        _spec: &ReplicationSpec,
+        _fork: crate::replication::wire::Fork,
+        _resync_all: bool,
+    ) -> Result<(), ReplicationError> {
+        Err(ReplicationError::NotSecondary(name.into()))
+    }
+    /// Failover, last step: the catalog says primary; the set runs as one (held).
+    fn promoted(&self, _name: &str, _spec: &ReplicationSpec) {}
+    /// The catalog change of a promote failed: the set is a secondary again.
+    fn promote_undone(&self, _name: &str, _spec: &ReplicationSpec) {}
+    /// `failback` of a set promoted here.
+    fn failback(&self, name: &str) -> Result<String, ReplicationError> {
+        Err(ReplicationError::NotPromoted(name.into()))
+    }
     /// A secondary set's recovery points, newest first.
     fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPoint>, ReplicationError> {
         Err(ReplicationError::NotSecondary(name.into()))
@@ -348,6 +367,7 @@ fn act<H: Host + ?Sized>(host: &H, c: &Catalog, a: Action) -> Result<Response, A
             group,
             recovery_point,
         } => replication::promote(host, volume, group, recovery_point),
+        Action::Failback { name } => Ok(done(repl::failback(host, &name)?)),
     }
 }
 
