@@ -220,6 +220,12 @@ enum CtlCommand {
         /// The replication set.
         name: String,
     },
+    /// On the primary, both sides up (planned): its LUNs stop taking writes, a final
+    /// cut ships, the peer promotes at exactly that cut and becomes the primary.
+    Switchover {
+        /// The replication set.
+        name: String,
+    },
     /// On a secondary: make its volume or group an ordinary writable one, at the latest
     /// recovery point or at an older one.
     Promote {
@@ -1189,6 +1195,7 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
         CtlCommand::Resume { name } => Action::Resume { name }.into(),
         CtlCommand::Abort { name } => Action::Abort { name }.into(),
         CtlCommand::Failback { name } => Action::Failback { name }.into(),
+        CtlCommand::Switchover { name } => Action::Switchover { name }.into(),
         CtlCommand::Promote {
             volume,
             group,

@@ -608,8 +608,15 @@ impl Host for Node {
         spec: &ReplicationSpec,
         fork: crate::replication::wire::Fork,
         resync_all: bool,
+        switchover: bool,
     ) -> Result<(), ReplicationError> {
-        self.block_on(self.replication.promote_here(name, spec, fork, resync_all))
+        self.block_on(
+            self.replication
+                .promote_here(name, spec, fork, resync_all, switchover),
+        )
+    }
+    fn switchover(&self, name: &str) -> Result<String, ReplicationError> {
+        self.block_on(self.replication.switchover(name))
     }
     fn promoted(&self, name: &str, spec: &ReplicationSpec) {
         self.replication.promoted(name, spec);
@@ -686,8 +693,23 @@ impl crate::replication::Host for Node {
         crate::admin::replication::drop_secondary(self, set)
             .map_err(|e| Box::new(e) as ChangeRefused)
     }
-    fn demote(&self, set: &str, cut: u64) -> Result<Vec<String>, ChangeRefused> {
-        crate::admin::replication::demote(self, set, cut).map_err(|e| Box::new(e) as ChangeRefused)
+    fn demote(&self, set: &str, cut: u64, keep: bool) -> Result<Vec<String>, ChangeRefused> {
+        crate::admin::replication::demote(self, set, cut, keep)
+            .map_err(|e| Box::new(e) as ChangeRefused)
+    }
+    fn fence(&self, set: &str) -> Result<Vec<(String, u64)>, ChangeRefused> {
+        crate::admin::replication::fence(self, set).map_err(|e| Box::new(e) as ChangeRefused)
+    }
+    fn unfence(&self, luns: &[(String, u64)]) -> Result<(), ChangeRefused> {
+        crate::admin::replication::unfence(self, luns).map_err(|e| Box::new(e) as ChangeRefused)
+    }
+    fn promote_switchover(
+        &self,
+        set: &str,
+        fork: crate::replication::wire::Fork,
+    ) -> Result<(), ChangeRefused> {
+        crate::admin::replication::promote_switchover(self, set, fork)
+            .map_err(|e| Box::new(e) as ChangeRefused)
     }
     fn foreground_ops(&self) -> u64 {
         self.metrics.foreground_ops()

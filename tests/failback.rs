@@ -4,10 +4,15 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::dependent::{after_writes, block, generations, BLOCK, BLOCKS};
 use common::pair::{create_set, pair, replicate, show, wait_cycles};
-use common::{kill9, observe_for, qemu_io, wait_until, DEMO_IQN};
+use common::raw::RawClient;
+use common::{kill9, observe_for, qemu_io, wait_until, TestServer, DEMO_IQN};
+use twinlun::iscsi::pdu::Digests;
 
 const PAGE: u64 = 4096;
 
@@ -129,4 +134,134 @@ fn an_unplanned_promote_fails_back_shipping_only_the_union_of_changed_pages() {
         std::fs::read(p.volume_file("va")).unwrap() == std::fs::read(s.volume_file("va")).unwrap(),
         "the next cut did not reach the old primary"
     );
+}
+
+/// Dependent writes through LUNs 0 (A) and 1 (B) until one is refused: A[i] then B[i],
+/// each acknowledged before the next. Returns the writes acknowledged and the sense
+/// key of the refusal.
+fn writer_until_refused(
+    addr: std::net::SocketAddr,
+    iqn: &str,
+    written: &AtomicUsize,
+) -> (usize, u8) {
+    let mut c = RawClient::connect(addr);
+    c.login("iqn.2026-11.test:writer", iqn, Digests::default());
+    let mut writes = 0;
+    for gen in 1..=255u8 {
+        for i in 0..BLOCKS {
+            for vol in 0..2u8 {
+                let mut cdb = [0u8; 10];
+                cdb[0] = 0x2a;
+                cdb[2..6].copy_from_slice(&(i as u32).to_be_bytes());
+                cdb[8] = 1;
+                let mut o = c.scsi(u64::from(vol), &cdb, &block(vol, i, gen), 0);
+                // A unit attention (the first command of a session, a mode change)
+                // is reported once: the write is sent again.
+                while o.sense_key() == Some(0x06) {
+                    o = c.scsi(u64::from(vol), &cdb, &block(vol, i, gen), 0);
+                }
+                if o.status != 0 {
+                    return (writes, o.sense_key().unwrap_or(0));
+                }
+                writes += 1;
+                written.store(writes, Ordering::Release);
+            }
+        }
+    }
+    panic!("the writer was never refused");
+}
+
+fn images(s: &TestServer) -> (Vec<u8>, Vec<u8>) {
+    (
+        generations(0, &std::fs::read(s.volume_file("a")).unwrap()),
+        generations(1, &std::fs::read(s.volume_file("b")).unwrap()),
+    )
+}
+
+fn map_writable(s: &TestServer, iqn: &str) {
+    for (lun, v) in [("0", "a"), ("1", "b")] {
+        s.ctl_ok(&["lun", "unmap", iqn, lun]);
+        s.ctl_ok(&["lun", "map", iqn, lun, v]);
+    }
+}
+
+fn equal_sides(p: &TestServer, s: &TestServer) {
+    for v in ["a", "b"] {
+        assert!(
+            std::fs::read(p.volume_file(v)).unwrap() == std::fs::read(s.volume_file(v)).unwrap(),
+            "volume {v} differs between the sides"
+        );
+    }
+}
+
+#[test]
+fn a_switchover_under_dependent_writes_reverses_the_set_at_its_final_cut_and_back() {
+    let (p, s) = pair();
+    let iqn = "iqn.2026-11.test:sw";
+    for v in ["a", "b"] {
+        p.ctl_ok(&["volume", "create", v, "--size", "256K"]);
+    }
+    p.ctl_ok(&["group", "create", "g", "a", "b"]);
+    for n in [&p, &s] {
+        n.ctl_ok(&["target", "create", iqn]);
+    }
+    p.ctl_ok(&["lun", "map", iqn, "0", "a"]);
+    p.ctl_ok(&["lun", "map", iqn, "1", "b"]);
+    create_set(&p, "sw", &["--group", "g"]);
+    s.ctl_ok(&["lun", "map", iqn, "0", "a", "--read-only"]);
+    s.ctl_ok(&["lun", "map", iqn, "1", "b", "--read-only"]);
+    replicate(&p, "sw");
+
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (addr, written) = (p.addr, written.clone());
+        std::thread::spawn(move || writer_until_refused(addr, iqn, &written))
+    };
+    wait_until("the writer to get going", Duration::from_secs(60), || {
+        let n = written.load(Ordering::Acquire);
+        (n >= 300).then_some(()).ok_or(n.to_string())
+    });
+    let out = p.ctl_ok(&["switchover", "sw"]);
+    assert!(out.contains("switched over 'sw' at cut"), "{out}");
+    eprintln!("{out}");
+    // The writer's writes are refused from the switch on; every write it had
+    // acknowledged is in the final cut, and nothing after it.
+    let (acknowledged, key) = writer.join().unwrap();
+    assert_eq!(key, 0x07, "writes after the switch get DATA PROTECT");
+    let (a, b) = images(&s);
+    assert_eq!(
+        (a, b),
+        after_writes(acknowledged),
+        "the new primary is not the final cut"
+    );
+    equal_sides(&p, &s);
+    let (sv, pv) = (show(&s, "sw"), show(&p, "sw"));
+    assert_eq!(sv["role"], "primary", "{sv}");
+    assert_eq!(pv["role"], "secondary", "{pv}");
+
+    // Writes on the new primary replicate back, shipping only what changed.
+    map_writable(&s, iqn);
+    let mut c = RawClient::connect(s.addr);
+    c.login("iqn.2026-11.test:writer", iqn, Digests::default());
+    c.write10(0, 0, &block(0, 0, 200), BLOCK);
+    c.write10(1, 0, &block(1, 0, 200), BLOCK);
+    let back = replicate(&s, "sw");
+    assert!(
+        back["data_bytes"].as_u64().unwrap() + back["zero_bytes"].as_u64().unwrap() <= 2 * PAGE,
+        "only the two written pages ship: {back}"
+    );
+    equal_sides(&p, &s);
+
+    // And back again.
+    let out = s.ctl_ok(&["switchover", "sw"]);
+    assert!(out.contains("switched over"), "{out}");
+    equal_sides(&p, &s);
+    assert_eq!(show(&p, "sw")["role"], "primary");
+    map_writable(&p, iqn);
+    let mut c = RawClient::connect(p.addr);
+    c.login("iqn.2026-11.test:writer", iqn, Digests::default());
+    c.write10(0, 1, &block(0, 1, 201), BLOCK);
+    let again = replicate(&p, "sw");
+    assert!(again["data_bytes"].as_u64().unwrap() <= PAGE, "{again}");
+    equal_sides(&p, &s);
 }

@@ -125,6 +125,7 @@ pub const COMMANDS: &[&str] = &[
     "abort",
     "promote",
     "failback",
+    "switchover",
     "schedule_add",
     "schedule_list",
     "schedule_modify",
@@ -415,6 +416,11 @@ pub enum Action {
     Failback {
         name: String,
     },
+    /// On the primary, both sides up: fence the set's LUNs, ship a final cut, the peer
+    /// promotes at exactly it and the set reverses direction.
+    Switchover {
+        name: String,
+    },
     Promote {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         volume: Option<String>,
@@ -547,9 +553,8 @@ impl Kind {
             | "schedule_add" | "schedule_modify" | "schedule_delete" | "port_group_set" => {
                 Kind::Change
             }
-            "replicate" | "restart" | "suspend" | "resume" | "abort" | "promote" | "failback" => {
-                Kind::Action
-            }
+            "replicate" | "restart" | "suspend" | "resume" | "abort" | "promote" | "failback"
+            | "switchover" => Kind::Action,
             _ => return None,
         })
     }

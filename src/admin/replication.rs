@@ -617,7 +617,7 @@ pub fn promote<H: super::Host + ?Sized>(
         cut: point.unwrap_or(latest),
         promoted_unix: unix_now(),
     };
-    host.promote_set(&set, &spec, fork, point.is_some_and(|p| p != latest))?;
+    host.promote_set(&set, &spec, fork, point.is_some_and(|p| p != latest), false)?;
     {
         let _serial = host.change_lock().lock();
         let mut new = host.catalog().read().clone();
@@ -652,6 +652,7 @@ pub fn demote<H: super::Host + ?Sized>(
     host: &H,
     set: &str,
     cut: u64,
+    keep: bool,
 ) -> Result<Vec<String>, AdminError> {
     let _serial = host.change_lock().lock();
     let mut new = host.catalog().read().clone();
@@ -679,7 +680,7 @@ pub fn demote<H: super::Host + ?Sized>(
             super::apply::discard_volume(host, name, spec);
         }
     };
-    for v in &spec.volumes {
+    for v in spec.volumes.iter().filter(|_| keep) {
         let Some(vs) = new.volumes.get(v).cloned() else {
             continue;
         };
@@ -749,6 +750,89 @@ fn copy_sparse(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<
         }
     }
     dst.sync_all()
+}
+
+/// Switchover's fence: the set's writable LUNs become read-only (saved); returns them.
+pub fn fence<H: super::Host + ?Sized>(
+    host: &H,
+    set: &str,
+) -> Result<Vec<(String, u64)>, AdminError> {
+    let _serial = host.change_lock().lock();
+    let mut new = host.catalog().read().clone();
+    let volumes = new
+        .replications
+        .get(set)
+        .map(|r| r.volumes.clone())
+        .ok_or_else(|| AdminError::NoSet(set.to_string()))?;
+    let mut fenced = Vec::new();
+    for (iqn, t) in new.targets.iter_mut() {
+        for (lun, l) in t.luns.iter_mut() {
+            if volumes.contains(&l.volume) && !l.read_only {
+                l.read_only = true;
+                fenced.push((iqn.clone(), *lun));
+            }
+        }
+    }
+    super::store::save(host.data_dir(), &new)?;
+    *host.catalog().write() = new;
+    Ok(fenced)
+}
+
+/// Undoes `fence` for a switchover that could not finish.
+pub fn unfence<H: super::Host + ?Sized>(
+    host: &H,
+    luns: &[(String, u64)],
+) -> Result<(), AdminError> {
+    let _serial = host.change_lock().lock();
+    let mut new = host.catalog().read().clone();
+    for (iqn, lun) in luns {
+        if let Some(l) = new.targets.get_mut(iqn).and_then(|t| t.luns.get_mut(lun)) {
+            l.read_only = false;
+        }
+    }
+    super::store::save(host.data_dir(), &new)?;
+    *host.catalog().write() = new;
+    Ok(())
+}
+
+/// Switchover reached the secondary: promote at exactly `fork.cut` (its current cut),
+/// not held: the old primary becomes the secondary at once.
+pub fn promote_switchover<H: super::Host + ?Sized>(
+    host: &H,
+    set: &str,
+    fork: Fork,
+) -> Result<(), AdminError> {
+    let spec = match host.catalog().read().replications.get(set) {
+        Some(r) if r.role == ReplicationRole::Secondary => r.clone(),
+        _ => return Err(AdminError::NotASecondary(format!("set '{set}'"))),
+    };
+    host.promote_set(set, &spec, fork, false, true)?;
+    {
+        let _serial = host.change_lock().lock();
+        let mut new = host.catalog().read().clone();
+        if let Some(r) = new.replications.get_mut(set) {
+            r.role = ReplicationRole::Primary;
+            r.every_secs = None;
+        }
+        if let Err(e) = super::store::save(host.data_dir(), &new) {
+            host.promote_undone(set, &spec);
+            return Err(e.into());
+        }
+        *host.catalog().write() = new;
+    }
+    host.promoted(set, &spec);
+    host.events().emit_with(|| EventKind::Promoted {
+        set: set.to_string(),
+        volumes: spec.volumes.clone(),
+        recovery_point: Some(fork.cut),
+    });
+    Ok(())
+}
+
+/// `switchover SET` on the primary (`replication::Sets::switchover`).
+pub fn switchover<H: super::Host + ?Sized>(host: &H, set: &str) -> Result<String, AdminError> {
+    primary_set(&host.catalog().read(), set)?;
+    Ok(host.switchover(set)?)
 }
 
 /// `failback SET` on the promoted side (`replication::Sets::failback`).

@@ -48,10 +48,16 @@ pub trait Host: Send + Sync + 'static {
     fn accept_secondary(&self, req: SecondaryRequest) -> Result<(), ChangeRefused>;
     /// The primary deleted a set: its secondary side goes; the volumes stay. Blocking.
     fn drop_secondary(&self, set: &str) -> Result<(), ChangeRefused>;
-    /// Failback reached the old primary: keep each volume's content aside (a copy,
-    /// named after the fork's `cut`), map the set's LUNs read-only and make the set a
+    /// Failback reached the old primary: keep each volume's content aside when `keep`
+    /// (a copy, named after the fork's `cut`), map the set's LUNs read-only and make the set a
     /// secondary in the catalog. Returns the kept volumes' names.
-    fn demote(&self, set: &str, cut: u64) -> Result<Vec<String>, ChangeRefused>;
+    fn demote(&self, set: &str, cut: u64, keep: bool) -> Result<Vec<String>, ChangeRefused>;
+    /// Switchover: the set's writable LUNs become read-only; returns them (target, LUN).
+    fn fence(&self, set: &str) -> Result<Vec<(String, u64)>, ChangeRefused>;
+    /// A switchover that could not finish: those LUNs take writes again.
+    fn unfence(&self, luns: &[(String, u64)]) -> Result<(), ChangeRefused>;
+    /// Switchover reached the secondary: promote at exactly `fork.cut`, not held.
+    fn promote_switchover(&self, set: &str, fork: super::wire::Fork) -> Result<(), ChangeRefused>;
     /// Reads and writes initiators have completed on this node's volumes so far: a
     /// cycle gives way to them while it grows. A host that does not count (a test's)
     /// keeps it at 0, and its cycles never give way.

@@ -524,6 +524,30 @@ async fn answer(
             tracing::warn!(set = %set, cut = fork.cut, kept = ?kept, "failback: the peer was promoted; this side is the secondary now");
             Ok(Message::Divergent { pages, kept })
         }
+        Message::Switchover { set, fork } => {
+            owned_set(sets, &**host, peer, &set)?;
+            let at = sets
+                .receiver_summary(&set)
+                .and_then(|s| s.current.map(|c| (s.generation, c.cut)));
+            if at != Some((fork.parent, fork.cut)) {
+                return Err(Refusal::Base {
+                    at: at.map_or("no cut".to_string(), |(g, c)| {
+                        format!("cut {c} of generation {g}")
+                    }),
+                    base: fork.cut.to_string(),
+                    generation: fork.parent,
+                });
+            }
+            let answer = node_change(host, move |h| h.promote_switchover(&set, fork)).await;
+            if answer.is_ok() {
+                tracing::warn!(
+                    cut = fork.cut,
+                    generation = fork.generation,
+                    "switchover: this side is the primary now"
+                );
+            }
+            answer
+        }
         Message::RecoveryPoints { set } => {
             let summary = sets.receiver_summary(&set).ok_or(Refusal::NoSet(set))?;
             Ok(Message::Points {

@@ -101,6 +101,8 @@ struct Live {
     started: Option<Instant>,
     /// What a failed attempt shipped before it failed.
     partial: Option<CycleStats>,
+    /// Cycles that ended, committed or not.
+    attempts: u64,
 }
 
 /// One primary set's runtime.
@@ -122,6 +124,8 @@ pub struct PrimarySet {
     counters: Arc<crate::metrics::SetCounters>,
     /// The set's and its peer's `--max-rate`, taken before each extent is sent.
     limits: Limits,
+    /// Bumped at every status note (cycle ends among them), for `cycle_now`.
+    changes: tokio::sync::watch::Sender<u64>,
     /// Wire bytes sent over the last seconds (the rate `replication show` reports).
     meter: Mutex<Meter>,
 }
@@ -163,6 +167,7 @@ impl PrimarySet {
             counters,
             limits,
             meter: Mutex::new(Meter::default()),
+            changes: tokio::sync::watch::Sender::new(0),
         });
         let span = tracing::info_span!("set", set = %name);
         let task = tokio::spawn(run(host, set.clone()).instrument(span));
@@ -263,8 +268,38 @@ impl PrimarySet {
         ))
     }
 
+    /// Runs a cycle now (or waits for the running one and then runs one) and returns
+    /// the cut it committed; the cycle's error when it fails.
+    pub async fn cycle_now(&self) -> Result<u64, ReplicationError> {
+        let mut changes = self.changes.subscribe();
+        let before = self.state.lock().cycles;
+        let attempts = self.live.lock().attempts;
+        self.request(QueuePolicy::QueueLatest)?;
+        loop {
+            {
+                let st = self.state.lock();
+                let live = self.live.lock();
+                if live.attempts > attempts && !live.running && live.queued == 0 {
+                    return match (&live.error, st.last_cut) {
+                        (None, Some(cut)) if st.cycles > before => Ok(cut),
+                        (Some(e), _) => Err(ReplicationError::Fence(format!(
+                            "the final cycle failed: {e}"
+                        ))),
+                        _ => Err(ReplicationError::Fence(
+                            "the final cycle was abandoned".to_string(),
+                        )),
+                    };
+                }
+            }
+            if self.stopping() {
+                return Err(ReplicationError::Stopping);
+            }
+            let _ = changes.changed().await;
+        }
+    }
+
     /// Cycles run only while neither side's promote is unsettled.
-    fn check_may_ship(&self) -> Result<(), ReplicationError> {
+    pub fn check_may_ship(&self) -> Result<(), ReplicationError> {
         let st = self.state.lock();
         if st.awaiting_failback {
             return Err(ReplicationError::AwaitingFailback(self.name.clone()));
@@ -306,6 +341,7 @@ impl PrimarySet {
 
     /// Records a status transition for `replication show`.
     fn note_status(&self) {
+        self.changes.send_modify(|n| *n += 1);
         let state = self.state_now();
         let mut live = self.live.lock();
         if live.last_state != Some(state) {
@@ -538,6 +574,7 @@ async fn run(host: Weak<dyn Host>, set: Arc<PrimarySet>) {
         {
             let mut live = set.live.lock();
             live.running = false;
+            live.attempts += 1;
             live.progress = None;
             match result {
                 Ok(()) => {

@@ -459,6 +459,7 @@ impl Sets {
         spec: &ReplicationSpec,
         fork: Fork,
         resync_all: bool,
+        switchover: bool,
     ) -> Result<(), ReplicationError> {
         let host = self.host().ok_or(ReplicationError::Unavailable)?;
         self.holders.lock().fenced.insert(name.to_string());
@@ -471,7 +472,13 @@ impl Sets {
             generation: fork.generation,
             issued_cut: Some(fork.cut),
             fork: Some(fork),
-            awaiting_failback: true,
+            // A switchover: the old primary holds exactly the fork's cut and becomes
+            // the secondary at once, so the first cut ships this side's writes alone.
+            awaiting_failback: !switchover,
+            resync: switchover.then(|| {
+                let none = super::wire::pages_to_hex(&roaring::RoaringBitmap::new());
+                vec![none; spec.volumes.len()]
+            }),
             resync_all,
             ..PrimaryState::default()
         };
@@ -621,10 +628,28 @@ impl Sets {
                 .unwrap_or_default();
             pages.push(dirty);
         }
+        let kept = self
+            .become_secondary(&host, name, &spec, fork, true)
+            .await?;
+        Ok((pages.iter().map(super::wire::pages_to_hex).collect(), kept))
+    }
+
+    /// The old primary, its task stopped, becomes the secondary of the fork's
+    /// generation: `demote` (keeping its content aside when `keep`) changes the catalog,
+    /// its primary state goes, its dirty maps start empty and a fresh receiver takes the
+    /// first cut. When the catalog cannot change, the primary task runs again.
+    async fn become_secondary(
+        &self,
+        host: &Arc<dyn Host>,
+        name: &str,
+        spec: &ReplicationSpec,
+        fork: Fork,
+        keep: bool,
+    ) -> Result<Vec<String>, ChangeRefused> {
         let demote = {
             let host = host.clone();
             let name = name.to_string();
-            tokio::task::spawn_blocking(move || host.demote(&name, fork.cut)).await
+            tokio::task::spawn_blocking(move || host.demote(&name, fork.cut, keep)).await
         };
         let kept = match demote {
             Ok(Ok(kept)) => kept,
@@ -637,8 +662,7 @@ impl Sets {
                 return Err(Box::new(e));
             }
         };
-        let _ = std::fs::remove_file(super::sender::state_path(&set_dir(&*host, &spec)));
-        // What the old primary wrote is kept aside; as a secondary its maps start empty.
+        let _ = std::fs::remove_file(super::sender::state_path(&set_dir(&**host, spec)));
         for v in &spec.volumes {
             if let Some(t) = host.volume(v).and_then(|vol| vol.tracking().cloned()) {
                 t.dirty().take();
@@ -651,7 +675,111 @@ impl Sets {
         let mut store = store.lock().await;
         tokio::task::block_in_place(|| store.reset(fork.generation))
             .map_err(|e| Box::new(e) as ChangeRefused)?;
-        Ok((pages.iter().map(super::wire::pages_to_hex).collect(), kept))
+        Ok(kept)
+    }
+
+    /// `switchover SET` on the primary (planned, both sides up): the set's LUNs stop
+    /// taking writes, a final cut ships, the peer promotes at exactly that cut and this
+    /// side becomes its secondary; nothing diverges, so nothing ships twice.
+    pub async fn switchover(&self, name: &str) -> Result<String, ReplicationError> {
+        let host = self.host().ok_or(ReplicationError::Unavailable)?;
+        let set = self.primary(name)?;
+        set.check_may_ship()?;
+        let (spec, peer) = {
+            let c = host.catalog().read();
+            let spec = c
+                .replications
+                .get(name)
+                .cloned()
+                .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
+            let peer = c
+                .peers
+                .get(&spec.peer)
+                .cloned()
+                .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
+            (spec, peer)
+        };
+        let refused_from = std::time::Instant::now();
+        let fenced = {
+            let host = host.clone();
+            let name = name.to_string();
+            match tokio::task::spawn_blocking(move || host.fence(&name)).await {
+                Ok(Ok(luns)) => luns,
+                Ok(Err(e)) => return Err(ReplicationError::Fence(e.to_string())),
+                Err(e) => return Err(ReplicationError::Fence(e.to_string())),
+            }
+        };
+        let unfence = || async {
+            let host = host.clone();
+            let luns = fenced.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || host.unfence(&luns)).await {
+                tracing::error!(set = %name, error = %e, "cannot let the set's LUNs take writes again");
+            }
+        };
+        // The final cut: everything written before the fence. A write that passed its
+        // LUN's check before the fence and reached the volume after the cut leaves its
+        // page dirty: another cut then ships it, so the last cut has it all.
+        let mut cut = None;
+        for _ in 0..5 {
+            match set.cycle_now().await {
+                Ok(c) => cut = Some(c),
+                Err(e) => {
+                    unfence().await;
+                    return Err(e);
+                }
+            }
+            let dirty: u64 = spec
+                .volumes
+                .iter()
+                .filter_map(|v| host.volume(v))
+                .filter_map(|v| v.tracking().map(|t| t.dirty().count()))
+                .sum();
+            if dirty == 0 {
+                break;
+            }
+            cut = None;
+        }
+        let Some(cut) = cut else {
+            unfence().await;
+            return Err(ReplicationError::Fence(
+                "writes kept arriving after the LUNs were made read-only".to_string(),
+            ));
+        };
+        let st = set.saved_state();
+        let fork = Fork {
+            generation: st.generation + 1 + u64::from(rand::random::<u32>()),
+            parent: st.generation,
+            cut,
+            promoted_unix: crate::time::unix_secs(std::time::SystemTime::now()),
+        };
+        let asked = async {
+            let mut conn = PeerConn::connect(&*host, &spec.peer, &peer).await?;
+            conn.expect_ok(&Message::Switchover {
+                set: name.to_string(),
+                fork,
+            })
+            .await
+        };
+        if let Err(e) = asked.await {
+            unfence().await;
+            return Err(e);
+        }
+        // The peer is the primary now: this side follows it.
+        let stopped = self.primaries.lock().remove(name);
+        if let Some(s) = &stopped {
+            s.stop().await;
+        }
+        if let Err(e) = self.become_secondary(&host, name, &spec, fork, false).await {
+            tracing::error!(set = %name, error = %e, "switchover: the peer is the primary, and this side could not become its secondary");
+            return Err(ReplicationError::Fence(e.to_string()));
+        }
+        let refused = refused_from.elapsed();
+        Ok(format!(
+            "switched over '{name}' at cut {cut}: peer '{}' is its primary now (generation {}), this side its secondary; writes were refused here for {} ms, and the LUNs stay read-only",
+            spec.peer,
+            fork.generation,
+            refused.as_millis()
+        ))
     }
 
     /// A secondary set's recovery points, the current one first.

@@ -210,6 +210,12 @@ pub enum Message {
         set: String,
         fork: Fork,
     },
+    /// Switchover, from the primary: promote at exactly `fork.cut` (this side's current
+    /// cut) and become the primary; the sender becomes the secondary. Answered `Ok`.
+    Switchover {
+        set: String,
+        fork: Fork,
+    },
     /// The old primary's answer to `Failback`: per volume of the set (in the set's
     /// order), the pages it wrote since its last committed cut (a roaring bitmap,
     /// serialized, hex), and the volumes its pre-failback content was kept in.

@@ -233,7 +233,8 @@ fn replication_code(e: &ReplicationError) -> ErrorCode {
         | ReplicationError::Handshake { .. } => ErrorCode::Unreachable,
         ReplicationError::Remote { .. }
         | ReplicationError::Codec { .. }
-        | ReplicationError::PeerPromoted { .. } => ErrorCode::Refused,
+        | ReplicationError::PeerPromoted { .. }
+        | ReplicationError::Fence(_) => ErrorCode::Refused,
         // A promote on one side is unsettled: `failback` or `resolve` first.
         ReplicationError::AwaitingFailback(_)
         | ReplicationError::PeerWasPromoted { .. }

@@ -190,6 +190,7 @@ pub trait Host: Sync {
         _spec: &ReplicationSpec,
         _fork: crate::replication::wire::Fork,
         _resync_all: bool,
+        _switchover: bool,
     ) -> Result<(), ReplicationError> {
         Err(ReplicationError::NotSecondary(name.into()))
     }
@@ -197,6 +198,10 @@ pub trait Host: Sync {
     fn promoted(&self, _name: &str, _spec: &ReplicationSpec) {}
     /// The catalog change of a promote failed: the set is a secondary again.
     fn promote_undone(&self, _name: &str, _spec: &ReplicationSpec) {}
+    /// `switchover` of a primary set.
+    fn switchover(&self, name: &str) -> Result<String, ReplicationError> {
+        Err(ReplicationError::NotPrimary(name.into()))
+    }
     /// `failback` of a set promoted here.
     fn failback(&self, name: &str) -> Result<String, ReplicationError> {
         Err(ReplicationError::NotPromoted(name.into()))
@@ -368,6 +373,7 @@ fn act<H: Host + ?Sized>(host: &H, c: &Catalog, a: Action) -> Result<Response, A
             recovery_point,
         } => replication::promote(host, volume, group, recovery_point),
         Action::Failback { name } => Ok(done(repl::failback(host, &name)?)),
+        Action::Switchover { name } => Ok(done(repl::switchover(host, &name)?)),
     }
 }
 
