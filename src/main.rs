@@ -226,6 +226,16 @@ enum CtlCommand {
         /// The replication set.
         name: String,
     },
+    /// After a split brain (or instead of a failback), on either side: keep this side's
+    /// data (`local`) or the peer's; the other side's writes since the common cut are
+    /// kept in new volumes and only the pages changed on either side ship.
+    Resolve {
+        /// The replication set.
+        name: String,
+        /// The side whose data survives.
+        #[arg(long, value_enum)]
+        keep: KeepSide,
+    },
     /// On a secondary: make its volume or group an ordinary writable one, at the latest
     /// recovery point or at an older one.
     Promote {
@@ -245,6 +255,15 @@ enum CtlCommand {
         #[arg(long, value_name = "CUT_ID")]
         recovery_point: Option<u64>,
     },
+}
+
+/// Which side `resolve` keeps.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KeepSide {
+    /// This node's data survives.
+    Local,
+    /// The peer's data survives.
+    Peer,
 }
 
 #[derive(Subcommand)]
@@ -1196,6 +1215,14 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
         CtlCommand::Abort { name } => Action::Abort { name }.into(),
         CtlCommand::Failback { name } => Action::Failback { name }.into(),
         CtlCommand::Switchover { name } => Action::Switchover { name }.into(),
+        CtlCommand::Resolve { name, keep } => Action::Resolve {
+            name,
+            keep: match keep {
+                KeepSide::Local => twinlun::admin::protocol::ResolveKeep::Local,
+                KeepSide::Peer => twinlun::admin::protocol::ResolveKeep::Peer,
+            },
+        }
+        .into(),
         CtlCommand::Promote {
             volume,
             group,

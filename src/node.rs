@@ -625,7 +625,10 @@ impl Host for Node {
         self.replication.promote_undone(name, spec);
     }
     fn failback(&self, name: &str) -> Result<String, ReplicationError> {
-        self.block_on(self.replication.failback(name))
+        self.block_on(self.replication.failback(name, false))
+    }
+    fn resolve(&self, name: &str, keep_local: bool) -> Result<String, ReplicationError> {
+        self.block_on(self.replication.resolve(name, keep_local))
     }
     fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPoint>, ReplicationError> {
         self.replication.recovery_points(name)

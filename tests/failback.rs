@@ -265,3 +265,95 @@ fn a_switchover_under_dependent_writes_reverses_the_set_at_its_final_cut_and_bac
     assert!(again["data_bytes"].as_u64().unwrap() <= PAGE, "{again}");
     equal_sides(&p, &s);
 }
+
+/// Waits until `set` on `n` shows `status`; returns its view.
+fn wait_status(n: &TestServer, set: &str, status: &str) -> serde_json::Value {
+    wait_until(
+        &format!("{set} to show {status}"),
+        Duration::from_secs(60),
+        || {
+            let v = show(n, set);
+            if v["status"] == status {
+                return Ok(v);
+            }
+            Err(v.to_string())
+        },
+    )
+}
+
+#[test]
+fn a_split_brain_stops_both_sides_until_resolve_which_ships_only_changed_pages() {
+    let (p, s) = pair();
+    p.ctl_ok(&["volume", "create", "va", "--size", "64M"]);
+    p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "va"]);
+    create_set(&p, "rs", &["--volume", "va"]);
+    qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x11 0 16m"]);
+    let common_cut = replicate(&p, "rs")["cut_id"].as_u64().unwrap();
+
+    // No cycle runs (as over a cut link) while the secondary is promoted and written,
+    // and the primary goes on serving writes too.
+    s.ctl_ok(&["promote", "--volume", "va"]);
+    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "va"]);
+    qemu_io(&s.url(DEMO_IQN, 1), &["write -P 0x55 20m 1m"]);
+    qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x66 30m 512k"]);
+
+    // The link is back: the primary's next cycle finds the fork, and both sides stop.
+    p.ctl_ok(&["replicate", "rs"]);
+    let pv = wait_status(&p, "rs", "split-brain");
+    let sv = wait_status(&s, "rs", "split-brain");
+    assert_eq!(pv["common_cut"], common_cut, "{pv}");
+    assert_eq!(sv["common_cut"], common_cut, "{sv}");
+    let p_pages = pv["pages_since_common_cut"].as_u64().unwrap();
+    let s_pages = sv["pages_since_common_cut"].as_u64().unwrap();
+    assert!(p_pages >= 128 && s_pages >= 256, "{pv} {sv}");
+    let (p_image, s_image) = (
+        std::fs::read(p.volume_file("va")).unwrap(),
+        std::fs::read(s.volume_file("va")).unwrap(),
+    );
+    let cycles = (pv["cycles"].clone(), sv["cycles"].clone());
+    observe_for("neither side to resume", Duration::from_secs(2), || {
+        let (pv, sv) = (show(&p, "rs"), show(&s, "rs"));
+        (pv["status"] == "split-brain"
+            && sv["status"] == "split-brain"
+            && (pv["cycles"].clone(), sv["cycles"].clone()) == cycles)
+            .then_some(())
+            .ok_or_else(|| format!("{pv} {sv}"))
+    });
+    assert!(std::fs::read(p.volume_file("va")).unwrap() == p_image);
+    assert!(std::fs::read(s.volume_file("va")).unwrap() == s_image);
+    for n in [&p, &s] {
+        let (_, err) = n.ctl_refused(&["replicate", "rs"]);
+        assert!(
+            err["message"].as_str().unwrap().contains("resolve"),
+            "{err}"
+        );
+    }
+    let (_, err) = s.ctl_refused(&["failback", "rs"]);
+    assert!(
+        err["message"].as_str().unwrap().contains("split brain"),
+        "{err}"
+    );
+
+    // Resolved from the old primary's side, keeping the promoted side's data.
+    let out = p.ctl_ok(&["resolve", "rs", "--keep", "peer"]);
+    let kept = format!("va.before-failback-{common_cut}");
+    assert!(out.contains(&kept), "{out}");
+    let v = wait_cycles(&s, "rs", 1);
+    let c = &v["last_cycle"];
+    let covered = c["data_bytes"].as_u64().unwrap() + c["zero_bytes"].as_u64().unwrap();
+    let union_bound = (p_pages + s_pages) * PAGE;
+    assert!(
+        covered as f64 <= 1.05 * union_bound as f64 && covered >= (128 + 256) * PAGE,
+        "shipped {covered} bytes of pages for a union of at most {union_bound}: {c}"
+    );
+    eprintln!("resolve shipped {covered} bytes of pages for {p_pages} + {s_pages} changed pages");
+    assert!(
+        std::fs::read(p.volume_file("va")).unwrap() == s_image,
+        "the sides do not hold the kept side's data"
+    );
+    assert!(
+        std::fs::read(p.volume_file(&kept)).unwrap() == p_image,
+        "the loser's data is not in the kept volume"
+    );
+    assert_eq!(show(&p, "rs")["role"], "secondary");
+}

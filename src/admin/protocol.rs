@@ -126,6 +126,7 @@ pub const COMMANDS: &[&str] = &[
     "promote",
     "failback",
     "switchover",
+    "resolve",
     "schedule_add",
     "schedule_list",
     "schedule_modify",
@@ -382,6 +383,14 @@ pub enum Change {
     },
 }
 
+/// Which side `resolve` keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolveKeep {
+    Local,
+    Peer,
+}
+
 /// Acts on a running replication set: starts, stops or gives up cycles, or promotes a
 /// secondary (which drops the set from the catalog through its own path).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -420,6 +429,12 @@ pub enum Action {
     /// promotes at exactly it and the set reverses direction.
     Switchover {
         name: String,
+    },
+    /// After a split brain (or instead of a failback), on either side: which side's
+    /// data survives; the other's writes since the common cut are kept aside.
+    Resolve {
+        name: String,
+        keep: ResolveKeep,
     },
     Promote {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -554,7 +569,7 @@ impl Kind {
                 Kind::Change
             }
             "replicate" | "restart" | "suspend" | "resume" | "abort" | "promote" | "failback"
-            | "switchover" => Kind::Action,
+            | "switchover" | "resolve" => Kind::Action,
             _ => return None,
         })
     }

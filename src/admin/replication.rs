@@ -390,10 +390,8 @@ pub fn add_status(v: &mut ReplicationView, st: SetStatus) {
     v.current_rate = st.current_rate;
     v.error = st.error;
     v.next_retry = st.next_retry_unix.map(rfc3339_utc);
-    if let Some(f) = st
-        .peer_fork
-        .or(st.fork.filter(|_| st.state == SetState::Promoted))
-    {
+    let unsettled = matches!(st.state, SetState::Promoted | SetState::SplitBrain);
+    if let Some(f) = st.peer_fork.or(st.fork.filter(|_| unsettled)) {
         v.common_cut = Some(f.cut);
         v.promoted_generation = Some(f.generation);
         v.pages_since_common_cut = st.pages_since_fork;
@@ -615,7 +613,7 @@ pub fn promote<H: super::Host + ?Sized>(
         generation: parent + 1 + u64::from(rand::random::<u32>()),
         parent,
         cut: point.unwrap_or(latest),
-        promoted_unix: unix_now(),
+        promoted_ms: crate::replication::wire::now_ms(),
     };
     host.promote_set(&set, &spec, fork, point.is_some_and(|p| p != latest), false)?;
     {
@@ -833,6 +831,16 @@ pub fn promote_switchover<H: super::Host + ?Sized>(
 pub fn switchover<H: super::Host + ?Sized>(host: &H, set: &str) -> Result<String, AdminError> {
     primary_set(&host.catalog().read(), set)?;
     Ok(host.switchover(set)?)
+}
+
+/// `resolve SET --keep local|peer` (`replication::Sets::resolve`).
+pub fn resolve<H: super::Host + ?Sized>(
+    host: &H,
+    set: &str,
+    keep: super::protocol::ResolveKeep,
+) -> Result<String, AdminError> {
+    primary_set(&host.catalog().read(), set)?;
+    Ok(host.resolve(set, keep == super::protocol::ResolveKeep::Local)?)
 }
 
 /// `failback SET` on the promoted side (`replication::Sets::failback`).

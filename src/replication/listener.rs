@@ -516,9 +516,57 @@ async fn answer(
             tokio::task::block_in_place(|| store.reset(generation)).map_err(Refusal::Store)?;
             Ok(Message::Ok)
         }
-        Message::Failback { set, fork } => {
+        Message::SplitBrain { set, fork } => {
+            if host
+                .catalog()
+                .read()
+                .replications
+                .get(&set)
+                .is_none_or(|r| r.peer != peer)
+            {
+                return Err(Refusal::NotOwned(set));
+            }
+            sets.note_split_brain(&set, fork).map_err(Refusal::Change)?;
+            tracing::error!(set = %set, cut = fork.cut, "split brain: the old primary wrote after this side's promote; nothing resumes until `resolve`");
+            Ok(Message::Ok)
+        }
+        Message::TakeBack {
+            set,
+            fork,
+            pages,
+            kept,
+        } => {
+            if host
+                .catalog()
+                .read()
+                .replications
+                .get(&set)
+                .is_none_or(|r| r.peer != peer || r.role != ReplicationRole::Primary)
+            {
+                return Err(Refusal::NotOwned(set));
+            }
+            sets.take_back(&set, fork, pages).map_err(Refusal::Change)?;
+            tracing::warn!(set = %set, kept = ?kept, "resolved: the promoted peer yielded and is this side's secondary again");
+            Ok(Message::Ok)
+        }
+        Message::Resolve { set, keep_yours } => {
+            if host
+                .catalog()
+                .read()
+                .replications
+                .get(&set)
+                .is_none_or(|r| r.peer != peer)
+            {
+                return Err(Refusal::NotOwned(set));
+            }
+            match sets.resolve(&set, keep_yours).await {
+                Ok(message) => Ok(Message::Done { message }),
+                Err(e) => Err(Refusal::Change(Box::new(e))),
+            }
+        }
+        Message::Failback { set, fork, resolve } => {
             let (pages, kept) = sets
-                .demote_here(&set, peer, fork)
+                .demote_here(&set, peer, fork, resolve)
                 .await
                 .map_err(Refusal::Change)?;
             tracing::warn!(set = %set, cut = fork.cut, kept = ?kept, "failback: the peer was promoted; this side is the secondary now");

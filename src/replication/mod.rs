@@ -145,6 +145,8 @@ pub enum ReplicationError {
     PeerWasPromoted { set: String, cut: u64 },
     #[error("replication set '{0}' was not promoted here (or has failed back already): `failback` runs on the promoted side")]
     NotPromoted(String),
+    #[error("split brain in '{set}': both sides wrote after their common cut {}; nothing resumes until `resolve {set} --keep local|peer`", fork.cut)]
+    SplitBrain { set: String, fork: wire::Fork },
     #[error("switchover: {0}")]
     Fence(String),
     #[error("cannot save the state of replication set '{set}'")]

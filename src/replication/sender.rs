@@ -82,6 +82,9 @@ pub struct PrimaryState {
     /// cuts this side rolled back, so the failback's first cut ships all written data.
     #[serde(default)]
     pub resync_all: bool,
+    /// Both sides wrote after their common cut: nothing runs until `resolve`.
+    #[serde(default)]
+    pub split_brain: bool,
 }
 
 #[derive(Debug, Default)]
@@ -301,6 +304,14 @@ impl PrimarySet {
     /// Cycles run only while neither side's promote is unsettled.
     pub fn check_may_ship(&self) -> Result<(), ReplicationError> {
         let st = self.state.lock();
+        if st.split_brain {
+            if let Some(fork) = st.fork.or(st.peer_promoted) {
+                return Err(ReplicationError::SplitBrain {
+                    set: self.name.clone(),
+                    fork,
+                });
+            }
+        }
         if st.awaiting_failback {
             return Err(ReplicationError::AwaitingFailback(self.name.clone()));
         }
@@ -403,17 +414,20 @@ impl PrimarySet {
 
     /// Where the set stands now.
     fn state_now(&self) -> SetState {
-        let (suspended, has_cut, awaiting, peer_promoted) = {
+        let (suspended, has_cut, awaiting, peer_promoted, split) = {
             let st = self.state.lock();
             (
                 st.suspended,
                 st.last_cut.is_some(),
                 st.awaiting_failback,
                 st.peer_promoted.is_some(),
+                st.split_brain,
             )
         };
         let live = self.live.lock();
-        if awaiting {
+        if split {
+            SetState::SplitBrain
+        } else if awaiting {
             SetState::Promoted
         } else if peer_promoted {
             SetState::PeerPromoted
@@ -580,6 +594,19 @@ async fn run(host: Weak<dyn Host>, set: Arc<PrimarySet>) {
                 Ok(()) => {
                     failures = 0;
                     live.error = None;
+                }
+                Err(ReplicationError::SplitBrain { fork, .. }) => {
+                    tracing::error!(set = %set.name, cut = fork.cut, "split brain: the peer was promoted and this side wrote after the promote; nothing resumes until `resolve`");
+                    live.error = None;
+                    drop(live);
+                    if let Err(e) = set.update_state(|st| {
+                        st.peer_promoted = Some(fork);
+                        st.split_brain = true;
+                    }) {
+                        tracing::error!(set = %set.name, error = %crate::chain::ErrorChain(&e), "cannot record the split brain");
+                    }
+                    set.note_status();
+                    continue;
                 }
                 Err(ReplicationError::PeerPromoted { peer, fork }) => {
                     tracing::warn!(set = %set.name, peer = %peer, cut = fork.cut, "the peer was promoted: this side is the old primary and ships nothing more");
@@ -871,6 +898,30 @@ async fn cycle(node: &dyn Host, set: &PrimarySet) -> Result<(), ReplicationError
         Err(e) if set.stopping() || set.abort.load(Ordering::Acquire) => {
             abandon(p);
             Err(e)
+        }
+        Err(ReplicationError::PeerPromoted { peer, fork }) => {
+            abandon(p);
+            // Written here after the peer's promote: both sides diverged. The peer
+            // hears it too, so that neither side resumes on its own.
+            let wrote_after = tracked
+                .iter()
+                .any(|t| t.dirty().last_mark_ms() > fork.promoted_ms);
+            if wrote_after {
+                let told = conn
+                    .expect_ok(&Message::SplitBrain {
+                        set: set.name.clone(),
+                        fork,
+                    })
+                    .await;
+                if let Err(e) = told {
+                    tracing::warn!(set = %set.name, error = %crate::chain::ErrorChain(&e), "cannot tell the peer of the split brain");
+                }
+                return Err(ReplicationError::SplitBrain {
+                    set: set.name.clone(),
+                    fork,
+                });
+            }
+            Err(ReplicationError::PeerPromoted { peer, fork })
         }
         Err(e) => {
             // Keep the cut: the next attempt resumes it.

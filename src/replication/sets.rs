@@ -388,7 +388,10 @@ impl Sets {
         let primary = self.primaries.lock().get(name).cloned();
         if let Some(set) = primary {
             let mut st = set.status();
-            if matches!(st.state, SetState::Promoted | SetState::PeerPromoted) {
+            if matches!(
+                st.state,
+                SetState::Promoted | SetState::PeerPromoted | SetState::SplitBrain
+            ) {
                 st.pages_since_fork = self.host().map(|h| {
                     let volumes = h
                         .catalog()
@@ -524,13 +527,19 @@ impl Sets {
     /// divergent writes aside, becomes the secondary and says which pages it wrote
     /// since its last committed cut; the first cut of this side's generation ships the
     /// union of those and this side's own writes since the promote.
-    pub async fn failback(&self, name: &str) -> Result<String, ReplicationError> {
+    pub async fn failback(&self, name: &str, resolve: bool) -> Result<String, ReplicationError> {
         let host = self.host().ok_or(ReplicationError::Unavailable)?;
         let set = self.primary(name)?;
         let st = set.saved_state();
         let (Some(fork), true) = (st.fork, st.awaiting_failback) else {
             return Err(ReplicationError::NotPromoted(name.to_string()));
         };
+        if st.split_brain && !resolve {
+            return Err(ReplicationError::SplitBrain {
+                set: name.to_string(),
+                fork,
+            });
+        }
         let (spec, peer) = {
             let c = host.catalog().read();
             let spec = c
@@ -550,6 +559,7 @@ impl Sets {
             .request(&Message::Failback {
                 set: name.to_string(),
                 fork,
+                resolve,
             })
             .await?;
         let Message::Divergent { pages, kept } = answer else {
@@ -563,6 +573,7 @@ impl Sets {
         let resync = (!st.resync_all).then_some(pages);
         set.update_state(|st| {
             st.awaiting_failback = false;
+            st.split_brain = false;
             st.resync = resync.clone();
         })?;
         set.request(crate::catalog::QueuePolicy::QueueLatest)?;
@@ -587,6 +598,7 @@ impl Sets {
         name: &str,
         peer: &str,
         fork: Fork,
+        resolve: bool,
     ) -> Result<(Vec<String>, Vec<String>), ChangeRefused> {
         let host = self.host().ok_or("replication does not run on this node")?;
         let spec = host
@@ -614,6 +626,12 @@ impl Sets {
         }
         if st.fork.is_some() && st.awaiting_failback {
             return Err(format!("set '{name}' was promoted here too: split brain").into());
+        }
+        if st.split_brain && !resolve {
+            return Err(format!(
+                "split brain in '{name}': this side wrote after the peer's promote; only `resolve` decides which side survives"
+            )
+            .into());
         }
         // The task stops; a cut in flight puts its pages back into the dirty maps.
         let stopped = self.primaries.lock().remove(name);
@@ -750,7 +768,7 @@ impl Sets {
             generation: st.generation + 1 + u64::from(rand::random::<u32>()),
             parent: st.generation,
             cut,
-            promoted_unix: crate::time::unix_secs(std::time::SystemTime::now()),
+            promoted_ms: super::wire::now_ms(),
         };
         let asked = async {
             let mut conn = PeerConn::connect(&*host, &spec.peer, &peer).await?;
@@ -780,6 +798,132 @@ impl Sets {
             fork.generation,
             refused.as_millis()
         ))
+    }
+
+    /// The old primary found it wrote after this side's promote: the set shows split
+    /// brain here too, and `failback` waits for `resolve`.
+    pub fn note_split_brain(&self, name: &str, fork: Fork) -> Result<(), ChangeRefused> {
+        let set = self
+            .primary(name)
+            .map_err(|e| Box::new(e) as ChangeRefused)?;
+        if set.saved_state().fork != Some(fork) {
+            return Err(format!("set '{name}' was not promoted here at that fork").into());
+        }
+        set.update_state(|st| st.split_brain = true)
+            .map_err(|e| Box::new(e) as ChangeRefused)
+    }
+
+    /// `resolve SET --keep local|peer`, on either side of a promote that is not settled
+    /// (split brain, or a failback not run yet). On the promoted side, keeping local is
+    /// a failback; keeping the peer makes this side the old primary's secondary again,
+    /// its writes since the promote kept aside. On the old primary it asks the promoted
+    /// side to do the same with the sides swapped.
+    pub async fn resolve(&self, name: &str, keep_local: bool) -> Result<String, ReplicationError> {
+        let host = self.host().ok_or(ReplicationError::Unavailable)?;
+        let set = self.primary(name)?;
+        let st = set.saved_state();
+        if st.fork.is_some() && st.awaiting_failback {
+            return if keep_local {
+                self.failback(name, true).await
+            } else {
+                self.yield_to_peer(&host, name).await
+            };
+        }
+        if st.peer_promoted.is_none() {
+            return Err(ReplicationError::NotPromoted(name.to_string()));
+        }
+        let (spec, peer) = spec_and_peer(&*host, name)?;
+        let mut conn = PeerConn::connect(&*host, &spec.peer, &peer).await?;
+        match conn
+            .request(&Message::Resolve {
+                set: name.to_string(),
+                keep_yours: !keep_local,
+            })
+            .await?
+        {
+            Message::Done { message } => Ok(format!("peer '{}': {message}", spec.peer)),
+            other => Err(conn.refusal(other)),
+        }
+    }
+
+    /// `resolve --keep peer` on the promoted side: its content goes aside, it becomes
+    /// the old primary's secondary again, and the old primary ships the union of both
+    /// sides' changes since the common cut.
+    async fn yield_to_peer(
+        &self,
+        host: &Arc<dyn Host>,
+        name: &str,
+    ) -> Result<String, ReplicationError> {
+        let set = self.primary(name)?;
+        let st = set.saved_state();
+        let fork = st
+            .fork
+            .ok_or_else(|| ReplicationError::NotPromoted(name.into()))?;
+        let (spec, peer) = spec_and_peer(&**host, name)?;
+        let pages: Vec<String> = spec
+            .volumes
+            .iter()
+            .map(|v| {
+                let dirty = host
+                    .volume(v)
+                    .and_then(|vol| vol.tracking().map(|t| t.dirty().snapshot()))
+                    .unwrap_or_default();
+                super::wire::pages_to_hex(&dirty)
+            })
+            .collect();
+        // Reachable first: nothing changes here when the old primary is not.
+        let mut conn = PeerConn::connect(&**host, &spec.peer, &peer).await?;
+        let stopped = self.primaries.lock().remove(name);
+        if let Some(s) = &stopped {
+            s.stop().await;
+        }
+        let back = Fork {
+            generation: fork.parent,
+            ..fork
+        };
+        let kept = self
+            .become_secondary(host, name, &spec, back, true)
+            .await
+            .map_err(|e| ReplicationError::Fence(e.to_string()))?;
+        conn.expect_ok(&Message::TakeBack {
+            set: name.to_string(),
+            fork,
+            pages: (!st.resync_all).then_some(pages),
+            kept: kept.clone(),
+        })
+        .await?;
+        Ok(format!(
+            "resolved '{name}' for peer '{}': it is the primary again and this side its secondary; this side's content before is kept in {}",
+            spec.peer,
+            if kept.is_empty() { "-".to_string() } else { kept.join(", ") },
+        ))
+    }
+
+    /// `TakeBack` on the old primary: the promoted side yielded; the first cut of the
+    /// set's generation ships `pages` (or all written data) with this side's changes.
+    pub fn take_back(
+        &self,
+        name: &str,
+        fork: Fork,
+        pages: Option<Vec<String>>,
+    ) -> Result<(), ChangeRefused> {
+        let set = self
+            .primary(name)
+            .map_err(|e| Box::new(e) as ChangeRefused)?;
+        if set.saved_state().peer_promoted != Some(fork) {
+            return Err(format!("set '{name}' here does not know that promote").into());
+        }
+        set.update_state(|st| {
+            st.peer_promoted = None;
+            st.split_brain = false;
+            st.last_cut = None;
+            st.last_cut_unix = None;
+            st.resync = pages.clone();
+        })
+        .map_err(|e| Box::new(e) as ChangeRefused)?;
+        set.request(crate::catalog::QueuePolicy::QueueLatest)
+            .map_err(|e| Box::new(e) as ChangeRefused)?;
+        Ok(())
     }
 
     /// A secondary set's recovery points, the current one first.
@@ -841,6 +985,25 @@ impl Sets {
 }
 
 /// Where a set keeps its state.
+/// A set's spec and its peer's, from the catalog.
+fn spec_and_peer(
+    host: &dyn Host,
+    name: &str,
+) -> Result<(ReplicationSpec, PeerSpec), ReplicationError> {
+    let c = host.catalog().read();
+    let spec = c
+        .replications
+        .get(name)
+        .cloned()
+        .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
+    let peer = c
+        .peers
+        .get(&spec.peer)
+        .cloned()
+        .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
+    Ok((spec, peer))
+}
+
 /// Removes what a receiver keeps in a set's folder (state, staging and undo logs),
 /// leaving a primary's state file.
 fn remove_receiver_files(dir: &std::path::Path) {

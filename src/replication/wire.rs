@@ -209,6 +209,34 @@ pub enum Message {
     Failback {
         set: String,
         fork: Fork,
+        /// `resolve` after a split brain: go ahead even though this side wrote after
+        /// the promote.
+        #[serde(default)]
+        resolve: bool,
+    },
+    /// From the old primary that learned of the promote and had written after it: both
+    /// sides diverged; neither resumes until `resolve`. Answered `Ok`.
+    SplitBrain {
+        set: String,
+        fork: Fork,
+    },
+    /// `resolve --keep` the old primary's side, from the promoted side, which became
+    /// its secondary again: ship `pages` (hex per volume; none: all written data) with
+    /// your own changes since the common cut. Answered `Ok`.
+    TakeBack {
+        set: String,
+        fork: Fork,
+        pages: Option<Vec<String>>,
+        kept: Vec<String>,
+    },
+    /// `resolve` run on the old primary: the promoted side carries it out (`keep_yours`:
+    /// the promoted side's data survives). Answered with the outcome as `Done`.
+    Resolve {
+        set: String,
+        keep_yours: bool,
+    },
+    Done {
+        message: String,
     },
     /// Switchover, from the primary: promote at exactly `fork.cut` (this side's current
     /// cut) and become the primary; the sender becomes the secondary. Answered `Ok`.
@@ -232,7 +260,16 @@ pub struct Fork {
     pub generation: u64,
     pub parent: u64,
     pub cut: u64,
-    pub promoted_unix: u64,
+    /// When the promote happened, Unix milliseconds: the old primary wrote after it
+    /// (split brain) or not.
+    pub promoted_ms: u64,
+}
+
+/// Now, in Unix milliseconds (a fork's time).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A page bitmap as `Divergent` carries it.

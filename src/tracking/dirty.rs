@@ -16,6 +16,10 @@ use super::PageIndex;
 #[derive(Debug, Default)]
 pub struct DirtyMap {
     active: Mutex<RoaringBitmap>,
+    /// When a page was last marked (Unix milliseconds; 0: not since this process
+    /// started). A peer's promote earlier than this means both sides wrote after their
+    /// common cut: split brain. Reading the clock goes through the vDSO, no syscall.
+    last_mark_ms: std::sync::atomic::AtomicU64,
 }
 
 impl DirtyMap {
@@ -27,6 +31,7 @@ impl DirtyMap {
     pub fn from_bitmap(bitmap: RoaringBitmap) -> Self {
         DirtyMap {
             active: Mutex::new(bitmap),
+            last_mark_ms: Default::default(),
         }
     }
 
@@ -35,6 +40,11 @@ impl DirtyMap {
         if pages.is_empty() {
             return;
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.last_mark_ms
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
         let mut active = self.active.lock();
         if pages.len() == 1 {
             // `insert` checks membership before touching the container.
@@ -53,6 +63,12 @@ impl DirtyMap {
     /// Puts back the frozen pages of a cut whose transfer failed, so none is lost.
     pub fn merge_back(&self, frozen: &RoaringBitmap) {
         *self.active.lock() |= frozen;
+    }
+
+    /// When a page was last marked, Unix milliseconds (0: not since this process
+    /// started).
+    pub fn last_mark_ms(&self) -> u64 {
+        self.last_mark_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Number of dirty pages.

@@ -238,7 +238,8 @@ fn replication_code(e: &ReplicationError) -> ErrorCode {
         // A promote on one side is unsettled: `failback` or `resolve` first.
         ReplicationError::AwaitingFailback(_)
         | ReplicationError::PeerWasPromoted { .. }
-        | ReplicationError::NotPromoted(_) => ErrorCode::Invalid,
+        | ReplicationError::NotPromoted(_)
+        | ReplicationError::SplitBrain { .. } => ErrorCode::Invalid,
         // Try again later: a cycle runs, the set is suspended or stopping.
         ReplicationError::Discarded(_)
         | ReplicationError::Suspended(_)

@@ -198,6 +198,10 @@ pub trait Host: Sync {
     fn promoted(&self, _name: &str, _spec: &ReplicationSpec) {}
     /// The catalog change of a promote failed: the set is a secondary again.
     fn promote_undone(&self, _name: &str, _spec: &ReplicationSpec) {}
+    /// `resolve` of a set whose promote is not settled (split brain).
+    fn resolve(&self, name: &str, _keep_local: bool) -> Result<String, ReplicationError> {
+        Err(ReplicationError::NotPromoted(name.into()))
+    }
     /// `switchover` of a primary set.
     fn switchover(&self, name: &str) -> Result<String, ReplicationError> {
         Err(ReplicationError::NotPrimary(name.into()))
@@ -374,6 +378,7 @@ fn act<H: Host + ?Sized>(host: &H, c: &Catalog, a: Action) -> Result<Response, A
         } => replication::promote(host, volume, group, recovery_point),
         Action::Failback { name } => Ok(done(repl::failback(host, &name)?)),
         Action::Switchover { name } => Ok(done(repl::switchover(host, &name)?)),
+        Action::Resolve { name, keep } => Ok(done(repl::resolve(host, &name, keep)?)),
     }
 }
 
