@@ -21,13 +21,16 @@ use super::Node;
 const ALLOCATED_REFRESH: Duration = Duration::from_secs(10);
 
 /// Every state a set can be in, in the order `twinlun_replication_status` lists them.
-const STATES: [SetState; 6] = [
+const STATES: [SetState; 9] = [
     SetState::Unsynchronized,
     SetState::StartReplication,
     SetState::Replicating,
     SetState::Ready,
     SetState::Suspended,
     SetState::Error,
+    SetState::Promoted,
+    SetState::PeerPromoted,
+    SetState::SplitBrain,
 ];
 
 /// Stats `path` and records the bytes its blocks take (sparse files take less than

@@ -531,6 +531,16 @@ impl Sets {
         let host = self.host().ok_or(ReplicationError::Unavailable)?;
         let set = self.primary(name)?;
         let st = set.saved_state();
+        // On the old primary: the promoted side carries the failback out.
+        if let (Some(fork), false) = (st.peer_promoted, resolve) {
+            if st.split_brain {
+                return Err(ReplicationError::SplitBrain {
+                    set: name.to_string(),
+                    fork,
+                });
+            }
+            return Box::pin(self.resolve(name, false)).await;
+        }
         let (Some(fork), true) = (st.fork, st.awaiting_failback) else {
             return Err(ReplicationError::NotPromoted(name.to_string()));
         };
