@@ -305,7 +305,7 @@ fn prometheus_scraping_a_pair_reads_the_lag_and_shipped_bytes_ctl_reports() {
             "twinlun_replication_status{{set=\"r\",instance=\"{pm_addr}\"}} == 0"
         ))
         .len();
-    assert_eq!(not_ready, 5, "one gauge per state, 0 for all but ready");
+    assert_eq!(not_ready, 8, "one gauge per state, 0 for all but ready");
     let writes = prom
         .scalar(&format!(
             "twinlun_volume_write_ops_total{{volume=\"v\",instance=\"{pm_addr}\"}}"
