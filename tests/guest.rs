@@ -9,7 +9,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 
-use common::{repo_root, require_tool, TestServer, DEMO_IQN};
+use common::{kill9, repo_root, require_tool, TestServer, DEMO_IQN};
 
 /// Runs vm-images/run-guest.sh against `s` and asserts a pass. Every `GUEST-WAIT WHAT`
 /// line the guest prints goes to `on_wait(WHAT)` as it arrives, while the guest waits;
@@ -263,4 +263,80 @@ fn guest_discards_shrink_the_file_and_the_secondary() {
         "guest discards: primary {p_full} -> {p_after}, secondary {s_full} -> {s_after}, \
          drive {q_full} -> {q_after}; the cycle shipped {zeros} zero and {data} data bytes"
     );
+}
+
+/// The files `fscheck` found, from its `GUEST-INFO files:` line.
+fn files_seen(stdout: &str) -> Vec<String> {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split("GUEST-INFO files:").nth(1))
+        .unwrap_or_else(|| panic!("fscheck printed no file list:\n{stdout}"));
+    let mut names: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+    names.sort();
+    names
+}
+
+fn names(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+#[test]
+fn guest_ext4_fails_over_to_the_secondary_and_back() {
+    use common::pair::{create_set, pair, replicate, wait_cycles};
+    let (mut p, s) = pair();
+    p.ctl_ok(&["volume", "create", "vf", "--size", "128M"]);
+    p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "vf"]);
+    create_set(&p, "f", &["--volume", "vf"]);
+    let guest = |node: &TestServer, lun: &str, test: &str, append: &str| {
+        run_guest_with(
+            node,
+            &["--test", test, "--lun", lun, "--append", append],
+            &mut |what| Err(format!("this scenario expects no GUEST-WAIT, got `{what}`")),
+        )
+    };
+    // ext4 with files a-1..a-5, a cut; then b-1..b-5 the secondary never gets.
+    guest(&p, "1", "fsfiles", "twinlun.mkfs=1 twinlun.files=a:5");
+    replicate(&p, "f");
+    guest(&p, "1", "fsfiles", "twinlun.files=b:5");
+    kill9(&mut p);
+
+    // Failover: the promoted volume is a clean filesystem at the cut.
+    s.ctl_ok(&["promote", "--volume", "vf"]);
+    s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "vf"]);
+    let out = guest(&s, "1", "fscheck", "twinlun.files=c:3");
+    assert_eq!(
+        files_seen(&out),
+        names("a", 5),
+        "the promoted volume holds the cut"
+    );
+
+    // Failback: the old primary becomes the secondary and reads what was written
+    // after the failover; what it wrote after the cut is kept aside.
+    p.restart();
+    let out = s.ctl_ok(&["failback", "f"]);
+    assert!(out.contains("vf.before-failback-"), "{out}");
+    wait_cycles(&s, "f", 1);
+    let out = guest(&p, "1", "fscheck", "twinlun.ro=1");
+    let mut want = names("a", 5);
+    want.extend(names("c", 3));
+    assert_eq!(files_seen(&out), want, "the old primary after failback");
+    let kept = out_kept(&p);
+    p.ctl_ok(&["lun", "map", DEMO_IQN, "2", &kept, "--read-only"]);
+    let out = guest(&p, "2", "fscheck", "twinlun.ro=1");
+    let mut want = names("a", 5);
+    want.extend(names("b", 5));
+    assert_eq!(files_seen(&out), want, "the kept divergent writes");
+}
+
+/// The volume a failback kept the old primary's content in.
+fn out_kept(p: &TestServer) -> String {
+    let v = p.ctl_json(&["volume", "list"]);
+    v["volumes"]
+        .as_array()
+        .expect("volume list")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .find(|n| n.starts_with("vf.before-failback-"))
+        .expect("a kept volume")
+        .to_string()
 }

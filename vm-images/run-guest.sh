@@ -10,7 +10,7 @@
 #   --iqn IQN              target name
 #   --lun N                LUN the guest tests (default: its lowest disk LUN)
 #   --digest none|crc32c   header+data digest the guest requires (default none)
-#   --test NAME            basic (default), login, fill, checksum, vda, trimfill,
+#   --test NAME            basic (default), login, fill, checksum, vda, trimfill, fsfiles, fscheck,
 #                          trim or boot
 #                          (see vm-images/guest/init for what each does)
 #   --region OFF:LEN       MiB region for fill/checksum (default 0:4); the
@@ -86,10 +86,10 @@ while [[ $# -gt 0 ]]; do
 done
 
 case $test in
-    basic|login|fill|checksum|trimfill|trim) [[ -n $port && -n $iqn ]] || die "--portal-port and --iqn are required for --test $test" ;;
+    basic|login|fill|checksum|trimfill|trim|fsfiles|fscheck) [[ -n $port && -n $iqn ]] || die "--portal-port and --iqn are required for --test $test" ;;
     vda) [[ -n $drive_url ]] || die "--test vda needs --qemu-drive-url" ;;
     boot) ;;
-    *) die "--test must be basic, login, fill, checksum, vda, trimfill, trim or boot" ;;
+    *) die "--test must be basic, login, fill, checksum, vda, trimfill, trim, fsfiles, fscheck or boot" ;;
 esac
 case $digest in none|crc32c) ;; *) die "--digest must be none or crc32c" ;; esac
 [[ -z $port || $port =~ ^[0-9]+$ ]] || die "--portal-port '$port' is not a number"
