@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::server::TlsStream;
 
-use super::host::{ChangeRefused, Host, SecondaryRequest};
+use super::host::{ChangeRefused, Host, MembersRequest, SecondaryRequest};
 use super::idle::IdleLimit;
 use super::readahead::ReadAhead;
 use super::recovery::{CutMeta, ExtentData, RecoveryError};
@@ -506,6 +506,40 @@ async fn answer(
             let mut store = store.lock().await;
             tokio::task::block_in_place(|| store.reset(generation)).map_err(Refusal::Store)?;
             Ok(Message::Ok)
+        }
+        Message::RestartMembers {
+            set,
+            generation,
+            add,
+            remove,
+        } => {
+            owned_set(&**host, peer, &set)?;
+            if !sets.claim(&set, conn) {
+                return Err(Refusal::Promoting(set));
+            }
+            let store = sets
+                .receiver(&set)
+                .ok_or_else(|| Refusal::NoSet(set.clone()))?;
+            let req = MembersRequest {
+                set,
+                generation,
+                add,
+                remove,
+            };
+            node_change(host, move |h| {
+                // Held from the reset until the store is reopened over the new
+                // volumes: no cut lands in between.
+                let mut held = store.blocking_lock();
+                let mut reset = || {
+                    held.reset(req.generation)
+                        .map_err(|e| super::ReplicationError::Recovery {
+                            set: req.set.clone(),
+                            source: Box::new(e),
+                        })
+                };
+                h.restart_secondary_members(&req, &mut reset)
+            })
+            .await
         }
         Message::RecoveryPoints { set } => {
             let summary = sets.receiver_summary(&set).ok_or(Refusal::NoSet(set))?;

@@ -137,6 +137,8 @@ pub enum ReplicationError {
         #[source]
         source: Box<recovery::RecoveryError>,
     },
+    #[error("peer '{peer}' closed the connection when asked to change the volumes of set '{set}': a build without membership changes? Nothing changed; update the peer, or delete and create the set again")]
+    MembersUnsupported { peer: String, set: String },
     #[error("cannot save the state of replication set '{set}'")]
     State {
         set: String,

@@ -205,6 +205,16 @@ impl PrimarySet {
         ))
     }
 
+    /// The set's generation now (the one a restart's first step moves past).
+    pub fn generation(&self) -> u64 {
+        self.state.lock().generation
+    }
+
+    /// `suspend`ed: no cycle runs, and no restart either.
+    pub fn suspended(&self) -> bool {
+        self.state.lock().suspended
+    }
+
     /// Suspends or resumes the set (saved: survives a restart).
     pub fn suspend(&self, on: bool) -> Result<String, ReplicationError> {
         let mut st = self.state.lock();

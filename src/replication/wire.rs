@@ -198,6 +198,33 @@ pub enum Message {
         code: ErrorCode,
         message: String,
     },
+    /// Restart Replication with a change of the set's membership (a group set only):
+    /// the secondary checks the whole change first (refusing it changes nothing),
+    /// then drops every recovery point for `generation` as `Reset` does, creates the
+    /// `add`ed volumes and takes the `remove`d ones (its own names) out of the set and
+    /// its group, keeping them as plain volumes. Answered `Ok`; the full cycle of the
+    /// restart follows. A build before it closes the connection on it (an unknown
+    /// message), which the primary reports as such.
+    RestartMembers {
+        set: String,
+        generation: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        add: Vec<MemberVolume>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        remove: Vec<String>,
+    },
+}
+
+/// A volume a membership change adds to the secondary: created with the primary's
+/// size, block size and tracking page size (so a cut's pages mean the same on both
+/// sides).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberVolume {
+    pub name: String,
+    pub size: u64,
+    pub block_size: u32,
+    #[serde(default = "crate::catalog::default_page_size")]
+    pub page_size: u32,
 }
 
 /// Why a receiver refused a request: the `code` of an `Error` message. The message
