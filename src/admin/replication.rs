@@ -768,12 +768,6 @@ pub fn restart_members(
         if !c.volumes.contains_key(v) {
             return Err(AdminError::NoVolume(v.clone()));
         }
-        if let Some((set, _)) = c.replication_of(v) {
-            return Err(AdminError::AlreadyReplicated {
-                volume: v.clone(),
-                set: set.to_string(),
-            });
-        }
         match c.group_of(v) {
             None => {}
             Some(g) if g == group => {
@@ -788,6 +782,12 @@ pub fn restart_members(
                     other: other.to_string(),
                 })
             }
+        }
+        if let Some((set, _)) = c.replication_of(v) {
+            return Err(AdminError::AlreadyReplicated {
+                volume: v.clone(),
+                set: set.to_string(),
+            });
         }
     }
     if let Some(v) = remove.iter().find(|v| !members.contains(v)) {
@@ -910,7 +910,11 @@ pub fn restart_secondary_members<H: super::Host + ?Sized>(
         .volumes
         .iter()
         .filter(|v| !remove.contains(v))
-        .chain(add.iter().map(|a| &a.name).filter(|a| !spec.volumes.contains(a)))
+        .chain(
+            add.iter()
+                .map(|a| &a.name)
+                .filter(|a| !spec.volumes.contains(a)),
+        )
         .cloned()
         .collect();
     if volumes.is_empty() {

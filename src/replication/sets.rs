@@ -524,10 +524,12 @@ impl Sets {
                 })
                 .await;
             match asked {
-                Err(ReplicationError::Wire { source, .. }) if closed(&source) => Err(ReplicationError::MembersUnsupported {
-                    peer: spec.peer.clone(),
-                    set: name.to_string(),
-                }),
+                Err(ReplicationError::Wire { source, .. }) if closed(&source) => {
+                    Err(ReplicationError::MembersUnsupported {
+                        peer: spec.peer.clone(),
+                        set: name.to_string(),
+                    })
+                }
                 other => other,
             }
         }
