@@ -332,8 +332,12 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
     /// whose data never comes (`iscsi::session::timers`).
     async fn on_tick(&mut self, now: Instant) -> Result<(), End> {
         let stalled = self.collecting.stalled();
-        // Asked only while a ping waits for its answer.
-        let delivered = self.timers.ping_outstanding().is_some() && self.presence.delivered();
+        // An initiator that stopped mid-PDU is broken, not idle: the long wait is only
+        // for one between PDUs whose host took the ping. Asked only while a ping waits
+        // for its answer.
+        let delivered = self.timers.ping_outstanding().is_some()
+            && !self.reader.mid_frame()
+            && self.presence.delivered();
         for action in self.timers.poll(now, stalled, &mut self.tags, delivered) {
             match action {
                 TimerAction::SendPing { ttt } => {
