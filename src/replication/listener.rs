@@ -66,6 +66,12 @@ enum Refusal {
     },
     #[error("the extent writer failed: {0}")]
     Writer(tokio::task::JoinError),
+    #[error("set '{set}' here holds volumes {here}, and the cut is of {theirs}: restart replication on the primary with --add-volume/--remove-volume to match")]
+    OtherVolumes {
+        set: String,
+        theirs: String,
+        here: String,
+    },
 }
 
 impl Refusal {
@@ -78,7 +84,8 @@ impl Refusal {
             Refusal::NotOwned(_)
             | Refusal::Promoting(_)
             | Refusal::Change(_)
-            | Refusal::Staging(_) => ErrorCode::Refused,
+            | Refusal::Staging(_)
+            | Refusal::OtherVolumes { .. } => ErrorCode::Refused,
             Refusal::NoSet(_) => ErrorCode::NotFound,
             Refusal::Store(_) => ErrorCode::Io,
             Refusal::Base { .. } => ErrorCode::Base,
@@ -439,13 +446,30 @@ async fn connection(
                 taken_unix,
                 full,
                 base,
+                volumes,
             } => {
                 let meta = CutMeta {
                     generation,
                     cut,
                     taken_unix,
                 };
-                match begin_cut(sets, &*host, &peer, conn, &set, meta, full, base).await {
+                let begun = match begin_cut(sets, &*host, &peer, conn, &set, meta, full, base).await
+                {
+                    Ok(Begin::Receive { store, keep }) if !volumes.is_empty() => {
+                        let here = store.lock().await.volume_names();
+                        if here == volumes {
+                            Ok(Begin::Receive { store, keep })
+                        } else {
+                            Err(Refusal::OtherVolumes {
+                                set: set.clone(),
+                                theirs: volumes.join(", "),
+                                here: here.join(", "),
+                            })
+                        }
+                    }
+                    other => other,
+                };
+                match begun {
                     Ok(Begin::Receive { store, keep }) => {
                         r.get_mut().set_limit(cut_read_limit());
                         let received = receive_cut(&mut r, &mut w, &set, store, meta, keep).await;

@@ -914,6 +914,13 @@ async fn ship(
         compress: how,
         ..Default::default()
     };
+    let remote_volumes = node
+        .catalog()
+        .read()
+        .replications
+        .get(&set.name)
+        .map(|r| r.remote_volumes.clone())
+        .unwrap_or_default();
     let skip = match conn
         .request(&Message::BeginCut {
             set: set.name.clone(),
@@ -922,6 +929,7 @@ async fn ship(
             taken_unix: unix_secs(p.cut.at),
             full,
             base: p.base,
+            volumes: remote_volumes,
         })
         .await?
     {

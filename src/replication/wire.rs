@@ -165,6 +165,12 @@ pub enum Message {
         /// The cut this one's changes are relative to (none for a full cut): the
         /// secondary must be exactly there.
         base: Option<u64>,
+        /// The set's volumes by the secondary's names, in the order extents number
+        /// them: a secondary holding other volumes (a membership change one side missed)
+        /// refuses the cut rather than write a volume's pages into another. Absent from
+        /// builds before membership changes: not checked.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        volumes: Vec<String>,
     },
     /// The cut is whole: commit and apply it.
     EndCut {
