@@ -910,6 +910,43 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn membership_messages_keep_the_forms_older_builds_send() {
+        // A BeginCut from a build before membership changes names no volumes.
+        let old = r#"{"msg":"begin_cut","set":"s","generation":3,"cut":9,"taken_unix":5,"full":false,"base":8}"#;
+        assert_eq!(
+            serde_json::from_str::<Message>(old).unwrap(),
+            Message::BeginCut {
+                set: "s".into(),
+                generation: 3,
+                cut: 9,
+                taken_unix: 5,
+                full: false,
+                base: Some(8),
+                volumes: vec![],
+            }
+        );
+        // Without volumes it is written as before.
+        let again = serde_json::to_string(&serde_json::from_str::<Message>(old).unwrap()).unwrap();
+        assert_eq!(again, old);
+        // A member volume without a page size takes the default one.
+        let m = r#"{"msg":"restart_members","set":"s","generation":4,"add":[{"name":"c","size":1048576,"block_size":512}]}"#;
+        assert_eq!(
+            serde_json::from_str::<Message>(m).unwrap(),
+            Message::RestartMembers {
+                set: "s".into(),
+                generation: 4,
+                add: vec![MemberVolume {
+                    name: "c".into(),
+                    size: 1 << 20,
+                    block_size: 512,
+                    page_size: crate::catalog::DEFAULT_PAGE_SIZE,
+                }],
+                remove: vec![],
+            }
+        );
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bodies_never_panic(body in proptest::collection::vec(any::<u8>(), 0..200)) {

@@ -333,6 +333,54 @@ mod tests {
     }
 
     #[test]
+    fn a_membership_restart_names_new_secondaries_with_the_sets_prefix() {
+        let f = Fake::new();
+        for v in ["a", "b", "c"] {
+            f.ok(vcreate(v, 1 << 20, 512));
+        }
+        f.ok(gcreate("g", &["a", "b"]));
+        with_set(&f);
+        {
+            let mut c = f.catalog.write();
+            let r = c.replications.get_mut("r").unwrap();
+            r.group = Some("g".into());
+            r.volumes = vec!["a".into(), "b".into()];
+            r.remote_volumes = vec!["dr-a".into(), "dr-b".into()];
+            c.groups.get_mut("g").unwrap().replication_set = Some("r".into());
+            store::save(f.dir.path(), &c).unwrap();
+        }
+        let before = f.on_disk();
+        let mut c = before.clone();
+        let plan = repl::restart_members(&mut c, "r", vec!["c".into()], vec!["a".into()]).unwrap();
+        assert_eq!(plan.add.len(), 1);
+        assert_eq!(
+            (
+                plan.add[0].name.as_str(),
+                plan.add[0].size,
+                plan.add[0].page_size
+            ),
+            ("dr-c", 1 << 20, 4096)
+        );
+        assert_eq!(plan.remove, ["dr-a"]);
+        assert_eq!(c.groups["g"].volumes, ["b", "c"]);
+        assert_eq!(c.replications["r"].volumes, ["b", "c"]);
+        assert_eq!(c.replications["r"].remote_volumes, ["dr-b", "dr-c"]);
+        // Through apply: the fake has no peer, so the peer's step fails and nothing of
+        // the change is saved.
+        f.refuse(
+            Action::Restart {
+                name: "r".into(),
+                yes: true,
+                add_volumes: vec!["c".into()],
+                remove_volumes: vec![],
+            },
+            ErrorCode::Invalid,
+        );
+        assert_eq!(f.on_disk(), before);
+        assert_eq!(*f.catalog.read(), before);
+    }
+
+    #[test]
     fn actions_name_their_set_and_change_nothing_when_refused() {
         let f = Fake::new();
         let nope = || "nope".to_string();
