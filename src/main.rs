@@ -177,6 +177,15 @@ enum CtlCommand {
         /// Confirm that the secondary's recovery points are to be deleted.
         #[arg(long)]
         yes: bool,
+        /// A group set only: add this volume to the group and the set; its secondary
+        /// is created on the peer (same size, block size and page size). Repeatable.
+        #[arg(long = "add-volume", value_name = "VOLUME")]
+        add_volume: Vec<String>,
+        /// A group set only: take this volume out of the group and the set; it stays
+        /// a plain volume here, and its secondary a plain volume on the peer.
+        /// Repeatable.
+        #[arg(long = "remove-volume", value_name = "VOLUME")]
+        remove_volume: Vec<String>,
     },
     /// No cycle runs (scheduled or requested) until `resume`.
     Suspend {
@@ -1178,7 +1187,18 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
         },
         CtlCommand::Replicate { name } => Action::Replicate { name }.into(),
         CtlCommand::RecoveryPoints { set } => Query::RecoveryPoints { name: set }.into(),
-        CtlCommand::Restart { name, yes } => Action::Restart { name, yes }.into(),
+        CtlCommand::Restart {
+            name,
+            yes,
+            add_volume,
+            remove_volume,
+        } => Action::Restart {
+            name,
+            yes,
+            add_volumes: add_volume,
+            remove_volumes: remove_volume,
+        }
+        .into(),
         CtlCommand::Watch { .. } | CtlCommand::Events => {
             unreachable!("watch and events are handled before any request")
         }

@@ -557,6 +557,19 @@ impl Host for Node {
     ) -> Result<(), ReplicationError> {
         self.block_on(self.replication.create_remote(name, spec, peer, volumes))
     }
+    fn replication_members_remote(
+        &self,
+        name: &str,
+        spec: &ReplicationSpec,
+        peer: &PeerSpec,
+        add: Vec<crate::replication::wire::MemberVolume>,
+        remove: Vec<String>,
+    ) -> Result<(), ReplicationError> {
+        self.block_on(
+            self.replication
+                .restart_members_remote(name, spec, peer, add, remove),
+        )
+    }
     fn replication_delete_remote(
         &self,
         name: &str,
@@ -713,6 +726,20 @@ impl crate::replication::Host for Node {
     ) -> Result<(), ChangeRefused> {
         crate::admin::replication::promote_switchover(self, set, fork)
             .map_err(|e| Box::new(e) as ChangeRefused)
+    }
+    fn restart_secondary_members(
+        &self,
+        req: &crate::replication::host::MembersRequest,
+        reset: &mut dyn FnMut() -> Result<(), ReplicationError>,
+    ) -> Result<(), ChangeRefused> {
+        crate::admin::replication::restart_secondary_members(
+            self,
+            &req.set,
+            &req.add,
+            &req.remove,
+            reset,
+        )
+        .map_err(|e| Box::new(e) as ChangeRefused)
     }
     fn foreground_ops(&self) -> u64 {
         self.metrics.foreground_ops()

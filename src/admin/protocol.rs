@@ -402,10 +402,16 @@ pub enum Action {
     },
     /// Restart Replication; refused without `yes` (it deletes every recovery point on
     /// the secondary).
+    /// With `add_volumes` or `remove_volumes` (a group set only) the restart also
+    /// changes the group's volumes, on both sides.
     Restart {
         name: String,
         #[serde(default)]
         yes: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        add_volumes: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        remove_volumes: Vec<String>,
     },
     Suspend {
         name: String,
@@ -1185,6 +1191,8 @@ mod tests {
                 Request::from(Action::Restart {
                     name: "r".into(),
                     yes: true,
+                    add_volumes: vec![],
+                    remove_volumes: vec![],
                 }),
                 r#"{"cmd":"restart","name":"r","yes":true}"#,
             ),

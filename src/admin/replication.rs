@@ -957,3 +957,252 @@ pub fn schedule_delete(c: &mut Catalog, task: String) -> Result<(Effect, Respons
         },
     ))
 }
+
+/// What a membership restart of a group set settles with the peer, once the catalog
+/// side ([`restart_members`]) has checked it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembersPlan {
+    /// The set as it was: its peer, and the volumes the peer knows it by.
+    pub old: ReplicationSpec,
+    /// The secondaries to create, by the peer's names.
+    pub add: Vec<crate::replication::wire::MemberVolume>,
+    /// The peer's names of the volumes leaving the set.
+    pub remove: Vec<String>,
+    /// What the admin is told once it is done.
+    pub message: String,
+}
+
+/// `restart SET --yes --add-volume V --remove-volume V`, the catalog side on the
+/// primary: the set must be a primary group set here; each volume added must exist
+/// and be in no group and no set; each volume removed must be in the group; no volume
+/// may be named twice and the group may not end empty. The group and the set take the
+/// new membership (added volumes at the end, in the order given); a removed volume
+/// stays here as a plain volume. Its secondary is named as the others are (the set's
+/// `--target-prefix`, read off its existing pairs).
+pub fn restart_members(
+    c: &mut Catalog,
+    name: &str,
+    add: Vec<String>,
+    remove: Vec<String>,
+) -> Result<MembersPlan, AdminError> {
+    let old = c
+        .replications
+        .get(name)
+        .cloned()
+        .ok_or_else(|| AdminError::NoSet(name.to_string()))?;
+    if old.role != ReplicationRole::Primary {
+        return Err(crate::replication::ReplicationError::NotPrimary(name.into()).into());
+    }
+    let Some(group) = old.group.clone() else {
+        return Err(AdminError::NotAGroupSet {
+            set: name.to_string(),
+            volume: old.volumes.join(", "),
+        });
+    };
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = add.iter().chain(&remove).find(|v| !seen.insert(v.as_str())) {
+        return Err(AdminError::MemberTwice(twice.clone()));
+    }
+    let members = c
+        .groups
+        .get(&group)
+        .map(|g| g.volumes.clone())
+        .ok_or_else(|| AdminError::NoGroup(group.clone()))?;
+    for v in &add {
+        if !c.volumes.contains_key(v) {
+            return Err(AdminError::NoVolume(v.clone()));
+        }
+        match c.group_of(v) {
+            None => {}
+            Some(g) if g == group => {
+                return Err(AdminError::AlreadyInGroup {
+                    group,
+                    volume: v.clone(),
+                })
+            }
+            Some(other) => {
+                return Err(AdminError::InOtherGroup {
+                    volume: v.clone(),
+                    other: other.to_string(),
+                })
+            }
+        }
+        if let Some((set, _)) = c.replication_of(v) {
+            return Err(AdminError::AlreadyReplicated {
+                volume: v.clone(),
+                set: set.to_string(),
+            });
+        }
+    }
+    if let Some(v) = remove.iter().find(|v| !members.contains(v)) {
+        return Err(AdminError::NotInGroup {
+            group,
+            volume: v.clone(),
+        });
+    }
+    let volumes: Vec<String> = members
+        .iter()
+        .filter(|v| !remove.contains(v))
+        .chain(&add)
+        .cloned()
+        .collect();
+    if volumes.is_empty() {
+        return Err(AdminError::SetEmptied {
+            set: name.to_string(),
+            group,
+        });
+    }
+    // The peer's name of each volume: as the set has it, or the set's prefix for a new one.
+    let prefix = old
+        .volumes
+        .iter()
+        .zip(&old.remote_volumes)
+        .find_map(|(l, r)| r.strip_suffix(l.as_str()))
+        .unwrap_or_default()
+        .to_string();
+    let remote_of = |v: &String| -> String {
+        old.volumes
+            .iter()
+            .position(|o| o == v)
+            .map_or_else(|| format!("{prefix}{v}"), |i| old.remote_volumes[i].clone())
+    };
+    let remote_volumes: Vec<String> = volumes.iter().map(remote_of).collect();
+    let mut added = Vec::new();
+    for v in &add {
+        let remote = remote_of(v);
+        validate::check_volume_name(&remote)?;
+        let spec = &c.volumes[v];
+        added.push(crate::replication::wire::MemberVolume {
+            name: remote,
+            size: spec.size,
+            block_size: spec.block_size,
+            page_size: spec.page_size,
+        });
+    }
+    let removed: Vec<String> = remove.iter().map(remote_of).collect();
+    c.groups.get_mut(&group).expect("found above").volumes = volumes.clone();
+    let spec = c.replications.get_mut(name).expect("found above");
+    spec.volumes = volumes.clone();
+    spec.remote_volumes = remote_volumes;
+    let mut changes = Vec::new();
+    if !add.is_empty() {
+        changes.push(format!("added {}", add.join(", ")));
+    }
+    if !remove.is_empty() {
+        changes.push(format!(
+            "removed {} (plain volumes now, here and on peer '{}')",
+            remove.join(", "),
+            old.peer
+        ));
+    }
+    let message = format!(
+        "restarting replication of '{name}' with group '{group}' of {}: {}; the secondary's recovery points are deleted and all written data is shipped again",
+        volumes.join(", "),
+        changes.join("; ")
+    );
+    Ok(MembersPlan {
+        old,
+        add: added,
+        remove: removed,
+        message,
+    })
+}
+
+/// On the secondary: the primary restarts the group set `set` with other volumes. The
+/// whole change is checked first (a refusal changes nothing): the set is a secondary
+/// here; a volume added that is in the set already (a repeated request whose answer
+/// was lost) is kept if its geometry matches, one that exists outside it is refused;
+/// a volume removed that is no longer in the set is no longer there to remove (the
+/// primary checked the names against its own group); the set keeps a volume. Then
+/// `reset` drops the set's recovery points, the new volumes are created (same size,
+/// block size and page size), the removed ones leave the set and its group as plain
+/// volumes (their content kept, writable, deletable), the catalog is saved and the
+/// set's store reopened over its new volumes.
+pub fn restart_secondary_members<H: super::Host + ?Sized>(
+    host: &H,
+    set: &str,
+    add: &[crate::replication::wire::MemberVolume],
+    remove: &[String],
+    reset: &mut dyn FnMut() -> Result<(), crate::replication::ReplicationError>,
+) -> Result<(), AdminError> {
+    use super::apply::{create_and_open_volume, discard_volume, new_volume_spec};
+
+    let _serial = host.change_lock().lock();
+    let mut new = host.catalog().read().clone();
+    let spec = match new.replications.get(set) {
+        Some(s) if s.role == ReplicationRole::Secondary => s.clone(),
+        Some(_) => {
+            return Err(crate::replication::ReplicationError::NotSecondary(set.into()).into())
+        }
+        None => return Err(AdminError::NoSet(set.to_string())),
+    };
+    let mut to_create = Vec::new();
+    for v in add {
+        validate::check_volume_name(&v.name)?;
+        validate::check_geometry(v.size, v.block_size)?;
+        validate::check_page_size(u64::from(v.page_size))?;
+        match new.volumes.get(&v.name) {
+            Some(have)
+                if spec.volumes.contains(&v.name)
+                    && (have.size, have.block_size, have.page_size)
+                        == (v.size, v.block_size, v.page_size) => {}
+            Some(_) => return Err(AdminError::VolumeExists(v.name.clone())),
+            None => to_create.push(v),
+        }
+    }
+    let volumes: Vec<String> = spec
+        .volumes
+        .iter()
+        .filter(|v| !remove.contains(v))
+        .chain(
+            add.iter()
+                .map(|a| &a.name)
+                .filter(|a| !spec.volumes.contains(a)),
+        )
+        .cloned()
+        .collect();
+    if volumes.is_empty() {
+        return Err(AdminError::SetEmptied {
+            set: set.to_string(),
+            group: spec.group.clone().unwrap_or_default(),
+        });
+    }
+    reset()?;
+    let mut created: Vec<(String, crate::catalog::VolumeSpec)> = Vec::new();
+    let undo = |created: &[(String, crate::catalog::VolumeSpec)]| {
+        for (name, spec) in created {
+            discard_volume(host, name, spec);
+        }
+    };
+    for v in to_create {
+        let vspec = new_volume_spec(
+            &new,
+            v.size,
+            v.block_size,
+            v.page_size,
+            &mut rand::random::<u64>,
+        );
+        if let Err(e) = create_and_open_volume(host, &v.name, &vspec) {
+            undo(&created);
+            return Err(e);
+        }
+        created.push((v.name.clone(), vspec.clone()));
+        new.volumes.insert(v.name.clone(), vspec);
+    }
+    if let Some(g) = spec.group.as_ref().and_then(|g| new.groups.get_mut(g)) {
+        g.volumes = volumes.clone();
+    }
+    let s = new.replications.get_mut(set).expect("found above");
+    s.volumes = volumes.clone();
+    s.remote_volumes = volumes.clone();
+    if let Err(e) = super::store::save(host.data_dir(), &new) {
+        undo(&created);
+        return Err(e.into());
+    }
+    *host.catalog().write() = new;
+    // The store reopens over the new volumes (its reset state names the old ones, and
+    // holds no cut, so it takes the new list).
+    host.replication_started(set);
+    tracing::info!(set, volumes = ?volumes, "the primary restarted the set with other volumes");
+    Ok(())
+}

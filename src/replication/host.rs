@@ -9,7 +9,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use super::tls::Tls;
-use super::wire::RemoteVolume;
+use super::wire::{MemberVolume, RemoteVolume};
 use super::ReplicationError;
 use crate::catalog::Catalog;
 use crate::tracking::CutCoordinator;
@@ -30,6 +30,17 @@ pub struct SecondaryRequest {
     pub volumes: Vec<RemoteVolume>,
     /// Recovery points to keep.
     pub keep: u32,
+}
+
+/// A primary restarts replication of a group set with other volumes: this node's side
+/// of the set gains `add` and loses `remove` (its own names) and starts `generation`
+/// with no recovery point.
+#[derive(Debug, Clone)]
+pub struct MembersRequest {
+    pub set: String,
+    pub generation: u64,
+    pub add: Vec<MemberVolume>,
+    pub remove: Vec<String>,
 }
 
 pub trait Host: Send + Sync + 'static {
@@ -58,6 +69,17 @@ pub trait Host: Send + Sync + 'static {
     fn unfence(&self, luns: &[(String, u64)]) -> Result<(), ChangeRefused>;
     /// Switchover reached the secondary: promote at exactly `fork.cut`, not held.
     fn promote_switchover(&self, set: &str, fork: super::wire::Fork) -> Result<(), ChangeRefused>;
+    /// Changes the membership of a secondary set (`restart --add-volume/--remove-volume`
+    /// on its primary): the whole change is checked against the catalog first, and a
+    /// refusal changes nothing; then `reset` drops the set's recovery points (the
+    /// store's volumes change, so none of them can be rolled back to), the new volumes
+    /// are created, the catalog saved and the set's store reopened over its new
+    /// volumes. Blocking.
+    fn restart_secondary_members(
+        &self,
+        req: &MembersRequest,
+        reset: &mut dyn FnMut() -> Result<(), ReplicationError>,
+    ) -> Result<(), ChangeRefused>;
     /// Reads and writes initiators have completed on this node's volumes so far: a
     /// cycle gives way to them while it grows. A host that does not count (a test's)
     /// keeps it at 0, and its cycles never give way.

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_rustls::server::TlsStream;
 
-use super::host::{ChangeRefused, Host, SecondaryRequest};
+use super::host::{ChangeRefused, Host, MembersRequest, SecondaryRequest};
 use super::idle::IdleLimit;
 use super::readahead::ReadAhead;
 use super::recovery::{CutMeta, ExtentData, RecoveryError};
@@ -71,6 +71,12 @@ enum Refusal {
     /// The set was promoted here: answered with `Promoted`, not an error.
     #[error("set '{set}' was promoted here")]
     Promoted { set: String, fork: Fork },
+    #[error("set '{set}' here holds volumes {here}, and the cut is of {theirs}: restart replication on the primary with --add-volume/--remove-volume to match")]
+    OtherVolumes {
+        set: String,
+        theirs: String,
+        here: String,
+    },
 }
 
 impl Refusal {
@@ -83,7 +89,8 @@ impl Refusal {
             Refusal::NotOwned(_)
             | Refusal::Promoting(_)
             | Refusal::Change(_)
-            | Refusal::Staging(_) => ErrorCode::Refused,
+            | Refusal::Staging(_)
+            | Refusal::OtherVolumes { .. } => ErrorCode::Refused,
             Refusal::NoSet(_) => ErrorCode::NotFound,
             Refusal::Store(_) => ErrorCode::Io,
             Refusal::Base { .. } => ErrorCode::Base,
@@ -448,13 +455,30 @@ async fn connection(
                 taken_unix,
                 full,
                 base,
+                volumes,
             } => {
                 let meta = CutMeta {
                     generation,
                     cut,
                     taken_unix,
                 };
-                match begin_cut(sets, &*host, &peer, conn, &set, meta, full, base).await {
+                let begun = match begin_cut(sets, &*host, &peer, conn, &set, meta, full, base).await
+                {
+                    Ok(Begin::Receive { store, keep }) if !volumes.is_empty() => {
+                        let here = store.lock().await.volume_names();
+                        if here == volumes {
+                            Ok(Begin::Receive { store, keep })
+                        } else {
+                            Err(Refusal::OtherVolumes {
+                                set: set.clone(),
+                                theirs: volumes.join(", "),
+                                here: here.join(", "),
+                            })
+                        }
+                    }
+                    other => other,
+                };
+                match begun {
                     Ok(Begin::Receive { store, keep }) => {
                         r.get_mut().set_limit(cut_read_limit());
                         let received = receive_cut(&mut r, &mut w, &set, store, meta, keep).await;
@@ -595,6 +619,40 @@ async fn answer(
                 );
             }
             answer
+        }
+        Message::RestartMembers {
+            set,
+            generation,
+            add,
+            remove,
+        } => {
+            owned_set(sets, &**host, peer, &set)?;
+            if !sets.claim(&set, conn) {
+                return Err(Refusal::Promoting(set));
+            }
+            let store = sets
+                .receiver(&set)
+                .ok_or_else(|| Refusal::NoSet(set.clone()))?;
+            let req = MembersRequest {
+                set,
+                generation,
+                add,
+                remove,
+            };
+            node_change(host, move |h| {
+                // Held from the reset until the store is reopened over the new
+                // volumes: no cut lands in between.
+                let mut held = store.blocking_lock();
+                let mut reset = || {
+                    held.reset(req.generation)
+                        .map_err(|e| super::ReplicationError::Recovery {
+                            set: req.set.clone(),
+                            source: Box::new(e),
+                        })
+                };
+                h.restart_secondary_members(&req, &mut reset)
+            })
+            .await
         }
         Message::RecoveryPoints { set } => {
             let summary = sets.receiver_summary(&set).ok_or(Refusal::NoSet(set))?;

@@ -149,6 +149,8 @@ pub enum ReplicationError {
     SplitBrain { set: String, fork: wire::Fork },
     #[error("switchover: {0}")]
     Fence(String),
+    #[error("peer '{peer}' closed the connection when asked to change the volumes of set '{set}': a build without membership changes? Nothing changed; update the peer, or delete and create the set again")]
+    MembersUnsupported { peer: String, set: String },
     #[error("cannot save the state of replication set '{set}'")]
     State {
         set: String,

@@ -876,6 +876,11 @@ impl ReceiverStore {
         *self.summary.lock() = summary;
     }
 
+    /// The set's volumes here, in the order extents number them.
+    pub fn volume_names(&self) -> Vec<String> {
+        self.volumes.iter().map(|v| v.target.name.clone()).collect()
+    }
+
     /// The published summary: read it without locking the store.
     pub fn summary(&self) -> Arc<parking_lot::Mutex<ReceiverSummary>> {
         self.summary.clone()

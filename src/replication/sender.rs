@@ -234,6 +234,16 @@ impl PrimarySet {
         ))
     }
 
+    /// The set's generation now (the one a restart's first step moves past).
+    pub fn generation(&self) -> u64 {
+        self.state.lock().generation
+    }
+
+    /// `suspend`ed: no cycle runs, and no restart either.
+    pub fn suspended(&self) -> bool {
+        self.state.lock().suspended
+    }
+
     /// Suspends or resumes the set (saved: survives a restart).
     pub fn suspend(&self, on: bool) -> Result<String, ReplicationError> {
         let mut st = self.state.lock();
@@ -1114,6 +1124,13 @@ async fn ship(
         compress: how,
         ..Default::default()
     };
+    let remote_volumes = node
+        .catalog()
+        .read()
+        .replications
+        .get(&set.name)
+        .map(|r| r.remote_volumes.clone())
+        .unwrap_or_default();
     let skip = match conn
         .request(&Message::BeginCut {
             set: set.name.clone(),
@@ -1122,6 +1139,7 @@ async fn ship(
             taken_unix: unix_secs(p.cut.at),
             full,
             base: p.base,
+            volumes: remote_volumes,
         })
         .await?
     {

@@ -17,7 +17,7 @@ use super::rate::{Bucket, Limits};
 use super::recovery::{ReceiverStore, ReceiverSummary, RecoveryPoint, VolumeTarget};
 use super::sender::{PrimarySet, PrimaryState};
 use super::status::{SetState, SetStatus};
-use super::wire::{Fork, Message, RemoteVolume};
+use super::wire::{Fork, MemberVolume, Message, RemoteVolume, WireError};
 use super::ReplicationError;
 use crate::catalog::{Compression, PeerSpec, ReplicationRole, ReplicationSpec};
 use crate::events::Emitter;
@@ -991,6 +991,72 @@ impl Sets {
             self.start_set(name);
         }
         result
+    }
+}
+
+impl Sets {
+    /// The first step of a Restart Replication that changes a group set's volumes:
+    /// the set's cycles stop (a cut in flight puts its pages back into the dirty maps),
+    /// then the peer changes its side (`RestartMembers`: its recovery points go and
+    /// its volumes follow `add` and `remove`, by its names) for the generation after
+    /// ours. On success the set stays stopped: the caller saves the new membership and
+    /// starts it again (`start_set`), then restarts it. If the peer refuses or cannot
+    /// be reached, nothing changed and the set runs on as it was.
+    pub async fn restart_members_remote(
+        &self,
+        name: &str,
+        spec: &ReplicationSpec,
+        peer: &PeerSpec,
+        add: Vec<MemberVolume>,
+        remove: Vec<String>,
+    ) -> Result<(), ReplicationError> {
+        let set = self.primary(name)?;
+        if set.suspended() {
+            return Err(ReplicationError::Suspended(name.to_string()));
+        }
+        self.primaries.lock().remove(name);
+        set.stop().await;
+        let generation = set.generation() + 1;
+        drop(set);
+        let result = async {
+            let host = self.host().ok_or(ReplicationError::Unavailable)?;
+            let mut conn = PeerConn::connect(&*host, &spec.peer, peer).await?;
+            let asked = conn
+                .expect_ok(&Message::RestartMembers {
+                    set: name.to_string(),
+                    generation,
+                    add,
+                    remove,
+                })
+                .await;
+            match asked {
+                Err(ReplicationError::Wire { source, .. }) if closed(&source) => {
+                    Err(ReplicationError::MembersUnsupported {
+                        peer: spec.peer.clone(),
+                        set: name.to_string(),
+                    })
+                }
+                other => other,
+            }
+        }
+        .await;
+        if result.is_err() {
+            self.start_set(name);
+        }
+        result
+    }
+}
+
+/// The peer ended the connection rather than answer (what a build that does not know
+/// a message does).
+fn closed(e: &WireError) -> bool {
+    match e {
+        WireError::Closed => true,
+        WireError::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+        ),
+        _ => false,
     }
 }
 

@@ -165,6 +165,12 @@ pub enum Message {
         /// The cut this one's changes are relative to (none for a full cut): the
         /// secondary must be exactly there.
         base: Option<u64>,
+        /// The set's volumes by the secondary's names, in the order extents number
+        /// them: a secondary holding other volumes (a membership change one side missed)
+        /// refuses the cut rather than write a volume's pages into another. Absent from
+        /// builds before membership changes: not checked.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        volumes: Vec<String>,
     },
     /// The cut is whole: commit and apply it.
     EndCut {
@@ -251,6 +257,21 @@ pub enum Message {
         pages: Vec<String>,
         kept: Vec<String>,
     },
+    /// Restart Replication with a change of the set's membership (a group set only):
+    /// the secondary checks the whole change first (refusing it changes nothing),
+    /// then drops every recovery point for `generation` as `Reset` does, creates the
+    /// `add`ed volumes and takes the `remove`d ones (its own names) out of the set and
+    /// its group, keeping them as plain volumes. Answered `Ok`; the full cycle of the
+    /// restart follows. A build before it closes the connection on it (an unknown
+    /// message), which the primary reports as such.
+    RestartMembers {
+        set: String,
+        generation: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        add: Vec<MemberVolume>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        remove: Vec<String>,
+    },
 }
 
 /// Where a promote forked a set's history: the promoted side's new generation, the
@@ -284,6 +305,18 @@ pub fn pages_to_hex(pages: &roaring::RoaringBitmap) -> String {
 pub fn pages_from_hex(hex: &str) -> Option<roaring::RoaringBitmap> {
     let bytes = hex::decode(hex).ok()?;
     roaring::RoaringBitmap::deserialize_from(&bytes[..]).ok()
+}
+
+/// A volume a membership change adds to the secondary: created with the primary's
+/// size, block size and tracking page size (so a cut's pages mean the same on both
+/// sides).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberVolume {
+    pub name: String,
+    pub size: u64,
+    pub block_size: u32,
+    #[serde(default = "crate::catalog::default_page_size")]
+    pub page_size: u32,
 }
 
 /// Why a receiver refused a request: the `code` of an `Error` message. The message
@@ -961,6 +994,43 @@ mod tests {
             read_message_within(&mut &hello[..], PREAUTH_FRAME).await,
             Ok(Message::Hello { .. })
         ));
+    }
+
+    #[test]
+    fn membership_messages_keep_the_forms_older_builds_send() {
+        // A BeginCut from a build before membership changes names no volumes.
+        let old = r#"{"msg":"begin_cut","set":"s","generation":3,"cut":9,"taken_unix":5,"full":false,"base":8}"#;
+        assert_eq!(
+            serde_json::from_str::<Message>(old).unwrap(),
+            Message::BeginCut {
+                set: "s".into(),
+                generation: 3,
+                cut: 9,
+                taken_unix: 5,
+                full: false,
+                base: Some(8),
+                volumes: vec![],
+            }
+        );
+        // Without volumes it is written as before.
+        let again = serde_json::to_string(&serde_json::from_str::<Message>(old).unwrap()).unwrap();
+        assert_eq!(again, old);
+        // A member volume without a page size takes the default one.
+        let m = r#"{"msg":"restart_members","set":"s","generation":4,"add":[{"name":"c","size":1048576,"block_size":512}]}"#;
+        assert_eq!(
+            serde_json::from_str::<Message>(m).unwrap(),
+            Message::RestartMembers {
+                set: "s".into(),
+                generation: 4,
+                add: vec![MemberVolume {
+                    name: "c".into(),
+                    size: 1 << 20,
+                    block_size: 512,
+                    page_size: crate::catalog::DEFAULT_PAGE_SIZE,
+                }],
+                remove: vec![],
+            }
+        );
     }
 
     proptest! {

@@ -361,6 +361,7 @@ async fn serve_inner(
         entry: entry.clone(),
         stop: stop_rx,
         text,
+        presence: presence.clone(),
     });
     ffp.run().instrument(span.clone()).await;
     drop(ffp);

@@ -151,6 +151,9 @@ pub struct Setup<R> {
     pub stop: watch::Receiver<bool>,
     /// Answers Text requests (SendTargets) for this connection.
     pub text: TextHandler,
+    /// The connection's socket as the session sees it: whether the initiator's TCP has
+    /// taken what was sent (an unanswered ping to a live host waits longer).
+    pub presence: Arc<super::presence::ConnPresence>,
 }
 
 pub struct Ffp<R> {
@@ -183,6 +186,7 @@ pub struct Ffp<R> {
     budget_wait: Option<BudgetWait>,
     /// Finished EXTENDED COPY outcomes kept for RECEIVE COPY RESULTS.
     copies: Arc<CopyResults>,
+    presence: Arc<super::presence::ConnPresence>,
 }
 
 impl<R: AsyncRead + Unpin> Ffp<R> {
@@ -200,6 +204,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             entry,
             stop,
             text,
+            presence,
         } = setup;
         let writes = WriteBudgets::new(node.write_budget.clone());
         let collecting = Collector::new(BurstLimits::from(&session));
@@ -229,6 +234,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             budget_queue: VecDeque::new(),
             next_ticket: 0,
             budget_wait: None,
+            presence,
         }
     }
 
@@ -326,7 +332,13 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
     /// whose data never comes (`iscsi::session::timers`).
     async fn on_tick(&mut self, now: Instant) -> Result<(), End> {
         let stalled = self.collecting.stalled();
-        for action in self.timers.poll(now, stalled, &mut self.tags) {
+        // An initiator that stopped mid-PDU is broken, not idle: the long wait is only
+        // for one between PDUs whose host took the ping. Asked only while a ping waits
+        // for its answer.
+        let delivered = self.timers.ping_outstanding().is_some()
+            && !self.reader.mid_frame()
+            && self.presence.delivered();
+        for action in self.timers.poll(now, stalled, &mut self.tags, delivered) {
             match action {
                 TimerAction::SendPing { ttt } => {
                     let nop = NopIn {
@@ -615,8 +627,11 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
         let resolved = self.luns.resolve(&self.node, lun);
         let (handle, plan) = match (resolved, refusal) {
             // SBC-4 4.34.1: while a SANITIZE runs, only INQUIRY, REPORT LUNS and
-            // REQUEST SENSE are answered, from any session.
-            (Some((h, _)), _)
+            // REQUEST SENSE are answered, from any session. A pending unit attention
+            // is reported first (SAM-5 5.14: the next command other than those three
+            // reports it), so a session that logs in during a sanitize clears its
+            // POWER ON with its first command, as initiators expect after a login.
+            (Some((h, ua)), _)
                 if h.volume.sanitizing()
                     && !matches!(
                         cmd.cdb.first(),
@@ -625,8 +640,8 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                         )
                     ) =>
             {
-                let resp = scsi::Response::check(Sense::sanitize_in_progress());
-                (Some(h), Plan::Respond(resp))
+                let sense = ua.pop().unwrap_or_else(Sense::sanitize_in_progress);
+                (Some(h), Plan::Respond(scsi::Response::check(sense)))
             }
             (Some((h, ua)), Some(refused)) => {
                 let sense = ua.pop().unwrap_or(refused);

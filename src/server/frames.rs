@@ -35,6 +35,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Part of a PDU has arrived and the rest has not: the initiator stopped mid-PDU.
+    pub fn mid_frame(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// The next whole PDU, digests verified. Counts the bytes read into `bytes_in`.
     pub async fn next(&mut self, bytes_in: &mut u64) -> Result<Pdu, ReadError> {
         loop {

@@ -33,6 +33,25 @@ impl ConnPresence {
     }
 }
 
+impl ConnPresence {
+    /// Whether the initiator's TCP has acknowledged every byte sent to it (Linux
+    /// SIOCOUTQ: bytes in the send queue not yet acknowledged). An initiator whose host
+    /// took a NOP-In ping but whose program has not read it yet (libiscsi's synchronous
+    /// API while its caller sleeps) is alive, only idle. False when it cannot be told
+    /// (the session ended, the ioctl failed).
+    pub fn delivered(&self) -> bool {
+        let fd = self.fd.lock();
+        let Some(fd) = fd.as_ref() else {
+            return false;
+        };
+        let mut queued: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one c_int through the pointer, which points
+        // at `queued`; the descriptor is open while the lock holds it.
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
+        r == 0 && queued == 0
+    }
+}
+
 impl Presence for ConnPresence {
     fn gone(&self) -> bool {
         let fd = self.fd.lock();
@@ -71,5 +90,28 @@ mod tests {
         let q = ConnPresence::new(&server);
         q.end();
         assert!(q.gone(), "an ended session is gone");
+    }
+
+    #[test]
+    fn bytes_the_peer_took_unread_are_delivered() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut server, _) = l.accept().unwrap();
+        let p = ConnPresence::new(&server);
+        assert!(p.delivered(), "nothing sent: nothing owed");
+        // The client never reads: its TCP still acknowledges what fits its window.
+        std::io::Write::write_all(&mut server, &[0u8; 48]).unwrap();
+        // The acknowledgement may trail the write (delayed ACK): wait for it, bounded.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !p.delivered() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "48 bytes to an open peer never acknowledged"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(client);
+        p.end();
+        assert!(!p.delivered(), "an ended session cannot be told");
     }
 }

@@ -85,6 +85,12 @@ pub enum AdminError {
     Replication(#[from] ReplicationError),
     #[error("restart deletes every recovery point of '{0}' on the secondary and ships all written data again; the secondary is not ready for failover until that copy commits. Run it again with --yes to do it")]
     RestartUnconfirmed(String),
+    #[error("replication set '{set}' replicates volume '{volume}', not a group: only a group set changes its volumes through restart (replicate a group to grow it later)")]
+    NotAGroupSet { set: String, volume: String },
+    #[error("volume '{0}' is named twice in --add-volume/--remove-volume")]
+    MemberTwice(String),
+    #[error("the change would leave replication set '{set}' (group '{group}') with no volume; a set keeps at least one (delete the set to stop replicating)")]
+    SetEmptied { set: String, group: String },
     #[error("no secondary replication set holds {0}")]
     NotASecondary(String),
     #[error("replication set '{0}' has no committed cut here yet: its volumes are not a consistent image of the primary, so they cannot be promoted; let a replication cycle finish first")]
@@ -196,6 +202,9 @@ impl AdminError {
             | AdminError::VolumeReplicated { .. } => ErrorCode::InUse,
             AdminError::Replication(e) => replication_code(e),
             AdminError::RestartUnconfirmed(_)
+            | AdminError::NotAGroupSet { .. }
+            | AdminError::MemberTwice(_)
+            | AdminError::SetEmptied { .. }
             | AdminError::NothingToModify(_)
             | AdminError::ModifyOnSecondary(_)
             | AdminError::NothingToUpdate(_)
@@ -234,7 +243,8 @@ fn replication_code(e: &ReplicationError) -> ErrorCode {
         ReplicationError::Remote { .. }
         | ReplicationError::Codec { .. }
         | ReplicationError::PeerPromoted { .. }
-        | ReplicationError::Fence(_) => ErrorCode::Refused,
+        | ReplicationError::Fence(_)
+        | ReplicationError::MembersUnsupported { .. } => ErrorCode::Refused,
         // A promote on one side is unsettled: `failback` or `resolve` first.
         ReplicationError::AwaitingFailback(_)
         | ReplicationError::PeerWasPromoted { .. }

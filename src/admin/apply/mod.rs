@@ -132,6 +132,19 @@ pub trait Host: Sync {
     ) -> Result<(), ReplicationError> {
         Err(ReplicationError::Unavailable)
     }
+    /// Restart Replication of a group set with other volumes, its first step: stops
+    /// the set and has the peer change its side (`Sets::restart_members_remote`); on
+    /// success the set stays stopped until `replication_started`.
+    fn replication_members_remote(
+        &self,
+        _name: &str,
+        _spec: &ReplicationSpec,
+        _peer: &PeerSpec,
+        _add: Vec<crate::replication::wire::MemberVolume>,
+        _remove: Vec<String>,
+    ) -> Result<(), ReplicationError> {
+        Err(ReplicationError::Unavailable)
+    }
     /// Deletes the secondary side of a primary set on its peer.
     fn replication_delete_remote(
         &self,
@@ -367,7 +380,12 @@ fn query<H: Host + ?Sized>(host: &H, c: &Catalog, q: Query) -> Result<Response, 
 fn act<H: Host + ?Sized>(host: &H, c: &Catalog, a: Action) -> Result<Response, AdminError> {
     match a {
         Action::Replicate { name } => replication::replicate(host, c, name),
-        Action::Restart { name, yes } => replication::restart(host, c, name, yes),
+        Action::Restart {
+            name,
+            yes,
+            add_volumes,
+            remove_volumes,
+        } => replication::restart(host, c, name, yes, add_volumes, remove_volumes),
         Action::Suspend { name } => replication::control(host, c, name, Control::Suspend),
         Action::Resume { name } => replication::control(host, c, name, Control::Resume),
         Action::Abort { name } => replication::control(host, c, name, Control::Abort),

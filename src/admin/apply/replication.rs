@@ -56,18 +56,58 @@ pub(super) fn replicate<H: Host + ?Sized>(
 }
 
 /// Restart Replication: refused without `yes`, since it deletes every recovery point
-/// on the secondary.
+/// on the secondary. With volumes to add or remove, see [`restart_members`].
 pub(super) fn restart<H: Host + ?Sized>(
     host: &H,
     c: &Catalog,
     name: String,
     yes: bool,
+    add: Vec<String>,
+    remove: Vec<String>,
 ) -> Result<Response, AdminError> {
     known(c, &name)?;
     if !yes {
         return Err(AdminError::RestartUnconfirmed(name));
     }
-    Ok(done(host.replication_control(&name, Control::Restart)?))
+    if add.is_empty() && remove.is_empty() {
+        return Ok(done(host.replication_control(&name, Control::Restart)?));
+    }
+    restart_members(host, name, add, remove)
+}
+
+/// Restart Replication of a group set with volumes added or removed (the way to change
+/// a replicated group, which `group add/remove` refuse): the whole change is checked
+/// here first (`admin::replication::restart_members`), then the set stops and the peer
+/// changes its side (refusing, it changes nothing, and the set runs on as it was),
+/// then the new membership is saved here and the set starts again with a restart: a
+/// new generation and a full cycle over the new volumes.
+fn restart_members<H: Host + ?Sized>(
+    host: &H,
+    name: String,
+    add: Vec<String>,
+    remove: Vec<String>,
+) -> Result<Response, AdminError> {
+    let _serial = host.change_lock().lock();
+    let mut new = host.catalog().read().clone();
+    let plan = repl::restart_members(&mut new, &name, add, remove)?;
+    let peer = new
+        .peers
+        .get(&plan.old.peer)
+        .cloned()
+        .ok_or_else(|| AdminError::NoPeer(plan.old.peer.clone()))?;
+    host.replication_members_remote(&name, &plan.old, &peer, plan.add, plan.remove)?;
+    // The peer has its new side: whatever happens here, the set runs again. If the new
+    // membership cannot be saved, the peer accepts the same request again (a volume it
+    // has in the set already is kept, one gone is gone).
+    let installed = install(host, new);
+    host.replication_started(&name);
+    if let Err(e) = installed {
+        tracing::error!(set = %name, error = %crate::chain::ErrorChain(&e), "the peer changed the set's volumes but this node cannot save them: run the same restart again");
+        return Err(e.into());
+    }
+    host.replication_control(&name, Control::Restart)?;
+    tracing::info!(set = %name, "replication restarted with other volumes");
+    Ok(done(plan.message))
 }
 
 /// Suspends, resumes or aborts a primary set.
@@ -293,6 +333,54 @@ mod tests {
     }
 
     #[test]
+    fn a_membership_restart_names_new_secondaries_with_the_sets_prefix() {
+        let f = Fake::new();
+        for v in ["a", "b", "c"] {
+            f.ok(vcreate(v, 1 << 20, 512));
+        }
+        f.ok(gcreate("g", &["a", "b"]));
+        with_set(&f);
+        {
+            let mut c = f.catalog.write();
+            let r = c.replications.get_mut("r").unwrap();
+            r.group = Some("g".into());
+            r.volumes = vec!["a".into(), "b".into()];
+            r.remote_volumes = vec!["dr-a".into(), "dr-b".into()];
+            c.groups.get_mut("g").unwrap().replication_set = Some("r".into());
+            store::save(f.dir.path(), &c).unwrap();
+        }
+        let before = f.on_disk();
+        let mut c = before.clone();
+        let plan = repl::restart_members(&mut c, "r", vec!["c".into()], vec!["a".into()]).unwrap();
+        assert_eq!(plan.add.len(), 1);
+        assert_eq!(
+            (
+                plan.add[0].name.as_str(),
+                plan.add[0].size,
+                plan.add[0].page_size
+            ),
+            ("dr-c", 1 << 20, 4096)
+        );
+        assert_eq!(plan.remove, ["dr-a"]);
+        assert_eq!(c.groups["g"].volumes, ["b", "c"]);
+        assert_eq!(c.replications["r"].volumes, ["b", "c"]);
+        assert_eq!(c.replications["r"].remote_volumes, ["dr-b", "dr-c"]);
+        // Through apply: the fake has no peer, so the peer's step fails and nothing of
+        // the change is saved.
+        f.refuse(
+            Action::Restart {
+                name: "r".into(),
+                yes: true,
+                add_volumes: vec!["c".into()],
+                remove_volumes: vec![],
+            },
+            ErrorCode::Invalid,
+        );
+        assert_eq!(f.on_disk(), before);
+        assert_eq!(*f.catalog.read(), before);
+    }
+
+    #[test]
     fn actions_name_their_set_and_change_nothing_when_refused() {
         let f = Fake::new();
         let nope = || "nope".to_string();
@@ -301,6 +389,8 @@ mod tests {
             Action::Restart {
                 name: nope(),
                 yes: true,
+                add_volumes: vec![],
+                remove_volumes: vec![],
             },
             Action::Suspend { name: nope() },
             Action::Resume { name: nope() },
@@ -321,6 +411,8 @@ mod tests {
             Action::Restart {
                 name: "r".into(),
                 yes: false,
+                add_volumes: vec![],
+                remove_volumes: vec![],
             },
             ErrorCode::Invalid,
         );

@@ -11,6 +11,12 @@ use super::TransferTags;
 pub const PING_IDLE: Duration = Duration::from_secs(5);
 /// Close the connection if a ping goes unanswered this long.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(30);
+/// Close it only after this long when the initiator's TCP acknowledged the ping: the
+/// host is up and the initiator program has not read yet. libiscsi's synchronous API
+/// reads only inside a call, and its conformance suite sleeps 60 s between TEST UNIT
+/// READY polls; a target that dropped such a connection at 30 s would have it log
+/// straight back in (a new session, a new unit attention) at every poll, for ever.
+pub const PING_TIMEOUT_DELIVERED: Duration = Duration::from_secs(300);
 /// Close the connection if a task asked for data gets none for this long.
 pub const DATA_OUT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -62,16 +68,24 @@ impl Timers {
     }
 
     /// Check the deadlines at `now`. `stalled` is the transfer that has waited longest
-    /// for data (`Collector::stalled`).
+    /// for data (`Collector::stalled`); `delivered`: the initiator's TCP has
+    /// acknowledged everything sent, the ping included (an unanswered ping then waits
+    /// [`PING_TIMEOUT_DELIVERED`], not [`PING_TIMEOUT`]).
     pub fn poll(
         &mut self,
         now: Instant,
         stalled: Option<Stalled>,
         tags: &mut TransferTags,
+        delivered: bool,
     ) -> Vec<TimerAction> {
         let mut out = Vec::new();
+        let limit = if delivered {
+            PING_TIMEOUT_DELIVERED
+        } else {
+            PING_TIMEOUT
+        };
         match self.ping {
-            Some((_, sent)) if now.duration_since(sent) > PING_TIMEOUT => {
+            Some((_, sent)) if now.duration_since(sent) > limit => {
                 out.push(TimerAction::Close(Timeout::PingUnanswered));
                 return out;
             }
@@ -105,6 +119,8 @@ mod tests {
     enum Ev {
         Receive(u64),
         Poll(u64, Option<u64>),
+        /// A poll while the initiator's TCP has acknowledged everything sent.
+        PollDelivered(u64),
     }
     use Ev::*;
 
@@ -172,6 +188,23 @@ mod tests {
                 vec![(Poll(20 * S, Some(0)), vec![Ping(1), DataOverdue(0)])],
             ),
             (
+                "a ping the initiator's host took waits PING_TIMEOUT_DELIVERED",
+                vec![
+                    (Poll(5 * S, None), vec![Ping(1)]),
+                    (PollDelivered(36 * S), vec![]),
+                    (PollDelivered(305 * S), vec![]),
+                    (PollDelivered(305 * S + 1), vec![PingUnanswered]),
+                ],
+            ),
+            (
+                "taken and then owed again: the short deadline holds",
+                vec![
+                    (Poll(5 * S, None), vec![Ping(1)]),
+                    (PollDelivered(40 * S), vec![]),
+                    (Poll(40 * S, None), vec![PingUnanswered]),
+                ],
+            ),
+            (
                 "an unanswered ping closes before the data deadline is looked at",
                 vec![
                     (Poll(5 * S, None), vec![Ping(1)]),
@@ -191,7 +224,11 @@ mod tests {
                         assert_eq!(timers.ping_outstanding(), None);
                         vec![]
                     }
-                    Poll(ms, stalled) => {
+                    Poll(ms, _) | PollDelivered(ms) => {
+                        let (stalled, delivered) = match ev {
+                            Poll(_, stalled) => (stalled, false),
+                            _ => (None, true),
+                        };
                         let stalled = stalled.map(|since| Stalled {
                             itt: 9,
                             since: at(since),
@@ -199,7 +236,7 @@ mod tests {
                             needed: 4096,
                         });
                         timers
-                            .poll(at(ms), stalled, &mut tags)
+                            .poll(at(ms), stalled, &mut tags, delivered)
                             .into_iter()
                             .map(|a| match a {
                                 TimerAction::SendPing { ttt } => {
