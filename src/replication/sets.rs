@@ -728,13 +728,28 @@ impl Sets {
             (spec, peer)
         };
         let refused_from = std::time::Instant::now();
+        // Block changes are refused at once (NOT READY, in transition), then the LUNs
+        // become read-only, as a secondary's are.
+        let volumes: Vec<_> = spec.volumes.iter().filter_map(|v| host.volume(v)).collect();
+        let set_fenced = |on: bool| {
+            for v in &volumes {
+                v.set_fenced(on);
+            }
+        };
+        set_fenced(true);
         let fenced = {
             let host = host.clone();
             let name = name.to_string();
             match tokio::task::spawn_blocking(move || host.fence(&name)).await {
                 Ok(Ok(luns)) => luns,
-                Ok(Err(e)) => return Err(ReplicationError::Fence(e.to_string())),
-                Err(e) => return Err(ReplicationError::Fence(e.to_string())),
+                Ok(Err(e)) => {
+                    set_fenced(false);
+                    return Err(ReplicationError::Fence(e.to_string()));
+                }
+                Err(e) => {
+                    set_fenced(false);
+                    return Err(ReplicationError::Fence(e.to_string()));
+                }
             }
         };
         let unfence = || async {
@@ -743,6 +758,7 @@ impl Sets {
             if let Ok(Err(e)) = tokio::task::spawn_blocking(move || host.unfence(&luns)).await {
                 tracing::error!(set = %name, error = %e, "cannot let the set's LUNs take writes again");
             }
+            set_fenced(false);
         };
         // The final cut: everything written before the fence. A write that passed its
         // LUN's check before the fence and reached the volume after the cut leaves its
@@ -797,7 +813,10 @@ impl Sets {
         if let Some(s) = &stopped {
             s.stop().await;
         }
-        if let Err(e) = self.become_secondary(&host, name, &spec, fork, false).await {
+        let became = self.become_secondary(&host, name, &spec, fork, false).await;
+        // Read-only LUNs refuse writes from here on, as a secondary's do.
+        set_fenced(false);
+        if let Err(e) = became {
             tracing::error!(set = %name, error = %e, "switchover: the peer is the primary, and this side could not become its secondary");
             return Err(ReplicationError::Fence(e.to_string()));
         }

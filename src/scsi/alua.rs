@@ -37,6 +37,12 @@ pub const fn standby() -> Sense {
     Sense::new(key::NOT_READY, 0x04, 0x0B)
 }
 
+/// NOT READY, LOGICAL UNIT NOT ACCESSIBLE, ASYMMETRIC ACCESS STATE TRANSITION
+/// (04h/0Ah): initiators retry (Linux's ALUA handler waits for the transition).
+pub const fn transitioning() -> Sense {
+    Sense::new(key::NOT_READY, 0x04, 0x0A)
+}
+
 /// NOT READY, LOGICAL UNIT NOT ACCESSIBLE, TARGET PORT IN UNAVAILABLE STATE (04h/0Ch).
 pub const fn unavailable() -> Sense {
     Sense::new(key::NOT_READY, 0x04, 0x0C)

@@ -332,6 +332,21 @@ fn mode_select(cdb: Cdb) -> Plan {
 }
 
 impl Plan {
+    /// The command changes blocks of the LU (a fenced volume refuses it).
+    pub fn changes_blocks(&self) -> bool {
+        matches!(
+            self,
+            Plan::Write { .. }
+                | Plan::Unmap { .. }
+                | Plan::WriteSame { .. }
+                | Plan::ExtendedCopy { .. }
+                | Plan::CompareAndWrite { .. }
+                | Plan::OrWrite { .. }
+                | Plan::WriteAtomic { .. }
+                | Plan::Sanitize { .. }
+        )
+    }
+
     /// Bytes the CDB asks to move (Data-In for reads and responses, Data-Out for writes,
     /// compares and MODE SELECT), for the iSCSI layer's residual count (RFC 7143 11.4.5).
     pub fn transfer_bytes(&self, block_size: u32) -> u64 {

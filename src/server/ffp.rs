@@ -656,6 +656,13 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
                         ua: Some(ua),
                     },
                 );
+                // A switchover is moving the volume to the peer: what changes blocks
+                // waits for it, as in an ALUA transition.
+                let plan = if plan.changes_blocks() && h.volume.fenced() {
+                    Plan::Respond(scsi::Response::check(scsi::alua::transitioning()))
+                } else {
+                    plan
+                };
                 (Some(h), plan)
             }
             (None, _) => (

@@ -103,6 +103,9 @@ pub struct Volume {
     sanitize_allowed: bool,
     /// A SANITIZE is running: initiators' commands are refused until it ends.
     sanitizing: std::sync::atomic::AtomicBool,
+    /// A switchover is moving the volume's replication set to its peer: commands that
+    /// change blocks are refused as in an ALUA transition, so initiators retry.
+    fenced: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Volume {
@@ -180,6 +183,7 @@ impl Volume {
             thick: false,
             sanitize_allowed: false,
             sanitizing: std::sync::atomic::AtomicBool::new(false),
+            fenced: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -226,6 +230,16 @@ impl Volume {
     /// A SANITIZE is running: the SCSI layer refuses initiators' commands meanwhile.
     pub fn sanitizing(&self) -> bool {
         self.sanitizing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Fences the volume against block changes (`true`) or lets them in again.
+    pub fn set_fenced(&self, on: bool) {
+        self.fenced.store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Block changes are refused (a switchover runs).
+    pub fn fenced(&self) -> bool {
+        self.fenced.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Fully provisioned ([`Volume::preallocate`]).
