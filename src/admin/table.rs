@@ -251,6 +251,18 @@ fn replication_detail(r: &ReplicationView) -> String {
         pairs.push(("error", e.clone()));
         pairs.push(("next retry", opt(&r.next_retry)));
     }
+    if let Some(cut) = r.common_cut {
+        pairs.push((
+            "common cut",
+            format!(
+                "{cut} (promoted generation {}), {} pages written here since",
+                r.promoted_generation
+                    .map_or_else(|| "-".into(), |g| g.to_string()),
+                r.pages_since_common_cut
+                    .map_or_else(|| "-".into(), |p| p.to_string())
+            ),
+        ));
+    }
     kv(&pairs)
 }
 
