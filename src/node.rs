@@ -602,6 +602,25 @@ impl Host for Node {
     fn roll_back(&self, name: &str, cut: u64) -> Result<(), ReplicationError> {
         self.replication.roll_back(name, cut)
     }
+    fn stop_receiver(
+        &self,
+        name: &str,
+        point: Option<u64>,
+    ) -> Result<Option<crate::replication::recovery::CutMeta>, ReplicationError> {
+        self.replication.stop_receiver(name, point)
+    }
+    fn resume_receiver(&self, name: &str) {
+        self.replication.resume_receiver(name);
+    }
+    fn export_point(
+        &self,
+        name: &str,
+        volume: &str,
+        cut: u64,
+        dest: &std::path::Path,
+    ) -> Result<(), ReplicationError> {
+        self.replication.export_point(name, volume, cut, dest)
+    }
     fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPoint>, ReplicationError> {
         self.replication.recovery_points(name)
     }

@@ -340,7 +340,14 @@ pub fn modify_secondary<H: super::Host + ?Sized>(
     Ok(())
 }
 
-pub fn replication_delete(c: &mut Catalog, name: String) -> Result<(Effect, Response), AdminError> {
+/// `replication delete`: the set leaves the catalog, its volumes stay as plain ones.
+/// A primary asks its peer to drop its side first, unless `force` (a peer gone for
+/// good): then only this side goes, and the message says what is left on the peer.
+pub fn replication_delete(
+    c: &mut Catalog,
+    name: String,
+    force: bool,
+) -> Result<(Effect, Response), AdminError> {
     let tasks: Vec<&str> = c
         .schedules
         .iter()
@@ -359,6 +366,10 @@ pub fn replication_delete(c: &mut Catalog, name: String) -> Result<(Effect, Resp
         g.replication_set = None;
     }
     let message = match spec.role {
+        ReplicationRole::Primary if force => format!(
+            "deleted replication set '{name}' here only (--force); its volumes here are plain volumes now; peer '{}' was not asked and may still hold its side",
+            spec.peer
+        ),
         ReplicationRole::Primary => format!(
             "deleted replication set '{name}'; its volumes here and on peer '{}' are plain volumes now",
             spec.peer
@@ -368,7 +379,7 @@ pub fn replication_delete(c: &mut Catalog, name: String) -> Result<(Effect, Resp
         ),
     };
     Ok((
-        Effect::DeleteReplication { name, spec },
+        Effect::DeleteReplication { name, spec, force },
         Response::Done { message },
     ))
 }
@@ -471,6 +482,9 @@ pub fn accept_secondary<H: super::Host + ?Sized>(
     for v in volumes {
         validate::check_volume_name(&v.name)?;
         validate::check_geometry(v.size, v.block_size)?;
+        if let Some(p) = v.page_size {
+            validate::check_page_size(u64::from(p))?;
+        }
         if new.volumes.contains_key(&v.name) {
             return Err(AdminError::VolumeExists(v.name.clone()));
         }
@@ -486,7 +500,7 @@ pub fn accept_secondary<H: super::Host + ?Sized>(
             &new,
             v.size,
             v.block_size,
-            DEFAULT_PAGE_SIZE,
+            v.page_size.unwrap_or(DEFAULT_PAGE_SIZE),
             &mut rand::random::<u64>,
         );
         if let Err(e) = create_and_open_volume(host, &v.name, &spec) {
@@ -557,54 +571,86 @@ pub fn drop_secondary<H: super::Host + ?Sized>(host: &H, set: &str) -> Result<()
 
 /// Failover: the secondary set holding `volume` (or group `group`) becomes ordinary
 /// writable volumes, at its latest recovery point or rolled back to `point` first.
+/// A volume of a group set is refused (the group goes whole, at one cut, or not at
+/// all). The set's receiver is stopped first ([`stop_receiver`]), so the cut reported
+/// is the one the volumes hold.
 pub fn promote<H: super::Host + ?Sized>(
     host: &H,
     volume: Option<&str>,
     group: Option<&str>,
     point: Option<u64>,
 ) -> Result<String, AdminError> {
-    let (set, spec) = {
-        let c = host.catalog().read();
-        let found = match (volume, group) {
-            (Some(v), None) => c.replication_of(v),
-            (None, Some(g)) => c
-                .replications
-                .iter()
-                .find(|(_, r)| r.group.as_deref() == Some(g))
-                .map(|(n, r)| (n.as_str(), r)),
-            _ => return Err(ValidationError::SetSource.into()),
-        };
-        let what = volume
-            .map(|v| format!("volume '{v}'"))
-            .or_else(|| group.map(|g| format!("group '{g}'")))
-            .unwrap_or_default();
-        match found {
-            Some((n, r)) if r.role == ReplicationRole::Secondary => (n.to_string(), r.clone()),
-            _ => return Err(AdminError::NotASecondary(what)),
-        }
-    };
-    // Before the first cut commits (a new set, or after `restart`), the volumes hold a
-    // partial copy.
-    if host.recovery_points(&set)?.is_empty() {
-        return Err(AdminError::NoCommittedCut(set));
+    let (set, spec) = promoted_set(host, volume, group)?;
+    let at = stop_receiver(host, &set, point)?;
+    if let Err(e) = drop_secondary(host, &set) {
+        host.resume_receiver(&set);
+        return Err(e);
     }
-    if let Some(cut) = point {
-        host.roll_back(&set, cut)?;
-    }
-    drop_secondary(host, &set)?;
     host.events().emit_with(|| EventKind::Promoted {
         set: set.clone(),
         volumes: spec.volumes.clone(),
         recovery_point: point,
     });
-    let at = point.map_or_else(
-        || "its latest recovery point".to_string(),
-        |c| format!("recovery point {c}"),
-    );
+    let which = match point {
+        None => format!("cut {}, its latest recovery point", at.cut),
+        Some(_) => format!("recovery point {}", at.cut),
+    };
     Ok(format!(
-        "promoted {} of set '{set}' at {at}: writable now; the set is gone from this side",
+        "promoted {} of set '{set}' at {which}: writable now; the set is gone from this side",
         spec.volumes.join(", ")
     ))
+}
+
+/// The secondary set a promote names, by a volume of its own (not of a group) or by
+/// its group.
+fn promoted_set<H: super::Host + ?Sized>(
+    host: &H,
+    volume: Option<&str>,
+    group: Option<&str>,
+) -> Result<(String, ReplicationSpec), AdminError> {
+    let c = host.catalog().read();
+    let found = match (volume, group) {
+        (Some(v), None) => c.replication_of(v),
+        (None, Some(g)) => c
+            .replications
+            .iter()
+            .find(|(_, r)| r.group.as_deref() == Some(g))
+            .map(|(n, r)| (n.as_str(), r)),
+        _ => return Err(ValidationError::SetSource.into()),
+    };
+    let what = volume
+        .map(|v| format!("volume '{v}'"))
+        .or_else(|| group.map(|g| format!("group '{g}'")))
+        .unwrap_or_default();
+    let (set, spec) = match found {
+        Some((n, r)) if r.role == ReplicationRole::Secondary => (n.to_string(), r.clone()),
+        _ => return Err(AdminError::NotASecondary(what)),
+    };
+    if let (Some(v), Some(g)) = (volume, &spec.group) {
+        return Err(AdminError::PromoteGrouped {
+            volume: v.to_string(),
+            group: g.clone(),
+            set,
+        });
+    }
+    Ok((set, spec))
+}
+
+/// Stops the set's receiver for the promote (rolled back to `point` when given) and
+/// returns the cut its volumes hold. Before the first cut commits (a new set, or
+/// after `restart`) the volumes hold a partial copy: refused, and the set receives on.
+/// A point the set does not have is refused from the published summary, before
+/// anything is fenced.
+pub fn stop_receiver<H: super::Host + ?Sized>(
+    host: &H,
+    set: &str,
+    point: Option<u64>,
+) -> Result<crate::replication::recovery::CutMeta, AdminError> {
+    if host.recovery_points(set)?.is_empty() {
+        return Err(AdminError::NoCommittedCut(set.to_string()));
+    }
+    host.stop_receiver(set, point)?
+        .ok_or_else(|| AdminError::NoCommittedCut(set.to_string()))
 }
 
 fn unix_now() -> u64 {

@@ -182,6 +182,30 @@ pub trait Host: Sync {
     fn roll_back(&self, name: &str, _cut: u64) -> Result<(), ReplicationError> {
         Err(ReplicationError::NotSecondary(name.into()))
     }
+    /// The first step of a promote: fences the secondary set from its peer, waits for
+    /// (or gives up) a cut in flight, rolls back to `point` if given, and stops the set
+    /// receiving; returns the cut the volumes hold (`None` before the first commit,
+    /// and then the set receives on). Blocking.
+    fn stop_receiver(
+        &self,
+        name: &str,
+        _point: Option<u64>,
+    ) -> Result<Option<crate::replication::recovery::CutMeta>, ReplicationError> {
+        Err(ReplicationError::NotSecondary(name.into()))
+    }
+    /// Writes recovery point `cut` of the secondary volume `volume` of set `name` into
+    /// the existing file `dest` (`volume clone --from V@rp:ID`). Blocking.
+    fn export_point(
+        &self,
+        name: &str,
+        _volume: &str,
+        _cut: u64,
+        _dest: &std::path::Path,
+    ) -> Result<(), ReplicationError> {
+        Err(ReplicationError::NotSecondary(name.into()))
+    }
+    /// The promote failed after `stop_receiver`: the set receives again.
+    fn resume_receiver(&self, _name: &str) {}
     /// A secondary set's recovery points, newest first.
     fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPoint>, ReplicationError> {
         Err(ReplicationError::NotSecondary(name.into()))
@@ -262,10 +286,11 @@ pub enum Effect {
     CreateReplication {
         name: String,
     },
-    /// Stop the set, delete the peer's side (primary), save.
+    /// Stop the set, delete the peer's side (primary, unless `force`), save.
     DeleteReplication {
         name: String,
         spec: ReplicationSpec,
+        force: bool,
     },
     /// Settle with the peer what needs it (its `keep`; that it decodes `codec`), save,
     /// then apply the new settings to the running set.
@@ -348,6 +373,7 @@ fn act<H: Host + ?Sized>(host: &H, c: &Catalog, a: Action) -> Result<Response, A
             group,
             recovery_point,
         } => replication::promote(host, volume, group, recovery_point),
+        Action::VolumeClone { name, from } => volume::clone_point(host, name, &from),
     }
 }
 
@@ -419,7 +445,7 @@ pub fn change(
         Change::PeerUpdate(u) => repl::peer_update(c, u),
         Change::ReplicationCreate(a) => repl::replication_create(c, a),
         Change::ReplicationModify(m) => repl::replication_modify(c, m),
-        Change::ReplicationDelete { name } => repl::replication_delete(c, name),
+        Change::ReplicationDelete { name, force } => repl::replication_delete(c, name, force),
         Change::ScheduleAdd {
             task,
             set,
@@ -466,8 +492,8 @@ fn commit<H: Host + ?Sized>(
         Effect::CreateReplication { name } => {
             replication::commit_create(host, new, &name).map(Some)
         }
-        Effect::DeleteReplication { name, spec } => {
-            replication::commit_delete(host, new, &name, spec)?;
+        Effect::DeleteReplication { name, spec, force } => {
+            replication::commit_delete(host, new, &name, spec, force)?;
             Ok(None)
         }
         Effect::ModifyReplication { name, keep, codec } => {
