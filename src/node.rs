@@ -284,13 +284,15 @@ impl Node {
 
     /// Opens every volume of the catalog; stops at the first that fails, naming it.
     pub fn open_volumes(&self) -> Result<(), NodeError> {
-        let specs: Vec<(String, VolumeSpec)> = self
-            .catalog
-            .read()
-            .volumes
-            .iter()
-            .map(|(n, s)| (n.clone(), s.clone()))
-            .collect();
+        // DR drill copies open under the reference LUNs map them by (`V@rp:ID`).
+        let specs: Vec<(String, VolumeSpec)> = {
+            let c = self.catalog.read();
+            c.volumes
+                .iter()
+                .chain(&c.drills)
+                .map(|(n, s)| (n.clone(), s.clone()))
+                .collect()
+        };
         for (name, spec) in specs {
             self.open_volume(&name, &spec)
                 .map_err(|source| NodeError::OpenVolume { name, source })?;

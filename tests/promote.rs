@@ -211,7 +211,15 @@ fn promoted_cut(answer: &str) -> u64 {
 /// released, and `promote --group g` runs `jitter` later, while it is received,
 /// staged, committed or applied. The promoted image must be exactly cut 2 or cut 3,
 /// the one the promote named, and stay so after the primary's next attempt.
-fn trial(p: &TestServer, s: &TestServer, relay: &HoldRelay, keep: u32, t: u8, jitter: Duration) {
+/// Returns whether the promote landed after cut 3 committed, and how long it took.
+fn trial(
+    p: &TestServer,
+    s: &TestServer,
+    relay: &HoldRelay,
+    keep: u32,
+    t: u8,
+    jitter: Duration,
+) -> (bool, Duration) {
     for (v, size) in [("a", "256K"), ("b", "256K"), ("c", "4M")] {
         p.ctl_ok(&["volume", "create", v, "--size", size]);
     }
@@ -255,7 +263,9 @@ fn trial(p: &TestServer, s: &TestServer, relay: &HoldRelay, keep: u32, t: u8, ji
     // Scatters the promote over the cut's staging, commit and apply; whatever moment
     // it lands on, the same must hold.
     std::thread::sleep(jitter);
+    let started = std::time::Instant::now();
     let answer = s.ctl_ok(&["promote", "--group", "g"]);
+    let took = started.elapsed();
     let cut = promoted_cut(&answer);
     let what = format!("trial {t} (keep {keep}, promote {jitter:?} after the release)");
     let (k, c) = image(s, &what);
@@ -296,7 +306,8 @@ fn trial(p: &TestServer, s: &TestServer, relay: &HoldRelay, keep: u32, t: u8, ji
             node.ctl_ok(&["volume", "delete", v]);
         }
     }
-    println!("{what}: promoted at cut {cut} (cut 2 was {cut2})");
+    println!("{what}: promoted at cut {cut} (cut 2 was {cut2}) in {took:?}");
+    (cut > cut2, took)
 }
 
 #[test]
@@ -311,16 +322,20 @@ fn promote_racing_an_arriving_cut_holds_exactly_the_cut_it_reports() {
     let relay = relay.expect("pair_via calls the closure");
     p.ctl_ok(&["target", "create", IQN]);
     let mut t = 0u8;
-    let mut at = std::collections::BTreeMap::<&str, u32>::new();
     for keep in [1u32, 4] {
+        let (mut newer, mut slowest) = (0, Duration::ZERO);
         for i in 0..20u64 {
             t += 1;
             let jitter = Duration::from_millis((i * 7) % 50);
-            trial(&p, &s, &relay, keep, t, jitter);
-            *at.entry("trials").or_default() += 1;
+            let (new, took) = trial(&p, &s, &relay, keep, t, jitter);
+            newer += usize::from(new);
+            slowest = slowest.max(took);
         }
+        println!(
+            "keep {keep}: {newer} of 20 promotes held the raced cut, {} the one before; slowest promote {slowest:?}",
+            20 - newer
+        );
     }
-    println!("{at:?}");
 }
 
 #[test]
@@ -479,4 +494,80 @@ fn a_drill_clone_holds_the_recovery_point_while_cycles_go_on_and_leaves_it_untou
     assert!(err.contains("no secondary"), "{err}");
     let (err, _) = s.ctl_refused(&["volume", "show", "drill3"]);
     assert!(err.contains("drill3"), "{err}");
+}
+
+#[test]
+fn a_drill_lun_reads_a_recovery_point_exactly_while_three_more_cycles_arrive() {
+    let (p, s) = pair();
+    let demo = "iqn.2026-11.io.twinlun:demo";
+    p.ctl_ok(&["volume", "create", "v", "--size", "4M"]);
+    p.ctl_ok(&["lun", "map", demo, "1", "v"]);
+    let mut c = RawClient::connect(p.addr);
+    c.login(INITIATOR, demo, Digests::default());
+    let blocks = (4 << 20) / BLOCK;
+    // Round r writes 64 KiB of byte r at a place of its own and over a shared region.
+    let write_round = |c: &mut RawClient, r: u8| {
+        c.write10(1, u32::from(r) * 1024, &vec![r; 64 << 10], BLOCK);
+        c.write10(1, 4000, &vec![r; 64 << 10], BLOCK);
+    };
+    create_set(&p, "rs", &["--volume", "v", "--keep", "2"]);
+    write_round(&mut c, 1);
+    replicate(&p, "rs");
+    // Nothing is written between this cut and the read: the file is the cut.
+    let point = show(&p, "rs")["last_cut_id"].as_u64().unwrap();
+    let at_point = std::fs::read(p.volume_file("v")).unwrap();
+    write_round(&mut c, 2);
+    replicate(&p, "rs");
+
+    s.ctl_ok(&["target", "create", IQN]);
+    let drill = format!("v@rp:{point}");
+    let answer = s.ctl_ok(&["lun", "map", IQN, "0", &drill]);
+    assert!(answer.contains("read-only"), "{answer}");
+    let mut d = RawClient::connect(s.addr);
+    d.login(INITIATOR, IQN, Digests::default());
+    let read_all = |d: &mut RawClient| {
+        let mut image = Vec::new();
+        for at in (0..blocks).step_by(128) {
+            image.extend(d.read10(0, at as u32, 128, BLOCK));
+        }
+        image
+    };
+    assert!(read_all(&mut d) == at_point, "the drill LUN is not the point");
+    // Three more cycles arrive and are applied; with keep 2 the point itself is pruned
+    // on the secondary meanwhile. The LUN reads the point throughout.
+    for r in 3..6 {
+        write_round(&mut c, r);
+        replicate(&p, "rs");
+        assert!(read_all(&mut d) == at_point, "the drill LUN changed after round {r}");
+    }
+    let points = s.ctl_json(&["recovery-points", "rs"]);
+    assert!(
+        !points.to_string().contains(&format!("\"cut_id\":{point},")),
+        "keep 2 kept the point: {points}"
+    );
+    assert!(
+        std::fs::read(s.volume_file("v")).unwrap() == std::fs::read(p.volume_file("v")).unwrap(),
+        "the secondary stopped following the primary"
+    );
+    // Read-only: a write answers DATA PROTECT and changes nothing.
+    let mut cdb = [0u8; 10];
+    cdb[0] = 0x2a;
+    cdb[8] = 1;
+    let o = d.scsi(0, &cdb, &[0xaa; BLOCK], 0);
+    assert_eq!(o.sense_key(), Some(0x7), "status {:#x}", o.status);
+    assert!(read_all(&mut d) == at_point);
+    // The copy goes with its last mapping.
+    let drills = |s: &TestServer| {
+        let catalog = std::fs::read_to_string(s.data_path("catalog.json")).unwrap();
+        catalog.contains("drills")
+    };
+    assert!(drills(&s));
+    drop(d);
+    s.ctl_ok(&["lun", "unmap", IQN, "0"]);
+    assert!(!drills(&s), "the drill copy outlived its last mapping");
+    // A point that is not there, and a primary's volume, are refused.
+    let (err, _) = s.ctl_refused(&["lun", "map", IQN, "0", "v@rp:999999"]);
+    assert!(err.contains("999999"), "{err}");
+    let (err, _) = p.ctl_refused(&["lun", "map", demo, "5", &drill]);
+    assert!(err.contains("no secondary"), "{err}");
 }

@@ -264,6 +264,20 @@ pub struct RuntimeInfo {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Effect {
     None,
+    /// A LUN maps a recovery point not mapped yet: copy it into `spec`'s file (the
+    /// drill copy `reference` = `base@rp:cut`) and open it, then save.
+    MapDrill {
+        reference: String,
+        spec: VolumeSpec,
+        set: String,
+        base: String,
+        cut: u64,
+    },
+    /// The last LUN of a drill copy went: save, then close it and remove its file.
+    DropDrill {
+        reference: String,
+        spec: VolumeSpec,
+    },
     CreateVolume {
         name: String,
         spec: VolumeSpec,
@@ -416,7 +430,7 @@ pub fn change(
             volume,
             read_only,
             removable,
-        } => target::lun_map(c, iqn, lun, volume, read_only, removable),
+        } => target::lun_map(c, iqn, lun, volume, read_only, removable, new_id),
         Change::LunUnmap { iqn, lun } => target::lun_unmap(c, iqn, lun),
         Change::AclAdd { iqn, initiator } => target::acl_add(c, iqn, initiator),
         Change::AclRemove { iqn, initiator } => target::acl_remove(c, iqn, initiator),
@@ -478,6 +492,25 @@ fn commit<H: Host + ?Sized>(
         }
         Effect::CreateVolume { name, spec } => {
             volume::commit_create(host, new, &name, &spec)?;
+            Ok(None)
+        }
+        Effect::MapDrill {
+            reference,
+            spec,
+            set,
+            base,
+            cut,
+        } => {
+            volume::make_point_copy(host, &reference, &spec, &set, &base, cut)?;
+            if let Err(e) = install(host, new) {
+                volume::discard_volume(host, &reference, &spec);
+                return Err(e.into());
+            }
+            Ok(None)
+        }
+        Effect::DropDrill { reference, spec } => {
+            install(host, new)?;
+            volume::discard_volume(host, &reference, &spec);
             Ok(None)
         }
         Effect::DeleteVolume { name, spec } => {

@@ -138,14 +138,6 @@ pub(super) fn delete(c: &mut Catalog, name: String) -> Result<(Effect, Response)
     Ok((Effect::DeleteVolume { name, spec }, done(msg)))
 }
 
-/// `VOLUME@rp:ID`: a secondary volume's recovery point, as `volume clone --from`
-/// names it.
-pub fn split_point_ref(r: &str) -> Option<(&str, u64)> {
-    let (volume, point) = r.split_once("@rp:")?;
-    let cut = point.parse().ok()?;
-    (!volume.is_empty()).then_some((volume, cut))
-}
-
 /// `volume clone NAME --from VOLUME@rp:ID` on a secondary (a DR drill): a new writable
 /// volume with the source's geometry, holding recovery point ID of VOLUME. A full
 /// sparse copy (only the allocated extents of the secondary volume and the undo logs
@@ -157,7 +149,7 @@ pub(super) fn clone_point<H: Host + ?Sized>(
     name: String,
     from: &str,
 ) -> Result<Response, AdminError> {
-    let (base, cut) = split_point_ref(from).ok_or_else(|| AdminError::BadPointRef(from.into()))?;
+    let (base, cut) = crate::catalog::split_point_ref(from).ok_or_else(|| AdminError::BadPointRef(from.into()))?;
     validate::check_volume_name(&name)?;
     let _serial = host.change_lock().lock();
     let mut new = host.catalog().read().clone();
@@ -180,16 +172,7 @@ pub(super) fn clone_point<H: Host + ?Sized>(
         source.page_size,
         &mut rand::random::<u64>,
     );
-    let file = volume_file(host.data_dir(), &spec);
-    create_volume_file(&file, spec.size)?;
-    if let Err(e) = host.export_point(&set, base, cut, &file) {
-        let _ = fs::remove_file(&file);
-        return Err(e.into());
-    }
-    if let Err(source) = host.open_volume(&name, &spec) {
-        let _ = fs::remove_file(&file);
-        return Err(AdminError::OpenVolume { name, source });
-    }
+    make_point_copy(host, &name, &spec, &set, base, cut)?;
     new.volumes.insert(name.clone(), spec.clone());
     if let Err(e) = install(host, new.clone()) {
         discard_volume(host, &name, &spec);
@@ -197,6 +180,32 @@ pub(super) fn clone_point<H: Host + ?Sized>(
     }
     tracing::info!(volume = %name, from, "volume cloned from a recovery point");
     Ok(Response::Volume(volume_view(host, &new, &name)))
+}
+
+/// Creates the file of `spec`, writes recovery point `cut` of the secondary volume
+/// `base` of `set` into it and opens it as `name`; on failure nothing is left behind.
+pub fn make_point_copy<H: Host + ?Sized>(
+    host: &H,
+    name: &str,
+    spec: &VolumeSpec,
+    set: &str,
+    base: &str,
+    cut: u64,
+) -> Result<(), AdminError> {
+    let file = volume_file(host.data_dir(), spec);
+    create_volume_file(&file, spec.size)?;
+    if let Err(e) = host.export_point(set, base, cut, &file) {
+        let _ = fs::remove_file(&file);
+        return Err(e.into());
+    }
+    if let Err(source) = host.open_volume(name, spec) {
+        let _ = fs::remove_file(&file);
+        return Err(AdminError::OpenVolume {
+            name: name.to_string(),
+            source,
+        });
+    }
+    Ok(())
 }
 
 /// Creates the file and opens it, then installs the catalog that names it; on failure
