@@ -395,7 +395,9 @@ pub fn split_point_ref(r: &str) -> Option<(&str, u64)> {
 
 /// Whether a LUN's volume reference names a recovery point (a DR drill copy).
 pub fn is_point_ref(r: &str) -> bool {
-    split_snapshot_ref(r).1.is_some_and(|s| s.starts_with("rp:"))
+    split_snapshot_ref(r)
+        .1
+        .is_some_and(|s| s.starts_with("rp:"))
 }
 
 pub fn split_snapshot_ref(volume: &str) -> (&str, Option<&str>) {

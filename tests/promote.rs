@@ -183,17 +183,22 @@ fn image(s: &TestServer, what: &str) -> (usize, u8) {
     let c = std::fs::read(s.volume_file("c")).unwrap();
     let first = c[0];
     let mixed = c.iter().filter(|&&x| x != first).count();
-    assert_eq!(mixed, 0, "{what}: c is torn ({mixed} bytes differ from {first:#x})");
+    assert_eq!(
+        mixed, 0,
+        "{what}: c is torn ({mixed} bytes differ from {first:#x})"
+    );
     (k, first)
 }
 
 fn wait_writes(written: &AtomicUsize, n: usize) {
-    wait_until(&format!("{n} writes"), Duration::from_secs(30), || {
-        match written.load(Ordering::Acquire) {
+    wait_until(
+        &format!("{n} writes"),
+        Duration::from_secs(30),
+        || match written.load(Ordering::Acquire) {
             w if w >= n => Ok(()),
             w => Err(format!("{w} writes")),
-        }
-    })
+        },
+    )
 }
 
 /// The cut a promote's answer names ("... at cut 12, its latest recovery point: ...").
@@ -270,11 +275,21 @@ fn trial(
     let what = format!("trial {t} (keep {keep}, promote {jitter:?} after the release)");
     let (k, c) = image(s, &what);
     if cut == cut2 {
-        assert_eq!((k, c), (k2, old), "{what}: promoted at cut 2 but holds another image");
+        assert_eq!(
+            (k, c),
+            (k2, old),
+            "{what}: promoted at cut 2 but holds another image"
+        );
     } else {
-        assert!(cut > cut2, "{what}: promoted at cut {cut}, before cut 2 ({cut2})");
+        assert!(
+            cut > cut2,
+            "{what}: promoted at cut {cut}, before cut 2 ({cut2})"
+        );
         assert_eq!(c, new, "{what}: promoted at cut {cut} but c is cut 2's");
-        assert!(k > k2, "{what}: promoted at cut {cut} but a and b are cut 2's");
+        assert!(
+            k > k2,
+            "{what}: promoted at cut {cut} but a and b are cut 2's"
+        );
     }
 
     // The primary's next attempt finds no set there; nothing changes the image.
@@ -285,14 +300,16 @@ fn trial(
         || {
             let v = show(p, "rs");
             match v["error"].as_str() {
-                Some(e) if e.contains("no secondary set") || e.contains("being promoted") => {
-                    Ok(())
-                }
+                Some(e) if e.contains("no secondary set") || e.contains("being promoted") => Ok(()),
                 _ => Err(v.to_string()),
             }
         },
     );
-    assert_eq!(image(s, &what), (k, c), "{what}: the promoted image changed");
+    assert_eq!(
+        image(s, &what),
+        (k, c),
+        "{what}: the promoted image changed"
+    );
     stop.store(true, Ordering::Release);
     writer.join().unwrap();
 
@@ -376,7 +393,10 @@ fn promote_names_exactly_what_it_promotes_and_secondaries_keep_geometry() {
     assert!(err.contains("secondary"), "{err}");
 
     let answer = s.ctl_ok(&["promote", "--group", "g"]);
-    assert!(answer.contains("promoted dr-db, dr-log of set 'rs' at cut "), "{answer}");
+    assert!(
+        answer.contains("promoted dr-db, dr-log of set 'rs' at cut "),
+        "{answer}"
+    );
     let view = s.volume_view("dr-db");
     assert_eq!(view["page_size"], 65536, "{view}");
 }
@@ -428,7 +448,11 @@ fn delete_force_removes_a_set_whose_peer_is_gone_on_either_side() {
         2
     );
     s.ctl_ok(&["replication", "delete", "rs", "--force"]);
-    assert_eq!(repl_dir(&s), 0, "the secondary's recovery points are left behind");
+    assert_eq!(
+        repl_dir(&s),
+        0,
+        "the secondary's recovery points are left behind"
+    );
     let file = std::fs::read(s.volume_file("v")).unwrap();
     assert!(file[..4096].iter().all(|&b| b == 0x5a));
     assert!(file[8 * 512..8 * 512 + 4096].iter().all(|&b| b == 0x6b));
@@ -439,7 +463,15 @@ fn delete_force_removes_a_set_whose_peer_is_gone_on_either_side() {
 fn a_drill_clone_holds_the_recovery_point_while_cycles_go_on_and_leaves_it_untouched() {
     let (p, s) = pair();
     let demo = "iqn.2026-11.io.twinlun:demo";
-    p.ctl_ok(&["volume", "create", "v", "--size", "8M", "--page-size", "64K"]);
+    p.ctl_ok(&[
+        "volume",
+        "create",
+        "v",
+        "--size",
+        "8M",
+        "--page-size",
+        "64K",
+    ]);
     p.ctl_ok(&["lun", "map", demo, "1", "v"]);
     let mut c = RawClient::connect(p.addr);
     c.login(INITIATOR, demo, Digests::default());
@@ -447,7 +479,12 @@ fn a_drill_clone_holds_the_recovery_point_while_cycles_go_on_and_leaves_it_untou
     let write_round = |c: &mut RawClient, round: u8| {
         for (i, at) in [0u32, 2048, 5000, 9000, 16000].iter().enumerate() {
             let lba = at + u32::from(round) * 16 + i as u32;
-            c.write10(1, lba, &vec![round.wrapping_mul(31).wrapping_add(i as u8); 64 << 10], BLOCK);
+            c.write10(
+                1,
+                lba,
+                &vec![round.wrapping_mul(31).wrapping_add(i as u8); 64 << 10],
+                BLOCK,
+            );
         }
     };
     create_set(&p, "rs", &["--volume", "v", "--keep", "8"]);
@@ -468,7 +505,10 @@ fn a_drill_clone_holds_the_recovery_point_while_cycles_go_on_and_leaves_it_untou
     let from = format!("v@rp:{point}");
     let view = s.ctl_json(&["volume", "clone", "drill", "--from", &from]);
     assert_eq!(view["page_size"], 65536, "{view}");
-    assert!(std::fs::read(s.volume_file("drill")).unwrap() == at_point, "the clone is not the point");
+    assert!(
+        std::fs::read(s.volume_file("drill")).unwrap() == at_point,
+        "the clone is not the point"
+    );
     // The clone is an ordinary volume: writable through a LUN.
     s.ctl_ok(&["target", "create", IQN]);
     s.ctl_ok(&["lun", "map", IQN, "0", "drill"]);
@@ -480,7 +520,10 @@ fn a_drill_clone_holds_the_recovery_point_while_cycles_go_on_and_leaves_it_untou
     write_round(&mut c, 6);
     replicate(&p, "rs");
     s.ctl_ok(&["volume", "clone", "drill2", "--from", &from]);
-    assert!(std::fs::read(s.volume_file("drill2")).unwrap() == at_point, "the point changed");
+    assert!(
+        std::fs::read(s.volume_file("drill2")).unwrap() == at_point,
+        "the point changed"
+    );
     assert!(
         std::fs::read(s.volume_file("v")).unwrap() == std::fs::read(p.volume_file("v")).unwrap(),
         "the secondary no longer follows the primary"
@@ -532,13 +575,19 @@ fn a_drill_lun_reads_a_recovery_point_exactly_while_three_more_cycles_arrive() {
         }
         image
     };
-    assert!(read_all(&mut d) == at_point, "the drill LUN is not the point");
+    assert!(
+        read_all(&mut d) == at_point,
+        "the drill LUN is not the point"
+    );
     // Three more cycles arrive and are applied; with keep 2 the point itself is pruned
     // on the secondary meanwhile. The LUN reads the point throughout.
     for r in 3..6 {
         write_round(&mut c, r);
         replicate(&p, "rs");
-        assert!(read_all(&mut d) == at_point, "the drill LUN changed after round {r}");
+        assert!(
+            read_all(&mut d) == at_point,
+            "the drill LUN changed after round {r}"
+        );
     }
     let points = s.ctl_json(&["recovery-points", "rs"]);
     assert!(

@@ -422,7 +422,10 @@ pub enum Action {
     },
     /// On the secondary, for a DR drill: a new writable volume `name` holding a
     /// recovery point, `from` = `VOLUME@rp:ID`; the set and the point are untouched.
-    VolumeClone { name: String, from: String },
+    VolumeClone {
+        name: String,
+        from: String,
+    },
 }
 
 /// What `replication create` names: a volume or a group (exactly one), the peer, and

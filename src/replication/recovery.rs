@@ -1684,7 +1684,8 @@ impl ReceiverStore {
             while mapped && done < len {
                 let n = (len - done).min(CHUNK as u64) as usize;
                 read_volume(&v.file, &v.target.path, &mut buf[..n], offset + done)?;
-                self.disk.write_at(dest, dest_path, &buf[..n], offset + done)?;
+                self.disk
+                    .write_at(dest, dest_path, &buf[..n], offset + done)?;
                 done += n as u64;
             }
         }

@@ -90,7 +90,9 @@ pub enum AdminError {
     #[error("'{0}' names no recovery point: give VOLUME@rp:ID, ID one of those `recovery-points SET` lists on this secondary")]
     BadPointRef(String),
     /// A group is promoted whole, at one cut, or not at all.
-    #[error("volume '{volume}' belongs to group '{group}' of set '{set}': promote --group {group}")]
+    #[error(
+        "volume '{volume}' belongs to group '{group}' of set '{set}': promote --group {group}"
+    )]
     PromoteGrouped {
         volume: String,
         group: String,

@@ -195,13 +195,8 @@ fn map_drill(
     if c.drills.contains_key(&volume) {
         return Ok((Effect::None, message));
     }
-    let spec = super::volume::new_volume_spec(
-        c,
-        source.size,
-        source.block_size,
-        source.page_size,
-        new_id,
-    );
+    let spec =
+        super::volume::new_volume_spec(c, source.size, source.block_size, source.page_size, new_id);
     c.drills.insert(volume.clone(), spec.clone());
     Ok((
         Effect::MapDrill {

@@ -149,7 +149,8 @@ pub(super) fn clone_point<H: Host + ?Sized>(
     name: String,
     from: &str,
 ) -> Result<Response, AdminError> {
-    let (base, cut) = crate::catalog::split_point_ref(from).ok_or_else(|| AdminError::BadPointRef(from.into()))?;
+    let (base, cut) = crate::catalog::split_point_ref(from)
+        .ok_or_else(|| AdminError::BadPointRef(from.into()))?;
     validate::check_volume_name(&name)?;
     let _serial = host.change_lock().lock();
     let mut new = host.catalog().read().clone();
