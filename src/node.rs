@@ -225,7 +225,11 @@ impl Node {
     pub async fn save_tracking(&self) {
         let volumes = self.open_volume_list();
         for (name, v) in volumes {
-            let Some(spec) = self.catalog.read().volumes.get(&name).cloned() else {
+            let spec = {
+                let c = self.catalog.read();
+                c.volumes.get(&name).or_else(|| c.drills.get(&name)).cloned()
+            };
+            let Some(spec) = spec else {
                 continue;
             };
             if let Some(t) = v.tracking() {
