@@ -227,7 +227,10 @@ impl Node {
         for (name, v) in volumes {
             let spec = {
                 let c = self.catalog.read();
-                c.volumes.get(&name).or_else(|| c.drills.get(&name)).cloned()
+                c.volumes
+                    .get(&name)
+                    .or_else(|| c.drills.get(&name))
+                    .cloned()
             };
             let Some(spec) = spec else {
                 continue;

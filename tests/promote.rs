@@ -608,10 +608,16 @@ fn a_drill_lun_reads_a_recovery_point_exactly_while_three_more_cycles_arrive() {
         .filter(|l| l.contains("not saved cleanly"))
         .map(str::to_string)
         .collect::<Vec<_>>();
-    assert!(unsaved.is_empty(), "tracking not saved at shutdown: {unsaved:?}");
+    assert!(
+        unsaved.is_empty(),
+        "tracking not saved at shutdown: {unsaved:?}"
+    );
     let mut d = RawClient::connect(s.addr);
     d.login(INITIATOR, IQN, Digests::default());
-    assert!(read_all(&mut d) == at_point, "the drill LUN changed across a restart");
+    assert!(
+        read_all(&mut d) == at_point,
+        "the drill LUN changed across a restart"
+    );
     // Read-only: a write answers DATA PROTECT and changes nothing.
     let mut cdb = [0u8; 10];
     cdb[0] = 0x2a;
