@@ -39,6 +39,12 @@ pub struct Catalog {
     /// --listen`, from 1, is group N). A group not listed is active/optimized.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub port_groups: BTreeMap<u16, PortGroupState>,
+    /// DR drill copies on a secondary, keyed by the reference LUNs map them by
+    /// (`VOLUME@rp:ID`): each a read-only copy of a recovery point, made when first
+    /// mapped and removed with its last mapping. Not in `volumes`: no admin command
+    /// other than `lun map`/`unmap` sees them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub drills: BTreeMap<String, VolumeSpec>,
 }
 
 /// The asymmetric access state of a target port group (SPC-4 5.15.2.4), as an admin
@@ -379,6 +385,21 @@ impl SnapshotSpec {
 
 /// A LUN's volume field: a volume, or `VOLUME@SNAPSHOT` for a snapshot of it.
 /// Names never contain `@`.
+/// `VOLUME@rp:ID`: a secondary volume's recovery point ID, as `lun map` and `volume
+/// clone --from` name it. Snapshot names cannot hold `:`, so no snapshot reads so.
+pub fn split_point_ref(r: &str) -> Option<(&str, u64)> {
+    let (volume, point) = r.split_once("@rp:")?;
+    let cut = point.parse().ok()?;
+    (!volume.is_empty()).then_some((volume, cut))
+}
+
+/// Whether a LUN's volume reference names a recovery point (a DR drill copy).
+pub fn is_point_ref(r: &str) -> bool {
+    split_snapshot_ref(r)
+        .1
+        .is_some_and(|s| s.starts_with("rp:"))
+}
+
 pub fn split_snapshot_ref(volume: &str) -> (&str, Option<&str>) {
     match volume.split_once('@') {
         Some((v, s)) => (v, Some(s)),

@@ -459,6 +459,10 @@ enum ReplicationCmd {
     Delete {
         /// The replication set.
         name: String,
+        /// Delete this side only, without asking the peer (a peer gone for good): the
+        /// set's local state (cut in flight, recovery points) goes, the volumes stay.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -499,6 +503,15 @@ enum VolumeCmd {
     Delete {
         /// The volume.
         name: String,
+    },
+    /// On a secondary, for a DR drill: a new writable volume holding a recovery point
+    /// (a sparse copy); replication goes on and the point stays as it was.
+    Clone {
+        /// The new volume's name.
+        name: String,
+        /// The recovery point: VOLUME@rp:ID (ID from `recovery-points SET`).
+        #[arg(long)]
+        from: String,
     },
 }
 
@@ -1030,6 +1043,7 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
             VolumeCmd::List => Query::VolumeList.into(),
             VolumeCmd::Show { name } => Query::VolumeShow { name }.into(),
             VolumeCmd::Delete { name } => Change::VolumeDelete { name }.into(),
+            VolumeCmd::Clone { name, from } => Action::VolumeClone { name, from }.into(),
         },
         CtlCommand::Group(g) => match g {
             GroupCmd::Create { name, volumes } => Change::GroupCreate { name, volumes }.into(),
@@ -1183,7 +1197,9 @@ fn ctl_request(cmd: CtlCommand) -> Result<Request, String> {
             .into(),
             ReplicationCmd::List => Query::ReplicationList.into(),
             ReplicationCmd::Show { name } => Query::ReplicationShow { name }.into(),
-            ReplicationCmd::Delete { name } => Change::ReplicationDelete { name }.into(),
+            ReplicationCmd::Delete { name, force } => {
+                Change::ReplicationDelete { name, force }.into()
+            }
         },
         CtlCommand::Replicate { name } => Action::Replicate { name }.into(),
         CtlCommand::RecoveryPoints { set } => Query::RecoveryPoints { name: set }.into(),

@@ -225,7 +225,14 @@ impl Node {
     pub async fn save_tracking(&self) {
         let volumes = self.open_volume_list();
         for (name, v) in volumes {
-            let Some(spec) = self.catalog.read().volumes.get(&name).cloned() else {
+            let spec = {
+                let c = self.catalog.read();
+                c.volumes
+                    .get(&name)
+                    .or_else(|| c.drills.get(&name))
+                    .cloned()
+            };
+            let Some(spec) = spec else {
                 continue;
             };
             if let Some(t) = v.tracking() {
@@ -284,13 +291,15 @@ impl Node {
 
     /// Opens every volume of the catalog; stops at the first that fails, naming it.
     pub fn open_volumes(&self) -> Result<(), NodeError> {
-        let specs: Vec<(String, VolumeSpec)> = self
-            .catalog
-            .read()
-            .volumes
-            .iter()
-            .map(|(n, s)| (n.clone(), s.clone()))
-            .collect();
+        // DR drill copies open under the reference LUNs map them by (`V@rp:ID`).
+        let specs: Vec<(String, VolumeSpec)> = {
+            let c = self.catalog.read();
+            c.volumes
+                .iter()
+                .chain(&c.drills)
+                .map(|(n, s)| (n.clone(), s.clone()))
+                .collect()
+        };
         for (name, spec) in specs {
             self.open_volume(&name, &spec)
                 .map_err(|source| NodeError::OpenVolume { name, source })?;
@@ -642,6 +651,25 @@ impl Host for Node {
     }
     fn resolve(&self, name: &str, keep_local: bool) -> Result<String, ReplicationError> {
         self.block_on(self.replication.resolve(name, keep_local))
+    }
+    fn stop_receiver(
+        &self,
+        name: &str,
+        point: Option<u64>,
+    ) -> Result<Option<crate::replication::recovery::CutMeta>, ReplicationError> {
+        self.replication.stop_receiver(name, point)
+    }
+    fn resume_receiver(&self, name: &str) {
+        self.replication.resume_receiver(name);
+    }
+    fn export_point(
+        &self,
+        name: &str,
+        volume: &str,
+        cut: u64,
+        dest: &std::path::Path,
+    ) -> Result<(), ReplicationError> {
+        self.replication.export_point(name, volume, cut, dest)
     }
     fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPoint>, ReplicationError> {
         self.replication.recovery_points(name)

@@ -211,6 +211,7 @@ fn bad_names_are_refused_everywhere_and_change_nothing() {
             name: name.into(),
             size: 1 << 20,
             block_size: 512,
+            page_size: None,
         };
         for name in bad_names() {
             for (set, group, volume) in [

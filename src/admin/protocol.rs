@@ -85,6 +85,7 @@ pub const COMMANDS: &[&str] = &[
     "volume_list",
     "volume_show",
     "volume_delete",
+    "volume_clone",
     "group_create",
     "group_list",
     "group_show",
@@ -353,6 +354,9 @@ pub enum Change {
     ReplicationModify(ReplicationModify),
     ReplicationDelete {
         name: String,
+        /// Delete only this side, without asking the peer (a peer gone for good).
+        #[serde(default)]
+        force: bool,
     },
     /// A task that runs `replicate SET` at `start` (RFC 3339 UTC or "now"), then every
     /// `every` if given.
@@ -449,6 +453,12 @@ pub enum Action {
         group: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         recovery_point: Option<u64>,
+    },
+    /// On the secondary, for a DR drill: a new writable volume `name` holding a
+    /// recovery point, `from` = `VOLUME@rp:ID`; the set and the point are untouched.
+    VolumeClone {
+        name: String,
+        from: String,
     },
 }
 
@@ -575,7 +585,7 @@ impl Kind {
                 Kind::Change
             }
             "replicate" | "restart" | "suspend" | "resume" | "abort" | "promote" | "failback"
-            | "switchover" | "resolve" => Kind::Action,
+            | "switchover" | "resolve" | "volume_clone" => Kind::Action,
             _ => return None,
         })
     }

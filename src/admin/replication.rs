@@ -341,7 +341,14 @@ pub fn modify_secondary<H: super::Host + ?Sized>(
     Ok(())
 }
 
-pub fn replication_delete(c: &mut Catalog, name: String) -> Result<(Effect, Response), AdminError> {
+/// `replication delete`: the set leaves the catalog, its volumes stay as plain ones.
+/// A primary asks its peer to drop its side first, unless `force` (a peer gone for
+/// good): then only this side goes, and the message says what is left on the peer.
+pub fn replication_delete(
+    c: &mut Catalog,
+    name: String,
+    force: bool,
+) -> Result<(Effect, Response), AdminError> {
     let tasks: Vec<&str> = c
         .schedules
         .iter()
@@ -360,6 +367,10 @@ pub fn replication_delete(c: &mut Catalog, name: String) -> Result<(Effect, Resp
         g.replication_set = None;
     }
     let message = match spec.role {
+        ReplicationRole::Primary if force => format!(
+            "deleted replication set '{name}' here only (--force); its volumes here are plain volumes now; peer '{}' was not asked and may still hold its side",
+            spec.peer
+        ),
         ReplicationRole::Primary => format!(
             "deleted replication set '{name}'; its volumes here and on peer '{}' are plain volumes now",
             spec.peer
@@ -369,7 +380,7 @@ pub fn replication_delete(c: &mut Catalog, name: String) -> Result<(Effect, Resp
         ),
     };
     Ok((
-        Effect::DeleteReplication { name, spec },
+        Effect::DeleteReplication { name, spec, force },
         Response::Done { message },
     ))
 }
@@ -481,6 +492,9 @@ pub fn accept_secondary<H: super::Host + ?Sized>(
     for v in volumes {
         validate::check_volume_name(&v.name)?;
         validate::check_geometry(v.size, v.block_size)?;
+        if let Some(p) = v.page_size {
+            validate::check_page_size(u64::from(p))?;
+        }
         if new.volumes.contains_key(&v.name) {
             return Err(AdminError::VolumeExists(v.name.clone()));
         }
@@ -496,7 +510,7 @@ pub fn accept_secondary<H: super::Host + ?Sized>(
             &new,
             v.size,
             v.block_size,
-            DEFAULT_PAGE_SIZE,
+            v.page_size.unwrap_or(DEFAULT_PAGE_SIZE),
             &mut rand::random::<u64>,
         );
         if let Err(e) = create_and_open_volume(host, &v.name, &spec) {
@@ -566,56 +580,33 @@ pub fn drop_secondary<H: super::Host + ?Sized>(host: &H, set: &str) -> Result<()
 }
 
 /// Failover: the secondary set holding `volume` (or group `group`) becomes writable, at
-/// its latest recovery point or rolled back to `point` first. The set stays, as a
-/// primary held until `failback`: the promote forks the set's history (a new
-/// generation whose parent is the secondary's, at the cut it was promoted at), so the
-/// old primary learns it at its next connection and the pair can come back.
+/// its latest recovery point or rolled back to `point` first. A volume of a group set
+/// is refused (the group goes whole, at one cut, or not at all). The set's receiver is
+/// stopped first ([`stop_receiver`]), so the cut reported is the one the volumes hold.
+/// The set stays, as a primary held until `failback`: the promote forks the set's
+/// history (a new generation whose parent is the secondary's, at the cut it was
+/// promoted at), so the old primary learns it at its next connection and the pair can
+/// come back.
 pub fn promote<H: super::Host + ?Sized>(
     host: &H,
     volume: Option<&str>,
     group: Option<&str>,
     point: Option<u64>,
 ) -> Result<String, AdminError> {
-    let (set, spec) = {
-        let c = host.catalog().read();
-        let found = match (volume, group) {
-            (Some(v), None) => c.replication_of(v),
-            (None, Some(g)) => c
-                .replications
-                .iter()
-                .find(|(_, r)| r.group.as_deref() == Some(g))
-                .map(|(n, r)| (n.as_str(), r)),
-            _ => return Err(ValidationError::SetSource.into()),
-        };
-        let what = volume
-            .map(|v| format!("volume '{v}'"))
-            .or_else(|| group.map(|g| format!("group '{g}'")))
-            .unwrap_or_default();
-        match found {
-            Some((n, r)) if r.role == ReplicationRole::Secondary => (n.to_string(), r.clone()),
-            _ => return Err(AdminError::NotASecondary(what)),
-        }
-    };
-    // Before the first cut commits (a new set, or after `restart`), the volumes hold a
-    // partial copy.
-    let points = host.recovery_points(&set)?;
-    let Some(latest) = points.first().map(|p| p.cut) else {
-        return Err(AdminError::NoCommittedCut(set));
-    };
-    let parent = host
-        .replication_status(&set)
-        .map(|s| s.generation)
-        .unwrap_or_default();
-    if let Some(cut) = point {
-        host.roll_back(&set, cut)?;
-    }
+    let (set, spec) = promoted_set(host, volume, group)?;
+    let latest = host.recovery_points(&set)?.first().map(|p| p.cut);
+    let at = stop_receiver(host, &set, point)?;
     let fork = Fork {
-        generation: parent + 1 + u64::from(rand::random::<u32>()),
-        parent,
-        cut: point.unwrap_or(latest),
+        generation: at.generation + 1 + u64::from(rand::random::<u32>()),
+        parent: at.generation,
+        cut: at.cut,
         promoted_ms: crate::replication::wire::now_ms(),
     };
-    host.promote_set(&set, &spec, fork, point.is_some_and(|p| p != latest), false)?;
+    let rolled_back = point.is_some() && Some(at.cut) != latest;
+    if let Err(e) = host.promote_set(&set, &spec, fork, rolled_back, false) {
+        host.promote_undone(&set, &spec);
+        return Err(e.into());
+    }
     {
         let _serial = host.change_lock().lock();
         let mut new = host.catalog().read().clone();
@@ -635,10 +626,13 @@ pub fn promote<H: super::Host + ?Sized>(
         volumes: spec.volumes.clone(),
         recovery_point: point,
     });
+    let which = match point {
+        None => format!("cut {}, its latest recovery point", at.cut),
+        Some(_) => format!("recovery point {}", at.cut),
+    };
     Ok(format!(
-        "promoted {} of set '{set}' at cut {} (generation {}): writable now (map its LUNs without --read-only); the set stays here, held until `failback {set}` once the old primary is back",
+        "promoted {} of set '{set}' at {which} (generation {}): writable now (map its LUNs without --read-only); the set stays here, held until `failback {set}` once the old primary is back",
         spec.volumes.join(", "),
-        fork.cut,
         fork.generation,
     ))
 }
@@ -849,6 +843,58 @@ pub fn failback<H: super::Host + ?Sized>(host: &H, set: &str) -> Result<String, 
         return Err(AdminError::NoSet(set.to_string()));
     }
     Ok(host.failback(set)?)
+}
+
+/// The secondary set a promote names, by a volume of its own (not of a group) or by
+/// its group.
+fn promoted_set<H: super::Host + ?Sized>(
+    host: &H,
+    volume: Option<&str>,
+    group: Option<&str>,
+) -> Result<(String, ReplicationSpec), AdminError> {
+    let c = host.catalog().read();
+    let found = match (volume, group) {
+        (Some(v), None) => c.replication_of(v),
+        (None, Some(g)) => c
+            .replications
+            .iter()
+            .find(|(_, r)| r.group.as_deref() == Some(g))
+            .map(|(n, r)| (n.as_str(), r)),
+        _ => return Err(ValidationError::SetSource.into()),
+    };
+    let what = volume
+        .map(|v| format!("volume '{v}'"))
+        .or_else(|| group.map(|g| format!("group '{g}'")))
+        .unwrap_or_default();
+    let (set, spec) = match found {
+        Some((n, r)) if r.role == ReplicationRole::Secondary => (n.to_string(), r.clone()),
+        _ => return Err(AdminError::NotASecondary(what)),
+    };
+    if let (Some(v), Some(g)) = (volume, &spec.group) {
+        return Err(AdminError::PromoteGrouped {
+            volume: v.to_string(),
+            group: g.clone(),
+            set,
+        });
+    }
+    Ok((set, spec))
+}
+
+/// Stops the set's receiver for the promote (rolled back to `point` when given) and
+/// returns the cut its volumes hold. Before the first cut commits (a new set, or
+/// after `restart`) the volumes hold a partial copy: refused, and the set receives on.
+/// A point the set does not have is refused from the published summary, before
+/// anything is fenced.
+pub fn stop_receiver<H: super::Host + ?Sized>(
+    host: &H,
+    set: &str,
+    point: Option<u64>,
+) -> Result<crate::replication::recovery::CutMeta, AdminError> {
+    if host.recovery_points(set)?.is_empty() {
+        return Err(AdminError::NoCommittedCut(set.to_string()));
+    }
+    host.stop_receiver(set, point)?
+        .ok_or_else(|| AdminError::NoCommittedCut(set.to_string()))
 }
 
 fn unix_now() -> u64 {

@@ -227,6 +227,9 @@ pub enum RecoveryError {
     NotStaging,
     #[error("no recovery point for cut {cut}")]
     UnknownPoint { cut: u64 },
+    /// A promote took the set's volumes over: nothing more is received or applied.
+    #[error("the set is being promoted here: it takes no more cuts")]
+    Retired,
     /// A test's simulated crash: the store must be dropped and reopened.
     #[cfg(test)]
     #[error("injected crash")]
@@ -770,6 +773,10 @@ pub struct ReceiverStore {
     /// An operation failed part way: the files are the truth, reload them (which runs
     /// crash recovery) before the next operation.
     needs_reload: bool,
+    /// A promote holds the volumes ([`ReceiverStore::retire`]): whoever locks the
+    /// store after it (a connection that fetched the store before the fence) must not
+    /// stage, apply, reset or roll back anything.
+    retired: bool,
 }
 
 fn undo_name(cut: u64) -> String {
@@ -860,6 +867,7 @@ impl ReceiverStore {
             disk,
             config,
             needs_reload: true,
+            retired: false,
         };
         store.set_state(state);
         Ok(store)
@@ -903,6 +911,36 @@ impl ReceiverStore {
         Ok(store)
     }
 
+    /// A promote takes the volumes over: from now on every operation that would write
+    /// them or the set's state is refused ([`RecoveryError::Retired`]). An operation
+    /// that failed part way is finished first (a committed cut rolled forward, a roll
+    /// back completed), so the volumes hold exactly the cut returned. Any staged,
+    /// uncommitted cut is left as is (it never touched the volumes).
+    pub fn retire(&mut self) -> Result<Option<CutMeta>, RecoveryError> {
+        self.check_live()?;
+        self.reload_if_needed()?;
+        self.retired = true;
+        Ok(self.state.current)
+    }
+
+    /// The set is going away: like [`ReceiverStore::retire`], without settling
+    /// anything first (its state is about to be removed).
+    pub fn close(&mut self) {
+        self.retired = true;
+    }
+
+    /// The promote that retired the store failed: the set receives again.
+    pub fn unretire(&mut self) {
+        self.retired = false;
+    }
+
+    fn check_live(&self) -> Result<(), RecoveryError> {
+        if self.retired {
+            return Err(RecoveryError::Retired);
+        }
+        Ok(())
+    }
+
     /// The last applied cut (None before the first).
     pub fn current(&self) -> Option<&CutMeta> {
         self.state.current.as_ref()
@@ -930,6 +968,7 @@ impl ReceiverStore {
     /// written in place (see the module documentation); the progress of a resumed cut
     /// counts only extents that are durable.
     pub fn begin(&mut self, meta: CutMeta) -> Result<StagedProgress, RecoveryError> {
+        self.check_live()?;
         self.reload_if_needed()?;
         let state = &self.state;
         if meta.generation < state.generation {
@@ -1007,6 +1046,7 @@ impl ReceiverStore {
         data: ExtentData<'_>,
         crc32c: u32,
     ) -> Result<(), RecoveryError> {
+        self.check_live()?;
         self.reload_if_needed()?;
         let len = data.len();
         let size = self
@@ -1095,6 +1135,7 @@ impl ReceiverStore {
     /// drop the staging log. Once the commit is durable, a failure later is finished by
     /// the next operation or the next `open`.
     pub fn commit_and_apply(&mut self, keep: usize) -> Result<(), RecoveryError> {
+        self.check_live()?;
         self.reload_if_needed()?;
         let keep = u32::try_from(keep.max(1)).unwrap_or(u32::MAX);
         let result = self.commit(keep).and_then(|()| self.apply_committed());
@@ -1165,6 +1206,7 @@ impl ReceiverStore {
     /// all written data. Works without reloading first, so it also clears a committed
     /// cut that cannot be applied.
     pub fn reset(&mut self, generation: u64) -> Result<(), RecoveryError> {
+        self.check_live()?;
         if generation < self.state.generation {
             return Err(RecoveryError::StaleGeneration {
                 generation,
@@ -1205,6 +1247,7 @@ impl ReceiverStore {
     }
 
     fn roll_back(&mut self, cut: u64, for_base: bool) -> Result<(), RecoveryError> {
+        self.check_live()?;
         self.reload_if_needed()?;
         if self.state.current.is_some_and(|c| c.cut == cut) {
             return Ok(());
@@ -1550,6 +1593,28 @@ impl ReceiverStore {
 
     /// Writes every record of a verified log to the volumes, in log order.
     fn copy_records(&self, file: &File, path: &Path, scan: &Scan) -> Result<(), RecoveryError> {
+        self.copy_records_to(file, path, scan, None)
+    }
+
+    /// Writes the records of a log into the volumes, or with `only` into one file
+    /// standing for one volume (the others' records are skipped).
+    fn copy_records_to(
+        &self,
+        file: &File,
+        path: &Path,
+        scan: &Scan,
+        only: Option<(u32, &File, &Path)>,
+    ) -> Result<(), RecoveryError> {
+        let dest = |volume: u32| -> Option<(&File, &Path)> {
+            match only {
+                Some((v, f, p)) if v == volume => Some((f, p)),
+                Some(_) => None,
+                None => {
+                    let v = &self.volumes[volume as usize];
+                    Some((&v.file, &v.target.path))
+                }
+            }
+        };
         let mut buf = Vec::new();
         for_each_record(file, path, scan, &self.sizes(), |record| match record {
             Record::Data {
@@ -1558,15 +1623,16 @@ impl ReceiverStore {
                 len,
                 data_at,
             } => {
-                let v = &self.volumes[volume as usize];
+                let Some((to, to_path)) = dest(volume) else {
+                    return Ok(());
+                };
                 let mut done = 0u64;
                 while done < len {
                     let n = (len - done).min(CHUNK as u64) as usize;
                     buf.resize(n, 0);
                     file.read_exact_at(&mut buf[..n], data_at + done)
                         .map_err(io_err(path))?;
-                    self.disk
-                        .write_at(&v.file, &v.target.path, &buf[..n], offset + done)?;
+                    self.disk.write_at(to, to_path, &buf[..n], offset + done)?;
                     done += n as u64;
                 }
                 Ok(())
@@ -1575,13 +1641,81 @@ impl ReceiverStore {
                 volume,
                 offset,
                 len,
-            } => {
-                let v = &self.volumes[volume as usize];
-                self.disk.zero(&v.file, &v.target.path, offset, len)
-            }
+            } => match dest(volume) {
+                Some((to, to_path)) => self.disk.zero(to, to_path, offset, len),
+                None => Ok(()),
+            },
             // In the volume already.
             Record::Placed { .. } | Record::End { .. } => Ok(()),
         })
+    }
+
+    /// Writes recovery point `cut` of volume `volume` (its name) into `dest`, a new
+    /// empty file: the volume's current content (its allocated extents only, so the
+    /// copy is as thin as the volume), then the undo logs of every point from the
+    /// newest down to `cut`, so each byte ends with its value at `cut` (the same
+    /// overlay a roll back applies, into another file). The volumes and logs are only
+    /// read; the caller holds the store, so no cut is applied meanwhile. `dest` is
+    /// fsynced.
+    pub fn export_point(
+        &mut self,
+        cut: u64,
+        volume: &str,
+        dest: &File,
+        dest_path: &Path,
+    ) -> Result<(), RecoveryError> {
+        self.check_live()?;
+        self.reload_if_needed()?;
+        let index = self
+            .volumes
+            .iter()
+            .position(|v| v.target.name == volume)
+            .ok_or(RecoveryError::NoSuchVolume {
+                volume: u32::MAX,
+                count: self.volumes.len(),
+            })?;
+        let at_current = self.state.current.is_some_and(|c| c.cut == cut);
+        if !at_current && !self.state.points.iter().any(|p| p.cut == cut) {
+            return Err(RecoveryError::UnknownPoint { cut });
+        }
+        let v = &self.volumes[index];
+        let size = v.target.size;
+        self.disk.set_len(dest, dest_path, size)?;
+        let extents =
+            crate::volume::allocation(&v.file, 0, size).map_err(io_err(&v.target.path))?;
+        let mut buf = vec![0u8; CHUNK];
+        for (offset, len, mapped) in extents {
+            let mut done = 0u64;
+            while mapped && done < len {
+                let n = (len - done).min(CHUNK as u64) as usize;
+                read_volume(&v.file, &v.target.path, &mut buf[..n], offset + done)?;
+                self.disk
+                    .write_at(dest, dest_path, &buf[..n], offset + done)?;
+                done += n as u64;
+            }
+        }
+        let sizes = self.sizes();
+        let generation = self.state.generation;
+        let newer: Vec<u64> = self
+            .state
+            .points
+            .iter()
+            .map(|p| p.cut)
+            .filter(|&p| p >= cut)
+            .collect();
+        for point in newer {
+            let path = self.dir.join(undo_name(point));
+            let file = File::open(&path).map_err(io_err(&path))?;
+            let scan = scan_log(&file, &path, UNDO_MAGIC, &sizes)?
+                .filter(|s| s.end.is_some())
+                .filter(|s| s.meta.generation == generation && s.meta.cut == point)
+                .ok_or(RecoveryError::Corrupt {
+                    path: path.clone(),
+                    what: "undo log incomplete or of another cut",
+                })?;
+            self.copy_records_to(&file, &path, &scan, Some((index as u32, dest, dest_path)))?;
+        }
+        self.disk.sync(dest, dest_path)
     }
 
     fn sync_volumes(&self) -> Result<(), RecoveryError> {

@@ -211,23 +211,37 @@ impl Sets {
                 }
             }
             ReplicationRole::Secondary => {
-                // A connection receiving a cut stops, and one applying a cut finishes
-                // (disk time, not the network's) before the state goes.
+                // Peers are kept off the set from here on; a connection receiving a
+                // cut stops, and one applying a cut finishes (disk time, not the
+                // network's) before the state goes.
+                self.holders.lock().fenced.insert(name.to_string());
                 self.supersede(name);
-                let receiver = self.receivers.lock().remove(name);
-                if let Some(r) = receiver {
-                    drop(r.store.lock().await);
-                }
             }
         }
+        let receiver = self.receivers.lock().remove(name);
+        // The set's directory goes with the store locked and retired: a connection
+        // that fetched the store before it left the map finds it refusing everything.
+        let held = match receiver {
+            Some(r) => {
+                let mut st = r.store.lock_owned().await;
+                st.close();
+                Some(st)
+            }
+            None => None,
+        };
         self.metrics.remove_set(name);
-        let Some(host) = self.host() else { return };
-        let dir = set_dir(&*host, spec);
-        if let Err(e) =
-            crate::datadir::remove_object_dir(host.data_dir(), crate::datadir::REPLICATION, &dir)
-        {
-            tracing::warn!(set = %name, error = %crate::chain::ErrorChain(&e), "cannot remove replication state");
+        if let Some(host) = self.host() {
+            let dir = set_dir(&*host, spec);
+            if let Err(e) = crate::datadir::remove_object_dir(
+                host.data_dir(),
+                crate::datadir::REPLICATION,
+                &dir,
+            ) {
+                tracing::warn!(set = %name, error = %crate::chain::ErrorChain(&e), "cannot remove replication state");
+            }
         }
+        drop(held);
+        self.holders.lock().fenced.remove(name);
     }
 
     /// `conn` works on the secondary set `set` from now on. A connection that held it
@@ -429,10 +443,101 @@ impl Sets {
     /// stalled primary cannot hold the promote), peers are kept off the set until the
     /// roll back is done, and only a cut being applied is waited for (disk time).
     pub fn roll_back(&self, name: &str, cut: u64) -> Result<(), ReplicationError> {
-        let recovery = |e| ReplicationError::Recovery {
-            set: name.into(),
-            source: Box::new(e),
-        };
+        let store = self.fence(name, Some(cut))?;
+        let result = store
+            .blocking_lock()
+            .roll_back_to(cut)
+            .map_err(|e| recovery_error(name, e));
+        self.holders.lock().fenced.remove(name);
+        result
+    }
+
+    /// The first step of a promote: stops the secondary set's receiver for good, so
+    /// that what the promote reports is what the volumes hold. Peers are fenced off
+    /// the set (a retrying primary is refused), the connection receiving a cut is
+    /// stopped (its staged extents never reach the volumes), a cut being applied is
+    /// waited for (disk time, under the store's lock: a committed cut is applied
+    /// whole), then, still under the lock, the volumes are rolled back to `point` if
+    /// asked and the store retired, so a connection that fetched the store before the
+    /// fence can do nothing with it. Returns the cut the volumes hold; `None` (before
+    /// the first cut committed: a partial copy) leaves the set receiving again, as
+    /// does any error. Blocking (call from a blocking thread). The fence holds until
+    /// [`Sets::stop_set`] removes the set, or [`Sets::resume_receiver`] undoes this.
+    pub fn stop_receiver(
+        &self,
+        name: &str,
+        point: Option<u64>,
+    ) -> Result<Option<super::recovery::CutMeta>, ReplicationError> {
+        let store = self.fence(name, point)?;
+        let mut st = store.blocking_lock();
+        let result = match point {
+            Some(cut) => st.roll_back_to(cut),
+            None => Ok(()),
+        }
+        .and_then(|()| st.retire());
+        match result {
+            Ok(Some(at)) => Ok(Some(at)),
+            Ok(None) => {
+                st.unretire();
+                drop(st);
+                self.holders.lock().fenced.remove(name);
+                Ok(None)
+            }
+            Err(e) => {
+                drop(st);
+                self.holders.lock().fenced.remove(name);
+                Err(recovery_error(name, e))
+            }
+        }
+    }
+
+    /// Undoes [`Sets::stop_receiver`] when the promote failed after it: the set
+    /// receives again, as it was.
+    pub fn resume_receiver(&self, name: &str) {
+        if let Some(store) = self.receiver(name) {
+            store.blocking_lock().unretire();
+        }
+        self.holders.lock().fenced.remove(name);
+    }
+
+    /// Fences the secondary set `name` off from peer connections and stops the one
+    /// working on it; `point`, when given, must be one the set has (checked from the
+    /// published summary first, so a refusal touches nothing and waits for nothing).
+    fn fence(
+        &self,
+        name: &str,
+        point: Option<u64>,
+    ) -> Result<Arc<tokio::sync::Mutex<ReceiverStore>>, ReplicationError> {
+        let store = self
+            .receiver(name)
+            .ok_or_else(|| ReplicationError::NotSecondary(name.into()))?;
+        if let Some(cut) = point {
+            let known = self
+                .receiver_summary(name)
+                .is_some_and(|s| s.points.iter().any(|p| p.cut == cut));
+            if !known {
+                return Err(recovery_error(
+                    name,
+                    super::recovery::RecoveryError::UnknownPoint { cut },
+                ));
+            }
+        }
+        self.holders.lock().fenced.insert(name.to_string());
+        self.supersede(name);
+        Ok(store)
+    }
+
+    /// Writes recovery point `cut` of the secondary volume `volume` of set `name` into
+    /// `dest` (a new file), for a DR drill's copy: the set keeps receiving, its point
+    /// is untouched. Blocking; it holds the set's store for the copy, so a cut waits
+    /// (and a cut being received is waited for) meanwhile.
+    pub fn export_point(
+        &self,
+        name: &str,
+        volume: &str,
+        cut: u64,
+        dest: &std::path::Path,
+    ) -> Result<(), ReplicationError> {
         let store = self
             .receiver(name)
             .ok_or_else(|| ReplicationError::NotSecondary(name.into()))?;
@@ -440,15 +545,26 @@ impl Sets {
             .receiver_summary(name)
             .is_some_and(|s| s.points.iter().any(|p| p.cut == cut));
         if !known {
-            return Err(recovery(super::recovery::RecoveryError::UnknownPoint {
-                cut,
-            }));
+            return Err(recovery_error(
+                name,
+                super::recovery::RecoveryError::UnknownPoint { cut },
+            ));
         }
-        self.holders.lock().fenced.insert(name.to_string());
-        self.supersede(name);
-        let result = store.blocking_lock().roll_back_to(cut).map_err(recovery);
-        self.holders.lock().fenced.remove(name);
-        result
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dest)
+            .map_err(|source| {
+                recovery_error(
+                    name,
+                    super::recovery::RecoveryError::Io {
+                        path: dest.to_owned(),
+                        source,
+                    },
+                )
+            })?;
+        let result = store.blocking_lock().export_point(cut, volume, &file, dest);
+        result.map_err(|e| recovery_error(name, e))
     }
 
     /// Failover, step one: the secondary set `name` stops receiving (connections
@@ -1076,6 +1192,13 @@ fn closed(e: &WireError) -> bool {
             std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
         ),
         _ => false,
+    }
+}
+
+fn recovery_error(set: &str, e: super::recovery::RecoveryError) -> ReplicationError {
+    ReplicationError::Recovery {
+        set: set.into(),
+        source: Box::new(e),
     }
 }
 

@@ -107,6 +107,11 @@ pub struct RemoteVolume {
     pub name: String,
     pub size: u64,
     pub block_size: u32,
+    /// The primary's write-tracking page size, so the secondary tracks (and, once
+    /// promoted, replicates back) in the same unit. `None` from a peer built before
+    /// it was sent: the secondary takes its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page_size: Option<u32>,
 }
 
 /// Control messages, both directions.

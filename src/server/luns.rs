@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::catalog::{split_snapshot_ref, LunSpec, PortGroupState};
+use crate::catalog::{split_point_ref, split_snapshot_ref, LunSpec, PortGroupState};
 use crate::scsi::alua::{self, AccessState, PortGroupStatus, TargetPort};
 use crate::scsi::reservations::{Nexus, PrState};
 use crate::scsi::{LogicalUnit, LuConfig, LuState, Presence, Sense, SessionRef, UnitAttentions};
@@ -180,12 +180,19 @@ impl LunView {
             return None;
         };
         let (base, snapshot_name) = split_snapshot_ref(&spec.volume);
-        let volume = node.volumes.read().get(base).cloned()?;
+        // A recovery point (DR drill) is served from its copy, open under the reference.
+        let drill = split_point_ref(&spec.volume);
+        let open_as = if drill.is_some() { &spec.volume } else { base };
+        let volume = node.volumes.read().get(open_as).cloned()?;
         let (id, snapshot) = {
             let catalog = node.catalog.read();
             let id = catalog.volumes.get(base).map(|v| v.id).unwrap_or_default();
             match snapshot_name {
                 None => (id, None),
+                Some(_) if drill.is_some() => {
+                    let cut = drill.map_or(0, |(_, c)| c);
+                    (snapshot_lu_id(id, CutId(cut)), None)
+                }
                 Some(s) => {
                     let cut = CutId(catalog.snapshots.get(s)?.cut);
                     // A snapshot whose state is gone (crash) is not a logical unit.
@@ -208,7 +215,7 @@ impl LunView {
             let lu = LogicalUnit::new(LuConfig {
                 block_size: volume.block_size(),
                 num_blocks: volume.size() / volume.block_size() as u64,
-                read_only: spec.read_only || snapshot.is_some(),
+                read_only: spec.read_only || snapshot.is_some() || drill.is_some(),
                 id,
                 name: spec.volume.clone(),
                 thick: volume.is_thick(),

@@ -93,6 +93,17 @@ pub enum AdminError {
     SetEmptied { set: String, group: String },
     #[error("no secondary replication set holds {0}")]
     NotASecondary(String),
+    #[error("'{0}' names no recovery point: give VOLUME@rp:ID, ID one of those `recovery-points SET` lists on this secondary")]
+    BadPointRef(String),
+    /// A group is promoted whole, at one cut, or not at all.
+    #[error(
+        "volume '{volume}' belongs to group '{group}' of set '{set}': promote --group {group}"
+    )]
+    PromoteGrouped {
+        volume: String,
+        group: String,
+        set: String,
+    },
     #[error("replication set '{0}' has no committed cut here yet: its volumes are not a consistent image of the primary, so they cannot be promoted; let a replication cycle finish first")]
     NoCommittedCut(String),
     #[error("replication modify '{0}': nothing to change (give --every or --no-every, --keep, --queue-policy, --max-rate or --no-max-rate, or --compress)")]
@@ -197,6 +208,7 @@ impl AdminError {
             | AdminError::SnapshotMapped { .. }
             | AdminError::PeerInUse { .. }
             | AdminError::ReplicateGroup { .. }
+            | AdminError::PromoteGrouped { .. }
             | AdminError::AlreadyReplicated { .. }
             | AdminError::SecondaryVolume { .. }
             | AdminError::VolumeReplicated { .. } => ErrorCode::InUse,
@@ -209,6 +221,7 @@ impl AdminError {
             | AdminError::ModifyOnSecondary(_)
             | AdminError::NothingToUpdate(_)
             | AdminError::NoCommittedCut(_)
+            | AdminError::BadPointRef(_)
             | AdminError::Export(_) => ErrorCode::Invalid,
             AdminError::NotASecondary(_) | AdminError::NoTask(_) => ErrorCode::NotFound,
             AdminError::TaskExists(_) => ErrorCode::AlreadyExists,
@@ -292,6 +305,7 @@ fn cut_code(e: &CutError) -> ErrorCode {
 fn recovery_code(e: &RecoveryError) -> ErrorCode {
     match e {
         RecoveryError::UnknownPoint { .. } => ErrorCode::NotFound,
+        RecoveryError::Retired => ErrorCode::Busy,
         // The store's files, and the extents and cuts it refuses from a primary (which
         // the primary sees as the peer's refusal): here, a local failure.
         RecoveryError::Io { .. }

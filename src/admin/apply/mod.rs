@@ -223,6 +223,30 @@ pub trait Host: Sync {
     fn failback(&self, name: &str) -> Result<String, ReplicationError> {
         Err(ReplicationError::NotPromoted(name.into()))
     }
+    /// The first step of a promote: fences the secondary set from its peer, waits for
+    /// (or gives up) a cut in flight, rolls back to `point` if given, and stops the set
+    /// receiving; returns the cut the volumes hold (`None` before the first commit,
+    /// and then the set receives on). Blocking.
+    fn stop_receiver(
+        &self,
+        name: &str,
+        _point: Option<u64>,
+    ) -> Result<Option<crate::replication::recovery::CutMeta>, ReplicationError> {
+        Err(ReplicationError::NotSecondary(name.into()))
+    }
+    /// Writes recovery point `cut` of the secondary volume `volume` of set `name` into
+    /// the existing file `dest` (`volume clone --from V@rp:ID`). Blocking.
+    fn export_point(
+        &self,
+        name: &str,
+        _volume: &str,
+        _cut: u64,
+        _dest: &std::path::Path,
+    ) -> Result<(), ReplicationError> {
+        Err(ReplicationError::NotSecondary(name.into()))
+    }
+    /// The promote failed after `stop_receiver`: the set receives again.
+    fn resume_receiver(&self, _name: &str) {}
     /// A secondary set's recovery points, newest first.
     fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPoint>, ReplicationError> {
         Err(ReplicationError::NotSecondary(name.into()))
@@ -281,6 +305,20 @@ pub struct RuntimeInfo {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Effect {
     None,
+    /// A LUN maps a recovery point not mapped yet: copy it into `spec`'s file (the
+    /// drill copy `reference` = `base@rp:cut`) and open it, then save.
+    MapDrill {
+        reference: String,
+        spec: VolumeSpec,
+        set: String,
+        base: String,
+        cut: u64,
+    },
+    /// The last LUN of a drill copy went: save, then close it and remove its file.
+    DropDrill {
+        reference: String,
+        spec: VolumeSpec,
+    },
     CreateVolume {
         name: String,
         spec: VolumeSpec,
@@ -303,10 +341,11 @@ pub enum Effect {
     CreateReplication {
         name: String,
     },
-    /// Stop the set, delete the peer's side (primary), save.
+    /// Stop the set, delete the peer's side (primary, unless `force`), save.
     DeleteReplication {
         name: String,
         spec: ReplicationSpec,
+        force: bool,
     },
     /// Settle with the peer what needs it (its `keep`; that it decodes `codec`), save,
     /// then apply the new settings to the running set.
@@ -397,6 +436,7 @@ fn act<H: Host + ?Sized>(host: &H, c: &Catalog, a: Action) -> Result<Response, A
         Action::Failback { name } => Ok(done(repl::failback(host, &name)?)),
         Action::Switchover { name } => Ok(done(repl::switchover(host, &name)?)),
         Action::Resolve { name, keep } => Ok(done(repl::resolve(host, &name, keep)?)),
+        Action::VolumeClone { name, from } => volume::clone_point(host, name, &from),
     }
 }
 
@@ -439,7 +479,7 @@ pub fn change(
             volume,
             read_only,
             removable,
-        } => target::lun_map(c, iqn, lun, volume, read_only, removable),
+        } => target::lun_map(c, iqn, lun, volume, read_only, removable, new_id),
         Change::LunUnmap { iqn, lun } => target::lun_unmap(c, iqn, lun),
         Change::AclAdd { iqn, initiator } => target::acl_add(c, iqn, initiator),
         Change::AclRemove { iqn, initiator } => target::acl_remove(c, iqn, initiator),
@@ -468,7 +508,7 @@ pub fn change(
         Change::PeerUpdate(u) => repl::peer_update(c, u),
         Change::ReplicationCreate(a) => repl::replication_create(c, a),
         Change::ReplicationModify(m) => repl::replication_modify(c, m),
-        Change::ReplicationDelete { name } => repl::replication_delete(c, name),
+        Change::ReplicationDelete { name, force } => repl::replication_delete(c, name, force),
         Change::ScheduleAdd {
             task,
             set,
@@ -503,6 +543,25 @@ fn commit<H: Host + ?Sized>(
             volume::commit_create(host, new, &name, &spec)?;
             Ok(None)
         }
+        Effect::MapDrill {
+            reference,
+            spec,
+            set,
+            base,
+            cut,
+        } => {
+            volume::make_point_copy(host, &reference, &spec, &set, &base, cut)?;
+            if let Err(e) = install(host, new) {
+                volume::discard_volume(host, &reference, &spec);
+                return Err(e.into());
+            }
+            Ok(None)
+        }
+        Effect::DropDrill { reference, spec } => {
+            install(host, new)?;
+            volume::discard_volume(host, &reference, &spec);
+            Ok(None)
+        }
         Effect::DeleteVolume { name, spec } => {
             volume::commit_delete(host, new, &name, &spec)?;
             Ok(None)
@@ -515,8 +574,8 @@ fn commit<H: Host + ?Sized>(
         Effect::CreateReplication { name } => {
             replication::commit_create(host, new, &name).map(Some)
         }
-        Effect::DeleteReplication { name, spec } => {
-            replication::commit_delete(host, new, &name, spec)?;
+        Effect::DeleteReplication { name, spec, force } => {
+            replication::commit_delete(host, new, &name, spec, force)?;
             Ok(None)
         }
         Effect::ModifyReplication { name, keep, codec } => {

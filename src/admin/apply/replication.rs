@@ -153,6 +153,7 @@ pub(super) fn commit_create<H: Host + ?Sized>(
             name: remote.clone(),
             size: new.volumes[local].size,
             block_size: new.volumes[local].block_size,
+            page_size: Some(new.volumes[local].page_size),
         })
         .collect();
     host.replication_create_remote(name, &spec, &peer, volumes)?;
@@ -170,14 +171,16 @@ pub(super) fn commit_create<H: Host + ?Sized>(
     ))))
 }
 
-/// Deletes the peer's side (of a primary set), installs the catalog, stops the set.
+/// Deletes the peer's side (of a primary set; not with `force`, for a peer gone for
+/// good), installs the catalog, stops the set and removes its local state.
 pub(super) fn commit_delete<H: Host + ?Sized>(
     host: &H,
     new: Catalog,
     name: &str,
     spec: ReplicationSpec,
+    force: bool,
 ) -> Result<(), AdminError> {
-    if spec.role == ReplicationRole::Primary {
+    if spec.role == ReplicationRole::Primary && !force {
         let peer = new.peers[&spec.peer].clone();
         host.replication_delete_remote(name, &spec, &peer)?;
     }

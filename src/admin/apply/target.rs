@@ -89,11 +89,15 @@ pub(super) fn lun_map(
     volume: String,
     read_only: bool,
     removable: bool,
+    new_id: &mut dyn FnMut() -> u64,
 ) -> Result<(Effect, Response), AdminError> {
     validate::check_lun(lun)?;
     let (base, snapshot) = split_snapshot_ref(&volume);
     if !c.volumes.contains_key(base) {
         return Err(AdminError::NoVolume(base.to_string()));
+    }
+    if snapshot.is_some_and(|s| s.starts_with("rp:")) {
+        return map_drill(c, iqn, lun, volume, removable, new_id);
     }
     if !read_only && snapshot.is_none() && c.is_secondary(base) {
         let set = c.replication_of(base).map(|(s, _)| s.to_string());
@@ -148,6 +152,64 @@ pub(super) fn lun_map(
     ))
 }
 
+/// `lun map IQN LUN VOLUME@rp:ID` on a secondary (a DR drill): the LUN reads recovery
+/// point ID of VOLUME, read-only, while the set keeps receiving. It is served from a
+/// copy of the point made at the first mapping (`catalog.drills`), shared by every LUN
+/// mapping the same reference and removed with the last of them: later cycles and the
+/// pruning of the point by `keep` leave what the LUN reads as it was.
+fn map_drill(
+    c: &mut Catalog,
+    iqn: String,
+    lun: u64,
+    volume: String,
+    removable: bool,
+    new_id: &mut dyn FnMut() -> u64,
+) -> Result<(Effect, Response), AdminError> {
+    let (base, cut) = crate::catalog::split_point_ref(&volume)
+        .ok_or_else(|| AdminError::BadPointRef(volume.clone()))?;
+    let set = match c.replication_of(base) {
+        Some((set, r)) if r.role == crate::catalog::ReplicationRole::Secondary => set.to_string(),
+        _ => return Err(AdminError::NotASecondary(format!("volume '{base}'"))),
+    };
+    let source = c.volumes[base].clone();
+    let base = base.to_string();
+    let t = target_mut(c, &iqn)?;
+    if let Some(existing) = t.luns.get(&lun) {
+        return Err(AdminError::LunTaken {
+            iqn,
+            lun,
+            volume: existing.volume.clone(),
+        });
+    }
+    t.luns.insert(
+        lun,
+        LunSpec {
+            volume: volume.clone(),
+            read_only: true,
+            removable,
+        },
+    );
+    let message = done(format!(
+        "mapped recovery point {cut} of '{base}' (set '{set}') read-only as LUN {lun} of '{iqn}'"
+    ));
+    if c.drills.contains_key(&volume) {
+        return Ok((Effect::None, message));
+    }
+    let spec =
+        super::volume::new_volume_spec(c, source.size, source.block_size, source.page_size, new_id);
+    c.drills.insert(volume.clone(), spec.clone());
+    Ok((
+        Effect::MapDrill {
+            reference: volume,
+            spec,
+            set,
+            base,
+            cut,
+        },
+        message,
+    ))
+}
+
 pub(super) fn lun_unmap(
     c: &mut Catalog,
     iqn: String,
@@ -157,6 +219,26 @@ pub(super) fn lun_unmap(
     let Some(old) = t.luns.remove(&lun) else {
         return Err(AdminError::NoLun { iqn, lun });
     };
+    let still_mapped = c
+        .targets
+        .values()
+        .any(|t| t.luns.values().any(|l| l.volume == old.volume));
+    let drill = (!still_mapped)
+        .then(|| c.drills.remove(&old.volume))
+        .flatten();
+    if let Some(spec) = drill {
+        let message = format!(
+            "unmapped LUN {lun} (recovery point '{}') of '{iqn}'; its drill copy is removed",
+            old.volume
+        );
+        return Ok((
+            Effect::DropDrill {
+                reference: old.volume,
+                spec,
+            },
+            done(message),
+        ));
+    }
     Ok((
         Effect::None,
         done(format!(

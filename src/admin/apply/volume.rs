@@ -138,6 +138,77 @@ pub(super) fn delete(c: &mut Catalog, name: String) -> Result<(Effect, Response)
     Ok((Effect::DeleteVolume { name, spec }, done(msg)))
 }
 
+/// `volume clone NAME --from VOLUME@rp:ID` on a secondary (a DR drill): a new writable
+/// volume with the source's geometry, holding recovery point ID of VOLUME. A full
+/// sparse copy (only the allocated extents of the secondary volume and the undo logs
+/// down to the point are written), made with the set's store held, so no cut is
+/// applied meanwhile; the set keeps receiving afterwards and the point is untouched.
+/// On failure nothing is left behind.
+pub(super) fn clone_point<H: Host + ?Sized>(
+    host: &H,
+    name: String,
+    from: &str,
+) -> Result<Response, AdminError> {
+    let (base, cut) = crate::catalog::split_point_ref(from)
+        .ok_or_else(|| AdminError::BadPointRef(from.into()))?;
+    validate::check_volume_name(&name)?;
+    let _serial = host.change_lock().lock();
+    let mut new = host.catalog().read().clone();
+    if new.volumes.contains_key(&name) {
+        return Err(AdminError::VolumeExists(name));
+    }
+    let source = new
+        .volumes
+        .get(base)
+        .cloned()
+        .ok_or_else(|| AdminError::NoVolume(base.to_string()))?;
+    let set = match new.replication_of(base) {
+        Some((set, r)) if r.role == crate::catalog::ReplicationRole::Secondary => set.to_string(),
+        _ => return Err(AdminError::NotASecondary(format!("volume '{base}'"))),
+    };
+    let spec = new_volume_spec(
+        &new,
+        source.size,
+        source.block_size,
+        source.page_size,
+        &mut rand::random::<u64>,
+    );
+    make_point_copy(host, &name, &spec, &set, base, cut)?;
+    new.volumes.insert(name.clone(), spec.clone());
+    if let Err(e) = install(host, new.clone()) {
+        discard_volume(host, &name, &spec);
+        return Err(e.into());
+    }
+    tracing::info!(volume = %name, from, "volume cloned from a recovery point");
+    Ok(Response::Volume(volume_view(host, &new, &name)))
+}
+
+/// Creates the file of `spec`, writes recovery point `cut` of the secondary volume
+/// `base` of `set` into it and opens it as `name`; on failure nothing is left behind.
+pub fn make_point_copy<H: Host + ?Sized>(
+    host: &H,
+    name: &str,
+    spec: &VolumeSpec,
+    set: &str,
+    base: &str,
+    cut: u64,
+) -> Result<(), AdminError> {
+    let file = volume_file(host.data_dir(), spec);
+    create_volume_file(&file, spec.size)?;
+    if let Err(e) = host.export_point(set, base, cut, &file) {
+        let _ = fs::remove_file(&file);
+        return Err(e.into());
+    }
+    if let Err(source) = host.open_volume(name, spec) {
+        let _ = fs::remove_file(&file);
+        return Err(AdminError::OpenVolume {
+            name: name.to_string(),
+            source,
+        });
+    }
+    Ok(())
+}
+
 /// Creates the file and opens it, then installs the catalog that names it; on failure
 /// nothing is left behind.
 pub(super) fn commit_create<H: Host + ?Sized>(
