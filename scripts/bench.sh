@@ -4,7 +4,19 @@
 # targets   twinlun against tgt (Debian `tgt`, a userspace iSCSI target). Both serve a
 #           fresh 1 GiB sparse file from the same filesystem. Cases run alternately
 #           against the two targets, each repeated --runs times; the table shows the
-#           median IOPS of each side and their ratio (twinlun / tgt).
+#           median IOPS of each side and their ratio (twinlun / tgt). Two more rows
+#           time whole-LUN commands with `qemu-io` (one run = one command, the login
+#           included in neither figure): unmap-1g, `discard 0 1G` (QEMU sends UNMAP,
+#           split by the target's Block Limits VPD maximums) after the whole 1 GiB was
+#           written, with what the file occupies (du) before and after, since a target
+#           that keeps the blocks allocated is fast without doing the work; and
+#           write-same-1g, `write -z 0 1G` over the whole 1 GiB written the same way
+#           (QEMU sends WRITE SAME(10) of a zero block, at most 65535 blocks each, with
+#           the UNMAP bit clear: qemu-io asks for it only with -u, and QEMU's iscsi
+#           driver uses the 16-byte commands only on LUNs of more than 2^32 blocks).
+#           tgt's LUN gets `thin_provisioning=1` for these rows (without it tgt offers
+#           no UNMAP and QEMU skips the discard); their ratio is tgt seconds / twinlun
+#           seconds. tgt writes a WRITE SAME a block at a time: its runs take a minute or more.
 # tracking  what write tracking costs: the 4k-qd32-write case against twinlun in three
 #           configurations, run back to back in rounds: `serve --no-write-tracking`,
 #           tracking on (the default), and tracking on with one live snapshot of the
@@ -41,6 +53,9 @@
 #   --engine uring|threads
 #                         passed to `twinlun serve` (default: the server's choice)
 #   --only twinlun|tgt    benchmark one target only (no ratio); targets section only
+#   --cases LIST          targets section cases to run, comma-separated (default: all:
+#                         4k-qd32-read,4k-qd32-write,128k-qd8-read,128k-qd8-write,
+#                         4k-qd1-write,unmap-1g,write-same-1g); targets section only
 #   --tgt-vs-tgt          compare two identical tgt instances (noise estimate);
 #                         targets section only
 #   --tgt-bsoflags direct|sync
@@ -73,6 +88,7 @@ QUICK=0
 RUNS=5
 ENGINE=""
 ONLY=""
+CASE_LIST=""
 TGT_VS_TGT=0
 TGT_BSOFLAGS=""
 REGION_MIB=256
@@ -107,6 +123,7 @@ while [[ $# -gt 0 ]]; do
         --runs) RUNS=${2:?--runs needs a number}; shift ;;
         --engine) ENGINE=${2:?--engine needs uring or threads}; shift ;;
         --only) ONLY=${2:?--only needs twinlun or tgt}; shift ;;
+        --cases) CASE_LIST=${2:?--cases needs a comma-separated list of cases}; shift ;;
         --tgt-vs-tgt) TGT_VS_TGT=1 ;;
         --tgt-bsoflags) TGT_BSOFLAGS=${2:?--tgt-bsoflags needs direct or sync}; shift ;;
         --region-mib) REGION_MIB=${2:?--region-mib needs a number}; shift ;;
@@ -131,10 +148,10 @@ done
 [[ -n "$ONLY" && "$TGT_VS_TGT" == 1 ]] && die "--only and --tgt-vs-tgt exclude each other"
 [[ -z "$SECTION" || "$SECTION" == targets || "$SECTION" == tracking || "$SECTION" == replication ]] \
     || die "--section must be targets, tracking or replication, got '$SECTION'"
-if [[ -n "$ONLY" || "$TGT_VS_TGT" == 1 ]]; then
+if [[ -n "$ONLY" || "$TGT_VS_TGT" == 1 || -n "$CASE_LIST" ]]; then
     [[ -n "$SECTION" && "$SECTION" != targets ]] \
-        && die "--only and --tgt-vs-tgt choose targets; the $SECTION section runs twinlun alone"
-    [[ -z "$SECTION" ]] && say "--only or --tgt-vs-tgt given: running the targets section only"
+        && die "--only, --cases and --tgt-vs-tgt choose targets; the $SECTION section runs twinlun alone"
+    [[ -z "$SECTION" ]] && say "--only, --cases or --tgt-vs-tgt given: running the targets section only"
     SECTION=targets
 fi
 RUN_TARGETS=1; RUN_TRACKING=1; RUN_REPLICATION=1
@@ -164,6 +181,26 @@ CASES=(
     "128k-qd8-write  131072  8 write  8000"
     "4k-qd1-write    4096    1 write 25000"
 )
+# The whole-LUN rows of the targets section (qemu-io commands, timed in seconds).
+THIN_CASES=(unmap-1g write-same-1g)
+# The cases the targets section runs (--cases), in the order above.
+TARGET_CASES=()
+RUN_THIN=()
+for c in "${CASES[@]}"; do
+    read -r name _ <<<"$c"
+    [[ -z "$CASE_LIST" || ",$CASE_LIST," == *",$name,"* ]] && TARGET_CASES+=("$c")
+done
+for name in "${THIN_CASES[@]}"; do
+    [[ -z "$CASE_LIST" || ",$CASE_LIST," == *",$name,"* ]] && RUN_THIN+=("$name")
+done
+if [[ -n "$CASE_LIST" ]]; then
+    IFS=, read -ra wanted <<<"$CASE_LIST"
+    for name in "${wanted[@]}"; do
+        known=0
+        for c in "${CASES[@]}" "${THIN_CASES[@]}"; do [[ "${c%% *}" == "$name" ]] && known=1; done
+        [[ $known == 1 ]] || die "--cases: unknown case '$name'"
+    done
+fi
 # The case of the tracking section, with its CASES row's size, depth and count.
 TRACKING_CASE=4k-qd32-write
 # The bound issue 3 sets on what tracking alone may cost: tracking / no tracking of
@@ -514,12 +551,86 @@ medians() {   # case, keys
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# twinlun's admin socket, through `twinlun ctl`.
+ctl_socket() { echo "$WORK/twinlun-$1-data/admin.sock"; }   # side: its admin socket
+twinlun_ctl() {   # side, `twinlun ctl` arguments; prints what ctl printed
+    local s=$1; shift
+    local cmd=("$BIN" ctl --socket "$(ctl_socket "$s")" "$@") out
+    if ! out=$("${cmd[@]}" 2>&1); then
+        echo "$out" >&2
+        die "$(shell_words "${cmd[@]}") failed"
+    fi
+    printf '%s\n' "$out"
+}
+json_num() {   # key, one JSON object: the first number under that key
+    local v
+    v=$(grep -o "\"$1\": *[0-9]*" <<<"$2" | head -1 | grep -o '[0-9]*$') \
+        || die "no \"$1\" in: $2"
+    echo "$v"
+}
+volume_file() {   # side, volume: its backing file (files are named by ids; ctl says which)
+    local v
+    v=$(twinlun_ctl "$1" --json volume show "$2")
+    v=$(grep -o '"path": *"[^"]*"' <<<"$v" | head -1 | sed 's/.*"\([^"]*\)"$/\1/') \
+        || die "no path in volume show $2"
+    echo "$WORK/twinlun-$1-data/$v"
+}
+
 # ---------------------------------------------------------------- targets section
+
+# The whole-LUN rows: one qemu-io command per run against each side, timed by qemu-io.
+lun_url() { echo "iscsi://127.0.0.1:${PORT[$1]}/${IQN[$1]}/${LUN[$1]}"; }   # side
+backing_file() {   # side: the file its LUN is served from
+    if [[ "${KIND[$1]}" == tgt ]]; then echo "$WORK/tgt-$1/vol.img"; else volume_file "$1" demo; fi
+}
+allocated() { du -B1 "$(backing_file "$1")" | cut -f1; }   # side: bytes its file occupies
+mib_of() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }   # bytes, in MiB
+last_of() { local l=${1% }; echo "${l##* }"; }                       # a list's last number
+
+# Runs qemu-io commands (each its own -c) against a side and prints its output; dies
+# when one failed (qemu-io reports a failed command on its output and still exits 0).
+qemu_io_side() {   # side, qemu-io commands
+    local s=$1 c out cmd
+    shift
+    cmd=(qemu-io -f raw "$(lun_url "$s")")
+    for c in "$@"; do cmd+=(-c "$c"); done
+    if ! out=$(timeout "$RUN_TIMEOUT" "${cmd[@]}" 2>&1) || grep -qiE 'failed|error' <<<"$out"; then
+        printf '%s\n' "$out" | grep -iE 'failed|error' | head -5 >&2
+        die "qemu-io failed against ${LABEL[$s]}: $(shell_words "${cmd[@]}")"
+    fi
+    printf '%s\n' "$out"
+}
+# The seconds qemu-io reports for its one command, from its ops/sec (which has more
+# digits than its time, printed to 10 ms): "1 GiB, 1 ops; 00.09 sec (11.725 GiB/sec and
+# 11.7255 ops/sec)".
+qemu_io_secs() {   # qemu-io output
+    local v
+    v=$(sed -n 's/.* \([0-9][0-9]*\) ops; .* and \([0-9.][0-9.]*\) ops\/sec)$/\1 \2/p' <<<"$1" \
+        | awk '$2 > 0 { printf "%.4f", $1 / $2 }')
+    [[ -n "$v" ]] || { echo "$1" >&2; die "no timing line in qemu-io's output"; }
+    echo "$v"
+}
+# Whether a side's LUN reads as zeros at its start, middle and last MiB.
+reads_zeros() {   # side
+    local mib=$((1024 * 1024)) out
+    out=$(timeout "$RUN_TIMEOUT" qemu-io -f raw "$(lun_url "$1")" -c "read -P 0 0 $mib" \
+        -c "read -P 0 $((VOLUME_BYTES / 2)) $mib" -c "read -P 0 $((VOLUME_BYTES - mib)) $mib" 2>&1) \
+        || die "qemu-io read failed against ${LABEL[$1]}: $out"
+    if grep -qiE 'failed|error' <<<"$out"; then echo no; else echo yes; fi
+}
+# The whole LUN written with FILL_PATTERN, 128 MiB per qemu-io command.
+FILL_LUN=()
+for ((o = 0; o < VOLUME_BYTES; o += 128 << 20)); do FILL_LUN+=("write -P $FILL_PATTERN $o $((128 << 20))"); done
+THIN_CMD_unmap_1g="discard 0 $VOLUME_BYTES"
+THIN_CMD_write_same_1g="write -z 0 $VOLUME_BYTES"
+# Per row and side: seconds, bytes allocated before and after, per run; zeros read back
+# after round 1.
+declare -A THIN_SECS THIN_BEFORE THIN_AFTER THIN_ZEROS
 
 if [[ "$RUN_TARGETS" == 1 ]]; then
     start_sides "${SIDES[@]}"
-    prefill "${SIDES[@]}"
-    for c in "${CASES[@]}"; do
+    (( ${#TARGET_CASES[@]} == 0 )) || prefill "${SIDES[@]}"
+    for c in "${TARGET_CASES[@]}"; do
         read -r name size depth rw count <<<"$c"
         [[ "$QUICK" == 1 ]] && count=$((count / 10))
         for s in "${SIDES[@]}"; do note_line "$(bench_cmd "$s" "$size" "$depth" "$rw" "$count" "$REGION_BYTES")"; done
@@ -539,6 +650,39 @@ if [[ "$RUN_TARGETS" == 1 ]]; then
         done
         medians "$name" "${SIDES[@]}"
     done
+    if (( ${#RUN_THIN[@]} > 0 )); then
+        for s in "${SIDES[@]}"; do
+            # tgt offers UNMAP (LBPU) only on a thin LUN; its reads and writes are the same.
+            [[ "${KIND[$s]}" == tgt ]] \
+                && tgt_admin "$s" --mode logicalunit --op update --tid 1 --lun 1 --params thin_provisioning=1
+        done
+    fi
+    for name in "${RUN_THIN[@]}"; do
+        var=THIN_CMD_${name//-/_}
+        cmd=${!var}
+        for s in "${SIDES[@]}"; do
+            note_line "$(shell_words qemu-io -f raw "$(lun_url "$s")") $(printf -- "-c '%s' " "${FILL_LUN[@]:0:2}")...   # the whole 1 GiB, 128 MiB a command"
+            note_cmd qemu-io -f raw "$(lun_url "$s")" -c "$cmd"
+        done
+        for r in $(seq "$RUNS"); do
+            order=("${SIDES[@]}")
+            if (( r % 2 == 0 && ${#SIDES[@]} == 2 )); then order=("${SIDES[1]}" "${SIDES[0]}"); fi
+            # Both sides written whole first, so the two commands of a pair run back to back.
+            for s in "${order[@]}"; do qemu_io_side "$s" "${FILL_LUN[@]}" >/dev/null; done
+            settle
+            for s in "${order[@]}"; do
+                THIN_BEFORE[$name,$s]+="$(allocated "$s") "
+                secs=$(qemu_io_secs "$(qemu_io_side "$s" "$cmd")")
+                THIN_SECS[$name,$s]+="$secs "
+                THIN_AFTER[$name,$s]+="$(allocated "$s") "
+                [[ $r == 1 ]] && THIN_ZEROS[$name,$s]=$(reads_zeros "$s")
+                say "$name run $r/$RUNS ${LABEL[$s]}: $secs s; the file occupied $(mib_of "$(last_of "${THIN_BEFORE[$name,$s]}")") MiB before, $(mib_of "$(last_of "${THIN_AFTER[$name,$s]}")") MiB after"
+            done
+            # Seconds: the second side's over the first's, so above 1 the first is faster.
+            (( ${#SIDES[@]} == 2 )) \
+                && RATIOS_OF[$name]+="$(last_ratio "${THIN_SECS[$name,${SIDES[1]}]}" "${THIN_SECS[$name,${SIDES[0]}]}") "
+        done
+    done
     # Idle servers still hold memory and threads: the next section runs without them.
     for s in "${SIDES[@]}"; do stop_side "$s"; done
 fi
@@ -556,22 +700,6 @@ SNAP_PAGES=""       # per snapshot run: pages it preserved, bytes in memory and 
 SNAP_MEM=""
 SNAP_FILE=""
 
-ctl_socket() { echo "$WORK/twinlun-$1-data/admin.sock"; }   # side: its admin socket
-twinlun_ctl() {   # side, `twinlun ctl` arguments; prints what ctl printed
-    local s=$1; shift
-    local cmd=("$BIN" ctl --socket "$(ctl_socket "$s")" "$@") out
-    if ! out=$("${cmd[@]}" 2>&1); then
-        echo "$out" >&2
-        die "$(shell_words "${cmd[@]}") failed"
-    fi
-    printf '%s\n' "$out"
-}
-json_num() {   # key, one JSON object: the first number under that key
-    local v
-    v=$(grep -o "\"$1\": *[0-9]*" <<<"$2" | head -1 | grep -o '[0-9]*$') \
-        || die "no \"$1\" in: $2"
-    echo "$v"
-}
 
 if [[ "$RUN_TRACKING" == 1 ]]; then
     row=""
@@ -742,13 +870,6 @@ copy_rsync() {   # prints the seconds of rsync --inplace of the volume onto the 
 }
 
 if [[ "$RUN_REPLICATION" == 1 ]]; then
-volume_file() {   # side, volume: its backing file (files are named by ids; ctl says which)
-    local v
-    v=$(twinlun_ctl "$1" --json volume show "$2")
-    v=$(grep -o '"path": *"[^"]*"' <<<"$v" | head -1 | sed 's/.*"\([^"]*\)"$/\1/') \
-        || die "no path in volume show $2"
-    echo "$WORK/twinlun-$1-data/$v"
-}
     for r in $(seq "$RUNS"); do
         say "replication round $r/$RUNS: fresh primary and secondary"
         rm -rf "$WORK/twinlun-rp-data" "$WORK/twinlun-rs-data" "$REPL_COPY"
@@ -939,7 +1060,7 @@ cpu_of() { printf '%.1f' "${CPU_MED[$1,$2]}"; }
 load_now() { cut -d' ' -f1-3 /proc/loadavg; }
 mbs_of() { awk -v i="${MED[$1,$2]}" -v s="$3" 'BEGIN { printf "%.1f", i * s / 1e6 }'; }
 
-if [[ "$RUN_TARGETS" == 1 || "$RUN_TRACKING" == 1 ]]; then
+if [[ ( "$RUN_TARGETS" == 1 && ${#TARGET_CASES[@]} -gt 0 ) || "$RUN_TRACKING" == 1 ]]; then
     echo
     printf 'qemu-img bench through QEMU iSCSI (libiscsi), median of %d run(s)%s, I/O in the first %d MiB of a 1 GiB sparse LUN\n' \
         "$RUNS" "$([[ $QUICK == 1 ]] && echo ', --quick')" "$REGION_MIB"
@@ -947,7 +1068,7 @@ fi
 [[ -n "$ENGINE" ]] && echo "twinlun engine: $ENGINE"
 [[ -n "$TGT_BSOFLAGS" && "$RUN_TARGETS" == 1 ]] && echo "tgt backing store flags: $TGT_BSOFLAGS"
 
-if [[ "$RUN_TARGETS" == 1 ]]; then
+if [[ "$RUN_TARGETS" == 1 && ${#TARGET_CASES[@]} -gt 0 ]]; then
     echo
     header=("case")
     for s in "${SIDES[@]}"; do header+=("${LABEL[$s]} IOPS"); done
@@ -956,7 +1077,7 @@ if [[ "$RUN_TARGETS" == 1 ]]; then
     fmt='%-16s'; for _ in "${header[@]:1}"; do fmt+=' %13s'; done; fmt+='\n'
     # shellcheck disable=SC2059  # the format is built above
     printf "$fmt" "${header[@]}"
-    for c in "${CASES[@]}"; do
+    for c in "${TARGET_CASES[@]}"; do
         read -r name size _ <<<"$c"
         row=("$name")
         for s in "${SIDES[@]}"; do row+=("$(iops_of "$name" "$s")"); done
@@ -982,7 +1103,7 @@ if [[ "$RUN_TARGETS" == 1 ]]; then
     fmt='%-16s'; for _ in "${header[@]:1}"; do fmt+=' %13s'; done; fmt+='\n'
     # shellcheck disable=SC2059
     printf "$fmt" "${header[@]}"
-    for c in "${CASES[@]}"; do
+    for c in "${TARGET_CASES[@]}"; do
         read -r name _ <<<"$c"
         row=("$name")
         for s in "${SIDES[@]}"; do row+=("$(cpu_of "$name" "$s")"); done
@@ -991,6 +1112,47 @@ if [[ "$RUN_TARGETS" == 1 ]]; then
         printf "$fmt" "${row[@]}"
     done
     [[ $PAIR == 1 ]] && echo "(ratio: ${LABEL[a]} / ${LABEL[b]}, lower is better for ${LABEL[a]}; the client, qemu-img, is the same for both)"
+fi
+
+if [[ "$RUN_TARGETS" == 1 && ${#RUN_THIN[@]} -gt 0 ]]; then
+    secs_of() { median_of "$1" | awk '{ printf "%.3f", $1 }'; }
+    echo
+    printf 'Whole-LUN commands through qemu-io (QEMU iSCSI), median of %d run(s), the 1 GiB LUN written whole before each
+' "$RUNS"
+    header=("case")
+    for s in "${SIDES[@]}"; do header+=("${LABEL[$s]} s"); done
+    [[ $PAIR == 1 ]] && header+=("ratio" "range")
+    for s in "${SIDES[@]}"; do header+=("${LABEL[$s]} MiB"); done
+    fmt='%-16s'; for _ in "${header[@]:1}"; do fmt+=' %13s'; done; fmt+='\n'
+    # shellcheck disable=SC2059
+    printf "$fmt" "${header[@]}"
+    for name in "${RUN_THIN[@]}"; do
+        row=("$name")
+        for s in "${SIDES[@]}"; do row+=("$(secs_of "${THIN_SECS[$name,$s]}")"); done
+        [[ $PAIR == 1 ]] && row+=("$(ratio_of "${RATIOS_OF[$name]}")" "$(range_of "${RATIOS_OF[$name]}")")
+        for s in "${SIDES[@]}"; do
+            row+=("$(mib_of "$(median_of "${THIN_BEFORE[$name,$s]}")")>$(mib_of "$(median_of "${THIN_AFTER[$name,$s]}")")")
+        done
+        # shellcheck disable=SC2059
+        printf "$fmt" "${row[@]}"
+    done
+    echo "(s: seconds qemu-io reports for the one command, median of the runs; MiB: what the backing file occupies"
+    echo " (du) before>after the command, median; unmap-1g: \`discard 0 1G\`, UNMAP; write-same-1g: \`write -z 0 1G\`,"
+    if [[ $PAIR == 1 ]]; then
+        echo " WRITE SAME(10) of zeros without the UNMAP bit; ratio: ${LABEL[b]} s / ${LABEL[a]} s, median over the"
+        echo " paired runs, higher is better for ${LABEL[a]}; range: lowest-highest pair)"
+    else
+        echo " WRITE SAME(10) of zeros without the UNMAP bit)"
+    fi
+    for name in "${RUN_THIN[@]}"; do
+        line="$name: the LUN reads as zeros (first, middle, last MiB) after round 1:"
+        for s in "${SIDES[@]}"; do line+=" ${LABEL[$s]} ${THIN_ZEROS[$name,$s]}"; done
+        echo "$line"
+    done
+    for s in "${SIDES[@]}"; do
+        [[ "${KIND[$s]}" == tgt ]] && echo "(${LABEL[$s]}'s LUN had thin_provisioning=1 for these rows, set after the IOPS cases)"
+    done
+    echo "A target that leaves an unmapped range allocated (MiB after close to before) skipped the work its time leaves out."
 fi
 
 if [[ "$RUN_TRACKING" == 1 ]]; then
@@ -1122,8 +1284,8 @@ json_list() { local out="" x; for x in $1; do out+="${out:+, }$x"; done; printf 
     fi
     printf '  "cases": [\n'
     n=0
-    [[ "$RUN_TARGETS" == 1 ]] || CASES=()
-    for c in "${CASES[@]}"; do
+    [[ "$RUN_TARGETS" == 1 ]] || TARGET_CASES=()
+    for c in "${TARGET_CASES[@]}"; do
         read -r name size depth rw count <<<"$c"
         [[ "$QUICK" == 1 ]] && count=$((count / 10))
         n=$((n + 1))
@@ -1142,9 +1304,30 @@ json_list() { local out="" x; for x in $1; do out+="${out:+, }$x"; done; printf 
                 "$(ratio_of "${RATIOS_OF[$name]}")" "$(json_list "${RATIOS_OF[$name]}")" \
                 "$(ratio_of "${CPU_RATIOS_OF[$name]}")" "$(json_list "${CPU_RATIOS_OF[$name]}")"
         fi
-        printf '}%s\n' "$([[ $n -lt ${#CASES[@]} ]] && echo ,)"
+        printf '}%s\n' "$([[ $n -lt ${#TARGET_CASES[@]} ]] && echo ,)"
     done
     printf '  ],\n'
+    printf '  "whole_lun": ['
+    first=1
+    [[ "$RUN_TARGETS" == 1 ]] || RUN_THIN=()
+    for name in "${RUN_THIN[@]}"; do
+        [[ $first == 1 ]] || printf ','; first=0
+        var=THIN_CMD_${name//-/_}
+        printf '\n    {"name": %s, "qemu_io": %s, "results": {' "$(json_str "$name")" "$(json_str "${!var}")"
+        f2=1
+        for s in "${SIDES[@]}"; do
+            [[ $f2 == 1 ]] || printf ', '; f2=0
+            printf '%s: {"seconds": %s, "seconds_runs": %s, "allocated_before_runs": %s, "allocated_after_runs": %s, "reads_zeros": %s}' \
+                "$(json_str "${LABEL[$s]}")" "$(median_of "${THIN_SECS[$name,$s]}")" "$(json_list "${THIN_SECS[$name,$s]}")" \
+                "$(json_list "${THIN_BEFORE[$name,$s]}")" "$(json_list "${THIN_AFTER[$name,$s]}")" \
+                "$([[ "${THIN_ZEROS[$name,$s]}" == yes ]] && echo true || echo false)"
+        done
+        printf '}'
+        [[ $PAIR == 1 ]] && printf ', "ratio_b_over_a_seconds": %s, "ratio_runs": %s' \
+            "$(ratio_of "${RATIOS_OF[$name]}")" "$(json_list "${RATIOS_OF[$name]}")"
+        printf '}'
+    done
+    printf '\n  ],\n'
     if [[ "$RUN_TRACKING" == 1 ]]; then
         printf '  "tracking": {"case": %s, "size": %s, "depth": %s, "op": %s, "count": %s, "bound": %s,\n' \
             "$(json_str "$TNAME")" "$TSIZE" "$TDEPTH" "$(json_str "$TRW")" "$TCOUNT" "$TRACKING_BOUND"
