@@ -543,7 +543,8 @@ const SANITIZE_PACE: &str = "10000000";
 /// the first run skipped counts as passed only when it passed, without a skip, on the
 /// LUN it needs (removable, read-only, 4096-byte blocks for GetLBAStatus). Prints ran,
 /// passed, failed, skipped. SANITIZE OVERWRITE is paced ([`SANITIZE_PACE`]) so that
-/// Sanitize.Reset finds it in progress.
+/// Sanitize.Reset finds it in progress; Reset is judged in a run of its own, through
+/// one portal (see below).
 #[test]
 fn whole_suite_passes_without_skips() {
     let s = TestServer::launch()
@@ -609,6 +610,11 @@ fn whole_suite_passes_without_skips() {
     ));
     other.extend(outcomes(&run_suites("SCSI.ReadOnly", 3, false)));
     other.extend(outcomes(&run_suites("SCSI.GetLBAStatus", 4, false)));
+    // Through two portals Sanitize.Reservations leaves its RESERVE(6) held by the
+    // second portal's session, which the suite keeps for the rest of the run (its
+    // mpath_sd2_put does not log it out): Reset's SANITIZE then meets RESERVATION
+    // CONFLICT. Reset is judged alone, once that session has gone.
+    other.extend(outcomes(&run_suites("SCSI.Sanitize.Reset", 1, false)));
 
     let mut failed = Vec::new();
     let mut skipped = Vec::new();

@@ -640,17 +640,24 @@ async fn answer(
                 remove,
             };
             node_change(host, move |h| {
-                // Held from the reset until the store is reopened over the new
-                // volumes: no cut lands in between.
-                let mut held = store.blocking_lock();
+                // Locked by the reset (inside the node's change lock, the order
+                // `drop_secondary` takes them in) and held until the store has been
+                // reopened over the new volumes: no cut lands in between.
+                let mut held = None;
                 let mut reset = || {
-                    held.reset(req.generation)
+                    let mut store = store.blocking_lock();
+                    store
+                        .reset(req.generation)
                         .map_err(|e| super::ReplicationError::Recovery {
                             set: req.set.clone(),
                             source: Box::new(e),
-                        })
+                        })?;
+                    held = Some(store);
+                    Ok(())
                 };
-                h.restart_secondary_members(&req, &mut reset)
+                let changed = h.restart_secondary_members(&req, &mut reset);
+                drop(held);
+                changed
             })
             .await
         }
