@@ -669,7 +669,7 @@ async fn run(host: Weak<dyn Host>, set: Arc<PrimarySet>) {
 /// The first step of Restart Replication: the secondary drops every recovery point
 /// and staged data for a new generation; the next cycle is full.
 async fn reset_secondary(node: &dyn Host, set: &PrimarySet) -> Result<(), ReplicationError> {
-    let (spec, peer) = set_spec(node, set)?;
+    let (spec, peer) = spec_and_peer(node, &set.name)?;
     let generation = set.state.lock().generation + 1;
     let mut conn = PeerConn::connect(node, &spec.peer, &peer).await?;
     conn.expect_ok(&Message::Reset {
@@ -692,21 +692,22 @@ async fn reset_secondary(node: &dyn Host, set: &PrimarySet) -> Result<(), Replic
     Ok(())
 }
 
-fn set_spec(
+/// A set's spec and its peer's, from the catalog.
+pub(super) fn spec_and_peer(
     node: &dyn Host,
-    set: &PrimarySet,
+    name: &str,
 ) -> Result<(crate::catalog::ReplicationSpec, crate::catalog::PeerSpec), ReplicationError> {
     let c = node.catalog().read();
     let spec = c
         .replications
-        .get(&set.name)
+        .get(name)
         .cloned()
-        .ok_or_else(|| ReplicationError::NotPrimary(set.name.clone()))?;
+        .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
     let peer = c
         .peers
         .get(&spec.peer)
         .cloned()
-        .ok_or_else(|| ReplicationError::NotPrimary(set.name.clone()))?;
+        .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
     Ok((spec, peer))
 }
 
@@ -743,7 +744,7 @@ fn abandon(p: Pending) {
 }
 
 async fn cycle(node: &dyn Host, set: &PrimarySet) -> Result<(), ReplicationError> {
-    let (spec, peer) = set_spec(node, set)?;
+    let (spec, peer) = spec_and_peer(node, &set.name)?;
     let volumes: Vec<Arc<Volume>> = spec
         .volumes
         .iter()

@@ -15,7 +15,7 @@ use super::host::Host;
 use super::peer::PeerConn;
 use super::rate::{Bucket, Limits};
 use super::recovery::{ReceiverStore, ReceiverSummary, RecoveryPoint, VolumeTarget};
-use super::sender::{PrimarySet, PrimaryState};
+use super::sender::{spec_and_peer, PrimarySet, PrimaryState};
 use super::status::{SetState, SetStatus};
 use super::wire::{Fork, MemberVolume, Message, RemoteVolume, WireError};
 use super::ReplicationError;
@@ -666,20 +666,7 @@ impl Sets {
                 fork,
             });
         }
-        let (spec, peer) = {
-            let c = host.catalog().read();
-            let spec = c
-                .replications
-                .get(name)
-                .cloned()
-                .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
-            let peer = c
-                .peers
-                .get(&spec.peer)
-                .cloned()
-                .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
-            (spec, peer)
-        };
+        let (spec, peer) = spec_and_peer(&*host, name)?;
         let mut conn = PeerConn::connect(&*host, &spec.peer, &peer).await?;
         let answer = conn
             .request(&Message::Failback {
@@ -829,20 +816,7 @@ impl Sets {
         let host = self.host().ok_or(ReplicationError::Unavailable)?;
         let set = self.primary(name)?;
         set.check_may_ship()?;
-        let (spec, peer) = {
-            let c = host.catalog().read();
-            let spec = c
-                .replications
-                .get(name)
-                .cloned()
-                .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
-            let peer = c
-                .peers
-                .get(&spec.peer)
-                .cloned()
-                .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
-            (spec, peer)
-        };
+        let (spec, peer) = spec_and_peer(&*host, name)?;
         let refused_from = std::time::Instant::now();
         // Block changes are refused at once (NOT READY, in transition), then the LUNs
         // become read-only, as a secondary's are.
@@ -1203,25 +1177,6 @@ fn recovery_error(set: &str, e: super::recovery::RecoveryError) -> ReplicationEr
 }
 
 /// Where a set keeps its state.
-/// A set's spec and its peer's, from the catalog.
-fn spec_and_peer(
-    host: &dyn Host,
-    name: &str,
-) -> Result<(ReplicationSpec, PeerSpec), ReplicationError> {
-    let c = host.catalog().read();
-    let spec = c
-        .replications
-        .get(name)
-        .cloned()
-        .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
-    let peer = c
-        .peers
-        .get(&spec.peer)
-        .cloned()
-        .ok_or_else(|| ReplicationError::NotPrimary(name.into()))?;
-    Ok((spec, peer))
-}
-
 /// Removes what a receiver keeps in a set's folder (state, staging and undo logs),
 /// leaving a primary's state file.
 fn remove_receiver_files(dir: &std::path::Path) {
