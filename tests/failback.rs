@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::dependent::{after_writes, block, generations, BLOCK, BLOCKS};
-use common::pair::{create_set, pair, replicate, show, wait_cycles};
+use common::pair::{create_set, pair, pair_throttled, replicate, show, wait_cycles, wait_progress};
 use common::raw::RawClient;
 use common::{kill9, observe_for, qemu_io, wait_until, TestServer, DEMO_IQN};
 use twinlun::iscsi::pdu::Digests;
@@ -18,7 +18,9 @@ const PAGE: u64 = 4096;
 
 #[test]
 fn an_unplanned_promote_fails_back_shipping_only_the_union_of_changed_pages() {
-    let (mut p, s) = pair();
+    // The link to the secondary goes through a proxy, slowed later so that the primary
+    // dies while a cycle ships.
+    let (mut p, s, proxy) = pair_throttled(0);
     p.ctl_ok(&["volume", "create", "va", "--size", "64M"]);
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "va"]);
     let url = p.url(DEMO_IQN, 1);
@@ -27,9 +29,14 @@ fn an_unplanned_promote_fails_back_shipping_only_the_union_of_changed_pages() {
     let first = replicate(&p, "rs");
     let common_cut = first["cut_id"].as_u64().unwrap();
 
-    // Writes the secondary never gets: the primary dies before another cycle.
+    // Writes the secondary never gets: the primary dies while the cycle that ships
+    // them is under way.
     qemu_io(&url, &["write -P 0x22 40m 1m"]);
+    proxy.set_rate(256 << 10);
+    p.ctl_ok(&["replicate", "rs"]);
+    wait_progress(&p, "rs", 64 << 10);
     kill9(&mut p);
+    proxy.set_rate(0);
 
     // Unplanned failover: the set stays on the secondary, promoted and held.
     let out = s.ctl_ok(&["promote", "--volume", "va"]);
