@@ -1650,6 +1650,55 @@ impl ReceiverStore {
         })
     }
 
+    /// The byte ranges, per volume (in the store's order), that the cuts after `cut`
+    /// wrote: what a roll back to `cut` rewrites (the records of the undo logs of `cut`
+    /// and of every newer point). Read before the roll back, which deletes those logs:
+    /// a failback ships these pages too, since the old primary holds the newer cuts.
+    pub fn ranges_since(&mut self, cut: u64) -> Result<Vec<Vec<(u64, u64)>>, RecoveryError> {
+        self.reload_if_needed()?;
+        let sizes = self.sizes();
+        let generation = self.state.generation;
+        let mut out = vec![Vec::new(); self.volumes.len()];
+        let points: Vec<RecoveryPoint> = self
+            .state
+            .points
+            .iter()
+            .copied()
+            .filter(|p| p.cut >= cut)
+            .collect();
+        for point in points {
+            let path = self.dir.join(undo_name(point.cut));
+            let file = File::open(&path).map_err(io_err(&path))?;
+            let scan = scan_log(&file, &path, UNDO_MAGIC, &sizes)?
+                .filter(|s| s.end.is_some())
+                .filter(|s| s.meta.generation == generation && s.meta.cut == point.cut)
+                .ok_or(RecoveryError::Corrupt {
+                    path: path.clone(),
+                    what: "undo log incomplete or of another cut",
+                })?;
+            for_each_record(&file, &path, &scan, &sizes, |record| {
+                if let Record::Data {
+                    volume,
+                    offset,
+                    len,
+                    ..
+                }
+                | Record::Zero {
+                    volume,
+                    offset,
+                    len,
+                } = record
+                {
+                    if let Some(v) = out.get_mut(volume as usize) {
+                        v.push((offset, len));
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(out)
+    }
+
     /// Writes recovery point `cut` of volume `volume` (its name) into `dest`, a new
     /// empty file: the volume's current content (its allocated extents only, so the
     /// copy is as thin as the volume), then the undo logs of every point from the

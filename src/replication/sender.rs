@@ -82,6 +82,11 @@ pub struct PrimaryState {
     /// cuts this side rolled back, so the failback's first cut ships all written data.
     #[serde(default)]
     pub resync_all: bool,
+    /// Promoted at an older recovery point: per volume, the pages the roll back undid
+    /// (hex as `wire::pages_to_hex`), which the old primary holds newer content of, so
+    /// the failback ships them too.
+    #[serde(default)]
+    pub rolled_back: Option<Vec<String>>,
     /// Both sides wrote after their common cut: nothing runs until `resolve`.
     #[serde(default)]
     pub split_brain: bool,

@@ -97,6 +97,9 @@ pub struct Sets {
     events: Emitter,
     /// Where primary sets count what they ship.
     metrics: Arc<crate::metrics::Registry>,
+    /// Byte ranges per volume a promote's roll back undid, from `stop_receiver` to
+    /// `promote_here`.
+    rolled_back: Mutex<HashMap<String, Vec<Vec<(u64, u64)>>>>,
     /// Each peer's `--max-rate` bucket, shared by every set sending to it.
     peer_limits: Mutex<HashMap<String, Arc<Bucket>>>,
 }
@@ -471,7 +474,19 @@ impl Sets {
         let store = self.fence(name, point)?;
         let mut st = store.blocking_lock();
         let result = match point {
-            Some(cut) => st.roll_back_to(cut),
+            Some(cut) => {
+                // What the roll back undoes is what the old primary holds and this
+                // side no longer does: a failback ships it.
+                match st.ranges_since(cut) {
+                    Ok(r) => {
+                        self.rolled_back.lock().insert(name.to_string(), r);
+                    }
+                    Err(e) => {
+                        tracing::warn!(set = %name, error = %crate::chain::ErrorChain(&e), "cannot list what the roll back undoes: a failback ships all written data");
+                    }
+                }
+                st.roll_back_to(cut)
+            }
             None => Ok(()),
         }
         .and_then(|()| st.retire());
@@ -587,9 +602,30 @@ impl Sets {
         if let Some(r) = receiver {
             drop(r.store.lock().await);
         }
+        // The pages a roll back undid, as the tracking pages of each volume.
+        let rolled = self.rolled_back.lock().remove(name);
+        let rolled_back = rolled.filter(|_| resync_all).map(|ranges| {
+            spec.volumes
+                .iter()
+                .zip(ranges)
+                .map(|(v, ranges)| {
+                    let mut pages = roaring::RoaringBitmap::new();
+                    if let Some(t) = host.volume(v).and_then(|vol| vol.tracking().cloned()) {
+                        for (offset, len) in ranges {
+                            if let Ok(r) = t.pages_of(offset, len) {
+                                pages.insert_range(r);
+                            }
+                        }
+                    }
+                    super::wire::pages_to_hex(&pages)
+                })
+                .collect::<Vec<_>>()
+        });
+        let resync_all = resync_all && rolled_back.is_none();
         let state = PrimaryState {
             generation: fork.generation,
             issued_cut: Some(fork.cut),
+            rolled_back,
             fork: Some(fork),
             // A switchover: the old primary holds exactly the fork's cut and becomes
             // the secondary at once, so the first cut ships this side's writes alone.
@@ -683,7 +719,7 @@ impl Sets {
             .filter_map(|h| super::wire::pages_from_hex(h))
             .map(|b| b.len())
             .sum();
-        let resync = (!st.resync_all).then_some(pages);
+        let resync = (!st.resync_all).then(|| union_pages(&pages, st.rolled_back.as_deref()));
         set.update_state(|st| {
             st.awaiting_failback = false;
             st.split_brain = false;
@@ -990,6 +1026,7 @@ impl Sets {
                 super::wire::pages_to_hex(&dirty)
             })
             .collect();
+        let pages = union_pages(&pages, st.rolled_back.as_deref());
         // Reachable first: nothing changes here when the old primary is not.
         let mut conn = PeerConn::connect(&**host, &spec.peer, &peer).await?;
         let stopped = self.primaries.lock().remove(name);
@@ -1177,6 +1214,24 @@ fn recovery_error(set: &str, e: super::recovery::RecoveryError) -> ReplicationEr
 }
 
 /// Where a set keeps its state.
+/// Per volume, the union of two lists of page bitmaps (hex); `more` may be absent.
+fn union_pages(pages: &[String], more: Option<&[String]>) -> Vec<String> {
+    pages
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let mut p = super::wire::pages_from_hex(h).unwrap_or_default();
+            if let Some(m) = more
+                .and_then(|m| m.get(i))
+                .and_then(|h| super::wire::pages_from_hex(h))
+            {
+                p |= m;
+            }
+            super::wire::pages_to_hex(&p)
+        })
+        .collect()
+}
+
 /// Removes what a receiver keeps in a set's folder (state, staging and undo logs),
 /// leaving a primary's state file.
 fn remove_receiver_files(dir: &std::path::Path) {
