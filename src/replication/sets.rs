@@ -99,7 +99,7 @@ pub struct Sets {
     metrics: Arc<crate::metrics::Registry>,
     /// Byte ranges per volume a promote's roll back undid, from `stop_receiver` to
     /// `promote_here`.
-    rolled_back: Mutex<HashMap<String, Vec<Vec<(u64, u64)>>>>,
+    rolled_back: Mutex<HashMap<String, VolumeRanges>>,
     /// Each peer's `--max-rate` bucket, shared by every set sending to it.
     peer_limits: Mutex<HashMap<String, Arc<Bucket>>>,
 }
@@ -1214,6 +1214,9 @@ fn recovery_error(set: &str, e: super::recovery::RecoveryError) -> ReplicationEr
 }
 
 /// Where a set keeps its state.
+/// Byte ranges (offset, length) per volume of a set, in the set's order.
+type VolumeRanges = Vec<Vec<(u64, u64)>>;
+
 /// Per volume, the union of two lists of page bitmaps (hex); `more` may be absent.
 fn union_pages(pages: &[String], more: Option<&[String]>) -> Vec<String> {
     pages
