@@ -301,22 +301,34 @@ fn wait_status(n: &TestServer, set: &str, status: &str) -> serde_json::Value {
 
 #[test]
 fn a_split_brain_stops_both_sides_until_resolve_which_ships_only_changed_pages() {
-    let (p, s) = pair();
+    let (p, s, proxy) = pair_throttled(0);
     p.ctl_ok(&["volume", "create", "va", "--size", "64M"]);
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "va"]);
     create_set(&p, "rs", &["--volume", "va"]);
     qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x11 0 16m"]);
     let common_cut = replicate(&p, "rs")["cut_id"].as_u64().unwrap();
 
-    // No cycle runs (as over a cut link) while the secondary is promoted and written,
-    // and the primary goes on serving writes too.
+    // The link goes dead (a byte a second toward the secondary: no handshake gets
+    // through): the primary's cycle fails and is retried, and it goes on serving
+    // writes, while the secondary is promoted and written.
+    proxy.set_rate(1);
+    p.ctl_ok(&["replicate", "rs"]);
+    wait_until(
+        "the primary's cycle to fail over the dead link",
+        Duration::from_secs(120),
+        || {
+            let v = show(&p, "rs");
+            (v["status"] == "error").then_some(()).ok_or(v.to_string())
+        },
+    );
     s.ctl_ok(&["promote", "--volume", "va"]);
     s.ctl_ok(&["lun", "map", DEMO_IQN, "1", "va"]);
     qemu_io(&s.url(DEMO_IQN, 1), &["write -P 0x55 20m 1m"]);
     qemu_io(&p.url(DEMO_IQN, 1), &["write -P 0x66 30m 512k"]);
 
-    // The link is back: the primary's next cycle finds the fork, and both sides stop.
-    p.ctl_ok(&["replicate", "rs"]);
+    // The link is back: the primary's next attempt finds the fork, and both sides stop.
+    proxy.set_rate(0);
+    proxy.cut();
     let pv = wait_status(&p, "rs", "split-brain");
     let sv = wait_status(&s, "rs", "split-brain");
     assert_eq!(pv["common_cut"], common_cut, "{pv}");
