@@ -787,24 +787,19 @@ impl Sets {
         if let Some(s) = &stopped {
             s.stop().await;
         }
-        let mut pages = Vec::new();
-        for v in &spec.volumes {
-            let dirty = host
-                .volume(v)
-                .and_then(|vol| vol.tracking().map(|t| t.dirty().snapshot()))
-                .unwrap_or_default();
-            pages.push(dirty);
-        }
-        let kept = self
+        let (kept, pages) = self
             .become_secondary(&host, name, &spec, fork, true)
             .await?;
         Ok((pages.iter().map(super::wire::pages_to_hex).collect(), kept))
     }
 
     /// The old primary, its task stopped, becomes the secondary of the fork's
-    /// generation: `demote` (keeping its content aside when `keep`) changes the catalog,
-    /// its primary state goes, its dirty maps start empty and a fresh receiver takes the
-    /// first cut. When the catalog cannot change, the primary task runs again.
+    /// generation: its volumes are fenced (block changes get NOT READY, in transition),
+    /// `demote` (keeping its content aside when `keep`) changes the catalog and maps the
+    /// LUNs read-only, its primary state goes, its dirty maps are taken (and returned:
+    /// every page written since its last committed cut, none after, as the fence held)
+    /// and a fresh receiver takes the first cut. When the catalog cannot change, the
+    /// primary task runs again.
     async fn become_secondary(
         &self,
         host: &Arc<dyn Host>,
@@ -812,7 +807,14 @@ impl Sets {
         spec: &ReplicationSpec,
         fork: Fork,
         keep: bool,
-    ) -> Result<Vec<String>, ChangeRefused> {
+    ) -> Result<(Vec<String>, Vec<roaring::RoaringBitmap>), ChangeRefused> {
+        let volumes: Vec<_> = spec.volumes.iter().filter_map(|v| host.volume(v)).collect();
+        let set_fenced = |on: bool| {
+            for v in &volumes {
+                v.set_fenced(on);
+            }
+        };
+        set_fenced(true);
         let demote = {
             let host = host.clone();
             let name = name.to_string();
@@ -821,20 +823,28 @@ impl Sets {
         let kept = match demote {
             Ok(Ok(kept)) => kept,
             Ok(Err(e)) => {
+                set_fenced(false);
                 self.start_set(name);
                 return Err(e);
             }
             Err(e) => {
+                set_fenced(false);
                 self.start_set(name);
                 return Err(Box::new(e));
             }
         };
         let _ = std::fs::remove_file(super::sender::state_path(&set_dir(&**host, spec)));
-        for v in &spec.volumes {
-            if let Some(t) = host.volume(v).and_then(|vol| vol.tracking().cloned()) {
-                t.dirty().take();
-            }
-        }
+        let taken: Vec<roaring::RoaringBitmap> = spec
+            .volumes
+            .iter()
+            .map(|v| {
+                host.volume(v)
+                    .and_then(|vol| vol.tracking().map(|t| t.dirty().take()))
+                    .unwrap_or_default()
+            })
+            .collect();
+        // The LUNs are read-only now: writes get DATA PROTECT, as on any secondary.
+        set_fenced(false);
         self.start_set(name);
         let store = self
             .receiver(name)
@@ -842,7 +852,7 @@ impl Sets {
         let mut store = store.lock().await;
         tokio::task::block_in_place(|| store.reset(fork.generation))
             .map_err(|e| Box::new(e) as ChangeRefused)?;
-        Ok(kept)
+        Ok((kept, taken))
     }
 
     /// `switchover SET` on the primary (planned, both sides up): the set's LUNs stop
@@ -1015,18 +1025,6 @@ impl Sets {
             .fork
             .ok_or_else(|| ReplicationError::NotPromoted(name.into()))?;
         let (spec, peer) = spec_and_peer(&**host, name)?;
-        let pages: Vec<String> = spec
-            .volumes
-            .iter()
-            .map(|v| {
-                let dirty = host
-                    .volume(v)
-                    .and_then(|vol| vol.tracking().map(|t| t.dirty().snapshot()))
-                    .unwrap_or_default();
-                super::wire::pages_to_hex(&dirty)
-            })
-            .collect();
-        let pages = union_pages(&pages, st.rolled_back.as_deref());
         // Reachable first: nothing changes here when the old primary is not.
         let mut conn = PeerConn::connect(&**host, &spec.peer, &peer).await?;
         let stopped = self.primaries.lock().remove(name);
@@ -1037,10 +1035,12 @@ impl Sets {
             generation: fork.parent,
             ..fork
         };
-        let kept = self
+        let (kept, taken) = self
             .become_secondary(host, name, &spec, back, true)
             .await
             .map_err(|e| ReplicationError::Fence(e.to_string()))?;
+        let pages: Vec<String> = taken.iter().map(super::wire::pages_to_hex).collect();
+        let pages = union_pages(&pages, st.rolled_back.as_deref());
         conn.expect_ok(&Message::TakeBack {
             set: name.to_string(),
             fork,
