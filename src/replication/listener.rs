@@ -541,15 +541,7 @@ async fn answer(
             Ok(Message::Ok)
         }
         Message::SplitBrain { set, fork } => {
-            if host
-                .catalog()
-                .read()
-                .replications
-                .get(&set)
-                .is_none_or(|r| r.peer != peer)
-            {
-                return Err(Refusal::NotOwned(set));
-            }
+            peers_set(&**host, peer, &set, None)?;
             sets.note_split_brain(&set, fork).map_err(Refusal::Change)?;
             tracing::error!(set = %set, cut = fork.cut, "split brain: the old primary wrote after this side's promote; nothing resumes until `resolve`");
             Ok(Message::Ok)
@@ -560,29 +552,13 @@ async fn answer(
             pages,
             kept,
         } => {
-            if host
-                .catalog()
-                .read()
-                .replications
-                .get(&set)
-                .is_none_or(|r| r.peer != peer || r.role != ReplicationRole::Primary)
-            {
-                return Err(Refusal::NotOwned(set));
-            }
+            peers_set(&**host, peer, &set, Some(ReplicationRole::Primary))?;
             sets.take_back(&set, fork, pages).map_err(Refusal::Change)?;
             tracing::warn!(set = %set, kept = ?kept, "resolved: the promoted peer yielded and is this side's secondary again");
             Ok(Message::Ok)
         }
         Message::Resolve { set, keep_yours } => {
-            if host
-                .catalog()
-                .read()
-                .replications
-                .get(&set)
-                .is_none_or(|r| r.peer != peer)
-            {
-                return Err(Refusal::NotOwned(set));
-            }
+            peers_set(&**host, peer, &set, None)?;
             match sets.resolve(&set, keep_yours).await {
                 Ok(message) => Ok(Message::Done { message }),
                 Err(e) => Err(Refusal::Change(Box::new(e))),
@@ -771,6 +747,20 @@ where
 }
 
 /// The set exists here as a secondary of `peer`.
+/// The set `set` here is the peer's counterpart (in `role` when given), whatever side
+/// of a promote it is on.
+fn peers_set(
+    host: &dyn Host,
+    peer: &str,
+    set: &str,
+    role: Option<ReplicationRole>,
+) -> Result<(), Refusal> {
+    match host.catalog().read().replications.get(set) {
+        Some(r) if r.peer == peer && role.is_none_or(|role| r.role == role) => Ok(()),
+        _ => Err(Refusal::NotOwned(set.to_string())),
+    }
+}
+
 fn owned_set(sets: &Sets, host: &dyn Host, peer: &str, set: &str) -> Result<(), Refusal> {
     match host.catalog().read().replications.get(set) {
         Some(r) if r.role == ReplicationRole::Secondary && r.peer == peer => Ok(()),

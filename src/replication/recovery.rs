@@ -1275,30 +1275,15 @@ impl ReceiverStore {
     /// value of the oldest of these logs that holds it, which is its value at `cut`, and
     /// a byte none holds was not written since.
     fn finish_roll_back(&mut self, cut: u64) -> Result<(), RecoveryError> {
-        let sizes = self.sizes();
         let generation = self.state.generation;
-        let newer: Vec<RecoveryPoint> = self
+        let target = *self
             .state
             .points
             .iter()
-            .copied()
-            .filter(|p| p.cut >= cut)
-            .collect();
-        let target = *newer.last().ok_or(RecoveryError::UnknownPoint { cut })?;
+            .rfind(|p| p.cut >= cut)
+            .ok_or(RecoveryError::UnknownPoint { cut })?;
         // Verify every log before the first write, so damage stops nothing half way.
-        let mut logs = Vec::with_capacity(newer.len());
-        for point in &newer {
-            let path = self.dir.join(undo_name(point.cut));
-            let file = File::open(&path).map_err(io_err(&path))?;
-            let scan = scan_log(&file, &path, UNDO_MAGIC, &sizes)?
-                .filter(|s| s.end.is_some())
-                .filter(|s| s.meta.generation == generation && s.meta.cut == point.cut)
-                .ok_or(RecoveryError::Corrupt {
-                    path: path.clone(),
-                    what: "undo log incomplete or of another cut",
-                })?;
-            logs.push((path, file, scan));
-        }
+        let logs = self.undo_logs_from(cut)?;
         for (path, file, scan) in &logs {
             self.copy_records(file, path, scan)?;
         }
@@ -1657,25 +1642,8 @@ impl ReceiverStore {
     pub fn ranges_since(&mut self, cut: u64) -> Result<Vec<Vec<(u64, u64)>>, RecoveryError> {
         self.reload_if_needed()?;
         let sizes = self.sizes();
-        let generation = self.state.generation;
         let mut out = vec![Vec::new(); self.volumes.len()];
-        let points: Vec<RecoveryPoint> = self
-            .state
-            .points
-            .iter()
-            .copied()
-            .filter(|p| p.cut >= cut)
-            .collect();
-        for point in points {
-            let path = self.dir.join(undo_name(point.cut));
-            let file = File::open(&path).map_err(io_err(&path))?;
-            let scan = scan_log(&file, &path, UNDO_MAGIC, &sizes)?
-                .filter(|s| s.end.is_some())
-                .filter(|s| s.meta.generation == generation && s.meta.cut == point.cut)
-                .ok_or(RecoveryError::Corrupt {
-                    path: path.clone(),
-                    what: "undo log incomplete or of another cut",
-                })?;
+        for (path, file, scan) in self.undo_logs_from(cut)? {
             for_each_record(&file, &path, &scan, &sizes, |record| {
                 if let Record::Data {
                     volume,
@@ -1743,28 +1711,32 @@ impl ReceiverStore {
                 done += n as u64;
             }
         }
+        for (path, file, scan) in self.undo_logs_from(cut)? {
+            self.copy_records_to(&file, &path, &scan, Some((index as u32, dest, dest_path)))?;
+        }
+        self.disk.sync(dest, dest_path)
+    }
+
+    /// The undo logs of recovery point `cut` and every newer one, newest first, each
+    /// opened and verified whole (of this generation, of its point, with its end
+    /// record): what a roll back to `cut` applies, in that order.
+    fn undo_logs_from(&self, cut: u64) -> Result<Vec<(PathBuf, File, Scan)>, RecoveryError> {
         let sizes = self.sizes();
         let generation = self.state.generation;
-        let newer: Vec<u64> = self
-            .state
-            .points
-            .iter()
-            .map(|p| p.cut)
-            .filter(|&p| p >= cut)
-            .collect();
-        for point in newer {
-            let path = self.dir.join(undo_name(point));
+        let mut logs = Vec::new();
+        for point in self.state.points.iter().filter(|p| p.cut >= cut) {
+            let path = self.dir.join(undo_name(point.cut));
             let file = File::open(&path).map_err(io_err(&path))?;
             let scan = scan_log(&file, &path, UNDO_MAGIC, &sizes)?
                 .filter(|s| s.end.is_some())
-                .filter(|s| s.meta.generation == generation && s.meta.cut == point)
+                .filter(|s| s.meta.generation == generation && s.meta.cut == point.cut)
                 .ok_or(RecoveryError::Corrupt {
                     path: path.clone(),
                     what: "undo log incomplete or of another cut",
                 })?;
-            self.copy_records_to(&file, &path, &scan, Some((index as u32, dest, dest_path)))?;
+            logs.push((path, file, scan));
         }
-        self.disk.sync(dest, dest_path)
+        Ok(logs)
     }
 
     fn sync_volumes(&self) -> Result<(), RecoveryError> {

@@ -808,12 +808,7 @@ impl Sets {
         fork: Fork,
         keep: bool,
     ) -> Result<(Vec<String>, Vec<roaring::RoaringBitmap>), ChangeRefused> {
-        let volumes: Vec<_> = spec.volumes.iter().filter_map(|v| host.volume(v)).collect();
-        let set_fenced = |on: bool| {
-            for v in &volumes {
-                v.set_fenced(on);
-            }
-        };
+        let set_fenced = fencer(&**host, spec);
         set_fenced(true);
         let demote = {
             let host = host.clone();
@@ -866,12 +861,7 @@ impl Sets {
         let refused_from = std::time::Instant::now();
         // Block changes are refused at once (NOT READY, in transition), then the LUNs
         // become read-only, as a secondary's are.
-        let volumes: Vec<_> = spec.volumes.iter().filter_map(|v| host.volume(v)).collect();
-        let set_fenced = |on: bool| {
-            for v in &volumes {
-                v.set_fenced(on);
-            }
-        };
+        let set_fenced = fencer(&*host, &spec);
         set_fenced(true);
         let fenced = {
             let host = host.clone();
@@ -1214,6 +1204,17 @@ fn recovery_error(set: &str, e: super::recovery::RecoveryError) -> ReplicationEr
 }
 
 /// Where a set keeps its state.
+/// Fences (`true`) or unfences the set's volumes against block changes
+/// (`Volume::set_fenced`), for a switchover or a side becoming the secondary.
+fn fencer(host: &dyn Host, spec: &ReplicationSpec) -> impl Fn(bool) {
+    let volumes: Vec<_> = spec.volumes.iter().filter_map(|v| host.volume(v)).collect();
+    move |on| {
+        for v in &volumes {
+            v.set_fenced(on);
+        }
+    }
+}
+
 /// Byte ranges (offset, length) per volume of a set, in the set's order.
 type VolumeRanges = Vec<Vec<(u64, u64)>>;
 
