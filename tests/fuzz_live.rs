@@ -32,6 +32,7 @@ use twinlun::iscsi::pdu::{
     pad_len, Bhs, DataOut, Digests, LoginRequest, LogoutRequest, NopIn, NopOut, Opcode, Pdu, R2t,
     Reject, ScsiCommand, TextRequest, TmfFunction, TmfRequest, BHS_LEN, RESERVED_TAG,
 };
+use twinlun::iscsi::session::timers::{PING_IDLE, PING_TIMEOUT_DELIVERED};
 
 /// The fuzzers' target: two LUNs of their own, so nothing they do reaches the canary's.
 const FUZZ_IQN: &str = "iqn.2026-11.test:fuzz";
@@ -41,11 +42,20 @@ const WORKERS: u64 = 4;
 const FUZZ_BLOCKS: u64 = 64 << 11;
 /// The canary's region of the demo volume.
 const CANARY_REGION: usize = 8 << 20;
-/// The longest the server itself keeps a connection that owes it nothing and hears
-/// nothing (`server::ffp`: a NOP-In ping after 5 s idle, closed 30 s later if
-/// unanswered; a task waiting for Data-Out is dropped after 20 s), with room for a
-/// loaded machine. Only a connection neither answered nor closed by then has hung.
+/// How long an in-step connection's probe may take on a loaded machine: it is
+/// answered at once, so only a connection neither answered nor closed by then has
+/// hung.
 const SERVER_BOUND: Duration = Duration::from_secs(120);
+/// The longest the server itself keeps a connection that owes it nothing and hears
+/// nothing (`iscsi::session::timers`: a NOP-In ping after `PING_IDLE`, closed
+/// `PING_TIMEOUT` later if unanswered, or `PING_TIMEOUT_DELIVERED` when the host's TCP
+/// took the ping; a task waiting for Data-Out is dropped after `DATA_OUT_TIMEOUT`),
+/// with room for a loaded machine. A desynchronised connection's probe may be read as
+/// part of some other PDU the server drops without a word (a command outside the
+/// window, RFC 7143 §4.2.2.1); then only this bound applies.
+const DESYNC_BOUND: Duration = Duration::from_secs(
+    PING_IDLE.as_secs() + PING_TIMEOUT_DELIVERED.as_secs() + SERVER_BOUND.as_secs(),
+);
 /// Kept open at once per worker: connections left hanging after a half header.
 const MAX_HUNG: usize = 16;
 
@@ -256,6 +266,9 @@ struct FuzzConn {
     /// Tags used lately, for Data-Out, TMF and duplicate-tag cases.
     recent_itts: Vec<u32>,
     fate: Fate,
+    /// What went out lately, first bytes of each write (opcode byte, flags, length):
+    /// told when the connection hangs.
+    sent: Vec<String>,
 }
 
 impl FuzzConn {
@@ -280,11 +293,22 @@ impl FuzzConn {
             target_max,
             recent_itts: Vec::new(),
             fate: Fate::Open,
+            sent: Vec::new(),
         }
     }
 
     fn put(&mut self, bytes: &[u8], counts: &mut Counts) {
         counts.bytes_sent += bytes.len() as u64;
+        if self.sent.len() >= 12 {
+            self.sent.remove(0);
+        }
+        let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        self.sent.push(format!(
+            "{} bytes [{}] {:?}",
+            bytes.len(),
+            head.join(" "),
+            self.fate
+        ));
         if self.c.sock.write_all(bytes).is_err() {
             self.fate = Fate::Closed;
         }
@@ -900,13 +924,21 @@ fn fuzz_worker(addr: SocketAddr, seed: u64, worker: u64, deadline: Instant) -> C
     // Every probed connection gets its verdict within the server's own bounds.
     for mut p in pending {
         counts.slow_verdicts += 1;
-        let until = p.since + SERVER_BOUND;
-        match p.conn.verdict(p.itt, until, &mut rng, &mut counts) {
+        let bound = if p.conn.fate == Fate::Open {
+            SERVER_BOUND
+        } else {
+            DESYNC_BOUND
+        };
+        match p
+            .conn
+            .verdict(p.itt, p.since + bound, &mut rng, &mut counts)
+        {
             Some(true) => counts.probes_answered += 1,
             Some(false) => counts.probes_closed += 1,
             None => panic!(
-                "connection {} neither answered its probe nor was closed within {SERVER_BOUND:?}: it hangs",
-                p.label
+                "connection {} ({:?}) neither answered its probe nor was closed within \
+                 {bound:?}: it hangs; it sent lately {:#?}",
+                p.label, p.conn.fate, p.conn.sent
             ),
         }
     }
