@@ -615,6 +615,28 @@ impl Catalog {
             .is_some_and(|(_, r)| r.role == ReplicationRole::Secondary)
     }
 
+    /// The LUNs mapping a recovery point (`V@rp:ID`, a DR drill) of one of `volumes`:
+    /// (target, LUN, reference).
+    pub fn drill_luns(&self, volumes: &[String]) -> Vec<(String, u64, String)> {
+        let mut out = Vec::new();
+        for (iqn, t) in &self.targets {
+            for (lun, l) in &t.luns {
+                if split_point_ref(&l.volume).is_some_and(|(v, _)| volumes.iter().any(|x| x == v)) {
+                    out.push((iqn.clone(), *lun, l.volume.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The points the drill LUNs of `volumes` pin, once per LUN.
+    pub fn drill_pins(&self, volumes: &[String]) -> Vec<u64> {
+        self.drill_luns(volumes)
+            .iter()
+            .filter_map(|(_, _, r)| split_point_ref(r).map(|(_, cut)| cut))
+            .collect()
+    }
+
     /// Snapshots that hold `volume`.
     pub fn snapshots_of<'a>(&'a self, volume: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.snapshots

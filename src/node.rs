@@ -109,6 +109,7 @@ impl Node {
         let events = Bus::default();
         let metrics = crate::metrics::Registry::new();
         let reservations_in = data_dir.clone();
+        let replication = Arc::new(Sets::new(events.emitter(), metrics.clone()));
         Node {
             data_dir,
             engine,
@@ -119,11 +120,15 @@ impl Node {
                     events.emitter(),
                     metrics.node.clone(),
                 )
-                .persist_reservations_in(reservations_in),
+                .persist_reservations_in(reservations_in)
+                .with_points(Arc::new(DrillPoints {
+                    sets: replication.clone(),
+                    catalog: catalog.clone(),
+                })),
             ),
             catalog,
             volumes,
-            replication: Arc::new(Sets::new(events.emitter(), metrics.clone())),
+            replication,
             started: Instant::now(),
             changes: Mutex::new(()),
             listen: RwLock::new(Vec::new()),
@@ -227,10 +232,7 @@ impl Node {
         for (name, v) in volumes {
             let spec = {
                 let c = self.catalog.read();
-                c.volumes
-                    .get(&name)
-                    .or_else(|| c.drills.get(&name))
-                    .cloned()
+                c.volumes.get(&name).cloned()
             };
             let Some(spec) = spec else {
                 continue;
@@ -291,12 +293,21 @@ impl Node {
 
     /// Opens every volume of the catalog; stops at the first that fails, naming it.
     pub fn open_volumes(&self) -> Result<(), NodeError> {
-        // DR drill copies open under the reference LUNs map them by (`V@rp:ID`).
+        // Copies of recovery points an older build made for DR drill LUNs: drill
+        // LUNs read their points in place now, so the copies go.
+        let old_drills = std::mem::take(&mut self.catalog.write().drills);
+        for spec in old_drills.values() {
+            let path = self.data_dir.join(&spec.path);
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove an old drill copy");
+                }
+            }
+        }
         let specs: Vec<(String, VolumeSpec)> = {
             let c = self.catalog.read();
             c.volumes
                 .iter()
-                .chain(&c.drills)
                 .map(|(n, s)| (n.clone(), s.clone()))
                 .collect()
         };
@@ -674,6 +685,12 @@ impl Host for Node {
     fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPoint>, ReplicationError> {
         self.replication.recovery_points(name)
     }
+    fn pin_point(&self, name: &str, cut: u64) -> Result<(), ReplicationError> {
+        self.replication.pin_point(name, cut)
+    }
+    fn unpin_point(&self, name: &str, cut: u64) {
+        self.replication.unpin_point(name, cut)
+    }
     fn sessions(&self) -> Vec<SessionInfo> {
         self.iscsi.sessions.list()
     }
@@ -786,5 +803,30 @@ impl crate::replication::Host for Node {
         };
         let (peer, fingerprint) = (peer.to_string(), fingerprint.to_string());
         tokio::task::spawn_blocking(move || me.save_pin(&peer, &fingerprint));
+    }
+}
+
+/// DR drill LUNs' recovery points, from the secondary sets' views.
+struct DrillPoints {
+    sets: Arc<Sets>,
+    catalog: Arc<RwLock<Catalog>>,
+}
+
+impl crate::server::PointSource for DrillPoints {
+    fn view(&self, volume: &str, cut: u64) -> Option<Arc<dyn crate::server::PointOverlay>> {
+        let set = self.catalog.read().replication_of(volume)?.0.to_string();
+        match self.sets.point_view(&set, volume, cut) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(set = %set, volume = %volume, cut, error = %crate::chain::ErrorChain(&e), "a drill LUN's recovery point cannot be read");
+                None
+            }
+        }
+    }
+}
+
+impl crate::server::PointOverlay for crate::replication::views::PointView {
+    fn overlay(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
+        crate::replication::views::PointView::overlay(self, offset, buf).map_err(|e| e.to_string())
     }
 }

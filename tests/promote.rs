@@ -544,6 +544,24 @@ fn a_drill_clone_holds_the_recovery_point_while_cycles_go_on_and_leaves_it_untou
 
 #[test]
 fn a_drill_lun_reads_a_recovery_point_exactly_while_three_more_cycles_arrive() {
+    // Files in the data dir as large as the volume (4 MiB) or larger.
+    fn big_files(s: &TestServer) -> Vec<std::path::PathBuf> {
+        let mut big = Vec::new();
+        let mut dirs = vec![s.data_path("")];
+        while let Some(dir) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let e = e.unwrap();
+                let meta = e.metadata().unwrap();
+                if meta.is_dir() {
+                    dirs.push(e.path());
+                } else if meta.len() >= 4 << 20 {
+                    big.push(e.path());
+                }
+            }
+        }
+        big.sort();
+        big
+    }
     let (p, s) = pair();
     let demo = "iqn.2026-11.io.twinlun:demo";
     p.ctl_ok(&["volume", "create", "v", "--size", "4M"]);
@@ -566,6 +584,7 @@ fn a_drill_lun_reads_a_recovery_point_exactly_while_three_more_cycles_arrive() {
     replicate(&p, "rs");
 
     s.ctl_ok(&["target", "create", IQN]);
+    let big_before = big_files(&s);
     let drill = format!("v@rp:{point}");
     let answer = s.ctl_ok(&["lun", "map", IQN, "0", &drill]);
     assert!(answer.contains("read-only"), "{answer}");
@@ -582,8 +601,12 @@ fn a_drill_lun_reads_a_recovery_point_exactly_while_three_more_cycles_arrive() {
         read_all(&mut d) == at_point,
         "the drill LUN is not the point"
     );
-    // Three more cycles arrive and are applied; with keep 2 the point itself is pruned
-    // on the secondary meanwhile. The LUN reads the point throughout.
+    // Three more cycles arrive and are applied. The LUN reads the point throughout,
+    // and the mapping keeps the point, which keep 2 would have pruned.
+    let has_point = |s: &TestServer| {
+        let points = s.ctl_json(&["recovery-points", "rs"]);
+        points.to_string().contains(&format!("\"cut_id\":{point},"))
+    };
     for r in 3..6 {
         write_round(&mut c, r);
         replicate(&p, "rs");
@@ -592,16 +615,23 @@ fn a_drill_lun_reads_a_recovery_point_exactly_while_three_more_cycles_arrive() {
             "the drill LUN changed after round {r}"
         );
     }
-    let points = s.ctl_json(&["recovery-points", "rs"]);
-    assert!(
-        !points.to_string().contains(&format!("\"cut_id\":{point},")),
-        "keep 2 kept the point: {points}"
-    );
+    assert!(has_point(&s), "the mapped point was pruned");
     assert!(
         std::fs::read(s.volume_file("v")).unwrap() == std::fs::read(p.volume_file("v")).unwrap(),
         "the secondary stopped following the primary"
     );
-    // The copy is opened again at a restart, quietly (its tracking was saved).
+    // Nothing was copied: no new file of the volume's size.
+    assert_eq!(big_files(&s), big_before, "a copy of the volume was made");
+    // What would rewrite the point's history is refused while it is mapped, naming
+    // the way out, and changes nothing.
+    let (err, _) = s.ctl_refused(&["promote", "--volume", "v"]);
+    assert!(err.contains("lun unmap"), "{err}");
+    let (err, _) = s.ctl_refused(&["replication", "delete", "rs"]);
+    assert!(err.contains("lun unmap") && err.contains(&drill), "{err}");
+    write_round(&mut c, 6);
+    replicate(&p, "rs");
+    assert!(read_all(&mut d) == at_point, "a refusal changed the drill");
+    // The point is read in place again after a restart, quietly.
     drop(d);
     let mut s = s;
     s.restart();
@@ -628,15 +658,13 @@ fn a_drill_lun_reads_a_recovery_point_exactly_while_three_more_cycles_arrive() {
     let o = d.scsi(0, &cdb, &[0xaa; BLOCK], 0);
     assert_eq!(o.sense_key(), Some(0x7), "status {:#x}", o.status);
     assert!(read_all(&mut d) == at_point);
-    // The copy goes with its last mapping.
-    let drills = |s: &TestServer| {
-        let catalog = std::fs::read_to_string(s.data_path("catalog.json")).unwrap();
-        catalog.contains("drills")
-    };
-    assert!(drills(&s));
+    // Unmapped, the point is kept no longer: the next cycle prunes it (keep 2).
+    assert!(has_point(&s), "a restart lost the mapped point");
     drop(d);
     s.ctl_ok(&["lun", "unmap", IQN, "0"]);
-    assert!(!drills(&s), "the drill copy outlived its last mapping");
+    write_round(&mut c, 7);
+    replicate(&p, "rs");
+    assert!(!has_point(&s), "the point outlived its last mapping");
     // A point that is not there, and a primary's volume, are refused.
     let (err, _) = s.ctl_refused(&["lun", "map", IQN, "0", "v@rp:999999"]);
     assert!(err.contains("999999"), "{err}");

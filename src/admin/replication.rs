@@ -359,6 +359,22 @@ pub fn replication_delete(
         let tasks = tasks.join(", ");
         return Err(AdminError::SetScheduled { name, tasks });
     }
+    let volumes = c
+        .replications
+        .get(&name)
+        .map(|s| s.volumes.clone())
+        .unwrap_or_default();
+    let drills: Vec<String> = c
+        .drill_luns(&volumes)
+        .iter()
+        .map(|(iqn, lun, r)| format!("{iqn} LUN {lun} ({r})"))
+        .collect();
+    if !drills.is_empty() {
+        return Err(AdminError::DrillLuns {
+            set: name,
+            luns: drills.join(", "),
+        });
+    }
     let spec = c
         .replications
         .remove(&name)

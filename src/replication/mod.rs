@@ -9,6 +9,7 @@
 //! - `sender`: the primary side of a set: cycles of cuts shipped to the peer.
 //! - `listener`: the secondary side: authenticated connections applying cuts.
 //! - `recovery`: the secondary's staging log, undo logs and recovery points.
+//! - `views`: recovery points pinned and read in place by DR drill LUNs.
 //! - `tls`: the link's TLS 1.3: this node's key, the verifiers, fingerprints, the
 //!   channel binding the secret proofs cover.
 //! - `sets`: every set of the node (primaries, secondaries, schedules), `host`: what
@@ -27,6 +28,7 @@ pub mod sender;
 pub mod sets;
 pub mod status;
 pub mod tls;
+pub mod views;
 pub mod wire;
 
 pub use host::Host;
@@ -96,6 +98,8 @@ pub enum ReplicationError {
     NotPrimary(String),
     #[error("replication set '{0}' is not a secondary set here")]
     NotSecondary(String),
+    #[error("replication set '{set}': recovery points {points} are mapped as DR drill LUNs here; `lun unmap` them first")]
+    PointsPinned { set: String, points: String },
     #[error("a cycle of '{0}' is running and its queue policy is discard: the request is dropped")]
     Discarded(String),
     #[error("cannot take the cut")]

@@ -87,6 +87,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::views::PointViews;
 use crate::durable::{self, Disk};
 
 /// Largest piece copied at once between a log and a volume.
@@ -777,9 +778,65 @@ pub struct ReceiverStore {
     /// store after it (a connection that fetched the store before the fence) must not
     /// stage, apply, reset or roll back anything.
     retired: bool,
+    /// The points DR drill LUNs pin and read in place (`views`).
+    views: Option<Arc<PointViews>>,
 }
 
-fn undo_name(cut: u64) -> String {
+/// One extent of an undo log: `len` bytes of `volume` at `offset`, found at `data_at`
+/// in the log (`None`: zeros).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct UndoExtent {
+    pub volume: u32,
+    pub offset: u64,
+    pub len: u64,
+    pub data_at: Option<u64>,
+}
+
+/// The extents of the whole, verified undo log of point `cut` in `file`, in log order.
+pub(super) fn undo_extents(
+    file: &File,
+    path: &Path,
+    cut: u64,
+    sizes: &[u64],
+) -> Result<Vec<UndoExtent>, RecoveryError> {
+    let scan = scan_log(file, path, UNDO_MAGIC, sizes)?
+        .filter(|s| s.end.is_some() && s.meta.cut == cut)
+        .ok_or(RecoveryError::Corrupt {
+            path: path.to_owned(),
+            what: "undo log incomplete or of another cut",
+        })?;
+    let mut out = Vec::new();
+    for_each_record(file, path, &scan, sizes, |record| {
+        match record {
+            Record::Data {
+                volume,
+                offset,
+                len,
+                data_at,
+            } => out.push(UndoExtent {
+                volume,
+                offset,
+                len,
+                data_at: Some(data_at),
+            }),
+            Record::Zero {
+                volume,
+                offset,
+                len,
+            } => out.push(UndoExtent {
+                volume,
+                offset,
+                len,
+                data_at: None,
+            }),
+            Record::Placed { .. } | Record::End { .. } => {}
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+pub(super) fn undo_name(cut: u64) -> String {
     format!("undo-{cut}.log")
 }
 
@@ -868,12 +925,14 @@ impl ReceiverStore {
             config,
             needs_reload: true,
             retired: false,
+            views: None,
         };
         store.set_state(state);
         Ok(store)
     }
 
-    /// Takes `state` as the store's state and publishes what queries show of it.
+    /// Takes `state` as the store's state and publishes what queries show of it (and
+    /// what drill LUNs may pin).
     fn set_state(&mut self, state: State) {
         self.state = state;
         let summary = ReceiverSummary {
@@ -881,7 +940,28 @@ impl ReceiverStore {
             current: self.state.current,
             points: self.recovery_points(),
         };
+        if let Some(views) = &self.views {
+            views.set_points(
+                self.state.current.map(|c| c.cut),
+                &self.state.points,
+                "the set's history no longer holds it (rolled back past it, restarted or promoted)",
+            );
+        }
         *self.summary.lock() = summary;
+    }
+
+    /// [`ReceiverStore::open_with`] for a set whose points drill LUNs pin: `views`
+    /// holds the pins before recovery runs, so nothing it applies prunes them.
+    pub fn open_with_views(
+        dir: &Path,
+        volumes: Vec<VolumeTarget>,
+        config: StoreConfig,
+        views: Arc<PointViews>,
+    ) -> Result<Self, RecoveryError> {
+        let mut store = Self::open_files(dir, volumes, StoreDisk::default(), config)?;
+        store.views = Some(views);
+        store.reload()?;
+        Ok(store)
     }
 
     /// The set's volumes here, in the order extents number them.
@@ -1425,8 +1505,18 @@ impl ReceiverStore {
     }
 
     /// Applies the committed staging log; safe to run again from the start after a
-    /// crash at any point.
+    /// crash at any point. New pins wait meanwhile.
     fn apply_committed(&mut self) -> Result<(), RecoveryError> {
+        let pinned = self.views.as_ref().is_some_and(|v| v.begin_apply());
+        let result = self.apply_committed_pinned(pinned);
+        if let Some(v) = &self.views {
+            v.end_apply();
+        }
+        result
+    }
+
+    /// `pinned`: drill LUNs pin a point, so the cut gets an undo log whatever the keep.
+    fn apply_committed_pinned(&mut self, pinned: bool) -> Result<(), RecoveryError> {
         let staging = self.staging.as_ref().ok_or(RecoveryError::NotStaging)?;
         let keep = staging.committed.ok_or(RecoveryError::NotStaging)?;
         let meta = staging.meta;
@@ -1444,11 +1534,15 @@ impl ReceiverStore {
             .filter(|c| c.generation == meta.generation && !self.state.needs_new_generation);
         let mut points = Vec::new();
         if let Some(prev) = prev {
-            if keep >= 2 {
+            if keep >= 2 || pinned {
                 let undo_bytes = match self.complete_undo(&prev)? {
                     Some(bytes) => bytes,
                     None => self.write_undo(&prev, &scan)?,
                 };
+                // The views have the old content before the volumes lose it.
+                if let Some(v) = &self.views {
+                    v.add_log(prev.cut)?;
+                }
                 points.push(RecoveryPoint {
                     cut: prev.cut,
                     taken_unix: prev.taken_unix,
@@ -1457,7 +1551,13 @@ impl ReceiverStore {
             }
             points.extend(self.state.points.iter().copied());
         }
-        points.truncate(keep as usize - 1);
+        let points = match &self.views {
+            Some(v) => v.keep(points, keep),
+            None => {
+                points.truncate(keep as usize - 1);
+                points
+            }
+        };
         let staging = self.staging.as_ref().ok_or(RecoveryError::NotStaging)?;
         self.copy_records(&staging.file, &staging_path, &scan)?;
         self.sync_volumes()?;

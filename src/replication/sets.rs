@@ -14,9 +14,10 @@ use super::host::ChangeRefused;
 use super::host::Host;
 use super::peer::PeerConn;
 use super::rate::{Bucket, Limits};
-use super::recovery::{ReceiverStore, ReceiverSummary, RecoveryPoint, VolumeTarget};
+use super::recovery::{ReceiverStore, ReceiverSummary, RecoveryPoint, StoreConfig, VolumeTarget};
 use super::sender::{spec_and_peer, PrimarySet, PrimaryState};
 use super::status::{SetState, SetStatus};
+use super::views::{PointView, PointViews};
 use super::wire::{Fork, MemberVolume, Message, RemoteVolume, WireError};
 use super::ReplicationError;
 use crate::catalog::{Compression, PeerSpec, ReplicationRole, ReplicationSpec};
@@ -42,6 +43,10 @@ const SCHEDULE_TICK: Duration = Duration::from_millis(250);
 struct Receiver {
     store: Arc<tokio::sync::Mutex<ReceiverStore>>,
     summary: Arc<Mutex<ReceiverSummary>>,
+    /// The points DR drill LUNs pin, and their views.
+    views: Arc<PointViews>,
+    /// The store's volumes, in its order.
+    volumes: Vec<String>,
 }
 
 /// A peer connection on the secondary's listener, as the holder of the sets it works
@@ -187,13 +192,34 @@ impl Sets {
                         })
                         .collect()
                 };
-                match ReceiverStore::open(&dir, targets) {
+                let pins = {
+                    let c = host.catalog().read();
+                    c.drill_pins(&spec.volumes)
+                };
+                let views = Arc::new(PointViews::new(
+                    &dir,
+                    targets.iter().map(|t| t.size).collect(),
+                    pins,
+                ));
+                let volumes = targets.iter().map(|t| t.name.clone()).collect();
+                match ReceiverStore::open_with_views(
+                    &dir,
+                    targets,
+                    StoreConfig::default(),
+                    views.clone(),
+                ) {
                     Ok(store) => {
                         let summary = store.summary();
                         let store = Arc::new(tokio::sync::Mutex::new(store));
-                        self.receivers
-                            .lock()
-                            .insert(name.to_string(), Receiver { store, summary });
+                        self.receivers.lock().insert(
+                            name.to_string(),
+                            Receiver {
+                                store,
+                                summary,
+                                views,
+                                volumes,
+                            },
+                        );
                     }
                     Err(e) => {
                         tracing::error!(set = %name, error = %crate::chain::ErrorChain(&e), "cannot open the secondary's replication state");
@@ -357,6 +383,67 @@ impl Sets {
         self.receivers.lock().get(set).map(|r| r.store.clone())
     }
 
+    /// Pins recovery point `cut` of secondary set `set` for one more drill LUN; refused
+    /// when the set has no such point. Waits for a cut being applied, not for one
+    /// being received.
+    pub fn pin_point(&self, set: &str, cut: u64) -> Result<(), ReplicationError> {
+        let views = self.views(set)?;
+        views.pin(cut).map_err(|e| recovery_error(set, e))
+    }
+
+    /// A drill LUN of point `cut` of `set` went.
+    pub fn unpin_point(&self, set: &str, cut: u64) {
+        if let Ok(views) = self.views(set) {
+            views.unpin(cut);
+        }
+    }
+
+    /// Point `cut` of the secondary volume `volume` of `set`, read in place (the point
+    /// must be pinned). Blocking: it may index undo logs.
+    pub fn point_view(
+        &self,
+        set: &str,
+        volume: &str,
+        cut: u64,
+    ) -> Result<Arc<PointView>, ReplicationError> {
+        let (views, index) = {
+            let receivers = self.receivers.lock();
+            let r = receivers
+                .get(set)
+                .ok_or_else(|| ReplicationError::NotSecondary(set.into()))?;
+            let index = r.volumes.iter().position(|v| v == volume);
+            (r.views.clone(), index)
+        };
+        let index = index.ok_or_else(|| ReplicationError::NotSecondary(set.into()))?;
+        views
+            .view(index as u32, cut)
+            .map_err(|e| recovery_error(set, e))
+    }
+
+    fn views(&self, set: &str) -> Result<Arc<PointViews>, ReplicationError> {
+        self.receivers
+            .lock()
+            .get(set)
+            .map(|r| r.views.clone())
+            .ok_or_else(|| ReplicationError::NotSecondary(set.into()))
+    }
+
+    /// Refuses what would rewrite the history of a set under pinned points.
+    fn check_unpinned(&self, set: &str) -> Result<(), ReplicationError> {
+        let pinned = self.views(set).map(|v| v.pinned()).unwrap_or_default();
+        if pinned.is_empty() {
+            return Ok(());
+        }
+        Err(ReplicationError::PointsPinned {
+            set: set.to_string(),
+            points: pinned
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
     /// What a secondary set last published (generation, current cut, recovery
     /// points), without waiting for its store.
     pub fn receiver_summary(&self, set: &str) -> Option<ReceiverSummary> {
@@ -446,6 +533,7 @@ impl Sets {
     /// stalled primary cannot hold the promote), peers are kept off the set until the
     /// roll back is done, and only a cut being applied is waited for (disk time).
     pub fn roll_back(&self, name: &str, cut: u64) -> Result<(), ReplicationError> {
+        self.check_unpinned(name)?;
         let store = self.fence(name, Some(cut))?;
         let result = store
             .blocking_lock()
@@ -471,6 +559,7 @@ impl Sets {
         name: &str,
         point: Option<u64>,
     ) -> Result<Option<super::recovery::CutMeta>, ReplicationError> {
+        self.check_unpinned(name)?;
         let store = self.fence(name, point)?;
         let mut st = store.blocking_lock();
         let result = match point {

@@ -220,7 +220,19 @@ use crate::chain::ErrorChain as Chain;
 /// volume's content at the snapshot's cut (current content, then the kept copies of
 /// pages overwritten since laid over it).
 async fn read_lun(lun: &LunHandle, offset: u64, len: usize) -> Result<Bytes, VolumeError> {
-    read_volume(&lun.volume, lun.snapshot, offset, len).await
+    let data = read_volume(&lun.volume, lun.snapshot, offset, len).await?;
+    let Some(point) = &lun.point else {
+        return Ok(data);
+    };
+    // A drill LUN: the secondary volume as read just now, as at its recovery point.
+    let mut buf = BytesMut::from(&data[..]);
+    point
+        .overlay(offset, &mut buf)
+        .map_err(|why| VolumeError::Io {
+            path: lun.spec.volume.clone(),
+            source: std::io::Error::other(why),
+        })?;
+    Ok(buf.freeze())
 }
 
 /// [`read_lun`] for a volume and an optional snapshot cut, wherever they come from
@@ -681,7 +693,7 @@ pub async fn sanitize(
 /// carries on a fragmented file; the initiator asks again from where it ends.
 const LBA_STATUS_WINDOW: u64 = 1 << 30;
 
-/// GET LBA STATUS: the file's data and holes from `lba`, in blocks. A snapshot LUN's
+/// GET LBA STATUS: the file's data and holes from `lba`, in blocks. A snapshot or drill LUN's
 /// blocks all read from somewhere: it reports them mapped.
 pub async fn lba_status(reply: Reply, lun: Arc<LunHandle>, lba: u64, alloc: u32) {
     let bs = u64::from(lun.volume.block_size());
@@ -689,7 +701,7 @@ pub async fn lba_status(reply: Reply, lun: Arc<LunHandle>, lba: u64, alloc: u32)
     let len = (lun.volume.size() - offset.min(lun.volume.size())).min(LBA_STATUS_WINDOW);
     // A thick volume's blocks are all allocated (its preallocated extents may look like
     // holes to SEEK_DATA until written).
-    let runs = if lun.snapshot.is_some() || lun.lu.thick() {
+    let runs = if lun.snapshot.is_some() || lun.point.is_some() || lun.lu.thick() {
         Ok(vec![(offset, len, true)])
     } else {
         lun.volume.allocation(offset, len)

@@ -16,6 +16,20 @@ use crate::server::Shared;
 use crate::tracking::CutId;
 use crate::volume::Volume;
 
+/// A secondary volume's recovery point, read in place (a DR drill LUN).
+pub trait PointOverlay: Send + Sync {
+    /// `buf` holds the volume's current bytes at `offset`, read just now: lay over
+    /// them what makes them read as at the point. An error: the point is gone.
+    fn overlay(&self, offset: u64, buf: &mut [u8]) -> Result<(), String>;
+}
+
+/// Where drill LUNs find their points: the node's replication.
+pub trait PointSource: Send + Sync {
+    /// Point `cut` of secondary volume `volume`, when the set has it pinned. Blocking
+    /// (it may index undo logs).
+    fn view(&self, volume: &str, cut: u64) -> Option<Arc<dyn PointOverlay>>;
+}
+
 /// A mapped LUN as one session uses it.
 pub struct LunHandle {
     pub lun: u64,
@@ -24,6 +38,9 @@ pub struct LunHandle {
     /// A snapshot LUN (`VOLUME@SNAPSHOT`, read-only): reads return the volume's content
     /// at this cut.
     pub snapshot: Option<CutId>,
+    /// A DR drill LUN (`VOLUME@rp:ID`, read-only): reads return the secondary volume's
+    /// content at recovery point ID.
+    pub point: Option<Arc<dyn PointOverlay>>,
     pub lu: LogicalUnit,
     /// Bumped by LOGICAL UNIT RESET and target resets from any session; a session that
     /// sees it move raises a unit attention on its own nexus (SAM-5 §6.3).
@@ -180,10 +197,10 @@ impl LunView {
             return None;
         };
         let (base, snapshot_name) = split_snapshot_ref(&spec.volume);
-        // A recovery point (DR drill) is served from its copy, open under the reference.
+        // A recovery point (DR drill) reads the secondary volume with the point's undo
+        // logs laid over it.
         let drill = split_point_ref(&spec.volume);
-        let open_as = if drill.is_some() { &spec.volume } else { base };
-        let volume = node.volumes.read().get(open_as).cloned()?;
+        let volume = node.volumes.read().get(base).cloned()?;
         let (id, snapshot) = {
             let catalog = node.catalog.read();
             let id = catalog.volumes.get(base).map(|v| v.id).unwrap_or_default();
@@ -203,13 +220,22 @@ impl LunView {
                 }
             }
         };
-        let stale = match self.entries.get(&lun) {
+        let mut stale = match self.entries.get(&lun) {
             Some(e) => {
                 e.handle.spec != spec
                     || e.handle.snapshot != snapshot
                     || !Arc::ptr_eq(&e.handle.volume, &volume)
             }
             None => true,
+        };
+        let point = match (drill, self.entries.get(&lun)) {
+            (None, _) => None,
+            (Some(_), Some(e)) if !stale => e.handle.point.clone(),
+            (Some((v, cut)), _) => {
+                stale = true;
+                // A point the set no longer has is not a logical unit.
+                Some(node.points.as_ref()?.view(v, cut)?)
+            }
         };
         if stale {
             let lu = LogicalUnit::new(LuConfig {
@@ -243,6 +269,7 @@ impl LunView {
                         spec,
                         volume,
                         snapshot,
+                        point,
                         lu,
                         resets,
                     }),

@@ -15,6 +15,7 @@ mod registry;
 pub mod writer;
 mod xcopy;
 
+pub use luns::{PointOverlay, PointSource};
 pub use registry::{SessionInfo, SessionRegistry};
 
 use std::collections::HashMap;
@@ -64,6 +65,9 @@ pub struct Shared {
     /// Portals being served, as bound: portal N (from 1) is target port N in target
     /// port group N (REPORT TARGET PORT GROUPS and SendTargets list them all).
     pub portals: RwLock<Vec<SocketAddr>>,
+    /// Recovery points DR drill LUNs read (`VOLUME@rp:ID`), from the node's
+    /// replication; none without it.
+    pub points: Option<Arc<dyn luns::PointSource>>,
 }
 
 impl Shared {
@@ -86,7 +90,14 @@ impl Shared {
             metrics,
             lu_states: luns::LuStates::default(),
             portals: RwLock::new(Vec::new()),
+            points: None,
         }
+    }
+
+    /// DR drill LUNs read recovery points from `points`.
+    pub fn with_points(mut self, points: Arc<dyn luns::PointSource>) -> Shared {
+        self.points = Some(points);
+        self
     }
 
     /// Preserves persistent reservations with APTPL under `data_dir` (and restores

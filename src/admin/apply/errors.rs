@@ -150,6 +150,8 @@ pub enum AdminError {
     VolumeMapped { name: String, mappings: String },
     #[error("target '{iqn}' still maps {luns}; unmap them first")]
     TargetHasLuns { iqn: String, luns: String },
+    #[error("replication set '{set}' has recovery points mapped as DR drill LUNs here ({luns}); `lun unmap` them first")]
+    DrillLuns { set: String, luns: String },
     #[error("target '{iqn}' has sessions logged in from {initiators}; log them out first")]
     TargetBusy { iqn: String, initiators: String },
     #[error("cannot create {path}: {source}")]
@@ -200,6 +202,7 @@ impl AdminError {
             | AdminError::FileExists(_) => ErrorCode::AlreadyExists,
             AdminError::VolumeMapped { .. }
             | AdminError::TargetHasLuns { .. }
+            | AdminError::DrillLuns { .. }
             | AdminError::InOtherGroup { .. }
             | AdminError::VolumeGrouped { .. }
             | AdminError::LastInGroup { .. }
@@ -258,6 +261,7 @@ fn replication_code(e: &ReplicationError) -> ErrorCode {
         | ReplicationError::PeerPromoted { .. }
         | ReplicationError::Fence(_)
         | ReplicationError::MembersUnsupported { .. } => ErrorCode::Refused,
+        ReplicationError::PointsPinned { .. } => ErrorCode::InUse,
         // A promote on one side is unsettled: `failback` or `resolve` first.
         ReplicationError::AwaitingFailback(_)
         | ReplicationError::PeerWasPromoted { .. }

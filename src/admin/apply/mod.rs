@@ -247,6 +247,13 @@ pub trait Host: Sync {
     }
     /// The promote failed after `stop_receiver`: the set receives again.
     fn resume_receiver(&self, _name: &str) {}
+    /// Pins recovery point `cut` of secondary set `name` for a drill LUN. Blocking
+    /// (waits for a cut being applied).
+    fn pin_point(&self, name: &str, _cut: u64) -> Result<(), ReplicationError> {
+        Err(ReplicationError::NotSecondary(name.into()))
+    }
+    /// A drill LUN of point `cut` of `name` went.
+    fn unpin_point(&self, _name: &str, _cut: u64) {}
     /// A secondary set's recovery points, newest first.
     fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPoint>, ReplicationError> {
         Err(ReplicationError::NotSecondary(name.into()))
@@ -305,19 +312,15 @@ pub struct RuntimeInfo {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Effect {
     None,
-    /// A LUN maps a recovery point not mapped yet: copy it into `spec`'s file (the
-    /// drill copy `reference` = `base@rp:cut`) and open it, then save.
-    MapDrill {
-        reference: String,
-        spec: VolumeSpec,
+    /// A LUN maps recovery point `cut` of secondary set `set`: pin it, then save.
+    PinPoint {
         set: String,
-        base: String,
         cut: u64,
     },
-    /// The last LUN of a drill copy went: save, then close it and remove its file.
-    DropDrill {
-        reference: String,
-        spec: VolumeSpec,
+    /// A LUN mapping recovery point `cut` of `set` went: save, then unpin it.
+    UnpinPoint {
+        set: String,
+        cut: u64,
     },
     CreateVolume {
         name: String,
@@ -479,7 +482,7 @@ pub fn change(
             volume,
             read_only,
             removable,
-        } => target::lun_map(c, iqn, lun, volume, read_only, removable, new_id),
+        } => target::lun_map(c, iqn, lun, volume, read_only, removable),
         Change::LunUnmap { iqn, lun } => target::lun_unmap(c, iqn, lun),
         Change::AclAdd { iqn, initiator } => target::acl_add(c, iqn, initiator),
         Change::AclRemove { iqn, initiator } => target::acl_remove(c, iqn, initiator),
@@ -543,23 +546,17 @@ fn commit<H: Host + ?Sized>(
             volume::commit_create(host, new, &name, &spec)?;
             Ok(None)
         }
-        Effect::MapDrill {
-            reference,
-            spec,
-            set,
-            base,
-            cut,
-        } => {
-            volume::make_point_copy(host, &reference, &spec, &set, &base, cut)?;
+        Effect::PinPoint { set, cut } => {
+            host.pin_point(&set, cut)?;
             if let Err(e) = install(host, new) {
-                volume::discard_volume(host, &reference, &spec);
+                host.unpin_point(&set, cut);
                 return Err(e.into());
             }
             Ok(None)
         }
-        Effect::DropDrill { reference, spec } => {
+        Effect::UnpinPoint { set, cut } => {
             install(host, new)?;
-            volume::discard_volume(host, &reference, &spec);
+            host.unpin_point(&set, cut);
             Ok(None)
         }
         Effect::DeleteVolume { name, spec } => {

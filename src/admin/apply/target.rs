@@ -89,7 +89,6 @@ pub(super) fn lun_map(
     volume: String,
     read_only: bool,
     removable: bool,
-    new_id: &mut dyn FnMut() -> u64,
 ) -> Result<(Effect, Response), AdminError> {
     validate::check_lun(lun)?;
     let (base, snapshot) = split_snapshot_ref(&volume);
@@ -97,7 +96,7 @@ pub(super) fn lun_map(
         return Err(AdminError::NoVolume(base.to_string()));
     }
     if snapshot.is_some_and(|s| s.starts_with("rp:")) {
-        return map_drill(c, iqn, lun, volume, removable, new_id);
+        return map_drill(c, iqn, lun, volume, removable);
     }
     if !read_only && snapshot.is_none() && c.is_secondary(base) {
         let set = c.replication_of(base).map(|(s, _)| s.to_string());
@@ -153,17 +152,16 @@ pub(super) fn lun_map(
 }
 
 /// `lun map IQN LUN VOLUME@rp:ID` on a secondary (a DR drill): the LUN reads recovery
-/// point ID of VOLUME, read-only, while the set keeps receiving. It is served from a
-/// copy of the point made at the first mapping (`catalog.drills`), shared by every LUN
-/// mapping the same reference and removed with the last of them: later cycles and the
-/// pruning of the point by `keep` leave what the LUN reads as it was.
+/// point ID of VOLUME, read-only, while the set keeps receiving. Nothing is copied: the
+/// LUN reads the secondary volume with the point's undo logs laid over it, and the
+/// mapping pins the point (the set keeps it, and an undo log of every later cut,
+/// whatever its `keep`, until the last LUN mapping it goes).
 fn map_drill(
     c: &mut Catalog,
     iqn: String,
     lun: u64,
     volume: String,
     removable: bool,
-    new_id: &mut dyn FnMut() -> u64,
 ) -> Result<(Effect, Response), AdminError> {
     let (base, cut) = crate::catalog::split_point_ref(&volume)
         .ok_or_else(|| AdminError::BadPointRef(volume.clone()))?;
@@ -171,7 +169,6 @@ fn map_drill(
         Some((set, r)) if r.role == crate::catalog::ReplicationRole::Secondary => set.to_string(),
         _ => return Err(AdminError::NotASecondary(format!("volume '{base}'"))),
     };
-    let source = c.volumes[base].clone();
     let base = base.to_string();
     let t = target_mut(c, &iqn)?;
     if let Some(existing) = t.luns.get(&lun) {
@@ -190,24 +187,9 @@ fn map_drill(
         },
     );
     let message = done(format!(
-        "mapped recovery point {cut} of '{base}' (set '{set}') read-only as LUN {lun} of '{iqn}'"
+        "mapped recovery point {cut} of '{base}' (set '{set}') read-only as LUN {lun} of '{iqn}'; the point is kept while mapped"
     ));
-    if c.drills.contains_key(&volume) {
-        return Ok((Effect::None, message));
-    }
-    let spec =
-        super::volume::new_volume_spec(c, source.size, source.block_size, source.page_size, new_id);
-    c.drills.insert(volume.clone(), spec.clone());
-    Ok((
-        Effect::MapDrill {
-            reference: volume,
-            spec,
-            set,
-            base,
-            cut,
-        },
-        message,
-    ))
+    Ok((Effect::PinPoint { set, cut }, message))
 }
 
 pub(super) fn lun_unmap(
@@ -219,25 +201,14 @@ pub(super) fn lun_unmap(
     let Some(old) = t.luns.remove(&lun) else {
         return Err(AdminError::NoLun { iqn, lun });
     };
-    let still_mapped = c
-        .targets
-        .values()
-        .any(|t| t.luns.values().any(|l| l.volume == old.volume));
-    let drill = (!still_mapped)
-        .then(|| c.drills.remove(&old.volume))
-        .flatten();
-    if let Some(spec) = drill {
+    let drill = crate::catalog::split_point_ref(&old.volume)
+        .and_then(|(base, cut)| Some((c.replication_of(base)?.0.to_string(), cut)));
+    if let Some((set, cut)) = drill {
         let message = format!(
-            "unmapped LUN {lun} (recovery point '{}') of '{iqn}'; its drill copy is removed",
+            "unmapped LUN {lun} (recovery point '{}') of '{iqn}'",
             old.volume
         );
-        return Ok((
-            Effect::DropDrill {
-                reference: old.volume,
-                spec,
-            },
-            done(message),
-        ));
+        return Ok((Effect::UnpinPoint { set, cut }, done(message)));
     }
     Ok((
         Effect::None,

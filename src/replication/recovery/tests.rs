@@ -1310,3 +1310,176 @@ fn a_failing_disk_at_any_step_of_a_cut_keeps_a_whole_cut_and_says_why() {
         }
     }
 }
+
+// ---- recovery points read in place (DR drill views) ---------------------------------
+
+use crate::replication::views::{PointView, PointViews};
+
+fn open_viewed(rig: &Rig, pins: &[u64]) -> (ReceiverStore, Arc<PointViews>) {
+    let views = Arc::new(PointViews::new(
+        &rig.dir(),
+        rig.sizes.clone(),
+        pins.iter().copied(),
+    ));
+    let store = ReceiverStore::open_with_views(&rig.dir(), rig.targets(), SMALL, views.clone())
+        .expect("open");
+    (store, views)
+}
+
+/// What a drill LUN reads of volume `vol` through `view`: the volume file now, then the
+/// point's logs over it, in windows of `window` bytes.
+fn read_view(rig: &Rig, view: &PointView, vol: usize, window: usize) -> Result<Vec<u8>, String> {
+    let t = &rig.targets()[vol];
+    let file = File::open(&t.path).expect("open volume");
+    let mut out = vec![0u8; t.size as usize];
+    let mut at = 0;
+    while at < out.len() {
+        let end = (at + window).min(out.len());
+        let buf = &mut out[at..end];
+        read_volume(&file, &t.path, buf, at as u64).expect("read volume");
+        view.overlay(at as u64, buf).map_err(|e| e.to_string())?;
+        at = end;
+    }
+    Ok(out)
+}
+
+fn assert_view(rig: &Rig, views: &[(u64, [Arc<PointView>; 2])], models: &[Model], when: &str) {
+    for (cut, pair) in views {
+        for (vol, view) in pair.iter().enumerate() {
+            for window in [700, 1 << 20] {
+                assert_eq!(
+                    read_view(rig, view, vol, window).as_ref(),
+                    Ok(&models[*cut as usize].0[vol]),
+                    "point {cut}, volume {vol}, windows of {window}, {when}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn pinned_points_read_exactly_in_place_while_cuts_go_on_with_keep_1() {
+    let rig = Rig::new(&[16384, 8192]);
+    let (mut store, registry) = open_viewed(&rig, &[]);
+    let mut cuts = sample_cuts();
+    cuts.push(vec![
+        Ext::data(0, 4096, 8192, 10),
+        Ext::data(1, 0, 8192, 11),
+    ]);
+    cuts.push(vec![Ext::data(0, 0, 16384, 12)]);
+    let mut models = vec![rig.content()];
+    let mut views: Vec<(u64, [Arc<PointView>; 2])> = Vec::new();
+    let view_pair = |cut: u64| [0, 1].map(|v| registry.view(v, cut).expect("view"));
+    for (i, exts) in cuts.iter().enumerate() {
+        let cut = i as u64 + 1;
+        run_cut(&mut store, meta(1, cut), exts, 1).expect("cut");
+        let mut next = models[i].clone();
+        apply_model(&mut next, exts);
+        models.push(next);
+        assert_view(&rig, &views, &models, &format!("after cut {cut}"));
+        // Pin the current cut after cuts 2 and 3: with keep 1 nothing else is kept.
+        if cut == 2 || cut == 3 {
+            assert!(
+                matches!(
+                    registry.view(0, cut),
+                    Err(RecoveryError::UnknownPoint { .. })
+                ),
+                "a point not pinned has no view"
+            );
+            registry.pin(cut).expect("pin");
+            views.push((cut, view_pair(cut)));
+            assert_view(&rig, &views, &models, &format!("pinned at {cut}"));
+        }
+        if cut == 5 {
+            // Pinned points and every one after them are kept, whatever keep says.
+            assert_eq!(point_cuts(&store), vec![5, 4, 3, 2]);
+            // Unpinned, point 2 goes at the next cut; 3 stays.
+            registry.unpin(2);
+            views.retain(|(c, _)| *c != 2);
+        }
+    }
+    assert_eq!(point_cuts(&store), vec![7, 6, 5, 4, 3]);
+    assert!(matches!(
+        registry.pin(2),
+        Err(RecoveryError::UnknownPoint { cut: 2 })
+    ));
+    drop(views);
+    drop(store);
+
+    // A restart: the pins come back from the mappings before recovery runs.
+    let (mut store, registry) = open_viewed(&rig, &[3, 6]);
+    let views: Vec<(u64, [Arc<PointView>; 2])> = [3, 6]
+        .into_iter()
+        .map(|c| (c, [0, 1].map(|v| registry.view(v, c).expect("view"))))
+        .collect();
+    assert_view(&rig, &views, &models, "after a reopen");
+    // Rolled back to 4 (the primary's base): the view of 3 still reads 3, that of 6
+    // is gone and says so.
+    store.roll_back_to_base(4).expect("roll back");
+    assert_view(&rig, &views[..1], &models, "after a roll back to 4");
+    let gone = read_view(&rig, &views[1].1[0], 0, 4096).expect_err("point 6 is gone");
+    assert!(gone.contains("recovery point 6 is gone"), "{gone}");
+    // The next cut of the generation, on top of 4, keeps the view of 3 exact.
+    let exts = vec![Ext::data(0, 0, 2048, 13), Ext::data(1, 4096, 512, 14)];
+    run_cut(&mut store, meta(1, 5), &exts, 1).expect("cut after the roll back");
+    let mut four = models[4].clone();
+    apply_model(&mut four, &exts);
+    assert_eq!(rig.content(), four);
+    assert_view(
+        &rig,
+        &views[..1],
+        &models,
+        "after a cut on top of the roll back",
+    );
+    // A reset for a new generation takes every point: the views say so.
+    store.reset(2).expect("reset");
+    let gone = read_view(&rig, &views[0].1[1], 1, 4096).expect_err("point 3 is gone");
+    assert!(gone.contains("recovery point 3 is gone"), "{gone}");
+}
+
+#[test]
+fn a_view_read_racing_cuts_being_applied_is_always_exactly_its_point() {
+    let rig = Rig::new(&[1 << 20]);
+    let (mut store, registry) = open_viewed(&rig, &[]);
+    let first = vec![Ext::data(0, 0, 1 << 20, 1)];
+    run_cut(&mut store, meta(1, 1), &first, 1).expect("cut 1");
+    let mut model = rig.content();
+    registry.pin(1).expect("pin");
+    let view = registry.view(0, 1).expect("view");
+    let expected = model.0[0].clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (view, stop, path) = (view.clone(), stop.clone(), rig.targets()[0].path.clone());
+        std::thread::spawn(move || {
+            let file = File::open(&path).expect("open");
+            let mut reads = 0u64;
+            let mut at = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                let mut buf = vec![0u8; 64 << 10];
+                read_volume(&file, &path, &mut buf, at).expect("read");
+                view.overlay(at, &mut buf).expect("overlay");
+                let want = &expected[at as usize..at as usize + buf.len()];
+                assert!(buf == want, "a read at {at} is not point 1");
+                reads += 1;
+                at = (at + 12_288) % ((1 << 20) - (64 << 10));
+            }
+            reads
+        })
+    };
+    let mut rng = 0x9e37_79b9_u64;
+    for cut in 2..40u64 {
+        let exts: Vec<Ext> = (0..8)
+            .map(|_| {
+                rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let off = (rng >> 20) % ((1 << 20) - 8192) / 512 * 512;
+                Ext::data(0, off, 4096 + (rng >> 50) % 4096 / 512 * 512, cut as u8)
+            })
+            .collect();
+        run_cut(&mut store, meta(1, cut), &exts, 1).expect("cut");
+        apply_model(&mut model, &exts);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let reads = reader.join().expect("every read was point 1");
+    assert!(reads > 0);
+    assert_eq!(rig.content(), model);
+}
