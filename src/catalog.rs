@@ -273,6 +273,11 @@ pub struct VolumeSpec {
     /// only where the admin said so at creation).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_sanitize: bool,
+    /// A copy-on-write clone of a secondary volume's recovery point (`VOLUME@rp:ID`,
+    /// `volume clone --from`): what its file does not hold reads from the point, which
+    /// stays pinned while the clone exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_of: Option<String>,
 }
 
 /// How a volume's blocks are provisioned (SBC-4 4.7).
@@ -553,6 +558,7 @@ impl Catalog {
                 page_size: DEFAULT_PAGE_SIZE,
                 provisioning: Provisioning::Thin,
                 allow_sanitize: false,
+                clone_of: None,
             },
         );
         let mut t = TargetSpec::default();
@@ -629,11 +635,42 @@ impl Catalog {
         out
     }
 
-    /// The points the drill LUNs of `volumes` pin, once per LUN.
-    pub fn drill_pins(&self, volumes: &[String]) -> Vec<u64> {
-        self.drill_luns(volumes)
+    /// The copy-on-write clones of a recovery point of one of `volumes`: (clone,
+    /// reference).
+    pub fn drill_clones(&self, volumes: &[String]) -> Vec<(String, String)> {
+        self.volumes
             .iter()
-            .filter_map(|(_, _, r)| split_point_ref(r).map(|(_, cut)| cut))
+            .filter_map(|(name, v)| {
+                let r = v.clone_of.as_ref()?;
+                let (base, _) = split_point_ref(r)?;
+                volumes
+                    .iter()
+                    .any(|x| x == base)
+                    .then(|| (name.clone(), r.clone()))
+            })
+            .collect()
+    }
+
+    /// What keeps recovery points of `volumes` pinned, for a refusal: drill LUNs and
+    /// clones.
+    pub fn drill_users(&self, volumes: &[String]) -> Vec<String> {
+        let luns = self
+            .drill_luns(volumes)
+            .into_iter()
+            .map(|(iqn, lun, r)| format!("{iqn} LUN {lun} ({r})"));
+        let clones = self
+            .drill_clones(volumes)
+            .into_iter()
+            .map(|(name, r)| format!("clone '{name}' ({r})"));
+        luns.chain(clones).collect()
+    }
+
+    /// The points the drill LUNs and clones of `volumes` pin, once per user.
+    pub fn drill_pins(&self, volumes: &[String]) -> Vec<u64> {
+        let luns = self.drill_luns(volumes).into_iter().map(|(_, _, r)| r);
+        let clones = self.drill_clones(volumes).into_iter().map(|(_, r)| r);
+        luns.chain(clones)
+            .filter_map(|r| split_point_ref(&r).map(|(_, cut)| cut))
             .collect()
     }
 

@@ -707,6 +707,7 @@ impl Config {
                             },
                             provisioning: v.provisioning.unwrap_or_default(),
                             allow_sanitize: v.allow_sanitize.unwrap_or(false),
+                            clone_of: None,
                         },
                     );
                 }

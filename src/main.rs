@@ -504,8 +504,9 @@ enum VolumeCmd {
         /// The volume.
         name: String,
     },
-    /// On a secondary, for a DR drill: a new writable volume holding a recovery point
-    /// (a sparse copy); replication goes on and the point stays as it was.
+    /// On a secondary, for a DR drill: a new writable copy-on-write volume reading a
+    /// recovery point where it was not written (nothing is copied; the point is kept
+    /// while the clone exists); replication goes on and the point stays as it was.
     Clone {
         /// The new volume's name.
         name: String,
@@ -579,13 +580,14 @@ enum TargetCmd {
 #[derive(Subcommand)]
 enum LunCmd {
     /// Map VOLUME as LUN number LUN of target IQN. VOLUME@SNAPSHOT maps a snapshot of
-    /// the volume, always read-only.
+    /// the volume, always read-only; on a secondary, VOLUME@rp:ID maps a recovery point
+    /// read-only for a DR drill (read in place; the point is kept while mapped).
     Map {
         /// The target.
         iqn: String,
         /// LUN number, 0 to 16383.
         lun: u64,
-        /// The volume, or VOLUME@SNAPSHOT.
+        /// The volume, VOLUME@SNAPSHOT or VOLUME@rp:ID.
         volume: String,
         /// Initiators may read but not write (DATA PROTECT on writes).
         #[arg(long)]

@@ -260,6 +260,15 @@ impl Node {
         if spec.allow_sanitize {
             volume = volume.allow_sanitize();
         }
+        if let Some(point) = &spec.clone_of {
+            volume = volume.with_base(Arc::new(PointBase {
+                sets: self.replication.clone(),
+                catalog: self.catalog.clone(),
+                data_dir: self.data_dir.clone(),
+                point: point.clone(),
+                open: Mutex::new(None),
+            }))?;
+        }
         scrape::refresh_allocated(&path, &io);
         if !self.tracking {
             crate::tracking::persist::mark_untracked(&self.tracking_dir(spec))
@@ -673,15 +682,6 @@ impl Host for Node {
     fn resume_receiver(&self, name: &str) {
         self.replication.resume_receiver(name);
     }
-    fn export_point(
-        &self,
-        name: &str,
-        volume: &str,
-        cut: u64,
-        dest: &std::path::Path,
-    ) -> Result<(), ReplicationError> {
-        self.replication.export_point(name, volume, cut, dest)
-    }
     fn recovery_points(&self, name: &str) -> Result<Vec<RecoveryPoint>, ReplicationError> {
         self.replication.recovery_points(name)
     }
@@ -828,5 +828,69 @@ impl crate::server::PointSource for DrillPoints {
 impl crate::server::PointOverlay for crate::replication::views::PointView {
     fn overlay(&self, offset: u64, buf: &mut [u8]) -> Result<(), String> {
         crate::replication::views::PointView::overlay(self, offset, buf).map_err(|e| e.to_string())
+    }
+}
+
+/// A copy-on-write clone's base: recovery point `point` (`VOLUME@rp:ID`) of a secondary
+/// volume, found when first read (the set's store opens after the volumes).
+struct PointBase {
+    sets: Arc<Sets>,
+    catalog: Arc<RwLock<Catalog>>,
+    data_dir: PathBuf,
+    point: String,
+    open: Mutex<Option<Arc<OpenPoint>>>,
+}
+
+/// A clone base found: the secondary volume's file and the point's view.
+type OpenPoint = (std::fs::File, Arc<crate::replication::views::PointView>);
+
+impl PointBase {
+    fn resolve(&self) -> std::io::Result<Arc<OpenPoint>> {
+        if let Some(open) = self.open.lock().as_ref() {
+            return Ok(open.clone());
+        }
+        let gone = |why: String| std::io::Error::other(format!("clone base {}: {why}", self.point));
+        let (volume, cut) = crate::catalog::split_point_ref(&self.point)
+            .ok_or_else(|| gone("not a recovery point".into()))?;
+        let (set, path) = {
+            let c = self.catalog.read();
+            let set = c
+                .replication_of(volume)
+                .map(|(s, _)| s.to_string())
+                .ok_or_else(|| gone("the volume is in no replication set".into()))?;
+            let spec = c
+                .volumes
+                .get(volume)
+                .ok_or_else(|| gone("no such volume".into()))?;
+            (set, volume_file(&self.data_dir, spec))
+        };
+        let view = self
+            .sets
+            .point_view(&set, volume, cut)
+            .map_err(|e| gone(crate::chain::ErrorChain(&e).to_string()))?;
+        let file = std::fs::File::open(&path)?;
+        let open = Arc::new((file, view));
+        *self.open.lock() = Some(open.clone());
+        Ok(open)
+    }
+}
+
+impl crate::volume::BaseImage for PointBase {
+    fn read(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let open = self.resolve()?;
+        let (file, view) = &*open;
+        let mut done = 0;
+        while done < buf.len() {
+            match file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf[done..].fill(0);
+        view.overlay(offset, buf)
+            .map_err(|e| std::io::Error::other(e.to_string()))
     }
 }

@@ -508,28 +508,87 @@ fn a_drill_clone_holds_the_recovery_point_while_cycles_go_on_and_leaves_it_untou
     let from = format!("v@rp:{point}");
     let view = s.ctl_json(&["volume", "clone", "drill", "--from", &from]);
     assert_eq!(view["page_size"], 65536, "{view}");
-    assert!(
-        std::fs::read(s.volume_file("drill")).unwrap() == at_point,
-        "the clone is not the point"
-    );
-    // The clone is an ordinary volume: writable through a LUN.
+    assert_eq!(view["clone_of"], from.as_str(), "{view}");
+    // Copy-on-write: the clone's file holds nothing yet.
+    let allocated = |s: &TestServer, v: &str| {
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(s.volume_file(v)).unwrap()) * 512
+    };
+    assert_eq!(allocated(&s, "drill"), 0, "the clone copied data");
+    // Through a LUN it reads as the point, and it is writable: a whole 4 KiB and one
+    // 512-byte block inside a 4 KiB grain the clone does not hold yet.
     s.ctl_ok(&["target", "create", IQN]);
     s.ctl_ok(&["lun", "map", IQN, "0", "drill"]);
     let mut d = RawClient::connect(s.addr);
     d.login(INITIATOR, IQN, Digests::default());
+    let read_all = |d: &mut RawClient| {
+        let mut image = Vec::new();
+        for at in (0..(8 << 20) / BLOCK).step_by(128) {
+            image.extend(d.read10(0, at as u32, 128, BLOCK));
+        }
+        image
+    };
+    assert!(read_all(&mut d) == at_point, "the clone is not the point");
+    let mut model = at_point.clone();
     d.write10(0, 0, &[0xee; 4096], BLOCK);
-    assert_eq!(d.read10(0, 0, 8, BLOCK), vec![0xee; 4096]);
-    // Replication goes on, and the point is as it was: a second clone equals it.
+    model[..4096].fill(0xee);
+    let one = 2048 * BLOCK + 3 * BLOCK;
+    d.write10(0, (one / BLOCK) as u32, &[0x5a; BLOCK], BLOCK);
+    model[one..one + BLOCK].fill(0x5a);
+    assert!(
+        read_all(&mut d) == model,
+        "the clone's writes read back wrong"
+    );
+    assert!(
+        allocated(&s, "drill") <= 64 << 10,
+        "the clone holds more than it was written"
+    );
+    // Replication goes on, and the point is as it was: the clone still reads it where
+    // it was not written, and a second clone equals it.
     write_round(&mut c, 6);
     replicate(&p, "rs");
+    assert!(read_all(&mut d) == model, "a cycle changed the clone");
     s.ctl_ok(&["volume", "clone", "drill2", "--from", &from]);
-    assert!(
-        std::fs::read(s.volume_file("drill2")).unwrap() == at_point,
-        "the point changed"
-    );
+    s.ctl_ok(&["lun", "map", IQN, "1", "drill2"]);
+    let mut second = Vec::new();
+    for at in (0..(8 << 20) / BLOCK).step_by(128) {
+        second.extend(d.read10(1, at as u32, 128, BLOCK));
+    }
+    assert!(second == at_point, "the point changed");
     assert!(
         std::fs::read(s.volume_file("v")).unwrap() == std::fs::read(p.volume_file("v")).unwrap(),
         "the secondary no longer follows the primary"
+    );
+    // While clones hold the point, promote and delete of the set are refused.
+    let (err, _) = s.ctl_refused(&["promote", "--volume", "v"]);
+    assert!(err.contains("volume delete"), "{err}");
+    let (err, _) = s.ctl_refused(&["replication", "delete", "rs"]);
+    assert!(err.contains("clone 'drill'"), "{err}");
+    // A restart keeps what the clone holds and what it reads from the point.
+    drop(d);
+    let mut s = s;
+    s.restart();
+    let mut d = RawClient::connect(s.addr);
+    d.login(INITIATOR, IQN, Digests::default());
+    assert!(read_all(&mut d) == model, "a restart changed the clone");
+    write_round(&mut c, 7);
+    replicate(&p, "rs");
+    assert!(
+        read_all(&mut d) == model,
+        "a cycle after the restart changed the clone"
+    );
+    drop(d);
+    // Deleted, the clones hold the point no longer: with keep 1 the next cycle prunes it.
+    for (lun, clone) in [("0", "drill"), ("1", "drill2")] {
+        s.ctl_ok(&["lun", "unmap", IQN, lun]);
+        s.ctl_ok(&["volume", "delete", clone]);
+    }
+    p.ctl_ok(&["replication", "modify", "rs", "--keep", "1"]);
+    write_round(&mut c, 8);
+    replicate(&p, "rs");
+    let points = s.ctl_json(&["recovery-points", "rs"]);
+    assert!(
+        !points.to_string().contains(&format!("\"cut_id\":{point},")),
+        "the point outlived its clones: {points}"
     );
     // Bad references are refused, creating nothing.
     for bad in ["v", "v@rp:x", "v@rp:999999", "nope@rp:1"] {

@@ -164,6 +164,7 @@ mod tests {
             page_size,
             provisioning: crate::catalog::Provisioning::Thin,
             allow_sanitize: false,
+            clone_of: None,
         };
         c.volumes
             .insert("db".into(), vol(11, 64 << 20, 4096, 64 << 10));

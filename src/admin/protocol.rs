@@ -927,6 +927,10 @@ pub struct VolumeView {
     /// The volume group it belongs to, if any.
     pub group: Option<String>,
     pub mappings: Vec<MappingView>,
+    /// A copy-on-write clone: the recovery point it reads where it was not written
+    /// (`VOLUME@rp:ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_of: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

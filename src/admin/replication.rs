@@ -192,6 +192,13 @@ pub fn replication_create(
                 set: set.to_string(),
             });
         }
+        // A clone's file holds only what was written to it.
+        if let Some(from) = c.volumes.get(v).and_then(|s| s.clone_of.clone()) {
+            return Err(AdminError::CloneNotReplicated {
+                volume: v.clone(),
+                from,
+            });
+        }
     }
     let prefix = a.target_prefix.unwrap_or_default();
     let remote_volumes: Vec<String> = volumes.iter().map(|v| format!("{prefix}{v}")).collect();
@@ -364,11 +371,7 @@ pub fn replication_delete(
         .get(&name)
         .map(|s| s.volumes.clone())
         .unwrap_or_default();
-    let drills: Vec<String> = c
-        .drill_luns(&volumes)
-        .iter()
-        .map(|(iqn, lun, r)| format!("{iqn} LUN {lun} ({r})"))
-        .collect();
+    let drills = c.drill_users(&volumes);
     if !drills.is_empty() {
         return Err(AdminError::DrillLuns {
             set: name,
@@ -1093,6 +1096,12 @@ pub fn restart_members(
             return Err(AdminError::AlreadyReplicated {
                 volume: v.clone(),
                 set: set.to_string(),
+            });
+        }
+        if let Some(from) = c.volumes.get(v).and_then(|s| s.clone_of.clone()) {
+            return Err(AdminError::CloneNotReplicated {
+                volume: v.clone(),
+                from,
             });
         }
     }

@@ -399,6 +399,12 @@ fn volume_detail(v: &VolumeView) -> String {
         ("allocated", allocated_text(v)),
         ("group", v.group.clone().unwrap_or_else(|| "-".into())),
         ("mapped", mapped.into()),
+        (
+            "clone of",
+            v.clone_of
+                .clone()
+                .map_or_else(|| "-".into(), |r| format!("{r} (copy-on-write)")),
+        ),
     ]);
     if !v.mappings.is_empty() {
         out.push('\n');

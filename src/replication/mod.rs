@@ -98,7 +98,7 @@ pub enum ReplicationError {
     NotPrimary(String),
     #[error("replication set '{0}' is not a secondary set here")]
     NotSecondary(String),
-    #[error("replication set '{set}': recovery points {points} are mapped as DR drill LUNs here; `lun unmap` them first")]
+    #[error("replication set '{set}': recovery points {points} are in use by DR drills here (drill LUNs or clones); `lun unmap` the LUNs and `volume delete` the clones first")]
     PointsPinned { set: String, points: String },
     #[error("a cycle of '{0}' is running and its queue policy is discard: the request is dropped")]
     Discarded(String),

@@ -1767,56 +1767,6 @@ impl ReceiverStore {
         Ok(out)
     }
 
-    /// Writes recovery point `cut` of volume `volume` (its name) into `dest`, a new
-    /// empty file: the volume's current content (its allocated extents only, so the
-    /// copy is as thin as the volume), then the undo logs of every point from the
-    /// newest down to `cut`, so each byte ends with its value at `cut` (the same
-    /// overlay a roll back applies, into another file). The volumes and logs are only
-    /// read; the caller holds the store, so no cut is applied meanwhile. `dest` is
-    /// fsynced.
-    pub fn export_point(
-        &mut self,
-        cut: u64,
-        volume: &str,
-        dest: &File,
-        dest_path: &Path,
-    ) -> Result<(), RecoveryError> {
-        self.check_live()?;
-        self.reload_if_needed()?;
-        let index = self
-            .volumes
-            .iter()
-            .position(|v| v.target.name == volume)
-            .ok_or(RecoveryError::NoSuchVolume {
-                volume: u32::MAX,
-                count: self.volumes.len(),
-            })?;
-        let at_current = self.state.current.is_some_and(|c| c.cut == cut);
-        if !at_current && !self.state.points.iter().any(|p| p.cut == cut) {
-            return Err(RecoveryError::UnknownPoint { cut });
-        }
-        let v = &self.volumes[index];
-        let size = v.target.size;
-        self.disk.set_len(dest, dest_path, size)?;
-        let extents =
-            crate::volume::allocation(&v.file, 0, size).map_err(io_err(&v.target.path))?;
-        let mut buf = vec![0u8; CHUNK];
-        for (offset, len, mapped) in extents {
-            let mut done = 0u64;
-            while mapped && done < len {
-                let n = (len - done).min(CHUNK as u64) as usize;
-                read_volume(&v.file, &v.target.path, &mut buf[..n], offset + done)?;
-                self.disk
-                    .write_at(dest, dest_path, &buf[..n], offset + done)?;
-                done += n as u64;
-            }
-        }
-        for (path, file, scan) in self.undo_logs_from(cut)? {
-            self.copy_records_to(&file, &path, &scan, Some((index as u32, dest, dest_path)))?;
-        }
-        self.disk.sync(dest, dest_path)
-    }
-
     /// The undo logs of recovery point `cut` and every newer one, newest first, each
     /// opened and verified whole (of this generation, of its point, with its end
     /// record): what a roll back to `cut` applies, in that order.

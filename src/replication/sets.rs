@@ -631,46 +631,6 @@ impl Sets {
         Ok(store)
     }
 
-    /// Writes recovery point `cut` of the secondary volume `volume` of set `name` into
-    /// `dest` (a new file), for a DR drill's copy: the set keeps receiving, its point
-    /// is untouched. Blocking; it holds the set's store for the copy, so a cut waits
-    /// (and a cut being received is waited for) meanwhile.
-    pub fn export_point(
-        &self,
-        name: &str,
-        volume: &str,
-        cut: u64,
-        dest: &std::path::Path,
-    ) -> Result<(), ReplicationError> {
-        let store = self
-            .receiver(name)
-            .ok_or_else(|| ReplicationError::NotSecondary(name.into()))?;
-        let known = self
-            .receiver_summary(name)
-            .is_some_and(|s| s.points.iter().any(|p| p.cut == cut));
-        if !known {
-            return Err(recovery_error(
-                name,
-                super::recovery::RecoveryError::UnknownPoint { cut },
-            ));
-        }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(dest)
-            .map_err(|source| {
-                recovery_error(
-                    name,
-                    super::recovery::RecoveryError::Io {
-                        path: dest.to_owned(),
-                        source,
-                    },
-                )
-            })?;
-        let result = store.blocking_lock().export_point(cut, volume, &file, dest);
-        result.map_err(|e| recovery_error(name, e))
-    }
-
     /// Failover, step one: the secondary set `name` stops receiving (connections
     /// superseded, peers fenced off, a cut being applied waited for) and its primary
     /// state is written, recording `fork`. The receiver's files stay until

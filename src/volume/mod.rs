@@ -16,6 +16,7 @@
 //! asynchronously, and io_uring's fallback serializes them. [`Volume`] owns the file,
 //! checks ranges and turns engine errors into [`VolumeError`].
 
+pub mod clone;
 mod engine;
 mod ranges;
 // The layout STYLE.md names: src/volume/volume.rs holds `Volume`.
@@ -28,6 +29,7 @@ mod tests;
 use std::fmt;
 use std::str::FromStr;
 
+pub use clone::BaseImage;
 pub use engine::{Engine, EngineConfig, SLOW_IO_MS};
 pub use volume::{allocation, Exclusive, Volume};
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::clone::{BaseImage, CloneBase};
 use super::engine::{Engine, Op};
 use super::ranges::{Mode, RangeGuard, RangeLocks};
 use super::VolumeError;
@@ -106,6 +107,8 @@ pub struct Volume {
     /// A switchover is moving the volume's replication set to its peer: commands that
     /// change blocks are refused as in an ALUA transition, so initiators retry.
     fenced: std::sync::atomic::AtomicBool,
+    /// A copy-on-write clone: what the file does not hold reads from this base.
+    base: Option<CloneBase>,
 }
 
 impl std::fmt::Debug for Volume {
@@ -184,7 +187,21 @@ impl Volume {
             sanitize_allowed: false,
             sanitizing: std::sync::atomic::AtomicBool::new(false),
             fenced: std::sync::atomic::AtomicBool::new(false),
+            base: None,
         })
+    }
+
+    /// Makes the volume a copy-on-write clone of `image` (see `volume::clone`): the
+    /// grains its file holds are its own, every other byte reads from `image`.
+    pub fn with_base(mut self, image: Arc<dyn BaseImage>) -> Result<Volume, VolumeError> {
+        let base = CloneBase::open(&self.file, self.size, image).map_err(|e| self.io_error(e))?;
+        self.base = Some(base);
+        Ok(self)
+    }
+
+    /// A copy-on-write clone ([`Volume::with_base`]).
+    pub fn is_clone(&self) -> bool {
+        self.base.is_some()
     }
 
     /// Makes the volume fully provisioned: allocates every block of the file now
@@ -297,13 +314,44 @@ impl Volume {
         self.read_held(offset, len).await
     }
 
-    /// Holds `len` bytes at `offset` in `mode` (see `volume::ranges`).
+    /// Holds `len` bytes at `offset` in `mode` (see `volume::ranges`); whole grains on
+    /// a clone.
     async fn hold(&self, offset: u64, len: u64, mode: Mode) -> RangeGuard<'_> {
+        let (offset, len) = match self.base {
+            Some(_) => CloneBase::widen(offset, len),
+            None => (offset, len),
+        };
         self.ranges.lock(offset, offset + len, mode).await
     }
 
-    /// `read` of a range the caller holds.
+    /// How a change of `len` bytes at `offset` holds its range: exclusively on a clone
+    /// when it must complete a grain from the base first.
+    fn change_mode(&self, offset: u64, len: u64) -> Mode {
+        match &self.base {
+            Some(b) if b.needs_fill(offset, len) => Mode::Exclusive,
+            _ => Mode::Shared,
+        }
+    }
+
+    /// `read` of a range the caller holds; on a clone, what its file does not hold
+    /// (taken before the file is read) comes from the base.
     async fn read_held(&self, offset: u64, len: usize) -> Result<Bytes, VolumeError> {
+        let Some(base) = &self.base else {
+            return self.read_file_held(offset, len).await;
+        };
+        let holes = base.unwritten(offset, len as u64);
+        let data = self.read_file_held(offset, len).await?;
+        if holes.is_empty() {
+            return Ok(data);
+        }
+        let mut buf = bytes::BytesMut::from(&data[..]);
+        base.fill(offset, &mut buf, &holes)
+            .map_err(|e| self.io_error(e))?;
+        Ok(buf.freeze())
+    }
+
+    /// The file's bytes of a range the caller holds.
+    async fn read_file_held(&self, offset: u64, len: usize) -> Result<Bytes, VolumeError> {
         if self.engine.inline_nowait() {
             if let Some(data) = self.read_nowait(offset, len) {
                 return Ok(data);
@@ -375,6 +423,11 @@ impl Volume {
     /// old content a snapshot keeps before a write replaces it.
     fn read_page_blocking(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
+        // A clone's old content is partly its base's.
+        let holes = match &self.base {
+            Some(b) => b.unwritten(offset, buf.len() as u64),
+            None => Vec::new(),
+        };
         let mut done = 0;
         while done < buf.len() {
             match self.file.read_at(&mut buf[done..], offset + done as u64) {
@@ -385,6 +438,9 @@ impl Volume {
             }
         }
         buf[done..].fill(0);
+        if let Some(b) = &self.base {
+            b.fill(offset, buf, &holes)?;
+        }
         Ok(())
     }
 
@@ -419,12 +475,47 @@ impl Volume {
         if data.is_empty() {
             return Ok(());
         }
-        let _range = self.hold(offset, data.len() as u64, Mode::Shared).await;
+        let mode = self.change_mode(offset, data.len() as u64);
+        let _range = self.hold(offset, data.len() as u64, mode).await;
         self.write_held(offset, data, fua).await
     }
 
-    /// `write` of a non-empty range the caller holds.
+    /// `write` of a non-empty range the caller holds (whole grains on a clone, and
+    /// exclusively when [`Volume::change_mode`] says so). A clone's write that covers
+    /// part of a grain its file does not hold writes the whole grain, the rest read
+    /// from the base; then the grains are the file's.
     async fn write_held(&self, offset: u64, data: Bytes, fua: bool) -> Result<(), VolumeError> {
+        let Some(base) = &self.base else {
+            return self.write_file_held(offset, data, fua).await;
+        };
+        let len = data.len() as u64;
+        if !base.needs_fill(offset, len) {
+            self.write_file_held(offset, data, fua).await?;
+            base.mark(offset, len);
+            return Ok(());
+        }
+        let (start, wide) = CloneBase::widen(offset, len);
+        let mut buf = bytes::BytesMut::with_capacity(wide as usize);
+        if offset > start {
+            buf.extend_from_slice(&self.read_held(start, (offset - start) as usize).await?);
+        }
+        buf.extend_from_slice(&data);
+        let end = offset + len;
+        if start + wide > end {
+            buf.extend_from_slice(&self.read_held(end, (start + wide - end) as usize).await?);
+        }
+        self.write_file_held(start, buf.freeze(), fua).await?;
+        base.mark(start, wide);
+        Ok(())
+    }
+
+    /// The file's part of [`Volume::write_held`].
+    async fn write_file_held(
+        &self,
+        offset: u64,
+        data: Bytes,
+        fua: bool,
+    ) -> Result<(), VolumeError> {
         // Held until the data has landed, so a cut sees this write entirely or not.
         let _guard = self.begin_write(offset, data.len() as u64).await?;
         if !fua
@@ -472,12 +563,24 @@ impl Volume {
         if len == 0 {
             return Ok(());
         }
-        let _range = self.hold(offset, len, Mode::Shared).await;
+        let _range = self.hold(offset, len, self.change_mode(offset, len)).await;
         self.discard_held(offset, len).await
     }
 
-    /// `discard` of a non-empty range the caller holds.
+    /// `discard` of a non-empty range the caller holds. A clone writes zeros (a hole
+    /// would read its base again).
     async fn discard_held(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
+        if self.base.is_some() {
+            let zeros = Bytes::from(vec![0u8; len.min(WRITE_SAME_PIECE as u64) as usize]);
+            let mut done = 0u64;
+            while done < len {
+                let n = (len - done).min(zeros.len() as u64) as usize;
+                self.write_held(offset + done, zeros.slice(..n), false)
+                    .await?;
+                done += n as u64;
+            }
+            return Ok(());
+        }
         let _guard = self.begin_write(offset, len).await?;
         let file = self.file.clone();
         let thick = self.thick;
@@ -516,7 +619,7 @@ impl Volume {
             .into();
         // The whole range is held at once: a COMPARE AND WRITE sees all of a WRITE SAME
         // or none of it.
-        let _range = self.hold(offset, len, Mode::Shared).await;
+        let _range = self.hold(offset, len, self.change_mode(offset, len)).await;
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(piece.len() as u64) as usize;
@@ -546,6 +649,10 @@ impl Volume {
     /// holes, in order, as (offset, length, mapped). Blocking (a few lseeks), cheap.
     pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>, VolumeError> {
         self.check_range(offset, len)?;
+        if self.base.is_some() {
+            // A clone's every byte reads from its file or its base.
+            return Ok(vec![(offset, len, true)]);
+        }
         allocation(&self.file, offset, len).map_err(|e| self.io_error(e))
     }
 

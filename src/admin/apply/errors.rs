@@ -150,7 +150,9 @@ pub enum AdminError {
     VolumeMapped { name: String, mappings: String },
     #[error("target '{iqn}' still maps {luns}; unmap them first")]
     TargetHasLuns { iqn: String, luns: String },
-    #[error("replication set '{set}' has recovery points mapped as DR drill LUNs here ({luns}); `lun unmap` them first")]
+    #[error("volume '{volume}' is a copy-on-write clone of {from} (a DR drill): it cannot be replicated")]
+    CloneNotReplicated { volume: String, from: String },
+    #[error("replication set '{set}' has recovery points in use by DR drills here ({luns}); `lun unmap` the LUNs and `volume delete` the clones first")]
     DrillLuns { set: String, luns: String },
     #[error("target '{iqn}' has sessions logged in from {initiators}; log them out first")]
     TargetBusy { iqn: String, initiators: String },
@@ -203,6 +205,7 @@ impl AdminError {
             AdminError::VolumeMapped { .. }
             | AdminError::TargetHasLuns { .. }
             | AdminError::DrillLuns { .. }
+            | AdminError::CloneNotReplicated { .. }
             | AdminError::InOtherGroup { .. }
             | AdminError::VolumeGrouped { .. }
             | AdminError::LastInGroup { .. }

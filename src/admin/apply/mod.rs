@@ -234,17 +234,6 @@ pub trait Host: Sync {
     ) -> Result<Option<crate::replication::recovery::CutMeta>, ReplicationError> {
         Err(ReplicationError::NotSecondary(name.into()))
     }
-    /// Writes recovery point `cut` of the secondary volume `volume` of set `name` into
-    /// the existing file `dest` (`volume clone --from V@rp:ID`). Blocking.
-    fn export_point(
-        &self,
-        name: &str,
-        _volume: &str,
-        _cut: u64,
-        _dest: &std::path::Path,
-    ) -> Result<(), ReplicationError> {
-        Err(ReplicationError::NotSecondary(name.into()))
-    }
     /// The promote failed after `stop_receiver`: the set receives again.
     fn resume_receiver(&self, _name: &str) {}
     /// Pins recovery point `cut` of secondary set `name` for a drill LUN. Blocking

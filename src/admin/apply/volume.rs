@@ -64,6 +64,7 @@ fn volume_view<H: Host + ?Sized>(host: &H, c: &Catalog, name: &str) -> VolumeVie
                     })
             })
             .collect(),
+        clone_of: spec.clone_of.clone(),
     }
 }
 
@@ -102,6 +103,7 @@ pub(super) fn create(
         allocated: Some(0),
         group: None,
         mappings: Vec::new(),
+        clone_of: None,
     };
     Ok((Effect::CreateVolume { name, spec }, Response::Volume(view)))
 }
@@ -139,11 +141,10 @@ pub(super) fn delete(c: &mut Catalog, name: String) -> Result<(Effect, Response)
 }
 
 /// `volume clone NAME --from VOLUME@rp:ID` on a secondary (a DR drill): a new writable
-/// volume with the source's geometry, holding recovery point ID of VOLUME. A full
-/// sparse copy (only the allocated extents of the secondary volume and the undo logs
-/// down to the point are written), made with the set's store held, so no cut is
-/// applied meanwhile; the set keeps receiving afterwards and the point is untouched.
-/// On failure nothing is left behind.
+/// copy-on-write volume with the source's geometry, reading recovery point ID of VOLUME
+/// wherever it was not written (`volume::clone`). Nothing is copied; the point is pinned
+/// while the clone exists (the set keeps it and keeps receiving). On failure nothing is
+/// left behind.
 pub(super) fn clone_point<H: Host + ?Sized>(
     host: &H,
     name: String,
@@ -166,47 +167,27 @@ pub(super) fn clone_point<H: Host + ?Sized>(
         Some((set, r)) if r.role == crate::catalog::ReplicationRole::Secondary => set.to_string(),
         _ => return Err(AdminError::NotASecondary(format!("volume '{base}'"))),
     };
-    let spec = new_volume_spec(
+    let mut spec = new_volume_spec(
         &new,
         source.size,
         source.block_size,
         source.page_size,
         &mut rand::random::<u64>,
     );
-    make_point_copy(host, &name, &spec, &set, base, cut)?;
+    spec.clone_of = Some(from.to_string());
+    host.pin_point(&set, cut)?;
+    if let Err(e) = create_and_open_volume(host, &name, &spec) {
+        host.unpin_point(&set, cut);
+        return Err(e);
+    }
     new.volumes.insert(name.clone(), spec.clone());
     if let Err(e) = install(host, new.clone()) {
         discard_volume(host, &name, &spec);
+        host.unpin_point(&set, cut);
         return Err(e.into());
     }
-    tracing::info!(volume = %name, from, "volume cloned from a recovery point");
+    tracing::info!(volume = %name, from, "volume cloned from a recovery point (copy-on-write)");
     Ok(Response::Volume(volume_view(host, &new, &name)))
-}
-
-/// Creates the file of `spec`, writes recovery point `cut` of the secondary volume
-/// `base` of `set` into it and opens it as `name`; on failure nothing is left behind.
-pub fn make_point_copy<H: Host + ?Sized>(
-    host: &H,
-    name: &str,
-    spec: &VolumeSpec,
-    set: &str,
-    base: &str,
-    cut: u64,
-) -> Result<(), AdminError> {
-    let file = volume_file(host.data_dir(), spec);
-    create_volume_file(&file, spec.size)?;
-    if let Err(e) = host.export_point(set, base, cut, &file) {
-        let _ = fs::remove_file(&file);
-        return Err(e.into());
-    }
-    if let Err(source) = host.open_volume(name, spec) {
-        let _ = fs::remove_file(&file);
-        return Err(AdminError::OpenVolume {
-            name: name.to_string(),
-            source,
-        });
-    }
-    Ok(())
 }
 
 /// Creates the file and opens it, then installs the catalog that names it; on failure
@@ -233,8 +214,19 @@ pub(super) fn commit_delete<H: Host + ?Sized>(
     name: &str,
     spec: &VolumeSpec,
 ) -> Result<(), AdminError> {
+    let pinned = spec.clone_of.as_deref().and_then(|r| {
+        let (base, cut) = crate::catalog::split_point_ref(r)?;
+        Some((
+            host.catalog().read().replication_of(base)?.0.to_string(),
+            cut,
+        ))
+    });
     install(host, new)?;
     discard_volume(host, name, spec);
+    // A clone's point is kept no longer for it.
+    if let Some((set, cut)) = pinned {
+        host.unpin_point(&set, cut);
+    }
     tracing::info!(volume = %name, "volume deleted");
     Ok(())
 }
@@ -293,6 +285,7 @@ pub fn new_volume_spec(
         page_size,
         provisioning: crate::catalog::Provisioning::Thin,
         allow_sanitize: false,
+        clone_of: None,
     }
 }
 

@@ -398,47 +398,6 @@ fn roll_back_to_every_kept_point_gives_exactly_that_cut() {
 }
 
 #[test]
-fn every_kept_point_exports_exactly_that_cut_and_the_store_is_untouched() {
-    let rig = Rig::new(&[16384, 8192]);
-    let mut store = rig.open();
-    let cuts = sample_cuts();
-    let models = apply_all(&rig, &mut store, &cuts, 5);
-    let before = (rig.content(), rig.files(), point_cuts(&store));
-    for target in 1..=5u64 {
-        for (i, name) in ["vol0", "vol1"].iter().enumerate() {
-            let path = rig.root.join(format!("export-{target}-{i}.img"));
-            let file = File::options()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .expect("create export");
-            store
-                .export_point(target, name, &file, &path)
-                .expect("export");
-            assert_eq!(
-                fs::read(&path).expect("read export"),
-                models[target as usize].0[i],
-                "cut {target}, {name}"
-            );
-        }
-    }
-    assert_eq!((rig.content(), rig.files(), point_cuts(&store)), before);
-    let path = rig.root.join("export-bad.img");
-    let file = File::create(&path).expect("create");
-    assert!(matches!(
-        store.export_point(42, "vol0", &file, &path),
-        Err(RecoveryError::UnknownPoint { cut: 42 })
-    ));
-    // A store a promote retired exports nothing more either.
-    store.retire().expect("retire");
-    assert!(matches!(
-        store.export_point(5, "vol0", &file, &path),
-        Err(RecoveryError::Retired)
-    ));
-}
-
-#[test]
 fn a_retired_store_refuses_every_cut_reset_and_roll_back() {
     let rig = Rig::new(&[16384, 8192]);
     let mut store = rig.open();
