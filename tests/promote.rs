@@ -687,6 +687,11 @@ fn a_drill_lun_reads_a_recovery_point_exactly_while_three_more_cycles_arrive() {
     assert!(err.contains("lun unmap"), "{err}");
     let (err, _) = s.ctl_refused(&["replication", "delete", "rs"]);
     assert!(err.contains("lun unmap") && err.contains(&drill), "{err}");
+    // So are a switchover and a delete asked by the primary; it keeps serving writes.
+    let (err, _) = p.ctl_refused(&["switchover", "rs"]);
+    assert!(err.contains("lun unmap"), "{err}");
+    let (err, _) = p.ctl_refused(&["replication", "delete", "rs"]);
+    assert!(err.contains("lun unmap"), "{err}");
     write_round(&mut c, 6);
     replicate(&p, "rs");
     assert!(read_all(&mut d) == at_point, "a refusal changed the drill");

@@ -348,6 +348,19 @@ pub fn modify_secondary<H: super::Host + ?Sized>(
     Ok(())
 }
 
+/// Refuses a change that would take set `set`'s history from under DR drills (drill
+/// LUNs or clones of its recovery points), naming them.
+fn refuse_drills(c: &Catalog, set: &str, volumes: &[String]) -> Result<(), AdminError> {
+    let drills = c.drill_users(volumes);
+    if drills.is_empty() {
+        return Ok(());
+    }
+    Err(AdminError::DrillLuns {
+        set: set.to_string(),
+        luns: drills.join(", "),
+    })
+}
+
 /// `replication delete`: the set leaves the catalog, its volumes stay as plain ones.
 /// A primary asks its peer to drop its side first, unless `force` (a peer gone for
 /// good): then only this side goes, and the message says what is left on the peer.
@@ -371,13 +384,7 @@ pub fn replication_delete(
         .get(&name)
         .map(|s| s.volumes.clone())
         .unwrap_or_default();
-    let drills = c.drill_users(&volumes);
-    if !drills.is_empty() {
-        return Err(AdminError::DrillLuns {
-            set: name,
-            luns: drills.join(", "),
-        });
-    }
+    refuse_drills(c, &name, &volumes)?;
     let spec = c
         .replications
         .remove(&name)
@@ -588,6 +595,7 @@ pub fn drop_secondary<H: super::Host + ?Sized>(host: &H, set: &str) -> Result<()
         }
         None => return Err(AdminError::NoSet(set.to_string())),
     };
+    refuse_drills(&new, set, &spec.volumes)?;
     new.replications.remove(set);
     if let Some(g) = spec.group.as_ref().and_then(|g| new.groups.get_mut(g)) {
         g.replication_set = None;
@@ -817,6 +825,7 @@ pub fn promote_switchover<H: super::Host + ?Sized>(
         Some(r) if r.role == ReplicationRole::Secondary => r.clone(),
         _ => return Err(AdminError::NotASecondary(format!("set '{set}'"))),
     };
+    refuse_drills(&host.catalog().read(), set, &spec.volumes)?;
     host.promote_set(set, &spec, fork, false, true)?;
     {
         let _serial = host.change_lock().lock();

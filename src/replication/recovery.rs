@@ -1000,6 +1000,7 @@ impl ReceiverStore {
         self.check_live()?;
         self.reload_if_needed()?;
         self.retired = true;
+        self.views_gone();
         Ok(self.state.current)
     }
 
@@ -1007,6 +1008,14 @@ impl ReceiverStore {
     /// anything first (its state is about to be removed).
     pub fn close(&mut self) {
         self.retired = true;
+        self.views_gone();
+    }
+
+    /// The volumes are no longer this store's: no view reads them as a point.
+    fn views_gone(&self) {
+        if let Some(v) = &self.views {
+            v.set_points(None, &[], "the set was promoted or deleted here");
+        }
     }
 
     /// The promote that retired the store failed: the set receives again.

@@ -645,6 +645,7 @@ impl Sets {
         switchover: bool,
     ) -> Result<(), ReplicationError> {
         let host = self.host().ok_or(ReplicationError::Unavailable)?;
+        self.check_unpinned(name)?;
         self.holders.lock().fenced.insert(name.to_string());
         self.supersede(name);
         let receiver = self.receivers.lock().remove(name);
