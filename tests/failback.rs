@@ -131,8 +131,19 @@ fn an_unplanned_promote_fails_back_shipping_only_the_union_of_changed_pages() {
         "the old primary does not hold the new primary's content"
     );
     assert!(
-        std::fs::read(p.volume_file(&kept)).unwrap() == before_failback,
+        read_through_lun(&p, &kept) == before_failback,
         "the kept volume is not the old primary's content before the failback"
+    );
+    // Copy-on-write: the kept volume took no copy of the 33 MiB written.
+    let kept_view = p.volume_view(&kept);
+    assert!(
+        kept_view["allocated"].as_u64().unwrap() < 1 << 20,
+        "the kept volume copied data: {kept_view}"
+    );
+    assert_eq!(
+        kept_view["clone_of"],
+        format!("va@rp:{common_cut}"),
+        "{kept_view}"
     );
     let pv = show(&p, "rs");
     assert_eq!(pv["role"], "secondary", "{pv}");
@@ -305,6 +316,18 @@ fn wait_status(n: &TestServer, set: &str, status: &str) -> serde_json::Value {
 
 #[test]
 fn a_split_brain_stops_both_sides_until_resolve_which_ships_only_changed_pages() {
+    split_brain_resolved(false);
+}
+
+#[test]
+fn a_split_brain_resolved_for_the_old_primary_makes_the_promoted_side_yield() {
+    split_brain_resolved(true);
+}
+
+/// Both sides write after the promote; `resolve` on the old primary keeps the promoted
+/// side's data (`--keep peer`), or its own (`keep_local`): the loser's content is kept
+/// aside (copy-on-write), only the union of changed pages ships, and the sides end equal.
+fn split_brain_resolved(keep_local: bool) {
     let (p, s, proxy) = pair_throttled(0);
     p.ctl_ok(&["volume", "create", "va", "--size", "64M"]);
     p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "va"]);
@@ -368,11 +391,18 @@ fn a_split_brain_stops_both_sides_until_resolve_which_ships_only_changed_pages()
         "{err}"
     );
 
-    // Resolved from the old primary's side, keeping the promoted side's data.
-    let out = p.ctl_ok(&["resolve", "rs", "--keep", "peer"]);
+    // Resolved from the old primary's side, keeping the promoted side's data or its own.
     let kept = format!("va.before-failback-{common_cut}");
-    assert!(out.contains(&kept), "{out}");
-    let v = wait_cycles(&s, "rs", 1);
+    let keep = if keep_local { "local" } else { "peer" };
+    let out = p.ctl_ok(&["resolve", "rs", "--keep", keep]);
+    let (winner, loser, won_image, lost_image) = if keep_local {
+        (&p, &s, &p_image, &s_image)
+    } else {
+        assert!(out.contains(&kept), "{out}");
+        (&s, &p, &s_image, &p_image)
+    };
+    let before = show(winner, "rs")["cycles"].as_u64().unwrap();
+    let v = wait_cycles(winner, "rs", before + 1);
     let c = &v["last_cycle"];
     let covered = c["data_bytes"].as_u64().unwrap() + c["zero_bytes"].as_u64().unwrap();
     let union_bound = (p_pages + s_pages) * PAGE;
@@ -382,14 +412,15 @@ fn a_split_brain_stops_both_sides_until_resolve_which_ships_only_changed_pages()
     );
     eprintln!("resolve shipped {covered} bytes of pages for {p_pages} + {s_pages} changed pages");
     assert!(
-        std::fs::read(p.volume_file("va")).unwrap() == s_image,
+        std::fs::read(loser.volume_file("va")).unwrap() == *won_image,
         "the sides do not hold the kept side's data"
     );
     assert!(
-        std::fs::read(p.volume_file(&kept)).unwrap() == p_image,
+        read_through_lun(loser, &kept) == *lost_image,
         "the loser's data is not in the kept volume"
     );
-    assert_eq!(show(&p, "rs")["role"], "secondary");
+    assert_eq!(show(loser, "rs")["role"], "secondary");
+    assert_eq!(show(winner, "rs")["role"], "primary");
 }
 
 #[test]
@@ -434,4 +465,20 @@ fn a_failback_after_a_promote_at_an_older_point_ships_what_the_roll_back_undid()
         std::fs::read(p.volume_file("va")).unwrap() == std::fs::read(s.volume_file("va")).unwrap(),
         "the old primary does not hold the new primary's content"
     );
+}
+
+/// The whole of volume `v` of `node` as an initiator reads it (mapped read-only as LUN 9
+/// of the demo target for the read): a copy-on-write clone's file is not its content.
+fn read_through_lun(node: &TestServer, v: &str) -> Vec<u8> {
+    node.ctl_ok(&["lun", "map", DEMO_IQN, "9", v, "--read-only"]);
+    let size = node.volume_view(v)["size"].as_u64().unwrap() as usize;
+    let mut c = RawClient::connect(node.addr);
+    c.login("iqn.2026-11.test:kept-reader", DEMO_IQN, Digests::default());
+    let mut out = Vec::with_capacity(size);
+    for at in (0..size / BLOCK).step_by(128) {
+        out.extend(c.read10(9, at as u32, 128, BLOCK));
+    }
+    drop(c);
+    node.ctl_ok(&["lun", "unmap", DEMO_IQN, "9"]);
+    out
 }

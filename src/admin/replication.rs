@@ -665,8 +665,9 @@ pub fn promote<H: super::Host + ?Sized>(
 }
 
 /// Failback reached the old primary (`replication::Host::demote`): each volume's content
-/// is kept in a new plain volume, the set's LUNs become read-only, and the set becomes
-/// the secondary. Returns the kept volumes.
+/// is kept in a new copy-on-write clone of the volume's point `cut` (the common cut the
+/// store adopts, whose undo log the first cut fills with this content), the set's LUNs
+/// become read-only, and the set becomes the secondary. Returns the kept volumes.
 pub fn demote<H: super::Host + ?Sized>(
     host: &H,
     set: &str,
@@ -709,31 +710,18 @@ pub fn demote<H: super::Host + ?Sized>(
             name = format!("{v}.before-failback-{cut}-{n}");
             n += 1;
         }
-        let kept = super::apply::new_volume_spec(
+        // Copy-on-write: the clone reads recovery point `cut` of this volume, which the
+        // set's first cut as a secondary turns into this content (its undo log), and
+        // which stays pinned while the clone exists.
+        let mut kept = super::apply::new_volume_spec(
             &new,
             vs.size,
             vs.block_size,
             vs.page_size,
             &mut rand::random::<u64>,
         );
-        let from = host.data_dir().join(&vs.path);
-        let to = host.data_dir().join(&kept.path);
-        if let Err(e) = super::apply::create_volume_file(&to, vs.size)
-            .and_then(|()| {
-                copy_sparse(&from, &to).map_err(|source| AdminError::CreateFile {
-                    path: to.clone(),
-                    source,
-                })
-            })
-            .and_then(|()| {
-                host.open_volume(&name, &kept)
-                    .map_err(|source| AdminError::OpenVolume {
-                        name: name.clone(),
-                        source,
-                    })
-            })
-        {
-            let _ = std::fs::remove_file(&to);
+        kept.clone_of = Some(format!("{v}@rp:{cut}"));
+        if let Err(e) = super::apply::create_and_open_volume(host, &name, &kept) {
             undo(&created);
             return Err(e);
         }
@@ -746,29 +734,6 @@ pub fn demote<H: super::Host + ?Sized>(
     }
     *host.catalog().write() = new;
     Ok(created.into_iter().map(|(n, _)| n).collect())
-}
-
-/// Copies the written extents of `from` into `to` (same size, holes stay holes), and
-/// fsyncs `to`.
-fn copy_sparse(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let src = std::fs::File::open(from)?;
-    let dst = std::fs::OpenOptions::new().write(true).open(to)?;
-    let size = src.metadata()?.len();
-    let mut buf = vec![0u8; 1 << 20];
-    for (at, len, mapped) in crate::volume::allocation(&src, 0, size)? {
-        if !mapped {
-            continue;
-        }
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(buf.len() as u64) as usize;
-            src.read_exact_at(&mut buf[..n], at + done)?;
-            dst.write_all_at(&buf[..n], at + done)?;
-            done += n as u64;
-        }
-    }
-    dst.sync_all()
 }
 
 /// Switchover's fence: the set's writable LUNs become read-only (saved); returns them.

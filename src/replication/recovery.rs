@@ -882,7 +882,7 @@ impl ReceiverStore {
     ) -> Result<Self, RecoveryError> {
         let mut store =
             Self::open_files(dir, volumes, StoreDisk::default(), StoreConfig::default())?;
-        store.reset_inner(generation)?;
+        store.reset_inner(generation, None)?;
         Ok(store)
     }
 
@@ -1302,13 +1302,37 @@ impl ReceiverStore {
                 current: self.state.generation,
             });
         }
-        let result = self.reset_inner(generation);
+        let result = self.reset_inner(generation, None);
         self.note(result)
     }
 
-    fn reset_inner(&mut self, generation: u64) -> Result<(), RecoveryError> {
+    /// The old primary of a failback or a switchover takes the set as its secondary:
+    /// [`ReceiverStore::reset`] to `current.generation`, except that the volumes count as
+    /// holding cut `current`, the common cut (an old primary's own writes after it are
+    /// among the pages the first cut ships). That first cut builds on it: it is staged,
+    /// and applied with an undo log when points are kept or pinned, so point
+    /// `current.cut` then reads as what the volumes held before it (a failback's
+    /// copy-on-write record of the old primary's content).
+    pub fn adopt(&mut self, current: CutMeta) -> Result<(), RecoveryError> {
+        self.check_live()?;
+        if current.generation < self.state.generation {
+            return Err(RecoveryError::StaleGeneration {
+                generation: current.generation,
+                current: self.state.generation,
+            });
+        }
+        let result = self.reset_inner(current.generation, Some(current));
+        self.note(result)
+    }
+
+    fn reset_inner(
+        &mut self,
+        generation: u64,
+        current: Option<CutMeta>,
+    ) -> Result<(), RecoveryError> {
         let mut state = State::fresh(&self.volumes);
         state.generation = generation;
+        state.current = current;
         self.save_state(&state)?;
         self.set_state(state);
         self.staging = None;

@@ -848,7 +848,8 @@ impl Sets {
     /// `demote` (keeping its content aside when `keep`) changes the catalog and maps the
     /// LUNs read-only, its primary state goes, its dirty maps are taken (and returned:
     /// every page written since its last committed cut, none after, as the fence held)
-    /// and a fresh receiver takes the first cut. When the catalog cannot change, the
+    /// and the receiver adopts the common cut, on which the first cut builds (its undo
+    /// log is the kept content). When the catalog cannot change, the
     /// primary task runs again.
     async fn become_secondary(
         &self,
@@ -895,7 +896,12 @@ impl Sets {
             .receiver(name)
             .ok_or_else(|| format!("set '{name}': the secondary's store did not open"))?;
         let mut store = store.lock().await;
-        tokio::task::block_in_place(|| store.reset(fork.generation))
+        let common = super::recovery::CutMeta {
+            generation: fork.generation,
+            cut: fork.cut,
+            taken_unix: fork.promoted_ms / 1000,
+        };
+        tokio::task::block_in_place(|| store.adopt(common))
             .map_err(|e| Box::new(e) as ChangeRefused)?;
         Ok((kept, taken))
     }
