@@ -734,4 +734,28 @@ fn a_drill_lun_reads_a_recovery_point_exactly_while_three_more_cycles_arrive() {
     assert!(err.contains("999999"), "{err}");
     let (err, _) = p.ctl_refused(&["lun", "map", demo, "5", &drill]);
     assert!(err.contains("no secondary"), "{err}");
+    // A restart asked on the primary would take every point: while one is mapped, the
+    // secondary refuses the reset naming the way out, and the point stays.
+    let latest = show(&p, "rs")["last_cut_id"].as_u64().unwrap();
+    s.ctl_ok(&["lun", "map", IQN, "0", &format!("v@rp:{latest}")]);
+    p.ctl_ok(&["restart", "rs", "--yes"]);
+    wait_until(
+        "the primary's restart to be refused over the drill",
+        std::time::Duration::from_secs(60),
+        || {
+            let v = show(&p, "rs");
+            v["error"]
+                .to_string()
+                .contains("lun unmap")
+                .then_some(())
+                .ok_or_else(|| v.to_string())
+        },
+    );
+    let points = s.ctl_json(&["recovery-points", "rs"]);
+    assert!(
+        points
+            .to_string()
+            .contains(&format!("\"cut_id\":{latest},")),
+        "a refused reset took the point: {points}"
+    );
 }

@@ -532,6 +532,9 @@ async fn answer(
         }
         Message::Reset { set, generation } => {
             owned_set(sets, &**host, peer, &set)?;
+            // A reset takes every point, those DR drills use too: refused, naming them.
+            sets.check_unpinned(&set)
+                .map_err(|e| Refusal::Change(Box::new(e)))?;
             if !sets.claim(&set, conn) {
                 return Err(Refusal::Promoting(set));
             }
@@ -603,6 +606,8 @@ async fn answer(
             remove,
         } => {
             owned_set(sets, &**host, peer, &set)?;
+            sets.check_unpinned(&set)
+                .map_err(|e| Refusal::Change(Box::new(e)))?;
             if !sets.claim(&set, conn) {
                 return Err(Refusal::Promoting(set));
             }

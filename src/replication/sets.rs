@@ -429,7 +429,7 @@ impl Sets {
     }
 
     /// Refuses what would rewrite the history of a set under pinned points.
-    fn check_unpinned(&self, set: &str) -> Result<(), ReplicationError> {
+    pub fn check_unpinned(&self, set: &str) -> Result<(), ReplicationError> {
         let pinned = self.views(set).map(|v| v.pinned()).unwrap_or_default();
         if pinned.is_empty() {
             return Ok(());
