@@ -145,6 +145,21 @@ fn an_unplanned_promote_fails_back_shipping_only_the_union_of_changed_pages() {
         format!("va@rp:{common_cut}"),
         "{kept_view}"
     );
+    // The point it reads is kept for it, and says so.
+    let points = p.ctl_json(&["recovery-points", "rs"]);
+    let pinned: Vec<&serde_json::Value> = points["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|pt| !pt["pinned_by"].is_null())
+        .collect();
+    assert_eq!(pinned.len(), 1, "{points}");
+    assert_eq!(pinned[0]["cut_id"], common_cut, "{points}");
+    assert_eq!(
+        pinned[0]["pinned_by"],
+        serde_json::json!([format!("clone '{kept}'")]),
+        "{points}"
+    );
     let pv = show(&p, "rs");
     assert_eq!(pv["role"], "secondary", "{pv}");
 

@@ -675,6 +675,25 @@ fn a_drill_lun_reads_a_recovery_point_exactly_while_three_more_cycles_arrive() {
         );
     }
     assert!(has_point(&s), "the mapped point was pruned");
+    // `recovery-points` says what keeps it.
+    let points = s.ctl_json(&["recovery-points", "rs"]);
+    let pinned = points["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["cut_id"] == point)
+        .unwrap()["pinned_by"]
+        .clone();
+    assert_eq!(
+        pinned,
+        serde_json::json!([format!("{IQN} LUN 0")]),
+        "{points}"
+    );
+    let table = String::from_utf8(s.ctl(&["recovery-points", "rs"]).stdout).unwrap();
+    assert!(
+        table.contains("PINNED BY") && table.contains(&format!("{IQN} LUN 0")),
+        "{table}"
+    );
     assert!(
         std::fs::read(s.volume_file("v")).unwrap() == std::fs::read(p.volume_file("v")).unwrap(),
         "the secondary stopped following the primary"

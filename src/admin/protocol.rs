@@ -836,6 +836,10 @@ pub struct RecoveryPointView {
     pub time_unix: u64,
     /// Bytes its undo log keeps.
     pub size: u64,
+    /// DR drills that pin it (drill LUNs, clones): it is kept, whatever `keep` says,
+    /// while any does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pinned_by: Vec<String>,
 }
 
 /// Bytes one cycle shipped, by kind; how far a running one is.

@@ -447,6 +447,7 @@ pub fn recovery_point_view(p: RecoveryPoint) -> RecoveryPointView {
         time: rfc3339_utc(p.taken_unix),
         time_unix: p.taken_unix,
         size: p.undo_bytes,
+        pinned_by: Vec::new(),
     }
 }
 

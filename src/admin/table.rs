@@ -686,9 +686,21 @@ pub fn render(resp: &Response) -> String {
         Response::RecoveryPoints { points, .. } => {
             let rows: Vec<Vec<String>> = points
                 .iter()
-                .map(|p| vec![p.cut_id.to_string(), p.time.clone(), format_size(p.size)])
+                .map(|p| {
+                    let pinned = if p.pinned_by.is_empty() {
+                        "-".to_string()
+                    } else {
+                        p.pinned_by.join(", ")
+                    };
+                    vec![
+                        p.cut_id.to_string(),
+                        p.time.clone(),
+                        format_size(p.size),
+                        pinned,
+                    ]
+                })
                 .collect();
-            table(&["CUT", "TIME", "SIZE"], &rows)
+            table(&["CUT", "TIME", "SIZE", "PINNED BY"], &rows)
         }
         Response::Schedules { schedules } if schedules.is_empty() => "no schedules\n".into(),
         Response::Schedules { schedules } => {

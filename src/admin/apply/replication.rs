@@ -37,10 +37,30 @@ pub(super) fn recovery_points<H: Host + ?Sized>(
     name: String,
 ) -> Result<Response, AdminError> {
     known(c, &name)?;
+    // What pins each point: drill LUNs and clones (a failback's kept volume too).
+    let volumes = &c.replications[&name].volumes;
+    let cut_of = |r: &str| crate::catalog::split_point_ref(r).map(|(_, cut)| cut);
+    let luns = c
+        .drill_luns(volumes)
+        .into_iter()
+        .filter_map(|(iqn, lun, r)| Some((cut_of(&r)?, format!("{iqn} LUN {lun}"))));
+    let clones = c
+        .drill_clones(volumes)
+        .into_iter()
+        .filter_map(|(clone, r)| Some((cut_of(&r)?, format!("clone '{clone}'"))));
+    let pins: Vec<(u64, String)> = luns.chain(clones).collect();
     let points = host
         .recovery_points(&name)?
         .into_iter()
-        .map(repl::recovery_point_view)
+        .map(|p| {
+            let mut v = repl::recovery_point_view(p);
+            v.pinned_by = pins
+                .iter()
+                .filter(|(cut, _)| *cut == p.cut)
+                .map(|(_, by)| by.clone())
+                .collect();
+            v
+        })
         .collect();
     Ok(Response::RecoveryPoints { set: name, points })
 }
