@@ -805,8 +805,18 @@ pub(super) fn undo_extents(
             path: path.to_owned(),
             what: "undo log incomplete or of another cut",
         })?;
+    log_extents(file, path, &scan, sizes)
+}
+
+/// The data and zero extents of a log a scan verified, in log order.
+fn log_extents(
+    file: &File,
+    path: &Path,
+    scan: &Scan,
+    sizes: &[u64],
+) -> Result<Vec<UndoExtent>, RecoveryError> {
     let mut out = Vec::new();
-    for_each_record(file, path, &scan, sizes, |record| {
+    for_each_record(file, path, scan, sizes, |record| {
         match record {
             Record::Data {
                 volume,
@@ -1777,25 +1787,11 @@ impl ReceiverStore {
         let sizes = self.sizes();
         let mut out = vec![Vec::new(); self.volumes.len()];
         for (path, file, scan) in self.undo_logs_from(cut)? {
-            for_each_record(&file, &path, &scan, &sizes, |record| {
-                if let Record::Data {
-                    volume,
-                    offset,
-                    len,
-                    ..
+            for e in log_extents(&file, &path, &scan, &sizes)? {
+                if let Some(v) = out.get_mut(e.volume as usize) {
+                    v.push((e.offset, e.len));
                 }
-                | Record::Zero {
-                    volume,
-                    offset,
-                    len,
-                } = record
-                {
-                    if let Some(v) = out.get_mut(volume as usize) {
-                        v.push((offset, len));
-                    }
-                }
-                Ok(())
-            })?;
+            }
         }
         Ok(out)
     }

@@ -572,14 +572,7 @@ impl Volume {
     async fn discard_held(&self, offset: u64, len: u64) -> Result<(), VolumeError> {
         if self.base.is_some() {
             let zeros = Bytes::from(vec![0u8; len.min(WRITE_SAME_PIECE as u64) as usize]);
-            let mut done = 0u64;
-            while done < len {
-                let n = (len - done).min(zeros.len() as u64) as usize;
-                self.write_held(offset + done, zeros.slice(..n), false)
-                    .await?;
-                done += n as u64;
-            }
-            return Ok(());
+            return self.write_pieces_held(offset, len, &zeros, false).await;
         }
         let _guard = self.begin_write(offset, len).await?;
         let file = self.file.clone();
@@ -620,6 +613,18 @@ impl Volume {
         // The whole range is held at once: a COMPARE AND WRITE sees all of a WRITE SAME
         // or none of it.
         let _range = self.hold(offset, len, self.change_mode(offset, len)).await;
+        self.write_pieces_held(offset, len, &piece, fua).await
+    }
+
+    /// Fills `len` bytes at `offset`, which the caller holds, with `piece` repeated
+    /// (the last one cut short), each an ordinary write.
+    async fn write_pieces_held(
+        &self,
+        offset: u64,
+        len: u64,
+        piece: &Bytes,
+        fua: bool,
+    ) -> Result<(), VolumeError> {
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(piece.len() as u64) as usize;
