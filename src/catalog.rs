@@ -651,26 +651,36 @@ impl Catalog {
             .collect()
     }
 
-    /// What keeps recovery points of `volumes` pinned, for a refusal: drill LUNs and
-    /// clones.
-    pub fn drill_users(&self, volumes: &[String]) -> Vec<String> {
+    /// What pins recovery points of `volumes`: each drill LUN and clone, as (the point,
+    /// what it is, e.g. `clone 'x'`, its reference `VOLUME@rp:ID`).
+    pub fn drill_pinners(&self, volumes: &[String]) -> Vec<(u64, String, String)> {
         let luns = self
             .drill_luns(volumes)
             .into_iter()
-            .map(|(iqn, lun, r)| format!("{iqn} LUN {lun} ({r})"));
+            .map(|(iqn, lun, r)| (format!("{iqn} LUN {lun}"), r));
         let clones = self
             .drill_clones(volumes)
             .into_iter()
-            .map(|(name, r)| format!("clone '{name}' ({r})"));
-        luns.chain(clones).collect()
+            .map(|(name, r)| (format!("clone '{name}'"), r));
+        luns.chain(clones)
+            .filter_map(|(who, r)| Some((split_point_ref(&r)?.1, who, r)))
+            .collect()
+    }
+
+    /// What keeps recovery points of `volumes` pinned, for a refusal: drill LUNs and
+    /// clones.
+    pub fn drill_users(&self, volumes: &[String]) -> Vec<String> {
+        self.drill_pinners(volumes)
+            .into_iter()
+            .map(|(_, who, r)| format!("{who} ({r})"))
+            .collect()
     }
 
     /// The points the drill LUNs and clones of `volumes` pin, once per user.
     pub fn drill_pins(&self, volumes: &[String]) -> Vec<u64> {
-        let luns = self.drill_luns(volumes).into_iter().map(|(_, _, r)| r);
-        let clones = self.drill_clones(volumes).into_iter().map(|(_, r)| r);
-        luns.chain(clones)
-            .filter_map(|r| split_point_ref(&r).map(|(_, cut)| cut))
+        self.drill_pinners(volumes)
+            .into_iter()
+            .map(|(cut, _, _)| cut)
             .collect()
     }
 

@@ -120,10 +120,6 @@ pub struct PointView {
 }
 
 impl PointView {
-    pub fn cut(&self) -> u64 {
-        self.cut
-    }
-
     /// `buf` holds the volume's current bytes at `offset`, read just now: lays over
     /// them every log of the point, so they read as at the point.
     pub fn overlay(&self, offset: u64, buf: &mut [u8]) -> Result<(), PointGone> {

@@ -38,17 +38,7 @@ pub(super) fn recovery_points<H: Host + ?Sized>(
 ) -> Result<Response, AdminError> {
     known(c, &name)?;
     // What pins each point: drill LUNs and clones (a failback's kept volume too).
-    let volumes = &c.replications[&name].volumes;
-    let cut_of = |r: &str| crate::catalog::split_point_ref(r).map(|(_, cut)| cut);
-    let luns = c
-        .drill_luns(volumes)
-        .into_iter()
-        .filter_map(|(iqn, lun, r)| Some((cut_of(&r)?, format!("{iqn} LUN {lun}"))));
-    let clones = c
-        .drill_clones(volumes)
-        .into_iter()
-        .filter_map(|(clone, r)| Some((cut_of(&r)?, format!("clone '{clone}'"))));
-    let pins: Vec<(u64, String)> = luns.chain(clones).collect();
+    let pins = c.drill_pinners(&c.replications[&name].volumes);
     let points = host
         .recovery_points(&name)?
         .into_iter()
@@ -56,8 +46,8 @@ pub(super) fn recovery_points<H: Host + ?Sized>(
             let mut v = repl::recovery_point_view(p);
             v.pinned_by = pins
                 .iter()
-                .filter(|(cut, _)| *cut == p.cut)
-                .map(|(_, by)| by.clone())
+                .filter(|(cut, _, _)| *cut == p.cut)
+                .map(|(_, who, _)| who.clone())
                 .collect();
             v
         })
