@@ -276,6 +276,14 @@ impl CowStore {
         }
     }
 
+    /// The kept content of `page` when it is kept in memory.
+    pub fn page_in_memory(&self, page: PageIndex) -> Option<&[u8]> {
+        match self.slots.get(&page) {
+            Some(Slot::Memory(place)) => Some(self.slab.page(*place, self.page_bytes)),
+            _ => None,
+        }
+    }
+
     /// Copies the kept content of `page` into `buf` (one page long). `Ok(false)` when the
     /// page was never kept.
     pub fn get(&self, page: PageIndex, buf: &mut [u8]) -> Result<bool, TrackingError> {

@@ -18,6 +18,9 @@ use super::{persist, CutId, PageIndex, TrackingError};
 
 static SPILL_SEQ: AtomicU64 = AtomicU64::new(0);
 
+/// Pages [`SnapshotSet::overlay`] lays over a buffer per hold of the set's lock.
+const OVERLAY_BATCH: PageIndex = 16;
+
 /// What a snapshot reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotInfo {
@@ -223,7 +226,10 @@ impl SnapshotSet {
     /// Turns `buf`, the volume's current content at byte `offset` (read before this
     /// call), into the snapshot's content there: every page overwritten since the cut
     /// is replaced by its kept copy. The argument of [`SnapshotSet::read_page`] holds
-    /// for each page of the range. Every page of the range must be in scope.
+    /// for each page of the range on its own, so the set's lock is taken for
+    /// [`OVERLAY_BATCH`] pages at a time: a replication cycle overlays a MiB per chunk,
+    /// and writers waiting to keep a page must not wait for all of it. Every page of the
+    /// range must be in scope.
     pub(crate) fn overlay(
         &self,
         cut: CutId,
@@ -236,29 +242,34 @@ impl SnapshotSet {
         let page_bytes = self.page_bytes as u64;
         let first = (offset / page_bytes) as PageIndex;
         let last = ((offset + buf.len() as u64 - 1) / page_bytes) as PageIndex;
-        let snaps = self.snapshots.lock();
-        let snap = snaps
-            .iter()
-            .find(|s| s.cut == cut)
-            .ok_or(TrackingError::NoSuchSnapshot { cut })?;
-        let store = snap
-            .store
-            .as_ref()
-            .ok_or(TrackingError::SnapshotInvalidated { cut })?;
-        if let Some(page) = (first..=last).find(|p| !snap.in_scope(*p)) {
-            return Err(TrackingError::NotInSnapshot { cut, page });
-        }
-        let mut kept: Option<Vec<u8>> = None;
-        for page in (first..=last).filter(|p| store.contains(*p)) {
-            let kept = kept.get_or_insert_with(|| vec![0; self.page_bytes]);
-            store.get(page, kept)?;
-            // The part of the page inside the range, in page and in buffer coordinates.
-            let page_start = page as u64 * page_bytes;
-            let from = offset.max(page_start);
-            let to = (offset + buf.len() as u64).min(page_start + page_bytes);
-            let (b0, b1) = ((from - offset) as usize, (to - offset) as usize);
-            let (p0, p1) = ((from - page_start) as usize, (to - page_start) as usize);
-            buf[b0..b1].copy_from_slice(&kept[p0..p1]);
+        let mut batch_start = first;
+        while batch_start <= last {
+            let batch_end = last.min(batch_start.saturating_add(OVERLAY_BATCH - 1));
+            let snaps = self.snapshots.lock();
+            let snap = snaps
+                .iter()
+                .find(|s| s.cut == cut)
+                .ok_or(TrackingError::NoSuchSnapshot { cut })?;
+            let store = snap
+                .store
+                .as_ref()
+                .ok_or(TrackingError::SnapshotInvalidated { cut })?;
+            for page in batch_start..=batch_end {
+                if !snap.in_scope(page) {
+                    return Err(TrackingError::NotInSnapshot { cut, page });
+                }
+                let Some(kept) = store.page_in_memory(page) else {
+                    if store.contains(page) {
+                        let mut copy = vec![0; self.page_bytes];
+                        store.get(page, &mut copy)?;
+                        lay(offset, buf, page, page_bytes, &copy);
+                    }
+                    continue;
+                };
+                lay(offset, buf, page, page_bytes, kept);
+            }
+            drop(snaps);
+            batch_start = batch_end + 1;
         }
         Ok(())
     }
@@ -326,6 +337,17 @@ impl SnapshotSet {
         snaps.sort_by_key(|s| s.cut);
         self.live.store(snaps.len(), Ordering::Release);
     }
+}
+
+/// Copies the part of `kept` (the whole of `page`) that falls inside `buf`, the bytes
+/// at `offset`, over `buf`.
+fn lay(offset: u64, buf: &mut [u8], page: PageIndex, page_bytes: u64, kept: &[u8]) {
+    let page_start = u64::from(page) * page_bytes;
+    let from = offset.max(page_start);
+    let to = (offset + buf.len() as u64).min(page_start + page_bytes);
+    let (b0, b1) = ((from - offset) as usize, (to - offset) as usize);
+    let (p0, p1) = ((from - page_start) as usize, (to - page_start) as usize);
+    buf[b0..b1].copy_from_slice(&kept[p0..p1]);
 }
 
 /// A store that failed loses its snapshot: losing the snapshot beats failing the

@@ -18,6 +18,7 @@
 
 pub mod clone;
 mod engine;
+mod inline;
 mod ranges;
 // The layout STYLE.md names: src/volume/volume.rs holds `Volume`.
 #[allow(clippy::module_inception)]

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use super::clone::{BaseImage, CloneBase};
 use super::engine::{Engine, Op};
+use super::inline::InlineWrites;
 use super::ranges::{Mode, RangeGuard, RangeLocks};
 use super::VolumeError;
 use crate::tracking::TrackedVolume;
@@ -19,11 +20,6 @@ use crate::tracking::TrackedVolume;
 /// costs less than the two thread hand-offs of the engine (at 4 KiB QD1 over iSCSI it
 /// was the difference between 0.7x and 1.2x of tgt here).
 const INLINE_WRITE_MAX: usize = 64 * 1024;
-/// An inline write slower than this means the kernel is throttling dirty pages (or the
-/// file needs real I/O): the volume then sends writes to the engine for a while, so a
-/// runtime thread is not held while the disk catches up.
-const INLINE_WRITE_SLOW: std::time::Duration = std::time::Duration::from_millis(2);
-const INLINE_WRITE_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 /// WRITE SAME writes its block repeated in pieces of about this many bytes.
 const WRITE_SAME_PIECE: usize = 1 << 20;
 
@@ -87,8 +83,8 @@ pub struct Volume {
     engine: Engine,
     /// Cleared when the filesystem refuses RWF_NOWAIT on buffered writes.
     nowait_writes: std::sync::atomic::AtomicBool,
-    /// Inline writes are off until this instant (see `INLINE_WRITE_SLOW`).
-    inline_writes_off_until: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// Whether small writes run inline now (off while the kernel makes them wait).
+    inline_writes: InlineWrites,
     /// Write tracking: every write enters its gate, preserves old pages for live
     /// snapshots and marks its pages dirty before it lands.
     tracking: Option<Arc<TrackedVolume>>,
@@ -179,7 +175,7 @@ impl Volume {
             block_size,
             engine,
             nowait_writes: std::sync::atomic::AtomicBool::new(true),
-            inline_writes_off_until: parking_lot::Mutex::new(None),
+            inline_writes: InlineWrites::default(),
             tracking: None,
             io: Arc::default(),
             ranges: RangeLocks::default(),
@@ -391,19 +387,11 @@ impl Volume {
         if !self.engine.inline_nowait() {
             return false;
         }
-        let mut off = self.inline_writes_off_until.lock();
-        match *off {
-            Some(until) if std::time::Instant::now() < until => false,
-            Some(_) => {
-                *off = None;
-                true
-            }
-            None => true,
-        }
+        self.inline_writes.allowed(std::time::Instant::now())
     }
 
-    /// A buffered write on the caller's thread; if it was slow, writes go through the
-    /// engine for a while.
+    /// A buffered write on the caller's thread; when writes are slow (see
+    /// [`InlineWrites`]) they go through the engine for a while.
     fn write_inline(&self, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
         use std::os::unix::fs::FileExt;
         let start = std::time::Instant::now();
@@ -412,9 +400,8 @@ impl Volume {
             .write_all_at(data, offset)
             .map_err(|e| self.io_error(e));
         let took = start.elapsed();
-        if took > INLINE_WRITE_SLOW {
-            tracing::debug!(path = %self.path.display(), ?took, "slow inline write: using the engine for a while");
-            *self.inline_writes_off_until.lock() = Some(start + took + INLINE_WRITE_BACKOFF);
+        if self.inline_writes.record(start, took) {
+            tracing::debug!(path = %self.path.display(), ?took, "slow inline writes: using the engine for a while");
         }
         res
     }
