@@ -187,9 +187,10 @@ fn run_model(ops: Vec<Op>, budget_pages: u64) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
     let cow = cow_config(dir.path(), budget_pages * 4096);
-    // Page sizes 4 KiB and 8 KiB; one volume whose size is not a whole number of pages.
+    // Page sizes 4 KiB and 8 KiB; one volume whose size is not a whole number of pages;
+    // one of more pages than a snapshot overlay takes under one hold of its lock.
     let mut vols = [
-        MemVolume::new("b-vol", 64 * 1024, 4096, cow.clone()),
+        MemVolume::new("b-vol", 96 * 1024, 4096, cow.clone()),
         MemVolume::new("a-vol", 6 * 8192 + 3 * 512, 8192, cow.clone()),
         MemVolume::new("c/vol", 40 * 1024, 4096, cow.clone()),
     ];

@@ -258,15 +258,16 @@ impl SnapshotSet {
                 if !snap.in_scope(page) {
                     return Err(TrackingError::NotInSnapshot { cut, page });
                 }
-                let Some(kept) = store.page_in_memory(page) else {
-                    if store.contains(page) {
+                match store.page_in_memory(page) {
+                    Some(kept) => lay(offset, buf, page, page_bytes, kept),
+                    // Kept in the spill file.
+                    None if store.contains(page) => {
                         let mut copy = vec![0; self.page_bytes];
                         store.get(page, &mut copy)?;
                         lay(offset, buf, page, page_bytes, &copy);
                     }
-                    continue;
-                };
-                lay(offset, buf, page, page_bytes, kept);
+                    None => {}
+                }
             }
             drop(snaps);
             batch_start = batch_end + 1;
