@@ -208,14 +208,7 @@ impl SnapshotSet {
         }
         read_current(buf).map_err(|source| TrackingError::ReadCurrent { page, source })?;
         let snaps = self.snapshots.lock();
-        let snap = snaps
-            .iter()
-            .find(|s| s.cut == cut)
-            .ok_or(TrackingError::NoSuchSnapshot { cut })?;
-        let store = snap
-            .store
-            .as_ref()
-            .ok_or(TrackingError::SnapshotInvalidated { cut })?;
+        let (snap, store) = readable(&snaps, cut)?;
         if !snap.in_scope(page) {
             return Err(TrackingError::NotInSnapshot { cut, page });
         }
@@ -246,14 +239,7 @@ impl SnapshotSet {
         while batch_start <= last {
             let batch_end = last.min(batch_start.saturating_add(OVERLAY_BATCH - 1));
             let snaps = self.snapshots.lock();
-            let snap = snaps
-                .iter()
-                .find(|s| s.cut == cut)
-                .ok_or(TrackingError::NoSuchSnapshot { cut })?;
-            let store = snap
-                .store
-                .as_ref()
-                .ok_or(TrackingError::SnapshotInvalidated { cut })?;
+            let (snap, store) = readable(&snaps, cut)?;
             for page in batch_start..=batch_end {
                 if !snap.in_scope(page) {
                     return Err(TrackingError::NotInSnapshot { cut, page });
@@ -338,6 +324,19 @@ impl SnapshotSet {
         snaps.sort_by_key(|s| s.cut);
         self.live.store(snaps.len(), Ordering::Release);
     }
+}
+
+/// Snapshot `cut` and its store, or why it cannot be read (gone, or invalidated).
+fn readable(snaps: &[Snapshot], cut: CutId) -> Result<(&Snapshot, &CowStore), TrackingError> {
+    let snap = snaps
+        .iter()
+        .find(|s| s.cut == cut)
+        .ok_or(TrackingError::NoSuchSnapshot { cut })?;
+    let store = snap
+        .store
+        .as_ref()
+        .ok_or(TrackingError::SnapshotInvalidated { cut })?;
+    Ok((snap, store))
 }
 
 /// Copies the part of `kept` (the whole of `page`) that falls inside `buf`, the bytes

@@ -20,7 +20,7 @@ pub(crate) const SLOW: Duration = Duration::from_millis(2);
 /// The recent past slow writes are summed over ...
 pub(crate) const WINDOW: Duration = Duration::from_millis(250);
 /// ... and the sum that stops inline writes: a quarter of it.
-pub(crate) const SLOW_IN_WINDOW: Duration = Duration::from_millis(62);
+pub(crate) const SLOW_IN_WINDOW: Duration = Duration::from_millis(WINDOW.as_millis() as u64 / 4);
 /// An inline write slower than this stops inline writes at once: no preemption lasts so
 /// long on a machine that still serves its initiators.
 pub(crate) const STALL: Duration = Duration::from_millis(20);
