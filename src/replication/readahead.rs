@@ -12,9 +12,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 pub struct ReadAhead<S> {
     inner: S,
+    /// Allocated (and zeroed) once, at the first fill.
     buf: Vec<u8>,
     /// Where the unread bytes of `buf` start.
     pos: usize,
+    /// Where they end.
+    end: usize,
     /// Bytes read from the socket at once; 0 until [`ReadAhead::enlarge`].
     size: usize,
 }
@@ -26,6 +29,7 @@ impl<S> ReadAhead<S> {
             inner,
             buf: Vec::new(),
             pos: 0,
+            end: 0,
             size: 0,
         }
     }
@@ -47,25 +51,25 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.pos == this.buf.len() {
+        if this.pos == this.end {
             // Nothing buffered: a caller asking for as much as a fill would take (or
             // any caller before `enlarge`) reads the socket directly.
             if this.size == 0 || out.remaining() >= this.size {
                 return Pin::new(&mut this.inner).poll_read(cx, out);
             }
-            this.buf.clear();
-            this.pos = 0;
-            this.buf.resize(this.size, 0);
+            if this.buf.len() != this.size {
+                this.buf = vec![0; this.size];
+            }
             let mut fill = ReadBuf::new(&mut this.buf);
             let polled = Pin::new(&mut this.inner).poll_read(cx, &mut fill);
             let n = fill.filled().len();
-            this.buf.truncate(n);
             ready!(polled)?;
+            (this.pos, this.end) = (0, n);
             if n == 0 {
                 return Poll::Ready(Ok(()));
             }
         }
-        let n = out.remaining().min(this.buf.len() - this.pos);
+        let n = out.remaining().min(this.end - this.pos);
         out.put_slice(&this.buf[this.pos..this.pos + n]);
         this.pos += n;
         Poll::Ready(Ok(()))

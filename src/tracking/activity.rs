@@ -291,6 +291,19 @@ impl ActivityLog {
                 if s.hot.contains_range(extents.clone()) {
                     return Ok(());
                 }
+                // The usual write after a cut: extents the ended epoch recorded and this
+                // one has not. They need only a note in `touched`, as below, but without
+                // new bitmaps made under the lock on every such write.
+                if s.carried.contains_range(extents.clone())
+                    && s.hot.range_cardinality(extents.clone()) == 0
+                {
+                    let epoch = s.epoch;
+                    let touched = s.touched.entry(epoch).or_default();
+                    if !touched.contains_range(extents.clone()) {
+                        touched.insert_range(extents);
+                    }
+                    return Ok(());
+                }
                 let mut missing = RoaringBitmap::new();
                 missing.insert_range(extents.clone());
                 missing -= &s.hot;
