@@ -714,6 +714,32 @@ fn a_transfer_cut_off_midway_resumes_the_same_cut() {
 }
 
 #[test]
+fn a_request_queued_behind_a_failed_cycle_runs_after_its_retry() {
+    let (p, s, proxy) = pair_throttled(4 << 20);
+    p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);
+    p.ctl_ok(&["lun", "map", DEMO_IQN, "1", "v"]);
+    let url = p.url(DEMO_IQN, 1);
+    qemu_io(&url, &["write -P 0x33 0 8m"]);
+    create_set_of_v(&p, &[]);
+    p.ctl_ok(&["replicate", "r"]);
+    wait_progress(&p, "r", 2 << 20);
+    // Written after the running cycle's cut, and a cycle requested for it.
+    qemu_io(&url, &["write -P 0x44 32m 1m"]);
+    p.ctl_ok(&["replicate", "r"]);
+    assert_eq!(show(&p, "r")["queued"], 1);
+    proxy.cut();
+    proxy.set_rate(0);
+    // The retry resumes the first cut; the queued request then gets a cycle of its
+    // own, which ships the later write.
+    let done = wait_converged(&p, "r", 2);
+    assert!(statuses(&p, "r").contains(&"error".to_string()), "{done}");
+    assert_eq!(done["queued"], 0, "{done}");
+    assert!(
+        std::fs::read(p.volume_file("v")).unwrap() == std::fs::read(s.volume_file("v")).unwrap()
+    );
+}
+
+#[test]
 fn suspend_resume_abort_and_watch() {
     let (p, s, proxy) = pair_throttled(2 << 20);
     p.ctl_ok(&["volume", "create", "v", "--size", "64M"]);

@@ -534,8 +534,14 @@ async fn run(host: Weak<dyn Host>, set: Arc<PrimarySet>) {
         let suspended = set.state.lock().suspended;
         let (queued, retry_at, restart) = {
             let mut live = set.live.lock();
-            let q = live.queued > 0 && !suspended;
-            live.queued = live.queued.saturating_sub(1);
+            // A request queued behind a running cycle asks for a cut after that one.
+            // If that cycle failed, its cut is still pending: the retry that resumes it
+            // keeps to its schedule and leaves the request queued for the cycle after.
+            let pending = set.pending.lock().is_some();
+            let q = live.queued > 0 && !suspended && !(pending && live.next_retry.is_some());
+            if q && !pending {
+                live.queued -= 1;
+            }
             (q, live.next_retry, live.restart)
         };
         // Due: a queued request or a pending restart at once; else a retry, the
