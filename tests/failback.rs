@@ -314,11 +314,13 @@ fn a_switchover_under_dependent_writes_reverses_the_set_at_its_final_cut_and_bac
     equal_sides(&p, &s);
 }
 
-/// Waits until `set` on `n` shows `status`; returns its view.
+/// Waits until `set` on `n` shows `status`; returns its view. The bound covers a
+/// primary whose link was dead for a while: its next attempt comes after the retry
+/// delay (at most 60 s, doubling from 2 s) and may itself wait 30 s for an answer.
 fn wait_status(n: &TestServer, set: &str, status: &str) -> serde_json::Value {
     wait_until(
         &format!("{set} to show {status}"),
-        Duration::from_secs(60),
+        Duration::from_secs(150),
         || {
             let v = show(n, set);
             if v["status"] == status {
