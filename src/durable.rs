@@ -28,6 +28,17 @@ pub trait Disk: Debug + Send + Sync {
     fn create(&self, path: &Path) -> io::Result<File>;
     /// Writes all of `buf` at `at` of `file` (which is `path`).
     fn write_at(&self, file: &File, path: &Path, buf: &[u8], at: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `at` of `file` past the page cache, through `direct`: the
+    /// same file opened with [`open_direct`]. `buf`'s address, `at` and the length are
+    /// multiples of [`DIRECT_ALIGN`]. Not durable before `sync`, like `write_at`.
+    fn write_direct(
+        &self,
+        direct: &File,
+        file: &File,
+        path: &Path,
+        buf: &[u8],
+        at: u64,
+    ) -> io::Result<()>;
     /// Makes what was written to `file` durable (fsync).
     fn sync(&self, file: &File, path: &Path) -> io::Result<()>;
     /// Sets the length of `file`.
@@ -62,6 +73,17 @@ impl Disk for OsDisk {
 
     fn write_at(&self, file: &File, _path: &Path, buf: &[u8], at: u64) -> io::Result<()> {
         file.write_all_at(buf, at)
+    }
+
+    fn write_direct(
+        &self,
+        direct: &File,
+        _file: &File,
+        _path: &Path,
+        buf: &[u8],
+        at: u64,
+    ) -> io::Result<()> {
+        direct.write_all_at(buf, at)
     }
 
     fn sync(&self, file: &File, _path: &Path) -> io::Result<()> {
@@ -100,6 +122,42 @@ impl Disk for OsDisk {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
+    }
+}
+
+/// What a write past the page cache aligns to: its buffer's address, offset and
+/// length. 4 KiB covers every logical block size Linux file systems use.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// Opens `path` for writing past the page cache (`O_DIRECT`); `None` where the file
+/// system does not take it (tmpfs), and buffered writes are the way.
+pub fn open_direct(path: &Path) -> io::Result<Option<File>> {
+    match OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A reusable buffer for writes past the page cache: [`AlignedBuf::fill`] copies data
+/// to an address aligned to [`DIRECT_ALIGN`] (a `Vec` promises no more than a byte).
+#[derive(Debug, Default)]
+pub struct AlignedBuf(Vec<u8>);
+
+impl AlignedBuf {
+    /// `data` copied into the buffer (grown as needed), at an aligned address.
+    pub fn fill(&mut self, data: &[u8]) -> &[u8] {
+        if self.0.len() < data.len() + DIRECT_ALIGN {
+            self.0 = vec![0; data.len() + DIRECT_ALIGN];
+        }
+        let start = self.0.as_ptr().align_offset(DIRECT_ALIGN);
+        let out = &mut self.0[start..start + data.len()];
+        out.copy_from_slice(data);
+        out
     }
 }
 

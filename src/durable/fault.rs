@@ -224,6 +224,25 @@ impl Disk for FaultDisk {
         file.write_all_at(buf, at)
     }
 
+    /// Records the write as `write_at` does (a crash tears it through `file`), then
+    /// writes through `direct`.
+    fn write_direct(
+        &self,
+        direct: &File,
+        file: &File,
+        path: &Path,
+        buf: &[u8],
+        at: u64,
+    ) -> io::Result<()> {
+        self.step().inspect_err(|e| {
+            if is_crash(e) {
+                let _ = file.write_all_at(&buf[..buf.len() / 2], at);
+            }
+        })?;
+        self.note_write(file, path, at, buf.len());
+        OsDisk.write_direct(direct, file, path, buf, at)
+    }
+
     fn sync(&self, file: &File, path: &Path) -> io::Result<()> {
         self.step()?;
         file.sync_all()?;
