@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use parking_lot::Mutex;
 use tokio::io::{AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -813,6 +814,8 @@ async fn receive_cut(
     )
     .await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<wire::Extent>(WRITE_QUEUE);
+    // The buffers of extents written, back to the reading side for the next ones.
+    let (spare_tx, mut spare_rx) = tokio::sync::mpsc::channel::<BytesMut>(WRITE_QUEUE);
     // The staging thread logs in the cut's span (peer connection, set, cut).
     let span = tracing::info_span!("cut", set, cut);
     let writer = tokio::task::spawn_blocking(move || {
@@ -830,11 +833,16 @@ async fn receive_cut(
             if let Err(err) = store.put(e.volume, e.offset, data, e.crc) {
                 failed = Some(err);
             }
+            if let Some(buf) = e.into_buffer() {
+                // A full return queue: this one is freed instead.
+                drop(spare_tx.try_send(buf));
+            }
         }
         (store, failed)
     });
     let ended = loop {
-        match wire::read_frame(r).await {
+        let buf = spare_rx.try_recv().unwrap_or_default();
+        match wire::read_frame_into(r, buf).await {
             // A writer that is gone (it panicked) shows when it is joined below.
             Ok(Frame::Extent(e)) => drop(tx.send(e).await),
             Ok(Frame::Control(Message::EndCut { cut: end, .. })) if end == cut => break Ok(true),

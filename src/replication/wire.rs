@@ -426,6 +426,15 @@ impl Extent {
     pub fn overhead() -> u64 {
         (4 + 1 + EXTENT_HEADER) as u64
     }
+
+    /// The memory the extent's data was read into, for [`read_frame_into`] to read a
+    /// later frame into; `None` for zeros, decompressed data, or data still shared.
+    pub fn into_buffer(self) -> Option<BytesMut> {
+        match self.kind {
+            ExtentKind::Data(d) => d.try_into_mut().ok(),
+            ExtentKind::Zero { .. } => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -562,11 +571,29 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Frame, WireEr
     read_frame_within(r, MAX_FRAME + 1).await
 }
 
+/// [`read_frame`] into the memory of `buf` (what it holds is dropped): a receiver
+/// that hands back the buffers of the extents it wrote ([`Extent::into_buffer`])
+/// reads a cut without allocating, and the kernel faulting in, a MiB per extent.
+pub async fn read_frame_into<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: BytesMut,
+) -> Result<Frame, WireError> {
+    read_frame_in(r, MAX_FRAME + 1, buf).await
+}
+
 /// Reads one frame whose body is at most `limit` bytes (kind included), refusing a
 /// longer one before buffering it.
 pub async fn read_frame_within<R: AsyncRead + Unpin>(
     r: &mut R,
     limit: usize,
+) -> Result<Frame, WireError> {
+    read_frame_in(r, limit, BytesMut::new()).await
+}
+
+async fn read_frame_in<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+    mut body: BytesMut,
 ) -> Result<Frame, WireError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
@@ -580,7 +607,8 @@ pub async fn read_frame_within<R: AsyncRead + Unpin>(
     }
     // Read into spare capacity: zeroing a MiB first, for every extent, cost the
     // receiving side more CPU than checking its CRC.
-    let mut body = BytesMut::with_capacity(len);
+    body.clear();
+    body.reserve(len);
     while body.len() < len {
         let want = len - body.len();
         if r.read_buf(&mut (&mut body).limit(want)).await? == 0 {
@@ -824,6 +852,40 @@ mod tests {
         let len = (f.len() - 4) as u32;
         f[..4].copy_from_slice(&len.to_be_bytes());
         f
+    }
+
+    #[tokio::test]
+    async fn a_frame_is_read_into_the_memory_of_a_buffer_handed_back() {
+        let (a, b) = (
+            data_extent(Bytes::from(vec![1; MAX_EXTENT])),
+            data_extent(Bytes::from(vec![2; 4096])),
+        );
+        let mut buf = Vec::new();
+        for e in [&a, &b] {
+            write_extent(&mut buf, e).await.unwrap();
+        }
+        let mut r = &buf[..];
+        let Frame::Extent(got) = read_frame(&mut r).await.unwrap() else {
+            panic!("not an extent")
+        };
+        assert_eq!(got, a);
+        let spare = got.into_buffer().expect("the only handle on its data");
+        let memory = spare.as_ptr() as usize..spare.as_ptr() as usize + spare.capacity();
+        let Frame::Extent(got) = read_frame_into(&mut r, spare).await.unwrap() else {
+            panic!("not an extent")
+        };
+        assert_eq!(got, b);
+        let ExtentKind::Data(d) = &got.kind else {
+            panic!("not data")
+        };
+        assert!(
+            memory.contains(&(d.as_ptr() as usize)),
+            "read into new memory"
+        );
+        // A handle still shared gives nothing back.
+        let kept = got.clone();
+        assert!(got.into_buffer().is_none());
+        drop(kept);
     }
 
     #[tokio::test]
