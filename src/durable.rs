@@ -149,13 +149,18 @@ pub fn open_direct(path: &Path) -> io::Result<Option<File>> {
 pub struct AlignedBuf(Vec<u8>);
 
 impl AlignedBuf {
-    /// `data` copied into the buffer (grown as needed), at an aligned address.
-    pub fn fill(&mut self, data: &[u8]) -> &[u8] {
-        if self.0.len() < data.len() + DIRECT_ALIGN {
-            self.0 = vec![0; data.len() + DIRECT_ALIGN];
+    /// `len` bytes of the buffer (grown as needed) at an aligned address.
+    pub fn get(&mut self, len: usize) -> &mut [u8] {
+        if self.0.len() < len + DIRECT_ALIGN {
+            self.0 = vec![0; len + DIRECT_ALIGN];
         }
         let start = self.0.as_ptr().align_offset(DIRECT_ALIGN);
-        let out = &mut self.0[start..start + data.len()];
+        &mut self.0[start..start + len]
+    }
+
+    /// `data` copied into the buffer, at an aligned address.
+    pub fn fill(&mut self, data: &[u8]) -> &[u8] {
+        let out = self.get(data.len());
         out.copy_from_slice(data);
         out
     }

@@ -37,10 +37,11 @@
 //! so either way the volumes end at exactly the cut that commits.
 //!
 //! Its data extents aligned to 4 KiB go past the page cache (`O_DIRECT`, from one
-//! aligned buffer): written once and not read back soon, they would only push the
+//! aligned buffer), as do a committed cut's data when it is applied and an undo log's
+//! in a roll back: written once and not read back soon, they would only push the
 //! secondary's cache out and pay a copy into it, the larger part of its CPU for a
-//! first cut (and far more on a VM whose free memory the host reclaims). The
-//! checkpoints' fsyncs are the same either way.
+//! first cut (and far more on a VM whose free memory the host reclaims). The fsyncs
+//! are the same either way.
 //!
 //! # Files in the set's directory
 //!
@@ -1758,31 +1759,12 @@ impl ReceiverStore {
         Ok(at)
     }
 
-    /// Writes every record of a verified log to the volumes, in log order.
+    /// Writes every record of a verified log to the volumes, in log order: data in
+    /// chunks aligned to 4 KiB past the page cache where the volume takes it (as a
+    /// first cut's extents are).
     fn copy_records(&self, file: &File, path: &Path, scan: &Scan) -> Result<(), RecoveryError> {
-        self.copy_records_to(file, path, scan, None)
-    }
-
-    /// Writes the records of a log into the volumes, or with `only` into one file
-    /// standing for one volume (the others' records are skipped).
-    fn copy_records_to(
-        &self,
-        file: &File,
-        path: &Path,
-        scan: &Scan,
-        only: Option<(u32, &File, &Path)>,
-    ) -> Result<(), RecoveryError> {
-        let dest = |volume: u32| -> Option<(&File, &Path)> {
-            match only {
-                Some((v, f, p)) if v == volume => Some((f, p)),
-                Some(_) => None,
-                None => {
-                    let v = &self.volumes[volume as usize];
-                    Some((&v.file, &v.target.path))
-                }
-            }
-        };
-        let mut buf = Vec::new();
+        let aligned = |n: u64| n.is_multiple_of(durable::DIRECT_ALIGN as u64);
+        let mut buf = durable::AlignedBuf::default();
         for_each_record(file, path, scan, &self.sizes(), |record| match record {
             Record::Data {
                 volume,
@@ -1790,16 +1772,20 @@ impl ReceiverStore {
                 len,
                 data_at,
             } => {
-                let Some((to, to_path)) = dest(volume) else {
-                    return Ok(());
-                };
+                let v = &self.volumes[volume as usize];
                 let mut done = 0u64;
                 while done < len {
                     let n = (len - done).min(CHUNK as u64) as usize;
-                    buf.resize(n, 0);
-                    file.read_exact_at(&mut buf[..n], data_at + done)
+                    let chunk = buf.get(n);
+                    file.read_exact_at(chunk, data_at + done)
                         .map_err(io_err(path))?;
-                    self.disk.write_at(to, to_path, &buf[..n], offset + done)?;
+                    let at = offset + done;
+                    match &v.direct {
+                        Some(direct) if aligned(at) && aligned(n as u64) => self
+                            .disk
+                            .write_direct(direct, &v.file, &v.target.path, chunk, at)?,
+                        _ => self.disk.write_at(&v.file, &v.target.path, chunk, at)?,
+                    }
                     done += n as u64;
                 }
                 Ok(())
@@ -1808,10 +1794,10 @@ impl ReceiverStore {
                 volume,
                 offset,
                 len,
-            } => match dest(volume) {
-                Some((to, to_path)) => self.disk.zero(to, to_path, offset, len),
-                None => Ok(()),
-            },
+            } => {
+                let v = &self.volumes[volume as usize];
+                self.disk.zero(&v.file, &v.target.path, offset, len)
+            }
             // In the volume already.
             Record::Placed { .. } | Record::End { .. } => Ok(()),
         })

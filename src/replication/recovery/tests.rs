@@ -907,7 +907,7 @@ fn resident_pages(path: &Path, at: u64, len: usize) -> usize {
 }
 
 #[test]
-fn a_first_cuts_aligned_extents_are_written_past_the_page_cache() {
+fn aligned_data_reaches_the_volumes_past_the_page_cache() {
     let rig = Rig::on_disk(&[1 << 20]);
     let mut store = rig.open();
     let exts = vec![
@@ -929,8 +929,15 @@ fn a_first_cuts_aligned_extents_are_written_past_the_page_cache() {
         1,
         "the unaligned extent's page is cached (and the probe sees cached pages)"
     );
+    // A staged cut's data goes the same way when it is applied.
+    let next = Ext::data(0, 64 << 10, 64 << 10, 4);
+    store.begin(meta(1, 2)).expect("begin");
+    put(&mut store, &next).expect("put");
+    store.commit_and_apply(3).expect("commit");
+    assert_eq!(resident_pages(path, 64 << 10, 64 << 10), 0);
     let mut expected = rig.zeros();
     apply_model(&mut expected, &exts);
+    apply_model(&mut expected, std::slice::from_ref(&next));
     assert_eq!(rig.content(), expected);
 }
 
