@@ -201,6 +201,22 @@ fn a_stalled_link_holds_no_ctl_query_and_the_next_attempt_converges() {
     );
 }
 
+/// A secondary whose commit takes longer than the primary's 30 s answer timeout (a
+/// slow disk, here a 35 s wait before the commit) is not a dead peer: it says every
+/// few seconds that it is still committing, and the cycle commits in its first
+/// attempt, with no error on the way.
+#[test]
+fn a_commit_slower_than_the_answer_timeout_completes_in_its_first_attempt() {
+    let (p, s, _proxy) = stallable_pair(&[("TWINLUN_TEST_COMMIT_DELAY_MS", "35000")]);
+    let (cut, image) = first_cycle(&p, &s);
+    let v = show(&p, "r");
+    let c = &v["last_cycle"];
+    assert_eq!(c["attempts"], 1, "{v}");
+    assert!(c["seconds"].as_f64().unwrap() >= 35.0, "{v}");
+    assert_eq!(v["last_cut_id"], cut, "{v}");
+    assert!(image == std::fs::read(p.volume_file("v")).unwrap());
+}
+
 #[test]
 fn a_silent_primary_is_given_up_by_the_secondary() {
     // The secondary's bound on a cut in flight, made short for the test (60 s

@@ -128,6 +128,12 @@ const IDLE_READ_LIMIT: Duration = Duration::from_secs(300);
 #[cfg(feature = "fault-injection")]
 pub const CUT_READ_LIMIT_MS: &str = "TWINLUN_TEST_CUT_READ_LIMIT_MS";
 
+/// In a build with the `fault-injection` feature, the receiver waits this many
+/// milliseconds before it commits a cut, as a disk slower than the sender's answer
+/// timeout would make it. Other builds do not have it.
+#[cfg(feature = "fault-injection")]
+pub const COMMIT_DELAY_MS: &str = "TWINLUN_TEST_COMMIT_DELAY_MS";
+
 fn cut_read_limit() -> Duration {
     #[cfg(feature = "fault-injection")]
     if let Some(ms) = std::env::var(CUT_READ_LIMIT_MS)
@@ -816,6 +822,8 @@ async fn receive_cut(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<wire::Extent>(WRITE_QUEUE);
     // The buffers of extents written, back to the reading side for the next ones.
     let (spare_tx, mut spare_rx) = tokio::sync::mpsc::channel::<BytesMut>(WRITE_QUEUE);
+    // Whether the cut ended whole (and is to be committed), told once the extents end.
+    let (end_tx, end_rx) = oneshot::channel::<bool>();
     // The staging thread logs in the cut's span (peer connection, set, cut).
     let span = tracing::info_span!("cut", set, cut);
     let writer = tokio::task::spawn_blocking(move || {
@@ -838,34 +846,83 @@ async fn receive_cut(
                 drop(spare_tx.try_send(buf));
             }
         }
-        (store, failed)
+        // The commit runs here too, so the connection can say the secondary is alive
+        // while a slow disk takes its time.
+        let commit = end_rx.blocking_recv().unwrap_or(false) && failed.is_none();
+        #[cfg(feature = "fault-injection")]
+        if let Some(ms) = std::env::var(COMMIT_DELAY_MS)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|_| commit)
+        {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        let committed = commit.then(|| store.commit_and_apply(keep));
+        Written { failed, committed }
     });
     let ended = loop {
         let buf = spare_rx.try_recv().unwrap_or_default();
         match wire::read_frame_into(r, buf).await {
             // A writer that is gone (it panicked) shows when it is joined below.
             Ok(Frame::Extent(e)) => drop(tx.send(e).await),
-            Ok(Frame::Control(Message::EndCut { cut: end, .. })) if end == cut => break Ok(true),
-            Ok(Frame::Control(_)) => break Ok(false),
+            Ok(Frame::Control(Message::EndCut {
+                cut: end,
+                keepalive,
+                ..
+            })) if end == cut => break Ok(Some(keepalive)),
+            Ok(Frame::Control(_)) => break Ok(None),
             Err(e) => break Err(e),
         }
     };
-    // The writer ends once it has written every extent queued.
+    // The writer writes every extent queued, then commits if the cut ended whole (a
+    // writer gone, which the join below shows, takes no word).
+    let _ = end_tx.send(matches!(ended, Ok(Some(_))));
     drop(tx);
-    let written = writer.await;
-    if !ended? {
+    let keepalive = matches!(ended, Ok(Some(true)));
+    let written = wait_saying_committing(w, cut, keepalive, writer).await;
+    let Some(_) = ended? else {
         return send(w, &Refusal::Expected("extents or the cut's end").into()).await;
-    }
-    let (mut store, failed) = match written {
+    };
+    let written = match written? {
         Ok(x) => x,
         Err(e) => return send(w, &Refusal::Writer(e).into()).await,
     };
-    if let Some(why) = failed {
+    if let Some(why) = written.failed {
         return send(w, &stored(set, Refusal::Staging(why))).await;
     }
-    match tokio::task::block_in_place(|| store.commit_and_apply(keep)) {
-        Ok(()) => send(w, &Message::Committed { cut }).await,
-        Err(e) => send(w, &stored(set, Refusal::Store(e))).await,
+    match written.committed {
+        Some(Ok(())) => send(w, &Message::Committed { cut }).await,
+        Some(Err(e)) => send(w, &stored(set, Refusal::Store(e))).await,
+        None => send(w, &Refusal::Expected("extents or the cut's end").into()).await,
+    }
+}
+
+/// What the writer of a cut did: the extent it refused (nothing more was staged after
+/// it), and the commit's result when the cut ended whole and every extent was staged.
+struct Written {
+    failed: Option<RecoveryError>,
+    committed: Option<Result<(), RecoveryError>>,
+}
+
+/// Waits for the writer; with `keepalive`, tells the sender every
+/// [`wire::COMMIT_KEEPALIVE`] that cut `cut` is still being committed. A connection
+/// that fails meanwhile is the error (the writer finishes on its own, and the store
+/// is free once it has).
+async fn wait_saying_committing<T>(
+    w: &mut Writer,
+    cut: u64,
+    keepalive: bool,
+    writer: tokio::task::JoinHandle<T>,
+) -> Result<Result<T, tokio::task::JoinError>, WireError> {
+    let mut writer = writer;
+    let mut tick = tokio::time::interval(wire::COMMIT_KEEPALIVE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            done = &mut writer => return Ok(done),
+            _ = tick.tick(), if keepalive => send(w, &Message::Committing { cut }).await?,
+        }
     }
 }
 

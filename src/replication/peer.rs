@@ -246,10 +246,23 @@ impl PeerConn {
 
     /// Sends `m` and returns the answer, turning an `Error` answer into a refusal.
     pub async fn request(&mut self, m: &Message) -> Result<Message, ReplicationError> {
+        self.request_while(m, |_| false).await
+    }
+
+    /// [`PeerConn::request`], where answers for which `working` holds say the peer is
+    /// still at it: each one starts the answer timeout over.
+    pub async fn request_while(
+        &mut self,
+        m: &Message,
+        working: impl Fn(&Message) -> bool,
+    ) -> Result<Message, ReplicationError> {
         self.send(m).await?;
-        match self.recv().await? {
-            e @ Message::Error { .. } => Err(self.refusal(e)),
-            answer => Ok(answer),
+        loop {
+            match self.recv().await? {
+                e @ Message::Error { .. } => return Err(self.refusal(e)),
+                answer if working(&answer) => continue,
+                answer => return Ok(answer),
+            }
         }
     }
 

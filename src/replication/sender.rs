@@ -4,11 +4,12 @@
 //!
 //! A cycle: cut the volumes (dirty maps frozen into the cut, a snapshot keeps the
 //! frozen pages' content while writers go on), connect, `BeginCut`, the extents,
-//! `EndCut`, wait for `Committed`. Then the snapshot is dropped and the cut is the
-//! set's last. If anything fails, the frozen bits go back into the dirty maps, so the
-//! next cycle ships them again: nothing is ever dropped. The first cycle of a
-//! generation is full: all allocated extents of each volume file as data, holes as
-//! zero records.
+//! `EndCut`, wait for `Committed` (a secondary still writing says `Committing` every
+//! few seconds, so a slow disk is not taken for a dead peer). Then the snapshot is
+//! dropped and the cut is the set's last. If anything fails, the frozen bits go back
+//! into the dirty maps, so the next cycle ships them again: nothing is ever dropped.
+//! The first cycle of a generation is full: all allocated extents of each volume file
+//! as data, holes as zero records.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -1272,11 +1273,15 @@ async fn ship(
         report(done);
     }
     let end = conn
-        .request(&Message::EndCut {
-            set: set.name.clone(),
-            cut: cut.0,
-            extents: index,
-        })
+        .request_while(
+            &Message::EndCut {
+                set: set.name.clone(),
+                cut: cut.0,
+                extents: index,
+                keepalive: true,
+            },
+            |m| matches!(m, Message::Committing { cut: c } if *c == cut.0),
+        )
         .await;
     match end {
         Ok(Message::Committed { cut: c }) if c == cut.0 => {}

@@ -40,6 +40,10 @@ pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame body before authentication: the handshake messages are a few hundred
 /// bytes, so a stranger cannot make the listener buffer more.
 pub const PREAUTH_FRAME: usize = 4 << 10;
+/// How often a secondary says [`Message::Committing`] while it commits a cut: well
+/// inside the sender's answer timeout (30 s).
+pub const COMMIT_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Largest frame body: an extent of at most [`MAX_EXTENT`] bytes and its header, or a
 /// control message.
 pub const MAX_FRAME: usize = MAX_EXTENT + 64;
@@ -177,11 +181,14 @@ pub enum Message {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         volumes: Vec<String>,
     },
-    /// The cut is whole: commit and apply it.
+    /// The cut is whole: commit and apply it. `keepalive`: the sender takes
+    /// [`Message::Committing`] while it waits (absent from builds before it: false).
     EndCut {
         set: String,
         cut: u64,
         extents: u64,
+        #[serde(default)]
+        keepalive: bool,
     },
     /// `replication modify`: the secondary keeps this many recovery points from its
     /// next commit on. Answered `Ok`.
@@ -200,6 +207,12 @@ pub enum Message {
         bytes: u64,
     },
     Committed {
+        cut: u64,
+    },
+    /// The secondary is still writing and committing cut `cut` (every
+    /// [`COMMIT_KEEPALIVE`] after `EndCut`, to a sender that asked): a slow disk is
+    /// not a dead peer.
+    Committing {
         cut: u64,
     },
     Points {
@@ -786,7 +799,9 @@ mod tests {
                 set: "s".into(),
                 cut: 9,
                 extents: 2,
+                keepalive: true,
             }),
+            Frame::Control(Message::Committing { cut: 9 }),
         ];
         assert_eq!(round_trip(frames.clone()).await, frames);
     }
