@@ -1260,7 +1260,10 @@ if [[ "$RUN_REPLICATION" == 1 ]]; then
     echo "Capped shipping runs (--max-rate $REPL_CAP): cycles completed during each run: ${R_CAP_CYCLES% }; a cycle still shipping at the end: ${R_CAP_BUSY% }"
     echo "The same with the secondary at nice 19: cycles completed: ${R_FAR_CYCLES% }; still shipping at the end: ${R_FAR_BUSY% }"
     echo "Secondary and rsync copy equal to the primary after round 1: ${R_VERIFIED:-not checked}"
-    echo "Goals: initial twinlun / cp >= 0.5: $(goal "$(ratio_of "$R_INIT_RATIOS" 3)" 0.5); incremental rsync / twinlun >= 10: $(goal "$(ratio_of "$R_INCR_RATIOS" 3)" 10)"
+    echo "Goals (medians): initial twinlun / cp >= 0.6: $(goal "$(ratio_of "$R_INIT_RATIOS" 3)" 0.6);" \
+        "incremental rsync / twinlun >= 15: $(goal "$(ratio_of "$R_INCR_RATIOS" 3)" 15);" \
+        "shipping / idle >= 0.6: $(goal "$(ratio_of "${RATIOS_OF[$RCASE,ship/idle]}" 3)" 0.6);" \
+        "capped / idle >= 0.9: $(goal "$(ratio_of "${RATIOS_OF[$RCASE,capped/idle]}" 3)" 0.9)"
 fi
 
 echo
