@@ -129,6 +129,13 @@ impl Disk for OsDisk {
 /// length. 4 KiB covers every logical block size Linux file systems use.
 pub const DIRECT_ALIGN: usize = 4096;
 
+/// Whether a write of `len` bytes at `at` may go past the page cache (from an
+/// aligned buffer).
+pub fn direct_aligned(at: u64, len: u64) -> bool {
+    let a = DIRECT_ALIGN as u64;
+    at.is_multiple_of(a) && len.is_multiple_of(a)
+}
+
 /// Opens `path` for writing past the page cache (`O_DIRECT`); `None` where the file
 /// system does not take it (tmpfs), and buffered writes are the way.
 pub fn open_direct(path: &Path) -> io::Result<Option<File>> {

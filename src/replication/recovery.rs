@@ -724,8 +724,8 @@ struct Volume {
     target: VolumeTarget,
     file: File,
     /// The same file for writes past the page cache (`None` where the file system
-    /// does not take them): a first cut's extents, written once and not read back
-    /// soon, need not fill the secondary's memory, nor pay a copy into it.
+    /// does not take them): data written once and not read back soon (see the module
+    /// documentation) need not fill the secondary's memory, nor pay a copy into it.
     direct: Option<File>,
 }
 
@@ -1222,9 +1222,8 @@ impl ReceiverStore {
         };
         if staging.in_place {
             let v = &self.volumes[volume as usize];
-            let aligned = |n: u64| n.is_multiple_of(durable::DIRECT_ALIGN as u64);
             let result = match (data, &v.direct) {
-                (ExtentData::Data(bytes), Some(direct)) if aligned(offset) && aligned(len) => {
+                (ExtentData::Data(bytes), Some(direct)) if durable::direct_aligned(offset, len) => {
                     let buf = self.aligned.fill(bytes);
                     self.disk
                         .write_direct(direct, &v.file, &v.target.path, buf, offset)
@@ -1763,7 +1762,6 @@ impl ReceiverStore {
     /// chunks aligned to 4 KiB past the page cache where the volume takes it (as a
     /// first cut's extents are).
     fn copy_records(&self, file: &File, path: &Path, scan: &Scan) -> Result<(), RecoveryError> {
-        let aligned = |n: u64| n.is_multiple_of(durable::DIRECT_ALIGN as u64);
         let mut buf = durable::AlignedBuf::default();
         for_each_record(file, path, scan, &self.sizes(), |record| match record {
             Record::Data {
@@ -1781,7 +1779,7 @@ impl ReceiverStore {
                         .map_err(io_err(path))?;
                     let at = offset + done;
                     match &v.direct {
-                        Some(direct) if aligned(at) && aligned(n as u64) => self
+                        Some(direct) if durable::direct_aligned(at, n as u64) => self
                             .disk
                             .write_direct(direct, &v.file, &v.target.path, chunk, at)?,
                         _ => self.disk.write_at(&v.file, &v.target.path, chunk, at)?,
