@@ -205,6 +205,18 @@ impl FaultDisk {
     fn forget_writes(&self, path: &Path) {
         lock(&self.writes).retain(|u| u.path != path);
     }
+
+    /// The step of a write of `buf` at `at` of `file`: at an injected crash its first
+    /// half lands; otherwise what it overwrites is noted for a power cut to restore.
+    fn step_write(&self, file: &File, path: &Path, buf: &[u8], at: u64) -> io::Result<()> {
+        self.step().inspect_err(|e| {
+            if is_crash(e) {
+                let _ = file.write_all_at(&buf[..buf.len() / 2], at);
+            }
+        })?;
+        self.note_write(file, path, at, buf.len());
+        Ok(())
+    }
 }
 
 impl Disk for FaultDisk {
@@ -215,12 +227,7 @@ impl Disk for FaultDisk {
     }
 
     fn write_at(&self, file: &File, path: &Path, buf: &[u8], at: u64) -> io::Result<()> {
-        self.step().inspect_err(|e| {
-            if is_crash(e) {
-                let _ = file.write_all_at(&buf[..buf.len() / 2], at);
-            }
-        })?;
-        self.note_write(file, path, at, buf.len());
+        self.step_write(file, path, buf, at)?;
         file.write_all_at(buf, at)
     }
 
@@ -234,12 +241,7 @@ impl Disk for FaultDisk {
         buf: &[u8],
         at: u64,
     ) -> io::Result<()> {
-        self.step().inspect_err(|e| {
-            if is_crash(e) {
-                let _ = file.write_all_at(&buf[..buf.len() / 2], at);
-            }
-        })?;
-        self.note_write(file, path, at, buf.len());
+        self.step_write(file, path, buf, at)?;
         OsDisk.write_direct(direct, file, path, buf, at)
     }
 

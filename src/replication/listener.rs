@@ -912,9 +912,8 @@ async fn wait_saying_committing<T>(
     w: &mut Writer,
     cut: u64,
     keepalive: bool,
-    writer: tokio::task::JoinHandle<T>,
+    mut writer: tokio::task::JoinHandle<T>,
 ) -> Result<Result<T, tokio::task::JoinError>, WireError> {
-    let mut writer = writer;
     let mut tick = tokio::time::interval(wire::COMMIT_KEEPALIVE);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;

@@ -885,7 +885,7 @@ fn resident_pages(path: &Path, at: u64, len: usize) -> usize {
     use std::os::unix::io::AsRawFd;
     let file = File::open(path).expect("open volume");
     let mut pages = vec![0u8; len.div_ceil(4096)];
-    // SAFETY: a private read-only mapping of `len` bytes of an open file (offset and
+    // SAFETY: a shared read-only mapping of `len` bytes of an open file (offset and
     // length page-aligned), unmapped before it returns; mincore writes one byte per
     // page of it into `pages`, which has that many. Mapping reads no page in.
     let rc = unsafe {
