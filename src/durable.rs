@@ -136,10 +136,11 @@ pub fn direct_aligned(at: u64, len: u64) -> bool {
     at.is_multiple_of(a) && len.is_multiple_of(a)
 }
 
-/// Opens `path` for writing past the page cache (`O_DIRECT`); `None` where the file
-/// system does not take it (tmpfs), and buffered writes are the way.
+/// Opens `path` for reading and writing past the page cache (`O_DIRECT`); `None`
+/// where the file system does not take it (tmpfs before Linux 6.6), and buffered I/O is the way.
 pub fn open_direct(path: &Path) -> io::Result<Option<File>> {
     match OpenOptions::new()
+        .read(true)
         .write(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)
@@ -170,6 +171,194 @@ impl AlignedBuf {
         let out = self.get(data.len());
         out.copy_from_slice(data);
         out
+    }
+}
+
+/// The multiple of [`DIRECT_ALIGN`] at or below `n`.
+fn align_down(n: u64) -> u64 {
+    n - n % DIRECT_ALIGN as u64
+}
+
+/// Appends to a file from a position, through a [`Disk`]. Given the file's `O_DIRECT`
+/// handle ([`open_direct`]) it writes past the page cache: it gathers the bytes in an
+/// aligned buffer and writes whole blocks, and [`Appender::flush`] writes the last,
+/// partial one padded with zeros and then cuts the file back to what was appended
+/// (that block is written again, whole, when more follows). Without one it writes
+/// each piece as it comes. Either way nothing is durable before the file's `sync`,
+/// and what was appended since the last flush is in memory only.
+#[derive(Debug)]
+pub struct Appender {
+    direct: Option<File>,
+    buf: AlignedBuf,
+    /// Bytes in `buf`, which go at `base`.
+    fill: usize,
+    /// Where `buf` goes in the file: a multiple of [`DIRECT_ALIGN`] when direct.
+    base: u64,
+    /// Bytes were appended since the last flush.
+    unflushed: bool,
+}
+
+impl Appender {
+    /// What the buffer holds before it is written out (direct only).
+    const CAPACITY: usize = 1 << 20;
+
+    /// Appends to `file` at `at`. Going direct, the part of the block before `at` is
+    /// read back first: the appender writes whole blocks.
+    pub fn new(file: &File, direct: Option<File>, at: u64) -> io::Result<Self> {
+        let mut appender = Appender {
+            direct,
+            buf: AlignedBuf::default(),
+            fill: 0,
+            base: at,
+            unflushed: false,
+        };
+        if appender.direct.is_some() {
+            let base = align_down(at);
+            let head = (at - base) as usize;
+            let buf = appender.buf.get(Self::CAPACITY);
+            file.read_exact_at(&mut buf[..head], base)?;
+            appender.base = base;
+            appender.fill = head;
+        }
+        Ok(appender)
+    }
+
+    /// Where the next byte appended goes.
+    pub fn position(&self) -> u64 {
+        self.base + self.fill as u64
+    }
+
+    /// Appends `data` to `file` (which is `path`).
+    pub fn append(
+        &mut self,
+        disk: &dyn Disk,
+        file: &File,
+        path: &Path,
+        mut data: &[u8],
+    ) -> io::Result<()> {
+        let Some(direct) = &self.direct else {
+            disk.write_at(file, path, data, self.base)?;
+            self.base += data.len() as u64;
+            return Ok(());
+        };
+        self.unflushed |= !data.is_empty();
+        while !data.is_empty() {
+            let buf = self.buf.get(Self::CAPACITY);
+            let n = data.len().min(Self::CAPACITY - self.fill);
+            buf[self.fill..self.fill + n].copy_from_slice(&data[..n]);
+            self.fill += n;
+            data = &data[n..];
+            if self.fill == Self::CAPACITY {
+                disk.write_direct(direct, file, path, buf, self.base)?;
+                self.base += Self::CAPACITY as u64;
+                self.fill = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes out what was appended, so the file holds it (not yet durably) and is
+    /// as long as [`Appender::position`].
+    pub fn flush(&mut self, disk: &dyn Disk, file: &File, path: &Path) -> io::Result<()> {
+        let Some(direct) = &self.direct else {
+            return Ok(());
+        };
+        if !self.unflushed || self.fill == 0 {
+            self.unflushed = false;
+            return Ok(());
+        }
+        let whole = align_down(self.fill as u64) as usize;
+        let padded = if whole == self.fill {
+            whole
+        } else {
+            whole + DIRECT_ALIGN
+        };
+        let end = self.base + self.fill as u64;
+        let buf = self.buf.get(Self::CAPACITY);
+        buf[self.fill..padded].fill(0);
+        disk.write_direct(direct, file, path, &buf[..padded], self.base)?;
+        if padded != self.fill {
+            disk.set_len(file, path, end)?;
+        }
+        // The whole blocks are out for good; the partial one is written again later.
+        buf.copy_within(whole..self.fill, 0);
+        self.base += whole as u64;
+        self.fill -= whole;
+        self.unflushed = false;
+        Ok(())
+    }
+}
+
+/// Reads a file at any offset; given its `O_DIRECT` handle, past the page cache, in
+/// aligned blocks of up to a MiB kept for the reads that follow. For logs written
+/// past the page cache ([`Appender`]) and read back once: through the cache, each
+/// page read would be a new page of memory filled and soon dropped.
+#[derive(Debug)]
+pub struct BlockReader<'a> {
+    file: &'a File,
+    direct: Option<File>,
+    buf: AlignedBuf,
+    /// The bytes of the file at `start` that `buf` holds.
+    start: u64,
+    len: usize,
+}
+
+impl<'a> BlockReader<'a> {
+    /// The most one read from the file takes.
+    const WINDOW: usize = 1 << 20;
+
+    /// Reads `file`, which is `path`, past the page cache where its file system allows.
+    pub fn open(file: &'a File, path: &Path) -> io::Result<Self> {
+        Ok(BlockReader {
+            file,
+            direct: open_direct(path)?,
+            buf: AlignedBuf::default(),
+            start: 0,
+            len: 0,
+        })
+    }
+
+    /// Fills `out` from `at`; `UnexpectedEof` when the file ends first.
+    pub fn read_exact_at(&mut self, mut out: &mut [u8], mut at: u64) -> io::Result<()> {
+        let Some(direct) = &self.direct else {
+            return self.file.read_exact_at(out, at);
+        };
+        while !out.is_empty() {
+            let held = self.start..self.start + self.len as u64;
+            if !held.contains(&at) {
+                // The blocks covering as much of the rest as the window takes.
+                let start = align_down(at);
+                let want = (at - start + out.len() as u64)
+                    .next_multiple_of(DIRECT_ALIGN as u64)
+                    .min(Self::WINDOW as u64) as usize;
+                let buf = self.buf.get(want);
+                let mut got = 0;
+                while got < want {
+                    match direct.read_at(&mut buf[got..], start + got as u64) {
+                        Ok(n) => {
+                            got += n;
+                            // Short of a block: the end of the file.
+                            if n == 0 || !n.is_multiple_of(DIRECT_ALIGN) {
+                                break;
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                (self.start, self.len) = (start, got);
+                if at >= start + got as u64 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+            let from = (at - self.start) as usize;
+            let n = out.len().min(self.len - from);
+            let held = self.buf.get(self.len);
+            out[..n].copy_from_slice(&held[from..from + n]);
+            out = &mut out[n..];
+            at += n as u64;
+        }
+        Ok(())
     }
 }
 
@@ -277,6 +466,34 @@ where
     E: std::error::Error + 'static,
     F: FnOnce(&mut DiskWriter<'_>) -> Result<(), E>,
 {
+    replace_through(disk, path, false, fill)
+}
+
+/// [`replace_with_on`], writing past the page cache where the file system allows
+/// (an [`Appender`]): for large files written once and seldom read (a secondary's
+/// undo logs), which would only fill memory.
+pub fn replace_with_direct_on<E, F>(
+    disk: &dyn Disk,
+    path: &Path,
+    fill: F,
+) -> Result<(), ReplaceError<E>>
+where
+    E: std::error::Error + 'static,
+    F: FnOnce(&mut DiskWriter<'_>) -> Result<(), E>,
+{
+    replace_through(disk, path, true, fill)
+}
+
+fn replace_through<E, F>(
+    disk: &dyn Disk,
+    path: &Path,
+    direct: bool,
+    fill: F,
+) -> Result<(), ReplaceError<E>>
+where
+    E: std::error::Error + 'static,
+    F: FnOnce(&mut DiskWriter<'_>) -> Result<(), E>,
+{
     let tmp = tmp_path(path);
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -284,7 +501,15 @@ where
     };
     let result = (|| {
         let file = disk.create(&tmp).map_err(io_err(&tmp))?;
-        let mut w = DiskWriter::new(disk, &file, &tmp);
+        let appender = if direct {
+            match open_direct(&tmp).map_err(io_err(&tmp))? {
+                Some(d) => Some(Appender::new(&file, Some(d), 0).map_err(io_err(&tmp))?),
+                None => None,
+            }
+        } else {
+            None
+        };
+        let mut w = DiskWriter::new(disk, &file, &tmp, appender);
         fill(&mut w).map_err(ReplaceError::Fill)?;
         w.flush().map_err(io_err(&tmp))?;
         drop(w);
@@ -309,24 +534,31 @@ pub struct DiskWriter<'a> {
     /// Where the buffered bytes go.
     at: u64,
     buf: Vec<u8>,
+    /// Past the page cache: the appender buffers instead.
+    direct: Option<Appender>,
 }
 
 impl<'a> DiskWriter<'a> {
     const CAPACITY: usize = 256 << 10;
 
-    fn new(disk: &'a dyn Disk, file: &'a File, path: &'a Path) -> Self {
+    fn new(disk: &'a dyn Disk, file: &'a File, path: &'a Path, direct: Option<Appender>) -> Self {
         DiskWriter {
             disk,
             file,
             path,
             at: 0,
             buf: Vec::new(),
+            direct,
         }
     }
 }
 
 impl Write for DiskWriter<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if let Some(a) = &mut self.direct {
+            a.append(self.disk, self.file, self.path, data)?;
+            return Ok(data.len());
+        }
         if self.buf.len() + data.len() > Self::CAPACITY {
             self.flush()?;
         }
@@ -340,6 +572,9 @@ impl Write for DiskWriter<'_> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        if let Some(a) = &mut self.direct {
+            return a.flush(self.disk, self.file, self.path);
+        }
         if !self.buf.is_empty() {
             self.disk
                 .write_at(self.file, self.path, &self.buf, self.at)?;
@@ -391,6 +626,68 @@ mod tests {
         // An I/O failure names the file it was on.
         let e = replace(&dir.path().join("missing/state.json"), b"x").unwrap_err();
         assert!(e.to_string().contains("missing/state.json.tmp"), "{e}");
+    }
+
+    /// Bytes that tell one offset from another.
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3] ^ seed)
+            .collect()
+    }
+
+    #[test]
+    fn an_appender_past_the_page_cache_writes_exactly_what_was_appended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let file = OsDisk.create(&path).unwrap();
+        let direct = open_direct(&path)
+            .unwrap()
+            .expect("O_DIRECT on the test's disk");
+        let mut a = Appender::new(&file, Some(direct), 0).unwrap();
+        let mut want = Vec::new();
+        // Pieces of every size around a block and the buffer, flushed at odd places:
+        // whole blocks, a padded last block cut back, that block written again.
+        let sizes = [1, 31, 4096, 4095, 48, (1 << 20) + 7, 3, 8192, 2 << 20, 100];
+        for (i, n) in sizes.into_iter().enumerate() {
+            let piece = pattern(n, i as u8);
+            a.append(&OsDisk, &file, &path, &piece).unwrap();
+            want.extend_from_slice(&piece);
+            assert_eq!(a.position(), want.len() as u64);
+            if i % 3 == 1 {
+                a.flush(&OsDisk, &file, &path).unwrap();
+                assert_eq!(fs::read(&path).unwrap(), want, "after piece {i}");
+            }
+        }
+        a.flush(&OsDisk, &file, &path).unwrap();
+        a.flush(&OsDisk, &file, &path).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), want);
+        // Going on from an unaligned end of an existing file, as a resumed log does.
+        drop(a);
+        let direct = open_direct(&path).unwrap();
+        let mut a = Appender::new(&file, direct, want.len() as u64).unwrap();
+        let more = pattern(5000, 99);
+        a.append(&OsDisk, &file, &path, &more).unwrap();
+        a.flush(&OsDisk, &file, &path).unwrap();
+        want.extend_from_slice(&more);
+        assert_eq!(fs::read(&path).unwrap(), want);
+        // And a block reader gives the same bytes back at any offset, in any size.
+        let mut r = BlockReader::open(&file, &path).unwrap();
+        assert!(r.direct.is_some());
+        for (at, n) in [
+            (0, 48),
+            (47, 4100),
+            (4095, 2),
+            (1 << 20, (1 << 20) + 3),
+            (5, 1),
+        ] {
+            let mut out = vec![0; n];
+            r.read_exact_at(&mut out, at as u64).unwrap();
+            assert_eq!(out, want[at..at + n], "{n} bytes at {at}");
+        }
+        let end = want.len() as u64;
+        let mut out = vec![0; 10];
+        let e = r.read_exact_at(&mut out, end - 5).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

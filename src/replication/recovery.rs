@@ -43,6 +43,16 @@
 //! first cut (and far more on a VM whose free memory the host reclaims). The fsyncs
 //! are the same either way.
 //!
+//! The logs go past the page cache too, for the same reason: the staging log and the
+//! undo logs are written through a [`durable::Appender`] (whole blocks from an aligned
+//! buffer; at a flush, the partial last block padded and the file cut back to its
+//! length) and read through a [`durable::BlockReader`], and the old content an undo
+//! log saves is read from the volumes past the cache where it is aligned. Of an
+//! incremental cut's 1 GiB this took the secondary from 5–12 CPU seconds (most of it
+//! first touches of new cache pages) to about 2. The format is the same. A staging
+//! log holds what was put up to the last flush (a resume, a commit, or the store
+//! closing); what a kill loses past it is staged again, as a torn tail would be.
+//!
 //! # Files in the set's directory
 //!
 //! The directory belongs to the store: at open it removes `*.tmp` files and undo logs
@@ -95,7 +105,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::views::PointViews;
-use crate::durable::{self, Disk};
+use crate::durable::{self, Appender, BlockReader, Disk};
 
 /// Largest piece copied at once between a log and a volume.
 pub const CHUNK: usize = 1 << 20;
@@ -498,7 +508,7 @@ fn encode_record(seed: u32, tag: u8, a: u32, b: u64, c: u64, d: u32) -> [u8; REC
 /// are read (through `buf`) and checked against its crc. An in-place log holds placed
 /// records where another holds data and zero records.
 fn read_record(
-    file: &File,
+    file: &mut BlockReader<'_>,
     at: u64,
     seed: u32,
     sizes: &[u64],
@@ -619,10 +629,18 @@ fn scan_log(
         end: None,
         in_place,
     };
+    let mut reader = BlockReader::open(file, path).map_err(io_err(path))?;
     let mut buf = Vec::new();
-    while let Some((record, next)) =
-        read_record(file, scan.valid_len, seed, sizes, in_place, true, &mut buf)
-            .map_err(io_err(path))?
+    while let Some((record, next)) = read_record(
+        &mut reader,
+        scan.valid_len,
+        seed,
+        sizes,
+        in_place,
+        true,
+        &mut buf,
+    )
+    .map_err(io_err(path))?
     {
         match record {
             Record::Data {
@@ -662,7 +680,8 @@ fn scan_log(
     Ok(Some(scan))
 }
 
-/// Calls `each` for every record of a log a scan found valid, up to its end record.
+/// Calls `each` for every record of a log a scan found valid, up to its end record,
+/// with the reader of the log for a data record's bytes.
 fn for_each_record<F>(
     file: &File,
     path: &Path,
@@ -671,19 +690,27 @@ fn for_each_record<F>(
     mut each: F,
 ) -> Result<(), RecoveryError>
 where
-    F: FnMut(Record) -> Result<(), RecoveryError>,
+    F: FnMut(Record, &mut BlockReader<'_>) -> Result<(), RecoveryError>,
 {
+    let mut reader = BlockReader::open(file, path).map_err(io_err(path))?;
     let mut at = LOG_HEADER as u64;
     let mut buf = Vec::new();
     for _ in 0..scan.records {
-        let (record, next) =
-            read_record(file, at, scan.seed, sizes, scan.in_place, false, &mut buf)
-                .map_err(io_err(path))?
-                .ok_or(RecoveryError::Corrupt {
-                    path: path.to_owned(),
-                    what: "a record changed after it was verified",
-                })?;
-        each(record)?;
+        let (record, next) = read_record(
+            &mut reader,
+            at,
+            scan.seed,
+            sizes,
+            scan.in_place,
+            false,
+            &mut buf,
+        )
+        .map_err(io_err(path))?
+        .ok_or(RecoveryError::Corrupt {
+            path: path.to_owned(),
+            what: "a record changed after it was verified",
+        })?;
+        each(record, &mut reader)?;
         at = next;
     }
     Ok(())
@@ -732,10 +759,11 @@ struct Volume {
 #[derive(Debug)]
 struct Staging {
     file: File,
+    /// Appends the records, past the page cache where the file system allows; its
+    /// position is where the next record goes.
+    appender: Appender,
     meta: CutMeta,
     seed: u32,
-    /// Where the next record goes.
-    len: u64,
     extents: u64,
     bytes: u64,
     last_end: Option<(u32, u64)>,
@@ -764,7 +792,7 @@ impl Staging {
         Scan {
             meta: self.meta,
             seed: self.seed,
-            valid_len: self.len,
+            valid_len: self.appender.position(),
             records: self.extents,
             bytes: self.bytes,
             last_end: self.last_end,
@@ -808,6 +836,21 @@ pub struct ReceiverStore {
     aligned: durable::AlignedBuf,
 }
 
+impl Drop for ReceiverStore {
+    /// A cut part staged stays in the log for the next open to resume: what is still
+    /// in memory is written out (at best: what does not reach the file is sent again,
+    /// as after a kill). An in-place cut counts only its checkpoints anyway.
+    fn drop(&mut self) {
+        if self.needs_reload || self.retired {
+            return;
+        }
+        if let Some(s) = self.staging.as_mut().filter(|s| !s.in_place) {
+            let path = self.dir.join(STAGING_FILE);
+            let _ = s.appender.flush(&*self.disk.0, &s.file, &path);
+        }
+    }
+}
+
 /// One extent of an undo log: `len` bytes of `volume` at `offset`, found at `data_at`
 /// in the log (`None`: zeros).
 #[derive(Debug, Clone, Copy)]
@@ -842,7 +885,7 @@ fn log_extents(
     sizes: &[u64],
 ) -> Result<Vec<UndoExtent>, RecoveryError> {
     let mut out = Vec::new();
-    for_each_record(file, path, scan, sizes, |record| {
+    for_each_record(file, path, scan, sizes, |record, _| {
         match record {
             Record::Data {
                 volume,
@@ -1144,14 +1187,19 @@ impl ReceiverStore {
             && self.state.rolling_back_to.is_none();
         let flags = if in_place { FLAG_IN_PLACE } else { 0 };
         let file = self.disk.create(&path)?;
+        let direct = durable::open_direct(&path).map_err(io_err(&path))?;
+        let mut appender = Appender::new(&file, direct, 0).map_err(io_err(&path))?;
         let (header, seed) =
             encode_log_header(STAGING_MAGIC, &meta, self.volumes.len() as u32, flags);
-        self.disk.write_at(&file, &path, &header, 0)?;
+        (appender)
+            .append(&*self.disk.0, &file, &path, &header)
+            .and_then(|()| appender.flush(&*self.disk.0, &file, &path))
+            .map_err(io_err(&path))?;
         let staging = Staging {
             file,
+            appender,
             meta,
             seed,
-            len: LOG_HEADER as u64,
             extents: 0,
             bytes: 0,
             last_end: None,
@@ -1250,15 +1298,13 @@ impl ReceiverStore {
         }
         let path = self.dir.join(STAGING_FILE);
         let header = encode_record(staging.seed, tag, volume, offset, len, crc);
-        let mut result = self
-            .disk
-            .write_at(&staging.file, &path, &header, staging.len);
+        let disk = &*self.disk.0;
+        let mut result = staging.appender.append(disk, &staging.file, &path, &header);
         if let (Ok(()), ExtentData::Data(bytes)) = (&result, data) {
-            let at = staging.len + RECORD_HEADER as u64;
-            result = self.disk.write_at(&staging.file, &path, bytes, at);
+            result = staging.appender.append(disk, &staging.file, &path, bytes);
         }
+        let result = result.map_err(io_err(&path));
         if result.is_ok() {
-            staging.len += RECORD_HEADER as u64 + if tag == TAG_DATA { len } else { 0 };
             staging.extents += 1;
             staging.bytes += len;
             staging.last_end = Some((volume, offset + len));
@@ -1280,23 +1326,29 @@ impl ReceiverStore {
         self.note(result)
     }
 
-    /// In place: makes every extent written so far durable and counted. The volumes
-    /// are fsynced first, then their placed records appended to the log and the log
-    /// fsynced: a record is never durable before the data it stands for.
+    /// Puts every extent staged so far in the log file, for a resume or a restart
+    /// to find. In place, also durably: the volumes are fsynced first, then their
+    /// placed records appended to the log and the log fsynced: a record is never
+    /// durable before the data it stands for.
     fn checkpoint(&mut self) -> Result<(), RecoveryError> {
-        let pending = match &self.staging {
-            Some(s) if s.in_place && s.committed.is_none() && !s.pending.is_empty() => {
-                s.pending.len()
+        let path = self.dir.join(STAGING_FILE);
+        match &mut self.staging {
+            Some(s) if s.in_place && s.committed.is_none() && !s.pending.is_empty() => {}
+            Some(s) if !s.in_place && s.committed.is_none() => {
+                return (s.appender)
+                    .flush(&*self.disk.0, &s.file, &path)
+                    .map_err(io_err(&path));
             }
             _ => return Ok(()),
-        };
+        }
         self.sync_volumes()?;
-        let path = self.dir.join(STAGING_FILE);
         let staging = self.staging.as_mut().ok_or(RecoveryError::NotStaging)?;
-        self.disk
-            .write_at(&staging.file, &path, &staging.pending, staging.len)?;
+        let disk = &*self.disk.0;
+        (staging.appender)
+            .append(disk, &staging.file, &path, &staging.pending)
+            .and_then(|()| staging.appender.flush(disk, &staging.file, &path))
+            .map_err(io_err(&path))?;
         self.disk.sync(&staging.file, &path)?;
-        staging.len += pending as u64;
         staging.pending.clear();
         staging.unsynced = 0;
         Ok(())
@@ -1311,6 +1363,10 @@ impl ReceiverStore {
         };
         // The records first, then the end record: an end record is never durable
         // before what it closes.
+        let disk = &*self.disk.0;
+        (staging.appender)
+            .flush(disk, &staging.file, &path)
+            .map_err(io_err(&path))?;
         self.disk.sync(&staging.file, &path)?;
         let end = encode_record(
             staging.seed,
@@ -1320,10 +1376,11 @@ impl ReceiverStore {
             staging.bytes,
             0,
         );
-        self.disk
-            .write_at(&staging.file, &path, &end, staging.len)?;
+        (staging.appender)
+            .append(disk, &staging.file, &path, &end)
+            .and_then(|()| staging.appender.flush(disk, &staging.file, &path))
+            .map_err(io_err(&path))?;
         self.disk.sync(&staging.file, &path)?;
-        staging.len += RECORD_HEADER as u64;
         staging.committed = Some(keep);
         Ok(())
     }
@@ -1567,11 +1624,13 @@ impl ReceiverStore {
                 self.disk.set_len(&file, &path, scan.valid_len)?;
             }
         }
+        let direct = durable::open_direct(&path).map_err(io_err(&path))?;
+        let appender = Appender::new(&file, direct, scan.valid_len).map_err(io_err(&path))?;
         self.staging = Some(Staging {
             file,
+            appender,
             meta: scan.meta,
             seed: scan.seed,
-            len: scan.valid_len,
             extents: scan.records,
             bytes: scan.bytes,
             last_end: scan.last_end,
@@ -1693,8 +1752,8 @@ impl ReceiverStore {
         let tmp = durable::tmp_path(&path);
         let (header, seed) = encode_log_header(UNDO_MAGIC, prev, self.volumes.len() as u32, 0);
         let mut at = 0u64;
-        let mut buf = vec![0u8; CHUNK.min(staged.bytes.max(1) as usize)];
-        durable::replace_with_on(&*self.disk.0, &path, |w| {
+        let mut buf = durable::AlignedBuf::default();
+        durable::replace_with_direct_on(&*self.disk.0, &path, |w| {
             let mut put = |bytes: &[u8]| {
                 at += bytes.len() as u64;
                 w.write_all(bytes).map_err(io_err(&tmp))
@@ -1706,7 +1765,7 @@ impl ReceiverStore {
                 &staging_path,
                 staged,
                 &self.sizes(),
-                |record| {
+                |record, _| {
                     let (volume, offset, len) = match record {
                         Record::Data {
                             volume,
@@ -1726,8 +1785,14 @@ impl ReceiverStore {
                     let mut done = 0u64;
                     while done < len {
                         let n = (len - done).min(CHUNK as u64) as usize;
-                        let old = &mut buf[..n];
-                        read_volume(&v.file, &v.target.path, old, offset + done)?;
+                        let old = buf.get(n);
+                        // The volume's pages are not cached (written past the cache):
+                        // read past it too where the range allows.
+                        let from = match &v.direct {
+                            Some(d) if durable::direct_aligned(offset + done, n as u64) => d,
+                            _ => &v.file,
+                        };
+                        read_volume(from, &v.target.path, old, offset + done)?;
                         let zero = old.iter().all(|&b| b == 0);
                         let (tag, crc) = if zero {
                             (TAG_ZERO, 0)
@@ -1763,7 +1828,8 @@ impl ReceiverStore {
     /// first cut's extents are).
     fn copy_records(&self, file: &File, path: &Path, scan: &Scan) -> Result<(), RecoveryError> {
         let mut buf = durable::AlignedBuf::default();
-        for_each_record(file, path, scan, &self.sizes(), |record| match record {
+        let sizes = self.sizes();
+        for_each_record(file, path, scan, &sizes, |record, log| match record {
             Record::Data {
                 volume,
                 offset,
@@ -1775,7 +1841,7 @@ impl ReceiverStore {
                 while done < len {
                     let n = (len - done).min(CHUNK as u64) as usize;
                     let chunk = buf.get(n);
-                    file.read_exact_at(chunk, data_at + done)
+                    log.read_exact_at(chunk, data_at + done)
                         .map_err(io_err(path))?;
                     let at = offset + done;
                     match &v.direct {
