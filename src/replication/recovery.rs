@@ -36,12 +36,13 @@
 //! whole (a cut over an empty set is a full one: every page, holes as zero records),
 //! so either way the volumes end at exactly the cut that commits.
 //!
-//! Its data extents aligned to 4 KiB go past the page cache (`O_DIRECT`, from one
-//! aligned buffer), as do a committed cut's data when it is applied and an undo log's
-//! in a roll back: written once and not read back soon, they would only push the
-//! secondary's cache out and pay a copy into it, the larger part of its CPU for a
-//! first cut (and far more on a VM whose free memory the host reclaims). The fsyncs
-//! are the same either way.
+//! Its data extents aligned to 4 KiB and of at least [`durable::DIRECT_MIN`] go past
+//! the page cache (`O_DIRECT`, from one aligned buffer), as do a committed cut's data
+//! when it is applied and an undo log's in a roll back: written once and not read
+//! back soon, they would only push the secondary's cache out and pay a copy into it,
+//! the larger part of its CPU for a first cut (and far more on a VM whose free memory
+//! the host reclaims). Smaller extents go through the cache: one synchronous request
+//! each would cost more than the copy. The fsyncs are the same either way.
 //!
 //! The logs go past the page cache too, for the same reason: the staging log and the
 //! undo logs are written through a [`durable::Appender`] (whole blocks from an aligned
@@ -1271,7 +1272,7 @@ impl ReceiverStore {
         if staging.in_place {
             let v = &self.volumes[volume as usize];
             let result = match (data, &v.direct) {
-                (ExtentData::Data(bytes), Some(direct)) if durable::direct_aligned(offset, len) => {
+                (ExtentData::Data(bytes), Some(direct)) if durable::goes_direct(offset, len) => {
                     let buf = self.aligned.fill(bytes);
                     self.disk
                         .write_direct(direct, &v.file, &v.target.path, buf, offset)
@@ -1782,16 +1783,16 @@ impl ReceiverStore {
                         Record::Placed { .. } | Record::End { .. } => return Ok(()),
                     };
                     let v = &self.volumes[volume as usize];
+                    // A large extent's pages are not cached (written past the cache):
+                    // read past it too.
+                    let from = match &v.direct {
+                        Some(d) if durable::goes_direct(offset, len) => d,
+                        _ => &v.file,
+                    };
                     let mut done = 0u64;
                     while done < len {
                         let n = (len - done).min(CHUNK as u64) as usize;
                         let old = buf.get(n);
-                        // The volume's pages are not cached (written past the cache):
-                        // read past it too where the range allows.
-                        let from = match &v.direct {
-                            Some(d) if durable::direct_aligned(offset + done, n as u64) => d,
-                            _ => &v.file,
-                        };
                         read_volume(from, &v.target.path, old, offset + done)?;
                         let zero = old.iter().all(|&b| b == 0);
                         let (tag, crc) = if zero {
@@ -1823,8 +1824,8 @@ impl ReceiverStore {
         Ok(at)
     }
 
-    /// Writes every record of a verified log to the volumes, in log order: data in
-    /// chunks aligned to 4 KiB past the page cache where the volume takes it (as a
+    /// Writes every record of a verified log to the volumes, in log order: the data
+    /// of large aligned extents past the page cache where the volume takes it (as a
     /// first cut's extents are).
     fn copy_records(&self, file: &File, path: &Path, scan: &Scan) -> Result<(), RecoveryError> {
         let mut buf = durable::AlignedBuf::default();
@@ -1837,6 +1838,10 @@ impl ReceiverStore {
                 data_at,
             } => {
                 let v = &self.volumes[volume as usize];
+                let direct = v
+                    .direct
+                    .as_ref()
+                    .filter(|_| durable::goes_direct(offset, len));
                 let mut done = 0u64;
                 while done < len {
                     let n = (len - done).min(CHUNK as u64) as usize;
@@ -1844,11 +1849,12 @@ impl ReceiverStore {
                     log.read_exact_at(chunk, data_at + done)
                         .map_err(io_err(path))?;
                     let at = offset + done;
-                    match &v.direct {
-                        Some(direct) if durable::direct_aligned(at, n as u64) => self
-                            .disk
-                            .write_direct(direct, &v.file, &v.target.path, chunk, at)?,
-                        _ => self.disk.write_at(&v.file, &v.target.path, chunk, at)?,
+                    match direct {
+                        Some(direct) => {
+                            self.disk
+                                .write_direct(direct, &v.file, &v.target.path, chunk, at)?
+                        }
+                        None => self.disk.write_at(&v.file, &v.target.path, chunk, at)?,
                     }
                     done += n as u64;
                 }
