@@ -144,7 +144,8 @@ pub fn goes_direct(at: u64, len: u64) -> bool {
 }
 
 /// Opens `path` for reading and writing past the page cache (`O_DIRECT`); `None`
-/// where the file system does not take it (tmpfs before Linux 6.6), and buffered I/O is the way.
+/// where the file system does not take it (tmpfs before Linux 6.6), and buffered I/O
+/// is the way.
 pub fn open_direct(path: &Path) -> io::Result<Option<File>> {
     match OpenOptions::new()
         .read(true)

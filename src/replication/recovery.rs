@@ -48,7 +48,7 @@
 //! undo logs are written through a [`durable::Appender`] (whole blocks from an aligned
 //! buffer; at a flush, the partial last block padded and the file cut back to its
 //! length) and read through a [`durable::BlockReader`], and the old content an undo
-//! log saves is read from the volumes past the cache where it is aligned. Of an
+//! log saves is read from the volumes past the cache for the same extents. Of an
 //! incremental cut's 1 GiB this took the secondary from 5–12 CPU seconds (most of it
 //! first touches of new cache pages) to about 2. The format is the same. A staging
 //! log holds what was put up to the last flush (a resume, a commit, or the store
@@ -1192,7 +1192,7 @@ impl ReceiverStore {
         let mut appender = Appender::new(&file, direct, 0).map_err(io_err(&path))?;
         let (header, seed) =
             encode_log_header(STAGING_MAGIC, &meta, self.volumes.len() as u32, flags);
-        (appender)
+        appender
             .append(&*self.disk.0, &file, &path, &header)
             .and_then(|()| appender.flush(&*self.disk.0, &file, &path))
             .map_err(io_err(&path))?;
@@ -1336,7 +1336,8 @@ impl ReceiverStore {
         match &mut self.staging {
             Some(s) if s.in_place && s.committed.is_none() && !s.pending.is_empty() => {}
             Some(s) if !s.in_place && s.committed.is_none() => {
-                return (s.appender)
+                return s
+                    .appender
                     .flush(&*self.disk.0, &s.file, &path)
                     .map_err(io_err(&path));
             }
@@ -1345,7 +1346,8 @@ impl ReceiverStore {
         self.sync_volumes()?;
         let staging = self.staging.as_mut().ok_or(RecoveryError::NotStaging)?;
         let disk = &*self.disk.0;
-        (staging.appender)
+        staging
+            .appender
             .append(disk, &staging.file, &path, &staging.pending)
             .and_then(|()| staging.appender.flush(disk, &staging.file, &path))
             .map_err(io_err(&path))?;
@@ -1365,7 +1367,8 @@ impl ReceiverStore {
         // The records first, then the end record: an end record is never durable
         // before what it closes.
         let disk = &*self.disk.0;
-        (staging.appender)
+        staging
+            .appender
             .flush(disk, &staging.file, &path)
             .map_err(io_err(&path))?;
         self.disk.sync(&staging.file, &path)?;
@@ -1377,7 +1380,8 @@ impl ReceiverStore {
             staging.bytes,
             0,
         );
-        (staging.appender)
+        staging
+            .appender
             .append(disk, &staging.file, &path, &end)
             .and_then(|()| staging.appender.flush(disk, &staging.file, &path))
             .map_err(io_err(&path))?;
