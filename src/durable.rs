@@ -182,6 +182,21 @@ impl AlignedBuf {
     }
 }
 
+/// Reads into `buf` from `at` of `file` until `buf` is full or the file ends; returns
+/// how many bytes it read (what lies past the end is left as it was).
+pub fn read_up_to(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], at + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 /// The multiple of [`DIRECT_ALIGN`] at or below `n`.
 fn align_down(n: u64) -> u64 {
     n - n % DIRECT_ALIGN as u64
@@ -349,21 +364,7 @@ impl<'a> BlockReader<'a> {
                 let want = (at - start + out.len() as u64)
                     .next_multiple_of(DIRECT_ALIGN as u64)
                     .clamp(least, Self::WINDOW as u64) as usize;
-                let buf = self.buf.get(want);
-                let mut got = 0;
-                while got < want {
-                    match direct.read_at(&mut buf[got..], start + got as u64) {
-                        Ok(n) => {
-                            got += n;
-                            // Short of a block: the end of the file.
-                            if n == 0 || !n.is_multiple_of(DIRECT_ALIGN) {
-                                break;
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
+                let got = read_up_to(direct, self.buf.get(want), start)?;
                 (self.start, self.len) = (start, got);
                 if at >= start + got as u64 {
                     return Err(io::ErrorKind::UnexpectedEof.into());

@@ -877,18 +877,9 @@ impl PointBase {
 
 impl crate::volume::BaseImage for PointBase {
     fn read(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
         let open = self.resolve()?;
         let (file, view) = &*open;
-        let mut done = 0;
-        while done < buf.len() {
-            match file.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let done = crate::durable::read_up_to(file, buf, offset)?;
         buf[done..].fill(0);
         view.overlay(offset, buf)
             .map_err(|e| std::io::Error::other(e.to_string()))

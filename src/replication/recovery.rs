@@ -732,15 +732,7 @@ fn start_writeback(file: &File, at: u64, len: u64) {
 
 /// Reads `buf.len()` bytes at `at` of a volume; what lies past its end reads as zeros.
 fn read_volume(file: &File, path: &Path, buf: &mut [u8], at: u64) -> Result<(), RecoveryError> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], at + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(io_err(path)(e)),
-        }
-    }
+    let done = durable::read_up_to(file, buf, at).map_err(io_err(path))?;
     buf[done..].fill(0);
     Ok(())
 }

@@ -409,21 +409,12 @@ impl Volume {
     /// The current content at `offset` into `buf`, zeros past the end of the file: the
     /// old content a snapshot keeps before a write replaces it.
     fn read_page_blocking(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        use std::os::unix::fs::FileExt;
         // A clone's old content is partly its base's.
         let holes = match &self.base {
             Some(b) => b.unwritten(offset, buf.len() as u64),
             None => Vec::new(),
         };
-        let mut done = 0;
-        while done < buf.len() {
-            match self.file.read_at(&mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let done = crate::durable::read_up_to(&self.file, buf, offset)?;
         buf[done..].fill(0);
         if let Some(b) = &self.base {
             b.fill(offset, buf, &holes)?;

@@ -102,15 +102,7 @@ fn write_dsync(file: &File, mut data: &[u8], mut offset: u64) -> io::Result<()> 
 /// Reads `len` bytes at `offset`; whatever lies past the end of the file reads as zeros.
 fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
-    let mut done = 0;
-    while done < len {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            // End of file: the rest is already zero.
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    // End of file: the rest is already zero.
+    crate::durable::read_up_to(file, &mut buf, offset)?;
     Ok(buf)
 }
