@@ -786,8 +786,8 @@ impl crate::replication::Host for Node {
         )
         .map_err(|e| Box::new(e) as ChangeRefused)
     }
-    fn foreground_ops(&self) -> u64 {
-        self.metrics.foreground_ops()
+    fn foreground_io_nanos(&self) -> u64 {
+        self.metrics.foreground_io_nanos()
     }
     fn modify_secondary(&self, set: &str, keep: u32) -> Result<(), ChangeRefused> {
         crate::admin::replication::modify_secondary(self, set, keep)

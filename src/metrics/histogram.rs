@@ -41,7 +41,7 @@ impl Histogram {
     }
 
     pub fn observe(&self, d: Duration) {
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let ns = super::nanos(d);
         let i = self.bounds_ns.partition_point(|&b| b < ns);
         self.counts[i].fetch_add(1, Ordering::Relaxed);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);

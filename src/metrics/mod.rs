@@ -16,6 +16,7 @@ pub mod text;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
@@ -48,9 +49,10 @@ pub struct VolumeIo {
     /// Bytes the sparse file allocates, as last stat'ed in the background (a scrape
     /// never stats 1,000 files).
     pub allocated_bytes: AtomicU64,
-    /// The node's count of initiator I/Os, shared by all its volumes (see
-    /// [`Registry::foreground_ops`]).
-    node_ops: Arc<AtomicU64>,
+    /// The node's initiator I/Os' time in the target (from their command's arrival to
+    /// completion), summed in nanoseconds, shared by all its volumes (see
+    /// [`Registry::foreground_io_nanos`]).
+    node_io_nanos: Arc<AtomicU64>,
 }
 
 impl Default for VolumeIo {
@@ -65,16 +67,18 @@ impl Default for VolumeIo {
             read_latency: Histogram::new(IO_LATENCY_BUCKETS),
             write_latency: Histogram::new(IO_LATENCY_BUCKETS),
             allocated_bytes: AtomicU64::new(0),
-            node_ops: Arc::default(),
+            node_io_nanos: Arc::default(),
         }
     }
 }
 
 impl VolumeIo {
-    /// One completed read of `bytes` that took `took`.
-    pub fn read_done(&self, bytes: u64, took: std::time::Duration) {
+    /// One completed read of `bytes` whose volume I/O took `took`, `in_target` after
+    /// its command arrived.
+    pub fn read_done(&self, bytes: u64, took: Duration, in_target: Duration) {
         self.read_ops.fetch_add(1, Ordering::Relaxed);
-        self.node_ops.fetch_add(1, Ordering::Relaxed);
+        self.node_io_nanos
+            .fetch_add(nanos(in_target), Ordering::Relaxed);
         self.read_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.read_latency.observe(took);
     }
@@ -85,13 +89,19 @@ impl VolumeIo {
         self.unmap_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// One completed write of `bytes` that took `took`.
-    pub fn write_done(&self, bytes: u64, took: std::time::Duration) {
+    /// One completed write of `bytes` whose volume I/O took `took`, `in_target` after
+    /// its command arrived.
+    pub fn write_done(&self, bytes: u64, took: Duration, in_target: Duration) {
         self.write_ops.fetch_add(1, Ordering::Relaxed);
-        self.node_ops.fetch_add(1, Ordering::Relaxed);
+        self.node_io_nanos
+            .fetch_add(nanos(in_target), Ordering::Relaxed);
         self.write_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.write_latency.observe(took);
     }
+}
+
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// What one primary replication set shipped, counted when a cycle commits or fails.
@@ -186,9 +196,11 @@ pub struct Registry {
     volumes: RwLock<BTreeMap<String, Arc<VolumeIo>>>,
     sets: RwLock<BTreeMap<String, Arc<SetCounters>>>,
     pub node: Arc<NodeCounters>,
-    /// Initiator reads and writes on every volume: replication cycles watch it to give
-    /// way to the initiators (one atomic, not a sum over 1,000 volumes).
-    foreground_ops: Arc<AtomicU64>,
+    /// The time initiator reads and writes on every volume spent in the target, from
+    /// their command's arrival to completion, summed (ns):
+    /// replication cycles watch it to give way to the initiators (one atomic, not a sum
+    /// over 1,000 volumes).
+    foreground_io_nanos: Arc<AtomicU64>,
 }
 
 impl Registry {
@@ -207,16 +219,18 @@ impl Registry {
             .entry(name.to_string())
             .or_insert_with(|| {
                 Arc::new(VolumeIo {
-                    node_ops: self.foreground_ops.clone(),
+                    node_io_nanos: self.foreground_io_nanos.clone(),
                     ..VolumeIo::default()
                 })
             })
             .clone()
     }
 
-    /// Reads and writes initiators completed on all volumes so far (it only grows).
-    pub fn foreground_ops(&self) -> u64 {
-        self.foreground_ops.load(Ordering::Relaxed)
+    /// The time the reads and writes initiators completed on all volumes so far spent
+    /// in the target, from their command's arrival, summed, in nanoseconds (it only
+    /// grows). Its growth over a span of time is the mean number of them in flight then.
+    pub fn foreground_io_nanos(&self) -> u64 {
+        self.foreground_io_nanos.load(Ordering::Relaxed)
     }
 
     /// Volume `name` was deleted: its series go away.
@@ -253,5 +267,26 @@ impl Registry {
     /// The counters of set `name`, if it has any.
     pub fn set_if_any(&self, name: &str) -> Option<Arc<SetCounters>> {
         self.sets.read().get(name).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_foreground_load_sums_every_volumes_time_in_the_target_not_its_io_time() {
+        let registry = Registry::new();
+        let (a, b) = (registry.volume("a"), registry.volume("b"));
+        let us = Duration::from_micros;
+        a.write_done(4096, us(20), us(700));
+        b.read_done(8192, us(30), us(300));
+        a.unmap_done(1 << 20);
+        assert_eq!(registry.foreground_io_nanos(), 1_000_000);
+        // A volume reopened under its name adds to the same count.
+        registry.volume("a").read_done(512, us(1), us(5));
+        assert_eq!(registry.foreground_io_nanos(), 1_005_000);
+        assert_eq!(a.write_ops.load(Ordering::Relaxed), 1);
+        assert_eq!(a.read_ops.load(Ordering::Relaxed), 1);
     }
 }

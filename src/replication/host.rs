@@ -80,10 +80,11 @@ pub trait Host: Send + Sync + 'static {
         req: &MembersRequest,
         reset: &mut dyn FnMut() -> Result<(), ReplicationError>,
     ) -> Result<(), ChangeRefused>;
-    /// Reads and writes initiators have completed on this node's volumes so far: a
-    /// cycle gives way to them while it grows. A host that does not count (a test's)
-    /// keeps it at 0, and its cycles never give way.
-    fn foreground_ops(&self) -> u64 {
+    /// The latencies of the reads and writes initiators have completed on this node's
+    /// volumes so far, summed, in nanoseconds: a cycle gives way to them as it grows.
+    /// A host that does not count (a test's) keeps it at 0, and its cycles never give
+    /// way.
+    fn foreground_io_nanos(&self) -> u64 {
         0
     }
     /// The primary changed how many recovery points the secondary keeps (saved in the

@@ -1182,7 +1182,7 @@ async fn ship(
     // The chunk read before the current one (and its length): sent while the current
     // one compresses, so compressing overlaps sending. Frames still go out in order.
     let mut ahead: Option<(Batch, u64)> = None;
-    let mut pacer = Pacer::new(node.foreground_ops(), Instant::now());
+    let mut pacer = Pacer::new(node.foreground_io_nanos(), Instant::now());
     for run in &p.plan {
         let v = &volumes[run.volume as usize];
         let t = &tracked[run.volume as usize];
@@ -1259,7 +1259,7 @@ async fn ship(
                 send_batch(set, conn, &mut stats, previous).await?;
                 done += previous_len;
                 report(done);
-                let pause = pacer.after_chunk(node.foreground_ops(), Instant::now());
+                let pause = pacer.after_chunk(node.foreground_io_nanos(), Instant::now());
                 if !pause.is_zero() {
                     tokio::time::sleep(pause).await;
                 }

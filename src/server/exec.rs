@@ -33,6 +33,9 @@ pub struct Reply {
     pub slot: Option<CmdSlot>,
     /// Released with the final PDU: the task's tag, the bytes its data holds.
     pub hold: Hold,
+    /// When the command arrived: the time a read or write spends in the target is how
+    /// replication cycles measure the initiators' load (`replication/pace.rs`).
+    pub arrived: std::time::Instant,
 }
 
 /// Bytes of read data a session may hold for Data-In at once: a read waits for its
@@ -278,9 +281,11 @@ pub async fn read(
     let started = std::time::Instant::now();
     match read_lun(&lun, lba * bs, len as usize).await {
         Ok(data) => {
-            lun.volume
-                .io_metrics()
-                .read_done(data.len() as u64, started.elapsed());
+            lun.volume.io_metrics().read_done(
+                data.len() as u64,
+                started.elapsed(),
+                reply.arrived.elapsed(),
+            );
             reply.data_in(data, wanted).await
         }
         Err(e) => {
@@ -309,7 +314,9 @@ pub async fn write(
     let len = data.len() as u64;
     match lun.volume.write(lba * bs, data, fua).await {
         Ok(()) => {
-            lun.volume.io_metrics().write_done(len, started.elapsed());
+            lun.volume
+                .io_metrics()
+                .write_done(len, started.elapsed(), reply.arrived.elapsed());
             reply.status(Status::Good, None, r2ts, wanted).await
         }
         Err(e) => {
@@ -439,7 +446,9 @@ pub async fn write_same(
         let started = std::time::Instant::now();
         let r = lun.volume.write_same(offset, len, pattern, fua).await;
         if r.is_ok() {
-            lun.volume.io_metrics().write_done(len, started.elapsed());
+            lun.volume
+                .io_metrics()
+                .write_done(len, started.elapsed(), reply.arrived.elapsed());
         }
         r
     };
@@ -543,7 +552,9 @@ pub async fn exclusive_write(
     match held.write(offset, new, fua).await {
         Ok(()) => {
             drop(held);
-            lun.volume.io_metrics().write_done(len, started.elapsed());
+            lun.volume
+                .io_metrics()
+                .write_done(len, started.elapsed(), reply.arrived.elapsed());
             reply.status(Status::Good, None, r2ts, wanted).await
         }
         Err(e) => {

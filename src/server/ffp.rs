@@ -591,6 +591,7 @@ impl<R: AsyncRead + Unpin> Ffp<R> {
             aborted,
             slot,
             hold: Hold::default(),
+            arrived: std::time::Instant::now(),
         }
     }
 

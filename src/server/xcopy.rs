@@ -157,7 +157,9 @@ async fn copy_step(
                 tracing::warn!(error = %Chain(&e), "extended copy read failed");
                 sense_for(&e, false)
             })?;
-        src.volume.io_metrics().read_done(n, started.elapsed());
+        // Its chunks count as they go: the command as a whole can take seconds.
+        let took = started.elapsed();
+        src.volume.io_metrics().read_done(n, took, took);
         let started = std::time::Instant::now();
         dst.volume
             .write(step.to + at, data, false)
@@ -166,7 +168,8 @@ async fn copy_step(
                 tracing::warn!(error = %Chain(&e), "extended copy write failed");
                 sense_for(&e, true)
             })?;
-        dst.volume.io_metrics().write_done(n, started.elapsed());
+        let took = started.elapsed();
+        dst.volume.io_metrics().write_done(n, took, took);
     }
     Ok(true)
 }
