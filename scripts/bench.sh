@@ -1261,6 +1261,12 @@ if [[ "$RUN_REPLICATION" == 1 ]]; then
     echo "Shipping runs: cycles completed during each run: ${R_SHIP_CYCLES% }; a cycle still shipping at the end: ${R_SHIP_BUSY% }"
     echo "Capped shipping runs (--max-rate $REPL_CAP): cycles completed during each run: ${R_CAP_CYCLES% }; a cycle still shipping at the end: ${R_CAP_BUSY% }"
     echo "The same with the secondary at nice 19: cycles completed: ${R_FAR_CYCLES% }; still shipping at the end: ${R_FAR_BUSY% }"
+    # A round whose idle run is far off the others' has ratios that say more about the
+    # neighbours than about twinlun: named here, not dropped from the medians.
+    idle_med=$(median_of "${RUNS_OF[$RCASE,idle]}")
+    off=$(awk -v x="${RUNS_OF[$RCASE,idle]% }" -v m="$idle_med" \
+        'BEGIN { n = split(x, v, " "); for (i = 1; i <= n; i++) if (v[i] < 0.7 * m || 0.7 * v[i] > m) printf "%s%d (%d IOPS)", (o++ ? ", " : ""), i, v[i] }')
+    echo "Rounds whose idle run is below 0.7 or above 1/0.7 of the median idle run ($(printf '%.0f' "$idle_med") IOPS; their ratios are noise): ${off:-none}"
     echo "Secondary and rsync copy equal to the primary after round 1: ${R_VERIFIED:-not checked}"
     echo "Goals (medians): initial twinlun / cp >= 0.6: $(goal "$(ratio_of "$R_INIT_RATIOS" 3)" 0.6);" \
         "incremental rsync / twinlun >= 15: $(goal "$(ratio_of "$R_INCR_RATIOS" 3)" 15);" \

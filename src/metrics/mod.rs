@@ -197,9 +197,8 @@ pub struct Registry {
     sets: RwLock<BTreeMap<String, Arc<SetCounters>>>,
     pub node: Arc<NodeCounters>,
     /// The time initiator reads and writes on every volume spent in the target, from
-    /// their command's arrival to completion, summed (ns):
-    /// replication cycles watch it to give way to the initiators (one atomic, not a sum
-    /// over 1,000 volumes).
+    /// their command's arrival to completion, summed (ns): replication cycles watch it
+    /// to give way to the initiators (one atomic, not a sum over 1,000 volumes).
     foreground_io_nanos: Arc<AtomicU64>,
 }
 

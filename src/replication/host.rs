@@ -80,10 +80,10 @@ pub trait Host: Send + Sync + 'static {
         req: &MembersRequest,
         reset: &mut dyn FnMut() -> Result<(), ReplicationError>,
     ) -> Result<(), ChangeRefused>;
-    /// The latencies of the reads and writes initiators have completed on this node's
-    /// volumes so far, summed, in nanoseconds: a cycle gives way to them as it grows.
-    /// A host that does not count (a test's) keeps it at 0, and its cycles never give
-    /// way.
+    /// The time the reads and writes initiators have completed on this node's volumes
+    /// so far spent in the target (command arrival to completion), summed, in
+    /// nanoseconds: a cycle gives way to them as it grows. A host that does not count
+    /// (a test's) keeps it at 0, and its cycles never give way.
     fn foreground_io_nanos(&self) -> u64 {
         0
     }
