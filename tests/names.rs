@@ -101,16 +101,20 @@ fn bad_names_are_refused_everywhere_and_change_nothing() {
     p.ctl_ok(&["volume", "create", "v", "--size", "1M"]);
     p.ctl_ok(&["group", "create", "g", "v"]);
     // The first authenticated contact pins each side's key in the other's catalog:
-    // made here, before the data dirs are compared.
+    // made here, before the data dirs are compared. Each side saves its pin in the
+    // background and shows it once saved, so the trees are read after both saves
+    // (a save's temporary file must not be caught mid-rename).
     p.ctl_ok(&["peer", "check", "dr"]);
-    wait_until(
-        "the secondary to pin the primary's key",
-        std::time::Duration::from_secs(10),
-        || match s.ctl_json(&["peer", "show", "prod"])["pinned_key"].is_string() {
-            true => Ok(()),
-            false => Err("not pinned".to_string()),
-        },
-    );
+    for (side, server, peer) in [("secondary", &s, "prod"), ("primary", &p, "dr")] {
+        wait_until(
+            &format!("the {side} to pin its peer's key"),
+            std::time::Duration::from_secs(10),
+            || match server.ctl_json(&["peer", "show", peer])["pinned_key"].is_string() {
+                true => Ok(()),
+                false => Err("not pinned".to_string()),
+            },
+        );
+    }
     let (p_before, s_before) = (tree(&p.data_dir), tree(&s.data_dir));
 
     for name in bad_names() {
