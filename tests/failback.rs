@@ -411,15 +411,27 @@ fn split_brain_resolved(keep_local: bool) {
     // Resolved from the old primary's side, keeping the promoted side's data or its own.
     let kept = format!("va.before-failback-{common_cut}");
     let keep = if keep_local { "local" } else { "peer" };
-    let out = p.ctl_ok(&["resolve", "rs", "--keep", keep]);
     let (winner, loser, won_image, lost_image) = if keep_local {
         (&p, &s, &p_image, &s_image)
     } else {
-        assert!(out.contains(&kept), "{out}");
         (&s, &p, &s_image, &p_image)
     };
-    let before = show(winner, "rs")["cycles"].as_u64().unwrap();
-    let v = wait_cycles(winner, "rs", before + 1);
+    // The winner's last cycle before the resolve: the resolve's own cycle can commit
+    // before `resolve` returns, so it is told apart by its cut, not counted after.
+    let last_before = show(winner, "rs")["last_cycle"]["cut_id"].clone();
+    let out = p.ctl_ok(&["resolve", "rs", "--keep", keep]);
+    if !keep_local {
+        assert!(out.contains(&kept), "{out}");
+    }
+    let v = wait_until("the resolve's cycle", Duration::from_secs(120), || {
+        let v = show(winner, "rs");
+        assert!(v["error"].is_null(), "cycle failed: {v}");
+        let cut = &v["last_cycle"]["cut_id"];
+        match cut.as_u64() {
+            Some(c) if *cut != last_before && c > common_cut && v["status"] == "ready" => Ok(v),
+            _ => Err(v.to_string()),
+        }
+    });
     let c = &v["last_cycle"];
     let covered = c["data_bytes"].as_u64().unwrap() + c["zero_bytes"].as_u64().unwrap();
     let union_bound = (p_pages + s_pages) * PAGE;
