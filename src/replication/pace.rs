@@ -8,9 +8,10 @@
 //! cycle competes.
 //!
 //! The load is the mean number of initiator I/Os in flight since the last chunk: the
-//! sum of their latencies over the time that passed (Little's law), from one node-wide
-//! counter the volumes add each completed read and write's latency to. A queue depth of
-//! one that never drains, or any deeper queue, is a load of 1 or more.
+//! time they spent in the target over the time that passed (Little's law), from one
+//! node-wide counter the volumes add each completed read's and write's time to, from
+//! its command's arrival to completion. A queue depth of one that never drains, or any
+//! deeper queue, is a load of 1 or more.
 //!
 //! No I/O here: the sender reports each chunk and sleeps for what it is told.
 
@@ -35,7 +36,7 @@ pub fn share(load: f64) -> f64 {
 
 #[derive(Debug)]
 pub struct Pacer {
-    /// The node's summed initiator I/O latency (ns) when last asked, and when that was.
+    /// The node's summed initiator time in the target (ns) when last asked, and when.
     last_io_nanos: u64,
     last_at: Instant,
     /// When the work being measured began (the end of the last pause).
@@ -45,7 +46,7 @@ pub struct Pacer {
 }
 
 impl Pacer {
-    /// `io_nanos`: the node's summed initiator I/O latency so far (it only grows).
+    /// `io_nanos`: the node's summed initiator time in the target so far (it only grows).
     pub fn new(io_nanos: u64, now: Instant) -> Pacer {
         Pacer {
             last_io_nanos: io_nanos,
@@ -55,7 +56,7 @@ impl Pacer {
         }
     }
 
-    /// A chunk was sent at `now`, the node's summed initiator I/O latency being
+    /// A chunk was sent at `now`, the node's summed initiator time in the target being
     /// `io_nanos`: how long to pause before the next one. Zero when no initiator I/O
     /// completed since the last call (the cycle had the machine to itself), or when the
     /// initiators left it time enough.
